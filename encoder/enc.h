@@ -1,0 +1,104 @@
+/* enc.h - the CLIP encoder: a checkpoint in the Hugging Face CLIPModel layout,
+ * its vision and text towers, computed on OpenBLAS.
+ *
+ * Three kinds of object:
+ *   enc_config  what config.json says (every field that shapes the network);
+ *   enc_model   config + weights (model.safetensors mmapped read-only; tensors in
+ *               F16/BF16 converted once at load into one heap arena) + tokenizer +
+ *               preprocessing; immutable after open, shared by any number of threads;
+ *   enc_run     per-thread run state: every activation buffer for up to max_batch
+ *               images, preallocated, so a forward pass allocates nothing.
+ *
+ *   enc_model *m;  enc_model_open("clip-vit-base-patch32", &m);
+ *   enc_run *r;    enc_run_create(m, 16, &r);            (one per thread)
+ *   enc_encode_pixels(r, pixels, n, embeds, patches);
+ *   enc_run_close(r); enc_model_close(m);
+ *
+ * Outputs are the raw projected vectors (not L2-normalized), as the reference
+ * stores them; callers normalize with enc_l2_normalize. */
+#ifndef ENC_H
+#define ENC_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "enc_image.h"
+#include "enc_tokenizer.h"
+
+enum enc_act { ENC_ACT_QUICK_GELU = 0, ENC_ACT_GELU = 1 };
+
+typedef struct enc_tower_config {
+    int hidden;        /* hidden_size */
+    int intermediate;  /* intermediate_size */
+    int layers;        /* num_hidden_layers */
+    int heads;         /* num_attention_heads */
+    int act;           /* hidden_act: enum enc_act */
+    float ln_eps;      /* layer_norm_eps */
+} enc_tower_config;
+
+typedef struct enc_config {
+    enc_tower_config text, vision;
+    int vocab_size;      /* text_config.vocab_size */
+    int max_positions;   /* text_config.max_position_embeddings */
+    int eos_id;          /* text_config.eos_token_id (49407) */
+    int image_size;      /* vision_config.image_size */
+    int patch_size;      /* vision_config.patch_size */
+    int channels;        /* vision_config.num_channels */
+    int projection_dim;  /* projection_dim */
+} enc_config;
+
+/* Parse config.json; absent fields take the transformers CLIPConfig defaults
+ * (ViT-B/32: text 512/2048/12/8, vision 768/3072/12/12, 224/32, projection 512).
+ * UMG_EFORMAT with the field named for wrong types, unknown hidden_act, or
+ * inconsistent shapes (hidden not divisible by heads, image not divisible by
+ * patch). */
+int enc_config_load(const char *config_json_path, enc_config *cfg);
+
+typedef struct enc_model enc_model;
+
+/* Open a checkpoint directory: config.json, model.safetensors, vocab.json,
+ * merges.txt, and preprocessor_config.json when present.  Every tensor the
+ * network needs is checked for presence, dtype (F32/F16/BF16) and shape.
+ * Errors name the file or tensor: UMG_ENOENT, UMG_EFORMAT, UMG_ENOMEM. */
+int enc_model_open(const char *dir, enc_model **out);
+void enc_model_close(enc_model *m); /* NULL-safe */
+
+const enc_config *enc_model_config(const enc_model *m);
+const enc_preproc *enc_model_preproc(const enc_model *m);
+const enc_tokenizer *enc_model_tokenizer(const enc_model *m);
+int enc_model_dim(const enc_model *m);   /* projection_dim: embedding length */
+int enc_model_grid(const enc_model *m);  /* image_size / patch_size: patches per side */
+/* SHA-256 over config.json's bytes followed by the safetensors JSON header: the
+ * identity of a checkpoint that data directories record. */
+void enc_model_fingerprint(const enc_model *m, uint8_t out[32]);
+/* A display name: "_name_or_path" from config.json if set, else the directory's
+ * base name.  Lives as long as the model. */
+const char *enc_model_name(const enc_model *m);
+
+typedef struct enc_run enc_run;
+
+/* Preallocate a run state for batches of up to max_batch images (>= 1). */
+int enc_run_create(const enc_model *m, int max_batch, enc_run **out);
+void enc_run_close(enc_run *r); /* NULL-safe */
+
+/* Vision tower on n preprocessed images (n <= max_batch).
+ *   pixels  [n, 3, S, S]      S = image_size
+ *   embeds  [n, D]            D = projection_dim: visual_projection(post_layernorm(CLS))
+ *   patches [n, G*G, D] or NULL: every patch token through post_layernorm and
+ *                                visual_projection, row-major over the G x G grid */
+int enc_encode_pixels(enc_run *r, const float *pixels, int n, float *embeds, float *patches);
+
+/* Text tower on token ids (start token first, end token last, n_ids <=
+ * max_positions), computed over the n_ids real tokens only.
+ *   embed [D]: text_projection(final_layer_norm(hidden at the end token)) */
+int enc_encode_ids(enc_run *r, const int32_t *ids, int n_ids, float *embed);
+
+/* Tokenize and encode.  ids (may be NULL) receives up to max_positions ids and
+ * *n_ids their count. */
+int enc_encode_text(enc_run *r, const char *text, size_t len, float *embed,
+                    int32_t *ids, int *n_ids);
+
+/* v /= |v| (left unchanged if |v| == 0). */
+void enc_l2_normalize(float *v, int n);
+
+#endif

@@ -1,0 +1,73 @@
+/* enc_image.h - image decoding and CLIP preprocessing.
+ *
+ * Decoding: JPEG (libjpeg-turbo, default settings as PIL uses them: islow DCT,
+ * fancy upsampling) with its EXIF orientation applied, PNG (gray, gray+alpha,
+ * palette, RGB, RGBA, 16-bit) converted to 8-bit RGB.  Alpha is dropped, as
+ * PIL's convert("RGB") does.  Images beyond max_pixels are refused before any
+ * pixel buffer is allocated (decompression bombs).
+ *
+ * Preprocessing (CLIP's, as in OpenAI's clip.load and HF CLIPImageProcessor):
+ * resize the shorter side to `resize_shortest` with PIL's antialiased bicubic
+ * computed in 8-bit fixed point (the longer side becomes
+ * int(resize_shortest * long / short)), center crop crop_w x crop_h (offsets
+ * round((W - crop_w) / 2) with Python's round-half-even), scale to [0,1],
+ * normalize with mean/std.  Output float32 [3, crop_h, crop_w], C,H,W. */
+#ifndef ENC_IMAGE_H
+#define ENC_IMAGE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* 64 Mpx: larger than any camera photo users ingest, small enough that the RGB
+ * buffer (192 MB) cannot take a server down. */
+#define ENC_IMAGE_MAX_PIXELS_DEFAULT (64ull * 1024 * 1024)
+
+/* An 8-bit RGB image, rows top to bottom, pixels interleaved R,G,B.
+ * The image owns rgb; free with enc_image_free. */
+typedef struct enc_image {
+    int width, height;
+    uint8_t *rgb; /* width * height * 3 bytes */
+} enc_image;
+
+/* Decode an encoded JPEG or PNG held in memory.  The format is detected from the
+ * leading bytes.  On success out->rgb is malloc'ed and owned by the caller.
+ * Errors: UMG_EUNSUPPORTED (not JPEG/PNG), UMG_EFORMAT (corrupt/truncated),
+ * UMG_ETOOBIG (width*height > max_pixels, or a dimension > 65535), UMG_ENOMEM. */
+int enc_image_decode(const void *data, size_t len, uint64_t max_pixels, enc_image *out);
+/* Read a file and decode it (same errors, plus UMG_ENOENT / UMG_EIO / UMG_EPERM). */
+int enc_image_load(const char *path, uint64_t max_pixels, enc_image *out);
+void enc_image_free(enc_image *img); /* frees rgb, sets it NULL; NULL-safe */
+
+/* Copy the rectangle [x, x+w) x [y, y+h), clipped to the image, into a new image.
+ * UMG_EINVAL if the clipped rectangle is empty. */
+int enc_image_crop(const enc_image *src, int x, int y, int w, int h, enc_image *out);
+
+/* Resize to exactly dst_w x dst_h with PIL's antialiased bicubic (8-bit). */
+int enc_image_resize(const enc_image *src, int dst_w, int dst_h, enc_image *out);
+
+typedef struct enc_preproc {
+    int resize_shortest; /* shorter side after resize (224 for CLIP) */
+    int crop_w, crop_h;  /* center crop (224 x 224) */
+    float mean[3], std[3];
+} enc_preproc;
+
+/* CLIP defaults for a model of the given input size. */
+void enc_preproc_default(enc_preproc *p, int image_size);
+/* Defaults, overridden by <model_dir>/preprocessor_config.json when it exists
+ * (size / shortest_edge, crop_size, image_mean, image_std).  A missing file is
+ * not an error; a corrupt one is UMG_EFORMAT. */
+int enc_preproc_load(const char *model_dir, int image_size, enc_preproc *p);
+
+/* Where the crop sits in the resized image, to map boxes from original pixels
+ * to network input pixels:  x_in = x_orig * resized_w / width - crop_x. */
+typedef struct enc_preproc_geom {
+    int resized_w, resized_h;
+    int crop_x, crop_y;
+} enc_preproc_geom;
+void enc_preproc_geometry(const enc_preproc *p, int width, int height, enc_preproc_geom *g);
+
+/* Preprocess img into out[3 * crop_h * crop_w].  Allocates temporary buffers
+ * (this runs once per image, outside the model's forward pass). */
+int enc_preprocess(const enc_image *img, const enc_preproc *p, float *out);
+
+#endif

@@ -1,0 +1,46 @@
+/* enc_tokenizer.h - the CLIP byte-level BPE tokenizer.
+ *
+ * Reproduces OpenAI CLIP's SimpleTokenizer / Hugging Face CLIPTokenizer:
+ * HTML entities unescaped twice (Python's html.unescape rules), whitespace runs
+ * collapsed to one space, stripped, lowercased, split by the CLIP pattern
+ *   <|startoftext|>|<|endoftext|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+
+ * (case-insensitive), each piece mapped to byte-level unicode, BPE-merged with
+ * the ranks of merges.txt, "</w>" marking word ends, and looked up in vocab.json.
+ * Output: <|startoftext|> ids... <|endoftext|>, truncated to max_ids with the end
+ * token kept last.
+ *
+ * Thread safety: a tokenizer is read-only after open; enc_tokenize may be called
+ * from many threads at once. */
+#ifndef ENC_TOKENIZER_H
+#define ENC_TOKENIZER_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define ENC_TOKEN_SOT 49406
+#define ENC_TOKEN_EOT 49407
+#define ENC_CONTEXT_LENGTH 77
+
+typedef struct enc_tokenizer enc_tokenizer;
+
+/* Load vocab.json and merges.txt.  On success *out owns everything; free it with
+ * enc_tokenizer_close.  Errors: UMG_ENOENT (missing file), UMG_EFORMAT (corrupt
+ * file, message names it), UMG_ENOMEM. */
+int enc_tokenizer_open(const char *vocab_json_path, const char *merges_txt_path,
+                       enc_tokenizer **out);
+void enc_tokenizer_close(enc_tokenizer *tok); /* NULL-safe */
+
+/* Tokenize len bytes of UTF-8 text into ids[0..*n_ids), at most max_ids (>= 2)
+ * ids including the start and end tokens.  Invalid UTF-8 is not an error: each
+ * invalid byte is replaced by U+FFFD (as Python's errors="replace" decoding does)
+ * before cleaning.  Returns 0, or UMG_EINVAL (max_ids < 2, NULL arguments),
+ * UMG_ENOMEM. */
+int enc_tokenize(const enc_tokenizer *tok, const char *text, size_t len,
+                 int32_t *ids, int max_ids, int *n_ids);
+
+/* Id of a vocabulary entry (byte-level unicode string, e.g. "cat</w>"), or -1. */
+int32_t enc_tokenizer_token_id(const enc_tokenizer *tok, const char *token);
+/* Number of entries in the vocabulary. */
+int enc_tokenizer_vocab_size(const enc_tokenizer *tok);
+
+#endif
