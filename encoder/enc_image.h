@@ -45,10 +45,21 @@ int enc_image_crop(const enc_image *src, int x, int y, int w, int h, enc_image *
 /* Resize to exactly dst_w x dst_h with PIL's antialiased bicubic (8-bit). */
 int enc_image_resize(const enc_image *src, int dst_w, int dst_h, enc_image *out);
 
+/* How the photo is fitted into the square network input.
+ *   ENC_FIT_CROP  CLIP's own preprocessing (above): exact reference embeddings,
+ *                 but the borders of a non-square photo are cut off.
+ *   ENC_FIT_PAD   resize the LONGER side to crop_w (same PIL bicubic), paste it
+ *                 centered on a crop_w x crop_h canvas whose padding is 0 after
+ *                 normalization (the mean colour): the whole photo is seen, so
+ *                 the dense patch grid covers every box of it.  Used at ingest for
+ *                 region search (see docs/regions.md). */
+enum enc_fit { ENC_FIT_CROP = 0, ENC_FIT_PAD = 1 };
+
 typedef struct enc_preproc {
-    int resize_shortest; /* shorter side after resize (224 for CLIP) */
-    int crop_w, crop_h;  /* center crop (224 x 224) */
+    int resize_shortest; /* shorter side after resize (224 for CLIP), ENC_FIT_CROP */
+    int crop_w, crop_h;  /* network input size (224 x 224) */
     float mean[3], std[3];
+    int fit;             /* enum enc_fit; ENC_FIT_CROP by default */
 } enc_preproc;
 
 /* CLIP defaults for a model of the given input size. */
@@ -58,15 +69,20 @@ void enc_preproc_default(enc_preproc *p, int image_size);
  * not an error; a corrupt one is UMG_EFORMAT. */
 int enc_preproc_load(const char *model_dir, int image_size, enc_preproc *p);
 
-/* Where the crop sits in the resized image, to map boxes from original pixels
- * to network input pixels:  x_in = x_orig * resized_w / width - crop_x. */
+/* Where the original photo lands in the network input, to map boxes from
+ * original pixels to input pixels:
+ *   x_in = x_orig * scale_x + off_x,   y_in = y_orig * scale_y + off_y
+ * CROP: scale_x = resized_w / width, off_x = -crop_x (negative: cut off);
+ * PAD:  scale_x = resized_w / width, off_x = pad_left. */
 typedef struct enc_preproc_geom {
-    int resized_w, resized_h;
-    int crop_x, crop_y;
+    int resized_w, resized_h; /* size of the photo after resizing */
+    int off_x, off_y;         /* its top-left corner in input pixels (CROP: -crop_x, -crop_y) */
+    float scale_x, scale_y;   /* resized / original */
+    int input_w, input_h;     /* network input size */
 } enc_preproc_geom;
 void enc_preproc_geometry(const enc_preproc *p, int width, int height, enc_preproc_geom *g);
 
-/* Preprocess img into out[3 * crop_h * crop_w].  Allocates temporary buffers
+/* Preprocess img into out[3 * crop_h * crop_w] according to p->fit.  Allocates temporary buffers
  * (this runs once per image, outside the model's forward pass). */
 int enc_preprocess(const enc_image *img, const enc_preproc *p, float *out);
 
