@@ -1,8 +1,470 @@
-/* enc_image.c - placeholder so the build graph exists; being implemented (issue 2). */
+/* enc_image.c - JPEG/PNG decoding to 8-bit RGB, EXIF orientation, crop.
+ *
+ * Both decoders report errors through setjmp/longjmp (the only way libjpeg and
+ * libpng can abort); every pointer that is allocated after setjmp and must be
+ * freed on the error path is volatile so it survives the longjmp. */
 #include "enc_image.h"
 #include "umg_error.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <setjmp.h>
+#include <stdio.h>
 #include <stdlib.h>
-int enc_image_decode(const void *d, size_t len, uint64_t mp, enc_image *out) { return umg_err_set(UMG_EUNSUPPORTED, "decoder not implemented yet"); }
-int enc_image_load(const char *path, uint64_t mp, enc_image *out) { return umg_err_set(UMG_EUNSUPPORTED, "decoder not implemented yet"); }
-void enc_image_free(enc_image *img) { if (img) { free(img->rgb); img->rgb = 0; } }
-int enc_image_crop(const enc_image *s, int x, int y, int w, int h, enc_image *o) { return UMG_EUNSUPPORTED; }
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <jpeglib.h>
+#include <jerror.h>
+#include <png.h>
+#include <libexif/exif-data.h>
+
+/* Neither format can describe more per side in practice; JPEG cannot at all. */
+#define ENC_IMAGE_MAX_SIDE 65535
+/* Encoded files larger than this are refused before reading them. */
+#define ENC_IMAGE_MAX_FILE_BYTES (1ull << 30)
+
+static int check_size(const char *fmt, uint64_t w, uint64_t h, uint64_t max_pixels)
+{
+    if (w == 0 || h == 0)
+        return umg_err_set(UMG_EFORMAT, "%s: image has zero size (%llux%llu)", fmt,
+                           (unsigned long long)w, (unsigned long long)h);
+    if (w > ENC_IMAGE_MAX_SIDE || h > ENC_IMAGE_MAX_SIDE)
+        return umg_err_set(UMG_ETOOBIG, "%s: image is %llux%llu, a side exceeds %d pixels", fmt,
+                           (unsigned long long)w, (unsigned long long)h, ENC_IMAGE_MAX_SIDE);
+    if (w * h > max_pixels)
+        return umg_err_set(UMG_ETOOBIG, "%s: image is %llux%llu = %llu pixels, limit %llu", fmt,
+                           (unsigned long long)w, (unsigned long long)h,
+                           (unsigned long long)(w * h), (unsigned long long)max_pixels);
+    return 0;
+}
+
+/* ---------------------------------------------------------------- EXIF */
+
+/* The Orientation tag (1..8) of IFD0 of an APP1 "Exif\0\0" payload; 1 when absent
+ * or unreadable (a broken EXIF block must not make the photo undecodable). */
+static int exif_orientation(const uint8_t *data, unsigned len)
+{
+    ExifData *ed = exif_data_new();
+    if (!ed)
+        return 1;
+    /* FOLLOW_SPECIFICATION would "fix" the data by inventing mandatory tags. */
+    exif_data_unset_option(ed, EXIF_DATA_OPTION_FOLLOW_SPECIFICATION);
+    exif_data_load_data(ed, data, len);
+    int orientation = 1;
+    ExifEntry *e = ed->ifd[EXIF_IFD_0] ? exif_content_get_entry(ed->ifd[EXIF_IFD_0], EXIF_TAG_ORIENTATION) : NULL;
+    if (e && e->format == EXIF_FORMAT_SHORT && e->components >= 1 && e->data && e->size >= 2) {
+        int v = exif_get_short(e->data, exif_data_get_byte_order(ed));
+        if (v >= 1 && v <= 8)
+            orientation = v;
+    }
+    exif_data_unref(ed);
+    return orientation;
+}
+
+/* Apply EXIF orientation o (as PIL's ImageOps.exif_transpose) to img, replacing its
+ * buffer.  Orientations 5-8 swap width and height. */
+static int apply_orientation(enc_image *img, int o)
+{
+    if (o <= 1 || o > 8)
+        return 0;
+    const int W = img->width, H = img->height;
+    const int swap = o >= 5;
+    const int OW = swap ? H : W, OH = swap ? W : H;
+    uint8_t *dst = malloc((size_t)W * H * 3);
+    if (!dst)
+        return umg_err_set(UMG_ENOMEM, "image: out of memory rotating %dx%d", W, H);
+    const uint8_t *src = img->rgb;
+    for (int oy = 0; oy < OH; oy++) {
+        uint8_t *d = dst + (size_t)oy * OW * 3;
+        for (int ox = 0; ox < OW; ox++) {
+            int sx, sy;
+            switch (o) {
+            case 2: sx = W - 1 - ox; sy = oy; break;          /* mirror horizontal */
+            case 3: sx = W - 1 - ox; sy = H - 1 - oy; break;  /* rotate 180 */
+            case 4: sx = ox; sy = H - 1 - oy; break;          /* mirror vertical */
+            case 5: sx = oy; sy = ox; break;                  /* transpose */
+            case 6: sx = oy; sy = H - 1 - ox; break;          /* rotate 90 clockwise */
+            case 7: sx = W - 1 - oy; sy = H - 1 - ox; break;  /* transverse */
+            default: sx = W - 1 - oy; sy = ox; break;         /* 8: rotate 90 counter-clockwise */
+            }
+            const uint8_t *s = src + ((size_t)sy * W + sx) * 3;
+            d[0] = s[0]; d[1] = s[1]; d[2] = s[2];
+            d += 3;
+        }
+    }
+    free(img->rgb);
+    img->rgb = dst;
+    img->width = OW;
+    img->height = OH;
+    return 0;
+}
+
+/* ---------------------------------------------------------------- JPEG */
+
+struct jpeg_err_ctx {
+    struct jpeg_error_mgr pub;
+    jmp_buf jump;
+    int code;
+    char msg[JMSG_LENGTH_MAX];
+};
+
+static void jpeg_fail(j_common_ptr cinfo, int code)
+{
+    struct jpeg_err_ctx *e = (struct jpeg_err_ctx *)cinfo->err;
+    cinfo->err->format_message(cinfo, e->msg);
+    e->code = code;
+    longjmp(e->jump, 1);
+}
+
+static void jpeg_on_error(j_common_ptr cinfo)
+{
+    int c = cinfo->err->msg_code;
+    jpeg_fail(cinfo, c == JERR_OUT_OF_MEMORY ? UMG_ENOMEM : c == JERR_IMAGE_TOO_BIG ? UMG_ETOOBIG : UMG_EFORMAT);
+}
+
+/* libjpeg pads a truncated stream with a fake EOI and only warns; PIL refuses
+ * such files ("image file is truncated"), so do we.  Other warnings (extraneous
+ * bytes, ...) are common in real photos and PIL ignores them. */
+static void jpeg_on_message(j_common_ptr cinfo, int level)
+{
+    if (level < 0) {
+        if (cinfo->err->msg_code == JWRN_JPEG_EOF)
+            jpeg_fail(cinfo, UMG_EFORMAT);
+        cinfo->err->num_warnings++;
+    }
+}
+
+/* PIL's CMYK -> RGB (Adobe JPEGs store inverted CMYK, which PIL reads as "CMYK;I"):
+ * with c' = 255 - c, k' = 255 - k:  r = k' - c'*k'/255, i.e. r = c*k/255 rounded. */
+static inline uint8_t muldiv255(unsigned a, unsigned b)
+{
+    unsigned t = a * b + 128;
+    return (uint8_t)(((t >> 8) + t) >> 8);
+}
+
+static int decode_jpeg(const uint8_t *data, size_t len, uint64_t max_pixels, enc_image *out)
+{
+    struct jpeg_decompress_struct cinfo;
+    struct jpeg_err_ctx err;
+    uint8_t *volatile rgb = NULL;
+    uint8_t *volatile row4 = NULL;
+    volatile int created = 0;
+    int rc = 0;
+
+    memset(&cinfo, 0, sizeof cinfo);
+    memset(&err, 0, sizeof err);
+    cinfo.err = jpeg_std_error(&err.pub);
+    err.pub.error_exit = jpeg_on_error;
+    err.pub.emit_message = jpeg_on_message;
+    if (setjmp(err.jump)) {
+        rc = umg_err_set(err.code, "JPEG: %s", err.msg);
+        goto done;
+    }
+    jpeg_create_decompress(&cinfo);
+    created = 1;
+    jpeg_mem_src(&cinfo, data, (unsigned long)len);
+    jpeg_save_markers(&cinfo, JPEG_APP0 + 1, 0xFFFF);
+    jpeg_read_header(&cinfo, TRUE);
+
+    rc = check_size("JPEG", cinfo.image_width, cinfo.image_height, max_pixels);
+    if (rc)
+        goto done;
+
+    int orientation = 1;
+    for (jpeg_saved_marker_ptr m = cinfo.marker_list; m; m = m->next) {
+        if (m->marker == JPEG_APP0 + 1 && m->data_length >= 6 && memcmp(m->data, "Exif\0\0", 6) == 0) {
+            orientation = exif_orientation(m->data, m->data_length);
+            break; /* PIL uses the first Exif block */
+        }
+    }
+
+    int cmyk = cinfo.jpeg_color_space == JCS_CMYK || cinfo.jpeg_color_space == JCS_YCCK;
+    cinfo.out_color_space = cmyk ? JCS_CMYK : JCS_RGB;
+    /* Defaults are PIL's: islow DCT, fancy upsampling, no scaling. */
+    jpeg_start_decompress(&cinfo);
+    const unsigned W = cinfo.output_width, H = cinfo.output_height;
+    if (W != cinfo.image_width || H != cinfo.image_height || cinfo.output_components != (cmyk ? 4 : 3)) {
+        rc = umg_err_set(UMG_EINTERNAL, "JPEG: unexpected output geometry %ux%ux%d", W, H, cinfo.output_components);
+        goto done;
+    }
+    rgb = malloc((size_t)W * H * 3);
+    if (cmyk)
+        row4 = malloc((size_t)W * 4);
+    if (!rgb || (cmyk && !row4)) {
+        rc = umg_err_set(UMG_ENOMEM, "JPEG: out of memory for %ux%u pixels", W, H);
+        goto done;
+    }
+    while (cinfo.output_scanline < H) {
+        uint8_t *dst = rgb + (size_t)cinfo.output_scanline * W * 3;
+        JSAMPROW row = cmyk ? row4 : dst;
+        if (jpeg_read_scanlines(&cinfo, &row, 1) != 1) {
+            rc = umg_err_set(UMG_EFORMAT, "JPEG: decoder returned no data at row %u", cinfo.output_scanline);
+            goto done;
+        }
+        if (cmyk) {
+            for (unsigned x = 0; x < W; x++) {
+                const uint8_t *s = row4 + 4 * x;
+                dst[3 * x + 0] = muldiv255(s[0], s[3]);
+                dst[3 * x + 1] = muldiv255(s[1], s[3]);
+                dst[3 * x + 2] = muldiv255(s[2], s[3]);
+            }
+        }
+    }
+    jpeg_finish_decompress(&cinfo);
+
+    out->width = (int)W;
+    out->height = (int)H;
+    out->rgb = rgb;
+    rgb = NULL;
+    rc = apply_orientation(out, orientation);
+    if (rc)
+        enc_image_free(out);
+done:
+    if (created)
+        jpeg_destroy_decompress(&cinfo);
+    free(rgb);
+    free(row4);
+    return rc;
+}
+
+/* ---------------------------------------------------------------- PNG */
+
+struct png_ctx {
+    const uint8_t *data;
+    size_t len, pos;
+    int too_big;      /* a warning said the header exceeds the user limits */
+    char msg[256];
+};
+
+static void png_on_error(png_structp png, png_const_charp msg)
+{
+    struct png_ctx *c = png_get_error_ptr(png);
+    snprintf(c->msg, sizeof c->msg, "%s", msg);
+    png_longjmp(png, 1);
+}
+
+static void png_on_warning(png_structp png, png_const_charp msg)
+{
+    struct png_ctx *c = png_get_error_ptr(png);
+    /* libpng reports the reason as a warning, then fails with "Invalid IHDR data". */
+    if (strstr(msg, "exceeds user limit") || strstr(msg, "too large"))
+        c->too_big = 1;
+}
+
+static void png_read_mem(png_structp png, png_bytep dst, size_t n)
+{
+    struct png_ctx *c = png_get_io_ptr(png);
+    if (n > c->len - c->pos)
+        png_error(png, "unexpected end of file (truncated)");
+    memcpy(dst, c->data + c->pos, n);
+    c->pos += n;
+}
+
+static uint32_t be32(const uint8_t *p)
+{
+    return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
+}
+
+static int decode_png(const uint8_t *data, size_t len, uint64_t max_pixels, enc_image *out)
+{
+    /* Refuse a bomb from the IHDR before libpng allocates anything for it. */
+    if (len >= 24 && memcmp(data + 12, "IHDR", 4) == 0) {
+        int rc = check_size("PNG", be32(data + 16), be32(data + 20), max_pixels);
+        if (rc)
+            return rc;
+    }
+
+    struct png_ctx ctx = {.data = data, .len = len, .pos = 0};
+    png_structp png = png_create_read_struct(PNG_LIBPNG_VER_STRING, &ctx, png_on_error, png_on_warning);
+    if (!png)
+        return umg_err_set(UMG_ENOMEM, "PNG: cannot create decoder");
+    png_infop volatile info = NULL;
+    uint8_t *volatile rgb = NULL;
+    png_bytep *volatile rows = NULL;
+    int rc = 0;
+
+    if (setjmp(png_jmpbuf(png))) {
+        if (ctx.too_big)
+            rc = umg_err_set(UMG_ETOOBIG, "PNG: image dimensions exceed %d pixels per side", ENC_IMAGE_MAX_SIDE);
+        else if (strstr(ctx.msg, "memory"))
+            rc = umg_err_set(UMG_ENOMEM, "PNG: %s", ctx.msg);
+        else
+            rc = umg_err_set(UMG_EFORMAT, "PNG: %s", ctx.msg);
+        goto done;
+    }
+    info = png_create_info_struct(png);
+    if (!info) {
+        rc = umg_err_set(UMG_ENOMEM, "PNG: cannot create decoder");
+        goto done;
+    }
+    png_set_user_limits(png, ENC_IMAGE_MAX_SIDE, ENC_IMAGE_MAX_SIDE);
+    png_set_read_fn(png, &ctx, png_read_mem);
+    png_read_info(png, info);
+
+    png_uint_32 W, H;
+    int depth, color, interlace;
+    png_get_IHDR(png, info, &W, &H, &depth, &color, &interlace, NULL, NULL);
+    rc = check_size("PNG", W, H, max_pixels);
+    if (rc)
+        goto done;
+
+    /* To 8-bit RGB as PIL's convert("RGB"): palette -> colours, low bit depths
+     * scaled to 0..255, 16-bit -> high byte, gray replicated, alpha and tRNS dropped
+     * (not composited). */
+    if (color == PNG_COLOR_TYPE_PALETTE)
+        png_set_palette_to_rgb(png);
+    if (color == PNG_COLOR_TYPE_GRAY && depth < 8)
+        png_set_expand_gray_1_2_4_to_8(png);
+    if (depth == 16)
+        png_set_strip_16(png);
+    if ((color & PNG_COLOR_MASK_ALPHA) || png_get_valid(png, info, PNG_INFO_tRNS))
+        png_set_strip_alpha(png);
+    if (!(color & PNG_COLOR_MASK_COLOR))
+        png_set_gray_to_rgb(png);
+    png_set_interlace_handling(png);
+    png_read_update_info(png, info);
+    if (png_get_channels(png, info) != 3 || png_get_bit_depth(png, info) != 8 ||
+        png_get_rowbytes(png, info) != (size_t)W * 3) {
+        rc = umg_err_set(UMG_EINTERNAL, "PNG: conversion to RGB failed (color type %d, depth %d)", color, depth);
+        goto done;
+    }
+    rgb = malloc((size_t)W * H * 3);
+    rows = malloc(sizeof(png_bytep) * H);
+    if (!rgb || !rows) {
+        rc = umg_err_set(UMG_ENOMEM, "PNG: out of memory for %ux%u pixels", (unsigned)W, (unsigned)H);
+        goto done;
+    }
+    for (png_uint_32 y = 0; y < H; y++)
+        rows[y] = rgb + (size_t)y * W * 3;
+    png_read_image(png, rows);
+    /* No png_read_end: chunks after the image data cannot change the pixels. */
+
+    out->width = (int)W;
+    out->height = (int)H;
+    out->rgb = rgb;
+    rgb = NULL;
+done:
+    {
+        png_infop i = info;
+        png_destroy_read_struct(&png, i ? &i : NULL, NULL);
+    }
+    free(rgb);
+    free(rows);
+    return rc;
+}
+
+/* ---------------------------------------------------------------- API */
+
+int enc_image_decode(const void *data, size_t len, uint64_t max_pixels, enc_image *out)
+{
+    static const uint8_t png_sig[8] = {0x89, 'P', 'N', 'G', '\r', '\n', 0x1a, '\n'};
+    if (!out || (!data && len))
+        return umg_err_set(UMG_EINVAL, "image: NULL argument");
+    out->width = out->height = 0;
+    out->rgb = NULL;
+    const uint8_t *p = data;
+    if (len == 0)
+        return umg_err_set(UMG_EUNSUPPORTED, "image: empty data (0 bytes)");
+    if (len >= 3 && p[0] == 0xFF && p[1] == 0xD8 && p[2] == 0xFF)
+        return decode_jpeg(p, len, max_pixels, out);
+    if (len >= 8 && memcmp(p, png_sig, 8) == 0)
+        return decode_png(p, len, max_pixels, out);
+    if (len < 8 && (memcmp(p, png_sig, len) == 0 || (p[0] == 0xFF && (len < 2 || p[1] == 0xD8))))
+        return umg_err_set(UMG_EFORMAT, "image: truncated header (%zu bytes)", len);
+    return umg_err_set(UMG_EUNSUPPORTED, "image: not a JPEG or PNG (leading bytes %02x %02x %02x %02x)",
+                       p[0], len > 1 ? p[1] : 0, len > 2 ? p[2] : 0, len > 3 ? p[3] : 0);
+}
+
+int enc_image_load(const char *path, uint64_t max_pixels, enc_image *out)
+{
+    if (!path || !out)
+        return umg_err_set(UMG_EINVAL, "image: NULL argument");
+    out->width = out->height = 0;
+    out->rgb = NULL;
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) {
+        int e = errno;
+        return umg_err_set(umg_err_from_errno(e), "%s: %s", path, strerror(e));
+    }
+    struct stat st;
+    if (fstat(fd, &st) != 0) {
+        int e = errno;
+        close(fd);
+        return umg_err_set(umg_err_from_errno(e), "%s: %s", path, strerror(e));
+    }
+    if (!S_ISREG(st.st_mode)) {
+        close(fd);
+        return umg_err_set(UMG_EINVAL, "%s: not a regular file", path);
+    }
+    if ((uint64_t)st.st_size > ENC_IMAGE_MAX_FILE_BYTES) {
+        close(fd);
+        return umg_err_set(UMG_ETOOBIG, "%s: file is %lld bytes, limit %llu", path, (long long)st.st_size,
+                           (unsigned long long)ENC_IMAGE_MAX_FILE_BYTES);
+    }
+    size_t len = (size_t)st.st_size, got = 0;
+    uint8_t *buf = malloc(len ? len : 1);
+    if (!buf) {
+        close(fd);
+        return umg_err_set(UMG_ENOMEM, "%s: out of memory reading %zu bytes", path, len);
+    }
+    while (got < len) {
+        ssize_t n = read(fd, buf + got, len - got);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0) {
+            int e = errno;
+            free(buf);
+            close(fd);
+            return umg_err_set(umg_err_from_errno(e), "%s: %s", path, strerror(e));
+        }
+        if (n == 0)
+            break; /* shrank while reading: decode what is there */
+        got += (size_t)n;
+    }
+    close(fd);
+    int rc = enc_image_decode(buf, got, max_pixels, out);
+    free(buf);
+    if (rc) {
+        /* Prefix the path, keeping the decoder's detail. */
+        char detail[512];
+        snprintf(detail, sizeof detail, "%s", umg_err_msg());
+        umg_err_set(rc, "%s: %s", path, detail);
+    }
+    return rc;
+}
+
+void enc_image_free(enc_image *img)
+{
+    if (!img)
+        return;
+    free(img->rgb);
+    img->rgb = NULL;
+}
+
+int enc_image_crop(const enc_image *src, int x, int y, int w, int h, enc_image *out)
+{
+    if (!src || !out || !src->rgb)
+        return umg_err_set(UMG_EINVAL, "image crop: NULL argument");
+    out->width = out->height = 0;
+    out->rgb = NULL;
+    /* Clip in 64-bit so that x + w cannot overflow. */
+    int64_t x0 = x > 0 ? x : 0, y0 = y > 0 ? y : 0;
+    int64_t x1 = (int64_t)x + w, y1 = (int64_t)y + h;
+    if (x1 > src->width) x1 = src->width;
+    if (y1 > src->height) y1 = src->height;
+    if (w <= 0 || h <= 0 || x1 <= x0 || y1 <= y0)
+        return umg_err_set(UMG_EINVAL, "image crop: rectangle %d,%d %dx%d is empty inside %dx%d", x, y, w, h,
+                           src->width, src->height);
+    int cw = (int)(x1 - x0), ch = (int)(y1 - y0);
+    uint8_t *dst = malloc((size_t)cw * ch * 3);
+    if (!dst)
+        return umg_err_set(UMG_ENOMEM, "image crop: out of memory for %dx%d", cw, ch);
+    for (int r = 0; r < ch; r++)
+        memcpy(dst + (size_t)r * cw * 3, src->rgb + (((size_t)(y0 + r) * src->width) + x0) * 3, (size_t)cw * 3);
+    out->width = cw;
+    out->height = ch;
+    out->rgb = dst;
+    return 0;
+}
