@@ -1,0 +1,158 @@
+/* proto_request.h - requests: the command table, validation and decoding on
+ * the server side, and a builder on the client side.
+ *
+ * A request is one msgpack map {"id": uint, "op": str, ...arguments}.  What
+ * each op accepts is data, in the table returned by proto_ops(): per argument
+ * its key, type, whether it is required, its limits.  proto_request_decode()
+ * checks a frame against that table (after the pre-decode scan of
+ * proto_check.h), so a handler only ever sees well-typed arguments within
+ * their limits; the semantics (does the image exist...) are the handler's.
+ *
+ * Errors of decoding (code -> wire name, see umg_error.h):
+ *   UMG_EPROTO (protocol_error)    malformed msgpack, trailing bytes, not a map
+ *   UMG_ETOOBIG (too_large)        nesting or element count over the limits
+ *   UMG_EINVAL (invalid_argument)  id or op missing or ill-typed, unknown or
+ *                                  duplicate key, an argument missing, of the
+ *                                  wrong type or out of its limits (the message
+ *                                  names the key)
+ *   UMG_EUTF8 (invalid_utf8)       a key or string argument is not UTF-8
+ *   UMG_EUNKNOWNOP (unknown_op)    op names no operation
+ * The id is reported whenever it could be read (a top-level "id" key holding
+ * an unsigned integer), else 0: clients should number requests from 1. */
+#ifndef PROTO_REQUEST_H
+#define PROTO_REQUEST_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <msgpack.h>
+
+#include "proto_check.h"
+#include "proto_frame.h"
+
+#define PROTO_VERSION 1
+
+enum proto_op_code {
+    PROTO_OP_HELLO,
+    PROTO_OP_PING,
+    PROTO_OP_INGEST,
+    PROTO_OP_QUERY,
+    PROTO_OP_QUERY_IMAGE,
+    PROTO_OP_GET,
+    PROTO_OP_DELETE,
+    PROTO_OP_STATS,
+    PROTO_OP_COUNT
+};
+
+enum proto_type {
+    PROTO_T_STR,        /* UTF-8 str; max_len bytes, choices */
+    PROTO_T_BIN,        /* bin; max_len bytes (0: up to the frame limit) */
+    PROTO_T_UINT,       /* non-negative integer; imin..imax when imax > 0 */
+    PROTO_T_INT,        /* integer in int64 range; imin..imax when imin < imax */
+    PROTO_T_BOOL,
+    PROTO_T_FLOAT,      /* float32/64 or integer, finite; fmin..fmax when fmin < fmax */
+    PROTO_T_STR_ARRAY,  /* array of at most max_items str, each as PROTO_T_STR */
+    PROTO_T_MAP,        /* map whose keys are described by fields[0..nfields) */
+    PROTO_T_BOX,        /* [x, y, w, h]: 4 finite numbers, x,y >= 0, w,h > 0 */
+};
+
+enum {
+    PROTO_ARG_REQUIRED = 1u << 0,  /* must be present (within its alternative, if any) */
+    PROTO_ARG_NONEMPTY = 1u << 1,  /* str/bin (and array items): at least one byte */
+};
+
+typedef struct proto_arg_spec {
+    const char *key;
+    enum proto_type type;
+    unsigned flags;
+    /* 0: stands alone.  k > 0: member of alternative k; an op with alts > 0
+     * requires arguments of exactly one alternative ("path" or "data"+"name"). */
+    unsigned alt;
+    uint64_t max_len;                       /* str/bin bytes; per item for arrays; 0 = no limit */
+    uint32_t max_items;                     /* PROTO_T_STR_ARRAY; 0 = no limit */
+    int64_t imin, imax;                     /* integer range */
+    double fmin, fmax;                      /* float range */
+    const char *const *choices;             /* NULL-terminated allowed str values, or NULL */
+    const struct proto_arg_spec *fields;    /* PROTO_T_MAP */
+    size_t nfields;
+} proto_arg_spec;
+
+struct proto_request;
+/* Filled in by the server (proto_op_set_handler), called with the server's
+ * own context; the protocol layer never calls it. */
+typedef int (*proto_handler_fn)(void *ctx, struct proto_request *req);
+
+#define PROTO_MAX_ARGS 12
+
+typedef struct proto_op {
+    const char *name;
+    enum proto_op_code code;
+    const proto_arg_spec *args;
+    size_t nargs;               /* <= PROTO_MAX_ARGS */
+    unsigned alts;              /* number of alternatives among args (0 = none) */
+    proto_handler_fn handler;   /* NULL until the server sets it */
+} proto_op;
+
+/* The command table, PROTO_OP_COUNT entries indexed by enum proto_op_code.
+ * Static storage; entries change only through proto_op_set_handler. */
+const proto_op *proto_ops(void);
+/* The op named name[0..len), or NULL. */
+const proto_op *proto_op_find(const char *name, size_t len);
+/* Set the handler of an op.  Not thread-safe: call at start-up, before any
+ * request is decoded. */
+void proto_op_set_handler(enum proto_op_code code, proto_handler_fn fn);
+
+/* A decoded request.  Fields are read-only for users; args[i] is the value of
+ * op->args[i] or NULL when absent.  Every msgpack_object here (and every
+ * string it points to) lives as long as the request. */
+typedef struct proto_request {
+    uint64_t id;
+    const proto_op *op;
+    const msgpack_object *args[PROTO_MAX_ARGS];
+    msgpack_object root;
+    msgpack_zone zone;
+    uint8_t *frame;
+    size_t frame_len;
+    void *user;         /* free for the server's use; not touched here */
+} proto_request;
+
+/* Decode and validate one frame body.  Takes ownership of frame (malloc'd,
+ * as proto_framer_feed returns it) in every case: on success the request frees
+ * it in proto_request_free, on failure it is freed before returning.
+ * NULL limits = defaults.  On failure returns the code (see above), *out is
+ * NULL, *err_id is the request's id or 0, and umg_err_msg() says what is wrong. */
+int proto_request_decode(uint8_t *frame, size_t len, const proto_limits *lim,
+                         proto_request **out, uint64_t *err_id);
+/* NULL-safe. */
+void proto_request_free(proto_request *req);
+
+/* The value of argument key, or NULL if absent or not an argument of the op. */
+const msgpack_object *proto_req_arg(const proto_request *req, const char *key);
+
+/* Getters on msgpack objects, NULL-safe: false when o is NULL or of another
+ * type (after decoding, a present argument always has its spec's type).
+ * Strings are NOT NUL-terminated; pointers live as long as the object. */
+const msgpack_object *proto_map_get(const msgpack_object *map, const char *key);
+bool proto_obj_str(const msgpack_object *o, const char **s, size_t *len);
+bool proto_obj_bin(const msgpack_object *o, const uint8_t **p, size_t *len);
+bool proto_obj_uint(const msgpack_object *o, uint64_t *v);
+bool proto_obj_int(const msgpack_object *o, int64_t *v);
+bool proto_obj_bool(const msgpack_object *o, bool *v);
+bool proto_obj_float(const msgpack_object *o, double *v);   /* integers too */
+bool proto_obj_box(const msgpack_object *o, double box[4]);
+/* True if the str o equals the C string s. */
+bool proto_obj_str_eq(const msgpack_object *o, const char *s);
+
+/* Client side: start a request frame {"id": id, "op": op, + nargs pairs} in
+ * sb (appended after what sb holds).  Then pack exactly nargs key/value pairs
+ * with &w->pk and call proto_request_end, which checks the message (one
+ * object, within default limits) and writes the length prefix.  On failure sb
+ * is truncated back to where the frame began. */
+int proto_request_begin(proto_writer *w, msgpack_sbuffer *sb, uint64_t id, const char *op, size_t nargs);
+int proto_request_end(proto_writer *w, uint32_t max_frame);
+
+/* Pack a C string as msgpack str. */
+int proto_pack_cstr(msgpack_packer *pk, const char *s);
+
+#endif
