@@ -53,6 +53,8 @@ typedef struct enc_config {
  * inconsistent shapes (hidden not divisible by heads, image not divisible by
  * patch). */
 int enc_config_load(const char *config_json_path, enc_config *cfg);
+/* The same on config.json's bytes already in memory. */
+int enc_config_parse(const char *json, size_t len, enc_config *cfg);
 
 typedef struct enc_model enc_model;
 
@@ -97,6 +99,11 @@ int enc_encode_ids(enc_run *r, const int32_t *ids, int n_ids, float *embed);
  * *n_ids their count. */
 int enc_encode_text(enc_run *r, const char *text, size_t len, float *embed,
                     int32_t *ids, int *n_ids);
+
+/* Threads OpenBLAS may use inside one forward pass (process-wide setting).  Use
+ * 1 when several threads each run their own enc_run (the usual way to use
+ * several cores for batches); use the core count for one latency-bound run. */
+void enc_set_threads(int n);
 
 /* v /= |v| (left unchanged if |v| == 0). */
 void enc_l2_normalize(float *v, int n);

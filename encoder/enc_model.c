@@ -1,5 +1,590 @@
-/* enc_model.c - placeholder so the build graph exists; being implemented (issue 2). */
+/* enc_model.c - a CLIP checkpoint (HF CLIPModel layout) and its two towers.
+ *
+ * Weights: every tensor the network needs is looked up, checked for dtype and
+ * shape, and resolved to an F32 pointer: into the read-only mapping for F32
+ * tensors (no copy), into one heap arena for F16/BF16 (converted once here) and
+ * for F32 tensors the file stores misaligned.
+ *
+ * Forward passes follow transformers' CLIPModel (= OpenAI CLIP):
+ *   vision: unfold patches, patch GEMM, [CLS] + positions, pre_layrnorm,
+ *           pre-norm blocks, post_layernorm, visual_projection (no bias);
+ *   text:   token + position embeddings over the real tokens only, causal
+ *           blocks, final_layer_norm, pooled at the first end token,
+ *           text_projection (no bias).
+ * Activations are [batch x tokens, hidden] so the projections are big GEMMs;
+ * attention runs per (sequence, head) on small GEMMs. */
 #include "enc.h"
+
+#include "enc_kernels.h"
+#include "enc_safetensors.h"
 #include "umg_error.h"
-int enc_model_open(const char *dir, enc_model **out) { *out = 0; return umg_err_set(UMG_EUNSUPPORTED, "encoder not implemented yet"); }
-void enc_model_close(enc_model *m) { (void)m; }
+
+#include <cblas.h>
+#include <jansson.h>
+#include <math.h>
+#include <openssl/evp.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* Named after the checkpoint's tensors (vision_model.encoder.layers.N.<field>). */
+typedef struct enc_layer_weights {
+    const float *layer_norm1_weight, *layer_norm1_bias;     /* [H] */
+    const float *self_attn_q_proj_weight, *self_attn_q_proj_bias; /* [H, H], [H] */
+    const float *self_attn_k_proj_weight, *self_attn_k_proj_bias;
+    const float *self_attn_v_proj_weight, *self_attn_v_proj_bias;
+    const float *self_attn_out_proj_weight, *self_attn_out_proj_bias;
+    const float *layer_norm2_weight, *layer_norm2_bias;     /* [H] */
+    const float *mlp_fc1_weight, *mlp_fc1_bias;             /* [F, H], [F]  F = intermediate */
+    const float *mlp_fc2_weight, *mlp_fc2_bias;             /* [H, F], [H] */
+} enc_layer_weights;
+
+typedef struct enc_vision_weights {
+    const float *embeddings_class_embedding;              /* [H] */
+    const float *embeddings_patch_embedding_weight;       /* [H, C, P, P] */
+    const float *embeddings_position_embedding_weight;    /* [G*G + 1, H] */
+    const float *pre_layrnorm_weight, *pre_layrnorm_bias; /* [H] (sic: the checkpoint's spelling) */
+    enc_layer_weights *encoder_layers;                    /* [layers] */
+    const float *post_layernorm_weight, *post_layernorm_bias; /* [H] */
+    const float *visual_projection_weight;                /* [D, H] */
+} enc_vision_weights;
+
+typedef struct enc_text_weights {
+    const float *embeddings_token_embedding_weight;       /* [vocab, H] */
+    const float *embeddings_position_embedding_weight;    /* [max_positions, H] */
+    enc_layer_weights *encoder_layers;                    /* [layers] */
+    const float *final_layer_norm_weight, *final_layer_norm_bias; /* [H] */
+    const float *text_projection_weight;                  /* [D, H] */
+} enc_text_weights;
+
+struct enc_model {
+    enc_config cfg;
+    char *name;
+    enc_st_file *st;
+    float *arena;           /* converted tensors */
+    size_t arena_floats;
+    enc_layer_weights *layers; /* vision layers, then text layers */
+    enc_vision_weights vision;
+    enc_text_weights text;
+    enc_tokenizer *tok;
+    enc_preproc preproc;
+    uint8_t fingerprint[32];
+};
+
+struct enc_run {
+    const enc_model *m;
+    int max_batch;
+    float *h, *x, *q, *k, *v; /* [rows, hidden] */
+    float *mlp;               /* [rows, intermediate]; also the unfolded patches */
+    float *scores;            /* [T, T] */
+    void *mem;
+};
+
+/* ---- loading ---------------------------------------------------------- */
+
+typedef struct wanted {
+    char name[160];
+    const float **slot;
+    int ndim;
+    int64_t shape[4];
+    const enc_st_tensor *t;
+    size_t arena_off; /* in floats; SIZE_MAX when used in place */
+} wanted;
+
+typedef struct plan {
+    wanted *w;
+    size_t n, cap;
+} plan;
+
+static void want(plan *p, const float **slot, int ndim, int64_t d0, int64_t d1, int64_t d2, int64_t d3,
+                 const char *fmt, ...) __attribute__((format(printf, 8, 9)));
+static void want(plan *p, const float **slot, int ndim, int64_t d0, int64_t d1, int64_t d2, int64_t d3,
+                 const char *fmt, ...)
+{
+    if (p->n == p->cap)
+        abort(); /* the count in plan_vision/plan_text is wrong: a programming error */
+    wanted *w = &p->w[p->n++];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(w->name, sizeof w->name, fmt, ap);
+    va_end(ap);
+    w->slot = slot;
+    w->ndim = ndim;
+    w->shape[0] = d0;
+    w->shape[1] = d1;
+    w->shape[2] = d2;
+    w->shape[3] = d3;
+    w->t = NULL;
+    w->arena_off = SIZE_MAX;
+}
+
+#define LAYER_TENSORS 16
+
+static void want_layer(plan *p, enc_layer_weights *L, const char *prefix, int l, int H, int F)
+{
+    want(p, &L->layer_norm1_weight, 1, H, 0, 0, 0, "%s.encoder.layers.%d.layer_norm1.weight", prefix, l);
+    want(p, &L->layer_norm1_bias, 1, H, 0, 0, 0, "%s.encoder.layers.%d.layer_norm1.bias", prefix, l);
+    want(p, &L->self_attn_q_proj_weight, 2, H, H, 0, 0, "%s.encoder.layers.%d.self_attn.q_proj.weight", prefix, l);
+    want(p, &L->self_attn_q_proj_bias, 1, H, 0, 0, 0, "%s.encoder.layers.%d.self_attn.q_proj.bias", prefix, l);
+    want(p, &L->self_attn_k_proj_weight, 2, H, H, 0, 0, "%s.encoder.layers.%d.self_attn.k_proj.weight", prefix, l);
+    want(p, &L->self_attn_k_proj_bias, 1, H, 0, 0, 0, "%s.encoder.layers.%d.self_attn.k_proj.bias", prefix, l);
+    want(p, &L->self_attn_v_proj_weight, 2, H, H, 0, 0, "%s.encoder.layers.%d.self_attn.v_proj.weight", prefix, l);
+    want(p, &L->self_attn_v_proj_bias, 1, H, 0, 0, 0, "%s.encoder.layers.%d.self_attn.v_proj.bias", prefix, l);
+    want(p, &L->self_attn_out_proj_weight, 2, H, H, 0, 0, "%s.encoder.layers.%d.self_attn.out_proj.weight",
+         prefix, l);
+    want(p, &L->self_attn_out_proj_bias, 1, H, 0, 0, 0, "%s.encoder.layers.%d.self_attn.out_proj.bias", prefix, l);
+    want(p, &L->layer_norm2_weight, 1, H, 0, 0, 0, "%s.encoder.layers.%d.layer_norm2.weight", prefix, l);
+    want(p, &L->layer_norm2_bias, 1, H, 0, 0, 0, "%s.encoder.layers.%d.layer_norm2.bias", prefix, l);
+    want(p, &L->mlp_fc1_weight, 2, F, H, 0, 0, "%s.encoder.layers.%d.mlp.fc1.weight", prefix, l);
+    want(p, &L->mlp_fc1_bias, 1, F, 0, 0, 0, "%s.encoder.layers.%d.mlp.fc1.bias", prefix, l);
+    want(p, &L->mlp_fc2_weight, 2, H, F, 0, 0, "%s.encoder.layers.%d.mlp.fc2.weight", prefix, l);
+    want(p, &L->mlp_fc2_bias, 1, H, 0, 0, 0, "%s.encoder.layers.%d.mlp.fc2.bias", prefix, l);
+}
+
+static void plan_weights(plan *p, enc_model *m)
+{
+    const enc_config *c = &m->cfg;
+    enc_vision_weights *V = &m->vision;
+    enc_text_weights *X = &m->text;
+    int Hv = c->vision.hidden, Ht = c->text.hidden, G = c->image_size / c->patch_size, P = c->patch_size;
+    want(p, &V->embeddings_class_embedding, 1, Hv, 0, 0, 0, "vision_model.embeddings.class_embedding");
+    want(p, &V->embeddings_patch_embedding_weight, 4, Hv, c->channels, P, P,
+         "vision_model.embeddings.patch_embedding.weight");
+    want(p, &V->embeddings_position_embedding_weight, 2, (int64_t)G * G + 1, Hv, 0, 0,
+         "vision_model.embeddings.position_embedding.weight");
+    want(p, &V->pre_layrnorm_weight, 1, Hv, 0, 0, 0, "vision_model.pre_layrnorm.weight");
+    want(p, &V->pre_layrnorm_bias, 1, Hv, 0, 0, 0, "vision_model.pre_layrnorm.bias");
+    for (int l = 0; l < c->vision.layers; l++)
+        want_layer(p, &V->encoder_layers[l], "vision_model", l, Hv, c->vision.intermediate);
+    want(p, &V->post_layernorm_weight, 1, Hv, 0, 0, 0, "vision_model.post_layernorm.weight");
+    want(p, &V->post_layernorm_bias, 1, Hv, 0, 0, 0, "vision_model.post_layernorm.bias");
+    want(p, &V->visual_projection_weight, 2, c->projection_dim, Hv, 0, 0, "visual_projection.weight");
+
+    want(p, &X->embeddings_token_embedding_weight, 2, c->vocab_size, Ht, 0, 0,
+         "text_model.embeddings.token_embedding.weight");
+    want(p, &X->embeddings_position_embedding_weight, 2, c->max_positions, Ht, 0, 0,
+         "text_model.embeddings.position_embedding.weight");
+    for (int l = 0; l < c->text.layers; l++)
+        want_layer(p, &X->encoder_layers[l], "text_model", l, Ht, c->text.intermediate);
+    want(p, &X->final_layer_norm_weight, 1, Ht, 0, 0, 0, "text_model.final_layer_norm.weight");
+    want(p, &X->final_layer_norm_bias, 1, Ht, 0, 0, 0, "text_model.final_layer_norm.bias");
+    want(p, &X->text_projection_weight, 2, c->projection_dim, Ht, 0, 0, "text_projection.weight");
+}
+
+static void format_shape(char *buf, size_t cap, int ndim, const int64_t *shape)
+{
+    size_t n = (size_t)snprintf(buf, cap, "[");
+    for (int d = 0; d < ndim && n < cap; d++)
+        n += (size_t)snprintf(buf + n, cap - n, d ? ", %lld" : "%lld", (long long)shape[d]);
+    if (n < cap)
+        snprintf(buf + n, cap - n, "]");
+}
+
+/* Resolve every wanted tensor: check, then place (mapping or arena). */
+static int load_weights(enc_model *m)
+{
+    const enc_config *c = &m->cfg;
+    size_t n_layers = (size_t)c->vision.layers + (size_t)c->text.layers;
+    plan p = {.cap = 13 + n_layers * LAYER_TENSORS};
+    p.w = calloc(p.cap, sizeof *p.w);
+    if (!p.w)
+        return umg_err_set(UMG_ENOMEM, "out of memory planning %zu tensors", p.cap);
+    plan_weights(&p, m);
+    const char *file = enc_st_path(m->st);
+    int rc = 0;
+    size_t arena = 0;
+    for (size_t i = 0; i < p.n; i++) {
+        wanted *w = &p.w[i];
+        const enc_st_tensor *t = enc_st_find(m->st, w->name);
+        if (!t) {
+            rc = umg_err_set(UMG_EFORMAT, "%s: tensor %s is missing", file, w->name);
+            goto out;
+        }
+        if (t->dtype != ENC_ST_F32 && t->dtype != ENC_ST_F16 && t->dtype != ENC_ST_BF16) {
+            rc = umg_err_set(UMG_EFORMAT, "%s: tensor %s has dtype %s (F32, F16 or BF16 expected)", file,
+                             w->name, enc_st_dtype_name(t->dtype));
+            goto out;
+        }
+        int same = t->ndim == w->ndim;
+        for (int d = 0; same && d < w->ndim; d++)
+            same = t->shape[d] == w->shape[d];
+        if (!same) {
+            char got[96], exp[96];
+            format_shape(got, sizeof got, t->ndim, t->shape);
+            format_shape(exp, sizeof exp, w->ndim, w->shape);
+            rc = umg_err_set(UMG_EFORMAT, "%s: tensor %s has shape %s, config.json implies %s", file, w->name,
+                             got, exp);
+            goto out;
+        }
+        w->t = t;
+        if (t->dtype == ENC_ST_F32 && (uintptr_t)t->data % sizeof(float) == 0) {
+            *w->slot = (const float *)t->data;
+        } else {
+            w->arena_off = arena;
+            arena += (t->nelem + 15) & ~(uint64_t)15; /* 64-byte aligned starts */
+        }
+    }
+    if (arena) {
+        m->arena = aligned_alloc(64, arena * sizeof(float));
+        if (!m->arena) {
+            rc = umg_err_set(UMG_ENOMEM, "%s: out of memory converting %zu MB of F16/BF16 weights", file,
+                             arena * sizeof(float) >> 20);
+            goto out;
+        }
+        m->arena_floats = arena;
+        for (size_t i = 0; i < p.n; i++) {
+            wanted *w = &p.w[i];
+            if (w->arena_off == SIZE_MAX)
+                continue;
+            float *dst = m->arena + w->arena_off;
+            const enc_st_tensor *t = w->t;
+            /* F16/BF16 data may sit at odd addresses too: copy bytes, not uint16_t loads. */
+            if (t->dtype == ENC_ST_F32) {
+                memcpy(dst, t->data, t->nbytes);
+            } else {
+                uint16_t chunk[1024];
+                for (uint64_t done = 0; done < t->nelem;) {
+                    uint64_t k = t->nelem - done < 1024 ? t->nelem - done : 1024;
+                    memcpy(chunk, t->data + done * 2, k * 2);
+                    if (t->dtype == ENC_ST_F16)
+                        enc_f16_to_f32(dst + done, chunk, k);
+                    else
+                        enc_bf16_to_f32(dst + done, chunk, k);
+                    done += k;
+                }
+            }
+            *w->slot = dst;
+        }
+    }
+out:
+    free(p.w);
+    return rc;
+}
+
+static int fingerprint(enc_model *m, const char *config, size_t config_len)
+{
+    size_t hlen;
+    const char *header = enc_st_header(m->st, &hlen);
+    EVP_MD_CTX *ctx = EVP_MD_CTX_new();
+    unsigned int outlen = 0;
+    int ok = ctx && EVP_DigestInit_ex(ctx, EVP_sha256(), NULL) && EVP_DigestUpdate(ctx, config, config_len) &&
+             EVP_DigestUpdate(ctx, header, hlen) && EVP_DigestFinal_ex(ctx, m->fingerprint, &outlen) &&
+             outlen == 32;
+    EVP_MD_CTX_free(ctx);
+    return ok ? 0 : umg_err_set(UMG_EINTERNAL, "SHA-256 of the checkpoint failed");
+}
+
+static int set_name(enc_model *m, const char *dir, const char *config, size_t config_len)
+{
+    json_t *root = json_loadb(config, config_len, 0, NULL);
+    json_t *j = root ? json_object_get(root, "_name_or_path") : NULL;
+    if (json_is_string(j) && json_string_length(j) > 0) {
+        m->name = strdup(json_string_value(j));
+    } else {
+        size_t len = strlen(dir);
+        while (len > 1 && dir[len - 1] == '/')
+            len--;
+        size_t start = len;
+        while (start > 0 && dir[start - 1] != '/')
+            start--;
+        m->name = strndup(dir + start, len - start);
+    }
+    json_decref(root);
+    return m->name ? 0 : umg_err_set(UMG_ENOMEM, "out of memory");
+}
+
+int enc_model_open(const char *dir, enc_model **out)
+{
+    *out = NULL;
+    if (!dir || !*dir)
+        return umg_err_set(UMG_EINVAL, "no model directory given");
+    enc_model *m = calloc(1, sizeof *m);
+    if (!m)
+        return umg_err_set(UMG_ENOMEM, "out of memory");
+    char path[4096], path2[4096];
+    char *config = NULL;
+    size_t config_len = 0;
+    int rc;
+
+    snprintf(path, sizeof path, "%s/config.json", dir);
+    if ((rc = enc_read_small_file(path, 4u << 20, &config, &config_len)))
+        goto fail;
+    if ((rc = enc_config_parse(config, config_len, &m->cfg))) {
+        /* enc_config_parse says "config.json: ..."; add the directory. */
+        char msg[512];
+        snprintf(msg, sizeof msg, "%s", umg_err_msg());
+        rc = umg_err_set(rc, "%s/%s", dir, msg);
+        goto fail;
+    }
+    if ((rc = set_name(m, dir, config, config_len)))
+        goto fail;
+
+    snprintf(path, sizeof path, "%s/model.safetensors", dir);
+    if ((rc = enc_st_open(path, &m->st)))
+        goto fail;
+    m->layers = calloc((size_t)m->cfg.vision.layers + (size_t)m->cfg.text.layers, sizeof *m->layers);
+    if (!m->layers) {
+        rc = umg_err_set(UMG_ENOMEM, "out of memory");
+        goto fail;
+    }
+    m->vision.encoder_layers = m->layers;
+    m->text.encoder_layers = m->layers + m->cfg.vision.layers;
+    if ((rc = load_weights(m)) || (rc = fingerprint(m, config, config_len)))
+        goto fail;
+
+    snprintf(path, sizeof path, "%s/vocab.json", dir);
+    snprintf(path2, sizeof path2, "%s/merges.txt", dir);
+    if ((rc = enc_tokenizer_open(path, path2, &m->tok)))
+        goto fail;
+    if (enc_tokenizer_vocab_size(m->tok) > m->cfg.vocab_size) {
+        rc = umg_err_set(UMG_EFORMAT, "%s: %d tokens, but config.json's text_config.vocab_size is %d", path,
+                         enc_tokenizer_vocab_size(m->tok), m->cfg.vocab_size);
+        goto fail;
+    }
+    if ((rc = enc_preproc_load(dir, m->cfg.image_size, &m->preproc)))
+        goto fail;
+    if (m->preproc.crop_w != m->cfg.image_size || m->preproc.crop_h != m->cfg.image_size) {
+        rc = umg_err_set(UMG_EFORMAT, "%s/preprocessor_config.json: crop size %dx%d, but the network takes %dx%d",
+                         dir, m->preproc.crop_w, m->preproc.crop_h, m->cfg.image_size, m->cfg.image_size);
+        goto fail;
+    }
+    free(config);
+    *out = m;
+    return 0;
+fail:
+    free(config);
+    enc_model_close(m);
+    return rc;
+}
+
+void enc_model_close(enc_model *m)
+{
+    if (!m)
+        return;
+    enc_tokenizer_close(m->tok);
+    enc_st_close(m->st);
+    free(m->arena);
+    free(m->layers);
+    free(m->name);
+    free(m);
+}
+
+const enc_config *enc_model_config(const enc_model *m) { return &m->cfg; }
+const enc_preproc *enc_model_preproc(const enc_model *m) { return &m->preproc; }
+const enc_tokenizer *enc_model_tokenizer(const enc_model *m) { return m->tok; }
+int enc_model_dim(const enc_model *m) { return m->cfg.projection_dim; }
+int enc_model_grid(const enc_model *m) { return m->cfg.image_size / m->cfg.patch_size; }
+void enc_model_fingerprint(const enc_model *m, uint8_t out[32]) { memcpy(out, m->fingerprint, 32); }
+const char *enc_model_name(const enc_model *m) { return m->name; }
+
+void enc_set_threads(int n) { openblas_set_num_threads(n < 1 ? 1 : n); }
+
+/* ---- run state -------------------------------------------------------- */
+
+static size_t max_sz(size_t a, size_t b) { return a > b ? a : b; }
+static size_t round64(size_t floats) { return (floats + 15) & ~(size_t)15; }
+
+int enc_run_create(const enc_model *m, int max_batch, enc_run **out)
+{
+    *out = NULL;
+    if (!m || max_batch < 1 || max_batch > 65536)
+        return umg_err_set(UMG_EINVAL, "enc_run_create: max_batch %d outside [1, 65536]", max_batch);
+    const enc_config *c = &m->cfg;
+    size_t G = (size_t)(c->image_size / c->patch_size), T = G * G + 1, B = (size_t)max_batch;
+    size_t M = B * T, L = (size_t)c->max_positions;
+    size_t hid = max_sz(M * (size_t)c->vision.hidden, L * (size_t)c->text.hidden);
+    size_t mlp = max_sz(max_sz(M * (size_t)c->vision.intermediate, L * (size_t)c->text.intermediate),
+                        B * (size_t)c->channels * (size_t)c->image_size * (size_t)c->image_size);
+    size_t sc = max_sz(T * T, L * L);
+    size_t total = 5 * round64(hid) + round64(mlp) + round64(sc);
+    enc_run *r = calloc(1, sizeof *r);
+    if (!r)
+        return umg_err_set(UMG_ENOMEM, "out of memory");
+    r->mem = aligned_alloc(64, total * sizeof(float));
+    if (!r->mem) {
+        free(r);
+        return umg_err_set(UMG_ENOMEM, "out of memory for a run state of %zu MB (max_batch %d)",
+                           total * sizeof(float) >> 20, max_batch);
+    }
+    float *p = r->mem;
+    r->h = p, p += round64(hid);
+    r->x = p, p += round64(hid);
+    r->q = p, p += round64(hid);
+    r->k = p, p += round64(hid);
+    r->v = p, p += round64(hid);
+    r->mlp = p, p += round64(mlp);
+    r->scores = p;
+    r->m = m;
+    r->max_batch = max_batch;
+    *out = r;
+    return 0;
+}
+
+void enc_run_close(enc_run *r)
+{
+    if (!r)
+        return;
+    free(r->mem);
+    free(r);
+}
+
+/* ---- forward passes --------------------------------------------------- */
+
+/* One pre-norm block over n_seq sequences of T tokens in r->h [n_seq*T, H]:
+ *   h += out_proj(attention(LN1(h)));  h += fc2(act(fc1(LN2(h)))) */
+static void block(enc_run *r, const enc_layer_weights *L, const enc_tower_config *tc, int n_seq, int T,
+                  int causal)
+{
+    int H = tc->hidden, F = tc->intermediate, M = n_seq * T;
+    float scale = 1.0f / sqrtf((float)(H / tc->heads));
+    enc_layer_norm(r->x, H, r->h, H, L->layer_norm1_weight, L->layer_norm1_bias, tc->ln_eps, M, H);
+    /* q[M, H] = (x . Wq^T + bq) * scale; k, v likewise unscaled */
+    enc_linear(r->q, r->x, L->self_attn_q_proj_weight, M, H, H, 0);
+    enc_add_bias_scale(r->q, L->self_attn_q_proj_bias, scale, M, H);
+    enc_linear(r->k, r->x, L->self_attn_k_proj_weight, M, H, H, 0);
+    enc_add_bias(r->k, L->self_attn_k_proj_bias, M, H);
+    enc_linear(r->v, r->x, L->self_attn_v_proj_weight, M, H, H, 0);
+    enc_add_bias(r->v, L->self_attn_v_proj_bias, M, H);
+    /* x[M, H] = attention per sequence (x is free again) */
+    for (int s = 0; s < n_seq; s++) {
+        size_t o = (size_t)s * T * H;
+        enc_attention(r->x + o, r->q + o, r->k + o, r->v + o, r->scores, T, H, tc->heads, causal);
+    }
+    /* h[M, H] += x . Wo^T + bo */
+    enc_add_bias(r->h, L->self_attn_out_proj_bias, M, H);
+    enc_linear(r->h, r->x, L->self_attn_out_proj_weight, M, H, H, 1);
+    enc_layer_norm(r->x, H, r->h, H, L->layer_norm2_weight, L->layer_norm2_bias, tc->ln_eps, M, H);
+    /* mlp[M, F] = act(x . W1^T + b1);  h[M, H] += mlp . W2^T + b2 */
+    enc_linear(r->mlp, r->x, L->mlp_fc1_weight, M, H, F, 0);
+    enc_add_bias_act(r->mlp, L->mlp_fc1_bias, tc->act, M, F);
+    enc_add_bias(r->h, L->mlp_fc2_bias, M, H);
+    enc_linear(r->h, r->mlp, L->mlp_fc2_weight, M, F, H, 1);
+}
+
+int enc_encode_pixels(enc_run *r, const float *pixels, int n, float *embeds, float *patches)
+{
+    if (!r || !pixels || !embeds || n < 1 || n > r->max_batch)
+        return umg_err_set(UMG_EINVAL, "enc_encode_pixels: %d images for a run state of at most %d", n,
+                           r ? r->max_batch : 0);
+    const enc_model *m = r->m;
+    const enc_config *c = &m->cfg;
+    const enc_vision_weights *W = &m->vision;
+    int S = c->image_size, P = c->patch_size, G = S / P, C = c->channels, H = c->vision.hidden;
+    int D = c->projection_dim, T = G * G + 1, M = n * T, K = C * P * P, NP = n * G * G;
+
+    /* cols[NP, K]: each patch unfolded in the conv weight's (c, y, x) order */
+    float *cols = r->mlp;
+    for (int i = 0; i < n; i++)
+        for (int gy = 0; gy < G; gy++)
+            for (int gx = 0; gx < G; gx++) {
+                float *row = cols + ((size_t)(i * G + gy) * G + gx) * K;
+                for (int ch = 0; ch < C; ch++)
+                    for (int py = 0; py < P; py++)
+                        memcpy(row + (size_t)(ch * P + py) * P,
+                               pixels + (((size_t)i * C + ch) * S + (size_t)gy * P + py) * S + (size_t)gx * P,
+                               (size_t)P * sizeof(float));
+            }
+    /* q[NP, H] = cols . patch_weight[H, K]^T (the conv has no bias) */
+    enc_linear(r->q, cols, W->embeddings_patch_embedding_weight, NP, K, H, 0);
+    /* h[i, 0] = class + pos[0];  h[i, 1 + p] = q[i*G*G + p] + pos[1 + p] */
+    const float *pos = W->embeddings_position_embedding_weight;
+    for (int i = 0; i < n; i++) {
+        float *hi = r->h + (size_t)i * T * H;
+        for (int d = 0; d < H; d++)
+            hi[d] = W->embeddings_class_embedding[d] + pos[d];
+        const float *qi = r->q + (size_t)i * (T - 1) * H;
+        for (size_t e = 0; e < (size_t)(T - 1) * H; e++)
+            hi[H + e] = qi[e] + pos[H + e];
+    }
+    enc_layer_norm(r->h, H, r->h, H, W->pre_layrnorm_weight, W->pre_layrnorm_bias, c->vision.ln_eps, M, H);
+    for (int l = 0; l < c->vision.layers; l++)
+        block(r, &W->encoder_layers[l], &c->vision, n, T, 0);
+
+    if (patches) {
+        /* x[M, H] = post_layernorm(h) on every token */
+        enc_layer_norm(r->x, H, r->h, H, W->post_layernorm_weight, W->post_layernorm_bias, c->vision.ln_eps,
+                       M, H);
+        /* embeds[n, D] = x[CLS rows, T*H apart] . proj[D, H]^T */
+        enc_linear_ld(embeds, D, r->x, T * H, W->visual_projection_weight, n, H, D, 0);
+        /* patches[i][G*G, D] = x[i, 1..T) . proj^T */
+        for (int i = 0; i < n; i++)
+            enc_linear_ld(patches + (size_t)i * (T - 1) * D, D, r->x + ((size_t)i * T + 1) * H, H,
+                          W->visual_projection_weight, T - 1, H, D, 0);
+    } else {
+        /* x[n, H] = post_layernorm(h[CLS rows]) */
+        enc_layer_norm(r->x, H, r->h, T * H, W->post_layernorm_weight, W->post_layernorm_bias,
+                       c->vision.ln_eps, n, H);
+        enc_linear(embeds, r->x, W->visual_projection_weight, n, H, D, 0);
+    }
+    return 0;
+}
+
+int enc_encode_ids(enc_run *r, const int32_t *ids, int n_ids, float *embed)
+{
+    if (!r || !ids || !embed)
+        return umg_err_set(UMG_EINVAL, "enc_encode_ids: NULL argument");
+    const enc_model *m = r->m;
+    const enc_config *c = &m->cfg;
+    if (n_ids < 1 || n_ids > c->max_positions)
+        return umg_err_set(UMG_EINVAL, "enc_encode_ids: %d ids (1 to %d allowed)", n_ids, c->max_positions);
+    /* Pool at the first end token, as CLIP does (argmax of the ids); the causal
+     * mask makes every later token irrelevant, so they are not computed. */
+    int n = n_ids;
+    for (int i = 0; i < n_ids; i++) {
+        if (ids[i] < 0 || ids[i] >= c->vocab_size)
+            return umg_err_set(UMG_EINVAL, "enc_encode_ids: id %d at %d outside the vocabulary of %d",
+                               (int)ids[i], i, c->vocab_size);
+        if (ids[i] == c->eos_id && n == n_ids)
+            n = i + 1;
+    }
+    const enc_text_weights *W = &m->text;
+    int H = c->text.hidden, D = c->projection_dim;
+    /* h[t] = token[ids[t]] + pos[t] */
+    for (int t = 0; t < n; t++) {
+        const float *tok = W->embeddings_token_embedding_weight + (size_t)ids[t] * H;
+        const float *pos = W->embeddings_position_embedding_weight + (size_t)t * H;
+        float *ht = r->h + (size_t)t * H;
+        for (int d = 0; d < H; d++)
+            ht[d] = tok[d] + pos[d];
+    }
+    for (int l = 0; l < c->text.layers; l++)
+        block(r, &W->encoder_layers[l], &c->text, 1, n, 1);
+    /* x[0] = final_layer_norm(h[n - 1]);  embed[D] = text_projection . x[0] */
+    enc_layer_norm(r->x, H, r->h + (size_t)(n - 1) * H, H, W->final_layer_norm_weight, W->final_layer_norm_bias,
+                   c->text.ln_eps, 1, H);
+    enc_linear(embed, r->x, W->text_projection_weight, 1, H, D, 0);
+    return 0;
+}
+
+int enc_encode_text(enc_run *r, const char *text, size_t len, float *embed, int32_t *ids, int *n_ids)
+{
+    if (!r || (!text && len) || !embed)
+        return umg_err_set(UMG_EINVAL, "enc_encode_text: NULL argument");
+    const enc_config *c = &r->m->cfg;
+    int32_t local[ENC_CONTEXT_LENGTH];
+    int max_ids = c->max_positions < ENC_CONTEXT_LENGTH ? c->max_positions : ENC_CONTEXT_LENGTH;
+    int n = 0;
+    int rc = enc_tokenize(r->m->tok, text ? text : "", len, local, max_ids, &n);
+    if (rc)
+        return rc;
+    if ((rc = enc_encode_ids(r, local, n, embed)))
+        return rc;
+    if (ids)
+        memcpy(ids, local, (size_t)n * sizeof *ids);
+    if (n_ids)
+        *n_ids = n;
+    return 0;
+}
+
+void enc_l2_normalize(float *v, int n)
+{
+    double s = 0;
+    for (int i = 0; i < n; i++)
+        s += (double)v[i] * v[i];
+    if (s > 0) {
+        float inv = (float)(1.0 / sqrt(s));
+        for (int i = 0; i < n; i++)
+            v[i] *= inv;
+    }
+}
