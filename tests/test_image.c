@@ -1,0 +1,693 @@
+/* test_image.c - decoding, EXIF orientation, resize, CLIP preprocessing and fit-pad,
+ * geometry, preprocessor_config.json, hostile files.
+ *
+ * Expected pixels come from Pillow (tools/make_test_images.py writes
+ * tests/fixtures/images/) and from the reference CLIP preprocessing
+ * (tests/fixtures/clip-tiny/pixels). */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <cmocka.h>
+
+#include <dirent.h>
+#include <limits.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "enc_image.h"
+#include "umg_error.h"
+
+#define IMG_DIR UMG_FIXTURES_DIR "/images"
+#define CLIP_DIR UMG_FIXTURES_DIR "/clip-tiny"
+#define MAXPX ENC_IMAGE_MAX_PIXELS_DEFAULT
+
+static void *read_all(const char *path, size_t *len)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        fail_msg("cannot open %s", path);
+    fseek(f, 0, SEEK_END);
+    long n = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    void *buf = malloc(n > 0 ? (size_t)n : 1);
+    assert_non_null(buf);
+    assert_int_equal(fread(buf, 1, (size_t)n, f), (size_t)n);
+    fclose(f);
+    *len = (size_t)n;
+    return buf;
+}
+
+static void write_all(const char *path, const void *data, size_t len)
+{
+    FILE *f = fopen(path, "wb");
+    assert_non_null(f);
+    assert_int_equal(fwrite(data, 1, len, f), len);
+    fclose(f);
+}
+
+/* "name w h [a b]" from the fixture manifest; returns the number of integers read. */
+static int manifest(const char *name, int v[4])
+{
+    FILE *f = fopen(IMG_DIR "/manifest.txt", "r");
+    assert_non_null(f);
+    char line[256], n[128];
+    int found = 0;
+    while (fgets(line, sizeof line, f)) {
+        int k = sscanf(line, "%127s %d %d %d %d", n, &v[0], &v[1], &v[2], &v[3]);
+        if (k >= 3 && strcmp(n, name) == 0) {
+            found = k - 1;
+            break;
+        }
+    }
+    fclose(f);
+    if (!found)
+        fail_msg("%s not in manifest.txt", name);
+    return found;
+}
+
+/* Decoded image must equal NAME.rgb byte for byte. */
+static void expect_rgb(const enc_image *im, const char *rgb_name)
+{
+    int v[4];
+    manifest(rgb_name, v);
+    char path[512];
+    snprintf(path, sizeof path, IMG_DIR "/%s", rgb_name);
+    size_t len;
+    uint8_t *want = read_all(path, &len);
+    assert_int_equal(im->width, v[0]);
+    assert_int_equal(im->height, v[1]);
+    assert_int_equal(len, (size_t)v[0] * v[1] * 3);
+    size_t ndiff = 0;
+    int maxd = 0;
+    for (size_t i = 0; i < len; i++) {
+        int d = abs((int)im->rgb[i] - (int)want[i]);
+        ndiff += d != 0;
+        if (d > maxd)
+            maxd = d;
+    }
+    if (ndiff)
+        fail_msg("%s: %zu of %zu bytes differ from Pillow (max %d)", rgb_name, ndiff, len, maxd);
+    free(want);
+}
+
+static void load_ok(const char *path, enc_image *im)
+{
+    int rc = enc_image_load(path, MAXPX, im);
+    if (rc)
+        fail_msg("%s: rc %d %s", path, rc, umg_err_msg());
+}
+
+/* ---------------------------------------------------------------- CLIP fixture */
+
+static void test_clip_fixture_pixels(void **state)
+{
+    static const char *names[] = {"astronaut.png", "camera.png", "chelsea.png", "coffee.png",
+                                  "motorcycle_left.png", "rocket.jpg"};
+    const size_t n = 3 * 224 * 224;
+    float *out = malloc(n * sizeof(float));
+    assert_non_null(out);
+    enc_preproc p;
+    assert_int_equal(enc_preproc_load(CLIP_DIR, 224, &p), 0); /* no preprocessor_config.json: defaults */
+    for (size_t i = 0; i < sizeof names / sizeof *names; i++) {
+        char path[512], base[128];
+        snprintf(path, sizeof path, CLIP_DIR "/images/%s", names[i]);
+        snprintf(base, sizeof base, "%s", names[i]);
+        *strrchr(base, '.') = 0;
+        enc_image im;
+        load_ok(path, &im);
+        assert_int_equal(enc_preprocess(&im, &p, out), 0);
+        snprintf(path, sizeof path, CLIP_DIR "/pixels/%s.f32", base);
+        size_t len;
+        float *ref = read_all(path, &len);
+        assert_int_equal(len, n * sizeof(float));
+        double sum = 0, mx = 0;
+        size_t exact = 0;
+        for (size_t j = 0; j < n; j++) {
+            double d = fabs((double)out[j] - ref[j]);
+            sum += d;
+            if (d > mx)
+                mx = d;
+            exact += out[j] == ref[j];
+        }
+        printf("  %-20s %4dx%-4d mean|diff| %.3g  max|diff| %.3g  bit-identical %zu/%zu\n", names[i], im.width,
+               im.height, sum / n, mx, exact, n);
+        assert_true(sum / n <= 0.005);
+        assert_true(mx <= 0.05);
+        /* PIL's arithmetic is reproduced exactly; anything else is a regression. */
+        assert_int_equal(exact, n);
+        free(ref);
+        enc_image_free(&im);
+    }
+    free(out);
+}
+
+/* ---------------------------------------------------------------- geometry */
+
+static void expect_geom(int fit, int shortest, int crop, int w, int h, int rw, int rh, int ox, int oy)
+{
+    enc_preproc p;
+    enc_preproc_default(&p, crop);
+    p.resize_shortest = shortest;
+    p.fit = fit;
+    enc_preproc_geom g;
+    enc_preproc_geometry(&p, w, h, &g);
+    if (g.resized_w != rw || g.resized_h != rh || g.off_x != ox || g.off_y != oy)
+        fail_msg("fit %d %dx%d -> got %dx%d at %d,%d, want %dx%d at %d,%d", fit, w, h, g.resized_w, g.resized_h,
+                 g.off_x, g.off_y, rw, rh, ox, oy);
+    assert_int_equal(g.input_w, crop);
+    assert_int_equal(g.input_h, crop);
+    assert_true(g.scale_x == (float)((double)rw / w));
+    assert_true(g.scale_y == (float)((double)rh / h));
+}
+
+static void test_geometry(void **state)
+{
+    /* CROP, from torchvision's formulas: long = int(224 * long / short),
+     * crop offset round((L - 224) / 2) with halves to even. */
+    expect_geom(ENC_FIT_CROP, 224, 224, 640, 427, 335, 224, -56, 0); /* 55.5 -> 56 */
+    expect_geom(ENC_FIT_CROP, 224, 224, 427, 640, 224, 335, 0, -56);
+    expect_geom(ENC_FIT_CROP, 224, 224, 337, 224, 337, 224, -56, 0); /* 56.5 -> 56 */
+    expect_geom(ENC_FIT_CROP, 224, 224, 339, 224, 339, 224, -58, 0); /* 57.5 -> 58 */
+    expect_geom(ENC_FIT_CROP, 224, 224, 451, 300, 336, 224, -56, 0); /* 336.746... truncated */
+    expect_geom(ENC_FIT_CROP, 224, 224, 512, 512, 224, 224, 0, 0);
+    expect_geom(ENC_FIT_CROP, 224, 224, 10, 5, 448, 224, -112, 0);   /* upscale */
+    /* Shorter side smaller than the crop: torchvision pads (224 - 200) // 2 first. */
+    expect_geom(ENC_FIT_CROP, 200, 224, 400, 300, 266, 200, -21, 12);
+
+    /* PAD: the values the Python twin (tools/umgtrain/preprocess.py) computed for the goldens. */
+    static const char *pads[] = {"pad_chelsea_64.f32", "pad_portrait_64.f32", "pad_strip_64.f32", "pad_small_64.f32"};
+    static const int sizes[][2] = {{451, 300}, {150, 260}, {600, 6}, {40, 29}};
+    for (int i = 0; i < 4; i++) {
+        int v[4];
+        assert_int_equal(manifest(pads[i], v), 4);
+        expect_geom(ENC_FIT_PAD, 64, 64, sizes[i][0], sizes[i][1], v[0], v[1], v[2], v[3]);
+    }
+    expect_geom(ENC_FIT_PAD, 224, 224, 640, 480, 224, 168, 0, 28);
+    expect_geom(ENC_FIT_PAD, 224, 224, 233, 377, 138, 224, 43, 0); /* int(138.4...) */
+    expect_geom(ENC_FIT_PAD, 224, 224, 10000, 1, 224, 1, 0, 111);  /* at least 1 pixel */
+
+    /* The documented mapping: x_in = x * scale + off. */
+    enc_preproc p;
+    enc_preproc_default(&p, 224);
+    enc_preproc_geom g;
+    enc_preproc_geometry(&p, 640, 427, &g);
+    assert_true(fabsf(640 * g.scale_x + g.off_x - (335 - 56)) < 1e-3f);
+}
+
+/* ---------------------------------------------------------------- PAD vs Pillow */
+
+static void test_pad_vs_pillow(void **state)
+{
+    static const char *cases[][2] = {
+        {CLIP_DIR "/images/chelsea.png", "pad_chelsea_64.f32"},
+        {IMG_DIR "/portrait.png", "pad_portrait_64.f32"},
+        {IMG_DIR "/strip.png", "pad_strip_64.f32"},
+        {IMG_DIR "/small.png", "pad_small_64.f32"},
+    };
+    const int S = 64;
+    const size_t n = 3 * S * S;
+    float out[3 * 64 * 64];
+    for (int i = 0; i < 4; i++) {
+        enc_image im;
+        load_ok(cases[i][0], &im);
+        enc_preproc p;
+        enc_preproc_default(&p, S);
+        p.fit = ENC_FIT_PAD;
+        assert_int_equal(enc_preprocess(&im, &p, out), 0);
+        char path[512];
+        snprintf(path, sizeof path, IMG_DIR "/%s", cases[i][1]);
+        size_t len;
+        float *ref = read_all(path, &len);
+        assert_int_equal(len, n * sizeof(float));
+        double mx = 0;
+        size_t exact = 0;
+        for (size_t j = 0; j < n; j++) {
+            double d = fabs((double)out[j] - ref[j]);
+            if (d > mx)
+                mx = d;
+            exact += out[j] == ref[j];
+        }
+        printf("  %-22s max|diff| %.3g  bit-identical %zu/%zu\n", cases[i][1], mx, exact, n);
+        assert_int_equal(exact, n);
+        /* Padding is exactly 0 (the mean colour after normalization). */
+        enc_preproc_geom g;
+        enc_preproc_geometry(&p, im.width, im.height, &g);
+        if (g.off_y > 0)
+            for (int c = 0; c < 3; c++)
+                assert_true(out[(size_t)c * S * S] == 0.0f && out[(size_t)c * S * S + S * S - 1] == 0.0f);
+        free(ref);
+        enc_image_free(&im);
+    }
+}
+
+static void test_crop_pads_small_resize(void **state)
+{
+    /* resize_shortest < crop: torchvision's CenterCrop pads with black (value 0). */
+    enc_image im;
+    load_ok(IMG_DIR "/src.png", &im); /* 37x23 */
+    enc_preproc p;
+    enc_preproc_default(&p, 32);
+    p.resize_shortest = 20; /* -> 32x20 (int(20 * 37 / 23) = 32), pad rows 6..25 */
+    float out[3 * 32 * 32];
+    assert_int_equal(enc_preprocess(&im, &p, out), 0);
+    enc_image r;
+    assert_int_equal(enc_image_resize(&im, 32, 20, &r), 0);
+    for (int c = 0; c < 3; c++) {
+        const float black = (0.0f / 255.0f - p.mean[c]) / p.std[c];
+        for (int y = 0; y < 32; y++)
+            for (int x = 0; x < 32; x++) {
+                float v = out[(c * 32 + y) * 32 + x];
+                if (y < 6 || y >= 26)
+                    assert_true(v == black);
+                else
+                    assert_true(v == ((float)r.rgb[((y - 6) * 32 + x) * 3 + c] / 255.0f - p.mean[c]) / p.std[c]);
+            }
+    }
+    enc_image_free(&r);
+    enc_image_free(&im);
+}
+
+/* ---------------------------------------------------------------- decoding */
+
+static void test_exif_orientation(void **state)
+{
+    for (int o = 1; o <= 8; o++) {
+        char path[512], rgb[64];
+        snprintf(path, sizeof path, IMG_DIR "/exif_%d.jpg", o);
+        snprintf(rgb, sizeof rgb, "exif_%d.rgb", o);
+        enc_image im;
+        load_ok(path, &im);
+        /* Every file holds the same upright 32x16 photo once its orientation is applied. */
+        assert_int_equal(im.width, 32);
+        assert_int_equal(im.height, 16);
+        const uint8_t *tl = im.rgb + (3 * 32 + 3) * 3;    /* inside the red marker */
+        const uint8_t *br = im.rgb + (12 * 32 + 28) * 3;  /* inside the blue block */
+        const uint8_t *tr = im.rgb + (3 * 32 + 28) * 3;   /* gray */
+        if (!(tl[0] > 200 && tl[1] < 50 && tl[2] < 50))
+            fail_msg("orientation %d: marker pixel is %d,%d,%d, not red", o, tl[0], tl[1], tl[2]);
+        assert_true(br[2] > 200 && br[0] < 50);
+        assert_true(abs(tr[0] - 128) < 10 && abs(tr[2] - 128) < 10);
+        expect_rgb(&im, rgb);
+        enc_image_free(&im);
+    }
+}
+
+static void test_png_variants(void **state)
+{
+    static const char *names[] = {
+        "png_rgb", "png_rgba", "png_gray", "png_gray_alpha", "png_gray1", "png_gray2", "png_gray4",
+        "png_gray_trns", "png_rgb16", "png_rgba16", "png_gray_alpha16", "png_gray16", "png_rgb_interlaced",
+        "png_rgba16_interlaced", "png_gray2_interlaced", "png_palette", "png_palette_trns",
+        "png_palette4_trns_interlaced", "png_palette1",
+    };
+    for (size_t i = 0; i < sizeof names / sizeof *names; i++) {
+        char path[512], rgb[64];
+        snprintf(path, sizeof path, IMG_DIR "/%s.png", names[i]);
+        snprintf(rgb, sizeof rgb, "%s.rgb", names[i]);
+        enc_image im;
+        load_ok(path, &im);
+        expect_rgb(&im, rgb);
+        enc_image_free(&im);
+    }
+}
+
+static void test_cmyk_jpeg(void **state)
+{
+    enc_image im;
+    load_ok(IMG_DIR "/cmyk.jpg", &im);
+    expect_rgb(&im, "cmyk.rgb");
+    enc_image_free(&im);
+}
+
+/* ---------------------------------------------------------------- resize, crop */
+
+static void test_resize_vs_pillow(void **state)
+{
+    static const int sizes[][2] = {{80, 50}, {9, 5}, {37, 11}, {100, 23}, {5, 60}, {1, 1}, {36, 22}};
+    enc_image src;
+    load_ok(IMG_DIR "/src.png", &src);
+    for (size_t i = 0; i < sizeof sizes / sizeof *sizes; i++) {
+        enc_image r;
+        assert_int_equal(enc_image_resize(&src, sizes[i][0], sizes[i][1], &r), 0);
+        char rgb[64];
+        snprintf(rgb, sizeof rgb, "resize_%dx%d.rgb", sizes[i][0], sizes[i][1]);
+        expect_rgb(&r, rgb);
+        enc_image_free(&r);
+    }
+    /* Same size: an exact copy. */
+    enc_image r;
+    assert_int_equal(enc_image_resize(&src, src.width, src.height, &r), 0);
+    assert_memory_equal(r.rgb, src.rgb, (size_t)src.width * src.height * 3);
+    enc_image_free(&r);
+    assert_int_equal(enc_image_resize(&src, 0, 5, &r), UMG_EINVAL);
+    assert_null(r.rgb);
+    assert_int_equal(enc_image_resize(&src, 100000, 100000, &r), UMG_ETOOBIG);
+    assert_null(r.rgb);
+    enc_image_free(&src);
+}
+
+static void test_crop(void **state)
+{
+    enc_image src;
+    load_ok(IMG_DIR "/src.png", &src); /* 37x23 */
+    enc_image c;
+    assert_int_equal(enc_image_crop(&src, 5, 7, 10, 4, &c), 0);
+    assert_int_equal(c.width, 10);
+    assert_int_equal(c.height, 4);
+    for (int y = 0; y < 4; y++)
+        assert_memory_equal(c.rgb + y * 10 * 3, src.rgb + ((7 + y) * 37 + 5) * 3, 10 * 3);
+    enc_image_free(&c);
+    assert_null(c.rgb);
+
+    /* Clipped to the image. */
+    assert_int_equal(enc_image_crop(&src, -3, -2, 10, 10, &c), 0);
+    assert_int_equal(c.width, 7);
+    assert_int_equal(c.height, 8);
+    assert_memory_equal(c.rgb, src.rgb, 7 * 3);
+    enc_image_free(&c);
+    assert_int_equal(enc_image_crop(&src, 30, 20, INT_MAX, INT_MAX, &c), 0);
+    assert_int_equal(c.width, 7);
+    assert_int_equal(c.height, 3);
+    assert_memory_equal(c.rgb, src.rgb + (20 * 37 + 30) * 3, 7 * 3);
+    enc_image_free(&c);
+    assert_int_equal(enc_image_crop(&src, INT_MIN, INT_MIN, INT_MAX, INT_MAX, &c), UMG_EINVAL);
+
+    /* Empty after clipping. */
+    assert_int_equal(enc_image_crop(&src, 37, 0, 5, 5, &c), UMG_EINVAL);
+    assert_null(c.rgb);
+    assert_int_equal(enc_image_crop(&src, -10, 0, 10, 5, &c), UMG_EINVAL);
+    assert_int_equal(enc_image_crop(&src, 0, 0, 0, 5, &c), UMG_EINVAL);
+    assert_int_equal(enc_image_crop(&src, 0, 0, -4, 5, &c), UMG_EINVAL);
+    enc_image_free(&src);
+    enc_image_free(NULL);
+}
+
+/* ---------------------------------------------------------------- preprocessor_config.json */
+
+static char tmpdir[64];
+
+static int setup_tmp(void **state)
+{
+    snprintf(tmpdir, sizeof tmpdir, "/tmp/umg_test_image_XXXXXX");
+    return mkdtemp(tmpdir) ? 0 : -1;
+}
+
+static int teardown_tmp(void **state)
+{
+    DIR *d = opendir(tmpdir);
+    if (d) {
+        struct dirent *e;
+        char p[512];
+        while ((e = readdir(d)))
+            if (e->d_name[0] != '.') {
+                snprintf(p, sizeof p, "%s/%s", tmpdir, e->d_name);
+                unlink(p);
+            }
+        closedir(d);
+    }
+    rmdir(tmpdir);
+    return 0;
+}
+
+static int load_config(const char *json, enc_preproc *p)
+{
+    char path[512];
+    snprintf(path, sizeof path, "%s/preprocessor_config.json", tmpdir);
+    write_all(path, json, strlen(json));
+    return enc_preproc_load(tmpdir, 224, p);
+}
+
+static void test_preproc_load(void **state)
+{
+    enc_preproc p, def;
+    enc_preproc_default(&def, 224);
+    assert_int_equal(def.resize_shortest, 224);
+    assert_int_equal(def.crop_w, 224);
+    assert_true(def.mean[0] == 0.48145466f && def.std[2] == 0.27577711f);
+    assert_int_equal(def.fit, ENC_FIT_CROP);
+
+    /* The file of openai/clip-vit-base-patch32 (older layout: ints). */
+    assert_int_equal(load_config("{\"crop_size\": 224, \"do_center_crop\": true, \"do_normalize\": true,"
+                                 " \"do_resize\": true, \"feature_extractor_type\": \"CLIPFeatureExtractor\","
+                                 " \"image_mean\": [0.48145466, 0.4578275, 0.40821073],"
+                                 " \"image_std\": [0.26862954, 0.26130258, 0.27577711],"
+                                 " \"resample\": 3, \"size\": 224}", &p), 0);
+    assert_memory_equal(&p, &def, sizeof p);
+
+    /* Newer layout with objects, other size and statistics. */
+    assert_int_equal(load_config("{\"size\": {\"shortest_edge\": 256}, \"crop_size\": {\"height\": 224, \"width\": 224},"
+                                 " \"image_mean\": [0.5, 0.5, 0.5], \"image_std\": [0.25, 0.5, 1]}", &p), 0);
+    assert_int_equal(p.resize_shortest, 256);
+    assert_int_equal(p.crop_w, 224);
+    assert_int_equal(p.crop_h, 224);
+    assert_true(p.mean[1] == 0.5f && p.std[0] == 0.25f && p.std[2] == 1.0f);
+
+    /* Errors: corrupt JSON, wrong types, a crop the model cannot take, fixed-size resize. */
+    assert_int_equal(load_config("{\"size\": 224,", &p), UMG_EFORMAT);
+    assert_non_null(strstr(umg_err_msg(), "preprocessor_config.json"));
+    assert_memory_equal(&p, &def, sizeof p); /* left at the defaults */
+    assert_int_equal(load_config("[1, 2]", &p), UMG_EFORMAT);
+    assert_int_equal(load_config("{\"size\": \"big\"}", &p), UMG_EFORMAT);
+    assert_int_equal(load_config("{\"size\": -3}", &p), UMG_EFORMAT);
+    assert_int_equal(load_config("{\"image_mean\": [0.5, 0.5]}", &p), UMG_EFORMAT);
+    assert_int_equal(load_config("{\"image_std\": [0.5, 0, 0.5]}", &p), UMG_EFORMAT);
+    assert_int_equal(load_config("{\"crop_size\": 336}", &p), UMG_EFORMAT);
+    assert_non_null(strstr(umg_err_msg(), "336"));
+    assert_int_equal(load_config("{\"size\": {\"height\": 224, \"width\": 224}}", &p), UMG_EUNSUPPORTED);
+
+    /* No file: defaults. */
+    char path[512];
+    snprintf(path, sizeof path, "%s/preprocessor_config.json", tmpdir);
+    unlink(path);
+    assert_int_equal(enc_preproc_load(tmpdir, 224, &p), 0);
+    assert_memory_equal(&p, &def, sizeof p);
+}
+
+/* ---------------------------------------------------------------- hostile input */
+
+static void expect_error(const void *data, size_t len, uint64_t max_pixels, int code, const char *what)
+{
+    enc_image im = {.width = 7, .height = 7, .rgb = (uint8_t *)1};
+    umg_err_clear();
+    int rc = enc_image_decode(data, len, max_pixels, &im);
+    if (rc != code)
+        fail_msg("%s: rc %d (%s), want %d", what, rc, umg_err_msg(), code);
+    assert_null(im.rgb);
+    assert_true(strlen(umg_err_msg()) > 0);
+}
+
+static void test_empty_and_garbage(void **state)
+{
+    expect_error("", 0, MAXPX, UMG_EUNSUPPORTED, "zero bytes");
+    char path[512];
+    snprintf(path, sizeof path, "%s/empty.jpg", tmpdir);
+    write_all(path, "", 0);
+    enc_image im;
+    assert_int_equal(enc_image_load(path, MAXPX, &im), UMG_EUNSUPPORTED);
+    assert_non_null(strstr(umg_err_msg(), "empty.jpg"));
+    assert_int_equal(enc_image_load(UMG_FIXTURES_DIR "/no/such/file.png", MAXPX, &im), UMG_ENOENT);
+    assert_int_equal(enc_image_load(UMG_FIXTURES_DIR, MAXPX, &im), UMG_EINVAL);
+
+    uint8_t junk[4096];
+    srand(12345);
+    for (size_t i = 0; i < sizeof junk; i++)
+        junk[i] = (uint8_t)rand();
+    junk[0] = 0x42; /* not a JPEG/PNG magic */
+    expect_error(junk, sizeof junk, MAXPX, UMG_EUNSUPPORTED, "random garbage");
+    expect_error("GIF89a\1\0\1\0", 10, MAXPX, UMG_EUNSUPPORTED, "GIF");
+    /* Right magic, garbage after it. */
+    memcpy(junk, "\xff\xd8\xff", 3);
+    expect_error(junk, sizeof junk, MAXPX, UMG_EFORMAT, "JPEG magic + garbage");
+    memcpy(junk, "\x89PNG\r\n\x1a\n", 8);
+    expect_error(junk, sizeof junk, MAXPX, UMG_EFORMAT, "PNG magic + garbage");
+    expect_error("\x89PN", 3, MAXPX, UMG_EFORMAT, "PNG signature cut");
+}
+
+static void test_truncated(void **state)
+{
+    size_t len;
+    uint8_t *jpg = read_all(CLIP_DIR "/images/rocket.jpg", &len);
+    const size_t jcuts[] = {1, 2, 3, 4, 20, 200, 1000, len / 3, len / 2, len - 100, len - 2};
+    for (size_t i = 0; i < sizeof jcuts / sizeof *jcuts; i++) {
+        char what[64];
+        snprintf(what, sizeof what, "JPEG cut at %zu of %zu", jcuts[i], len);
+        expect_error(jpg, jcuts[i], MAXPX, UMG_EFORMAT, what);
+    }
+    free(jpg);
+
+    uint8_t *png = read_all(CLIP_DIR "/images/chelsea.png", &len);
+    const size_t pcuts[] = {5, 8, 12, 20, 30, 33, 100, 1000, len / 3, len / 2, len * 9 / 10};
+    for (size_t i = 0; i < sizeof pcuts / sizeof *pcuts; i++) {
+        char what[64];
+        snprintf(what, sizeof what, "PNG cut at %zu of %zu", pcuts[i], len);
+        expect_error(png, pcuts[i], MAXPX, UMG_EFORMAT, what);
+    }
+    free(png);
+
+    /* A progressive JPEG truncated (the whole-image coefficient buffer path). */
+    size_t n;
+    uint8_t *small = read_all(IMG_DIR "/exif_6.jpg", &n);
+    expect_error(small, n / 2, MAXPX, UMG_EFORMAT, "small JPEG cut in half");
+    free(small);
+}
+
+static void test_corrupt(void **state)
+{
+    size_t len;
+    /* PNG: a flipped byte inside the image data fails the chunk CRC. */
+    uint8_t *png = read_all(CLIP_DIR "/images/chelsea.png", &len);
+    png[len / 2] ^= 0x55;
+    expect_error(png, len, MAXPX, UMG_EFORMAT, "PNG with a flipped IDAT byte");
+    free(png);
+
+    /* JPEG: an unsupported sample precision in the frame header. */
+    uint8_t *jpg = read_all(IMG_DIR "/exif_1.jpg", &len);
+    size_t sof = 0;
+    for (size_t i = 2; i + 1 < len; i++)
+        if (jpg[i] == 0xFF && (jpg[i + 1] == 0xC0 || jpg[i + 1] == 0xC2)) {
+            sof = i;
+            break;
+        }
+    assert_true(sof > 0);
+    uint8_t save = jpg[sof + 4];
+    jpg[sof + 4] = 7;
+    expect_error(jpg, len, MAXPX, UMG_EFORMAT, "JPEG precision 7");
+    jpg[sof + 4] = save;
+    /* Zero components. */
+    jpg[sof + 9] = 0;
+    expect_error(jpg, len, MAXPX, UMG_EFORMAT, "JPEG with 0 components");
+    free(jpg);
+
+    /* Random byte mutations of small files: any outcome but a crash, a leak (ASan)
+     * or an inconsistent result. */
+    static const char *files[] = {IMG_DIR "/exif_6.jpg", IMG_DIR "/png_palette4_trns_interlaced.png",
+                                  IMG_DIR "/png_rgba16.png", IMG_DIR "/cmyk.jpg"};
+    srand(777);
+    int failures = 0, successes = 0;
+    for (size_t f = 0; f < sizeof files / sizeof *files; f++) {
+        uint8_t *orig = read_all(files[f], &len);
+        uint8_t *buf = malloc(len);
+        for (int it = 0; it < 150; it++) {
+            memcpy(buf, orig, len);
+            int nflip = 1 + rand() % 4;
+            for (int k = 0; k < nflip; k++)
+                buf[rand() % len] = (uint8_t)rand();
+            enc_image im;
+            int rc = enc_image_decode(buf, len, MAXPX, &im);
+            if (rc == 0) {
+                assert_non_null(im.rgb);
+                assert_true(im.width > 0 && im.height > 0);
+                successes++;
+            } else {
+                assert_true(rc == UMG_EFORMAT || rc == UMG_ETOOBIG || rc == UMG_EUNSUPPORTED);
+                assert_null(im.rgb);
+                failures++;
+            }
+            enc_image_free(&im);
+        }
+        free(buf);
+        free(orig);
+    }
+    printf("  mutations: %d decoded, %d refused\n", successes, failures);
+    assert_true(failures > 0);
+}
+
+static uint32_t crc32_png(const uint8_t *p, size_t n)
+{
+    uint32_t c = 0xFFFFFFFFu;
+    for (size_t i = 0; i < n; i++) {
+        c ^= p[i];
+        for (int k = 0; k < 8; k++)
+            c = (c >> 1) ^ (0xEDB88320u & (0u - (c & 1)));
+    }
+    return c ^ 0xFFFFFFFFu;
+}
+
+static void put32(uint8_t *p, uint32_t v)
+{
+    p[0] = (uint8_t)(v >> 24);
+    p[1] = (uint8_t)(v >> 16);
+    p[2] = (uint8_t)(v >> 8);
+    p[3] = (uint8_t)v;
+}
+
+/* A small valid PNG whose IHDR is rewritten to w x h (CRC fixed). */
+static uint8_t *png_with_size(uint32_t w, uint32_t h, size_t *len)
+{
+    uint8_t *png = read_all(IMG_DIR "/png_rgb.png", len);
+    assert_memory_equal(png + 12, "IHDR", 4);
+    put32(png + 16, w);
+    put32(png + 20, h);
+    put32(png + 29, crc32_png(png + 12, 17));
+    return png;
+}
+
+static void test_bombs(void **state)
+{
+    size_t len;
+    uint8_t *png = png_with_size(100000, 100000, &len);
+    expect_error(png, len, MAXPX, UMG_ETOOBIG, "PNG 100000x100000");
+    assert_non_null(strstr(umg_err_msg(), "100000"));
+    free(png);
+    png = png_with_size(60000, 60000, &len); /* each side allowed, the product is not */
+    expect_error(png, len, MAXPX, UMG_ETOOBIG, "PNG 60000x60000");
+    free(png);
+    png = png_with_size(0x7fffffff, 1, &len);
+    expect_error(png, len, MAXPX, UMG_ETOOBIG, "PNG 2^31-1 wide");
+    free(png);
+    png = png_with_size(37, 23, &len); /* unchanged: still decodes */
+    enc_image im;
+    assert_int_equal(enc_image_decode(png, len, MAXPX, &im), 0);
+    enc_image_free(&im);
+    expect_error(png, len, 37 * 23 - 1, UMG_ETOOBIG, "PNG over a small max_pixels");
+    free(png);
+
+    /* JPEG sizes are 16-bit: 65535x65535 is the most a header can claim. */
+    uint8_t *jpg = read_all(IMG_DIR "/exif_1.jpg", &len);
+    size_t sof = 0;
+    for (size_t i = 2; i + 1 < len; i++)
+        if (jpg[i] == 0xFF && jpg[i + 1] == 0xC0) {
+            sof = i;
+            break;
+        }
+    assert_true(sof > 0);
+    static const uint16_t dims[][2] = {{65535, 65535}, {60000, 60000}, {65000, 2000}};
+    for (int i = 0; i < 3; i++) {
+        jpg[sof + 5] = (uint8_t)(dims[i][1] >> 8);
+        jpg[sof + 6] = (uint8_t)dims[i][1];
+        jpg[sof + 7] = (uint8_t)(dims[i][0] >> 8);
+        jpg[sof + 8] = (uint8_t)dims[i][0];
+        char what[64];
+        snprintf(what, sizeof what, "JPEG %ux%u", dims[i][0], dims[i][1]);
+        expect_error(jpg, len, MAXPX, UMG_ETOOBIG, what);
+    }
+    free(jpg);
+    jpg = read_all(IMG_DIR "/exif_1.jpg", &len);
+    expect_error(jpg, len, 32 * 16 - 1, UMG_ETOOBIG, "JPEG over a small max_pixels");
+    free(jpg);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_clip_fixture_pixels),
+        cmocka_unit_test(test_geometry),
+        cmocka_unit_test(test_pad_vs_pillow),
+        cmocka_unit_test(test_crop_pads_small_resize),
+        cmocka_unit_test(test_exif_orientation),
+        cmocka_unit_test(test_png_variants),
+        cmocka_unit_test(test_cmyk_jpeg),
+        cmocka_unit_test(test_resize_vs_pillow),
+        cmocka_unit_test(test_crop),
+        cmocka_unit_test(test_preproc_load),
+        cmocka_unit_test(test_empty_and_garbage),
+        cmocka_unit_test(test_truncated),
+        cmocka_unit_test(test_corrupt),
+        cmocka_unit_test(test_bombs),
+    };
+    return cmocka_run_group_tests(tests, setup_tmp, teardown_tmp);
+}
