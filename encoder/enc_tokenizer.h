@@ -31,10 +31,17 @@ int enc_tokenizer_open(const char *vocab_json_path, const char *merges_txt_path,
 void enc_tokenizer_close(enc_tokenizer *tok); /* NULL-safe */
 
 /* Tokenize len bytes of UTF-8 text into ids[0..*n_ids), at most max_ids (>= 2)
- * ids including the start and end tokens.  Invalid UTF-8 is not an error: each
- * invalid byte is replaced by U+FFFD (as Python's errors="replace" decoding does)
- * before cleaning.  Returns 0, or UMG_EINVAL (max_ids < 2, NULL arguments),
- * UMG_ENOMEM. */
+ * ids including the start and end tokens; the caller owns ids (max_ids entries).
+ * text need not be NUL-terminated; a NUL byte inside it is text (U+0000).
+ * Invalid UTF-8 is not an error: it is decoded as Python's
+ * bytes.decode("utf-8", errors="replace") does, one U+FFFD per maximal invalid
+ * subpart (a lead byte plus the valid continuation bytes that follow it, or a
+ * single byte that cannot start a sequence: 80-BF, C0, C1, F5-FF; overlongs and
+ * surrogates fail at their second byte), before cleaning.
+ * Returns 0, or UMG_EINVAL (NULL argument, max_ids < 2; *n_ids = 0),
+ * UMG_ETOOBIG (len above 128 MiB), UMG_ENOMEM.  Cost: linear in len for the
+ * cleaning, O(m log m) for a BPE piece of m bytes; scanning stops once max_ids
+ * is reached. */
 int enc_tokenize(const enc_tokenizer *tok, const char *text, size_t len,
                  int32_t *ids, int max_ids, int *n_ids);
 
