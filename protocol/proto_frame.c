@@ -84,6 +84,7 @@ int proto_framer_feed(proto_framer *f, const uint8_t *data, size_t len, size_t *
                           (uint32_t)f->head[2] << 8 | f->head[3];
             if (f->body_len > f->max_frame) {
                 f->failed = 1;
+                f->head_len = 0;   /* nothing is held for a refused frame */
                 *used = pos;
                 return umg_err_set(UMG_ETOOBIG, "frame length %u exceeds the limit of %u bytes",
                                    f->body_len, f->max_frame);
