@@ -1,0 +1,983 @@
+/* test_model.c - the CLIP model: config.json, safetensors loading, the vision
+ * and text towers against the reference outputs of tests/fixtures/clip-tiny,
+ * batching, threads, F16/BF16 checkpoints, hostile checkpoints. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include "enc.h"
+#include "enc_kernels.h"
+#include "enc_safetensors.h"
+#include "umg_error.h"
+
+#include <dirent.h>
+#include <jansson.h>
+#include <math.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#define TINY UMG_FIXTURES_DIR "/clip-tiny"
+
+/* ---- reference ---------------------------------------------------------- */
+
+static json_t *reference(void)
+{
+    static json_t *ref;
+    if (!ref) {
+        json_error_t err;
+        ref = json_load_file(TINY "/reference.json", 0, &err);
+        if (!ref)
+            fail_msg("reference.json: %s", err.text);
+    }
+    return ref;
+}
+
+static int ref_count(const char *kind) { return (int)json_array_size(json_object_get(reference(), kind)); }
+static json_t *ref_item(const char *kind, int i) { return json_array_get(json_object_get(reference(), kind), i); }
+
+/* A JSON array of numbers (or of arrays of numbers, flattened) into doubles. */
+static int flatten(json_t *a, double *out, int cap)
+{
+    int n = 0;
+    size_t i;
+    json_t *v;
+    json_array_foreach(a, i, v) {
+        if (json_is_array(v)) {
+            n += flatten(v, out + n, cap - n);
+        } else {
+            assert_true(n < cap);
+            out[n++] = json_number_value(v);
+        }
+    }
+    return n;
+}
+
+static float *load_pixels(const char *rel, size_t floats)
+{
+    char path[1024];
+    snprintf(path, sizeof path, "%s/%s", TINY, rel);
+    FILE *f = fopen(path, "rb");
+    assert_non_null(f);
+    float *p = malloc(floats * sizeof *p);
+    assert_non_null(p);
+    assert_int_equal(fread(p, sizeof *p, floats, f), floats);
+    fclose(f);
+    return p;
+}
+
+/* cosine >= 0.99999 and max |diff| <= 1e-4 x |ref|: the reference tolerance. */
+static void check_close(const float *got, const double *ref, int n, double min_cos, double max_rel,
+                        const char *what)
+{
+    double dot = 0, ng = 0, nr = 0, maxd = 0;
+    for (int i = 0; i < n; i++) {
+        dot += got[i] * ref[i];
+        ng += (double)got[i] * got[i];
+        nr += ref[i] * ref[i];
+        double d = fabs(got[i] - ref[i]);
+        maxd = d > maxd ? d : maxd;
+    }
+    double cos = dot / sqrt(ng * nr);
+    if (!(cos >= min_cos) || !(maxd <= max_rel * sqrt(nr)))
+        fail_msg("%s: cosine %.8f (>= %g wanted), max |diff| %.3g (<= %.3g wanted)", what, cos, min_cos, maxd,
+                 max_rel * sqrt(nr));
+}
+
+static void check_ref(const float *got, const double *ref, int n, const char *what)
+{
+    check_close(got, ref, n, 0.99999, 1e-4, what);
+}
+
+static enc_model *open_tiny(void)
+{
+    enc_model *m = NULL;
+    int rc = enc_model_open(TINY, &m);
+    if (rc)
+        fail_msg("enc_model_open(clip-tiny): %s: %s", umg_error_name(rc), umg_err_msg());
+    return m;
+}
+
+/* ---- config ------------------------------------------------------------- */
+
+static void test_config_fixture(void **state)
+{
+    enc_config c;
+    assert_int_equal(enc_config_load(TINY "/config.json", &c), 0);
+    assert_int_equal(c.text.hidden, 64);
+    assert_int_equal(c.text.intermediate, 256);
+    assert_int_equal(c.text.layers, 2);
+    assert_int_equal(c.text.heads, 2);
+    assert_int_equal(c.text.act, ENC_ACT_QUICK_GELU);
+    assert_true(fabsf(c.text.ln_eps - 1e-5f) < 1e-12f);
+    assert_int_equal(c.vision.hidden, 128);
+    assert_int_equal(c.vision.intermediate, 512);
+    assert_int_equal(c.vision.layers, 2);
+    assert_int_equal(c.vision.heads, 2);
+    assert_int_equal(c.image_size, 224);
+    assert_int_equal(c.patch_size, 32);
+    assert_int_equal(c.channels, 3);
+    assert_int_equal(c.projection_dim, 32);
+    assert_int_equal(c.vocab_size, 49408);
+    assert_int_equal(c.max_positions, 77);
+    assert_int_equal(c.eos_id, 49407);
+}
+
+static void test_config_defaults(void **state)
+{
+    enc_config c;
+    const char *empty = "{}";
+    assert_int_equal(enc_config_parse(empty, strlen(empty), &c), 0);
+    /* transformers' CLIPConfig defaults: ViT-B/32 */
+    assert_int_equal(c.text.hidden, 512);
+    assert_int_equal(c.text.intermediate, 2048);
+    assert_int_equal(c.text.layers, 12);
+    assert_int_equal(c.text.heads, 8);
+    assert_int_equal(c.vision.hidden, 768);
+    assert_int_equal(c.vision.intermediate, 3072);
+    assert_int_equal(c.vision.layers, 12);
+    assert_int_equal(c.vision.heads, 12);
+    assert_int_equal(c.image_size, 224);
+    assert_int_equal(c.patch_size, 32);
+    assert_int_equal(c.projection_dim, 512);
+    assert_int_equal(c.max_positions, 77);
+    assert_int_equal(c.vocab_size, 49408);
+
+    /* partial sections keep the other defaults; gelu; legacy eos 2 */
+    const char *l14 = "{\"projection_dim\": 768, \"text_config\": {\"hidden_size\": 768, \"num_attention_heads\": 12,"
+                      " \"eos_token_id\": 2, \"hidden_act\": \"gelu\", \"layer_norm_eps\": 1e-6},"
+                      " \"vision_config\": {\"hidden_size\": 1024, \"intermediate_size\": 4096,"
+                      " \"num_hidden_layers\": 24, \"num_attention_heads\": 16, \"patch_size\": 14}}";
+    assert_int_equal(enc_config_parse(l14, strlen(l14), &c), 0);
+    assert_int_equal(c.text.hidden, 768);
+    assert_int_equal(c.text.intermediate, 2048);
+    assert_int_equal(c.text.act, ENC_ACT_GELU);
+    assert_true(fabsf(c.text.ln_eps - 1e-6f) < 1e-12f);
+    assert_int_equal(c.eos_id, 49407);
+    assert_int_equal(c.vision.layers, 24);
+    assert_int_equal(c.patch_size, 14);
+    assert_int_equal(c.vision.act, ENC_ACT_QUICK_GELU);
+    assert_int_equal(c.projection_dim, 768);
+}
+
+static void expect_config_error(const char *json, const char *needle)
+{
+    enc_config c;
+    int rc = enc_config_parse(json, strlen(json), &c);
+    if (rc != UMG_EFORMAT || !strstr(umg_err_msg(), needle))
+        fail_msg("config %s: rc %d, message \"%s\" (wanted bad_format naming \"%s\")", json, rc, umg_err_msg(),
+                 needle);
+}
+
+static void test_config_errors(void **state)
+{
+    expect_config_error("{\"text_config\": {\"hidden_act\": \"gelu_new\"}}", "hidden_act");
+    expect_config_error("{\"vision_config\": {\"hidden_act\": 3}}", "hidden_act");
+    expect_config_error("{\"vision_config\": {\"hidden_size\": 100}}", "num_attention_heads");
+    expect_config_error("{\"vision_config\": {\"image_size\": 225}}", "patch_size");
+    expect_config_error("{\"vision_config\": {\"patch_size\": 0}}", "patch_size");
+    expect_config_error("{\"text_config\": {\"num_hidden_layers\": \"12\"}}", "num_hidden_layers");
+    expect_config_error("{\"text_config\": {\"layer_norm_eps\": -1}}", "layer_norm_eps");
+    expect_config_error("{\"projection_dim\": 1.5}", "projection_dim");
+    expect_config_error("{\"text_config\": []}", "text_config");
+    expect_config_error("{\"text_config\": {\"vocab_size\": 100}}", "eos_token_id");
+    expect_config_error("{\"text_config\": ", "JSON");
+    expect_config_error("[1, 2]", "object");
+    enc_config c;
+    assert_int_equal(enc_config_load("/nonexistent/config.json", &c), UMG_ENOENT);
+    assert_non_null(strstr(umg_err_msg(), "/nonexistent/config.json"));
+}
+
+/* ---- kernels ------------------------------------------------------------ */
+
+static void test_kernels(void **state)
+{
+    enum { N = 4001 };
+    float *x = malloc(N * sizeof *x), *y = malloc(N * sizeof *y);
+    assert_non_null(x);
+    assert_non_null(y);
+    for (int i = 0; i < N; i++)
+        x[i] = -20.0f + 40.0f * i / (N - 1);
+    enc_quick_gelu(y, x, N);
+    for (int i = 0; i < N; i++) {
+        double want = x[i] / (1.0 + exp(-1.702 * x[i]));
+        if (fabs(y[i] - want) > 1e-6 * (1 + fabs(want)))
+            fail_msg("quick_gelu(%g) = %.9g, want %.9g", x[i], y[i], want);
+    }
+    enc_gelu(y, x, N);
+    for (int i = 0; i < N; i++) {
+        double want = 0.5 * x[i] * (1.0 + erf(x[i] / sqrt(2.0)));
+        if (fabs(y[i] - want) > 1e-6 * (1 + fabs(want)))
+            fail_msg("gelu(%g) = %.9g, want %.9g", x[i], y[i], want);
+    }
+    /* layer norm of a known row */
+    float row[5] = {1, 2, 3, 4, 5}, w[5] = {1, 1, 1, 1, 2}, b[5] = {0, 0, 0, 0, 1}, out[5];
+    enc_layer_norm(out, 5, row, 5, w, b, 1e-5f, 1, 5);
+    double sd = sqrt(2.0 + 1e-5);
+    for (int i = 0; i < 5; i++)
+        assert_true(fabs(out[i] - ((i - 2) / sd * w[i] + b[i])) < 1e-6);
+    /* half conversions: exact values, rounding, subnormals, infinities */
+    float probe[] = {0.0f, -0.0f, 1.0f, -2.5f, 65504.0f, 6.1035156e-05f, 5.9604645e-08f, 0.333333333f, 70000.0f};
+    for (size_t i = 0; i < sizeof probe / sizeof probe[0]; i++) {
+        uint16_t h = enc_f32_to_f16(probe[i]);
+        float back;
+        enc_f16_to_f32(&back, &h, 1);
+        if (fabsf(probe[i]) > 65504.0f)
+            assert_true(isinf(back));
+        else
+            assert_true(fabsf(back - probe[i]) <= fabsf(probe[i]) * 0x1p-11f + 1e-12f);
+        uint16_t bf = enc_f32_to_bf16(probe[i]);
+        enc_bf16_to_f32(&back, &bf, 1);
+        assert_true(fabsf(back - probe[i]) <= fabsf(probe[i]) * 0x1p-8f);
+    }
+    uint16_t one = 0x3c00, sub = 0x0001;
+    float f;
+    enc_f16_to_f32(&f, &one, 1);
+    assert_true(f == 1.0f);
+    enc_f16_to_f32(&f, &sub, 1);
+    assert_true(f == 0x1p-24f);
+    free(x);
+    free(y);
+}
+
+/* ---- exactness ---------------------------------------------------------- */
+
+#define MAX_IMAGES 8
+#define PIX (3 * 224 * 224)
+
+static void load_all_pixels(float *pixels, int *n)
+{
+    *n = ref_count("images");
+    assert_true(*n >= 1 && *n <= MAX_IMAGES);
+    for (int i = 0; i < *n; i++) {
+        float *p = load_pixels(json_string_value(json_object_get(ref_item("images", i), "pixels")), PIX);
+        memcpy(pixels + (size_t)i * PIX, p, PIX * sizeof *p);
+        free(p);
+    }
+}
+
+static void test_image_embeddings(void **state)
+{
+    enc_model *m = open_tiny();
+    int D = enc_model_dim(m), G = enc_model_grid(m);
+    assert_int_equal(D, 32);
+    assert_int_equal(G, 7);
+    enc_run *r;
+    assert_int_equal(enc_run_create(m, 1, &r), 0);
+    float emb[32], *patches = malloc(sizeof(float) * G * G * D), *emb_only = malloc(sizeof(float) * D);
+    double ref[49 * 32];
+    int n = ref_count("images");
+    for (int i = 0; i < n; i++) {
+        json_t *it = ref_item("images", i);
+        const char *file = json_string_value(json_object_get(it, "file"));
+        float *px = load_pixels(json_string_value(json_object_get(it, "pixels")), PIX);
+        assert_int_equal(enc_encode_pixels(r, px, 1, emb, patches), 0);
+        assert_int_equal(flatten(json_object_get(it, "embedding"), ref, 49 * 32), D);
+        check_ref(emb, ref, D, file);
+        assert_int_equal(flatten(json_object_get(it, "patch_tokens_projected"), ref, 49 * 32), G * G * D);
+        for (int p = 0; p < G * G; p++) {
+            char what[128];
+            snprintf(what, sizeof what, "%s patch %d", file, p);
+            check_ref(patches + p * D, ref + p * D, D, what);
+        }
+        /* without patches: the same embedding */
+        assert_int_equal(enc_encode_pixels(r, px, 1, emb_only, NULL), 0);
+        assert_memory_equal(emb_only, emb, sizeof emb);
+        free(px);
+    }
+    /* more images than the run state holds */
+    float dummy[PIX] = {0};
+    assert_int_equal(enc_encode_pixels(r, dummy, 2, emb, NULL), UMG_EINVAL);
+    free(patches);
+    free(emb_only);
+    enc_run_close(r);
+    enc_model_close(m);
+}
+
+static void max_rel_diff(const float *a, const float *b, int n, double *out)
+{
+    double nb = 0, md = 0;
+    for (int i = 0; i < n; i++) {
+        nb += (double)b[i] * b[i];
+        md = fmax(md, fabs(a[i] - b[i]));
+    }
+    *out = md / sqrt(nb);
+}
+
+static void test_batched_equals_single(void **state)
+{
+    enc_model *m = open_tiny();
+    int D = enc_model_dim(m), G = enc_model_grid(m), n;
+    float *pixels = malloc(sizeof(float) * MAX_IMAGES * PIX);
+    load_all_pixels(pixels, &n);
+    assert_int_equal(n, 6);
+    enc_run *big, *one;
+    assert_int_equal(enc_run_create(m, n, &big), 0);
+    assert_int_equal(enc_run_create(m, 1, &one), 0);
+    float *eb = malloc(sizeof(float) * n * D), *pb = malloc(sizeof(float) * n * G * G * D);
+    float e1[32], *p1 = malloc(sizeof(float) * G * G * D);
+    assert_int_equal(enc_encode_pixels(big, pixels, n, eb, pb), 0);
+    for (int i = 0; i < n; i++) {
+        assert_int_equal(enc_encode_pixels(one, pixels + (size_t)i * PIX, 1, e1, p1), 0);
+        /* One GEMM over 6 images may block differently from six: allow float
+         * rounding, nothing more. */
+        double d;
+        max_rel_diff(eb + i * D, e1, D, &d);
+        if (d > 1e-6)
+            fail_msg("image %d: batched embedding differs from single by %g of its norm", i, d);
+        for (int p = 0; p < G * G; p++) {
+            max_rel_diff(pb + ((size_t)i * G * G + p) * D, p1 + p * D, D, &d);
+            if (d > 1e-6)
+                fail_msg("image %d patch %d: batched differs from single by %g", i, p, d);
+        }
+    }
+    free(pixels);
+    free(eb);
+    free(pb);
+    free(p1);
+    enc_run_close(big);
+    enc_run_close(one);
+    enc_model_close(m);
+}
+
+static void test_text_embeddings(void **state)
+{
+    enc_model *m = open_tiny();
+    enc_run *r;
+    assert_int_equal(enc_run_create(m, 1, &r), 0);
+    int D = enc_model_dim(m);
+    float emb[32];
+    double ref[512];
+    int32_t ids[80];
+    for (int t = 0; t < ref_count("texts"); t++) {
+        json_t *it = ref_item("texts", t);
+        double dids[80];
+        int n = flatten(json_object_get(it, "ids"), dids, 80);
+        for (int i = 0; i < n; i++)
+            ids[i] = (int32_t)dids[i];
+        assert_int_equal(enc_encode_ids(r, ids, n, emb), 0);
+        assert_int_equal(flatten(json_object_get(it, "embedding"), ref, 512), D);
+        check_ref(emb, ref, D, json_string_value(json_object_get(it, "text")));
+    }
+    /* bad ids: out of vocabulary, too many, none */
+    int32_t bad[3] = {49406, 49408, 49407};
+    assert_int_equal(enc_encode_ids(r, bad, 3, emb), UMG_EINVAL);
+    bad[1] = -1;
+    assert_int_equal(enc_encode_ids(r, bad, 3, emb), UMG_EINVAL);
+    int32_t many[78];
+    for (int i = 0; i < 78; i++)
+        many[i] = 320;
+    assert_int_equal(enc_encode_ids(r, many, 78, emb), UMG_EINVAL);
+    assert_int_equal(enc_encode_ids(r, many, 0, emb), UMG_EINVAL);
+    /* tokens after the first end token do not change the pooled embedding */
+    int32_t a[4] = {49406, 2368, 49407, 0}, b4[5] = {49406, 2368, 49407, 320, 49407};
+    float ea[32], eb[32];
+    assert_int_equal(enc_encode_ids(r, a, 3, ea), 0);
+    assert_int_equal(enc_encode_ids(r, b4, 5, eb), 0);
+    assert_memory_equal(ea, eb, sizeof ea);
+    enc_run_close(r);
+    enc_model_close(m);
+}
+
+static void test_text_tokenized(void **state)
+{
+    enc_model *m = open_tiny();
+    enc_run *r;
+    assert_int_equal(enc_run_create(m, 1, &r), 0);
+    int D = enc_model_dim(m);
+    float emb[32];
+    double ref[512], dids[80];
+    int32_t ids[80];
+    for (int t = 0; t < ref_count("texts"); t++) {
+        json_t *it = ref_item("texts", t);
+        const char *text = json_string_value(json_object_get(it, "text"));
+        int n = 0;
+        assert_int_equal(enc_encode_text(r, text, strlen(text), emb, ids, &n), 0);
+        int nr = flatten(json_object_get(it, "ids"), dids, 80);
+        assert_int_equal(n, nr);
+        for (int i = 0; i < n; i++)
+            assert_int_equal(ids[i], (int32_t)dids[i]);
+        assert_int_equal(flatten(json_object_get(it, "embedding"), ref, 512), D);
+        check_ref(emb, ref, D, text);
+    }
+    enc_run_close(r);
+    enc_model_close(m);
+}
+
+/* Our own decoding + preprocessing of images/ lands within the preprocessing
+ * tolerance of the reference pixels; the decoder is bit-exact on these images,
+ * so the embeddings meet the reference tolerance too. */
+static void test_images_decoded(void **state)
+{
+    enc_model *m = open_tiny();
+    enc_run *r;
+    assert_int_equal(enc_run_create(m, 1, &r), 0);
+    int D = enc_model_dim(m);
+    float emb[32], *px = malloc(PIX * sizeof *px);
+    double ref[512];
+    for (int i = 0; i < ref_count("images"); i++) {
+        json_t *it = ref_item("images", i);
+        char path[1024];
+        snprintf(path, sizeof path, "%s/images/%s", TINY, json_string_value(json_object_get(it, "file")));
+        enc_image img;
+        int rc = enc_image_load(path, ENC_IMAGE_MAX_PIXELS_DEFAULT, &img);
+        if (rc)
+            fail_msg("%s: %s", path, umg_err_msg());
+        assert_int_equal(enc_preprocess(&img, enc_model_preproc(m), px), 0);
+        enc_image_free(&img);
+        float *want = load_pixels(json_string_value(json_object_get(it, "pixels")), PIX);
+        double sum = 0, maxd = 0;
+        for (int k = 0; k < PIX; k++) {
+            double d = fabs(px[k] - want[k]);
+            sum += d;
+            maxd = fmax(maxd, d);
+        }
+        free(want);
+        assert_true(sum / PIX <= 0.005);
+        assert_true(maxd <= 0.05);
+        assert_int_equal(enc_encode_pixels(r, px, 1, emb, NULL), 0);
+        assert_int_equal(flatten(json_object_get(it, "embedding"), ref, 512), D);
+        check_ref(emb, ref, D, path);
+    }
+    free(px);
+    enc_run_close(r);
+    enc_model_close(m);
+}
+
+/* ---- threads ------------------------------------------------------------ */
+
+struct thread_job {
+    const enc_model *m;
+    const float *pixels;
+    int n;
+    float *embeds, *patches, *text;
+    int rc;
+};
+
+static const int32_t thread_ids[] = {49406, 320, 1125, 539, 320, 2368, 49407};
+
+static void *thread_main(void *arg)
+{
+    struct thread_job *j = arg;
+    enc_run *r = NULL;
+    j->rc = enc_run_create(j->m, j->n, &r);
+    for (int rep = 0; rep < 3 && !j->rc; rep++) {
+        j->rc = enc_encode_pixels(r, j->pixels, j->n, j->embeds, j->patches);
+        if (!j->rc)
+            j->rc = enc_encode_ids(r, thread_ids, 7, j->text);
+    }
+    enc_run_close(r);
+    return NULL;
+}
+
+static void test_threads_share_model(void **state)
+{
+    enc_model *m = open_tiny();
+    int D = enc_model_dim(m), G = enc_model_grid(m), n;
+    float *pixels = malloc(sizeof(float) * MAX_IMAGES * PIX);
+    load_all_pixels(pixels, &n);
+    enc_set_threads(1);
+    enum { THREADS = 4 };
+    struct thread_job jobs[THREADS + 1];
+    for (int t = 0; t <= THREADS; t++) {
+        jobs[t] = (struct thread_job){.m = m, .pixels = pixels, .n = n};
+        jobs[t].embeds = malloc(sizeof(float) * n * D);
+        jobs[t].patches = malloc(sizeof(float) * n * G * G * D);
+        jobs[t].text = malloc(sizeof(float) * D);
+    }
+    thread_main(&jobs[THREADS]); /* the baseline, alone */
+    assert_int_equal(jobs[THREADS].rc, 0);
+    pthread_t th[THREADS];
+    for (int t = 0; t < THREADS; t++)
+        assert_int_equal(pthread_create(&th[t], NULL, thread_main, &jobs[t]), 0);
+    for (int t = 0; t < THREADS; t++) {
+        pthread_join(th[t], NULL);
+        assert_int_equal(jobs[t].rc, 0);
+        assert_memory_equal(jobs[t].embeds, jobs[THREADS].embeds, sizeof(float) * n * D);
+        assert_memory_equal(jobs[t].patches, jobs[THREADS].patches, sizeof(float) * n * G * G * D);
+        assert_memory_equal(jobs[t].text, jobs[THREADS].text, sizeof(float) * D);
+    }
+    /* and the baseline matches the reference */
+    double ref[32];
+    flatten(json_object_get(ref_item("images", n - 1), "embedding"), ref, 32);
+    check_ref(jobs[THREADS].embeds + (n - 1) * D, ref, D, "threads baseline");
+    for (int t = 0; t <= THREADS; t++) {
+        free(jobs[t].embeds);
+        free(jobs[t].patches);
+        free(jobs[t].text);
+    }
+    free(pixels);
+    enc_model_close(m);
+}
+
+/* ---- checkpoints written by the tests ----------------------------------- */
+
+struct tmpdir {
+    char path[256];
+};
+
+static void tmp_make(struct tmpdir *d)
+{
+    snprintf(d->path, sizeof d->path, "/tmp/umg-test-model-XXXXXX");
+    assert_non_null(mkdtemp(d->path));
+    char a[512], b[512];
+    /* the tokenizer files are only read: link them */
+    snprintf(a, sizeof a, "%s/vocab.json", d->path);
+    assert_int_equal(symlink(TINY "/vocab.json", a), 0);
+    snprintf(b, sizeof b, "%s/merges.txt", d->path);
+    assert_int_equal(symlink(TINY "/merges.txt", b), 0);
+}
+
+static void tmp_remove(struct tmpdir *d)
+{
+    DIR *dir = opendir(d->path);
+    assert_non_null(dir);
+    struct dirent *e;
+    while ((e = readdir(dir))) {
+        if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, ".."))
+            continue;
+        char p[600];
+        snprintf(p, sizeof p, "%s/%s", d->path, e->d_name);
+        unlink(p);
+    }
+    closedir(dir);
+    rmdir(d->path);
+}
+
+static void write_file(const char *dir, const char *name, const void *data, size_t len)
+{
+    char p[600];
+    snprintf(p, sizeof p, "%s/%s", dir, name);
+    FILE *f = fopen(p, "wb");
+    assert_non_null(f);
+    assert_int_equal(fwrite(data, 1, len, f), len);
+    fclose(f);
+}
+
+static char *read_all(const char *path, size_t *len)
+{
+    FILE *f = fopen(path, "rb");
+    assert_non_null(f);
+    fseek(f, 0, SEEK_END);
+    long n = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    char *b = malloc((size_t)n + 1);
+    assert_non_null(b);
+    assert_int_equal(fread(b, 1, (size_t)n, f), (size_t)n);
+    b[n] = 0;
+    fclose(f);
+    *len = (size_t)n;
+    return b;
+}
+
+static void copy_config(const char *dir)
+{
+    size_t len;
+    char *c = read_all(TINY "/config.json", &len);
+    write_file(dir, "config.json", c, len);
+    free(c);
+}
+
+/* Write header + data as model.safetensors; header_len_override != 0 forges
+ * the length field. */
+static void write_st_raw(const char *dir, const char *header, size_t hlen, const void *data, size_t dlen,
+                         uint64_t header_len_override)
+{
+    char p[600];
+    snprintf(p, sizeof p, "%s/model.safetensors", dir);
+    FILE *f = fopen(p, "wb");
+    assert_non_null(f);
+    uint64_t n = header_len_override ? header_len_override : hlen;
+    uint8_t le[8];
+    for (int i = 0; i < 8; i++)
+        le[i] = (uint8_t)(n >> (8 * i));
+    assert_int_equal(fwrite(le, 1, 8, f), 8);
+    assert_int_equal(fwrite(header, 1, hlen, f), hlen);
+    if (dlen)
+        assert_int_equal(fwrite(data, 1, dlen, f), dlen);
+    fclose(f);
+}
+
+/* The fixture's header (parsed) and data region. */
+static json_t *fixture_st(uint8_t **data, size_t *dlen)
+{
+    size_t len;
+    char *all = read_all(TINY "/model.safetensors", &len);
+    uint64_t h = 0;
+    for (int i = 7; i >= 0; i--)
+        h = h << 8 | (uint8_t)all[i];
+    json_t *hdr = json_loadb(all + 8, h, 0, NULL);
+    assert_non_null(hdr);
+    *dlen = len - 8 - h;
+    *data = malloc(*dlen);
+    memcpy(*data, all + 8 + h, *dlen);
+    free(all);
+    return hdr;
+}
+
+static void write_st_json(const char *dir, json_t *hdr, const uint8_t *data, size_t dlen)
+{
+    char *s = json_dumps(hdr, JSON_COMPACT);
+    assert_non_null(s);
+    write_st_raw(dir, s, strlen(s), data, dlen, 0);
+    free(s);
+}
+
+/* Rewrite every float tensor of the fixture as dtype (F16 or BF16), or as F32
+ * placed at odd offsets (dtype NULL). */
+static void write_converted(const char *dir, const char *dtype)
+{
+    enc_st_file *st;
+    assert_int_equal(enc_st_open(TINY "/model.safetensors", &st), 0);
+    size_t n = enc_st_count(st), cap = 0;
+    for (size_t i = 0; i < n; i++)
+        cap += enc_st_at(st, i)->nelem * 4 + 8;
+    uint8_t *data = malloc(cap + 1);
+    assert_non_null(data);
+    size_t off = 0;
+    json_t *hdr = json_object();
+    if (!dtype) {
+        /* a one-byte tensor first: every F32 tensor after it is misaligned */
+        data[off++] = 7;
+        json_object_set_new(hdr, "a_pad", json_pack("{s:s, s:[i], s:[i,i]}", "dtype", "U8", "shape", 1,
+                                                    "data_offsets", 0, 1));
+    }
+    for (size_t i = 0; i < n; i++) {
+        const enc_st_tensor *t = enc_st_at(st, i);
+        float *f32 = malloc(t->nelem * sizeof(float) + 4);
+        assert_non_null(f32);
+        if (t->dtype == ENC_ST_F16)
+            enc_f16_to_f32(f32, (const uint16_t *)t->data, t->nelem);
+        else if (t->dtype == ENC_ST_F32)
+            memcpy(f32, t->data, t->nbytes);
+        else
+            fail_msg("fixture tensor %s has dtype %s", t->name, enc_st_dtype_name(t->dtype));
+        size_t begin = off;
+        const char *dt = dtype ? dtype : "F32";
+        if (!dtype) {
+            memcpy(data + off, f32, t->nelem * 4);
+            off += t->nelem * 4;
+        } else {
+            for (uint64_t k = 0; k < t->nelem; k++) {
+                uint16_t h = !strcmp(dtype, "F16") ? enc_f32_to_f16(f32[k]) : enc_f32_to_bf16(f32[k]);
+                memcpy(data + off, &h, 2);
+                off += 2;
+            }
+        }
+        free(f32);
+        json_t *shape = json_array();
+        for (int d = 0; d < t->ndim; d++)
+            json_array_append_new(shape, json_integer(t->shape[d]));
+        json_object_set_new(hdr, t->name, json_pack("{s:s, s:o, s:[I,I]}", "dtype", dt, "shape", shape,
+                                                    "data_offsets", (json_int_t)begin, (json_int_t)off));
+    }
+    enc_st_close(st);
+    write_st_json(dir, hdr, data, off);
+    json_decref(hdr);
+    free(data);
+}
+
+/* Embeddings of every reference image and text from the model in dir. */
+static void embed_all(const char *dir, float *img, float *txt)
+{
+    enc_model *m = NULL;
+    int rc = enc_model_open(dir, &m);
+    if (rc)
+        fail_msg("open %s: %s", dir, umg_err_msg());
+    int D = enc_model_dim(m), n;
+    float *pixels = malloc(sizeof(float) * MAX_IMAGES * PIX);
+    load_all_pixels(pixels, &n);
+    enc_run *r;
+    assert_int_equal(enc_run_create(m, n, &r), 0);
+    assert_int_equal(enc_encode_pixels(r, pixels, n, img, NULL), 0);
+    for (int t = 0; t < ref_count("texts"); t++) {
+        double dids[80];
+        int32_t ids[80];
+        int k = flatten(json_object_get(ref_item("texts", t), "ids"), dids, 80);
+        for (int i = 0; i < k; i++)
+            ids[i] = (int32_t)dids[i];
+        assert_int_equal(enc_encode_ids(r, ids, k, txt + t * D), 0);
+    }
+    free(pixels);
+    enc_run_close(r);
+    enc_model_close(m);
+}
+
+static void compare_to_reference(const float *img, const float *txt, double min_cos, double max_rel,
+                                 const char *label)
+{
+    double ref[32];
+    char what[128];
+    for (int i = 0; i < ref_count("images"); i++) {
+        flatten(json_object_get(ref_item("images", i), "embedding"), ref, 32);
+        snprintf(what, sizeof what, "%s image %d", label, i);
+        check_close(img + i * 32, ref, 32, min_cos, max_rel, what);
+    }
+    for (int t = 0; t < ref_count("texts"); t++) {
+        flatten(json_object_get(ref_item("texts", t), "embedding"), ref, 32);
+        snprintf(what, sizeof what, "%s text %d", label, t);
+        check_close(txt + t * 32, ref, 32, min_cos, max_rel, what);
+    }
+}
+
+static void test_half_precision_checkpoints(void **state)
+{
+    float img[MAX_IMAGES * 32], txt[16 * 32];
+    struct tmpdir d;
+
+    /* F32 at misaligned offsets: copied into the arena, same arithmetic */
+    tmp_make(&d);
+    copy_config(d.path);
+    write_converted(d.path, NULL);
+    embed_all(d.path, img, txt);
+    compare_to_reference(img, txt, 0.99999, 1e-4, "misaligned F32");
+    tmp_remove(&d);
+
+    /* F16: 11-bit mantissas (2^-11 relative per weight) */
+    tmp_make(&d);
+    copy_config(d.path);
+    write_converted(d.path, "F16");
+    embed_all(d.path, img, txt);
+    compare_to_reference(img, txt, 0.99999, 3e-3, "F16");
+    tmp_remove(&d);
+
+    /* BF16: 8-bit mantissas (2^-8 relative per weight) */
+    tmp_make(&d);
+    copy_config(d.path);
+    write_converted(d.path, "BF16");
+    embed_all(d.path, img, txt);
+    compare_to_reference(img, txt, 0.9995, 2e-2, "BF16");
+    tmp_remove(&d);
+}
+
+/* ---- hostile checkpoints ------------------------------------------------ */
+
+static void expect_open_error(const char *dir, int code, const char *needle, const char *label)
+{
+    enc_model *m = (enc_model *)0x1;
+    int rc = enc_model_open(dir, &m);
+    if (rc != code || !strstr(umg_err_msg(), needle))
+        fail_msg("%s: rc %s, message \"%s\" (wanted %s naming \"%s\")", label, umg_error_name(rc), umg_err_msg(),
+                 umg_error_name(code), needle);
+    assert_null(m);
+}
+
+typedef void (*mutate_fn)(json_t *hdr);
+
+static void set_offsets(json_t *hdr, const char *name, json_int_t a, json_int_t b)
+{
+    json_t *t = json_object_get(hdr, name);
+    json_object_set_new(t, "data_offsets", json_pack("[I,I]", a, b));
+}
+
+static void hostile_header(mutate_fn mutate, int code, const char *needle, const char *label)
+{
+    struct tmpdir d;
+    tmp_make(&d);
+    copy_config(d.path);
+    uint8_t *data;
+    size_t dlen;
+    json_t *hdr = fixture_st(&data, &dlen);
+    mutate(hdr);
+    write_st_json(d.path, hdr, data, dlen);
+    json_decref(hdr);
+    free(data);
+    expect_open_error(d.path, code, needle, label);
+    tmp_remove(&d);
+}
+
+static void m_missing(json_t *h) { json_object_del(h, "text_model.final_layer_norm.weight"); }
+static void m_shape(json_t *h)
+{
+    /* same element count, so only the model's shape check can notice */
+    json_object_set_new(json_object_get(h, "vision_model.encoder.layers.1.mlp.fc1.weight"), "shape",
+                        json_pack("[i,i]", 128, 512));
+}
+static void m_dtype(json_t *h)
+{
+    json_object_set_new(json_object_get(h, "text_model.final_layer_norm.bias"), "dtype", json_string("I32"));
+}
+static void m_unknown_dtype(json_t *h)
+{
+    json_object_set_new(json_object_get(h, "visual_projection.weight"), "dtype", json_string("F99"));
+}
+static void m_absurd(json_t *h)
+{
+    set_offsets(h, "vision_model.post_layernorm.weight", (json_int_t)1 << 62, ((json_int_t)1 << 62) + 512);
+}
+static void m_absurd_span(json_t *h) { set_offsets(h, "vision_model.post_layernorm.bias", 0, (json_int_t)1 << 62); }
+static void m_backwards(json_t *h) { set_offsets(h, "text_projection.weight", 8192, 0); }
+static void m_overlap(json_t *h)
+{
+    /* the same 512 bytes claimed by two tensors of the same size */
+    json_t *a = json_object_get(json_object_get(h, "vision_model.post_layernorm.weight"), "data_offsets");
+    json_object_set(json_object_get(h, "vision_model.post_layernorm.bias"), "data_offsets", a);
+}
+static void m_negative_shape(json_t *h)
+{
+    json_object_set_new(json_object_get(h, "text_projection.weight"), "shape", json_pack("[i,i]", -32, 64));
+}
+static void m_size_mismatch(json_t *h)
+{
+    json_object_set_new(json_object_get(h, "text_projection.weight"), "shape", json_pack("[i,i]", 32, 65));
+}
+static void m_not_object(json_t *h) { json_object_set_new(h, "text_projection.weight", json_string("x")); }
+
+static void test_hostile_headers(void **state)
+{
+    hostile_header(m_missing, UMG_EFORMAT, "text_model.final_layer_norm.weight", "missing tensor");
+    hostile_header(m_shape, UMG_EFORMAT, "vision_model.encoder.layers.1.mlp.fc1.weight", "wrong shape");
+    hostile_header(m_dtype, UMG_EFORMAT, "text_model.final_layer_norm.bias", "wrong dtype");
+    hostile_header(m_unknown_dtype, UMG_EFORMAT, "visual_projection.weight", "unknown dtype");
+    hostile_header(m_absurd, UMG_EFORMAT, "vision_model.post_layernorm.weight", "absurd offsets");
+    hostile_header(m_absurd_span, UMG_EFORMAT, "vision_model.post_layernorm.bias", "absurd span");
+    hostile_header(m_backwards, UMG_EFORMAT, "text_projection.weight", "backwards offsets");
+    hostile_header(m_overlap, UMG_EFORMAT, "overlaps", "overlapping tensors");
+    hostile_header(m_negative_shape, UMG_EFORMAT, "text_projection.weight", "negative shape");
+    hostile_header(m_size_mismatch, UMG_EFORMAT, "text_projection.weight", "size mismatch");
+    hostile_header(m_not_object, UMG_EFORMAT, "text_projection.weight", "entry not an object");
+}
+
+static void test_hostile_files(void **state)
+{
+    struct tmpdir d;
+    uint8_t *data;
+    size_t dlen;
+    json_t *hdr = fixture_st(&data, &dlen);
+    char *hs = json_dumps(hdr, JSON_COMPACT);
+    json_decref(hdr);
+
+    expect_open_error("/nonexistent-model-dir", UMG_ENOENT, "config.json", "missing directory");
+
+    tmp_make(&d);
+    copy_config(d.path);
+    expect_open_error(d.path, UMG_ENOENT, "model.safetensors", "missing safetensors");
+
+    write_file(d.path, "model.safetensors", "", 0);
+    expect_open_error(d.path, UMG_EFORMAT, "model.safetensors", "zero-byte safetensors");
+
+    /* truncated: header intact, data cut in half */
+    write_st_raw(d.path, hs, strlen(hs), data, dlen / 2, 0);
+    expect_open_error(d.path, UMG_EFORMAT, "truncated", "truncated data");
+
+    /* truncated inside the header */
+    write_st_raw(d.path, hs, strlen(hs) / 2, NULL, 0, strlen(hs));
+    expect_open_error(d.path, UMG_EFORMAT, "header length", "truncated header");
+
+    /* header length beyond the file, and absurdly large */
+    write_st_raw(d.path, hs, strlen(hs), data, dlen, (uint64_t)1 << 40);
+    expect_open_error(d.path, UMG_EFORMAT, "header length", "header length > file");
+    write_st_raw(d.path, hs, strlen(hs), data, dlen, UINT64_MAX);
+    expect_open_error(d.path, UMG_EFORMAT, "header length", "header length 2^64-1");
+
+    /* not JSON, not an object */
+    const char *junk = "this is not json at all";
+    write_st_raw(d.path, junk, strlen(junk), data, dlen, 0);
+    expect_open_error(d.path, UMG_EFORMAT, "JSON", "non-JSON header");
+    write_st_raw(d.path, "[1,2,3]", 7, data, dlen, 0);
+    expect_open_error(d.path, UMG_EFORMAT, "object", "array header");
+
+    /* a directory where the file should be */
+    tmp_remove(&d);
+    tmp_make(&d);
+    copy_config(d.path);
+    char p[600];
+    snprintf(p, sizeof p, "%s/model.safetensors", d.path);
+    assert_int_equal(mkdir(p, 0700), 0);
+    expect_open_error(d.path, UMG_EFORMAT, "regular file", "directory as safetensors");
+    rmdir(p);
+
+    /* config.json: corrupt, unknown activation, shapes the tensors disagree with, missing */
+    write_st_raw(d.path, hs, strlen(hs), data, dlen, 0);
+    write_file(d.path, "config.json", "{\"text_config\": {", 17);
+    expect_open_error(d.path, UMG_EFORMAT, "config.json", "corrupt config.json");
+    const char *gelu_new = "{\"projection_dim\": 32, \"text_config\": {\"hidden_act\": \"gelu_new\"}}";
+    write_file(d.path, "config.json", gelu_new, strlen(gelu_new));
+    expect_open_error(d.path, UMG_EFORMAT, "hidden_act", "unknown hidden_act");
+    size_t clen;
+    char *cfg = read_all(TINY "/config.json", &clen);
+    char *at = strstr(cfg, "\"hidden_size\": 128");
+    assert_non_null(at);
+    memcpy(at, "\"hidden_size\": 256", 18);
+    write_file(d.path, "config.json", cfg, clen);
+    expect_open_error(d.path, UMG_EFORMAT, "vision_model.embeddings.class_embedding", "config/tensor mismatch");
+    free(cfg);
+    snprintf(p, sizeof p, "%s/config.json", d.path);
+    unlink(p);
+    expect_open_error(d.path, UMG_ENOENT, "config.json", "missing config.json");
+
+    /* missing tokenizer file */
+    copy_config(d.path);
+    snprintf(p, sizeof p, "%s/vocab.json", d.path);
+    unlink(p);
+    expect_open_error(d.path, UMG_ENOENT, "vocab.json", "missing vocab.json");
+    tmp_remove(&d);
+
+    free(hs);
+    free(data);
+}
+
+static void test_model_metadata(void **state)
+{
+    enc_model *m = open_tiny();
+    assert_string_equal(enc_model_name(m), "clip-tiny");
+    uint8_t fp[32], zero[32] = {0};
+    enc_model_fingerprint(m, fp);
+    assert_memory_not_equal(fp, zero, 32);
+    assert_non_null(enc_model_tokenizer(m));
+    assert_int_equal(enc_model_preproc(m)->crop_w, 224);
+    assert_int_equal(enc_model_config(m)->vision.hidden, 128);
+    enc_model_close(m);
+    enc_model_close(NULL);
+    enc_run_close(NULL);
+
+    /* the fingerprint covers config.json: a changed field changes it */
+    struct tmpdir d;
+    tmp_make(&d);
+    const char *name = "{\"_name_or_path\": \"my/clip\", \"projection_dim\": 32, \"text_config\": {\"hidden_size\": 64,"
+                       " \"intermediate_size\": 256, \"num_attention_heads\": 2, \"num_hidden_layers\": 2},"
+                       " \"vision_config\": {\"hidden_size\": 128, \"intermediate_size\": 512,"
+                       " \"num_attention_heads\": 2, \"num_hidden_layers\": 2}}";
+    write_file(d.path, "config.json", name, strlen(name));
+    char p[600];
+    snprintf(p, sizeof p, "%s/model.safetensors", d.path);
+    assert_int_equal(symlink(TINY "/model.safetensors", p), 0);
+    enc_model *m2 = NULL;
+    int rc = enc_model_open(d.path, &m2);
+    if (rc)
+        fail_msg("%s", umg_err_msg());
+    assert_string_equal(enc_model_name(m2), "my/clip");
+    uint8_t fp2[32];
+    enc_model_fingerprint(m2, fp2);
+    assert_memory_not_equal(fp, fp2, 32);
+    enc_model_close(m2);
+    tmp_remove(&d);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_config_fixture),
+        cmocka_unit_test(test_config_defaults),
+        cmocka_unit_test(test_config_errors),
+        cmocka_unit_test(test_kernels),
+        cmocka_unit_test(test_image_embeddings),
+        cmocka_unit_test(test_batched_equals_single),
+        cmocka_unit_test(test_text_embeddings),
+        cmocka_unit_test(test_text_tokenized),
+        cmocka_unit_test(test_images_decoded),
+        cmocka_unit_test(test_threads_share_model),
+        cmocka_unit_test(test_half_precision_checkpoints),
+        cmocka_unit_test(test_hostile_headers),
+        cmocka_unit_test(test_hostile_files),
+        cmocka_unit_test(test_model_metadata),
+    };
+    int rc = cmocka_run_group_tests(tests, NULL, NULL);
+    json_decref(reference());
+    return rc;
+}
