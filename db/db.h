@@ -1,0 +1,202 @@
+/* db.h - the umgdb data directory: LMDB metadata and vectors (the source of
+ * truth) plus two FAISS indexes (images, regions) kept in step with it.
+ *
+ *   db_t *db;
+ *   db_options o = db_options_default();
+ *   o.fingerprint = fp; o.model_name = "clip-vit-base-patch32"; o.dim = 512;
+ *   db_open("/var/lib/umgdb", &o, &db);
+ *   db_put_image(db, &img, &image_id, region_ids);     one LMDB transaction
+ *   db_search(db, DB_KIND_REGION, query, NULL, hits, 10, &n);
+ *   db_checkpoint(db);                                  index snapshots
+ *   db_close(db);
+ *
+ * Durability.  db_put_image returns 0 only after its LMDB transaction is
+ * committed (fsynced): the image, its regions, their vectors (float16) and
+ * the log entries are there together or not at all.  FAISS is updated after
+ * the commit and is always derived from LMDB: db_open loads the snapshots
+ * written by db_checkpoint and replays the log entries newer than them; a
+ * missing, stale or corrupt snapshot is rebuilt from the stored vectors (one
+ * log line, not an error).  LMDB's map grows by itself when full.
+ *
+ * Vectors.  All vectors are dim floats; db_put_image and db_search
+ * L2-normalize copies (scores are cosine similarities).  Ids are 64-bit,
+ * positive, assigned by db_put_image from one counter shared by images and
+ * regions, never reused.
+ *
+ * Threads.  One handle serves any number of threads: writes are serialized by
+ * an internal mutex, reads (get/find/list/search) run concurrently using
+ * their own short LMDB read transactions (MDB_NOTLS).  db_close must not race
+ * other calls.
+ *
+ * Errors: 0 or negative UMG_E* codes (protocol/umg_error.h) with a message in
+ * umg_err_msg(): UMG_EMODEL (directory built by another model; the message
+ * names it), UMG_ENOENT, UMG_EPERM (read-only directory), UMG_ENOSPC (disk
+ * full: nothing was written), UMG_EDB (other LMDB failures), UMG_EINDEX. */
+#ifndef DB_H
+#define DB_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+typedef struct db_t db_t;
+
+enum db_kind { DB_KIND_IMAGE = 0, DB_KIND_REGION = 1 };
+enum db_log_level { DB_LOG_INFO = 0, DB_LOG_WARN = 1 };
+
+/* Receives log lines (index rebuilds, map growth).  msg lives for the call. */
+typedef void (*db_log_fn)(void *ud, int level, const char *msg);
+
+#define DB_SCHEMA_VERSION 1
+#define DB_MAX_PATH 4096
+#define DB_MAX_TAGS 256
+#define DB_MAX_METHOD 31
+#define DB_MAX_EXTRA_NAME 64
+
+typedef struct db_options {
+    const uint8_t *fingerprint;  /* 32 bytes: the model's identity (required) */
+    const char *model_name;      /* display name stored with it (required) */
+    int dim;                     /* embedding dimension (required) */
+    int read_only;               /* open without writing (no create) */
+    /* FAISS factory strings; NULL = automatic by size (idx_auto_factory). */
+    const char *image_factory;
+    const char *region_factory;
+    uint64_t approx_threshold;   /* automatic: approximate from this many vectors */
+    int nprobe;                  /* search breadth of approximate indexes */
+    int rerank_candidates;       /* candidates re-ranked per hit wanted (k x this) */
+    size_t initial_map_size;     /* bytes; grows by doubling when full */
+    db_log_fn log;               /* NULL = lines to stderr */
+    void *log_ud;
+} db_options;
+
+/* Defaults: automatic factories, approx_threshold 50000, nprobe 32,
+ * rerank_candidates 10, initial_map_size 64 MiB, log to stderr. */
+db_options db_options_default(void);
+
+/* Open (creating if absent and not read_only) a data directory.  A directory
+ * made with another fingerprint or dimension fails with UMG_EMODEL naming
+ * the model that built it.  Brings both indexes up to date with LMDB. */
+int db_open(const char *dir, const db_options *opt, db_t **out);
+/* Close; NULL-safe.  Does not checkpoint (call db_checkpoint first to make
+ * the next open fast). */
+void db_close(db_t *db);
+
+typedef struct db_region_in {
+    float box[4];         /* x, y, w, h in original-image pixels */
+    const char *method;   /* scale/method that produced it, <= 31 bytes, may be NULL */
+    float score;
+    int has_score;
+    const float *vector;  /* dim floats (required) */
+} db_region_in;
+
+typedef struct db_extra_in {
+    const char *name;     /* e.g. "patch_tokens", <= 64 bytes */
+    const void *data;
+    size_t len;
+} db_extra_in;
+
+typedef struct db_image_in {
+    const char *path;            /* as given by the user (required) */
+    uint8_t sha256[32];          /* of the file's bytes */
+    uint32_t width, height;      /* after EXIF orientation */
+    uint64_t bytes;              /* file size */
+    int64_t mtime;               /* seconds since the epoch */
+    int64_t ingest_time;         /* seconds; 0 = now */
+    const char *const *tags;     /* n_tags strings (may be NULL) */
+    int n_tags;
+    const float *vector;         /* dim floats (required) */
+    const db_region_in *regions;
+    int n_regions;
+    const db_extra_in *extras;   /* per-image named blobs, e.g. projected patch tokens */
+    int n_extras;
+    int replace;                 /* 1: an image already at path is deleted in the
+                                    same transaction; 0: UMG_EEXIST */
+} db_image_in;
+
+/* Store an image with its regions, vectors and extras in one transaction.
+ * *image_id gets the new id; region_ids (NULL or n_regions entries) get the
+ * region ids in input order. */
+int db_put_image(db_t *db, const db_image_in *in, uint64_t *image_id, uint64_t *region_ids);
+/* The same for n images in ONE transaction (all or none; one fsync, so bulk
+ * ingest should batch).  image_ids: n entries; region_ids: the sum of
+ * n_regions, in input order.  Either may be NULL. */
+int db_put_images(db_t *db, const db_image_in *ins, int n, uint64_t *image_ids, uint64_t *region_ids);
+
+/* Delete an image, its regions, their vectors and extras (one transaction).
+ * UMG_ENOENT if absent. */
+int db_delete_image(db_t *db, uint64_t image_id);
+
+typedef struct db_image {
+    uint64_t id;
+    char *path;                  /* heap */
+    uint8_t sha256[32];
+    uint32_t width, height;
+    uint64_t bytes;
+    int64_t mtime, ingest_time;
+    char **tags;                 /* heap array of heap strings */
+    int n_tags;
+    int n_regions;
+} db_image;
+/* Frees what a db_get_image filled in (not img itself); NULL-safe. */
+void db_image_free(db_image *img);
+
+typedef struct db_region {
+    uint64_t id, image_id;
+    float box[4];
+    float score;
+    int has_score;
+    char method[DB_MAX_METHOD + 1];
+} db_region;
+
+/* Lookups.  UMG_ENOENT when absent. */
+int db_get_image(db_t *db, uint64_t id, db_image *out);
+int db_find_path(db_t *db, const char *path, uint64_t *id);
+/* Ids of images with this content hash: up to max into ids, *n the total. */
+int db_find_hash(db_t *db, const uint8_t sha256[32], uint64_t *ids, int max, int *n);
+int db_get_region(db_t *db, uint64_t id, db_region *out);
+/* All regions of an image, in id order: *out is malloc'd (free()), *n its length. */
+int db_list_regions(db_t *db, uint64_t image_id, db_region **out, int *n);
+/* The stored (normalized, float16-rounded) vector of an image or region. */
+int db_get_vector(db_t *db, int kind, uint64_t id, float *out);
+
+/* Named per-image blobs.  db_put_extra replaces; db_get_extra returns a
+ * malloc'd copy in *data (free()).  The image must exist. */
+int db_put_extra(db_t *db, uint64_t image_id, const char *name, const void *data, size_t len);
+int db_get_extra(db_t *db, uint64_t image_id, const char *name, void **data, size_t *len);
+
+typedef struct db_hit {
+    uint64_t id;
+    float score;   /* cosine similarity */
+} db_hit;
+
+typedef struct db_search_opts {
+    int rerank;        /* -1 auto (approximate indexes re-rank), 0 off, 1 on */
+    int candidates;    /* re-rank pool; 0 = k x rerank_candidates */
+} db_search_opts;
+
+/* The k most similar images or regions to query (dim floats).  hits holds k
+ * entries; *n gets how many were found.  opts may be NULL.  Deleted ids are
+ * never returned. */
+int db_search(db_t *db, int kind, const float *query, const db_search_opts *opts,
+              db_hit *hits, int k, int *n);
+
+typedef struct db_stats {
+    uint64_t images, regions;              /* in LMDB */
+    uint64_t index_images, index_regions;  /* in FAISS */
+    uint64_t seq;                          /* last log sequence number */
+    uint64_t snapshot_seq[2];              /* covered by the last snapshots */
+    uint64_t map_size, map_used;           /* LMDB bytes */
+    char image_factory[128], region_factory[128];
+} db_stats;
+int db_stats_get(db_t *db, db_stats *out);
+
+/* Snapshot both indexes (atomic files recording the sequence they cover),
+ * switch an exact index to the approximate one when the collection has grown
+ * past approx_threshold (trained from the stored vectors; writers wait while
+ * it builds), and drop log entries both snapshots cover. */
+int db_checkpoint(db_t *db);
+
+/* The model a data directory was built with, without opening it for use:
+ * name (heap, free()), fingerprint, dimension.  UMG_ENOENT if not a data dir. */
+int db_probe(const char *dir, char **model_name, uint8_t fingerprint[32], int *dim);
+
+#endif

@@ -1,0 +1,107 @@
+/* idx.h - a FAISS vector index behind a small C API (inner product on
+ * L2-normalized vectors, 64-bit ids chosen by the caller).
+ *
+ *   idx_index *ix;  idx_create(512, NULL, &ix);          exact: "IDMap2,Flat"
+ *   idx_add(ix, n, vectors, ids);
+ *   idx_search(ix, query, 10, ids, scores, &n_hits);
+ *   idx_save(ix, "images.faiss", seq);                    atomic snapshot
+ *   idx_close(ix);
+ *
+ * Index kinds.  The factory string is FAISS's (faiss::index_factory).  A
+ * factory that cannot hold ids itself (Flat, HNSW, PQ, SQ...) is wrapped in an
+ * IndexIDMap2; IVF indexes store ids natively and are used as they are (saves
+ * the id map's memory).  "exact" means the factory is plain Flat.
+ * idx_auto_factory() gives the default by collection size: exact while small,
+ * IVF-PQ (codes of dim/8 bytes) once large; approximate results should be
+ * re-ranked exactly (idx_search_rerank) from the caller's stored vectors.
+ *
+ * Threads: every function may be called from any thread; searches run
+ * concurrently with each other, add/remove/train/set_nprobe take the index
+ * exclusively (an internal rwlock).
+ *
+ * Errors: 0 or a negative UMG_E* code; FAISS exceptions become UMG_EINDEX with
+ * FAISS's message copied into umg_err_msg().
+ *
+ * Snapshot file: a fixed header (magic "UMGIDX1\n", dimension, the caller's
+ * sequence number, vector count, payload length, FNV-1a 64 checksum of the
+ * payload, factory string) followed by FAISS's own serialization.  Written to
+ * PATH.tmp, fsynced, renamed over PATH, directory fsynced.  idx_load verifies
+ * header and checksum before FAISS parses a byte, so a truncated or garbage
+ * file is UMG_EFORMAT, never a crash. */
+#ifndef IDX_H
+#define IDX_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+typedef struct idx_index idx_index;
+
+/* Factory used while the collection is small. */
+#define IDX_FACTORY_EXACT "Flat"
+
+/* The automatic factory for a collection of n vectors of dimension dim, into
+ * buf (always NUL-terminated): IDX_FACTORY_EXACT below approx_threshold,
+ * else "IVF<nlist>,PQ<m>" with nlist ~ 4 sqrt(n) (a power of two in
+ * [256, 16384]) and m = dim/8 bytes per code (falls back to an 8-bit scalar
+ * quantizer when dim is not a multiple of 8).  Returns buf. */
+const char *idx_auto_factory(int dim, uint64_t n, uint64_t approx_threshold,
+                             char *buf, size_t len);
+
+/* Create an empty index.  factory NULL or "" means IDX_FACTORY_EXACT.
+ * UMG_EINVAL for dim < 1; UMG_EINDEX (FAISS's message) for a bad factory. */
+int idx_create(int dim, const char *factory, idx_index **out);
+void idx_close(idx_index *ix); /* NULL-safe */
+
+int idx_dim(const idx_index *ix);
+int64_t idx_count(idx_index *ix);
+/* 1 for a flat (exact) index, 0 for an approximate one. */
+int idx_is_exact(const idx_index *ix);
+/* The factory string the index was created with; lives as long as ix. */
+const char *idx_factory(const idx_index *ix);
+/* 1 when the index still needs idx_train before idx_add. */
+int idx_needs_training(idx_index *ix);
+
+/* Train on n vectors (n x dim floats, L2-normalized).  No-op when the index
+ * needs no training. */
+int idx_train(idx_index *ix, int64_t n, const float *x);
+/* Add n vectors with their ids.  Adding an id twice is the caller's bug: the
+ * index would then hold both copies. */
+int idx_add(idx_index *ix, int64_t n, const float *x, const int64_t *ids);
+/* Remove ids (absent ones are ignored); *removed (may be NULL) gets the count. */
+int idx_remove(idx_index *ix, int64_t n, const int64_t *ids, int64_t *removed);
+/* Search breadth of approximate indexes (IVF nprobe / HNSW efSearch); ignored
+ * by exact indexes.  <= 0 keeps the current value. */
+int idx_set_nprobe(idx_index *ix, int nprobe);
+
+/* The k best by inner product.  ids/scores hold k entries; *n_hits gets how
+ * many are valid (fewer than k when the index is small), best first. */
+int idx_search(idx_index *ix, const float *query, int k,
+               int64_t *ids, float *scores, int *n_hits);
+
+/* Fetch the exact stored vector of id into out (dim floats).  Return 0, or
+ * UMG_ENOENT to drop the candidate (deleted meanwhile), or another error to
+ * abort the search. */
+typedef int (*idx_vector_fn)(void *ud, int64_t id, float *out);
+
+/* Approximate search for `candidates` (>= k) hits, then exact inner products
+ * from get_vector, best k kept.  Candidates the callback reports as missing
+ * are dropped, so this also filters deleted ids. */
+int idx_search_rerank(idx_index *ix, const float *query, int k, int candidates,
+                      idx_vector_fn get_vector, void *ud,
+                      int64_t *ids, float *scores, int *n_hits);
+
+/* Write an atomic snapshot recording `seq` (the caller's log position the
+ * index covers).  Holds the index shared while serializing in memory, then
+ * writes without the lock.  UMG_ENOSPC / UMG_EPERM / UMG_EIO name the path; a
+ * failed save leaves the previous snapshot intact. */
+int idx_save(idx_index *ix, const char *path, uint64_t seq);
+/* Load a snapshot.  UMG_ENOENT if absent; UMG_EFORMAT (with the reason) for a
+ * truncated, garbage or checksum-failing file or a dimension other than
+ * dim; UMG_EINDEX if FAISS rejects the payload. */
+int idx_load(const char *path, int dim, idx_index **out, uint64_t *seq);
+
+/* Bytes of the FAISS serialization (a close proxy for the resident size of
+ * compressed indexes); for benchmarks and stats.  < 0 on error. */
+int64_t idx_serialized_bytes(idx_index *ix);
+
+#endif

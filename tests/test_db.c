@@ -1,0 +1,542 @@
+/* test_db.c - the LMDB data directory on real files in temporary directories. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <cmocka.h>
+
+#include <ftw.h>
+#include <math.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "db.h"
+#include "umg_error.h"
+
+#define DIM 32
+
+static uint8_t FP_A[32] = { 0xaa, 1, 2, 3 };
+static uint8_t FP_B[32] = { 0xbb, 9, 9, 9 };
+
+static uint64_t rng_state = 88172645463325252ull;
+static float frand(void)
+{
+    rng_state ^= rng_state << 13;
+    rng_state ^= rng_state >> 7;
+    rng_state ^= rng_state << 17;
+    return (float)((rng_state >> 11) * (1.0 / 9007199254740992.0)) * 2.0f - 1.0f;
+}
+static void rand_vec(float *v, int n)
+{
+    for (int i = 0; i < n; i++)
+        v[i] = frand();
+}
+
+static int rm_cb(const char *p, const struct stat *sb, int flag, struct FTW *ftw)
+{
+    (void)sb, (void)flag, (void)ftw;
+    return remove(p);
+}
+static void rm_rf(const char *dir) { nftw(dir, rm_cb, 16, FTW_DEPTH | FTW_PHYS); }
+
+typedef struct fixture {
+    char dir[256];
+    char data[300];
+    int log_lines;
+    char last_log[768];
+} fixture;
+
+static void count_log(void *ud, int level, const char *msg)
+{
+    fixture *f = ud;
+    (void)level;
+    f->log_lines++;
+    snprintf(f->last_log, sizeof f->last_log, "%s", msg);
+}
+
+static int setup(void **state)
+{
+    fixture *f = calloc(1, sizeof *f);
+    snprintf(f->dir, sizeof f->dir, "/tmp/umg_test_db_XXXXXX");
+    if (!mkdtemp(f->dir))
+        return -1;
+    snprintf(f->data, sizeof f->data, "%s/data", f->dir);
+    *state = f;
+    return 0;
+}
+static int teardown(void **state)
+{
+    fixture *f = *state;
+    rm_rf(f->dir);
+    free(f);
+    return 0;
+}
+
+static db_options opts_for(fixture *f)
+{
+    db_options o = db_options_default();
+    o.fingerprint = FP_A;
+    o.model_name = "clip-test-a";
+    o.dim = DIM;
+    o.log = count_log;
+    o.log_ud = f;
+    return o;
+}
+
+static db_t *open_ok(fixture *f, const db_options *o)
+{
+    db_t *db = NULL;
+    int rc = db_open(f->data, o, &db);
+    if (rc)
+        fail_msg("db_open: %s: %s", umg_strerror(rc), umg_err_msg());
+    return db;
+}
+
+/* An image with nr regions and random vectors (into vecs: (1+nr) x DIM). */
+typedef struct img_buf {
+    db_image_in in;
+    db_region_in regs[8];
+    float vecs[9][DIM];
+    char path[64];
+} img_buf;
+
+static void make_image(img_buf *b, const char *path, int nr)
+{
+    memset(b, 0, sizeof *b);
+    snprintf(b->path, sizeof b->path, "%s", path);
+    for (int i = 0; i <= nr; i++)
+        rand_vec(b->vecs[i], DIM);
+    b->in.path = b->path;
+    for (int i = 0; i < 32; i++)
+        b->in.sha256[i] = (uint8_t)((*path ? path[i % strlen(path)] : 0) + i);
+    b->in.width = 640;
+    b->in.height = 480;
+    b->in.bytes = 12345;
+    b->in.mtime = 1700000000;
+    b->in.vector = b->vecs[0];
+    b->in.n_regions = nr;
+    b->in.regions = b->regs;
+    for (int i = 0; i < nr; i++) {
+        b->regs[i].box[0] = (float)i;
+        b->regs[i].box[1] = 2.0f * i;
+        b->regs[i].box[2] = 10.0f + i;
+        b->regs[i].box[3] = 20.0f + i;
+        b->regs[i].method = i % 2 ? "grid-3" : "grid-2";
+        b->regs[i].score = 0.5f + 0.01f * i;
+        b->regs[i].has_score = 1;
+        b->regs[i].vector = b->vecs[1 + i];
+    }
+}
+
+static void assert_vec_close(const float *stored, const float *raw)
+{
+    double n = 0;
+    for (int i = 0; i < DIM; i++)
+        n += (double)raw[i] * raw[i];
+    n = sqrt(n);
+    for (int i = 0; i < DIM; i++)
+        assert_true(fabs(stored[i] - raw[i] / n) < 2e-3);
+}
+
+static void test_roundtrip(void **state)
+{
+    fixture *f = *state;
+    db_options o = opts_for(f);
+    db_t *db = open_ok(f, &o);
+    img_buf b;
+    make_image(&b, "/photos/a.jpg", 3);
+    const char *tags[] = { "beach", "2021" };
+    b.in.tags = tags;
+    b.in.n_tags = 2;
+    b.in.ingest_time = 1700000500;
+    uint8_t patches[100];
+    for (int i = 0; i < 100; i++)
+        patches[i] = (uint8_t)(i * 7);
+    db_extra_in ex = { "patch_tokens", patches, sizeof patches };
+    b.in.extras = &ex;
+    b.in.n_extras = 1;
+    uint64_t id, rids[3];
+    assert_int_equal(db_put_image(db, &b.in, &id, rids), 0);
+    assert_true(id > 0);
+    assert_true(rids[0] != id && rids[1] != rids[0] && rids[2] != rids[1]);
+
+    db_image img;
+    assert_int_equal(db_get_image(db, id, &img), 0);
+    assert_string_equal(img.path, "/photos/a.jpg");
+    assert_memory_equal(img.sha256, b.in.sha256, 32);
+    assert_int_equal(img.width, 640);
+    assert_int_equal(img.height, 480);
+    assert_int_equal(img.bytes, 12345);
+    assert_int_equal(img.mtime, 1700000000);
+    assert_int_equal(img.ingest_time, 1700000500);
+    assert_int_equal(img.n_tags, 2);
+    assert_string_equal(img.tags[1], "2021");
+    assert_int_equal(img.n_regions, 3);
+    db_image_free(&img);
+
+    uint64_t got;
+    assert_int_equal(db_find_path(db, "/photos/a.jpg", &got), 0);
+    assert_int_equal(got, id);
+    assert_int_equal(db_find_path(db, "/photos/b.jpg", &got), UMG_ENOENT);
+    uint64_t hids[4];
+    int nh;
+    assert_int_equal(db_find_hash(db, b.in.sha256, hids, 4, &nh), 0);
+    assert_int_equal(nh, 1);
+    assert_int_equal(hids[0], id);
+
+    db_region *regs;
+    int nr;
+    assert_int_equal(db_list_regions(db, id, &regs, &nr), 0);
+    assert_int_equal(nr, 3);
+    for (int i = 0; i < 3; i++) {
+        assert_int_equal(regs[i].id, rids[i]);
+        assert_int_equal(regs[i].image_id, id);
+        assert_true(regs[i].box[2] == 10.0f + i);
+        assert_string_equal(regs[i].method, i % 2 ? "grid-3" : "grid-2");
+        assert_true(regs[i].has_score && fabsf(regs[i].score - (0.5f + 0.01f * i)) < 1e-6f);
+    }
+    free(regs);
+    db_region r;
+    assert_int_equal(db_get_region(db, rids[2], &r), 0);
+    assert_int_equal(r.image_id, id);
+
+    float v[DIM];
+    assert_int_equal(db_get_vector(db, DB_KIND_IMAGE, id, v), 0);
+    assert_vec_close(v, b.vecs[0]);
+    assert_int_equal(db_get_vector(db, DB_KIND_REGION, rids[1], v), 0);
+    assert_vec_close(v, b.vecs[2]);
+
+    void *data;
+    size_t len;
+    assert_int_equal(db_get_extra(db, id, "patch_tokens", &data, &len), 0);
+    assert_int_equal(len, 100);
+    assert_memory_equal(data, patches, 100);
+    free(data);
+    assert_int_equal(db_get_extra(db, id, "other", &data, &len), UMG_ENOENT);
+
+    /* the same file at another path: two ids under one hash */
+    img_buf b2;
+    make_image(&b2, "/photos/copy.jpg", 0);
+    memcpy(b2.in.sha256, b.in.sha256, 32);
+    uint64_t id2;
+    assert_int_equal(db_put_image(db, &b2.in, &id2, NULL), 0);
+    assert_int_equal(db_find_hash(db, b.in.sha256, hids, 4, &nh), 0);
+    assert_int_equal(nh, 2);
+    db_close(db);
+
+    /* everything survives a reopen (no checkpoint: indexes rebuilt from LMDB) */
+    db = open_ok(f, &o);
+    assert_int_equal(db_get_image(db, id, &img), 0);
+    assert_string_equal(img.path, "/photos/a.jpg");
+    db_image_free(&img);
+    db_stats st;
+    assert_int_equal(db_stats_get(db, &st), 0);
+    assert_int_equal(st.images, 2);
+    assert_int_equal(st.regions, 3);
+    assert_int_equal(st.index_images, 2);
+    assert_int_equal(st.index_regions, 3);
+    db_close(db);
+}
+
+static void test_bad_input(void **state)
+{
+    fixture *f = *state;
+    db_options o = opts_for(f);
+    db_t *db = open_ok(f, &o);
+    img_buf b;
+    make_image(&b, "/x.jpg", 1);
+    b.in.vector = NULL;
+    assert_int_equal(db_put_image(db, &b.in, NULL, NULL), UMG_EINVAL);
+    make_image(&b, "/x.jpg", 1);
+    b.vecs[1][3] = NAN;
+    assert_int_equal(db_put_image(db, &b.in, NULL, NULL), UMG_EINVAL);
+    make_image(&b, "/x.jpg", 1);
+    memset(b.vecs[0], 0, sizeof b.vecs[0]);
+    assert_int_equal(db_put_image(db, &b.in, NULL, NULL), UMG_EINVAL);
+    make_image(&b, "/x.jpg", 1);
+    b.regs[0].method = "a-method-name-that-is-far-too-long-to-store";
+    assert_int_equal(db_put_image(db, &b.in, NULL, NULL), UMG_EINVAL);
+    make_image(&b, "", 0);
+    assert_int_equal(db_put_image(db, &b.in, NULL, NULL), UMG_EINVAL);
+    /* nothing was written by the failures */
+    db_stats st;
+    assert_int_equal(db_stats_get(db, &st), 0);
+    assert_int_equal(st.images, 0);
+    assert_int_equal(st.seq, 0);
+    db_close(db);
+}
+
+static void test_duplicate_and_replace(void **state)
+{
+    fixture *f = *state;
+    db_options o = opts_for(f);
+    db_t *db = open_ok(f, &o);
+    img_buf b;
+    make_image(&b, "/p/1.jpg", 2);
+    uint64_t id1, r1[2], id2, r2[3];
+    assert_int_equal(db_put_image(db, &b.in, &id1, r1), 0);
+    assert_int_equal(db_put_image(db, &b.in, &id2, r1), UMG_EEXIST);
+    make_image(&b, "/p/1.jpg", 3);
+    b.in.replace = 1;
+    assert_int_equal(db_put_image(db, &b.in, &id2, r2), 0);
+    assert_true(id2 > id1);
+    db_image img;
+    assert_int_equal(db_get_image(db, id1, &img), UMG_ENOENT);
+    db_region r;
+    assert_int_equal(db_get_region(db, r1[0], &r), UMG_ENOENT);
+    uint64_t got;
+    assert_int_equal(db_find_path(db, "/p/1.jpg", &got), 0);
+    assert_int_equal(got, id2);
+    db_stats st;
+    assert_int_equal(db_stats_get(db, &st), 0);
+    assert_int_equal(st.images, 1);
+    assert_int_equal(st.regions, 3);
+    assert_int_equal(st.index_images, 1);
+    assert_int_equal(st.index_regions, 3);
+    db_close(db);
+}
+
+static void test_search_and_delete(void **state)
+{
+    fixture *f = *state;
+    db_options o = opts_for(f);
+    db_t *db = open_ok(f, &o);
+    enum { N = 60 };
+    static img_buf bufs[N];
+    static db_image_in ins[N];
+    for (int i = 0; i < N; i++) {
+        char p[32];
+        snprintf(p, sizeof p, "/s/%d.jpg", i);
+        make_image(&bufs[i], p, 2);
+        ins[i] = bufs[i].in;
+    }
+    uint64_t ids[N], rids[2 * N];
+    assert_int_equal(db_put_images(db, ins, N, ids, rids), 0);
+    db_hit hits[2 * N];
+    int n;
+    for (int i = 0; i < N; i++) {
+        assert_int_equal(db_search(db, DB_KIND_IMAGE, bufs[i].vecs[0], NULL, hits, 5, &n), 0);
+        assert_int_equal(n, 5);
+        assert_int_equal(hits[0].id, ids[i]);
+        assert_true(hits[0].score > 0.999f && hits[0].score >= hits[1].score);
+        assert_int_equal(db_search(db, DB_KIND_REGION, bufs[i].vecs[2], NULL, hits, 1, &n), 0);
+        assert_int_equal(hits[0].id, rids[2 * i + 1]);
+    }
+    /* forced re-rank gives the same top hit with exact scores */
+    db_search_opts so = { .rerank = 1, .candidates = 20 };
+    assert_int_equal(db_search(db, DB_KIND_IMAGE, bufs[7].vecs[0], &so, hits, 3, &n), 0);
+    assert_int_equal(hits[0].id, ids[7]);
+
+    /* delete: image, regions, vectors, extras gone; never returned */
+    assert_int_equal(db_put_extra(db, ids[7], "patch_tokens", "abc", 3), 0);
+    assert_int_equal(db_delete_image(db, ids[7]), 0);
+    assert_int_equal(db_delete_image(db, ids[7]), UMG_ENOENT);
+    void *data;
+    size_t len;
+    assert_int_equal(db_get_extra(db, ids[7], "patch_tokens", &data, &len), UMG_ENOENT);
+    float v[DIM];
+    assert_int_equal(db_get_vector(db, DB_KIND_REGION, rids[14], v), UMG_ENOENT);
+    assert_int_equal(db_search(db, DB_KIND_IMAGE, bufs[7].vecs[0], NULL, hits, N, &n), 0);
+    assert_int_equal(n, N - 1);
+    for (int i = 0; i < n; i++)
+        assert_true(hits[i].id != ids[7]);
+    assert_int_equal(db_search(db, DB_KIND_REGION, bufs[7].vecs[1], NULL, hits, 2 * N, &n), 0);
+    assert_int_equal(n, 2 * N - 2);
+    for (int i = 0; i < n; i++)
+        assert_true(hits[i].id != rids[14] && hits[i].id != rids[15]);
+    uint64_t got;
+    assert_int_equal(db_find_path(db, "/s/7.jpg", &got), UMG_ENOENT);
+
+    /* checkpoint, more changes, reopen: snapshot + replay equals LMDB */
+    assert_int_equal(db_checkpoint(db), 0);
+    assert_int_equal(db_delete_image(db, ids[8]), 0);
+    img_buf extra;
+    make_image(&extra, "/s/late.jpg", 1);
+    uint64_t late;
+    assert_int_equal(db_put_image(db, &extra.in, &late, NULL), 0);
+    db_close(db);
+    f->log_lines = 0;
+    db = open_ok(f, &o);
+    assert_int_equal(f->log_lines, 0); /* snapshot used, no rebuild */
+    db_stats st;
+    assert_int_equal(db_stats_get(db, &st), 0);
+    assert_int_equal(st.images, N - 1);
+    assert_int_equal(st.index_images, N - 1);
+    assert_int_equal(st.index_regions, st.regions);
+    assert_int_equal(db_search(db, DB_KIND_IMAGE, extra.vecs[0], NULL, hits, 1, &n), 0);
+    assert_int_equal(hits[0].id, late);
+    assert_int_equal(db_search(db, DB_KIND_IMAGE, bufs[8].vecs[0], NULL, hits, N, &n), 0);
+    for (int i = 0; i < n; i++)
+        assert_true(hits[i].id != ids[8] && hits[i].id != ids[7]);
+    db_close(db);
+}
+
+static void test_other_model(void **state)
+{
+    fixture *f = *state;
+    db_options o = opts_for(f);
+    db_t *db = open_ok(f, &o);
+    db_close(db);
+    db_options other = opts_for(f);
+    other.fingerprint = FP_B;
+    other.model_name = "clip-test-b";
+    assert_int_equal(db_open(f->data, &other, &db), UMG_EMODEL);
+    assert_null(db);
+    assert_non_null(strstr(umg_err_msg(), "clip-test-a"));
+    other = opts_for(f);
+    other.dim = DIM * 2;
+    assert_int_equal(db_open(f->data, &other, &db), UMG_EMODEL);
+    assert_non_null(strstr(umg_err_msg(), "clip-test-a"));
+    char *name;
+    uint8_t fp[32];
+    int dim;
+    assert_int_equal(db_probe(f->data, &name, fp, &dim), 0);
+    assert_string_equal(name, "clip-test-a");
+    assert_memory_equal(fp, FP_A, 32);
+    assert_int_equal(dim, DIM);
+    free(name);
+    assert_int_equal(db_probe(f->dir, &name, fp, &dim), UMG_ENOENT);
+}
+
+static void test_read_only_open(void **state)
+{
+    fixture *f = *state;
+    db_options o = opts_for(f);
+    db_t *db = open_ok(f, &o);
+    img_buf b;
+    make_image(&b, "/ro.jpg", 1);
+    uint64_t id;
+    assert_int_equal(db_put_image(db, &b.in, &id, NULL), 0);
+    db_close(db);
+    o.read_only = 1;
+    db = open_ok(f, &o);
+    db_hit h;
+    int n;
+    assert_int_equal(db_search(db, DB_KIND_IMAGE, b.vecs[0], NULL, &h, 1, &n), 0);
+    assert_int_equal(h.id, id);
+    make_image(&b, "/ro2.jpg", 0);
+    assert_int_equal(db_put_image(db, &b.in, &id, NULL), UMG_EPERM);
+    assert_int_equal(db_checkpoint(db), UMG_EPERM);
+    db_close(db);
+    char missing[400];
+    snprintf(missing, sizeof missing, "%s/absent", f->dir);
+    assert_int_equal(db_open(missing, &o, &db), UMG_ENOENT);
+}
+
+static void test_map_grows(void **state)
+{
+    fixture *f = *state;
+    db_options o = opts_for(f);
+    o.initial_map_size = 64 << 10; /* 64 KiB: full after a few images */
+    db_t *db = open_ok(f, &o);
+    static img_buf bufs[50];
+    static db_image_in ins[50];
+    static uint8_t blob[20000];
+    db_extra_in ex = { "blob", blob, sizeof blob };
+    for (int round = 0; round < 4; round++) {
+        for (int i = 0; i < 50; i++) {
+            char p[32];
+            snprintf(p, sizeof p, "/m/%d/%d.jpg", round, i);
+            make_image(&bufs[i], p, 4);
+            bufs[i].in.extras = &ex;
+            bufs[i].in.n_extras = 1;
+            ins[i] = bufs[i].in;
+        }
+        int rc = db_put_images(db, ins, 50, NULL, NULL);
+        if (rc)
+            fail_msg("%s", umg_err_msg());
+    }
+    db_stats st;
+    assert_int_equal(db_stats_get(db, &st), 0);
+    assert_int_equal(st.images, 200);
+    assert_true(st.map_size >= 4u << 20);
+    assert_true(f->log_lines > 0); /* growth is logged */
+    db_close(db);
+}
+
+/* Writers and readers at once: no errors, every write searchable after. */
+typedef struct conc {
+    db_t *db;
+    volatile int stop;
+    int errors;
+    float q[DIM];
+} conc;
+
+static void *reader(void *arg)
+{
+    conc *c = arg;
+    db_hit h[10];
+    while (!c->stop) {
+        int n;
+        if (db_search(c->db, DB_KIND_REGION, c->q, NULL, h, 10, &n))
+            __atomic_add_fetch(&c->errors, 1, __ATOMIC_RELAXED);
+        db_stats st;
+        if (db_stats_get(c->db, &st))
+            __atomic_add_fetch(&c->errors, 1, __ATOMIC_RELAXED);
+    }
+    return NULL;
+}
+
+static void test_concurrent(void **state)
+{
+    fixture *f = *state;
+    db_options o = opts_for(f);
+    o.initial_map_size = 128 << 10; /* growth while readers run */
+    o.approx_threshold = 300;       /* a checkpoint switches to IVF while readers run */
+    o.region_factory = "IVF16,Flat";
+    db_t *db = open_ok(f, &o);
+    conc c = { .db = db };
+    rand_vec(c.q, DIM);
+    pthread_t t[2];
+    for (int i = 0; i < 2; i++)
+        pthread_create(&t[i], NULL, reader, &c);
+    for (int i = 0; i < 80; i++) {
+        img_buf b;
+        char p[32];
+        snprintf(p, sizeof p, "/c/%d.jpg", i);
+        make_image(&b, p, 5);
+        assert_int_equal(db_put_image(db, &b.in, NULL, NULL), 0);
+        if (i % 20 == 19)
+            assert_int_equal(db_delete_image(db, (uint64_t)(i - 10) * 6 + 1), 0);
+        if (i == 70) {
+            int rc = db_checkpoint(db);
+            if (rc)
+                fail_msg("%s", umg_err_msg());
+        }
+    }
+    c.stop = 1;
+    for (int i = 0; i < 2; i++)
+        pthread_join(t[i], NULL);
+    assert_int_equal(c.errors, 0);
+    db_stats st;
+    assert_int_equal(db_stats_get(db, &st), 0);
+    assert_string_equal(st.region_factory, "IVF16,Flat");
+    assert_int_equal(st.index_regions, st.regions);
+    assert_int_equal(st.index_images, st.images);
+    db_close(db);
+    /* the IVF snapshot loads back */
+    f->log_lines = 0;
+    db = open_ok(f, &o);
+    assert_int_equal(f->log_lines, 0);
+    assert_int_equal(db_stats_get(db, &st), 0);
+    assert_string_equal(st.region_factory, "IVF16,Flat");
+    db_close(db);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(test_roundtrip, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_bad_input, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_duplicate_and_replace, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_search_and_delete, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_other_model, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_read_only_open, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_map_grows, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_concurrent, setup, teardown),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
