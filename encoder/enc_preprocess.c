@@ -107,16 +107,63 @@ static inline uint8_t clip8(int32_t v)
     return v < 0 ? 0 : v > 255 ? 255 : (uint8_t)v;
 }
 
+/* The inner loops of both passes, over contiguous memory so that the compiler
+ * vectorizes them (restrict: a uint8_t pointer may otherwise alias acc).  -O2's
+ * "very cheap" vectorizer cost model leaves them scalar, hence O3 here. */
+#define VECTORIZE __attribute__((optimize("O3")))
+VECTORIZE static void acc_init(int32_t *restrict acc, size_t n)
+{
+    for (size_t x = 0; x < n; x++)
+        acc[x] = 1 << (PRECISION_BITS - 1);
+}
+
+VECTORIZE static void acc_add(int32_t *restrict acc, const uint8_t *restrict row, int32_t k, size_t n)
+{
+    for (size_t x = 0; x < n; x++)
+        acc[x] += row[x] * k;
+}
+
+VECTORIZE static void acc_store(uint8_t *restrict dst, const int32_t *restrict acc, size_t n)
+{
+    for (size_t x = 0; x < n; x++)
+        dst[x] = clip8(acc[x]);
+}
+
+/* Pixel-transpose rows x cols pixels: dst[c][r] = src[r][c] (3 bytes each). */
+static void transpose_rgb(uint8_t *restrict dst, size_t dst_stride, const uint8_t *restrict src, size_t src_stride,
+                          int rows, int cols)
+{
+    enum { B = 16 }; /* tiles keep both sides in cache */
+    for (int r0 = 0; r0 < rows; r0 += B)
+        for (int c0 = 0; c0 < cols; c0 += B) {
+            int r1 = r0 + B < rows ? r0 + B : rows, c1 = c0 + B < cols ? c0 + B : cols;
+            for (int r = r0; r < r1; r++) {
+                const uint8_t *s = src + (size_t)r * src_stride;
+                for (int c = c0; c < c1; c++) {
+                    uint8_t *d = dst + (size_t)c * dst_stride + (size_t)r * 3;
+                    d[0] = s[3 * c];
+                    d[1] = s[3 * c + 1];
+                    d[2] = s[3 * c + 2];
+                }
+            }
+        }
+}
+
 /* Window [ox, ox + ow) x [oy, oy + oh) of src resized to full_w x full_h, written
  * to dst (ow * oh * 3 bytes, row stride ow * 3).  The window must lie inside the
- * full output. */
+ * full output.
+ *
+ * The horizontal pass runs on the transposed source: each output column is then a
+ * weighted sum of whole input columns, contiguous in memory, the same vector loop
+ * as the vertical pass.  Integer sums are exact, so the order of accumulation does
+ * not change any value. */
 static int resample_window(const enc_image *src, int full_w, int full_h, int ox, int oy, int ow, int oh,
                            uint8_t *dst)
 {
     const int W = src->width, H = src->height;
     const int need_h = full_w != W, need_v = full_h != H;
     coeffs ch = {0}, cv = {0};
-    uint8_t *tmp = NULL;
+    uint8_t *tmp = NULL, *srcT = NULL, *outT = NULL;
     int32_t *acc = NULL;
     int rc = 0;
 
@@ -131,6 +178,11 @@ static int resample_window(const enc_image *src, int full_w, int full_h, int ox,
             if (cv.start[i] + cv.len[i] > row1)
                 row1 = cv.start[i] + cv.len[i];
     }
+    const int R = row1 - row0;
+    const size_t n_h = (size_t)R * 3, n_v = (size_t)ow * 3;
+    acc = malloc(sizeof(int32_t) * (n_h > n_v ? n_h : n_v));
+    if (!acc)
+        goto nomem;
 
     /* Horizontal pass into tmp (rows row0..row1, columns of the window), or the
      * source itself when the width does not change. */
@@ -139,32 +191,26 @@ static int resample_window(const enc_image *src, int full_w, int full_h, int ox,
     if (need_h) {
         if ((rc = coeffs_init(&ch, W, full_w, ox, ow)))
             goto done;
-        uint8_t *out = need_v ? NULL : dst;
-        if (need_v) {
-            tmp = malloc((size_t)(row1 - row0) * ow * 3);
-            if (!tmp) {
-                rc = umg_err_set(UMG_ENOMEM, "resize: out of memory");
-                goto done;
-            }
-            out = tmp;
+        int col0 = ch.start[0], col1 = 0;
+        for (int i = 0; i < ow; i++)
+            if (ch.start[i] + ch.len[i] > col1)
+                col1 = ch.start[i] + ch.len[i];
+        srcT = malloc((size_t)(col1 - col0) * n_h);
+        outT = malloc((size_t)ow * n_h);
+        uint8_t *out = dst;
+        if (need_v)
+            out = tmp = malloc((size_t)R * ow * 3);
+        if (!srcT || !outT || !out)
+            goto nomem;
+        transpose_rgb(srcT, n_h, src->rgb + (size_t)row0 * W * 3 + (size_t)col0 * 3, (size_t)W * 3, R, col1 - col0);
+        for (int i = 0; i < ow; i++) {
+            const int32_t *k = ch.k + (size_t)i * ch.ksize;
+            acc_init(acc, n_h);
+            for (int j = 0; j < ch.len[i]; j++)
+                acc_add(acc, srcT + (size_t)(ch.start[i] + j - col0) * n_h, k[j], n_h);
+            acc_store(outT + (size_t)i * n_h, acc, n_h);
         }
-        for (int y = row0; y < row1; y++) {
-            const uint8_t *in = src->rgb + (size_t)y * W * 3;
-            uint8_t *o = out + (size_t)(y - row0) * ow * 3;
-            for (int i = 0; i < ow; i++) {
-                const int32_t *k = ch.k + (size_t)i * ch.ksize;
-                const uint8_t *p = in + (size_t)ch.start[i] * 3;
-                int32_t s0 = 1 << (PRECISION_BITS - 1), s1 = s0, s2 = s0;
-                for (int j = 0; j < ch.len[i]; j++) {
-                    s0 += p[3 * j + 0] * k[j];
-                    s1 += p[3 * j + 1] * k[j];
-                    s2 += p[3 * j + 2] * k[j];
-                }
-                o[3 * i + 0] = clip8(s0);
-                o[3 * i + 1] = clip8(s1);
-                o[3 * i + 2] = clip8(s2);
-            }
-        }
+        transpose_rgb(out, (size_t)ow * 3, outT, n_h, ow, R);
         if (!need_v)
             goto done;
         hsrc = tmp;
@@ -179,31 +225,23 @@ static int resample_window(const enc_image *src, int full_w, int full_h, int ox,
         }
     }
 
-    /* Vertical pass, row by row so the inner loop runs along contiguous memory. */
-    const int n = ow * 3;
-    acc = malloc(sizeof(int32_t) * (size_t)n);
-    if (!acc) {
-        rc = umg_err_set(UMG_ENOMEM, "resize: out of memory");
-        goto done;
-    }
+    /* Vertical pass, row by row. */
     for (int i = 0; i < oh; i++) {
         const int32_t *k = cv.k + (size_t)i * cv.ksize;
-        for (int x = 0; x < n; x++)
-            acc[x] = 1 << (PRECISION_BITS - 1);
-        for (int j = 0; j < cv.len[i]; j++) {
-            const uint8_t *r = hsrc + (size_t)(cv.start[i] + j - row0) * hstride;
-            const int32_t kj = k[j];
-            for (int x = 0; x < n; x++)
-                acc[x] += r[x] * kj;
-        }
-        uint8_t *o = dst + (size_t)i * n;
-        for (int x = 0; x < n; x++)
-            o[x] = clip8(acc[x]);
+        acc_init(acc, n_v);
+        for (int j = 0; j < cv.len[i]; j++)
+            acc_add(acc, hsrc + (size_t)(cv.start[i] + j - row0) * hstride, k[j], n_v);
+        acc_store(dst + (size_t)i * n_v, acc, n_v);
     }
+    goto done;
+nomem:
+    rc = umg_err_set(UMG_ENOMEM, "resize: out of memory (%dx%d to %dx%d)", W, H, full_w, full_h);
 done:
     coeffs_free(&ch);
     coeffs_free(&cv);
     free(tmp);
+    free(srcT);
+    free(outT);
     free(acc);
     return rc;
 }
