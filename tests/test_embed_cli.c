@@ -1,0 +1,325 @@
+/* test_embed_cli.c - `umgdb embed` run as a real process (env UMG_BIN), its
+ * JSON lines checked against tests/fixtures/clip-tiny/reference.json. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <fcntl.h>
+#include <jansson.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#define TINY UMG_FIXTURES_DIR "/clip-tiny"
+
+static json_t *ref;
+
+static const char *bin(void)
+{
+    const char *b = getenv("UMG_BIN");
+    return b && *b ? b : UMG_BINARY_DIR "/umgdb";
+}
+
+struct result {
+    int status; /* exit code, or -1 if killed */
+    char *out, *err;
+    size_t out_len;
+};
+
+static char *slurp(const char *path, size_t *len)
+{
+    FILE *f = fopen(path, "rb");
+    assert_non_null(f);
+    size_t cap = 1 << 16, n = 0;
+    char *b = malloc(cap);
+    size_t got;
+    while ((got = fread(b + n, 1, cap - n - 1, f)) > 0) {
+        n += got;
+        if (cap - n - 1 == 0)
+            b = realloc(b, cap *= 2);
+    }
+    fclose(f);
+    b[n] = 0;
+    if (len)
+        *len = n;
+    return b;
+}
+
+/* Run umgdb with args (NULL-terminated, after the binary name). */
+static struct result run(const char *const *args)
+{
+    char outp[] = "/tmp/umg-embed-out-XXXXXX", errp[] = "/tmp/umg-embed-err-XXXXXX";
+    int fo = mkstemp(outp), fe = mkstemp(errp);
+    assert_true(fo >= 0 && fe >= 0);
+    const char *argv[64];
+    int n = 0;
+    argv[n++] = bin();
+    for (; args[n - 1]; n++) {
+        assert_true(n < 63);
+        argv[n] = args[n - 1];
+    }
+    argv[n] = NULL;
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        dup2(fo, 1);
+        dup2(fe, 2);
+        execv(argv[0], (char *const *)argv);
+        _exit(127);
+    }
+    int st;
+    assert_int_equal(waitpid(pid, &st, 0), pid);
+    close(fo);
+    close(fe);
+    struct result r = {.status = WIFEXITED(st) ? WEXITSTATUS(st) : -1};
+    r.out = slurp(outp, &r.out_len);
+    r.err = slurp(errp, NULL);
+    unlink(outp);
+    unlink(errp);
+    return r;
+}
+
+static void result_free(struct result *r)
+{
+    free(r->out);
+    free(r->err);
+}
+
+/* The output's lines as JSON objects. */
+static json_t *lines(const char *out)
+{
+    json_t *arr = json_array();
+    const char *p = out;
+    while (*p) {
+        const char *nl = strchr(p, '\n');
+        assert_non_null(nl); /* every object ends its line */
+        json_error_t e;
+        json_t *o = json_loadb(p, (size_t)(nl - p), 0, &e);
+        if (!o)
+            fail_msg("output line is not JSON: %s", e.text);
+        assert_true(json_is_object(o));
+        json_array_append_new(arr, o);
+        p = nl + 1;
+    }
+    return arr;
+}
+
+/* got (already normalized) against normalize(want). */
+static void check_normalized(json_t *got, json_t *want, const char *what)
+{
+    size_t n = json_array_size(want);
+    assert_int_equal(json_array_size(got), n);
+    double nw = 0, ng = 0, dot = 0, maxd = 0;
+    for (size_t i = 0; i < n; i++)
+        nw += pow(json_number_value(json_array_get(want, i)), 2);
+    nw = sqrt(nw);
+    for (size_t i = 0; i < n; i++) {
+        double g = json_number_value(json_array_get(got, i)), w = json_number_value(json_array_get(want, i)) / nw;
+        ng += g * g;
+        dot += g * w;
+        maxd = fmax(maxd, fabs(g - w));
+    }
+    if (fabs(sqrt(ng) - 1) > 1e-5 || dot / sqrt(ng) < 0.99999 || maxd > 1e-4)
+        fail_msg("%s: |v| %.7f, cosine %.8f, max |diff| %.3g", what, sqrt(ng), dot / sqrt(ng), maxd);
+}
+
+static json_t *ref_image(const char *file)
+{
+    size_t i;
+    json_t *it;
+    json_array_foreach(json_object_get(ref, "images"), i, it)
+        if (!strcmp(json_string_value(json_object_get(it, "file")), file))
+            return it;
+    fail_msg("no reference image %s", file);
+    return NULL;
+}
+
+static void test_image_patches(void **state)
+{
+    const char *args[] = {"embed", "--model", TINY, "--image", TINY "/images/chelsea.png", "--patches", NULL};
+    struct result r = run(args);
+    if (r.status)
+        fail_msg("exit %d: %s", r.status, r.err);
+    json_t *ls = lines(r.out);
+    assert_int_equal(json_array_size(ls), 1);
+    json_t *o = json_array_get(ls, 0), *want = ref_image("chelsea.png");
+    check_normalized(json_object_get(o, "embedding"), json_object_get(want, "embedding"), "chelsea embedding");
+    json_t *p = json_object_get(o, "patches"), *wp = json_object_get(want, "patch_tokens_projected");
+    assert_int_equal(json_array_size(p), 49);
+    assert_int_equal(json_array_size(wp), 49);
+    for (size_t k = 0; k < 49; k++) {
+        char what[64];
+        snprintf(what, sizeof what, "chelsea patch %zu", k);
+        check_normalized(json_array_get(p, k), json_array_get(wp, k), what);
+    }
+    assert_null(json_object_get(o, "ids"));
+    json_decref(ls);
+    result_free(&r);
+}
+
+/* Images and texts interleaved; batches of 2 on 2 threads: order kept. */
+static void test_mixed_order(void **state)
+{
+    const char *files[] = {"astronaut.png", "camera.png", "chelsea.png", "coffee.png", "motorcycle_left.png",
+                           "rocket.jpg"};
+    char paths[6][512];
+    const char *args[40];
+    int n = 0;
+    args[n++] = "embed";
+    args[n++] = "--model";
+    args[n++] = TINY;
+    args[n++] = "--batch";
+    args[n++] = "2";
+    args[n++] = "--threads";
+    args[n++] = "2";
+    json_t *texts = json_object_get(ref, "texts");
+    /* order: text0, img0..2, text1, img3..5, text2..last */
+    json_t *expect = json_array();
+    for (int k = 0; k < 6; k++)
+        snprintf(paths[k], sizeof paths[k], "%s/images/%s", TINY, files[k]);
+    int ti = 0;
+    args[n++] = "--text";
+    args[n++] = json_string_value(json_object_get(json_array_get(texts, ti), "text"));
+    json_array_append(expect, json_array_get(texts, ti++));
+    for (int k = 0; k < 6; k++) {
+        if (k == 3) {
+            args[n++] = "--text";
+            args[n++] = json_string_value(json_object_get(json_array_get(texts, ti), "text"));
+            json_array_append(expect, json_array_get(texts, ti++));
+        }
+        args[n++] = "--image";
+        args[n++] = paths[k];
+        json_array_append(expect, ref_image(files[k]));
+    }
+    for (; ti < (int)json_array_size(texts); ti++) {
+        args[n++] = "--text";
+        args[n++] = json_string_value(json_object_get(json_array_get(texts, ti), "text"));
+        json_array_append(expect, json_array_get(texts, ti));
+    }
+    args[n] = NULL;
+    struct result r = run(args);
+    if (r.status)
+        fail_msg("exit %d: %s", r.status, r.err);
+    json_t *ls = lines(r.out);
+    assert_int_equal(json_array_size(ls), json_array_size(expect));
+    for (size_t i = 0; i < json_array_size(ls); i++) {
+        json_t *o = json_array_get(ls, i), *w = json_array_get(expect, i);
+        json_t *text = json_object_get(w, "text");
+        char what[160];
+        snprintf(what, sizeof what, "line %zu (%s)", i,
+                 text ? json_string_value(text) : json_string_value(json_object_get(w, "file")));
+        check_normalized(json_object_get(o, "embedding"), json_object_get(w, "embedding"), what);
+        if (text) {
+            assert_true(json_equal(json_object_get(o, "ids"), json_object_get(w, "ids")));
+        } else {
+            assert_null(json_object_get(o, "ids"));
+            assert_null(json_object_get(o, "patches"));
+        }
+    }
+    json_decref(ls);
+    json_decref(expect);
+    result_free(&r);
+}
+
+static void test_dump_pixels(void **state)
+{
+    char out[] = "/tmp/umg-embed-pixels-XXXXXX";
+    int fd = mkstemp(out);
+    assert_true(fd >= 0);
+    close(fd);
+    const char *args[] = {"embed", "--model", TINY, "--image", TINY "/images/rocket.jpg", "--dump-pixels", out, NULL};
+    struct result r = run(args);
+    if (r.status)
+        fail_msg("exit %d: %s", r.status, r.err);
+    size_t len, wlen;
+    float *got = (float *)slurp(out, &len);
+    float *want = (float *)slurp(TINY "/pixels/rocket.f32", &wlen);
+    assert_int_equal(len, (size_t)3 * 224 * 224 * 4);
+    assert_int_equal(len, wlen);
+    double sum = 0, maxd = 0;
+    for (size_t i = 0; i < len / 4; i++) {
+        double d = fabs(got[i] - want[i]);
+        sum += d;
+        maxd = fmax(maxd, d);
+    }
+    assert_true(sum / (len / 4) <= 0.005);
+    assert_true(maxd <= 0.05);
+    json_t *ls = lines(r.out);
+    assert_int_equal(json_array_size(ls), 1);
+    check_normalized(json_object_get(json_array_get(ls, 0), "embedding"),
+                     json_object_get(ref_image("rocket.jpg"), "embedding"), "rocket embedding");
+    json_decref(ls);
+    free(got);
+    free(want);
+    unlink(out);
+    result_free(&r);
+}
+
+static void expect_failure(const char *const *args, int status, const char *needle)
+{
+    struct result r = run(args);
+    if (r.status != status || !strstr(r.err, needle))
+        fail_msg("%s %s: exit %d, stderr \"%s\" (wanted exit %d mentioning \"%s\")", args[1], args[2], r.status,
+                 r.err, status, needle);
+    result_free(&r);
+}
+
+static void test_errors(void **state)
+{
+    const char *no_model[] = {"embed", "--model", "/nonexistent-model", "--text", "x", NULL};
+    expect_failure(no_model, 1, "/nonexistent-model/config.json");
+    const char *bad_image[] = {"embed", "--model", TINY, "--image", TINY "/config.json", NULL};
+    expect_failure(bad_image, 1, "config.json");
+    const char *missing_image[] = {"embed", "--model", TINY, "--text", "ok", "--image", "/nonexistent.png", NULL};
+    expect_failure(missing_image, 1, "/nonexistent.png");
+    const char *no_input[] = {"embed", "--model", TINY, NULL};
+    expect_failure(no_input, 2, "--image");
+    const char *no_dir[] = {"embed", "--text", "x", NULL};
+    expect_failure(no_dir, 2, "--model");
+    const char *two_dump[] = {"embed", "--model", TINY, "--image", "a.png", "--image", "b.png", "--dump-pixels",
+                              "/tmp/x.f32", NULL};
+    expect_failure(two_dump, 2, "--dump-pixels");
+    const char *bad_batch[] = {"embed", "--model", TINY, "--text", "x", "--batch", "0", NULL};
+    expect_failure(bad_batch, 2, "--batch");
+    const char *bad_opt[] = {"embed", "--model", TINY, "--frobnicate", NULL};
+    expect_failure(bad_opt, 2, "--frobnicate");
+
+    const char *help[] = {"embed", "--help", NULL};
+    struct result r = run(help);
+    assert_int_equal(r.status, 0);
+    assert_non_null(strstr(r.out, "--dump-pixels"));
+    result_free(&r);
+
+    /* a failure after good inputs: the good ones are printed, then the error */
+    const char *late[] = {"embed", "--model", TINY, "--text", "a cat", "--image", "/nonexistent.png", NULL};
+    r = run(late);
+    assert_int_equal(r.status, 1);
+    json_t *ls = lines(r.out);
+    assert_int_equal(json_array_size(ls), 1);
+    json_decref(ls);
+    result_free(&r);
+}
+
+int main(void)
+{
+    json_error_t e;
+    ref = json_load_file(TINY "/reference.json", 0, &e);
+    if (!ref) {
+        fprintf(stderr, "reference.json: %s\n", e.text);
+        return 1;
+    }
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_image_patches),
+        cmocka_unit_test(test_mixed_order),
+        cmocka_unit_test(test_dump_pixels),
+        cmocka_unit_test(test_errors),
+    };
+    int rc = cmocka_run_group_tests(tests, NULL, NULL);
+    json_decref(ref);
+    return rc;
+}
