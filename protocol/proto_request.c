@@ -391,16 +391,19 @@ int proto_request_decode(uint8_t *frame, size_t len, const proto_limits *lim,
 
     /* The id first, so that every later error can carry it. */
     const msgpack_object *id = NULL, *op = NULL;
+    int id_count = 0, op_count = 0;
     for (uint32_t k = 0; k < nkv; k++) {
         if (proto_obj_str_eq(&kv[k].key, "id")) {
-            if (id) { rc = umg_err_set(UMG_EINVAL, "duplicate key 'id'"); goto fail; }
             id = &kv[k].val;
+            id_count++;
         } else if (proto_obj_str_eq(&kv[k].key, "op")) {
-            if (op) { rc = umg_err_set(UMG_EINVAL, "duplicate key 'op'"); goto fail; }
             op = &kv[k].val;
+            op_count++;
         }
     }
+    if (id_count > 1) { rc = umg_err_set(UMG_EINVAL, "duplicate key 'id'"); goto fail; }
     if (id && proto_obj_uint(id, &req->id)) *err_id = req->id;
+    if (op_count > 1) { rc = umg_err_set(UMG_EINVAL, "duplicate key 'op'"); goto fail; }
     if (!id) { rc = umg_err_set(UMG_EINVAL, "missing 'id'"); goto fail; }
     if (id->type != MSGPACK_OBJECT_POSITIVE_INTEGER) {
         rc = umg_err_set(UMG_EINVAL, "'id' must be an unsigned integer");
