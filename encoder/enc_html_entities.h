@@ -39,4 +39,9 @@ extern const size_t enc_case_ignorable_count;
 extern const enc_cp_range enc_cased[];
 extern const size_t enc_cased_count;
 
+/* Code points that the reference's `regex` module counts as \p{L} / \p{N} beyond
+ * Unicode 14 (PCRE2 10.42's tables), as PCRE2 class text ("\\x{11f04}-\\x{11f10}..."). */
+extern const char enc_regex_letters_extra[];
+extern const char enc_regex_numbers_extra[];
+
 #endif

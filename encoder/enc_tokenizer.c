@@ -28,8 +28,17 @@
 /* Positions are int32; cleaning may double the code points and UTF-8 takes 4 bytes each. */
 #define TEXT_MAX_BYTES ((size_t)INT32_MAX / 16)
 
-static const char CLIP_PATTERN[] =
-    "<\\|startoftext\\|>|<\\|endoftext\\|>|'s|'t|'re|'ve|'m|'ll|'d|[\\p{L}]+|[\\p{N}]|[^\\s\\p{L}\\p{N}]+";
+/* The CLIP pattern as the `regex` module runs it with IGNORECASE, filled in with
+ * enc_regex_letters_extra, enc_regex_numbers_extra (newer Unicode letters/numbers).
+ * Two spots differ from PCRE2's reading of the plain pattern, so the last class is
+ * spelled out:
+ *  - \s is Unicode White_Space there; PCRE2's \s also has U+180E;
+ *  - U+0345 folds to a letter (iota), so the caseless negated class rejects it
+ *    while [\p{L}] does not take it either: Python skips it like a space. */
+static const char CLIP_PATTERN_FMT[] =
+    "<\\|startoftext\\|>|<\\|endoftext\\|>|'s|'t|'re|'ve|'m|'ll|'d|[\\p{L}%s]+|[\\p{N}%s]|"
+    "[^\\t\\n\\x0b\\f\\r \\x{85}\\x{a0}\\x{1680}\\x{2000}-\\x{200a}\\x{2028}\\x{2029}\\x{202f}"
+    "\\x{205f}\\x{3000}\\p{L}\\p{N}\\x{345}%s%s]+";
 
 struct enc_tokenizer {
     /* vocab.json: open addressing on FNV-1a, slot -> token string in `strings`. */
@@ -330,7 +339,12 @@ int enc_tokenizer_open(const char *vocab_json_path, const char *merges_txt_path,
     if (!rc) {
         int err;
         PCRE2_SIZE off;
-        tok->re = pcre2_compile((PCRE2_SPTR)CLIP_PATTERN, PCRE2_ZERO_TERMINATED,
+        char pattern[2048];
+        int plen = snprintf(pattern, sizeof pattern, CLIP_PATTERN_FMT, enc_regex_letters_extra,
+                            enc_regex_numbers_extra, enc_regex_letters_extra, enc_regex_numbers_extra);
+        if (plen < 0 || (size_t)plen >= sizeof pattern)
+            abort(); /* the generated tables outgrew the buffer: a build-time invariant */
+        tok->re = pcre2_compile((PCRE2_SPTR)pattern, (PCRE2_SIZE)plen,
                                 PCRE2_UTF | PCRE2_UCP | PCRE2_CASELESS, &err, &off, NULL);
         if (!tok->re) {
             PCRE2_UCHAR msg[256];

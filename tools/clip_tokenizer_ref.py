@@ -1,4 +1,4 @@
-#!/usr/bin/env python3
+#!/usr/bin/python3
 """clip_tokenizer_ref.py - an independent Python port of OpenAI CLIP's SimpleTokenizer.
 
 Golden values for tests/test_tokenizer.c beyond the clip-tiny fixture.  Follows the
@@ -163,6 +163,9 @@ EXTRA_TEXTS = [
     ("uppercase_non_ascii", "ÀÉÎ İstanbul İ ÕÜ ẞ ǅ Ǆ ΣΑΣ ΑΩ"),
     ("unicode_whitespace", "a\u00a0b\u2003c\u3000d\x1ce\x85f\u200bg  h\u2028i"),
     ("control_chars", " \x1c a \x1f\x00b\x07c\x7f "),
+    # U+0345 matches no alternative under IGNORECASE; U+180E is not \s for regex;
+    # U+31350 (CJK ext. H), U+1E4D0 (Nag Mundari) and U+11F50 (Kawi digit) are Unicode 15.
+    ("regex_quirks", "σ\u0345 ά\u0345ι !\u0345! a\u180eb \U00031350\U00031351 x\U0001e4d0y \U00011f50\U00011f51"),
 ]
 
 # Invalid UTF-8: defined as Python's bytes.decode("utf-8", errors="replace").
