@@ -24,6 +24,12 @@
 #define ENC_IMAGE_MAX_SIDE 65535
 /* Encoded files larger than this are refused before reading them. */
 #define ENC_IMAGE_MAX_FILE_BYTES (1ull << 30)
+/* Progressive JPEGs need about ten scans; thousands of tiny scans only serve to make
+ * decoding quadratic (libjpeg-turbo's djpeg offers -maxscans for the same reason). */
+#define ENC_JPEG_MAX_SCANS 500
+/* Ancillary PNG chunks are never decoded (see decode_png); this bounds what libpng
+ * may still allocate for one chunk. */
+#define ENC_PNG_MAX_CHUNK_BYTES (16u << 20)
 
 static int check_size(const char *fmt, uint64_t w, uint64_t h, uint64_t max_pixels)
 {
@@ -118,6 +124,17 @@ static void jpeg_fail(j_common_ptr cinfo, int code)
     longjmp(e->jump, 1);
 }
 
+static void jpeg_on_progress(j_common_ptr cinfo)
+{
+    j_decompress_ptr d = (j_decompress_ptr)cinfo;
+    if (d->input_scan_number > ENC_JPEG_MAX_SCANS) {
+        struct jpeg_err_ctx *e = (struct jpeg_err_ctx *)cinfo->err;
+        snprintf(e->msg, sizeof e->msg, "more than %d scans (a progressive-scan bomb)", ENC_JPEG_MAX_SCANS);
+        e->code = UMG_EFORMAT;
+        longjmp(e->jump, 1);
+    }
+}
+
 static void jpeg_on_error(j_common_ptr cinfo)
 {
     int c = cinfo->err->msg_code;
@@ -148,6 +165,7 @@ static int decode_jpeg(const uint8_t *data, size_t len, uint64_t max_pixels, enc
 {
     struct jpeg_decompress_struct cinfo;
     struct jpeg_err_ctx err;
+    struct jpeg_progress_mgr progress = {.progress_monitor = jpeg_on_progress};
     uint8_t *volatile rgb = NULL;
     uint8_t *volatile row4 = NULL;
     volatile int created = 0;
@@ -164,6 +182,7 @@ static int decode_jpeg(const uint8_t *data, size_t len, uint64_t max_pixels, enc
     }
     jpeg_create_decompress(&cinfo);
     created = 1;
+    cinfo.progress = &progress;
     jpeg_mem_src(&cinfo, data, (unsigned long)len);
     jpeg_save_markers(&cinfo, JPEG_APP0 + 1, 0xFFFF);
     jpeg_read_header(&cinfo, TRUE);
@@ -300,6 +319,13 @@ static int decode_png(const uint8_t *data, size_t len, uint64_t max_pixels, enc_
         goto done;
     }
     png_set_user_limits(png, ENC_IMAGE_MAX_SIDE, ENC_IMAGE_MAX_SIDE);
+    png_set_chunk_malloc_max(png, ENC_PNG_MAX_CHUNK_BYTES);
+    /* Skip every ancillary chunk that cannot change the RGB pixels (PIL ignores them
+     * for convert("RGB") too): no time spent inflating ICC profiles or text, no
+     * compressed-text bombs.  tRNS stays: libpng needs it to interpret the data. */
+    static const png_byte ignored[] = "bKGD\0cHRM\0eXIf\0gAMA\0hIST\0iCCP\0iTXt\0oFFs\0pCAL\0pHYs\0"
+                                      "sBIT\0sCAL\0sPLT\0sRGB\0tEXt\0tIME\0zTXt";
+    png_set_keep_unknown_chunks(png, PNG_HANDLE_CHUNK_NEVER, ignored, (int)(sizeof ignored / 5));
     png_set_read_fn(png, &ctx, png_read_mem);
     png_read_info(png, info);
 

@@ -323,6 +323,60 @@ static void test_cmyk_jpeg(void **state)
     enc_image_free(&im);
 }
 
+static void test_jpeg_variants(void **state)
+{
+    /* Progressive 4:2:0, 4:2:2 with odd sizes, grayscale, and EXIF orientation 6 in
+     * Motorola byte order behind an XMP APP1 block (61x45 stored, 45x61 upright). */
+    static const char *names[] = {"jpeg_progressive", "jpeg_422_odd", "jpeg_gray", "jpeg_exif6_be_xmp"};
+    for (size_t i = 0; i < sizeof names / sizeof *names; i++) {
+        char path[512], rgb[64];
+        snprintf(path, sizeof path, IMG_DIR "/%s.jpg", names[i]);
+        snprintf(rgb, sizeof rgb, "%s.rgb", names[i]);
+        enc_image im;
+        load_ok(path, &im);
+        expect_rgb(&im, rgb);
+        enc_image_free(&im);
+    }
+}
+
+static void test_jpeg_scan_bomb(void **state)
+{
+    /* Repeat the last scan of a progressive JPEG: a few extra scans decode (libjpeg
+     * only warns about the bogus progression, as PIL ignores), hundreds are refused. */
+    size_t len;
+    uint8_t *jpg = read_all(IMG_DIR "/jpeg_progressive.jpg", &len);
+    size_t sos = 0;
+    for (size_t i = 2; i + 1 < len; i++)
+        if (jpg[i] == 0xFF && jpg[i + 1] == 0xDA)
+            sos = i; /* 0xFF in entropy data is always stuffed, so this is a marker */
+    assert_true(sos > 0);
+    assert_true(jpg[len - 2] == 0xFF && jpg[len - 1] == 0xD9);
+    const size_t scan = len - 2 - sos;
+    const int repeats[] = {5, 600};
+    for (int r = 0; r < 2; r++) {
+        size_t n = len + scan * repeats[r];
+        uint8_t *buf = malloc(n);
+        memcpy(buf, jpg, len - 2);
+        for (int k = 0; k < repeats[r]; k++)
+            memcpy(buf + len - 2 + scan * k, jpg + sos, scan);
+        memcpy(buf + n - 2, "\xff\xd9", 2);
+        enc_image im;
+        int rc = enc_image_decode(buf, n, MAXPX, &im);
+        if (r == 0) {
+            assert_int_equal(rc, 0); /* pixels differ: each repeated refinement adds bits */
+            assert_int_equal(im.width, 61);
+            assert_int_equal(im.height, 45);
+            enc_image_free(&im);
+        } else {
+            assert_int_equal(rc, UMG_EFORMAT);
+            assert_non_null(strstr(umg_err_msg(), "scans"));
+            assert_null(im.rgb);
+        }
+        free(buf);
+    }
+    free(jpg);
+}
+
 /* ---------------------------------------------------------------- resize, crop */
 
 static void test_resize_vs_pillow(void **state)
@@ -681,6 +735,8 @@ int main(void)
         cmocka_unit_test(test_exif_orientation),
         cmocka_unit_test(test_png_variants),
         cmocka_unit_test(test_cmyk_jpeg),
+        cmocka_unit_test(test_jpeg_variants),
+        cmocka_unit_test(test_jpeg_scan_bomb),
         cmocka_unit_test(test_resize_vs_pillow),
         cmocka_unit_test(test_crop),
         cmocka_unit_test(test_preproc_load),

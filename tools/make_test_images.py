@@ -15,6 +15,9 @@ Files (expected pixels are raw 8-bit RGB, rows top to bottom, "W H" in manifest.
                             convert("RGB") clamps values to 255; we take the high byte (as
                             PIL does for every other 16-bit PNG), so .rgb holds value >> 8
   cmyk.jpg / cmyk.rgb       an Adobe CMYK JPEG (Pillow writes inverted CMYK)
+  jpeg_*.jpg / jpeg_*.rgb   progressive 4:2:0, grayscale, odd-sized 4:2:2 JPEGs, and
+                            jpeg_exif6_be_xmp.jpg: an XMP APP1 block before a big-endian
+                            ("MM") Exif block with Orientation 6
   src.png                   37x23 RGB noise + gradients, source of the resize goldens
   resize_WxH.rgb            src.png resized with Image.resize((W, H), Image.BICUBIC)
   pad_NAME_S.f32            ENC_FIT_PAD input [3,S,S] float32 LE for image NAME (here or in
@@ -169,6 +172,35 @@ def cmyk_image():
     write_rgb("cmyk.rgb", Image.open(path).convert("RGB"))
 
 
+def jpeg_images():
+    h, w = 45, 61
+    yy, xx = np.mgrid[0:h, 0:w]
+    a = np.stack([xx * 4, yy * 5, (xx * yy) % 256], 2).astype(np.uint8)
+    a[10:20, 5:25] = (250, 20, 20)
+    img = Image.fromarray(a, "RGB")
+    for name, kw in [("jpeg_progressive", {"progressive": True, "quality": 80, "subsampling": 2}),
+                     ("jpeg_422_odd", {"quality": 85, "subsampling": 1}),
+                     ("jpeg_gray", {"quality": 85})]:
+        im = img.convert("L") if name == "jpeg_gray" else img
+        path = os.path.join(OUT, name + ".jpg")
+        im.save(path, "JPEG", **kw)
+        write_rgb(name + ".rgb", Image.open(path).convert("RGB"))
+    # Orientation 6 in a Motorola-order Exif block that follows an XMP APP1 block.
+    buf = io.BytesIO()
+    img.save(buf, "JPEG", quality=90)
+    jpg = buf.getvalue()
+    tiff = b"MM\0*" + struct.pack(">I", 8) + struct.pack(">H", 1) + struct.pack(">HHIHH", 0x0112, 3, 1, 6, 0) \
+        + struct.pack(">I", 0)
+    xmp = b"http://ns.adobe.com/xap/1.0/\0<x:xmpmeta xmlns:x='adobe:ns:meta/'></x:xmpmeta>"
+    app1 = lambda payload: b"\xff\xe1" + struct.pack(">H", len(payload) + 2) + payload  # noqa: E731
+    path = os.path.join(OUT, "jpeg_exif6_be_xmp.jpg")
+    with open(path, "wb") as f:
+        f.write(jpg[:2] + app1(xmp) + app1(b"Exif\0\0" + tiff) + jpg[2:])
+    got = ImageOps.exif_transpose(Image.open(path)).convert("RGB")
+    assert got.size == (h, w), got.size
+    write_rgb("jpeg_exif6_be_xmp.rgb", got)
+
+
 # ---------------------------------------------------------------- resize and PAD
 def resize_images():
     h, w = 23, 37
@@ -203,6 +235,7 @@ def main():
     exif_images()
     png_images()
     cmyk_image()
+    jpeg_images()
     resize_images()
     pad_images()
     with open(os.path.join(OUT, "manifest.txt"), "w") as f:
