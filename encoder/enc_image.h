@@ -6,6 +6,23 @@
  * PIL's convert("RGB") does.  Images beyond max_pixels are refused before any
  * pixel buffer is allocated (decompression bombs).
  *
+ * Decoding details (all checked against Pillow 9.4 in tests/test_image.c):
+ *  - JPEG pixels are bit-identical to PIL's (same libjpeg-turbo, same settings).
+ *    CMYK/YCCK JPEGs are read as Adobe-inverted CMYK and converted as PIL does.
+ *    The orientation is the IFD0 Orientation tag (1..8) of the first APP1 "Exif"
+ *    block, applied as ImageOps.exif_transpose; width/height are after it.  A
+ *    broken EXIF block is ignored (orientation 1), not an error.
+ *  - A truncated JPEG is an error (libjpeg only warns; PIL refuses it too).  Other
+ *    libjpeg warnings (corrupt entropy data, extraneous bytes) are ignored as PIL
+ *    ignores them: such files decode.  More than 500 scans is refused.
+ *  - PNG: 16-bit samples keep their high byte.  This matches PIL for RGB(A) and
+ *    gray+alpha; for 16-bit grayscale PIL 9.4 (mode "I") clamps values to 255
+ *    instead, which whitens the photo, so there we deliberately differ.  tRNS and
+ *    alpha are dropped without compositing.  Ancillary chunks (ICC profiles, text,
+ *    gamma, ...) are skipped unread; no colour management, as in PIL.
+ *  - All functions are reentrant: no global state; error details go to the
+ *    calling thread's umg_err_msg().
+ *
  * Preprocessing (CLIP's, as in OpenAI's clip.load and HF CLIPImageProcessor):
  * resize the shorter side to `resize_shortest` with PIL's antialiased bicubic
  * computed in 8-bit fixed point (the longer side becomes
@@ -38,11 +55,15 @@ int enc_image_decode(const void *data, size_t len, uint64_t max_pixels, enc_imag
 int enc_image_load(const char *path, uint64_t max_pixels, enc_image *out);
 void enc_image_free(enc_image *img); /* frees rgb, sets it NULL; NULL-safe */
 
-/* Copy the rectangle [x, x+w) x [y, y+h), clipped to the image, into a new image.
- * UMG_EINVAL if the clipped rectangle is empty. */
+/* Copy the rectangle [x, x+w) x [y, y+h), clipped to the image, into a new image
+ * (out->rgb malloc'ed, owned by the caller).  UMG_EINVAL if the clipped rectangle
+ * is empty. */
 int enc_image_crop(const enc_image *src, int x, int y, int w, int h, enc_image *out);
 
-/* Resize to exactly dst_w x dst_h with PIL's antialiased bicubic (8-bit). */
+/* Resize to exactly dst_w x dst_h with PIL's antialiased bicubic (8-bit); the result
+ * is bit-identical to Image.resize((dst_w, dst_h), Image.BICUBIC).  out->rgb is
+ * malloc'ed, owned by the caller.  UMG_EINVAL for a size <= 0, UMG_ETOOBIG beyond
+ * ENC_IMAGE_MAX_PIXELS_DEFAULT. */
 int enc_image_resize(const enc_image *src, int dst_w, int dst_h, enc_image *out);
 
 /* How the photo is fitted into the square network input.
@@ -52,7 +73,14 @@ int enc_image_resize(const enc_image *src, int dst_w, int dst_h, enc_image *out)
  *                 centered on a crop_w x crop_h canvas whose padding is 0 after
  *                 normalization (the mean colour): the whole photo is seen, so
  *                 the dense patch grid covers every box of it.  Used at ingest for
- *                 region search (see docs/regions.md). */
+ *                 region search (see docs/regions.md).
+ *                 The shorter side is int(crop_w * short / long), truncated, at
+ *                 least 1, exactly as tools/umgtrain/preprocess.py (the Python twin
+ *                 the region model is trained with); offsets (S - size) / 2 with
+ *                 integer division.  For a non-square input the photo is fitted
+ *                 inside crop_w x crop_h the same way.
+ * In CROP mode a resize_shortest smaller than the crop pads with black (value 0
+ * before normalization), as torchvision's CenterCrop does. */
 enum enc_fit { ENC_FIT_CROP = 0, ENC_FIT_PAD = 1 };
 
 typedef struct enc_preproc {
@@ -66,14 +94,18 @@ typedef struct enc_preproc {
 void enc_preproc_default(enc_preproc *p, int image_size);
 /* Defaults, overridden by <model_dir>/preprocessor_config.json when it exists
  * (size / shortest_edge, crop_size, image_mean, image_std).  A missing file is
- * not an error; a corrupt one is UMG_EFORMAT. */
+ * not an error; a corrupt one is UMG_EFORMAT, as is a crop_size other than
+ * image_size; "size": {"height", "width"} (a fixed-size resize, not CLIP's) is
+ * UMG_EUNSUPPORTED.  On error *p holds the defaults. */
 int enc_preproc_load(const char *model_dir, int image_size, enc_preproc *p);
 
 /* Where the original photo lands in the network input, to map boxes from
  * original pixels to input pixels:
  *   x_in = x_orig * scale_x + off_x,   y_in = y_orig * scale_y + off_y
- * CROP: scale_x = resized_w / width, off_x = -crop_x (negative: cut off);
- * PAD:  scale_x = resized_w / width, off_x = pad_left. */
+ * CROP: scale_x = resized_w / width, off_x = -crop_x (negative: cut off; positive
+ *       when the crop is wider than the resized photo and pads it);
+ * PAD:  scale_x = resized_w / width, off_x = pad_left.
+ * Pure arithmetic, no allocation; width/height <= 0 leave all but input_w/h at 0. */
 typedef struct enc_preproc_geom {
     int resized_w, resized_h; /* size of the photo after resizing */
     int off_x, off_y;         /* its top-left corner in input pixels (CROP: -crop_x, -crop_y) */
@@ -83,7 +115,10 @@ typedef struct enc_preproc_geom {
 void enc_preproc_geometry(const enc_preproc *p, int width, int height, enc_preproc_geom *g);
 
 /* Preprocess img into out[3 * crop_h * crop_w] according to p->fit.  Allocates temporary buffers
- * (this runs once per image, outside the model's forward pass). */
+ * (this runs once per image, outside the model's forward pass).  Only the part of
+ * the resized photo that is visible in the input is computed, with values
+ * identical to resizing everything first.  The result is bit-identical to the
+ * reference (PIL + torchvision, float32). */
 int enc_preprocess(const enc_image *img, const enc_preproc *p, float *out);
 
 #endif
