@@ -18,6 +18,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <jpeglib.h>
+
 #include "enc_image.h"
 #include "umg_error.h"
 
@@ -375,6 +377,152 @@ static void test_jpeg_scan_bomb(void **state)
         free(buf);
     }
     free(jpg);
+}
+
+/* exif_1.jpg (upright 32x16, Orientation 1) with an extra APP1 payload inserted
+ * right after SOI, so that it is the first Exif block the decoder sees. */
+static uint8_t *jpeg_with_app1(const uint8_t *payload, size_t plen, size_t *len)
+{
+    size_t n;
+    uint8_t *jpg = read_all(IMG_DIR "/exif_1.jpg", &n);
+    uint8_t *out = malloc(n + plen + 4);
+    memcpy(out, jpg, 2);
+    out[2] = 0xFF;
+    out[3] = 0xE1;
+    out[4] = (uint8_t)((plen + 2) >> 8);
+    out[5] = (uint8_t)(plen + 2);
+    memcpy(out + 6, payload, plen);
+    memcpy(out + 6 + plen, jpg + 2, n - 2);
+    *len = n + plen + 4;
+    free(jpg);
+    return out;
+}
+
+/* "Exif\0\0" + little-endian TIFF with one IFD0 entry (tag, type, count, value). */
+static size_t exif_block(uint8_t *b, uint16_t tag, uint16_t type, uint32_t count, uint32_t value, uint32_t ifd_off)
+{
+    static const uint8_t head[] = {'E', 'x', 'i', 'f', 0, 0, 'I', 'I', 42, 0};
+    memcpy(b, head, sizeof head);
+    uint8_t *t = b + 6;
+    t[4] = (uint8_t)ifd_off; t[5] = (uint8_t)(ifd_off >> 8); t[6] = (uint8_t)(ifd_off >> 16); t[7] = (uint8_t)(ifd_off >> 24);
+    uint8_t *e = t + 8;
+    e[0] = 1; e[1] = 0;                                   /* one entry */
+    e[2] = (uint8_t)tag; e[3] = (uint8_t)(tag >> 8);
+    e[4] = (uint8_t)type; e[5] = (uint8_t)(type >> 8);
+    e[6] = (uint8_t)count; e[7] = (uint8_t)(count >> 8); e[8] = (uint8_t)(count >> 16); e[9] = (uint8_t)(count >> 24);
+    e[10] = (uint8_t)value; e[11] = (uint8_t)(value >> 8); e[12] = (uint8_t)(value >> 16); e[13] = (uint8_t)(value >> 24);
+    memset(e + 14, 0, 4);                                 /* no next IFD */
+    return 6 + 8 + 18;
+}
+
+static void test_exif_hostile(void **state)
+{
+    uint8_t b[256];
+    size_t len;
+    enc_image im;
+    /* Sanity: a well-formed block with Orientation 3 is honoured (upside down: the
+     * marker moves to the bottom-right). */
+    uint8_t *jpg = jpeg_with_app1(b, exif_block(b, 0x0112, 3, 1, 3, 8), &len);
+    assert_int_equal(enc_image_decode(jpg, len, MAXPX, &im), 0);
+    assert_int_equal(im.width, 32);
+    const uint8_t *p = im.rgb + (12 * 32 + 28) * 3;
+    assert_true(p[0] > 200 && p[1] < 50);
+    enc_image_free(&im);
+    free(jpg);
+
+    /* Broken blocks: orientation ignored (1), the photo still decodes as stored. */
+    struct { size_t n; const char *what; } cases[6];
+    uint8_t blocks[6][256];
+    cases[0].n = exif_block(blocks[0], 0x0112, 3, 1, 9, 8);          cases[0].what = "orientation 9";
+    cases[1].n = exif_block(blocks[1], 0x0112, 3, 1, 0, 8);          cases[1].what = "orientation 0";
+    cases[2].n = exif_block(blocks[2], 0x0112, 4, 1, 6, 8);          cases[2].what = "orientation as LONG";
+    cases[3].n = exif_block(blocks[3], 0x0112, 3, 0, 6, 8);          cases[3].what = "zero components";
+    cases[4].n = exif_block(blocks[4], 0x0112, 3, 1, 6, 0x7fffff00); cases[4].what = "IFD offset past the end";
+    cases[5].n = 6 + 60;                                              cases[5].what = "random TIFF bytes";
+    memcpy(blocks[5], "Exif\0\0", 6);
+    srand(99);
+    for (int i = 6; i < 66; i++)
+        blocks[5][i] = (uint8_t)rand();
+    for (int c = 0; c < 6; c++) {
+        jpg = jpeg_with_app1(blocks[c], cases[c].n, &len);
+        int rc = enc_image_decode(jpg, len, MAXPX, &im);
+        if (rc)
+            fail_msg("EXIF %s: rc %d %s", cases[c].what, rc, umg_err_msg());
+        expect_rgb(&im, "exif_1.rgb");
+        enc_image_free(&im);
+        free(jpg);
+    }
+    /* A block cut right after the header. */
+    jpg = jpeg_with_app1((const uint8_t *)"Exif\0\0II", 8, &len);
+    assert_int_equal(enc_image_decode(jpg, len, MAXPX, &im), 0);
+    expect_rgb(&im, "exif_1.rgb");
+    enc_image_free(&im);
+    free(jpg);
+}
+
+/* Compress a CMYK buffer with libjpeg as Adobe CMYK or as YCCK (PIL cannot write YCCK). */
+static uint8_t *compress_cmyk(const uint8_t *cmyk, int w, int h, J_COLOR_SPACE space, size_t *len)
+{
+    struct jpeg_compress_struct c;
+    struct jpeg_error_mgr err;
+    c.err = jpeg_std_error(&err);
+    jpeg_create_compress(&c);
+    unsigned char *buf = NULL;
+    unsigned long n = 0;
+    jpeg_mem_dest(&c, &buf, &n);
+    c.image_width = (JDIMENSION)w;
+    c.image_height = (JDIMENSION)h;
+    c.input_components = 4;
+    c.in_color_space = JCS_CMYK;
+    jpeg_set_defaults(&c);
+    jpeg_set_colorspace(&c, space);
+    for (int i = 0; i < c.num_components; i++)
+        c.comp_info[i].h_samp_factor = c.comp_info[i].v_samp_factor = 1;
+    jpeg_set_quality(&c, 100, TRUE);
+    jpeg_start_compress(&c, TRUE);
+    while (c.next_scanline < c.image_height) {
+        JSAMPROW row = (JSAMPROW)(cmyk + (size_t)c.next_scanline * w * 4);
+        jpeg_write_scanlines(&c, &row, 1);
+    }
+    jpeg_finish_compress(&c);
+    jpeg_destroy_compress(&c);
+    *len = n;
+    return buf;
+}
+
+static void test_ycck_jpeg(void **state)
+{
+    const int w = 24, h = 16;
+    uint8_t cmyk[24 * 16 * 4];
+    for (int i = 0; i < w * h; i++) {
+        int x = i % w, y = i / w;
+        cmyk[4 * i + 0] = (uint8_t)(x * 10);
+        cmyk[4 * i + 1] = (uint8_t)(y * 15);
+        cmyk[4 * i + 2] = (uint8_t)(128 + x * 5);
+        cmyk[4 * i + 3] = (uint8_t)(x < 12 ? 40 : 230);
+    }
+    size_t n1, n2;
+    uint8_t *a = compress_cmyk(cmyk, w, h, JCS_CMYK, &n1), *b = compress_cmyk(cmyk, w, h, JCS_YCCK, &n2);
+    enc_image ia, ib;
+    assert_int_equal(enc_image_decode(a, n1, MAXPX, &ia), 0);
+    assert_int_equal(enc_image_decode(b, n2, MAXPX, &ib), 0);
+    assert_int_equal(ib.width, w);
+    assert_int_equal(ib.height, h);
+    /* Both stored colour spaces give the same RGB up to the YCC rounding. */
+    int maxd = 0;
+    for (int i = 0; i < w * h * 3; i++) {
+        int d = abs((int)ia.rgb[i] - (int)ib.rgb[i]);
+        if (d > maxd)
+            maxd = d;
+    }
+    assert_true(maxd <= 6);
+    /* And the conversion is PIL's, r = c * k / 255 on the stored (inverted) values:
+     * the right half (k = 230) is much brighter than the left (k = 40). */
+    assert_true(ia.rgb[(8 * w + 20) * 3] > ia.rgb[(8 * w + 2) * 3] + 100);
+    enc_image_free(&ia);
+    enc_image_free(&ib);
+    free(a);
+    free(b);
 }
 
 /* ---------------------------------------------------------------- resize, crop */
@@ -737,6 +885,8 @@ int main(void)
         cmocka_unit_test(test_cmyk_jpeg),
         cmocka_unit_test(test_jpeg_variants),
         cmocka_unit_test(test_jpeg_scan_bomb),
+        cmocka_unit_test(test_exif_hostile),
+        cmocka_unit_test(test_ycck_jpeg),
         cmocka_unit_test(test_resize_vs_pillow),
         cmocka_unit_test(test_crop),
         cmocka_unit_test(test_preproc_load),
