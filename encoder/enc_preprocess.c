@@ -110,7 +110,11 @@ static inline uint8_t clip8(int32_t v)
 /* The inner loops of both passes, over contiguous memory so that the compiler
  * vectorizes them (restrict: a uint8_t pointer may otherwise alias acc).  -O2's
  * "very cheap" vectorizer cost model leaves them scalar, hence O3 here. */
+#if defined(__GNUC__) && !defined(__clang__)
 #define VECTORIZE __attribute__((optimize("O3")))
+#else
+#define VECTORIZE
+#endif
 VECTORIZE static void acc_init(int32_t *restrict acc, size_t n)
 {
     for (size_t x = 0; x < n; x++)
