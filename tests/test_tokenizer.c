@@ -284,7 +284,7 @@ static void expect_open_error(const char *vocab, const char *merges, int code, c
         fail_msg("error message \"%s\" does not name %s", umg_err_msg(), mention);
 }
 
-static void test_bad_files(void **state)
+static void test_vocab_and_merges_files(void **state)
 {
     snprintf(g_dir, sizeof g_dir, "/tmp/umg_tok_XXXXXX");
     assert_non_null(mkdtemp(g_dir));
@@ -337,6 +337,19 @@ static void test_bad_files(void **state)
     assert_int_equal(n, 4);
     assert_int_equal(ids[1], enc_tokenizer_token_id(tok, "a"));
     assert_int_equal(ids[2], enc_tokenizer_token_id(tok, "b</w>"));
+    enc_tokenizer_close(tok);
+
+    /* OpenAI's bpe() merges every occurrence of the best pair before it looks at
+     * the pairs those merges create, even one ranked lower ("ab a" here):
+     * a b a b a b -> ab ab a b -> ab aba b, not aba b a b. */
+    static const char order[] = "#version: 0.2\nab a\na b\n";
+    snprintf(mpath, sizeof mpath, "%s", write_file("merges.txt", order, sizeof order - 1));
+    assert_int_equal(enc_tokenizer_open(VOCAB, mpath, &tok), 0);
+    assert_int_equal(enc_tokenize(tok, "ababab", 6, ids, 8, &n), 0);
+    assert_int_equal(n, 5);
+    assert_int_equal(ids[1], enc_tokenizer_token_id(tok, "ab"));
+    assert_int_equal(ids[2], enc_tokenizer_token_id(tok, "aba"));
+    assert_int_equal(ids[3], enc_tokenizer_token_id(tok, "b</w>"));
     enc_tokenizer_close(tok);
 
     unlink(vpath);
@@ -399,7 +412,7 @@ int main(void)
         cmocka_unit_test(test_large_inputs),
         cmocka_unit_test(test_invalid_arguments),
         cmocka_unit_test(test_vocabulary_lookup),
-        cmocka_unit_test(test_bad_files),
+        cmocka_unit_test(test_vocab_and_merges_files),
         cmocka_unit_test(test_shared_between_threads),
     };
     return cmocka_run_group_tests(tests, open_tokenizer, close_tokenizer);
