@@ -10,8 +10,15 @@
 #include <string.h>
 #include <cmocka.h>
 
+#include <dirent.h>
+
 #include "proto.h"
 #include "umg_error.h"
+
+/* The fuzz target's entry point and checks, replayed below over the committed
+ * corpus (and every crash ever found, kept in tests/fuzz/regressions/), so the
+ * normal suite and its ASan run cover them without libFuzzer. */
+#include "fuzz/fuzz_protocol.c"
 
 /* ---- building msgpack bodies ------------------------------------------
  * A tiny format language so each case reads as its message:
@@ -976,6 +983,36 @@ static void test_response_decode_rejects_non_responses(void **state)
     proto_request_free(NULL);
 }
 
+/* Run every file of dir through the fuzz target; returns how many. */
+static int replay_dir(const char *dir)
+{
+    DIR *d = opendir(dir);
+    if (!d) return 0;
+    int n = 0;
+    struct dirent *e;
+    while ((e = readdir(d))) {
+        if (e->d_name[0] == '.') continue;
+        char path[4096];
+        snprintf(path, sizeof path, "%s/%s", dir, e->d_name);
+        FILE *f = fopen(path, "rb");
+        assert_non_null(f);
+        static uint8_t data[1 << 20];
+        size_t len = fread(data, 1, sizeof data, f);
+        fclose(f);
+        LLVMFuzzerTestOneInput(data, len);
+        n++;
+    }
+    closedir(d);
+    return n;
+}
+
+static void test_fuzz_corpus_replay(void **state)
+{
+    int seeds = replay_dir(UMG_SOURCE_DIR "/tests/fuzz/corpus/protocol");
+    assert_true(seeds >= 40);   /* the seeds of make_corpus.py at least */
+    replay_dir(UMG_SOURCE_DIR "/tests/fuzz/regressions");
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -997,6 +1034,7 @@ int main(void)
         cmocka_unit_test(test_response_error_every_code),
         cmocka_unit_test(test_response_end_replaces_bad_results),
         cmocka_unit_test(test_response_decode_rejects_non_responses),
+        cmocka_unit_test(test_fuzz_corpus_replay),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
