@@ -14,7 +14,6 @@
 #define STR_MAX_TEXT 4096
 #define TAG_MAX_LEN 256
 #define TAGS_MAX 64
-#define K_MAX 1000
 
 static const char *const granularities[] = {"image", "region", "pixel", NULL};
 
@@ -29,7 +28,7 @@ static const proto_arg_spec filter_fields[] = {
 #define ARG_TAGS {.key = "tags", .type = PROTO_T_STR_ARRAY, .flags = PROTO_ARG_NONEMPTY, \
                   .max_len = TAG_MAX_LEN, .max_items = TAGS_MAX}
 #define ARG_GRANULARITY {.key = "granularity", .type = PROTO_T_STR, .choices = granularities}
-#define ARG_K {.key = "k", .type = PROTO_T_UINT, .imin = 1, .imax = K_MAX}
+#define ARG_K {.key = "k", .type = PROTO_T_UINT, .imin = 1, .imax = PROTO_MAX_K}
 #define ARG_FILTERS {.key = "filters", .type = PROTO_T_MAP, .fields = ARGS(filter_fields)}
 #define ARG_IMAGE_ID(alt_) {.key = "image_id", .type = PROTO_T_UINT, .flags = PROTO_ARG_REQUIRED, .alt = alt_}
 #define ARG_PATH(alt_) {.key = "path", .type = PROTO_T_STR, .flags = PROTO_ARG_REQUIRED | PROTO_ARG_NONEMPTY, \

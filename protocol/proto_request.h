@@ -33,6 +33,12 @@
 
 #define PROTO_VERSION 1
 
+/* Defaults the server applies when an optional argument is absent (the
+ * protocol layer only validates; docs/protocol.md documents these). */
+#define PROTO_DEFAULT_K 10
+#define PROTO_MAX_K 1000
+#define PROTO_DEFAULT_GRANULARITY "image"
+
 enum proto_op_code {
     PROTO_OP_HELLO,
     PROTO_OP_PING,
