@@ -278,7 +278,8 @@ static int load_merges(enc_tokenizer *tok, const char *path)
         size_t ll = strlen(line);
         if (ll && line[ll - 1] == '\r')
             line[--ll] = '\0';
-        /* Line 1 is the "#version: 0.2" header. */
+        /* Line 1 is the "#version: 0.2" header (Python drops line 1 unconditionally;
+         * a file without the header keeps its first merge here). */
         if (!(line_no == 1 && line[0] == '#') && ll > 0) {
             char *save = NULL;
             char *a = strtok_r(line, " \t", &save);

@@ -1,13 +1,17 @@
 /* enc_tokenizer.h - the CLIP byte-level BPE tokenizer.
  *
- * Reproduces OpenAI CLIP's SimpleTokenizer / Hugging Face CLIPTokenizer:
- * HTML entities unescaped twice (Python's html.unescape rules), whitespace runs
- * collapsed to one space, stripped, lowercased, split by the CLIP pattern
+ * Reproduces OpenAI CLIP's SimpleTokenizer (the reference of shared/README.md):
+ * HTML entities unescaped twice (Python's html.unescape rules), stripped
+ * (str.strip), Unicode White_Space runs collapsed to one space, lowercased
+ * (Python's str.lower, Final_Sigma included), split by the CLIP pattern
  *   <|startoftext|>|<|endoftext|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+
- * (case-insensitive), each piece mapped to byte-level unicode, BPE-merged with
- * the ranks of merges.txt, "</w>" marking word ends, and looked up in vocab.json.
- * Output: <|startoftext|> ids... <|endoftext|>, truncated to max_ids with the end
- * token kept last.
+ * (case-insensitive, as the `regex` module reads it), each piece mapped to
+ * byte-level unicode, BPE-merged with the ranks of merges.txt (the first 48894
+ * after the "#version" line), "</w>" marking word ends, and looked up in
+ * vocab.json.  Output: <|startoftext|> ids... <|endoftext|>, truncated to max_ids
+ * with the end token kept last.  Not reproduced: ftfy.fix_text, which OpenAI's
+ * code runs first when installed (mojibake repair, NFC, curly quotes -> straight).
+ * tools/clip_tokenizer_ref.py is the Python port the tests' golden ids come from.
  *
  * Thread safety: a tokenizer is read-only after open; enc_tokenize may be called
  * from many threads at once. */
@@ -23,9 +27,14 @@
 
 typedef struct enc_tokenizer enc_tokenizer;
 
-/* Load vocab.json and merges.txt.  On success *out owns everything; free it with
- * enc_tokenizer_close.  Errors: UMG_ENOENT (missing file), UMG_EFORMAT (corrupt
- * file, message names it), UMG_ENOMEM. */
+/* Load vocab.json and merges.txt.  On success *out owns everything (the paths are
+ * not kept); free it with enc_tokenizer_close.  On error *out = NULL and nothing
+ * leaks.  Errors (the detail message names the file and line): UMG_EINVAL (NULL
+ * argument), UMG_ENOENT (missing file), UMG_EPERM / UMG_EIO (unreadable),
+ * UMG_EFORMAT (not a JSON object of token -> id with ids in [0, size); a byte-level
+ * token, <|startoftext|> or <|endoftext|> missing; a merges line that is not two
+ * symbols, or whose symbols or merged result are not in the vocabulary),
+ * UMG_ENOMEM.  These checks make enc_tokenize unable to fail on lookups. */
 int enc_tokenizer_open(const char *vocab_json_path, const char *merges_txt_path,
                        enc_tokenizer **out);
 void enc_tokenizer_close(enc_tokenizer *tok); /* NULL-safe */
