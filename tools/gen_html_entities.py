@@ -70,8 +70,6 @@ def regex_class_additions(prop, category_prefix):
                    for lo, hi in ranges(extra))
 
 
-def c_string(s):
-    return '"' + "".join(ch if ch.isalnum() or ch == ";" else "\\x%02x" % ord(ch) for ch in s) + '"'
 
 
 def emit_ranges(out, name, rs):
@@ -87,7 +85,8 @@ def main():
     entities = sorted(html.entities.html5.items(), key=lambda kv: kv[0].encode("ascii"))
     for name, value in entities:
         # enc_tokenizer.c relies on: ASCII names; unescaping never lengthens the text.
-        assert name.isascii() and 1 <= len(value) <= 2 and len(value) <= len(name), name
+        assert name.isascii() and name.rstrip(";").isalnum() and name.count(";") <= 1, name
+        assert 1 <= len(value) <= 2 and len(value) <= len(name), name
     invalid_refs = sorted(html._invalid_charrefs.items())
     for num, value in invalid_refs:
         assert len(value) == 1
@@ -108,7 +107,7 @@ def main():
     ]
     for name, value in entities:
         cps = [ord(ch) for ch in value] + [0]
-        out.append("    {%s, {0x%X, 0x%X}}," % (c_string(name), cps[0], cps[1]))
+        out.append('    {"%s", {0x%X, 0x%X}},' % (name, cps[0], cps[1]))
     out.append("};")
     out.append("const size_t enc_html_entities_count = %d;" % len(entities))
     out.append("")
