@@ -69,7 +69,7 @@ const char *idx_auto_factory(int dim, uint64_t n, uint64_t approx_threshold,
     while (nlist < 16384 && (double)nlist * 2 <= target)
         nlist *= 2;
     if (dim % 8 == 0)
-        snprintf(buf, len, "IVF%llu,PQ%d", (unsigned long long)nlist, dim / 8);
+        snprintf(buf, len, "IVF%llu,PQ%dnp", (unsigned long long)nlist, dim / 8);
     else
         snprintf(buf, len, "IVF%llu,SQ8", (unsigned long long)nlist);
     return buf;
