@@ -1,0 +1,829 @@
+/* cli_util.c - see cli_util.h. */
+#include "cli_util.h"
+
+#include <ctype.h>
+#include <dirent.h>
+#include <errno.h>
+#include <limits.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "umg_error.h"
+
+/* ---- arguments ----------------------------------------------------------- */
+
+int cli_parse_long(const char *s, long min, long max, long *out)
+{
+    if (!s || !*s || isspace((unsigned char)*s))
+        return UMG_EINVAL;
+    char *end;
+    errno = 0;
+    long v = strtol(s, &end, 10);
+    if (errno || *end || v < min || v > max)
+        return UMG_EINVAL;
+    *out = v;
+    return 0;
+}
+
+int cli_parse_u64(const char *s, uint64_t *out)
+{
+    if (!s || !isdigit((unsigned char)*s))
+        return UMG_EINVAL;
+    char *end;
+    errno = 0;
+    unsigned long long v = strtoull(s, &end, 10);
+    if (errno || *end)
+        return UMG_EINVAL;
+    *out = v;
+    return 0;
+}
+
+int cli_parse_double(const char *s, double *out)
+{
+    if (!s || !*s || isspace((unsigned char)*s))
+        return UMG_EINVAL;
+    char *end;
+    errno = 0;
+    double v = strtod(s, &end);
+    if (errno || *end || !isfinite(v))
+        return UMG_EINVAL;
+    *out = v;
+    return 0;
+}
+
+const char *cli_server_addr(const char *flag)
+{
+    if (flag && *flag)
+        return flag;
+    const char *env = getenv(CLI_ENV_SERVER);
+    return env && *env ? env : CLI_DEFAULT_SERVER;
+}
+
+int cli_read_token(const char *token_file, char **out)
+{
+    *out = NULL;
+    if (!token_file) {
+        const char *env = getenv(CLI_ENV_TOKEN);
+        if (!env || !*env)
+            return 0;
+        if (!(*out = strdup(env)))
+            return umg_err_set(UMG_ENOMEM, "out of memory");
+        return 0;
+    }
+    uint8_t *data;
+    size_t len;
+    int rc = cli_read_file(token_file, 64 * 1024, &data, &len);
+    if (rc)
+        return rc;
+    size_t n = 0;
+    while (n < len && data[n] != '\n' && data[n] != '\r')
+        n++;
+    while (n > 0 && (data[n - 1] == ' ' || data[n - 1] == '\t'))
+        n--;
+    if (n == 0 || memchr(data, 0, n)) {
+        free(data);
+        return umg_err_set(UMG_EINVAL, "%s: no token on its first line", token_file);
+    }
+    data[n] = 0;
+    *out = (char *)data;
+    return 0;
+}
+
+void cli_strv_free(char **v)
+{
+    if (!v)
+        return;
+    for (char **p = v; *p; p++)
+        free(*p);
+    free(v);
+}
+
+int cli_split_list(const char *s, char ***out, int *n)
+{
+    *out = NULL;
+    *n = 0;
+    size_t cap = 1;
+    for (const char *p = s; *p; p++)
+        cap += *p == ',';
+    char **v = calloc(cap + 1, sizeof *v);
+    if (!v)
+        return umg_err_set(UMG_ENOMEM, "out of memory");
+    int k = 0;
+    const char *p = s;
+    for (;;) {
+        const char *e = strchr(p, ',');
+        size_t len = e ? (size_t)(e - p) : strlen(p);
+        if (len) {
+            if (!(v[k] = strndup(p, len))) {
+                cli_strv_free(v);
+                return umg_err_set(UMG_ENOMEM, "out of memory");
+            }
+            k++;
+        }
+        if (!e)
+            break;
+        p = e + 1;
+    }
+    *out = v;
+    *n = k;
+    return 0;
+}
+
+/* ---- files --------------------------------------------------------------- */
+
+int cli_read_file(const char *path, size_t max, uint8_t **data, size_t *len)
+{
+    *data = NULL;
+    *len = 0;
+    FILE *f = fopen(path, "rb");
+    if (!f) {
+        int e = errno;
+        return umg_err_set(umg_err_from_errno(e), "%s: %s", path, strerror(e));
+    }
+    struct stat st;
+    if (fstat(fileno(f), &st) || !S_ISREG(st.st_mode)) {
+        fclose(f);
+        return umg_err_set(UMG_EIO, "%s: not a regular file", path);
+    }
+    if ((uint64_t)st.st_size > max) {
+        fclose(f);
+        return umg_err_set(UMG_ETOOBIG, "%s: %lld bytes, over the limit of %zu", path,
+                           (long long)st.st_size, max);
+    }
+    size_t cap = (size_t)st.st_size + 1, n = 0;
+    uint8_t *b = malloc(cap);
+    if (!b) {
+        fclose(f);
+        return umg_err_set(UMG_ENOMEM, "%s: out of memory", path);
+    }
+    for (;;) {
+        size_t got = fread(b + n, 1, cap - n, f);
+        n += got;
+        if (n < cap) {
+            if (ferror(f)) {
+                int e = errno;
+                free(b);
+                fclose(f);
+                return umg_err_set(UMG_EIO, "%s: %s", path, strerror(e));
+            }
+            break;
+        }
+        /* The file grew while we read it. */
+        if (cap > max) {
+            free(b);
+            fclose(f);
+            return umg_err_set(UMG_ETOOBIG, "%s: over the limit of %zu bytes", path, max);
+        }
+        size_t ncap = cap * 2 > max + 1 ? max + 1 : cap * 2;
+        uint8_t *nb = realloc(b, ncap);
+        if (!nb) {
+            free(b);
+            fclose(f);
+            return umg_err_set(UMG_ENOMEM, "%s: out of memory", path);
+        }
+        b = nb;
+        cap = ncap;
+    }
+    fclose(f);
+    b[n < cap ? n : cap - 1] = 0;   /* convenient for text files */
+    *data = b;
+    *len = n;
+    return 0;
+}
+
+static bool has_image_ext(const char *path)
+{
+    const char *slash = strrchr(path, '/');
+    const char *dot = strrchr(slash ? slash + 1 : path, '.');
+    if (!dot)
+        return false;
+    return !strcasecmp(dot, ".jpg") || !strcasecmp(dot, ".jpeg") || !strcasecmp(dot, ".jpe") ||
+           !strcasecmp(dot, ".png");
+}
+
+enum cli_image_kind cli_image_kind(const char *path)
+{
+    static const uint8_t png_sig[8] = {0x89, 'P', 'N', 'G', '\r', '\n', 0x1a, '\n'};
+    uint8_t head[8];
+    size_t got = 0;
+    FILE *f = fopen(path, "rb");
+    if (f) {
+        got = fread(head, 1, sizeof head, f);
+        fclose(f);
+    }
+    if (got >= 3 && head[0] == 0xff && head[1] == 0xd8 && head[2] == 0xff)
+        return CLI_JPEG;
+    if (got == 8 && !memcmp(head, png_sig, 8))
+        return CLI_PNG;
+    if (has_image_ext(path)) {
+        const char *dot = strrchr(path, '.');
+        return !strcasecmp(dot, ".png") ? CLI_PNG : CLI_JPEG;
+    }
+    return CLI_NOT_IMAGE;
+}
+
+/* ---- the directory walk ------------------------------------------------- */
+
+typedef struct dev_ino {
+    dev_t dev;
+    ino_t ino;
+} dev_ino;
+
+typedef struct walker {
+    cli_walk *w;
+    size_t cap_files, cap_errors;
+    dev_ino *dirs;          /* directories visited (cycle guard) */
+    size_t n_dirs, cap_dirs;
+    dev_ino *seen;          /* files listed (duplicates through links) */
+    size_t n_seen, cap_seen;
+    int oom;
+} walker;
+
+static int grow(void **p, size_t *cap, size_t need, size_t elem)
+{
+    if (need <= *cap)
+        return 0;
+    size_t ncap = *cap ? *cap * 2 : 64;
+    while (ncap < need)
+        ncap *= 2;
+    void *np = realloc(*p, ncap * elem);
+    if (!np)
+        return UMG_ENOMEM;
+    *p = np;
+    *cap = ncap;
+    return 0;
+}
+
+static void walk_error(walker *k, const char *path, const char *reason)
+{
+    cli_walk *w = k->w;
+    if (grow((void **)&w->errors, &k->cap_errors, w->n_errors + 1, sizeof *w->errors)) {
+        k->oom = 1;
+        return;
+    }
+    char *p = strdup(path), *r = strdup(reason);
+    if (!p || !r) {
+        free(p);
+        free(r);
+        k->oom = 1;
+        return;
+    }
+    w->errors[w->n_errors++] = (cli_walk_error){p, r};
+}
+
+/* Linear search is fine for the directory list (directories are few); files
+ * use the same list type but are checked only when their link count says a
+ * second name may exist. */
+static bool dev_ino_has(const dev_ino *v, size_t n, dev_t dev, ino_t ino)
+{
+    for (size_t i = 0; i < n; i++)
+        if (v[i].dev == dev && v[i].ino == ino)
+            return true;
+    return false;
+}
+
+static void add_file(walker *k, const char *path, const struct stat *st)
+{
+    cli_walk *w = k->w;
+    if (!S_ISREG(st->st_mode)) {
+        walk_error(k, path, "not a regular file");
+        return;
+    }
+    if (cli_image_kind(path) == CLI_NOT_IMAGE) {
+        w->n_skipped++;
+        return;
+    }
+    /* A photo reachable under two names (hard link, symlink) is sent once. */
+    if (st->st_nlink > 1 || k->n_seen) {
+        if (dev_ino_has(k->seen, k->n_seen, st->st_dev, st->st_ino))
+            return;
+    }
+    char *abs = realpath(path, NULL);
+    if (!abs) {
+        walk_error(k, path, strerror(errno));
+        return;
+    }
+    if (grow((void **)&w->files, &k->cap_files, w->n_files + 1, sizeof *w->files) ||
+        grow((void **)&k->seen, &k->cap_seen, k->n_seen + 1, sizeof *k->seen)) {
+        free(abs);
+        k->oom = 1;
+        return;
+    }
+    /* Only multiply-linked files can be met twice; symlinks to files are
+     * recorded through their target's stat, which has nlink 1, so track those
+     * too when the entry itself was a link (caller passes the target's stat). */
+    k->seen[k->n_seen++] = (dev_ino){st->st_dev, st->st_ino};
+    w->files[w->n_files++] = (cli_walk_file){abs, (uint64_t)st->st_size, (int64_t)st->st_mtime};
+}
+
+static int cmp_str(const void *a, const void *b)
+{
+    return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+static void walk_dir(walker *k, const char *dir, const struct stat *dst, int depth)
+{
+    if (dev_ino_has(k->dirs, k->n_dirs, dst->st_dev, dst->st_ino))
+        return;   /* a symlink loop or a second way into the same tree */
+    if (grow((void **)&k->dirs, &k->cap_dirs, k->n_dirs + 1, sizeof *k->dirs)) {
+        k->oom = 1;
+        return;
+    }
+    k->dirs[k->n_dirs++] = (dev_ino){dst->st_dev, dst->st_ino};
+    if (depth > 256) {
+        walk_error(k, dir, "directories nested too deep");
+        return;
+    }
+    DIR *d = opendir(dir);
+    if (!d) {
+        walk_error(k, dir, strerror(errno));
+        return;
+    }
+    char **names = NULL;
+    size_t n = 0, cap = 0;
+    struct dirent *e;
+    errno = 0;
+    while ((e = readdir(d))) {
+        if (e->d_name[0] == '.') {
+            if (strcmp(e->d_name, ".") && strcmp(e->d_name, ".."))
+                k->w->n_hidden++;
+            continue;
+        }
+        char *name = strdup(e->d_name);
+        if (!name || grow((void **)&names, &cap, n + 1, sizeof *names)) {
+            free(name);
+            k->oom = 1;
+            break;
+        }
+        names[n++] = name;
+    }
+    closedir(d);
+    /* Sorted, so that runs (and their progress and failure lists) are reproducible. */
+    if (n)
+        qsort(names, n, sizeof *names, cmp_str);
+    size_t dlen = strlen(dir);
+    for (size_t i = 0; i < n && !k->oom; i++) {
+        size_t len = dlen + 1 + strlen(names[i]) + 1;
+        char *path = malloc(len);
+        if (!path) {
+            k->oom = 1;
+            break;
+        }
+        snprintf(path, len, "%s%s%s", dir, dlen && dir[dlen - 1] == '/' ? "" : "/", names[i]);
+        struct stat st;
+        if (stat(path, &st)) {
+            walk_error(k, path, errno == ENOENT ? "broken symbolic link" : strerror(errno));
+        } else if (S_ISDIR(st.st_mode)) {
+            walk_dir(k, path, &st, depth + 1);
+        } else if (S_ISREG(st.st_mode)) {
+            add_file(k, path, &st);
+        }
+        /* sockets, fifos, devices inside a tree: not photos, ignored */
+        free(path);
+    }
+    for (size_t i = 0; i < n; i++)
+        free(names[i]);
+    free(names);
+}
+
+int cli_walk_paths(const char *const *paths, int n, cli_walk *out)
+{
+    memset(out, 0, sizeof *out);
+    walker k = {.w = out};
+    for (int i = 0; i < n && !k.oom; i++) {
+        struct stat st;
+        if (stat(paths[i], &st)) {
+            walk_error(&k, paths[i], strerror(errno));
+        } else if (S_ISDIR(st.st_mode)) {
+            walk_dir(&k, paths[i], &st, 0);
+        } else if (S_ISREG(st.st_mode)) {
+            /* A file named explicitly is a photo unless it says otherwise:
+             * classify it like any other, but report rather than skip it. */
+            if (cli_image_kind(paths[i]) == CLI_NOT_IMAGE)
+                walk_error(&k, paths[i], "not a JPEG or PNG file");
+            else
+                add_file(&k, paths[i], &st);
+        } else {
+            walk_error(&k, paths[i], "not a regular file or directory");
+        }
+    }
+    free(k.dirs);
+    free(k.seen);
+    if (k.oom)
+        return umg_err_set(UMG_ENOMEM, "out of memory while listing files");
+    return 0;
+}
+
+void cli_walk_free(cli_walk *w)
+{
+    if (!w)
+        return;
+    for (size_t i = 0; i < w->n_files; i++)
+        free(w->files[i].path);
+    for (size_t i = 0; i < w->n_errors; i++) {
+        free(w->errors[i].path);
+        free(w->errors[i].reason);
+    }
+    free(w->files);
+    free(w->errors);
+    memset(w, 0, sizeof *w);
+}
+
+/* ---- progress ------------------------------------------------------------ */
+
+double cli_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+void cli_progress_init(cli_progress *p, FILE *out, size_t total, bool enabled)
+{
+    *p = (cli_progress){.out = out, .enabled = enabled, .total = total, .start = cli_now(), .last_draw = -1};
+}
+
+static void fmt_duration(char *buf, size_t len, double s)
+{
+    if (!isfinite(s) || s < 0)
+        snprintf(buf, len, "--:--");
+    else if (s >= 3600)
+        snprintf(buf, len, "%d:%02d:%02d", (int)(s / 3600), (int)fmod(s / 60, 60), (int)fmod(s, 60));
+    else
+        snprintf(buf, len, "%d:%02d", (int)(s / 60), (int)fmod(s, 60));
+}
+
+void cli_progress_update(cli_progress *p, size_t done, size_t failed, bool force)
+{
+    if (!p->enabled)
+        return;
+    double now = cli_now();
+    if (!force && p->last_draw >= 0 && now - p->last_draw < 0.1)
+        return;
+    p->last_draw = now;
+    double el = now - p->start;
+    double rate = el > 0 ? done / el : 0;
+    char eta[32];
+    fmt_duration(eta, sizeof eta, rate > 0 ? (p->total - done) / rate : NAN);
+    enum { BAR = 24 };
+    char bar[BAR + 1];
+    size_t fill = p->total ? done * BAR / p->total : BAR;
+    for (int i = 0; i < BAR; i++)
+        bar[i] = (size_t)i < fill ? '#' : '.';
+    bar[BAR] = 0;
+    char line[256];
+    int n = snprintf(line, sizeof line, "[%s] %zu/%zu %3d%%  %.1f img/s  ETA %s", bar, done, p->total,
+                     p->total ? (int)(done * 100 / p->total) : 100, rate, eta);
+    if (failed && n > 0 && (size_t)n < sizeof line)
+        n += snprintf(line + n, sizeof line - (size_t)n, "  %zu failed", failed);
+    if (n < 0)
+        return;
+    if (n >= (int)sizeof line)
+        n = (int)sizeof line - 1;
+    int pad = p->width > n ? p->width - n : 0;
+    fprintf(p->out, "\r%s%*s", line, pad, "");
+    fflush(p->out);
+    p->width = n;
+}
+
+void cli_progress_clear(cli_progress *p)
+{
+    if (!p->enabled || !p->width)
+        return;
+    fprintf(p->out, "\r%*s\r", p->width, "");
+    fflush(p->out);
+    p->width = 0;
+}
+
+/* ---- tables -------------------------------------------------------------- */
+
+struct cli_table {
+    int ncols;
+    char **headers;
+    bool *right;
+    char ***rows;
+    size_t nrows, cap;
+};
+
+cli_table *cli_table_new(int ncols, const char *const *headers, const bool *right_align)
+{
+    cli_table *t = calloc(1, sizeof *t);
+    if (!t)
+        return NULL;
+    t->ncols = ncols;
+    t->headers = calloc((size_t)ncols, sizeof *t->headers);
+    t->right = calloc((size_t)ncols, sizeof *t->right);
+    if (!t->headers || !t->right) {
+        cli_table_free(t);
+        return NULL;
+    }
+    for (int c = 0; c < ncols; c++) {
+        if (!(t->headers[c] = strdup(headers[c] ? headers[c] : ""))) {
+            cli_table_free(t);
+            return NULL;
+        }
+        t->right[c] = right_align && right_align[c];
+    }
+    return t;
+}
+
+int cli_table_row(cli_table *t, const char *const *cells)
+{
+    if (grow((void **)&t->rows, &t->cap, t->nrows + 1, sizeof *t->rows))
+        return umg_err_set(UMG_ENOMEM, "out of memory");
+    char **row = calloc((size_t)t->ncols, sizeof *row);
+    if (!row)
+        return umg_err_set(UMG_ENOMEM, "out of memory");
+    for (int c = 0; c < t->ncols; c++) {
+        if (!(row[c] = strdup(cells[c] ? cells[c] : ""))) {
+            for (int j = 0; j < c; j++)
+                free(row[j]);
+            free(row);
+            return umg_err_set(UMG_ENOMEM, "out of memory");
+        }
+    }
+    t->rows[t->nrows++] = row;
+    return 0;
+}
+
+/* Display width: code points (not bytes), so accented paths line up. */
+static int text_width(const char *s)
+{
+    int w = 0;
+    for (; *s; s++)
+        w += ((unsigned char)*s & 0xc0) != 0x80;
+    return w;
+}
+
+static void print_row(const cli_table *t, char *const *cells, const int *widths, FILE *out)
+{
+    for (int c = 0; c < t->ncols; c++) {
+        int pad = widths[c] - text_width(cells[c]);
+        bool last = c == t->ncols - 1;
+        if (t->right[c])
+            fprintf(out, "%*s%s", pad, "", cells[c]);
+        else
+            fprintf(out, "%s%*s", cells[c], last ? 0 : pad, "");
+        fputs(last ? "\n" : "  ", out);
+    }
+}
+
+void cli_table_print(const cli_table *t, FILE *out)
+{
+    int *widths = calloc((size_t)t->ncols, sizeof *widths);
+    if (!widths)
+        return;
+    for (int c = 0; c < t->ncols; c++) {
+        widths[c] = text_width(t->headers[c]);
+        for (size_t r = 0; r < t->nrows; r++) {
+            int w = text_width(t->rows[r][c]);
+            if (w > widths[c])
+                widths[c] = w;
+        }
+    }
+    print_row(t, t->headers, widths, out);
+    for (size_t r = 0; r < t->nrows; r++)
+        print_row(t, t->rows[r], widths, out);
+    free(widths);
+}
+
+void cli_table_free(cli_table *t)
+{
+    if (!t)
+        return;
+    for (size_t r = 0; r < t->nrows; r++) {
+        for (int c = 0; c < t->ncols; c++)
+            free(t->rows[r][c]);
+        free(t->rows[r]);
+    }
+    free(t->rows);
+    if (t->headers)
+        for (int c = 0; c < t->ncols; c++)
+            free(t->headers[c]);
+    free(t->headers);
+    free(t->right);
+    free(t);
+}
+
+/* ---- escaping ------------------------------------------------------------ */
+
+void cli_html_escape(FILE *out, const char *s)
+{
+    for (; *s; s++) {
+        switch (*s) {
+        case '&': fputs("&amp;", out); break;
+        case '<': fputs("&lt;", out); break;
+        case '>': fputs("&gt;", out); break;
+        case '"': fputs("&quot;", out); break;
+        case '\'': fputs("&#39;", out); break;
+        default: fputc(*s, out);
+        }
+    }
+}
+
+void cli_url_path(FILE *out, const char *path)
+{
+    for (const unsigned char *p = (const unsigned char *)path; *p; p++) {
+        if (isalnum(*p) || strchr("/-._~", *p))
+            fputc(*p, out);
+        else
+            fprintf(out, "%%%02X", *p);
+    }
+}
+
+/* ---- the results page ---------------------------------------------------- */
+
+/* The directory of the page, absolute and resolved (malloc'd), or NULL. */
+static char *page_dir(const char *html_path)
+{
+    char *copy = strdup(html_path);
+    if (!copy)
+        return NULL;
+    char *slash = strrchr(copy, '/');
+    const char *dir = ".";
+    if (slash == copy)
+        dir = "/";
+    else if (slash) {
+        *slash = 0;
+        dir = copy;
+    }
+    char *abs = realpath(dir, NULL);
+    free(copy);
+    return abs;
+}
+
+/* Write the URL of image path as seen from a page in directory base
+ * (absolute, resolved): relative with ../ steps when path is absolute, else
+ * as given.  Compared component by component ("/a/bc" is not under "/a/b"). */
+static void write_image_url(FILE *out, const char *base, const char *path)
+{
+    if (!base || path[0] != '/') {
+        cli_url_path(out, path);
+        return;
+    }
+    const char *b = base, *p = path;
+    /* Consume common leading components; p stays at the start of a component. */
+    for (;;) {
+        while (*b == '/')
+            b++;
+        while (*p == '/')
+            p++;
+        if (!*b)
+            break;
+        size_t lb = strcspn(b, "/"), lp = strcspn(p, "/");
+        if (lb != lp || memcmp(b, p, lb) || !p[lp])  /* differ, or p's last part is the file */
+            break;
+        b += lb;
+        p += lp;
+    }
+    /* Each remaining component of base is one step up. */
+    while (*b) {
+        while (*b == '/')
+            b++;
+        if (!*b)
+            break;
+        b += strcspn(b, "/");
+        fputs("../", out);
+    }
+    cli_url_path(out, p);
+}
+
+static const char page_css[] =
+    "body{font-family:system-ui,sans-serif;margin:1.5em;background:#fafafa;color:#222}"
+    "h1{font-size:1.3em;margin:0 0 .2em}.sub{color:#666;margin:0 0 1em}"
+    ".grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(300px,1fr));gap:1em}"
+    ".card{background:#fff;border:1px solid #ddd;border-radius:6px;padding:.6em}"
+    ".pic{position:relative;line-height:0}"
+    ".pic img{width:100%;height:auto;display:block}"
+    ".pic svg{position:absolute;left:0;top:0;width:100%;height:100%}"
+    ".box{fill:none;stroke:#ff1744;stroke-width:3;vector-effect:non-scaling-stroke}"
+    ".meta{font-size:.85em;margin-top:.4em;word-break:break-all}"
+    ".rank{font-weight:bold}.score{color:#06c}.missing{color:#b00}";
+
+/* When the server did not say how big an image is, size the overlay from the
+ * decoded picture: the SVG's viewBox must be the image's own pixel size. */
+static const char page_script[] =
+    "document.querySelectorAll('.pic img').forEach(function(img){"
+    "function fit(){var s=img.parentNode.querySelector('svg');"
+    "if(s&&!s.getAttribute('viewBox')&&img.naturalWidth)"
+    "s.setAttribute('viewBox','0 0 '+img.naturalWidth+' '+img.naturalHeight);}"
+    "if(img.complete)fit();else img.addEventListener('load',fit);});";
+
+/* A cell colour for a heatmap value in [0, 1]: transparent blue to opaque red. */
+static void heat_colour(double t, int *r, int *g, int *b, double *a)
+{
+    if (!(t >= 0))
+        t = 0;
+    if (t > 1)
+        t = 1;
+    *r = (int)lround(255 * t);
+    *g = (int)lround(64 * (1 - fabs(2 * t - 1)));
+    *b = (int)lround(255 * (1 - t));
+    *a = 0.15 + 0.45 * t;
+}
+
+static void write_heatmap(FILE *out, const cli_heatmap *h, uint32_t w, uint32_t hgt)
+{
+    if (h->rows < 1 || h->cols < 1 || !h->values)
+        return;
+    double x0 = 0, y0 = 0, bw = w, bh = hgt;
+    if (h->has_box) {
+        x0 = h->box[0], y0 = h->box[1], bw = h->box[2], bh = h->box[3];
+    }
+    double lo = INFINITY, hi = -INFINITY;
+    size_t n = (size_t)h->rows * (size_t)h->cols;
+    for (size_t i = 0; i < n; i++) {
+        if (isfinite(h->values[i])) {
+            if (h->values[i] < lo)
+                lo = h->values[i];
+            if (h->values[i] > hi)
+                hi = h->values[i];
+        }
+    }
+    if (!(hi >= lo))
+        return;
+    double cw = bw / h->cols, ch = bh / h->rows;
+    fputs("<g class=\"heat\">", out);
+    for (int r = 0; r < h->rows; r++) {
+        for (int c = 0; c < h->cols; c++) {
+            double v = h->values[(size_t)r * (size_t)h->cols + (size_t)c];
+            int R, G, B;
+            double a;
+            heat_colour(hi > lo ? (v - lo) / (hi - lo) : 1, &R, &G, &B, &a);
+            fprintf(out, "<rect x=\"%.2f\" y=\"%.2f\" width=\"%.2f\" height=\"%.2f\" "
+                         "fill=\"rgb(%d,%d,%d)\" fill-opacity=\"%.2f\"><title>%.4f</title></rect>",
+                    x0 + c * cw, y0 + r * ch, cw, ch, R, G, B, a, v);
+        }
+    }
+    fputs("</g>", out);
+}
+
+int cli_html_write(const char *html_path, const char *title, const char *subtitle,
+                   const cli_html_hit *hits, int n)
+{
+    FILE *out = fopen(html_path, "w");
+    if (!out) {
+        int e = errno;
+        return umg_err_set(umg_err_from_errno(e), "%s: %s", html_path, strerror(e));
+    }
+    char *base = page_dir(html_path);
+    bool need_script = false;
+    fputs("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\n<title>", out);
+    cli_html_escape(out, title);
+    fprintf(out, "</title>\n<style>%s</style>\n</head><body>\n<h1>", page_css);
+    cli_html_escape(out, title);
+    fputs("</h1>\n<p class=\"sub\">", out);
+    cli_html_escape(out, subtitle ? subtitle : "");
+    fputs("</p>\n", out);
+    if (n == 0)
+        fputs("<p>No results.</p>\n", out);
+    fputs("<div class=\"grid\">\n", out);
+    for (int i = 0; i < n; i++) {
+        const cli_html_hit *h = &hits[i];
+        fputs("<div class=\"card\"><div class=\"pic\"><img loading=\"lazy\" alt=\"\" src=\"", out);
+        write_image_url(out, base, h->path);
+        fputs("\">", out);
+        if (h->has_box || h->heatmap) {
+            /* The viewBox is the image in its own pixels; preserveAspectRatio
+             * none because the SVG box is exactly the displayed image box. */
+            fputs("<svg xmlns=\"http://www.w3.org/2000/svg\" preserveAspectRatio=\"none\"", out);
+            if (h->width && h->height)
+                fprintf(out, " viewBox=\"0 0 %u %u\"", h->width, h->height);
+            else
+                need_script = true;
+            fputs(">", out);
+            if (h->heatmap && h->width && h->height)
+                write_heatmap(out, h->heatmap, h->width, h->height);
+            if (h->has_box)
+                fprintf(out, "<rect class=\"box\" x=\"%.1f\" y=\"%.1f\" width=\"%.1f\" height=\"%.1f\"/>",
+                        h->box[0], h->box[1], h->box[2], h->box[3]);
+            fputs("</svg>", out);
+        }
+        fprintf(out, "</div>\n<div class=\"meta\"><span class=\"rank\">#%d</span> "
+                     "<span class=\"score\">%.4f</span> ",
+                i + 1, h->score);
+        cli_html_escape(out, h->path);
+        if (h->has_box)
+            fprintf(out, "<br>box %.0f,%.0f %.0fx%.0f", h->box[0], h->box[1], h->box[2], h->box[3]);
+        fprintf(out, "<br>id %llu", (unsigned long long)h->image_id);
+        if (h->width && h->height)
+            fprintf(out, ", %ux%u", h->width, h->height);
+        fputs("</div></div>\n", out);
+    }
+    fputs("</div>\n", out);
+    if (need_script)
+        fprintf(out, "<script>%s</script>\n", page_script);
+    fputs("</body></html>\n", out);
+    free(base);
+    int bad = ferror(out);
+    if (fclose(out) || bad) {
+        int e = errno;
+        return umg_err_set(UMG_EIO, "%s: writing failed: %s", html_path, strerror(e));
+    }
+    return 0;
+}

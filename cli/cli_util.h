@@ -1,0 +1,165 @@
+/* cli_util.h - helpers shared by the client subcommands (ingest, query, stats,
+ * get, delete): argument parsing, the server address and auth token, the
+ * directory walk of `umgdb ingest`, a terminal progress bar, plain-text
+ * tables, JSON/HTML escaping and the results page of `umgdb query --html`.
+ *
+ * Errors: functions returning int give 0 or a negative UMG_E* code with a
+ * message in umg_err_msg(), as everywhere in umgdb. */
+#ifndef UMG_CLI_UTIL_H
+#define UMG_CLI_UTIL_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+
+/* ---- arguments ----------------------------------------------------------- */
+
+/* The server's documented default address, and the environment variables the
+ * client reads. */
+#define CLI_DEFAULT_SERVER "127.0.0.1:7431"
+#define CLI_ENV_SERVER "UMGDB_SERVER"
+#define CLI_ENV_TOKEN "UMGDB_AUTH_TOKEN"
+
+/* Whole-string integer / finite number parsing; 0 or UMG_EINVAL. */
+int cli_parse_long(const char *s, long min, long max, long *out);
+int cli_parse_u64(const char *s, uint64_t *out);
+int cli_parse_double(const char *s, double *out);
+
+/* --server if given, else $UMGDB_SERVER if set and non-empty, else
+ * CLI_DEFAULT_SERVER.  Returns one of those strings (not a copy). */
+const char *cli_server_addr(const char *flag);
+
+/* The auth token: the first line of token_file (trailing CR/LF and spaces
+ * stripped) when token_file is given, else $UMGDB_AUTH_TOKEN, else none.
+ * *out is malloc'd (free()) or NULL when there is no token.  A token file
+ * that cannot be read or is empty is an error (UMG_EIO / UMG_EINVAL), so a
+ * typo in --token-file never silently sends no token. */
+int cli_read_token(const char *token_file, char **out);
+
+/* Split "a,b,c" at commas into a NULL-terminated malloc'd array of malloc'd
+ * strings (empty items dropped); free with cli_strv_free.  *n gets the count. */
+int cli_split_list(const char *s, char ***out, int *n);
+void cli_strv_free(char **v);
+
+/* ---- the directory walk ------------------------------------------------- */
+
+enum cli_image_kind { CLI_NOT_IMAGE = 0, CLI_JPEG = 1, CLI_PNG = 2 };
+
+/* What a file is: by its first bytes (JPEG FF D8 FF, PNG signature), else by
+ * its extension (.jpg .jpeg .jpe .png, any case) so that a damaged photo is
+ * sent and reported as failed rather than silently skipped.  A file that
+ * cannot be opened counts by its extension. */
+enum cli_image_kind cli_image_kind(const char *path);
+
+typedef struct cli_walk_file {
+    char *path;         /* absolute, symlinks resolved (realpath): the name the
+                           server stores, stable across runs and working dirs */
+    uint64_t size;
+    int64_t mtime;
+} cli_walk_file;
+
+typedef struct cli_walk_error {
+    char *path;         /* as found */
+    char *reason;
+} cli_walk_error;
+
+typedef struct cli_walk {
+    cli_walk_file *files;  /* photos, in walk order (names sorted per directory) */
+    size_t n_files;
+    size_t n_skipped;      /* regular files that are not JPEG/PNG */
+    size_t n_hidden;       /* entries starting with '.' met while recursing (not followed) */
+    cli_walk_error *errors;/* unreadable directories, missing arguments, ... */
+    size_t n_errors;
+} cli_walk;
+
+/* Walk each of paths[0..n): a file is taken as it is (if it is a photo), a
+ * directory recursively.  Inside directories, names starting with '.' are
+ * skipped (thumbnail caches, .git); symlinks are followed, each directory is
+ * visited once (device+inode), and a file reached twice is listed once.
+ * Problems with single entries are collected in out->errors and do not stop
+ * the walk; only running out of memory fails (UMG_ENOMEM).  out is filled in
+ * either way; free it with cli_walk_free. */
+int cli_walk_paths(const char *const *paths, int n, cli_walk *out);
+void cli_walk_free(cli_walk *w);   /* NULL-safe; frees what cli_walk_paths filled in */
+
+/* Read a whole file into a malloc'd buffer (free()); UMG_ENOENT / UMG_EIO /
+ * UMG_ETOOBIG (over max bytes) / UMG_ENOMEM with the path in the message. */
+int cli_read_file(const char *path, size_t max, uint8_t **data, size_t *len);
+
+/* ---- progress ------------------------------------------------------------ */
+
+/* A one-line progress bar redrawn in place on a terminal (stderr), at most
+ * ten times a second:  [#######.....]  120/239  50%  18.3 img/s  ETA 0:06  2 failed
+ * Nothing is drawn when the stream is not a terminal (see enabled). */
+typedef struct cli_progress {
+    FILE *out;
+    bool enabled;
+    size_t total;
+    double start, last_draw;
+    int width;          /* of the last line drawn, to blank it */
+} cli_progress;
+
+void cli_progress_init(cli_progress *p, FILE *out, size_t total, bool enabled);
+/* done: finished (any outcome), failed: of those, failed. */
+void cli_progress_update(cli_progress *p, size_t done, size_t failed, bool force);
+/* Erase the bar (call before printing anything else on that stream). */
+void cli_progress_clear(cli_progress *p);
+
+/* Seconds on the monotonic clock. */
+double cli_now(void);
+
+/* ---- tables -------------------------------------------------------------- */
+
+/* A plain-text table: columns sized to their widest cell (counted in UTF-8
+ * code points), left-aligned unless the column is marked numeric. */
+typedef struct cli_table cli_table;
+
+cli_table *cli_table_new(int ncols, const char *const *headers, const bool *right_align);
+/* Add a row of ncols cells (copied; NULL is printed as empty).  UMG_ENOMEM. */
+int cli_table_row(cli_table *t, const char *const *cells);
+void cli_table_print(const cli_table *t, FILE *out);
+void cli_table_free(cli_table *t);   /* NULL-safe */
+
+/* ---- escaping ------------------------------------------------------------ */
+
+/* Write s with &, <, >, ", ' escaped for HTML text and attribute values. */
+void cli_html_escape(FILE *out, const char *s);
+/* Percent-encode a file path into a relative or file:// URL path ('/' kept,
+ * unreserved ASCII kept, everything else as %XX of its bytes). */
+void cli_url_path(FILE *out, const char *path);
+
+/* ---- the results page ---------------------------------------------------- */
+
+typedef struct cli_heatmap {
+    int rows, cols;        /* grid size */
+    const double *values;  /* rows x cols, row-major */
+    double box[4];         /* the part of the image the grid covers, original pixels */
+    bool has_box;          /* false: the whole image */
+} cli_heatmap;
+
+typedef struct cli_html_hit {
+    uint64_t image_id;
+    const char *path;      /* as stored by the server */
+    double score;
+    bool has_box;
+    double box[4];         /* x, y, w, h in original-image pixels (after EXIF orientation) */
+    uint32_t width, height;/* the image's size (0 if unknown: the box is then placed by a
+                              small script from the picture's natural size) */
+    const cli_heatmap *heatmap; /* NULL if none */
+} cli_html_hit;
+
+/* Write a self-contained results page (inline CSS, one optional inline
+ * script) to html_path: one card per hit with its rank, score, path and
+ * image, the box drawn as an SVG rectangle in the image's own pixel
+ * coordinates (viewBox = the image size) so that it scales with whatever size
+ * the browser displays the picture at; a heatmap as a grid of translucent
+ * cells the same way.  Images are referenced, not embedded (a page of 100
+ * photos stays small): by a path relative to the page's directory (with ../
+ * as needed) when the image path is absolute, so that the page and the
+ * photos can move together; else (a path the client cannot resolve) as it
+ * is.  UMG_EIO naming the file when it cannot be written. */
+int cli_html_write(const char *html_path, const char *title, const char *subtitle,
+                   const cli_html_hit *hits, int n);
+
+#endif
