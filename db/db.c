@@ -24,6 +24,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -185,6 +186,12 @@ static int grow_map(db_t *db)
     return 0;
 }
 
+static int disk_nearly_full(const char *dir)
+{
+    struct statvfs sv;
+    return !statvfs(dir, &sv) && (uint64_t)sv.f_bavail * sv.f_frsize < ((uint64_t)4 << 20);
+}
+
 typedef int (*txn_fn)(db_t *db, MDB_txn *txn, void *arg);
 
 /* Run fn in a write transaction (caller holds wmutex); MDB_MAP_FULL grows the
@@ -217,6 +224,8 @@ static int write_txn(db_t *db, txn_fn fn, void *arg, const char *what)
             pthread_rwlock_unlock(&db->envlock);
             continue;
         }
+        if (rc == EIO && disk_nearly_full(db->dir))
+            rc = ENOSPC; /* LMDB reports a short write (disk full) as EIO */
         return translate(rc, what);
     }
     return umg_err_set(UMG_EDB, "%s: LMDB map could not grow enough", what);
@@ -744,8 +753,9 @@ static int index_open(db_t *db, int kind)
     int rc = rtxn_begin(db, &txn);
     if (rc)
         return rc;
-    uint64_t seq = 0, lmdb_seq = 0;
+    uint64_t seq = 0, lmdb_seq = 0, pruned = 0;
     meta_get_u64(db, txn, "seq", &lmdb_seq);
+    meta_get_u64(db, txn, "pruned", &pruned);
     uint64_t want = vec_count(db, txn, kind);
     idx_index *ix = NULL;
     const char *why = NULL;
@@ -758,6 +768,8 @@ static int index_open(db_t *db, int kind)
         why = reason;
     } else if (seq > lmdb_seq) {
         why = "snapshot is newer than the database";
+    } else if (seq < pruned) {
+        why = "snapshot is older than the log kept to catch it up";
     } else if (db->factory_opt[kind] && !idx_is_exact(ix) && strcmp(db->factory_opt[kind], idx_factory(ix))) {
         why = "configured index type changed";
     } else {
@@ -1370,6 +1382,33 @@ int db_get_region(db_t *db, uint64_t id, db_region *out)
     return translate(rc, "reading a region");
 }
 
+int db_list_images(db_t *db, uint64_t after, uint64_t *ids, int max, int *n)
+{
+    *n = 0;
+    if (max < 0 || (max && !ids))
+        return umg_err_set(UMG_EINVAL, "db_list_images: bad buffer");
+    MDB_txn *txn;
+    int rc = rtxn_begin(db, &txn);
+    if (rc)
+        return rc;
+    MDB_cursor *cur;
+    int cnt = 0;
+    if (!(rc = mdb_cursor_open(txn, db->dbi[D_IMAGES], &cur))) {
+        unsigned char key[8];
+        be64(key, after + 1);
+        MDB_val k = { 8, key }, v;
+        for (rc = after == UINT64_MAX ? MDB_NOTFOUND : mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE);
+             rc == 0 && cnt < max; rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT))
+            ids[cnt++] = rd_be64(k.mv_data);
+        mdb_cursor_close(cur);
+        if (rc == MDB_NOTFOUND || cnt == max)
+            rc = 0;
+    }
+    rtxn_end(db, txn);
+    *n = cnt;
+    return translate(rc, "listing images");
+}
+
 int db_list_regions(db_t *db, uint64_t image_id, db_region **out, int *n)
 {
     *out = NULL;
@@ -1653,7 +1692,10 @@ static int prune_fn(db_t *db, MDB_txn *txn, void *arg)
         if ((rc = mdb_cursor_del(cur, 0)))
             break;
     mdb_cursor_close(cur);
-    return rc == MDB_NOTFOUND ? 0 : rc;
+    if (rc && rc != MDB_NOTFOUND)
+        return rc;
+    /* a snapshot older than this can no longer be caught up */
+    return meta_put(db, txn, "pruned", &p->upto, 8);
 }
 
 /* Rebuild `kind` with factory from a read snapshot, without blocking writers,

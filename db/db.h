@@ -153,6 +153,9 @@ int db_find_path(db_t *db, const char *path, uint64_t *id);
 /* Ids of images with this content hash: up to max into ids, *n the total. */
 int db_find_hash(db_t *db, const uint8_t sha256[32], uint64_t *ids, int max, int *n);
 int db_get_region(db_t *db, uint64_t id, db_region *out);
+/* Image ids in increasing order, starting after `after` (0 = from the first):
+ * up to max into ids, *n how many.  Page with after = the last id returned. */
+int db_list_images(db_t *db, uint64_t after, uint64_t *ids, int max, int *n);
 /* All regions of an image, in id order: *out is malloc'd (free()), *n its length. */
 int db_list_regions(db_t *db, uint64_t image_id, db_region **out, int *n);
 /* The stored (normalized, float16-rounded) vector of an image or region. */
