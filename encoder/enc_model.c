@@ -23,10 +23,12 @@
 #include <jansson.h>
 #include <math.h>
 #include <openssl/evp.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 /* Named after the checkpoint's tensors (vision_model.encoder.layers.N.<field>). */
 typedef struct enc_layer_weights {
@@ -294,11 +296,44 @@ static int set_name(enc_model *m, const char *dir, const char *config, size_t co
     return m->name ? 0 : umg_err_set(UMG_ENOMEM, "out of memory");
 }
 
+/* OpenBLAS 0.3.21 (Debian 12) does not recognize CPUs released after it (this
+ * machine's Xeon, family 6 model 207, among them) and falls back to its generic
+ * SSE3 "Prescott" kernels: sgemm 3-4x slower than with the AVX-512 ones.  Unless
+ * the user chose a core with OPENBLAS_CORETYPE, rerun OpenBLAS's own kernel
+ * selection (DYNAMIC_ARCH builds export it; weak, so other builds link too) for
+ * the best kernel set the CPU's flags allow.  Runs once, at the first model
+ * open, before this process computes anything with BLAS. */
+extern void gotoblas_dynamic_init(void) __attribute__((weak));
+extern void gotoblas_dynamic_quit(void) __attribute__((weak));
+
+static void blas_pick_kernels(void)
+{
+    const char *core = openblas_get_corename();
+    if (getenv("OPENBLAS_CORETYPE") || !gotoblas_dynamic_init || !gotoblas_dynamic_quit || !core ||
+        strcasecmp(core, "prescott"))
+        return;
+    __builtin_cpu_init();
+    const char *want = NULL;
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+        __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq"))
+        want = "SkylakeX";
+    else if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
+        want = "Haswell";
+    if (!want)
+        return;
+    setenv("OPENBLAS_CORETYPE", want, 0);
+    gotoblas_dynamic_quit();
+    gotoblas_dynamic_init();
+}
+
+static pthread_once_t blas_once = PTHREAD_ONCE_INIT;
+
 int enc_model_open(const char *dir, enc_model **out)
 {
     *out = NULL;
     if (!dir || !*dir)
         return umg_err_set(UMG_EINVAL, "no model directory given");
+    pthread_once(&blas_once, blas_pick_kernels);
     enc_model *m = calloc(1, sizeof *m);
     if (!m)
         return umg_err_set(UMG_ENOMEM, "out of memory");
@@ -379,6 +414,7 @@ void enc_model_fingerprint(const enc_model *m, uint8_t out[32]) { memcpy(out, m-
 const char *enc_model_name(const enc_model *m) { return m->name; }
 
 void enc_set_threads(int n) { openblas_set_num_threads(n < 1 ? 1 : n); }
+
 
 /* ---- run state -------------------------------------------------------- */
 
