@@ -257,11 +257,15 @@ def encode(pil, fmt, rng_quality=90):
     return buf.getvalue()
 
 
-def make(seed, index):
-    """Everything about image `index` of `seed`: (file name, encoded bytes, objects, caption)."""
+def make(seed, index, png_as_image=False):
+    """Everything about image `index` of `seed`: (file name, encoded bytes, size,
+    objects, caption).  With png_as_image, a PNG photo is returned as the PIL image
+    itself instead of its bytes (lossless: decoding would give the same pixels)."""
     pil, objs = render(seed, index)
     rng = np.random.default_rng([seed, index, 1])
     fmt = "jpg" if rng.random() < 0.6 else "png"
     quality = int(rng.integers(80, 96))
     name = "s%d_%06d.%s" % (seed, index, fmt)
+    if fmt == "png" and png_as_image:
+        return name, pil, pil.size, objs, caption(objs)
     return name, encode(pil, fmt, quality), pil.size, objs, caption(objs)

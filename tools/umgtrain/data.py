@@ -52,8 +52,8 @@ def _background_box(rng, objs, w, h):
 
 def prepare_one(args):
     seed, index, size, patch = args
-    name, data, (w, h), objs, cap = world.make(seed, index)
-    img = Image.open(io.BytesIO(data))
+    name, data, (w, h), objs, cap = world.make(seed, index, png_as_image=True)
+    img = data if isinstance(data, Image.Image) else Image.open(io.BytesIO(data))
     u8, geom = fit_pad_uint8(img, size)
     canvas = np.zeros((size, size, 3), dtype=np.uint8)
     canvas[geom["off_y"]:geom["off_y"] + geom["resized_h"], geom["off_x"]:geom["off_x"] + geom["resized_w"]] = u8

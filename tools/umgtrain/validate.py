@@ -1,0 +1,141 @@
+#!/usr/bin/python3
+"""Validate a trained checkpoint in Python on held-out photos of the synthetic world
+(before / besides the server checks).
+
+    tools/umgtrain/validate.py --model tests/fixtures/synth-umg --seed 1000 --count 200
+
+Reports:
+  - text-to-image recall@1/@5 with each photo's caption (meaning.py's definition);
+  - region phrase accuracy: the dense-pooled vector (pooling.py) of each object's
+    annotated box ranks its own phrase first among all 96 full phrases
+    ("small red circle"), resp. all 48 colour+shape phrases;
+  - text-to-region over an index of the annotated boxes plus one background box per
+    photo (no proposals: those are the server's), scored by meaning.py: top-box
+    IoU >= 0.5 rate and the attribute-binding failure rate;
+  - pixel accuracy: patch tokens whose nearest phrase (full phrases + "background")
+    is the label of the cell.
+"""
+
+import argparse
+import json
+import os
+import sys
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+import data  # noqa: E402
+import meaning  # noqa: E402
+from model import load_checkpoint  # noqa: E402
+from tokenizer import Tokenizer  # noqa: E402
+
+
+def encode_texts(model, tok, texts, bs=256):
+    out = []
+    for i in range(0, len(texts), bs):
+        out.append(model.encode_ids([tok.encode(t) for t in texts[i:i + bs]]))
+    return F.normalize(torch.cat(out), dim=-1)
+
+
+def evaluate(model_dir, seed, count, procs=2):
+    model = load_checkpoint(model_dir)
+    cfg = model.config["vision_config"]
+    size, patch = cfg["image_size"], cfg["patch_size"]
+    tok = Tokenizer(os.path.join(model_dir, "vocab.json"), os.path.join(model_dir, "merges.txt"))
+    items = data.prepare(seed, count, size, patch, procs=procs)
+    with torch.no_grad():
+        embs, pats = [], []
+        for i in range(0, len(items), 32):
+            e, p = model.encode_image(data.to_pixels(items[i:i + 32]))
+            embs.append(e)
+            pats.append(p)
+        img = F.normalize(torch.cat(embs), dim=-1)
+        patches_n = F.normalize(torch.cat(pats), dim=-1)
+        caps = [it["caption"] for it in items]
+        cap = encode_texts(model, tok, caps)
+        full, short = data.full_phrases(), data.short_phrases()
+        full_e = encode_texts(model, tok, full + [data.BACKGROUND])
+        short_e = encode_texts(model, tok, short)
+
+    ann = {"images": [{"file": it["name"], "caption": it["caption"], "objects": it["objects"]} for it in items]}
+    results = []
+    sim = cap @ img.t()
+    for qi, c in enumerate(caps):
+        top = sim[qi].topk(min(10, len(items))).indices.tolist()
+        results.append({"text": c, "granularity": "image",
+                        "hits": [{"path": items[j]["name"], "score": float(sim[qi, j])} for j in top]})
+
+    # region index: annotated boxes (+ one background box per photo), dense pooling
+    reg_vecs, reg_meta = [], []
+    own_full = own_short = n_obj = 0
+    for it, pn in zip(items, patches_n):
+        r = F.normalize(torch.from_numpy(it["weights"]) @ pn, dim=-1)
+        boxes = [o["box"] for o in it["objects"]]
+        for k, o in enumerate(it["objects"]):
+            n_obj += 1
+            own_full += full[int((r[k] @ full_e[:-1].t()).argmax())] == o["phrase"]
+            own_short += short[int((r[k] @ short_e.t()).argmax())] == "%s %s" % (o["colour"], o["shape"])
+        if it["has_bg"]:
+            boxes = boxes + [None]
+        for k, b in enumerate(boxes):
+            reg_vecs.append(r[k])
+            reg_meta.append((it["name"], b))
+    R = torch.stack(reg_vecs)
+    for q in meaning.make_queries(ann):
+        if q["granularity"] != "region":
+            continue
+        qe = encode_texts(model, tok, [q["text"]])[0]
+        s = R @ qe
+        top = s.topk(min(50, len(reg_meta))).indices.tolist()
+        hits = []
+        for j in top:
+            name, b = reg_meta[j]
+            h = {"path": name, "score": float(s[j])}
+            h["box"] = b if b is not None else [0, 0, 0, 0]
+            hits.append(h)
+        results.append({"text": q["text"], "granularity": "region", "hits": hits})
+    figures, failures = meaning.score(ann, results)
+
+    # pixel accuracy over labelled cells
+    correct = total = 0
+    for it, pn in zip(items, patches_n):
+        pred = (pn @ full_e.t()).argmax(1).numpy()
+        lab = it["label"]
+        for cell in range(len(lab)):
+            if lab[cell] == -2:
+                continue
+            want = len(full) if lab[cell] == -1 else full.index(it["objects"][lab[cell]]["phrase"])
+            total += 1
+            correct += pred[cell] == want
+    figures.update({"photos": len(items), "objects": n_obj,
+                    "region_own_phrase_top1_full": own_full / n_obj,
+                    "region_own_phrase_top1_colour_shape": own_short / n_obj,
+                    "pixel_accuracy": correct / total})
+    return figures, failures
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", required=True)
+    ap.add_argument("--seed", type=int, default=1000)
+    ap.add_argument("--count", type=int, default=200)
+    ap.add_argument("--procs", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--json", action="store_true")
+    a = ap.parse_args()
+    torch.set_num_threads(a.threads)
+    figures, failures = evaluate(a.model, a.seed, a.count, a.procs)
+    if a.json:
+        print(json.dumps(figures))
+        return
+    for k, v in figures.items():
+        print("%-36s %s" % (k, "%.3f" % v if isinstance(v, float) else v))
+    for kind, text, top in failures[:15]:
+        print("  %s miss: %r top=%s" % (kind, text, top))
+
+
+if __name__ == "__main__":
+    main()
