@@ -43,39 +43,59 @@ typedef struct work {
     float *lab;      /* [h*w*3] smoothed, scaled to 0..255 per channel */
     float *gmag;     /* [h*w] gradient magnitude of the smoothed luminance */
     uint16_t *tex;   /* [h*w*3] texture bin per pixel and channel (ori*TEX_BINS+mag bin) */
+    int *fine;       /* [h*w] labels of the first (finest) segmentation */
+    int nfine;
 } work;
 
 /* Area-average downscale (box filter over the source pixels each output pixel
- * covers, fractional at the edges): no aliasing, and cheap. */
-static void downscale(const enc_image *img, int w, int h, float *dst)
+ * covers, fractional at the edges): no aliasing, and cheap.  Separable:
+ * columns first into tmp [src_h][w][3], then rows. */
+static int downscale(const enc_image *img, int w, int h, float *dst)
 {
-    double fx = (double)img->width / w, fy = (double)img->height / h;
+    int W = img->width, H = img->height;
+    float *tmp = malloc((size_t)H * w * 3 * sizeof *tmp);
+    if (!tmp)
+        return UMG_ENOMEM;
+    double fx = (double)W / w, fy = (double)H / h;
+    for (int x = 0; x < w; x++) {
+        double x0 = x * fx, x1 = (x + 1) * fx;
+        int ix0 = (int)x0, ix1 = (int)ceil(x1);
+        if (ix1 > W) ix1 = W;
+        float inv = (float)(1.0 / (x1 - x0));
+        for (int sy = 0; sy < H; sy++) {
+            const uint8_t *row = img->rgb + (size_t)sy * W * 3;
+            float acc0 = 0, acc1 = 0, acc2 = 0;
+            for (int sx = ix0; sx < ix1; sx++) {
+                float wx = (float)(fmin(x1, sx + 1) - fmax(x0, sx));
+                acc0 += wx * row[sx * 3];
+                acc1 += wx * row[sx * 3 + 1];
+                acc2 += wx * row[sx * 3 + 2];
+            }
+            float *t = tmp + ((size_t)sy * w + x) * 3;
+            t[0] = acc0 * inv;
+            t[1] = acc1 * inv;
+            t[2] = acc2 * inv;
+        }
+    }
     for (int y = 0; y < h; y++) {
         double y0 = y * fy, y1 = (y + 1) * fy;
         int iy0 = (int)y0, iy1 = (int)ceil(y1);
-        if (iy1 > img->height) iy1 = img->height;
-        for (int x = 0; x < w; x++) {
-            double x0 = x * fx, x1 = (x + 1) * fx;
-            int ix0 = (int)x0, ix1 = (int)ceil(x1);
-            if (ix1 > img->width) ix1 = img->width;
-            double acc[3] = {0, 0, 0}, wsum = 0;
-            for (int sy = iy0; sy < iy1; sy++) {
-                double wy = fmin(y1, sy + 1) - fmax(y0, sy);
-                const uint8_t *row = img->rgb + (size_t)sy * img->width * 3;
-                for (int sx = ix0; sx < ix1; sx++) {
-                    double wx = fmin(x1, sx + 1) - fmax(x0, sx);
-                    double ww = wx * wy;
-                    acc[0] += ww * row[sx * 3];
-                    acc[1] += ww * row[sx * 3 + 1];
-                    acc[2] += ww * row[sx * 3 + 2];
-                    wsum += ww;
-                }
-            }
-            float *d = dst + ((size_t)y * w + x) * 3;
-            for (int c = 0; c < 3; c++)
-                d[c] = (float)(acc[c] / wsum);
+        if (iy1 > H) iy1 = H;
+        float inv = (float)(1.0 / (y1 - y0));
+        float *d = dst + (size_t)y * w * 3;
+        for (int i = 0; i < w * 3; i++)
+            d[i] = 0;
+        for (int sy = iy0; sy < iy1; sy++) {
+            float wy = (float)(fmin(y1, sy + 1) - fmax(y0, sy));
+            const float *t = tmp + (size_t)sy * w * 3;
+            for (int i = 0; i < w * 3; i++)
+                d[i] += wy * t[i];
         }
+        for (int i = 0; i < w * 3; i++)
+            d[i] *= inv;
     }
+    free(tmp);
+    return 0;
 }
 
 /* Separable [1 2 1]/4 smoothing (sigma ~0.7), edges replicated. */
@@ -523,13 +543,14 @@ typedef struct strategy {
     int sims;    /* SIM_* */
 } strategy;
 
-static const strategy STRATEGIES[] = {
-    {0, 100, SIM_COLOR | SIM_TEXTURE | SIM_SIZE | SIM_FILL},
-    {1, 100, SIM_COLOR | SIM_TEXTURE | SIM_SIZE | SIM_FILL},
-    {0, 200, SIM_TEXTURE | SIM_SIZE | SIM_FILL},
-    {1, 200, SIM_COLOR | SIM_SIZE | SIM_FILL},
+#define SIM_ALL (SIM_COLOR | SIM_TEXTURE | SIM_SIZE | SIM_FILL)
+/* Two colour spaces x three scales.  The first is the finest: its segments are
+ * the superpixels of the straddling feature. */
+static strategy STRATEGIES[16] = {
+    {0, 30, SIM_ALL}, {1, 30, SIM_ALL}, {0, 60, SIM_ALL},
+    {1, 60, SIM_ALL}, {0, 120, SIM_ALL}, {1, 120, SIM_ALL},
 };
-#define N_STRATEGIES ((int)(sizeof STRATEGIES / sizeof STRATEGIES[0]))
+static int N_STRATEGIES = 6;
 
 typedef struct tuning {
     float min_size_frac;  /* FH min segment size, fraction of the work image */
@@ -547,11 +568,23 @@ static tuning default_tuning(void)
     if ((e = getenv("P_KSCALE"))) t.kscale = (float)atof(e);
     if ((e = getenv("P_NSTRAT"))) t.nstrat = atoi(e);
     if ((e = getenv("P_SCORING"))) t.scoring = atoi(e);
+    if ((e = getenv("P_STRATS"))) {
+        int n = 0, off = 0, sp, sm;
+        float k;
+        while (n < 16 && sscanf(e + off, "%d:%f:%d%n", &sp, &k, &sm, &off) == 3) {
+            STRATEGIES[n].space = sp; STRATEGIES[n].k = k; STRATEGIES[n].sims = sm; n++;
+            e += off; off = 0;
+            if (*e == ',') e++;
+        }
+        N_STRATEGIES = n;
+        t.nstrat = n;
+    }
 #endif
     return t;
 }
 
-#define NFEAT 19
+#define NFEAT 23
+#define CC_BINS 8 /* per Lab channel, for the colour contrast feature */
 
 static int cmp_u64(const void *pa, const void *pb);
 
@@ -600,6 +633,52 @@ static int clampi(int v, int lo, int hi)
     return v < lo ? lo : (v > hi ? hi : v);
 }
 
+/* Superpixel straddling (Alexe et al.'s objectness cue): segments of the fine
+ * segmentation should lie wholly inside or wholly outside an object's box. */
+static float straddling(const cand *c, const work *wk, const int *seg_size, int *count, int *touched)
+{
+    int nt = 0, w = wk->w;
+    for (int y = c->y0; y <= c->y1; y++)
+        for (int x = c->x0; x <= c->x1; x++) {
+            int l = wk->fine[y * w + x];
+            if (count[l]++ == 0)
+                touched[nt++] = l;
+        }
+    float area = (float)(c->x1 - c->x0 + 1) * (c->y1 - c->y0 + 1), cut = 0;
+    for (int i = 0; i < nt; i++) {
+        int l = touched[i], in = count[l], out = seg_size[l] - in;
+        cut += (float)(in < out ? in : out);
+        count[l] = 0;
+    }
+    return 1.0f - cut / area;
+}
+
+/* 1 - histogram intersection of the Lab colours inside the box and in a ring
+ * around it (colour contrast: objects stand out from their surroundings). */
+static float colour_contrast(const cand *c, const work *wk, const int32_t *cii)
+{
+    int w = wk->w, h = wk->h, s = w + 1;
+    int x0 = c->x0, y0 = c->y0, x1 = c->x1 + 1, y1 = c->y1 + 1;
+    int rw = (x1 - x0) / 4 + 1, rh = (y1 - y0) / 4 + 1;
+    int ox0 = clampi(x0 - rw, 0, w), oy0 = clampi(y0 - rh, 0, h);
+    int ox1 = clampi(x1 + rw, 0, w), oy1 = clampi(y1 + rh, 0, h);
+    float in_area = (float)(x1 - x0) * (y1 - y0), ring_area = (float)(ox1 - ox0) * (oy1 - oy0) - in_area;
+    if (ring_area <= 0)
+        return 0;
+    float isect = 0;
+    for (int b = 0; b < 3 * CC_BINS; b++) {
+        const int32_t *ii = cii + (size_t)b * s * (h + 1);
+#define RS(X0, Y0, X1, Y1) (ii[(size_t)(Y1) * s + (X1)] - ii[(size_t)(Y0) * s + (X1)] - ii[(size_t)(Y1) * s + (X0)] + ii[(size_t)(Y0) * s + (X0)])
+        float in = (float)RS(x0, y0, x1, y1);
+        float out = (float)RS(ox0, oy0, ox1, oy1) - in;
+#undef RS
+        in /= in_area;
+        out /= ring_area;
+        isect += in < out ? in : out;
+    }
+    return 1.0f - isect / 3.0f;
+}
+
 static void features(const cand *c, const work *wk, const double *ii, float *f)
 {
     int w = wk->w, h = wk->h;
@@ -641,11 +720,16 @@ static void features(const cand *c, const work *wk, const double *ii, float *f)
     f[14] = ((x0 == 0) + (y0 == 0) + (x1 == w) + (y1 == h)) / 4.0f;
     for (int s = 0; s < 4; s++)
         f[15 + s] = c->strategy == s;
+    f[21] = sqrtf(c->level);
+    f[22] = la * la * la;
 }
 
 /* Linear objectness score over the features above; weights fitted on the
  * coco-mini train2017 half (see docs/regions.md). */
-static const float WEIGHTS[NFEAT] = {0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0};
+static const float WEIGHTS[NFEAT] = {
+    0.0448f, 0.3219f, 0.0815f, 1.3114f, 0.5210f, -0.8493f, 0.7495f, -0.1298f,
+    -0.6260f, -0.8430f, 0.1695f, 0.0554f, 0.2734f, 0.1141f, -0.7486f, -0.1367f,
+    -0.1067f, -0.0680f, -0.0584f, 0.8759f, 0.3615f, 0.2116f, 0.0565f};
 
 static int score_candidates(cand *c, int n, const work *wk, int nstrat, FILE *dump)
 {
@@ -661,13 +745,39 @@ static int score_candidates(cand *c, int n, const work *wk, int nstrat, FILE *du
         }
     }
     int rc = count_votes(c, n, w > h ? w : h, nstrat);
-    if (rc) {
+    size_t cs = (size_t)(w + 1) * (h + 1);
+    int32_t *cii = calloc(cs * 3 * CC_BINS, sizeof *cii);
+    int *seg_size = calloc((size_t)wk->nfine, sizeof *seg_size);
+    int *count = calloc((size_t)wk->nfine, sizeof *count);
+    int *touched = malloc((size_t)wk->nfine * sizeof *touched);
+    if (rc || !cii || !seg_size || !count || !touched) {
         free(ii);
-        return rc;
+        free(cii);
+        free(seg_size);
+        free(count);
+        free(touched);
+        return UMG_ENOMEM;
     }
+    for (int p = 0; p < w * h; p++)
+        seg_size[wk->fine[p]]++;
+    for (int ch = 0; ch < 3; ch++)
+        for (int y = 0; y < h; y++) {
+            int32_t row[CC_BINS] = {0};
+            for (int x = 0; x < w; x++) {
+                int b = (int)(wk->lab[((size_t)y * w + x) * 3 + ch] * (CC_BINS / 256.0f));
+                b = clampi(b, 0, CC_BINS - 1);
+                row[b]++;
+                for (int k = 0; k < CC_BINS; k++) {
+                    int32_t *plane = cii + (size_t)(ch * CC_BINS + k) * cs;
+                    plane[(size_t)(y + 1) * s + x + 1] = plane[(size_t)y * s + x + 1] + row[k];
+                }
+            }
+        }
     float f[NFEAT];
     for (int i = 0; i < n; i++) {
         features(&c[i], wk, ii, f);
+        f[19] = straddling(&c[i], wk, seg_size, count, touched);
+        f[20] = colour_contrast(&c[i], wk, cii);
         float sc = 0;
         for (int k = 0; k < NFEAT; k++)
             sc += WEIGHTS[k] * f[k];
@@ -681,6 +791,10 @@ static int score_candidates(cand *c, int n, const work *wk, int nstrat, FILE *du
         }
     }
     free(ii);
+    free(cii);
+    free(seg_size);
+    free(count);
+    free(touched);
     return 0;
 }
 
@@ -764,18 +878,22 @@ int enc_propose(const enc_image *img, const enc_propose_opts *opts, enc_box *out
     wk.tex = malloc(n * 3 * sizeof *wk.tex);
     tmp = malloc(n * 3 * sizeof *tmp);
     labels = malloc(n * sizeof *labels);
+    wk.fine = malloc(n * sizeof *wk.fine);
     ss.edges = malloc(n * 4 * sizeof *ss.edges);
     ss.sorted = malloc(n * 4 * sizeof *ss.sorted);
     ss.count = malloc((WEIGHT_BUCKETS + 1) * sizeof *ss.count);
     ss.parent = malloc(n * sizeof *ss.parent);
     ss.size = malloc(n * sizeof *ss.size);
     ss.thr = malloc(n * sizeof *ss.thr);
-    if (!wk.rgb || !wk.lab || !wk.gmag || !wk.tex || !tmp || !labels || !ss.edges || !ss.sorted ||
+    if (!wk.fine || !wk.rgb || !wk.lab || !wk.gmag || !wk.tex || !tmp || !labels || !ss.edges || !ss.sorted ||
         !ss.count || !ss.parent || !ss.size || !ss.thr) {
         rc = umg_err_set(UMG_ENOMEM, "enc_propose: working buffers for %dx%d", wk.w, wk.h);
         goto done;
     }
-    downscale(img, wk.w, wk.h, wk.rgb);
+    if (downscale(img, wk.w, wk.h, wk.rgb)) {
+        rc = umg_err_set(UMG_ENOMEM, "enc_propose: downscaling %dx%d", W, H);
+        goto done;
+    }
     smooth3(wk.rgb, tmp, wk.w, wk.h, 3);
     rgb_to_lab(wk.rgb, wk.lab, n);
     texture_bins(wk.rgb, wk.w, wk.h, wk.tex, wk.gmag);
@@ -786,6 +904,10 @@ int enc_propose(const enc_image *img, const enc_propose_opts *opts, enc_box *out
         const strategy *st = &STRATEGIES[si];
         const float *colimg = st->space ? wk.lab : wk.rgb;
         int nseg = segment(colimg, wk.w, wk.h, st->k * tn.kscale, min_size, &ss, labels);
+        if (si == 0) {
+            memcpy(wk.fine, labels, n * sizeof *labels);
+            wk.nfine = nseg;
+        }
         if (ncand + 2 * nseg > cap) {
             int ncap = (ncand + 2 * nseg) * 2;
             cand *nc = realloc(cands, (size_t)ncap * sizeof *nc);
@@ -870,6 +992,7 @@ done:
     free(wk.tex);
     free(tmp);
     free(labels);
+    free(wk.fine);
     free(ss.edges);
     free(ss.sorted);
     free(ss.count);
