@@ -18,13 +18,134 @@
 #pragma GCC optimize("tree-vectorize", "vect-cost-model=dynamic")
 #endif
 
+/* ---- few-row products ------------------------------------------------------
+ * sgemm packs the whole weight matrix into its panel layout on every call.  With
+ * many rows (a batch of images) that cost is shared; with few (a text query, one
+ * image) it dominates: the weights are read, written and read again.  Here each
+ * weight row is read once, straight from the checkpoint's [out, in] layout, and
+ * dotted with every input row while it sits in L1: tiles of 4 weight rows x up
+ * to 6 input rows keep 24 vector accumulators, reduced once per tile. */
+typedef float v16 __attribute__((vector_size(64)));
+typedef float v16u __attribute__((vector_size(64), aligned(4), may_alias));
+
+static inline v16 load16(const float *p) { return *(const v16u *)p; }
+
+/* The lane sums of a, b, c, d in lanes 0, 4, 8, 12 of the result: pairwise
+ * folds across the four vectors share their shuffles (13 operations, not 4 x 8). */
+static inline v16 hsum4(v16 a, v16 b, v16 c, v16 d)
+{
+    v16 ab = __builtin_shufflevector(a, b, 0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23) +
+             __builtin_shufflevector(a, b, 8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31);
+    v16 cd = __builtin_shufflevector(c, d, 0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23) +
+             __builtin_shufflevector(c, d, 8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31);
+    v16 q = __builtin_shufflevector(ab, cd, 0, 1, 2, 3, 8, 9, 10, 11, 16, 17, 18, 19, 24, 25, 26, 27) +
+            __builtin_shufflevector(ab, cd, 4, 5, 6, 7, 12, 13, 14, 15, 20, 21, 22, 23, 28, 29, 30, 31);
+    q += __builtin_shufflevector(q, q, 2, 3, 0, 1, 6, 7, 4, 5, 10, 11, 8, 9, 14, 15, 12, 13);
+    q += __builtin_shufflevector(q, q, 1, 0, 3, 2, 5, 4, 7, 6, 9, 8, 11, 10, 13, 12, 15, 14);
+    return q;
+}
+
+#define SKINNY_MR 6
+#define SKINNY_NR 4
+
+/* y[mr, 4] (+)= x[mr, in] . w[4, in]^T */
+static inline __attribute__((always_inline)) void skinny_tile(float *y, int ldy, const float *x, int ldx,
+                                                              const float *w, int in, int mr, int accumulate,
+                                                              int prefetch)
+{
+    v16 acc[SKINNY_MR][SKINNY_NR];
+    for (int m = 0; m < SKINNY_MR; m++)
+        for (int o = 0; o < SKINNY_NR; o++)
+            acc[m][o] = (v16){0};
+    int k = 0;
+    for (; k + 16 <= in; k += 16) {
+        v16 w0 = load16(w + k), w1 = load16(w + in + k), w2 = load16(w + 2 * in + k),
+            w3 = load16(w + 3 * in + k);
+        if (prefetch) { /* the next tile's weight rows, while these stream */
+            __builtin_prefetch(w + 4 * in + k);
+            __builtin_prefetch(w + 5 * in + k);
+            __builtin_prefetch(w + 6 * in + k);
+            __builtin_prefetch(w + 7 * in + k);
+        }
+#pragma GCC unroll 6
+        for (int m = 0; m < mr; m++) {
+            v16 xv = load16(x + (size_t)m * ldx + k);
+            acc[m][0] += xv * w0;
+            acc[m][1] += xv * w1;
+            acc[m][2] += xv * w2;
+            acc[m][3] += xv * w3;
+        }
+    }
+    for (int m = 0; m < mr; m++) {
+        v16 q = hsum4(acc[m][0], acc[m][1], acc[m][2], acc[m][3]);
+        for (int o = 0; o < SKINNY_NR; o++) {
+            float s = q[4 * o];
+            for (int t = k; t < in; t++)
+                s += x[(size_t)m * ldx + t] * w[(size_t)o * in + t];
+            float *yo = y + (size_t)m * ldy + o;
+            *yo = accumulate ? *yo + s : s;
+        }
+    }
+}
+
+/* One instance per row count so that the accumulators live in registers. */
+#define SKINNY_TILE_FN(MR)                                                                               \
+    static void skinny_tile_##MR(float *y, int ldy, const float *x, int ldx, const float *w, int in,     \
+                                 int accumulate, int prefetch)                                           \
+    {                                                                                                    \
+        if (prefetch)                                                                                    \
+            skinny_tile(y, ldy, x, ldx, w, in, MR, accumulate, 1);                                       \
+        else                                                                                             \
+            skinny_tile(y, ldy, x, ldx, w, in, MR, accumulate, 0);                                       \
+    }
+SKINNY_TILE_FN(1)
+SKINNY_TILE_FN(2)
+SKINNY_TILE_FN(3)
+SKINNY_TILE_FN(4)
+SKINNY_TILE_FN(5)
+SKINNY_TILE_FN(6)
+typedef void (*skinny_fn)(float *, int, const float *, int, const float *, int, int, int);
+static const skinny_fn skinny_tiles[SKINNY_MR + 1] = {NULL, skinny_tile_1, skinny_tile_2, skinny_tile_3,
+                                                     skinny_tile_4, skinny_tile_5, skinny_tile_6};
+
+/* Up to this many rows the skinny product beats sgemm's packing (measured on
+ * ViT-B shapes: text queries and single images). */
+#define SKINNY_MAX_ROWS 24
+
+static void skinny_gemm(float *y, int ldy, const float *x, int ldx, const float *w, int rows, int in, int out,
+                        int accumulate)
+{
+    int o = 0;
+    /* The 4 weight rows of a tile stay in L1 while every row block passes. */
+    for (; o + SKINNY_NR <= out; o += SKINNY_NR)
+        for (int m = 0; m < rows; m += SKINNY_MR) {
+            int mr = rows - m < SKINNY_MR ? rows - m : SKINNY_MR;
+            skinny_tiles[mr](y + (size_t)m * ldy + o, ldy, x + (size_t)m * ldx, ldx, w + (size_t)o * in, in,
+                             accumulate, m == 0 && o + 2 * SKINNY_NR <= out);
+        }
+    for (; o < out; o++) /* out not a multiple of 4: plain dot products */
+        for (int m = 0; m < rows; m++) {
+            float s = 0;
+            for (int t = 0; t < in; t++)
+                s += x[(size_t)m * ldx + t] * w[(size_t)o * in + t];
+            float *yo = y + (size_t)m * ldy + o;
+            *yo = accumulate ? *yo + s : s;
+        }
+}
+
 void enc_linear_ld(float *y, int ldy, const float *x, int ldx, const float *w, int rows, int in, int out,
                    int accumulate)
 {
+    if (rows <= enc_skinny_max_rows) {
+        skinny_gemm(y, ldy, x, ldx, w, rows, in, out, accumulate);
+        return;
+    }
     /* y[rows, out] = x[rows, in] . w[out, in]^T: w is B^T, read row by row. */
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, out, in, 1.0f, x, ldx, w, in,
                 accumulate ? 1.0f : 0.0f, y, ldy);
 }
+
+int enc_skinny_max_rows = SKINNY_MAX_ROWS;
 
 void enc_linear(float *y, const float *x, const float *w, int rows, int in, int out, int accumulate)
 {

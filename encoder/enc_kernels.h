@@ -16,6 +16,12 @@ void enc_linear(float *y, const float *x, const float *w, int rows, int in, int 
 void enc_linear_ld(float *y, int ldy, const float *x, int ldx, const float *w, int rows, int in, int out,
                    int accumulate);
 
+/* Products with at most this many rows skip sgemm (which repacks the weights on
+ * every call) for a kernel that streams the weights once.  A variable so that
+ * tests and benchmarks can compare both paths; not to be changed while another
+ * thread computes. */
+extern int enc_skinny_max_rows;
+
 /* y[r, :] += b[:] for every row. */
 void enc_add_bias(float *y, const float *b, int rows, int dim);
 /* y[r, :] = (y[r, :] + b[:]) * scale. */

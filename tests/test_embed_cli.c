@@ -307,6 +307,10 @@ static void test_errors(void **state)
 
 int main(void)
 {
+    if (access(bin(), X_OK) != 0) {
+        fprintf(stderr, "test_embed_cli: %s is not an executable (set UMG_BIN)\n", bin());
+        return 1;
+    }
     json_error_t e;
     ref = json_load_file(TINY "/reference.json", 0, &e);
     if (!ref) {

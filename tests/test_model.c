@@ -245,6 +245,43 @@ static void test_kernels(void **state)
     free(y);
 }
 
+/* enc_linear on odd shapes (out not a multiple of 4, in not of 16), through the
+ * few-rows kernel and through sgemm, against a double-precision loop. */
+static void test_linear_paths(void **state)
+{
+    int saved = enc_skinny_max_rows;
+    const int shapes[][3] = {{1, 3, 1}, {5, 37, 7}, {7, 64, 9}, {13, 100, 30}, {30, 33, 17}, {6, 16, 4}};
+    for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
+        int rows = shapes[s][0], in = shapes[s][1], out = shapes[s][2];
+        float *x = malloc(sizeof(float) * rows * in), *w = malloc(sizeof(float) * out * in);
+        float *y = malloc(sizeof(float) * rows * out);
+        for (int i = 0; i < rows * in; i++)
+            x[i] = (float)((i * 37) % 101) / 50.0f - 1.0f;
+        for (int i = 0; i < out * in; i++)
+            w[i] = (float)((i * 53) % 97) / 48.0f - 1.0f;
+        for (int path = 0; path < 2; path++)
+            for (int accumulate = 0; accumulate < 2; accumulate++) {
+                enc_skinny_max_rows = path ? 0 : 1 << 20;
+                for (int i = 0; i < rows * out; i++)
+                    y[i] = 0.5f;
+                enc_linear(y, x, w, rows, in, out, accumulate);
+                for (int r = 0; r < rows; r++)
+                    for (int o = 0; o < out; o++) {
+                        double want = accumulate ? 0.5 : 0;
+                        for (int k = 0; k < in; k++)
+                            want += (double)x[r * in + k] * w[o * in + k];
+                        if (fabs(y[r * out + o] - want) > 1e-4 * (1 + fabs(want)))
+                            fail_msg("linear %dx%d->%d (%s, acc %d) [%d,%d] = %g, want %g", rows, in, out,
+                                     path ? "sgemm" : "few-rows", accumulate, r, o, y[r * out + o], want);
+                    }
+            }
+        free(x);
+        free(w);
+        free(y);
+    }
+    enc_skinny_max_rows = saved;
+}
+
 /* ---- exactness ---------------------------------------------------------- */
 
 #define MAX_IMAGES 8
@@ -342,6 +379,49 @@ static void test_batched_equals_single(void **state)
     free(p1);
     enc_run_close(big);
     enc_run_close(one);
+    enc_model_close(m);
+}
+
+/* The whole model through only the few-rows kernel, then only sgemm. */
+static void test_model_kernel_paths(void **state)
+{
+    int saved = enc_skinny_max_rows;
+    enc_model *m = open_tiny();
+    int D = enc_model_dim(m), G = enc_model_grid(m), n;
+    float *pixels = malloc(sizeof(float) * MAX_IMAGES * PIX);
+    load_all_pixels(pixels, &n);
+    enc_run *r;
+    assert_int_equal(enc_run_create(m, n, &r), 0);
+    float *emb = malloc(sizeof(float) * n * D), *patches = malloc(sizeof(float) * n * G * G * D);
+    double ref[49 * 32];
+    for (int path = 0; path < 2; path++) {
+        enc_skinny_max_rows = path ? 0 : 1 << 20;
+        assert_int_equal(enc_encode_pixels(r, pixels, n, emb, patches), 0);
+        for (int i = 0; i < n; i++) {
+            json_t *it = ref_item("images", i);
+            flatten(json_object_get(it, "embedding"), ref, 32);
+            check_ref(emb + i * D, ref, D, path ? "sgemm only" : "few-rows only");
+            flatten(json_object_get(it, "patch_tokens_projected"), ref, 49 * 32);
+            for (int p = 0; p < G * G; p++)
+                check_ref(patches + ((size_t)i * G * G + p) * D, ref + p * D, D, "patch, one kernel path");
+        }
+        for (int t = 0; t < ref_count("texts"); t++) {
+            double dids[80];
+            int32_t ids[80];
+            float e[32];
+            int k = flatten(json_object_get(ref_item("texts", t), "ids"), dids, 80);
+            for (int i = 0; i < k; i++)
+                ids[i] = (int32_t)dids[i];
+            assert_int_equal(enc_encode_ids(r, ids, k, e), 0);
+            flatten(json_object_get(ref_item("texts", t), "embedding"), ref, 32);
+            check_ref(e, ref, D, path ? "text, sgemm only" : "text, few-rows only");
+        }
+    }
+    enc_skinny_max_rows = saved;
+    free(pixels);
+    free(emb);
+    free(patches);
+    enc_run_close(r);
     enc_model_close(m);
 }
 
@@ -966,8 +1046,10 @@ int main(void)
         cmocka_unit_test(test_config_defaults),
         cmocka_unit_test(test_config_errors),
         cmocka_unit_test(test_kernels),
+        cmocka_unit_test(test_linear_paths),
         cmocka_unit_test(test_image_embeddings),
         cmocka_unit_test(test_batched_equals_single),
+        cmocka_unit_test(test_model_kernel_paths),
         cmocka_unit_test(test_text_embeddings),
         cmocka_unit_test(test_text_tokenized),
         cmocka_unit_test(test_images_decoded),
