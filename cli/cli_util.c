@@ -134,6 +134,242 @@ int cli_split_list(const char *s, char ***out, int *n)
     return 0;
 }
 
+/* ---- talking to the server ----------------------------------------------- */
+
+void cli_common_init(cli_common *c)
+{
+    *c = (cli_common){.timeout_ms = CLI_DEFAULT_TIMEOUT_MS};
+}
+
+int cli_common_option(const char *cmd, cli_common *c, int opt, const char *arg)
+{
+    switch (opt) {
+    case CLI_OPT_SERVER:
+        if (!*arg) {
+            fprintf(stderr, "umgdb %s: --server wants HOST:PORT or unix:PATH\n", cmd);
+            return -1;
+        }
+        c->server = arg;
+        return 1;
+    case CLI_OPT_TOKEN_FILE: c->token_file = arg; return 1;
+    case CLI_OPT_TIMEOUT: {
+        double s;
+        if (cli_parse_double(arg, &s) || s <= 0 || s > 86400) {
+            fprintf(stderr, "umgdb %s: --timeout wants seconds in (0, 86400], not '%s'\n", cmd, arg);
+            return -1;
+        }
+        c->timeout_ms = s * 1000 < 1 ? 1 : (int)(s * 1000);
+        return 1;
+    }
+    case CLI_OPT_JSON: c->json = true; return 1;
+    default: return 0;
+    }
+}
+
+int cli_connect(const char *cmd, const cli_common *c, umg_client **out, proto_response **hello)
+{
+    *out = NULL;
+    if (hello)
+        *hello = NULL;
+    const char *addr = cli_server_addr(c->server);
+    char *token = NULL;
+    int rc = cli_read_token(c->token_file, &token);
+    if (rc) {
+        fprintf(stderr, "umgdb %s: auth token: %s\n", cmd, umg_err_msg());
+        return CLI_EXIT_SERVER;
+    }
+    umg_client *cl = NULL;
+    umg_client_opts o = {.connect_timeout_ms = c->timeout_ms < 10000 ? c->timeout_ms : 10000};
+    rc = umg_client_connect(addr, &o, &cl);
+    if (rc) {
+        /* The client's messages name the address already. */
+        if (rc == UMG_EINVAL)
+            fprintf(stderr, "umgdb %s: %s\n", cmd, umg_err_msg());
+        else
+            fprintf(stderr, "umgdb %s: %s\n  (is `umgdb serve` running there? --server or $" CLI_ENV_SERVER
+                            " selects the address)\n",
+                    cmd, umg_err_msg());
+        free(token);
+        return rc == UMG_EINVAL ? CLI_EXIT_USAGE : CLI_EXIT_SERVER;
+    }
+    proto_response *r = NULL;
+    char client_name[64];
+    snprintf(client_name, sizeof client_name, "umgdb-cli/%s", UMG_VERSION);
+    rc = umg_client_hello(cl, token, client_name, c->timeout_ms, &r);
+    free(token);
+    if (rc) {
+        if (r && !r->ok && r->code == UMG_EAUTH)
+            fprintf(stderr, "umgdb %s: the server at %s refused us: %s%s\n", cmd, addr, r->message,
+                    c->token_file || getenv(CLI_ENV_TOKEN) ? "" :
+                    " (it needs an auth token: --token-file FILE or $" CLI_ENV_TOKEN ")");
+        else if (r && !r->ok)
+            fprintf(stderr, "umgdb %s: the server at %s refused us: %s: %s\n", cmd, addr, r->code_name,
+                    r->message);
+        else
+            fprintf(stderr, "umgdb %s: no answer from the server at %s: %s\n", cmd, addr, umg_err_msg());
+        proto_response_free(r);
+        umg_client_close(cl);
+        return CLI_EXIT_SERVER;
+    }
+    if (hello)
+        *hello = r;
+    else
+        proto_response_free(r);
+    *out = cl;
+    return 0;
+}
+
+int cli_report_call(const char *cmd, const cli_common *c, int rc)
+{
+    const char *addr = cli_server_addr(c->server);
+    if (rc == UMG_ETIMEOUT)
+        fprintf(stderr, "umgdb %s: no answer from the server at %s within %.0f s\n", cmd, addr,
+                c->timeout_ms / 1000.0);
+    else
+        fprintf(stderr, "umgdb %s: lost the connection to the server at %s: %s\n", cmd, addr, umg_err_msg());
+    return CLI_EXIT_SERVER;
+}
+
+int cli_report_error(const char *cmd, const proto_response *r)
+{
+    fprintf(stderr, "umgdb %s: %s: %s\n", cmd, r->code_name, r->message);
+    return r->code == UMG_EAUTH || r->code == UMG_ESHUTDOWN ? CLI_EXIT_SERVER : CLI_EXIT_FAILED;
+}
+
+json_t *cli_to_json(const msgpack_object *o)
+{
+    switch (o->type) {
+    case MSGPACK_OBJECT_NIL: return json_null();
+    case MSGPACK_OBJECT_BOOLEAN: return json_boolean(o->via.boolean);
+    case MSGPACK_OBJECT_POSITIVE_INTEGER:
+        if (o->via.u64 > (uint64_t)INT64_MAX)
+            return json_real((double)o->via.u64);
+        return json_integer((json_int_t)o->via.u64);
+    case MSGPACK_OBJECT_NEGATIVE_INTEGER: return json_integer((json_int_t)o->via.i64);
+    case MSGPACK_OBJECT_FLOAT32:
+    case MSGPACK_OBJECT_FLOAT64:
+        return isfinite(o->via.f64) ? json_real(o->via.f64) : json_null();
+    case MSGPACK_OBJECT_STR: {
+        json_t *s = json_stringn(o->via.str.ptr, o->via.str.size);
+        /* jansson refuses invalid UTF-8; the server never sends any, but say so
+         * rather than lose the whole document. */
+        return s ? s : json_string("(invalid UTF-8)");
+    }
+    case MSGPACK_OBJECT_BIN: return json_pack("{s:I}", "bin", (json_int_t)o->via.bin.size);
+    case MSGPACK_OBJECT_ARRAY: {
+        json_t *a = json_array();
+        for (uint32_t i = 0; a && i < o->via.array.size; i++)
+            if (json_array_append_new(a, cli_to_json(&o->via.array.ptr[i]))) {
+                json_decref(a);
+                return NULL;
+            }
+        return a;
+    }
+    case MSGPACK_OBJECT_MAP: {
+        json_t *m = json_object();
+        for (uint32_t i = 0; m && i < o->via.map.size; i++) {
+            const msgpack_object *k = &o->via.map.ptr[i].key;
+            char *key = NULL;
+            if (k->type == MSGPACK_OBJECT_STR) {
+                key = strndup(k->via.str.ptr, k->via.str.size);
+            } else {
+                json_t *kj = cli_to_json(k);
+                key = kj ? json_dumps(kj, JSON_ENCODE_ANY | JSON_COMPACT) : NULL;
+                json_decref(kj);
+            }
+            if (!key || json_object_set_new(m, key, cli_to_json(&o->via.map.ptr[i].val))) {
+                free(key);
+                json_decref(m);
+                return NULL;
+            }
+            free(key);
+        }
+        return m;
+    }
+    default: return json_null();
+    }
+}
+
+int cli_print_json(json_t *j)
+{
+    if (!j)
+        return umg_err_set(UMG_ENOMEM, "out of memory");
+    if (json_dumpf(j, stdout, JSON_INDENT(2) | JSON_REAL_PRECISION(9) | JSON_ENCODE_ANY))
+        return umg_err_set(UMG_EIO, "writing the output failed");
+    fputc('\n', stdout);
+    return 0;
+}
+
+static bool is_scalar(const msgpack_object *o)
+{
+    return o->type != MSGPACK_OBJECT_ARRAY && o->type != MSGPACK_OBJECT_MAP;
+}
+
+static void print_scalar(FILE *out, const msgpack_object *o)
+{
+    switch (o->type) {
+    case MSGPACK_OBJECT_NIL: fputs("-", out); break;
+    case MSGPACK_OBJECT_BOOLEAN: fputs(o->via.boolean ? "yes" : "no", out); break;
+    case MSGPACK_OBJECT_POSITIVE_INTEGER: fprintf(out, "%llu", (unsigned long long)o->via.u64); break;
+    case MSGPACK_OBJECT_NEGATIVE_INTEGER: fprintf(out, "%lld", (long long)o->via.i64); break;
+    case MSGPACK_OBJECT_FLOAT32:
+    case MSGPACK_OBJECT_FLOAT64: fprintf(out, "%.6g", o->via.f64); break;
+    case MSGPACK_OBJECT_STR: fprintf(out, "%.*s", (int)o->via.str.size, o->via.str.ptr); break;
+    case MSGPACK_OBJECT_BIN: fprintf(out, "(%u bytes)", o->via.bin.size); break;
+    default: fputs("?", out);
+    }
+}
+
+void cli_print_flat(FILE *out, const msgpack_object *o, const char *prefix)
+{
+    if (o->type == MSGPACK_OBJECT_MAP) {
+        for (uint32_t i = 0; i < o->via.map.size; i++) {
+            const msgpack_object *k = &o->via.map.ptr[i].key;
+            char key[512];
+            int kl = k->type == MSGPACK_OBJECT_STR ? (int)k->via.str.size : 1;
+            snprintf(key, sizeof key, "%s%s%.*s", prefix ? prefix : "", prefix && *prefix ? "." : "", kl,
+                     k->type == MSGPACK_OBJECT_STR ? k->via.str.ptr : "?");
+            cli_print_flat(out, &o->via.map.ptr[i].val, key);
+        }
+        return;
+    }
+    fprintf(out, "%s: ", prefix && *prefix ? prefix : "value");
+    if (o->type == MSGPACK_OBJECT_ARRAY) {
+        bool all_scalar = true;
+        for (uint32_t i = 0; i < o->via.array.size; i++)
+            all_scalar &= is_scalar(&o->via.array.ptr[i]);
+        if (!all_scalar) {
+            fprintf(out, "(%u items)\n", o->via.array.size);
+            return;
+        }
+        for (uint32_t i = 0; i < o->via.array.size; i++) {
+            if (i)
+                fputs(", ", out);
+            print_scalar(out, &o->via.array.ptr[i]);
+        }
+        if (!o->via.array.size)
+            fputs("-", out);
+    } else {
+        print_scalar(out, o);
+    }
+    fputc('\n', out);
+}
+
+char *cli_obj_strdup(const msgpack_object *o)
+{
+    const char *s;
+    size_t len;
+    if (!proto_obj_str(o, &s, &len))
+        return NULL;
+    return strndup(s, len);
+}
+
+const char *cli_box_str(char *buf, size_t len, const double box[4])
+{
+    snprintf(buf, len, "%.0f,%.0f %.0fx%.0f", box[0], box[1], box[2], box[3]);
+    return buf;
+}
+
 /* ---- files --------------------------------------------------------------- */
 
 int cli_read_file(const char *path, size_t max, uint8_t **data, size_t *len)

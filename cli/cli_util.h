@@ -8,10 +8,15 @@
 #ifndef UMG_CLI_UTIL_H
 #define UMG_CLI_UTIL_H
 
+#include <getopt.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
+
+#include <jansson.h>
+
+#include "client.h"
 
 /* ---- arguments ----------------------------------------------------------- */
 
@@ -41,6 +46,72 @@ int cli_read_token(const char *token_file, char **out);
  * strings (empty items dropped); free with cli_strv_free.  *n gets the count. */
 int cli_split_list(const char *s, char ***out, int *n);
 void cli_strv_free(char **v);
+
+/* Exit codes of the client subcommands. */
+enum {
+    CLI_EXIT_OK = 0,
+    CLI_EXIT_FAILED = 1,   /* the operation failed (or, for ingest, some files did) */
+    CLI_EXIT_USAGE = 2,    /* bad arguments */
+    CLI_EXIT_SERVER = 3,   /* server unreachable, refused us (auth), or the connection broke */
+};
+
+/* ---- talking to the server ----------------------------------------------- */
+
+/* Options every client subcommand takes; parse them with cli_common_option. */
+typedef struct cli_common {
+    const char *server;      /* --server, NULL = cli_server_addr's default */
+    const char *token_file;  /* --token-file */
+    int timeout_ms;          /* --timeout SECONDS: how long to wait for one answer */
+    bool json;               /* --json */
+} cli_common;
+
+#define CLI_DEFAULT_TIMEOUT_MS 60000
+
+/* getopt_long option codes of the common options, and their table entries
+ * (put CLI_COMMON_LONGOPTS first in a command's longopts). */
+enum { CLI_OPT_SERVER = 0x1000, CLI_OPT_TOKEN_FILE, CLI_OPT_TIMEOUT, CLI_OPT_JSON };
+#define CLI_COMMON_LONGOPTS                                                  \
+    {"server", required_argument, NULL, CLI_OPT_SERVER},                     \
+    {"token-file", required_argument, NULL, CLI_OPT_TOKEN_FILE},             \
+    {"timeout", required_argument, NULL, CLI_OPT_TIMEOUT},                   \
+    {"json", no_argument, NULL, CLI_OPT_JSON}
+#define CLI_COMMON_HELP                                                                    \
+    "  --server ADDR       HOST:PORT or unix:PATH (default $" CLI_ENV_SERVER " or " CLI_DEFAULT_SERVER ")\n" \
+    "  --token-file FILE   auth token (first line); default $" CLI_ENV_TOKEN "\n"                  \
+    "  --timeout SECONDS   how long to wait for the server's answer (default 60)\n"
+
+void cli_common_init(cli_common *c);
+/* Handle one common option: 1 if opt was one (0 if not), -1 on a bad value
+ * (message printed as "umgdb CMD: ..."). */
+int cli_common_option(const char *cmd, cli_common *c, int opt, const char *arg);
+
+/* Connect to the server and say hello with the token.  On failure prints
+ * "umgdb CMD: ..." (cannot connect / refused and why) on stderr and returns
+ * CLI_EXIT_SERVER; 0 and *out on success.  *hello (may be NULL) gets the
+ * hello response (proto_response_free). */
+int cli_connect(const char *cmd, const cli_common *c, umg_client **out, proto_response **hello);
+
+/* Report a failed client call (connection or timeout) on stderr; returns the
+ * exit code to use (CLI_EXIT_SERVER). */
+int cli_report_call(const char *cmd, const cli_common *c, int rc);
+/* Report an error response on stderr as "umgdb CMD: code: message";
+ * returns CLI_EXIT_SERVER for unauthorized/shutting_down, else CLI_EXIT_FAILED. */
+int cli_report_error(const char *cmd, const proto_response *r);
+
+/* A msgpack object as JSON (new reference; NULL only out of memory).  bin
+ * values become {"bin": N} (their size), non-string map keys their JSON text. */
+json_t *cli_to_json(const msgpack_object *o);
+/* Print a JSON value on stdout, indented, reals with 9 significant digits
+ * (float32-exact). */
+int cli_print_json(json_t *j);
+/* Print a map readably, one "key.sub: value" line per scalar or array of
+ * scalars, nested maps flattened. */
+void cli_print_flat(FILE *out, const msgpack_object *o, const char *prefix);
+
+/* A str object as a malloc'd C string (NULL if not a str or out of memory). */
+char *cli_obj_strdup(const msgpack_object *o);
+/* "x,y wxh" for a box (rounded to pixels) into buf. */
+const char *cli_box_str(char *buf, size_t len, const double box[4]);
 
 /* ---- the directory walk ------------------------------------------------- */
 

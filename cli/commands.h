@@ -5,5 +5,10 @@
 #define UMG_CLI_COMMANDS_H
 
 int cmd_embed(int argc, char **argv);
+int cmd_ingest(int argc, char **argv);
+int cmd_query(int argc, char **argv);
+int cmd_stats(int argc, char **argv);
+int cmd_get(int argc, char **argv);
+int cmd_delete(int argc, char **argv);
 
 #endif

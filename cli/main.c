@@ -12,6 +12,11 @@ struct command {
 
 static const struct command commands[] = {
     {"embed", cmd_embed, "encode images or texts with a CLIP checkpoint, print JSON"},
+    {"ingest", cmd_ingest, "send photos (files, directories) to a running server"},
+    {"query", cmd_query, "search a running server by text: photos, regions or heatmaps"},
+    {"stats", cmd_stats, "a running server's counts, indexes, memory, uptime, model"},
+    {"get", cmd_get, "an image's record and regions, by id or path"},
+    {"delete", cmd_delete, "delete an image by id or path"},
 };
 
 static void usage(FILE *out)
