@@ -5,6 +5,7 @@
 #define UMG_CLI_COMMANDS_H
 
 int cmd_embed(int argc, char **argv);
+int cmd_serve(int argc, char **argv);
 int cmd_ingest(int argc, char **argv);
 int cmd_query(int argc, char **argv);
 int cmd_stats(int argc, char **argv);

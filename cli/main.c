@@ -12,6 +12,7 @@ struct command {
 
 static const struct command commands[] = {
     {"embed", cmd_embed, "encode images or texts with a CLIP checkpoint, print JSON"},
+    {"serve", cmd_serve, "run the server: ingest and search photos over TCP or a Unix socket"},
     {"ingest", cmd_ingest, "send photos (files, directories) to a running server"},
     {"query", cmd_query, "search a running server by text: photos, regions or heatmaps"},
     {"stats", cmd_stats, "a running server's counts, indexes, memory, uptime, model"},

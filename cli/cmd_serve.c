@@ -1,0 +1,204 @@
+/* umgdb serve - flags -> server_config -> server_run (cli/server.c). */
+#include <errno.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "client.h"
+#include "commands.h"
+#include "server.h"
+#include "umg_error.h"
+
+static void usage(FILE *out)
+{
+    fprintf(out,
+        "usage: umgdb serve --data DIR --model DIR [options]\n"
+        "\n"
+        "Serve a data directory over the umgdb protocol (docs/protocol.md, docs/server.md).\n"
+        "\n"
+        "  --data DIR              data directory (created if absent)\n"
+        "  --model DIR             CLIP checkpoint directory (config.json, model.safetensors, ...)\n"
+        "  --listen HOST:PORT      TCP address (default %s when --socket is not given;\n"
+        "                          with --socket, TCP only if --listen is given too).  A non-loopback\n"
+        "                          address requires an auth token\n"
+        "  --socket PATH           also (or only) listen on a Unix socket, created owner-only (0600)\n"
+        "  --allow-root DIR        allow ingest by path of files under DIR (repeatable; default: none,\n"
+        "                          so clients must send the bytes).  '..', symlinks out of the roots\n"
+        "                          and non-regular files are refused\n"
+        "  --auth-token-file FILE  require every connection to send hello with this token first\n"
+        "                          (the file's first line); or set UMGDB_AUTH_TOKEN\n"
+        "  --require-auth          require the token on loopback listeners too (implied whenever a\n"
+        "                          token is configured)\n"
+        "  --regions R             region proposals per image (default %d; 0 = image vectors only)\n"
+        "  --batch B               images per encoder batch and database transaction (default %d)\n"
+        "  --threads T             BLAS threads and query encoder states (default: online CPUs);\n"
+        "                          the libuv threadpool gets max(4, T+2) unless UV_THREADPOOL_SIZE is set\n"
+        "  --max-frame BYTES       largest request accepted (default %u; suffixes K, M)\n"
+        "  --idle-timeout S        close connections idle for S seconds (default %d; 0 = never)\n"
+        "  --max-connections N     refuse connections beyond N (default %d)\n"
+        "  --log-level L           debug | info | warn | error (default info: one line per request)\n"
+        "  --no-patches            do not store per-image patch tokens (saves %s; disables pixel\n"
+        "                          heatmaps and query_image boxes on stored images)\n"
+        "  --image-index FACTORY   FAISS factory string for the image index (default: by size)\n"
+        "  --region-index FACTORY  FAISS factory string for the region index (default: by size)\n"
+        "  --approx-threshold N    automatic choice: approximate index from N vectors (default 50000)\n"
+        "  --nprobe N              search breadth of approximate indexes (default 32)\n"
+        "  -h, --help              this text\n"
+        "\n"
+        "SIGINT/SIGTERM: stop accepting, finish the requests in flight, checkpoint, exit 0.\n",
+        UMG_DEFAULT_ADDR, SRV_DEFAULT_REGIONS, SRV_DEFAULT_BATCH, (unsigned)(64u << 20), SRV_DEFAULT_IDLE_S,
+        SRV_DEFAULT_MAX_CONN, "grid*grid*dim*2 bytes per image");
+}
+
+static int parse_int(const char *flag, const char *v, long lo, long hi, long *out)
+{
+    char *end;
+    errno = 0;
+    long x = strtol(v, &end, 10);
+    if (errno || end == v || *end || x < lo || x > hi) {
+        fprintf(stderr, "umgdb serve: %s: '%s' is not an integer in %ld..%ld\n", flag, v, lo, hi);
+        return -1;
+    }
+    *out = x;
+    return 0;
+}
+
+static int parse_bytes(const char *flag, const char *v, uint32_t *out)
+{
+    char *end;
+    errno = 0;
+    unsigned long long x = strtoull(v, &end, 10);
+    unsigned long long mul = 1;
+    if (*end == 'K' || *end == 'k') mul = 1024, end++;
+    else if (*end == 'M' || *end == 'm') mul = 1024 * 1024, end++;
+    if (errno || end == v || *end || x == 0 || x * mul > 0xffffffffull || x * mul < 1024) {
+        fprintf(stderr, "umgdb serve: %s: '%s' is not a size between 1K and 4G\n", flag, v);
+        return -1;
+    }
+    *out = (uint32_t)(x * mul);
+    return 0;
+}
+
+/* First line of a file, trailing whitespace removed; heap string. */
+static char *read_token_file(const char *path)
+{
+    FILE *f = fopen(path, "r");
+    if (!f) {
+        fprintf(stderr, "umgdb serve: --auth-token-file %s: %s\n", path, strerror(errno));
+        return NULL;
+    }
+    char buf[4097];
+    char *line = fgets(buf, sizeof buf, f);
+    fclose(f);
+    if (!line) buf[0] = 0;
+    size_t n = strlen(buf);
+    while (n && (buf[n - 1] == '\n' || buf[n - 1] == '\r' || buf[n - 1] == ' ' || buf[n - 1] == '\t')) buf[--n] = 0;
+    if (!n) {
+        fprintf(stderr, "umgdb serve: --auth-token-file %s: empty token\n", path);
+        return NULL;
+    }
+    return strdup(buf);
+}
+
+int cmd_serve(int argc, char **argv)
+{
+    server_config c;
+    server_config_default(&c);
+    const char *token_file = NULL;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
+            usage(stdout);
+            return 0;
+        }
+        if (!strcmp(a, "--no-patches")) {
+            c.no_patches = 1;
+            continue;
+        }
+        if (!strcmp(a, "--require-auth")) {
+            c.require_auth = 1;
+            continue;
+        }
+        if (i + 1 >= argc || strncmp(a, "--", 2)) {
+            fprintf(stderr, "umgdb serve: %s '%s'\n", strncmp(a, "--", 2) ? "unexpected argument" : "missing value for", a);
+            usage(stderr);
+            return 2;
+        }
+        const char *v = argv[++i];
+        long x;
+        if (!strcmp(a, "--data")) c.data_dir = v;
+        else if (!strcmp(a, "--model")) c.model_dir = v;
+        else if (!strcmp(a, "--listen")) c.listen = v;
+        else if (!strcmp(a, "--socket")) c.socket_path = v;
+        else if (!strcmp(a, "--allow-root")) {
+            if (c.n_roots == SRV_MAX_ROOTS) {
+                fprintf(stderr, "umgdb serve: at most %d --allow-root\n", SRV_MAX_ROOTS);
+                return 2;
+            }
+            c.roots[c.n_roots++] = v;
+        } else if (!strcmp(a, "--auth-token-file")) token_file = v;
+        else if (!strcmp(a, "--regions")) {
+            if (parse_int(a, v, 0, 4096, &x)) return 2;
+            c.regions = (int)x;
+        } else if (!strcmp(a, "--batch")) {
+            if (parse_int(a, v, 1, 256, &x)) return 2;
+            c.batch = (int)x;
+        } else if (!strcmp(a, "--threads")) {
+            if (parse_int(a, v, 1, 256, &x)) return 2;
+            c.threads = (int)x;
+        } else if (!strcmp(a, "--max-frame")) {
+            if (parse_bytes(a, v, &c.max_frame)) return 2;
+        } else if (!strcmp(a, "--idle-timeout")) {
+            if (parse_int(a, v, 0, 86400 * 365, &x)) return 2;
+            c.idle_timeout_s = (int)x;
+        } else if (!strcmp(a, "--max-connections")) {
+            if (parse_int(a, v, 1, 1000000, &x)) return 2;
+            c.max_connections = (int)x;
+        } else if (!strcmp(a, "--log-level")) {
+            static const char *const names[] = {"debug", "info", "warn", "error"};
+            int found = -1;
+            for (int l = 0; l < 4; l++)
+                if (!strcmp(v, names[l])) found = l;
+            if (found < 0) {
+                fprintf(stderr, "umgdb serve: --log-level: '%s' is not debug, info, warn or error\n", v);
+                return 2;
+            }
+            c.log_level = found;
+        } else if (!strcmp(a, "--image-index")) c.image_factory = v;
+        else if (!strcmp(a, "--region-index")) c.region_factory = v;
+        else if (!strcmp(a, "--approx-threshold")) {
+            if (parse_int(a, v, 1, LONG_MAX, &x)) return 2;
+            c.approx_threshold = (uint64_t)x;
+        } else if (!strcmp(a, "--nprobe")) {
+            if (parse_int(a, v, 1, 65536, &x)) return 2;
+            c.nprobe = (int)x;
+        } else {
+            fprintf(stderr, "umgdb serve: unknown option '%s'\n", a);
+            usage(stderr);
+            return 2;
+        }
+    }
+    if (!c.data_dir || !c.model_dir) {
+        fprintf(stderr, "umgdb serve: --data and --model are required\n");
+        usage(stderr);
+        return 2;
+    }
+    char *token = NULL;
+    if (token_file) {
+        if (!(token = read_token_file(token_file))) return 2;
+    } else if (getenv("UMGDB_AUTH_TOKEN") && *getenv("UMGDB_AUTH_TOKEN")) {
+        token = strdup(getenv("UMGDB_AUTH_TOKEN"));
+    }
+    c.token = token;
+    int rc = server_run(&c);
+    if (token) {
+        memset(token, 0, strlen(token));
+        free(token);
+    }
+    if (rc) {
+        fprintf(stderr, "umgdb serve: %s: %s\n", umg_error_name(rc), umg_err_msg());
+        return 1;
+    }
+    return 0;
+}

@@ -1,0 +1,792 @@
+/* server.c - the loop thread: listeners, connections, framing, backpressure,
+ * auth gate, job lifecycle, the encoder thread, signals and shutdown.
+ * What each operation does is in server_ops.c. */
+#include "server_internal.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "client.h"
+#include "umg_error.h"
+
+/* ---- logging -------------------------------------------------------------- */
+
+static const char *const level_names[] = {"debug", "info", "warn", "error"};
+
+void srv_log(srv *s, int level, const char *fmt, ...)
+{
+    if (s && level < s->cfg.log_level) return;
+    char line[2048];
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    struct tm tm;
+    gmtime_r(&ts.tv_sec, &tm);
+    int n = (int)strftime(line, sizeof line, "%Y-%m-%dT%H:%M:%S", &tm);
+    n += snprintf(line + n, sizeof line - (size_t)n, ".%03ldZ %s ", ts.tv_nsec / 1000000L,
+                  level_names[level < 0 ? 0 : level > 3 ? 3 : level]);
+    va_list ap;
+    va_start(ap, fmt);
+    int m = vsnprintf(line + n, sizeof line - (size_t)n - 1, fmt, ap);
+    va_end(ap);
+    n = m < 0 ? n : n + m;
+    if (n > (int)sizeof line - 2) n = (int)sizeof line - 2;
+    line[n++] = '\n';
+    /* one write per line so that lines of different threads never interleave */
+    ssize_t w = write(STDERR_FILENO, line, (size_t)n);
+    (void)w;
+}
+
+uint64_t srv_now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+static void db_log_cb(void *ud, int level, const char *msg)
+{
+    srv_log(ud, level == DB_LOG_WARN ? SRV_LOG_WARN : SRV_LOG_INFO, "db: %s", msg);
+}
+
+/* ---- connections ---------------------------------------------------------- */
+
+static void check_shutdown(srv *s);
+
+static void conn_unref(srv_conn *c)
+{
+    if (--c->refs > 0) return;
+    proto_framer_close(c->framer);
+    free(c);
+}
+
+static void on_handle_closed(uv_handle_t *h)
+{
+    srv_conn *c = h->data;
+    if (--c->handles_open == 0) conn_unref(c);
+}
+
+static void conn_close(srv_conn *c, const char *why)
+{
+    if (c->closing) return;
+    srv *s = c->s;
+    c->closing = 1;
+    c->reading = 0;
+    if (c->prev) c->prev->next = c->next;
+    else s->conns = c->next;
+    if (c->next) c->next->prev = c->prev;
+    c->prev = c->next = NULL;
+    s->n_conns--;
+    srv_log(s, SRV_LOG_DEBUG, "conn=%llu closed (%s)", (unsigned long long)c->serial, why);
+    uv_read_stop(&c->h.stream);
+    uv_timer_stop(&c->idle);
+    uv_close((uv_handle_t *)&c->h, on_handle_closed);
+    uv_close((uv_handle_t *)&c->idle, on_handle_closed);
+}
+
+static int over_caps(const srv_conn *c)
+{
+    return c->inflight >= SRV_MAX_INFLIGHT || c->unsent >= SRV_MAX_UNSENT ||
+           c->inflight_bytes >= SRV_MAX_INFLIGHT_BYTES;
+}
+
+static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
+{
+    srv_conn *c = h->data;
+    *buf = uv_buf_init(c->rbuf, sizeof c->rbuf);
+}
+
+static void on_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf);
+
+static void conn_pause(srv_conn *c)
+{
+    if (c->reading) {
+        uv_read_stop(&c->h.stream);
+        c->reading = 0;
+    }
+}
+
+static void conn_maybe_resume(srv_conn *c)
+{
+    if (c->reading || c->closing || c->eof || c->close_after_writes || c->s->stopping || over_caps(c)) return;
+    if (uv_read_start(&c->h.stream, on_alloc, on_read) == 0) c->reading = 1;
+}
+
+/* Close a connection whose work is all done, once its answers are written. */
+static void conn_maybe_finish(srv_conn *c)
+{
+    if (c->closing) return;
+    if ((c->eof || c->close_after_writes || c->s->finalized) && c->inflight == 0 && c->unsent == 0)
+        conn_close(c, c->eof ? "peer closed" : c->close_after_writes ? "after error" : "shutdown");
+}
+
+typedef struct write_req {
+    uv_write_t req;
+    srv_conn *c;
+    char *data;
+    size_t len;
+} write_req;
+
+static void on_write(uv_write_t *req, int status)
+{
+    write_req *w = (write_req *)req;
+    srv_conn *c = w->c;
+    c->unsent -= w->len;
+    free(w->data);
+    free(w);
+    if (status < 0 && status != UV_ECANCELED) {
+        srv_log(c->s, SRV_LOG_DEBUG, "conn=%llu write failed: %s", (unsigned long long)c->serial, uv_strerror(status));
+        conn_close(c, "write failed");
+    }
+    conn_maybe_resume(c);
+    conn_maybe_finish(c);
+    check_shutdown(c->s);
+}
+
+/* Send data[0..len) (malloc'd; ownership taken). */
+static void conn_send(srv_conn *c, char *data, size_t len)
+{
+    if (c->closing || !len) {
+        free(data);
+        return;
+    }
+    write_req *w = malloc(sizeof *w);
+    if (!w) {
+        free(data);
+        conn_close(c, "out of memory");
+        return;
+    }
+    w->c = c;
+    w->data = data;
+    w->len = len;
+    uv_buf_t b = uv_buf_init(data, (unsigned)len);
+    c->unsent += len;
+    int rc = uv_write(&w->req, &c->h.stream, &b, 1, on_write);
+    if (rc) {
+        c->unsent -= len;
+        free(data);
+        free(w);
+        conn_close(c, "write failed");
+        return;
+    }
+    if (over_caps(c)) conn_pause(c);
+}
+
+static void conn_send_sbuffer(srv_conn *c, msgpack_sbuffer *sb)
+{
+    size_t len = sb->size;
+    char *data = msgpack_sbuffer_release(sb);
+    conn_send(c, data, len);
+}
+
+static void conn_send_error(srv_conn *c, uint64_t id, int code, const char *msg)
+{
+    msgpack_sbuffer sb;
+    msgpack_sbuffer_init(&sb);
+    if (proto_response_error(&sb, id, code, msg) == 0) conn_send_sbuffer(c, &sb);
+    msgpack_sbuffer_destroy(&sb);
+}
+
+/* ---- jobs ----------------------------------------------------------------- */
+
+static const char *op_name(int op)
+{
+    return (unsigned)op < PROTO_OP_COUNT ? proto_ops()[op].name : "?";
+}
+
+static void job_finish(srv_job *job)
+{
+    srv *s = job->s;
+    srv_conn *c = job->conn;
+    double ms = (double)(srv_now_ns() - job->t0_ns) / 1e6;
+    if (job->status)
+        srv_log(s, SRV_LOG_INFO, "conn=%llu op=%s id=%llu status=%s ms=%.1f error=\"%s\"",
+                (unsigned long long)c->serial, op_name(job->op), (unsigned long long)job->id,
+                umg_error_name(job->status), ms, job->errmsg);
+    else
+        srv_log(s, SRV_LOG_INFO, "conn=%llu op=%s id=%llu status=ok ms=%.1f", (unsigned long long)c->serial,
+                op_name(job->op), (unsigned long long)job->id, ms);
+    if (!job->resp.size) /* a bug: every path must answer */
+        proto_response_error(&job->resp, job->id, UMG_EINTERNAL, "no response was built");
+    conn_send_sbuffer(c, &job->resp); /* dropped if the connection is closed */
+    c->inflight--;
+    c->inflight_bytes -= job->frame_bytes;
+    s->jobs_inflight--;
+    proto_request_free(job->req);
+    srv_ingest_free(job->ing);
+    msgpack_sbuffer_destroy(&job->resp);
+    free(job);
+    conn_maybe_resume(c);
+    conn_maybe_finish(c);
+    conn_unref(c);
+    check_shutdown(s);
+}
+
+void srv_after_work(uv_work_t *w, int status)
+{
+    srv_job *job = w->data;
+    if (job->handed_off) {
+        /* the encoder thread answers; whichever of the two ends last finishes */
+        job->after_work_done = 1;
+        if (job->encoder_done) job_finish(job);
+        return;
+    }
+    if (status == UV_ECANCELED && !job->resp.size) srv_job_error(job, UMG_ESHUTDOWN, "cancelled");
+    job_finish(job);
+}
+
+void srv_job_done_async(srv *s, srv_job *job)
+{
+    pthread_mutex_lock(&s->q_mu);
+    job->next = s->done_head;
+    s->done_head = job;
+    pthread_mutex_unlock(&s->q_mu);
+    uv_async_send(&s->done_async);
+}
+
+static void on_done_async(uv_async_t *a)
+{
+    srv *s = a->data;
+    pthread_mutex_lock(&s->q_mu);
+    srv_job *list = s->done_head;
+    s->done_head = NULL;
+    pthread_mutex_unlock(&s->q_mu);
+    srv_job *rev = NULL; /* back to completion order */
+    while (list) {
+        srv_job *n = list->next;
+        list->next = rev;
+        rev = list;
+        list = n;
+    }
+    while (rev) {
+        srv_job *n = rev->next;
+        rev->encoder_done = 1;
+        if (!rev->handed_off || rev->after_work_done) job_finish(rev);
+        rev = n;
+    }
+}
+
+void srv_encoder_push(srv *s, srv_job *job)
+{
+    job->next = NULL;
+    pthread_mutex_lock(&s->q_mu);
+    if (s->q_tail) s->q_tail->next = job;
+    else s->q_head = job;
+    s->q_tail = job;
+    s->q_len++;
+    pthread_cond_signal(&s->q_cv);
+    pthread_mutex_unlock(&s->q_mu);
+}
+
+static void *encoder_main(void *arg)
+{
+    srv *s = arg;
+    srv_job **batch = calloc((size_t)s->cfg.batch, sizeof *batch);
+    for (;;) {
+        pthread_mutex_lock(&s->q_mu);
+        while (!s->q_head && !s->q_stop) pthread_cond_wait(&s->q_cv, &s->q_mu);
+        if (!s->q_head) {
+            pthread_mutex_unlock(&s->q_mu);
+            break;
+        }
+        int n = 0;
+        while (s->q_head && n < s->cfg.batch && batch) {
+            batch[n++] = s->q_head;
+            s->q_head = s->q_head->next;
+            s->q_len--;
+        }
+        if (!s->q_head) s->q_tail = NULL;
+        pthread_mutex_unlock(&s->q_mu);
+        if (!batch) { /* could not even allocate the batch array: fail one at a time */
+            pthread_mutex_lock(&s->q_mu);
+            srv_job *j = s->q_head;
+            if (j) {
+                s->q_head = j->next;
+                if (!s->q_head) s->q_tail = NULL;
+                s->q_len--;
+            }
+            pthread_mutex_unlock(&s->q_mu);
+            if (j) {
+                srv_job_error(j, UMG_ENOMEM, "out of memory");
+                srv_job_done_async(s, j);
+            }
+            continue;
+        }
+        srv_encode_batch(s, s->enc_run, batch, n, s->enc_scratch);
+        for (int i = 0; i < n; i++) srv_job_done_async(s, batch[i]);
+    }
+    free(batch);
+    return NULL;
+}
+
+/* ---- requests ------------------------------------------------------------- */
+
+static void handle_frame(srv_conn *c, uint8_t *frame, size_t len)
+{
+    srv *s = c->s;
+    uint64_t t0 = srv_now_ns();
+    proto_request *req = NULL;
+    uint64_t err_id = 0;
+    int rc = proto_request_decode(frame, len, &s->limits, &req, &err_id);
+    if (rc) {
+        srv_log(s, SRV_LOG_INFO, "conn=%llu op=? id=%llu status=%s error=\"%s\"", (unsigned long long)c->serial,
+                (unsigned long long)err_id, umg_error_name(rc), umg_err_msg());
+        conn_send_error(c, err_id, rc, umg_err_msg());
+        return;
+    }
+    int op = req->op->code;
+    if (!c->authed && op != PROTO_OP_HELLO) {
+        srv_log(s, SRV_LOG_INFO, "conn=%llu op=%s id=%llu status=unauthorized", (unsigned long long)c->serial,
+                op_name(op), (unsigned long long)req->id);
+        conn_send_error(c, req->id, UMG_EAUTH, "authentication required: send hello with the token first");
+        proto_request_free(req);
+        return;
+    }
+    if (s->stopping) {
+        conn_send_error(c, req->id, UMG_ESHUTDOWN, "the server is shutting down");
+        proto_request_free(req);
+        return;
+    }
+    srv_job *job = calloc(1, sizeof *job);
+    if (!job) {
+        conn_send_error(c, req->id, UMG_ENOMEM, "out of memory");
+        proto_request_free(req);
+        return;
+    }
+    job->s = s;
+    job->conn = c;
+    job->req = req;
+    job->id = req->id;
+    job->op = op;
+    job->frame_bytes = len;
+    job->t0_ns = t0;
+    job->work.data = job;
+    msgpack_sbuffer_init(&job->resp);
+    c->refs++;
+    c->inflight++;
+    c->inflight_bytes += len;
+    s->jobs_inflight++;
+    umg_err_clear();
+    rc = req->op->handler ? req->op->handler(job, req)
+                          : umg_err_set(UMG_EUNSUPPORTED, "op '%s' is not served", req->op->name);
+    if (rc < 0) srv_job_error(job, rc, umg_err_msg());
+    if (rc != 0) job_finish(job);
+}
+
+static void on_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf)
+{
+    srv_conn *c = st->data;
+    srv *s = c->s;
+    if (nread == 0) return;
+    if (nread < 0) {
+        conn_pause(c);
+        if (nread == UV_EOF) {
+            c->eof = 1;
+            conn_maybe_finish(c);
+        } else {
+            conn_close(c, uv_strerror((int)nread));
+        }
+        return;
+    }
+    if (s->cfg.idle_timeout_s > 0) uv_timer_again(&c->idle);
+    const uint8_t *p = (const uint8_t *)buf->base;
+    size_t len = (size_t)nread;
+    while (len && !c->closing && !c->close_after_writes) {
+        size_t used;
+        uint8_t *frame;
+        size_t flen;
+        int rc = proto_framer_feed(c->framer, p, len, &used, &frame, &flen);
+        p += used;
+        len -= used;
+        if (rc == PROTO_FRAME_READY) {
+            handle_frame(c, frame, flen);
+        } else if (rc == UMG_EPROTO) {
+            srv_log(s, SRV_LOG_INFO, "conn=%llu op=? id=0 status=protocol_error error=\"%s\"",
+                    (unsigned long long)c->serial, umg_err_msg());
+            conn_send_error(c, 0, rc, umg_err_msg());
+        } else if (rc < 0) {
+            /* the stream cannot be resynchronised: error frame, then close */
+            srv_log(s, SRV_LOG_INFO, "conn=%llu op=? id=0 status=%s error=\"%s\" (closing)",
+                    (unsigned long long)c->serial, umg_error_name(rc), umg_err_msg());
+            conn_send_error(c, 0, rc, umg_err_msg());
+            c->close_after_writes = 1;
+            conn_pause(c);
+            conn_maybe_finish(c);
+        }
+    }
+    if (!c->closing && over_caps(c)) conn_pause(c);
+}
+
+static void on_idle(uv_timer_t *t)
+{
+    srv_conn *c = t->data;
+    if (c->inflight || c->unsent) return; /* busy, not idle: the repeat timer fires again */
+    srv_log(c->s, SRV_LOG_INFO, "conn=%llu idle for %d s: closing", (unsigned long long)c->serial,
+            c->s->cfg.idle_timeout_s);
+    conn_close(c, "idle timeout");
+}
+
+static void on_connection(uv_stream_t *server, int status)
+{
+    srv *s = server->data;
+    if (status < 0) {
+        srv_log(s, SRV_LOG_WARN, "accept failed: %s", uv_strerror(status));
+        return;
+    }
+    srv_conn *c = calloc(1, sizeof *c);
+    if (!c) {
+        srv_log(s, SRV_LOG_ERROR, "out of memory accepting a connection");
+        return;
+    }
+    c->s = s;
+    int rc = server == (uv_stream_t *)&s->tcp ? uv_tcp_init(s->loop, &c->h.tcp) : uv_pipe_init(s->loop, &c->h.pipe, 0);
+    if (rc) {
+        free(c);
+        srv_log(s, SRV_LOG_ERROR, "connection init failed: %s", uv_strerror(rc));
+        return;
+    }
+    uv_timer_init(s->loop, &c->idle);
+    c->h.stream.data = c;
+    c->idle.data = c;
+    c->refs = 1;
+    c->handles_open = 2;
+    c->serial = ++s->conn_serial;
+    c->next = s->conns;
+    if (s->conns) s->conns->prev = c;
+    s->conns = c;
+    s->n_conns++;
+    c->authed = !(s->cfg.token || s->cfg.require_auth);
+    rc = uv_accept(server, &c->h.stream);
+    if (!rc) rc = proto_framer_create(s->limits.max_frame, &c->framer) ? UV_ENOMEM : 0;
+    if (rc) {
+        srv_log(s, SRV_LOG_WARN, "accept failed: %s", uv_strerror(rc));
+        conn_close(c, "accept failed");
+        return;
+    }
+    if (server == (uv_stream_t *)&s->tcp) uv_tcp_nodelay(&c->h.tcp, 1);
+    srv_log(s, SRV_LOG_DEBUG, "conn=%llu accepted", (unsigned long long)c->serial);
+    if (s->n_conns > s->cfg.max_connections) {
+        srv_log(s, SRV_LOG_WARN, "conn=%llu refused: %d connections open (--max-connections)",
+                (unsigned long long)c->serial, s->n_conns - 1);
+        conn_send_error(c, 0, UMG_EBUSY, "too many connections");
+        c->close_after_writes = 1;
+        conn_maybe_finish(c);
+        return;
+    }
+    if (s->cfg.idle_timeout_s > 0) {
+        uint64_t ms = (uint64_t)s->cfg.idle_timeout_s * 1000;
+        uv_timer_start(&c->idle, on_idle, ms, ms);
+    }
+    conn_maybe_resume(c);
+}
+
+/* ---- shutdown ------------------------------------------------------------- */
+
+static void on_stop_timer(uv_timer_t *t)
+{
+    srv *s = t->data;
+    srv_log(s, SRV_LOG_WARN, "shutdown: closing connections whose answers could not be delivered");
+    while (s->conns) conn_close(s->conns, "shutdown grace period over");
+}
+
+static void on_closed_noop(uv_handle_t *h) { (void)h; }
+
+static void check_shutdown(srv *s)
+{
+    if (!s->stopping || s->finalized || s->jobs_inflight > 0) return;
+    s->finalized = 1;
+    srv_log(s, SRV_LOG_INFO, "shutdown: no work in flight; closing connections");
+    for (srv_conn *c = s->conns, *n; c; c = n) {
+        n = c->next;
+        conn_maybe_finish(c);   /* those with unsent answers close after writing */
+    }
+    pthread_mutex_lock(&s->q_mu);
+    s->q_stop = 1;
+    pthread_cond_broadcast(&s->q_cv);
+    pthread_mutex_unlock(&s->q_mu);
+    uv_close((uv_handle_t *)&s->sigint, on_closed_noop);
+    uv_close((uv_handle_t *)&s->sigterm, on_closed_noop);
+    uv_close((uv_handle_t *)&s->done_async, on_closed_noop);
+    /* stalled readers get 5 s to take their last answers; the timer does not
+     * keep the loop alive by itself */
+    uv_timer_start(&s->stop_timer, on_stop_timer, 5000, 0);
+    uv_unref((uv_handle_t *)&s->stop_timer);
+}
+
+static void on_signal(uv_signal_t *sig, int signum)
+{
+    srv *s = sig->data;
+    if (s->stopping) {
+        srv_log(s, SRV_LOG_WARN, "second signal %d: exiting without waiting (acknowledged data is on disk)",
+                signum);
+        _exit(1);
+    }
+    s->stopping = 1;
+    srv_log(s, SRV_LOG_INFO, "signal %d: stopping (%d requests in flight)", signum, s->jobs_inflight);
+    if (s->tcp_on) uv_close((uv_handle_t *)&s->tcp, on_closed_noop);
+    if (s->pipe_on) uv_close((uv_handle_t *)&s->pipe, on_closed_noop);
+    for (srv_conn *c = s->conns, *n; c; c = n) {
+        n = c->next;
+        conn_pause(c);
+        if (c->inflight == 0 && c->unsent == 0) conn_close(c, "shutdown");
+    }
+    check_shutdown(s);
+}
+
+/* ---- start-up ------------------------------------------------------------- */
+
+void server_config_default(server_config *c)
+{
+    memset(c, 0, sizeof *c);
+    c->regions = SRV_DEFAULT_REGIONS;
+    c->batch = SRV_DEFAULT_BATCH;
+    long n = sysconf(_SC_NPROCESSORS_ONLN);
+    c->threads = n > 0 ? (int)n : 1;
+    c->max_frame = PROTO_DEFAULT_MAX_FRAME;
+    c->idle_timeout_s = SRV_DEFAULT_IDLE_S;
+    c->max_connections = SRV_DEFAULT_MAX_CONN;
+    c->log_level = SRV_LOG_INFO;
+}
+
+/* Parse "HOST:PORT" (HOST an IPv4 address, "[IPv6]" or "localhost"). */
+static int parse_listen(const char *addr, struct sockaddr_storage *ss, int *loopback)
+{
+    const char *colon = strrchr(addr, ':');
+    if (!colon || colon == addr || !colon[1])
+        return umg_err_set(UMG_EINVAL, "--listen '%s': want HOST:PORT", addr);
+    char host[128];
+    const char *h = addr;
+    size_t hl = (size_t)(colon - addr);
+    if (hl >= 2 && h[0] == '[' && h[hl - 1] == ']') {
+        h++;
+        hl -= 2;
+    }
+    if (hl >= sizeof host) return umg_err_set(UMG_EINVAL, "--listen '%s': host too long", addr);
+    memcpy(host, h, hl);
+    host[hl] = 0;
+    char *end;
+    long port = strtol(colon + 1, &end, 10);
+    if (*end || port < 0 || port > 65535) return umg_err_set(UMG_EINVAL, "--listen '%s': bad port", addr);
+    if (!strcmp(host, "localhost")) snprintf(host, sizeof host, "127.0.0.1");
+    memset(ss, 0, sizeof *ss);
+    if (uv_ip4_addr(host, (int)port, (struct sockaddr_in *)ss) == 0) {
+        uint32_t a = ntohl(((struct sockaddr_in *)ss)->sin_addr.s_addr);
+        *loopback = (a >> 24) == 127;
+        return 0;
+    }
+    if (uv_ip6_addr(host, (int)port, (struct sockaddr_in6 *)ss) == 0) {
+        const struct in6_addr *a = &((struct sockaddr_in6 *)ss)->sin6_addr;
+        *loopback = IN6_IS_ADDR_LOOPBACK(a);
+        return 0;
+    }
+    return umg_err_set(UMG_EINVAL, "--listen '%s': host must be an IP address or localhost", addr);
+}
+
+/* A stale socket file (nobody listening) may be replaced; a live one not. */
+static int prepare_socket_path(const char *path)
+{
+    struct stat st;
+    if (lstat(path, &st) < 0) return errno == ENOENT ? 0 : umg_err_set(umg_err_from_errno(errno), "%s: %s", path, strerror(errno));
+    if (!S_ISSOCK(st.st_mode)) return umg_err_set(UMG_EEXIST, "%s exists and is not a socket", path);
+    struct sockaddr_un sun = {.sun_family = AF_UNIX};
+    snprintf(sun.sun_path, sizeof sun.sun_path, "%s", path);
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd >= 0 && connect(fd, (struct sockaddr *)&sun, sizeof sun) == 0) {
+        close(fd);
+        return umg_err_set(UMG_EBUSY, "%s: another server is listening there", path);
+    }
+    if (fd >= 0) close(fd);
+    unlink(path);
+    return 0;
+}
+
+static void close_walk_cb(uv_handle_t *h, void *arg)
+{
+    if (!uv_is_closing(h)) uv_close(h, on_closed_noop);
+}
+
+int server_run(const server_config *cfg)
+{
+    srv *s = calloc(1, sizeof *s);
+    if (!s) return umg_err_set(UMG_ENOMEM, "out of memory");
+    s->cfg = *cfg;
+    s->t_start_ns = srv_now_ns();
+    pthread_mutex_init(&s->q_mu, NULL);
+    pthread_cond_init(&s->q_cv, NULL);
+    int rc = 0, loop_ready = 0;
+    uv_loop_t loop;
+    const char *listen_addr = cfg->listen;
+    if (!listen_addr && !cfg->socket_path) listen_addr = UMG_DEFAULT_ADDR;
+    if (s->cfg.batch < 1) s->cfg.batch = 1;
+    if (s->cfg.threads < 1) s->cfg.threads = 1;
+    if (s->cfg.regions < 0) s->cfg.regions = 0;
+    if (s->cfg.max_connections < 1) s->cfg.max_connections = 1;
+    s->limits = proto_limits_default();
+    if (cfg->max_frame) s->limits.max_frame = cfg->max_frame;
+
+    /* 1. refuse unsafe or broken configurations before loading anything */
+    struct sockaddr_storage ss;
+    int loopback = 1;
+    if (listen_addr && (rc = parse_listen(listen_addr, &ss, &loopback))) goto out;
+    if (!loopback && !cfg->token) {
+        rc = umg_err_set(UMG_EPERM, "--listen %s is not a loopback address: an auth token is required "
+                                    "(--auth-token-file FILE or UMGDB_AUTH_TOKEN)", listen_addr);
+        goto out;
+    }
+    if (cfg->require_auth && !cfg->token) {
+        rc = umg_err_set(UMG_EINVAL, "--require-auth needs a token (--auth-token-file FILE or UMGDB_AUTH_TOKEN)");
+        goto out;
+    }
+    for (int i = 0; i < cfg->n_roots; i++) {
+        char *r = realpath(cfg->roots[i], NULL);
+        struct stat st;
+        if (!r || stat(r, &st) < 0 || !S_ISDIR(st.st_mode)) {
+            free(r);
+            rc = umg_err_set(UMG_EINVAL, "--allow-root %s: not an existing directory", cfg->roots[i]);
+            goto out;
+        }
+        s->roots[s->n_roots++] = r;
+    }
+
+    /* 2. model and data */
+    if (!getenv("UV_THREADPOOL_SIZE")) {
+        char v[16];
+        snprintf(v, sizeof v, "%d", cfg->threads + 2 > 4 ? cfg->threads + 2 : 4);
+        setenv("UV_THREADPOOL_SIZE", v, 1);
+    }
+    enc_set_threads(s->cfg.threads);
+    if ((rc = enc_model_open(cfg->model_dir, &s->model))) goto out;
+    uint8_t fp[32];
+    enc_model_fingerprint(s->model, fp);
+    db_options o = db_options_default();
+    o.fingerprint = fp;
+    o.model_name = enc_model_name(s->model);
+    o.dim = enc_model_dim(s->model);
+    o.image_factory = cfg->image_factory;
+    o.region_factory = cfg->region_factory;
+    if (cfg->approx_threshold) o.approx_threshold = cfg->approx_threshold;
+    if (cfg->nprobe) o.nprobe = cfg->nprobe;
+    o.log = db_log_cb;
+    o.log_ud = s;
+    if ((rc = db_open(cfg->data_dir, &o, &s->db))) goto out;
+    if ((rc = srv_ops_init(s))) goto out;
+    if ((rc = enc_run_create(s->model, s->cfg.batch, &s->enc_run))) goto out;
+    s->enc_scratch = malloc(srv_encode_scratch_size(s));
+    if (!s->enc_scratch) {
+        rc = umg_err_set(UMG_ENOMEM, "out of memory for the encoder's batch buffers");
+        goto out;
+    }
+    srv_register_handlers();
+
+    /* 3. loop and listeners */
+    if ((rc = uv_loop_init(&loop))) {
+        rc = umg_err_set(UMG_EINTERNAL, "uv_loop_init: %s", uv_strerror(rc));
+        goto out;
+    }
+    loop_ready = 1;
+    s->loop = &loop;
+    uv_async_init(&loop, &s->done_async, on_done_async);
+    s->done_async.data = s;
+    uv_signal_init(&loop, &s->sigint);
+    uv_signal_init(&loop, &s->sigterm);
+    s->sigint.data = s->sigterm.data = s;
+    uv_signal_start(&s->sigint, on_signal, SIGINT);
+    uv_signal_start(&s->sigterm, on_signal, SIGTERM);
+    uv_timer_init(&loop, &s->stop_timer);
+    s->stop_timer.data = s;
+    if (listen_addr) {
+        uv_tcp_init(&loop, &s->tcp);
+        s->tcp.data = s;
+        s->tcp_on = 1;
+        int urc = uv_tcp_bind(&s->tcp, (struct sockaddr *)&ss, 0);
+        if (!urc) urc = uv_listen((uv_stream_t *)&s->tcp, 511, on_connection);
+        if (urc) {
+            rc = umg_err_set(urc == UV_EADDRINUSE ? UMG_EBUSY : UMG_EIO, "cannot listen on %s: %s", listen_addr,
+                             uv_strerror(urc));
+            goto out;
+        }
+    }
+    if (cfg->socket_path) {
+        if ((rc = prepare_socket_path(cfg->socket_path))) goto out;
+        uv_pipe_init(&loop, &s->pipe, 0);
+        s->pipe.data = s;
+        s->pipe_on = 1;
+        mode_t old = umask(077); /* the socket file: owner only */
+        int urc = uv_pipe_bind(&s->pipe, cfg->socket_path);
+        umask(old);
+        if (!urc) urc = uv_listen((uv_stream_t *)&s->pipe, 511, on_connection);
+        if (urc) {
+            rc = umg_err_set(UMG_EIO, "cannot listen on unix:%s: %s", cfg->socket_path, uv_strerror(urc));
+            goto out;
+        }
+    }
+    if (pthread_create(&s->enc_thread, NULL, encoder_main, s)) {
+        rc = umg_err_set(UMG_EINTERNAL, "cannot start the encoder thread");
+        goto out;
+    }
+    s->enc_started = 1;
+    {
+        db_stats st;
+        db_stats_get(s->db, &st);
+        char where[600];
+        int n = snprintf(where, sizeof where, "%s%s%s%s", listen_addr ? listen_addr : "",
+                         listen_addr && cfg->socket_path ? " and " : "", cfg->socket_path ? "unix:" : "",
+                         cfg->socket_path ? cfg->socket_path : "");
+        (void)n;
+        srv_log(s, SRV_LOG_INFO,
+                "umgdb %s serving %s (model %s, dim %d, %llu images, %llu regions, auth %s, path ingest %s)",
+                UMG_VERSION, where, enc_model_name(s->model), s->dim, (unsigned long long)st.images,
+                (unsigned long long)st.regions, s->cfg.token || s->cfg.require_auth ? "required" : "off",
+                s->n_roots ? "on" : "off");
+    }
+    uv_run(&loop, UV_RUN_DEFAULT);
+    rc = 0;
+
+out:
+    if (s->enc_started) {
+        pthread_mutex_lock(&s->q_mu);
+        s->q_stop = 1;
+        pthread_cond_broadcast(&s->q_cv);
+        pthread_mutex_unlock(&s->q_mu);
+        pthread_join(s->enc_thread, NULL);
+    }
+    if (loop_ready) {
+        uv_walk(&loop, close_walk_cb, NULL);
+        uv_run(&loop, UV_RUN_DEFAULT);
+        /* drain: any leftover completions (only on a failed start) */
+        on_done_async(&s->done_async);
+        if (uv_loop_close(&loop)) srv_log(s, SRV_LOG_WARN, "event loop closed with handles open");
+    }
+    if (s->pipe_on && cfg->socket_path) unlink(cfg->socket_path);
+    int saved = rc;
+    char msg[600];
+    snprintf(msg, sizeof msg, "%s", umg_err_msg());
+    if (s->db) {
+        if (!rc) {
+            uint64_t t = srv_now_ns();
+            int crc = db_checkpoint(s->db);
+            if (crc) srv_log(s, SRV_LOG_ERROR, "checkpoint failed: %s: %s", umg_error_name(crc), umg_err_msg());
+            else srv_log(s, SRV_LOG_INFO, "checkpoint written in %.0f ms", (double)(srv_now_ns() - t) / 1e6);
+        }
+        db_close(s->db);
+    }
+    srv_ops_fini(s);
+    enc_run_close(s->enc_run);
+    free(s->enc_scratch);
+    enc_model_close(s->model);
+    for (int i = 0; i < s->n_roots; i++) free(s->roots[i]);
+    pthread_mutex_destroy(&s->q_mu);
+    pthread_cond_destroy(&s->q_cv);
+    if (!saved) srv_log(s, SRV_LOG_INFO, "stopped");
+    free(s);
+    if (saved) umg_err_set(saved, "%s", msg);
+    return saved;
+}

@@ -1,0 +1,53 @@
+/* server.h - `umgdb serve`: the event-driven server (docs/server.md).
+ *
+ * One libuv loop thread owns every socket; request decoding happens there,
+ * all CPU and disk work elsewhere: image decoding, proposals, text encoding,
+ * lookups and searches on the libuv threadpool, image encoding and the
+ * batched database writes on one encoder thread. */
+#ifndef UMG_SERVER_H
+#define UMG_SERVER_H
+
+#include <stdint.h>
+
+#define SRV_MAX_ROOTS 32
+#define SRV_DEFAULT_REGIONS 32
+#define SRV_DEFAULT_BATCH 16
+#define SRV_DEFAULT_IDLE_S 300
+#define SRV_DEFAULT_MAX_CONN 1024
+#define SRV_MAX_INFLIGHT 64              /* requests per connection before reading pauses */
+#define SRV_MAX_UNSENT (8u << 20)         /* unsent response bytes per connection before reading pauses */
+#define SRV_MAX_INFLIGHT_BYTES (256u << 20) /* request frame bytes held per connection */
+
+enum srv_log_level { SRV_LOG_DEBUG = 0, SRV_LOG_INFO = 1, SRV_LOG_WARN = 2, SRV_LOG_ERROR = 3 };
+
+typedef struct server_config {
+    const char *data_dir;          /* required */
+    const char *model_dir;         /* required */
+    const char *listen;            /* "HOST:PORT"; NULL = none unless socket is NULL too
+                                      (then UMG_DEFAULT_ADDR) */
+    const char *socket_path;       /* Unix socket, or NULL */
+    const char *roots[SRV_MAX_ROOTS]; /* --allow-root, as given */
+    int n_roots;
+    const char *token;             /* auth token or NULL; never logged */
+    int require_auth;              /* demand hello+token even on loopback */
+    int regions;                   /* R proposals per image (0 = none) */
+    int batch;                     /* images per encoder batch */
+    int threads;                   /* BLAS threads / query run states */
+    uint32_t max_frame;
+    int idle_timeout_s;            /* 0 = none */
+    int max_connections;
+    int log_level;                 /* enum srv_log_level */
+    int no_patches;                /* do not store patch tokens */
+    /* db_options passthrough */
+    const char *image_factory, *region_factory;
+    uint64_t approx_threshold;     /* 0 = db default */
+    int nprobe;                    /* 0 = db default */
+} server_config;
+
+void server_config_default(server_config *c);
+
+/* Run until SIGINT/SIGTERM.  Returns 0 after a clean shutdown, or a negative
+ * UMG_E* code if the server could not start (message in umg_err_msg()). */
+int server_run(const server_config *c);
+
+#endif

@@ -1,0 +1,146 @@
+/* server_internal.h - structures shared by server.c (loop, sockets, jobs,
+ * encoder thread) and server_ops.c (what each operation does). */
+#ifndef UMG_SERVER_INTERNAL_H
+#define UMG_SERVER_INTERNAL_H
+
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdint.h>
+
+#include <uv.h>
+
+#include "db.h"
+#include "enc.h"
+#include "enc_regions.h"
+#include "proto.h"
+#include "server.h"
+
+typedef struct srv srv;
+typedef struct srv_conn srv_conn;
+typedef struct srv_job srv_job;
+
+/* One connection.  Lives until both its handles are closed AND no job
+ * refers to it (refs); only the loop thread touches it. */
+struct srv_conn {
+    union {
+        uv_stream_t stream;
+        uv_tcp_t tcp;
+        uv_pipe_t pipe;
+    } h;
+    uv_timer_t idle;
+    srv *s;
+    uint64_t serial;              /* for logs */
+    int refs;                     /* 1 while open + one per job in flight */
+    int handles_open;             /* of h and idle */
+    int closing;                  /* uv_close called */
+    int reading;                  /* uv_read_start active */
+    int eof;                      /* peer finished sending */
+    int close_after_writes;       /* fatal framing error: close once the error frame is out */
+    int authed;
+    int inflight;                 /* jobs not yet answered */
+    size_t inflight_bytes;        /* request frame bytes held by those jobs */
+    size_t unsent;                /* response bytes handed to uv_write, not yet written */
+    proto_framer *framer;
+    srv_conn *prev, *next;        /* s->conns list */
+    char rbuf[65536];
+};
+
+typedef struct srv_ingest srv_ingest;
+
+/* One request being served. */
+struct srv_job {
+    srv *s;
+    srv_conn *conn;
+    proto_request *req;
+    uint64_t id;
+    int op;                       /* enum proto_op_code */
+    size_t frame_bytes;
+    uint64_t t0_ns;
+    uv_work_t work;
+    msgpack_sbuffer resp;         /* complete response frame(s), built by whoever finishes the job */
+    int status;                   /* 0 or the UMG_E* code answered (for the log) */
+    char errmsg[300];
+    int handed_off;               /* ingest: passed to the encoder thread by the worker */
+    int after_work_done;          /* loop thread: the threadpool part is over */
+    int encoder_done;             /* loop thread: the encoder's answer arrived */
+    srv_ingest *ing;
+    srv_job *next;                /* encoder queue / done list link */
+};
+
+/* Run states for query encodes (text, query_image), shared by threadpool
+ * workers. */
+typedef struct srv_run_pool {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    enc_run **runs;
+    float **patches;              /* a G*G*D buffer per run */
+    int *busy;
+    int n;
+} srv_run_pool;
+
+struct srv {
+    server_config cfg;
+    char *roots[SRV_MAX_ROOTS];   /* realpath of each --allow-root */
+    int n_roots;
+    uv_loop_t *loop;
+    uv_tcp_t tcp;
+    uv_pipe_t pipe;
+    int tcp_on, pipe_on;
+    uv_signal_t sigint, sigterm;
+    uv_async_t done_async;
+    uv_timer_t stop_timer;
+    int stopping;                 /* signal received */
+    int finalized;
+    uint64_t t_start_ns;
+    uint64_t conn_serial;
+    int n_conns;
+    srv_conn *conns;
+    int jobs_inflight;
+
+    enc_model *model;
+    enc_preproc pad;              /* the model's preprocessing with ENC_FIT_PAD */
+    int dim, grid, image_size, patch_size;
+    db_t *db;
+    srv_run_pool runs;
+
+    /* encoder thread */
+    pthread_t enc_thread;
+    int enc_started;
+    enc_run *enc_run;             /* the encoder thread's, max_batch = cfg.batch */
+    void *enc_scratch;            /* srv_encode_scratch_size bytes */
+    proto_limits limits;
+    pthread_mutex_t q_mu;
+    pthread_cond_t q_cv;
+    srv_job *q_head, *q_tail;     /* stage-1-done ingests waiting for the encoder */
+    int q_len;
+    int q_stop;
+    srv_job *done_head;           /* finished by the encoder, for the loop */
+    uint64_t ingested, ingest_batches;
+
+    char *hello_result;           /* msgpack of the hello/ping result map, packed once */
+    size_t hello_len;
+};
+
+/* server.c */
+void srv_log(srv *s, int level, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+uint64_t srv_now_ns(void);
+/* Hand an ingest job (stage 1 done) to the encoder thread; any thread. */
+void srv_encoder_push(srv *s, srv_job *job);
+/* Finish a job from the encoder thread: its resp holds the answer. */
+void srv_job_done_async(srv *s, srv_job *job);
+/* uv_queue_work's after-callback for jobs whose work function built resp
+ * (or handed the job off, setting handed_off). */
+void srv_after_work(uv_work_t *w, int status);
+
+/* server_ops.c */
+int srv_ops_init(srv *s);        /* model-dependent state: hello result, run pool */
+void srv_ops_fini(srv *s);
+void srv_register_handlers(void);
+/* Answer job with an error (on any thread). */
+void srv_job_error(srv_job *job, int code, const char *msg);
+/* Encoder thread: encode a batch of ingest jobs, store them, fill each resp. */
+void srv_encode_batch(srv *s, enc_run *run, srv_job **jobs, int n, void *scratch);
+size_t srv_encode_scratch_size(const srv *s);
+void srv_ingest_free(srv_ingest *ing);
+
+#endif

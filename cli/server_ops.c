@@ -1,0 +1,1119 @@
+/* server_ops.c - what each operation does: handlers registered in the
+ * protocol's command table (called on the loop thread), their threadpool
+ * work, and the encoder thread's batch (encode, pool regions, store). */
+#include "server_internal.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
+
+#include "umg_error.h"
+
+#define PATCH_TOKENS_EXTRA "patch_tokens"
+#define REGION_NMS_IOU 0.5f        /* region hits of one image overlapping more than this: keep the best */
+#define MAX_FETCH 10000            /* most candidates one query takes from an index */
+
+/* ---- small helpers -------------------------------------------------------- */
+
+static int pack_key(msgpack_packer *pk, const char *k) { return proto_pack_cstr(pk, k); }
+
+static void pack_box(msgpack_packer *pk, const float b[4])
+{
+    msgpack_pack_array(pk, 4);
+    for (int i = 0; i < 4; i++) {
+        float v = b[i];
+        /* whole pixels stay integers on the wire: easier to read and compare */
+        if (v == floorf(v) && fabsf(v) < 1e9f) msgpack_pack_int64(pk, (int64_t)v);
+        else msgpack_pack_float(pk, v);
+    }
+}
+
+static void pack_strn(msgpack_packer *pk, const char *s, size_t n)
+{
+    msgpack_pack_str(pk, n);
+    msgpack_pack_str_body(pk, s, n);
+}
+
+/* IEEE half <-> single, round to nearest even. */
+static uint16_t f32_to_f16(float f)
+{
+    uint32_t x;
+    memcpy(&x, &f, 4);
+    uint32_t sign = (x >> 16) & 0x8000u;
+    int32_t exp = (int32_t)((x >> 23) & 0xff) - 127 + 15;
+    uint32_t mant = x & 0x7fffffu;
+    if (((x >> 23) & 0xff) == 0xff) return (uint16_t)(sign | 0x7c00u | (mant ? 0x200u : 0));
+    if (exp >= 31) return (uint16_t)(sign | 0x7c00u);
+    if (exp <= 0) {
+        if (exp < -10) return (uint16_t)sign;
+        mant |= 0x800000u;
+        uint32_t shift = (uint32_t)(14 - exp);
+        uint32_t h = mant >> shift, rem = mant & ((1u << shift) - 1), half = 1u << (shift - 1);
+        if (rem > half || (rem == half && (h & 1))) h++;
+        return (uint16_t)(sign | h);
+    }
+    uint32_t h = ((uint32_t)exp << 10) | (mant >> 13), rem = mant & 0x1fffu;
+    if (rem > 0x1000u || (rem == 0x1000u && (h & 1))) h++;
+    return (uint16_t)(sign | h);
+}
+
+static float f16_to_f32(uint16_t h)
+{
+    uint32_t sign = (uint32_t)(h & 0x8000u) << 16, exp = (h >> 10) & 0x1f, mant = h & 0x3ffu, x;
+    if (exp == 0) {
+        if (!mant) x = sign;
+        else {
+            exp = 127 - 15 + 1;
+            while (!(mant & 0x400u)) {
+                mant <<= 1;
+                exp--;
+            }
+            x = sign | (exp << 23) | ((mant & 0x3ffu) << 13);
+        }
+    } else if (exp == 31) {
+        x = sign | 0x7f800000u | (mant << 13);
+    } else {
+        x = sign | ((exp - 15 + 127) << 23) | (mant << 13);
+    }
+    float f;
+    memcpy(&f, &x, 4);
+    return f;
+}
+
+void srv_job_error(srv_job *job, int code, const char *msg)
+{
+    if (code >= 0) code = UMG_EINTERNAL;
+    if (!msg || !*msg) msg = umg_strerror(code);
+    job->status = code;
+    snprintf(job->errmsg, sizeof job->errmsg, "%s", msg);
+    job->resp.size = 0;
+    if (proto_response_error(&job->resp, job->id, code, msg)) job->resp.size = 0;
+}
+
+/* End a success response begun with proto_response_begin; keeps the status
+ * in step when the builder had to replace it by an error. */
+static void job_response_end(srv_job *job, proto_writer *w)
+{
+    int rc = proto_response_end(w, job->s->limits.max_frame);
+    if (rc) {
+        job->status = rc;
+        snprintf(job->errmsg, sizeof job->errmsg, "%s", umg_err_msg());
+    }
+}
+
+static void sha256(const void *data, size_t len, uint8_t out[32])
+{
+    unsigned int n = 32;
+    EVP_Digest(data, len, out, &n, EVP_sha256(), NULL);
+}
+
+/* ---- run pool (query encodes) --------------------------------------------- */
+
+static int pool_acquire(srv_run_pool *p)
+{
+    pthread_mutex_lock(&p->mu);
+    for (;;) {
+        for (int i = 0; i < p->n; i++)
+            if (!p->busy[i]) {
+                p->busy[i] = 1;
+                pthread_mutex_unlock(&p->mu);
+                return i;
+            }
+        pthread_cond_wait(&p->cv, &p->mu);
+    }
+}
+
+static void pool_release(srv_run_pool *p, int i)
+{
+    pthread_mutex_lock(&p->mu);
+    p->busy[i] = 0;
+    pthread_cond_signal(&p->cv);
+    pthread_mutex_unlock(&p->mu);
+}
+
+/* ---- init ------------------------------------------------------------------ */
+
+int srv_ops_init(srv *s)
+{
+    const enc_config *mc = enc_model_config(s->model);
+    s->dim = enc_model_dim(s->model);
+    s->grid = enc_model_grid(s->model);
+    s->image_size = mc->image_size;
+    s->patch_size = mc->patch_size;
+    s->pad = *enc_model_preproc(s->model);
+    s->pad.fit = ENC_FIT_PAD;
+
+    msgpack_sbuffer sb;
+    msgpack_sbuffer_init(&sb);
+    msgpack_packer pk;
+    msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+    msgpack_pack_map(&pk, 6);
+    pack_key(&pk, "protocol"), msgpack_pack_uint32(&pk, PROTO_VERSION);
+    pack_key(&pk, "server"), proto_pack_cstr(&pk, UMG_VERSION);
+    pack_key(&pk, "model"), proto_pack_cstr(&pk, enc_model_name(s->model));
+    pack_key(&pk, "dim"), msgpack_pack_int32(&pk, s->dim);
+    pack_key(&pk, "grid"), msgpack_pack_int32(&pk, s->grid);
+    pack_key(&pk, "auth_required"), (s->cfg.token || s->cfg.require_auth) ? msgpack_pack_true(&pk) : msgpack_pack_false(&pk);
+    s->hello_len = sb.size;
+    s->hello_result = msgpack_sbuffer_release(&sb);
+    if (!s->hello_result) return umg_err_set(UMG_ENOMEM, "out of memory");
+
+    srv_run_pool *p = &s->runs;
+    pthread_mutex_init(&p->mu, NULL);
+    pthread_cond_init(&p->cv, NULL);
+    int n = s->cfg.threads;
+    p->runs = calloc((size_t)n, sizeof *p->runs);
+    p->patches = calloc((size_t)n, sizeof *p->patches);
+    p->busy = calloc((size_t)n, sizeof *p->busy);
+    if (!p->runs || !p->patches || !p->busy) return umg_err_set(UMG_ENOMEM, "out of memory");
+    for (int i = 0; i < n; i++) {
+        int rc = enc_run_create(s->model, 1, &p->runs[i]);
+        if (rc) return rc;
+        p->n = i + 1;
+        p->patches[i] = malloc((size_t)s->grid * s->grid * s->dim * sizeof(float));
+        if (!p->patches[i]) return umg_err_set(UMG_ENOMEM, "out of memory");
+    }
+    return 0;
+}
+
+void srv_ops_fini(srv *s)
+{
+    srv_run_pool *p = &s->runs;
+    if (p->runs) {
+        for (int i = 0; i < p->n; i++) {
+            enc_run_close(p->runs[i]);
+            free(p->patches[i]);
+        }
+        pthread_mutex_destroy(&p->mu);
+        pthread_cond_destroy(&p->cv);
+    }
+    free(p->runs);
+    free(p->patches);
+    free(p->busy);
+    free(s->hello_result);
+}
+
+/* ---- hello / ping / stats (loop thread, no blocking work) ----------------- */
+
+static void answer_hello(srv_job *job)
+{
+    proto_writer w;
+    if (proto_response_begin(&w, &job->resp, job->id) == 0) {
+        msgpack_sbuffer_write(&job->resp, job->s->hello_result, job->s->hello_len);
+        job_response_end(job, &w);
+    } else {
+        srv_job_error(job, UMG_ENOMEM, "out of memory");
+    }
+}
+
+/* Token check in constant time (over digests, so lengths leak nothing either). */
+static int token_ok(const char *want, const char *got, size_t got_len)
+{
+    uint8_t a[32], b[32];
+    sha256(want, strlen(want), a);
+    sha256(got, got_len, b);
+    return CRYPTO_memcmp(a, b, 32) == 0;
+}
+
+static int h_hello(void *ctx, proto_request *req)
+{
+    srv_job *job = ctx;
+    srv_conn *c = job->conn;
+    srv *s = job->s;
+    if (s->cfg.token || s->cfg.require_auth) {
+        const char *tok;
+        size_t tl;
+        if (!proto_obj_str(proto_req_arg(req, "token"), &tok, &tl) || !token_ok(s->cfg.token, tok, tl)) {
+            /* a wrong token ends the connection: no guessing on one socket */
+            c->close_after_writes = 1;
+            uv_read_stop(&c->h.stream);
+            c->reading = 0;
+            return umg_err_set(UMG_EAUTH, "hello: missing or wrong token");
+        }
+        c->authed = 1;
+    }
+    answer_hello(job);
+    return 1;
+}
+
+static int h_ping(void *ctx, proto_request *req)
+{
+    answer_hello(ctx);
+    return 1;
+}
+
+static uint64_t rss_bytes(void)
+{
+    FILE *f = fopen("/proc/self/statm", "r");
+    unsigned long long size = 0, rss = 0;
+    if (f) {
+        if (fscanf(f, "%llu %llu", &size, &rss) != 2) rss = 0;
+        fclose(f);
+    }
+    return rss * (uint64_t)sysconf(_SC_PAGESIZE);
+}
+
+static int h_stats(void *ctx, proto_request *req)
+{
+    srv_job *job = ctx;
+    srv *s = job->s;
+    db_stats st;
+    int rc = db_stats_get(s->db, &st);
+    if (rc) return rc;
+    pthread_mutex_lock(&s->q_mu);
+    int qlen = s->q_len;
+    uint64_t ingested = s->ingested, batches = s->ingest_batches;
+    pthread_mutex_unlock(&s->q_mu);
+    proto_writer w;
+    if (proto_response_begin(&w, &job->resp, job->id)) return UMG_ENOMEM;
+    msgpack_packer *pk = &w.pk;
+    msgpack_pack_map(pk, 11);
+    pack_key(pk, "images"), msgpack_pack_uint64(pk, st.images);
+    pack_key(pk, "regions"), msgpack_pack_uint64(pk, st.regions);
+    pack_key(pk, "index");
+    msgpack_pack_map(pk, 2);
+    pack_key(pk, "image");
+    msgpack_pack_map(pk, 2);
+    pack_key(pk, "type"), proto_pack_cstr(pk, st.image_factory);
+    pack_key(pk, "vectors"), msgpack_pack_uint64(pk, st.index_images);
+    pack_key(pk, "region");
+    msgpack_pack_map(pk, 2);
+    pack_key(pk, "type"), proto_pack_cstr(pk, st.region_factory);
+    pack_key(pk, "vectors"), msgpack_pack_uint64(pk, st.index_regions);
+    pack_key(pk, "memory_bytes"), msgpack_pack_uint64(pk, rss_bytes());
+    pack_key(pk, "db_map_bytes"), msgpack_pack_uint64(pk, st.map_size);
+    pack_key(pk, "db_used_bytes"), msgpack_pack_uint64(pk, st.map_used);
+    pack_key(pk, "uptime_s"), msgpack_pack_double(pk, (double)(srv_now_ns() - s->t_start_ns) / 1e9);
+    pack_key(pk, "model"), proto_pack_cstr(pk, enc_model_name(s->model));
+    pack_key(pk, "dim"), msgpack_pack_int32(pk, s->dim);
+    pack_key(pk, "queues");
+    msgpack_pack_map(pk, 3);
+    pack_key(pk, "encoder"), msgpack_pack_int32(pk, qlen);
+    pack_key(pk, "in_flight"), msgpack_pack_int32(pk, s->jobs_inflight - 1); /* not counting this one */
+    pack_key(pk, "connections"), msgpack_pack_int32(pk, s->n_conns);
+    pack_key(pk, "ingest");
+    msgpack_pack_map(pk, 2);
+    pack_key(pk, "images"), msgpack_pack_uint64(pk, ingested);
+    pack_key(pk, "batches"), msgpack_pack_uint64(pk, batches);
+    job_response_end(job, &w);
+    return 1;
+}
+
+/* ---- ingest, stage 1 (threadpool) ----------------------------------------- */
+
+struct srv_ingest {
+    char *path;               /* stored path (NUL-terminated copy) */
+    uint8_t *owned;           /* file bytes read for a path ingest */
+    uint8_t sha[32];
+    uint64_t bytes;
+    int64_t mtime;
+    int width, height;
+    float *pixels;            /* [3, S, S], ENC_FIT_PAD */
+    enc_preproc_geom geom;
+    enc_box *boxes;
+    int n_boxes;
+    const char **tags;
+    int n_tags;
+    /* filled by the encoder */
+    uint64_t image_id;
+    int n_regions;
+    int replace;
+    int done;
+};
+
+void srv_ingest_free(srv_ingest *ing)
+{
+    if (!ing) return;
+    free(ing->path);
+    free(ing->owned);
+    free(ing->pixels);
+    free(ing->boxes);
+    if (ing->tags)
+        for (int i = 0; i < ing->n_tags; i++) free((char *)ing->tags[i]);
+    free(ing->tags);
+    free(ing);
+}
+
+static void answer_ingest(srv_job *job, uint64_t image_id, int regions, int duplicate, int replaced)
+{
+    proto_writer w;
+    if (proto_response_begin(&w, &job->resp, job->id)) {
+        srv_job_error(job, UMG_ENOMEM, "out of memory");
+        return;
+    }
+    msgpack_pack_map(&w.pk, 3 + (replaced != 0));
+    pack_key(&w.pk, "image_id"), msgpack_pack_uint64(&w.pk, image_id);
+    pack_key(&w.pk, "regions"), msgpack_pack_int32(&w.pk, regions);
+    pack_key(&w.pk, "duplicate"), duplicate ? msgpack_pack_true(&w.pk) : msgpack_pack_false(&w.pk);
+    if (replaced) pack_key(&w.pk, "replaced"), msgpack_pack_true(&w.pk);
+    job_response_end(job, &w);
+}
+
+/* Is the resolved path p inside one of the allowed roots? */
+static int inside_roots(const srv *s, const char *p)
+{
+    for (int i = 0; i < s->n_roots; i++) {
+        size_t n = strlen(s->roots[i]);
+        if (!strncmp(p, s->roots[i], n) && (p[n] == '/' || p[n] == 0 || (n == 1 && s->roots[i][0] == '/')))
+            return 1;
+    }
+    return 0;
+}
+
+static int has_dotdot(const char *p)
+{
+    for (const char *q = p; (q = strstr(q, "..")); q += 2)
+        if ((q == p || q[-1] == '/') && (q[2] == '/' || q[2] == 0)) return 1;
+    return 0;
+}
+
+/* Read an allowed file: absolute, no "..", resolving inside a root, a regular
+ * file opened without following a last-moment symlink. */
+static int read_allowed(srv *s, const char *path, uint8_t **data, size_t *len, int64_t *mtime)
+{
+    if (!s->n_roots)
+        return umg_err_set(UMG_EPERM, "ingest by path is off on this server (start it with --allow-root DIR); send the bytes instead");
+    if (path[0] != '/') return umg_err_set(UMG_EINVAL, "ingest: path must be absolute");
+    if (has_dotdot(path)) return umg_err_set(UMG_EPERM, "ingest: '..' is not allowed in paths");
+    char *real = realpath(path, NULL);
+    if (!real) {
+        int e = errno;
+        return umg_err_set(umg_err_from_errno(e), "ingest: %s: %s", path, strerror(e));
+    }
+    if (!inside_roots(s, real)) {
+        free(real);
+        return umg_err_set(UMG_EPERM, "ingest: %s is outside the allowed roots", path);
+    }
+    int fd = open(real, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+    free(real);
+    if (fd < 0) {
+        int e = errno;
+        return umg_err_set(e == ELOOP ? UMG_EPERM : umg_err_from_errno(e), "ingest: %s: %s", path, strerror(e));
+    }
+    struct stat st;
+    if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode)) {
+        close(fd);
+        return umg_err_set(UMG_EPERM, "ingest: %s is not a regular file", path);
+    }
+    if ((uint64_t)st.st_size > s->limits.max_frame) {
+        close(fd);
+        return umg_err_set(UMG_ETOOBIG, "ingest: %s is %lld bytes, over the %u-byte limit", path,
+                           (long long)st.st_size, s->limits.max_frame);
+    }
+    uint8_t *buf = malloc(st.st_size ? (size_t)st.st_size : 1);
+    if (!buf) {
+        close(fd);
+        return umg_err_set(UMG_ENOMEM, "out of memory");
+    }
+    size_t got = 0;
+    while (got < (size_t)st.st_size) {
+        ssize_t r = read(fd, buf + got, (size_t)st.st_size - got);
+        if (r < 0 && errno == EINTR) continue;
+        if (r <= 0) break;
+        got += (size_t)r;
+    }
+    close(fd);
+    *data = buf;
+    *len = got;
+    *mtime = (int64_t)st.st_mtime;
+    return 0;
+}
+
+static int ingest_prepare(srv_job *job)
+{
+    srv *s = job->s;
+    srv_ingest *ing = job->ing;
+    proto_request *req = job->req;
+    const char *str;
+    size_t sl;
+    const uint8_t *data = NULL;
+    size_t len = 0;
+    int rc;
+    if (proto_obj_str(proto_req_arg(req, "path"), &str, &sl)) {
+        if (!(ing->path = strndup(str, sl))) return umg_err_set(UMG_ENOMEM, "out of memory");
+        if (strlen(ing->path) != sl) return umg_err_set(UMG_EINVAL, "ingest: path contains a NUL byte");
+        if ((rc = read_allowed(s, ing->path, &ing->owned, &len, &ing->mtime))) return rc;
+        data = ing->owned;
+    } else {
+        proto_obj_str(proto_req_arg(req, "name"), &str, &sl);
+        if (!(ing->path = strndup(str, sl))) return umg_err_set(UMG_ENOMEM, "out of memory");
+        if (strlen(ing->path) != sl) return umg_err_set(UMG_EINVAL, "ingest: name contains a NUL byte");
+        proto_obj_bin(proto_req_arg(req, "data"), &data, &len);
+        ing->mtime = 0;
+    }
+    ing->bytes = len;
+    sha256(data, len, ing->sha);
+
+    /* unchanged content at the same path: nothing to do */
+    uint64_t id;
+    if (db_find_path(s->db, ing->path, &id) == 0) {
+        db_image old;
+        if (db_get_image(s->db, id, &old) == 0) {
+            int same = !memcmp(old.sha256, ing->sha, 32);
+            int nreg = old.n_regions;
+            db_image_free(&old);
+            if (same) {
+                answer_ingest(job, id, nreg, 1, 0);
+                ing->done = 1;
+                return 0;
+            }
+        }
+    }
+
+    enc_image img = {0};
+    if ((rc = enc_image_decode(data, len, ENC_IMAGE_MAX_PIXELS_DEFAULT, &img))) return rc;
+    free(ing->owned); /* the pixels are all we need now */
+    ing->owned = NULL;
+    ing->width = img.width;
+    ing->height = img.height;
+    size_t S = (size_t)s->image_size;
+    ing->pixels = malloc(3 * S * S * sizeof(float));
+    if (!ing->pixels) rc = umg_err_set(UMG_ENOMEM, "out of memory");
+    if (!rc) rc = enc_preprocess(&img, &s->pad, ing->pixels);
+    if (!rc) enc_preproc_geometry(&s->pad, img.width, img.height, &ing->geom);
+    if (!rc && s->cfg.regions > 0) {
+        ing->boxes = malloc((size_t)s->cfg.regions * sizeof *ing->boxes);
+        enc_propose_opts po;
+        enc_propose_opts_default(&po);
+        po.max_boxes = s->cfg.regions;
+        if (!ing->boxes) rc = umg_err_set(UMG_ENOMEM, "out of memory");
+        else rc = enc_propose(&img, &po, ing->boxes, s->cfg.regions, &ing->n_boxes);
+    }
+    enc_image_free(&img);
+    if (rc) return rc;
+
+    /* tags: copies, the request may be freed before the encoder runs? (no: it
+     * lives with the job) - copied anyway so the batch owns plain C strings */
+    const msgpack_object *t = proto_req_arg(req, "tags");
+    if (t && t->via.array.size) {
+        ing->tags = calloc(t->via.array.size, sizeof *ing->tags);
+        if (!ing->tags) return umg_err_set(UMG_ENOMEM, "out of memory");
+        for (uint32_t i = 0; i < t->via.array.size; i++) {
+            const msgpack_object *e = &t->via.array.ptr[i];
+            char *tag = strndup(e->via.str.ptr, e->via.str.size);
+            if (!tag) return umg_err_set(UMG_ENOMEM, "out of memory");
+            ing->tags[ing->n_tags++] = tag;
+        }
+    }
+    return 0;
+}
+
+static void ingest_work(uv_work_t *w)
+{
+    srv_job *job = w->data;
+    umg_err_clear();
+    int rc = ingest_prepare(job);
+    if (rc) {
+        srv_job_error(job, rc, umg_err_msg());
+        return;
+    }
+    if (job->ing->done) return;
+    job->handed_off = 1;
+    srv_encoder_push(job->s, job);
+}
+
+static int h_ingest(void *ctx, proto_request *req)
+{
+    srv_job *job = ctx;
+    job->ing = calloc(1, sizeof *job->ing);
+    if (!job->ing) return umg_err_set(UMG_ENOMEM, "out of memory");
+    int rc = uv_queue_work(job->s->loop, &job->work, ingest_work, srv_after_work);
+    return rc ? umg_err_set(UMG_EINTERNAL, "uv_queue_work: %s", uv_strerror(rc)) : 0;
+}
+
+/* ---- ingest, stage 2 (the encoder thread) --------------------------------- */
+
+typedef struct scratch_layout {
+    size_t pixels, embeds, patches, regvecs, f16, ins, rins, extras, ids, rids, total;
+} scratch_layout;
+
+static scratch_layout layout(const srv *s)
+{
+    size_t B = (size_t)s->cfg.batch, S = (size_t)s->image_size, D = (size_t)s->dim, GG = (size_t)s->grid * s->grid;
+    size_t R = s->cfg.regions > 0 ? (size_t)s->cfg.regions : 1;
+    scratch_layout l;
+    size_t o = 0;
+#define PLACE(field, bytes) (l.field = o, o += ((bytes) + 63) & ~(size_t)63)
+    PLACE(pixels, B * 3 * S * S * sizeof(float));
+    PLACE(embeds, B * D * sizeof(float));
+    PLACE(patches, B * GG * D * sizeof(float));
+    PLACE(regvecs, B * R * D * sizeof(float));
+    PLACE(f16, B * GG * D * sizeof(uint16_t));
+    PLACE(ins, B * sizeof(db_image_in));
+    PLACE(rins, B * R * sizeof(db_region_in));
+    PLACE(extras, B * sizeof(db_extra_in));
+    PLACE(ids, B * sizeof(uint64_t));
+    PLACE(rids, B * R * sizeof(uint64_t));
+#undef PLACE
+    l.total = o;
+    return l;
+}
+
+size_t srv_encode_scratch_size(const srv *s) { return layout(s).total; }
+
+void srv_encode_batch(srv *s, enc_run *run, srv_job **jobs, int n, void *scratch)
+{
+    if (n <= 0 || n > s->cfg.batch) return;
+    scratch_layout l = layout(s);
+    char *base = scratch;
+    float *pixels = (float *)(base + l.pixels), *embeds = (float *)(base + l.embeds);
+    float *patches = (float *)(base + l.patches), *regvecs = (float *)(base + l.regvecs);
+    uint16_t *f16 = (uint16_t *)(base + l.f16);
+    db_image_in *ins = (db_image_in *)(base + l.ins);
+    db_region_in *rins = (db_region_in *)(base + l.rins);
+    db_extra_in *extras = (db_extra_in *)(base + l.extras);
+    uint64_t *ids = (uint64_t *)(base + l.ids), *rids = (uint64_t *)(base + l.rids);
+    size_t S3 = 3 * (size_t)s->image_size * s->image_size, D = (size_t)s->dim, GG = (size_t)s->grid * s->grid;
+    size_t R = s->cfg.regions > 0 ? (size_t)s->cfg.regions : 1;
+    int want_patches = s->cfg.regions > 0 || !s->cfg.no_patches;
+
+    for (int i = 0; i < n; i++) memcpy(pixels + i * S3, jobs[i]->ing->pixels, S3 * sizeof(float));
+    int rc = enc_encode_pixels(run, pixels, n, embeds, want_patches ? patches : NULL);
+    if (rc) {
+        char msg[300];
+        snprintf(msg, sizeof msg, "encoding failed: %s", umg_err_msg());
+        for (int i = 0; i < n; i++) srv_job_error(jobs[i], rc, msg);
+        return;
+    }
+
+    /* regions and patch tokens, per image */
+    for (int i = 0; i < n; i++) {
+        srv_ingest *ing = jobs[i]->ing;
+        const float *pt = patches + (size_t)i * GG * D;
+        int nr = 0;
+        for (int b = 0; b < ing->n_boxes; b++) {
+            const enc_box *bx = &ing->boxes[b];
+            float box[4] = {bx->x, bx->y, bx->w, bx->h};
+            float *v = regvecs + ((size_t)i * R + (size_t)nr) * D;
+            if (enc_region_pool(pt, s->grid, s->dim, s->patch_size, &ing->geom, box, v)) continue; /* off the grid */
+            db_region_in *r = &rins[(size_t)i * R + (size_t)nr];
+            memset(r, 0, sizeof *r);
+            memcpy(r->box, box, sizeof box);
+            r->method = enc_box_method_name(bx->method);
+            r->score = bx->score;
+            r->has_score = 1;
+            r->vector = v;
+            nr++;
+        }
+        db_image_in *in = &ins[i];
+        memset(in, 0, sizeof *in);
+        in->path = ing->path;
+        memcpy(in->sha256, ing->sha, 32);
+        in->width = (uint32_t)ing->width;
+        in->height = (uint32_t)ing->height;
+        in->bytes = ing->bytes;
+        in->mtime = ing->mtime ? ing->mtime : (int64_t)time(NULL);
+        in->tags = (const char *const *)ing->tags;
+        in->n_tags = ing->n_tags;
+        in->vector = embeds + (size_t)i * D;
+        in->regions = &rins[(size_t)i * R];
+        in->n_regions = nr;
+        if (!s->cfg.no_patches) {
+            /* each token L2-normalized, then float16: heatmaps are cosines */
+            uint16_t *h = f16 + (size_t)i * GG * D;
+            for (size_t c = 0; c < GG; c++) {
+                const float *t = pt + c * D;
+                double ss = 0;
+                for (size_t d = 0; d < D; d++) ss += (double)t[d] * t[d];
+                float inv = ss > 0 ? (float)(1.0 / sqrt(ss)) : 0.f;
+                for (size_t d = 0; d < D; d++) h[c * D + d] = f32_to_f16(t[d] * inv);
+            }
+            extras[i].name = PATCH_TOKENS_EXTRA;
+            extras[i].data = h;
+            extras[i].len = GG * D * sizeof(uint16_t);
+            in->extras = &extras[i];
+            in->n_extras = 1;
+        }
+        ing->n_regions = nr;
+    }
+
+    /* store: rounds of jobs with distinct paths (a path twice in one batch
+     * goes to the next round, where it is a duplicate or a replacement) */
+    int *state = calloc((size_t)n, sizeof *state); /* 0 pending, 1 done */
+    if (!state) {
+        for (int i = 0; i < n; i++) srv_job_error(jobs[i], UMG_ENOMEM, "out of memory");
+        return;
+    }
+    int remaining = n;
+    while (remaining > 0) {
+        int sel[n], ns = 0;
+        for (int i = 0; i < n; i++) {
+            if (state[i]) continue;
+            int clash = 0;
+            for (int j = 0; j < ns; j++)
+                if (!strcmp(jobs[sel[j]]->ing->path, jobs[i]->ing->path)) clash = 1;
+            if (clash) continue;
+            /* re-check against the database: another request may have stored
+             * this path since stage 1 (the encoder is the only image writer) */
+            srv_ingest *ing = jobs[i]->ing;
+            uint64_t old_id;
+            ins[i].replace = 0;
+            if (db_find_path(s->db, ing->path, &old_id) == 0) {
+                db_image old;
+                if (db_get_image(s->db, old_id, &old) == 0) {
+                    int same = !memcmp(old.sha256, ing->sha, 32);
+                    int nreg = old.n_regions;
+                    db_image_free(&old);
+                    if (same) {
+                        answer_ingest(jobs[i], old_id, nreg, 1, 0);
+                        state[i] = 1;
+                        remaining--;
+                        continue;
+                    }
+                }
+                ins[i].replace = 1;
+            }
+            sel[ns++] = i;
+        }
+        if (!ns) break;
+        /* contiguous copies for one db_put_images call */
+        db_image_in batch_in[ns];
+        size_t roff[ns + 1];
+        roff[0] = 0;
+        for (int j = 0; j < ns; j++) {
+            batch_in[j] = ins[sel[j]];
+            roff[j + 1] = roff[j] + (size_t)ins[sel[j]].n_regions;
+        }
+        rc = db_put_images(s->db, batch_in, ns, ids, rids);
+        if (rc && ns > 1) {
+            /* isolate the failing image: one transaction each */
+            for (int j = 0; j < ns; j++) {
+                int i = sel[j];
+                int r1 = db_put_image(s->db, &batch_in[j], &ids[j], rids);
+                if (r1) srv_job_error(jobs[i], r1, umg_err_msg());
+                else answer_ingest(jobs[i], ids[j], ins[i].n_regions, 0, ins[i].replace);
+                state[i] = 1;
+                remaining--;
+            }
+        } else {
+            for (int j = 0; j < ns; j++) {
+                int i = sel[j];
+                if (rc) srv_job_error(jobs[i], rc, umg_err_msg());
+                else answer_ingest(jobs[i], ids[j], ins[i].n_regions, 0, ins[i].replace);
+                state[i] = 1;
+                remaining--;
+            }
+        }
+        if (!rc) {
+            pthread_mutex_lock(&s->q_mu);
+            s->ingested += (uint64_t)ns;
+            s->ingest_batches++;
+            pthread_mutex_unlock(&s->q_mu);
+        }
+    }
+    free(state);
+}
+
+/* ---- searches (threadpool) ------------------------------------------------- */
+
+typedef struct hit {
+    uint64_t image_id, region_id;
+    float score;
+    float box[4];
+    int has_box;
+    char *path;
+    float *heat;              /* grid*grid cosines, pixel granularity */
+    float extent[4];
+} hit;
+
+typedef struct filters {
+    const char *prefix;
+    size_t prefix_len;
+    const msgpack_object *tags;
+    double min_score;
+    int has_min, any;
+} filters;
+
+static void read_filters(const proto_request *req, filters *f)
+{
+    memset(f, 0, sizeof *f);
+    f->min_score = -INFINITY;
+    const msgpack_object *m = proto_req_arg(req, "filters");
+    if (!m) return;
+    if (proto_obj_str(proto_map_get(m, "path_prefix"), &f->prefix, &f->prefix_len)) f->any = 1;
+    f->tags = proto_map_get(m, "tags");
+    if (f->tags && f->tags->via.array.size) f->any = 1;
+    else f->tags = NULL;
+    if (proto_obj_float(proto_map_get(m, "min_score"), &f->min_score)) f->has_min = 1;
+}
+
+static int passes(const filters *f, const db_image *img)
+{
+    if (f->prefix && (strlen(img->path) < f->prefix_len || memcmp(img->path, f->prefix, f->prefix_len))) return 0;
+    if (f->tags)
+        for (uint32_t i = 0; i < f->tags->via.array.size; i++) {
+            const msgpack_object *t = &f->tags->via.array.ptr[i];
+            int found = 0;
+            for (int j = 0; j < img->n_tags && !found; j++)
+                found = strlen(img->tags[j]) == t->via.str.size && !memcmp(img->tags[j], t->via.str.ptr, t->via.str.size);
+            if (!found) return 0;
+        }
+    return 1;
+}
+
+static float box_iou(const float a[4], const float b[4])
+{
+    enc_box x = {a[0], a[1], a[2], a[3], 0, 0}, y = {b[0], b[1], b[2], b[3], 0, 0};
+    return enc_box_iou(&x, &y);
+}
+
+/* Patch tokens of an image as floats (malloc'd), or NULL with an error. */
+static float *load_patch_tokens(srv *s, uint64_t image_id, int *rc)
+{
+    void *blob;
+    size_t len;
+    size_t want = (size_t)s->grid * s->grid * s->dim;
+    *rc = db_get_extra(s->db, image_id, PATCH_TOKENS_EXTRA, &blob, &len);
+    if (*rc) return NULL;
+    if (len != want * 2) {
+        free(blob);
+        *rc = umg_err_set(UMG_EFORMAT, "image %llu: patch tokens have %zu bytes, want %zu",
+                          (unsigned long long)image_id, len, want * 2);
+        return NULL;
+    }
+    float *out = malloc(want * sizeof(float));
+    if (!out) {
+        free(blob);
+        *rc = umg_err_set(UMG_ENOMEM, "out of memory");
+        return NULL;
+    }
+    const uint8_t *b = blob;
+    for (size_t i = 0; i < want; i++) out[i] = f16_to_f32((uint16_t)(b[2 * i] | (b[2 * i + 1] << 8)));
+    free(blob);
+    return out;
+}
+
+static void heatmap(srv *s, hit *h, const float *q, const db_image *img)
+{
+    int rc;
+    float *tok = load_patch_tokens(s, h->image_id, &rc);
+    if (!tok) return; /* no tokens stored (--no-patches): the hit goes without */
+    size_t GG = (size_t)s->grid * s->grid, D = (size_t)s->dim;
+    h->heat = malloc(GG * sizeof(float));
+    if (h->heat)
+        for (size_t c = 0; c < GG; c++) {
+            double dot = 0;
+            for (size_t d = 0; d < D; d++) dot += (double)tok[c * D + d] * q[d];
+            h->heat[c] = (float)dot;
+        }
+    free(tok);
+    enc_preproc_geom g;
+    enc_preproc_geometry(&s->pad, (int)img->width, (int)img->height, &g);
+    /* where the whole grid lies in original pixels (beyond the photo where padded) */
+    h->extent[0] = -(float)g.off_x / g.scale_x;
+    h->extent[1] = -(float)g.off_y / g.scale_y;
+    h->extent[2] = (float)g.input_w / g.scale_x;
+    h->extent[3] = (float)g.input_h / g.scale_y;
+}
+
+/* Search with q (dim floats, any norm), filter, group, answer job. */
+static int search_answer(srv_job *job, const float *q_in, uint64_t exclude)
+{
+    srv *s = job->s;
+    proto_request *req = job->req;
+    uint64_t k = PROTO_DEFAULT_K;
+    proto_obj_uint(proto_req_arg(req, "k"), &k);
+    const msgpack_object *g = proto_req_arg(req, "granularity");
+    int gran = proto_obj_str_eq(g, "region") ? 1 : proto_obj_str_eq(g, "pixel") ? 2 : 0;
+    filters f;
+    read_filters(req, &f);
+    float *q = malloc((size_t)s->dim * sizeof(float));
+    if (!q) return umg_err_set(UMG_ENOMEM, "out of memory");
+    memcpy(q, q_in, (size_t)s->dim * sizeof(float));
+    enc_l2_normalize(q, s->dim);
+
+    int kind = gran == 1 ? DB_KIND_REGION : DB_KIND_IMAGE;
+    /* over-fetch: filters and per-image suppression drop candidates */
+    uint64_t fetch = k * (gran == 1 ? 4 : 1) * (f.any ? 8 : 1) + (exclude ? 1 : 0);
+    if (fetch > MAX_FETCH) fetch = MAX_FETCH;
+    db_hit *cand = malloc(fetch * sizeof *cand);
+    hit *hits = calloc(k, sizeof *hits);
+    int nc = 0, nh = 0, rc = 0;
+    if (!cand || !hits) rc = umg_err_set(UMG_ENOMEM, "out of memory");
+    if (!rc) rc = db_search(s->db, kind, q, NULL, cand, (int)fetch, &nc);
+    for (int i = 0; !rc && i < nc && (uint64_t)nh < k; i++) {
+        if (f.has_min && cand[i].score < f.min_score) break; /* sorted by score */
+        hit h = {.score = cand[i].score};
+        if (gran == 1) {
+            db_region r;
+            if (db_get_region(s->db, cand[i].id, &r)) continue; /* deleted meanwhile */
+            h.region_id = r.id;
+            h.image_id = r.image_id;
+            memcpy(h.box, r.box, sizeof h.box);
+            h.has_box = 1;
+            int overlap = 0;
+            for (int j = 0; j < nh && !overlap; j++)
+                overlap = hits[j].image_id == h.image_id && box_iou(hits[j].box, h.box) > REGION_NMS_IOU;
+            if (overlap) continue;
+        } else {
+            h.image_id = cand[i].id;
+        }
+        if (h.image_id == exclude) continue;
+        db_image img;
+        if (db_get_image(s->db, h.image_id, &img)) continue;
+        if (passes(&f, &img)) {
+            h.path = strdup(img.path);
+            if (gran == 2) heatmap(s, &h, q, &img);
+            hits[nh++] = h;
+        }
+        db_image_free(&img);
+    }
+    if (!rc) {
+        proto_writer w;
+        if (proto_response_begin(&w, &job->resp, job->id)) {
+            rc = umg_err_set(UMG_ENOMEM, "out of memory");
+        } else {
+            msgpack_packer *pk = &w.pk;
+            msgpack_pack_map(pk, 1);
+            pack_key(pk, "hits");
+            msgpack_pack_array(pk, (size_t)nh);
+            for (int i = 0; i < nh; i++) {
+                hit *h = &hits[i];
+                msgpack_pack_map(pk, 3 + (h->has_box ? 2 : 0) + (h->heat ? 1 : 0));
+                pack_key(pk, "image_id"), msgpack_pack_uint64(pk, h->image_id);
+                pack_key(pk, "path"), proto_pack_cstr(pk, h->path ? h->path : "");
+                pack_key(pk, "score"), msgpack_pack_float(pk, h->score);
+                if (h->has_box) {
+                    pack_key(pk, "box"), pack_box(pk, h->box);
+                    pack_key(pk, "region_id"), msgpack_pack_uint64(pk, h->region_id);
+                }
+                if (h->heat) {
+                    size_t GG = (size_t)s->grid * s->grid;
+                    pack_key(pk, "heatmap");
+                    msgpack_pack_map(pk, 3);
+                    pack_key(pk, "grid"), msgpack_pack_int32(pk, s->grid);
+                    pack_key(pk, "extent"), pack_box(pk, h->extent);
+                    pack_key(pk, "values");
+                    msgpack_pack_array(pk, GG);
+                    for (size_t c = 0; c < GG; c++) msgpack_pack_float(pk, h->heat[c]);
+                }
+            }
+            job_response_end(job, &w);
+        }
+    }
+    for (int i = 0; i < nh; i++) {
+        free(hits[i].path);
+        free(hits[i].heat);
+    }
+    free(hits);
+    free(cand);
+    free(q);
+    return rc;
+}
+
+static void query_work(uv_work_t *w)
+{
+    srv_job *job = w->data;
+    srv *s = job->s;
+    umg_err_clear();
+    const char *text;
+    size_t len;
+    proto_obj_str(proto_req_arg(job->req, "text"), &text, &len);
+    float *vec = malloc((size_t)s->dim * sizeof(float));
+    int rc = vec ? 0 : umg_err_set(UMG_ENOMEM, "out of memory");
+    if (!rc) {
+        int i = pool_acquire(&s->runs);
+        rc = enc_encode_text(s->runs.runs[i], text, len, vec, NULL, NULL);
+        pool_release(&s->runs, i);
+    }
+    if (!rc) rc = search_answer(job, vec, 0);
+    if (rc) srv_job_error(job, rc, umg_err_msg());
+    free(vec);
+}
+
+/* The query vector of an image (by id or bytes), optionally of a box in it. */
+static int image_query_vector(srv_job *job, float *vec, uint64_t *exclude)
+{
+    srv *s = job->s;
+    proto_request *req = job->req;
+    double bd[4];
+    int has_box = proto_obj_box(proto_req_arg(req, "box"), bd);
+    float box[4] = {(float)bd[0], (float)bd[1], (float)bd[2], (float)bd[3]};
+    uint64_t id;
+    int rc;
+    if (proto_obj_uint(proto_req_arg(req, "image_id"), &id)) {
+        *exclude = has_box ? 0 : id;
+        if (!has_box) {
+            rc = db_get_vector(s->db, DB_KIND_IMAGE, id, vec);
+            if (rc == UMG_ENOENT) return umg_err_set(UMG_ENOENT, "query_image: no image %llu", (unsigned long long)id);
+            return rc;
+        }
+        db_image img;
+        if ((rc = db_get_image(s->db, id, &img)))
+            return rc == UMG_ENOENT ? umg_err_set(UMG_ENOENT, "query_image: no image %llu", (unsigned long long)id) : rc;
+        enc_preproc_geom g;
+        enc_preproc_geometry(&s->pad, (int)img.width, (int)img.height, &g);
+        db_image_free(&img);
+        float *tok = load_patch_tokens(s, id, &rc);
+        if (!tok)
+            return rc == UMG_ENOENT ? umg_err_set(UMG_EUNSUPPORTED, "query_image: image %llu has no patch tokens "
+                                                                   "stored (server runs with --no-patches)",
+                                                  (unsigned long long)id)
+                                    : rc;
+        /* stored tokens are normalized per token; pooling normalizes them anyway */
+        rc = enc_region_pool(tok, s->grid, s->dim, s->patch_size, &g, box, vec);
+        free(tok);
+        if (rc) return umg_err_set(UMG_EINVAL, "query_image: box is outside the image");
+        return 0;
+    }
+    const uint8_t *data;
+    size_t len;
+    proto_obj_bin(proto_req_arg(req, "data"), &data, &len);
+    *exclude = 0;
+    enc_image img = {0};
+    if ((rc = enc_image_decode(data, len, ENC_IMAGE_MAX_PIXELS_DEFAULT, &img))) return rc;
+    size_t S = (size_t)s->image_size;
+    float *pixels = malloc(3 * S * S * sizeof(float));
+    enc_preproc_geom g;
+    rc = pixels ? enc_preprocess(&img, &s->pad, pixels) : umg_err_set(UMG_ENOMEM, "out of memory");
+    enc_preproc_geometry(&s->pad, img.width, img.height, &g);
+    enc_image_free(&img);
+    if (!rc) {
+        int i = pool_acquire(&s->runs);
+        rc = enc_encode_pixels(s->runs.runs[i], pixels, 1, vec, has_box ? s->runs.patches[i] : NULL);
+        if (!rc && has_box &&
+            enc_region_pool(s->runs.patches[i], s->grid, s->dim, s->patch_size, &g, box, vec))
+            rc = umg_err_set(UMG_EINVAL, "query_image: box is outside the image");
+        pool_release(&s->runs, i);
+    }
+    free(pixels);
+    return rc;
+}
+
+static void query_image_work(uv_work_t *w)
+{
+    srv_job *job = w->data;
+    umg_err_clear();
+    float *vec = malloc((size_t)job->s->dim * sizeof(float));
+    uint64_t exclude = 0;
+    int rc = vec ? image_query_vector(job, vec, &exclude) : umg_err_set(UMG_ENOMEM, "out of memory");
+    if (!rc) rc = search_answer(job, vec, exclude);
+    if (rc) srv_job_error(job, rc, umg_err_msg());
+    free(vec);
+}
+
+/* ---- get / delete (threadpool) -------------------------------------------- */
+
+static int resolve_image(srv_job *job, uint64_t *id)
+{
+    const char *p;
+    size_t pl;
+    if (proto_obj_uint(proto_req_arg(job->req, "image_id"), id)) return 0;
+    proto_obj_str(proto_req_arg(job->req, "path"), &p, &pl);
+    char *path = strndup(p, pl);
+    if (!path) return umg_err_set(UMG_ENOMEM, "out of memory");
+    int rc = db_find_path(job->s->db, path, id);
+    if (rc == UMG_ENOENT) rc = umg_err_set(UMG_ENOENT, "no image at path '%s'", path);
+    free(path);
+    return rc;
+}
+
+static void get_work(uv_work_t *w)
+{
+    srv_job *job = w->data;
+    srv *s = job->s;
+    umg_err_clear();
+    uint64_t id;
+    db_image img;
+    db_region *regs = NULL;
+    int nreg = 0, have_img = 0;
+    int rc = resolve_image(job, &id);
+    if (!rc) {
+        rc = db_get_image(s->db, id, &img);
+        if (rc == UMG_ENOENT) rc = umg_err_set(UMG_ENOENT, "no image %llu", (unsigned long long)id);
+        have_img = !rc;
+    }
+    if (!rc) rc = db_list_regions(s->db, id, &regs, &nreg);
+    if (!rc) {
+        proto_writer wr;
+        if (proto_response_begin(&wr, &job->resp, job->id)) {
+            rc = umg_err_set(UMG_ENOMEM, "out of memory");
+        } else {
+            msgpack_packer *pk = &wr.pk;
+            char hex[65];
+            for (int i = 0; i < 32; i++) snprintf(hex + 2 * i, 3, "%02x", img.sha256[i]);
+            msgpack_pack_map(pk, 10);
+            pack_key(pk, "image_id"), msgpack_pack_uint64(pk, img.id);
+            pack_key(pk, "path"), proto_pack_cstr(pk, img.path);
+            pack_key(pk, "width"), msgpack_pack_uint32(pk, img.width);
+            pack_key(pk, "height"), msgpack_pack_uint32(pk, img.height);
+            pack_key(pk, "bytes"), msgpack_pack_uint64(pk, img.bytes);
+            pack_key(pk, "sha256"), pack_strn(pk, hex, 64);
+            pack_key(pk, "mtime"), msgpack_pack_int64(pk, img.mtime);
+            pack_key(pk, "ingest_time"), msgpack_pack_int64(pk, img.ingest_time);
+            pack_key(pk, "tags");
+            msgpack_pack_array(pk, (size_t)img.n_tags);
+            for (int i = 0; i < img.n_tags; i++) proto_pack_cstr(pk, img.tags[i]);
+            pack_key(pk, "regions");
+            msgpack_pack_array(pk, (size_t)nreg);
+            for (int i = 0; i < nreg; i++) {
+                msgpack_pack_map(pk, 3 + regs[i].has_score);
+                pack_key(pk, "region_id"), msgpack_pack_uint64(pk, regs[i].id);
+                pack_key(pk, "box"), pack_box(pk, regs[i].box);
+                pack_key(pk, "method"), proto_pack_cstr(pk, regs[i].method);
+                if (regs[i].has_score) pack_key(pk, "score"), msgpack_pack_float(pk, regs[i].score);
+            }
+            job_response_end(job, &wr);
+        }
+    }
+    if (have_img) db_image_free(&img);
+    free(regs);
+    if (rc) srv_job_error(job, rc, umg_err_msg());
+}
+
+static void delete_work(uv_work_t *w)
+{
+    srv_job *job = w->data;
+    umg_err_clear();
+    uint64_t id;
+    int rc = resolve_image(job, &id);
+    if (!rc) {
+        rc = db_delete_image(job->s->db, id);
+        if (rc == UMG_ENOENT) rc = umg_err_set(UMG_ENOENT, "no image %llu", (unsigned long long)id);
+    }
+    if (!rc) {
+        proto_writer wr;
+        if (proto_response_begin(&wr, &job->resp, job->id)) {
+            rc = umg_err_set(UMG_ENOMEM, "out of memory");
+        } else {
+            msgpack_pack_map(&wr.pk, 2);
+            pack_key(&wr.pk, "image_id"), msgpack_pack_uint64(&wr.pk, id);
+            pack_key(&wr.pk, "deleted"), msgpack_pack_true(&wr.pk);
+            job_response_end(job, &wr);
+        }
+    }
+    if (rc) srv_job_error(job, rc, umg_err_msg());
+}
+
+#define QUEUE_HANDLER(name, fn)                                                                    \
+    static int name(void *ctx, proto_request *req)                                                 \
+    {                                                                                              \
+        srv_job *job = ctx;                                                                        \
+        int rc = uv_queue_work(job->s->loop, &job->work, fn, srv_after_work);                     \
+        return rc ? umg_err_set(UMG_EINTERNAL, "uv_queue_work: %s", uv_strerror(rc)) : 0;          \
+    }
+QUEUE_HANDLER(h_query, query_work)
+QUEUE_HANDLER(h_query_image, query_image_work)
+QUEUE_HANDLER(h_get, get_work)
+QUEUE_HANDLER(h_delete, delete_work)
+
+void srv_register_handlers(void)
+{
+    proto_op_set_handler(PROTO_OP_HELLO, h_hello);
+    proto_op_set_handler(PROTO_OP_PING, h_ping);
+    proto_op_set_handler(PROTO_OP_INGEST, h_ingest);
+    proto_op_set_handler(PROTO_OP_QUERY, h_query);
+    proto_op_set_handler(PROTO_OP_QUERY_IMAGE, h_query_image);
+    proto_op_set_handler(PROTO_OP_GET, h_get);
+    proto_op_set_handler(PROTO_OP_DELETE, h_delete);
+    proto_op_set_handler(PROTO_OP_STATS, h_stats);
+}
