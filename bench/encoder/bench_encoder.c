@@ -1,7 +1,8 @@
 /* bench_encoder.c - images/s and text-query latency of the C encoder.
  *
  *   bench_encoder MODEL_DIR [--threads 2] [--repeats 7] [--text-repeats 30]
- *                 [--query "a photo of a dog in the snow"] [--check ONNX_DIR]
+ *                 [--budget 15] [--query "a photo of a dog in the snow"]
+ *                 [--check ONNX_DIR]
  *
  * Images/s at batch 1 and 16 on --threads threads, two ways:
  *   workers  T threads, each with its own enc_run, OpenBLAS single-threaded
@@ -10,8 +11,9 @@
  *   blas     one enc_run, OpenBLAS on T threads (one stream of batches, as
  *            ONNX Runtime's intra-op threads run it).
  * Text latency: enc_encode_text (tokenize + text tower over the real tokens) on
- * one thread.  Every figure is the median of --repeats timed repeats after one
- * warm-up repeat.  --check ONNX_DIR first compares the encoder with the torch
+ * one thread.  Every figure is the median of up to --repeats timed repeats
+ * after a warm-up (fewer, but at least 3, when they would take more than
+ * --budget seconds).  --check ONNX_DIR first compares the encoder with the torch
  * outputs that tools/export_onnx.py stored in ONNX_DIR/export.json (cosine),
  * so that a broken encoder cannot look fast.  One JSON object on stdout. */
 #include <errno.h>
@@ -37,6 +39,7 @@ typedef struct bench_args {
     int threads;
     int repeats;
     int text_repeats;
+    double budget_s;
 } bench_args;
 
 static double now_s(void)
@@ -112,20 +115,21 @@ static double images_repeat(worker *ws, int n_workers)
     return images / dt;
 }
 
+/* Repeats are sized from the warm-up: each lasts >= ~0.3 s (batch 1 runs
+ * several batches per repeat) and one measurement takes about budget_s, within
+ * [3, max_repeats] repeats, so a slow build or a busy machine still finishes. */
 static stats bench_images(const enc_model *m, const float *pixels, int batch, int n_workers,
-                          int blas_threads, int repeats)
+                          int blas_threads, int max_repeats, double budget_s, int *repeats_out)
 {
     int dim = enc_model_dim(m);
     worker *ws = calloc((size_t)n_workers, sizeof *ws);
     if (!ws)
         die("calloc", UMG_ENOMEM);
-    /* batch 1: several images per repeat so that a repeat lasts ~0.3 s or more. */
-    int runs = batch == 1 ? 8 : 1;
     for (int i = 0; i < n_workers; i++) {
         ws[i].model = m;
         ws[i].pixels = pixels;
         ws[i].batch = batch;
-        ws[i].runs = runs;
+        ws[i].runs = 1;
         ws[i].embeds = malloc(sizeof(float) * (size_t)batch * (size_t)dim);
         if (!ws[i].embeds)
             die("malloc", UMG_ENOMEM);
@@ -134,7 +138,15 @@ static stats bench_images(const enc_model *m, const float *pixels, int batch, in
             die("enc_run_create", rc);
     }
     openblas_set_num_threads(blas_threads);
-    images_repeat(ws, n_workers); /* warm-up: page in the weights, grow BLAS buffers */
+    /* warm-up: pages in the weights, grows BLAS buffers, times one run */
+    double run_s = (double)(batch * n_workers) / images_repeat(ws, n_workers);
+    int runs = batch == 1 ? (int)ceil(0.3 / run_s) : 1;
+    if (runs < 1)
+        runs = 1;
+    int repeats = (int)(budget_s / (runs * run_s));
+    repeats = repeats < 3 ? 3 : repeats > max_repeats ? max_repeats : repeats;
+    for (int i = 0; i < n_workers; i++)
+        ws[i].runs = runs;
     double rates[MAX_REPEATS];
     for (int r = 0; r < repeats; r++)
         rates[r] = images_repeat(ws, n_workers);
@@ -143,6 +155,7 @@ static stats bench_images(const enc_model *m, const float *pixels, int batch, in
         free(ws[i].embeds);
     }
     free(ws);
+    *repeats_out = repeats;
     return stats_of(rates, repeats);
 }
 
@@ -252,7 +265,7 @@ static check_result check_against_export(const enc_model *m, const char *dir)
 static void usage(void)
 {
     fprintf(stderr, "usage: bench_encoder MODEL_DIR [--threads N] [--repeats N] [--text-repeats N]\n"
-                    "                     [--query TEXT] [--check ONNX_DIR]\n");
+                    "                     [--budget SECONDS] [--query TEXT] [--check ONNX_DIR]\n");
     exit(2);
 }
 
@@ -268,7 +281,7 @@ static int int_arg(const char *s, int lo, int hi)
 
 static bench_args parse_args(int argc, char **argv)
 {
-    bench_args a = { NULL, NULL, "a photo of a dog in the snow", 2, 7, 30 };
+    bench_args a = { NULL, NULL, "a photo of a dog in the snow", 2, 7, 30, 15.0 };
     for (int i = 1; i < argc; i++) {
         const char *k = argv[i];
         if (k[0] != '-') {
@@ -286,6 +299,8 @@ static bench_args parse_args(int argc, char **argv)
             a.repeats = int_arg(v, 1, MAX_REPEATS);
         else if (!strcmp(k, "--text-repeats"))
             a.text_repeats = int_arg(v, 1, MAX_REPEATS);
+        else if (!strcmp(k, "--budget"))
+            a.budget_s = int_arg(v, 1, 3600);
         else if (!strcmp(k, "--query"))
             a.query = v;
         else if (!strcmp(k, "--check"))
@@ -298,10 +313,10 @@ static bench_args parse_args(int argc, char **argv)
     return a;
 }
 
-static void print_stats(const char *name, stats s, const char *unit, int last)
+static void print_stats(const char *name, stats s, const char *unit, int repeats, int last)
 {
-    printf("      \"%s\": {\"%s\": %.4f, \"min\": %.4f, \"max\": %.4f}%s\n", name, unit, s.median, s.min,
-           s.max, last ? "" : ",");
+    printf("      \"%s\": {\"%s\": %.4f, \"min\": %.4f, \"max\": %.4f, \"repeats\": %d}%s\n", name, unit,
+           s.median, s.min, s.max, repeats, last ? "" : ",");
 }
 
 int main(int argc, char **argv)
@@ -339,9 +354,10 @@ int main(int argc, char **argv)
 
     static const int batches[2] = { 1, 16 };
     stats workers[2], blas[2];
+    int workers_rep[2], blas_rep[2];
     for (int b = 0; b < 2; b++) {
-        workers[b] = bench_images(m, pixels, batches[b], a.threads, 1, a.repeats);
-        blas[b] = bench_images(m, pixels, batches[b], 1, a.threads, a.repeats);
+        workers[b] = bench_images(m, pixels, batches[b], a.threads, 1, a.repeats, a.budget_s, &workers_rep[b]);
+        blas[b] = bench_images(m, pixels, batches[b], 1, a.threads, a.repeats, a.budget_s, &blas_rep[b]);
     }
 
     /* Text: one thread, tokenization included (it is part of a query's cost). */
@@ -357,11 +373,15 @@ int main(int argc, char **argv)
     if (!embed)
         die("malloc", UMG_ENOMEM);
     size_t qlen = strlen(a.query);
+    double tw = now_s();
     for (int w = 0; w < 3; w++)
         if ((rc = enc_encode_text(run, a.query, qlen, embed, ids, &n_ids)))
             die("enc_encode_text", rc);
+    /* both calls per repeat: about 2x the warm-up's per-call time */
+    int text_repeats = (int)(a.budget_s / (2 * (now_s() - tw) / 3));
+    text_repeats = text_repeats < 5 ? 5 : text_repeats > a.text_repeats ? a.text_repeats : text_repeats;
     double ms[MAX_REPEATS], ms_ids[MAX_REPEATS];
-    for (int r = 0; r < a.text_repeats; r++) {
+    for (int r = 0; r < text_repeats; r++) {
         double t = now_s();
         rc = enc_encode_text(run, a.query, qlen, embed, ids, &n_ids);
         ms[r] = (now_s() - t) * 1e3;
@@ -373,7 +393,7 @@ int main(int argc, char **argv)
         if (rc)
             die("enc_encode_ids", rc);
     }
-    stats text = stats_of(ms, a.text_repeats), text_ids = stats_of(ms_ids, a.text_repeats);
+    stats text = stats_of(ms, text_repeats), text_ids = stats_of(ms_ids, text_repeats);
 
     double load[1] = { -1 };
     FILE *la = fopen("/proc/loadavg", "r");
@@ -401,7 +421,8 @@ int main(int argc, char **argv)
         for (int b = 0; b < 2; b++) {
             char name[16];
             snprintf(name, sizeof name, "batch%d", batches[b]);
-            print_stats(name, mode == 0 ? workers[b] : blas[b], "images_per_s", b == 1);
+            print_stats(name, mode == 0 ? workers[b] : blas[b], "images_per_s",
+                        mode == 0 ? workers_rep[b] : blas_rep[b], b == 1);
         }
         printf("    }%s\n", mode == 0 ? "," : "");
     }
@@ -409,8 +430,8 @@ int main(int argc, char **argv)
     printf("    \"query_tokens\": %d,\n    \"ids\": [", n_ids);
     for (int i = 0; i < n_ids; i++)
         printf("%s%d", i ? ", " : "", ids[i]);
-    printf("],\n    \"encode_text\": {\"ms\": %.4f, \"min\": %.4f, \"max\": %.4f},\n", text.median, text.min,
-           text.max);
+    printf("],\n    \"repeats\": %d,\n", text_repeats);
+    printf("    \"encode_text\": {\"ms\": %.4f, \"min\": %.4f, \"max\": %.4f},\n", text.median, text.min, text.max);
     printf("    \"encode_ids\": {\"ms\": %.4f, \"min\": %.4f, \"max\": %.4f}\n  }\n}\n", text_ids.median,
            text_ids.min, text_ids.max);
 

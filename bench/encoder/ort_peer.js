@@ -5,9 +5,10 @@
 // package, the install script only fetches GPU providers).
 //
 //   node ort_peer.js --onnx-dir DIR [--threads 2] [--text-threads 1]
-//                    [--repeats 7] [--text-repeats 30]
+//                    [--repeats 7] [--text-repeats 30] [--budget 15]
 //
-// Measures, after warm-up, the median over repeats of:
+// Measures, after warm-up, the median over repeats (up to --repeats, fewer but
+// at least 3 when they would take more than --budget seconds) of:
 //   images/s at batch 1 and 16 on --threads intra-op threads (vision.onnx);
 //   text latency on --text-threads threads for the query in DIR/export.json,
 //   padded to 77 tokens (text77.onnx, as users of ONNX CLIP run it) and with
@@ -23,7 +24,7 @@ const path = require('path');
 const ort = require('onnxruntime-node');
 
 function parseArgs(argv) {
-  const a = { onnxDir: null, threads: 2, textThreads: 1, repeats: 7, textRepeats: 30 };
+  const a = { onnxDir: null, threads: 2, textThreads: 1, repeats: 7, textRepeats: 30, budget: 15 };
   for (let i = 2; i < argv.length; i++) {
     const k = argv[i], v = argv[i + 1];
     if (k === '--onnx-dir') { a.onnxDir = v; i++; }
@@ -31,9 +32,10 @@ function parseArgs(argv) {
     else if (k === '--text-threads') { a.textThreads = +v; i++; }
     else if (k === '--repeats') { a.repeats = +v; i++; }
     else if (k === '--text-repeats') { a.textRepeats = +v; i++; }
+    else if (k === '--budget') { a.budget = +v; i++; }
     else { throw new Error(`unknown argument ${k}`); }
   }
-  if (!a.onnxDir) throw new Error('usage: ort_peer.js --onnx-dir DIR [--threads N] [--text-threads N] [--repeats N] [--text-repeats N]');
+  if (!a.onnxDir) throw new Error('usage: ort_peer.js --onnx-dir DIR [--threads N] [--text-threads N] [--repeats N] [--text-repeats N] [--budget S]');
   return a;
 }
 
@@ -100,10 +102,16 @@ async function main() {
     let x = 12345;
     for (let i = 0; i < px.length; i++) { x = (x * 1103515245 + 12345) >>> 0; px[i] = (x / 4294967296) * 4 - 2; }
     const feeds = { pixel_values: new ort.Tensor('float32', px, [batch, check.pixels_shape[1], check.pixels_shape[2], check.pixels_shape[3]]) };
-    const runsPerRepeat = batch === 1 ? 8 : 1;   // >= ~0.4 s per repeat at ~20 img/s
-    for (let w = 0; w < 2; w++) await vision.run(feeds);
+    // Sized from the warm-up as bench_encoder does: a repeat lasts >= ~0.3 s,
+    // a measurement about --budget seconds, 3 to --repeats repeats.
+    await vision.run(feeds);
+    const tw = nowMs();
+    await vision.run(feeds);
+    const runS = (nowMs() - tw) / 1000;
+    const runsPerRepeat = batch === 1 ? Math.max(1, Math.ceil(0.3 / runS)) : 1;
+    const repeats = Math.min(args.repeats, Math.max(3, Math.floor(args.budget / (runsPerRepeat * runS))));
     const rates = [];
-    for (let r = 0; r < args.repeats; r++) {
+    for (let r = 0; r < repeats; r++) {
       const t0 = nowMs();
       for (let k = 0; k < runsPerRepeat; k++) await vision.run(feeds);
       rates.push((runsPerRepeat * batch) / ((nowMs() - t0) / 1000));
@@ -116,9 +124,11 @@ async function main() {
   const text = {};
   for (const [name, sess, len] of [['padded77', text77, ctx], ['real_tokens', textDyn, check.ids.length]]) {
     const feeds = { input_ids: idsTensor(check.ids, len) };
+    const tw = nowMs();
     for (let w = 0; w < 3; w++) await sess.run(feeds);
+    const repeats = Math.min(args.textRepeats, Math.max(5, Math.floor(args.budget / ((nowMs() - tw) / 3000))));
     const ms = [];
-    for (let r = 0; r < args.textRepeats; r++) {
+    for (let r = 0; r < repeats; r++) {
       const t0 = nowMs();
       await sess.run(feeds);
       ms.push(nowMs() - t0);
