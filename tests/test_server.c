@@ -1,0 +1,1102 @@
+/* test_server.c - `umgdb serve` as a real process (env UMG_BIN) on a
+ * temporary data directory with tests/fixtures/clip-tiny, talked to over real
+ * sockets with cli/client.h.  clip-tiny has random weights: these tests check
+ * mechanics (every op, errors, pipelining, restart, shutdown, auth), not
+ * meaning. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <math.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "enc_image.h"
+#include "umg_error.h"
+
+/* The client library is part of the umgdb binary (cli/); compiled in here
+ * so the test needs no library target of its own. */
+#include "../cli/client.c"
+
+#define TINY UMG_FIXTURES_DIR "/clip-tiny"
+#define IMG(n) TINY "/images/" n
+#define T_MS 30000   /* generous per-call timeout: ASan builds are slow */
+
+static const char *bin(void)
+{
+    const char *b = getenv("UMG_BIN");
+    return b && *b ? b : UMG_BINARY_DIR "/umgdb";
+}
+
+/* ---- files ------------------------------------------------------------------ */
+
+static uint8_t *slurp(const char *path, size_t *len)
+{
+    FILE *f = fopen(path, "rb");
+    assert_non_null(f);
+    fseek(f, 0, SEEK_END);
+    long n = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    uint8_t *b = malloc((size_t)n + 1);
+    assert_non_null(b);
+    assert_int_equal(fread(b, 1, (size_t)n, f), (size_t)n);
+    fclose(f);
+    *len = (size_t)n;
+    return b;
+}
+
+static void copy_file(const char *from, const char *to)
+{
+    size_t n;
+    uint8_t *b = slurp(from, &n);
+    FILE *f = fopen(to, "wb");
+    assert_non_null(f);
+    assert_int_equal(fwrite(b, 1, n, f), n);
+    fclose(f);
+    free(b);
+}
+
+static void rm_rf(const char *dir)
+{
+    char cmd[600];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
+    assert_int_equal(system(cmd), 0);
+}
+
+/* ---- the server process ------------------------------------------------------ */
+
+typedef struct server {
+    pid_t pid;
+    char dir[256];        /* temp root: data/, root/, outside/, log, sock */
+    char addr[320];       /* "unix:..." or "127.0.0.1:port" */
+    char log[300];
+} server;
+
+static void make_tmp(server *s)
+{
+    memset(s, 0, sizeof *s);
+    snprintf(s->dir, sizeof s->dir, "/tmp/umg-srv-XXXXXX");
+    assert_non_null(mkdtemp(s->dir));
+    snprintf(s->log, sizeof s->log, "%s/log", s->dir);
+}
+
+/* Start umgdb serve with --data DIR/data --model clip-tiny plus extra
+ * (NULL-terminated); listens on DIR/sock unless extra has --listen.  Waits
+ * until it accepts connections. */
+static void start(server *s, const char *const *extra)
+{
+    char data[300], sock[300];
+    snprintf(data, sizeof data, "%s/data", s->dir);
+    snprintf(sock, sizeof sock, "%s/sock", s->dir);
+    const char *argv[64];
+    int n = 0, tcp = 0;
+    argv[n++] = bin();
+    argv[n++] = "serve";
+    argv[n++] = "--data";
+    argv[n++] = data;
+    argv[n++] = "--model";
+    argv[n++] = TINY;
+    argv[n++] = "--threads";
+    argv[n++] = "1";
+    for (int i = 0; extra && extra[i]; i++) {
+        if (!strcmp(extra[i], "--listen")) {
+            tcp = 1;
+            snprintf(s->addr, sizeof s->addr, "%s", extra[i + 1]);
+        }
+        argv[n++] = extra[i];
+    }
+    if (!tcp) {
+        argv[n++] = "--socket";
+        argv[n++] = sock;
+        snprintf(s->addr, sizeof s->addr, "unix:%s", sock);
+    }
+    argv[n] = NULL;
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        int fd = open(s->log, O_WRONLY | O_CREAT | O_APPEND, 0644);
+        if (fd >= 0) {
+            dup2(fd, 2);
+            dup2(fd, 1);
+        }
+        execv(argv[0], (char *const *)argv);
+        _exit(127);
+    }
+    s->pid = pid;
+    for (int tries = 0; tries < 600; tries++) { /* 30 s */
+        umg_client *c;
+        if (umg_client_connect(s->addr, NULL, &c) == 0) {
+            umg_client_close(c);
+            return;
+        }
+        int st;
+        if (waitpid(pid, &st, WNOHANG) == pid) {
+            s->pid = 0;
+            char cmd[400];
+            snprintf(cmd, sizeof cmd, "cat '%s' >&2", s->log);
+            if (system(cmd)) {}
+            fail_msg("server exited during start-up");
+        }
+        usleep(50000);
+    }
+    fail_msg("server did not start listening");
+}
+
+/* SIGTERM, then the exit status. */
+static int stop(server *s)
+{
+    if (!s->pid) return -1;
+    kill(s->pid, SIGTERM);
+    int st = 0;
+    for (int i = 0; i < 600; i++) { /* 60 s */
+        if (waitpid(s->pid, &st, WNOHANG) == s->pid) {
+            s->pid = 0;
+            return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+        }
+        usleep(100000);
+    }
+    kill(s->pid, SIGKILL);
+    waitpid(s->pid, &st, 0);
+    s->pid = 0;
+    fail_msg("server did not stop within 60 s of SIGTERM");
+    return -1;
+}
+
+static umg_client *conn(const server *s)
+{
+    umg_client *c = NULL;
+    int rc = umg_client_connect(s->addr, NULL, &c);
+    if (rc) fail_msg("connect %s: %s", s->addr, umg_err_msg());
+    return c;
+}
+
+/* ---- requests ------------------------------------------------------------------ */
+
+static uint64_t begin(umg_client *c, proto_writer *w, const char *op, size_t nargs)
+{
+    uint64_t id = 0;
+    assert_int_equal(umg_client_begin(c, w, op, nargs, &id), 0);
+    return id;
+}
+static void kv_str(proto_writer *w, const char *k, const char *v)
+{
+    proto_pack_cstr(&w->pk, k);
+    proto_pack_cstr(&w->pk, v);
+}
+static void kv_uint(proto_writer *w, const char *k, uint64_t v)
+{
+    proto_pack_cstr(&w->pk, k);
+    msgpack_pack_uint64(&w->pk, v);
+}
+static void kv_bin(proto_writer *w, const char *k, const void *d, size_t n)
+{
+    proto_pack_cstr(&w->pk, k);
+    msgpack_pack_bin(&w->pk, n);
+    msgpack_pack_bin_body(&w->pk, d, n);
+}
+static void end(umg_client *c, proto_writer *w) { assert_int_equal(umg_client_end(c, w), 0); }
+
+static proto_response *wait_resp(umg_client *c, uint64_t id)
+{
+    proto_response *r = NULL;
+    int rc = umg_client_wait(c, id, T_MS, &r);
+    if (rc) fail_msg("waiting for response %llu: %s: %s", (unsigned long long)id, umg_error_name(rc), umg_err_msg());
+    assert_int_equal(r->id, id);
+    return r;
+}
+
+static proto_response *wait_ok(umg_client *c, uint64_t id)
+{
+    proto_response *r = wait_resp(c, id);
+    if (!r->ok) fail_msg("request %llu failed: %s: %s", (unsigned long long)id, r->code_name, r->message);
+    return r;
+}
+
+/* The error code of the response to id (which must be an error). */
+static int wait_err(umg_client *c, uint64_t id)
+{
+    proto_response *r = wait_resp(c, id);
+    if (r->ok) fail_msg("request %llu succeeded, an error was expected", (unsigned long long)id);
+    int code = r->code;
+    proto_response_free(r);
+    return code;
+}
+
+static uint64_t res_u(const proto_response *r, const char *key)
+{
+    uint64_t v = 0;
+    if (!umg_result_uint(r, key, &v)) fail_msg("result has no unsigned '%s'", key);
+    return v;
+}
+
+static int res_bool(const proto_response *r, const char *key)
+{
+    bool v = false;
+    if (!proto_obj_bool(umg_result_get(r, key), &v)) fail_msg("result has no bool '%s'", key);
+    return v;
+}
+
+static int str_eq(const msgpack_object *o, const char *s) { return proto_obj_str_eq(o, s); }
+
+static void ping_ok(umg_client *c)
+{
+    proto_response *r = NULL;
+    assert_int_equal(umg_client_call0(c, "ping", T_MS, &r), 0);
+    assert_true(r->ok);
+    assert_int_equal(res_u(r, "protocol"), PROTO_VERSION);
+    proto_response_free(r);
+}
+
+/* A fresh connection still gets served. */
+static void others_served(const server *s)
+{
+    umg_client *c = conn(s);
+    ping_ok(c);
+    umg_client_close(c);
+}
+
+/* ingest by bytes -> image_id; *dup the duplicate flag; *regions the count. */
+static uint64_t ingest_bytes(umg_client *c, const char *file, const char *name, const char *tag, int *dup,
+                             uint64_t *regions)
+{
+    size_t n;
+    uint8_t *b = slurp(file, &n);
+    proto_writer w;
+    uint64_t id = begin(c, &w, "ingest", tag ? 3 : 2);
+    kv_bin(&w, "data", b, n);
+    kv_str(&w, "name", name);
+    if (tag) {
+        proto_pack_cstr(&w.pk, "tags");
+        msgpack_pack_array(&w.pk, 1);
+        proto_pack_cstr(&w.pk, tag);
+    }
+    end(c, &w);
+    free(b);
+    proto_response *r = wait_ok(c, id);
+    uint64_t image_id = res_u(r, "image_id");
+    if (dup) *dup = res_bool(r, "duplicate");
+    if (regions) *regions = res_u(r, "regions");
+    proto_response_free(r);
+    return image_id;
+}
+
+/* ingest by path: 0 and *image_id, or the error code. */
+static int ingest_path(umg_client *c, const char *path, uint64_t *image_id)
+{
+    proto_writer w;
+    uint64_t id = begin(c, &w, "ingest", 1);
+    kv_str(&w, "path", path);
+    end(c, &w);
+    proto_response *r = wait_resp(c, id);
+    int rc = r->ok ? 0 : r->code;
+    if (r->ok && image_id) *image_id = res_u(r, "image_id");
+    proto_response_free(r);
+    return rc;
+}
+
+/* get by id: the response (caller frees), or NULL when not_found. */
+static proto_response *get_image(umg_client *c, uint64_t image_id)
+{
+    proto_writer w;
+    uint64_t id = begin(c, &w, "get", 1);
+    kv_uint(&w, "image_id", image_id);
+    end(c, &w);
+    proto_response *r = wait_resp(c, id);
+    if (!r->ok) {
+        assert_int_equal(r->code, UMG_ENOENT);
+        proto_response_free(r);
+        return NULL;
+    }
+    return r;
+}
+
+/* query: text, granularity, k, optional filters map packer; returns response. */
+static proto_response *query(umg_client *c, const char *text, const char *gran, unsigned k,
+                             const char *path_prefix, const char *tag, double min_score)
+{
+    proto_writer w;
+    int nf = (path_prefix != NULL) + (tag != NULL) + (min_score > -10);
+    uint64_t id = begin(c, &w, "query", 3 + (nf > 0));
+    kv_str(&w, "text", text);
+    kv_str(&w, "granularity", gran);
+    kv_uint(&w, "k", k);
+    if (nf) {
+        proto_pack_cstr(&w.pk, "filters");
+        msgpack_pack_map(&w.pk, (size_t)nf);
+        if (path_prefix) kv_str(&w, "path_prefix", path_prefix);
+        if (tag) {
+            proto_pack_cstr(&w.pk, "tags");
+            msgpack_pack_array(&w.pk, 1);
+            proto_pack_cstr(&w.pk, tag);
+        }
+        if (min_score > -10) {
+            proto_pack_cstr(&w.pk, "min_score");
+            msgpack_pack_double(&w.pk, min_score);
+        }
+    }
+    end(c, &w);
+    return wait_ok(c, id);
+}
+
+static const msgpack_object *hits_of(const proto_response *r)
+{
+    const msgpack_object *h = umg_result_get(r, "hits");
+    assert_non_null(h);
+    assert_int_equal(h->type, MSGPACK_OBJECT_ARRAY);
+    return h;
+}
+
+static uint64_t obj_u(const msgpack_object *m, const char *key)
+{
+    uint64_t v = 0;
+    if (!proto_obj_uint(proto_map_get(m, key), &v)) fail_msg("no unsigned '%s'", key);
+    return v;
+}
+
+static double obj_f(const msgpack_object *m, const char *key)
+{
+    double v = 0;
+    if (!proto_obj_float(proto_map_get(m, key), &v)) fail_msg("no number '%s'", key);
+    return v;
+}
+
+/* ---- tests ------------------------------------------------------------------------ */
+
+/* Every op on one server: hello, ping, ingest (bytes, path, duplicate, tags),
+ * get (id, path), query (image, region, pixel, filters), query_image (id,
+ * bytes, box), stats, delete (id, path). */
+static void test_every_op(void **state)
+{
+    server s;
+    make_tmp(&s);
+    char root[300], p_chelsea[400], p_rocket[400];
+    snprintf(root, sizeof root, "%s/root", s.dir);
+    mkdir(root, 0755);
+    snprintf(p_chelsea, sizeof p_chelsea, "%s/chelsea.png", root);
+    snprintf(p_rocket, sizeof p_rocket, "%s/rocket.jpg", root);
+    copy_file(IMG("chelsea.png"), p_chelsea);
+    copy_file(IMG("rocket.jpg"), p_rocket);
+    const char *extra[] = {"--allow-root", root, "--regions", "8", NULL};
+    start(&s, extra);
+    umg_client *c = conn(&s);
+
+    /* hello: protocol, server version, model, dim */
+    proto_response *r = NULL;
+    assert_int_equal(umg_client_hello(c, NULL, "test_server", T_MS, &r), 0);
+    assert_int_equal(res_u(r, "protocol"), PROTO_VERSION);
+    assert_true(str_eq(umg_result_get(r, "server"), UMG_VERSION));
+    assert_true(str_eq(umg_result_get(r, "model"), "clip-tiny"));
+    uint64_t dim = res_u(r, "dim");
+    assert_true(dim > 0);
+    proto_response_free(r);
+    ping_ok(c);
+
+    /* ingest by bytes, then the same again: a no-op with the same id */
+    int dup = -1;
+    uint64_t nreg = 0;
+    uint64_t id_astro = ingest_bytes(c, IMG("astronaut.png"), "/client/astronaut.png", "space", &dup, &nreg);
+    assert_false(dup);
+    assert_true(nreg >= 1 && nreg <= 8);
+    uint64_t nreg2 = 0;
+    assert_int_equal(ingest_bytes(c, IMG("astronaut.png"), "/client/astronaut.png", "space", &dup, &nreg2), id_astro);
+    assert_true(dup);
+    assert_int_equal(nreg2, nreg);
+    /* the same content under another name is its own image */
+    uint64_t id_copy = ingest_bytes(c, IMG("astronaut.png"), "/client/copy.png", NULL, &dup, NULL);
+    assert_false(dup);
+    assert_int_not_equal(id_copy, id_astro);
+
+    /* ingest by path under the allowed root, twice */
+    uint64_t id_chelsea = 0, again = 0;
+    assert_int_equal(ingest_path(c, p_chelsea, &id_chelsea), 0);
+    assert_int_equal(ingest_path(c, p_chelsea, &again), 0);
+    assert_int_equal(again, id_chelsea);
+    uint64_t id_rocket = 0;
+    assert_int_equal(ingest_path(c, p_rocket, &id_rocket), 0);
+
+    /* get by id: record, dimensions as the decoder sees them, regions inside */
+    enc_image dec = {0};
+    assert_int_equal(enc_image_load(p_chelsea, ENC_IMAGE_MAX_PIXELS_DEFAULT, &dec), 0);
+    r = get_image(c, id_chelsea);
+    assert_non_null(r);
+    assert_true(str_eq(umg_result_get(r, "path"), p_chelsea));
+    assert_int_equal(res_u(r, "width"), (uint64_t)dec.width);
+    assert_int_equal(res_u(r, "height"), (uint64_t)dec.height);
+    const msgpack_object *regs = umg_result_get(r, "regions");
+    assert_non_null(regs);
+    assert_true(regs->via.array.size >= 1);
+    for (uint32_t i = 0; i < regs->via.array.size; i++) {
+        double box[4];
+        assert_true(proto_obj_box(proto_map_get(&regs->via.array.ptr[i], "box"), box));
+        assert_true(box[0] + box[2] <= dec.width + 0.5 && box[1] + box[3] <= dec.height + 0.5);
+        assert_true(obj_u(&regs->via.array.ptr[i], "region_id") > 0);
+    }
+    proto_response_free(r);
+    enc_image_free(&dec);
+    /* get by path */
+    proto_writer w;
+    uint64_t id = begin(c, &w, "get", 1);
+    kv_str(&w, "path", "/client/astronaut.png");
+    end(c, &w);
+    r = wait_ok(c, id);
+    assert_int_equal(res_u(r, "image_id"), id_astro);
+    const msgpack_object *tags = umg_result_get(r, "tags");
+    assert_true(tags && tags->via.array.size == 1 && str_eq(&tags->via.array.ptr[0], "space"));
+    proto_response_free(r);
+
+    /* query, image granularity: 4 images, k=3 -> 3 hits by falling score */
+    r = query(c, "a photo of a cat", "image", 3, NULL, NULL, -100);
+    const msgpack_object *h = hits_of(r);
+    assert_int_equal(h->via.array.size, 3);
+    for (uint32_t i = 0; i < 3; i++) {
+        assert_null(proto_map_get(&h->via.array.ptr[i], "box"));
+        assert_non_null(proto_map_get(&h->via.array.ptr[i], "path"));
+        if (i) assert_true(obj_f(&h->via.array.ptr[i], "score") <= obj_f(&h->via.array.ptr[i - 1], "score"));
+    }
+    proto_response_free(r);
+    /* filters: path prefix, tags, min score */
+    r = query(c, "a photo of a cat", "image", 10, root, NULL, -100);
+    h = hits_of(r);
+    assert_int_equal(h->via.array.size, 2);
+    for (uint32_t i = 0; i < 2; i++) {
+        uint64_t hid = obj_u(&h->via.array.ptr[i], "image_id");
+        assert_true(hid == id_chelsea || hid == id_rocket);
+    }
+    proto_response_free(r);
+    r = query(c, "a photo of a cat", "image", 10, NULL, "space", -100);
+    h = hits_of(r);
+    assert_int_equal(h->via.array.size, 1);
+    assert_int_equal(obj_u(&h->via.array.ptr[0], "image_id"), id_astro);
+    proto_response_free(r);
+    r = query(c, "a photo of a cat", "image", 10, NULL, NULL, 1.01); /* cosines never exceed 1 */
+    assert_int_equal(hits_of(r)->via.array.size, 0);
+    proto_response_free(r);
+
+    /* region granularity: boxes, and no two overlapping boxes of one image */
+    r = query(c, "a rocket", "region", 6, NULL, NULL, -100);
+    h = hits_of(r);
+    assert_true(h->via.array.size >= 1);
+    for (uint32_t i = 0; i < h->via.array.size; i++) {
+        double bi[4];
+        assert_true(proto_obj_box(proto_map_get(&h->via.array.ptr[i], "box"), bi));
+        assert_true(obj_u(&h->via.array.ptr[i], "region_id") > 0);
+        for (uint32_t j = 0; j < i; j++) {
+            if (obj_u(&h->via.array.ptr[i], "image_id") != obj_u(&h->via.array.ptr[j], "image_id")) continue;
+            double bj[4];
+            proto_obj_box(proto_map_get(&h->via.array.ptr[j], "box"), bj);
+            double ix = fmin(bi[0] + bi[2], bj[0] + bj[2]) - fmax(bi[0], bj[0]);
+            double iy = fmin(bi[1] + bi[3], bj[1] + bj[3]) - fmax(bi[1], bj[1]);
+            double inter = ix > 0 && iy > 0 ? ix * iy : 0;
+            double iou = inter / (bi[2] * bi[3] + bj[2] * bj[3] - inter);
+            assert_true(iou <= 0.5 + 1e-6);
+        }
+    }
+    proto_response_free(r);
+
+    /* pixel granularity: a heatmap of grid*grid cosines per hit */
+    r = query(c, "a rocket", "pixel", 1, NULL, NULL, -100);
+    h = hits_of(r);
+    assert_int_equal(h->via.array.size, 1);
+    const msgpack_object *hm = proto_map_get(&h->via.array.ptr[0], "heatmap");
+    assert_non_null(hm);
+    uint64_t grid = obj_u(hm, "grid");
+    const msgpack_object *vals = proto_map_get(hm, "values");
+    assert_true(grid > 0 && vals && vals->via.array.size == grid * grid);
+    for (uint32_t i = 0; i < vals->via.array.size; i++) {
+        double v;
+        assert_true(proto_obj_float(&vals->via.array.ptr[i], &v));
+        assert_true(v >= -1.01 && v <= 1.01);
+    }
+    proto_response_free(r);
+
+    /* query_image by id: the image itself is left out; its exact copy comes first */
+    id = begin(c, &w, "query_image", 2);
+    kv_uint(&w, "image_id", id_astro);
+    kv_uint(&w, "k", 10);
+    end(c, &w);
+    r = wait_ok(c, id);
+    h = hits_of(r);
+    assert_int_equal(h->via.array.size, 3);
+    assert_int_equal(obj_u(&h->via.array.ptr[0], "image_id"), id_copy);
+    assert_true(obj_f(&h->via.array.ptr[0], "score") > 0.99);
+    for (uint32_t i = 0; i < h->via.array.size; i++)
+        assert_int_not_equal(obj_u(&h->via.array.ptr[i], "image_id"), id_astro);
+    proto_response_free(r);
+    /* query_image by bytes: the same photo scores ~1 against its stored vector */
+    {
+        size_t n;
+        uint8_t *b = slurp(IMG("rocket.jpg"), &n);
+        id = begin(c, &w, "query_image", 2);
+        kv_bin(&w, "data", b, n);
+        kv_uint(&w, "k", 1);
+        end(c, &w);
+        free(b);
+        r = wait_ok(c, id);
+        h = hits_of(r);
+        assert_int_equal(h->via.array.size, 1);
+        assert_int_equal(obj_u(&h->via.array.ptr[0], "image_id"), id_rocket);
+        assert_true(obj_f(&h->via.array.ptr[0], "score") > 0.99);
+        proto_response_free(r);
+    }
+    /* query_image with a box on a stored image, region granularity */
+    id = begin(c, &w, "query_image", 4);
+    kv_uint(&w, "image_id", id_chelsea);
+    proto_pack_cstr(&w.pk, "box");
+    msgpack_pack_array(&w.pk, 4);
+    msgpack_pack_int(&w.pk, 10), msgpack_pack_int(&w.pk, 20), msgpack_pack_int(&w.pk, 200),
+        msgpack_pack_double(&w.pk, 150.5);
+    kv_str(&w, "granularity", "region");
+    kv_uint(&w, "k", 3);
+    end(c, &w);
+    r = wait_ok(c, id);
+    assert_true(hits_of(r)->via.array.size >= 1);
+    proto_response_free(r);
+    /* a box outside the image */
+    id = begin(c, &w, "query_image", 2);
+    kv_uint(&w, "image_id", id_chelsea);
+    proto_pack_cstr(&w.pk, "box");
+    msgpack_pack_array(&w.pk, 4);
+    msgpack_pack_int(&w.pk, 5000), msgpack_pack_int(&w.pk, 5000), msgpack_pack_int(&w.pk, 10),
+        msgpack_pack_int(&w.pk, 10);
+    end(c, &w);
+    assert_int_equal(wait_err(c, id), UMG_EINVAL);
+    /* an unknown image */
+    id = begin(c, &w, "query_image", 1);
+    kv_uint(&w, "image_id", 999999);
+    end(c, &w);
+    assert_int_equal(wait_err(c, id), UMG_ENOENT);
+
+    /* stats */
+    assert_int_equal(umg_client_call0(c, "stats", T_MS, &r), 0);
+    assert_true(r->ok);
+    assert_int_equal(res_u(r, "images"), 4);
+    assert_true(res_u(r, "regions") >= 4);
+    assert_true(res_u(r, "memory_bytes") > 0);
+    assert_true(str_eq(umg_result_get(r, "model"), "clip-tiny"));
+    assert_non_null(proto_map_get(umg_result_get(r, "index"), "image"));
+    proto_response_free(r);
+
+    /* delete by id and by path; then they are gone */
+    id = begin(c, &w, "delete", 1);
+    kv_uint(&w, "image_id", id_copy);
+    end(c, &w);
+    r = wait_ok(c, id);
+    assert_true(res_bool(r, "deleted"));
+    proto_response_free(r);
+    assert_null(get_image(c, id_copy));
+    id = begin(c, &w, "delete", 1);
+    kv_str(&w, "path", p_rocket);
+    end(c, &w);
+    r = wait_ok(c, id);
+    assert_int_equal(res_u(r, "image_id"), id_rocket);
+    proto_response_free(r);
+    assert_null(get_image(c, id_rocket));
+    id = begin(c, &w, "delete", 1);
+    kv_uint(&w, "image_id", id_rocket);
+    end(c, &w);
+    assert_int_equal(wait_err(c, id), UMG_ENOENT);
+    r = query(c, "a rocket", "image", 10, NULL, NULL, -100);
+    h = hits_of(r);
+    assert_int_equal(h->via.array.size, 2);
+    for (uint32_t i = 0; i < 2; i++) {
+        uint64_t hid = obj_u(&h->via.array.ptr[i], "image_id");
+        assert_true(hid != id_rocket && hid != id_copy);
+    }
+    proto_response_free(r);
+
+    /* a changed file at the same path replaces the old record */
+    copy_file(IMG("camera.png"), p_chelsea);
+    uint64_t id_changed = 0;
+    assert_int_equal(ingest_path(c, p_chelsea, &id_changed), 0);
+    assert_int_not_equal(id_changed, id_chelsea);
+    assert_null(get_image(c, id_chelsea));
+
+    umg_client_close(c);
+    assert_int_equal(stop(&s), 0);
+    rm_rf(s.dir);
+}
+
+/* Ingest by path: only regular files resolving inside an allowed root. */
+static void test_path_rules(void **state)
+{
+    server s;
+    make_tmp(&s);
+    char root[300], outside[300], p[600], q[600];
+    snprintf(root, sizeof root, "%s/root", s.dir);
+    snprintf(outside, sizeof outside, "%s/outside", s.dir);
+    mkdir(root, 0755);
+    mkdir(outside, 0755);
+    snprintf(p, sizeof p, "%s/rocket.jpg", outside);
+    copy_file(IMG("rocket.jpg"), p);
+    snprintf(q, sizeof q, "%s/link.jpg", root);
+    assert_int_equal(symlink(p, q), 0); /* a symlink out of the root */
+    char fifo[400], sub[400], inner[600], dotdot[700], good_link[600];
+    snprintf(fifo, sizeof fifo, "%s/fifo.jpg", root);
+    assert_int_equal(mkfifo(fifo, 0644), 0);
+    snprintf(sub, sizeof sub, "%s/sub", root);
+    mkdir(sub, 0755);
+    snprintf(inner, sizeof inner, "%s/rocket.jpg", sub);
+    copy_file(IMG("rocket.jpg"), inner);
+    snprintf(dotdot, sizeof dotdot, "%s/sub/../sub/rocket.jpg", root);
+    snprintf(good_link, sizeof good_link, "%s/inner-link.jpg", root);
+    assert_int_equal(symlink(inner, good_link), 0); /* a symlink staying inside */
+
+    const char *extra[] = {"--allow-root", root, "--regions", "4", NULL};
+    start(&s, extra);
+    umg_client *c = conn(&s);
+    uint64_t id;
+    assert_int_equal(ingest_path(c, p, &id), UMG_EPERM);              /* outside every root */
+    assert_int_equal(ingest_path(c, q, &id), UMG_EPERM);              /* symlink escaping */
+    assert_int_equal(ingest_path(c, dotdot, &id), UMG_EPERM);         /* '..' */
+    assert_int_equal(ingest_path(c, fifo, &id), UMG_EPERM);           /* not a regular file */
+    assert_int_equal(ingest_path(c, sub, &id), UMG_EPERM);            /* a directory */
+    assert_int_equal(ingest_path(c, "sub/rocket.jpg", &id), UMG_EINVAL); /* relative */
+    char missing[400];
+    snprintf(missing, sizeof missing, "%s/missing.jpg", root);
+    assert_int_equal(ingest_path(c, missing, &id), UMG_ENOENT);
+    assert_int_equal(ingest_path(c, "/etc/hostname", &id), UMG_EPERM);
+    assert_int_equal(ingest_path(c, inner, &id), 0);
+    uint64_t id2 = 0;
+    assert_int_equal(ingest_path(c, good_link, &id2), 0);
+    umg_client_close(c);
+    assert_int_equal(stop(&s), 0);
+
+    /* without --allow-root, path ingest is off */
+    start(&s, NULL);
+    c = conn(&s);
+    assert_int_equal(ingest_path(c, inner, &id), UMG_EPERM);
+    umg_client_close(c);
+    assert_int_equal(stop(&s), 0);
+    rm_rf(s.dir);
+}
+
+/* Pipelining: a slow ingest then a ping on one connection: the ping's answer
+ * comes first; two clients at once each get their own answers. */
+static void test_pipelining_two_clients(void **state)
+{
+    server s;
+    make_tmp(&s);
+    start(&s, NULL);
+    umg_client *a = conn(&s), *b = conn(&s);
+    size_t n;
+    uint8_t *big = slurp(IMG("astronaut.png"), &n);
+    proto_writer w;
+    uint64_t id_ing = begin(a, &w, "ingest", 2);
+    kv_bin(&w, "data", big, n);
+    kv_str(&w, "name", "big.png");
+    end(a, &w);
+    uint64_t id_ping = begin(a, &w, "ping", 0);
+    end(a, &w);
+    /* b queues work at the same time */
+    uint64_t ids_b[4];
+    for (int i = 0; i < 4; i++) {
+        char name[32];
+        snprintf(name, sizeof name, "b%d.png", i);
+        ids_b[i] = begin(b, &w, "ingest", 2);
+        kv_bin(&w, "data", big, n);
+        kv_str(&w, "name", name);
+        end(b, &w);
+    }
+    assert_int_equal(umg_client_flush(b, T_MS), 0);
+    proto_response *r1 = NULL, *r2 = NULL;
+    assert_int_equal(umg_client_recv(a, T_MS, &r1), 0);
+    assert_int_equal(umg_client_recv(a, T_MS, &r2), 0);
+    assert_int_equal(r1->id, id_ping); /* out of order: the ping overtook the ingest */
+    assert_int_equal(r2->id, id_ing);
+    assert_true(r1->ok && r2->ok);
+    proto_response_free(r1);
+    proto_response_free(r2);
+    /* b's answers, taken in reverse order by id */
+    uint64_t seen[4];
+    for (int i = 3; i >= 0; i--) {
+        proto_response *r = wait_ok(b, ids_b[i]);
+        seen[i] = res_u(r, "image_id");
+        proto_response_free(r);
+    }
+    for (int i = 0; i < 4; i++)
+        for (int j = 0; j < i; j++) assert_int_not_equal(seen[i], seen[j]);
+    /* a query from a while b is still connected */
+    proto_response *r = query(a, "anything", "image", 10, NULL, NULL, -100);
+    assert_int_equal(hits_of(r)->via.array.size, 5);
+    proto_response_free(r);
+    free(big);
+    umg_client_close(a);
+    umg_client_close(b);
+    assert_int_equal(stop(&s), 0);
+    rm_rf(s.dir);
+}
+
+/* A frame with raw body bytes. */
+static void send_frame(umg_client *c, const void *body, size_t len)
+{
+    uint8_t hdr[4];
+    proto_frame_put_len(hdr, (uint32_t)len);
+    assert_int_equal(umg_client_send_raw(c, hdr, 4), 0);
+    if (len) assert_int_equal(umg_client_send_raw(c, body, len), 0);
+}
+
+/* Pack a map into a fresh sbuffer with the packer; returns the bytes. */
+typedef struct rawmsg {
+    msgpack_sbuffer sb;
+    msgpack_packer pk;
+} rawmsg;
+static void raw_init(rawmsg *m)
+{
+    msgpack_sbuffer_init(&m->sb);
+    msgpack_packer_init(&m->pk, &m->sb, msgpack_sbuffer_write);
+}
+
+/* Bad input: each answered with its code; the connection stays usable where
+ * the framing is intact; another connection is served after each. */
+static void test_bad_input(void **state)
+{
+    server s;
+    make_tmp(&s);
+    const char *extra[] = {"--max-frame", "1M", NULL};
+    start(&s, extra);
+    umg_client *c = conn(&s);
+    proto_response *r;
+    proto_writer w;
+    uint64_t id;
+
+    /* malformed msgpack: the reserved byte */
+    const uint8_t bad[] = {0xc1};
+    send_frame(c, bad, 1);
+    assert_int_equal(umg_client_recv(c, T_MS, &r), 0);
+    assert_false(r->ok);
+    assert_int_equal(r->code, UMG_EPROTO);
+    assert_int_equal(r->id, 0);
+    proto_response_free(r);
+    ping_ok(c);
+    others_served(&s);
+
+    /* a frame of length 0 */
+    send_frame(c, NULL, 0);
+    assert_int_equal(umg_client_recv(c, T_MS, &r), 0);
+    assert_int_equal(r->code, UMG_EPROTO);
+    proto_response_free(r);
+    ping_ok(c);
+
+    /* not a map */
+    rawmsg m;
+    raw_init(&m);
+    msgpack_pack_array(&m.pk, 2);
+    msgpack_pack_uint32(&m.pk, 1);
+    proto_pack_cstr(&m.pk, "ping");
+    send_frame(c, m.sb.data, m.sb.size);
+    msgpack_sbuffer_destroy(&m.sb);
+    assert_int_equal(umg_client_recv(c, T_MS, &r), 0);
+    assert_int_equal(r->code, UMG_EPROTO);
+    proto_response_free(r);
+    ping_ok(c);
+    others_served(&s);
+
+    /* missing argument */
+    id = begin(c, &w, "query", 1);
+    kv_uint(&w, "k", 3);
+    end(c, &w);
+    assert_int_equal(wait_err(c, id), UMG_EINVAL);
+    others_served(&s);
+    /* ill-typed argument */
+    id = begin(c, &w, "query", 2);
+    kv_str(&w, "text", "cat");
+    kv_str(&w, "k", "three");
+    end(c, &w);
+    assert_int_equal(wait_err(c, id), UMG_EINVAL);
+    /* out of range */
+    id = begin(c, &w, "query", 2);
+    kv_str(&w, "text", "cat");
+    kv_uint(&w, "k", 0);
+    end(c, &w);
+    assert_int_equal(wait_err(c, id), UMG_EINVAL);
+    /* both alternatives of ingest */
+    id = begin(c, &w, "ingest", 3);
+    kv_str(&w, "path", "/x.jpg");
+    kv_bin(&w, "data", "abc", 3);
+    kv_str(&w, "name", "x.jpg");
+    end(c, &w);
+    assert_int_equal(wait_err(c, id), UMG_EINVAL);
+    others_served(&s);
+
+    /* unknown op (built by hand: the builder would send it too) */
+    id = begin(c, &w, "serch", 1);
+    kv_str(&w, "text", "cat");
+    end(c, &w);
+    assert_int_equal(wait_err(c, id), UMG_EUNKNOWNOP);
+    others_served(&s);
+
+    /* invalid UTF-8 in a string argument */
+    raw_init(&m);
+    msgpack_pack_map(&m.pk, 3);
+    proto_pack_cstr(&m.pk, "id"), msgpack_pack_uint32(&m.pk, 777);
+    proto_pack_cstr(&m.pk, "op"), proto_pack_cstr(&m.pk, "query");
+    proto_pack_cstr(&m.pk, "text");
+    msgpack_pack_str(&m.pk, 3);
+    msgpack_pack_str_body(&m.pk, "\xff\xfe\x41", 3);
+    send_frame(c, m.sb.data, m.sb.size);
+    msgpack_sbuffer_destroy(&m.sb);
+    assert_int_equal(wait_err(c, 777), UMG_EUTF8);
+    others_served(&s);
+
+    /* unsupported image bytes, and a truncated JPEG */
+    id = begin(c, &w, "ingest", 2);
+    kv_bin(&w, "data", "GIF89a not really", 17);
+    kv_str(&w, "name", "x.gif");
+    end(c, &w);
+    assert_int_equal(wait_err(c, id), UMG_EUNSUPPORTED);
+    {
+        size_t n;
+        uint8_t *jpg = slurp(IMG("rocket.jpg"), &n);
+        id = begin(c, &w, "ingest", 2);
+        kv_bin(&w, "data", jpg, n / 3);
+        kv_str(&w, "name", "cut.jpg");
+        end(c, &w);
+        free(jpg);
+        assert_int_equal(wait_err(c, id), UMG_EFORMAT);
+    }
+    ping_ok(c);
+    others_served(&s);
+
+    /* an unknown image */
+    r = get_image(c, 424242);
+    assert_null(r);
+
+    /* oversize frame: error frame with id 0, then the connection is closed */
+    uint8_t hdr[4];
+    proto_frame_put_len(hdr, 2u << 20);
+    assert_int_equal(umg_client_send_raw(c, hdr, 4), 0);
+    assert_int_equal(umg_client_recv(c, T_MS, &r), 0);
+    assert_false(r->ok);
+    assert_int_equal(r->code, UMG_ETOOBIG);
+    assert_int_equal(r->id, 0);
+    proto_response_free(r);
+    assert_int_equal(umg_client_recv(c, T_MS, &r), UMG_ECONN);
+    assert_true(umg_client_broken(c));
+    umg_client_close(c);
+    others_served(&s);
+
+    /* a peer that disappears mid-frame does not disturb anyone */
+    c = conn(&s);
+    proto_frame_put_len(hdr, 1000);
+    assert_int_equal(umg_client_send_raw(c, hdr, 4), 0);
+    assert_int_equal(umg_client_send_raw(c, "abc", 3), 0);
+    assert_int_equal(umg_client_flush(c, T_MS), 0);
+    umg_client_close(c);
+    others_served(&s);
+
+    assert_int_equal(stop(&s), 0);
+    rm_rf(s.dir);
+}
+
+/* Restart with data intact; SIGTERM with ingests in flight: every
+ * acknowledged image is there after the restart. */
+static void test_restart_and_sigterm(void **state)
+{
+    server s;
+    make_tmp(&s);
+    const char *extra[] = {"--regions", "4", "--batch", "4", NULL};
+    start(&s, extra);
+    umg_client *c = conn(&s);
+    uint64_t id_rocket = ingest_bytes(c, IMG("rocket.jpg"), "rocket.jpg", "x", NULL, NULL);
+    proto_response *before = get_image(c, id_rocket);
+    assert_non_null(before);
+    uint32_t nreg_before = umg_result_get(before, "regions")->via.array.size;
+    assert_true(nreg_before >= 1);
+    proto_response_free(before);
+    umg_client_close(c);
+    assert_int_equal(stop(&s), 0);
+
+    start(&s, extra);
+    c = conn(&s);
+    proto_response *after = get_image(c, id_rocket);
+    assert_non_null(after);
+    assert_true(str_eq(umg_result_get(after, "path"), "rocket.jpg"));
+    assert_int_equal(umg_result_get(after, "regions")->via.array.size, nreg_before);
+    proto_response_free(after);
+    proto_response *r = query(c, "a rocket", "region", 3, NULL, NULL, -100);
+    assert_true(hits_of(r)->via.array.size >= 1);
+    assert_int_equal(obj_u(&hits_of(r)->via.array.ptr[0], "image_id"), id_rocket);
+    proto_response_free(r);
+
+    /* many ingests pipelined, SIGTERM once the first is acknowledged */
+    enum { N = 16 };
+    size_t n;
+    uint8_t *png = slurp(IMG("coffee.png"), &n);
+    uint64_t ids[N]; /* request ids; answers are matched by arrival */
+    proto_writer w;
+    for (int i = 0; i < N; i++) {
+        char name[32];
+        snprintf(name, sizeof name, "coffee-%02d.png", i);
+        ids[i] = begin(c, &w, "ingest", 2);
+        kv_bin(&w, "data", png, n);
+        kv_str(&w, "name", name);
+        end(c, &w);
+    }
+    free(png);
+    (void)ids;
+    assert_int_equal(umg_client_flush(c, T_MS), 0);
+    uint64_t acked[N + 1];
+    int n_acked = 0, n_answers = 0;
+    r = NULL;
+    assert_int_equal(umg_client_recv(c, T_MS, &r), 0);
+    n_answers++;
+    if (r->ok) acked[n_acked++] = res_u(r, "image_id");
+    proto_response_free(r);
+    kill(s.pid, SIGTERM);
+    for (;;) {
+        int rc = umg_client_recv(c, T_MS, &r);
+        if (rc == UMG_ECONN) break;
+        assert_int_equal(rc, 0);
+        n_answers++;
+        if (r->ok) acked[n_acked++] = res_u(r, "image_id");
+        else assert_int_equal(r->code, UMG_ESHUTDOWN);
+        proto_response_free(r);
+    }
+    umg_client_close(c);
+    int st = 0;
+    assert_int_equal(waitpid(s.pid, &st, 0), s.pid);
+    s.pid = 0;
+    assert_true(WIFEXITED(st));
+    assert_int_equal(WEXITSTATUS(st), 0);
+    assert_true(n_acked >= 1);
+    /* the server finishes what it had read: here, every request */
+    assert_int_equal(n_answers, N);
+
+    start(&s, extra);
+    c = conn(&s);
+    for (int i = 0; i < n_acked; i++) {
+        proto_response *g = get_image(c, acked[i]);
+        if (!g) fail_msg("acknowledged image %llu is missing after the restart", (unsigned long long)acked[i]);
+        proto_response_free(g);
+    }
+    assert_int_equal(umg_client_call0(c, "stats", T_MS, &r), 0);
+    assert_int_equal(res_u(r, "images"), 1 + (uint64_t)n_acked);
+    proto_response_free(r);
+    umg_client_close(c);
+    assert_int_equal(stop(&s), 0);
+    rm_rf(s.dir);
+}
+
+/* Auth: a non-loopback --listen without a token refuses to start; with
+ * --require-auth every connection must say hello with the token first. */
+static void test_auth(void **state)
+{
+    server s;
+    make_tmp(&s);
+    /* refuses to start */
+    char cmd[1200];
+    snprintf(cmd, sizeof cmd,
+             "env -u UMGDB_AUTH_TOKEN '%s' serve --data '%s/data' --model '%s' --listen 0.0.0.0:0 2>'%s/refused'",
+             bin(), s.dir, TINY, s.dir);
+    int st = system(cmd);
+    assert_true(WIFEXITED(st) && WEXITSTATUS(st) != 0);
+    snprintf(cmd, sizeof cmd, "grep -q 'auth token is required' '%s/refused'", s.dir);
+    assert_int_equal(system(cmd), 0);
+
+    /* token from a file */
+    const char *token = "s3cret-t0ken-for-tests";
+    char tf[400];
+    snprintf(tf, sizeof tf, "%s/token", s.dir);
+    FILE *f = fopen(tf, "w");
+    assert_non_null(f);
+    fprintf(f, "%s\n", token);
+    fclose(f);
+    const char *extra[] = {"--require-auth", "--auth-token-file", tf, NULL};
+    start(&s, extra);
+
+    umg_client *c = conn(&s);
+    proto_response *r = NULL;
+    assert_int_equal(umg_client_call0(c, "ping", T_MS, &r), 0);
+    assert_false(r->ok);
+    assert_int_equal(r->code, UMG_EAUTH);
+    proto_response_free(r);
+    /* a wrong token: refused and the connection closed */
+    assert_int_equal(umg_client_hello(c, "wrong", NULL, T_MS, NULL), UMG_EAUTH);
+    assert_int_equal(umg_client_call0(c, "ping", T_MS, &r), UMG_ECONN);
+    umg_client_close(c);
+    /* no token at all */
+    c = conn(&s);
+    assert_int_equal(umg_client_hello(c, NULL, NULL, T_MS, NULL), UMG_EAUTH);
+    umg_client_close(c);
+    /* the right one */
+    c = conn(&s);
+    assert_int_equal(umg_client_hello(c, token, "test", T_MS, &r), 0);
+    assert_true(res_bool(r, "auth_required"));
+    proto_response_free(r);
+    ping_ok(c);
+    umg_client_close(c);
+    assert_int_equal(stop(&s), 0);
+    /* the token never reaches the log */
+    snprintf(cmd, sizeof cmd, "grep -q '%s' '%s'", token, s.log);
+    assert_int_not_equal(system(cmd), 0);
+    rm_rf(s.dir);
+}
+
+/* TCP listener, --max-connections and --idle-timeout. */
+static void test_tcp_limits(void **state)
+{
+    server s;
+    make_tmp(&s);
+    /* a free port: bind 0, read it, release it */
+    int port = 0;
+    {
+        int fd = socket(AF_INET, SOCK_STREAM, 0);
+        struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+        assert_int_equal(bind(fd, (struct sockaddr *)&a, sizeof a), 0);
+        socklen_t len = sizeof a;
+        assert_int_equal(getsockname(fd, (struct sockaddr *)&a, &len), 0);
+        port = ntohs(a.sin_port);
+        close(fd);
+    }
+    char listen[64];
+    snprintf(listen, sizeof listen, "127.0.0.1:%d", port);
+    const char *extra[] = {"--listen", listen, "--max-connections", "2", "--idle-timeout", "1", NULL};
+    start(&s, extra);
+    umg_client *a = conn(&s), *b = conn(&s);
+    ping_ok(a);
+    ping_ok(b);
+    /* a third: refused with busy, then closed */
+    umg_client *c = conn(&s);
+    proto_response *r = NULL;
+    assert_int_equal(umg_client_recv(c, T_MS, &r), 0);
+    assert_false(r->ok);
+    assert_int_equal(r->code, UMG_EBUSY);
+    proto_response_free(r);
+    assert_int_equal(umg_client_recv(c, T_MS, &r), UMG_ECONN);
+    umg_client_close(c);
+    /* idle for longer than the timeout: closed by the server */
+    usleep(2500 * 1000);
+    assert_int_equal(umg_client_recv(a, 5000, &r), UMG_ECONN);
+    umg_client_close(a);
+    umg_client_close(b);
+    /* room again */
+    others_served(&s);
+    assert_int_equal(stop(&s), 0);
+    rm_rf(s.dir);
+}
+
+int main(void)
+{
+    signal(SIGPIPE, SIG_IGN);
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_every_op),
+        cmocka_unit_test(test_path_rules),
+        cmocka_unit_test(test_pipelining_two_clients),
+        cmocka_unit_test(test_bad_input),
+        cmocka_unit_test(test_restart_and_sigterm),
+        cmocka_unit_test(test_auth),
+        cmocka_unit_test(test_tcp_limits),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
