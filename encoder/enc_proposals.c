@@ -725,7 +725,8 @@ static void features(const cand *c, const work *wk, const double *ii, float *f)
 }
 
 /* Linear objectness score over the features above; weights fitted on the
- * coco-mini train2017 half (see docs/regions.md). */
+ * coco-mini train2017 half by bench/regions/fit_weights.py (docs/regions.md).
+ * Changing a feature means refitting. */
 static const float WEIGHTS[NFEAT] = {
     0.0448f, 0.3219f, 0.0815f, 1.3114f, 0.5210f, -0.8493f, 0.7495f, -0.1298f,
     -0.6260f, -0.8430f, 0.1695f, 0.0554f, 0.2734f, 0.1141f, -0.7486f, -0.1367f,
@@ -972,6 +973,7 @@ int enc_propose(const enc_image *img, const enc_propose_opts *opts, enc_box *out
     int m = 0, next = 0;
     while (m < seg_slots && next < kept)
         out[m++] = boxes[next++];
+    int win_start = m;
     for (int i = 0; i < nwin && m < R; i++) {
         int dup = 0;
         for (int j = 0; j < m; j++)
@@ -981,8 +983,15 @@ int enc_propose(const enc_image *img, const enc_propose_opts *opts, enc_box *out
         win[i].score = m > 0 ? out[m - 1].score : 0;
         out[m++] = win[i];
     }
-    while (m < R && next < kept)
-        out[m++] = boxes[next++];
+    int first_tail = m;
+    while (m < R && next < kept) {
+        const enc_box *b = &boxes[next++];
+        int dup = 0;
+        for (int j = win_start; j < first_tail; j++) /* the windows just added */
+            if (enc_box_iou(b, &out[j]) > o.nms_iou) { dup = 1; break; }
+        if (!dup)
+            out[m++] = *b;
+    }
     *n_out = m;
 
 done:

@@ -3,7 +3,8 @@
  * the annotated boxes at IoU 0.5 / 0.7, all objects and area >= 32x32, for
  * R = 16, 32, 64; multi-scale grid windows (1x1 .. nxn tilings) are measured in
  * the same run as the peer.
- *   bench_regions [coco-mini dir]      (default: tests/fixtures/coco-mini) */
+ *   bench_regions [coco-mini dir]      (default: tests/fixtures/coco-mini)
+ * Refitting the proposal score: see fit_weights.py. */
 #include <jansson.h>
 #include <math.h>
 #include <stdio.h>
@@ -140,11 +141,26 @@ int main(int argc, char **argv)
     double *wall = malloc((size_t)np * sizeof *wall), *cpu = malloc((size_t)np * sizeof *cpu);
     enc_box out[256];
     int grid_n[2] = {30, 70};
+    /* bench_regions_tune (enc_proposals.c built with ENC_PROPOSALS_TUNING) with
+     * P_DUMP=FILE: write every candidate's box and features for fit_weights.py. */
+    const char *dump = getenv("P_DUMP");
     for (int i = 0; i < np; i++) {
         enc_image img;
         if (enc_image_load(ph[i].path, ENC_IMAGE_MAX_PIXELS_DEFAULT, &img)) {
             fprintf(stderr, "%s: %s\n", ph[i].path, umg_err_msg());
             return 1;
+        }
+        if (dump) {
+            FILE *f = fopen(dump, "a");
+            if (!f)
+                return 1;
+            fprintf(f, "I %s\n", ph[i].path);
+            fclose(f);
+            int n = 0;
+            if (enc_propose(&img, NULL, out, 1, &n))
+                return 1;
+            enc_image_free(&img);
+            continue;
         }
         for (int r = 0; r < 3; r++) {
             enc_propose_opts o;
@@ -168,6 +184,8 @@ int main(int argc, char **argv)
         }
         enc_image_free(&img);
     }
+    if (dump)
+        return 0;
     qsort(wall, (size_t)np, sizeof *wall, cmp_double);
     qsort(cpu, (size_t)np, sizeof *cpu, cmp_double);
     int p95 = (int)ceil(0.95 * np) - 1;
