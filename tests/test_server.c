@@ -972,6 +972,17 @@ static void test_restart_and_sigterm(void **state)
     assert_true(n_acked >= 1);
     /* the server finishes what it had read: here, every request */
     assert_int_equal(n_answers, N);
+    /* and the signal did come while ingests were in flight */
+    {
+        size_t ln;
+        char *log = (char *)slurp(s.log, &ln);
+        log[ln] = 0;
+        const char *p = NULL; /* the last stop: the log spans the restarts */
+        for (const char *q = log; (q = strstr(q, "stopping (")); q++) p = q;
+        assert_non_null(p);
+        assert_true(atoi(p + strlen("stopping (")) > 0);
+        free(log);
+    }
 
     start(&s, extra);
     c = conn(&s);
