@@ -351,6 +351,19 @@ void cli_print_flat(FILE *out, const msgpack_object *o, const char *prefix)
             fputs("-", out);
     } else {
         print_scalar(out, o);
+        /* sizes also in binary units, for people */
+        size_t pl = prefix ? strlen(prefix) : 0;
+        if (o->type == MSGPACK_OBJECT_POSITIVE_INTEGER && o->via.u64 >= 10240 && pl >= 5 &&
+            !strcmp(prefix + pl - 5, "bytes")) {
+            double v = (double)o->via.u64;
+            const char *unit = "KiB";
+            v /= 1024;
+            if (v >= 1024)
+                v /= 1024, unit = "MiB";
+            if (v >= 1024)
+                v /= 1024, unit = "GiB";
+            fprintf(out, " (%.1f %s)", v, unit);
+        }
     }
     fputc('\n', out);
 }
@@ -950,7 +963,8 @@ static const char page_script[] =
     "s.setAttribute('viewBox','0 0 '+img.naturalWidth+' '+img.naturalHeight);}"
     "if(img.complete)fit();else img.addEventListener('load',fit);});";
 
-/* A cell colour for a heatmap value in [0, 1]: transparent blue to opaque red. */
+/* A cell colour for a heatmap value in [0, 1] (min..max over the grid):
+ * nearly clear blue to half-opaque red. */
 static void heat_colour(double t, int *r, int *g, int *b, double *a)
 {
     if (!(t >= 0))
@@ -960,7 +974,7 @@ static void heat_colour(double t, int *r, int *g, int *b, double *a)
     *r = (int)lround(255 * t);
     *g = (int)lround(64 * (1 - fabs(2 * t - 1)));
     *b = (int)lround(255 * (1 - t));
-    *a = 0.15 + 0.45 * t;
+    *a = 0.05 + 0.55 * t;   /* low values nearly clear, so the photo stays visible */
 }
 
 static void write_heatmap(FILE *out, const cli_heatmap *h, uint32_t w, uint32_t hgt)

@@ -4,6 +4,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "cli_util.h"
 #include "client.h"
@@ -198,7 +199,19 @@ static void print_image(const proto_response *r)
             char key[128];
             snprintf(key, sizeof key, "%.*s", k->type == MSGPACK_OBJECT_STR ? (int)k->via.str.size : 1,
                      k->type == MSGPACK_OBJECT_STR ? k->via.str.ptr : "?");
-            cli_print_flat(stdout, &res->via.map.ptr[i].val, key);
+            const msgpack_object *v = &res->via.map.ptr[i].val;
+            int64_t t;
+            if ((!strcmp(key, "mtime") || !strcmp(key, "ingest_time")) && proto_obj_int(v, &t)) {
+                /* seconds since the epoch, shown as a UTC date as well */
+                time_t tt = (time_t)t;
+                struct tm tm;
+                char when[64];
+                if (gmtime_r(&tt, &tm) && strftime(when, sizeof when, "%Y-%m-%d %H:%M:%S UTC", &tm)) {
+                    printf("%s: %s (%lld)\n", key, when, (long long)t);
+                    continue;
+                }
+            }
+            cli_print_flat(stdout, v, key);
         }
     }
     const msgpack_object *regs = proto_map_get(res, "regions");

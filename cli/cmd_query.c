@@ -213,8 +213,10 @@ static bool number(const msgpack_object *o, double *v)
 /* The heatmap of a pixel-granularity hit, in whichever of these shapes the
  * server sends:  [[row0...], [row1...], ...]  or a map with "values" (flat,
  * row-major, or rows of arrays) and the grid as "grid": [rows, cols] or
- * "rows"/"cols" (or "size"), optionally "box": the part of the photo the grid
- * covers.  Anything else: no heatmap. */
+ * "rows"/"cols" (or "size"; a single number is a square grid), optionally
+ * "extent" (or "box"): where the whole grid lies in original-image pixels; it
+ * may reach beyond the photo where the server padded it to a square (the page
+ * clips it).  Anything else: no heatmap. */
 static void parse_heatmap(const msgpack_object *o, hit *h)
 {
     if (!o)
@@ -225,7 +227,9 @@ static void parse_heatmap(const msgpack_object *o, hit *h)
         values = proto_map_get(o, "values");
         if (!values)
             values = proto_map_get(o, "data");
-        box = proto_map_get(o, "box");
+        box = proto_map_get(o, "extent");
+        if (!box)
+            box = proto_map_get(o, "box");
         const msgpack_object *grid = proto_map_get(o, "grid");
         if (!grid)
             grid = proto_map_get(o, "size");

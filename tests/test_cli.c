@@ -662,6 +662,52 @@ static void test_query_regions_html(void **state)
     result_free(&r);
 }
 
+/* Pixel granularity: each hit carries a heatmap over the patch grid; the page
+ * overlays one translucent cell per grid cell, the table names the peak. */
+static void test_query_heatmap(void **state)
+{
+    (void)state;
+    char page[480];
+    snprintf(page, sizeof page, "%s/heat.html", root);
+    const char *a[] = {"query", "--server", server_addr, "--heatmap", "-k", "2", "--json", "--html", page,
+                       "--path-prefix", photos, "a cat", NULL};
+    struct result r = run(a);
+    EXPECT_EXIT(r, 0);
+    json_t *j = parse_json(r.out);
+    json_t *hits = json_object_get(j, "hits");
+    assert_int_equal(json_array_size(hits), 2);
+    size_t cells = 0;
+    for (size_t i = 0; i < 2; i++) {
+        json_t *hm = json_object_get(json_array_get(hits, i), "heatmap");
+        assert_non_null(hm);
+        json_int_t g = json_integer_value(json_object_get(hm, "grid"));
+        assert_true(g > 0);
+        assert_int_equal(json_array_size(json_object_get(hm, "values")), (size_t)(g * g));
+        cells += (size_t)(g * g);
+    }
+    json_decref(j);
+    result_free(&r);
+    FILE *f = fopen(page, "r");
+    assert_non_null(f);
+    char *html = calloc(1, 1 << 20);
+    assert_true(fread(html, 1, (1 << 20) - 1, f) > 0);
+    fclose(f);
+    size_t groups = 0, rects = 0;
+    for (const char *p = html; (p = strstr(p, "<g class=\"heat\">")); p++)
+        groups++;
+    for (const char *p = html; (p = strstr(p, "fill-opacity=")); p++)
+        rects++;
+    assert_int_equal(groups, 2);
+    assert_int_equal(rects, cells);
+    free(html);
+
+    const char *t[] = {"query", "--server", server_addr, "--heatmap", "-k", "2", "a cat", NULL};
+    r = run(t);
+    EXPECT_EXIT(r, 0);
+    assert_non_null(strstr(r.out, "heatmap peak (x,y)"));
+    result_free(&r);
+}
+
 static void test_get_stats_delete(void **state)
 {
     (void)state;
@@ -876,6 +922,7 @@ int main(void)
         cmocka_unit_test(test_query_scores_match_embed),
         cmocka_unit_test(test_query_filters),
         cmocka_unit_test(test_query_regions_html),
+        cmocka_unit_test(test_query_heatmap),
         cmocka_unit_test(test_get_stats_delete),
         cmocka_unit_test(test_usage_errors),
         cmocka_unit_test(test_server_down),
