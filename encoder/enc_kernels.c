@@ -287,7 +287,7 @@ void enc_layer_norm(float *y, int ldy, const float *x, int ldx, const float *w, 
 }
 
 /* In place over s[0, n): softmax. */
-static void softmax_row(float *restrict s, int n)
+void enc_softmax(float *restrict s, int n)
 {
     float m = s[0];
     for (int i = 1; i < n; i++)
@@ -310,7 +310,7 @@ void enc_attention(float *out, const float *q, const float *k, const float *v, f
         for (int i = 0; i < T; i++) {
             float *row = scores + (size_t)i * T;
             int n = causal ? i + 1 : T;
-            softmax_row(row, n);
+            enc_softmax(row, n);
             if (n < T)
                 memset(row + n, 0, (size_t)(T - n) * sizeof *row);
         }

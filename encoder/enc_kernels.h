@@ -40,6 +40,9 @@ void enc_layer_norm(float *y, int ldy, const float *x, int ldx, const float *w, 
 void enc_attention(float *out, const float *q, const float *k, const float *v, float *scores, int T, int H,
                    int heads, int causal);
 
+/* s[0, n) = softmax(s[0, n)), in place. */
+void enc_softmax(float *s, int n);
+
 /* Elementwise helpers, exposed for the tests. */
 void enc_quick_gelu(float *y, const float *x, int n);
 void enc_gelu(float *y, const float *x, int n);

@@ -498,6 +498,49 @@ static void block(enc_run *r, const enc_layer_weights *L, const enc_tower_config
     enc_linear(r->h, r->mlp, L->mlp_fc2_weight, M, F, H, 1);
 }
 
+/* The last vision block when only the [CLS] outputs are wanted: K and V for every
+ * token, but Q, attention, out_proj and the MLP for the n [CLS] rows alone
+ * (rows T*H apart in r->h): 7% of a ViT-B/32 forward saved. */
+static void block_cls_only(enc_run *r, const enc_layer_weights *L, const enc_tower_config *tc, int n, int T)
+{
+    int H = tc->hidden, F = tc->intermediate, M = n * T, heads = tc->heads, d = H / heads;
+    float scale = 1.0f / sqrtf((float)d);
+    enc_layer_norm(r->x, H, r->h, H, L->layer_norm1_weight, L->layer_norm1_bias, tc->ln_eps, M, H);
+    /* k, v [M, H] for all tokens; q [n, H] for the [CLS] rows of x */
+    enc_linear(r->k, r->x, L->self_attn_k_proj_weight, M, H, H, 0);
+    enc_add_bias(r->k, L->self_attn_k_proj_bias, M, H);
+    enc_linear(r->v, r->x, L->self_attn_v_proj_weight, M, H, H, 0);
+    enc_add_bias(r->v, L->self_attn_v_proj_bias, M, H);
+    enc_linear_ld(r->q, H, r->x, T * H, L->self_attn_q_proj_weight, n, H, H, 0);
+    enc_add_bias_scale(r->q, L->self_attn_q_proj_bias, scale, n, H);
+    /* attn [n, H] (in r->mlp): one query per image and head */
+    float *attn = r->mlp;
+    for (int i = 0; i < n; i++)
+        for (int h = 0; h < heads; h++) {
+            const float *qh = r->q + (size_t)i * H + h * d;
+            const float *kh = r->k + (size_t)i * T * H + h * d, *vh = r->v + (size_t)i * T * H + h * d;
+            /* scores[T] = k_h[T, d] . q_h;  attn_h[d] = scores . v_h[T, d] */
+            cblas_sgemv(CblasRowMajor, CblasNoTrans, T, d, 1.0f, kh, H, qh, 1, 0.0f, r->scores, 1);
+            enc_softmax(r->scores, T);
+            cblas_sgemv(CblasRowMajor, CblasTrans, T, d, 1.0f, vh, H, r->scores, 1, 0.0f,
+                        attn + (size_t)i * H + h * d, 1);
+        }
+    /* hc [n, H] (in r->k, free now) = the [CLS] rows of h; then the block's two
+     * residual updates on them, and back into h */
+    float *hc = r->k, *xc = r->v;
+    for (int i = 0; i < n; i++)
+        memcpy(hc + (size_t)i * H, r->h + (size_t)i * T * H, (size_t)H * sizeof(float));
+    enc_add_bias(hc, L->self_attn_out_proj_bias, n, H);
+    enc_linear(hc, attn, L->self_attn_out_proj_weight, n, H, H, 1);
+    enc_layer_norm(xc, H, hc, H, L->layer_norm2_weight, L->layer_norm2_bias, tc->ln_eps, n, H);
+    enc_linear(r->mlp, xc, L->mlp_fc1_weight, n, H, F, 0);
+    enc_add_bias_act(r->mlp, L->mlp_fc1_bias, tc->act, n, F);
+    enc_add_bias(hc, L->mlp_fc2_bias, n, H);
+    enc_linear(hc, r->mlp, L->mlp_fc2_weight, n, F, H, 1);
+    for (int i = 0; i < n; i++)
+        memcpy(r->h + (size_t)i * T * H, hc + (size_t)i * H, (size_t)H * sizeof(float));
+}
+
 int enc_encode_pixels(enc_run *r, const float *pixels, int n, float *embeds, float *patches)
 {
     if (!r || !pixels || !embeds || n < 1 || n > r->max_batch)
@@ -534,8 +577,12 @@ int enc_encode_pixels(enc_run *r, const float *pixels, int n, float *embeds, flo
             hi[H + e] = qi[e] + pos[H + e];
     }
     enc_layer_norm(r->h, H, r->h, H, W->pre_layrnorm_weight, W->pre_layrnorm_bias, c->vision.ln_eps, M, H);
-    for (int l = 0; l < c->vision.layers; l++)
-        block(r, &W->encoder_layers[l], &c->vision, n, T, 0);
+    for (int l = 0; l < c->vision.layers; l++) {
+        if (l == c->vision.layers - 1 && !patches)
+            block_cls_only(r, &W->encoder_layers[l], &c->vision, n, T);
+        else
+            block(r, &W->encoder_layers[l], &c->vision, n, T, 0);
+    }
 
     if (patches) {
         /* x[M, H] = post_layernorm(h) on every token */
