@@ -79,7 +79,9 @@ const char *enc_model_name(const enc_model *m);
 
 typedef struct enc_run enc_run;
 
-/* Preallocate a run state for batches of up to max_batch images (>= 1). */
+/* Preallocate a run state for batches of up to max_batch images (>= 1), and for
+ * one text of up to max_positions tokens (ViT-B/32: about 1.4 MB per image of
+ * max_batch).  A run is used by one thread at a time. */
 int enc_run_create(const enc_model *m, int max_batch, enc_run **out);
 void enc_run_close(enc_run *r); /* NULL-safe */
 
@@ -92,7 +94,10 @@ int enc_encode_pixels(enc_run *r, const float *pixels, int n, float *embeds, flo
 
 /* Text tower on token ids (start token first, end token last, n_ids <=
  * max_positions), computed over the n_ids real tokens only.
- *   embed [D]: text_projection(final_layer_norm(hidden at the end token)) */
+ *   embed [D]: text_projection(final_layer_norm(hidden at the end token))
+ * As in CLIP (which pools at argmax(ids)), the end token is the FIRST id equal
+ * to eos_id; with the causal mask later ids cannot change it, so they are not
+ * computed.  Ids outside [0, vocab_size) are UMG_EINVAL. */
 int enc_encode_ids(enc_run *r, const int32_t *ids, int n_ids, float *embed);
 
 /* Tokenize and encode.  ids (may be NULL) receives up to max_positions ids and
