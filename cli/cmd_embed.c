@@ -261,6 +261,8 @@ int cmd_embed(int argc, char **argv)
         return 1;
     }
     const enc_config *c = enc_model_config(m);
+    if (n_images && o.batch > n_images)
+        o.batch = n_images; /* run states are sized for a batch: no bigger than needed */
     int D = enc_model_dim(m), G = enc_model_grid(m), status = 0;
     size_t per_image = (size_t)c->channels * c->image_size * c->image_size;
     int n_workers = (n_images + o.batch - 1) / o.batch;
