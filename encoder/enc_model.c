@@ -433,6 +433,11 @@ int enc_run_create(const enc_model *m, int max_batch, enc_run **out)
     size_t mlp = max_sz(max_sz(M * (size_t)c->vision.intermediate, L * (size_t)c->text.intermediate),
                         B * (size_t)c->channels * (size_t)c->image_size * (size_t)c->image_size);
     size_t sc = max_sz(T * T, L * L);
+    /* Row counts and leading dimensions are ints (BLAS): keep every matrix below 2^31 elements. */
+    size_t widest = max_sz(max_sz((size_t)c->vision.hidden, (size_t)c->vision.intermediate),
+                           (size_t)c->channels * c->patch_size * c->patch_size);
+    if (M * widest > INT32_MAX || sc > INT32_MAX || L * (size_t)c->text.intermediate > INT32_MAX)
+        return umg_err_set(UMG_EINVAL, "enc_run_create: max_batch %d is too large for this model", max_batch);
     size_t total = 5 * round64(hid) + round64(mlp) + round64(sc);
     enc_run *r = calloc(1, sizeof *r);
     if (!r)

@@ -1013,6 +1013,10 @@ static void test_model_metadata(void **state)
     assert_non_null(enc_model_tokenizer(m));
     assert_int_equal(enc_model_preproc(m)->crop_w, 224);
     assert_int_equal(enc_model_config(m)->vision.hidden, 128);
+    enc_run *r = (enc_run *)0x1;
+    assert_int_equal(enc_run_create(m, 0, &r), UMG_EINVAL);
+    assert_null(r);
+    assert_int_equal(enc_run_create(m, 1 << 20, &r), UMG_EINVAL);
     enc_model_close(m);
     enc_model_close(NULL);
     enc_run_close(NULL);
