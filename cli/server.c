@@ -65,6 +65,7 @@ static void conn_unref(srv_conn *c)
 {
     if (--c->refs > 0) return;
     proto_framer_close(c->framer);
+    free(c->stash);
     free(c);
 }
 
@@ -114,9 +115,21 @@ static void conn_pause(srv_conn *c)
     }
 }
 
+static void conn_feed(srv_conn *c, const uint8_t *p, size_t len);
+
 static void conn_maybe_resume(srv_conn *c)
 {
-    if (c->reading || c->closing || c->eof || c->close_after_writes || c->s->stopping || over_caps(c)) return;
+    if (c->feeding || c->reading || c->closing || c->close_after_writes || c->s->stopping || over_caps(c)) return;
+    if (c->stash) { /* first what was read before the pause */
+        uint8_t *st = c->stash;
+        size_t n = c->stash_len;
+        c->stash = NULL;
+        c->stash_len = 0;
+        conn_feed(c, st, n);
+        free(st);
+        if (c->stash || c->closing || c->close_after_writes || over_caps(c)) return;
+    }
+    if (c->eof) return;
     if (uv_read_start(&c->h.stream, on_alloc, on_read) == 0) c->reading = 1;
 }
 
@@ -124,7 +137,8 @@ static void conn_maybe_resume(srv_conn *c)
 static void conn_maybe_finish(srv_conn *c)
 {
     if (c->closing) return;
-    if ((c->eof || c->close_after_writes || c->s->finalized) && c->inflight == 0 && c->unsent == 0)
+    if ((c->eof || c->close_after_writes || c->s->finalized) && c->inflight == 0 && c->unsent == 0 &&
+        (!c->stash || c->close_after_writes || c->s->stopping))
         conn_close(c, c->eof ? "peer closed" : c->close_after_writes ? "after error" : "shutdown");
 }
 
@@ -381,25 +395,14 @@ static void handle_frame(srv_conn *c, uint8_t *frame, size_t len)
     if (rc != 0) job_finish(job);
 }
 
-static void on_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf)
+/* Feed received bytes to the framer and handle every complete frame, as
+ * long as the connection is under its caps; what is left when a cap is hit
+ * waits in c->stash (reading paused) until answers drain. */
+static void conn_feed(srv_conn *c, const uint8_t *p, size_t len)
 {
-    srv_conn *c = st->data;
     srv *s = c->s;
-    if (nread == 0) return;
-    if (nread < 0) {
-        conn_pause(c);
-        if (nread == UV_EOF) {
-            c->eof = 1;
-            conn_maybe_finish(c);
-        } else {
-            conn_close(c, uv_strerror((int)nread));
-        }
-        return;
-    }
-    if (s->cfg.idle_timeout_s > 0) uv_timer_again(&c->idle);
-    const uint8_t *p = (const uint8_t *)buf->base;
-    size_t len = (size_t)nread;
-    while (len && !c->closing && !c->close_after_writes) {
+    c->feeding = 1;
+    while (len && !c->closing && !c->close_after_writes && !over_caps(c)) {
         size_t used;
         uint8_t *frame;
         size_t flen;
@@ -419,10 +422,46 @@ static void on_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf)
             conn_send_error(c, 0, rc, umg_err_msg());
             c->close_after_writes = 1;
             conn_pause(c);
-            conn_maybe_finish(c);
         }
     }
-    if (!c->closing && over_caps(c)) conn_pause(c);
+    c->feeding = 0;
+    if (c->closing || c->close_after_writes) {
+        conn_maybe_finish(c);
+        return;
+    }
+    if (len) {
+        c->stash = malloc(len);
+        if (!c->stash) {
+            conn_close(c, "out of memory");
+            return;
+        }
+        memcpy(c->stash, p, len);
+        c->stash_len = len;
+        conn_pause(c);
+    } else if (over_caps(c)) {
+        conn_pause(c);
+    }
+}
+
+static void on_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf)
+{
+    srv_conn *c = st->data;
+    srv *s = c->s;
+    if (nread == 0) return;
+    if (nread < 0) {
+        conn_pause(c);
+        if (nread == UV_EOF) {
+            c->eof = 1;
+            conn_maybe_finish(c);
+        } else {
+            conn_close(c, uv_strerror((int)nread));
+        }
+        return;
+    }
+    if (s->cfg.idle_timeout_s > 0) uv_timer_again(&c->idle);
+    conn_feed(c, (const uint8_t *)buf->base, (size_t)nread);
+    /* answers given inline may have left room: go on reading */
+    if (!c->reading && !c->stash) conn_maybe_resume(c);
 }
 
 static void on_idle(uv_timer_t *t)

@@ -41,6 +41,9 @@ struct srv_conn {
     size_t inflight_bytes;        /* request frame bytes held by those jobs */
     size_t unsent;                /* response bytes handed to uv_write, not yet written */
     proto_framer *framer;
+    uint8_t *stash;               /* bytes read but not yet fed: reading paused mid-read */
+    size_t stash_len;
+    int feeding;                  /* conn_feed is on the stack (no re-entry) */
     srv_conn *prev, *next;        /* s->conns list */
     char rbuf[65536];
 };

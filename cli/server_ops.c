@@ -295,11 +295,19 @@ static int h_stats(void *ctx, proto_request *req)
     pack_key(pk, "uptime_s"), msgpack_pack_double(pk, (double)(srv_now_ns() - s->t_start_ns) / 1e9);
     pack_key(pk, "model"), proto_pack_cstr(pk, enc_model_name(s->model));
     pack_key(pk, "dim"), msgpack_pack_int32(pk, s->dim);
+    uint64_t unsent = 0;
+    int paused = 0;
+    for (const srv_conn *c = s->conns; c; c = c->next) {
+        unsent += c->unsent;
+        paused += !c->reading && !c->eof && !c->close_after_writes;
+    }
     pack_key(pk, "queues");
-    msgpack_pack_map(pk, 3);
+    msgpack_pack_map(pk, 5);
     pack_key(pk, "encoder"), msgpack_pack_int32(pk, qlen);
     pack_key(pk, "in_flight"), msgpack_pack_int32(pk, s->jobs_inflight - 1); /* not counting this one */
     pack_key(pk, "connections"), msgpack_pack_int32(pk, s->n_conns);
+    pack_key(pk, "paused_connections"), msgpack_pack_int32(pk, paused);   /* backpressure */
+    pack_key(pk, "unsent_bytes"), msgpack_pack_uint64(pk, unsent);
     pack_key(pk, "ingest");
     msgpack_pack_map(pk, 2);
     pack_key(pk, "images"), msgpack_pack_uint64(pk, ingested);

@@ -13,6 +13,9 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <math.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <sys/un.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -444,6 +447,30 @@ static void test_every_op(void **state)
     }
     proto_response_free(r);
     enc_image_free(&dec);
+    /* an EXIF-rotated JPEG: the record's size is the oriented one, the boxes lie in it */
+    {
+        const char *rot = UMG_FIXTURES_DIR "/images/exif_6.jpg";
+        assert_int_equal(enc_image_load(rot, ENC_IMAGE_MAX_PIXELS_DEFAULT, &dec), 0);
+        assert_int_not_equal(dec.width, dec.height); /* orientation 6 swaps them: the check has teeth */
+        uint64_t id_rot = ingest_bytes(c, rot, "/client/exif_6.jpg", NULL, NULL, NULL);
+        r = get_image(c, id_rot);
+        assert_non_null(r);
+        assert_int_equal(res_u(r, "width"), (uint64_t)dec.width);
+        assert_int_equal(res_u(r, "height"), (uint64_t)dec.height);
+        regs = umg_result_get(r, "regions");
+        for (uint32_t i = 0; i < regs->via.array.size; i++) {
+            double box[4];
+            assert_true(proto_obj_box(proto_map_get(&regs->via.array.ptr[i], "box"), box));
+            assert_true(box[0] + box[2] <= dec.width + 0.5 && box[1] + box[3] <= dec.height + 0.5);
+        }
+        proto_response_free(r);
+        enc_image_free(&dec);
+        proto_writer w0;
+        uint64_t did = begin(c, &w0, "delete", 1);
+        kv_uint(&w0, "image_id", id_rot);
+        end(c, &w0);
+        proto_response_free(wait_ok(c, did));
+    }
     /* get by path */
     proto_writer w;
     uint64_t id = begin(c, &w, "get", 1);
@@ -1054,6 +1081,118 @@ static void test_auth(void **state)
     rm_rf(s.dir);
 }
 
+/* Backpressure: a client that sends many requests and reads nothing makes
+ * the server stop reading it once its unsent answers reach the cap (8 MiB),
+ * so the server's memory stays bounded; others are served meanwhile; once
+ * the client reads, every answer arrives. */
+static void test_backpressure(void **state)
+{
+    server s;
+    make_tmp(&s);
+    start(&s, NULL);
+    umg_client *c = conn(&s);
+    uint64_t img = ingest_bytes(c, IMG("chelsea.png"), "chelsea.png", NULL, NULL, NULL);
+    proto_response *r = get_image(c, img);
+    assert_non_null(r);
+    size_t resp_len = r->frame_len + 4;
+    proto_response_free(r);
+    size_t n_req = (24u << 20) / resp_len + 1;   /* answers worth 24 MiB, 3x the cap */
+
+    msgpack_sbuffer reqs;
+    msgpack_sbuffer_init(&reqs);
+    for (size_t i = 0; i < n_req; i++) {
+        proto_writer w;
+        assert_int_equal(proto_request_begin(&w, &reqs, i + 1, "get", 1), 0);
+        kv_uint(&w, "image_id", img);
+        assert_int_equal(proto_request_end(&w, 0), 0);
+    }
+    /* a raw socket that sends without reading */
+    struct sockaddr_un sun = {.sun_family = AF_UNIX};
+    assert_true(strlen(s.addr + 5) < sizeof sun.sun_path);
+    memcpy(sun.sun_path, s.addr + 5, strlen(s.addr + 5) + 1);
+    int fd = socket(AF_UNIX, SOCK_STREAM, 0);
+    assert_int_equal(connect(fd, (struct sockaddr *)&sun, sizeof sun), 0);
+    fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
+    size_t sent = 0;
+    for (int stalls = 0; sent < reqs.size && stalls < 50;) {
+        ssize_t k = send(fd, reqs.data + sent, reqs.size - sent, MSG_NOSIGNAL);
+        if (k > 0) {
+            sent += (size_t)k;
+            stalls = 0;
+        } else {
+            stalls++;
+            usleep(20000);
+        }
+    }
+    /* the server pauses that connection once its unsent answers reach the
+     * cap (it may pause earlier for a moment on the in-flight cap) */
+    int paused = 0;
+    uint64_t unsent = 0, in_flight = 0, unsent_later = 0;
+    for (int i = 0; i < 500 && unsent < (8u << 20) - resp_len; i++) {
+        if (i) usleep(20000);
+        assert_int_equal(umg_client_call0(c, "stats", T_MS, &r), 0);
+        const msgpack_object *q = umg_result_get(r, "queues");
+        paused = (int)obj_u(q, "paused_connections");
+        unsent = obj_u(q, "unsent_bytes");
+        in_flight = obj_u(q, "in_flight");
+        proto_response_free(r);
+    }
+    assert_int_equal(paused, 1);
+    assert_true(unsent >= (8u << 20) - resp_len);
+    assert_true(unsent <= (8u << 20) + 65 * resp_len);
+    assert_true(in_flight <= 64);
+    /* and stays there: nothing more is read from it */
+    usleep(300000);
+    assert_int_equal(umg_client_call0(c, "stats", T_MS, &r), 0);
+    unsent_later = obj_u(umg_result_get(r, "queues"), "unsent_bytes");
+    proto_response_free(r);
+    assert_int_equal(unsent_later, unsent);
+    others_served(&s);
+
+    /* now read: every answer arrives, the rest of the requests go out */
+    proto_framer *fr;
+    assert_int_equal(proto_framer_create(0, &fr), 0);
+    size_t answers = 0;
+    uint8_t buf[65536];
+    for (int idle = 0; answers < n_req && idle < 1000;) {
+        struct pollfd p = {.fd = fd, .events = POLLIN | (sent < reqs.size ? POLLOUT : 0)};
+        if (poll(&p, 1, 30) <= 0) {
+            idle++;
+            continue;
+        }
+        idle = 0;
+        if (p.revents & POLLOUT) {
+            ssize_t k = send(fd, reqs.data + sent, reqs.size - sent, MSG_NOSIGNAL);
+            if (k > 0) sent += (size_t)k;
+        }
+        if (p.revents & POLLIN) {
+            ssize_t k = recv(fd, buf, sizeof buf, 0);
+            assert_true(k > 0);
+            const uint8_t *q = buf;
+            size_t left = (size_t)k;
+            while (left) {
+                size_t used, flen;
+                uint8_t *frame;
+                int rc = proto_framer_feed(fr, q, left, &used, &frame, &flen);
+                assert_true(rc >= 0);
+                q += used;
+                left -= used;
+                if (rc == PROTO_FRAME_READY) {
+                    answers++;
+                    free(frame);
+                }
+            }
+        }
+    }
+    assert_int_equal(answers, n_req);
+    proto_framer_close(fr);
+    close(fd);
+    msgpack_sbuffer_destroy(&reqs);
+    umg_client_close(c);
+    assert_int_equal(stop(&s), 0);
+    rm_rf(s.dir);
+}
+
 /* A connection that a ping went through on, retrying for up to 5 s while
  * the server refuses with busy (closed connections free their slot only
  * once the server has noticed). */
@@ -1125,6 +1264,7 @@ int main(void)
         cmocka_unit_test(test_restart_and_sigterm),
         cmocka_unit_test(test_auth),
         cmocka_unit_test(test_tcp_limits),
+        cmocka_unit_test(test_backpressure),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
