@@ -154,6 +154,7 @@ static void on_write(uv_write_t *req, int status)
     write_req *w = (write_req *)req;
     srv_conn *c = w->c;
     c->unsent -= w->len;
+    if (status == 0) c->last_activity_ns = srv_now_ns();
     free(w->data);
     free(w);
     if (status < 0 && status != UV_ECANCELED) {
@@ -446,7 +447,6 @@ static void conn_feed(srv_conn *c, const uint8_t *p, size_t len)
 static void on_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf)
 {
     srv_conn *c = st->data;
-    srv *s = c->s;
     if (nread == 0) return;
     if (nread < 0) {
         conn_pause(c);
@@ -458,18 +458,22 @@ static void on_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf)
         }
         return;
     }
-    if (s->cfg.idle_timeout_s > 0) uv_timer_again(&c->idle);
+    c->last_activity_ns = srv_now_ns();
     conn_feed(c, (const uint8_t *)buf->base, (size_t)nread);
     /* answers given inline may have left room: go on reading */
     if (!c->reading && !c->stash) conn_maybe_resume(c);
 }
 
+/* Idle: no byte read and no answer taken by the peer for the timeout, and
+ * no work of ours in flight.  A peer that stopped reading its answers is
+ * idle too: otherwise it could pin its unsent answers (up to the cap) forever. */
 static void on_idle(uv_timer_t *t)
 {
     srv_conn *c = t->data;
-    if (c->inflight || c->unsent) return; /* busy, not idle: the repeat timer fires again */
-    srv_log(c->s, SRV_LOG_INFO, "conn=%llu idle for %d s: closing", (unsigned long long)c->serial,
-            c->s->cfg.idle_timeout_s);
+    uint64_t idle_ns = (uint64_t)c->s->cfg.idle_timeout_s * 1000000000ull;
+    if (c->inflight || srv_now_ns() - c->last_activity_ns < idle_ns) return; /* the repeat timer comes back */
+    srv_log(c->s, SRV_LOG_INFO, "conn=%llu idle for %d s%s: closing", (unsigned long long)c->serial,
+            c->s->cfg.idle_timeout_s, c->unsent ? " (not reading its answers)" : "");
     conn_close(c, "idle timeout");
 }
 
@@ -520,8 +524,10 @@ static void on_connection(uv_stream_t *server, int status)
         conn_maybe_finish(c);
         return;
     }
+    c->last_activity_ns = srv_now_ns();
     if (s->cfg.idle_timeout_s > 0) {
-        uint64_t ms = (uint64_t)s->cfg.idle_timeout_s * 1000;
+        /* checked every half timeout: closed between 1x and 1.5x the timeout */
+        uint64_t ms = (uint64_t)s->cfg.idle_timeout_s * 500;
         uv_timer_start(&c->idle, on_idle, ms, ms);
     }
     conn_maybe_resume(c);

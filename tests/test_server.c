@@ -1214,6 +1214,7 @@ static umg_client *conn_served(const server *s)
 /* TCP listener, --max-connections and --idle-timeout. */
 static void test_tcp_limits(void **state)
 {
+    char cmd_buf[600];
     server s;
     make_tmp(&s);
     /* a free port: bind 0, read it, release it */
@@ -1249,6 +1250,48 @@ static void test_tcp_limits(void **state)
     umg_client_close(b);
     /* room again, once the server has seen b go */
     umg_client_close(conn_served(&s));
+
+    /* a peer that sends requests but never reads its answers is idle too:
+     * closed once its answers stop moving, so they are not held forever */
+    {
+        msgpack_sbuffer reqs;
+        msgpack_sbuffer_init(&reqs);
+        for (int i = 0; i < 150000; i++) { /* ~10 MB of answers: more than socket buffers hold */
+            proto_writer w;
+            assert_int_equal(proto_request_begin(&w, &reqs, (uint64_t)i + 1, "ping", 0), 0);
+            assert_int_equal(proto_request_end(&w, 0), 0);
+        }
+        int fd = socket(AF_INET, SOCK_STREAM, 0);
+        struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port),
+                                 .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+        int small = 4096; /* keep the kernel from absorbing the answers */
+        setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &small, sizeof small);
+        assert_int_equal(connect(fd, (struct sockaddr *)&sa, sizeof sa), 0);
+        fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
+        size_t sent = 0;
+        int closed = 0;
+        /* send what the server takes; wait for the close (reset or EOF once we read) */
+        for (int i = 0; i < 150 && !closed; i++) { /* 7.5 s: timeout 1 s, checked every 0.5 s */
+            if (sent < reqs.size) {
+                ssize_t k = send(fd, reqs.data + sent, reqs.size - sent, MSG_NOSIGNAL);
+                if (k > 0) sent += (size_t)k;
+                else if (k < 0 && errno != EAGAIN && errno != EWOULDBLOCK) closed = 1;
+            }
+            usleep(50000);
+            umg_client *st = conn_served(&s);
+            r = NULL;
+            assert_int_equal(umg_client_call0(st, "stats", T_MS, &r), 0);
+            uint64_t nconn = obj_u(umg_result_get(r, "queues"), "connections");
+            proto_response_free(r);
+            umg_client_close(st);
+            if (nconn == 1 && i > 2) closed = 1; /* only the stats connection is left */
+        }
+        assert_true(closed);
+        close(fd);
+        msgpack_sbuffer_destroy(&reqs);
+        snprintf(cmd_buf, sizeof cmd_buf, "grep -q 'not reading its answers' '%s'", s.log);
+        assert_int_equal(system(cmd_buf), 0);
+    }
     assert_int_equal(stop(&s), 0);
     rm_rf(s.dir);
 }
