@@ -81,6 +81,23 @@ def prepare(seed, count, size, patch, procs=2):
     return [prepare_one(j) for j in jobs]
 
 
+def prepare_cached(path, seed, count, size, patch, procs=2):
+    """prepare(), stored in / reused from a pickle at path (None: no cache)."""
+    import pickle
+    key = (seed, count, size, patch)
+    if path and os.path.exists(path):
+        with open(path, "rb") as f:
+            k, items = pickle.load(f)
+        if k == key:
+            return items
+    items = prepare(seed, count, size, patch, procs)
+    if path:
+        with open(path + ".tmp", "wb") as f:
+            pickle.dump((key, items), f, protocol=4)
+        os.replace(path + ".tmp", path)
+    return items
+
+
 def to_pixels(items):
     """Float32 [B, 3, S, S] network input; the padding stays exactly 0."""
     import torch

@@ -90,6 +90,7 @@ def main():
     ap.add_argument("--proj", type=int, default=64)
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads; 1 is faster than 2 on a shared, oversubscribed machine")
+    ap.add_argument("--cache", help="pickle of the rendered photos, reused when it exists")
     ap.add_argument("--procs", type=int, default=2, help="processes rendering the photos")
     a = ap.parse_args()
 
@@ -104,7 +105,7 @@ def main():
     model = CLIP(cfg)
     grid = a.image_size // a.patch_size
 
-    items = data.prepare(a.seed, a.count, a.image_size, a.patch_size, procs=a.procs)
+    items = data.prepare_cached(a.cache, a.seed, a.count, a.image_size, a.patch_size, procs=a.procs)
     print("prepared %d photos in %.0f s" % (len(items), time.time() - t0), flush=True)
 
     full = data.full_phrases()
@@ -144,9 +145,9 @@ def main():
         img_emb, patches = model.encode_image(px)
         caps = [b["caption"] for b in batch]
         negs = [hard_negative_caption(b["objects"], rng) for b in batch]
-        txt = model.encode_ids([tok.encode(c) for c in caps + negs] + vocab_ids)
-        cap_emb = F.normalize(txt[:2 * len(batch)], dim=-1)
-        voc_emb = F.normalize(txt[2 * len(batch):], dim=-1)
+        # two calls: the short phrases are not padded to the captions' length
+        cap_emb = F.normalize(model.encode_ids([tok.encode(c) for c in caps + negs]), dim=-1)
+        voc_emb = F.normalize(model.encode_ids(vocab_ids), dim=-1)
         scale = model.logit_scale.exp().clamp(max=100.0)
 
         # image level: image -> (captions + hard negatives), caption -> images
@@ -157,6 +158,17 @@ def main():
         lt = logits[:, :len(batch)].t()
         tgt_t = soft_targets(caps, caps)
         loss_img = 0.5 * (loss_img - (tgt_t * lt.log_softmax(1)).sum(1).mean())
+
+        # image level, bag of objects: the image embedding against the phrase of
+        # every object it shows (multi-positive over the full phrases), so the
+        # global vector learns which objects are there before it learns captions
+        loss_cap = loss_img.detach()
+        tgt_o = torch.zeros(len(batch), n_full)
+        for i, b in enumerate(batch):
+            for o in b["objects"]:
+                tgt_o[i, full_index[o["phrase"]]] = 1.0
+        tgt_o = tgt_o / tgt_o.sum(1, keepdim=True)
+        loss_img = loss_img + -(tgt_o * (scale * img_n @ voc_emb[:n_full].t()).log_softmax(1)).sum(1).mean()
 
         # region level: pooled box vectors (pooling.py weights) vs phrases
         patches_n = F.normalize(patches, dim=-1)
@@ -211,8 +223,8 @@ def main():
         if step % 25 == 0 or step == a.steps - 1:
             with torch.no_grad():
                 acc = (logits[:, :len(batch)].argmax(1) == torch.arange(len(batch))).float().mean()
-            line = ("step %d/%d %.0fs loss %.3f img %.3f reg %.3f pix %.3f scale %.1f batch-acc %.2f"
-                    % (step, a.steps, time.time() - t0, loss.item(), loss_img.item(), loss_reg.item(),
+            line = ("step %d/%d %.0fs loss %.3f img %.3f (caption %.3f) reg %.3f pix %.3f scale %.1f batch-acc %.2f"
+                    % (step, a.steps, time.time() - t0, loss.item(), loss_img.item(), loss_cap.item(), loss_reg.item(),
                        loss_pix.item(), scale.item(), acc.item()))
             print(line, flush=True)
             log.append(line)
