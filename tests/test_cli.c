@@ -896,6 +896,27 @@ static void test_auth(void **state)
     stop_server(pid);
 }
 
+/* The server drops the connection in the middle of a run (here: a photo
+ * over its --max-frame, which it answers with too_large and a close): the
+ * client says so and exits 3 rather than hang or claim success. */
+static void test_connection_lost(void **state)
+{
+    (void)state;
+    char d3[400], s3[400], addr[420];
+    snprintf(d3, sizeof d3, "%s/data-small-frames", root);
+    snprintf(s3, sizeof s3, "%s/small.sock", root);
+    snprintf(addr, sizeof addr, "unix:%s", s3);
+    const char *extra[] = {"--max-frame", "64K", NULL};
+    pid_t pid = start_server(d3, s3, extra);
+    const char *a[] = {"ingest", "--server", addr, "--jobs", "1", photo_path[1], NULL};   /* 139 KB */
+    struct result r = run(a);
+    EXPECT_EXIT(r, 3);
+    assert_non_null(strstr(r.err, "umgdb ingest: lost the connection to the server at"));
+    assert_non_null(strstr(r.out, "1 not sent"));
+    result_free(&r);
+    stop_server(pid);
+}
+
 /* The data survive a restart of the server (SIGTERM, exit 0, start again). */
 static void test_restart(void **state)
 {
@@ -927,6 +948,7 @@ int main(void)
         cmocka_unit_test(test_usage_errors),
         cmocka_unit_test(test_server_down),
         cmocka_unit_test(test_auth),
+        cmocka_unit_test(test_connection_lost),
         cmocka_unit_test(test_restart),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
