@@ -1044,6 +1044,339 @@ static void test_model_metadata(void **state)
     tmp_remove(&d);
 }
 
+/* ---- other geometries and gelu, against a naive double-precision forward ----
+ * A generated checkpoint unlike the fixture: 64x64 input with 16-pixel patches
+ * (4x4 grid), 4 heads, gelu, layer_norm_eps 1e-6, projection 18 (not a multiple
+ * of the kernels' tiles).  The reference is computed here, straight from the
+ * definition, so no fixture is needed. */
+
+typedef struct gen_tensor {
+    char name[128];
+    int ndim;
+    int64_t shape[4];
+    size_t n;
+    float *v;
+} gen_tensor;
+
+typedef struct gen_model {
+    gen_tensor t[96];
+    int n;
+} gen_model;
+
+static uint64_t splitmix(uint64_t *s)
+{
+    uint64_t z = (*s += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+
+static void gen_add(gen_model *g, const char *name, int ndim, int64_t d0, int64_t d1, int64_t d2, int64_t d3)
+{
+    assert_true(g->n < 96);
+    gen_tensor *t = &g->t[g->n++];
+    snprintf(t->name, sizeof t->name, "%s", name);
+    t->ndim = ndim;
+    int64_t d[4] = {d0, d1, d2, d3};
+    t->n = 1;
+    for (int i = 0; i < ndim; i++)
+        t->n *= (size_t)(t->shape[i] = d[i]);
+    t->v = malloc(t->n * sizeof(float));
+    assert_non_null(t->v);
+    uint64_t seed = 1469598103934665603ull;
+    for (const char *c = name; *c; c++)
+        seed = (seed ^ (uint8_t)*c) * 1099511628211ull;
+    /* matrices ~ U(+-sqrt(3/fan_in)); layer-norm weights 1 +- 0.2; the rest +- 0.1 */
+    int is_ln_weight = strstr(name, "norm") && strstr(name, ".weight");
+    double scale = ndim >= 2 && !strstr(name, "embedding") ? sqrt(3.0 / (double)(t->n / (size_t)d0)) : 0.1;
+    for (size_t i = 0; i < t->n; i++) {
+        double u = (double)(splitmix(&seed) >> 11) / 9007199254740992.0 * 2 - 1;
+        t->v[i] = (float)(is_ln_weight ? 1 + 0.2 * u : scale * u);
+    }
+}
+
+static const float *gp(const gen_model *g, const char *fmt, ...)
+{
+    char name[128];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(name, sizeof name, fmt, ap);
+    va_end(ap);
+    for (int i = 0; i < g->n; i++)
+        if (!strcmp(g->t[i].name, name))
+            return g->t[i].v;
+    fail_msg("generated tensor %s missing", name);
+    return NULL;
+}
+
+enum { GV_H = 32, GV_F = 64, GV_L = 2, GV_HEADS = 4, GV_S = 64, GV_P = 16, GV_G = 4, GV_T = 17,
+       GT_H = 32, GT_F = 48, GT_L = 2, GT_HEADS = 4, G_D = 18, G_VOCAB = 49408, G_POS = 77 };
+
+static void gen_layers(gen_model *g, const char *tower, int layers, int H, int F)
+{
+    char n[128];
+    static const char *vec[] = {"layer_norm1.weight", "layer_norm1.bias", "layer_norm2.weight", "layer_norm2.bias",
+                                "self_attn.q_proj.bias", "self_attn.k_proj.bias", "self_attn.v_proj.bias",
+                                "self_attn.out_proj.bias", "mlp.fc2.bias"};
+    static const char *mat[] = {"self_attn.q_proj.weight", "self_attn.k_proj.weight", "self_attn.v_proj.weight",
+                                "self_attn.out_proj.weight"};
+    for (int l = 0; l < layers; l++) {
+        for (size_t i = 0; i < sizeof vec / sizeof *vec; i++) {
+            snprintf(n, sizeof n, "%s.encoder.layers.%d.%s", tower, l, vec[i]);
+            gen_add(g, n, 1, H, 0, 0, 0);
+        }
+        for (size_t i = 0; i < sizeof mat / sizeof *mat; i++) {
+            snprintf(n, sizeof n, "%s.encoder.layers.%d.%s", tower, l, mat[i]);
+            gen_add(g, n, 2, H, H, 0, 0);
+        }
+        snprintf(n, sizeof n, "%s.encoder.layers.%d.mlp.fc1.weight", tower, l);
+        gen_add(g, n, 2, F, H, 0, 0);
+        snprintf(n, sizeof n, "%s.encoder.layers.%d.mlp.fc1.bias", tower, l);
+        gen_add(g, n, 1, F, 0, 0, 0);
+        snprintf(n, sizeof n, "%s.encoder.layers.%d.mlp.fc2.weight", tower, l);
+        gen_add(g, n, 2, H, F, 0, 0);
+    }
+}
+
+static void gen_build(gen_model *g)
+{
+    g->n = 0;
+    gen_add(g, "vision_model.embeddings.class_embedding", 1, GV_H, 0, 0, 0);
+    gen_add(g, "vision_model.embeddings.patch_embedding.weight", 4, GV_H, 3, GV_P, GV_P);
+    gen_add(g, "vision_model.embeddings.position_embedding.weight", 2, GV_T, GV_H, 0, 0);
+    gen_add(g, "vision_model.pre_layrnorm.weight", 1, GV_H, 0, 0, 0);
+    gen_add(g, "vision_model.pre_layrnorm.bias", 1, GV_H, 0, 0, 0);
+    gen_layers(g, "vision_model", GV_L, GV_H, GV_F);
+    gen_add(g, "vision_model.post_layernorm.weight", 1, GV_H, 0, 0, 0);
+    gen_add(g, "vision_model.post_layernorm.bias", 1, GV_H, 0, 0, 0);
+    gen_add(g, "visual_projection.weight", 2, G_D, GV_H, 0, 0);
+    gen_add(g, "text_model.embeddings.token_embedding.weight", 2, G_VOCAB, GT_H, 0, 0);
+    gen_add(g, "text_model.embeddings.position_embedding.weight", 2, G_POS, GT_H, 0, 0);
+    gen_layers(g, "text_model", GT_L, GT_H, GT_F);
+    gen_add(g, "text_model.final_layer_norm.weight", 1, GT_H, 0, 0, 0);
+    gen_add(g, "text_model.final_layer_norm.bias", 1, GT_H, 0, 0, 0);
+    gen_add(g, "text_projection.weight", 2, G_D, GT_H, 0, 0);
+}
+
+static void gen_write(const gen_model *g, const char *dir)
+{
+    size_t total = 0;
+    for (int i = 0; i < g->n; i++)
+        total += g->t[i].n * sizeof(float);
+    uint8_t *data = malloc(total);
+    assert_non_null(data);
+    json_t *hdr = json_object();
+    size_t off = 0;
+    for (int i = 0; i < g->n; i++) {
+        const gen_tensor *t = &g->t[i];
+        json_t *shape = json_array();
+        for (int d = 0; d < t->ndim; d++)
+            json_array_append_new(shape, json_integer(t->shape[d]));
+        memcpy(data + off, t->v, t->n * sizeof(float));
+        json_object_set_new(hdr, t->name, json_pack("{s:s, s:o, s:[I,I]}", "dtype", "F32", "shape", shape,
+                                                    "data_offsets", (json_int_t)off,
+                                                    (json_int_t)(off + t->n * sizeof(float))));
+        off += t->n * sizeof(float);
+    }
+    write_st_json(dir, hdr, data, total);
+    json_decref(hdr);
+    free(data);
+    char cfg[1024];
+    snprintf(cfg, sizeof cfg,
+             "{\"projection_dim\": %d, \"text_config\": {\"hidden_size\": %d, \"intermediate_size\": %d,"
+             " \"num_hidden_layers\": %d, \"num_attention_heads\": %d, \"hidden_act\": \"gelu\","
+             " \"layer_norm_eps\": 1e-6}, \"vision_config\": {\"hidden_size\": %d, \"intermediate_size\": %d,"
+             " \"num_hidden_layers\": %d, \"num_attention_heads\": %d, \"image_size\": %d, \"patch_size\": %d,"
+             " \"hidden_act\": \"gelu\", \"layer_norm_eps\": 1e-6}}",
+             G_D, GT_H, GT_F, GT_L, GT_HEADS, GV_H, GV_F, GV_L, GV_HEADS, GV_S, GV_P);
+    write_file(dir, "config.json", cfg, strlen(cfg));
+    /* preprocessing must agree with the 64-pixel input */
+    const char *pre = "{\"crop_size\": 64, \"size\": 64}";
+    write_file(dir, "preprocessor_config.json", pre, strlen(pre));
+}
+
+static void naive_ln(double *y, const double *x, int n, const float *w, const float *b, double eps)
+{
+    double mean = 0, var = 0;
+    for (int i = 0; i < n; i++)
+        mean += x[i];
+    mean /= n;
+    for (int i = 0; i < n; i++)
+        var += (x[i] - mean) * (x[i] - mean);
+    var /= n;
+    for (int i = 0; i < n; i++)
+        y[i] = (x[i] - mean) / sqrt(var + eps) * w[i] + b[i];
+}
+
+/* y[out] = W[out, in] x + b */
+static void naive_linear(double *y, const double *x, const float *w, const float *b, int in, int out)
+{
+    for (int o = 0; o < out; o++) {
+        double s = b ? b[o] : 0;
+        for (int k = 0; k < in; k++)
+            s += (double)w[(size_t)o * in + k] * x[k];
+        y[o] = s;
+    }
+}
+
+/* h[T][H] through the tower's blocks (gelu, eps 1e-6). */
+static void naive_blocks(const gen_model *g, const char *tw, double *h, int T, int H, int F, int heads, int layers,
+                         int causal)
+{
+    int d = H / heads;
+    double *x = malloc(sizeof(double) * T * H), *q = malloc(sizeof(double) * T * H),
+           *k = malloc(sizeof(double) * T * H), *v = malloc(sizeof(double) * T * H),
+           *a = malloc(sizeof(double) * T * H), *t = malloc(sizeof(double) * F), *o = malloc(sizeof(double) * H),
+           *p = malloc(sizeof(double) * T);
+    for (int l = 0; l < layers; l++) {
+#define LP(field) gp(g, "%s.encoder.layers.%d." field, tw, l)
+        for (int i = 0; i < T; i++) {
+            naive_ln(x + i * H, h + i * H, H, LP("layer_norm1.weight"), LP("layer_norm1.bias"), 1e-6);
+            naive_linear(q + i * H, x + i * H, LP("self_attn.q_proj.weight"), LP("self_attn.q_proj.bias"), H, H);
+            naive_linear(k + i * H, x + i * H, LP("self_attn.k_proj.weight"), LP("self_attn.k_proj.bias"), H, H);
+            naive_linear(v + i * H, x + i * H, LP("self_attn.v_proj.weight"), LP("self_attn.v_proj.bias"), H, H);
+        }
+        for (int hd = 0; hd < heads; hd++)
+            for (int i = 0; i < T; i++) {
+                int n = causal ? i + 1 : T;
+                double m = -1e300, sum = 0;
+                for (int j = 0; j < n; j++) {
+                    double s = 0;
+                    for (int e = 0; e < d; e++)
+                        s += q[i * H + hd * d + e] * k[j * H + hd * d + e];
+                    p[j] = s / sqrt((double)d);
+                    m = fmax(m, p[j]);
+                }
+                for (int j = 0; j < n; j++)
+                    sum += p[j] = exp(p[j] - m);
+                for (int e = 0; e < d; e++) {
+                    double s = 0;
+                    for (int j = 0; j < n; j++)
+                        s += p[j] / sum * v[j * H + hd * d + e];
+                    a[i * H + hd * d + e] = s;
+                }
+            }
+        for (int i = 0; i < T; i++) {
+            naive_linear(o, a + i * H, LP("self_attn.out_proj.weight"), LP("self_attn.out_proj.bias"), H, H);
+            for (int e = 0; e < H; e++)
+                h[i * H + e] += o[e];
+            naive_ln(x + i * H, h + i * H, H, LP("layer_norm2.weight"), LP("layer_norm2.bias"), 1e-6);
+            naive_linear(t, x + i * H, LP("mlp.fc1.weight"), LP("mlp.fc1.bias"), H, F);
+            for (int e = 0; e < F; e++)
+                t[e] = 0.5 * t[e] * (1 + erf(t[e] / sqrt(2.0)));
+            naive_linear(o, t, LP("mlp.fc2.weight"), LP("mlp.fc2.bias"), F, H);
+            for (int e = 0; e < H; e++)
+                h[i * H + e] += o[e];
+        }
+#undef LP
+    }
+    free(x); free(q); free(k); free(v); free(a); free(t); free(o); free(p);
+}
+
+/* embed[D], patches[G*G][D] of one 3 x 64 x 64 image. */
+static void naive_vision(const gen_model *g, const float *px, double *embed, double *patches)
+{
+    double h[GV_T * GV_H], x[GV_H];
+    const float *pw = gp(g, "vision_model.embeddings.patch_embedding.weight");
+    const float *pos = gp(g, "vision_model.embeddings.position_embedding.weight");
+    const float *cls = gp(g, "vision_model.embeddings.class_embedding");
+    for (int e = 0; e < GV_H; e++)
+        h[e] = cls[e] + pos[e];
+    for (int gy = 0; gy < GV_G; gy++)
+        for (int gx = 0; gx < GV_G; gx++)
+            for (int e = 0; e < GV_H; e++) {
+                double s = 0;
+                for (int c = 0; c < 3; c++)
+                    for (int y = 0; y < GV_P; y++)
+                        for (int xx = 0; xx < GV_P; xx++)
+                            s += (double)pw[((e * 3 + c) * GV_P + y) * GV_P + xx] *
+                                 px[(c * GV_S + gy * GV_P + y) * GV_S + gx * GV_P + xx];
+                int tkn = 1 + gy * GV_G + gx;
+                h[tkn * GV_H + e] = s + pos[tkn * GV_H + e];
+            }
+    for (int i = 0; i < GV_T; i++)
+        naive_ln(h + i * GV_H, h + i * GV_H, GV_H, gp(g, "vision_model.pre_layrnorm.weight"),
+                 gp(g, "vision_model.pre_layrnorm.bias"), 1e-6);
+    naive_blocks(g, "vision_model", h, GV_T, GV_H, GV_F, GV_HEADS, GV_L, 0);
+    for (int i = 0; i < GV_T; i++) {
+        naive_ln(x, h + i * GV_H, GV_H, gp(g, "vision_model.post_layernorm.weight"),
+                 gp(g, "vision_model.post_layernorm.bias"), 1e-6);
+        naive_linear(i ? patches + (i - 1) * G_D : embed, x, gp(g, "visual_projection.weight"), NULL, GV_H, G_D);
+    }
+}
+
+static void naive_text(const gen_model *g, const int32_t *ids, int n, double *embed)
+{
+    double *h = malloc(sizeof(double) * n * GT_H), x[GT_H];
+    const float *tok = gp(g, "text_model.embeddings.token_embedding.weight");
+    const float *pos = gp(g, "text_model.embeddings.position_embedding.weight");
+    for (int i = 0; i < n; i++)
+        for (int e = 0; e < GT_H; e++)
+            h[i * GT_H + e] = (double)tok[(size_t)ids[i] * GT_H + e] + pos[i * GT_H + e];
+    naive_blocks(g, "text_model", h, n, GT_H, GT_F, GT_HEADS, GT_L, 1);
+    naive_ln(x, h + (n - 1) * GT_H, GT_H, gp(g, "text_model.final_layer_norm.weight"),
+             gp(g, "text_model.final_layer_norm.bias"), 1e-6);
+    naive_linear(embed, x, gp(g, "text_projection.weight"), NULL, GT_H, G_D);
+    free(h);
+}
+
+static void test_other_geometry_gelu(void **state)
+{
+    static gen_model g;
+    gen_build(&g);
+    struct tmpdir d;
+    tmp_make(&d);
+    gen_write(&g, d.path);
+    enc_model *m = NULL;
+    int rc = enc_model_open(d.path, &m);
+    if (rc)
+        fail_msg("open generated model: %s", umg_err_msg());
+    assert_int_equal(enc_model_grid(m), GV_G);
+    assert_int_equal(enc_model_dim(m), G_D);
+    assert_int_equal(enc_model_config(m)->vision.act, ENC_ACT_GELU);
+
+    enum { N = 3, PX = 3 * GV_S * GV_S };
+    float *px = malloc(sizeof(float) * N * PX);
+    uint64_t seed = 42;
+    for (int i = 0; i < N * PX; i++)
+        px[i] = (float)((double)(splitmix(&seed) >> 11) / 9007199254740992.0 * 4 - 2);
+    enc_run *r;
+    assert_int_equal(enc_run_create(m, N, &r), 0);
+    float emb[N * G_D], patches[N * GV_G * GV_G * G_D], emb_only[N * G_D];
+    assert_int_equal(enc_encode_pixels(r, px, N, emb, patches), 0);
+    assert_int_equal(enc_encode_pixels(r, px, N, emb_only, NULL), 0);
+    double want[G_D], wantp[GV_G * GV_G * G_D];
+    for (int i = 0; i < N; i++) {
+        naive_vision(&g, px + (size_t)i * PX, want, wantp);
+        check_ref(emb + i * G_D, want, G_D, "generated model: image");
+        check_ref(emb_only + i * G_D, want, G_D, "generated model: image, [CLS]-only last block");
+        for (int p = 0; p < GV_G * GV_G; p++)
+            check_ref(patches + ((size_t)i * GV_G * GV_G + p) * G_D, wantp + p * G_D, G_D,
+                      "generated model: patch");
+    }
+    /* texts of 1, 5, 30 and 77 tokens (the few-rows kernel and sgemm) */
+    int lens[] = {1, 5, 30, 77};
+    for (size_t li = 0; li < sizeof lens / sizeof *lens; li++) {
+        int32_t ids[77];
+        int n = lens[li];
+        ids[0] = 49406;
+        for (int i = 1; i < n; i++)
+            ids[i] = (int32_t)(splitmix(&seed) % 49000);
+        if (n > 1)
+            ids[n - 1] = 49407;
+        float e[G_D];
+        assert_int_equal(enc_encode_ids(r, ids, n, e), 0);
+        naive_text(&g, ids, n, want);
+        check_ref(e, want, G_D, "generated model: text");
+    }
+    free(px);
+    enc_run_close(r);
+    enc_model_close(m);
+    tmp_remove(&d);
+    for (int i = 0; i < g.n; i++)
+        free(g.t[i].v);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1063,6 +1396,7 @@ int main(void)
         cmocka_unit_test(test_hostile_headers),
         cmocka_unit_test(test_hostile_files),
         cmocka_unit_test(test_model_metadata),
+        cmocka_unit_test(test_other_geometry_gelu),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
     json_decref(reference());
