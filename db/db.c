@@ -617,7 +617,7 @@ static int build_index(db_t *db, MDB_txn *txn, int kind, idx_index **out)
 
     if (idx_needs_training(ix)) {
         /* an even sample over the id range; memory bounded by max_train */
-        uint64_t max_train = 100000;
+        uint64_t max_train = 65536; /* >= 64 per list up to nlist 1024 (1M vectors) */
         uint64_t ntrain = n < max_train ? n : max_train;
         uint64_t step = ntrain ? n / ntrain : 1;
         x = malloc(sizeof *x * (size_t)dim * (ntrain ? ntrain : 1));

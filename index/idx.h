@@ -41,9 +41,10 @@ typedef struct idx_index idx_index;
 
 /* The automatic factory for a collection of n vectors of dimension dim, into
  * buf (always NUL-terminated): IDX_FACTORY_EXACT below approx_threshold,
- * else "IVF<nlist>,PQ<m>np" with nlist ~ 4 sqrt(n) (a power of two in
- * [256, 16384]) and m = dim/8 bytes per code, "np": no polysemous training, (falls back to an 8-bit scalar
- * quantizer when dim is not a multiple of 8).  Returns buf. */
+ * else "IVF<nlist>,PQ<m>np" with nlist ~ 2 sqrt(n) (a power of two in
+ * [256, 16384]) and m = dim/8 bytes per code ("np": no polysemous
+ * training, which costs minutes); an 8-bit scalar quantizer when dim is not
+ * a multiple of 8.  Returns buf. */
 const char *idx_auto_factory(int dim, uint64_t n, uint64_t approx_threshold,
                              char *buf, size_t len);
 

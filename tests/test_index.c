@@ -51,10 +51,10 @@ static void test_auto_factory(void **state)
     (void)state;
     char b[64];
     assert_string_equal(idx_auto_factory(512, 1000, 50000, b, sizeof b), "Flat");
-    assert_string_equal(idx_auto_factory(512, 1000000, 50000, b, sizeof b), "IVF2048,PQ64np");
-    assert_string_equal(idx_auto_factory(512, 60000, 50000, b, sizeof b), "IVF512,PQ64np");
-    assert_string_equal(idx_auto_factory(33, 1000000, 50000, b, sizeof b), "IVF2048,SQ8");
-    assert_string_equal(idx_auto_factory(512, 1000000000ull, 50000, b, sizeof b), "IVF16384,PQ64np");
+    assert_string_equal(idx_auto_factory(512, 1000000, 50000, b, sizeof b), "IVF1024,PQ64np");
+    assert_string_equal(idx_auto_factory(512, 60000, 50000, b, sizeof b), "IVF256,PQ64np");
+    assert_string_equal(idx_auto_factory(33, 1000000, 50000, b, sizeof b), "IVF1024,SQ8");
+    assert_string_equal(idx_auto_factory(512, 100000000ull, 50000, b, sizeof b), "IVF16384,PQ64np");
 }
 
 static void test_flat(void **state)
