@@ -14,6 +14,7 @@
 #define SRV_DEFAULT_BATCH 16
 #define SRV_DEFAULT_IDLE_S 300
 #define SRV_DEFAULT_MAX_CONN 1024
+#define SRV_BATCH_LINGER_MS 30             /* encoder: longest wait for a fuller batch */
 #define SRV_MAX_INFLIGHT 64              /* requests per connection before reading pauses */
 #define SRV_MAX_UNSENT (8u << 20)         /* unsent response bytes per connection before reading pauses */
 #define SRV_MAX_INFLIGHT_BYTES (256u << 20) /* request frame bytes held per connection */

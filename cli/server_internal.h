@@ -117,6 +117,7 @@ struct srv {
     pthread_cond_t q_cv;
     srv_job *q_head, *q_tail;     /* stage-1-done ingests waiting for the encoder */
     int q_len;
+    int stage1_pending;           /* ingests in stage 1 (threadpool): the encoder may wait for them */
     int q_stop;
     srv_job *done_head;           /* finished by the encoder, for the loop */
     uint64_t ingested, ingest_batches;
@@ -130,6 +131,9 @@ void srv_log(srv *s, int level, const char *fmt, ...) __attribute__((format(prin
 uint64_t srv_now_ns(void);
 /* Hand an ingest job (stage 1 done) to the encoder thread; any thread. */
 void srv_encoder_push(srv *s, srv_job *job);
+/* Count an ingest entering stage 1 / leaving it without reaching the encoder. */
+void srv_stage1_begin(srv *s);
+void srv_stage1_end(srv *s);
 /* Finish a job from the encoder thread: its resp holds the answer. */
 void srv_job_done_async(srv *s, srv_job *job);
 /* uv_queue_work's after-callback for jobs whose work function built resp

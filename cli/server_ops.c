@@ -520,13 +520,13 @@ static void ingest_work(uv_work_t *w)
     srv_job *job = w->data;
     umg_err_clear();
     int rc = ingest_prepare(job);
-    if (rc) {
-        srv_job_error(job, rc, umg_err_msg());
+    if (rc || job->ing->done) {
+        if (rc) srv_job_error(job, rc, umg_err_msg());
+        srv_stage1_end(job->s);
         return;
     }
-    if (job->ing->done) return;
     job->handed_off = 1;
-    srv_encoder_push(job->s, job);
+    srv_encoder_push(job->s, job); /* ends stage 1 too */
 }
 
 static int h_ingest(void *ctx, proto_request *req)
@@ -534,7 +534,9 @@ static int h_ingest(void *ctx, proto_request *req)
     srv_job *job = ctx;
     job->ing = calloc(1, sizeof *job->ing);
     if (!job->ing) return umg_err_set(UMG_ENOMEM, "out of memory");
+    srv_stage1_begin(job->s);
     int rc = uv_queue_work(job->s->loop, &job->work, ingest_work, srv_after_work);
+    if (rc) srv_stage1_end(job->s);
     return rc ? umg_err_set(UMG_EINTERNAL, "uv_queue_work: %s", uv_strerror(rc)) : 0;
 }
 
