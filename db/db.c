@@ -1702,6 +1702,18 @@ static int prune_fn(db_t *db, MDB_txn *txn, void *arg)
  * then catch up with the log under the writer mutex and swap. */
 static int rebuild_online(db_t *db, int kind)
 {
+    /* The build holds a read transaction for a long time, and growing the
+     * map must wait for it (and new readers queue behind that wait): make
+     * room first so that writers are unlikely to fill the map meanwhile. */
+    MDB_envinfo info;
+    MDB_stat est;
+    mdb_env_info(db->env, &info);
+    mdb_env_stat(db->env, &est);
+    if ((uint64_t)(info.me_last_pgno + 1) * est.ms_psize * 2 > info.me_mapsize) {
+        int g = grow_map(db);
+        if (g)
+            return g;
+    }
     MDB_txn *txn;
     int rc = rtxn_begin(db, &txn);
     if (rc)
