@@ -948,6 +948,9 @@ int db_open(const char *dir, const db_options *opt, db_t **out)
         rc = mdb_fail(rc, what);
         goto fail;
     }
+    int dead = 0; /* reader slots of killed processes pin old pages: free them */
+    if (!db->read_only && !mdb_reader_check(db->env, &dead) && dead)
+        db_logf(db, DB_LOG_INFO, "%s: cleared %d stale LMDB reader slot(s)", dir, dead);
     if (db->read_only) {
         MDB_txn *txn;
         if ((rc = rtxn_begin(db, &txn)))

@@ -51,6 +51,7 @@ static void vec_for(const char *path, int r, float *v)
 
 typedef struct logcount {
     int lines;
+    int rebuilds;
     char last[768];
 } logcount;
 
@@ -59,6 +60,7 @@ static void count_log(void *ud, int level, const char *msg)
     logcount *l = ud;
     (void)level;
     l->lines++;
+    l->rebuilds += strstr(msg, "rebuilding") != NULL;
     snprintf(l->last, sizeof l->last, "%s", msg);
 }
 
@@ -177,7 +179,7 @@ static void verify(const char *dir, ledger *l, int round)
         fail_msg("round %d: reopen failed: %s", round, umg_err_msg());
     /* a kill mid-checkpoint leaves the previous snapshots whole, and
      * snapshot + log replay must reproduce LMDB without a rebuild */
-    if (have_snapshots && lc.lines)
+    if (have_snapshots && lc.rebuilds)
         fail_msg("round %d: unexpected rebuild: %s", round, lc.last);
     db_stats st;
     assert_int_equal(db_stats_get(db, &st), 0);
