@@ -576,6 +576,42 @@ static void test_every_op(void **state)
         assert_true(obj_f(&h->via.array.ptr[0], "score") > 0.99);
         proto_response_free(r);
     }
+    /* query_image with a box: on sent bytes (encoded now) and on the stored
+     * image (pooled from its float16 patch tokens) the same box must give the
+     * same region hits, up to float16 rounding */
+    {
+        size_t n;
+        uint8_t *b = slurp(IMG("rocket.jpg"), &n);
+        proto_response *rb[2];
+        for (int v = 0; v < 2; v++) {
+            id = begin(c, &w, "query_image", 4);
+            if (v == 0) kv_bin(&w, "data", b, n);
+            else kv_uint(&w, "image_id", id_rocket);
+            proto_pack_cstr(&w.pk, "box");
+            msgpack_pack_array(&w.pk, 4);
+            msgpack_pack_int(&w.pk, 30), msgpack_pack_int(&w.pk, 40), msgpack_pack_int(&w.pk, 120),
+                msgpack_pack_int(&w.pk, 200);
+            kv_str(&w, "granularity", "region");
+            kv_uint(&w, "k", 5);
+            end(c, &w);
+            rb[v] = wait_ok(c, id);
+        }
+        free(b);
+        const msgpack_object *h0 = hits_of(rb[0]), *h1 = hits_of(rb[1]);
+        assert_true(h0->via.array.size >= 3);
+        assert_int_equal(h0->via.array.size, h1->via.array.size);
+        for (uint32_t i = 0; i < h0->via.array.size; i++) {
+            double s0 = obj_f(&h0->via.array.ptr[i], "score"), s1 = obj_f(&h1->via.array.ptr[i], "score");
+            assert_true(fabs(s0 - s1) < 5e-3);
+            /* ids must agree where the rank is unambiguous (no near tie on either side) */
+            int clear_below = i + 1 == h0->via.array.size || obj_f(&h0->via.array.ptr[i + 1], "score") < s0 - 1e-2;
+            int clear_above = i == 0 || obj_f(&h0->via.array.ptr[i - 1], "score") > s0 + 1e-2;
+            if (clear_below && clear_above)
+                assert_int_equal(obj_u(&h0->via.array.ptr[i], "region_id"), obj_u(&h1->via.array.ptr[i], "region_id"));
+        }
+        proto_response_free(rb[0]);
+        proto_response_free(rb[1]);
+    }
     /* query_image with a box on a stored image, region granularity */
     id = begin(c, &w, "query_image", 4);
     kv_uint(&w, "image_id", id_chelsea);
