@@ -6,7 +6,7 @@
  *
  * Images/s at batch 1 and 16 on --threads threads, two ways:
  *   workers  T threads, each with its own enc_run, OpenBLAS single-threaded
- *            (how a server or `umgdb embed --threads T` encodes: one read-only
+ *            (how `umgdb embed --threads T` encodes many photos: one read-only
  *            model, one run state per thread);
  *   blas     one enc_run, OpenBLAS on T threads (one stream of batches, as
  *            ONNX Runtime's intra-op threads run it).
@@ -24,7 +24,6 @@
 #include <string.h>
 #include <time.h>
 
-#include <cblas.h>
 #include <jansson.h>
 
 #include "enc.h"
@@ -137,7 +136,7 @@ static stats bench_images(const enc_model *m, const float *pixels, int batch, in
         if (rc)
             die("enc_run_create", rc);
     }
-    openblas_set_num_threads(blas_threads);
+    enc_set_threads(blas_threads);
     /* warm-up: pages in the weights, grows BLAS buffers, times one run */
     double run_s = (double)(batch * n_workers) / images_repeat(ws, n_workers);
     int runs = batch == 1 ? (int)ceil(0.3 / run_s) : 1;
@@ -331,7 +330,7 @@ int main(int argc, char **argv)
     const enc_config *cfg = enc_model_config(m);
 
     check_result chk = { 0, 0, 0 };
-    openblas_set_num_threads(a.threads);
+    enc_set_threads(a.threads);
     if (a.check_dir) {
         chk = check_against_export(m, a.check_dir);
         if (chk.image_cos < 0.9999 || chk.text_cos < 0.9999) {
@@ -361,7 +360,7 @@ int main(int argc, char **argv)
     }
 
     /* Text: one thread, tokenization included (it is part of a query's cost). */
-    openblas_set_num_threads(1);
+    enc_set_threads(1);
     enc_run *run;
     rc = enc_run_create(m, 1, &run);
     if (rc)
