@@ -38,8 +38,9 @@ static void usage(FILE *out)
         "  --idle-timeout S        close connections idle for S seconds (default %d; 0 = never)\n"
         "  --max-connections N     refuse connections beyond N (default %d)\n"
         "  --log-level L           debug | info | warn | error (default info: one line per request)\n"
-        "  --no-patches            do not store per-image patch tokens (saves %s; disables pixel\n"
-        "                          heatmaps and query_image boxes on stored images)\n"
+        "  --no-patches            do not store per-image patch tokens (grid*grid*dim float16, 50 KB\n"
+        "                          for ViT-B/32); disables pixel heatmaps and query_image boxes on\n"
+        "                          stored images\n"
         "  --image-index FACTORY   FAISS factory string for the image index (default: by size)\n"
         "  --region-index FACTORY  FAISS factory string for the region index (default: by size)\n"
         "  --approx-threshold N    automatic choice: approximate index from N vectors (default 50000)\n"
@@ -48,7 +49,7 @@ static void usage(FILE *out)
         "\n"
         "SIGINT/SIGTERM: stop accepting, finish the requests in flight, checkpoint, exit 0.\n",
         UMG_DEFAULT_ADDR, SRV_DEFAULT_REGIONS, SRV_DEFAULT_BATCH, (unsigned)(64u << 20), SRV_DEFAULT_IDLE_S,
-        SRV_DEFAULT_MAX_CONN, "grid*grid*dim*2 bytes per image");
+        SRV_DEFAULT_MAX_CONN);
 }
 
 static int parse_int(const char *flag, const char *v, long lo, long hi, long *out)
