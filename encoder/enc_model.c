@@ -29,6 +29,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
 /* Named after the checkpoint's tensors (vision_model.encoder.layers.N.<field>). */
 typedef struct enc_layer_weights {
@@ -65,7 +67,6 @@ struct enc_model {
     char *name;
     enc_st_file *st;
     float *arena;           /* converted tensors */
-    size_t arena_floats;
     enc_layer_weights *layers; /* vision layers, then text layers */
     enc_vision_weights vision;
     enc_text_weights text;
@@ -234,7 +235,6 @@ static int load_weights(enc_model *m)
                              arena * sizeof(float) >> 20);
             goto out;
         }
-        m->arena_floats = arena;
         for (size_t i = 0; i < p.n; i++) {
             wanted *w = &p.w[i];
             if (w->arena_off == SIZE_MAX)
@@ -256,6 +256,13 @@ static int load_weights(enc_model *m)
                     done += k;
                 }
             }
+            /* The converted copy is what the forward reads: let the kernel drop
+             * the source pages from this process (they stay in the page cache). */
+            uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
+            uintptr_t lo = ((uintptr_t)t->data + page - 1) & ~(page - 1);
+            uintptr_t hi = ((uintptr_t)t->data + t->nbytes) & ~(page - 1);
+            if (hi > lo)
+                madvise((void *)lo, hi - lo, MADV_DONTNEED);
             *w->slot = dst;
         }
     }

@@ -256,6 +256,8 @@ int enc_st_open(const char *path, enc_st_file **out)
         goto fail;
     }
     f->map = map;
+    /* The first forward pass reads every weight: start reading them now. */
+    madvise(map, f->map_len, MADV_WILLNEED);
     uint64_t hlen = 0;
     for (int i = 7; i >= 0; i--)
         hlen = hlen << 8 | f->map[i];
