@@ -735,10 +735,28 @@ static void test_path_rules(void **state)
     umg_client_close(c);
     assert_int_equal(stop(&s), 0);
 
-    /* without --allow-root, path ingest is off */
-    start(&s, NULL);
+    /* without --allow-root, path ingest is off; --no-patches: no heatmaps,
+     * no boxes on stored images, regions still work */
+    const char *extra2[] = {"--no-patches", "--regions", "4", NULL};
+    start(&s, extra2);
     c = conn(&s);
     assert_int_equal(ingest_path(c, inner, &id), UMG_EPERM);
+    uint64_t nreg = 0;
+    id = ingest_bytes(c, IMG("rocket.jpg"), "rocket.jpg", NULL, NULL, &nreg);
+    assert_true(nreg >= 1);
+    /* (the first run's images, stored with patch tokens, are filtered out) */
+    proto_response *r = query(c, "a rocket", "pixel", 1, "rocket.jpg", NULL, -100);
+    assert_int_equal(hits_of(r)->via.array.size, 1);
+    assert_null(proto_map_get(&hits_of(r)->via.array.ptr[0], "heatmap"));
+    proto_response_free(r);
+    proto_writer w;
+    uint64_t rid = begin(c, &w, "query_image", 2);
+    kv_uint(&w, "image_id", id);
+    proto_pack_cstr(&w.pk, "box");
+    msgpack_pack_array(&w.pk, 4);
+    msgpack_pack_int(&w.pk, 0), msgpack_pack_int(&w.pk, 0), msgpack_pack_int(&w.pk, 50), msgpack_pack_int(&w.pk, 50);
+    end(c, &w);
+    assert_int_equal(wait_err(c, rid), UMG_EUNSUPPORTED);
     umg_client_close(c);
     assert_int_equal(stop(&s), 0);
     rm_rf(s.dir);
