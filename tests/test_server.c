@@ -86,6 +86,41 @@ typedef struct server {
     char log[300];
 } server;
 
+/* Servers started and not yet stopped, so that a failed test (cmocka jumps
+ * out of it) does not leave its server running: see teardown(). */
+static struct {
+    pid_t pid;
+    char dir[256];
+} live[8];
+
+static void live_add(const server *s)
+{
+    for (int i = 0; i < 8; i++)
+        if (!live[i].pid) {
+            live[i].pid = s->pid;
+            snprintf(live[i].dir, sizeof live[i].dir, "%s", s->dir);
+            return;
+        }
+}
+
+static void live_remove(pid_t pid)
+{
+    for (int i = 0; i < 8; i++)
+        if (live[i].pid == pid) live[i].pid = 0;
+}
+
+static int teardown(void **state)
+{
+    for (int i = 0; i < 8; i++)
+        if (live[i].pid) {
+            kill(live[i].pid, SIGKILL);
+            waitpid(live[i].pid, NULL, 0);
+            fprintf(stderr, "test_server: killed the server left by a failed test; its log: %s/log\n", live[i].dir);
+            live[i].pid = 0;
+        }
+    return 0;
+}
+
 static void make_tmp(server *s)
 {
     memset(s, 0, sizeof *s);
@@ -137,6 +172,7 @@ static void start(server *s, const char *const *extra)
         _exit(127);
     }
     s->pid = pid;
+    live_add(s);
     for (int tries = 0; tries < 600; tries++) { /* 30 s */
         umg_client *c;
         if (umg_client_connect(s->addr, NULL, &c) == 0) {
@@ -145,6 +181,7 @@ static void start(server *s, const char *const *extra)
         }
         int st;
         if (waitpid(pid, &st, WNOHANG) == pid) {
+            live_remove(pid);
             s->pid = 0;
             char cmd[400];
             snprintf(cmd, sizeof cmd, "cat '%s' >&2", s->log);
@@ -164,6 +201,7 @@ static int stop(server *s)
     int st = 0;
     for (int i = 0; i < 600; i++) { /* 60 s */
         if (waitpid(s->pid, &st, WNOHANG) == s->pid) {
+            live_remove(s->pid);
             s->pid = 0;
             return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
         }
@@ -171,6 +209,7 @@ static int stop(server *s)
     }
     kill(s->pid, SIGKILL);
     waitpid(s->pid, &st, 0);
+    live_remove(s->pid);
     s->pid = 0;
     fail_msg("server did not stop within 60 s of SIGTERM");
     return -1;
@@ -1047,6 +1086,7 @@ static void test_restart_and_sigterm(void **state)
     umg_client_close(c);
     int st = 0;
     assert_int_equal(waitpid(s.pid, &st, 0), s.pid);
+    live_remove(s.pid);
     s.pid = 0;
     assert_true(WIFEXITED(st));
     assert_int_equal(WEXITSTATUS(st), 0);
@@ -1357,14 +1397,14 @@ int main(void)
 {
     signal(SIGPIPE, SIG_IGN);
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_every_op),
-        cmocka_unit_test(test_path_rules),
-        cmocka_unit_test(test_pipelining_two_clients),
-        cmocka_unit_test(test_bad_input),
-        cmocka_unit_test(test_restart_and_sigterm),
-        cmocka_unit_test(test_auth),
-        cmocka_unit_test(test_tcp_limits),
-        cmocka_unit_test(test_backpressure),
+        cmocka_unit_test_teardown(test_every_op, teardown),
+        cmocka_unit_test_teardown(test_path_rules, teardown),
+        cmocka_unit_test_teardown(test_pipelining_two_clients, teardown),
+        cmocka_unit_test_teardown(test_bad_input, teardown),
+        cmocka_unit_test_teardown(test_restart_and_sigterm, teardown),
+        cmocka_unit_test_teardown(test_auth, teardown),
+        cmocka_unit_test_teardown(test_tcp_limits, teardown),
+        cmocka_unit_test_teardown(test_backpressure, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
