@@ -166,7 +166,7 @@ int main(int argc, char **argv)
     }
     setvbuf(stdout, NULL, _IOLBF, 0);
     size_t n = 1000000;
-    int dim = 512, per_image = 10, nq = 1000, nprobe = 32, cand = 10, reopen_only = 0;
+    int dim = 512, per_image = 10, nq = 1000, nprobe = 32, cand = 10, reopen_only = 0, reuse = 0;
     const char *dir = "/tmp/umg_bench_index";
     for (int i = 1; i + 1 < argc; i += 2) {
         if (!strcmp(argv[i], "--n"))
@@ -185,6 +185,8 @@ int main(int argc, char **argv)
             cand = atoi(argv[i + 1]);
         else if (!strcmp(argv[i], "--reopen-only"))
             reopen_only = atoi(argv[i + 1]);
+        else if (!strcmp(argv[i], "--reuse"))
+            reuse = atoi(argv[i + 1]); /* keep the directory of a previous run: search only */
         else {
             fprintf(stderr, "unknown option %s\n", argv[i]);
             return 2;
@@ -195,7 +197,7 @@ int main(int argc, char **argv)
         return reopen_child(dir, dim);
     char cmd[600];
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
-    if (system(cmd)) {
+    if (!reuse && system(cmd)) {
         fprintf(stderr, "cannot clear %s\n", dir);
         return 1;
     }
@@ -231,16 +233,23 @@ int main(int argc, char **argv)
     o.rerank_candidates = cand;
     o.log = quiet_log;
     db_t *db;
-    int rc = db_open(dir, &o, &db);
-    if (rc)
+    int rc;
+    uint64_t *row_id = malloc(sizeof *row_id * n); /* region vector row -> its db id */
+    double t_ingest = 0, t_ck = 0;
+    db_stats st;
+    if (reuse) {
+        /* ids as a fresh directory assigns them: image, then its regions */
+        for (size_t r = 0; r < n; r++)
+            row_id[r] = (r / per_image) * (uint64_t)(per_image + 1) + 2 + r % per_image;
+        goto searches;
+    }
+    if ((rc = db_open(dir, &o, &db)))
         die("open", rc);
     const int batch = 100; /* images per transaction */
     db_image_in *ins = calloc(batch, sizeof *ins);
     db_region_in *regs = calloc((size_t)batch * per_image, sizeof *regs);
     char (*paths)[32] = calloc(batch, 32);
     uint64_t *rids = malloc(sizeof *rids * (size_t)batch * per_image);
-    /* region vector row i -> its db id, for recall */
-    uint64_t *row_id = malloc(sizeof *row_id * n);
     t0 = now();
     size_t row = 0;
     for (size_t im = 0; im < n_img; im += batch) {
@@ -269,23 +278,26 @@ int main(int argc, char **argv)
             die("put", rc);
         memcpy(row_id + first, rids, sizeof *rids * (row - first));
     }
-    double t_ingest = now() - t0;
+    t_ingest = now() - t0;
     printf("ingest: %zu images + %zu regions in %.1f s: %.0f vectors/s (LMDB commit per %d images, "
            "exact FAISS index)\n", n_img, n, t_ingest, (n + n_img) / t_ingest, batch);
 
     t0 = now();
     if ((rc = db_checkpoint(db)))
         die("checkpoint", rc);
-    double t_ck = now() - t0;
-    db_stats st;
+    t_ck = now() - t0;
     db_stats_get(db, &st);
     printf("checkpoint (train + build approximate indexes, snapshots): %.1f s; images: %s, regions: %s\n",
            t_ck, st.image_factory, st.region_factory);
+    printf("stored: %llu images, %llu regions; in FAISS: %llu, %llu\n", (unsigned long long)st.images,
+           (unsigned long long)st.regions, (unsigned long long)st.index_images,
+           (unsigned long long)st.index_regions);
     db_close(db);
     free(ins);
     free(regs);
     free(paths);
     free(rids);
+searches:;
 
     /* ground truth on the float32 originals */
     t0 = now();
@@ -383,9 +395,38 @@ int main(int argc, char **argv)
            "stored vector (float16 vectors + records + log)\n",
            (double)snap / n, snap_img / 1048576.0, (double)lmdb / (double)(n + n_img));
     printf("  reopen (snapshots + log replay): %.2f s\n", t_open);
-    printf("  add: %.0f vectors/s through db_put_images; approximate build at checkpoint %.1f s\n",
-           (n + n_img) / t_ingest, t_ck);
+    if (!reuse)
+        printf("  add: %.0f vectors/s through db_put_images; approximate build at checkpoint %.1f s\n",
+               (n + n_img) / t_ingest, t_ck);
     db_close(db);
+
+    /* the breadth/accuracy trade-off: other nprobe and re-rank pools */
+    static const int sweep[][2] = { { 16, 10 }, { 64, 10 }, { 32, 20 }, { 64, 20 } };
+    printf("  sweep (re-ranked, %d queries):\n", nq);
+    for (size_t w = 0; w < sizeof sweep / sizeof sweep[0]; w++) {
+        db_options ow = o;
+        ow.nprobe = sweep[w][0];
+        ow.rerank_candidates = sweep[w][1];
+        if ((rc = db_open(dir, &ow, &db)))
+            die("reopen", rc);
+        long hw = 0;
+        for (int i = 0; i < nq; i++) {
+            double s = now();
+            if ((rc = db_search(db, DB_KIND_REGION, q + (size_t)i * dim, NULL, h, 10, &nh)))
+                die("search", rc);
+            lat[i] = (now() - s) * 1e3;
+            for (int a = 0; a < nh; a++)
+                for (int b = 0; b < 10; b++)
+                    if (gt[i * 10 + b] >= 0 && h[a].id == row_id[gt[i * 10 + b]]) {
+                        hw++;
+                        break;
+                    }
+        }
+        qsort(lat, nq, sizeof *lat, cmp_double);
+        printf("    nprobe %2d, %2d candidates/hit: p50 %.3f ms  p99 %.3f ms  recall@10 %.4f\n", sweep[w][0],
+               sweep[w][1], lat[nq / 2], lat[(int)(nq * 0.99)], hw / (10.0 * nq));
+        db_close(db);
+    }
     free(lat);
     free(lat_plain);
     free(lat_peer);
