@@ -1311,7 +1311,6 @@ static umg_client *conn_served(const server *s)
 /* TCP listener, --max-connections and --idle-timeout. */
 static void test_tcp_limits(void **state)
 {
-    char cmd_buf[600];
     server s;
     make_tmp(&s);
     /* a free port: bind 0, read it, release it */
@@ -1327,7 +1326,9 @@ static void test_tcp_limits(void **state)
     }
     char listen[64];
     snprintf(listen, sizeof listen, "127.0.0.1:%d", port);
-    const char *extra[] = {"--listen", listen, "--max-connections", "2", "--idle-timeout", "1", NULL};
+    /* (warn: no line per request, the ping flood below would make the loop slow under ASan) */
+    const char *extra[] = {"--listen", listen, "--max-connections", "2", "--idle-timeout", "1",
+                           "--log-level", "warn", NULL};
     start(&s, extra);
     /* (the start-up probe's connection may still count for a moment) */
     umg_client *a = conn_served(&s), *b = conn_served(&s);
@@ -1367,6 +1368,7 @@ static void test_tcp_limits(void **state)
         fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
         size_t sent = 0;
         int closed = 0;
+        uint64_t max_unsent = 0;
         /* send what the server takes; wait for the close (reset or EOF once we read) */
         for (int i = 0; i < 150 && !closed; i++) { /* 7.5 s: timeout 1 s, checked every 0.5 s */
             if (sent < reqs.size) {
@@ -1379,15 +1381,17 @@ static void test_tcp_limits(void **state)
             r = NULL;
             assert_int_equal(umg_client_call0(st, "stats", T_MS, &r), 0);
             uint64_t nconn = obj_u(umg_result_get(r, "queues"), "connections");
+            uint64_t unsent = obj_u(umg_result_get(r, "queues"), "unsent_bytes");
+            if (unsent > max_unsent) max_unsent = unsent;
             proto_response_free(r);
             umg_client_close(st);
             if (nconn == 1 && i > 2) closed = 1; /* only the stats connection is left */
         }
         assert_true(closed);
+        /* it was closed while answers were waiting for it: idle despite unsent bytes */
+        assert_true(max_unsent > 0);
         close(fd);
         msgpack_sbuffer_destroy(&reqs);
-        snprintf(cmd_buf, sizeof cmd_buf, "grep -q 'not reading its answers' '%s'", s.log);
-        assert_int_equal(system(cmd_buf), 0);
     }
     assert_int_equal(stop(&s), 0);
     rm_rf(s.dir);
