@@ -31,6 +31,13 @@ static void usage(FILE *out)
         "  --require-auth          require the token on loopback listeners too (implied whenever a\n"
         "                          token is configured)\n"
         "  --regions R             region proposals per image (default %d; 0 = image vectors only)\n"
+        "  --region-mode M         how region vectors are made (docs/regions.md):\n"
+        "                          dense  pool the patch tokens of the one image pass over each box\n"
+        "                          crop   encode each box's crop through the whole vision tower (exact\n"
+        "                                 CLIP embeddings of the crops; R extra forward passes per photo)\n"
+        "                          Recorded in a new data directory (dense if not given) and fixed\n"
+        "                          after: without the flag the recorded mode is used, another mode\n"
+        "                          than the recorded one is refused\n"
         "  --batch B               images per encoder batch and database transaction (default %d)\n"
         "  --threads T             BLAS threads and query encoder states (default: online CPUs);\n"
         "                          the libuv threadpool gets max(4, T+2) unless UV_THREADPOOL_SIZE is set\n"
@@ -142,6 +149,13 @@ int cmd_serve(int argc, char **argv)
         else if (!strcmp(a, "--regions")) {
             if (parse_int(a, v, 0, 4096, &x)) return 2;
             c.regions = (int)x;
+        } else if (!strcmp(a, "--region-mode")) {
+            int m = srv_region_mode_parse(v);
+            if (m < 0) {
+                fprintf(stderr, "umgdb serve: --region-mode: '%s' is not dense or crop\n", v);
+                return 2;
+            }
+            c.region_mode = m;
         } else if (!strcmp(a, "--batch")) {
             if (parse_int(a, v, 1, 256, &x)) return 2;
             c.batch = (int)x;

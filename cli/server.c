@@ -5,6 +5,7 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -629,6 +630,109 @@ void server_config_default(server_config *c)
     c->log_level = SRV_LOG_INFO;
 }
 
+const char *srv_region_mode_name(int mode)
+{
+    switch (mode) {
+    case SRV_REGION_MODE_AUTO: return "auto";
+    case SRV_REGION_MODE_DENSE: return "dense";
+    case SRV_REGION_MODE_CROP: return "crop";
+    default: return "unknown";
+    }
+}
+
+int srv_region_mode_parse(const char *name)
+{
+    if (!strcmp(name, "dense")) return SRV_REGION_MODE_DENSE;
+    if (!strcmp(name, "crop")) return SRV_REGION_MODE_CROP;
+    return -1;
+}
+
+/* DIR/region_mode: 0 and *mode; UMG_ENOENT (no message) when absent. */
+static int read_region_mode(const char *dir, int *mode)
+{
+    char path[PATH_MAX];
+    snprintf(path, sizeof path, "%s/%s", dir, SRV_REGION_MODE_FILE);
+    FILE *f = fopen(path, "r");
+    if (!f) {
+        int e = errno;
+        return e == ENOENT ? UMG_ENOENT : umg_err_set(umg_err_from_errno(e), "%s: %s", path, strerror(e));
+    }
+    char buf[32] = {0};
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    buf[n] = 0;
+    while (n && (buf[n - 1] == '\n' || buf[n - 1] == '\r' || buf[n - 1] == ' ')) buf[--n] = 0;
+    int m = srv_region_mode_parse(buf);
+    if (m < 0) return umg_err_set(UMG_EFORMAT, "%s: '%s' is not a region mode (dense or crop)", path, buf);
+    *mode = m;
+    return 0;
+}
+
+/* Record the mode atomically (temporary file, fsync, rename, fsync of the
+ * directory): a crash leaves either no record or a whole one. */
+static int write_region_mode(const char *dir, int mode)
+{
+    char path[PATH_MAX], tmp[PATH_MAX + 8];
+    snprintf(path, sizeof path, "%s/%s", dir, SRV_REGION_MODE_FILE);
+    snprintf(tmp, sizeof tmp, "%s.tmp", path);
+    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (fd < 0) goto fail;
+    char line[16];
+    int n = snprintf(line, sizeof line, "%s\n", srv_region_mode_name(mode));
+    if (write(fd, line, (size_t)n) != n || fsync(fd)) {
+        int e = errno;
+        close(fd);
+        unlink(tmp);
+        errno = e ? e : EIO;
+        goto fail;
+    }
+    close(fd);
+    if (rename(tmp, path)) {
+        int e = errno;
+        unlink(tmp);
+        errno = e;
+        goto fail;
+    }
+    int dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (dfd >= 0) {
+        if (fsync(dfd)) {}
+        close(dfd);
+    }
+    return 0;
+fail:;
+    int e = errno;
+    return umg_err_set(umg_err_from_errno(e), "%s: cannot record the region mode: %s", path, strerror(e));
+}
+
+/* The region mode of the data directory just opened: the recorded one; a
+ * directory without a record gets the requested mode (dense by default) if it
+ * is empty, and is dense if it holds images (it was filled before region
+ * modes existed, when every region vector was pooled).  Asking for another
+ * mode than the recorded one is refused: the region index would mix vectors
+ * of two kinds. */
+static int resolve_region_mode(srv *s)
+{
+    const char *dir = s->cfg.data_dir;
+    int want = s->cfg.region_mode, have = 0;
+    int rc = read_region_mode(dir, &have);
+    if (rc && rc != UMG_ENOENT) return rc;
+    if (rc == UMG_ENOENT) {
+        db_stats st;
+        if ((rc = db_stats_get(s->db, &st))) return rc;
+        if (st.images > 0) have = SRV_REGION_MODE_DENSE;
+        else have = want == SRV_REGION_MODE_AUTO ? SRV_REGION_MODE_DENSE : want;
+        if ((want == SRV_REGION_MODE_AUTO || want == have) && (rc = write_region_mode(dir, have))) return rc;
+    }
+    if (want != SRV_REGION_MODE_AUTO && want != have)
+        return umg_err_set(UMG_EMODEL,
+                           "data directory %s holds %s region vectors (recorded in %s/%s); it cannot be served "
+                           "with --region-mode %s. Omit --region-mode to serve it as it is, or use a new data "
+                           "directory",
+                           dir, srv_region_mode_name(have), dir, SRV_REGION_MODE_FILE, srv_region_mode_name(want));
+    s->region_mode = have;
+    return 0;
+}
+
 /* Parse "HOST:PORT" (HOST an IPv4 address, "[IPv6]" or "localhost"). */
 static int parse_listen(const char *addr, struct sockaddr_storage *ss, int *loopback)
 {
@@ -754,6 +858,7 @@ int server_run(const server_config *cfg)
     o.log = db_log_cb;
     o.log_ud = s;
     if ((rc = db_open(cfg->data_dir, &o, &s->db))) goto out;
+    if ((rc = resolve_region_mode(s))) goto out;
     if ((rc = srv_ops_init(s))) goto out;
     if ((rc = enc_run_create(s->model, s->cfg.batch, &s->enc_run))) goto out;
     s->enc_scratch = malloc(srv_encode_scratch_size(s));
@@ -819,9 +924,11 @@ int server_run(const server_config *cfg)
                          cfg->socket_path ? cfg->socket_path : "");
         (void)n;
         srv_log(s, SRV_LOG_INFO,
-                "umgdb %s serving %s (model %s, dim %d, %llu images, %llu regions, auth %s, path ingest %s)",
+                "umgdb %s serving %s (model %s, dim %d, %llu images, %llu regions, region mode %s, auth %s, "
+                "path ingest %s)",
                 UMG_VERSION, where, enc_model_name(s->model), s->dim, (unsigned long long)st.images,
-                (unsigned long long)st.regions, s->cfg.token || s->cfg.require_auth ? "required" : "off",
+                (unsigned long long)st.regions, srv_region_mode_name(s->region_mode),
+                s->cfg.token || s->cfg.require_auth ? "required" : "off",
                 s->n_roots ? "on" : "off");
     }
     uv_run(&loop, UV_RUN_DEFAULT);

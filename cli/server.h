@@ -21,6 +21,20 @@
 
 enum srv_log_level { SRV_LOG_DEBUG = 0, SRV_LOG_INFO = 1, SRV_LOG_WARN = 2, SRV_LOG_ERROR = 3 };
 
+/* How region vectors are made (docs/regions.md); recorded in the data
+ * directory (file SRV_REGION_MODE_FILE) when it is created, fixed after. */
+enum srv_region_mode {
+    SRV_REGION_MODE_AUTO = 0,  /* config only: the recorded mode; dense for a new directory */
+    SRV_REGION_MODE_DENSE = 1, /* pool the image pass's patch tokens over each box */
+    SRV_REGION_MODE_CROP = 2   /* encode each box's crop through the full vision tower */
+};
+#define SRV_REGION_MODE_FILE "region_mode"
+
+/* "auto" / "dense" / "crop"; "unknown" for other values. */
+const char *srv_region_mode_name(int mode);
+/* "dense" / "crop" -> the mode; -1 for anything else. */
+int srv_region_mode_parse(const char *name);
+
 typedef struct server_config {
     const char *data_dir;          /* required */
     const char *model_dir;         /* required */
@@ -39,6 +53,7 @@ typedef struct server_config {
     int max_connections;
     int log_level;                 /* enum srv_log_level */
     int no_patches;                /* do not store patch tokens */
+    int region_mode;               /* enum srv_region_mode; AUTO = as recorded */
     /* db_options passthrough */
     const char *image_factory, *region_factory;
     uint64_t approx_threshold;     /* 0 = db default */

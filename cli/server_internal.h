@@ -103,6 +103,8 @@ struct srv {
 
     enc_model *model;
     enc_preproc pad;              /* the model's preprocessing with ENC_FIT_PAD */
+    int region_mode;              /* enum srv_region_mode, resolved: DENSE or CROP */
+    float norm_lut[3][256];       /* 8-bit value -> normalized input, as enc_preprocess computes it */
     int dim, grid, image_size, patch_size;
     db_t *db;
     srv_run_pool runs;

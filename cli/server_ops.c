@@ -151,17 +151,22 @@ int srv_ops_init(srv *s)
     s->patch_size = mc->patch_size;
     s->pad = *enc_model_preproc(s->model);
     s->pad.fit = ENC_FIT_PAD;
+    /* enc_preprocess's ToTensor + Normalize, in the same float32 order, for
+     * crops resized in stage 1 and normalized by the encoder thread */
+    for (int c = 0; c < 3; c++)
+        for (int v = 0; v < 256; v++) s->norm_lut[c][v] = ((float)v / 255.0f - s->pad.mean[c]) / s->pad.std[c];
 
     msgpack_sbuffer sb;
     msgpack_sbuffer_init(&sb);
     msgpack_packer pk;
     msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
-    msgpack_pack_map(&pk, 6);
+    msgpack_pack_map(&pk, 7);
     pack_key(&pk, "protocol"), msgpack_pack_uint32(&pk, PROTO_VERSION);
     pack_key(&pk, "server"), proto_pack_cstr(&pk, UMG_VERSION);
     pack_key(&pk, "model"), proto_pack_cstr(&pk, enc_model_name(s->model));
     pack_key(&pk, "dim"), msgpack_pack_int32(&pk, s->dim);
     pack_key(&pk, "grid"), msgpack_pack_int32(&pk, s->grid);
+    pack_key(&pk, "region_mode"), proto_pack_cstr(&pk, srv_region_mode_name(s->region_mode));
     pack_key(&pk, "auth_required"), (s->cfg.token || s->cfg.require_auth) ? msgpack_pack_true(&pk) : msgpack_pack_false(&pk);
     s->hello_len = sb.size;
     s->hello_result = msgpack_sbuffer_release(&sb);
@@ -276,7 +281,7 @@ static int h_stats(void *ctx, proto_request *req)
     proto_writer w;
     if (proto_response_begin(&w, &job->resp, job->id)) return UMG_ENOMEM;
     msgpack_packer *pk = &w.pk;
-    msgpack_pack_map(pk, 11);
+    msgpack_pack_map(pk, 12);
     pack_key(pk, "images"), msgpack_pack_uint64(pk, st.images);
     pack_key(pk, "regions"), msgpack_pack_uint64(pk, st.regions);
     pack_key(pk, "index");
@@ -295,6 +300,7 @@ static int h_stats(void *ctx, proto_request *req)
     pack_key(pk, "uptime_s"), msgpack_pack_double(pk, (double)(srv_now_ns() - s->t_start_ns) / 1e9);
     pack_key(pk, "model"), proto_pack_cstr(pk, enc_model_name(s->model));
     pack_key(pk, "dim"), msgpack_pack_int32(pk, s->dim);
+    pack_key(pk, "region_mode"), proto_pack_cstr(pk, srv_region_mode_name(s->region_mode));
     uint64_t unsent = 0;
     int paused = 0;
     for (const srv_conn *c = s->conns; c; c = c->next) {
@@ -316,6 +322,71 @@ static int h_stats(void *ctx, proto_request *req)
     return 1;
 }
 
+/* ---- region crops (region mode crop) ------------------------------------ */
+
+/* A region's crop, resized as ENC_FIT_PAD resizes it, kept in 8 bits until the
+ * encoder thread normalizes it: a quarter of the float input's size, so that
+ * queued ingests hold at most R * S * S * 3 bytes of crops each. */
+typedef struct srv_crop {
+    uint8_t *rgb;                 /* w * h * 3 */
+    int w, h;                     /* size after resizing (the longer side is S) */
+    int off_x, off_y;             /* its top-left corner in the S x S input */
+} srv_crop;
+
+/* Crop box (original pixels, any floats) out of img, rounded outward to whole
+ * pixels and clipped to the image; *cropped gets that integer box (what is
+ * stored and answered).  The crop is then resized exactly as enc_preprocess
+ * resizes a photo with ENC_FIT_PAD: longer side to S, aspect kept.
+ * UMG_EINVAL (no message) when nothing of the box is inside the image. */
+static int crop_make(const srv *s, const enc_image *img, const float box[4], float cropped[4], srv_crop *out)
+{
+    memset(out, 0, sizeof *out);
+    for (int i = 0; i < 4; i++)
+        if (!isfinite(box[i])) return UMG_EINVAL;
+    /* the tolerance keeps float noise of a whole-pixel edge from adding a pixel */
+    double x0 = floor((double)box[0] + 1e-3), y0 = floor((double)box[1] + 1e-3);
+    double x1 = ceil((double)box[0] + box[2] - 1e-3), y1 = ceil((double)box[1] + box[3] - 1e-3);
+    if (x0 < 0) x0 = 0;
+    if (y0 < 0) y0 = 0;
+    if (x1 > img->width) x1 = img->width;
+    if (y1 > img->height) y1 = img->height;
+    if (!(x1 > x0 && y1 > y0)) return UMG_EINVAL;
+    enc_image c = {0}, r = {0};
+    int rc = enc_image_crop(img, (int)x0, (int)y0, (int)(x1 - x0), (int)(y1 - y0), &c);
+    if (rc) return rc;
+    enc_preproc_geom g;
+    enc_preproc_geometry(&s->pad, c.width, c.height, &g);
+    rc = enc_image_resize(&c, g.resized_w, g.resized_h, &r);
+    enc_image_free(&c);
+    if (rc) return rc;
+    out->rgb = r.rgb;
+    out->w = r.width;
+    out->h = r.height;
+    out->off_x = g.off_x;
+    out->off_y = g.off_y;
+    cropped[0] = (float)x0;
+    cropped[1] = (float)y0;
+    cropped[2] = (float)(x1 - x0);
+    cropped[3] = (float)(y1 - y0);
+    return 0;
+}
+
+/* The network input [3, S, S] of a crop: the padding is the mean colour (0
+ * after normalization), as ENC_FIT_PAD pads. */
+static void crop_pixels(const srv *s, const srv_crop *c, float *out)
+{
+    const size_t S = (size_t)s->image_size;
+    for (int ch = 0; ch < 3; ch++) {
+        float *plane = out + (size_t)ch * S * S;
+        memset(plane, 0, S * S * sizeof(float));
+        for (int y = 0; y < c->h; y++) {
+            float *row = plane + (size_t)(y + c->off_y) * S + (size_t)c->off_x;
+            const uint8_t *src = c->rgb + (size_t)y * c->w * 3 + ch;
+            for (int x = 0; x < c->w; x++) row[x] = s->norm_lut[ch][src[3 * x]];
+        }
+    }
+}
+
 /* ---- ingest, stage 1 (threadpool) ----------------------------------------- */
 
 struct srv_ingest {
@@ -329,6 +400,8 @@ struct srv_ingest {
     enc_preproc_geom geom;
     enc_box *boxes;
     int n_boxes;
+    srv_crop *crops;          /* region mode crop: one per box, same order */
+    int n_crops;
     const char **tags;
     int n_tags;
     /* filled by the encoder */
@@ -345,6 +418,8 @@ void srv_ingest_free(srv_ingest *ing)
     free(ing->owned);
     free(ing->pixels);
     free(ing->boxes);
+    for (int i = 0; i < ing->n_crops; i++) free(ing->crops[i].rgb);
+    free(ing->crops);
     if (ing->tags)
         for (int i = 0; i < ing->n_tags; i++) free((char *)ing->tags[i]);
     free(ing->tags);
@@ -496,6 +571,28 @@ static int ingest_prepare(srv_job *job)
         if (!ing->boxes) rc = umg_err_set(UMG_ENOMEM, "out of memory");
         else rc = enc_propose(&img, &po, ing->boxes, s->cfg.regions, &ing->n_boxes);
     }
+    if (!rc && s->region_mode == SRV_REGION_MODE_CROP && ing->n_boxes > 0) {
+        /* crops are cut here, from the decoded photo, on the threadpool; the
+         * encoder thread only normalizes and encodes them */
+        if (!(ing->crops = calloc((size_t)ing->n_boxes, sizeof *ing->crops)))
+            rc = umg_err_set(UMG_ENOMEM, "out of memory");
+        int kept = 0;
+        for (int b = 0; !rc && b < ing->n_boxes; b++) {
+            enc_box *bx = &ing->boxes[b];
+            float in[4] = {bx->x, bx->y, bx->w, bx->h}, cut[4];
+            int r = crop_make(s, &img, in, cut, &ing->crops[kept]);
+            if (r == UMG_EINVAL) continue; /* nothing left after rounding and clipping */
+            if (r) {
+                rc = r;
+                break;
+            }
+            ing->boxes[kept] = *bx;
+            ing->boxes[kept].x = cut[0], ing->boxes[kept].y = cut[1];
+            ing->boxes[kept].w = cut[2], ing->boxes[kept].h = cut[3];
+            ing->n_crops = ++kept;
+        }
+        ing->n_boxes = kept;
+    }
     enc_image_free(&img);
     if (rc) return rc;
 
@@ -543,7 +640,7 @@ static int h_ingest(void *ctx, proto_request *req)
 /* ---- ingest, stage 2 (the encoder thread) --------------------------------- */
 
 typedef struct scratch_layout {
-    size_t pixels, embeds, patches, regvecs, f16, ins, rins, extras, ids, rids, total;
+    size_t pixels, embeds, patches, regvecs, cropvecs, f16, ins, rins, extras, ids, rids, total;
 } scratch_layout;
 
 static scratch_layout layout(const srv *s)
@@ -557,6 +654,7 @@ static scratch_layout layout(const srv *s)
     PLACE(embeds, B * D * sizeof(float));
     PLACE(patches, B * GG * D * sizeof(float));
     PLACE(regvecs, B * R * D * sizeof(float));
+    PLACE(cropvecs, B * D * sizeof(float));
     PLACE(f16, B * GG * D * sizeof(uint16_t));
     PLACE(ins, B * sizeof(db_image_in));
     PLACE(rins, B * R * sizeof(db_region_in));
@@ -570,6 +668,40 @@ static scratch_layout layout(const srv *s)
 
 size_t srv_encode_scratch_size(const srv *s) { return layout(s).total; }
 
+/* Region mode crop: every crop of the batch through the whole vision tower,
+ * cfg.batch crops per forward pass (crops of several images share a pass);
+ * crop b of image i lands in regvecs[(i * R + b) * D].  Each crop's 8-bit
+ * pixels are freed once normalized into the pass's input. */
+static int encode_crops(srv *s, enc_run *run, srv_job **jobs, int n, float *pixels, float *tmp, float *regvecs,
+                        size_t R)
+{
+    const size_t S3 = 3 * (size_t)s->image_size * s->image_size, D = (size_t)s->dim;
+    const int B = s->cfg.batch;
+    float *dst[B];
+    int m = 0;
+    for (int i = 0; i < n; i++) {
+        srv_ingest *ing = jobs[i]->ing;
+        for (int b = 0; b < ing->n_crops; b++) {
+            crop_pixels(s, &ing->crops[b], pixels + (size_t)m * S3);
+            free(ing->crops[b].rgb);
+            ing->crops[b].rgb = NULL;
+            dst[m++] = regvecs + ((size_t)i * R + (size_t)b) * D;
+            int last = i == n - 1 && b == ing->n_crops - 1;
+            if (m < B && !last) continue;
+            int rc = enc_encode_pixels(run, pixels, m, tmp, NULL);
+            if (rc) return rc;
+            for (int k = 0; k < m; k++) memcpy(dst[k], tmp + (size_t)k * D, D * sizeof(float));
+            m = 0;
+        }
+    }
+    if (m) { /* the last image had no crops */
+        int rc = enc_encode_pixels(run, pixels, m, tmp, NULL);
+        if (rc) return rc;
+        for (int k = 0; k < m; k++) memcpy(dst[k], tmp + (size_t)k * D, D * sizeof(float));
+    }
+    return 0;
+}
+
 void srv_encode_batch(srv *s, enc_run *run, srv_job **jobs, int n, void *scratch)
 {
     if (n <= 0 || n > s->cfg.batch) return;
@@ -577,6 +709,7 @@ void srv_encode_batch(srv *s, enc_run *run, srv_job **jobs, int n, void *scratch
     char *base = scratch;
     float *pixels = (float *)(base + l.pixels), *embeds = (float *)(base + l.embeds);
     float *patches = (float *)(base + l.patches), *regvecs = (float *)(base + l.regvecs);
+    float *cropvecs = (float *)(base + l.cropvecs);
     uint16_t *f16 = (uint16_t *)(base + l.f16);
     db_image_in *ins = (db_image_in *)(base + l.ins);
     db_region_in *rins = (db_region_in *)(base + l.rins);
@@ -584,10 +717,12 @@ void srv_encode_batch(srv *s, enc_run *run, srv_job **jobs, int n, void *scratch
     uint64_t *ids = (uint64_t *)(base + l.ids), *rids = (uint64_t *)(base + l.rids);
     size_t S3 = 3 * (size_t)s->image_size * s->image_size, D = (size_t)s->dim, GG = (size_t)s->grid * s->grid;
     size_t R = s->cfg.regions > 0 ? (size_t)s->cfg.regions : 1;
-    int want_patches = s->cfg.regions > 0 || !s->cfg.no_patches;
+    int crop_mode = s->region_mode == SRV_REGION_MODE_CROP;
+    int want_patches = (!crop_mode && s->cfg.regions > 0) || !s->cfg.no_patches;
 
     for (int i = 0; i < n; i++) memcpy(pixels + i * S3, jobs[i]->ing->pixels, S3 * sizeof(float));
     int rc = enc_encode_pixels(run, pixels, n, embeds, want_patches ? patches : NULL);
+    if (!rc && crop_mode) rc = encode_crops(s, run, jobs, n, pixels, cropvecs, regvecs, R);
     if (rc) {
         char msg[300];
         snprintf(msg, sizeof msg, "encoding failed: %s", umg_err_msg());
@@ -604,7 +739,8 @@ void srv_encode_batch(srv *s, enc_run *run, srv_job **jobs, int n, void *scratch
             const enc_box *bx = &ing->boxes[b];
             float box[4] = {bx->x, bx->y, bx->w, bx->h};
             float *v = regvecs + ((size_t)i * R + (size_t)nr) * D;
-            if (enc_region_pool(pt, s->grid, s->dim, s->patch_size, &ing->geom, box, v)) continue; /* off the grid */
+            if (crop_mode) enc_l2_normalize(v, s->dim); /* crop b's embedding, b == nr: no box is skipped */
+            else if (enc_region_pool(pt, s->grid, s->dim, s->patch_size, &ing->geom, box, v)) continue; /* off the grid */
             db_region_in *r = &rins[(size_t)i * R + (size_t)nr];
             memset(r, 0, sizeof *r);
             memcpy(r->box, box, sizeof box);
@@ -957,6 +1093,10 @@ static int image_query_vector(srv_job *job, float *vec, uint64_t *exclude)
             if (rc == UMG_ENOENT) return umg_err_set(UMG_ENOENT, "query_image: no image %llu", (unsigned long long)id);
             return rc;
         }
+        if (s->region_mode == SRV_REGION_MODE_CROP)
+            return umg_err_set(UMG_EUNSUPPORTED, "query_image: a box on a stored image needs the photo's pixels, "
+                                                 "which are not stored, and region mode crop compares crops: send "
+                                                 "the photo's bytes with the box");
         db_image img;
         if ((rc = db_get_image(s->db, id, &img)))
             return rc == UMG_ENOENT ? umg_err_set(UMG_ENOENT, "query_image: no image %llu", (unsigned long long)id) : rc;
@@ -982,6 +1122,27 @@ static int image_query_vector(srv_job *job, float *vec, uint64_t *exclude)
     enc_image img = {0};
     if ((rc = enc_image_decode(data, len, ENC_IMAGE_MAX_PIXELS_DEFAULT, &img))) return rc;
     size_t S = (size_t)s->image_size;
+    if (has_box && s->region_mode == SRV_REGION_MODE_CROP) {
+        /* the box's crop, encoded as ingest encodes region crops */
+        srv_crop c;
+        float cut[4];
+        rc = crop_make(s, &img, box, cut, &c);
+        enc_image_free(&img);
+        if (rc == UMG_EINVAL) return umg_err_set(UMG_EINVAL, "query_image: box is outside the image");
+        if (rc) return rc;
+        float *px = malloc(3 * S * S * sizeof(float));
+        if (px) {
+            crop_pixels(s, &c, px);
+            int i = pool_acquire(&s->runs);
+            rc = enc_encode_pixels(s->runs.runs[i], px, 1, vec, NULL);
+            pool_release(&s->runs, i);
+        } else {
+            rc = umg_err_set(UMG_ENOMEM, "out of memory");
+        }
+        free(px);
+        free(c.rgb);
+        return rc;
+    }
     float *pixels = malloc(3 * S * S * sizeof(float));
     enc_preproc_geom g;
     rc = pixels ? enc_preprocess(&img, &s->pad, pixels) : umg_err_set(UMG_ENOMEM, "out of memory");

@@ -1,0 +1,790 @@
+/* test_regions_server.c - region vectors as `umgdb serve` (env UMG_BIN) stores
+ * them, in both region modes (--region-mode dense | crop, docs/regions.md),
+ * checked against the encoder computed here and against `umgdb embed`, with
+ * tests/fixtures/clip-tiny.  The server runs as a real process; after it
+ * stops, the stored vectors are read back through db.h (read-only).
+ *
+ *   dense: a region vector is the area-weighted mean of the L2-normalized patch
+ *          tokens that `umgdb embed --patches` prints, over the box
+ *          (re-implemented here from the documented definition);
+ *   crop:  a region vector is the embedding of the box's crop of the decoded
+ *          photo, preprocessed with ENC_FIT_PAD; for a square crop that is
+ *          exactly `umgdb embed` on the cropped image written as a PNG;
+ *   both:  boxes of an EXIF-rotated JPEG are in the oriented photo's pixels:
+ *          equal to those of a PNG of the decoded (oriented) pixels;
+ *   the mode is recorded in the data directory: reopening without the flag
+ *          keeps it, with the other mode is refused. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <fcntl.h>
+#include <jansson.h>
+#include <jpeglib.h>
+#include <math.h>
+#include <png.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "db.h"
+#include "enc.h"
+#include "umg_error.h"
+
+/* The client library is part of the umgdb binary (cli/); compiled in here. */
+#include "../cli/client.c"
+
+#define TINY UMG_FIXTURES_DIR "/clip-tiny"
+#define IMG(n) TINY "/images/" n
+#define T_MS 30000
+#define MAX_REG 64
+
+static const char *bin(void)
+{
+    const char *b = getenv("UMG_BIN");
+    return b && *b ? b : UMG_BINARY_DIR "/umgdb";
+}
+
+static enc_model *model;
+
+static int setup(void **state)
+{
+    int rc = enc_model_open(TINY, &model);
+    if (rc) fprintf(stderr, "clip-tiny: %s\n", umg_err_msg());
+    return rc ? -1 : 0;
+}
+
+static int teardown_all(void **state)
+{
+    enc_model_close(model);
+    return 0;
+}
+
+/* ---- files ------------------------------------------------------------------------ */
+
+static uint8_t *slurp(const char *path, size_t *len)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f) fail_msg("cannot open %s", path);
+    fseek(f, 0, SEEK_END);
+    long n = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    uint8_t *b = malloc((size_t)n + 1);
+    assert_non_null(b);
+    assert_int_equal(fread(b, 1, (size_t)n, f), (size_t)n);
+    fclose(f);
+    b[n] = 0;
+    *len = (size_t)n;
+    return b;
+}
+
+static void write_png(const char *path, const enc_image *img)
+{
+    png_image p;
+    memset(&p, 0, sizeof p);
+    p.version = PNG_IMAGE_VERSION;
+    p.width = (png_uint_32)img->width;
+    p.height = (png_uint_32)img->height;
+    p.format = PNG_FORMAT_RGB;
+    assert_true(png_image_write_to_file(&p, path, 0, img->rgb, 0, NULL));
+}
+
+/* A JPEG whose stored pixels are img turned 90 degrees counter-clockwise, with
+ * EXIF Orientation 6 ("rotate 90 clockwise to display"): a viewer, and the
+ * decoder, show it upright again. */
+static void write_rotated_jpeg(const char *path, const enc_image *img)
+{
+    int W = img->height, H = img->width; /* stored size */
+    uint8_t *raw = malloc((size_t)W * H * 3);
+    assert_non_null(raw);
+    /* counter-clockwise: the displayed top-right corner becomes the stored top-left */
+    for (int sy = 0; sy < H; sy++)
+        for (int sx = 0; sx < W; sx++)
+            memcpy(raw + ((size_t)sy * W + sx) * 3, img->rgb + ((size_t)sx * img->width + (img->width - 1 - sy)) * 3, 3);
+    FILE *f = fopen(path, "wb");
+    assert_non_null(f);
+    struct jpeg_compress_struct c;
+    struct jpeg_error_mgr err;
+    c.err = jpeg_std_error(&err);
+    jpeg_create_compress(&c);
+    jpeg_stdio_dest(&c, f);
+    c.image_width = (JDIMENSION)W;
+    c.image_height = (JDIMENSION)H;
+    c.input_components = 3;
+    c.in_color_space = JCS_RGB;
+    jpeg_set_defaults(&c);
+    jpeg_set_quality(&c, 92, TRUE);
+    jpeg_start_compress(&c, TRUE);
+    /* APP1: "Exif\0\0", little-endian TIFF header, IFD0 with one entry:
+     * Orientation (0x0112), SHORT, count 1, value 6 */
+    static const uint8_t exif[] = {'E', 'x', 'i', 'f', 0, 0, 'I', 'I', 42, 0, 8, 0, 0, 0, 1, 0,
+                                   0x12, 0x01, 3, 0, 1, 0, 0, 0, 6, 0, 0, 0, 0, 0, 0, 0};
+    jpeg_write_marker(&c, JPEG_APP0 + 1, exif, sizeof exif);
+    while (c.next_scanline < c.image_height) {
+        JSAMPROW row = raw + (size_t)c.next_scanline * W * 3;
+        jpeg_write_scanlines(&c, &row, 1);
+    }
+    jpeg_finish_compress(&c);
+    jpeg_destroy_compress(&c);
+    fclose(f);
+    free(raw);
+}
+
+/* ---- the server process ------------------------------------------------------------- */
+
+typedef struct server {
+    pid_t pid;
+    char dir[256];  /* temp root: data/, log, sock, files */
+    char data[300];
+    char addr[320];
+    char log[300];
+} server;
+
+static pid_t live_pid;
+
+static int teardown(void **state)
+{
+    if (live_pid) {
+        kill(live_pid, SIGKILL);
+        waitpid(live_pid, NULL, 0);
+        live_pid = 0;
+    }
+    return 0;
+}
+
+static void make_tmp(server *s)
+{
+    memset(s, 0, sizeof *s);
+    snprintf(s->dir, sizeof s->dir, "/tmp/umg-regsrv-XXXXXX");
+    assert_non_null(mkdtemp(s->dir));
+    snprintf(s->data, sizeof s->data, "%s/data", s->dir);
+    snprintf(s->log, sizeof s->log, "%s/log", s->dir);
+    snprintf(s->addr, sizeof s->addr, "unix:%s/sock", s->dir);
+}
+
+/* Start `umgdb serve` on s->data with clip-tiny plus extra (NULL-terminated).
+ * Returns 0 once it accepts connections, or its exit status if it exits
+ * during start-up (the log says why). */
+static int start(server *s, const char *const *extra)
+{
+    char sock[300];
+    snprintf(sock, sizeof sock, "%s/sock", s->dir);
+    const char *argv[40];
+    int n = 0;
+    argv[n++] = bin();
+    argv[n++] = "serve";
+    argv[n++] = "--data";
+    argv[n++] = s->data;
+    argv[n++] = "--model";
+    argv[n++] = TINY;
+    argv[n++] = "--threads";
+    argv[n++] = "1";
+    argv[n++] = "--socket";
+    argv[n++] = sock;
+    for (int i = 0; extra && extra[i]; i++) argv[n++] = extra[i];
+    argv[n] = NULL;
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        int fd = open(s->log, O_WRONLY | O_CREAT | O_APPEND, 0644);
+        if (fd >= 0) dup2(fd, 2), dup2(fd, 1);
+        execv(argv[0], (char *const *)argv);
+        _exit(127);
+    }
+    s->pid = live_pid = pid;
+    for (int tries = 0; tries < 600; tries++) { /* 30 s */
+        int st;
+        if (waitpid(pid, &st, WNOHANG) == pid) {
+            s->pid = live_pid = 0;
+            return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+        }
+        umg_client *c;
+        if (umg_client_connect(s->addr, NULL, &c) == 0) {
+            umg_client_close(c);
+            return 0;
+        }
+        usleep(50000);
+    }
+    fail_msg("server did not start listening");
+    return -1;
+}
+
+static void start_ok(server *s, const char *const *extra)
+{
+    int st = start(s, extra);
+    if (st) {
+        char cmd[400];
+        snprintf(cmd, sizeof cmd, "cat '%s' >&2", s->log);
+        if (system(cmd)) {}
+        fail_msg("server exited during start-up with status %d", st);
+    }
+}
+
+static void stop(server *s)
+{
+    kill(s->pid, SIGTERM);
+    int st = 0;
+    assert_int_equal(waitpid(s->pid, &st, 0), s->pid);
+    s->pid = live_pid = 0;
+    assert_true(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+}
+
+static void rm_rf(const char *dir)
+{
+    char cmd[600];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
+    assert_int_equal(system(cmd), 0);
+}
+
+static umg_client *conn(const server *s)
+{
+    umg_client *c = NULL;
+    if (umg_client_connect(s->addr, NULL, &c)) fail_msg("connect %s: %s", s->addr, umg_err_msg());
+    return c;
+}
+
+static proto_response *wait_ok(umg_client *c, uint64_t id)
+{
+    proto_response *r = NULL;
+    int rc = umg_client_wait(c, id, T_MS, &r);
+    if (rc) fail_msg("waiting for %llu: %s: %s", (unsigned long long)id, umg_error_name(rc), umg_err_msg());
+    if (!r->ok) fail_msg("request %llu failed: %s: %s", (unsigned long long)id, r->code_name, r->message);
+    return r;
+}
+
+/* Ingest a file's bytes under name (pipelined: returns the request id). */
+static uint64_t send_ingest(umg_client *c, const char *file, const char *name)
+{
+    size_t n;
+    uint8_t *b = slurp(file, &n);
+    proto_writer w;
+    uint64_t id;
+    assert_int_equal(umg_client_begin(c, &w, "ingest", 2, &id), 0);
+    proto_pack_cstr(&w.pk, "data");
+    msgpack_pack_bin(&w.pk, n);
+    msgpack_pack_bin_body(&w.pk, b, n);
+    proto_pack_cstr(&w.pk, "name");
+    proto_pack_cstr(&w.pk, name);
+    assert_int_equal(umg_client_end(c, &w), 0);
+    free(b);
+    return id;
+}
+
+static uint64_t res_u(const proto_response *r, const char *key)
+{
+    uint64_t v = 0;
+    if (!umg_result_uint(r, key, &v)) fail_msg("result has no unsigned '%s'", key);
+    return v;
+}
+
+typedef struct stored {
+    uint64_t image_id;
+    int width, height;
+    int n;
+    uint64_t region_id[MAX_REG];
+    double box[MAX_REG][4];
+} stored;
+
+/* `get` an image: size, regions (ids, boxes). */
+static void get_stored(umg_client *c, uint64_t image_id, stored *out)
+{
+    proto_writer w;
+    uint64_t id;
+    assert_int_equal(umg_client_begin(c, &w, "get", 1, &id), 0);
+    proto_pack_cstr(&w.pk, "image_id");
+    msgpack_pack_uint64(&w.pk, image_id);
+    assert_int_equal(umg_client_end(c, &w), 0);
+    proto_response *r = wait_ok(c, id);
+    memset(out, 0, sizeof *out);
+    out->image_id = image_id;
+    out->width = (int)res_u(r, "width");
+    out->height = (int)res_u(r, "height");
+    const msgpack_object *regs = umg_result_get(r, "regions");
+    assert_non_null(regs);
+    assert_true(regs->via.array.size <= MAX_REG);
+    out->n = (int)regs->via.array.size;
+    for (int i = 0; i < out->n; i++) {
+        const msgpack_object *m = &regs->via.array.ptr[i];
+        assert_true(proto_obj_uint(proto_map_get(m, "region_id"), &out->region_id[i]));
+        assert_true(proto_obj_box(proto_map_get(m, "box"), out->box[i]));
+    }
+    proto_response_free(r);
+}
+
+/* Ingest files (names "/t/<i>"), wait, read back what was stored. */
+static void ingest_all(const server *s, const char *const *files, int n, stored *out)
+{
+    umg_client *c = conn(s);
+    uint64_t ids[16];
+    for (int i = 0; i < n; i++) {
+        char name[32];
+        snprintf(name, sizeof name, "/t/%d", i);
+        ids[i] = send_ingest(c, files[i], name);
+    }
+    for (int i = 0; i < n; i++) {
+        proto_response *r = wait_ok(c, ids[i]);
+        uint64_t image_id = res_u(r, "image_id");
+        proto_response_free(r);
+        get_stored(c, image_id, &out[i]);
+    }
+    umg_client_close(c);
+}
+
+static db_t *open_stored(const char *data)
+{
+    char *name = NULL;
+    uint8_t fp[32];
+    int dim = 0;
+    assert_int_equal(db_probe(data, &name, fp, &dim), 0);
+    db_options o = db_options_default();
+    o.fingerprint = fp;
+    o.model_name = name;
+    o.dim = dim;
+    o.read_only = 1;
+    db_t *db = NULL;
+    int rc = db_open(data, &o, &db);
+    free(name);
+    if (rc) fail_msg("db_open %s: %s", data, umg_err_msg());
+    return db;
+}
+
+static double cosine(const float *a, const float *b, int n)
+{
+    double ab = 0, aa = 0, bb = 0;
+    for (int i = 0; i < n; i++) ab += (double)a[i] * b[i], aa += (double)a[i] * a[i], bb += (double)b[i] * b[i];
+    return ab / sqrt(aa * bb);
+}
+
+/* ---- reference computations ------------------------------------------------------------ */
+
+/* The crop of box (whole pixels) through ENC_FIT_PAD and the vision tower. */
+static void crop_embedding(const enc_image *img, const double box[4], float *out)
+{
+    enc_image c = {0};
+    assert_int_equal(enc_image_crop(img, (int)box[0], (int)box[1], (int)box[2], (int)box[3], &c), 0);
+    assert_int_equal(c.width, (int)box[2]);
+    assert_int_equal(c.height, (int)box[3]);
+    enc_preproc p = *enc_model_preproc(model);
+    p.fit = ENC_FIT_PAD;
+    int S = enc_model_config(model)->image_size;
+    float *px = malloc((size_t)3 * S * S * sizeof(float));
+    assert_non_null(px);
+    assert_int_equal(enc_preprocess(&c, &p, px), 0);
+    enc_run *run;
+    assert_int_equal(enc_run_create(model, 1, &run), 0);
+    assert_int_equal(enc_encode_pixels(run, px, 1, out, NULL), 0);
+    enc_run_close(run);
+    enc_l2_normalize(out, enc_model_dim(model));
+    free(px);
+    enc_image_free(&c);
+}
+
+/* Run `umgdb embed --model clip-tiny [--patches] --image ...` and parse its
+ * JSON lines: embeddings [n][D], patches [n][G*G][D] (if asked). */
+static void run_embed(const char *const *images, int n, int patches, float *emb, float *pat)
+{
+    char outp[] = "/tmp/umg-regsrv-embed-XXXXXX";
+    int fo = mkstemp(outp);
+    assert_true(fo >= 0);
+    const char *argv[64];
+    int a = 0;
+    argv[a++] = bin();
+    argv[a++] = "embed";
+    argv[a++] = "--model";
+    argv[a++] = TINY;
+    argv[a++] = "--threads";
+    argv[a++] = "1";
+    if (patches) argv[a++] = "--patches";
+    for (int i = 0; i < n; i++) argv[a++] = "--image", argv[a++] = images[i];
+    argv[a] = NULL;
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        dup2(fo, 1);
+        execv(argv[0], (char *const *)argv);
+        _exit(127);
+    }
+    int st;
+    assert_int_equal(waitpid(pid, &st, 0), pid);
+    close(fo);
+    assert_true(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+    size_t len;
+    char *text = (char *)slurp(outp, &len);
+    unlink(outp);
+    int D = enc_model_dim(model), GG = enc_model_grid(model) * enc_model_grid(model);
+    char *line = text;
+    for (int i = 0; i < n; i++) {
+        char *nl = strchr(line, '\n');
+        assert_non_null(nl);
+        *nl = 0;
+        json_error_t je;
+        json_t *j = json_loads(line, 0, &je);
+        assert_non_null(j);
+        json_t *e = json_object_get(j, "embedding");
+        assert_int_equal(json_array_size(e), (size_t)D);
+        for (int d = 0; d < D; d++) emb[(size_t)i * D + d] = (float)json_real_value(json_array_get(e, (size_t)d));
+        if (patches) {
+            json_t *p = json_object_get(j, "patches");
+            assert_int_equal(json_array_size(p), (size_t)GG);
+            for (int c = 0; c < GG; c++) {
+                json_t *row = json_array_get(p, (size_t)c);
+                assert_int_equal(json_array_size(row), (size_t)D);
+                for (int d = 0; d < D; d++)
+                    pat[((size_t)i * GG + c) * D + d] = (float)json_real_value(json_array_get(row, (size_t)d));
+            }
+        }
+        json_decref(j);
+        line = nl + 1;
+    }
+    free(text);
+}
+
+static double overlap(double a0, double a1, double b0, double b1)
+{
+    double lo = a0 > b0 ? a0 : b0, hi = a1 < b1 ? a1 : b1;
+    return hi > lo ? hi - lo : 0;
+}
+
+/* The dense region vector by its definition (docs/regions.md), written out
+ * here: box -> input pixels (x * scale + offset), clipped, in patch units;
+ * cell weights = covered area; mean of the normalized tokens; normalized. */
+static void pool_reference(const float *tokens, int G, int D, int P, const enc_preproc_geom *g, const double box[4],
+                           float *out)
+{
+    double x0 = box[0] * g->scale_x + g->off_x, x1 = (box[0] + box[2]) * g->scale_x + g->off_x;
+    double y0 = box[1] * g->scale_y + g->off_y, y1 = (box[1] + box[3]) * g->scale_y + g->off_y;
+    x0 = fmax(0, fmin(g->input_w, x0)) / P, x1 = fmax(0, fmin(g->input_w, x1)) / P;
+    y0 = fmax(0, fmin(g->input_h, y0)) / P, y1 = fmax(0, fmin(g->input_h, y1)) / P;
+    double *acc = calloc((size_t)D, sizeof *acc), wsum = 0;
+    assert_non_null(acc);
+    for (int i = 0; i < G; i++)
+        for (int j = 0; j < G; j++) {
+            double w = overlap(x0, x1, j, j + 1) * overlap(y0, y1, i, i + 1);
+            if (w <= 0) continue;
+            const float *t = tokens + ((size_t)i * G + j) * D;
+            double nn = 0;
+            for (int d = 0; d < D; d++) nn += (double)t[d] * t[d];
+            nn = sqrt(nn);
+            for (int d = 0; d < D; d++) acc[d] += w * t[d] / nn;
+            wsum += w;
+        }
+    assert_true(wsum > 0);
+    for (int d = 0; d < D; d++) out[d] = (float)(acc[d] / wsum);
+    enc_l2_normalize(out, D);
+    free(acc);
+}
+
+/* ---- tests ------------------------------------------------------------------------------- */
+
+/* crop: every stored region vector is the crop's embedding; boxes are whole
+ * pixels inside the oriented photo; crops of several photos share forward
+ * passes (--batch 4 with 6 regions each); a square crop equals `umgdb embed`
+ * on the crop written as a PNG; query_image with a box on sent bytes finds
+ * the very region; a box on a stored image is refused. */
+static void test_crop_vectors(void **state)
+{
+    server s;
+    make_tmp(&s);
+    char rot[300];
+    snprintf(rot, sizeof rot, "%s/rocket_exif6.jpg", s.dir);
+    enc_image rocket = {0};
+    assert_int_equal(enc_image_load(IMG("rocket.jpg"), ENC_IMAGE_MAX_PIXELS_DEFAULT, &rocket), 0);
+    write_rotated_jpeg(rot, &rocket);
+    enc_image_free(&rocket);
+
+    const char *files[] = {IMG("astronaut.png"), IMG("chelsea.png"), rot};
+    const int nf = 3;
+    const char *extra[] = {"--region-mode", "crop", "--regions", "6", "--batch", "4", NULL};
+    start_ok(&s, extra);
+    stored st[3];
+    ingest_all(&s, files, nf, st);
+
+    /* query_image with the box of a stored region, on the photo's bytes: that
+     * region comes first with cosine ~1 (float16 storage) */
+    umg_client *c = conn(&s);
+    {
+        size_t n;
+        uint8_t *b = slurp(files[1], &n);
+        proto_writer w;
+        uint64_t id;
+        assert_int_equal(umg_client_begin(c, &w, "query_image", 4, &id), 0);
+        proto_pack_cstr(&w.pk, "data");
+        msgpack_pack_bin(&w.pk, n);
+        msgpack_pack_bin_body(&w.pk, b, n);
+        proto_pack_cstr(&w.pk, "box");
+        msgpack_pack_array(&w.pk, 4);
+        for (int k = 0; k < 4; k++) msgpack_pack_double(&w.pk, st[1].box[0][k]);
+        proto_pack_cstr(&w.pk, "granularity");
+        proto_pack_cstr(&w.pk, "region");
+        proto_pack_cstr(&w.pk, "k");
+        msgpack_pack_uint32(&w.pk, 1);
+        assert_int_equal(umg_client_end(c, &w), 0);
+        free(b);
+        proto_response *r = wait_ok(c, id);
+        const msgpack_object *h = umg_result_get(r, "hits");
+        assert_true(h && h->via.array.size == 1);
+        uint64_t rid = 0;
+        double score = 0;
+        assert_true(proto_obj_uint(proto_map_get(&h->via.array.ptr[0], "region_id"), &rid));
+        assert_true(proto_obj_float(proto_map_get(&h->via.array.ptr[0], "score"), &score));
+        assert_int_equal(rid, st[1].region_id[0]);
+        assert_true(score > 0.9999);
+        proto_response_free(r);
+        /* a box on a stored image: the pixels are not stored */
+        assert_int_equal(umg_client_begin(c, &w, "query_image", 2, &id), 0);
+        proto_pack_cstr(&w.pk, "image_id");
+        msgpack_pack_uint64(&w.pk, st[1].image_id);
+        proto_pack_cstr(&w.pk, "box");
+        msgpack_pack_array(&w.pk, 4);
+        for (int k = 0; k < 4; k++) msgpack_pack_int(&w.pk, 10 + 20 * k);
+        assert_int_equal(umg_client_end(c, &w), 0);
+        assert_int_equal(umg_client_wait(c, id, T_MS, &r), 0);
+        assert_false(r->ok);
+        assert_int_equal(r->code, UMG_EUNSUPPORTED);
+        proto_response_free(r);
+    }
+    umg_client_close(c);
+    stop(&s);
+
+    db_t *db = open_stored(s.data);
+    int D = enc_model_dim(model);
+    float *got = malloc((size_t)D * sizeof(float)), *want = malloc((size_t)D * sizeof(float));
+    assert_true(got && want);
+    const char *square_png[MAX_REG];
+    char square_path[MAX_REG][320];
+    float square_vec[MAX_REG][64];
+    int n_square = 0;
+    assert_true(D <= 64);
+    for (int f = 0; f < nf; f++) {
+        enc_image img = {0};
+        assert_int_equal(enc_image_load(files[f], ENC_IMAGE_MAX_PIXELS_DEFAULT, &img), 0);
+        assert_int_equal(st[f].width, img.width);
+        assert_int_equal(st[f].height, img.height);
+        assert_true(st[f].n >= 3 && st[f].n <= 6);
+        for (int i = 0; i < st[f].n; i++) {
+            const double *b = st[f].box[i];
+            for (int k = 0; k < 4; k++) assert_true(b[k] == floor(b[k])); /* whole pixels: what was cropped */
+            assert_true(b[0] >= 0 && b[1] >= 0 && b[2] >= 1 && b[3] >= 1);
+            assert_true(b[0] + b[2] <= img.width && b[1] + b[3] <= img.height);
+            assert_int_equal(db_get_vector(db, DB_KIND_REGION, st[f].region_id[i], got), 0);
+            crop_embedding(&img, b, want);
+            double cs = cosine(got, want, D);
+            if (cs < 0.99999) fail_msg("file %d region %d: cosine %.7f to the crop's embedding", f, i, cs);
+            if (b[2] == b[3] && n_square < MAX_REG) { /* PAD == CLIP's CROP for a square: `umgdb embed` applies */
+                enc_image cimg = {0};
+                assert_int_equal(enc_image_crop(&img, (int)b[0], (int)b[1], (int)b[2], (int)b[3], &cimg), 0);
+                snprintf(square_path[n_square], sizeof square_path[0], "%s/crop%d.png", s.dir, n_square);
+                write_png(square_path[n_square], &cimg);
+                enc_image_free(&cimg);
+                memcpy(square_vec[n_square], got, (size_t)D * sizeof(float));
+                square_png[n_square] = square_path[n_square];
+                n_square++;
+            }
+        }
+        enc_image_free(&img);
+    }
+    db_close(db);
+    /* astronaut.png is square: its whole-image window at least */
+    assert_true(n_square >= 1);
+    float *emb = malloc((size_t)n_square * D * sizeof(float));
+    assert_non_null(emb);
+    run_embed(square_png, n_square, 0, emb, NULL);
+    for (int i = 0; i < n_square; i++) {
+        double cs = cosine(square_vec[i], emb + (size_t)i * D, D);
+        if (cs < 0.99999) fail_msg("square crop %d: cosine %.7f to umgdb embed", i, cs);
+    }
+    free(emb);
+    free(got);
+    free(want);
+    rm_rf(s.dir);
+}
+
+/* dense: on a square photo (where the server's ENC_FIT_PAD and embed's CLIP
+ * crop are the same input) every stored region vector is the pooling of the
+ * normalized patch tokens `umgdb embed --patches` prints. */
+static void test_dense_vectors(void **state)
+{
+    server s;
+    make_tmp(&s);
+    const char *files[] = {IMG("astronaut.png"), IMG("camera.png")};
+    const char *extra[] = {"--regions", "12", NULL}; /* no --region-mode: dense, the default */
+    start_ok(&s, extra);
+    stored st[2];
+    ingest_all(&s, files, 2, st);
+    stop(&s);
+
+    int D = enc_model_dim(model), G = enc_model_grid(model), P = enc_model_config(model)->patch_size;
+    float *emb = malloc((size_t)2 * D * sizeof(float)), *pat = malloc((size_t)2 * G * G * D * sizeof(float));
+    float *got = malloc((size_t)D * sizeof(float)), *want = malloc((size_t)D * sizeof(float));
+    assert_true(emb && pat && got && want);
+    run_embed(files, 2, 1, emb, pat);
+    db_t *db = open_stored(s.data);
+    enc_preproc p = *enc_model_preproc(model);
+    p.fit = ENC_FIT_PAD;
+    int checked = 0;
+    for (int f = 0; f < 2; f++) {
+        assert_int_equal(st[f].width, st[f].height); /* the premise of the comparison */
+        enc_preproc_geom g;
+        enc_preproc_geometry(&p, st[f].width, st[f].height, &g);
+        assert_true(st[f].n >= 3);
+        /* the image vector too: PAD == CROP here */
+        assert_int_equal(db_get_vector(db, DB_KIND_IMAGE, st[f].image_id, got), 0);
+        assert_true(cosine(got, emb + (size_t)f * D, D) >= 0.99999);
+        for (int i = 0; i < st[f].n; i++) {
+            assert_int_equal(db_get_vector(db, DB_KIND_REGION, st[f].region_id[i], got), 0);
+            pool_reference(pat + (size_t)f * G * G * D, G, D, P, &g, st[f].box[i], want);
+            double cs = cosine(got, want, D);
+            if (cs < 0.99999) fail_msg("file %d region %d: cosine %.7f to pooled embed --patches", f, i, cs);
+            checked++;
+        }
+    }
+    assert_true(checked >= 6);
+    db_close(db);
+    free(emb);
+    free(pat);
+    free(got);
+    free(want);
+    rm_rf(s.dir);
+}
+
+/* Both modes: a JPEG with EXIF Orientation 6 and a PNG of its decoded
+ * (oriented) pixels give the same size, the same boxes and the same region
+ * vectors: boxes are in the oriented photo's pixels and cover the same
+ * content.  (The decoder's orientation itself is checked against Pillow in
+ * test_image.) */
+static void test_exif_boxes(void **state)
+{
+    for (int mode = 0; mode < 2; mode++) {
+        server s;
+        make_tmp(&s);
+        char rot[300], png[300];
+        snprintf(rot, sizeof rot, "%s/chelsea_exif6.jpg", s.dir);
+        snprintf(png, sizeof png, "%s/chelsea_oriented.png", s.dir);
+        enc_image img = {0};
+        assert_int_equal(enc_image_load(IMG("chelsea.png"), ENC_IMAGE_MAX_PIXELS_DEFAULT, &img), 0);
+        write_rotated_jpeg(rot, &img);
+        enc_image up = {0};
+        assert_int_equal(enc_image_load(rot, ENC_IMAGE_MAX_PIXELS_DEFAULT, &up), 0);
+        assert_int_equal(up.width, 451); /* stored 300 x 451: the decoder turned it upright */
+        assert_int_equal(up.height, 300);
+        double diff = 0; /* and the right way round: close to the original (JPEG loss only) */
+        for (size_t i = 0; i < (size_t)451 * 300 * 3; i++) diff += abs((int)up.rgb[i] - (int)img.rgb[i]);
+        assert_true(diff / (451.0 * 300 * 3) < 4.0);
+        write_png(png, &up);
+        enc_image_free(&up);
+        enc_image_free(&img);
+
+        const char *files[] = {rot, png};
+        const char *extra[] = {"--region-mode", mode ? "crop" : "dense", "--regions", "8", NULL};
+        start_ok(&s, extra);
+        stored st[2];
+        ingest_all(&s, files, 2, st);
+        stop(&s);
+        assert_int_equal(st[0].width, 451);
+        assert_int_equal(st[0].height, 300);
+        assert_int_equal(st[1].width, 451);
+        assert_int_equal(st[0].n, st[1].n);
+        assert_true(st[0].n >= 4);
+        db_t *db = open_stored(s.data);
+        int D = enc_model_dim(model);
+        float a[64], b[64];
+        for (int i = 0; i < st[0].n; i++) {
+            for (int k = 0; k < 4; k++) assert_true(fabs(st[0].box[i][k] - st[1].box[i][k]) < 1e-3);
+            assert_true(st[0].box[i][0] + st[0].box[i][2] <= 451 + 1e-3);
+            assert_true(st[0].box[i][1] + st[0].box[i][3] <= 300 + 1e-3);
+            assert_int_equal(db_get_vector(db, DB_KIND_REGION, st[0].region_id[i], a), 0);
+            assert_int_equal(db_get_vector(db, DB_KIND_REGION, st[1].region_id[i], b), 0);
+            assert_true(cosine(a, b, D) >= 0.99999);
+        }
+        db_close(db);
+        rm_rf(s.dir);
+    }
+}
+
+static int log_has(const server *s, const char *needle)
+{
+    size_t n;
+    char *t = (char *)slurp(s->log, &n);
+    int found = strstr(t, needle) != NULL;
+    free(t);
+    return found;
+}
+
+/* The hello result's region_mode. */
+static int hello_mode_is(const server *s, const char *mode)
+{
+    umg_client *c = conn(s);
+    proto_response *r = NULL;
+    assert_int_equal(umg_client_call0(c, "ping", T_MS, &r), 0);
+    assert_true(r->ok);
+    int eq = proto_obj_str_eq(umg_result_get(r, "region_mode"), mode);
+    proto_response_free(r);
+    umg_client_close(c);
+    return eq;
+}
+
+/* The mode is recorded at creation: no flag keeps it, the same flag is fine,
+ * the other mode is refused at start (exit 1, the reason in the log); a
+ * directory filled before modes were recorded is dense. */
+static void test_mode_recorded(void **state)
+{
+    server s;
+    make_tmp(&s);
+    const char *crop[] = {"--region-mode", "crop", "--regions", "4", NULL};
+    const char *dense[] = {"--region-mode", "dense", "--regions", "4", NULL};
+    const char *none[] = {"--regions", "4", NULL};
+    start_ok(&s, crop);
+    assert_true(hello_mode_is(&s, "crop"));
+    stop(&s);
+    char marker[400];
+    snprintf(marker, sizeof marker, "%s/region_mode", s.data);
+    size_t n;
+    char *t = (char *)slurp(marker, &n);
+    assert_string_equal(t, "crop\n");
+    free(t);
+    start_ok(&s, none); /* no flag: the recorded mode */
+    assert_true(hello_mode_is(&s, "crop"));
+    stop(&s);
+    assert_int_equal(start(&s, dense), 1);
+    assert_true(log_has(&s, "holds crop region vectors"));
+    assert_true(log_has(&s, "--region-mode dense"));
+    start_ok(&s, crop);
+    stop(&s);
+    rm_rf(s.dir);
+
+    /* new directory without the flag: dense, recorded; crop refused later */
+    make_tmp(&s);
+    start_ok(&s, none);
+    assert_true(hello_mode_is(&s, "dense"));
+    const char *one[] = {IMG("coffee.png")};
+    stored st;
+    ingest_all(&s, one, 1, &st);
+    stop(&s);
+    assert_int_equal(start(&s, crop), 1);
+    assert_true(log_has(&s, "holds dense region vectors"));
+    /* a directory with images and no record (made before region modes): dense */
+    snprintf(marker, sizeof marker, "%s/region_mode", s.data);
+    assert_int_equal(unlink(marker), 0);
+    assert_int_equal(start(&s, crop), 1);
+    start_ok(&s, none);
+    assert_true(hello_mode_is(&s, "dense"));
+    stop(&s);
+    rm_rf(s.dir);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_teardown(test_crop_vectors, teardown),
+        cmocka_unit_test_teardown(test_dense_vectors, teardown),
+        cmocka_unit_test_teardown(test_exif_boxes, teardown),
+        cmocka_unit_test_teardown(test_mode_recorded, teardown),
+    };
+    return cmocka_run_group_tests(tests, setup, teardown_all);
+}
