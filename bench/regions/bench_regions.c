@@ -22,6 +22,7 @@ typedef struct photo {
     char path[1024];
     enc_box gt[MAX_GT];
     int ngt;
+    int val; /* val2017 (held out from fitting the proposal score) */
 } photo;
 
 static int load_split(const char *dir, const char *split, photo **ph, int *n, int *cap)
@@ -41,6 +42,7 @@ static int load_split(const char *dir, const char *split, photo **ph, int *n, in
         json_int_t id = json_integer_value(json_object_get(im, "id"));
         photo p;
         p.ngt = 0;
+        p.val = strcmp(split, "val") == 0;
         json_array_foreach(anns, j, a) {
             if (json_integer_value(json_object_get(a, "image_id")) != id ||
                 json_integer_value(json_object_get(a, "iscrowd")) || p.ngt >= MAX_GT)
@@ -135,8 +137,9 @@ int main(int argc, char **argv)
         return 1;
     }
     static const int Rs[3] = {16, 32, 64};
-    tally prop[3], grid[2];
+    tally prop[3], grid[2], by_split[2][3];
     memset(prop, 0, sizeof prop);
+    memset(by_split, 0, sizeof by_split);
     memset(grid, 0, sizeof grid);
     double *wall = malloc((size_t)np * sizeof *wall), *cpu = malloc((size_t)np * sizeof *cpu);
     enc_box out[256];
@@ -177,6 +180,7 @@ int main(int argc, char **argv)
                 cpu[i] = now(CLOCK_THREAD_CPUTIME_ID) - c0;
             }
             score(&ph[i], out, n, &prop[r]);
+            score(&ph[i], out, n, &by_split[ph[i].val][r]);
         }
         for (int g = 0; g < 2; g++) {
             int n = grid_windows(img.width, img.height, grid_n[g], out);
@@ -207,6 +211,12 @@ int main(int argc, char **argv)
         snprintf(name, sizeof name, "grid windows <= %d", grid_n[g]);
         print_row(name, np, &grid[g]);
     }
+    printf("\nby split, boxes >= 32x32, IoU 0.5 (the score is fitted on train2017; val2017 is held out)\n\n");
+    printf("| split | R=16 | R=32 | R=64 |\n|---|---|---|---|\n");
+    for (int sp = 0; sp < 2; sp++)
+        printf("| %s | %.3f | %.3f | %.3f |\n", sp ? "val2017" : "train2017",
+               by_split[sp][0].hit[0][1] / by_split[sp][0].tot[1], by_split[sp][1].hit[0][1] / by_split[sp][1].tot[1],
+               by_split[sp][2].hit[0][1] / by_split[sp][2].tot[1]);
     free(wall);
     free(cpu);
     free(ph);
