@@ -85,11 +85,54 @@ typedef struct enc_run enc_run;
 int enc_run_create(const enc_model *m, int max_batch, enc_run **out);
 void enc_run_close(enc_run *r); /* NULL-safe */
 
+/* The same for network inputs of input_size x input_size pixels instead of the
+ * checkpoint's image_size (higher resolution: a finer patch grid for region
+ * pooling).  input_size must be a multiple of patch_size in [patch_size,
+ * 4 * image_size], else UMG_EINVAL.  At another size than image_size the 2-D grid
+ * of patch position embeddings is resized bicubically (torch's
+ * F.interpolate(mode="bicubic", align_corners=False), as transformers'
+ * interpolate_pos_encoding does; the class position stays), once, here, into the
+ * run state.  enc_run_create(m, b, out) = enc_run_create_ex(m, b, image_size, out).
+ * Preprocess for it with enc_model_preproc_at(m, input_size, &p). */
+int enc_run_create_ex(const enc_model *m, int max_batch, int input_size, enc_run **out);
+
+int enc_run_input_size(const enc_run *r); /* S: the input size the run was created for */
+int enc_run_grid(const enc_run *r);       /* S / patch_size: patches per side of its grid */
+
+/* The model's preprocessing for an input of input_size x input_size pixels:
+ * crop_w = crop_h = input_size, resize_shortest scaled by input_size / image_size
+ * (CLIP: = input_size); mean, std and fit as the model's. */
+void enc_model_preproc_at(const enc_model *m, int input_size, enc_preproc *out);
+
+/* Which last vision block computes the PATCH tokens (the [CLS] embedding is
+ * always CLIP's own: its last block is computed the standard way, sharing LN1
+ * and the q/k/v projections of every token with the variant).  See
+ * docs/regions.md, "Dense feature variants".
+ *   ENC_DENSE_PLAIN      the standard block (CLIP's patch tokens);
+ *   ENC_DENSE_CLEARCLIP  ClearCLIP (Lan et al., ECCV 2024): query-query attention
+ *                        softmax(q q^T / sqrt(d)) v through out_proj, with no
+ *                        residual connection and no MLP;
+ *   ENC_DENSE_SCLIP      SCLIP (Wang et al., ECCV 2024): correlative
+ *                        self-attention (softmax(q q^T / sqrt(d)) +
+ *                        softmax(k k^T / sqrt(d))) v through out_proj; residual
+ *                        and MLP kept, as in the authors' code. */
+enum enc_dense_mode { ENC_DENSE_PLAIN = 0, ENC_DENSE_CLEARCLIP = 1, ENC_DENSE_SCLIP = 2 };
+
+/* Set the run's dense mode (ENC_DENSE_PLAIN after create); UMG_EINVAL for other
+ * values.  Affects the patches of later enc_encode_pixels calls only. */
+int enc_run_set_dense_mode(enc_run *r, int mode);
+int enc_run_dense_mode(const enc_run *r);
+/* "plain" / "clearclip" / "sclip" (static strings; "unknown" otherwise), and back:
+ * UMG_EINVAL for an unknown name. */
+const char *enc_dense_mode_name(int mode);
+int enc_dense_mode_parse(const char *name, int *mode);
+
 /* Vision tower on n preprocessed images (n <= max_batch).
- *   pixels  [n, 3, S, S]      S = image_size
+ *   pixels  [n, 3, S, S]      S = the run's input size (image_size unless enc_run_create_ex)
  *   embeds  [n, D]            D = projection_dim: visual_projection(post_layernorm(CLS))
  *   patches [n, G*G, D] or NULL: every patch token through post_layernorm and
- *                                visual_projection, row-major over the G x G grid */
+ *                                visual_projection, row-major over the G x G grid
+ *                                (G = S / patch_size), computed in the run's dense mode */
 int enc_encode_pixels(enc_run *r, const float *pixels, int n, float *embeds, float *patches);
 
 /* Text tower on token ids (start token first, end token last, n_ids <=

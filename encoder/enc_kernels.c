@@ -320,6 +320,90 @@ void enc_attention(float *out, const float *q, const float *k, const float *v, f
     }
 }
 
+void enc_self_attention(float *out, const float *a, const float *b, const float *v, float scale, float *scores,
+                        float *scores2, int T, int H, int heads)
+{
+    int d = H / heads;
+    for (int h = 0; h < heads; h++) {
+        /* scores[T, T] = softmax(scale a_h a_h^T) row by row (+ the same of b_h) */
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, T, d, scale, a + h * d, H, a + h * d, H, 0.0f,
+                    scores, T);
+        for (int i = 0; i < T; i++)
+            enc_softmax(scores + (size_t)i * T, T);
+        if (b) {
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, T, d, scale, b + h * d, H, b + h * d, H,
+                        0.0f, scores2, T);
+            for (int i = 0; i < T; i++)
+                enc_softmax(scores2 + (size_t)i * T, T);
+            size_t tt = (size_t)T * T;
+            for (size_t e = 0; e < tt; e++)
+                scores[e] += scores2[e];
+        }
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, d, T, 1.0f, scores, T, v + h * d, H, 0.0f,
+                    out + h * d, H);
+    }
+}
+
+/* torch's upsample_bicubic2d: Keys' cubic convolution with a = -0.75. */
+static void cubic_weights(float t, float w[4])
+{
+    const float A = -0.75f;
+    float x1 = t + 1.0f, x2 = 1.0f - t, x3 = 2.0f - t;
+    w[0] = ((A * x1 - 5.0f * A) * x1 + 8.0f * A) * x1 - 4.0f * A;
+    w[1] = ((A + 2.0f) * t - (A + 3.0f)) * t * t + 1.0f;
+    w[2] = ((A + 2.0f) * x2 - (A + 3.0f)) * x2 * x2 + 1.0f;
+    w[3] = ((A * x3 - 5.0f * A) * x3 + 8.0f * A) * x3 - 4.0f * A;
+}
+
+/* For each output index: the 4 source indices (clamped) and their weights.
+ * The source coordinate is computed in float as torch does (not clamped at 0
+ * for cubic). */
+static void cubic_taps(int in, int out, int i, int idx[4], float w[4])
+{
+    float scale = (float)in / (float)out;
+    float src = scale * ((float)i + 0.5f) - 0.5f;
+    float fl = floorf(src);
+    cubic_weights(src - fl, w);
+    for (int k = 0; k < 4; k++) {
+        int j = (int)fl - 1 + k;
+        idx[k] = j < 0 ? 0 : j > in - 1 ? in - 1 : j;
+    }
+}
+
+void enc_resize_grid_bicubic(float *dst, int g2, const float *src, int g, int dim, float *tmp)
+{
+    /* along x: tmp[g rows][g2 cols][dim] */
+    for (int x = 0; x < g2; x++) {
+        int idx[4];
+        float w[4];
+        cubic_taps(g, g2, x, idx, w);
+        for (int y = 0; y < g; y++) {
+            float *o = tmp + ((size_t)y * g2 + x) * dim;
+            for (int c = 0; c < dim; c++) {
+                float s = 0;
+                for (int k = 0; k < 4; k++)
+                    s += w[k] * src[((size_t)y * g + idx[k]) * dim + c];
+                o[c] = s;
+            }
+        }
+    }
+    /* along y: dst[g2 rows][g2 cols][dim] */
+    for (int y = 0; y < g2; y++) {
+        int idx[4];
+        float w[4];
+        cubic_taps(g, g2, y, idx, w);
+        for (int x = 0; x < g2; x++) {
+            float *o = dst + ((size_t)y * g2 + x) * dim;
+            for (int c = 0; c < dim; c++) {
+                float s = 0;
+                for (int k = 0; k < 4; k++)
+                    s += w[k] * tmp[((size_t)idx[k] * g2 + x) * dim + c];
+                o[c] = s;
+            }
+        }
+    }
+}
+
 static inline float f16_to_f32(uint16_t h)
 {
     uint32_t sign = (uint32_t)(h & 0x8000) << 16, exp = (h >> 10) & 0x1f, mant = h & 0x3ff, bits;

@@ -40,6 +40,25 @@ void enc_layer_norm(float *y, int ldy, const float *x, int ldx, const float *w, 
 void enc_attention(float *out, const float *q, const float *k, const float *v, float *scores, int T, int H,
                    int heads, int causal);
 
+/* Attention of one sequence whose weights compare each token with the others
+ * through one projection only (the training-free dense variants of
+ * docs/regions.md; no mask):
+ *   out[T, H] head h columns = (softmax(scale a_h . a_h^T) [+ softmax(scale b_h . b_h^T)]) . v_h
+ * b NULL: the first term alone (ClearCLIP: a = q); b given: the sum of both
+ * softmaxes (SCLIP: a = q, b = k; rows then sum to 2, as published).
+ * a, b, v: [T, H] (unscaled); scores, scores2: scratch [T, T] each (scores2
+ * unused when b is NULL). */
+void enc_self_attention(float *out, const float *a, const float *b, const float *v, float scale, float *scores,
+                        float *scores2, int T, int H, int heads);
+
+/* Resize a square grid of vectors bicubically, exactly as torch's
+ * F.interpolate(x, size=(g2, g2), mode="bicubic", align_corners=False) does on
+ * x = [1, dim, g, g]: source coordinate (i + 0.5) * g / g2 - 0.5, Keys' cubic with
+ * a = -0.75, indices clamped at the borders, no antialiasing.
+ *   dst [g2 * g2, dim], src [g * g, dim]: row-major over the grid, vector last;
+ *   tmp: scratch [g * g2 * dim]. */
+void enc_resize_grid_bicubic(float *dst, int g2, const float *src, int g, int dim, float *tmp);
+
 /* s[0, n) = softmax(s[0, n)), in place. */
 void enc_softmax(float *s, int n);
 

@@ -78,9 +78,13 @@ struct enc_model {
 struct enc_run {
     const enc_model *m;
     int max_batch;
+    int input_size, grid, tokens; /* S, G = S / patch, T = G*G + 1 */
+    int dense_mode;           /* enum enc_dense_mode */
+    const float *pos;         /* [T, hidden] vision positions: the checkpoint's, or pos_own */
+    float *pos_own;           /* interpolated for input_size != image_size, else NULL */
     float *h, *x, *q, *k, *v; /* [rows, hidden] */
     float *mlp;               /* [rows, intermediate]; also the unfolded patches */
-    float *scores;            /* [T, T] */
+    float *scores, *scores2;  /* [T, T] each (scores2: SCLIP's second softmax) */
     void *mem;
 };
 
@@ -430,30 +434,51 @@ static size_t round64(size_t floats) { return (floats + 15) & ~(size_t)15; }
 
 int enc_run_create(const enc_model *m, int max_batch, enc_run **out)
 {
+    if (!m) {
+        *out = NULL;
+        return umg_err_set(UMG_EINVAL, "enc_run_create: no model");
+    }
+    return enc_run_create_ex(m, max_batch, m->cfg.image_size, out);
+}
+
+int enc_run_create_ex(const enc_model *m, int max_batch, int input_size, enc_run **out)
+{
     *out = NULL;
     if (!m || max_batch < 1 || max_batch > 65536)
         return umg_err_set(UMG_EINVAL, "enc_run_create: max_batch %d outside [1, 65536]", max_batch);
     const enc_config *c = &m->cfg;
-    size_t G = (size_t)(c->image_size / c->patch_size), T = G * G + 1, B = (size_t)max_batch;
+    int P = c->patch_size;
+    if (input_size < P || input_size > 4 * c->image_size || input_size % P)
+        return umg_err_set(UMG_EINVAL,
+                           "enc_run_create: input size %d is not a multiple of the patch size %d in [%d, %d]",
+                           input_size, P, P, 4 * c->image_size);
+    size_t G = (size_t)(input_size / P), T = G * G + 1, B = (size_t)max_batch, Hv = (size_t)c->vision.hidden;
+    size_t Fv = (size_t)c->vision.intermediate;
     size_t M = B * T, L = (size_t)c->max_positions;
-    size_t hid = max_sz(M * (size_t)c->vision.hidden, L * (size_t)c->text.hidden);
-    size_t mlp = max_sz(max_sz(M * (size_t)c->vision.intermediate, L * (size_t)c->text.intermediate),
-                        B * (size_t)c->channels * (size_t)c->image_size * (size_t)c->image_size);
+    size_t hid = max_sz(M * Hv, L * (size_t)c->text.hidden);
+    /* mlp also holds the unfolded pixels, and the [CLS] rows' attention and MLP
+     * hidden layer of the dense variants' last block */
+    size_t mlp = max_sz(max_sz(M * Fv, L * (size_t)c->text.intermediate),
+                        max_sz(B * (size_t)c->channels * (size_t)input_size * (size_t)input_size, B * (Hv + Fv)));
     size_t sc = max_sz(T * T, L * L);
     /* Row counts and leading dimensions are ints (BLAS): keep every matrix below 2^31 elements. */
-    size_t widest = max_sz(max_sz((size_t)c->vision.hidden, (size_t)c->vision.intermediate),
-                           (size_t)c->channels * c->patch_size * c->patch_size);
+    size_t widest = max_sz(max_sz(Hv, Fv), (size_t)c->channels * P * P);
     if (M * widest > INT32_MAX || sc > INT32_MAX || L * (size_t)c->text.intermediate > INT32_MAX)
-        return umg_err_set(UMG_EINVAL, "enc_run_create: max_batch %d is too large for this model", max_batch);
-    size_t total = 5 * round64(hid) + round64(mlp) + round64(sc);
+        return umg_err_set(UMG_EINVAL, "enc_run_create: max_batch %d is too large for this model at input size %d",
+                           max_batch, input_size);
+    int own_pos = input_size != c->image_size;
+    size_t pos = own_pos ? T * Hv : 0;
+    size_t total = 5 * round64(hid) + round64(mlp) + 2 * round64(T * T) + round64(pos);
+    if (L * L > 2 * round64(T * T))
+        total += round64(L * L) - 2 * round64(T * T); /* the text's [L, L] scores span both */
     enc_run *r = calloc(1, sizeof *r);
     if (!r)
         return umg_err_set(UMG_ENOMEM, "out of memory");
     r->mem = aligned_alloc(64, total * sizeof(float));
     if (!r->mem) {
         free(r);
-        return umg_err_set(UMG_ENOMEM, "out of memory for a run state of %zu MB (max_batch %d)",
-                           total * sizeof(float) >> 20, max_batch);
+        return umg_err_set(UMG_ENOMEM, "out of memory for a run state of %zu MB (max_batch %d, input size %d)",
+                           total * sizeof(float) >> 20, max_batch, input_size);
     }
     float *p = r->mem;
     r->h = p, p += round64(hid);
@@ -462,11 +487,68 @@ int enc_run_create(const enc_model *m, int max_batch, enc_run **out)
     r->k = p, p += round64(hid);
     r->v = p, p += round64(hid);
     r->mlp = p, p += round64(mlp);
+    if (own_pos)
+        r->pos_own = p, p += round64(pos);
     r->scores = p;
+    r->scores2 = p + round64(T * T);
     r->m = m;
     r->max_batch = max_batch;
+    r->input_size = input_size;
+    r->grid = (int)G;
+    r->tokens = (int)T;
+    r->dense_mode = ENC_DENSE_PLAIN;
+    r->pos = c->image_size == input_size ? m->vision.embeddings_position_embedding_weight : r->pos_own;
+    if (own_pos) {
+        /* the class position as is; the grid of patch positions resized */
+        int G0 = c->image_size / P;
+        float *tmp = malloc((size_t)G0 * G * Hv * sizeof(float));
+        if (!tmp) {
+            enc_run_close(r);
+            return umg_err_set(UMG_ENOMEM, "out of memory interpolating position embeddings");
+        }
+        const float *src = m->vision.embeddings_position_embedding_weight;
+        memcpy(r->pos_own, src, Hv * sizeof(float));
+        enc_resize_grid_bicubic(r->pos_own + Hv, (int)G, src + Hv, G0, (int)Hv, tmp);
+        free(tmp);
+    }
     *out = r;
     return 0;
+}
+
+int enc_run_input_size(const enc_run *r) { return r->input_size; }
+int enc_run_grid(const enc_run *r) { return r->grid; }
+int enc_run_dense_mode(const enc_run *r) { return r->dense_mode; }
+
+int enc_run_set_dense_mode(enc_run *r, int mode)
+{
+    if (!r || mode < ENC_DENSE_PLAIN || mode > ENC_DENSE_SCLIP)
+        return umg_err_set(UMG_EINVAL, "enc_run_set_dense_mode: unknown mode %d", mode);
+    r->dense_mode = mode;
+    return 0;
+}
+
+static const char *const dense_names[] = {"plain", "clearclip", "sclip"};
+
+const char *enc_dense_mode_name(int mode)
+{
+    return mode >= ENC_DENSE_PLAIN && mode <= ENC_DENSE_SCLIP ? dense_names[mode] : "unknown";
+}
+
+int enc_dense_mode_parse(const char *name, int *mode)
+{
+    for (int i = ENC_DENSE_PLAIN; name && i <= ENC_DENSE_SCLIP; i++)
+        if (!strcmp(name, dense_names[i])) {
+            *mode = i;
+            return 0;
+        }
+    return umg_err_set(UMG_EINVAL, "unknown dense mode \"%s\" (plain, clearclip or sclip)", name ? name : "");
+}
+
+void enc_model_preproc_at(const enc_model *m, int input_size, enc_preproc *out)
+{
+    *out = m->preproc;
+    out->crop_w = out->crop_h = input_size;
+    out->resize_shortest = (int)((int64_t)m->preproc.resize_shortest * input_size / m->cfg.image_size);
 }
 
 void enc_run_close(enc_run *r)
@@ -510,13 +592,61 @@ static void block(enc_run *r, const enc_layer_weights *L, const enc_tower_config
     enc_linear(r->h, r->mlp, L->mlp_fc2_weight, M, F, H, 1);
 }
 
+/* Standard attention for the n [CLS] rows alone: one query per image and head.
+ *   attn [n, H];  q: the [CLS] queries, rows ldq apart, times alpha gives the
+ *   scaled query;  k, v: r->k, r->v [n * T, H]. */
+static void cls_attention(enc_run *r, float *attn, const float *q, int ldq, float alpha, int n, int T, int H,
+                          int heads)
+{
+    int d = H / heads;
+    for (int i = 0; i < n; i++)
+        for (int h = 0; h < heads; h++) {
+            const float *qh = q + (size_t)i * ldq + h * d;
+            const float *kh = r->k + (size_t)i * T * H + h * d, *vh = r->v + (size_t)i * T * H + h * d;
+            /* scores[T] = alpha k_h[T, d] . q_h;  attn_h[d] = scores . v_h[T, d] */
+            cblas_sgemv(CblasRowMajor, CblasNoTrans, T, d, alpha, kh, H, qh, 1, 0.0f, r->scores, 1);
+            enc_softmax(r->scores, T);
+            cblas_sgemv(CblasRowMajor, CblasTrans, T, d, 1.0f, vh, H, r->scores, 1, 0.0f,
+                        attn + (size_t)i * H + h * d, 1);
+        }
+}
+
+/* The rest of the standard block on the [CLS] rows: hc [n, H] holds them on
+ * entry (the residual stream) and the block's output on return.
+ *   hc += out_proj(attn);  hc += fc2(act(fc1(LN2(hc))))
+ * xc [n, H], hidden [n, F]: scratch (hidden may be attn: read before written). */
+static void cls_tail(float *hc, float *xc, const float *attn, float *hidden, const enc_layer_weights *L,
+                     const enc_tower_config *tc, int n)
+{
+    int H = tc->hidden, F = tc->intermediate;
+    enc_add_bias(hc, L->self_attn_out_proj_bias, n, H);
+    enc_linear(hc, attn, L->self_attn_out_proj_weight, n, H, H, 1);
+    enc_layer_norm(xc, H, hc, H, L->layer_norm2_weight, L->layer_norm2_bias, tc->ln_eps, n, H);
+    enc_linear(hidden, xc, L->mlp_fc1_weight, n, H, F, 0);
+    enc_add_bias_act(hidden, L->mlp_fc1_bias, tc->act, n, F);
+    enc_add_bias(hc, L->mlp_fc2_bias, n, H);
+    enc_linear(hc, hidden, L->mlp_fc2_weight, n, F, H, 1);
+}
+
+static void gather_cls(float *hc, const float *h, int n, int T, int H)
+{
+    for (int i = 0; i < n; i++)
+        memcpy(hc + (size_t)i * H, h + (size_t)i * T * H, (size_t)H * sizeof(float));
+}
+
+static void scatter_cls(float *h, const float *hc, int n, int T, int H)
+{
+    for (int i = 0; i < n; i++)
+        memcpy(h + (size_t)i * T * H, hc + (size_t)i * H, (size_t)H * sizeof(float));
+}
+
 /* The last vision block when only the [CLS] outputs are wanted: K and V for every
  * token, but Q, attention, out_proj and the MLP for the n [CLS] rows alone
  * (rows T*H apart in r->h): 7% of a ViT-B/32 forward saved. */
 static void block_cls_only(enc_run *r, const enc_layer_weights *L, const enc_tower_config *tc, int n, int T)
 {
-    int H = tc->hidden, F = tc->intermediate, M = n * T, heads = tc->heads, d = H / heads;
-    float scale = 1.0f / sqrtf((float)d);
+    int H = tc->hidden, M = n * T;
+    float scale = 1.0f / sqrtf((float)(H / tc->heads));
     enc_layer_norm(r->x, H, r->h, H, L->layer_norm1_weight, L->layer_norm1_bias, tc->ln_eps, M, H);
     /* k, v [M, H] for all tokens; q [n, H] for the [CLS] rows of x */
     enc_linear(r->k, r->x, L->self_attn_k_proj_weight, M, H, H, 0);
@@ -525,32 +655,59 @@ static void block_cls_only(enc_run *r, const enc_layer_weights *L, const enc_tow
     enc_add_bias(r->v, L->self_attn_v_proj_bias, M, H);
     enc_linear_ld(r->q, H, r->x, T * H, L->self_attn_q_proj_weight, n, H, H, 0);
     enc_add_bias_scale(r->q, L->self_attn_q_proj_bias, scale, n, H);
-    /* attn [n, H] (in r->mlp): one query per image and head */
-    float *attn = r->mlp;
-    for (int i = 0; i < n; i++)
-        for (int h = 0; h < heads; h++) {
-            const float *qh = r->q + (size_t)i * H + h * d;
-            const float *kh = r->k + (size_t)i * T * H + h * d, *vh = r->v + (size_t)i * T * H + h * d;
-            /* scores[T] = k_h[T, d] . q_h;  attn_h[d] = scores . v_h[T, d] */
-            cblas_sgemv(CblasRowMajor, CblasNoTrans, T, d, 1.0f, kh, H, qh, 1, 0.0f, r->scores, 1);
-            enc_softmax(r->scores, T);
-            cblas_sgemv(CblasRowMajor, CblasTrans, T, d, 1.0f, vh, H, r->scores, 1, 0.0f,
-                        attn + (size_t)i * H + h * d, 1);
-        }
-    /* hc [n, H] (in r->k, free now) = the [CLS] rows of h; then the block's two
-     * residual updates on them, and back into h */
-    float *hc = r->k, *xc = r->v;
-    for (int i = 0; i < n; i++)
-        memcpy(hc + (size_t)i * H, r->h + (size_t)i * T * H, (size_t)H * sizeof(float));
-    enc_add_bias(hc, L->self_attn_out_proj_bias, n, H);
-    enc_linear(hc, attn, L->self_attn_out_proj_weight, n, H, H, 1);
-    enc_layer_norm(xc, H, hc, H, L->layer_norm2_weight, L->layer_norm2_bias, tc->ln_eps, n, H);
-    enc_linear(r->mlp, xc, L->mlp_fc1_weight, n, H, F, 0);
-    enc_add_bias_act(r->mlp, L->mlp_fc1_bias, tc->act, n, F);
-    enc_add_bias(hc, L->mlp_fc2_bias, n, H);
-    enc_linear(hc, r->mlp, L->mlp_fc2_weight, n, F, H, 1);
-    for (int i = 0; i < n; i++)
-        memcpy(r->h + (size_t)i * T * H, hc + (size_t)i * H, (size_t)H * sizeof(float));
+    float *attn = r->mlp; /* [n, H] */
+    cls_attention(r, attn, r->q, H, 1.0f, n, T, H, tc->heads);
+    /* hc, xc [n, H] in r->k, r->v (free now) */
+    gather_cls(r->k, r->h, n, T, H);
+    cls_tail(r->k, r->v, attn, r->mlp, L, tc, n);
+    scatter_cls(r->h, r->k, n, T, H);
+}
+
+/* The last vision block with a dense variant (docs/regions.md, "Dense feature
+ * variants") for the patch tokens and the standard block for [CLS]: LN1 and the
+ * q/k/v projections of every token are shared; then
+ *   [CLS]:   the standard attention (its query only), out_proj, residual, MLP;
+ *   others:  ClearCLIP: h = out_proj(softmax(q q^T s) v)            (no residual, no MLP)
+ *            SCLIP:     h += out_proj((softmax(q q^T s) + softmax(k k^T s)) v);
+ *                       h += MLP(LN2(h))                              (s = 1/sqrt(d)) */
+static void block_dense_variant(enc_run *r, const enc_layer_weights *L, const enc_tower_config *tc, int n,
+                                int T, int mode)
+{
+    int H = tc->hidden, F = tc->intermediate, M = n * T;
+    float scale = 1.0f / sqrtf((float)(H / tc->heads));
+    enc_layer_norm(r->x, H, r->h, H, L->layer_norm1_weight, L->layer_norm1_bias, tc->ln_eps, M, H);
+    /* q, k, v [M, H], all unscaled */
+    enc_linear(r->q, r->x, L->self_attn_q_proj_weight, M, H, H, 0);
+    enc_add_bias(r->q, L->self_attn_q_proj_bias, M, H);
+    enc_linear(r->k, r->x, L->self_attn_k_proj_weight, M, H, H, 0);
+    enc_add_bias(r->k, L->self_attn_k_proj_bias, M, H);
+    enc_linear(r->v, r->x, L->self_attn_v_proj_weight, M, H, H, 0);
+    enc_add_bias(r->v, L->self_attn_v_proj_bias, M, H);
+    float *attn_cls = r->mlp, *hidden_cls = r->mlp + (size_t)n * H; /* [n, H], [n, F] */
+    cls_attention(r, attn_cls, r->q, T * H, scale, n, T, H, tc->heads);
+    /* x [M, H] = the variant's attention for every token ([CLS] row unused) */
+    for (int s = 0; s < n; s++) {
+        size_t o = (size_t)s * T * H;
+        enc_self_attention(r->x + o, r->q + o, mode == ENC_DENSE_SCLIP ? r->k + o : NULL, r->v + o, scale,
+                           r->scores, r->scores2, T, H, tc->heads);
+    }
+    /* [CLS] through the standard block: hc, xc in r->q, r->k (free now) */
+    float *hc = r->q;
+    gather_cls(hc, r->h, n, T, H);
+    cls_tail(hc, r->k, attn_cls, hidden_cls, L, tc, n);
+    if (mode == ENC_DENSE_CLEARCLIP) {
+        enc_linear(r->h, r->x, L->self_attn_out_proj_weight, M, H, H, 0);
+        enc_add_bias(r->h, L->self_attn_out_proj_bias, M, H);
+    } else {
+        enc_add_bias(r->h, L->self_attn_out_proj_bias, M, H);
+        enc_linear(r->h, r->x, L->self_attn_out_proj_weight, M, H, H, 1);
+        enc_layer_norm(r->x, H, r->h, H, L->layer_norm2_weight, L->layer_norm2_bias, tc->ln_eps, M, H);
+        enc_linear(r->mlp, r->x, L->mlp_fc1_weight, M, H, F, 0);
+        enc_add_bias_act(r->mlp, L->mlp_fc1_bias, tc->act, M, F);
+        enc_add_bias(r->h, L->mlp_fc2_bias, M, H);
+        enc_linear(r->h, r->mlp, L->mlp_fc2_weight, M, F, H, 1);
+    }
+    scatter_cls(r->h, hc, n, T, H);
 }
 
 int enc_encode_pixels(enc_run *r, const float *pixels, int n, float *embeds, float *patches)
@@ -561,8 +718,8 @@ int enc_encode_pixels(enc_run *r, const float *pixels, int n, float *embeds, flo
     const enc_model *m = r->m;
     const enc_config *c = &m->cfg;
     const enc_vision_weights *W = &m->vision;
-    int S = c->image_size, P = c->patch_size, G = S / P, C = c->channels, H = c->vision.hidden;
-    int D = c->projection_dim, T = G * G + 1, M = n * T, K = C * P * P, NP = n * G * G;
+    int S = r->input_size, P = c->patch_size, G = r->grid, C = c->channels, H = c->vision.hidden;
+    int D = c->projection_dim, T = r->tokens, M = n * T, K = C * P * P, NP = n * G * G;
 
     /* cols[NP, K]: each patch unfolded in the conv weight's (c, y, x) order */
     float *cols = r->mlp;
@@ -579,7 +736,7 @@ int enc_encode_pixels(enc_run *r, const float *pixels, int n, float *embeds, flo
     /* q[NP, H] = cols . patch_weight[H, K]^T (the conv has no bias) */
     enc_linear(r->q, cols, W->embeddings_patch_embedding_weight, NP, K, H, 0);
     /* h[i, 0] = class + pos[0];  h[i, 1 + p] = q[i*G*G + p] + pos[1 + p] */
-    const float *pos = W->embeddings_position_embedding_weight;
+    const float *pos = r->pos;
     for (int i = 0; i < n; i++) {
         float *hi = r->h + (size_t)i * T * H;
         for (int d = 0; d < H; d++)
@@ -592,6 +749,8 @@ int enc_encode_pixels(enc_run *r, const float *pixels, int n, float *embeds, flo
     for (int l = 0; l < c->vision.layers; l++) {
         if (l == c->vision.layers - 1 && !patches)
             block_cls_only(r, &W->encoder_layers[l], &c->vision, n, T);
+        else if (l == c->vision.layers - 1 && r->dense_mode != ENC_DENSE_PLAIN)
+            block_dense_variant(r, &W->encoder_layers[l], &c->vision, n, T, r->dense_mode);
         else
             block(r, &W->encoder_layers[l], &c->vision, n, T, 0);
     }

@@ -1,6 +1,7 @@
 /* test_model.c - the CLIP model: config.json, safetensors loading, the vision
  * and text towers against the reference outputs of tests/fixtures/clip-tiny,
- * batching, threads, F16/BF16 checkpoints, hostile checkpoints. */
+ * batching, threads, F16/BF16 checkpoints, hostile checkpoints; the dense
+ * feature variants and larger inputs against tests/fixtures/dense-variants. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -1377,6 +1378,271 @@ static void test_other_geometry_gelu(void **state)
         free(g.t[i].v);
 }
 
+/* ---- dense feature variants, higher input resolution ------------------------ */
+
+/* tests/fixtures/dense-variants/golden.json: tools/dense_variants_golden.py
+ * (tools/clip_torch.py on ENC_FIT_PAD pixels of the fixture's photos). */
+static json_t *dense_golden(void)
+{
+    json_error_t err;
+    json_t *g = json_load_file(UMG_FIXTURES_DIR "/dense-variants/golden.json", 0, &err);
+    if (!g)
+        fail_msg("dense-variants/golden.json: %s", err.text);
+    return g;
+}
+
+/* The photo preprocessed as ingest does: ENC_FIT_PAD at input size S. */
+static float *pad_pixels(const enc_model *m, const char *image, int S)
+{
+    char path[1024];
+    snprintf(path, sizeof path, "%s/images/%s", TINY, image);
+    enc_image img;
+    int rc = enc_image_load(path, ENC_IMAGE_MAX_PIXELS_DEFAULT, &img);
+    if (rc)
+        fail_msg("%s: %s", path, umg_err_msg());
+    enc_preproc p;
+    enc_model_preproc_at(m, S, &p);
+    p.fit = ENC_FIT_PAD;
+    float *px = malloc(sizeof(float) * 3 * S * S);
+    assert_non_null(px);
+    assert_int_equal(enc_preprocess(&img, &p, px), 0);
+    enc_image_free(&img);
+    return px;
+}
+
+/* emb [D] and patches [G*G, D] of one image against a golden case. */
+static void check_dense_case(json_t *cs, const float *emb, const float *patches, int D, const char *label)
+{
+    double ref[64];
+    char what[256];
+    assert_int_equal(flatten(json_object_get(cs, "embedding"), ref, 64), D);
+    snprintf(what, sizeof what, "%s embedding", label);
+    check_ref(emb, ref, D, what);
+    json_t *index = json_object_get(cs, "patch_index"), *rows = json_object_get(cs, "patches");
+    int G = (int)json_integer_value(json_object_get(cs, "grid"));
+    assert_true(json_array_size(index) >= 4);
+    assert_int_equal(json_array_size(index), json_array_size(rows));
+    for (size_t j = 0; j < json_array_size(index); j++) {
+        int p = (int)json_integer_value(json_array_get(index, j));
+        assert_true(p >= 0 && p < G * G);
+        assert_int_equal(flatten(json_array_get(rows, j), ref, 64), D);
+        snprintf(what, sizeof what, "%s patch %d", label, p);
+        check_ref(patches + (size_t)p * D, ref, D, what);
+    }
+}
+
+/* Every variant at every input size of the golden file against the PyTorch
+ * reference: alone, and batched with the other photo of the same size and mode. */
+static void test_dense_variants_golden(void **state)
+{
+    json_t *golden = dense_golden(), *cases = json_object_get(golden, "cases");
+    enc_model *m = open_tiny();
+    int D = enc_model_dim(m);
+    size_t n = json_array_size(cases);
+    assert_true(n >= 10);
+    int seen[3] = {0}, seen_sizes = 0;
+    for (size_t i = 0; i < n; i++) {
+        json_t *cs = json_array_get(cases, i);
+        const char *image = json_string_value(json_object_get(cs, "image"));
+        const char *mode_name = json_string_value(json_object_get(cs, "mode"));
+        int S = (int)json_integer_value(json_object_get(cs, "input_size")), mode = -1;
+        assert_int_equal(enc_dense_mode_parse(mode_name, &mode), 0);
+        seen[mode]++;
+        seen_sizes |= S == 224 ? 1 : S == 320 ? 2 : S == 448 ? 4 : 0;
+        enc_run *r;
+        assert_int_equal(enc_run_create_ex(m, 2, S, &r), 0);
+        assert_int_equal(enc_run_input_size(r), S);
+        int G = enc_run_grid(r);
+        assert_int_equal(G, S / 32);
+        assert_int_equal(G, (int)json_integer_value(json_object_get(cs, "grid")));
+        assert_int_equal(enc_run_set_dense_mode(r, mode), 0);
+        float *px = pad_pixels(m, image, S), emb[2 * 32];
+        float *patches = malloc(sizeof(float) * 2 * G * G * D);
+        char label[160];
+        snprintf(label, sizeof label, "%s at %d, %s", image, S, mode_name);
+        assert_int_equal(enc_encode_pixels(r, px, 1, emb, patches), 0);
+        check_dense_case(cs, emb, patches, D, label);
+        for (size_t j = i + 1; j < n; j++) {
+            json_t *other = json_array_get(cases, j);
+            if (json_integer_value(json_object_get(other, "input_size")) != S ||
+                strcmp(json_string_value(json_object_get(other, "mode")), mode_name))
+                continue;
+            size_t pix = (size_t)3 * S * S;
+            float *two = malloc(sizeof(float) * 2 * pix);
+            float *px2 = pad_pixels(m, json_string_value(json_object_get(other, "image")), S);
+            memcpy(two, px, pix * sizeof(float));
+            memcpy(two + pix, px2, pix * sizeof(float));
+            assert_int_equal(enc_encode_pixels(r, two, 2, emb, patches), 0);
+            char l2[200];
+            snprintf(l2, sizeof l2, "%s, batched", label);
+            check_dense_case(cs, emb, patches, D, l2);
+            check_dense_case(other, emb + D, patches + (size_t)G * G * D, D, l2);
+            free(px2);
+            free(two);
+            break;
+        }
+        free(px);
+        free(patches);
+        enc_run_close(r);
+    }
+    assert_true(seen[ENC_DENSE_PLAIN] && seen[ENC_DENSE_CLEARCLIP] && seen[ENC_DENSE_SCLIP]);
+    assert_int_equal(seen_sizes, 7);
+    enc_model_close(m);
+    json_decref(golden);
+}
+
+/* The variants change the patch tokens only: the [CLS] embedding stays CLIP's
+ * (reference.json), and plain mode still reproduces the reference patches after
+ * a variant ran on the same run state. */
+static void test_dense_global_unchanged(void **state)
+{
+    enc_model *m = open_tiny();
+    int D = enc_model_dim(m), G = enc_model_grid(m), n;
+    float *pixels = malloc(sizeof(float) * MAX_IMAGES * PIX);
+    load_all_pixels(pixels, &n);
+    enc_run *r;
+    assert_int_equal(enc_run_create(m, n, &r), 0);
+    assert_int_equal(enc_run_dense_mode(r), ENC_DENSE_PLAIN);
+    size_t np = (size_t)n * G * G * D;
+    float *e_plain = malloc(sizeof(float) * n * D), *p_plain = malloc(sizeof(float) * np);
+    float *e = malloc(sizeof(float) * n * D), *p = malloc(sizeof(float) * np), *e_only = malloc(sizeof(float) * n * D);
+    double ref[49 * 32];
+    assert_int_equal(enc_encode_pixels(r, pixels, n, e_plain, p_plain), 0);
+    const int modes[] = {ENC_DENSE_CLEARCLIP, ENC_DENSE_SCLIP, ENC_DENSE_PLAIN};
+    for (int k = 0; k < 3; k++) {
+        assert_int_equal(enc_run_set_dense_mode(r, modes[k]), 0);
+        assert_int_equal(enc_run_dense_mode(r), modes[k]);
+        assert_int_equal(enc_encode_pixels(r, pixels, n, e, p), 0);
+        assert_int_equal(enc_encode_pixels(r, pixels, n, e_only, NULL), 0);
+        double worst_patch = 0;
+        for (int i = 0; i < n; i++) {
+            json_t *it = ref_item("images", i);
+            flatten(json_object_get(it, "embedding"), ref, 32);
+            check_ref(e + i * D, ref, D, enc_dense_mode_name(modes[k]));
+            check_ref(e_only + i * D, ref, D, enc_dense_mode_name(modes[k]));
+            double d;
+            max_rel_diff(e + i * D, e_plain + i * D, D, &d);
+            if (d > 1e-5)
+                fail_msg("%s: image %d embedding differs from plain mode's by %g of its norm",
+                         enc_dense_mode_name(modes[k]), i, d);
+            flatten(json_object_get(it, "patch_tokens_projected"), ref, 49 * 32);
+            for (int q = 0; q < G * G; q++) {
+                const float *got = p + ((size_t)i * G * G + q) * D;
+                max_rel_diff(got, p_plain + ((size_t)i * G * G + q) * D, D, &d);
+                worst_patch = fmax(worst_patch, d);
+                if (modes[k] == ENC_DENSE_PLAIN)
+                    check_ref(got, ref + q * D, D, "plain patches after the variants");
+            }
+        }
+        /* a variant really changes the patch tokens (the golden test pins them) */
+        if (modes[k] != ENC_DENSE_PLAIN && worst_patch < 0.1)
+            fail_msg("%s: patch tokens within %g of plain mode's", enc_dense_mode_name(modes[k]), worst_patch);
+    }
+    free(pixels);
+    free(e_plain);
+    free(p_plain);
+    free(e);
+    free(p);
+    free(e_only);
+    enc_run_close(r);
+    enc_model_close(m);
+}
+
+static void test_dense_options(void **state)
+{
+    enc_model *m = open_tiny();
+    enc_run *r = (enc_run *)1;
+    /* input sizes: multiples of the patch (32) in [32, 4 * 224] */
+    const int bad[] = {0, -32, 31, 33, 225, 4 * 224 + 32};
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        r = (enc_run *)1;
+        assert_int_equal(enc_run_create_ex(m, 1, bad[i], &r), UMG_EINVAL);
+        assert_null(r);
+    }
+    assert_int_equal(enc_run_create_ex(m, 0, 320, &r), UMG_EINVAL);
+    assert_int_equal(enc_run_create_ex(m, 1, 32, &r), 0); /* a 1x1 grid */
+    assert_int_equal(enc_run_grid(r), 1);
+    enc_run_close(r);
+
+    /* modes */
+    assert_int_equal(enc_run_create_ex(m, 1, 448, &r), 0);
+    assert_int_equal(enc_run_set_dense_mode(r, 3), UMG_EINVAL);
+    assert_int_equal(enc_run_set_dense_mode(r, -1), UMG_EINVAL);
+    assert_int_equal(enc_run_dense_mode(r), ENC_DENSE_PLAIN);
+    for (int k = ENC_DENSE_PLAIN; k <= ENC_DENSE_SCLIP; k++) {
+        int back = -1;
+        assert_int_equal(enc_dense_mode_parse(enc_dense_mode_name(k), &back), 0);
+        assert_int_equal(back, k);
+    }
+    int mode = 7;
+    assert_int_equal(enc_dense_mode_parse("ClearCLIP-ish", &mode), UMG_EINVAL);
+    assert_int_equal(enc_dense_mode_parse(NULL, &mode), UMG_EINVAL);
+    assert_int_equal(mode, 7);
+    assert_string_equal(enc_dense_mode_name(9), "unknown");
+
+    /* preprocessing for another size */
+    enc_preproc p;
+    enc_model_preproc_at(m, 448, &p);
+    assert_int_equal(p.crop_w, 448);
+    assert_int_equal(p.crop_h, 448);
+    assert_int_equal(p.resize_shortest, 448);
+    assert_int_equal(p.fit, enc_model_preproc(m)->fit);
+    assert_true(p.mean[1] == enc_model_preproc(m)->mean[1] && p.std[2] == enc_model_preproc(m)->std[2]);
+
+    /* the text tower on a run sized for 448 pixels */
+    double dids[80], ref[32];
+    int32_t ids[80];
+    float emb[32];
+    int k = flatten(json_object_get(ref_item("texts", 0), "ids"), dids, 80);
+    for (int i = 0; i < k; i++)
+        ids[i] = (int32_t)dids[i];
+    assert_int_equal(enc_encode_ids(r, ids, k, emb), 0);
+    flatten(json_object_get(ref_item("texts", 0), "embedding"), ref, 32);
+    check_ref(emb, ref, 32, "text on a 448 run");
+    enc_run_close(r);
+
+    /* create_ex at the native size is enc_run_create */
+    assert_int_equal(enc_run_create_ex(m, 1, 224, &r), 0);
+    float *px = load_pixels(json_string_value(json_object_get(ref_item("images", 0), "pixels")), PIX);
+    assert_int_equal(enc_encode_pixels(r, px, 1, emb, NULL), 0);
+    flatten(json_object_get(ref_item("images", 0), "embedding"), ref, 32);
+    check_ref(emb, ref, 32, "create_ex at 224");
+    free(px);
+    enc_run_close(r);
+    enc_model_close(m);
+}
+
+/* The position resize kernel: the identity at the same size, weights summing
+ * to 1 (a constant grid stays constant), and torch's values on a small case. */
+static void test_resize_grid_bicubic(void **state)
+{
+    enum { G = 3, G2 = 5, DIM = 2 };
+    float src[G * G * DIM], same[G * G * DIM], dst[G2 * G2 * DIM], tmp[G * G2 * DIM];
+    for (int i = 0; i < G * G * DIM; i++)
+        src[i] = (float)((i * 7) % 11) - 3.5f;
+    float tmp3[G * G * DIM];
+    enc_resize_grid_bicubic(same, G, src, G, DIM, tmp3);
+    for (int i = 0; i < G * G * DIM; i++)
+        assert_float_equal(same[i], src[i], 1e-6);
+    float ones[G * G * DIM];
+    for (int i = 0; i < G * G * DIM; i++)
+        ones[i] = 2.5f;
+    enc_resize_grid_bicubic(dst, G2, ones, G, DIM, tmp);
+    for (int i = 0; i < G2 * G2 * DIM; i++)
+        assert_float_equal(dst[i], 2.5f, 1e-5);
+    /* torch 1.13: F.interpolate(torch.arange(9.).reshape(1,1,3,3), size=(5,5),
+     * mode="bicubic", align_corners=False)[0, 0, 0, :] and [0, 0, 2, 2] */
+    float ramp[G * G];
+    for (int i = 0; i < G * G; i++)
+        ramp[i] = (float)i;
+    float out[G2 * G2], t[G * G2];
+    enc_resize_grid_bicubic(out, G2, ramp, G, 1, t);
+    const float row0[G2] = {-0.3839999f, 0.0280007f, 0.7120003f, 1.3960003f, 1.8080006f};
+    for (int x = 0; x < G2; x++)
+        assert_float_equal(out[x], row0[x], 1e-5);
+    assert_float_equal(out[2 * G2 + 2], 4.0f, 1e-5);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1397,6 +1663,10 @@ int main(void)
         cmocka_unit_test(test_hostile_files),
         cmocka_unit_test(test_model_metadata),
         cmocka_unit_test(test_other_geometry_gelu),
+        cmocka_unit_test(test_dense_variants_golden),
+        cmocka_unit_test(test_dense_global_unchanged),
+        cmocka_unit_test(test_dense_options),
+        cmocka_unit_test(test_resize_grid_bicubic),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
     json_decref(reference());

@@ -15,6 +15,14 @@ As a library (tools/check_against_torch.py, tools/export_onnx.py):
     embeds = model.encode_text(ids)                 # [N,L] int64 -> [N,D]
 Outputs are raw projections (not L2-normalized), as in reference.json.
 
+Dense feature variants (the reference for encoder/enc_model.c; docs/regions.md,
+"Dense feature variants"):
+    embeds, patches = model.encode_image(pixels, dense="clearclip")   # or "sclip"
+computes the patch tokens with ClearCLIP's or SCLIP's last block and the [CLS]
+embedding with the standard one.  Pixels of another size than image_size (a
+multiple of patch_size) run with the patch position embeddings resized
+bicubically (interpolate_positions).
+
 Uses Debian's python3-torch (1.13) and python3-numpy: run with /usr/bin/python3.
 """
 import argparse
@@ -134,6 +142,27 @@ class Attention(nn.Module):
         ctx = torch.softmax(scores, dim=-1) @ v
         return self.out_proj(ctx.transpose(1, 2).reshape(n, length, hidden))
 
+    def forward_dense(self, x, mode):
+        """The training-free dense attention of the last block (no mask):
+        clearclip: softmax(q q^T * scale) v  (Lan et al., ECCV 2024);
+        sclip:     (softmax(q q^T * scale) + softmax(k k^T * scale)) v
+                   (Wang et al., ECCV 2024: correlative self-attention with the
+                   pretrained q and k projections, as in the authors' code);
+        then out_proj."""
+        n, length, hidden = x.shape
+
+        def split(t):
+            return t.reshape(n, length, self.heads, self.head_dim).transpose(1, 2)
+
+        q, k, v = split(self.q_proj(x)), split(self.k_proj(x)), split(self.v_proj(x))
+        weights = torch.softmax(q @ q.transpose(-1, -2) * self.scale, dim=-1)
+        if mode == "sclip":
+            weights = weights + torch.softmax(k @ k.transpose(-1, -2) * self.scale, dim=-1)
+        elif mode != "clearclip":
+            raise ValueError(f"unknown dense mode {mode!r}")
+        ctx = weights @ v
+        return self.out_proj(ctx.transpose(1, 2).reshape(n, length, hidden))
+
 
 class MLP(nn.Module):
     def __init__(self, hidden, intermediate, act):
@@ -159,6 +188,16 @@ class EncoderLayer(nn.Module):
         x = x + self.self_attn(self.layer_norm1(x), mask)
         return x + self.mlp(self.layer_norm2(x))
 
+    def forward_dense(self, x, mode):
+        """The last block of a dense variant.  ClearCLIP drops the residual
+        connection and the MLP; SCLIP keeps both (its released code:
+        x + csa(ln_1(x)), then + mlp(ln_2(x)))."""
+        a = self.self_attn.forward_dense(self.layer_norm1(x), mode)
+        if mode == "clearclip":
+            return a
+        x = x + a
+        return x + self.mlp(self.layer_norm2(x))
+
 
 class Encoder(nn.Module):
     def __init__(self, c):
@@ -171,13 +210,26 @@ class Encoder(nn.Module):
         return x
 
 
+def interpolate_positions(pos, grid, new_grid):
+    """[1 + grid^2, H] position embeddings -> [1 + new_grid^2, H]: the class
+    position as is, the 2-D grid of patch positions resized with
+    F.interpolate(mode="bicubic", align_corners=False) to new_grid x new_grid
+    (transformers' interpolate_pos_encoding)."""
+    if new_grid == grid:
+        return pos
+    hidden = pos.shape[1]
+    patch = pos[1:].reshape(1, grid, grid, hidden).permute(0, 3, 1, 2)
+    patch = F.interpolate(patch, size=(new_grid, new_grid), mode="bicubic", align_corners=False)
+    return torch.cat([pos[:1], patch.permute(0, 2, 3, 1).reshape(new_grid * new_grid, hidden)])
+
+
 class VisionEmbeddings(nn.Module):
     def __init__(self, c):
         super().__init__()
         h, p = c["hidden_size"], c["patch_size"]
         if c["image_size"] % p:
             raise ValueError(f"image_size {c['image_size']} not divisible by patch_size {p}")
-        self.grid = c["image_size"] // p
+        self.grid, self.patch = c["image_size"] // p, p
         self.class_embedding = nn.Parameter(torch.zeros(h))
         self.patch_embedding = nn.Conv2d(c["num_channels"], h, kernel_size=p, stride=p, bias=False)
         self.position_embedding = nn.Embedding(self.grid * self.grid + 1, h)
@@ -185,7 +237,15 @@ class VisionEmbeddings(nn.Module):
     def forward(self, pixels):
         patches = self.patch_embedding(pixels).flatten(2).transpose(1, 2)  # [N,G*G,H]
         cls = self.class_embedding.expand(pixels.shape[0], 1, -1)
-        return torch.cat([cls, patches], dim=1) + self.position_embedding.weight
+        pos = self.position_embedding.weight
+        # Traced exports (tools/export_onnx.py) take image_size inputs: keep
+        # shape arithmetic out of their graph.
+        size = self.grid * self.patch if torch.jit.is_tracing() else int(pixels.shape[-1])
+        if size != self.grid * self.patch:
+            if pixels.shape[-2] != size or size % self.patch:
+                raise ValueError(f"input {list(pixels.shape[-2:])}: square multiples of {self.patch} only")
+            pos = interpolate_positions(pos, self.grid, size // self.patch)
+        return torch.cat([cls, patches], dim=1) + pos
 
 
 class VisionTransformer(nn.Module):
@@ -197,11 +257,19 @@ class VisionTransformer(nn.Module):
         self.encoder = Encoder(c)
         self.post_layernorm = nn.LayerNorm(h, eps=c["layer_norm_eps"])
 
-    def forward(self, pixels):
+    def forward(self, pixels, dense="plain"):
         """-> last hidden state of every token through post_layernorm [N,1+G*G,H].
         HF applies post_layernorm to the CLS token only; the patch tokens go
-        through the same layer norm for the projected patch grid."""
-        x = self.encoder(self.pre_layrnorm(self.embeddings(pixels)))
+        through the same layer norm for the projected patch grid.
+        dense "clearclip" / "sclip": the patch tokens from that variant of the
+        last block, the CLS token from the standard one."""
+        x = self.pre_layrnorm(self.embeddings(pixels))
+        if dense == "plain":
+            return self.post_layernorm(self.encoder(x))
+        for layer in self.encoder.layers[:-1]:
+            x = layer(x)
+        last = self.encoder.layers[-1]
+        x = torch.cat([last(x)[:, :1], last.forward_dense(x, dense)[:, 1:]], dim=1)
         return self.post_layernorm(x)
 
 
@@ -254,9 +322,11 @@ class CLIP(nn.Module):
         self.text_projection = nn.Linear(t["hidden_size"], d, bias=False)
         self.logit_scale = nn.Parameter(torch.tensor(cfg["logit_scale_init_value"]))
 
-    def encode_image(self, pixels):
-        """pixels [N,C,S,S] float32 -> (embeds [N,D], patches [N,G*G,D])."""
-        tokens = self.visual_projection(self.vision_model(pixels))
+    def encode_image(self, pixels, dense="plain"):
+        """pixels [N,C,S,S] float32 -> (embeds [N,D], patches [N,G*G,D]).
+        S = image_size, or another multiple of patch_size (positions resized);
+        dense: "plain", "clearclip" or "sclip" (the patch tokens' last block)."""
+        tokens = self.visual_projection(self.vision_model(pixels, dense))
         return tokens[:, 0], tokens[:, 1:]
 
     def encode_text(self, ids):
