@@ -12,7 +12,9 @@
 //   images/s at batch 1 and 16 on --threads intra-op threads (vision.onnx);
 //   text latency on --text-threads threads for the query in DIR/export.json,
 //   padded to 77 tokens (text77.onnx, as users of ONNX CLIP run it) and with
-//   only its real tokens (text_dyn.onnx).
+//   only its real tokens (text_dyn.onnx); wall time, and the process's CPU time
+//   (user + system, all threads; one intra-op thread, so no spinning pool),
+//   which moves little when other processes compete for the cores.
 // Before timing it checks that ONNX Runtime reproduces torch's outputs stored by
 // export_onnx.py (cosine >= 0.9999), so a broken export cannot look fast.
 // Prints one JSON object to stdout.
@@ -127,13 +129,16 @@ async function main() {
     const tw = nowMs();
     for (let w = 0; w < 3; w++) await sess.run(feeds);
     const repeats = Math.min(args.textRepeats, Math.max(5, Math.floor(args.budget / ((nowMs() - tw) / 3000))));
-    const ms = [];
+    const ms = [], cpuMs = [];
     for (let r = 0; r < repeats; r++) {
-      const t0 = nowMs();
+      const t0 = nowMs(), c0 = process.cpuUsage();
       await sess.run(feeds);
       ms.push(nowMs() - t0);
+      const c = process.cpuUsage(c0);
+      cpuMs.push((c.user + c.system) / 1000);
     }
-    text[name] = { ms: median(ms), min: Math.min(...ms), max: Math.max(...ms), repeats: ms.length, tokens: len };
+    text[name] = { ms: median(ms), min: Math.min(...ms), max: Math.max(...ms), repeats: ms.length, tokens: len,
+      cpu_ms: median(cpuMs) };
   }
 
   const out = {
