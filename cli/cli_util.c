@@ -483,13 +483,58 @@ typedef struct dev_ino {
     ino_t ino;
 } dev_ino;
 
+/* A set of (device, inode) pairs: open addressing, linear probing, kept at
+ * most half full; slot ino 0 marks empty (no file has inode 0 here, and one
+ * that did would only lose its duplicate check). */
+typedef struct id_set {
+    dev_ino *slots;
+    size_t cap, n;
+} id_set;
+
+static size_t id_hash(dev_t dev, ino_t ino)
+{
+    uint64_t h = (uint64_t)ino * 0x9e3779b97f4a7c15ull ^ (uint64_t)dev * 0xc2b2ae3d27d4eb4full;
+    return (size_t)(h ^ (h >> 31));
+}
+
+/* 1 if added, 0 if it was there, UMG_ENOMEM. */
+static int id_set_add(id_set *s, dev_t dev, ino_t ino)
+{
+    if (!ino)
+        return 1;
+    if (2 * (s->n + 1) > s->cap) {
+        size_t ncap = s->cap ? s->cap * 2 : 256;
+        dev_ino *ns = calloc(ncap, sizeof *ns);
+        if (!ns)
+            return UMG_ENOMEM;
+        for (size_t i = 0; i < s->cap; i++) {
+            if (!s->slots[i].ino)
+                continue;
+            size_t j = id_hash(s->slots[i].dev, s->slots[i].ino) & (ncap - 1);
+            while (ns[j].ino)
+                j = (j + 1) & (ncap - 1);
+            ns[j] = s->slots[i];
+        }
+        free(s->slots);
+        s->slots = ns;
+        s->cap = ncap;
+    }
+    size_t j = id_hash(dev, ino) & (s->cap - 1);
+    while (s->slots[j].ino) {
+        if (s->slots[j].ino == ino && s->slots[j].dev == dev)
+            return 0;
+        j = (j + 1) & (s->cap - 1);
+    }
+    s->slots[j] = (dev_ino){dev, ino};
+    s->n++;
+    return 1;
+}
+
 typedef struct walker {
     cli_walk *w;
     size_t cap_files, cap_errors;
-    dev_ino *dirs;          /* directories visited (cycle guard) */
-    size_t n_dirs, cap_dirs;
-    dev_ino *seen;          /* files listed (duplicates through links) */
-    size_t n_seen, cap_seen;
+    id_set dirs;            /* directories visited (symlink loops, a tree reached twice) */
+    id_set files;           /* photos listed (a file under two names: links, repeated arguments) */
     int oom;
 } walker;
 
@@ -525,17 +570,7 @@ static void walk_error(walker *k, const char *path, const char *reason)
     w->errors[w->n_errors++] = (cli_walk_error){p, r};
 }
 
-/* Linear search is fine for the directory list (directories are few); files
- * use the same list type but are checked only when their link count says a
- * second name may exist. */
-static bool dev_ino_has(const dev_ino *v, size_t n, dev_t dev, ino_t ino)
-{
-    for (size_t i = 0; i < n; i++)
-        if (v[i].dev == dev && v[i].ino == ino)
-            return true;
-    return false;
-}
-
+/* st: the file's own stat (symlinks followed). */
 static void add_file(walker *k, const char *path, const struct stat *st)
 {
     cli_walk *w = k->w;
@@ -547,26 +582,21 @@ static void add_file(walker *k, const char *path, const struct stat *st)
         w->n_skipped++;
         return;
     }
+    if (grow((void **)&w->files, &k->cap_files, w->n_files + 1, sizeof *w->files)) {
+        k->oom = 1;
+        return;
+    }
     /* A photo reachable under two names (hard link, symlink) is sent once. */
-    if (st->st_nlink > 1 || k->n_seen) {
-        if (dev_ino_has(k->seen, k->n_seen, st->st_dev, st->st_ino))
-            return;
+    int added = id_set_add(&k->files, st->st_dev, st->st_ino);
+    if (added <= 0) {
+        k->oom |= added < 0;
+        return;
     }
     char *abs = realpath(path, NULL);
     if (!abs) {
         walk_error(k, path, strerror(errno));
         return;
     }
-    if (grow((void **)&w->files, &k->cap_files, w->n_files + 1, sizeof *w->files) ||
-        grow((void **)&k->seen, &k->cap_seen, k->n_seen + 1, sizeof *k->seen)) {
-        free(abs);
-        k->oom = 1;
-        return;
-    }
-    /* Only multiply-linked files can be met twice; symlinks to files are
-     * recorded through their target's stat, which has nlink 1, so track those
-     * too when the entry itself was a link (caller passes the target's stat). */
-    k->seen[k->n_seen++] = (dev_ino){st->st_dev, st->st_ino};
     w->files[w->n_files++] = (cli_walk_file){abs, (uint64_t)st->st_size, (int64_t)st->st_mtime};
 }
 
@@ -577,13 +607,11 @@ static int cmp_str(const void *a, const void *b)
 
 static void walk_dir(walker *k, const char *dir, const struct stat *dst, int depth)
 {
-    if (dev_ino_has(k->dirs, k->n_dirs, dst->st_dev, dst->st_ino))
-        return;   /* a symlink loop or a second way into the same tree */
-    if (grow((void **)&k->dirs, &k->cap_dirs, k->n_dirs + 1, sizeof *k->dirs)) {
-        k->oom = 1;
+    int added = id_set_add(&k->dirs, dst->st_dev, dst->st_ino);
+    if (added <= 0) {   /* a symlink loop or a second way into the same tree */
+        k->oom |= added < 0;
         return;
     }
-    k->dirs[k->n_dirs++] = (dev_ino){dst->st_dev, dst->st_ino};
     if (depth > 256) {
         walk_error(k, dir, "directories nested too deep");
         return;
@@ -661,8 +689,8 @@ int cli_walk_paths(const char *const *paths, int n, cli_walk *out)
             walk_error(&k, paths[i], "not a regular file or directory");
         }
     }
-    free(k.dirs);
-    free(k.seen);
+    free(k.dirs.slots);
+    free(k.files.slots);
     if (k.oom)
         return umg_err_set(UMG_ENOMEM, "out of memory while listing files");
     return 0;
