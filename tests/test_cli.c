@@ -383,6 +383,67 @@ static void test_ingest(void **state)
     result_free(&r);
 }
 
+/* On a terminal (stderr a pty), ingest draws a progress bar redrawn in place:
+ * count/total, images/s, ETA, and erases it before the summary. */
+static void test_ingest_progress_bar(void **state)
+{
+    (void)state;
+    int master = posix_openpt(O_RDWR | O_NOCTTY);
+    assert_true(master >= 0);
+    assert_int_equal(grantpt(master), 0);
+    assert_int_equal(unlockpt(master), 0);
+    char *slave_name = ptsname(master);
+    assert_non_null(slave_name);
+    int slave = open(slave_name, O_RDWR | O_NOCTTY);
+    assert_true(slave >= 0);
+    char outp[] = "/tmp/umg-cli-out-XXXXXX";
+    int fo = mkstemp(outp);
+    assert_true(fo >= 0);
+    unlink(outp);
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        close(master);
+        dup2(fo, 1);
+        dup2(slave, 2);
+        unsetenv("UMGDB_SERVER");
+        unsetenv("UMGDB_AUTH_TOKEN");
+        execl(bin(), bin(), "ingest", "--server", server_addr, photos, (char *)NULL);
+        _exit(127);
+    }
+    close(slave);
+    /* Read the terminal until the child closes it (EIO once no writer is left). */
+    size_t cap = 1 << 16, n = 0;
+    char *tty = malloc(cap);
+    assert_non_null(tty);
+    for (;;) {
+        ssize_t got = read(master, tty + n, cap - n - 1);
+        if (got <= 0)
+            break;
+        n += (size_t)got;
+        if (n + 1 >= cap) {
+            tty = realloc(tty, cap *= 2);
+            assert_non_null(tty);
+        }
+    }
+    tty[n] = 0;
+    int st;
+    assert_int_equal(waitpid(pid, &st, 0), pid);
+    close(master);
+    assert_true(WIFEXITED(st));
+    assert_int_equal(WEXITSTATUS(st), 0);
+    char *out = slurp_fd(fo);
+    close(fo);
+    assert_non_null(strstr(tty, "\r[########################] 6/6 100%"));
+    assert_non_null(strstr(tty, " img/s  ETA "));
+    assert_non_null(strstr(tty, "0/6   0%"));
+    /* the bar is erased at the end: the last thing on the terminal is a blank line and \r */
+    assert_true(n >= 2 && tty[n - 1] == '\r' && tty[n - 2] == ' ');
+    assert_non_null(strstr(out, "6 photos: 0 ingested"));
+    free(out);
+    free(tty);
+}
+
 static void test_ingest_by_path(void **state)
 {
     (void)state;
@@ -938,6 +999,7 @@ int main(void)
     srand((unsigned)time(NULL) ^ (unsigned)getpid());
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_ingest),
+        cmocka_unit_test(test_ingest_progress_bar),
         cmocka_unit_test(test_ingest_by_path),
         cmocka_unit_test(test_query_json_and_table),
         cmocka_unit_test(test_query_scores_match_embed),
