@@ -406,11 +406,12 @@ int main(int argc, char **argv)
     stats text = stats_of(ms, text_repeats), text_ids = stats_of(ms_ids, text_repeats);
     stats text_cpu = stats_of(cpu_ms, text_repeats);
 
-    double load[1] = { -1 };
+    /* the machine may be shared: record how busy it was (-1: unknown) */
+    double loadavg = -1;
     FILE *la = fopen("/proc/loadavg", "r");
     if (la) {
-        if (fscanf(la, "%lf", &load[0]) != 1)
-            load[0] = -1;
+        if (fscanf(la, "%lf", &loadavg) != 1)
+            loadavg = -1;
         fclose(la);
     }
 
@@ -423,7 +424,7 @@ int main(int argc, char **argv)
            cfg->vision.hidden, cfg->vision.layers, cfg->image_size, cfg->patch_size);
     printf("  \"text_tower\": {\"hidden\": %d, \"layers\": %d},\n", cfg->text.hidden, cfg->text.layers);
     printf("  \"load_s\": %.3f,\n  \"threads\": %d,\n  \"repeats\": %d,\n  \"loadavg_1m\": %.2f,\n", load_s,
-           a.threads, a.repeats, load[0]);
+           a.threads, a.repeats, loadavg);
     if (chk.done)
         printf("  \"verify_cosine\": {\"image\": %.8f, \"text\": %.8f},\n", chk.image_cos, chk.text_cos);
     printf("  \"images\": {\n");
