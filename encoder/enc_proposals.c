@@ -781,12 +781,12 @@ static void features(const cand *c, const work *wk, const double *ii, float *f)
 /* Linear objectness score over the features above; weights fitted on the
  * coco-mini train2017 half by bench/regions/fit_weights.py (docs/regions.md):
  * logistic regression, then a search that maximizes recall@16/32/64 directly,
- * averaged over bootstrap resamples.  Changing a feature means refitting. */
+ * averaged over 8 bootstrap resamples.  Changing a feature means refitting. */
 static const float WEIGHTS[NFEAT] = {
-    0.0000f, 0.2780f, 0.1142f, 1.2349f, 0.4790f, -0.8021f, 1.4448f, 0.2777f,
-    -1.0467f, -1.0608f, 0.1319f, -0.0320f, 0.2364f, -0.0812f, -0.9250f, -0.6044f,
-    -0.2379f, -0.6450f, 0.4746f, 0.9014f, 0.4693f, 0.3081f, 0.0539f, 0.3365f,
-    -0.2053f, -0.0344f};
+    0.0000f, 0.4225f, 0.0017f, 1.1887f, 0.4750f, -0.7359f, 1.4712f, 0.1680f,
+    -1.3153f, -0.8949f, 0.2146f, 0.0175f, 0.2049f, 0.2393f, -0.7902f, -0.5691f,
+    0.0375f, -0.5249f, 0.4377f, 1.0563f, 0.6449f, 0.2580f, 0.0540f, 0.3365f,
+    -0.2289f, -0.2324f};
 
 static int score_candidates(cand *c, int n, const work *wk, int nstrat, FILE *dump)
 {
@@ -896,6 +896,9 @@ int enc_propose(const enc_image *img, const enc_propose_opts *opts, enc_box *out
     enc_propose_opts o;
     if (opts) o = *opts;
     else enc_propose_opts_default(&o);
+#ifdef ENC_PROPOSALS_TUNING
+    if (getenv("P_WORKSIDE")) o.work_side = atoi(getenv("P_WORKSIDE")); /* validated below */
+#endif
     if (n_out) *n_out = 0;
     if (!img || !img->rgb || img->width <= 0 || img->height <= 0 || !n_out || max_out < 0 ||
         (max_out > 0 && !out))
