@@ -526,6 +526,52 @@ static void test_concurrent(void **state)
     db_close(db);
 }
 
+/* The automatic switch to IVF-PQ at a checkpoint, re-ranked searches. */
+static void test_auto_approximate(void **state)
+{
+    fixture *f = *state;
+    db_options o = opts_for(f);
+    o.approx_threshold = 600;
+    o.nprobe = 256; /* every list: only PQ + re-rank decide */
+    db_t *db = open_ok(f, &o);
+    enum { N = 700 };
+    static img_buf bufs[N];
+    static db_image_in ins[N];
+    for (int i = 0; i < N; i++) {
+        char p[32];
+        snprintf(p, sizeof p, "/auto/%d.jpg", i);
+        make_image(&bufs[i], p, 0);
+        ins[i] = bufs[i].in;
+    }
+    uint64_t ids[N];
+    assert_int_equal(db_put_images(db, ins, N, ids, NULL), 0);
+    db_stats st;
+    assert_int_equal(db_stats_get(db, &st), 0);
+    assert_string_equal(st.image_factory, "Flat");
+    assert_int_equal(db_checkpoint(db), 0);
+    assert_int_equal(db_stats_get(db, &st), 0);
+    assert_string_equal(st.image_factory, "IVF256,PQ4np");
+    assert_int_equal(st.index_images, N);
+    int top1 = 0;
+    for (int i = 0; i < N; i += 7) {
+        db_hit h[3];
+        int n;
+        assert_int_equal(db_search(db, DB_KIND_IMAGE, bufs[i].vecs[0], NULL, h, 3, &n), 0);
+        assert_int_equal(n, 3);
+        top1 += h[0].id == ids[i];
+        /* re-ranked scores are exact cosines of stored (float16) vectors */
+        assert_true(h[0].score <= 1.001f && h[0].score >= h[1].score);
+    }
+    assert_int_equal(top1, (N + 6) / 7);
+    db_close(db);
+    f->log_lines = 0;
+    db = open_ok(f, &o);
+    assert_int_equal(f->log_lines, 0);
+    assert_int_equal(db_stats_get(db, &st), 0);
+    assert_string_equal(st.image_factory, "IVF256,PQ4np");
+    db_close(db);
+}
+
 int main(int argc, char **argv)
 {
     (void)argc;
@@ -545,6 +591,7 @@ int main(int argc, char **argv)
         cmocka_unit_test_setup_teardown(test_read_only_open, setup, teardown),
         cmocka_unit_test_setup_teardown(test_map_grows, setup, teardown),
         cmocka_unit_test_setup_teardown(test_concurrent, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_auto_approximate, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
