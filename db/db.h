@@ -57,7 +57,9 @@ typedef struct db_options {
     const char *model_name;      /* display name stored with it (required) */
     int dim;                     /* embedding dimension (required) */
     int read_only;               /* open without writing (no create) */
-    /* FAISS factory strings; NULL = automatic by size (idx_auto_factory). */
+    /* FAISS factory strings used from approx_threshold vectors on (below it
+     * the index is exact); NULL = automatic by size (idx_auto_factory).  The
+     * switch happens at db_checkpoint. */
     const char *image_factory;
     const char *region_factory;
     uint64_t approx_threshold;   /* automatic: approximate from this many vectors */
