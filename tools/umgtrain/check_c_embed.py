@@ -103,7 +103,7 @@ def main():
                 t = model.encode_ids([ids])[0]
             worst["text"] = min(worst["text"], float(F.cosine_similarity(t, torch.tensor(o["embedding"]), 0)))
     for k, v in worst.items():
-        print("%-20s %.6f" % (k, v))
+        print("%-20s %.7f" % (k, v))
     bad = [k for k, v in worst.items() if k != "pixels max|diff|" and v < a.min_cos]
     sys.exit(1 if bad else 0)
 

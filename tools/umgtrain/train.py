@@ -25,7 +25,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 import data  # noqa: E402
 import world  # noqa: E402  (tools/synthworld, put on the path by data)
-from model import CLIP, save_safetensors  # noqa: E402
+from model import CLIP, load_checkpoint, save_safetensors  # noqa: E402
 from tokenizer import Tokenizer  # noqa: E402
 
 ROOT = os.path.abspath(os.path.join(HERE, "..", ".."))
@@ -90,6 +90,7 @@ def main():
     ap.add_argument("--proj", type=int, default=64)
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads; 1 is faster than 2 on a shared, oversubscribed machine")
+    ap.add_argument("--init", help="checkpoint directory to continue training from")
     ap.add_argument("--cache", help="pickle of the rendered photos, reused when it exists")
     ap.add_argument("--procs", type=int, default=2, help="processes rendering the photos")
     a = ap.parse_args()
@@ -103,6 +104,11 @@ def main():
     tok = Tokenizer(os.path.join(BPE_DIR, "vocab.json"), os.path.join(BPE_DIR, "merges.txt"))
     cfg = make_config(a)
     model = CLIP(cfg)
+    if a.init:  # continue from a checkpoint (its F16 weights), with a fresh schedule
+        init = load_checkpoint(a.init)
+        if init.config["vision_config"] != cfg["vision_config"] or init.config["text_config"] != cfg["text_config"]:
+            sys.exit("--init %s: its config differs from the requested one" % a.init)
+        model.load_state_dict(init.state_dict())
     grid = a.image_size // a.patch_size
 
     items = data.prepare_cached(a.cache, a.seed, a.count, a.image_size, a.patch_size, procs=a.procs)
