@@ -72,6 +72,7 @@ static void usage(FILE *out)
             "  --jobs N, -j N      requests in flight (1..%d, default 8)\n"
             "  --tags A,B          tag every photo (repeatable; at most %d tags)\n"
             "  --json              print the summary (and failures) as JSON on stdout\n" CLI_COMMON_HELP
+            "                      (ingest waits 300 s by default: a busy server queues photos)\n"
             "  -h, --help          this help\n\n"
             "A progress bar is drawn when stderr is a terminal, a summary is printed at the end.\n"
             "exit: 0 every photo ingested or unchanged, 1 some failed (the count is printed),\n"

@@ -39,7 +39,10 @@ static void usage(FILE *out)
             "  --tag T             only photos tagged T (repeatable, or T1,T2: all must match)\n"
             "  --min-score S       only hits scoring at least S (cosine similarity)\n"
             "  --html FILE         also write a results page: each hit's photo with its box\n"
-            "                      (and heatmap) drawn; photos are linked relative to FILE\n"
+            "                      (and heatmap) drawn over it, scaled with the picture.  Photos\n"
+            "                      are linked, not embedded, by their path relative to FILE's\n"
+            "                      directory (../ as needed), so the page works from file:// as\n"
+            "                      long as the photos stay where they were ingested from\n"
             "  --json              print the server's answer as JSON instead of a table\n" CLI_COMMON_HELP
             "  -h, --help          this help\n\n"
             "exit: 0 ok (also when nothing matched), 1 the server answered an error,\n"
