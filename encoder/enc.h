@@ -80,8 +80,9 @@ const char *enc_model_name(const enc_model *m);
 typedef struct enc_run enc_run;
 
 /* Preallocate a run state for batches of up to max_batch images (>= 1), and for
- * one text of up to max_positions tokens (ViT-B/32: about 1.4 MB per image of
- * max_batch).  A run is used by one thread at a time. */
+ * batches of up to max_batch texts of up to max_positions tokens each
+ * (ViT-B/32: about 1.4 MB per image of max_batch).  A run is used by one thread
+ * at a time. */
 int enc_run_create(const enc_model *m, int max_batch, enc_run **out);
 void enc_run_close(enc_run *r); /* NULL-safe */
 
@@ -142,6 +143,14 @@ int enc_encode_pixels(enc_run *r, const float *pixels, int n, float *embeds, flo
  * to eos_id; with the causal mask later ids cannot change it, so they are not
  * computed.  Ids outside [0, vocab_size) are UMG_EINVAL. */
 int enc_encode_ids(enc_run *r, const int32_t *ids, int n_ids, float *embed);
+
+/* Text tower on n sequences at once (1 <= n <= the run's max_batch), packed as
+ * rows without padding so every product streams the weights once for all of
+ * them; each embeds[s * D ..] equals enc_encode_ids(r, ids[s], n_ids[s], ..) up
+ * to float rounding (other BLAS blockings).  Same rules per sequence as
+ * enc_encode_ids; nothing is computed when any sequence is invalid (UMG_EINVAL).
+ *   embeds [n, D] */
+int enc_encode_ids_batch(enc_run *r, const int32_t *const *ids, const int *n_ids, int n, float *embeds);
 
 /* Tokenize and encode.  ids (may be NULL) receives up to max_positions ids and
  * *n_ids their count. */

@@ -85,6 +85,7 @@ struct enc_run {
     float *h, *x, *q, *k, *v; /* [rows, hidden] */
     float *mlp;               /* [rows, intermediate]; also the unfolded patches */
     float *scores, *scores2;  /* [T, T] each (scores2: SCLIP's second softmax) */
+    int *lens;                /* [max_batch]: text sequence lengths of a batch */
     void *mem;
 };
 
@@ -455,15 +456,17 @@ int enc_run_create_ex(const enc_model *m, int max_batch, int input_size, enc_run
     size_t G = (size_t)(input_size / P), T = G * G + 1, B = (size_t)max_batch, Hv = (size_t)c->vision.hidden;
     size_t Fv = (size_t)c->vision.intermediate;
     size_t M = B * T, L = (size_t)c->max_positions;
-    size_t hid = max_sz(M * Hv, L * (size_t)c->text.hidden);
+    /* text: up to max_batch sequences of up to max_positions tokens, packed */
+    size_t Lb = B * L;
+    size_t hid = max_sz(M * Hv, Lb * (size_t)c->text.hidden);
     /* mlp also holds the unfolded pixels, and the [CLS] rows' attention and MLP
      * hidden layer of the dense variants' last block */
-    size_t mlp = max_sz(max_sz(M * Fv, L * (size_t)c->text.intermediate),
+    size_t mlp = max_sz(max_sz(M * Fv, Lb * (size_t)c->text.intermediate),
                         max_sz(B * (size_t)c->channels * (size_t)input_size * (size_t)input_size, B * (Hv + Fv)));
     size_t sc = max_sz(T * T, L * L);
     /* Row counts and leading dimensions are ints (BLAS): keep every matrix below 2^31 elements. */
     size_t widest = max_sz(max_sz(Hv, Fv), (size_t)c->channels * P * P);
-    if (M * widest > INT32_MAX || sc > INT32_MAX || L * (size_t)c->text.intermediate > INT32_MAX)
+    if (M * widest > INT32_MAX || sc > INT32_MAX || Lb * (size_t)c->text.intermediate > INT32_MAX)
         return umg_err_set(UMG_EINVAL, "enc_run_create: max_batch %d is too large for this model at input size %d",
                            max_batch, input_size);
     int own_pos = input_size != c->image_size;
@@ -475,7 +478,10 @@ int enc_run_create_ex(const enc_model *m, int max_batch, int input_size, enc_run
     if (!r)
         return umg_err_set(UMG_ENOMEM, "out of memory");
     r->mem = aligned_alloc(64, total * sizeof(float));
-    if (!r->mem) {
+    r->lens = malloc(B * sizeof *r->lens);
+    if (!r->mem || !r->lens) {
+        free(r->mem);
+        free(r->lens);
         free(r);
         return umg_err_set(UMG_ENOMEM, "out of memory for a run state of %zu MB (max_batch %d, input size %d)",
                            total * sizeof(float) >> 20, max_batch, input_size);
@@ -556,6 +562,7 @@ void enc_run_close(enc_run *r)
     if (!r)
         return;
     free(r->mem);
+    free(r->lens);
     free(r);
 }
 
@@ -563,10 +570,26 @@ void enc_run_close(enc_run *r)
 
 /* One pre-norm block over n_seq sequences of T tokens in r->h [n_seq*T, H]:
  *   h += out_proj(attention(LN1(h)));  h += fc2(act(fc1(LN2(h)))) */
+static void block_packed(enc_run *r, const enc_layer_weights *L, const enc_tower_config *tc, int n_seq, int T,
+                         const int *lens, int causal);
+
 static void block(enc_run *r, const enc_layer_weights *L, const enc_tower_config *tc, int n_seq, int T,
                   int causal)
 {
+    block_packed(r, L, tc, n_seq, T, NULL, causal);
+}
+
+/* The same over n_seq sequences of lens[s] tokens each packed without padding
+ * (lens NULL: T tokens each): every product runs once over all rows, so the
+ * weights stream from memory once for the whole batch; attention per sequence. */
+static void block_packed(enc_run *r, const enc_layer_weights *L, const enc_tower_config *tc, int n_seq, int T,
+                         const int *lens, int causal)
+{
     int H = tc->hidden, F = tc->intermediate, M = n_seq * T;
+    if (lens) {
+        M = 0;
+        for (int s = 0; s < n_seq; s++) M += lens[s];
+    }
     float scale = 1.0f / sqrtf((float)(H / tc->heads));
     enc_layer_norm(r->x, H, r->h, H, L->layer_norm1_weight, L->layer_norm1_bias, tc->ln_eps, M, H);
     /* q[M, H] = (x . Wq^T + bq) * scale; k, v likewise unscaled */
@@ -577,9 +600,11 @@ static void block(enc_run *r, const enc_layer_weights *L, const enc_tower_config
     enc_linear(r->v, r->x, L->self_attn_v_proj_weight, M, H, H, 0);
     enc_add_bias(r->v, L->self_attn_v_proj_bias, M, H);
     /* x[M, H] = attention per sequence (x is free again) */
+    size_t o = 0;
     for (int s = 0; s < n_seq; s++) {
-        size_t o = (size_t)s * T * H;
-        enc_attention(r->x + o, r->q + o, r->k + o, r->v + o, r->scores, T, H, tc->heads, causal);
+        int Ts = lens ? lens[s] : T;
+        enc_attention(r->x + o, r->q + o, r->k + o, r->v + o, r->scores, Ts, H, tc->heads, causal);
+        o += (size_t)Ts * H;
     }
     /* h[M, H] += x . Wo^T + bo */
     enc_add_bias(r->h, L->self_attn_out_proj_bias, M, H);
@@ -778,36 +803,61 @@ int enc_encode_ids(enc_run *r, const int32_t *ids, int n_ids, float *embed)
 {
     if (!r || !ids || !embed)
         return umg_err_set(UMG_EINVAL, "enc_encode_ids: NULL argument");
+    return enc_encode_ids_batch(r, &ids, &n_ids, 1, embed);
+}
+
+int enc_encode_ids_batch(enc_run *r, const int32_t *const *ids, const int *n_ids, int n, float *embeds)
+{
+    if (!r || !ids || !n_ids || !embeds)
+        return umg_err_set(UMG_EINVAL, "enc_encode_ids: NULL argument");
     const enc_model *m = r->m;
     const enc_config *c = &m->cfg;
-    if (n_ids < 1 || n_ids > c->max_positions)
-        return umg_err_set(UMG_EINVAL, "enc_encode_ids: %d ids (1 to %d allowed)", n_ids, c->max_positions);
+    if (n < 1 || n > r->max_batch)
+        return umg_err_set(UMG_EINVAL, "enc_encode_ids: %d sequences (1 to %d allowed)", n, r->max_batch);
+    /* validate everything before computing anything */
+    for (int s = 0; s < n; s++) {
+        if (!ids[s])
+            return umg_err_set(UMG_EINVAL, "enc_encode_ids: NULL ids for sequence %d", s);
+        if (n_ids[s] < 1 || n_ids[s] > c->max_positions)
+            return umg_err_set(UMG_EINVAL, "enc_encode_ids: %d ids (1 to %d allowed)", n_ids[s], c->max_positions);
+        for (int i = 0; i < n_ids[s]; i++)
+            if (ids[s][i] < 0 || ids[s][i] >= c->vocab_size)
+                return umg_err_set(UMG_EINVAL, "enc_encode_ids: id %d at %d outside the vocabulary of %d",
+                                   (int)ids[s][i], i, c->vocab_size);
+    }
     /* Pool at the first end token, as CLIP does (argmax of the ids); the causal
      * mask makes every later token irrelevant, so they are not computed. */
-    int n = n_ids;
-    for (int i = 0; i < n_ids; i++) {
-        if (ids[i] < 0 || ids[i] >= c->vocab_size)
-            return umg_err_set(UMG_EINVAL, "enc_encode_ids: id %d at %d outside the vocabulary of %d",
-                               (int)ids[i], i, c->vocab_size);
-        if (ids[i] == c->eos_id && n == n_ids)
-            n = i + 1;
+    int *lens = r->lens;
+    for (int s = 0; s < n; s++) {
+        int len = n_ids[s];
+        for (int i = 0; i < n_ids[s]; i++)
+            if (ids[s][i] == c->eos_id) {
+                len = i + 1;
+                break;
+            }
+        lens[s] = len;
     }
     const enc_text_weights *W = &m->text;
     int H = c->text.hidden, D = c->projection_dim;
-    /* h[t] = token[ids[t]] + pos[t] */
-    for (int t = 0; t < n; t++) {
-        const float *tok = W->embeddings_token_embedding_weight + (size_t)ids[t] * H;
-        const float *pos = W->embeddings_position_embedding_weight + (size_t)t * H;
-        float *ht = r->h + (size_t)t * H;
-        for (int d = 0; d < H; d++)
-            ht[d] = tok[d] + pos[d];
-    }
+    /* h[row] = token[ids[t]] + pos[t], the sequences one after another */
+    float *ht = r->h;
+    for (int s = 0; s < n; s++)
+        for (int t = 0; t < lens[s]; t++, ht += H) {
+            const float *tok = W->embeddings_token_embedding_weight + (size_t)ids[s][t] * H;
+            const float *pos = W->embeddings_position_embedding_weight + (size_t)t * H;
+            for (int d = 0; d < H; d++)
+                ht[d] = tok[d] + pos[d];
+        }
     for (int l = 0; l < c->text.layers; l++)
-        block(r, &W->encoder_layers[l], &c->text, 1, n, 1);
-    /* x[0] = final_layer_norm(h[n - 1]);  embed[D] = text_projection . x[0] */
-    enc_layer_norm(r->x, H, r->h + (size_t)(n - 1) * H, H, W->final_layer_norm_weight, W->final_layer_norm_bias,
-                   c->text.ln_eps, 1, H);
-    enc_linear(embed, r->x, W->text_projection_weight, 1, H, D, 0);
+        block_packed(r, &W->encoder_layers[l], &c->text, n, 0, lens, 1);
+    /* x[s] = final_layer_norm(h at sequence s's end row);  embeds[n, D] = text_projection . x */
+    size_t end = 0;
+    for (int s = 0; s < n; s++) {
+        end += (size_t)lens[s];
+        enc_layer_norm(r->x + (size_t)s * H, H, r->h + (end - 1) * H, H, W->final_layer_norm_weight,
+                       W->final_layer_norm_bias, c->text.ln_eps, 1, H);
+    }
+    enc_linear(embeds, r->x, W->text_projection_weight, n, H, D, 0);
     return 0;
 }
 

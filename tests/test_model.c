@@ -466,6 +466,58 @@ static void test_text_embeddings(void **state)
     enc_model_close(m);
 }
 
+/* n texts of random lengths in one packed pass equal each text encoded alone
+ * (few-rows kernel alone vs sgemm over the packed rows: rounding only). */
+static void test_text_batch_equals_single(void **state)
+{
+    enc_model *m = open_tiny();
+    const enc_config *c = enc_model_config(m);
+    int D = enc_model_dim(m), L = c->max_positions, B = 16;
+    enc_run *r;
+    assert_int_equal(enc_run_create(m, B, &r), 0);
+    int32_t *buf = malloc(sizeof(int32_t) * B * L);
+    const int32_t *ids[16];
+    int n_ids[16];
+    float *batch = malloc(sizeof(float) * B * D), *one = malloc(sizeof(float) * D);
+    unsigned seed = 12345;
+    for (int n = 1; n <= B; n++) {
+        for (int s = 0; s < n; s++) {
+            int32_t *q = buf + s * L;
+            seed = seed * 1103515245u + 12345u;
+            int len = 1 + (int)((seed >> 8) % (unsigned)L);
+            for (int i = 0; i < len; i++) {
+                seed = seed * 1103515245u + 12345u;
+                q[i] = (int32_t)((seed >> 8) % (unsigned)(c->vocab_size - 1)); /* never eos_id (the last) */
+                if (q[i] == c->eos_id) q[i] = 0;
+            }
+            q[len - 1] = c->eos_id;
+            if (s == 3 && len > 4) q[len / 2] = c->eos_id; /* an early end token: pooled there */
+            ids[s] = q;
+            n_ids[s] = len;
+        }
+        assert_int_equal(enc_encode_ids_batch(r, ids, n_ids, n, batch), 0);
+        for (int s = 0; s < n; s++) {
+            assert_int_equal(enc_encode_ids(r, ids[s], n_ids[s], one), 0);
+            for (int d = 0; d < D; d++)
+                if (fabsf(batch[s * D + d] - one[d]) > 1e-4f * (1.0f + fabsf(one[d])))
+                    fail_msg("n %d, sequence %d (%d ids), dim %d: batch %g, alone %g", n, s, n_ids[s], d,
+                             batch[s * D + d], one[d]);
+        }
+    }
+    /* more sequences than the run holds, an invalid id anywhere, NULL ids: refused */
+    assert_int_equal(enc_encode_ids_batch(r, ids, n_ids, B + 1, batch), UMG_EINVAL);
+    assert_int_equal(enc_encode_ids_batch(r, ids, n_ids, 0, batch), UMG_EINVAL);
+    buf[2 * L] = c->vocab_size;
+    assert_int_equal(enc_encode_ids_batch(r, ids, n_ids, 4, batch), UMG_EINVAL);
+    ids[1] = NULL;
+    assert_int_equal(enc_encode_ids_batch(r, ids, n_ids, 4, batch), UMG_EINVAL);
+    free(buf);
+    free(batch);
+    free(one);
+    enc_run_close(r);
+    enc_model_close(m);
+}
+
 static void test_text_tokenized(void **state)
 {
     enc_model *m = open_tiny();
@@ -1655,6 +1707,7 @@ int main(void)
         cmocka_unit_test(test_batched_equals_single),
         cmocka_unit_test(test_model_kernel_paths),
         cmocka_unit_test(test_text_embeddings),
+        cmocka_unit_test(test_text_batch_equals_single),
         cmocka_unit_test(test_text_tokenized),
         cmocka_unit_test(test_images_decoded),
         cmocka_unit_test(test_threads_share_model),
