@@ -69,7 +69,8 @@ static void usage(FILE *out)
             "  --by-path           send paths instead of bytes (the server reads the files; it\n"
             "                      must allow their directory with --allow-root; refused files\n"
             "                      are sent as bytes instead)\n"
-            "  --jobs N, -j N      requests in flight (1..%d, default 8)\n"
+            "  --jobs N, -j N      requests in flight (1..%d, default 32: twice the\n"
+            "                      server's default encoder batch, so batches fill)\n"
             "  --tags A,B          tag every photo (repeatable; at most %d tags)\n"
             "  --json              print the summary (and failures) as JSON on stdout\n" CLI_COMMON_HELP
             "                      (ingest waits 300 s by default: a busy server queues photos)\n"
@@ -100,7 +101,7 @@ static int parse(int argc, char **argv, ingest_opts *o)
     };
     cli_common_init(&o->c);
     o->c.timeout_ms = 300000;   /* per answer; encoding a queue of photos on a busy server takes time */
-    o->jobs = 8;
+    o->jobs = 32;
     optind = 1;
     opterr = 0;
     int opt;
