@@ -342,6 +342,9 @@ def load_clip(model_dir):
     missing = [k for k in state if k not in tensors]
     if missing:
         raise ValueError(f"{model_dir}: model.safetensors lacks {missing[:5]}")
+    # logit_scale is a scalar; some writers (tools/umgtrain) store it as [1]
+    if "logit_scale" in tensors and tensors["logit_scale"].size == 1:
+        tensors["logit_scale"] = tensors["logit_scale"].reshape(())
     for name, value in state.items():
         if tuple(tensors[name].shape) != tuple(value.shape):
             raise ValueError(f"{model_dir}: tensor {name} has shape {list(tensors[name].shape)}, "
