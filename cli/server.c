@@ -840,7 +840,9 @@ int server_run(const server_config *cfg)
     /* 2. model and data */
     if (!getenv("UV_THREADPOOL_SIZE")) {
         char v[16];
-        snprintf(v, sizeof v, "%d", cfg->threads + 2 > 4 ? cfg->threads + 2 : 4);
+        /* + SRV_TEXT_BATCH: text queries wait on the pool for the batched text
+         * tower (asleep); that many waiting make a full batch */
+        snprintf(v, sizeof v, "%d", (cfg->threads + 2 > 4 ? cfg->threads + 2 : 4) + SRV_TEXT_BATCH);
         setenv("UV_THREADPOOL_SIZE", v, 1);
     }
     enc_set_threads(s->cfg.threads);

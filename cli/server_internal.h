@@ -82,6 +82,23 @@ typedef struct srv_run_pool {
     int n;
 } srv_run_pool;
 
+/* Text queries' encodes, combined: whichever worker finds the text tower free
+ * encodes every pending query's ids (up to SRV_TEXT_BATCH) in one packed pass,
+ * so concurrent queries share one stream of the weights; a lone query is
+ * encoded at once (no linger). */
+#define SRV_TEXT_BATCH 16
+typedef struct srv_text_req srv_text_req;
+typedef struct srv_text_batcher {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    enc_run *run;                 /* max_batch = SRV_TEXT_BATCH */
+    float *embeds;                /* [SRV_TEXT_BATCH, dim] */
+    srv_text_req *head, *tail;    /* waiting, oldest first */
+    int busy;                     /* a worker is encoding a batch */
+    int inited;
+    uint64_t batches, texts;      /* counts, for the log and tests */
+} srv_text_batcher;
+
 struct srv {
     server_config cfg;
     char *roots[SRV_MAX_ROOTS];   /* realpath of each --allow-root */
@@ -108,6 +125,7 @@ struct srv {
     int dim, grid, image_size, patch_size;
     db_t *db;
     srv_run_pool runs;
+    srv_text_batcher text;
 
     /* encoder thread */
     pthread_t enc_thread;

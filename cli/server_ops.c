@@ -187,6 +187,14 @@ int srv_ops_init(srv *s)
         p->patches[i] = malloc((size_t)s->grid * s->grid * s->dim * sizeof(float));
         if (!p->patches[i]) return umg_err_set(UMG_ENOMEM, "out of memory");
     }
+    srv_text_batcher *b = &s->text;
+    pthread_mutex_init(&b->mu, NULL);
+    pthread_cond_init(&b->cv, NULL);
+    b->inited = 1;
+    int rc = enc_run_create(s->model, SRV_TEXT_BATCH, &b->run);
+    if (rc) return rc;
+    b->embeds = malloc((size_t)SRV_TEXT_BATCH * s->dim * sizeof(float));
+    if (!b->embeds) return umg_err_set(UMG_ENOMEM, "out of memory");
     return 0;
 }
 
@@ -204,6 +212,14 @@ void srv_ops_fini(srv *s)
     free(p->runs);
     free(p->patches);
     free(p->busy);
+    srv_text_batcher *b = &s->text;
+    if (b->inited) {
+        enc_run_close(b->run);
+        free(b->embeds);
+        pthread_mutex_destroy(&b->mu);
+        pthread_cond_destroy(&b->cv);
+        memset(b, 0, sizeof *b);
+    }
     free(s->hello_result);
 }
 
@@ -281,7 +297,7 @@ static int h_stats(void *ctx, proto_request *req)
     proto_writer w;
     if (proto_response_begin(&w, &job->resp, job->id)) return UMG_ENOMEM;
     msgpack_packer *pk = &w.pk;
-    msgpack_pack_map(pk, 12);
+    msgpack_pack_map(pk, 13);
     pack_key(pk, "images"), msgpack_pack_uint64(pk, st.images);
     pack_key(pk, "regions"), msgpack_pack_uint64(pk, st.regions);
     pack_key(pk, "index");
@@ -318,6 +334,13 @@ static int h_stats(void *ctx, proto_request *req)
     msgpack_pack_map(pk, 2);
     pack_key(pk, "images"), msgpack_pack_uint64(pk, ingested);
     pack_key(pk, "batches"), msgpack_pack_uint64(pk, batches);
+    pthread_mutex_lock(&s->text.mu);
+    uint64_t text_batches = s->text.batches, texts = s->text.texts;
+    pthread_mutex_unlock(&s->text.mu);
+    pack_key(pk, "text_queries"); /* text-tower passes, and the texts they encoded */
+    msgpack_pack_map(pk, 2);
+    pack_key(pk, "texts"), msgpack_pack_uint64(pk, texts);
+    pack_key(pk, "batches"), msgpack_pack_uint64(pk, text_batches);
     job_response_end(job, &w);
     return 1;
 }
@@ -1056,6 +1079,64 @@ static int search_answer(srv_job *job, const float *q_in, uint64_t exclude)
     return rc;
 }
 
+/* One text query waiting for the text tower (lives on its worker's stack). */
+struct srv_text_req {
+    const int32_t *ids;
+    int n_ids;
+    float *vec;
+    int done, rc;
+    char msg[256];
+    srv_text_req *next;
+};
+
+/* Encode ids into vec [dim], batched with whatever other text queries are
+ * waiting: the worker that finds the tower free takes the oldest
+ * SRV_TEXT_BATCH requests (its own among them or not), encodes them in one
+ * enc_encode_ids_batch, hands each its vector, and goes again until its own
+ * is done; the others sleep meanwhile. */
+static int text_encode(srv *s, const int32_t *ids, int n_ids, float *vec)
+{
+    srv_text_batcher *b = &s->text;
+    srv_text_req me = {.ids = ids, .n_ids = n_ids, .vec = vec};
+    pthread_mutex_lock(&b->mu);
+    if (b->tail) b->tail->next = &me;
+    else b->head = &me;
+    b->tail = &me;
+    while (!me.done) {
+        if (b->busy) {
+            pthread_cond_wait(&b->cv, &b->mu);
+            continue;
+        }
+        b->busy = 1;
+        srv_text_req *batch[SRV_TEXT_BATCH];
+        const int32_t *bids[SRV_TEXT_BATCH];
+        int blen[SRV_TEXT_BATCH], n = 0;
+        while (b->head && n < SRV_TEXT_BATCH) {
+            srv_text_req *q = b->head;
+            b->head = q->next;
+            batch[n] = q, bids[n] = q->ids, blen[n] = q->n_ids, n++;
+        }
+        if (!b->head) b->tail = NULL;
+        b->batches++;
+        b->texts += (uint64_t)n;
+        pthread_mutex_unlock(&b->mu);
+        /* the owners sleep until done is set under the lock: their requests stay valid */
+        umg_err_clear();
+        int rc = enc_encode_ids_batch(b->run, bids, blen, n, b->embeds);
+        for (int i = 0; i < n; i++) {
+            batch[i]->rc = rc;
+            if (rc) snprintf(batch[i]->msg, sizeof batch[i]->msg, "%s", umg_err_msg());
+            else memcpy(batch[i]->vec, b->embeds + (size_t)i * s->dim, (size_t)s->dim * sizeof(float));
+        }
+        pthread_mutex_lock(&b->mu);
+        for (int i = 0; i < n; i++) batch[i]->done = 1;
+        b->busy = 0;
+        pthread_cond_broadcast(&b->cv);
+    }
+    pthread_mutex_unlock(&b->mu);
+    return me.rc ? umg_err_set(me.rc, "%s", me.msg) : 0;
+}
+
 static void query_work(uv_work_t *w)
 {
     srv_job *job = w->data;
@@ -1067,9 +1148,12 @@ static void query_work(uv_work_t *w)
     float *vec = malloc((size_t)s->dim * sizeof(float));
     int rc = vec ? 0 : umg_err_set(UMG_ENOMEM, "out of memory");
     if (!rc) {
-        int i = pool_acquire(&s->runs);
-        rc = enc_encode_text(s->runs.runs[i], text, len, vec, NULL, NULL);
-        pool_release(&s->runs, i);
+        /* tokenize here (in parallel on the pool), encode batched */
+        int32_t ids[ENC_CONTEXT_LENGTH];
+        int max_positions = enc_model_config(s->model)->max_positions, n_ids = 0;
+        int max_ids = max_positions < ENC_CONTEXT_LENGTH ? max_positions : ENC_CONTEXT_LENGTH;
+        rc = enc_tokenize(enc_model_tokenizer(s->model), text ? text : "", len, ids, max_ids, &n_ids);
+        if (!rc) rc = text_encode(s, ids, n_ids, vec);
     }
     if (!rc) rc = search_answer(job, vec, 0);
     if (rc) srv_job_error(job, rc, umg_err_msg());

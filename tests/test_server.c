@@ -857,6 +857,81 @@ static void test_pipelining_two_clients(void **state)
     rm_rf(s.dir);
 }
 
+/* Text queries sent together are encoded in shared text-tower passes; each
+ * answer equals the answer of the same query sent alone (same hits, same
+ * scores up to float rounding of the batched products). */
+static void test_batched_text_queries(void **state)
+{
+    enum { N = 16 };
+    static const char *const texts[N] = {
+        "a cat", "a photo of a cat sleeping on a red sofa", "a rocket", "an astronaut in a white space suit",
+        "coffee", "a cup of coffee on a wooden table next to a laptop", "space", "two dogs playing in the snow",
+        "x", "a very long caption that goes on and on about a small grey cat that sits on a windowsill "
+             "and looks out at the rain falling on the city street below while people walk by with umbrellas",
+        "rocket launch", "a launch pad", "moon", "a kitten", "the night sky full of stars", "tabby cat"};
+    server s;
+    make_tmp(&s);
+    start(&s, NULL);
+    umg_client *c = conn(&s);
+    ingest_bytes(c, IMG("chelsea.png"), "chelsea.png", NULL, NULL, NULL);
+    ingest_bytes(c, IMG("rocket.jpg"), "rocket.jpg", NULL, NULL, NULL);
+    ingest_bytes(c, IMG("astronaut.png"), "astronaut.png", NULL, NULL, NULL);
+    const char *gran[N];
+    proto_response *alone[N];
+    for (int i = 0; i < N; i++) {
+        gran[i] = i % 3 == 1 ? "region" : "image";
+        alone[i] = query(c, texts[i], gran[i], 5, NULL, NULL, -100);
+    }
+    /* pipelined bursts until one shares a pass (the first text may be encoded
+     * alone before the rest arrive; a tiny model encodes fast) */
+    int shared = 0;
+    for (int burst = 0; burst < 20 && !shared; burst++) {
+        proto_response *r = NULL;
+        assert_int_equal(umg_client_call0(c, "stats", T_MS, &r), 0);
+        const msgpack_object *tq = umg_result_get(r, "text_queries");
+        assert_non_null(tq);
+        uint64_t texts0 = obj_u(tq, "texts"), batches0 = obj_u(tq, "batches");
+        proto_response_free(r);
+        uint64_t ids[N];
+        for (int i = 0; i < N; i++) {
+            proto_writer w;
+            ids[i] = begin(c, &w, "query", 3);
+            kv_str(&w, "text", texts[i]);
+            kv_str(&w, "granularity", gran[i]);
+            kv_uint(&w, "k", 5);
+            end(c, &w);
+        }
+        assert_int_equal(umg_client_flush(c, T_MS), 0);
+        for (int i = 0; i < N; i++) {
+            proto_response *b = wait_ok(c, ids[i]);
+            const msgpack_object *ha = hits_of(alone[i]), *hb = hits_of(b);
+            assert_true(ha->via.array.size > 0);
+            assert_int_equal(hb->via.array.size, ha->via.array.size);
+            for (uint32_t j = 0; j < ha->via.array.size; j++) {
+                const msgpack_object *a = &ha->via.array.ptr[j], *x = &hb->via.array.ptr[j];
+                assert_int_equal(obj_u(x, "image_id"), obj_u(a, "image_id"));
+                if (proto_map_get(a, "region_id"))
+                    assert_int_equal(obj_u(x, "region_id"), obj_u(a, "region_id"));
+                if (fabs(obj_f(x, "score") - obj_f(a, "score")) > 1e-5)
+                    fail_msg("\"%s\" hit %u: score %.9g batched, %.9g alone", texts[i], j, obj_f(x, "score"),
+                             obj_f(a, "score"));
+            }
+            proto_response_free(b);
+        }
+        assert_int_equal(umg_client_call0(c, "stats", T_MS, &r), 0);
+        tq = umg_result_get(r, "text_queries");
+        uint64_t texts1 = obj_u(tq, "texts"), batches1 = obj_u(tq, "batches");
+        proto_response_free(r);
+        assert_int_equal(texts1 - texts0, N);
+        shared = batches1 - batches0 < N;
+    }
+    assert_true(shared);
+    for (int i = 0; i < N; i++) proto_response_free(alone[i]);
+    umg_client_close(c);
+    assert_int_equal(stop(&s), 0);
+    rm_rf(s.dir);
+}
+
 /* A frame with raw body bytes. */
 static void send_frame(umg_client *c, const void *body, size_t len)
 {
@@ -1404,6 +1479,7 @@ int main(void)
         cmocka_unit_test_teardown(test_every_op, teardown),
         cmocka_unit_test_teardown(test_path_rules, teardown),
         cmocka_unit_test_teardown(test_pipelining_two_clients, teardown),
+        cmocka_unit_test_teardown(test_batched_text_queries, teardown),
         cmocka_unit_test_teardown(test_bad_input, teardown),
         cmocka_unit_test_teardown(test_restart_and_sigterm, teardown),
         cmocka_unit_test_teardown(test_auth, teardown),
