@@ -61,6 +61,8 @@ struct db_t {
     idx_index *ix[2];
     uint64_t snap_seq[2];
     int stale[2];              /* a FAISS update failed: rebuild at checkpoint */
+    int no_switch[2];          /* the wanted factory was unusable: stay exact, do not retry */
+    int cancel_builds;         /* db_cancel_builds: builds give up at their next step (atomic) */
 
     pthread_mutex_t wmutex;    /* one writer */
     pthread_mutex_t ckmutex;   /* one checkpoint */
@@ -591,7 +593,21 @@ static const char *wanted_factory(db_t *db, int kind, uint64_t n, char *buf, siz
     return idx_auto_factory(db->dim, n, db->approx_threshold, buf, len);
 }
 
-/* Build an index of `kind` from every stored vector visible in txn. */
+static int build_cancelled(db_t *db) { return __atomic_load_n(&db->cancel_builds, __ATOMIC_RELAXED); }
+static int build_cancel_err(void)
+{
+    return umg_err_set(UMG_ESHUTDOWN, "index build cancelled (shutting down); LMDB still holds every vector");
+}
+
+void db_cancel_builds(db_t *db)
+{
+    if (db)
+        __atomic_store_n(&db->cancel_builds, 1, __ATOMIC_RELAXED);
+}
+
+/* Build an index of `kind` from every stored vector visible in txn.  The
+ * FAISS training call itself cannot be interrupted; db_cancel_builds stops
+ * the build before and after it and between batches of adds. */
 static int build_index(db_t *db, MDB_txn *txn, int kind, idx_index **out)
 {
     *out = NULL;
@@ -605,6 +621,7 @@ static int build_index(db_t *db, MDB_txn *txn, int kind, idx_index **out)
         db_logf(db, DB_LOG_WARN, "index type %s unusable (%s); using %s", factory, umg_err_msg(),
                 IDX_FACTORY_EXACT);
         rc = idx_create(dim, IDX_FACTORY_EXACT, &ix);
+        db->no_switch[kind] = 1;
     }
     if (rc)
         return rc;
@@ -615,6 +632,10 @@ static int build_index(db_t *db, MDB_txn *txn, int kind, idx_index **out)
     int64_t *ids = NULL;
     MDB_cursor *cur = NULL;
 
+    if (build_cancelled(db)) {
+        rc = build_cancel_err();
+        goto out;
+    }
     if (idx_needs_training(ix)) {
         /* an even sample over the id range; memory bounded by max_train */
         uint64_t max_train = 65536; /* >= 64 per list up to nlist 1024 (1M vectors) */
@@ -638,6 +659,8 @@ static int build_index(db_t *db, MDB_txn *txn, int kind, idx_index **out)
         rc = idx_train(ix, (int64_t)t, x);
         free(x);
         x = NULL;
+        if (!rc && build_cancelled(db))
+            rc = build_cancel_err();
         if (rc)
             goto out;
     }
@@ -662,6 +685,10 @@ static int build_index(db_t *db, MDB_txn *txn, int kind, idx_index **out)
             if ((rc = idx_add(ix, (int64_t)nb, x, ids)))
                 goto out;
             nb = 0;
+            if (build_cancelled(db)) {
+                rc = build_cancel_err();
+                goto out;
+            }
         }
     }
     rc = idx_add(ix, (int64_t)nb, x, ids);
@@ -1747,23 +1774,95 @@ static int rebuild_online(db_t *db, int kind)
     return rc;
 }
 
-int db_checkpoint(db_t *db)
+/* The nlist of an "IVF<nlist>,..." factory; 0 for anything else. */
+static long ivf_nlist(const char *factory)
+{
+    const char *p = strstr(factory, "IVF");
+    return p ? strtol(p + 3, NULL, 10) : 0;
+}
+
+/* Whether a checkpoint should build `kind` anew (caller holds wmutex); the
+ * wanted factory into want, the reason into why.  Exactly three cases:
+ *   - an update of the in-memory index failed (stale);
+ *   - the index is exact and the collection reached approx_threshold;
+ *   - an automatic IVF index whose collection grew so much that the
+ *     automatic nlist is at least twice the trained one (4x the vectors).
+ * In particular a factory string that merely differs from today's automatic
+ * choice (a snapshot written by another version's formula, fewer lists
+ * wanted after deletes, an approximate index configured earlier) is kept:
+ * retraining it would cost minutes and gain nothing, and a session that only
+ * searched must never retrain.  The index is never downgraded below the
+ * threshold (deletes would make it thrash). */
+static int needs_build(db_t *db, int kind, char *want, size_t wlen, char *why, size_t ylen)
+{
+    idx_index *ix = db->ix[kind];
+    uint64_t n = (uint64_t)idx_count(ix);
+    wanted_factory(db, kind, n, want, wlen);
+    if (db->stale[kind]) {
+        snprintf(why, ylen, "an update of the in-memory index failed");
+        return 1;
+    }
+    if (n < db->approx_threshold || idx_factory_is_exact(want))
+        return 0;
+    if (idx_is_exact(ix)) {
+        if (db->no_switch[kind])
+            return 0;
+        snprintf(why, ylen, "%llu vectors reached the approximate threshold %llu", (unsigned long long)n,
+                 (unsigned long long)db->approx_threshold);
+        return 1;
+    }
+    if (db->factory_opt[kind])
+        return 0; /* a configured factory that differs was rebuilt at open */
+    long have = ivf_nlist(idx_factory(ix)), wanted = ivf_nlist(want);
+    char same_family[128];
+    snprintf(same_family, sizeof same_family, "IVF%ld,PQ%dnp", have, db->dim / 8);
+    if (db->dim % 8)
+        snprintf(same_family, sizeof same_family, "IVF%ld,SQ8", have);
+    if (have > 0 && wanted >= 2 * have && !strcmp(same_family, idx_factory(ix))) {
+        snprintf(why, ylen, "the collection grew to %llu vectors (%ld lists wanted, trained with %ld)",
+                 (unsigned long long)n, wanted, have);
+        return 1;
+    }
+    return 0;
+}
+
+int db_build_pending(db_t *db)
+{
+    if (db->read_only)
+        return 0;
+    int pending = 0;
+    char want[128], why[200];
+    pthread_mutex_lock(&db->wmutex);
+    for (int kind = 0; kind < 2; kind++)
+        pending |= needs_build(db, kind, want, sizeof want, why, sizeof why);
+    pthread_mutex_unlock(&db->wmutex);
+    return pending;
+}
+
+int db_checkpoint(db_t *db) { return db_checkpoint_ex(db, 0); }
+
+int db_checkpoint_ex(db_t *db, int flags)
 {
     if (db->read_only)
         return umg_err_set(UMG_EPERM, "checkpoint: data directory opened read-only");
     pthread_mutex_lock(&db->ckmutex);
     int rc = 0;
     for (int kind = 0; kind < 2 && !rc; kind++) {
-        char want[128];
+        char want[128], why[200];
+        const char *name = kind ? "region" : "image";
         pthread_mutex_lock(&db->wmutex);
         uint64_t n = (uint64_t)idx_count(db->ix[kind]);
-        wanted_factory(db, kind, n, want, sizeof want);
-        /* never downgrade below the threshold: deletes would thrash it */
-        int rebuild = db->stale[kind] || (n >= db->approx_threshold && strcmp(want, idx_factory(db->ix[kind])));
+        int rebuild = needs_build(db, kind, want, sizeof want, why, sizeof why);
+        int stale = db->stale[kind];
         pthread_mutex_unlock(&db->wmutex);
-        if (rebuild) {
-            db_logf(db, DB_LOG_INFO, "building the %s index (%s, %llu vectors)", kind ? "region" : "image",
-                    want, (unsigned long long)n);
+        if (rebuild && (flags & DB_CHECKPOINT_NO_BUILD)) {
+            /* LMDB + the log make the build repeatable at any later time */
+            db_logf(db, DB_LOG_INFO, "%s index: %s; building %s is left to a later checkpoint", name, why, want);
+            if (stale)
+                continue; /* it may lack vectors its snapshot would claim: keep the older snapshot + log */
+        } else if (rebuild) {
+            db_logf(db, DB_LOG_INFO, "building the %s index (%s, %llu vectors): %s", name, want,
+                    (unsigned long long)n, why);
             if ((rc = rebuild_online(db, kind)))
                 break;
         }
@@ -1774,6 +1873,11 @@ int db_checkpoint(db_t *db)
         if (!(rc = rtxn_begin(db, &txn))) {
             meta_get_u64(db, txn, "seq", &seq);
             rtxn_end(db, txn);
+            /* unchanged since its snapshot (e.g. a session that only searched): nothing to write */
+            if (!rebuild && seq != 0 && seq == db->snap_seq[kind]) {
+                pthread_mutex_unlock(&db->wmutex);
+                continue;
+            }
             char path[DB_MAX_PATH + 32];
             snap_path(db, kind, path, sizeof path);
             rc = idx_save(db->ix[kind], path, seq);

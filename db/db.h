@@ -194,11 +194,30 @@ typedef struct db_stats {
 } db_stats;
 int db_stats_get(db_t *db, db_stats *out);
 
-/* Snapshot both indexes (atomic files recording the sequence they cover),
- * switch an exact index to the approximate one when the collection has grown
- * past approx_threshold (trained from the stored vectors; writers wait while
- * it builds), and drop log entries both snapshots cover. */
+/* Snapshot both indexes (atomic files recording the sequence they cover; an
+ * index unchanged since its snapshot is not rewritten), build an index anew
+ * when db_build_pending says so (trained from the stored vectors, from a
+ * read snapshot: writers and searches go on meanwhile), and drop log entries
+ * both snapshots cover. */
 int db_checkpoint(db_t *db);
+
+/* db_checkpoint_ex flags.  NO_BUILD: write the snapshots of the indexes as
+ * they are and never train or build (for shutdown: a pending switch or
+ * retrain is left to a later checkpoint; everything is in LMDB and the
+ * snapshots record the log position they cover, so nothing is lost).  An
+ * index whose update failed keeps its older snapshot (the log catches it up
+ * at the next open). */
+#define DB_CHECKPOINT_NO_BUILD 1
+int db_checkpoint_ex(db_t *db, int flags);
+/* 1 when db_checkpoint would build an index: an exact index that reached
+ * approx_threshold, an automatic IVF index whose collection grew 4x since it
+ * was trained, or a failed in-memory update.  Never because of searches. */
+int db_build_pending(db_t *db);
+/* Make index builds running in db_checkpoint (now or later, any thread)
+ * give up at their next step with UMG_ESHUTDOWN; the indexes in use stay as
+ * they were.  FAISS training itself is not interruptible, so a build in it
+ * stops when that call returns.  For shutdown; not undone. */
+void db_cancel_builds(db_t *db);
 
 /* The model a data directory was built with, without opening it for use:
  * name (heap, free()), fingerprint, dimension.  UMG_ENOENT if not a data dir. */

@@ -49,6 +49,8 @@ static int factory_is_exact(const char *f)
     return !strcmp(f, "Flat") || !strcmp(f, "IDMap,Flat") || !strcmp(f, "IDMap2,Flat");
 }
 
+int idx_factory_is_exact(const char *factory) { return factory && factory_is_exact(factory); }
+
 /* IVF keeps ids in its inverted lists; everything else needs an id map. */
 static int factory_has_ids(const char *f)
 {

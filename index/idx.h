@@ -57,6 +57,8 @@ int idx_dim(const idx_index *ix);
 int64_t idx_count(idx_index *ix);
 /* 1 for a flat (exact) index, 0 for an approximate one. */
 int idx_is_exact(const idx_index *ix);
+/* 1 when an index made by this factory string would be exact. */
+int idx_factory_is_exact(const char *factory);
 /* The factory string the index was created with; lives as long as ix. */
 const char *idx_factory(const idx_index *ix);
 /* 1 when the index still needs idx_train before idx_add. */

@@ -572,6 +572,107 @@ static void test_auto_approximate(void **state)
     db_close(db);
 }
 
+/* Regression (bench/server, 21 min stop): a session that only searched must
+ * never retrain at its checkpoint, even when the snapshot's IVF factory is not
+ * what today's automatic choice would be (here: more lists, as an earlier
+ * formula made).  Also: NO_BUILD leaves a pending switch for later, and
+ * db_cancel_builds stops a build without touching the index in use. */
+static void fill_images(db_t *db, img_buf *bufs, db_image_in *ins, int n, uint64_t *ids)
+{
+    for (int i = 0; i < n; i++) {
+        char p[32];
+        snprintf(p, sizeof p, "/ro/%d.jpg", i);
+        make_image(&bufs[i], p, 0);
+        ins[i] = bufs[i].in;
+    }
+    assert_int_equal(db_put_images(db, ins, n, ids, NULL), 0);
+}
+
+static void test_searches_never_retrain(void **state)
+{
+    fixture *f = *state;
+    enum { N = 700 };
+    static img_buf bufs[N];
+    static db_image_in ins[N];
+    uint64_t ids[N];
+    db_options o = opts_for(f);
+    o.approx_threshold = 600;
+    o.image_factory = "IVF512,PQ4np"; /* automatic at 700 vectors would be IVF256,PQ4np */
+    db_t *db = open_ok(f, &o);
+    fill_images(db, bufs, ins, N, ids);
+    assert_int_equal(db_checkpoint(db), 0);
+    db_close(db);
+
+    o.image_factory = NULL; /* automatic from now on */
+    f->log_lines = 0;
+    db = open_ok(f, &o);
+    assert_int_equal(f->log_lines, 0);
+    assert_int_equal(db_build_pending(db), 0);
+    for (int i = 0; i < N; i += 50) { /* a session of reads */
+        db_hit h[3];
+        int n;
+        assert_int_equal(db_search(db, DB_KIND_IMAGE, bufs[i].vecs[0], NULL, h, 3, &n), 0);
+        assert_int_equal(h[0].id, ids[i]);
+        db_image img;
+        assert_int_equal(db_get_image(db, ids[i], &img), 0);
+        db_image_free(&img);
+    }
+    assert_int_equal(db_build_pending(db), 0);
+    assert_int_equal(db_checkpoint(db), 0);
+    assert_int_equal(f->log_lines, 0); /* no "building the image index" */
+    db_stats st;
+    assert_int_equal(db_stats_get(db, &st), 0);
+    assert_string_equal(st.image_factory, "IVF512,PQ4np");
+    db_close(db);
+}
+
+static void test_checkpoint_no_build(void **state)
+{
+    fixture *f = *state;
+    enum { N = 700 };
+    static img_buf bufs[N];
+    static db_image_in ins[N];
+    uint64_t ids[N];
+    db_options o = opts_for(f);
+    o.approx_threshold = 600;
+    db_t *db = open_ok(f, &o);
+    fill_images(db, bufs, ins, N, ids);
+    assert_int_equal(db_build_pending(db), 1);
+    f->log_lines = 0;
+    assert_int_equal(db_checkpoint_ex(db, DB_CHECKPOINT_NO_BUILD), 0);
+    assert_int_equal(f->log_lines, 1);
+    assert_non_null(strstr(f->last_log, "left to a later checkpoint"));
+    db_stats st;
+    assert_int_equal(db_stats_get(db, &st), 0);
+    assert_string_equal(st.image_factory, "Flat");
+    assert_int_equal(st.snapshot_seq[0], st.seq);
+    db_close(db);
+
+    /* the exact snapshot is complete: no rebuild at open; the switch is still pending */
+    f->log_lines = 0;
+    db = open_ok(f, &o);
+    assert_int_equal(f->log_lines, 0);
+    assert_int_equal(db_build_pending(db), 1);
+    /* cancelled: the build gives up, the exact index keeps serving */
+    db_cancel_builds(db);
+    assert_int_equal(db_checkpoint(db), UMG_ESHUTDOWN);
+    assert_int_equal(db_stats_get(db, &st), 0);
+    assert_string_equal(st.image_factory, "Flat");
+    assert_int_equal(st.index_images, N);
+    db_hit h[1];
+    int n;
+    assert_int_equal(db_search(db, DB_KIND_IMAGE, bufs[3].vecs[0], NULL, h, 1, &n), 0);
+    assert_int_equal(h[0].id, ids[3]);
+    db_close(db);
+
+    db = open_ok(f, &o);
+    assert_int_equal(db_checkpoint(db), 0);
+    assert_int_equal(db_stats_get(db, &st), 0);
+    assert_string_equal(st.image_factory, "IVF256,PQ4np");
+    assert_int_equal(db_build_pending(db), 0);
+    db_close(db);
+}
+
 int main(int argc, char **argv)
 {
     (void)argc;
@@ -586,6 +687,8 @@ int main(int argc, char **argv)
         cmocka_unit_test_setup_teardown(test_map_grows, setup, teardown),
         cmocka_unit_test_setup_teardown(test_concurrent, setup, teardown),
         cmocka_unit_test_setup_teardown(test_auto_approximate, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_searches_never_retrain, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_checkpoint_no_build, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
