@@ -25,6 +25,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "test_util.h"
+
 #define TINY UMG_FIXTURES_DIR "/clip-tiny"
 
 static const char *const photo_names[] = {"astronaut.png", "camera.png", "chelsea.png",
@@ -36,113 +38,25 @@ static char root[256], sock[320], data[320], photos[320], bad[320], outside[320]
 static char photo_path[N_PHOTOS][400];   /* absolute path of each photo as ingested */
 static pid_t server = -1;
 
-static const char *bin(void)
-{
-    const char *b = getenv("UMG_BIN");
-    return b && *b ? b : UMG_BINARY_DIR "/umgdb";
-}
-
 /* ---- processes ------------------------------------------------------------ */
 
-struct result {
-    int status;   /* exit code, or -1 if killed by a signal */
-    char *out, *err;
-};
-
-static char *slurp_fd(int fd)
+/* tu_run_env with UMGDB_SERVER and UMGDB_AUTH_TOKEN unset first, so the
+ * caller's environment never leaks in. */
+static tu_result run_env(const char *const *env, const char *const *args)
 {
-    size_t cap = 1 << 14, n = 0;
-    char *b = malloc(cap);
-    assert_non_null(b);
-    lseek(fd, 0, SEEK_SET);
-    ssize_t got;
-    while ((got = read(fd, b + n, cap - n - 1)) > 0) {
-        n += (size_t)got;
-        if (cap - n - 1 == 0) {
-            b = realloc(b, cap *= 2);
-            assert_non_null(b);
-        }
+    const char *all[32] = {"UMGDB_SERVER", "UMGDB_AUTH_TOKEN"};
+    int n = 2;
+    for (const char *const *e = env; e && *e; e++) {
+        assert_true(n < 31);
+        all[n++] = *e;
     }
-    b[n] = 0;
-    return b;
+    all[n] = NULL;
+    return tu_run_env(all, args);
 }
 
-/* Run umgdb with args (NULL-terminated) and env changes ("NAME=VALUE" sets,
- * "NAME" unsets; NULL-terminated, may be NULL).  UMGDB_SERVER and
- * UMGDB_AUTH_TOKEN are unset first, so the caller's environment never leaks
- * in. */
-static struct result run_env(const char *const *env, const char *const *args)
-{
-    char outp[] = "/tmp/umg-cli-out-XXXXXX", errp[] = "/tmp/umg-cli-err-XXXXXX";
-    int fo = mkstemp(outp), fe = mkstemp(errp);
-    assert_true(fo >= 0 && fe >= 0);
-    unlink(outp);
-    unlink(errp);
-    const char *argv[64];
-    int n = 0;
-    argv[n++] = bin();
-    for (; args[n - 1]; n++) {
-        assert_true(n < 63);
-        argv[n] = args[n - 1];
-    }
-    argv[n] = NULL;
-    pid_t pid = fork();
-    assert_true(pid >= 0);
-    if (pid == 0) {
-        unsetenv("UMGDB_SERVER");
-        unsetenv("UMGDB_AUTH_TOKEN");
-        for (const char *const *e = env; e && *e; e++) {
-            const char *eq = strchr(*e, '=');
-            if (eq) {
-                char name[64];
-                snprintf(name, sizeof name, "%.*s", (int)(eq - *e), *e);
-                setenv(name, eq + 1, 1);
-            } else {
-                unsetenv(*e);
-            }
-        }
-        int devnull = open("/dev/null", O_RDONLY);
-        dup2(devnull, 0);
-        dup2(fo, 1);
-        dup2(fe, 2);
-        execv(argv[0], (char *const *)argv);
-        _exit(127);
-    }
-    int st;
-    assert_int_equal(waitpid(pid, &st, 0), pid);
-    struct result r = {.status = WIFEXITED(st) ? WEXITSTATUS(st) : -1};
-    r.out = slurp_fd(fo);
-    r.err = slurp_fd(fe);
-    close(fo);
-    close(fe);
-    return r;
-}
-
-static struct result run(const char *const *args)
+static tu_result run(const char *const *args)
 {
     return run_env(NULL, args);
-}
-
-static void result_free(struct result *r)
-{
-    free(r->out);
-    free(r->err);
-}
-
-#define EXPECT_EXIT(r, code)                                                                  \
-    do {                                                                                      \
-        if ((r).status != (code))                                                             \
-            fail_msg("exit %d, want %d\nstdout:\n%s\nstderr:\n%s", (r).status, (code), (r).out, \
-                     (r).err);                                                                \
-    } while (0)
-
-static json_t *parse_json(const char *text)
-{
-    json_error_t e;
-    json_t *j = json_loads(text, 0, &e);
-    if (!j)
-        fail_msg("not JSON (%s):\n%s", e.text, text);
-    return j;
 }
 
 /* ---- the server -------------------------------------------------------------- */
@@ -165,7 +79,7 @@ static bool can_connect(const char *path)
  * extra args (NULL-terminated, may be NULL); wait until it accepts. */
 static pid_t start_server(const char *dir, const char *sockpath, const char *const *extra)
 {
-    const char *argv[32] = {bin(), "serve", "--data", dir, "--model", TINY, "--socket", sockpath,
+    const char *argv[32] = {tu_bin(), "serve", "--data", dir, "--model", TINY, "--socket", sockpath,
                             "--threads", "1", "--log-level", "warn"};
     int n = 12;
     for (const char *const *e = extra; e && *e; e++)
@@ -221,23 +135,15 @@ static void stop_server(pid_t pid)
 
 static void copy_file(const char *from, const char *to)
 {
-    FILE *a = fopen(from, "rb"), *b = fopen(to, "wb");
-    assert_non_null(a);
-    assert_non_null(b);
-    char buf[1 << 16];
-    size_t n;
-    while ((n = fread(buf, 1, sizeof buf, a)) > 0)
-        assert_int_equal(fwrite(buf, 1, n, b), n);
-    fclose(a);
-    assert_int_equal(fclose(b), 0);
+    size_t len;
+    char *b = tu_read_file(from, &len);
+    tu_write_file(to, b, len);
+    free(b);
 }
 
 static void write_text(const char *path, const char *text)
 {
-    FILE *f = fopen(path, "w");
-    assert_non_null(f);
-    fputs(text, f);
-    assert_int_equal(fclose(f), 0);
+    tu_write_file(path, text, strlen(text));
 }
 
 static void mkdir_p(const char *path)
@@ -251,8 +157,8 @@ static void mkdir_p(const char *path)
 static int group_setup(void **state)
 {
     (void)state;
-    char tmpl[] = "/tmp/umg-cli-XXXXXX";
-    assert_non_null(mkdtemp(tmpl));
+    char tmpl[64];
+    assert_non_null(tu_mkdtemp(tmpl, sizeof tmpl, "umg-cli-"));
     char *real = realpath(tmpl, NULL);
     assert_non_null(real);
     snprintf(root, sizeof root, "%s", real);
@@ -304,10 +210,7 @@ static int group_teardown(void **state)
         kill(server, SIGTERM);
         waitpid(server, NULL, 0);
     }
-    char cmd[400];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", root);
-    if (system(cmd)) {
-    }
+    tu_rm_rf(root);
     return 0;
 }
 
@@ -329,10 +232,10 @@ static json_t *query_json(const char *const *extra_args, const char *text)
         args[n++] = *e;
     args[n++] = text;
     args[n] = NULL;
-    struct result r = run(args);
-    EXPECT_EXIT(r, 0);
-    json_t *j = parse_json(r.out);
-    result_free(&r);
+    tu_result r = run(args);
+    TU_EXPECT_EXIT(r, 0);
+    json_t *j = tu_json_parse(r.out);
+    tu_result_free(&r);
     json_t *hits = json_object_get(j, "hits");
     assert_true(json_is_array(hits));
     return j;
@@ -345,9 +248,9 @@ static void test_ingest(void **state)
     (void)state;
     /* First run: six photos, the text file skipped, the hidden directory not walked. */
     const char *a1[] = {"ingest", "--server", server_addr, "--json", "--tags", "fixture,first", photos, NULL};
-    struct result r = run(a1);
-    EXPECT_EXIT(r, 0);
-    json_t *j = parse_json(r.out);
+    tu_result r = run(a1);
+    TU_EXPECT_EXIT(r, 0);
+    json_t *j = tu_json_parse(r.out);
     assert_int_equal(json_integer_value(json_object_get(j, "photos")), N_PHOTOS);
     assert_int_equal(json_integer_value(json_object_get(j, "ingested")), N_PHOTOS);
     assert_int_equal(json_integer_value(json_object_get(j, "unchanged")), 0);
@@ -355,18 +258,18 @@ static void test_ingest(void **state)
     assert_int_equal(json_integer_value(json_object_get(j, "skipped")), 1);
     assert_int_equal(json_array_size(json_object_get(j, "failures")), 0);
     json_decref(j);
-    result_free(&r);
+    tu_result_free(&r);
 
     /* Second run, plain summary (stderr is not a terminal: no progress bar):
      * nothing changed, so everything is reported unchanged. */
     const char *a2[] = {"ingest", "--server", server_addr, "-j", "3", photos, NULL};
     r = run(a2);
-    EXPECT_EXIT(r, 0);
+    TU_EXPECT_EXIT(r, 0);
     assert_non_null(strstr(r.out, "6 photos: 0 ingested"));
     assert_non_null(strstr(r.out, "6 unchanged, 0 failed"));
     assert_non_null(strstr(r.out, "1 other file skipped"));
     assert_null(strchr(r.err, '\r'));   /* no progress bar drawn */
-    result_free(&r);
+    tu_result_free(&r);
 
     /* A broken photo and a missing path fail, are listed with a reason, and
      * do not stop the others; exit 1 with the count. */
@@ -374,13 +277,13 @@ static void test_ingest(void **state)
     snprintf(missing, sizeof missing, "%s/no-such-dir", root);
     const char *a3[] = {"ingest", "--server", server_addr, photos, bad, missing, NULL};
     r = run(a3);
-    EXPECT_EXIT(r, 1);
+    TU_EXPECT_EXIT(r, 1);
     assert_non_null(strstr(r.out, "7 photos: 0 ingested"));
     assert_non_null(strstr(r.out, "6 unchanged, 1 failed"));
     assert_non_null(strstr(r.err, "broken.jpg: "));
     assert_non_null(strstr(r.err, "no-such-dir: No such file or directory"));
     assert_non_null(strstr(r.err, "2 of 8 files failed"));
-    result_free(&r);
+    tu_result_free(&r);
 }
 
 /* On a terminal (stderr a pty), ingest draws a progress bar redrawn in place:
@@ -408,7 +311,7 @@ static void test_ingest_progress_bar(void **state)
         dup2(slave, 2);
         unsetenv("UMGDB_SERVER");
         unsetenv("UMGDB_AUTH_TOKEN");
-        execl(bin(), bin(), "ingest", "--server", server_addr, photos, (char *)NULL);
+        execl(tu_bin(), tu_bin(), "ingest", "--server", server_addr, photos, (char *)NULL);
         _exit(127);
     }
     close(slave);
@@ -432,7 +335,7 @@ static void test_ingest_progress_bar(void **state)
     close(master);
     assert_true(WIFEXITED(st));
     assert_int_equal(WEXITSTATUS(st), 0);
-    char *out = slurp_fd(fo);
+    char *out = tu_read_fd(fo, NULL);
     close(fo);
     assert_non_null(strstr(tty, "\r[########################] 6/6 100%"));
     assert_non_null(strstr(tty, " img/s  ETA "));
@@ -449,23 +352,23 @@ static void test_ingest_by_path(void **state)
     (void)state;
     /* Under the server's --allow-root: read by the server, unchanged. */
     const char *a1[] = {"ingest", "--server", server_addr, "--by-path", "--json", photos, NULL};
-    struct result r = run(a1);
-    EXPECT_EXIT(r, 0);
-    json_t *j = parse_json(r.out);
+    tu_result r = run(a1);
+    TU_EXPECT_EXIT(r, 0);
+    json_t *j = tu_json_parse(r.out);
     assert_int_equal(json_integer_value(json_object_get(j, "unchanged")), N_PHOTOS);
     assert_null(strstr(r.err, "refused ingest by path"));
     json_decref(j);
-    result_free(&r);
+    tu_result_free(&r);
 
     /* Outside it: the server refuses the path, the client sends the bytes. */
     const char *a2[] = {"ingest", "--server", server_addr, "--by-path", "--json", outside, NULL};
     r = run(a2);
-    EXPECT_EXIT(r, 0);
-    j = parse_json(r.out);
+    TU_EXPECT_EXIT(r, 0);
+    j = tu_json_parse(r.out);
     assert_int_equal(json_integer_value(json_object_get(j, "ingested")), 1);
     assert_non_null(strstr(r.err, "refused ingest by path"));
     json_decref(j);
-    result_free(&r);
+    tu_result_free(&r);
 }
 
 static void test_query_json_and_table(void **state)
@@ -490,8 +393,8 @@ static void test_query_json_and_table(void **state)
     }
     /* The table shows the same hits in the same order. */
     const char *a[] = {"query", "--server", server_addr, "-k", "3", "a", "rocket", "launch", NULL};
-    struct result r = run(a);
-    EXPECT_EXIT(r, 0);
+    tu_result r = run(a);
+    TU_EXPECT_EXIT(r, 0);
     assert_true(!strncmp(r.out, "rank", 4));
     const char *line = strchr(r.out, '\n') + 1;
     for (size_t i = 0; i < 3; i++) {
@@ -507,7 +410,7 @@ static void test_query_json_and_table(void **state)
         line = eol + 1;
     }
     assert_int_equal(*line, 0);
-    result_free(&r);
+    tu_result_free(&r);
     json_decref(j);
 }
 
@@ -528,18 +431,14 @@ static void test_query_scores_match_embed(void **state)
         args[n++] = photo_path[i];
     }
     args[n] = NULL;
-    struct result r = run(args);
-    EXPECT_EXIT(r, 0);
+    tu_result r = run(args);
+    TU_EXPECT_EXIT(r, 0);
     double emb[N_PHOTOS + 1][512];
     int dim = 0;
-    const char *p = r.out;
+    json_t *ls = tu_json_lines(r.out);
+    assert_true(json_array_size(ls) >= N_PHOTOS + 1);
     for (int i = 0; i <= N_PHOTOS; i++) {
-        const char *nl = strchr(p, '\n');
-        assert_non_null(nl);
-        json_error_t e;
-        json_t *o = json_loadb(p, (size_t)(nl - p), 0, &e);
-        assert_non_null(o);
-        json_t *v = json_object_get(o, "embedding");
+        json_t *v = json_object_get(json_array_get(ls, (size_t)i), "embedding");
         dim = (int)json_array_size(v);
         assert_true(dim > 0 && dim <= 512);
         double norm = 0;
@@ -547,10 +446,9 @@ static void test_query_scores_match_embed(void **state)
             norm += pow(emb[i][d] = json_number_value(json_array_get(v, (size_t)d)), 2);
         for (int d = 0; d < dim; d++)
             emb[i][d] /= sqrt(norm);
-        json_decref(o);
-        p = nl + 1;
     }
-    result_free(&r);
+    json_decref(ls);
+    tu_result_free(&r);
 
     const char *k10[] = {"-k", "10", "--path-prefix", photos, NULL};
     json_t *j = query_json(k10, text);
@@ -601,26 +499,26 @@ static void test_query_filters(void **state)
 
     /* A minimum score nothing reaches: no hits, still success. */
     const char *a[] = {"query", "--server", server_addr, "--min-score", "1.5", "a photo", NULL};
-    struct result r = run(a);
-    EXPECT_EXIT(r, 0);
+    tu_result r = run(a);
+    TU_EXPECT_EXIT(r, 0);
     assert_string_equal(r.out, "no hits\n");
-    result_free(&r);
+    tu_result_free(&r);
 }
 
 /* Read the image id and size the server has for a path (umgdb get --json). */
 static void get_image(const char *path, uint64_t *id, long *w, long *h, size_t *n_regions)
 {
     const char *a[] = {"get", "--server", server_addr, "--json", "--path", path, NULL};
-    struct result r = run(a);
-    EXPECT_EXIT(r, 0);
-    json_t *j = parse_json(r.out);
+    tu_result r = run(a);
+    TU_EXPECT_EXIT(r, 0);
+    json_t *j = tu_json_parse(r.out);
     assert_string_equal(json_string_value(json_object_get(j, "path")), path);
     *id = (uint64_t)json_integer_value(json_object_get(j, "image_id"));
     *w = (long)json_integer_value(json_object_get(j, "width"));
     *h = (long)json_integer_value(json_object_get(j, "height"));
     *n_regions = json_array_size(json_object_get(j, "regions"));
     json_decref(j);
-    result_free(&r);
+    tu_result_free(&r);
 }
 
 /* A URL path as the page wrote it, decoded and resolved against dir. */
@@ -648,10 +546,10 @@ static void test_query_regions_html(void **state)
     snprintf(page, sizeof page, "%s/results.html", page_dir);
     const char *a[] = {"query", "--server", server_addr, "--regions", "-k", "4", "--json", "--html", page,
                        "--path-prefix", photos, "a cat", NULL};
-    struct result r = run(a);
-    EXPECT_EXIT(r, 0);
+    tu_result r = run(a);
+    TU_EXPECT_EXIT(r, 0);
     assert_non_null(strstr(r.err, "wrote "));
-    json_t *j = parse_json(r.out);
+    json_t *j = tu_json_parse(r.out);
     json_t *hits = json_object_get(j, "hits");
     assert_true(json_array_size(hits) >= 1);
     size_t len;
@@ -717,10 +615,10 @@ static void test_query_regions_html(void **state)
 
     /* The table shows the boxes. */
     const char *t[] = {"query", "--server", server_addr, "--regions", "-k", "2", "a cat", NULL};
-    r = (result_free(&r), run(t));
-    EXPECT_EXIT(r, 0);
+    r = (tu_result_free(&r), run(t));
+    TU_EXPECT_EXIT(r, 0);
     assert_non_null(strstr(r.out, "box (x,y wxh)"));
-    result_free(&r);
+    tu_result_free(&r);
 }
 
 /* Pixel granularity: each hit carries a heatmap over the patch grid; the page
@@ -732,9 +630,9 @@ static void test_query_heatmap(void **state)
     snprintf(page, sizeof page, "%s/heat.html", root);
     const char *a[] = {"query", "--server", server_addr, "--heatmap", "-k", "2", "--json", "--html", page,
                        "--path-prefix", photos, "a cat", NULL};
-    struct result r = run(a);
-    EXPECT_EXIT(r, 0);
-    json_t *j = parse_json(r.out);
+    tu_result r = run(a);
+    TU_EXPECT_EXIT(r, 0);
+    json_t *j = tu_json_parse(r.out);
     json_t *hits = json_object_get(j, "hits");
     assert_int_equal(json_array_size(hits), 2);
     size_t cells = 0;
@@ -747,7 +645,7 @@ static void test_query_heatmap(void **state)
         cells += (size_t)(g * g);
     }
     json_decref(j);
-    result_free(&r);
+    tu_result_free(&r);
     FILE *f = fopen(page, "r");
     assert_non_null(f);
     char *html = calloc(1, 1 << 20);
@@ -764,9 +662,9 @@ static void test_query_heatmap(void **state)
 
     const char *t[] = {"query", "--server", server_addr, "--heatmap", "-k", "2", "a cat", NULL};
     r = run(t);
-    EXPECT_EXIT(r, 0);
+    TU_EXPECT_EXIT(r, 0);
     assert_non_null(strstr(r.out, "heatmap peak (x,y)"));
-    result_free(&r);
+    tu_result_free(&r);
 }
 
 static void test_get_stats_delete(void **state)
@@ -782,58 +680,58 @@ static void test_get_stats_delete(void **state)
     char ids[32];
     snprintf(ids, sizeof ids, "%llu", (unsigned long long)id);
     const char *g[] = {"get", "--server", server_addr, ids, NULL};
-    struct result r = run(g);
-    EXPECT_EXIT(r, 0);
+    tu_result r = run(g);
+    TU_EXPECT_EXIT(r, 0);
     char want[600];
     snprintf(want, sizeof want, "path: %s\n", photo_path[5]);
     assert_non_null(strstr(r.out, want));
     snprintf(want, sizeof want, "regions: %zu\n", nreg);
     assert_non_null(strstr(r.out, want));
     assert_non_null(strstr(r.out, "tags: fixture, first\n"));
-    result_free(&r);
+    tu_result_free(&r);
 
     /* stats: seven images (six photos and the copy from outside). */
     const char *s[] = {"stats", "--server", server_addr, "--json", NULL};
     r = run(s);
-    EXPECT_EXIT(r, 0);
-    json_t *j = parse_json(r.out);
+    TU_EXPECT_EXIT(r, 0);
+    json_t *j = tu_json_parse(r.out);
     assert_int_equal(json_integer_value(json_object_get(j, "images")), N_PHOTOS + 1);
     json_decref(j);
-    result_free(&r);
+    tu_result_free(&r);
     const char *s2[] = {"stats", "--server", server_addr, NULL};
     r = run(s2);
-    EXPECT_EXIT(r, 0);
+    TU_EXPECT_EXIT(r, 0);
     assert_non_null(strstr(r.out, "images: 7\n"));
-    result_free(&r);
+    tu_result_free(&r);
 
     /* delete by path; then it is gone, and the count drops. */
     const char *d[] = {"delete", "--server", server_addr, "--path", photo_path[5], NULL};
     r = run(d);
-    EXPECT_EXIT(r, 0);
+    TU_EXPECT_EXIT(r, 0);
     snprintf(want, sizeof want, "deleted image %s", ids);
     assert_non_null(strstr(r.out, want));
-    result_free(&r);
+    tu_result_free(&r);
     r = run(g);
-    EXPECT_EXIT(r, 1);
+    TU_EXPECT_EXIT(r, 1);
     assert_non_null(strstr(r.err, "umgdb get: not_found"));
-    result_free(&r);
+    tu_result_free(&r);
     r = run(d);
-    EXPECT_EXIT(r, 1);
+    TU_EXPECT_EXIT(r, 1);
     assert_non_null(strstr(r.err, "not_found"));
-    result_free(&r);
+    tu_result_free(&r);
     r = run(s);
-    EXPECT_EXIT(r, 0);
-    j = parse_json(r.out);
+    TU_EXPECT_EXIT(r, 0);
+    j = tu_json_parse(r.out);
     assert_int_equal(json_integer_value(json_object_get(j, "images")), N_PHOTOS);
     json_decref(j);
-    result_free(&r);
+    tu_result_free(&r);
 
     /* Ingest brings it back (a new id). */
     const char *in[] = {"ingest", "--server", server_addr, "--tags", "fixture,first", photo_path[5], NULL};
     r = run(in);
-    EXPECT_EXIT(r, 0);
+    TU_EXPECT_EXIT(r, 0);
     assert_non_null(strstr(r.out, "1 photo: 1 ingested"));
-    result_free(&r);
+    tu_result_free(&r);
 }
 
 static void test_usage_errors(void **state)
@@ -859,21 +757,21 @@ static void test_usage_errors(void **state)
         {"stats", "--server", "no-port-here", NULL},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
-        struct result r = run(cases[i]);
+        tu_result r = run(cases[i]);
         if (r.status != 2 || !strstr(r.err, "umgdb "))
             fail_msg("case %zu (%s %s): exit %d, stderr: %s", i, cases[i][0], cases[i][1] ? cases[i][1] : "",
                      r.status, r.err);
         assert_string_equal(r.out, "");
-        result_free(&r);
+        tu_result_free(&r);
     }
     /* --help: exit 0, on stdout. */
     static const char *const cmds[] = {"ingest", "query", "stats", "get", "delete"};
     for (size_t i = 0; i < 5; i++) {
         const char *a[] = {cmds[i], "--help", NULL};
-        struct result r = run(a);
-        EXPECT_EXIT(r, 0);
+        tu_result r = run(a);
+        TU_EXPECT_EXIT(r, 0);
         assert_non_null(strstr(r.out, "usage: umgdb "));
-        result_free(&r);
+        tu_result_free(&r);
     }
 }
 
@@ -886,24 +784,24 @@ static void test_server_down(void **state)
                                           {"ingest", UMG_FIXTURES_DIR "/clip-tiny/images/rocket.jpg"}};
     for (size_t i = 0; i < 5; i++) {
         const char *a[] = {cmds[i][0], "--server", nowhere, cmds[i][1], NULL};
-        struct result r = run(a);
-        EXPECT_EXIT(r, 3);
+        tu_result r = run(a);
+        TU_EXPECT_EXIT(r, 3);
         assert_non_null(strstr(r.err, "cannot connect to"));
-        result_free(&r);
+        tu_result_free(&r);
     }
     /* UMGDB_SERVER is read when --server is absent. */
     char env[420];
     snprintf(env, sizeof env, "UMGDB_SERVER=%s", nowhere);
     const char *e[] = {env, NULL};
     const char *a[] = {"stats", NULL};
-    struct result r = run_env(e, a);
-    EXPECT_EXIT(r, 3);
+    tu_result r = run_env(e, a);
+    TU_EXPECT_EXIT(r, 3);
     assert_non_null(strstr(r.err, "nobody.sock"));
-    result_free(&r);
+    tu_result_free(&r);
     snprintf(env, sizeof env, "UMGDB_SERVER=%s", server_addr);
     r = run_env(e, a);
-    EXPECT_EXIT(r, 0);
-    result_free(&r);
+    TU_EXPECT_EXIT(r, 0);
+    tu_result_free(&r);
 }
 
 /* A server that requires a token: refused without it (exit 3 and a clear
@@ -919,41 +817,41 @@ static void test_auth(void **state)
     pid_t pid = start_server(d2, s2, extra);
 
     const char *a[] = {"stats", "--server", addr, NULL};
-    struct result r = run(a);
-    EXPECT_EXIT(r, 3);
+    tu_result r = run(a);
+    TU_EXPECT_EXIT(r, 3);
     assert_non_null(strstr(r.err, "refused"));
     assert_non_null(strstr(r.err, "token"));
-    result_free(&r);
+    tu_result_free(&r);
 
     char wrong[400];
     snprintf(wrong, sizeof wrong, "%s/wrong-token", root);
     write_text(wrong, "not-the-token\n");
     const char *aw[] = {"stats", "--server", addr, "--token-file", wrong, NULL};
     r = run(aw);
-    EXPECT_EXIT(r, 3);
+    TU_EXPECT_EXIT(r, 3);
     assert_non_null(strstr(r.err, "refused"));
-    result_free(&r);
+    tu_result_free(&r);
 
     const char *af[] = {"ingest", "--server", addr, "--token-file", token_file, photo_path[1], NULL};
     r = run(af);
-    EXPECT_EXIT(r, 0);
-    result_free(&r);
+    TU_EXPECT_EXIT(r, 0);
+    tu_result_free(&r);
 
     const char *env[] = {"UMGDB_AUTH_TOKEN=s3cret-token", NULL};
     const char *ae[] = {"stats", "--server", addr, "--json", NULL};
     r = run_env(env, ae);
-    EXPECT_EXIT(r, 0);
-    json_t *j = parse_json(r.out);
+    TU_EXPECT_EXIT(r, 0);
+    json_t *j = tu_json_parse(r.out);
     assert_int_equal(json_integer_value(json_object_get(j, "images")), 1);
     json_decref(j);
-    result_free(&r);
+    tu_result_free(&r);
 
     /* A token file that does not exist is an error, not "no token". */
     const char *an[] = {"stats", "--server", addr, "--token-file", "/nonexistent/token", NULL};
     r = run(an);
-    EXPECT_EXIT(r, 3);
+    TU_EXPECT_EXIT(r, 3);
     assert_non_null(strstr(r.err, "/nonexistent/token"));
-    result_free(&r);
+    tu_result_free(&r);
     stop_server(pid);
 }
 
@@ -970,11 +868,11 @@ static void test_connection_lost(void **state)
     const char *extra[] = {"--max-frame", "64K", NULL};
     pid_t pid = start_server(d3, s3, extra);
     const char *a[] = {"ingest", "--server", addr, "--jobs", "1", photo_path[1], NULL};   /* 139 KB */
-    struct result r = run(a);
-    EXPECT_EXIT(r, 3);
+    tu_result r = run(a);
+    TU_EXPECT_EXIT(r, 3);
     assert_non_null(strstr(r.err, "umgdb ingest: lost the connection to the server at"));
     assert_non_null(strstr(r.out, "1 not sent"));
-    result_free(&r);
+    tu_result_free(&r);
     stop_server(pid);
 }
 
@@ -986,12 +884,12 @@ static void test_restart(void **state)
     const char *extra[] = {"--allow-root", photos, NULL};
     server = start_server(data, sock, extra);
     const char *a[] = {"ingest", "--server", server_addr, "--json", photos, NULL};
-    struct result r = run(a);
-    EXPECT_EXIT(r, 0);
-    json_t *j = parse_json(r.out);
+    tu_result r = run(a);
+    TU_EXPECT_EXIT(r, 0);
+    json_t *j = tu_json_parse(r.out);
     assert_int_equal(json_integer_value(json_object_get(j, "unchanged")), N_PHOTOS);
     json_decref(j);
-    result_free(&r);
+    tu_result_free(&r);
 }
 
 int main(void)

@@ -6,108 +6,18 @@
 #include <stdint.h>
 #include <cmocka.h>
 
-#include <fcntl.h>
 #include <jansson.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/wait.h>
 #include <unistd.h>
+
+#include "test_util.h"
 
 #define TINY UMG_FIXTURES_DIR "/clip-tiny"
 
 static json_t *ref;
-
-static const char *bin(void)
-{
-    const char *b = getenv("UMG_BIN");
-    return b && *b ? b : UMG_BINARY_DIR "/umgdb";
-}
-
-struct result {
-    int status; /* exit code, or -1 if killed */
-    char *out, *err;
-    size_t out_len;
-};
-
-static char *slurp(const char *path, size_t *len)
-{
-    FILE *f = fopen(path, "rb");
-    assert_non_null(f);
-    size_t cap = 1 << 16, n = 0;
-    char *b = malloc(cap);
-    size_t got;
-    while ((got = fread(b + n, 1, cap - n - 1, f)) > 0) {
-        n += got;
-        if (cap - n - 1 == 0)
-            b = realloc(b, cap *= 2);
-    }
-    fclose(f);
-    b[n] = 0;
-    if (len)
-        *len = n;
-    return b;
-}
-
-/* Run umgdb with args (NULL-terminated, after the binary name). */
-static struct result run(const char *const *args)
-{
-    char outp[] = "/tmp/umg-embed-out-XXXXXX", errp[] = "/tmp/umg-embed-err-XXXXXX";
-    int fo = mkstemp(outp), fe = mkstemp(errp);
-    assert_true(fo >= 0 && fe >= 0);
-    const char *argv[64];
-    int n = 0;
-    argv[n++] = bin();
-    for (; args[n - 1]; n++) {
-        assert_true(n < 63);
-        argv[n] = args[n - 1];
-    }
-    argv[n] = NULL;
-    pid_t pid = fork();
-    assert_true(pid >= 0);
-    if (pid == 0) {
-        dup2(fo, 1);
-        dup2(fe, 2);
-        execv(argv[0], (char *const *)argv);
-        _exit(127);
-    }
-    int st;
-    assert_int_equal(waitpid(pid, &st, 0), pid);
-    close(fo);
-    close(fe);
-    struct result r = {.status = WIFEXITED(st) ? WEXITSTATUS(st) : -1};
-    r.out = slurp(outp, &r.out_len);
-    r.err = slurp(errp, NULL);
-    unlink(outp);
-    unlink(errp);
-    return r;
-}
-
-static void result_free(struct result *r)
-{
-    free(r->out);
-    free(r->err);
-}
-
-/* The output's lines as JSON objects. */
-static json_t *lines(const char *out)
-{
-    json_t *arr = json_array();
-    const char *p = out;
-    while (*p) {
-        const char *nl = strchr(p, '\n');
-        assert_non_null(nl); /* every object ends its line */
-        json_error_t e;
-        json_t *o = json_loadb(p, (size_t)(nl - p), 0, &e);
-        if (!o)
-            fail_msg("output line is not JSON: %s", e.text);
-        assert_true(json_is_object(o));
-        json_array_append_new(arr, o);
-        p = nl + 1;
-    }
-    return arr;
-}
 
 /* got (already normalized) against normalize(want). */
 static void check_normalized(json_t *got, json_t *want, const char *what)
@@ -142,10 +52,10 @@ static json_t *ref_image(const char *file)
 static void test_image_patches(void **state)
 {
     const char *args[] = {"embed", "--model", TINY, "--image", TINY "/images/chelsea.png", "--patches", NULL};
-    struct result r = run(args);
+    tu_result r = tu_run(args);
     if (r.status)
         fail_msg("exit %d: %s", r.status, r.err);
-    json_t *ls = lines(r.out);
+    json_t *ls = tu_json_lines(r.out);
     assert_int_equal(json_array_size(ls), 1);
     json_t *o = json_array_get(ls, 0), *want = ref_image("chelsea.png");
     check_normalized(json_object_get(o, "embedding"), json_object_get(want, "embedding"), "chelsea embedding");
@@ -159,7 +69,7 @@ static void test_image_patches(void **state)
     }
     assert_null(json_object_get(o, "ids"));
     json_decref(ls);
-    result_free(&r);
+    tu_result_free(&r);
 }
 
 /* Images and texts interleaved; batches of 2 on 2 threads: order kept. */
@@ -202,10 +112,10 @@ static void test_mixed_order(void **state)
         json_array_append(expect, json_array_get(texts, ti));
     }
     args[n] = NULL;
-    struct result r = run(args);
+    tu_result r = tu_run(args);
     if (r.status)
         fail_msg("exit %d: %s", r.status, r.err);
-    json_t *ls = lines(r.out);
+    json_t *ls = tu_json_lines(r.out);
     assert_int_equal(json_array_size(ls), json_array_size(expect));
     for (size_t i = 0; i < json_array_size(ls); i++) {
         json_t *o = json_array_get(ls, i), *w = json_array_get(expect, i);
@@ -223,7 +133,7 @@ static void test_mixed_order(void **state)
     }
     json_decref(ls);
     json_decref(expect);
-    result_free(&r);
+    tu_result_free(&r);
 }
 
 static void test_dump_pixels(void **state)
@@ -233,12 +143,12 @@ static void test_dump_pixels(void **state)
     assert_true(fd >= 0);
     close(fd);
     const char *args[] = {"embed", "--model", TINY, "--image", TINY "/images/rocket.jpg", "--dump-pixels", out, NULL};
-    struct result r = run(args);
+    tu_result r = tu_run(args);
     if (r.status)
         fail_msg("exit %d: %s", r.status, r.err);
     size_t len, wlen;
-    float *got = (float *)slurp(out, &len);
-    float *want = (float *)slurp(TINY "/pixels/rocket.f32", &wlen);
+    float *got = (float *)tu_read_file(out, &len);
+    float *want = (float *)tu_read_file(TINY "/pixels/rocket.f32", &wlen);
     assert_int_equal(len, (size_t)3 * 224 * 224 * 4);
     assert_int_equal(len, wlen);
     double sum = 0, maxd = 0;
@@ -249,7 +159,7 @@ static void test_dump_pixels(void **state)
     }
     assert_true(sum / (len / 4) <= 0.005);
     assert_true(maxd <= 0.05);
-    json_t *ls = lines(r.out);
+    json_t *ls = tu_json_lines(r.out);
     assert_int_equal(json_array_size(ls), 1);
     check_normalized(json_object_get(json_array_get(ls, 0), "embedding"),
                      json_object_get(ref_image("rocket.jpg"), "embedding"), "rocket embedding");
@@ -257,16 +167,16 @@ static void test_dump_pixels(void **state)
     free(got);
     free(want);
     unlink(out);
-    result_free(&r);
+    tu_result_free(&r);
 }
 
 static void expect_failure(const char *const *args, int status, const char *needle)
 {
-    struct result r = run(args);
+    tu_result r = tu_run(args);
     if (r.status != status || !strstr(r.err, needle))
         fail_msg("%s %s: exit %d, stderr \"%s\" (wanted exit %d mentioning \"%s\")", args[1], args[2], r.status,
                  r.err, status, needle);
-    result_free(&r);
+    tu_result_free(&r);
 }
 
 static void test_errors(void **state)
@@ -290,25 +200,25 @@ static void test_errors(void **state)
     expect_failure(bad_opt, 2, "--frobnicate");
 
     const char *help[] = {"embed", "--help", NULL};
-    struct result r = run(help);
+    tu_result r = tu_run(help);
     assert_int_equal(r.status, 0);
     assert_non_null(strstr(r.out, "--dump-pixels"));
-    result_free(&r);
+    tu_result_free(&r);
 
     /* a failure after good inputs: the good ones are printed, then the error */
     const char *late[] = {"embed", "--model", TINY, "--text", "a cat", "--image", "/nonexistent.png", NULL};
-    r = run(late);
+    r = tu_run(late);
     assert_int_equal(r.status, 1);
-    json_t *ls = lines(r.out);
+    json_t *ls = tu_json_lines(r.out);
     assert_int_equal(json_array_size(ls), 1);
     json_decref(ls);
-    result_free(&r);
+    tu_result_free(&r);
 }
 
 int main(void)
 {
-    if (access(bin(), X_OK) != 0) {
-        fprintf(stderr, "test_embed_cli: %s is not an executable (set UMG_BIN)\n", bin());
+    if (access(tu_bin(), X_OK) != 0) {
+        fprintf(stderr, "test_embed_cli: %s is not an executable (set UMG_BIN)\n", tu_bin());
         return 1;
     }
     json_error_t e;
