@@ -7,7 +7,6 @@
 
 #include <errno.h>
 #include <fcntl.h>
-#include <ftw.h>
 #include <math.h>
 #include <signal.h>
 #include <stdio.h>
@@ -20,6 +19,7 @@
 #include <unistd.h>
 
 #include "db.h"
+#include "test_util.h"
 #include "umg_error.h"
 
 #define DIM 48
@@ -27,13 +27,6 @@
 #define ROUNDS 24
 
 static const uint8_t FP[32] = { 0xc0, 0xff, 0xee };
-
-static int rm_cb(const char *p, const struct stat *sb, int flag, struct FTW *ftw)
-{
-    (void)sb, (void)flag, (void)ftw;
-    return remove(p);
-}
-static void rm_rf(const char *dir) { nftw(dir, rm_cb, 16, FTW_DEPTH | FTW_PHYS | FTW_MOUNT); }
 
 /* The vector of a path's image (r = 0) or region r: a function of the path,
  * so the parent can check what the child stored. */
@@ -316,7 +309,7 @@ static void test_sigkill_rounds(void **state)
     free(l.id);
     free(l.path);
     free(l.state);
-    rm_rf(dir);
+    tu_rm_rf(dir);
 }
 
 /* ---- corruption ---- */
@@ -409,7 +402,7 @@ static void test_corrupt_snapshots(void **state)
         assert_int_equal(rename(old, snap), 0);
     }
     expect_rebuild(dir, 40, "stale");
-    rm_rf(dir);
+    tu_rm_rf(dir);
 }
 
 /* ---- filesystems ---- */

@@ -4,7 +4,6 @@
 #include <stddef.h>
 #include <cmocka.h>
 
-#include <ftw.h>
 #include <math.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -14,6 +13,7 @@
 #include <unistd.h>
 
 #include "db.h"
+#include "test_util.h"
 #include "umg_error.h"
 
 #define DIM 32
@@ -22,25 +22,11 @@ static uint8_t FP_A[32] = { 0xaa, 1, 2, 3 };
 static uint8_t FP_B[32] = { 0xbb, 9, 9, 9 };
 
 static uint64_t rng_state = 88172645463325252ull;
-static float frand(void)
-{
-    rng_state ^= rng_state << 13;
-    rng_state ^= rng_state >> 7;
-    rng_state ^= rng_state << 17;
-    return (float)((rng_state >> 11) * (1.0 / 9007199254740992.0)) * 2.0f - 1.0f;
-}
 static void rand_vec(float *v, int n)
 {
     for (int i = 0; i < n; i++)
-        v[i] = frand();
+        v[i] = tu_frand(&rng_state);
 }
-
-static int rm_cb(const char *p, const struct stat *sb, int flag, struct FTW *ftw)
-{
-    (void)sb, (void)flag, (void)ftw;
-    return remove(p);
-}
-static void rm_rf(const char *dir) { nftw(dir, rm_cb, 16, FTW_DEPTH | FTW_PHYS); }
 
 typedef struct fixture {
     char dir[256];
@@ -60,8 +46,7 @@ static void count_log(void *ud, int level, const char *msg)
 static int setup(void **state)
 {
     fixture *f = calloc(1, sizeof *f);
-    snprintf(f->dir, sizeof f->dir, "/tmp/umg_test_db_XXXXXX");
-    if (!mkdtemp(f->dir))
+    if (!tu_mkdtemp(f->dir, sizeof f->dir, "umg_test_db_"))
         return -1;
     snprintf(f->data, sizeof f->data, "%s/data", f->dir);
     *state = f;
@@ -70,7 +55,7 @@ static int setup(void **state)
 static int teardown(void **state)
 {
     fixture *f = *state;
-    rm_rf(f->dir);
+    tu_rm_rf(f->dir);
     free(f);
     return 0;
 }

@@ -12,16 +12,11 @@
 #include <unistd.h>
 
 #include "idx.h"
+#include "test_util.h"
 #include "umg_error.h"
 
 static uint64_t rng = 0x9e3779b97f4a7c15ull;
-static float frand(void)
-{
-    rng ^= rng << 13;
-    rng ^= rng >> 7;
-    rng ^= rng << 17;
-    return (float)((rng >> 11) * (1.0 / 9007199254740992.0)) * 2.0f - 1.0f;
-}
+static float frand(void) { return tu_frand(&rng); }
 static void normalize(float *v, int d)
 {
     double s = 0;
