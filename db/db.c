@@ -1333,21 +1333,29 @@ static int get_by_id(db_t *db, MDB_txn *txn, int dbi, uint64_t id, MDB_val *v)
     return mdb_get(txn, db->dbi[dbi], &k, v);
 }
 
-int db_get_image(db_t *db, uint64_t id, db_image *out)
+/* The image (kind DB_KIND_IMAGE, out a db_image) or region record id,
+ * decoded into out, in a read transaction of its own. */
+static int get_record(db_t *db, int kind, uint64_t id, void *out)
 {
-    memset(out, 0, sizeof *out);
     MDB_txn *txn;
     int rc = rtxn_begin(db, &txn);
     if (rc)
         return rc;
+    int region = kind == DB_KIND_REGION;
     MDB_val v;
-    rc = get_by_id(db, txn, D_IMAGES, id, &v);
+    rc = get_by_id(db, txn, region ? D_REGIONS : D_IMAGES, id, &v);
     if (rc == MDB_NOTFOUND)
-        rc = umg_err_set(UMG_ENOENT, "image %llu not found", (unsigned long long)id);
+        rc = umg_err_set(UMG_ENOENT, "%s %llu not found", region ? "region" : "image", (unsigned long long)id);
     else if (!rc)
-        rc = decode_image_rec(id, &v, out);
+        rc = region ? decode_region_rec(id, &v, out) : decode_image_rec(id, &v, out);
     rtxn_end(db, txn);
-    return translate(rc, "reading an image");
+    return translate(rc, region ? "reading a region" : "reading an image");
+}
+
+int db_get_image(db_t *db, uint64_t id, db_image *out)
+{
+    memset(out, 0, sizeof *out);
+    return get_record(db, DB_KIND_IMAGE, id, out);
 }
 
 int db_find_path(db_t *db, const char *path, uint64_t *id)
@@ -1398,18 +1406,7 @@ int db_find_hash(db_t *db, const uint8_t sha256[32], uint64_t *ids, int max, int
 int db_get_region(db_t *db, uint64_t id, db_region *out)
 {
     memset(out, 0, sizeof *out);
-    MDB_txn *txn;
-    int rc = rtxn_begin(db, &txn);
-    if (rc)
-        return rc;
-    MDB_val v;
-    rc = get_by_id(db, txn, D_REGIONS, id, &v);
-    if (rc == MDB_NOTFOUND)
-        rc = umg_err_set(UMG_ENOENT, "region %llu not found", (unsigned long long)id);
-    else if (!rc)
-        rc = decode_region_rec(id, &v, out);
-    rtxn_end(db, txn);
-    return translate(rc, "reading a region");
+    return get_record(db, DB_KIND_REGION, id, out);
 }
 
 int db_list_images(db_t *db, uint64_t after, uint64_t *ids, int max, int *n)
