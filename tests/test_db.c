@@ -116,6 +116,31 @@ static void make_image(img_buf *b, const char *path, int nr)
     }
 }
 
+/* n images with nr regions each at <dir><i>.jpg into bufs/ins, stored with
+ * one db_put_images (ids, rids may be NULL). */
+static void put_images(db_t *db, img_buf *bufs, db_image_in *ins, int n, const char *dir, int nr, uint64_t *ids,
+                       uint64_t *rids)
+{
+    for (int i = 0; i < n; i++) {
+        char p[32];
+        snprintf(p, sizeof p, "%s%d.jpg", dir, i);
+        make_image(&bufs[i], p, nr);
+        ins[i] = bufs[i].in;
+    }
+    assert_int_equal(db_put_images(db, ins, n, ids, rids), 0);
+}
+
+/* The stored counts, and the indexes holding exactly the stored vectors. */
+static void assert_counts(db_t *db, uint64_t images, uint64_t regions)
+{
+    db_stats st;
+    assert_int_equal(db_stats_get(db, &st), 0);
+    assert_int_equal(st.images, images);
+    assert_int_equal(st.regions, regions);
+    assert_int_equal(st.index_images, images);
+    assert_int_equal(st.index_regions, regions);
+}
+
 static void assert_vec_close(const float *stored, const float *raw)
 {
     double n = 0;
@@ -217,12 +242,7 @@ static void test_roundtrip(void **state)
     assert_int_equal(db_get_image(db, id, &img), 0);
     assert_string_equal(img.path, "/photos/a.jpg");
     db_image_free(&img);
-    db_stats st;
-    assert_int_equal(db_stats_get(db, &st), 0);
-    assert_int_equal(st.images, 2);
-    assert_int_equal(st.regions, 3);
-    assert_int_equal(st.index_images, 2);
-    assert_int_equal(st.index_regions, 3);
+    assert_counts(db, 2, 3);
     db_close(db);
 }
 
@@ -275,12 +295,7 @@ static void test_duplicate_and_replace(void **state)
     uint64_t got;
     assert_int_equal(db_find_path(db, "/p/1.jpg", &got), 0);
     assert_int_equal(got, id2);
-    db_stats st;
-    assert_int_equal(db_stats_get(db, &st), 0);
-    assert_int_equal(st.images, 1);
-    assert_int_equal(st.regions, 3);
-    assert_int_equal(st.index_images, 1);
-    assert_int_equal(st.index_regions, 3);
+    assert_counts(db, 1, 3);
     db_close(db);
 }
 
@@ -292,14 +307,8 @@ static void test_search_and_delete(void **state)
     enum { N = 60 };
     static img_buf bufs[N];
     static db_image_in ins[N];
-    for (int i = 0; i < N; i++) {
-        char p[32];
-        snprintf(p, sizeof p, "/s/%d.jpg", i);
-        make_image(&bufs[i], p, 2);
-        ins[i] = bufs[i].in;
-    }
     uint64_t ids[N], rids[2 * N];
-    assert_int_equal(db_put_images(db, ins, N, ids, rids), 0);
+    put_images(db, bufs, ins, N, "/s/", 2, ids, rids);
     db_hit hits[2 * N];
     int n;
     for (int i = 0; i < N; i++) {
@@ -522,14 +531,8 @@ static void test_auto_approximate(void **state)
     enum { N = 700 };
     static img_buf bufs[N];
     static db_image_in ins[N];
-    for (int i = 0; i < N; i++) {
-        char p[32];
-        snprintf(p, sizeof p, "/auto/%d.jpg", i);
-        make_image(&bufs[i], p, 0);
-        ins[i] = bufs[i].in;
-    }
     uint64_t ids[N];
-    assert_int_equal(db_put_images(db, ins, N, ids, NULL), 0);
+    put_images(db, bufs, ins, N, "/auto/", 0, ids, NULL);
     db_stats st;
     assert_int_equal(db_stats_get(db, &st), 0);
     assert_string_equal(st.image_factory, "Flat");
@@ -562,17 +565,6 @@ static void test_auto_approximate(void **state)
  * what today's automatic choice would be (here: more lists, as an earlier
  * formula made).  Also: NO_BUILD leaves a pending switch for later, and
  * db_cancel_builds stops a build without touching the index in use. */
-static void fill_images(db_t *db, img_buf *bufs, db_image_in *ins, int n, uint64_t *ids)
-{
-    for (int i = 0; i < n; i++) {
-        char p[32];
-        snprintf(p, sizeof p, "/ro/%d.jpg", i);
-        make_image(&bufs[i], p, 0);
-        ins[i] = bufs[i].in;
-    }
-    assert_int_equal(db_put_images(db, ins, n, ids, NULL), 0);
-}
-
 static void test_searches_never_retrain(void **state)
 {
     fixture *f = *state;
@@ -584,7 +576,7 @@ static void test_searches_never_retrain(void **state)
     o.approx_threshold = 600;
     o.image_factory = "IVF512,PQ4np"; /* automatic at 700 vectors would be IVF256,PQ4np */
     db_t *db = open_ok(f, &o);
-    fill_images(db, bufs, ins, N, ids);
+    put_images(db, bufs, ins, N, "/ro/", 0, ids, NULL);
     assert_int_equal(db_checkpoint(db), 0);
     db_close(db);
 
@@ -621,7 +613,7 @@ static void test_checkpoint_no_build(void **state)
     db_options o = opts_for(f);
     o.approx_threshold = 600;
     db_t *db = open_ok(f, &o);
-    fill_images(db, bufs, ins, N, ids);
+    put_images(db, bufs, ins, N, "/ro/", 0, ids, NULL);
     assert_int_equal(db_build_pending(db), 1);
     f->log_lines = 0;
     assert_int_equal(db_checkpoint_ex(db, DB_CHECKPOINT_NO_BUILD), 0);
