@@ -53,11 +53,19 @@ static void usage(FILE *out)
         "  --region-index FACTORY  FAISS factory string for the region index (default: by size)\n"
         "  --approx-threshold N    automatic choice: approximate index from N vectors (default 50000)\n"
         "  --nprobe N              search breadth of approximate indexes (default 32)\n"
+        "  --index-threads N       OpenMP threads FAISS may use in searches and index builds\n"
+        "                          (default %d: on a few cores, more only spin against the encoder;\n"
+        "                          0 = FAISS's default, OMP_NUM_THREADS or every core)\n"
+        "  --checkpoint-interval S write index snapshots in the background every S seconds when\n"
+        "                          something was written (default %d; 0 = only at stop).  Index\n"
+        "                          builds (exact -> approximate, retraining) always run in the\n"
+        "                          background, never at stop\n"
         "  -h, --help              this text\n"
         "\n"
-        "SIGINT/SIGTERM: stop accepting, finish the requests in flight, checkpoint, exit 0.\n",
+        "SIGINT/SIGTERM: stop accepting, finish the requests in flight, write index snapshots\n"
+        "(no index build), exit 0.\n",
         UMG_DEFAULT_ADDR, SRV_DEFAULT_REGIONS, SRV_DEFAULT_BATCH, (unsigned)(64u << 20), SRV_DEFAULT_IDLE_S,
-        SRV_DEFAULT_MAX_CONN);
+        SRV_DEFAULT_MAX_CONN, SRV_DEFAULT_INDEX_THREADS, SRV_DEFAULT_CHECKPOINT_S);
 }
 
 static int parse_int(const char *flag, const char *v, long lo, long hi, long *out)
@@ -189,6 +197,12 @@ int cmd_serve(int argc, char **argv)
         } else if (!strcmp(a, "--nprobe")) {
             if (parse_int(a, v, 1, 65536, &x)) return 2;
             c.nprobe = (int)x;
+        } else if (!strcmp(a, "--index-threads")) {
+            if (parse_int(a, v, 0, 256, &x)) return 2;
+            c.index_threads = (int)x;
+        } else if (!strcmp(a, "--checkpoint-interval")) {
+            if (parse_int(a, v, 0, 86400 * 365, &x)) return 2;
+            c.checkpoint_interval_s = (int)x;
         } else {
             fprintf(stderr, "umgdb serve: unknown option '%s'\n", a);
             usage(stderr);

@@ -1,6 +1,7 @@
 /* server.c - the loop thread: listeners, connections, framing, backpressure,
  * auth gate, job lifecycle, the encoder thread, signals and shutdown.
  * What each operation does is in server_ops.c. */
+#include "idx.h"
 #include "server_internal.h"
 
 #include <arpa/inet.h>
@@ -366,8 +367,81 @@ static void *encoder_main(void *arg)
         }
         srv_encode_batch(s, s->enc_run, batch, n, s->enc_scratch);
         for (int i = 0; i < n; i++) srv_job_done_async(s, batch[i]);
+        /* the collection may have reached the approximate threshold: build in the background */
+        if (db_build_pending(s->db)) srv_checkpoint_kick(s);
     }
     free(batch);
+    return NULL;
+}
+
+/* ---- checkpoint thread ---------------------------------------------------- */
+
+void srv_checkpoint_kick(srv *s)
+{
+    pthread_mutex_lock(&s->ck_mu);
+    if (!s->ck_busy && !s->ck_hold) { /* a running checkpoint re-checks what is due when done */
+        s->ck_kick = 1;
+        pthread_cond_signal(&s->ck_cv);
+    }
+    pthread_mutex_unlock(&s->ck_mu);
+}
+
+/* Index builds take minutes at 100,000+ vectors on 2 cores: they run here,
+ * from an LMDB read snapshot (writers and searches go on), never on the
+ * shutdown path.  Also writes snapshots every checkpoint_interval_s when
+ * something was written, so that a crash replays a short log. */
+static void *checkpoint_main(void *arg)
+{
+    srv *s = arg;
+    db_stats st;
+    uint64_t last_seq = db_stats_get(s->db, &st) ? 0 : st.seq;
+    pthread_mutex_lock(&s->ck_mu);
+    for (;;) {
+        if (!s->ck_kick && !s->ck_stop) {
+            if (s->cfg.checkpoint_interval_s > 0) {
+                struct timespec dl;
+                clock_gettime(CLOCK_MONOTONIC, &dl);
+                dl.tv_sec += s->cfg.checkpoint_interval_s;
+                while (!s->ck_kick && !s->ck_stop)
+                    if (pthread_cond_timedwait(&s->ck_cv, &s->ck_mu, &dl)) break;
+            } else {
+                while (!s->ck_kick && !s->ck_stop) pthread_cond_wait(&s->ck_cv, &s->ck_mu);
+            }
+        }
+        if (s->ck_stop) break;
+        int kicked = s->ck_kick;
+        s->ck_kick = 0;
+        if (!kicked) s->ck_hold = 0;
+        s->ck_busy = 1;
+        pthread_mutex_unlock(&s->ck_mu);
+        int build = db_build_pending(s->db);
+        int written = !db_stats_get(s->db, &st) && st.seq != last_seq;
+        int rc = 0;
+        uint64_t t = srv_now_ns();
+        if (kicked || build || written) {
+            if (build) srv_log(s, SRV_LOG_WARN, "background checkpoint: building an index (searches and "
+                                                "ingest go on meanwhile)");
+            rc = db_checkpoint(s->db);
+            double ms = (double)(srv_now_ns() - t) / 1e6;
+            if (rc == UMG_ESHUTDOWN)
+                srv_log(s, SRV_LOG_WARN, "background checkpoint: index build abandoned after %.0f ms (stopping)", ms);
+            else if (rc)
+                srv_log(s, SRV_LOG_ERROR, "background checkpoint failed: %s: %s", umg_error_name(rc), umg_err_msg());
+            else {
+                last_seq = st.seq;
+                srv_log(s, build ? SRV_LOG_WARN : SRV_LOG_INFO, "background checkpoint written in %.0f ms%s", ms,
+                        build ? " (with an index build)" : "");
+            }
+        }
+        pthread_mutex_lock(&s->ck_mu);
+        s->ck_busy = 0;
+        if (!rc && (kicked || build || written)) {
+            s->ck_done++;
+            s->ck_builds += build;
+        }
+        if (rc && rc != UMG_ESHUTDOWN) s->ck_hold = 1; /* no retry per ingest batch: next interval */
+    }
+    pthread_mutex_unlock(&s->ck_mu);
     return NULL;
 }
 
@@ -628,6 +702,8 @@ void server_config_default(server_config *c)
     c->idle_timeout_s = SRV_DEFAULT_IDLE_S;
     c->max_connections = SRV_DEFAULT_MAX_CONN;
     c->log_level = SRV_LOG_INFO;
+    c->index_threads = SRV_DEFAULT_INDEX_THREADS;
+    c->checkpoint_interval_s = SRV_DEFAULT_CHECKPOINT_S;
 }
 
 const char *srv_region_mode_name(int mode)
@@ -801,7 +877,9 @@ int server_run(const server_config *cfg)
     pthread_condattr_init(&ca);
     pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
     pthread_cond_init(&s->q_cv, &ca);
+    pthread_cond_init(&s->ck_cv, &ca);
     pthread_condattr_destroy(&ca);
+    pthread_mutex_init(&s->ck_mu, NULL);
     int rc = 0, loop_ready = 0;
     uv_loop_t loop;
     const char *listen_addr = cfg->listen;
@@ -846,6 +924,10 @@ int server_run(const server_config *cfg)
         setenv("UV_THREADPOOL_SIZE", v, 1);
     }
     enc_set_threads(s->cfg.threads);
+    /* before FAISS runs anything: OpenMP threads that spin between searches
+     * would compete with the encoder's BLAS threads for the cores */
+    if (idx_set_threads(cfg->index_threads))
+        srv_log(s, SRV_LOG_WARN, "--index-threads: %s", umg_err_msg());
     if ((rc = enc_model_open(cfg->model_dir, &s->model))) goto out;
     uint8_t fp[32];
     enc_model_fingerprint(s->model, fp);
@@ -917,6 +999,16 @@ int server_run(const server_config *cfg)
         goto out;
     }
     s->enc_started = 1;
+    if (pthread_create(&s->ck_thread, NULL, checkpoint_main, s)) {
+        rc = umg_err_set(UMG_EINTERNAL, "cannot start the checkpoint thread");
+        goto out;
+    }
+    s->ck_started = 1;
+    if (db_build_pending(s->db)) {
+        srv_log(s, SRV_LOG_WARN, "an index build is due (left by an earlier stop or a failed update): "
+                                 "running it in the background");
+        srv_checkpoint_kick(s);
+    }
     {
         db_stats st;
         db_stats_get(s->db, &st);
@@ -944,6 +1036,17 @@ out:
         pthread_mutex_unlock(&s->q_mu);
         pthread_join(s->enc_thread, NULL);
     }
+    if (s->ck_started) {
+        /* a build in progress gives up at its next step (FAISS training
+         * itself cannot be interrupted); the stop never starts one */
+        db_cancel_builds(s->db);
+        pthread_mutex_lock(&s->ck_mu);
+        s->ck_stop = 1;
+        if (s->ck_busy) srv_log(s, SRV_LOG_WARN, "stopping: waiting for the background checkpoint to give up");
+        pthread_cond_broadcast(&s->ck_cv);
+        pthread_mutex_unlock(&s->ck_mu);
+        pthread_join(s->ck_thread, NULL);
+    }
     if (loop_ready) {
         uv_walk(&loop, close_walk_cb, NULL);
         uv_run(&loop, UV_RUN_DEFAULT);
@@ -958,7 +1061,9 @@ out:
     if (s->db) {
         if (!rc) {
             uint64_t t = srv_now_ns();
-            int crc = db_checkpoint(s->db);
+            /* snapshots only: an index build due now is left to the next start
+             * (LMDB holds every vector; the snapshots record what they cover) */
+            int crc = db_checkpoint_ex(s->db, DB_CHECKPOINT_NO_BUILD);
             if (crc) srv_log(s, SRV_LOG_ERROR, "checkpoint failed: %s: %s", umg_error_name(crc), umg_err_msg());
             else srv_log(s, SRV_LOG_INFO, "checkpoint written in %.0f ms", (double)(srv_now_ns() - t) / 1e6);
         }
@@ -971,6 +1076,8 @@ out:
     for (int i = 0; i < s->n_roots; i++) free(s->roots[i]);
     pthread_mutex_destroy(&s->q_mu);
     pthread_cond_destroy(&s->q_cv);
+    pthread_mutex_destroy(&s->ck_mu);
+    pthread_cond_destroy(&s->ck_cv);
     if (!saved) srv_log(s, SRV_LOG_INFO, "stopped");
     free(s);
     if (saved) umg_err_set(saved, "%s", msg);

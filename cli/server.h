@@ -14,6 +14,8 @@
 #define SRV_DEFAULT_BATCH 16
 #define SRV_DEFAULT_IDLE_S 300
 #define SRV_DEFAULT_MAX_CONN 1024
+#define SRV_DEFAULT_CHECKPOINT_S 300      /* background checkpoint after writes, at most this often */
+#define SRV_DEFAULT_INDEX_THREADS 1        /* OpenMP threads for FAISS */
 #define SRV_BATCH_LINGER_MS 30             /* encoder: longest wait for a fuller batch */
 #define SRV_MAX_INFLIGHT 64              /* requests per connection before reading pauses */
 #define SRV_MAX_UNSENT (8u << 20)         /* unsent response bytes per connection before reading pauses */
@@ -58,6 +60,10 @@ typedef struct server_config {
     const char *image_factory, *region_factory;
     uint64_t approx_threshold;     /* 0 = db default */
     int nprobe;                    /* 0 = db default */
+    int index_threads;             /* OpenMP threads FAISS may use (searches, builds); 0 = FAISS's
+                                      default (OMP_NUM_THREADS, else every core) */
+    int checkpoint_interval_s;     /* background checkpoint when something was written, this often;
+                                      0 = none (index builds still run in the background) */
 } server_config;
 
 void server_config_default(server_config *c);

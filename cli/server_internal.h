@@ -142,6 +142,16 @@ struct srv {
     srv_job *done_head;           /* finished by the encoder, for the loop */
     uint64_t ingested, ingest_batches;
 
+    /* checkpoint thread: periodic checkpoints after writes, and index builds
+     * (exact -> approximate, retraining on growth) off the shutdown path */
+    pthread_t ck_thread;
+    int ck_started;
+    pthread_mutex_t ck_mu;
+    pthread_cond_t ck_cv;
+    int ck_stop, ck_kick, ck_busy;
+    int ck_hold;                  /* a checkpoint failed: ignore kicks until the next interval */
+    uint64_t ck_done, ck_builds;  /* background checkpoints finished; of them, with an index build */
+
     char *hello_result;           /* msgpack of the hello/ping result map, packed once */
     size_t hello_len;
 };
@@ -151,6 +161,8 @@ void srv_log(srv *s, int level, const char *fmt, ...) __attribute__((format(prin
 uint64_t srv_now_ns(void);
 /* Hand an ingest job (stage 1 done) to the encoder thread; any thread. */
 void srv_encoder_push(srv *s, srv_job *job);
+/* Ask the checkpoint thread for a checkpoint now (an index build is due). */
+void srv_checkpoint_kick(srv *s);
 /* Count an ingest entering stage 1 / leaving it without reaching the encoder. */
 void srv_stage1_begin(srv *s);
 void srv_stage1_end(srv *s);

@@ -297,7 +297,7 @@ static int h_stats(void *ctx, proto_request *req)
     proto_writer w;
     if (proto_response_begin(&w, &job->resp, job->id)) return UMG_ENOMEM;
     msgpack_packer *pk = &w.pk;
-    msgpack_pack_map(pk, 13);
+    msgpack_pack_map(pk, 14);
     pack_key(pk, "images"), msgpack_pack_uint64(pk, st.images);
     pack_key(pk, "regions"), msgpack_pack_uint64(pk, st.regions);
     pack_key(pk, "index");
@@ -341,6 +341,15 @@ static int h_stats(void *ctx, proto_request *req)
     msgpack_pack_map(pk, 2);
     pack_key(pk, "texts"), msgpack_pack_uint64(pk, texts);
     pack_key(pk, "batches"), msgpack_pack_uint64(pk, text_batches);
+    pthread_mutex_lock(&s->ck_mu);
+    uint64_t ck_done = s->ck_done, ck_builds = s->ck_builds;
+    int ck_busy = s->ck_busy;
+    pthread_mutex_unlock(&s->ck_mu);
+    pack_key(pk, "checkpoints"); /* background ones (the checkpoint thread) */
+    msgpack_pack_map(pk, 3);
+    pack_key(pk, "done"), msgpack_pack_uint64(pk, ck_done);
+    pack_key(pk, "index_builds"), msgpack_pack_uint64(pk, ck_builds);
+    pack_key(pk, "running"), ck_busy ? msgpack_pack_true(pk) : msgpack_pack_false(pk);
     job_response_end(job, &w);
     return 1;
 }

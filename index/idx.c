@@ -1,6 +1,7 @@
 /* idx.c - FAISS through its C API; see idx.h. */
 #include "idx.h"
 
+#include <dlfcn.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <libgen.h>
@@ -31,6 +32,42 @@ struct idx_index {
     pthread_rwlock_t lock;
     int lock_ok;
 };
+
+/* OpenMP threads for FAISS (idx_set_threads).  libgomp keeps the thread
+ * count per calling thread (a non-OpenMP thread starts from the value read
+ * from OMP_NUM_THREADS when the library loaded), so every entry point that
+ * may run FAISS's parallel code applies the wanted count to its own thread
+ * once.  omp_set_num_threads is looked up at run time: libgomp comes in with
+ * FAISS, not on our link line. */
+static int threads_wanted; /* 0: leave libgomp's default; atomic */
+static _Thread_local int threads_applied;
+static void (*omp_set_threads_fn)(int);
+static pthread_once_t omp_once = PTHREAD_ONCE_INIT;
+
+static void omp_lookup(void)
+{
+    omp_set_threads_fn = (void (*)(int))dlsym(RTLD_DEFAULT, "omp_set_num_threads");
+}
+
+int idx_set_threads(int n)
+{
+    pthread_once(&omp_once, omp_lookup);
+    if (n > 0 && !omp_set_threads_fn)
+        return umg_err_set(UMG_EUNSUPPORTED, "FAISS is not built with OpenMP here: cannot set its threads");
+    __atomic_store_n(&threads_wanted, n > 0 ? n : 0, __ATOMIC_RELAXED);
+    return 0;
+}
+
+static void pin_threads(void)
+{
+    int n = __atomic_load_n(&threads_wanted, __ATOMIC_RELAXED);
+    if (n > 0 && threads_applied != n) {
+        pthread_once(&omp_once, omp_lookup);
+        if (omp_set_threads_fn)
+            omp_set_threads_fn(n);
+        threads_applied = n;
+    }
+}
 
 #define SNAP_MAGIC "UMGIDX1\n"
 #define SNAP_VERSION 1u
@@ -171,6 +208,7 @@ int idx_needs_training(idx_index *ix)
 
 int idx_train(idx_index *ix, int64_t n, const float *x)
 {
+    pin_threads();
     int rc = 0;
     pthread_rwlock_wrlock(&ix->lock);
     if (!faiss_Index_is_trained(ix->fi)) {
@@ -189,6 +227,7 @@ int idx_train(idx_index *ix, int64_t n, const float *x)
 
 int idx_add(idx_index *ix, int64_t n, const float *x, const int64_t *ids)
 {
+    pin_threads();
     if (n <= 0)
         return 0;
     int rc = 0;
@@ -203,6 +242,7 @@ int idx_add(idx_index *ix, int64_t n, const float *x, const int64_t *ids)
 
 int idx_remove(idx_index *ix, int64_t n, const int64_t *ids, int64_t *removed)
 {
+    pin_threads();
     if (removed)
         *removed = 0;
     if (n <= 0)
@@ -249,6 +289,7 @@ int idx_search(idx_index *ix, const float *query, int k,
     if (k < 1)
         return umg_err_set(UMG_EINVAL, "search k = %d", k);
     int rc = 0;
+    pin_threads();
     pthread_rwlock_rdlock(&ix->lock);
     if (!faiss_Index_is_trained(ix->fi) || faiss_Index_ntotal(ix->fi) == 0) {
         pthread_rwlock_unlock(&ix->lock);

@@ -48,6 +48,13 @@ typedef struct idx_index idx_index;
 const char *idx_auto_factory(int dim, uint64_t n, uint64_t approx_threshold,
                              char *buf, size_t len);
 
+/* OpenMP threads FAISS may use in searches, adds, removes and training, from
+ * now on, in every thread that calls idx_* (n <= 0: FAISS's default, i.e.
+ * OMP_NUM_THREADS or every core).  On a machine whose cores are busy with
+ * other work (the server's encoder), 1 avoids OpenMP threads spinning
+ * against it.  UMG_EUNSUPPORTED when FAISS has no OpenMP. */
+int idx_set_threads(int n);
+
 /* Create an empty index.  factory NULL or "" means IDX_FACTORY_EXACT.
  * UMG_EINVAL for dim < 1; UMG_EINDEX (FAISS's message) for a bad factory. */
 int idx_create(int dim, const char *factory, idx_index **out);

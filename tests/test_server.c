@@ -1472,6 +1472,96 @@ static void test_tcp_limits(void **state)
     rm_rf(s.dir);
 }
 
+/* Index builds run on the checkpoint thread, never at stop; a session that
+ * only searched writes no snapshot and builds nothing (the 21-min stop of
+ * bench/server: a queries-only session retrained its IVF index at SIGTERM). */
+static const msgpack_object *map_get(const msgpack_object *m, const char *key)
+{
+    if (!m || m->type != MSGPACK_OBJECT_MAP) return NULL;
+    for (uint32_t i = 0; i < m->via.map.size; i++)
+        if (str_eq(&m->via.map.ptr[i].key, key)) return &m->via.map.ptr[i].val;
+    return NULL;
+}
+
+static char *log_since_last(const server *s, const char *marker)
+{
+    size_t ln;
+    char *log = (char *)slurp(s->log, &ln);
+    log[ln] = 0;
+    const char *p = log;
+    for (const char *q = log; (q = strstr(q, marker)); q++) p = q;
+    char *out = strdup(p);
+    free(log);
+    return out;
+}
+
+static void test_background_index_build(void **state)
+{
+    server s;
+    make_tmp(&s);
+    const char *extra[] = {"--regions", "0", "--approx-threshold", "8", "--image-index", "IVF2,Flat",
+                           "--checkpoint-interval", "0", NULL};
+    start(&s, extra);
+    umg_client *c = conn(&s);
+    enum { N = 10 };
+    uint64_t ids[N];
+    for (int i = 0; i < N; i++) {
+        char name[32];
+        snprintf(name, sizeof name, "photo-%02d.jpg", i);
+        ids[i] = ingest_bytes(c, i % 2 ? IMG("rocket.jpg") : IMG("astronaut.png"), name, NULL, NULL, NULL);
+    }
+    /* the ingest that reached the threshold kicked the checkpoint thread */
+    proto_response *r = NULL;
+    const char *type = NULL;
+    for (int tries = 0; tries < 300; tries++) { /* 30 s */
+        assert_int_equal(umg_client_call0(c, "stats", T_MS, &r), 0);
+        const msgpack_object *t = map_get(map_get(umg_result_get(r, "index"), "image"), "type");
+        if (t && str_eq(t, "IVF2,Flat")) type = "IVF2,Flat";
+        uint64_t builds = obj_u(umg_result_get(r, "checkpoints"), "index_builds");
+        proto_response_free(r);
+        if (type && builds == 1) break;
+        type = NULL;
+        usleep(100000);
+    }
+    assert_non_null(type);
+    r = query(c, "a rocket", "image", N, NULL, NULL, -100);
+    assert_int_equal(hits_of(r)->via.array.size, N);
+    proto_response_free(r);
+    umg_client_close(c);
+    assert_int_equal(stop(&s), 0);
+
+    /* a session that only reads: no build, no snapshot written at stop */
+    start(&s, extra);
+    c = conn(&s);
+    for (int i = 0; i < 4; i++) {
+        r = query(c, "an astronaut", "image", 3, NULL, NULL, -100);
+        assert_int_equal(hits_of(r)->via.array.size, 3);
+        proto_response_free(r);
+        proto_response *g = get_image(c, ids[i]);
+        assert_non_null(g);
+        proto_response_free(g);
+    }
+    assert_int_equal(umg_client_call0(c, "stats", T_MS, &r), 0);
+    assert_true(str_eq(map_get(map_get(umg_result_get(r, "index"), "image"), "type"), "IVF2,Flat"));
+    proto_response_free(r);
+    umg_client_close(c);
+    assert_int_equal(stop(&s), 0);
+    /* over both sessions: the one background build, nothing rebuilt at open or built at stop */
+    size_t ln;
+    char *all = (char *)slurp(s.log, &ln);
+    all[ln] = 0;
+    int builds = 0;
+    for (const char *q = all; (q = strstr(q, "building the image index")); q++) builds++;
+    if (builds != 1 || strstr(all, "rebuilding") || strstr(all, "left to a later checkpoint"))
+        fail_msg("expected exactly one (background) index build:\n%s", all);
+    char *session = log_since_last(&s, "serving ");
+    assert_non_null(strstr(session, "checkpoint written"));
+    assert_null(strstr(session, "background checkpoint"));
+    free(session);
+    free(all);
+    rm_rf(s.dir);
+}
+
 int main(void)
 {
     signal(SIGPIPE, SIG_IGN);
@@ -1482,6 +1572,7 @@ int main(void)
         cmocka_unit_test_teardown(test_batched_text_queries, teardown),
         cmocka_unit_test_teardown(test_bad_input, teardown),
         cmocka_unit_test_teardown(test_restart_and_sigterm, teardown),
+        cmocka_unit_test_teardown(test_background_index_build, teardown),
         cmocka_unit_test_teardown(test_auth, teardown),
         cmocka_unit_test_teardown(test_tcp_limits, teardown),
         cmocka_unit_test_teardown(test_backpressure, teardown),
