@@ -9,7 +9,6 @@
 #include <stddef.h>
 #include <cmocka.h>
 
-#include <dirent.h>
 #include <limits.h>
 #include <math.h>
 #include <stdio.h>
@@ -21,35 +20,15 @@
 #include <jpeglib.h>
 
 #include "enc_image.h"
+#include "test_util.h"
 #include "umg_error.h"
 
 #define IMG_DIR UMG_FIXTURES_DIR "/images"
 #define CLIP_DIR UMG_FIXTURES_DIR "/clip-tiny"
 #define MAXPX ENC_IMAGE_MAX_PIXELS_DEFAULT
 
-static void *read_all(const char *path, size_t *len)
-{
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        fail_msg("cannot open %s", path);
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    void *buf = malloc(n > 0 ? (size_t)n : 1);
-    assert_non_null(buf);
-    assert_int_equal(fread(buf, 1, (size_t)n, f), (size_t)n);
-    fclose(f);
-    *len = (size_t)n;
-    return buf;
-}
-
-static void write_all(const char *path, const void *data, size_t len)
-{
-    FILE *f = fopen(path, "wb");
-    assert_non_null(f);
-    assert_int_equal(fwrite(data, 1, len, f), len);
-    fclose(f);
-}
+/* Fixture bytes as uint8_t or float buffers (tu_read_file, void * for either). */
+static void *read_all(const char *path, size_t *len) { return tu_read_file(path, len); }
 
 /* "name w h [a b]" from the fixture manifest; returns the number of integers read. */
 static int manifest(const char *name, int v[4])
@@ -103,6 +82,31 @@ static void load_ok(const char *path, enc_image *im)
         fail_msg("%s: rc %d %s", path, rc, umg_err_msg());
 }
 
+/* out (n floats) against the float32 file at path. */
+typedef struct f32_diff {
+    double mean, max;
+    size_t exact; /* bit-identical values */
+} f32_diff;
+
+static f32_diff diff_f32_file(const float *out, const char *path, size_t n)
+{
+    size_t len;
+    float *ref = read_all(path, &len);
+    assert_int_equal(len, n * sizeof(float));
+    double sum = 0;
+    f32_diff d = {0, 0, 0};
+    for (size_t j = 0; j < n; j++) {
+        double e = fabs((double)out[j] - ref[j]);
+        sum += e;
+        if (e > d.max)
+            d.max = e;
+        d.exact += out[j] == ref[j];
+    }
+    d.mean = sum / n;
+    free(ref);
+    return d;
+}
+
 /* ---------------------------------------------------------------- CLIP fixture */
 
 static void test_clip_fixture_pixels(void **state)
@@ -123,25 +127,13 @@ static void test_clip_fixture_pixels(void **state)
         load_ok(path, &im);
         assert_int_equal(enc_preprocess(&im, &p, out), 0);
         snprintf(path, sizeof path, CLIP_DIR "/pixels/%s.f32", base);
-        size_t len;
-        float *ref = read_all(path, &len);
-        assert_int_equal(len, n * sizeof(float));
-        double sum = 0, mx = 0;
-        size_t exact = 0;
-        for (size_t j = 0; j < n; j++) {
-            double d = fabs((double)out[j] - ref[j]);
-            sum += d;
-            if (d > mx)
-                mx = d;
-            exact += out[j] == ref[j];
-        }
+        f32_diff d = diff_f32_file(out, path, n);
         printf("  %-20s %4dx%-4d mean|diff| %.3g  max|diff| %.3g  bit-identical %zu/%zu\n", names[i], im.width,
-               im.height, sum / n, mx, exact, n);
-        assert_true(sum / n <= 0.005);
-        assert_true(mx <= 0.05);
+               im.height, d.mean, d.max, d.exact, n);
+        assert_true(d.mean <= 0.005);
+        assert_true(d.max <= 0.05);
         /* PIL's arithmetic is reproduced exactly; anything else is a regression. */
-        assert_int_equal(exact, n);
-        free(ref);
+        assert_int_equal(d.exact, n);
         enc_image_free(&im);
     }
     free(out);
@@ -222,26 +214,15 @@ static void test_pad_vs_pillow(void **state)
         assert_int_equal(enc_preprocess(&im, &p, out), 0);
         char path[512];
         snprintf(path, sizeof path, IMG_DIR "/%s", cases[i][1]);
-        size_t len;
-        float *ref = read_all(path, &len);
-        assert_int_equal(len, n * sizeof(float));
-        double mx = 0;
-        size_t exact = 0;
-        for (size_t j = 0; j < n; j++) {
-            double d = fabs((double)out[j] - ref[j]);
-            if (d > mx)
-                mx = d;
-            exact += out[j] == ref[j];
-        }
-        printf("  %-22s max|diff| %.3g  bit-identical %zu/%zu\n", cases[i][1], mx, exact, n);
-        assert_int_equal(exact, n);
+        f32_diff d = diff_f32_file(out, path, n);
+        printf("  %-22s max|diff| %.3g  bit-identical %zu/%zu\n", cases[i][1], d.max, d.exact, n);
+        assert_int_equal(d.exact, n);
         /* Padding is exactly 0 (the mean colour after normalization). */
         enc_preproc_geom g;
         enc_preproc_geometry(&p, im.width, im.height, &g);
         if (g.off_y > 0)
             for (int c = 0; c < 3; c++)
                 assert_true(out[(size_t)c * S * S] == 0.0f && out[(size_t)c * S * S + S * S - 1] == 0.0f);
-        free(ref);
         enc_image_free(&im);
     }
 }
@@ -298,6 +279,20 @@ static void test_exif_orientation(void **state)
     }
 }
 
+/* IMG_DIR/<name><ext> decodes to <name>.rgb (Pillow's pixels), for each name. */
+static void expect_decoded_as_pillow(const char *const *names, size_t n, const char *ext)
+{
+    for (size_t i = 0; i < n; i++) {
+        char path[512], rgb[64];
+        snprintf(path, sizeof path, IMG_DIR "/%s%s", names[i], ext);
+        snprintf(rgb, sizeof rgb, "%s.rgb", names[i]);
+        enc_image im;
+        load_ok(path, &im);
+        expect_rgb(&im, rgb);
+        enc_image_free(&im);
+    }
+}
+
 static void test_png_variants(void **state)
 {
     static const char *names[] = {
@@ -306,23 +301,13 @@ static void test_png_variants(void **state)
         "png_rgba16_interlaced", "png_gray2_interlaced", "png_palette", "png_palette_trns",
         "png_palette4_trns_interlaced", "png_palette1",
     };
-    for (size_t i = 0; i < sizeof names / sizeof *names; i++) {
-        char path[512], rgb[64];
-        snprintf(path, sizeof path, IMG_DIR "/%s.png", names[i]);
-        snprintf(rgb, sizeof rgb, "%s.rgb", names[i]);
-        enc_image im;
-        load_ok(path, &im);
-        expect_rgb(&im, rgb);
-        enc_image_free(&im);
-    }
+    expect_decoded_as_pillow(names, sizeof names / sizeof *names, ".png");
 }
 
 static void test_cmyk_jpeg(void **state)
 {
-    enc_image im;
-    load_ok(IMG_DIR "/cmyk.jpg", &im);
-    expect_rgb(&im, "cmyk.rgb");
-    enc_image_free(&im);
+    static const char *names[] = {"cmyk"};
+    expect_decoded_as_pillow(names, 1, ".jpg");
 }
 
 static void test_jpeg_variants(void **state)
@@ -330,15 +315,7 @@ static void test_jpeg_variants(void **state)
     /* Progressive 4:2:0, 4:2:2 with odd sizes, grayscale, and EXIF orientation 6 in
      * Motorola byte order behind an XMP APP1 block (61x45 stored, 45x61 upright). */
     static const char *names[] = {"jpeg_progressive", "jpeg_422_odd", "jpeg_gray", "jpeg_exif6_be_xmp"};
-    for (size_t i = 0; i < sizeof names / sizeof *names; i++) {
-        char path[512], rgb[64];
-        snprintf(path, sizeof path, IMG_DIR "/%s.jpg", names[i]);
-        snprintf(rgb, sizeof rgb, "%s.rgb", names[i]);
-        enc_image im;
-        load_ok(path, &im);
-        expect_rgb(&im, rgb);
-        enc_image_free(&im);
-    }
+    expect_decoded_as_pillow(names, sizeof names / sizeof *names, ".jpg");
 }
 
 static void test_jpeg_scan_bomb(void **state)
@@ -594,24 +571,12 @@ static char tmpdir[64];
 
 static int setup_tmp(void **state)
 {
-    snprintf(tmpdir, sizeof tmpdir, "/tmp/umg_test_image_XXXXXX");
-    return mkdtemp(tmpdir) ? 0 : -1;
+    return tu_mkdtemp(tmpdir, sizeof tmpdir, "umg_test_image_") ? 0 : -1;
 }
 
 static int teardown_tmp(void **state)
 {
-    DIR *d = opendir(tmpdir);
-    if (d) {
-        struct dirent *e;
-        char p[512];
-        while ((e = readdir(d)))
-            if (e->d_name[0] != '.') {
-                snprintf(p, sizeof p, "%s/%s", tmpdir, e->d_name);
-                unlink(p);
-            }
-        closedir(d);
-    }
-    rmdir(tmpdir);
+    tu_rm_rf(tmpdir);
     return 0;
 }
 
@@ -619,7 +584,7 @@ static int load_config(const char *json, enc_preproc *p)
 {
     char path[512];
     snprintf(path, sizeof path, "%s/preprocessor_config.json", tmpdir);
-    write_all(path, json, strlen(json));
+    tu_write_file(path, json, strlen(json));
     return enc_preproc_load(tmpdir, 224, p);
 }
 
@@ -687,7 +652,7 @@ static void test_empty_and_garbage(void **state)
     expect_error("", 0, MAXPX, UMG_EUNSUPPORTED, "zero bytes");
     char path[512];
     snprintf(path, sizeof path, "%s/empty.jpg", tmpdir);
-    write_all(path, "", 0);
+    tu_write_file(path, "", 0);
     enc_image im;
     assert_int_equal(enc_image_load(path, MAXPX, &im), UMG_EUNSUPPORTED);
     assert_non_null(strstr(umg_err_msg(), "empty.jpg"));
@@ -709,25 +674,27 @@ static void test_empty_and_garbage(void **state)
     expect_error("\x89PN", 3, MAXPX, UMG_EFORMAT, "PNG signature cut");
 }
 
+/* data (len bytes) cut to each of cuts[0..n) bytes: refused as malformed. */
+static void expect_cuts_refused(const uint8_t *data, size_t len, const char *kind, const size_t *cuts, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        char what[64];
+        snprintf(what, sizeof what, "%s cut at %zu of %zu", kind, cuts[i], len);
+        expect_error(data, cuts[i], MAXPX, UMG_EFORMAT, what);
+    }
+}
+
 static void test_truncated(void **state)
 {
     size_t len;
     uint8_t *jpg = read_all(CLIP_DIR "/images/rocket.jpg", &len);
     const size_t jcuts[] = {1, 2, 3, 4, 20, 200, 1000, len / 3, len / 2, len - 100, len - 2};
-    for (size_t i = 0; i < sizeof jcuts / sizeof *jcuts; i++) {
-        char what[64];
-        snprintf(what, sizeof what, "JPEG cut at %zu of %zu", jcuts[i], len);
-        expect_error(jpg, jcuts[i], MAXPX, UMG_EFORMAT, what);
-    }
+    expect_cuts_refused(jpg, len, "JPEG", jcuts, sizeof jcuts / sizeof *jcuts);
     free(jpg);
 
     uint8_t *png = read_all(CLIP_DIR "/images/chelsea.png", &len);
     const size_t pcuts[] = {5, 8, 12, 20, 30, 33, 100, 1000, len / 3, len / 2, len * 9 / 10};
-    for (size_t i = 0; i < sizeof pcuts / sizeof *pcuts; i++) {
-        char what[64];
-        snprintf(what, sizeof what, "PNG cut at %zu of %zu", pcuts[i], len);
-        expect_error(png, pcuts[i], MAXPX, UMG_EFORMAT, what);
-    }
+    expect_cuts_refused(png, len, "PNG", pcuts, sizeof pcuts / sizeof *pcuts);
     free(png);
 
     /* A progressive JPEG truncated (the whole-image coefficient buffer path). */
@@ -735,6 +702,15 @@ static void test_truncated(void **state)
     uint8_t *small = read_all(IMG_DIR "/exif_6.jpg", &n);
     expect_error(small, n / 2, MAXPX, UMG_EFORMAT, "small JPEG cut in half");
     free(small);
+}
+
+/* Offset of the first marker 0xFF m1 or 0xFF m2 after SOI, 0 if none. */
+static size_t find_marker(const uint8_t *jpg, size_t len, uint8_t m1, uint8_t m2)
+{
+    for (size_t i = 2; i + 1 < len; i++)
+        if (jpg[i] == 0xFF && (jpg[i + 1] == m1 || jpg[i + 1] == m2))
+            return i;
+    return 0;
 }
 
 static void test_corrupt(void **state)
@@ -748,12 +724,7 @@ static void test_corrupt(void **state)
 
     /* JPEG: an unsupported sample precision in the frame header. */
     uint8_t *jpg = read_all(IMG_DIR "/exif_1.jpg", &len);
-    size_t sof = 0;
-    for (size_t i = 2; i + 1 < len; i++)
-        if (jpg[i] == 0xFF && (jpg[i + 1] == 0xC0 || jpg[i + 1] == 0xC2)) {
-            sof = i;
-            break;
-        }
+    size_t sof = find_marker(jpg, len, 0xC0, 0xC2);
     assert_true(sof > 0);
     uint8_t save = jpg[sof + 4];
     jpg[sof + 4] = 7;
@@ -850,12 +821,7 @@ static void test_bombs(void **state)
 
     /* JPEG sizes are 16-bit: 65535x65535 is the most a header can claim. */
     uint8_t *jpg = read_all(IMG_DIR "/exif_1.jpg", &len);
-    size_t sof = 0;
-    for (size_t i = 2; i + 1 < len; i++)
-        if (jpg[i] == 0xFF && jpg[i + 1] == 0xC0) {
-            sof = i;
-            break;
-        }
+    size_t sof = find_marker(jpg, len, 0xC0, 0xC0);
     assert_true(sof > 0);
     static const uint16_t dims[][2] = {{65535, 65535}, {60000, 60000}, {65000, 2000}};
     for (int i = 0; i < 3; i++) {
