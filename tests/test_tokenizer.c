@@ -14,6 +14,7 @@
 #include <cmocka.h>
 
 #include "enc_tokenizer.h"
+#include "test_util.h"
 #include "umg_error.h"
 
 #define MODEL_DIR UMG_FIXTURES_DIR "/clip-tiny"
@@ -37,13 +38,14 @@ static int close_tokenizer(void **state)
     return 0;
 }
 
-static json_t *load_json(const char *path)
+/* The array doc[key] of the JSON file path, at least min entries long; the
+ * caller json_decrefs *doc (which owns the array). */
+static json_t *load_array(const char *path, const char *key, size_t min, json_t **doc)
 {
-    json_error_t err;
-    json_t *j = json_load_file(path, JSON_ALLOW_NUL, &err);
-    if (!j)
-        fail_msg("%s: %s", path, err.text);
-    return j;
+    *doc = tu_json_load(path, JSON_ALLOW_NUL);
+    json_t *a = json_object_get(*doc, key);
+    assert_true(json_array_size(a) >= min);
+    return a;
 }
 
 /* ids == the JSON array want; on mismatch print both. */
@@ -66,9 +68,7 @@ static void assert_ids(const char *what, const int32_t *ids, int n, const json_t
 
 static void test_reference_texts(void **state)
 {
-    json_t *ref = load_json(MODEL_DIR "/reference.json");
-    json_t *texts = json_object_get(ref, "texts");
-    assert_true(json_array_size(texts) >= 10);
+    json_t *ref, *texts = load_array(MODEL_DIR "/reference.json", "texts", 10, &ref);
     size_t i;
     json_t *t;
     json_array_foreach(texts, i, t) {
@@ -96,9 +96,7 @@ static size_t hex_decode(const char *hex, char *out)
 /* Every case at 77 ids, untruncated, and at a few other limits (the end token kept last). */
 static void test_extra_cases(void **state)
 {
-    json_t *doc = load_json(UMG_FIXTURES_DIR "/tokenizer/extra.json");
-    json_t *cases = json_object_get(doc, "cases");
-    assert_true(json_array_size(cases) >= 30);
+    json_t *doc, *cases = load_array(UMG_FIXTURES_DIR "/tokenizer/extra.json", "cases", 30, &doc);
     size_t i;
     json_t *c;
     json_array_foreach(cases, i, c) {
@@ -265,10 +263,7 @@ static const char *write_file(const char *name, const char *data, size_t len)
 {
     static char path[128];
     snprintf(path, sizeof path, "%s/%s", g_dir, name);
-    FILE *f = fopen(path, "wb");
-    assert_non_null(f);
-    assert_int_equal(fwrite(data, 1, len, f), len);
-    fclose(f);
+    tu_write_file(path, data, len);
     return path;
 }
 
@@ -286,8 +281,7 @@ static void expect_open_error(const char *vocab, const char *merges, int code, c
 
 static void test_vocab_and_merges_files(void **state)
 {
-    snprintf(g_dir, sizeof g_dir, "/tmp/umg_tok_XXXXXX");
-    assert_non_null(mkdtemp(g_dir));
+    assert_non_null(tu_mkdtemp(g_dir, sizeof g_dir, "umg_tok_"));
     char vpath[128], mpath[128];
 
     expect_open_error("/nonexistent/vocab.json", MERGES, UMG_ENOENT, "/nonexistent/vocab.json");
@@ -353,9 +347,7 @@ static void test_vocab_and_merges_files(void **state)
     assert_int_equal(ids[3], enc_tokenizer_token_id(tok, "b</w>"));
     enc_tokenizer_close(tok);
 
-    unlink(vpath);
-    unlink(mpath);
-    rmdir(g_dir);
+    tu_rm_rf(g_dir);
 }
 
 /* ---- threads ---- */
@@ -390,11 +382,11 @@ static void *tokenize_all(void *p)
 
 static void test_shared_between_threads(void **state)
 {
-    json_t *ref = load_json(MODEL_DIR "/reference.json");
+    json_t *ref, *texts = load_array(MODEL_DIR "/reference.json", "texts", 10, &ref);
     pthread_t th[4];
     thread_arg args[4];
     for (int i = 0; i < 4; i++) {
-        args[i] = (thread_arg){json_object_get(ref, "texts"), 0};
+        args[i] = (thread_arg){texts, 0};
         assert_int_equal(pthread_create(&th[i], NULL, tokenize_all, &args[i]), 0);
     }
     for (int i = 0; i < 4; i++) {
