@@ -36,6 +36,7 @@
 
 #include <jansson.h>
 
+#include "../common.h"
 #include "enc.h"
 #include "enc_regions.h"
 #include "umg_error.h"
@@ -51,25 +52,6 @@ static const char *const SHAPES[] = {"circle", "square", "triangle", "star", "ri
 #define N_SH 6
 #define N_FULL (N_SZ * N_COL * N_SH)
 #define N_CS (N_COL * N_SH)
-
-static double cpu_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
-static int cmp_double(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
-
-static double median(double *v, int n)
-{
-    qsort(v, (size_t)n, sizeof *v, cmp_double);
-    return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
-}
 
 static void die(const char *what, int rc)
 {
@@ -120,20 +102,20 @@ static void run_cost(const enc_model *m, const int *sizes, int n_sizes, int repe
         for (int si = 0; si < n_sizes; si++)
             for (int c = 0; c < N_CFG; c++) {
                 enc_run_set_dense_mode(runs[si], c == 0 ? ENC_DENSE_PLAIN : c - 1);
-                double t0 = cpu_s();
+                double t0 = bench_thread_cpu();
                 int rc = enc_encode_pixels(runs[si], px[si], 1, emb, c == 0 ? NULL : patches[si]);
                 if (rc)
                     die("enc_encode_pixels", rc);
                 if (k >= 0)
-                    t[((size_t)si * N_CFG + c) * repeats + k] = (cpu_s() - t0) * 1e3;
+                    t[((size_t)si * N_CFG + c) * repeats + k] = (bench_thread_cpu() - t0) * 1e3;
             }
     double base = 0;
     for (int si = 0; si < n_sizes; si++)
         if (sizes[si] == native)
-            base = median(t + ((size_t)si * N_CFG + 1) * repeats, repeats);
+            base = bench_median(t + ((size_t)si * N_CFG + 1) * repeats, repeats);
     for (int si = 0; si < n_sizes; si++)
         for (int c = 0; c < N_CFG; c++) {
-            double *v = t + ((size_t)si * N_CFG + c) * repeats, med = median(v, repeats);
+            double *v = t + ((size_t)si * N_CFG + c) * repeats, med = bench_median(v, repeats);
             printf("{\"cost\":true,\"input_size\":%d,\"grid\":%d,\"mode\":\"%s\",\"cpu_ms_median\":%.2f,"
                    "\"cpu_ms_min\":%.2f,\"repeats\":%d",
                    sizes[si], enc_run_grid(runs[si]), c == 0 ? "embedding-only" : enc_dense_mode_name(c - 1), med,

@@ -19,24 +19,10 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "../common.h"
 #include "db.h"
 #include "idx.h"
 #include "umg_error.h"
-
-static double now(void)
-{
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec + t.tv_nsec * 1e-9;
-}
-
-/* CPU time of this thread: latency without the waits of a shared machine */
-static double thread_cpu(void)
-{
-    struct timespec t;
-    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t);
-    return (double)t.tv_sec + t.tv_nsec * 1e-9;
-}
 
 static uint64_t rng = 0x2545f4914f6cdd1dull;
 static double urand(void)
@@ -87,10 +73,18 @@ static long long file_size(const char *path)
     return stat(path, &st) ? -1 : (long long)st.st_size;
 }
 
-static int cmp_double(const void *a, const void *b)
+/* How many of the nh hits are among the query's exact top 10 (gt: rows of
+ * the ground truth, -1 for none; row_id: row -> db id). */
+static long true_hits(const db_hit *h, int nh, const int64_t *gt, const uint64_t *row_id)
 {
-    double x = *(const double *)a, y = *(const double *)b;
-    return x < y ? -1 : x > y;
+    long n = 0;
+    for (int a = 0; a < nh; a++)
+        for (int b = 0; b < 10; b++)
+            if (gt[b] >= 0 && h[a].id == row_id[gt[b]]) {
+                n++;
+                break;
+            }
+    return n;
 }
 
 /* Exact top-10 of each query by inner product, blocked sgemm. */
@@ -148,12 +142,12 @@ static int reopen_child(const char *dir, int dim)
     o.model_name = "bench-random";
     o.dim = dim;
     long rss0 = rss_kb();
-    double t0 = now();
+    double t0 = bench_now();
     db_t *db;
     int rc = db_open(dir, &o, &db);
     if (rc)
         die("reopen", rc);
-    double t = now() - t0;
+    double t = bench_now() - t0;
     long rss1 = rss_kb();
     printf("%.3f %ld\n", t, rss1 - rss0);
     db_close(db);
@@ -214,7 +208,7 @@ int main(int argc, char **argv)
            n, n_img, per_image, dim, nq, nprobe, cand, omp_get_max_threads());
 
     /* data */
-    double t0 = now();
+    double t0 = bench_now();
     int nc = 20000;
     float *centers = malloc(sizeof *centers * (size_t)nc * dim);
     for (size_t i = 0; i < (size_t)nc * dim; i++)
@@ -229,7 +223,7 @@ int main(int argc, char **argv)
     clustered(x, n, dim, centers, nc, 0.6f);
     clustered(xi, n_img, dim, centers, nc, 0.6f);
     clustered(q, (size_t)nq, dim, centers, nc, 0.6f);
-    printf("generate: %.1f s\n", now() - t0);
+    printf("generate: %.1f s\n", bench_now() - t0);
 
     /* ingest */
     uint8_t fp[32] = { 0x5e };
@@ -258,7 +252,7 @@ int main(int argc, char **argv)
     db_region_in *regs = calloc((size_t)batch * per_image, sizeof *regs);
     char (*paths)[32] = calloc(batch, 32);
     uint64_t *rids = malloc(sizeof *rids * (size_t)batch * per_image);
-    t0 = now();
+    t0 = bench_now();
     size_t row = 0;
     for (size_t im = 0; im < n_img; im += batch) {
         int nb = (int)(n_img - im < (size_t)batch ? n_img - im : (size_t)batch);
@@ -286,14 +280,14 @@ int main(int argc, char **argv)
             die("put", rc);
         memcpy(row_id + first, rids, sizeof *rids * (row - first));
     }
-    t_ingest = now() - t0;
+    t_ingest = bench_now() - t0;
     printf("ingest: %zu images + %zu regions in %.1f s: %.0f vectors/s (LMDB commit per %d images, "
            "exact FAISS index)\n", n_img, n, t_ingest, (n + n_img) / t_ingest, batch);
 
-    t0 = now();
+    t0 = bench_now();
     if ((rc = db_checkpoint(db)))
         die("checkpoint", rc);
-    t_ck = now() - t0;
+    t_ck = bench_now() - t0;
     db_stats_get(db, &st);
     printf("checkpoint (train + build approximate indexes, snapshots): %.1f s; images: %s, regions: %s\n",
            t_ck, st.image_factory, st.region_factory);
@@ -308,10 +302,10 @@ int main(int argc, char **argv)
 searches:;
 
     /* ground truth on the float32 originals */
-    t0 = now();
+    t0 = bench_now();
     int64_t *gt = malloc(sizeof *gt * (size_t)nq * 10);
     ground_truth(x, n, dim, q, nq, gt);
-    printf("ground truth (sgemm): %.1f s\n", now() - t0);
+    printf("ground truth (sgemm): %.1f s\n", bench_now() - t0);
 
     /* exact peer: one thread, FAISS flat over the float32 vectors */
     omp_set_num_threads(1);
@@ -329,11 +323,11 @@ searches:;
         int64_t ids[10];
         float sc[10];
         int nh;
-        double s = now();
+        double s = bench_now();
         idx_search(flat, q + (size_t)i * dim, 10, ids, sc, &nh);
-        lat_peer[i] = (now() - s) * 1e3;
+        lat_peer[i] = (bench_now() - s) * 1e3;
     }
-    qsort(lat_peer, npeer, sizeof *lat_peer, cmp_double);
+    bench_sort(lat_peer, (size_t)npeer);
     idx_close(flat);
     free(lab);
     free(x);
@@ -361,23 +355,15 @@ searches:;
     db_search_opts plain = { .rerank = 0 };
     for (int pass = 0; pass < 2; pass++) {
         for (int i = 0; i < nq; i++) {
-            double s = now();
+            double s = bench_now();
             if ((rc = db_search(db, DB_KIND_REGION, q + (size_t)i * dim, pass ? &plain : NULL, h, 10, &nh)))
                 die("search", rc);
-            (pass ? lat_plain : lat)[i] = (now() - s) * 1e3;
-            for (int a = 0; a < nh; a++)
-                for (int b = 0; b < 10; b++)
-                    if (gt[i * 10 + b] >= 0 && h[a].id == row_id[gt[i * 10 + b]]) {
-                        if (pass)
-                            hit_plain++;
-                        else
-                            hit++;
-                        break;
-                    }
+            (pass ? lat_plain : lat)[i] = (bench_now() - s) * 1e3;
+            *(pass ? &hit_plain : &hit) += true_hits(h, nh, gt + i * 10, row_id);
         }
     }
-    qsort(lat, nq, sizeof *lat, cmp_double);
-    qsort(lat_plain, nq, sizeof *lat_plain, cmp_double);
+    bench_sort(lat, (size_t)nq);
+    bench_sort(lat_plain, (size_t)nq);
 
     char path[700];
     snprintf(path, sizeof path, "%s/regions.faiss", dir);
@@ -422,19 +408,14 @@ searches:;
         long hw = 0;
         double cpu = 0;
         for (int i = 0; i < nq; i++) {
-            double s = now(), c0 = thread_cpu();
+            double s = bench_now(), c0 = bench_thread_cpu();
             if ((rc = db_search(db, DB_KIND_REGION, q + (size_t)i * dim, NULL, h, 10, &nh)))
                 die("search", rc);
-            lat[i] = (now() - s) * 1e3;
-            cpu += thread_cpu() - c0;
-            for (int a = 0; a < nh; a++)
-                for (int b = 0; b < 10; b++)
-                    if (gt[i * 10 + b] >= 0 && h[a].id == row_id[gt[i * 10 + b]]) {
-                        hw++;
-                        break;
-                    }
+            lat[i] = (bench_now() - s) * 1e3;
+            cpu += bench_thread_cpu() - c0;
+            hw += true_hits(h, nh, gt + i * 10, row_id);
         }
-        qsort(lat, nq, sizeof *lat, cmp_double);
+        bench_sort(lat, (size_t)nq);
         printf("    nprobe %2d, %2d candidates/hit: p50 %.3f ms  p99 %.3f ms  (CPU %.3f ms/query)  recall@10 %.4f\n",
                sweep[w][0], sweep[w][1], lat[nq / 2], lat[(int)(nq * 0.99)], cpu * 1e3 / nq, hw / (10.0 * nq));
         db_close(db);

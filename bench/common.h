@@ -1,0 +1,46 @@
+/* bench/common.h - clocks and order statistics shared by the benchmarks
+ * (header only: include it as "../common.h" from bench/<name>/). */
+#ifndef UMG_BENCH_COMMON_H
+#define UMG_BENCH_COMMON_H
+
+#include <stdlib.h>
+#include <time.h>
+
+/* Wall-clock seconds (monotonic). */
+static inline double bench_now(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + t.tv_nsec * 1e-9;
+}
+
+/* CPU seconds of the calling thread: the work itself, without the waits of a
+ * shared machine (its cache and memory-bandwidth effects still count). */
+static inline double bench_thread_cpu(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t);
+    return (double)t.tv_sec + t.tv_nsec * 1e-9;
+}
+
+static inline int bench_cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+/* v[0..n) in ascending order. */
+static inline void bench_sort(double *v, size_t n)
+{
+    qsort(v, n, sizeof *v, bench_cmp_double);
+}
+
+/* The median of v[0..n), n > 0 (the mean of the middle two for even n);
+ * sorts v. */
+static inline double bench_median(double *v, size_t n)
+{
+    bench_sort(v, n);
+    return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
+#endif
