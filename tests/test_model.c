@@ -11,9 +11,9 @@
 #include "enc.h"
 #include "enc_kernels.h"
 #include "enc_safetensors.h"
+#include "test_util.h"
 #include "umg_error.h"
 
-#include <dirent.h>
 #include <jansson.h>
 #include <math.h>
 #include <pthread.h>
@@ -102,6 +102,24 @@ static enc_model *open_tiny(void)
     if (rc)
         fail_msg("enc_model_open(clip-tiny): %s: %s", umg_error_name(rc), umg_err_msg());
     return m;
+}
+
+/* The reference ids of text item it (at most 80) into ids; their count. */
+static int ref_ids(json_t *it, int32_t *ids)
+{
+    double d[80];
+    int n = flatten(json_object_get(it, "ids"), d, 80);
+    for (int i = 0; i < n; i++)
+        ids[i] = (int32_t)d[i];
+    return n;
+}
+
+/* got (D values) against reference item it's "embedding" (D values). */
+static void check_ref_embedding(const float *got, json_t *it, int D, const char *what)
+{
+    double ref[512];
+    assert_int_equal(flatten(json_object_get(it, "embedding"), ref, 512), D);
+    check_ref(got, ref, D, what);
 }
 
 /* ---- config ------------------------------------------------------------- */
@@ -315,8 +333,7 @@ static void test_image_embeddings(void **state)
         const char *file = json_string_value(json_object_get(it, "file"));
         float *px = load_pixels(json_string_value(json_object_get(it, "pixels")), PIX);
         assert_int_equal(enc_encode_pixels(r, px, 1, emb, patches), 0);
-        assert_int_equal(flatten(json_object_get(it, "embedding"), ref, 49 * 32), D);
-        check_ref(emb, ref, D, file);
+        check_ref_embedding(emb, it, D, file);
         assert_int_equal(flatten(json_object_get(it, "patch_tokens_projected"), ref, 49 * 32), G * G * D);
         for (int p = 0; p < G * G; p++) {
             char what[128];
@@ -325,8 +342,7 @@ static void test_image_embeddings(void **state)
         }
         /* without patches (the last block then runs on [CLS] alone): the same embedding */
         assert_int_equal(enc_encode_pixels(r, px, 1, emb_only, NULL), 0);
-        flatten(json_object_get(it, "embedding"), ref, 49 * 32);
-        check_ref(emb_only, ref, D, file);
+        check_ref_embedding(emb_only, it, D, file);
         free(px);
     }
     /* more images than the run state holds */
@@ -401,22 +417,17 @@ static void test_model_kernel_paths(void **state)
         assert_int_equal(enc_encode_pixels(r, pixels, n, emb, patches), 0);
         for (int i = 0; i < n; i++) {
             json_t *it = ref_item("images", i);
-            flatten(json_object_get(it, "embedding"), ref, 32);
-            check_ref(emb + i * D, ref, D, path ? "sgemm only" : "few-rows only");
+            check_ref_embedding(emb + i * D, it, D, path ? "sgemm only" : "few-rows only");
             flatten(json_object_get(it, "patch_tokens_projected"), ref, 49 * 32);
             for (int p = 0; p < G * G; p++)
                 check_ref(patches + ((size_t)i * G * G + p) * D, ref + p * D, D, "patch, one kernel path");
         }
         for (int t = 0; t < ref_count("texts"); t++) {
-            double dids[80];
             int32_t ids[80];
             float e[32];
-            int k = flatten(json_object_get(ref_item("texts", t), "ids"), dids, 80);
-            for (int i = 0; i < k; i++)
-                ids[i] = (int32_t)dids[i];
+            int k = ref_ids(ref_item("texts", t), ids);
             assert_int_equal(enc_encode_ids(r, ids, k, e), 0);
-            flatten(json_object_get(ref_item("texts", t), "embedding"), ref, 32);
-            check_ref(e, ref, D, path ? "text, sgemm only" : "text, few-rows only");
+            check_ref_embedding(e, ref_item("texts", t), D, path ? "text, sgemm only" : "text, few-rows only");
         }
     }
     enc_skinny_max_rows = saved;
@@ -434,17 +445,12 @@ static void test_text_embeddings(void **state)
     assert_int_equal(enc_run_create(m, 1, &r), 0);
     int D = enc_model_dim(m);
     float emb[32];
-    double ref[512];
     int32_t ids[80];
     for (int t = 0; t < ref_count("texts"); t++) {
         json_t *it = ref_item("texts", t);
-        double dids[80];
-        int n = flatten(json_object_get(it, "ids"), dids, 80);
-        for (int i = 0; i < n; i++)
-            ids[i] = (int32_t)dids[i];
+        int n = ref_ids(it, ids);
         assert_int_equal(enc_encode_ids(r, ids, n, emb), 0);
-        assert_int_equal(flatten(json_object_get(it, "embedding"), ref, 512), D);
-        check_ref(emb, ref, D, json_string_value(json_object_get(it, "text")));
+        check_ref_embedding(emb, it, D, json_string_value(json_object_get(it, "text")));
     }
     /* bad ids: out of vocabulary, too many, none */
     int32_t bad[3] = {49406, 49408, 49407};
@@ -525,19 +531,16 @@ static void test_text_tokenized(void **state)
     assert_int_equal(enc_run_create(m, 1, &r), 0);
     int D = enc_model_dim(m);
     float emb[32];
-    double ref[512], dids[80];
-    int32_t ids[80];
+    int32_t ids[80], want[80];
     for (int t = 0; t < ref_count("texts"); t++) {
         json_t *it = ref_item("texts", t);
         const char *text = json_string_value(json_object_get(it, "text"));
         int n = 0;
         assert_int_equal(enc_encode_text(r, text, strlen(text), emb, ids, &n), 0);
-        int nr = flatten(json_object_get(it, "ids"), dids, 80);
-        assert_int_equal(n, nr);
+        assert_int_equal(n, ref_ids(it, want));
         for (int i = 0; i < n; i++)
-            assert_int_equal(ids[i], (int32_t)dids[i]);
-        assert_int_equal(flatten(json_object_get(it, "embedding"), ref, 512), D);
-        check_ref(emb, ref, D, text);
+            assert_int_equal(ids[i], want[i]);
+        check_ref_embedding(emb, it, D, text);
     }
     enc_run_close(r);
     enc_model_close(m);
@@ -553,7 +556,6 @@ static void test_images_decoded(void **state)
     assert_int_equal(enc_run_create(m, 1, &r), 0);
     int D = enc_model_dim(m);
     float emb[32], *px = malloc(PIX * sizeof *px);
-    double ref[512];
     for (int i = 0; i < ref_count("images"); i++) {
         json_t *it = ref_item("images", i);
         char path[1024];
@@ -575,8 +577,7 @@ static void test_images_decoded(void **state)
         assert_true(sum / PIX <= 0.005);
         assert_true(maxd <= 0.05);
         assert_int_equal(enc_encode_pixels(r, px, 1, emb, NULL), 0);
-        assert_int_equal(flatten(json_object_get(it, "embedding"), ref, 512), D);
-        check_ref(emb, ref, D, path);
+        check_ref_embedding(emb, it, D, path);
     }
     free(px);
     enc_run_close(r);
@@ -637,9 +638,7 @@ static void test_threads_share_model(void **state)
         assert_memory_equal(jobs[t].text, jobs[THREADS].text, sizeof(float) * D);
     }
     /* and the baseline matches the reference */
-    double ref[32];
-    flatten(json_object_get(ref_item("images", n - 1), "embedding"), ref, 32);
-    check_ref(jobs[THREADS].embeds + (n - 1) * D, ref, D, "threads baseline");
+    check_ref_embedding(jobs[THREADS].embeds + (n - 1) * D, ref_item("images", n - 1), D, "threads baseline");
     for (int t = 0; t <= THREADS; t++) {
         free(jobs[t].embeds);
         free(jobs[t].patches);
@@ -657,8 +656,7 @@ struct tmpdir {
 
 static void tmp_make(struct tmpdir *d)
 {
-    snprintf(d->path, sizeof d->path, "/tmp/umg-test-model-XXXXXX");
-    assert_non_null(mkdtemp(d->path));
+    assert_non_null(tu_mkdtemp(d->path, sizeof d->path, "umg-test-model-"));
     char a[512], b[512];
     /* the tokenizer files are only read: link them */
     snprintf(a, sizeof a, "%s/vocab.json", d->path);
@@ -669,50 +667,20 @@ static void tmp_make(struct tmpdir *d)
 
 static void tmp_remove(struct tmpdir *d)
 {
-    DIR *dir = opendir(d->path);
-    assert_non_null(dir);
-    struct dirent *e;
-    while ((e = readdir(dir))) {
-        if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, ".."))
-            continue;
-        char p[600];
-        snprintf(p, sizeof p, "%s/%s", d->path, e->d_name);
-        unlink(p);
-    }
-    closedir(dir);
-    rmdir(d->path);
+    assert_int_equal(tu_rm_rf(d->path), 0);
 }
 
 static void write_file(const char *dir, const char *name, const void *data, size_t len)
 {
     char p[600];
     snprintf(p, sizeof p, "%s/%s", dir, name);
-    FILE *f = fopen(p, "wb");
-    assert_non_null(f);
-    assert_int_equal(fwrite(data, 1, len, f), len);
-    fclose(f);
-}
-
-static char *read_all(const char *path, size_t *len)
-{
-    FILE *f = fopen(path, "rb");
-    assert_non_null(f);
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *b = malloc((size_t)n + 1);
-    assert_non_null(b);
-    assert_int_equal(fread(b, 1, (size_t)n, f), (size_t)n);
-    b[n] = 0;
-    fclose(f);
-    *len = (size_t)n;
-    return b;
+    tu_write_file(p, data, len);
 }
 
 static void copy_config(const char *dir)
 {
     size_t len;
-    char *c = read_all(TINY "/config.json", &len);
+    char *c = tu_read_file(TINY "/config.json", &len);
     write_file(dir, "config.json", c, len);
     free(c);
 }
@@ -741,7 +709,7 @@ static void write_st_raw(const char *dir, const char *header, size_t hlen, const
 static json_t *fixture_st(uint8_t **data, size_t *dlen)
 {
     size_t len;
-    char *all = read_all(TINY "/model.safetensors", &len);
+    char *all = tu_read_file(TINY "/model.safetensors", &len);
     uint64_t h = 0;
     for (int i = 7; i >= 0; i--)
         h = h << 8 | (uint8_t)all[i];
@@ -1034,7 +1002,7 @@ static void test_hostile_files(void **state)
     write_file(d.path, "config.json", gelu_new, strlen(gelu_new));
     expect_open_error(d.path, UMG_EFORMAT, "hidden_act", "unknown hidden_act");
     size_t clen;
-    char *cfg = read_all(TINY "/config.json", &clen);
+    char *cfg = tu_read_file(TINY "/config.json", &clen);
     char *at = strstr(cfg, "\"hidden_size\": 128");
     assert_non_null(at);
     memcpy(at, "\"hidden_size\": 256", 18);
@@ -1569,9 +1537,8 @@ static void test_dense_global_unchanged(void **state)
         double worst_patch = 0;
         for (int i = 0; i < n; i++) {
             json_t *it = ref_item("images", i);
-            flatten(json_object_get(it, "embedding"), ref, 32);
-            check_ref(e + i * D, ref, D, enc_dense_mode_name(modes[k]));
-            check_ref(e_only + i * D, ref, D, enc_dense_mode_name(modes[k]));
+            check_ref_embedding(e + i * D, it, D, enc_dense_mode_name(modes[k]));
+            check_ref_embedding(e_only + i * D, it, D, enc_dense_mode_name(modes[k]));
             double d;
             max_rel_diff(e + i * D, e_plain + i * D, D, &d);
             if (d > 1e-5)
@@ -1642,23 +1609,18 @@ static void test_dense_options(void **state)
     assert_true(p.mean[1] == enc_model_preproc(m)->mean[1] && p.std[2] == enc_model_preproc(m)->std[2]);
 
     /* the text tower on a run sized for 448 pixels */
-    double dids[80], ref[32];
     int32_t ids[80];
     float emb[32];
-    int k = flatten(json_object_get(ref_item("texts", 0), "ids"), dids, 80);
-    for (int i = 0; i < k; i++)
-        ids[i] = (int32_t)dids[i];
+    int k = ref_ids(ref_item("texts", 0), ids);
     assert_int_equal(enc_encode_ids(r, ids, k, emb), 0);
-    flatten(json_object_get(ref_item("texts", 0), "embedding"), ref, 32);
-    check_ref(emb, ref, 32, "text on a 448 run");
+    check_ref_embedding(emb, ref_item("texts", 0), 32, "text on a 448 run");
     enc_run_close(r);
 
     /* create_ex at the native size is enc_run_create */
     assert_int_equal(enc_run_create_ex(m, 1, 224, &r), 0);
     float *px = load_pixels(json_string_value(json_object_get(ref_item("images", 0), "pixels")), PIX);
     assert_int_equal(enc_encode_pixels(r, px, 1, emb, NULL), 0);
-    flatten(json_object_get(ref_item("images", 0), "embedding"), ref, 32);
-    check_ref(emb, ref, 32, "create_ex at 224");
+    check_ref_embedding(emb, ref_item("images", 0), 32, "create_ex at 224");
     free(px);
     enc_run_close(r);
     enc_model_close(m);
