@@ -317,14 +317,39 @@ static void load_all_pixels(float *pixels, int *n)
     }
 }
 
+/* clip-tiny and a run state for one input: the fixture (*state) of the tests
+ * that encode reference items one at a time. */
+typedef struct tiny_one {
+    enc_model *m;
+    enc_run *r;
+} tiny_one;
+
+static int tiny_one_setup(void **state)
+{
+    tiny_one *t = calloc(1, sizeof *t);
+    assert_non_null(t);
+    t->m = open_tiny();
+    assert_int_equal(enc_run_create(t->m, 1, &t->r), 0);
+    *state = t;
+    return 0;
+}
+
+static int tiny_one_teardown(void **state)
+{
+    tiny_one *t = *state;
+    enc_run_close(t->r);
+    enc_model_close(t->m);
+    free(t);
+    return 0;
+}
+
 static void test_image_embeddings(void **state)
 {
-    enc_model *m = open_tiny();
-    int D = enc_model_dim(m), G = enc_model_grid(m);
+    tiny_one *t = *state;
+    enc_run *r = t->r;
+    int D = enc_model_dim(t->m), G = enc_model_grid(t->m);
     assert_int_equal(D, 32);
     assert_int_equal(G, 7);
-    enc_run *r;
-    assert_int_equal(enc_run_create(m, 1, &r), 0);
     float emb[32], *patches = malloc(sizeof(float) * G * G * D), *emb_only = malloc(sizeof(float) * D);
     double ref[49 * 32];
     int n = ref_count("images");
@@ -350,8 +375,6 @@ static void test_image_embeddings(void **state)
     assert_int_equal(enc_encode_pixels(r, dummy, 2, emb, NULL), UMG_EINVAL);
     free(patches);
     free(emb_only);
-    enc_run_close(r);
-    enc_model_close(m);
 }
 
 static void max_rel_diff(const float *a, const float *b, int n, double *out)
@@ -440,10 +463,9 @@ static void test_model_kernel_paths(void **state)
 
 static void test_text_embeddings(void **state)
 {
-    enc_model *m = open_tiny();
-    enc_run *r;
-    assert_int_equal(enc_run_create(m, 1, &r), 0);
-    int D = enc_model_dim(m);
+    tiny_one *f = *state;
+    enc_run *r = f->r;
+    int D = enc_model_dim(f->m);
     float emb[32];
     int32_t ids[80];
     for (int t = 0; t < ref_count("texts"); t++) {
@@ -468,8 +490,6 @@ static void test_text_embeddings(void **state)
     assert_int_equal(enc_encode_ids(r, a, 3, ea), 0);
     assert_int_equal(enc_encode_ids(r, b4, 5, eb), 0);
     assert_memory_equal(ea, eb, sizeof ea);
-    enc_run_close(r);
-    enc_model_close(m);
 }
 
 /* n texts of random lengths in one packed pass equal each text encoded alone
@@ -526,24 +546,20 @@ static void test_text_batch_equals_single(void **state)
 
 static void test_text_tokenized(void **state)
 {
-    enc_model *m = open_tiny();
-    enc_run *r;
-    assert_int_equal(enc_run_create(m, 1, &r), 0);
-    int D = enc_model_dim(m);
+    tiny_one *f = *state;
+    int D = enc_model_dim(f->m);
     float emb[32];
     int32_t ids[80], want[80];
     for (int t = 0; t < ref_count("texts"); t++) {
         json_t *it = ref_item("texts", t);
         const char *text = json_string_value(json_object_get(it, "text"));
         int n = 0;
-        assert_int_equal(enc_encode_text(r, text, strlen(text), emb, ids, &n), 0);
+        assert_int_equal(enc_encode_text(f->r, text, strlen(text), emb, ids, &n), 0);
         assert_int_equal(n, ref_ids(it, want));
         for (int i = 0; i < n; i++)
             assert_int_equal(ids[i], want[i]);
         check_ref_embedding(emb, it, D, text);
     }
-    enc_run_close(r);
-    enc_model_close(m);
 }
 
 /* Our own decoding + preprocessing of images/ lands within the preprocessing
@@ -551,9 +567,9 @@ static void test_text_tokenized(void **state)
  * so the embeddings meet the reference tolerance too. */
 static void test_images_decoded(void **state)
 {
-    enc_model *m = open_tiny();
-    enc_run *r;
-    assert_int_equal(enc_run_create(m, 1, &r), 0);
+    tiny_one *t = *state;
+    enc_model *m = t->m;
+    enc_run *r = t->r;
     int D = enc_model_dim(m);
     float emb[32], *px = malloc(PIX * sizeof *px);
     for (int i = 0; i < ref_count("images"); i++) {
@@ -580,8 +596,6 @@ static void test_images_decoded(void **state)
         check_ref_embedding(emb, it, D, path);
     }
     free(px);
-    enc_run_close(r);
-    enc_model_close(m);
 }
 
 /* ---- threads ------------------------------------------------------------ */
@@ -1665,13 +1679,13 @@ int main(void)
         cmocka_unit_test(test_config_errors),
         cmocka_unit_test(test_kernels),
         cmocka_unit_test(test_linear_paths),
-        cmocka_unit_test(test_image_embeddings),
+        cmocka_unit_test_setup_teardown(test_image_embeddings, tiny_one_setup, tiny_one_teardown),
         cmocka_unit_test(test_batched_equals_single),
         cmocka_unit_test(test_model_kernel_paths),
-        cmocka_unit_test(test_text_embeddings),
+        cmocka_unit_test_setup_teardown(test_text_embeddings, tiny_one_setup, tiny_one_teardown),
         cmocka_unit_test(test_text_batch_equals_single),
-        cmocka_unit_test(test_text_tokenized),
-        cmocka_unit_test(test_images_decoded),
+        cmocka_unit_test_setup_teardown(test_text_tokenized, tiny_one_setup, tiny_one_teardown),
+        cmocka_unit_test_setup_teardown(test_images_decoded, tiny_one_setup, tiny_one_teardown),
         cmocka_unit_test(test_threads_share_model),
         cmocka_unit_test(test_half_precision_checkpoints),
         cmocka_unit_test(test_hostile_headers),
