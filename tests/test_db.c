@@ -80,6 +80,15 @@ static db_t *open_ok(fixture *f, const db_options *o)
     return db;
 }
 
+/* open_ok from the snapshots: nothing logged (no index rebuilt). */
+static db_t *reopen_from_snapshots(fixture *f, const db_options *o)
+{
+    f->log_lines = 0;
+    db_t *db = open_ok(f, o);
+    assert_int_equal(f->log_lines, 0);
+    return db;
+}
+
 /* An image with nr regions and random vectors (into vecs: (1+nr) x DIM). */
 typedef struct img_buf {
     db_image_in in;
@@ -139,6 +148,32 @@ static void assert_counts(db_t *db, uint64_t images, uint64_t regions)
     assert_int_equal(st.regions, regions);
     assert_int_equal(st.index_images, images);
     assert_int_equal(st.index_regions, regions);
+}
+
+/* The image index's factory string is want. */
+static void assert_image_factory(db_t *db, const char *want)
+{
+    db_stats st;
+    assert_int_equal(db_stats_get(db, &st), 0);
+    assert_string_equal(st.image_factory, want);
+}
+
+/* Enough images (no regions) to pass approx_threshold 600: the automatic
+ * switch to IVF-PQ at the next checkpoint. */
+enum { N_IVF = 700 };
+typedef struct ivf_images {
+    img_buf bufs[N_IVF];
+    db_image_in ins[N_IVF];
+    uint64_t ids[N_IVF];
+} ivf_images;
+
+/* N_IVF images at <dir><i>.jpg, stored; one static set (too big for the
+ * stack), overwritten by the next call. */
+static const ivf_images *put_ivf_images(db_t *db, const char *dir)
+{
+    static ivf_images s;
+    put_images(db, s.bufs, s.ins, N_IVF, dir, 0, s.ids, NULL);
+    return &s;
 }
 
 static void assert_vec_close(const float *stored, const float *raw)
@@ -352,9 +387,7 @@ static void test_search_and_delete(void **state)
     uint64_t late;
     assert_int_equal(db_put_image(db, &extra.in, &late, NULL), 0);
     db_close(db);
-    f->log_lines = 0;
-    db = open_ok(f, &o);
-    assert_int_equal(f->log_lines, 0); /* snapshot used, no rebuild */
+    db = reopen_from_snapshots(f, &o);
     db_stats st;
     assert_int_equal(db_stats_get(db, &st), 0);
     assert_int_equal(st.images, N - 1);
@@ -512,9 +545,7 @@ static void test_concurrent(void **state)
     assert_int_equal(st.index_images, st.images);
     db_close(db);
     /* the IVF snapshot loads back */
-    f->log_lines = 0;
-    db = open_ok(f, &o);
-    assert_int_equal(f->log_lines, 0);
+    db = reopen_from_snapshots(f, &o);
     assert_int_equal(db_stats_get(db, &st), 0);
     assert_string_equal(st.region_factory, "IVF16,Flat");
     db_close(db);
@@ -528,35 +559,27 @@ static void test_auto_approximate(void **state)
     o.approx_threshold = 600;
     o.nprobe = 256; /* every list: only PQ + re-rank decide */
     db_t *db = open_ok(f, &o);
-    enum { N = 700 };
-    static img_buf bufs[N];
-    static db_image_in ins[N];
-    uint64_t ids[N];
-    put_images(db, bufs, ins, N, "/auto/", 0, ids, NULL);
+    const ivf_images *im = put_ivf_images(db, "/auto/");
+    assert_image_factory(db, "Flat");
+    assert_int_equal(db_checkpoint(db), 0);
     db_stats st;
     assert_int_equal(db_stats_get(db, &st), 0);
-    assert_string_equal(st.image_factory, "Flat");
-    assert_int_equal(db_checkpoint(db), 0);
-    assert_int_equal(db_stats_get(db, &st), 0);
     assert_string_equal(st.image_factory, "IVF256,PQ4np");
-    assert_int_equal(st.index_images, N);
+    assert_int_equal(st.index_images, N_IVF);
     int top1 = 0;
-    for (int i = 0; i < N; i += 7) {
+    for (int i = 0; i < N_IVF; i += 7) {
         db_hit h[3];
         int n;
-        assert_int_equal(db_search(db, DB_KIND_IMAGE, bufs[i].vecs[0], NULL, h, 3, &n), 0);
+        assert_int_equal(db_search(db, DB_KIND_IMAGE, im->bufs[i].vecs[0], NULL, h, 3, &n), 0);
         assert_int_equal(n, 3);
-        top1 += h[0].id == ids[i];
+        top1 += h[0].id == im->ids[i];
         /* re-ranked scores are exact cosines of stored (float16) vectors */
         assert_true(h[0].score <= 1.001f && h[0].score >= h[1].score);
     }
-    assert_int_equal(top1, (N + 6) / 7);
+    assert_int_equal(top1, (N_IVF + 6) / 7);
     db_close(db);
-    f->log_lines = 0;
-    db = open_ok(f, &o);
-    assert_int_equal(f->log_lines, 0);
-    assert_int_equal(db_stats_get(db, &st), 0);
-    assert_string_equal(st.image_factory, "IVF256,PQ4np");
+    db = reopen_from_snapshots(f, &o);
+    assert_image_factory(db, "IVF256,PQ4np");
     db_close(db);
 }
 
@@ -568,52 +591,40 @@ static void test_auto_approximate(void **state)
 static void test_searches_never_retrain(void **state)
 {
     fixture *f = *state;
-    enum { N = 700 };
-    static img_buf bufs[N];
-    static db_image_in ins[N];
-    uint64_t ids[N];
     db_options o = opts_for(f);
     o.approx_threshold = 600;
     o.image_factory = "IVF512,PQ4np"; /* automatic at 700 vectors would be IVF256,PQ4np */
     db_t *db = open_ok(f, &o);
-    put_images(db, bufs, ins, N, "/ro/", 0, ids, NULL);
+    const ivf_images *im = put_ivf_images(db, "/ro/");
     assert_int_equal(db_checkpoint(db), 0);
     db_close(db);
 
     o.image_factory = NULL; /* automatic from now on */
-    f->log_lines = 0;
-    db = open_ok(f, &o);
-    assert_int_equal(f->log_lines, 0);
+    db = reopen_from_snapshots(f, &o);
     assert_int_equal(db_build_pending(db), 0);
-    for (int i = 0; i < N; i += 50) { /* a session of reads */
+    for (int i = 0; i < N_IVF; i += 50) { /* a session of reads */
         db_hit h[3];
         int n;
-        assert_int_equal(db_search(db, DB_KIND_IMAGE, bufs[i].vecs[0], NULL, h, 3, &n), 0);
-        assert_int_equal(h[0].id, ids[i]);
+        assert_int_equal(db_search(db, DB_KIND_IMAGE, im->bufs[i].vecs[0], NULL, h, 3, &n), 0);
+        assert_int_equal(h[0].id, im->ids[i]);
         db_image img;
-        assert_int_equal(db_get_image(db, ids[i], &img), 0);
+        assert_int_equal(db_get_image(db, im->ids[i], &img), 0);
         db_image_free(&img);
     }
     assert_int_equal(db_build_pending(db), 0);
     assert_int_equal(db_checkpoint(db), 0);
     assert_int_equal(f->log_lines, 0); /* no "building the image index" */
-    db_stats st;
-    assert_int_equal(db_stats_get(db, &st), 0);
-    assert_string_equal(st.image_factory, "IVF512,PQ4np");
+    assert_image_factory(db, "IVF512,PQ4np");
     db_close(db);
 }
 
 static void test_checkpoint_no_build(void **state)
 {
     fixture *f = *state;
-    enum { N = 700 };
-    static img_buf bufs[N];
-    static db_image_in ins[N];
-    uint64_t ids[N];
     db_options o = opts_for(f);
     o.approx_threshold = 600;
     db_t *db = open_ok(f, &o);
-    put_images(db, bufs, ins, N, "/ro/", 0, ids, NULL);
+    const ivf_images *im = put_ivf_images(db, "/ro/");
     assert_int_equal(db_build_pending(db), 1);
     f->log_lines = 0;
     assert_int_equal(db_checkpoint_ex(db, DB_CHECKPOINT_NO_BUILD), 0);
@@ -626,20 +637,18 @@ static void test_checkpoint_no_build(void **state)
     db_close(db);
 
     /* the exact snapshot is complete: no rebuild at open; the switch is still pending */
-    f->log_lines = 0;
-    db = open_ok(f, &o);
-    assert_int_equal(f->log_lines, 0);
+    db = reopen_from_snapshots(f, &o);
     assert_int_equal(db_build_pending(db), 1);
     /* cancelled: the build gives up, the exact index keeps serving */
     db_cancel_builds(db);
     assert_int_equal(db_checkpoint(db), UMG_ESHUTDOWN);
     assert_int_equal(db_stats_get(db, &st), 0);
     assert_string_equal(st.image_factory, "Flat");
-    assert_int_equal(st.index_images, N);
+    assert_int_equal(st.index_images, N_IVF);
     db_hit h[1];
     int n;
-    assert_int_equal(db_search(db, DB_KIND_IMAGE, bufs[3].vecs[0], NULL, h, 1, &n), 0);
-    assert_int_equal(h[0].id, ids[3]);
+    assert_int_equal(db_search(db, DB_KIND_IMAGE, im->bufs[3].vecs[0], NULL, h, 1, &n), 0);
+    assert_int_equal(h[0].id, im->ids[3]);
     db_close(db);
 
     db = open_ok(f, &o);
