@@ -259,8 +259,8 @@ static void verify(const char *dir, ledger *l, int round)
 static void test_sigkill_rounds(void **state)
 {
     (void)state;
-    char dir[] = "/tmp/umg_test_crash_XXXXXX";
-    assert_non_null(mkdtemp(dir));
+    char dir[64];
+    assert_non_null(tu_mkdtemp(dir, sizeof dir, "umg_test_crash_"));
     ledger l = { 0 };
     l.cap = 1 << 16;
     l.id = calloc(l.cap, sizeof *l.id);
@@ -359,8 +359,8 @@ static void expect_rebuild(const char *dir, int n, const char *why)
 static void test_corrupt_snapshots(void **state)
 {
     (void)state;
-    char dir[] = "/tmp/umg_test_snap_XXXXXX";
-    assert_non_null(mkdtemp(dir));
+    char dir[64];
+    assert_non_null(tu_mkdtemp(dir, sizeof dir, "umg_test_snap_"));
     char snap[128];
     snprintf(snap, sizeof snap, "%s/images.faiss", dir);
     fill(dir, 30, 1);
@@ -407,24 +407,23 @@ static void test_corrupt_snapshots(void **state)
 
 /* ---- filesystems ---- */
 
-static int mount_tmpfs(const char *dir, const char *opts)
+/* A fresh directory /tmp/<prefix>XXXXXX (into dir) with a tmpfs mounted on
+ * it (mount options opts); skips the test where that cannot be mounted. */
+static void mount_tmpfs(char *dir, size_t size, const char *prefix, const char *opts)
 {
+    assert_non_null(tu_mkdtemp(dir, size, prefix));
     if (mount("tmpfs", dir, "tmpfs", 0, opts)) {
         print_message("skipping: cannot mount tmpfs on %s: %s\n", dir, strerror(errno));
-        return -1;
+        rmdir(dir);
+        skip();
     }
-    return 0;
 }
 
 static void test_read_only_fs(void **state)
 {
     (void)state;
-    char dir[] = "/tmp/umg_test_rofs_XXXXXX";
-    assert_non_null(mkdtemp(dir));
-    if (mount_tmpfs(dir, "size=8m")) {
-        rmdir(dir);
-        skip();
-    }
+    char dir[64];
+    mount_tmpfs(dir, sizeof dir, "umg_test_rofs_", "size=8m");
     char data[128];
     snprintf(data, sizeof data, "%s/data", dir);
     fill(data, 5, 1);
@@ -451,12 +450,8 @@ static void test_read_only_fs(void **state)
 static void test_disk_full(void **state)
 {
     (void)state;
-    char dir[] = "/tmp/umg_test_full_XXXXXX";
-    assert_non_null(mkdtemp(dir));
-    if (mount_tmpfs(dir, "size=1m")) {
-        rmdir(dir);
-        skip();
-    }
+    char dir[64];
+    mount_tmpfs(dir, sizeof dir, "umg_test_full_", "size=1m");
     char data[128];
     snprintf(data, sizeof data, "%s/data", dir);
     logcount lc = { 0 };
