@@ -59,6 +59,19 @@ static tu_result run(const char *const *args)
     return run_env(NULL, args);
 }
 
+/* Runs umgdb (run_env) and expects exit code, with out_has in its stdout and
+ * err_has in its stderr (NULL: not checked). */
+static void expect_run(const char *const *env, const char *const *args, int code, const char *out_has,
+                       const char *err_has)
+{
+    tu_result r = run_env(env, args);
+    TU_EXPECT_EXIT(r, code);
+    if ((out_has && !strstr(r.out, out_has)) || (err_has && !strstr(r.err, err_has)))
+        fail_msg("wanted \"%s\" on stdout and \"%s\" on stderr\nstdout:\n%s\nstderr:\n%s", out_has ? out_has : "",
+                 err_has ? err_has : "", r.out, r.err);
+    tu_result_free(&r);
+}
+
 /* ---- the server -------------------------------------------------------------- */
 
 static char server_addr[400];
@@ -661,10 +674,7 @@ static void test_query_heatmap(void **state)
     free(html);
 
     const char *t[] = {"query", "--server", server_addr, "--heatmap", "-k", "2", "a cat", NULL};
-    r = run(t);
-    TU_EXPECT_EXIT(r, 0);
-    assert_non_null(strstr(r.out, "heatmap peak (x,y)"));
-    tu_result_free(&r);
+    expect_run(NULL, t, 0, "heatmap peak (x,y)", NULL);
 }
 
 static void test_get_stats_delete(void **state)
@@ -699,10 +709,7 @@ static void test_get_stats_delete(void **state)
     json_decref(j);
     tu_result_free(&r);
     const char *s2[] = {"stats", "--server", server_addr, NULL};
-    r = run(s2);
-    TU_EXPECT_EXIT(r, 0);
-    assert_non_null(strstr(r.out, "images: 7\n"));
-    tu_result_free(&r);
+    expect_run(NULL, s2, 0, "images: 7\n", NULL);
 
     /* delete by path; then it is gone, and the count drops. */
     const char *d[] = {"delete", "--server", server_addr, "--path", photo_path[5], NULL};
@@ -711,14 +718,8 @@ static void test_get_stats_delete(void **state)
     snprintf(want, sizeof want, "deleted image %s", ids);
     assert_non_null(strstr(r.out, want));
     tu_result_free(&r);
-    r = run(g);
-    TU_EXPECT_EXIT(r, 1);
-    assert_non_null(strstr(r.err, "umgdb get: not_found"));
-    tu_result_free(&r);
-    r = run(d);
-    TU_EXPECT_EXIT(r, 1);
-    assert_non_null(strstr(r.err, "not_found"));
-    tu_result_free(&r);
+    expect_run(NULL, g, 1, NULL, "umgdb get: not_found");
+    expect_run(NULL, d, 1, NULL, "not_found");
     r = run(s);
     TU_EXPECT_EXIT(r, 0);
     j = tu_json_parse(r.out);
@@ -728,10 +729,7 @@ static void test_get_stats_delete(void **state)
 
     /* Ingest brings it back (a new id). */
     const char *in[] = {"ingest", "--server", server_addr, "--tags", "fixture,first", photo_path[5], NULL};
-    r = run(in);
-    TU_EXPECT_EXIT(r, 0);
-    assert_non_null(strstr(r.out, "1 photo: 1 ingested"));
-    tu_result_free(&r);
+    expect_run(NULL, in, 0, "1 photo: 1 ingested", NULL);
 }
 
 static void test_usage_errors(void **state)
@@ -768,10 +766,7 @@ static void test_usage_errors(void **state)
     static const char *const cmds[] = {"ingest", "query", "stats", "get", "delete"};
     for (size_t i = 0; i < 5; i++) {
         const char *a[] = {cmds[i], "--help", NULL};
-        tu_result r = run(a);
-        TU_EXPECT_EXIT(r, 0);
-        assert_non_null(strstr(r.out, "usage: umgdb "));
-        tu_result_free(&r);
+        expect_run(NULL, a, 0, "usage: umgdb ", NULL);
     }
 }
 
@@ -784,24 +779,16 @@ static void test_server_down(void **state)
                                           {"ingest", UMG_FIXTURES_DIR "/clip-tiny/images/rocket.jpg"}};
     for (size_t i = 0; i < 5; i++) {
         const char *a[] = {cmds[i][0], "--server", nowhere, cmds[i][1], NULL};
-        tu_result r = run(a);
-        TU_EXPECT_EXIT(r, 3);
-        assert_non_null(strstr(r.err, "cannot connect to"));
-        tu_result_free(&r);
+        expect_run(NULL, a, 3, NULL, "cannot connect to");
     }
     /* UMGDB_SERVER is read when --server is absent. */
     char env[420];
     snprintf(env, sizeof env, "UMGDB_SERVER=%s", nowhere);
     const char *e[] = {env, NULL};
     const char *a[] = {"stats", NULL};
-    tu_result r = run_env(e, a);
-    TU_EXPECT_EXIT(r, 3);
-    assert_non_null(strstr(r.err, "nobody.sock"));
-    tu_result_free(&r);
+    expect_run(e, a, 3, NULL, "nobody.sock");
     snprintf(env, sizeof env, "UMGDB_SERVER=%s", server_addr);
-    r = run_env(e, a);
-    TU_EXPECT_EXIT(r, 0);
-    tu_result_free(&r);
+    expect_run(e, a, 0, NULL, NULL);
 }
 
 /* A server that requires a token: refused without it (exit 3 and a clear
@@ -827,15 +814,10 @@ static void test_auth(void **state)
     snprintf(wrong, sizeof wrong, "%s/wrong-token", root);
     write_text(wrong, "not-the-token\n");
     const char *aw[] = {"stats", "--server", addr, "--token-file", wrong, NULL};
-    r = run(aw);
-    TU_EXPECT_EXIT(r, 3);
-    assert_non_null(strstr(r.err, "refused"));
-    tu_result_free(&r);
+    expect_run(NULL, aw, 3, NULL, "refused");
 
     const char *af[] = {"ingest", "--server", addr, "--token-file", token_file, photo_path[1], NULL};
-    r = run(af);
-    TU_EXPECT_EXIT(r, 0);
-    tu_result_free(&r);
+    expect_run(NULL, af, 0, NULL, NULL);
 
     const char *env[] = {"UMGDB_AUTH_TOKEN=s3cret-token", NULL};
     const char *ae[] = {"stats", "--server", addr, "--json", NULL};
@@ -848,10 +830,7 @@ static void test_auth(void **state)
 
     /* A token file that does not exist is an error, not "no token". */
     const char *an[] = {"stats", "--server", addr, "--token-file", "/nonexistent/token", NULL};
-    r = run(an);
-    TU_EXPECT_EXIT(r, 3);
-    assert_non_null(strstr(r.err, "/nonexistent/token"));
-    tu_result_free(&r);
+    expect_run(NULL, an, 3, NULL, "/nonexistent/token");
     stop_server(pid);
 }
 
