@@ -69,8 +69,15 @@ def prepare_one(args):
     boxes = [o["box"] for o in objs] + ([bg] if bg else [])
     weights = np.array(pooling.weight_matrix(boxes, geom, patch, g), dtype=np.float32)
     light = [{k: o[k] for k in ("shape", "colour", "size", "phrase", "box", "cx", "cy")} for o in objs]
+    # the pixel-level class of every cell: index into full_phrases() + [background], -100 ignored
+    full = {p: i for i, p in enumerate(full_phrases())}
+    label = label.reshape(-1)
+    pix_cls = np.full(label.shape, -100, dtype=np.int64)
+    pix_cls[label == -1] = len(full)
+    for k, o in enumerate(objs):
+        pix_cls[label == k] = full[o["phrase"]]
     return {"name": name, "width": w, "height": h, "caption": cap, "objects": light, "geom": geom,
-            "canvas": canvas, "label": label.reshape(-1), "weights": weights, "has_bg": bg is not None}
+            "canvas": canvas, "label": label, "pix_cls": pix_cls, "weights": weights, "has_bg": bg is not None}
 
 
 def prepare(seed, count, size, patch, procs=2):
@@ -84,7 +91,7 @@ def prepare(seed, count, size, patch, procs=2):
 def prepare_cached(path, seed, count, size, patch, procs=2):
     """prepare(), stored in / reused from a pickle at path (None: no cache)."""
     import pickle
-    key = (seed, count, size, patch)
+    key = (seed, count, size, patch, 2)  # 2: items carry pix_cls
     if path and os.path.exists(path):
         with open(path, "rb") as f:
             k, items = pickle.load(f)
@@ -96,6 +103,19 @@ def prepare_cached(path, seed, count, size, patch, procs=2):
             pickle.dump((key, items), f, protocol=4)
         os.replace(path + ".tmp", path)
     return items
+
+
+def to_pixels_fast(items):
+    """to_pixels() with the arithmetic in torch over the whole batch (same values)."""
+    import torch
+    u8 = torch.from_numpy(np.stack([it["canvas"] for it in items]))  # [B, S, S, 3]
+    x = (u8.float() / 255.0 - torch.from_numpy(MEAN)) / torch.from_numpy(STD)
+    keep = torch.zeros(u8.shape[:3], dtype=torch.bool)
+    for i, it in enumerate(items):
+        g = it["geom"]
+        keep[i, g["off_y"]:g["off_y"] + g["resized_h"], g["off_x"]:g["off_x"] + g["resized_w"]] = True
+    x = x * keep[..., None]
+    return x.permute(0, 3, 1, 2).contiguous()
 
 
 def to_pixels(items):
@@ -111,3 +131,74 @@ def to_pixels(items):
         x[:, ~keep] = 0.0
         out.append(x)
     return torch.from_numpy(np.stack(out))
+
+
+# ------------------------------------------------------------ proposal-like boxes
+
+def weight_matrix_np(boxes, geom, patch, grid):
+    """pooling.weight_matrix, vectorized: [R, G*G] float32, rows summing to 1.
+    Same arithmetic (box -> input pixels with the fit's geometry, clip, / patch,
+    overlap of the box with each cell); train.py checks the two agree at start."""
+    b = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    sx, sy = float(geom["scale_x"]), float(geom["scale_y"])
+    ox, oy = float(geom["off_x"]), float(geom["off_y"])
+    iw, ih = float(geom["input_w"]), float(geom["input_h"])
+    p = float(patch)
+    x0 = np.clip(b[:, 0] * sx + ox, 0.0, iw) / p
+    x1 = np.clip((b[:, 0] + b[:, 2]) * sx + ox, 0.0, iw) / p
+    y0 = np.clip(b[:, 1] * sy + oy, 0.0, ih) / p
+    y1 = np.clip((b[:, 1] + b[:, 3]) * sy + oy, 0.0, ih) / p
+    c = np.arange(grid, dtype=np.float64)
+    wx = np.maximum(0.0, np.minimum(x1[:, None], c + 1) - np.maximum(x0[:, None], c))
+    wy = np.maximum(0.0, np.minimum(y1[:, None], c + 1) - np.maximum(y0[:, None], c))
+    w = (wy[:, :, None] * wx[:, None, :]).reshape(len(b), grid * grid)
+    s = w.sum(1, keepdims=True)
+    if not (s > 0).all():
+        raise ValueError("a box covers no input pixels")
+    return (w / s).astype(np.float32)
+
+
+def iou_matrix(a, b):
+    """IoU [len(a), len(b)] of [x, y, w, h] boxes (meaning.iou, vectorized)."""
+    a = np.asarray(a, dtype=np.float64).reshape(-1, 4)
+    b = np.asarray(b, dtype=np.float64).reshape(-1, 4)
+    iw = np.maximum(0.0, np.minimum(a[:, None, 0] + a[:, None, 2], b[None, :, 0] + b[None, :, 2])
+                    - np.maximum(a[:, None, 0], b[None, :, 0]))
+    ih = np.maximum(0.0, np.minimum(a[:, None, 1] + a[:, None, 3], b[None, :, 1] + b[None, :, 3])
+                    - np.maximum(a[:, None, 1], b[None, :, 1]))
+    inter = iw * ih
+    union = (a[:, 2] * a[:, 3])[:, None] + (b[:, 2] * b[:, 3])[None, :] - inter
+    return np.where(union > 0, inter / np.maximum(union, 1e-9), 0.0)
+
+
+def proposal_like_boxes(rng, obj_boxes, w, h, n_random=4):
+    """Boxes like the ones enc_propose gives the server (docs/synth.md): per object its
+    tight box, two slightly jittered copies (IoU mostly 0.6-0.95), a loose box around
+    it (IoU ~0.25-0.6) and a part of it (IoU ~0.1-0.5); the union of two objects;
+    a few random boxes; the whole photo.  [R, 4] float64 [x, y, w, h], inside the photo."""
+    out = []
+    for x, y, bw, bh in obj_boxes:
+        out.append([x, y, bw, bh])
+        for _ in range(2):
+            d = rng.normal(0.0, 0.07, 4) * np.array([bw, bh, bw, bh])
+            out.append([x + d[0], y + d[1], bw + d[2] - d[0], bh + d[3] - d[1]])
+        g = rng.uniform(0.1, 0.5, 4) * np.array([bw, bh, bw, bh])
+        out.append([x - g[0], y - g[1], bw + g[0] + g[2], bh + g[1] + g[3]])
+        fw, fh = rng.uniform(0.3, 0.75, 2)
+        out.append([x + rng.uniform(0, 1 - fw) * bw, y + rng.uniform(0, 1 - fh) * bh, fw * bw, fh * bh])
+    if len(obj_boxes) >= 2:
+        i, j = rng.choice(len(obj_boxes), 2, replace=False)
+        a, b = obj_boxes[i], obj_boxes[j]
+        x0, y0 = min(a[0], b[0]), min(a[1], b[1])
+        out.append([x0, y0, max(a[0] + a[2], b[0] + b[2]) - x0, max(a[1] + a[3], b[1] + b[3]) - y0])
+    short = min(w, h)
+    for _ in range(n_random):
+        bw, bh = rng.uniform(0.15, 0.8) * short, rng.uniform(0.15, 0.8) * short
+        out.append([rng.uniform(0, w - bw), rng.uniform(0, h - bh), bw, bh])
+    out.append([0, 0, w, h])
+    b = np.array(out, dtype=np.float64)
+    x0 = np.clip(b[:, 0], 0, w - 2)
+    y0 = np.clip(b[:, 1], 0, h - 2)
+    x1 = np.clip(b[:, 0] + b[:, 2], x0 + 2, w)
+    y1 = np.clip(b[:, 1] + b[:, 3], y0 + 2, h)
+    return np.stack([x0, y0, x1 - x0, y1 - y0], 1)

@@ -1,7 +1,7 @@
 #!/usr/bin/python3
 """Self-check of the pooling definition's three uses: the numpy path (which wrote
 tests/fixtures/pooling/golden.json), the torch path and the batched weight matrix
-the training uses must all give the committed golden vectors.
+the training uses (pooling.weight_matrix and data.weight_matrix_np) must all give the committed golden vectors.
 
     tools/umgtrain/test_pooling.py
 """
@@ -14,6 +14,7 @@ import numpy as np
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 import pooling  # noqa: E402
+import data  # noqa: E402
 
 GOLDEN = os.path.join(HERE, "..", "..", "tests", "fixtures", "pooling", "golden.json")
 
@@ -31,7 +32,10 @@ def main():
         b = pooling.pool_region(torch.from_numpy(p).double(), c["box"], c["geom"], c["patch_size"], c["grid"]).numpy()
         w = torch.tensor(pooling.weight_matrix([c["box"]], c["geom"], c["patch_size"], c["grid"]), dtype=torch.float64)
         t = F.normalize(w @ F.normalize(torch.from_numpy(p).double(), dim=-1), dim=-1)[0].numpy()
-        for got in (a, b, t):
+        # the vectorized weights train.py pools its (proposal-like) boxes with
+        wv = torch.from_numpy(data.weight_matrix_np([c["box"]], c["geom"], c["patch_size"], c["grid"])).double()
+        v = F.normalize(wv @ F.normalize(torch.from_numpy(p).double(), dim=-1), dim=-1)[0].numpy()
+        for got in (a, b, t, v):
             worst = max(worst, float(np.abs(got - want).max()))
     try:
         pooling.pool_region(np.ones((4, 2)), [500, 500, 10, 10], cases[0]["geom"], 32, 2)

@@ -18,12 +18,16 @@ import sys
 import time
 
 import numpy as np
-import torch
+
+# OpenBLAS (Debian's torch BLAS) would start its own threads besides torch's
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+import torch  # noqa: E402
 import torch.nn.functional as F
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 import data  # noqa: E402
+import pooling  # noqa: E402
 import world  # noqa: E402  (tools/synthworld, put on the path by data)
 from model import CLIP, load_checkpoint, save_safetensors  # noqa: E402
 from tokenizer import Tokenizer  # noqa: E402
@@ -73,6 +77,59 @@ def soft_targets(texts_rows, texts_cols):
     return t / t.sum(1, keepdim=True).clamp(min=1.0)
 
 
+class CompactTokens:
+    """The training's view of the 49408-row token embedding: only the rows of the
+    tokens this world's texts use are parameters (a few dozen), so neither the
+    backward pass nor AdamW touch the other ~49.4k rows every step.  With zero
+    weight decay on embeddings, AdamW would leave rows without gradient unchanged
+    anyway: the saved checkpoint (full matrix, other rows at their initial values)
+    is the same as training the full matrix."""
+
+    def __init__(self, model, tok, texts):
+        used = {49406, 49407}
+        for t in texts:
+            used.update(tok.encode(t))
+        self.ids = sorted(used)
+        self.remap = {t: i for i, t in enumerate(self.ids)}
+        emb = model.text_model.embeddings.token_embedding
+        self.full = emb.weight.detach().clone()
+        model.text_model.embeddings.token_embedding = torch.nn.Embedding.from_pretrained(
+            self.full[self.ids].clone(), freeze=False)
+        self.tok = tok
+        self.memo = {}
+
+    def encode(self, text):
+        ids = self.memo.get(text)
+        if ids is None:
+            ids = [self.remap[t] for t in self.tok.encode(text)]  # KeyError: a word outside the world
+            self.memo[text] = ids
+        return ids
+
+    def state_dict(self, model):
+        sd = {k: v for k, v in model.state_dict().items()}
+        full = self.full.clone()
+        full[self.ids] = sd["text_model.embeddings.token_embedding.weight"].detach()
+        sd["text_model.embeddings.token_embedding.weight"] = full
+        return sd
+
+
+def world_words():
+    """Every word a caption, phrase or hard-negative caption of this world can use."""
+    words = set(world.COLOUR_NAMES) | set(world.SHAPES) | set(world.SIZES) | {data.BACKGROUND}
+    words |= set("a and above below to the left right of".split())
+    return sorted(words)
+
+
+def multi_positive_nll(logits, targets, valid=None):
+    """Mean over rows of -sum(t * log_softmax(logits)) with t = targets normalized per
+    row; columns where valid is False are left out of the softmax."""
+    if valid is not None:
+        logits = logits.masked_fill(~valid, float("-inf"))
+    t = targets / targets.sum(1, keepdim=True)
+    lp = logits.log_softmax(1)
+    return -(t * torch.where(t > 0, lp, torch.zeros_like(lp))).sum(1).mean()
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", required=True)
@@ -90,6 +147,15 @@ def main():
     ap.add_argument("--proj", type=int, default=64)
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads; 1 is faster than 2 on a shared, oversubscribed machine")
+    ap.add_argument("--bf16", type=int, default=1,
+                    help="1: matrix products in bfloat16 (autocast; fp32 master weights), about 3x "
+                         "faster on CPUs with AVX512-BF16; 0: all fp32")
+    ap.add_argument("--w-image", type=float, default=1.0, help="weight of the image-level losses")
+    ap.add_argument("--w-region", type=float, default=2.0, help="weight of the region-level losses")
+    ap.add_argument("--w-pixel", type=float, default=1.0, help="weight of the pixel-level loss")
+    ap.add_argument("--jitter", type=int, default=1,
+                    help="1: region losses also on proposal-like boxes (data.proposal_like_boxes)")
+    ap.add_argument("--log-every", type=int, default=50)
     ap.add_argument("--init", help="checkpoint directory to continue training from")
     ap.add_argument("--cache", help="pickle of the rendered photos, reused when it exists")
     ap.add_argument("--procs", type=int, default=2, help="processes rendering the photos")
@@ -99,6 +165,7 @@ def main():
     torch.manual_seed(a.seed)
     np.random.seed(a.seed)
     rng = random.Random(a.seed)
+    box_rng = np.random.default_rng([a.seed, 77])
     t0 = time.time()
 
     tok = Tokenizer(os.path.join(BPE_DIR, "vocab.json"), os.path.join(BPE_DIR, "merges.txt"))
@@ -110,18 +177,25 @@ def main():
             sys.exit("--init %s: its config differs from the requested one" % a.init)
         model.load_state_dict(init.state_dict())
     grid = a.image_size // a.patch_size
+    toks = CompactTokens(model, tok, world_words())
 
     items = data.prepare_cached(a.cache, a.seed, a.count, a.image_size, a.patch_size, procs=a.procs)
     print("prepared %d photos in %.0f s" % (len(items), time.time() - t0), flush=True)
+    # the vectorized pooling weights must be pooling.py's (the C server's) definition
+    chk = [items[0]["objects"][0]["box"], [0, 0, items[0]["width"], items[0]["height"]], [3.5, 7.25, 40.0, 21.5]]
+    ref = np.array(pooling.weight_matrix(chk, items[0]["geom"], a.patch_size, grid))
+    assert np.abs(data.weight_matrix_np(chk, items[0]["geom"], a.patch_size, grid) - ref).max() < 1e-6
 
     full = data.full_phrases()
     short = data.short_phrases()
     vocab = full + short + [data.BACKGROUND]
-    vocab_ids = [tok.encode(t) for t in vocab]
+    vocab_ids = [toks.encode(t) for t in vocab]
     full_index = {p: i for i, p in enumerate(full)}
     short_index = {p: i for i, p in enumerate(short)}
     n_full, n_short = len(full), len(short)
     bg_class = n_full  # in the pixel/region class list [full..., background]
+    pix_weight = torch.ones(n_full + 1)
+    pix_weight[bg_class] = 0.25  # objects are a minority of patches: weight them up
 
     decay, no_decay = [], []
     for n, p in model.named_parameters():
@@ -137,6 +211,7 @@ def main():
 
     order = []
     log = []
+    t_steps = time.time()
     for step in range(a.steps):
         if len(order) < a.batch:
             perm = list(range(len(items)))
@@ -147,13 +222,44 @@ def main():
         for g in opt.param_groups:
             g["lr"] = lr_at(step)
 
-        px = data.to_pixels(batch)
-        img_emb, patches = model.encode_image(px)
-        caps = [b["caption"] for b in batch]
-        negs = [hard_negative_caption(b["objects"], rng) for b in batch]
-        # two calls: the short phrases are not padded to the captions' length
-        cap_emb = F.normalize(model.encode_ids([tok.encode(c) for c in caps + negs]), dim=-1)
-        voc_emb = F.normalize(model.encode_ids(vocab_ids), dim=-1)
+        # region boxes of every photo: its objects' annotated boxes (+ the background
+        # box), and with --jitter proposal-like boxes labelled by IoU with the objects
+        wmats, reg_obj_full, reg_obj_short, reg_iou_full, reg_iou_short = [], [], [], [], []
+        for b in batch:
+            ob = np.array([o["box"] for o in b["objects"]], dtype=np.float64)
+            boxes = ob
+            if a.jitter:
+                boxes = data.proposal_like_boxes(box_rng, ob, b["width"], b["height"])
+            wm = data.weight_matrix_np(boxes, b["geom"], a.patch_size, grid)
+            if b["has_bg"]:  # the precomputed background box (its weights row is the last one)
+                wm = np.concatenate([wm, b["weights"][-1:]])
+            wmats.append(torch.from_numpy(wm))
+            iou = data.iou_matrix(boxes, ob)  # [R, n_obj]
+            if b["has_bg"]:
+                iou = np.concatenate([iou, np.zeros((1, len(ob)))])
+            # per box: IoU with each full phrase / each colour+shape phrase of the photo
+            f = np.zeros((len(iou), n_full))
+            sh = np.zeros((len(iou), n_short))
+            for k, o in enumerate(b["objects"]):
+                f[:, full_index[o["phrase"]]] = np.maximum(f[:, full_index[o["phrase"]]], iou[:, k])
+                si = short_index["%s %s" % (o["colour"], o["shape"])]
+                sh[:, si] = np.maximum(sh[:, si], iou[:, k])
+            reg_iou_full.append(f)
+            reg_iou_short.append(sh)
+        iou_full = torch.from_numpy(np.concatenate(reg_iou_full)).float()    # [R, 96]
+        iou_short = torch.from_numpy(np.concatenate(reg_iou_short)).float()  # [R, 48]
+
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bool(a.bf16)):
+            px = data.to_pixels_fast(batch)
+            img_emb, patches = model.encode_image(px)
+            caps = [b["caption"] for b in batch]
+            negs = [hard_negative_caption(b["objects"], rng) for b in batch]
+            # two calls: the short phrases are not padded to the captions' length
+            cap_emb = model.encode_ids([toks.encode(c) for c in caps + negs])
+            voc_emb = model.encode_ids(vocab_ids)
+        img_emb, patches, cap_emb, voc_emb = img_emb.float(), patches.float(), cap_emb.float(), voc_emb.float()
+        cap_emb = F.normalize(cap_emb, dim=-1)
+        voc_emb = F.normalize(voc_emb, dim=-1)
         scale = model.logit_scale.exp().clamp(max=100.0)
 
         # image level: image -> (captions + hard negatives), caption -> images
@@ -166,72 +272,58 @@ def main():
         loss_img = 0.5 * (loss_img - (tgt_t * lt.log_softmax(1)).sum(1).mean())
 
         # image level, bag of objects: the image embedding against the phrase of
-        # every object it shows (multi-positive over the full phrases), so the
-        # global vector learns which objects are there before it learns captions
+        # every object it shows (multi-positive over the full phrases)
         loss_cap = loss_img.detach()
         tgt_o = torch.zeros(len(batch), n_full)
         for i, b in enumerate(batch):
             for o in b["objects"]:
                 tgt_o[i, full_index[o["phrase"]]] = 1.0
-        tgt_o = tgt_o / tgt_o.sum(1, keepdim=True)
-        loss_img = loss_img + -(tgt_o * (scale * img_n @ voc_emb[:n_full].t()).log_softmax(1)).sum(1).mean()
+        loss_img = loss_img + multi_positive_nll(scale * img_n @ voc_emb[:n_full].t(), tgt_o)
 
         # region level: pooled box vectors (pooling.py weights) vs phrases
         patches_n = F.normalize(patches, dim=-1)
-        reg_vecs, reg_full, reg_short = [], [], []
-        for b, pn in zip(batch, patches_n):
-            w = torch.from_numpy(b["weights"])
-            r = F.normalize(w @ pn, dim=-1)
-            for k, o in enumerate(b["objects"]):
-                reg_vecs.append(r[k])
-                reg_full.append(full_index[o["phrase"]])
-                reg_short.append(short_index["%s %s" % (o["colour"], o["shape"])])
-            if b["has_bg"]:
-                reg_vecs.append(r[-1])
-                reg_full.append(bg_class)
-                reg_short.append(-1)
-        R = torch.stack(reg_vecs)
+        R = F.normalize(torch.cat([w @ pn for w, pn in zip(wmats, patches_n)]), dim=-1)
         cls_full = torch.cat([voc_emb[:n_full], voc_emb[-1:]])  # full phrases + background
         cls_short = voc_emb[n_full:n_full + n_short]
-        rf = torch.tensor(reg_full)
-        rs = torch.tensor(reg_short)
-        obj = rs >= 0
-        loss_reg = F.cross_entropy(scale * R @ cls_full.t(), rf)
-        loss_reg = loss_reg + F.cross_entropy(scale * R[obj] @ cls_short.t(), rs[obj])
-        # phrase -> region among every region of the batch (what a region query does)
-        sim_q = scale * cls_short @ R.t()  # [n_short, n_regions]
-        present = sorted(set(rs[obj].tolist()))
-        tq = torch.stack([(rs == q).float() for q in present])
-        tq = tq / tq.sum(1, keepdim=True)
-        loss_reg = loss_reg + -(tq * sim_q[present].log_softmax(1)).sum(1).mean()
+        best_iou, best_full = iou_full.max(1)
+        pos = best_iou >= 0.7  # a box of an object: its phrase
+        neg = best_iou < 0.3   # a box of no object: background
+        lab = torch.where(pos, best_full, torch.full_like(best_full, bg_class))
+        keep = pos | neg
+        loss_reg = F.cross_entropy(scale * R[keep] @ cls_full.t(), lab[keep])
+        bs_iou, best_short = iou_short.max(1)
+        spos = bs_iou >= 0.7
+        loss_reg = loss_reg + F.cross_entropy(scale * R[spos] @ cls_short.t(), best_short[spos])
+        # phrase -> region among every box of the batch (what a region query does): the
+        # boxes with IoU >= 0.7 with an object of that phrase are the positives, boxes
+        # with IoU in [0.5, 0.7) with one are left out, all others (loose boxes, parts,
+        # other objects, background) are negatives, so the tight box must win
+        for qiou, qemb in ((iou_full, voc_emb[:n_full]), (iou_short, cls_short)):
+            present = (qiou >= 0.7).any(0).nonzero().flatten()
+            qi = qiou[:, present].t()  # [Q, R]
+            tq = (qi >= 0.7).float() * qi
+            valid = (qi >= 0.7) | (qi < 0.5)
+            loss_reg = loss_reg + multi_positive_nll(scale * qemb[present] @ R.t(), tq, valid)
 
         # pixel level: each patch vs [full phrases + background]
-        labels = []
-        for b in batch:
-            lab = np.where(b["label"] >= 0, 0, b["label"]).copy()
-            for k, o in enumerate(b["objects"]):
-                lab[b["label"] == k] = full_index[o["phrase"]]
-            lab[b["label"] == -1] = bg_class
-            lab[b["label"] == -2] = -100
-            labels.append(lab)
-        labels = torch.from_numpy(np.concatenate(labels))
+        labels = torch.from_numpy(np.concatenate([b["pix_cls"] for b in batch]))
         pix_logits = scale * patches_n.reshape(-1, patches_n.shape[-1]) @ cls_full.t()
-        # objects are a minority of patches: weight them up
-        weight = torch.ones(n_full + 1)
-        weight[bg_class] = 0.25
-        loss_pix = F.cross_entropy(pix_logits, labels, weight=weight, ignore_index=-100)
+        loss_pix = F.cross_entropy(pix_logits, labels, weight=pix_weight, ignore_index=-100)
 
-        loss = loss_img + loss_reg + loss_pix
+        loss = a.w_image * loss_img + a.w_region * loss_reg + a.w_pixel * loss_pix
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
-        if step % 25 == 0 or step == a.steps - 1:
+        if step % a.log_every == 0 or step == a.steps - 1:
             with torch.no_grad():
                 acc = (logits[:, :len(batch)].argmax(1) == torch.arange(len(batch))).float().mean()
-            line = ("step %d/%d %.0fs loss %.3f img %.3f (caption %.3f) reg %.3f pix %.3f scale %.1f batch-acc %.2f"
-                    % (step, a.steps, time.time() - t0, loss.item(), loss_img.item(), loss_cap.item(), loss_reg.item(),
-                       loss_pix.item(), scale.item(), acc.item()))
+            line = ("step %d/%d %.0fs cpu %.0fs (%.2f s/step) loss %.3f img %.3f (caption %.3f) reg %.3f pix %.3f "
+                    "scale %.1f batch-acc %.2f regions %d"
+                    % (step, a.steps, time.time() - t0, time.process_time(), (time.time() - t_steps) / (step + 1),
+                       loss.item(),
+                       loss_img.item(), loss_cap.item(), loss_reg.item(), loss_pix.item(), scale.item(),
+                       acc.item(), R.shape[0]))
             print(line, flush=True)
             log.append(line)
 
@@ -239,13 +331,14 @@ def main():
     with open(os.path.join(a.out, "config.json"), "w") as f:
         json.dump(cfg, f, indent=2)
         f.write("\n")
-    save_safetensors(os.path.join(a.out, "model.safetensors"), model.state_dict(), dtype="F16")
+    save_safetensors(os.path.join(a.out, "model.safetensors"), toks.state_dict(model), dtype="F16")
     for n in ("vocab.json", "merges.txt"):
         shutil.copyfile(os.path.join(BPE_DIR, n), os.path.join(a.out, n))
     with open(os.path.join(a.out, "train_log.txt"), "w") as f:
         f.write("command: tools/umgtrain/train.py " + " ".join(sys.argv[1:]) + "\n")
         f.write("\n".join(log) + "\n")
-        f.write("total %.0f s\n" % (time.time() - t0))
+        f.write("total %.0f s wall, %.0f s cpu of this process (the photos are rendered by --procs "
+                "worker processes, not counted here)\n" % (time.time() - t0, time.process_time()))
     print("wrote %s in %.0f s" % (a.out, time.time() - t0), flush=True)
 
 

@@ -13,7 +13,9 @@ Reports:
     photo (no proposals: those are the server's), scored by meaning.py: top-box
     IoU >= 0.5 rate and the attribute-binding failure rate;
   - pixel accuracy: patch tokens whose nearest phrase (full phrases + "background")
-    is the label of the cell.
+    is the label of the cell;
+  - with --proposals (a dump_proposals.py file of the same photos): text-to-region and
+    binding over the server's proposal boxes, pooled here as `dense` mode pools them.
 """
 
 import argparse
@@ -40,7 +42,30 @@ def encode_texts(model, tok, texts, bs=256):
     return F.normalize(torch.cat(out), dim=-1)
 
 
-def evaluate(model_dir, seed, count, procs=2):
+def proposal_figures(model, tok, items, patches_n, ann, props, patch, grid):
+    """Text-to-region and binding over the server's own proposal boxes (a dump_proposals.py
+    file), pooled in Python: what `umgdb serve --region-mode dense` computes."""
+    vecs, meta = [], []
+    for it, pn in zip(items, patches_n):
+        boxes = [r["box"] for r in props[it["name"]]["regions"]]
+        w = torch.from_numpy(data.weight_matrix_np(boxes, it["geom"], patch, grid))
+        vecs.append(F.normalize(w @ pn, dim=-1))
+        meta += [(it["name"], b) for b in boxes]
+    V = torch.cat(vecs)
+    results = []
+    for q in meaning.make_queries(ann):
+        if q["granularity"] != "region":
+            continue
+        s = V @ encode_texts(model, tok, [q["text"]])[0]
+        top = s.topk(min(50, len(meta))).indices.tolist()
+        results.append({"text": q["text"], "granularity": "region",
+                        "hits": [{"path": meta[j][0], "box": meta[j][1], "score": float(s[j])} for j in top]})
+    f, _ = meaning.score(ann, results)
+    return {"proposals_region_top_iou50": f["region_top_iou50"],
+            "proposals_binding_failure_rate": f["binding_failure_rate"]}
+
+
+def evaluate(model_dir, seed, count, procs=2, proposals=None):
     model = load_checkpoint(model_dir)
     cfg = model.config["vision_config"]
     size, patch = cfg["image_size"], cfg["patch_size"]
@@ -114,6 +139,10 @@ def evaluate(model_dir, seed, count, procs=2):
                     "region_own_phrase_top1_full": own_full / n_obj,
                     "region_own_phrase_top1_colour_shape": own_short / n_obj,
                     "pixel_accuracy": correct / total})
+    if proposals:
+        with open(proposals) as f:
+            props = json.load(f)
+        figures.update(proposal_figures(model, tok, items, patches_n, ann, props, patch, size // patch))
     return figures, failures
 
 
@@ -125,9 +154,11 @@ def main():
     ap.add_argument("--procs", type=int, default=2)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--proposals", help="the server's proposal boxes of these photos (dump_proposals.py): "
+                                        "also score text-to-region over them, as the server does")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
-    figures, failures = evaluate(a.model, a.seed, a.count, a.procs)
+    figures, failures = evaluate(a.model, a.seed, a.count, a.procs, a.proposals)
     if a.json:
         print(json.dumps(figures))
         return
