@@ -843,32 +843,24 @@ static void compare_to_reference(const float *img, const float *txt, double min_
 
 static void test_half_precision_checkpoints(void **state)
 {
+    static const struct {
+        const char *dtype, *label;
+        double min_cos, max_rel;
+    } cases[] = {
+        {NULL, "misaligned F32", 0.99999, 1e-4}, /* copied into the arena, same arithmetic */
+        {"F16", "F16", 0.99999, 3e-3},           /* 11-bit mantissas (2^-11 relative per weight) */
+        {"BF16", "BF16", 0.9995, 2e-2},          /* 8-bit mantissas (2^-8 relative per weight) */
+    };
     float img[MAX_IMAGES * 32], txt[16 * 32];
-    struct tmpdir d;
-
-    /* F32 at misaligned offsets: copied into the arena, same arithmetic */
-    tmp_make(&d);
-    copy_config(d.path);
-    write_converted(d.path, NULL);
-    embed_all(d.path, img, txt);
-    compare_to_reference(img, txt, 0.99999, 1e-4, "misaligned F32");
-    tmp_remove(&d);
-
-    /* F16: 11-bit mantissas (2^-11 relative per weight) */
-    tmp_make(&d);
-    copy_config(d.path);
-    write_converted(d.path, "F16");
-    embed_all(d.path, img, txt);
-    compare_to_reference(img, txt, 0.99999, 3e-3, "F16");
-    tmp_remove(&d);
-
-    /* BF16: 8-bit mantissas (2^-8 relative per weight) */
-    tmp_make(&d);
-    copy_config(d.path);
-    write_converted(d.path, "BF16");
-    embed_all(d.path, img, txt);
-    compare_to_reference(img, txt, 0.9995, 2e-2, "BF16");
-    tmp_remove(&d);
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        struct tmpdir d;
+        tmp_make(&d);
+        copy_config(d.path);
+        write_converted(d.path, cases[i].dtype);
+        embed_all(d.path, img, txt);
+        compare_to_reference(img, txt, cases[i].min_cos, cases[i].max_rel, cases[i].label);
+        tmp_remove(&d);
+    }
 }
 
 /* ---- hostile checkpoints ------------------------------------------------ */
