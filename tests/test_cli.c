@@ -59,6 +59,16 @@ static tu_result run(const char *const *args)
     return run_env(NULL, args);
 }
 
+/* Runs umgdb (run), expects exit 0 and returns its stdout parsed as JSON. */
+static json_t *run_json(const char *const *args)
+{
+    tu_result r = run(args);
+    TU_EXPECT_EXIT(r, 0);
+    json_t *j = tu_json_parse(r.out);
+    tu_result_free(&r);
+    return j;
+}
+
 /* Runs umgdb (run_env) and expects exit code, with out_has in its stdout and
  * err_has in its stderr (NULL: not checked). */
 static void expect_run(const char *const *env, const char *const *args, int code, const char *out_has,
@@ -245,10 +255,7 @@ static json_t *query_json(const char *const *extra_args, const char *text)
         args[n++] = *e;
     args[n++] = text;
     args[n] = NULL;
-    tu_result r = run(args);
-    TU_EXPECT_EXIT(r, 0);
-    json_t *j = tu_json_parse(r.out);
-    tu_result_free(&r);
+    json_t *j = run_json(args);
     json_t *hits = json_object_get(j, "hits");
     assert_true(json_is_array(hits));
     return j;
@@ -261,9 +268,7 @@ static void test_ingest(void **state)
     (void)state;
     /* First run: six photos, the text file skipped, the hidden directory not walked. */
     const char *a1[] = {"ingest", "--server", server_addr, "--json", "--tags", "fixture,first", photos, NULL};
-    tu_result r = run(a1);
-    TU_EXPECT_EXIT(r, 0);
-    json_t *j = tu_json_parse(r.out);
+    json_t *j = run_json(a1);
     assert_int_equal(json_integer_value(json_object_get(j, "photos")), N_PHOTOS);
     assert_int_equal(json_integer_value(json_object_get(j, "ingested")), N_PHOTOS);
     assert_int_equal(json_integer_value(json_object_get(j, "unchanged")), 0);
@@ -271,12 +276,11 @@ static void test_ingest(void **state)
     assert_int_equal(json_integer_value(json_object_get(j, "skipped")), 1);
     assert_int_equal(json_array_size(json_object_get(j, "failures")), 0);
     json_decref(j);
-    tu_result_free(&r);
 
     /* Second run, plain summary (stderr is not a terminal: no progress bar):
      * nothing changed, so everything is reported unchanged. */
     const char *a2[] = {"ingest", "--server", server_addr, "-j", "3", photos, NULL};
-    r = run(a2);
+    tu_result r = run(a2);
     TU_EXPECT_EXIT(r, 0);
     assert_non_null(strstr(r.out, "6 photos: 0 ingested"));
     assert_non_null(strstr(r.out, "6 unchanged, 0 failed"));
@@ -522,16 +526,13 @@ static void test_query_filters(void **state)
 static void get_image(const char *path, uint64_t *id, long *w, long *h, size_t *n_regions)
 {
     const char *a[] = {"get", "--server", server_addr, "--json", "--path", path, NULL};
-    tu_result r = run(a);
-    TU_EXPECT_EXIT(r, 0);
-    json_t *j = tu_json_parse(r.out);
+    json_t *j = run_json(a);
     assert_string_equal(json_string_value(json_object_get(j, "path")), path);
     *id = (uint64_t)json_integer_value(json_object_get(j, "image_id"));
     *w = (long)json_integer_value(json_object_get(j, "width"));
     *h = (long)json_integer_value(json_object_get(j, "height"));
     *n_regions = json_array_size(json_object_get(j, "regions"));
     json_decref(j);
-    tu_result_free(&r);
 }
 
 /* A URL path as the page wrote it, decoded and resolved against dir. */
@@ -643,9 +644,7 @@ static void test_query_heatmap(void **state)
     snprintf(page, sizeof page, "%s/heat.html", root);
     const char *a[] = {"query", "--server", server_addr, "--heatmap", "-k", "2", "--json", "--html", page,
                        "--path-prefix", photos, "a cat", NULL};
-    tu_result r = run(a);
-    TU_EXPECT_EXIT(r, 0);
-    json_t *j = tu_json_parse(r.out);
+    json_t *j = run_json(a);
     json_t *hits = json_object_get(j, "hits");
     assert_int_equal(json_array_size(hits), 2);
     size_t cells = 0;
@@ -658,7 +657,6 @@ static void test_query_heatmap(void **state)
         cells += (size_t)(g * g);
     }
     json_decref(j);
-    tu_result_free(&r);
     FILE *f = fopen(page, "r");
     assert_non_null(f);
     char *html = calloc(1, 1 << 20);
@@ -702,12 +700,9 @@ static void test_get_stats_delete(void **state)
 
     /* stats: seven images (six photos and the copy from outside). */
     const char *s[] = {"stats", "--server", server_addr, "--json", NULL};
-    r = run(s);
-    TU_EXPECT_EXIT(r, 0);
-    json_t *j = tu_json_parse(r.out);
+    json_t *j = run_json(s);
     assert_int_equal(json_integer_value(json_object_get(j, "images")), N_PHOTOS + 1);
     json_decref(j);
-    tu_result_free(&r);
     const char *s2[] = {"stats", "--server", server_addr, NULL};
     expect_run(NULL, s2, 0, "images: 7\n", NULL);
 
@@ -720,12 +715,9 @@ static void test_get_stats_delete(void **state)
     tu_result_free(&r);
     expect_run(NULL, g, 1, NULL, "umgdb get: not_found");
     expect_run(NULL, d, 1, NULL, "not_found");
-    r = run(s);
-    TU_EXPECT_EXIT(r, 0);
-    j = tu_json_parse(r.out);
+    j = run_json(s);
     assert_int_equal(json_integer_value(json_object_get(j, "images")), N_PHOTOS);
     json_decref(j);
-    tu_result_free(&r);
 
     /* Ingest brings it back (a new id). */
     const char *in[] = {"ingest", "--server", server_addr, "--tags", "fixture,first", photo_path[5], NULL};
@@ -863,12 +855,9 @@ static void test_restart(void **state)
     const char *extra[] = {"--allow-root", photos, NULL};
     server = start_server(data, sock, extra);
     const char *a[] = {"ingest", "--server", server_addr, "--json", photos, NULL};
-    tu_result r = run(a);
-    TU_EXPECT_EXIT(r, 0);
-    json_t *j = tu_json_parse(r.out);
+    json_t *j = run_json(a);
     assert_int_equal(json_integer_value(json_object_get(j, "unchanged")), N_PHOTOS);
     json_decref(j);
-    tu_result_free(&r);
 }
 
 int main(void)
