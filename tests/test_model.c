@@ -423,10 +423,11 @@ static void test_batched_equals_single(void **state)
     enc_model_close(m);
 }
 
-/* The whole model through only the few-rows kernel, then only sgemm. */
+/* The whole model through only the few-rows kernel, then only sgemm, then (on
+ * AVX-512F CPUs) only the packed kernel. */
 static void test_model_kernel_paths(void **state)
 {
-    int saved = enc_skinny_max_rows;
+    int saved = enc_skinny_max_rows, saved_packed = enc_packed_max_rows;
     enc_model *m = open_tiny();
     int D = enc_model_dim(m), G = enc_model_grid(m), n;
     float *pixels = malloc(sizeof(float) * MAX_IMAGES * PIX);
@@ -435,25 +436,31 @@ static void test_model_kernel_paths(void **state)
     assert_int_equal(enc_run_create(m, n, &r), 0);
     float *emb = malloc(sizeof(float) * n * D), *patches = malloc(sizeof(float) * n * G * G * D);
     double ref[49 * 32];
-    for (int path = 0; path < 2; path++) {
-        enc_skinny_max_rows = path ? 0 : 1 << 20;
+    static const char *const names[] = {"few-rows only", "sgemm only", "packed only"};
+    enc_set_threads(1);
+    for (int path = 0; path < (enc_packed_supported() ? 3 : 2); path++) {
+        enc_skinny_max_rows = path == 1 ? 0 : 1 << 20;
+        enc_use_packed = path == 2;
+        enc_packed_max_rows = 1 << 20;
         assert_int_equal(enc_encode_pixels(r, pixels, n, emb, patches), 0);
         for (int i = 0; i < n; i++) {
             json_t *it = ref_item("images", i);
-            check_ref_embedding(emb + i * D, it, D, path ? "sgemm only" : "few-rows only");
+            check_ref_embedding(emb + i * D, it, D, names[path]);
             flatten(json_object_get(it, "patch_tokens_projected"), ref, 49 * 32);
             for (int p = 0; p < G * G; p++)
-                check_ref(patches + ((size_t)i * G * G + p) * D, ref + p * D, D, "patch, one kernel path");
+                check_ref(patches + ((size_t)i * G * G + p) * D, ref + p * D, D, names[path]);
         }
         for (int t = 0; t < ref_count("texts"); t++) {
             int32_t ids[80];
             float e[32];
             int k = ref_ids(ref_item("texts", t), ids);
             assert_int_equal(enc_encode_ids(r, ids, k, e), 0);
-            check_ref_embedding(e, ref_item("texts", t), D, path ? "text, sgemm only" : "text, few-rows only");
+            check_ref_embedding(e, ref_item("texts", t), D, names[path]);
         }
     }
     enc_skinny_max_rows = saved;
+    enc_use_packed = 1;
+    enc_packed_max_rows = saved_packed;
     free(pixels);
     free(emb);
     free(patches);
