@@ -152,6 +152,184 @@ void enc_linear(float *y, const float *x, const float *w, int rows, int in, int 
     enc_linear_ld(y, out, x, in, w, rows, in, out, accumulate);
 }
 
+/* ---- packed products (AVX-512F) -------------------------------------------
+ * Output-first: a micro-tile of up to MR rows x 32 outputs (28 zmm
+ * accumulators) runs over k; per k it loads the 32 weights of the panel once and
+ * multiplies them with each row's x[m, k], broadcast from a small packed copy of
+ * the rows.  Blocking: over k in slices of KC (the panel slice, KC x 32 floats,
+ * stays in L1 while every micro-tile of the row block passes), over rows in
+ * blocks of up to MC (their packed copy, MC x KC, lives on the stack).  Compiled
+ * for AVX-512F by a target attribute and chosen at run time, so the binary runs
+ * on any x86-64. */
+#define PK_MR 14
+int pk_group_bytes = 1 << 20, pk_prefetch_floats = 512;
+
+int enc_use_packed = 1;
+int enc_packed_max_rows = 64;
+
+int enc_packed_supported(void)
+{
+#if defined(__x86_64__) && defined(__GNUC__)
+    static int cached = -1;
+    if (cached < 0) {
+        __builtin_cpu_init();
+        cached = __builtin_cpu_supports("avx512f") ? 1 : 0;
+    }
+    return cached;
+#else
+    return 0;
+#endif
+}
+
+size_t enc_packed_floats(int in, int out)
+{
+    return (size_t)((out + ENC_PANEL - 1) / ENC_PANEL) * ENC_PANEL * (size_t)in;
+}
+
+void enc_pack_weights(float *panels, const float *w, int in, int out)
+{
+    int np = (out + ENC_PANEL - 1) / ENC_PANEL;
+    for (int k0 = 0; k0 < in; k0 += ENC_PACK_KC) {
+        int kc = in - k0 < ENC_PACK_KC ? in - k0 : ENC_PACK_KC;
+        for (int p = 0; p < np; p++) {
+            float *dst = panels + (size_t)np * ENC_PANEL * k0 + (size_t)p * kc * ENC_PANEL;
+            for (int k = 0; k < kc; k++)
+                for (int j = 0; j < ENC_PANEL; j++) {
+                    int o = p * ENC_PANEL + j;
+                    dst[(size_t)k * ENC_PANEL + j] = o < out ? w[(size_t)o * in + k0 + k] : 0.0f;
+                }
+        }
+    }
+}
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+
+#define PK_TARGET __attribute__((target("avx512f,fma")))
+
+/* y[mr, 32 masked] (+)= a[kc][PK_MR] (rows interleaved) . b[kc][32].  load: add
+ * to what y holds (accumulate, or a later k slice). */
+static inline __attribute__((always_inline)) PK_TARGET void pk_tile(int mr, const float *a, const float *b, int kc,
+                                                                   float *y, int ldy, int load, __mmask16 m0,
+                                                                   __mmask16 m1, const float *pf)
+{
+    __m512 c0[PK_MR], c1[PK_MR];
+#pragma GCC unroll 14
+    for (int m = 0; m < mr; m++) {
+        c0[m] = c1[m] = _mm512_setzero_ps();
+        if (load) { /* the outputs, read at the end: on their way during the loop */
+            _mm_prefetch((const char *)(y + (size_t)m * ldy), _MM_HINT_T0);
+            _mm_prefetch((const char *)(y + (size_t)m * ldy + 16), _MM_HINT_T0);
+        }
+    }
+    for (int k = 0; k < kc; k++) {
+        __m512 b0 = _mm512_loadu_ps(b + (size_t)k * 32), b1 = _mm512_loadu_ps(b + (size_t)k * 32 + 16);
+        if (pf) { /* weights still in memory: fetch ahead across page boundaries */
+            _mm_prefetch((const char *)(pf + (size_t)k * 32), _MM_HINT_T0);
+            _mm_prefetch((const char *)(pf + (size_t)k * 32 + 16), _MM_HINT_T0);
+        }
+        const float *ak = a + (size_t)k * PK_MR;
+#pragma GCC unroll 14
+        for (int m = 0; m < mr; m++) {
+            __m512 av = _mm512_set1_ps(ak[m]);
+            c0[m] = _mm512_fmadd_ps(av, b0, c0[m]);
+            c1[m] = _mm512_fmadd_ps(av, b1, c1[m]);
+        }
+    }
+#pragma GCC unroll 14
+    for (int m = 0; m < mr; m++) {
+        float *ym = y + (size_t)m * ldy;
+        if (load) {
+            c0[m] = _mm512_add_ps(c0[m], _mm512_maskz_loadu_ps(m0, ym));
+            c1[m] = _mm512_add_ps(c1[m], _mm512_maskz_loadu_ps(m1, ym + 16));
+        }
+        _mm512_mask_storeu_ps(ym, m0, c0[m]);
+        _mm512_mask_storeu_ps(ym + 16, m1, c1[m]);
+    }
+}
+
+#define PK_TILE_FN(MR)                                                                                    \
+    static PK_TARGET void pk_tile_##MR(const float *a, const float *b, int kc, float *y, int ldy, int load, \
+                                       __mmask16 m0, __mmask16 m1, const float *pf)                       \
+    {                                                                                                     \
+        if (pf)                                                                                           \
+            pk_tile(MR, a, b, kc, y, ldy, load, m0, m1, pf);                                              \
+        else                                                                                              \
+            pk_tile(MR, a, b, kc, y, ldy, load, m0, m1, NULL);                                            \
+    }
+PK_TILE_FN(1) PK_TILE_FN(2) PK_TILE_FN(3) PK_TILE_FN(4) PK_TILE_FN(5) PK_TILE_FN(6) PK_TILE_FN(7)
+PK_TILE_FN(8) PK_TILE_FN(9) PK_TILE_FN(10) PK_TILE_FN(11) PK_TILE_FN(12) PK_TILE_FN(13) PK_TILE_FN(14)
+typedef void (*pk_tile_fn)(const float *, const float *, int, float *, int, int, __mmask16, __mmask16,
+                           const float *);
+static const pk_tile_fn pk_tiles[PK_MR + 1] = {NULL,       pk_tile_1,  pk_tile_2,  pk_tile_3,  pk_tile_4,
+                                               pk_tile_5,  pk_tile_6,  pk_tile_7,  pk_tile_8,  pk_tile_9,
+                                               pk_tile_10, pk_tile_11, pk_tile_12, pk_tile_13, pk_tile_14};
+
+/* a[kc][PK_MR] = x[mr rows, ldx apart][kc] transposed, tile by tile for the mc rows */
+static void pk_pack_rows(float *a, const float *x, int ldx, int mc, int kc)
+{
+    for (int t = 0; t < mc; t += PK_MR) {
+        int mr = mc - t < PK_MR ? mc - t : PK_MR;
+        float *at = a + (size_t)t * kc;
+        for (int m = 0; m < mr; m++) {
+            const float *xm = x + (size_t)(t + m) * ldx;
+            for (int k = 0; k < kc; k++)
+                at[(size_t)k * PK_MR + m] = xm[k];
+        }
+    }
+}
+
+/* Output panels [p0, p1) of y[rows, out] (+)= x . w^T from the panels.  Loop
+ * order: k slices of ENC_PACK_KC (the packing's); groups of panels whose slices
+ * (kc x 32 each, adjacent in memory) fit in L2; row tiles of PK_MR, packed once
+ * per group (the tile, kc x PK_MR, stays in L1 while the group's weight slices
+ * pass).  The first row tile of a group reads the weights from memory, in one
+ * sequential stream: it prefetches ahead; the others find them in L2. */
+static PK_TARGET void pk_gemm(float *y, int ldy, const float *x, int ldx, const float *panels, int rows, int in,
+                              int out, int accumulate, int p0, int p1)
+{
+    float abuf[PK_MR * ENC_PACK_KC] __attribute__((aligned(64)));
+    int np = (out + ENC_PANEL - 1) / ENC_PANEL;
+    int group = pk_group_bytes / (ENC_PACK_KC * ENC_PANEL * (int)sizeof(float));
+    group = group < 1 ? 1 : group;
+    for (int k0 = 0; k0 < in; k0 += ENC_PACK_KC) {
+        int kc = in - k0 < ENC_PACK_KC ? in - k0 : ENC_PACK_KC;
+        int load = accumulate || k0 > 0;
+        const float *slice = panels + (size_t)np * ENC_PANEL * k0;
+        for (int g0 = p0; g0 < p1; g0 += group) {
+            int g1 = p1 - g0 < group ? p1 : g0 + group;
+            for (int t = 0; t < rows; t += PK_MR) {
+                int mr = rows - t < PK_MR ? rows - t : PK_MR;
+                pk_pack_rows(abuf, x + (size_t)t * ldx + k0, ldx, mr, kc);
+                for (int p = g0; p < g1; p++) {
+                    const float *b = slice + (size_t)p * kc * ENC_PANEL;
+                    int cols = out - p * ENC_PANEL;
+                    __mmask16 m0 = cols >= 16 ? 0xffff : (__mmask16)((1u << cols) - 1);
+                    __mmask16 m1 = cols >= 32 ? 0xffff : cols <= 16 ? 0 : (__mmask16)((1u << (cols - 16)) - 1);
+                    pk_tiles[mr](abuf, b, kc, y + (size_t)t * ldy + (size_t)p * ENC_PANEL, ldy, load, m0, m1,
+                                 t == 0 ? b + pk_prefetch_floats : NULL);
+                }
+            }
+        }
+    }
+}
+#endif
+
+void enc_linear_packed(float *y, int ldy, const float *x, int ldx, const float *w, const float *panels, int rows,
+                       int in, int out, int accumulate)
+{
+#if defined(__x86_64__) && defined(__GNUC__)
+    /* Above enc_packed_max_rows, and for several row tiles when OpenBLAS may use
+     * more threads (this kernel runs on the caller's alone), sgemm is faster. */
+    if (panels && enc_use_packed && enc_packed_supported() && rows > 0 && in > 0 && out > 0 &&
+        rows <= enc_packed_max_rows && (rows <= PK_MR || openblas_get_num_threads() == 1)) {
+        pk_gemm(y, ldy, x, ldx, panels, rows, in, out, accumulate, 0, (out + ENC_PANEL - 1) / ENC_PANEL);
+        return;
+    }
+#endif
+    enc_linear_ld(y, ldy, x, ldx, w, rows, in, out, accumulate);
+}
+
 void enc_add_bias(float *restrict y, const float *restrict b, int rows, int dim)
 {
     for (int r = 0; r < rows; r++) {

@@ -7,6 +7,7 @@
 #ifndef ENC_KERNELS_H
 #define ENC_KERNELS_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 /* y[rows, out] (+)= x[rows, in] . w[out, in]^T.  accumulate: add to y instead of
@@ -21,6 +22,46 @@ void enc_linear_ld(float *y, int ldy, const float *x, int ldx, const float *w, i
  * tests and benchmarks can compare both paths; not to be changed while another
  * thread computes. */
 extern int enc_skinny_max_rows;
+
+/* ---- pre-packed weights (AVX-512) ------------------------------------------
+ * On CPUs with AVX-512F the model keeps, next to each [out, in] weight it
+ * multiplies with, a read-only copy in panel layout:
+ *   slices of ENC_PACK_KC inputs (the last one shorter), one after the other;
+ *   in each, panels of ENC_PANEL outputs, one after the other;
+ *   in each, for every input k of the slice, the panel's ENC_PANEL weights:
+ *   panels[s][p][k][j] = w[p * ENC_PANEL + j][s * ENC_PACK_KC + k]
+ * (outputs beyond out are zero), made once at load.  The kernel then reads the
+ * weights in one sequential stream.  Memory: ceil(out / 16) * 16
+ * * in floats per tensor, i.e. about one more F32 copy of every linear weight
+ * (ViT-B/32: ~500 MB).  The kernel keeps a block of up to 14 rows x 32 outputs
+ * in registers and broadcasts the inputs, so each weight is read once per 14 rows
+ * (once in all for a text query), contiguously. */
+#define ENC_PANEL 32
+#define ENC_PACK_KC 256
+
+/* 1 when this CPU runs the packed kernels (AVX-512F), else 0 (then nothing is
+ * packed and enc_linear_packed is enc_linear_ld). */
+int enc_packed_supported(void);
+/* Floats of the packed copy of an [out, in] weight. */
+size_t enc_packed_floats(int in, int out);
+/* panels[enc_packed_floats(in, out)] = w[out, in] in panel layout. */
+void enc_pack_weights(float *panels, const float *w, int in, int out);
+
+/* enc_linear_ld through the packed kernel when panels is not NULL, enc_use_packed
+ * is set and rows <= enc_packed_max_rows (and, with OpenBLAS on several threads,
+ * rows <= 14), else w through enc_linear_ld.  Same contract:
+ *   y[rows, out] (+)= x[rows, in] . w[out, in]^T. */
+void enc_linear_packed(float *y, int ldy, const float *x, int ldx, const float *w, const float *panels, int rows,
+                       int in, int out, int accumulate);
+
+/* Products with more rows than this go to enc_linear_ld even when packed
+ * (default 64: text queries, one image, the [CLS] rows of a batch). */
+extern int enc_packed_max_rows;
+
+/* 1 (default): enc_linear_packed uses the panels it is given; 0: it ignores them.
+ * For tests and benchmarks that compare the paths; not to be changed while
+ * another thread computes. */
+extern int enc_use_packed;
 
 /* y[r, :] += b[:] for every row. */
 void enc_add_bias(float *y, const float *b, int rows, int dim);

@@ -42,6 +42,10 @@ typedef struct enc_layer_weights {
     const float *layer_norm2_weight, *layer_norm2_bias;     /* [H] */
     const float *mlp_fc1_weight, *mlp_fc1_bias;             /* [F, H], [F]  F = intermediate */
     const float *mlp_fc2_weight, *mlp_fc2_bias;             /* [H, F], [H] */
+    /* The six matrices in panel layout (enc_pack_weights; in the model's packed
+     * arena), or NULL when the CPU has no AVX-512F. */
+    const float *self_attn_q_proj_panels, *self_attn_k_proj_panels, *self_attn_v_proj_panels;
+    const float *self_attn_out_proj_panels, *mlp_fc1_panels, *mlp_fc2_panels;
 } enc_layer_weights;
 
 typedef struct enc_vision_weights {
@@ -52,6 +56,7 @@ typedef struct enc_vision_weights {
     enc_layer_weights *encoder_layers;                    /* [layers] */
     const float *post_layernorm_weight, *post_layernorm_bias; /* [H] */
     const float *visual_projection_weight;                /* [D, H] */
+    const float *embeddings_patch_embedding_panels, *visual_projection_panels; /* or NULL */
 } enc_vision_weights;
 
 typedef struct enc_text_weights {
@@ -60,6 +65,7 @@ typedef struct enc_text_weights {
     enc_layer_weights *encoder_layers;                    /* [layers] */
     const float *final_layer_norm_weight, *final_layer_norm_bias; /* [H] */
     const float *text_projection_weight;                  /* [D, H] */
+    const float *text_projection_panels;                  /* or NULL */
 } enc_text_weights;
 
 struct enc_model {
@@ -67,6 +73,8 @@ struct enc_model {
     char *name;
     enc_st_file *st;
     float *arena;           /* converted tensors */
+    size_t arena_floats;
+    float *packed;          /* the *_panels copies (AVX-512F CPUs), else NULL */
     enc_layer_weights *layers; /* vision layers, then text layers */
     enc_vision_weights vision;
     enc_text_weights text;
@@ -235,6 +243,7 @@ static int load_weights(enc_model *m)
     }
     if (arena) {
         m->arena = aligned_alloc(64, arena * sizeof(float));
+        m->arena_floats = m->arena ? arena : 0;
         if (!m->arena) {
             rc = umg_err_set(UMG_ENOMEM, "%s: out of memory converting %zu MB of F16/BF16 weights", file,
                              arena * sizeof(float) >> 20);
@@ -287,6 +296,91 @@ static int fingerprint(enc_model *m, const char *config, size_t config_len)
              outlen == 32;
     EVP_MD_CTX_free(ctx);
     return ok ? 0 : umg_err_set(UMG_EINTERNAL, "SHA-256 of the checkpoint failed");
+}
+
+static size_t round16(size_t floats) { return (floats + 15) & ~(size_t)15; }
+
+/* Every matrix a forward pass multiplies with: its [out, in] weight and the slot
+ * of its packed copy. */
+typedef struct packable {
+    const float *w;
+    const float **panels;
+    int in, out;
+} packable;
+
+static size_t list_packable(enc_model *m, packable *list)
+{
+    const enc_config *c = &m->cfg;
+    size_t n = 0;
+#define PACKABLE(W, SLOT, IN, OUT)                                                                       \
+    do {                                                                                                 \
+        if (list)                                                                                        \
+            list[n] = (packable){(W), &(SLOT), (IN), (OUT)};                                             \
+        n++;                                                                                             \
+    } while (0)
+    int Hv = c->vision.hidden, Fv = c->vision.intermediate, Ht = c->text.hidden, Ft = c->text.intermediate;
+    int D = c->projection_dim, Kp = c->channels * c->patch_size * c->patch_size;
+    enc_vision_weights *V = &m->vision;
+    enc_text_weights *X = &m->text;
+    PACKABLE(V->embeddings_patch_embedding_weight, V->embeddings_patch_embedding_panels, Kp, Hv);
+    PACKABLE(V->visual_projection_weight, V->visual_projection_panels, Hv, D);
+    PACKABLE(X->text_projection_weight, X->text_projection_panels, Ht, D);
+    for (int t = 0; t < 2; t++) {
+        int layers = t ? c->text.layers : c->vision.layers, H = t ? Ht : Hv, F = t ? Ft : Fv;
+        for (int l = 0; l < layers; l++) {
+            enc_layer_weights *L = t ? &X->encoder_layers[l] : &V->encoder_layers[l];
+            PACKABLE(L->self_attn_q_proj_weight, L->self_attn_q_proj_panels, H, H);
+            PACKABLE(L->self_attn_k_proj_weight, L->self_attn_k_proj_panels, H, H);
+            PACKABLE(L->self_attn_v_proj_weight, L->self_attn_v_proj_panels, H, H);
+            PACKABLE(L->self_attn_out_proj_weight, L->self_attn_out_proj_panels, H, H);
+            PACKABLE(L->mlp_fc1_weight, L->mlp_fc1_panels, H, F);
+            PACKABLE(L->mlp_fc2_weight, L->mlp_fc2_panels, F, H);
+        }
+    }
+#undef PACKABLE
+    return n;
+}
+
+/* On AVX-512F CPUs: the panel-layout copy of every matrix (enc_kernels.h), in
+ * one 64-byte aligned block.  Pages of the mapping that only the original F32
+ * layout used are dropped from this process afterwards (they stay in the page
+ * cache; the unpacked path faults them back in if ever run). */
+static int pack_weights(enc_model *m)
+{
+    if (!enc_packed_supported())
+        return 0;
+    size_t n = list_packable(m, NULL);
+    packable *list = malloc(n * sizeof *list);
+    if (!list)
+        return umg_err_set(UMG_ENOMEM, "out of memory");
+    list_packable(m, list);
+    size_t total = 0;
+    for (size_t i = 0; i < n; i++)
+        total += round16(enc_packed_floats(list[i].in, list[i].out));
+    m->packed = aligned_alloc(64, total * sizeof(float));
+    if (!m->packed) {
+        free(list);
+        return umg_err_set(UMG_ENOMEM, "out of memory for the %zu MB packed copy of the weights",
+                           total * sizeof(float) >> 20);
+    }
+    size_t off = 0;
+    uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
+    uintptr_t arena_lo = (uintptr_t)m->arena, arena_hi = arena_lo + m->arena_floats * sizeof(float);
+    for (size_t i = 0; i < n; i++) {
+        packable *p = &list[i];
+        float *dst = m->packed + off;
+        enc_pack_weights(dst, p->w, p->in, p->out);
+        *p->panels = dst;
+        off += round16(enc_packed_floats(p->in, p->out));
+        uintptr_t src = (uintptr_t)p->w, bytes = (uintptr_t)p->in * (uintptr_t)p->out * sizeof(float);
+        if (src + bytes <= arena_lo || src >= arena_hi) { /* in the mapping */
+            uintptr_t lo = (src + page - 1) & ~(page - 1), hi = (src + bytes) & ~(page - 1);
+            if (hi > lo)
+                madvise((void *)lo, hi - lo, MADV_DONTNEED);
+        }
+    }
+    free(list);
+    return 0;
 }
 
 static int set_name(enc_model *m, const char *dir, const char *config, size_t config_len)
@@ -377,7 +471,7 @@ int enc_model_open(const char *dir, enc_model **out)
     }
     m->vision.encoder_layers = m->layers;
     m->text.encoder_layers = m->layers + m->cfg.vision.layers;
-    if ((rc = load_weights(m)) || (rc = fingerprint(m, config, config_len)))
+    if ((rc = load_weights(m)) || (rc = fingerprint(m, config, config_len)) || (rc = pack_weights(m)))
         goto fail;
 
     snprintf(path, sizeof path, "%s/vocab.json", dir);
@@ -412,6 +506,7 @@ void enc_model_close(enc_model *m)
     enc_tokenizer_close(m->tok);
     enc_st_close(m->st);
     free(m->arena);
+    free(m->packed);
     free(m->layers);
     free(m->name);
     free(m);
@@ -568,6 +663,13 @@ void enc_run_close(enc_run *r)
 
 /* ---- forward passes --------------------------------------------------- */
 
+/* y[rows, out] (+)= x[rows, in] . w^T, through the packed copy when there is one. */
+static void lin(float *y, const float *x, const float *w, const float *panels, int rows, int in, int out,
+                int accumulate)
+{
+    enc_linear_packed(y, out, x, in, w, panels, rows, in, out, accumulate);
+}
+
 /* One pre-norm block over n_seq sequences of T tokens in r->h [n_seq*T, H]:
  *   h += out_proj(attention(LN1(h)));  h += fc2(act(fc1(LN2(h)))) */
 static void block_packed(enc_run *r, const enc_layer_weights *L, const enc_tower_config *tc, int n_seq, int T,
@@ -593,11 +695,11 @@ static void block_packed(enc_run *r, const enc_layer_weights *L, const enc_tower
     float scale = 1.0f / sqrtf((float)(H / tc->heads));
     enc_layer_norm(r->x, H, r->h, H, L->layer_norm1_weight, L->layer_norm1_bias, tc->ln_eps, M, H);
     /* q[M, H] = (x . Wq^T + bq) * scale; k, v likewise unscaled */
-    enc_linear(r->q, r->x, L->self_attn_q_proj_weight, M, H, H, 0);
+    lin(r->q, r->x, L->self_attn_q_proj_weight, L->self_attn_q_proj_panels, M, H, H, 0);
     enc_add_bias_scale(r->q, L->self_attn_q_proj_bias, scale, M, H);
-    enc_linear(r->k, r->x, L->self_attn_k_proj_weight, M, H, H, 0);
+    lin(r->k, r->x, L->self_attn_k_proj_weight, L->self_attn_k_proj_panels, M, H, H, 0);
     enc_add_bias(r->k, L->self_attn_k_proj_bias, M, H);
-    enc_linear(r->v, r->x, L->self_attn_v_proj_weight, M, H, H, 0);
+    lin(r->v, r->x, L->self_attn_v_proj_weight, L->self_attn_v_proj_panels, M, H, H, 0);
     enc_add_bias(r->v, L->self_attn_v_proj_bias, M, H);
     /* x[M, H] = attention per sequence (x is free again) */
     size_t o = 0;
@@ -608,13 +710,13 @@ static void block_packed(enc_run *r, const enc_layer_weights *L, const enc_tower
     }
     /* h[M, H] += x . Wo^T + bo */
     enc_add_bias(r->h, L->self_attn_out_proj_bias, M, H);
-    enc_linear(r->h, r->x, L->self_attn_out_proj_weight, M, H, H, 1);
+    lin(r->h, r->x, L->self_attn_out_proj_weight, L->self_attn_out_proj_panels, M, H, H, 1);
     enc_layer_norm(r->x, H, r->h, H, L->layer_norm2_weight, L->layer_norm2_bias, tc->ln_eps, M, H);
     /* mlp[M, F] = act(x . W1^T + b1);  h[M, H] += mlp . W2^T + b2 */
-    enc_linear(r->mlp, r->x, L->mlp_fc1_weight, M, H, F, 0);
+    lin(r->mlp, r->x, L->mlp_fc1_weight, L->mlp_fc1_panels, M, H, F, 0);
     enc_add_bias_act(r->mlp, L->mlp_fc1_bias, tc->act, M, F);
     enc_add_bias(r->h, L->mlp_fc2_bias, M, H);
-    enc_linear(r->h, r->mlp, L->mlp_fc2_weight, M, F, H, 1);
+    lin(r->h, r->mlp, L->mlp_fc2_weight, L->mlp_fc2_panels, M, F, H, 1);
 }
 
 /* Standard attention for the n [CLS] rows alone: one query per image and head.
@@ -645,12 +747,12 @@ static void cls_tail(float *hc, float *xc, const float *attn, float *hidden, con
 {
     int H = tc->hidden, F = tc->intermediate;
     enc_add_bias(hc, L->self_attn_out_proj_bias, n, H);
-    enc_linear(hc, attn, L->self_attn_out_proj_weight, n, H, H, 1);
+    lin(hc, attn, L->self_attn_out_proj_weight, L->self_attn_out_proj_panels, n, H, H, 1);
     enc_layer_norm(xc, H, hc, H, L->layer_norm2_weight, L->layer_norm2_bias, tc->ln_eps, n, H);
-    enc_linear(hidden, xc, L->mlp_fc1_weight, n, H, F, 0);
+    lin(hidden, xc, L->mlp_fc1_weight, L->mlp_fc1_panels, n, H, F, 0);
     enc_add_bias_act(hidden, L->mlp_fc1_bias, tc->act, n, F);
     enc_add_bias(hc, L->mlp_fc2_bias, n, H);
-    enc_linear(hc, hidden, L->mlp_fc2_weight, n, F, H, 1);
+    lin(hc, hidden, L->mlp_fc2_weight, L->mlp_fc2_panels, n, F, H, 1);
 }
 
 static void gather_cls(float *hc, const float *h, int n, int T, int H)
@@ -674,11 +776,12 @@ static void block_cls_only(enc_run *r, const enc_layer_weights *L, const enc_tow
     float scale = 1.0f / sqrtf((float)(H / tc->heads));
     enc_layer_norm(r->x, H, r->h, H, L->layer_norm1_weight, L->layer_norm1_bias, tc->ln_eps, M, H);
     /* k, v [M, H] for all tokens; q [n, H] for the [CLS] rows of x */
-    enc_linear(r->k, r->x, L->self_attn_k_proj_weight, M, H, H, 0);
+    lin(r->k, r->x, L->self_attn_k_proj_weight, L->self_attn_k_proj_panels, M, H, H, 0);
     enc_add_bias(r->k, L->self_attn_k_proj_bias, M, H);
-    enc_linear(r->v, r->x, L->self_attn_v_proj_weight, M, H, H, 0);
+    lin(r->v, r->x, L->self_attn_v_proj_weight, L->self_attn_v_proj_panels, M, H, H, 0);
     enc_add_bias(r->v, L->self_attn_v_proj_bias, M, H);
-    enc_linear_ld(r->q, H, r->x, T * H, L->self_attn_q_proj_weight, n, H, H, 0);
+    enc_linear_packed(r->q, H, r->x, T * H, L->self_attn_q_proj_weight, L->self_attn_q_proj_panels, n, H, H,
+                      0);
     enc_add_bias_scale(r->q, L->self_attn_q_proj_bias, scale, n, H);
     float *attn = r->mlp; /* [n, H] */
     cls_attention(r, attn, r->q, H, 1.0f, n, T, H, tc->heads);
@@ -702,11 +805,11 @@ static void block_dense_variant(enc_run *r, const enc_layer_weights *L, const en
     float scale = 1.0f / sqrtf((float)(H / tc->heads));
     enc_layer_norm(r->x, H, r->h, H, L->layer_norm1_weight, L->layer_norm1_bias, tc->ln_eps, M, H);
     /* q, k, v [M, H], all unscaled */
-    enc_linear(r->q, r->x, L->self_attn_q_proj_weight, M, H, H, 0);
+    lin(r->q, r->x, L->self_attn_q_proj_weight, L->self_attn_q_proj_panels, M, H, H, 0);
     enc_add_bias(r->q, L->self_attn_q_proj_bias, M, H);
-    enc_linear(r->k, r->x, L->self_attn_k_proj_weight, M, H, H, 0);
+    lin(r->k, r->x, L->self_attn_k_proj_weight, L->self_attn_k_proj_panels, M, H, H, 0);
     enc_add_bias(r->k, L->self_attn_k_proj_bias, M, H);
-    enc_linear(r->v, r->x, L->self_attn_v_proj_weight, M, H, H, 0);
+    lin(r->v, r->x, L->self_attn_v_proj_weight, L->self_attn_v_proj_panels, M, H, H, 0);
     enc_add_bias(r->v, L->self_attn_v_proj_bias, M, H);
     float *attn_cls = r->mlp, *hidden_cls = r->mlp + (size_t)n * H; /* [n, H], [n, F] */
     cls_attention(r, attn_cls, r->q, T * H, scale, n, T, H, tc->heads);
@@ -721,16 +824,16 @@ static void block_dense_variant(enc_run *r, const enc_layer_weights *L, const en
     gather_cls(hc, r->h, n, T, H);
     cls_tail(hc, r->k, attn_cls, hidden_cls, L, tc, n);
     if (mode == ENC_DENSE_CLEARCLIP) {
-        enc_linear(r->h, r->x, L->self_attn_out_proj_weight, M, H, H, 0);
+        lin(r->h, r->x, L->self_attn_out_proj_weight, L->self_attn_out_proj_panels, M, H, H, 0);
         enc_add_bias(r->h, L->self_attn_out_proj_bias, M, H);
     } else {
         enc_add_bias(r->h, L->self_attn_out_proj_bias, M, H);
-        enc_linear(r->h, r->x, L->self_attn_out_proj_weight, M, H, H, 1);
+        lin(r->h, r->x, L->self_attn_out_proj_weight, L->self_attn_out_proj_panels, M, H, H, 1);
         enc_layer_norm(r->x, H, r->h, H, L->layer_norm2_weight, L->layer_norm2_bias, tc->ln_eps, M, H);
-        enc_linear(r->mlp, r->x, L->mlp_fc1_weight, M, H, F, 0);
+        lin(r->mlp, r->x, L->mlp_fc1_weight, L->mlp_fc1_panels, M, H, F, 0);
         enc_add_bias_act(r->mlp, L->mlp_fc1_bias, tc->act, M, F);
         enc_add_bias(r->h, L->mlp_fc2_bias, M, H);
-        enc_linear(r->h, r->mlp, L->mlp_fc2_weight, M, F, H, 1);
+        lin(r->h, r->mlp, L->mlp_fc2_weight, L->mlp_fc2_panels, M, F, H, 1);
     }
     scatter_cls(r->h, hc, n, T, H);
 }
@@ -759,7 +862,8 @@ int enc_encode_pixels(enc_run *r, const float *pixels, int n, float *embeds, flo
                                (size_t)P * sizeof(float));
             }
     /* q[NP, H] = cols . patch_weight[H, K]^T (the conv has no bias) */
-    enc_linear(r->q, cols, W->embeddings_patch_embedding_weight, NP, K, H, 0);
+    lin(r->q, cols, W->embeddings_patch_embedding_weight, W->embeddings_patch_embedding_panels, NP, K, H,
+        0);
     /* h[i, 0] = class + pos[0];  h[i, 1 + p] = q[i*G*G + p] + pos[1 + p] */
     const float *pos = r->pos;
     for (int i = 0; i < n; i++) {
@@ -785,16 +889,17 @@ int enc_encode_pixels(enc_run *r, const float *pixels, int n, float *embeds, flo
         enc_layer_norm(r->x, H, r->h, H, W->post_layernorm_weight, W->post_layernorm_bias, c->vision.ln_eps,
                        M, H);
         /* embeds[n, D] = x[CLS rows, T*H apart] . proj[D, H]^T */
-        enc_linear_ld(embeds, D, r->x, T * H, W->visual_projection_weight, n, H, D, 0);
+        enc_linear_packed(embeds, D, r->x, T * H, W->visual_projection_weight, W->visual_projection_panels, n,
+                          H, D, 0);
         /* patches[i][G*G, D] = x[i, 1..T) . proj^T */
         for (int i = 0; i < n; i++)
-            enc_linear_ld(patches + (size_t)i * (T - 1) * D, D, r->x + ((size_t)i * T + 1) * H, H,
-                          W->visual_projection_weight, T - 1, H, D, 0);
+            enc_linear_packed(patches + (size_t)i * (T - 1) * D, D, r->x + ((size_t)i * T + 1) * H, H,
+                              W->visual_projection_weight, W->visual_projection_panels, T - 1, H, D, 0);
     } else {
         /* x[n, H] = post_layernorm(h[CLS rows]) */
         enc_layer_norm(r->x, H, r->h, T * H, W->post_layernorm_weight, W->post_layernorm_bias,
                        c->vision.ln_eps, n, H);
-        enc_linear(embeds, r->x, W->visual_projection_weight, n, H, D, 0);
+        lin(embeds, r->x, W->visual_projection_weight, W->visual_projection_panels, n, H, D, 0);
     }
     return 0;
 }
@@ -857,7 +962,7 @@ int enc_encode_ids_batch(enc_run *r, const int32_t *const *ids, const int *n_ids
         enc_layer_norm(r->x + (size_t)s * H, H, r->h + (end - 1) * H, H, W->final_layer_norm_weight,
                        W->final_layer_norm_bias, c->text.ln_eps, 1, H);
     }
-    enc_linear(embeds, r->x, W->text_projection_weight, n, H, D, 0);
+    lin(embeds, r->x, W->text_projection_weight, W->text_projection_panels, n, H, D, 0);
     return 0;
 }
 

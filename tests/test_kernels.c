@@ -1,0 +1,193 @@
+/* test_kernels.c - the packed (AVX-512F) products of enc_kernels.h against a
+ * plain double-precision loop, on shapes that hit every edge of the blocking:
+ * 1 to 30 rows (partial row tiles of 14), inputs and outputs that are not
+ * multiples of 16 or 32, inputs across the 256-wide k slices, outputs across
+ * panel groups, leading dimensions wider than the matrices, accumulate on and
+ * off.  On CPUs without AVX-512F the packed kernel is skipped (the fallback is
+ * enc_linear_ld, covered by test_model). */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include "enc_kernels.h"
+
+#include <cblas.h>
+#include <limits.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* Deterministic values in [-1, 1) that are not all alike. */
+static float value(uint32_t *state)
+{
+    *state = *state * 1664525u + 1013904223u;
+    return (float)(*state >> 8) / (float)(1u << 23) - 1.0f;
+}
+
+static float *random_floats(size_t n, uint32_t seed)
+{
+    float *v = malloc(n * sizeof *v);
+    assert_non_null(v);
+    for (size_t i = 0; i < n; i++)
+        v[i] = value(&seed);
+    return v;
+}
+
+static float *packed_copy(const float *w, int in, int out)
+{
+    float *p = aligned_alloc(64, ((enc_packed_floats(in, out) * sizeof(float) + 63) / 64) * 64);
+    assert_non_null(p);
+    enc_pack_weights(p, w, in, out);
+    return p;
+}
+
+/* The packing, element by element, against the layout enc_kernels.h states. */
+static void test_pack_layout(void **state)
+{
+    (void)state;
+    const int shapes[][2] = {{1, 1}, {5, 33}, {256, 32}, {257, 31}, {600, 70}};
+    for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
+        int in = shapes[s][0], out = shapes[s][1];
+        float *w = random_floats((size_t)in * out, 7 + (uint32_t)s);
+        float *p = packed_copy(w, in, out);
+        int np = (out + ENC_PANEL - 1) / ENC_PANEL;
+        assert_int_equal(enc_packed_floats(in, out), (size_t)np * ENC_PANEL * in);
+        for (int k0 = 0; k0 < in; k0 += ENC_PACK_KC) {
+            int kc = in - k0 < ENC_PACK_KC ? in - k0 : ENC_PACK_KC;
+            for (int pn = 0; pn < np; pn++)
+                for (int k = 0; k < kc; k++)
+                    for (int j = 0; j < ENC_PANEL; j++) {
+                        int o = pn * ENC_PANEL + j;
+                        float got = p[(size_t)np * ENC_PANEL * k0 + ((size_t)pn * kc + k) * ENC_PANEL + j];
+                        float want = o < out ? w[(size_t)o * in + k0 + k] : 0.0f;
+                        if (got != want)
+                            fail_msg("pack %dx%d: slice %d panel %d k %d j %d = %g, want %g", out, in, k0, pn, k,
+                                     j, got, want);
+                    }
+        }
+        free(w);
+        free(p);
+    }
+}
+
+/* y[rows, out] (ldy) (+)= x[rows, in] (ldx) . w^T through enc_linear_packed,
+ * against doubles; entries of y beyond out must stay untouched. */
+static void check_packed(int rows, int in, int out, int ldx, int ldy, int accumulate, uint32_t seed)
+{
+    float *x = random_floats((size_t)rows * ldx, seed);
+    float *w = random_floats((size_t)out * in, seed + 1);
+    float *y = random_floats((size_t)rows * ldy, seed + 2);
+    float *y0 = malloc((size_t)rows * ldy * sizeof *y0);
+    assert_non_null(y0);
+    memcpy(y0, y, (size_t)rows * ldy * sizeof *y0);
+    float *p = packed_copy(w, in, out);
+    enc_linear_packed(y, ldy, x, ldx, w, p, rows, in, out, accumulate);
+    for (int r = 0; r < rows; r++) {
+        for (int o = 0; o < out; o++) {
+            double want = accumulate ? y0[(size_t)r * ldy + o] : 0.0, mag = fabs(want);
+            for (int k = 0; k < in; k++) {
+                double t = (double)x[(size_t)r * ldx + k] * w[(size_t)o * in + k];
+                want += t;
+                mag += fabs(t);
+            }
+            double got = y[(size_t)r * ldy + o];
+            if (!(fabs(got - want) <= 1e-5 * (1 + mag)))
+                fail_msg("packed %dx%d->%d (ldx %d, ldy %d, acc %d) [%d,%d] = %.9g, want %.9g", rows, in, out, ldx,
+                         ldy, accumulate, r, o, got, want);
+        }
+        for (int o = out; o < ldy; o++)
+            if (y[(size_t)r * ldy + o] != y0[(size_t)r * ldy + o])
+                fail_msg("packed %dx%d->%d wrote beyond its outputs at [%d,%d]", rows, in, out, r, o);
+    }
+    free(x);
+    free(w);
+    free(y);
+    free(y0);
+    free(p);
+}
+
+static int setup_packed(void **state)
+{
+    (void)state;
+    if (!enc_packed_supported()) {
+        fprintf(stderr, "test_kernels: no AVX-512F on this CPU: packed kernel not testable here\n");
+        return 0;
+    }
+    enc_use_packed = 1;
+    enc_packed_max_rows = INT_MAX;
+    openblas_set_num_threads(1); /* else products of more than 14 rows go to sgemm */
+    return 0;
+}
+
+/* Every row count of 1..30 (full and partial tiles of 14) on odd shapes. */
+static void test_packed_rows(void **state)
+{
+    (void)state;
+    if (!enc_packed_supported())
+        skip();
+    /* outputs: a last panel of 1, 5, 15, 18, 31 columns (both 16-lane halves) */
+    const int shapes[][2] = {{3, 1}, {17, 5}, {37, 33}, {100, 47}, {300, 65}, {40, 50}, {20, 31}};
+    for (int rows = 1; rows <= 30; rows++)
+        for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++)
+            for (int acc = 0; acc < 2; acc++) {
+                int in = shapes[s][0], out = shapes[s][1];
+                uint32_t seed = (uint32_t)(rows * 100 + s * 2 + acc);
+                check_packed(rows, in, out, in, out, acc, seed);
+                check_packed(rows, in, out, in + 3, out + 5, acc, seed + 7); /* gaps must stay untouched */
+            }
+}
+
+/* Inputs across several k slices, outputs across panel groups (1 MB of
+ * weight slices: 32 panels of 32), wide leading dimensions, many row tiles. */
+static void test_packed_blocking(void **state)
+{
+    (void)state;
+    if (!enc_packed_supported())
+        skip();
+    check_packed(3, 777, 1100, 777, 1100, 0, 1);
+    check_packed(45, 513, 1061, 520, 1070, 1, 2);
+    check_packed(61, 256, 64, 300, 64, 0, 3);
+    check_packed(64, 1000, 31, 1000, 40, 1, 4);
+    check_packed(29, 2048, 77, 2050, 77, 1, 5);
+}
+
+/* Without panels, or with the packed path off, enc_linear_packed is enc_linear_ld. */
+static void test_packed_fallback(void **state)
+{
+    (void)state;
+    int rows = 7, in = 45, out = 19;
+    float *x = random_floats((size_t)rows * in, 11), *w = random_floats((size_t)out * in, 12);
+    float *a = calloc((size_t)rows * out, sizeof *a), *b = calloc((size_t)rows * out, sizeof *b);
+    assert_non_null(a);
+    assert_non_null(b);
+    enc_linear_ld(a, out, x, in, w, rows, in, out, 0);
+    enc_linear_packed(b, out, x, in, w, NULL, rows, in, out, 0);
+    assert_memory_equal(a, b, (size_t)rows * out * sizeof *a);
+    if (enc_packed_supported()) {
+        float *p = packed_copy(w, in, out);
+        enc_use_packed = 0;
+        memset(b, 0, (size_t)rows * out * sizeof *b);
+        enc_linear_packed(b, out, x, in, w, p, rows, in, out, 0);
+        enc_use_packed = 1;
+        assert_memory_equal(a, b, (size_t)rows * out * sizeof *a);
+        free(p);
+    }
+    free(x);
+    free(w);
+    free(a);
+    free(b);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_pack_layout),
+        cmocka_unit_test(test_packed_rows),
+        cmocka_unit_test(test_packed_blocking),
+        cmocka_unit_test(test_packed_fallback),
+    };
+    return cmocka_run_group_tests(tests, setup_packed, NULL);
+}
