@@ -304,6 +304,35 @@ void srv_encoder_push(srv *s, srv_job *job)
     pthread_mutex_unlock(&s->q_mu);
 }
 
+void srv_stage1_push(srv *s, srv_job *job)
+{
+    job->next = NULL;
+    pthread_mutex_lock(&s->q_mu);
+    if (s->s1_tail) s->s1_tail->next = job;
+    else s->s1_head = job;
+    s->s1_tail = job;
+    pthread_cond_signal(&s->s1_cv);
+    pthread_mutex_unlock(&s->q_mu);
+}
+
+static void *stage1_main(void *arg)
+{
+    srv *s = arg;
+    for (;;) {
+        pthread_mutex_lock(&s->q_mu);
+        while (!s->s1_head && !s->s1_stop) pthread_cond_wait(&s->s1_cv, &s->q_mu);
+        srv_job *job = s->s1_head;
+        if (job) {
+            s->s1_head = job->next;
+            if (!s->s1_head) s->s1_tail = NULL;
+        }
+        pthread_mutex_unlock(&s->q_mu);
+        if (!job) break; /* stopping, queue empty */
+        srv_stage1_run(job);
+    }
+    return NULL;
+}
+
 void srv_stage1_begin(srv *s)
 {
     pthread_mutex_lock(&s->q_mu);
@@ -878,6 +907,7 @@ int server_run(const server_config *cfg)
     pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
     pthread_cond_init(&s->q_cv, &ca);
     pthread_cond_init(&s->ck_cv, &ca);
+    pthread_cond_init(&s->s1_cv, &ca);
     pthread_condattr_destroy(&ca);
     pthread_mutex_init(&s->ck_mu, NULL);
     int rc = 0, loop_ready = 0;
@@ -999,6 +1029,15 @@ int server_run(const server_config *cfg)
         goto out;
     }
     s->enc_started = 1;
+    if (!(s->s1_threads = calloc((size_t)s->cfg.threads, sizeof *s->s1_threads))) {
+        rc = umg_err_set(UMG_ENOMEM, "out of memory");
+        goto out;
+    }
+    for (; s->n_s1 < s->cfg.threads; s->n_s1++)
+        if (pthread_create(&s->s1_threads[s->n_s1], NULL, stage1_main, s)) {
+            rc = umg_err_set(UMG_EINTERNAL, "cannot start the stage-1 threads");
+            goto out;
+        }
     if (pthread_create(&s->ck_thread, NULL, checkpoint_main, s)) {
         rc = umg_err_set(UMG_EINTERNAL, "cannot start the checkpoint thread");
         goto out;
@@ -1029,6 +1068,14 @@ int server_run(const server_config *cfg)
     rc = 0;
 
 out:
+    if (s->n_s1) { /* before the encoder: they feed it; every job is answered by now */
+        pthread_mutex_lock(&s->q_mu);
+        s->s1_stop = 1;
+        pthread_cond_broadcast(&s->s1_cv);
+        pthread_mutex_unlock(&s->q_mu);
+        for (int i = 0; i < s->n_s1; i++) pthread_join(s->s1_threads[i], NULL);
+    }
+    free(s->s1_threads);
     if (s->enc_started) {
         pthread_mutex_lock(&s->q_mu);
         s->q_stop = 1;
@@ -1078,6 +1125,7 @@ out:
     pthread_cond_destroy(&s->q_cv);
     pthread_mutex_destroy(&s->ck_mu);
     pthread_cond_destroy(&s->ck_cv);
+    pthread_cond_destroy(&s->s1_cv);
     if (!saved) srv_log(s, SRV_LOG_INFO, "stopped");
     free(s);
     if (saved) umg_err_set(saved, "%s", msg);

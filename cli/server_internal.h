@@ -140,6 +140,12 @@ struct srv {
     int stage1_pending;           /* ingests in stage 1 (threadpool): the encoder may wait for them */
     int q_stop;
     srv_job *done_head;           /* finished by the encoder, for the loop */
+    /* stage-1 workers (decode, proposals): cfg.threads of them, queue under q_mu */
+    pthread_t *s1_threads;
+    int n_s1;
+    srv_job *s1_head, *s1_tail;
+    int s1_stop;
+    pthread_cond_t s1_cv;
     uint64_t ingested, ingest_batches;
 
     /* checkpoint thread: periodic checkpoints after writes, and index builds
@@ -163,6 +169,8 @@ uint64_t srv_now_ns(void);
 void srv_encoder_push(srv *s, srv_job *job);
 /* Ask the checkpoint thread for a checkpoint now (an index build is due). */
 void srv_checkpoint_kick(srv *s);
+/* Hand an ingest whose bytes are read and checked to the stage-1 workers. */
+void srv_stage1_push(srv *s, srv_job *job);
 /* Count an ingest entering stage 1 / leaving it without reaching the encoder. */
 void srv_stage1_begin(srv *s);
 void srv_stage1_end(srv *s);
@@ -178,6 +186,9 @@ void srv_ops_fini(srv *s);
 void srv_register_handlers(void);
 /* Answer job with an error (on any thread). */
 void srv_job_error(srv_job *job, int code, const char *msg);
+/* Stage-1 worker: decode, preprocess, propose, then srv_encoder_push (or
+ * answer the error). */
+void srv_stage1_run(srv_job *job);
 /* Encoder thread: encode a batch of ingest jobs, store them, fill each resp. */
 void srv_encode_batch(srv *s, enc_run *run, srv_job **jobs, int n, void *scratch);
 size_t srv_encode_scratch_size(const srv *s);

@@ -436,6 +436,8 @@ struct srv_ingest {
     int n_crops;
     const char **tags;
     int n_tags;
+    const uint8_t *data;      /* the encoded photo: owned, or inside the request (lives with the job) */
+    size_t len;
     /* filled by the encoder */
     uint64_t image_id;
     int n_regions;
@@ -566,6 +568,8 @@ static int ingest_prepare(srv_job *job)
         ing->mtime = 0;
     }
     ing->bytes = len;
+    ing->data = data;
+    ing->len = len;
     sha256(data, len, ing->sha);
 
     /* unchanged content at the same path: nothing to do */
@@ -584,10 +588,35 @@ static int ingest_prepare(srv_job *job)
         }
     }
 
+    /* tags: copies, so that the batch owns plain C strings */
+    const msgpack_object *t = proto_req_arg(req, "tags");
+    if (t && t->via.array.size) {
+        ing->tags = calloc(t->via.array.size, sizeof *ing->tags);
+        if (!ing->tags) return umg_err_set(UMG_ENOMEM, "out of memory");
+        for (uint32_t i = 0; i < t->via.array.size; i++) {
+            const msgpack_object *e = &t->via.array.ptr[i];
+            char *tag = strndup(e->via.str.ptr, e->via.str.size);
+            if (!tag) return umg_err_set(UMG_ENOMEM, "out of memory");
+            ing->tags[ing->n_tags++] = tag;
+        }
+    }
+    return 0;
+}
+
+/* Stage 1b (a stage-1 worker): decode, preprocess, propose, crop.  The CPU
+ * of stage 1: it runs on --threads workers, not on the libuv pool, so that
+ * it never oversubscribes the cores the encoder's BLAS threads run on (and
+ * leaves the pool to queries while a collection is ingested). */
+static int ingest_pixels(srv_job *job)
+{
+    srv *s = job->s;
+    srv_ingest *ing = job->ing;
+    int rc;
     enc_image img = {0};
-    if ((rc = enc_image_decode(data, len, ENC_IMAGE_MAX_PIXELS_DEFAULT, &img))) return rc;
+    if ((rc = enc_image_decode(ing->data, ing->len, ENC_IMAGE_MAX_PIXELS_DEFAULT, &img))) return rc;
     free(ing->owned); /* the pixels are all we need now */
     ing->owned = NULL;
+    ing->data = NULL;
     ing->width = img.width;
     ing->height = img.height;
     size_t S = (size_t)s->image_size;
@@ -604,7 +633,7 @@ static int ingest_prepare(srv_job *job)
         else rc = enc_propose(&img, &po, ing->boxes, s->cfg.regions, &ing->n_boxes);
     }
     if (!rc && s->region_mode == SRV_REGION_MODE_CROP && ing->n_boxes > 0) {
-        /* crops are cut here, from the decoded photo, on the threadpool; the
+        /* crops are cut here, from the decoded photo, on a stage-1 worker; the
          * encoder thread only normalizes and encodes them */
         if (!(ing->crops = calloc((size_t)ing->n_boxes, sizeof *ing->crops)))
             rc = umg_err_set(UMG_ENOMEM, "out of memory");
@@ -626,22 +655,20 @@ static int ingest_prepare(srv_job *job)
         ing->n_boxes = kept;
     }
     enc_image_free(&img);
-    if (rc) return rc;
+    return rc;
+}
 
-    /* tags: copies, the request may be freed before the encoder runs? (no: it
-     * lives with the job) - copied anyway so the batch owns plain C strings */
-    const msgpack_object *t = proto_req_arg(req, "tags");
-    if (t && t->via.array.size) {
-        ing->tags = calloc(t->via.array.size, sizeof *ing->tags);
-        if (!ing->tags) return umg_err_set(UMG_ENOMEM, "out of memory");
-        for (uint32_t i = 0; i < t->via.array.size; i++) {
-            const msgpack_object *e = &t->via.array.ptr[i];
-            char *tag = strndup(e->via.str.ptr, e->via.str.size);
-            if (!tag) return umg_err_set(UMG_ENOMEM, "out of memory");
-            ing->tags[ing->n_tags++] = tag;
-        }
+void srv_stage1_run(srv_job *job)
+{
+    umg_err_clear();
+    int rc = ingest_pixels(job);
+    if (rc) {
+        srv_job_error(job, rc, umg_err_msg());
+        srv_stage1_end(job->s);
+        srv_job_done_async(job->s, job); /* handed off: answered like the encoder answers */
+        return;
     }
-    return 0;
+    srv_encoder_push(job->s, job); /* ends stage 1 too */
 }
 
 static void ingest_work(uv_work_t *w)
@@ -655,7 +682,7 @@ static void ingest_work(uv_work_t *w)
         return;
     }
     job->handed_off = 1;
-    srv_encoder_push(job->s, job); /* ends stage 1 too */
+    srv_stage1_push(job->s, job);
 }
 
 static int h_ingest(void *ctx, proto_request *req)
