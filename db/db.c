@@ -1692,14 +1692,17 @@ int db_stats_get(db_t *db, db_stats *out)
     out->map_size = info.me_mapsize;
     out->map_used = (uint64_t)(info.me_last_pgno + 1) * st.ms_psize;
     rtxn_end(db, txn);
-    pthread_mutex_lock(&db->wmutex); /* the index handles change at checkpoint */
+    /* the index handles are swapped under ixlock (exclusive); not the writer
+     * mutex, which a checkpoint holds while it writes a snapshot (seconds at
+     * millions of vectors): the server answers stats on its event loop */
+    pthread_rwlock_rdlock(&db->ixlock);
     out->index_images = (uint64_t)idx_count(db->ix[0]);
     out->index_regions = (uint64_t)idx_count(db->ix[1]);
-    out->snapshot_seq[0] = db->snap_seq[0];
-    out->snapshot_seq[1] = db->snap_seq[1];
+    out->snapshot_seq[0] = __atomic_load_n(&db->snap_seq[0], __ATOMIC_RELAXED);
+    out->snapshot_seq[1] = __atomic_load_n(&db->snap_seq[1], __ATOMIC_RELAXED);
     snprintf(out->image_factory, sizeof out->image_factory, "%s", idx_factory(db->ix[0]));
     snprintf(out->region_factory, sizeof out->region_factory, "%s", idx_factory(db->ix[1]));
-    pthread_mutex_unlock(&db->wmutex);
+    pthread_rwlock_unlock(&db->ixlock);
     return 0;
 }
 
@@ -1879,7 +1882,7 @@ int db_checkpoint_ex(db_t *db, int flags)
             snap_path(db, kind, path, sizeof path);
             rc = idx_save(db->ix[kind], path, seq);
             if (!rc)
-                db->snap_seq[kind] = seq;
+                __atomic_store_n(&db->snap_seq[kind], seq, __ATOMIC_RELAXED); /* read by db_stats_get */
         }
         pthread_mutex_unlock(&db->wmutex);
     }
