@@ -10,6 +10,7 @@
 
 #include <cblas.h>
 #include <math.h>
+#include <pthread.h>
 #include <string.h>
 
 /* -O2 in GCC 12 only vectorizes loops whose vector code needs no scalar epilogue;
@@ -165,7 +166,7 @@ void enc_linear(float *y, const float *x, const float *w, int rows, int in, int 
 int pk_group_bytes = 1 << 20, pk_prefetch_floats = 512;
 
 int enc_use_packed = 1;
-int enc_packed_max_rows = 64;
+int enc_packed_max_rows = 1 << 30;
 
 int enc_packed_supported(void)
 {
@@ -207,7 +208,7 @@ void enc_pack_weights(float *panels, const float *w, int in, int out)
 
 #define PK_TARGET __attribute__((target("avx512f,fma")))
 
-/* y[mr, 32 masked] (+)= a[kc][PK_MR] (rows interleaved) . b[kc][32].  load: add
+/* y[mr, 32 masked] (+)= a[mr][kc] (rows ENC_PACK_KC apart) . b[kc][32].  load: add
  * to what y holds (accumulate, or a later k slice). */
 static inline __attribute__((always_inline)) PK_TARGET void pk_tile(int mr, const float *a, const float *b, int kc,
                                                                    float *y, int ldy, int load, __mmask16 m0,
@@ -228,10 +229,10 @@ static inline __attribute__((always_inline)) PK_TARGET void pk_tile(int mr, cons
             _mm_prefetch((const char *)(pf + (size_t)k * 32), _MM_HINT_T0);
             _mm_prefetch((const char *)(pf + (size_t)k * 32 + 16), _MM_HINT_T0);
         }
-        const float *ak = a + (size_t)k * PK_MR;
+        const float *ak = a + k;
 #pragma GCC unroll 14
         for (int m = 0; m < mr; m++) {
-            __m512 av = _mm512_set1_ps(ak[m]);
+            __m512 av = _mm512_set1_ps(ak[m * ENC_PACK_KC]); /* one base register, fixed offsets */
             c0[m] = _mm512_fmadd_ps(av, b0, c0[m]);
             c1[m] = _mm512_fmadd_ps(av, b1, c1[m]);
         }
@@ -265,18 +266,12 @@ static const pk_tile_fn pk_tiles[PK_MR + 1] = {NULL,       pk_tile_1,  pk_tile_2
                                                pk_tile_5,  pk_tile_6,  pk_tile_7,  pk_tile_8,  pk_tile_9,
                                                pk_tile_10, pk_tile_11, pk_tile_12, pk_tile_13, pk_tile_14};
 
-/* a[kc][PK_MR] = x[mr rows, ldx apart][kc] transposed, tile by tile for the mc rows */
-static void pk_pack_rows(float *a, const float *x, int ldx, int mc, int kc)
+/* a[mr][ENC_PACK_KC] = x[mr rows, ldx apart][kc]: the tile's rows side by side
+ * at a fixed stride, so that the kernel addresses them from one register. */
+static void pk_copy_rows(float *a, const float *x, int ldx, int mr, int kc)
 {
-    for (int t = 0; t < mc; t += PK_MR) {
-        int mr = mc - t < PK_MR ? mc - t : PK_MR;
-        float *at = a + (size_t)t * kc;
-        for (int m = 0; m < mr; m++) {
-            const float *xm = x + (size_t)(t + m) * ldx;
-            for (int k = 0; k < kc; k++)
-                at[(size_t)k * PK_MR + m] = xm[k];
-        }
-    }
+    for (int m = 0; m < mr; m++)
+        memcpy(a + (size_t)m * ENC_PACK_KC, x + (size_t)m * ldx, (size_t)kc * sizeof(float));
 }
 
 /* Output panels [p0, p1) of y[rows, out] (+)= x . w^T from the panels.  Loop
@@ -300,7 +295,7 @@ static PK_TARGET void pk_gemm(float *y, int ldy, const float *x, int ldx, const 
             int g1 = p1 - g0 < group ? p1 : g0 + group;
             for (int t = 0; t < rows; t += PK_MR) {
                 int mr = rows - t < PK_MR ? rows - t : PK_MR;
-                pk_pack_rows(abuf, x + (size_t)t * ldx + k0, ldx, mr, kc);
+                pk_copy_rows(abuf, x + (size_t)t * ldx + k0, ldx, mr, kc);
                 for (int p = g0; p < g1; p++) {
                     const float *b = slice + (size_t)p * kc * ENC_PANEL;
                     int cols = out - p * ENC_PANEL;
@@ -315,15 +310,118 @@ static PK_TARGET void pk_gemm(float *y, int ldy, const float *x, int ldx, const 
 }
 #endif
 
+/* ---- helper threads for one stream of products ----------------------------
+ * With enc_set_threads(n > 1) a product's output panels are split into n
+ * contiguous ranges: the caller computes the first, n - 1 helper threads
+ * (created once, by enc_kernels_set_threads, never during a forward pass) the
+ * others.  One product at a time uses them; a caller that finds them busy (two
+ * runs on two threads) computes its product alone. */
+#define PK_MAX_THREADS 64
+
+typedef struct pk_job {
+    float *y;
+    const float *x, *panels;
+    int ldy, ldx, rows, in, out, accumulate, parts, np;
+} pk_job;
+
+static struct {
+    pthread_mutex_t lock;  /* guards everything below */
+    pthread_cond_t start, done;
+    pthread_mutex_t busy;  /* held by the caller whose product the helpers run */
+    int helpers;           /* running helper threads */
+    int wanted;            /* threads a product may use (enc_set_threads) */
+    unsigned long generation;
+    int pending;           /* helpers still working on the current job */
+    pk_job job;
+    unsigned long born[PK_MAX_THREADS]; /* the generation when each helper was created */
+} pk_pool = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, PTHREAD_COND_INITIALIZER,
+             PTHREAD_MUTEX_INITIALIZER, 0, 1, 0, 0, {0}, {0}};
+
+#if defined(__x86_64__) && defined(__GNUC__)
+static void pk_run_part(const pk_job *j, int part)
+{
+    int p0 = (int)((long)j->np * part / j->parts), p1 = (int)((long)j->np * (part + 1) / j->parts);
+    if (p1 > p0)
+        pk_gemm(j->y, j->ldy, j->x, j->ldx, j->panels, j->rows, j->in, j->out, j->accumulate, p0, p1);
+}
+
+static void *pk_helper(void *arg)
+{
+    int index = (int)(intptr_t)arg; /* 1 .. helpers */
+    pthread_mutex_lock(&pk_pool.lock);
+    unsigned long seen = pk_pool.born[index]; /* a job published before this thread ran is still its own */
+    for (;;) {
+        while (pk_pool.generation == seen)
+            pthread_cond_wait(&pk_pool.start, &pk_pool.lock);
+        seen = pk_pool.generation;
+        pk_job job = pk_pool.job;
+        pthread_mutex_unlock(&pk_pool.lock);
+        if (index < job.parts)
+            pk_run_part(&job, index);
+        pthread_mutex_lock(&pk_pool.lock);
+        if (--pk_pool.pending == 0)
+            pthread_cond_signal(&pk_pool.done);
+    }
+    return NULL;
+}
+#endif
+
+void enc_kernels_set_threads(int n)
+{
+    n = n < 1 ? 1 : n > PK_MAX_THREADS ? PK_MAX_THREADS : n;
+    pthread_mutex_lock(&pk_pool.lock);
+#if defined(__x86_64__) && defined(__GNUC__)
+    if (enc_packed_supported())
+        while (pk_pool.helpers < n - 1) {
+            pthread_t t;
+            pthread_attr_t attr;
+            pthread_attr_init(&attr);
+            pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+            pk_pool.born[pk_pool.helpers + 1] = pk_pool.generation;
+            int rc = pthread_create(&t, &attr, pk_helper, (void *)(intptr_t)(pk_pool.helpers + 1));
+            pthread_attr_destroy(&attr);
+            if (rc)
+                break; /* fewer helpers: products use what there is */
+            pk_pool.helpers++;
+        }
+#endif
+    pk_pool.wanted = n;
+    pthread_mutex_unlock(&pk_pool.lock);
+}
+
 void enc_linear_packed(float *y, int ldy, const float *x, int ldx, const float *w, const float *panels, int rows,
                        int in, int out, int accumulate)
 {
 #if defined(__x86_64__) && defined(__GNUC__)
-    /* Above enc_packed_max_rows, and for several row tiles when OpenBLAS may use
-     * more threads (this kernel runs on the caller's alone), sgemm is faster. */
     if (panels && enc_use_packed && enc_packed_supported() && rows > 0 && in > 0 && out > 0 &&
-        rows <= enc_packed_max_rows && (rows <= PK_MR || openblas_get_num_threads() == 1)) {
-        pk_gemm(y, ldy, x, ldx, panels, rows, in, out, accumulate, 0, (out + ENC_PANEL - 1) / ENC_PANEL);
+        rows <= enc_packed_max_rows) {
+        pk_job job = {y, x, panels, ldy, ldx, rows, in, out, accumulate, 1, (out + ENC_PANEL - 1) / ENC_PANEL};
+        /* Split only products worth a wake-up (~10 us): a few MFLOP and up. */
+        int parts = __atomic_load_n(&pk_pool.wanted, __ATOMIC_RELAXED);
+        if (parts > 1 && (double)rows * in * out >= 1 << 21 && job.np >= 2 &&
+            pthread_mutex_trylock(&pk_pool.busy) == 0) {
+            pthread_mutex_lock(&pk_pool.lock);
+            parts = parts < pk_pool.helpers + 1 ? parts : pk_pool.helpers + 1;
+            parts = parts < job.np ? parts : job.np;
+            job.parts = parts;
+            if (parts > 1) {
+                pk_pool.job = job;
+                pk_pool.pending = pk_pool.helpers;
+                pk_pool.generation++;
+                pthread_cond_broadcast(&pk_pool.start);
+            }
+            pthread_mutex_unlock(&pk_pool.lock);
+            pk_run_part(&job, 0);
+            if (parts > 1) {
+                pthread_mutex_lock(&pk_pool.lock);
+                while (pk_pool.pending > 0)
+                    pthread_cond_wait(&pk_pool.done, &pk_pool.lock);
+                pthread_mutex_unlock(&pk_pool.lock);
+            }
+            pthread_mutex_unlock(&pk_pool.busy);
+            return;
+        }
+        pk_gemm(y, ldy, x, ldx, panels, rows, in, out, accumulate, 0, job.np);
         return;
     }
 #endif

@@ -48,15 +48,21 @@ size_t enc_packed_floats(int in, int out);
 void enc_pack_weights(float *panels, const float *w, int in, int out);
 
 /* enc_linear_ld through the packed kernel when panels is not NULL, enc_use_packed
- * is set and rows <= enc_packed_max_rows (and, with OpenBLAS on several threads,
- * rows <= 14), else w through enc_linear_ld.  Same contract:
+ * is set and rows <= enc_packed_max_rows, else w through enc_linear_ld.  Same
+ * contract:
  *   y[rows, out] (+)= x[rows, in] . w[out, in]^T. */
 void enc_linear_packed(float *y, int ldy, const float *x, int ldx, const float *w, const float *panels, int rows,
                        int in, int out, int accumulate);
 
 /* Products with more rows than this go to enc_linear_ld even when packed
- * (default 64: text queries, one image, the [CLS] rows of a batch). */
+ * (default: no limit). */
 extern int enc_packed_max_rows;
+
+/* Threads one packed product may use (enc_set_threads calls it): the caller
+ * plus n - 1 helper threads, started here once and kept for the life of the
+ * process (never started during a forward pass).  Products of two runs on two
+ * threads do not share them: the second computes alone. */
+void enc_kernels_set_threads(int n);
 
 /* 1 (default): enc_linear_packed uses the panels it is given; 0: it ignores them.
  * For tests and benchmarks that compare the paths; not to be changed while

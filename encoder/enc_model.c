@@ -520,7 +520,11 @@ int enc_model_grid(const enc_model *m) { return m->cfg.image_size / m->cfg.patch
 void enc_model_fingerprint(const enc_model *m, uint8_t out[32]) { memcpy(out, m->fingerprint, 32); }
 const char *enc_model_name(const enc_model *m) { return m->name; }
 
-void enc_set_threads(int n) { openblas_set_num_threads(n < 1 ? 1 : n); }
+void enc_set_threads(int n)
+{
+    openblas_set_num_threads(n < 1 ? 1 : n);
+    enc_kernels_set_threads(n); /* the packed products' helper threads */
+}
 
 
 /* ---- run state -------------------------------------------------------- */

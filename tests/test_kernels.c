@@ -16,6 +16,7 @@
 #include <cblas.h>
 #include <limits.h>
 #include <math.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -154,6 +155,47 @@ static void test_packed_blocking(void **state)
     check_packed(29, 2048, 77, 2050, 77, 1, 5);
 }
 
+/* Products split over helper threads (enc_kernels_set_threads): panel ranges
+ * of every size, including more threads than panels. */
+static void test_packed_threads(void **state)
+{
+    (void)state;
+    if (!enc_packed_supported())
+        skip();
+    for (int n = 2; n <= 3; n++) {
+        enc_kernels_set_threads(n);
+        check_packed(30, 300, 401, 300, 401, 0, 21);
+        check_packed(50, 768, 97, 770, 99, 1, 22);
+        check_packed(9, 2000, 33, 2000, 33, 1, 23); /* 2 panels, 3 threads */
+        check_packed(100, 129, 1000, 129, 1000, 0, 24);
+    }
+    enc_kernels_set_threads(1);
+}
+
+static void *product_thread(void *arg)
+{
+    int seed = (int)(intptr_t)arg;
+    for (int i = 0; i < 4; i++)
+        check_packed(40 + seed, 333, 257, 333, 257, i & 1, (uint32_t)(seed * 10 + i));
+    return NULL;
+}
+
+/* Two threads computing products at once while helpers are on: one of them
+ * gets the helpers, the other computes alone; both results right. */
+static void test_packed_concurrent(void **state)
+{
+    (void)state;
+    if (!enc_packed_supported())
+        skip();
+    enc_kernels_set_threads(2);
+    pthread_t t[2];
+    for (int i = 0; i < 2; i++)
+        assert_int_equal(pthread_create(&t[i], NULL, product_thread, (void *)(intptr_t)(i + 1)), 0);
+    for (int i = 0; i < 2; i++)
+        pthread_join(t[i], NULL);
+    enc_kernels_set_threads(1);
+}
+
 /* Without panels, or with the packed path off, enc_linear_packed is enc_linear_ld. */
 static void test_packed_fallback(void **state)
 {
@@ -187,6 +229,8 @@ int main(void)
         cmocka_unit_test(test_pack_layout),
         cmocka_unit_test(test_packed_rows),
         cmocka_unit_test(test_packed_blocking),
+        cmocka_unit_test(test_packed_threads),
+        cmocka_unit_test(test_packed_concurrent),
         cmocka_unit_test(test_packed_fallback),
     };
     return cmocka_run_group_tests(tests, setup_packed, NULL);
