@@ -1083,16 +1083,28 @@ out:
         pthread_mutex_unlock(&s->q_mu);
         pthread_join(s->enc_thread, NULL);
     }
+    int abandoned = 0;
     if (s->ck_started) {
-        /* a build in progress gives up at its next step (FAISS training
-         * itself cannot be interrupted); the stop never starts one */
+        /* a build in progress gives up at its next step; FAISS training
+         * itself cannot be interrupted, so a build inside it is waited for
+         * only SRV_STOP_BUILD_WAIT_S and then left behind (the process exits
+         * under it; the next start builds again).  The stop never starts one. */
         db_cancel_builds(s->db);
         pthread_mutex_lock(&s->ck_mu);
         s->ck_stop = 1;
-        if (s->ck_busy) srv_log(s, SRV_LOG_WARN, "stopping: waiting for the background checkpoint to give up");
+        int busy = s->ck_busy;
         pthread_cond_broadcast(&s->ck_cv);
         pthread_mutex_unlock(&s->ck_mu);
-        pthread_join(s->ck_thread, NULL);
+        if (busy) srv_log(s, SRV_LOG_WARN, "stopping: the background checkpoint is asked to give up");
+        struct timespec dl;
+        clock_gettime(CLOCK_REALTIME, &dl);
+        dl.tv_sec += SRV_STOP_BUILD_WAIT_S;
+        if (pthread_timedjoin_np(s->ck_thread, NULL, &dl)) {
+            abandoned = 1;
+            srv_log(s, SRV_LOG_WARN, "stopping: an index build is still in FAISS training after %d s: "
+                                     "leaving it (nothing of it is on disk; the next start builds again)",
+                    SRV_STOP_BUILD_WAIT_S);
+        }
     }
     if (loop_ready) {
         uv_walk(&loop, close_walk_cb, NULL);
@@ -1113,6 +1125,14 @@ out:
             int crc = db_checkpoint_ex(s->db, DB_CHECKPOINT_NO_BUILD);
             if (crc) srv_log(s, SRV_LOG_ERROR, "checkpoint failed: %s: %s", umg_error_name(crc), umg_err_msg());
             else srv_log(s, SRV_LOG_INFO, "checkpoint written in %.0f ms", (double)(srv_now_ns() - t) / 1e6);
+            if (abandoned) {
+                /* the build thread still uses the database and FAISS: no
+                 * db_close, no atexit/static destructors under it.  LMDB has
+                 * every acknowledged write; its reader slot is cleared at the
+                 * next open. */
+                srv_log(s, SRV_LOG_INFO, "stopped (index build abandoned)");
+                _exit(0);
+            }
         }
         db_close(s->db);
     }

@@ -16,6 +16,7 @@
 #define SRV_DEFAULT_MAX_CONN 1024
 #define SRV_DEFAULT_CHECKPOINT_S 300      /* background checkpoint after writes, at most this often */
 #define SRV_DEFAULT_INDEX_THREADS 1        /* OpenMP threads for FAISS */
+#define SRV_STOP_BUILD_WAIT_S 3            /* a stop waits this long for an index build to give up */
 #define SRV_BATCH_LINGER_MS 30             /* encoder: longest wait for a fuller batch */
 #define SRV_MAX_INFLIGHT 64              /* requests per connection before reading pauses */
 #define SRV_MAX_UNSENT (8u << 20)         /* unsent response bytes per connection before reading pauses */

@@ -63,6 +63,9 @@ struct db_t {
     int stale[2];              /* a FAISS update failed: rebuild at checkpoint */
     int no_switch[2];          /* the wanted factory was unusable: stay exact, do not retry */
     int cancel_builds;         /* db_cancel_builds: builds give up at their next step (atomic) */
+    int building[2];           /* a checkpoint is building this index (under ckmutex) */
+    uint64_t ix_gen[2];        /* bumped when ix[] is replaced (under wmutex) */
+    uint64_t snap_gen[2];      /* the ix_gen the snapshot on disk was written from / loaded into */
 
     pthread_mutex_t wmutex;    /* one writer */
     pthread_mutex_t ckmutex;   /* one checkpoint */
@@ -825,6 +828,8 @@ static int index_open(db_t *db, int kind)
         return rc;
     db->ix[kind] = ix;
     db->snap_seq[kind] = seq;
+    db->ix_gen[kind] = 1;
+    db->snap_gen[kind] = seq ? 1 : 0; /* loaded from the snapshot */
     return 0;
 }
 
@@ -1764,6 +1769,7 @@ static int rebuild_online(db_t *db, int kind)
         pthread_rwlock_wrlock(&db->ixlock); /* waits for running searches */
         idx_index *old = db->ix[kind];
         db->ix[kind] = nix;
+        db->ix_gen[kind]++;
         db->stale[kind] = 0;
         nix = NULL;
         pthread_rwlock_unlock(&db->ixlock);
@@ -1860,10 +1866,17 @@ int db_checkpoint_ex(db_t *db, int flags)
             db_logf(db, DB_LOG_INFO, "%s index: %s; building %s is left to a later checkpoint", name, why, want);
             if (stale)
                 continue; /* it may lack vectors its snapshot would claim: keep the older snapshot + log */
-        } else if (rebuild) {
+        } else if (rebuild && !db->building[kind]) {
             db_logf(db, DB_LOG_INFO, "building the %s index (%s, %llu vectors): %s", name, want,
                     (unsigned long long)n, why);
-            if ((rc = rebuild_online(db, kind)))
+            /* without ckmutex: another checkpoint (a stop's NO_BUILD one) must
+             * not wait minutes for this build; building[] keeps it to one */
+            db->building[kind] = 1;
+            pthread_mutex_unlock(&db->ckmutex);
+            rc = rebuild_online(db, kind);
+            pthread_mutex_lock(&db->ckmutex);
+            db->building[kind] = 0;
+            if (rc)
                 break;
         }
         /* the index must not change between reading seq and serializing it */
@@ -1873,16 +1886,19 @@ int db_checkpoint_ex(db_t *db, int flags)
         if (!(rc = rtxn_begin(db, &txn))) {
             meta_get_u64(db, txn, "seq", &seq);
             rtxn_end(db, txn);
-            /* unchanged since its snapshot (e.g. a session that only searched): nothing to write */
-            if (!rebuild && seq != 0 && seq == db->snap_seq[kind]) {
+            /* the same index, unchanged since its snapshot (a session that only
+             * searched, or a stop that leaves a build for later): nothing to write */
+            if (seq != 0 && seq == db->snap_seq[kind] && db->snap_gen[kind] == db->ix_gen[kind]) {
                 pthread_mutex_unlock(&db->wmutex);
                 continue;
             }
             char path[DB_MAX_PATH + 32];
             snap_path(db, kind, path, sizeof path);
             rc = idx_save(db->ix[kind], path, seq);
-            if (!rc)
+            if (!rc) {
                 __atomic_store_n(&db->snap_seq[kind], seq, __ATOMIC_RELAXED); /* read by db_stats_get */
+                db->snap_gen[kind] = db->ix_gen[kind];
+            }
         }
         pthread_mutex_unlock(&db->wmutex);
     }

@@ -208,6 +208,9 @@ int db_checkpoint(db_t *db);
  * index whose update failed keeps its older snapshot (the log catches it up
  * at the next open). */
 #define DB_CHECKPOINT_NO_BUILD 1
+/* Checkpoints may run from several threads: one waits for another's
+ * snapshot writes, not for its index build (an index already being built is
+ * not built twice). */
 int db_checkpoint_ex(db_t *db, int flags);
 /* 1 when db_checkpoint would build an index: an exact index that reached
  * approx_threshold, an automatic IVF index whose collection grew 4x since it

@@ -612,9 +612,16 @@ static void test_searches_never_retrain(void **state)
         db_image_free(&img);
     }
     assert_int_equal(db_build_pending(db), 0);
+    char snap[400];
+    snprintf(snap, sizeof snap, "%s/images.faiss", f->data);
+    struct stat before, after;
+    assert_int_equal(stat(snap, &before), 0);
     assert_int_equal(db_checkpoint(db), 0);
     assert_int_equal(f->log_lines, 0); /* no "building the image index" */
     assert_image_factory(db, "IVF512,PQ4np");
+    /* nothing changed: the snapshot is not even rewritten (a rewrite renames a new file over it) */
+    assert_int_equal(stat(snap, &after), 0);
+    assert_int_equal(after.st_ino, before.st_ino);
     db_close(db);
 }
 
