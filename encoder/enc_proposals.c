@@ -348,6 +348,7 @@ typedef struct cand {
     float votes;   /* strategies that produced (nearly) the same box */
     float contour; /* mean colour difference across the region's boundary */
     float inside;  /* mean colour difference between neighbouring pixels inside it */
+    float perim;   /* boundary length of the region (4-neighbour pixel pairs) */
     float score;
 } cand;
 
@@ -402,6 +403,7 @@ static int emit(cand *cands, int i, const region *r, int strategy, float level)
     c->votes = 0;
     c->contour = r->blen > 0 ? (float)r->bsum / (16.0f * r->blen) : 0;
     c->inside = r->ilen > 0 ? (float)r->isum / (16.0f * r->ilen) : 0;
+    c->perim = (float)r->blen;
     c->score = 0;
     return i;
 }
@@ -788,6 +790,113 @@ static const float WEIGHTS[NFEAT] = {
     0.0375f, -0.5249f, 0.4377f, 1.0563f, 0.6449f, 0.2580f, 0.0540f, 0.3365f,
     -0.2289f, -0.2324f};
 
+#ifdef ENC_PROPOSALS_TUNING
+/* Candidate cues under evaluation (dumped after the scored features, not
+ * scored): saliency, texture contrast, global colour distinctness, position. */
+#define NXF 10
+#define XO_BINS 8
+typedef struct xcues {
+    double *sal;   /* integral image of frequency-tuned saliency */
+    double *ori;   /* XO_BINS integral planes of magnitude-weighted orientation */
+    double sal_mean;
+} xcues;
+
+static int xcues_init(xcues *x, const work *wk)
+{
+    int w = wk->w, h = wk->h, s = w + 1;
+    size_t cs = (size_t)s * (h + 1), n = (size_t)w * h;
+    x->sal = calloc(cs, sizeof *x->sal);
+    x->ori = calloc(cs * XO_BINS, sizeof *x->ori);
+    if (!x->sal || !x->ori)
+        return UMG_ENOMEM;
+    double m[3] = {0, 0, 0};
+    for (size_t p = 0; p < n; p++)
+        for (int c = 0; c < 3; c++)
+            m[c] += wk->lab[p * 3 + c];
+    for (int c = 0; c < 3; c++)
+        m[c] /= (double)n;
+    double tot = 0;
+    for (int y = 0; y < h; y++) {
+        double row = 0, orow[XO_BINS] = {0};
+        int yu = y > 0 ? y - 1 : 0, yd = y < h - 1 ? y + 1 : h - 1;
+        for (int x0 = 0; x0 < w; x0++) {
+            size_t p = (size_t)y * w + x0;
+            double d0 = wk->lab[p * 3] - m[0], d1 = wk->lab[p * 3 + 1] - m[1], d2 = wk->lab[p * 3 + 2] - m[2];
+            double sv = sqrt(d0 * d0 + d1 * d1 + d2 * d2);
+            row += sv;
+            tot += sv;
+            x->sal[(size_t)(y + 1) * s + x0 + 1] = x->sal[(size_t)y * s + x0 + 1] + row;
+            int xl = x0 > 0 ? x0 - 1 : 0, xr = x0 < w - 1 ? x0 + 1 : w - 1;
+            float gx = wk->lab[((size_t)y * w + xr) * 3] - wk->lab[((size_t)y * w + xl) * 3];
+            float gy = wk->lab[((size_t)yd * w + x0) * 3] - wk->lab[((size_t)yu * w + x0) * 3];
+            float a = atan2f(gy, gx);
+            if (a < 0) a += (float)M_PI; /* orientation, not direction */
+            int o = (int)(a * (XO_BINS / (float)M_PI));
+            o = o >= XO_BINS ? XO_BINS - 1 : o;
+            orow[o] += sqrt(gx * gx + gy * gy);
+            for (int k = 0; k < XO_BINS; k++) {
+                double *pl = x->ori + (size_t)k * cs;
+                pl[(size_t)(y + 1) * s + x0 + 1] = pl[(size_t)y * s + x0 + 1] + orow[k];
+            }
+        }
+    }
+    x->sal_mean = tot / (double)n + 1e-6;
+    return 0;
+}
+
+static void xcues_free(xcues *x)
+{
+    free(x->sal);
+    free(x->ori);
+}
+
+static void xcues_features(const cand *c, const work *wk, const xcues *x, const int32_t *cii, float *f)
+{
+    int w = wk->w, h = wk->h, s = w + 1;
+    size_t cs = (size_t)s * (h + 1);
+    int x0 = c->x0, y0 = c->y0, x1 = c->x1 + 1, y1 = c->y1 + 1;
+    int rw = (x1 - x0) / 4 + 1, rh = (y1 - y0) / 4 + 1;
+    int ox0 = clampi(x0 - rw, 0, w), oy0 = clampi(y0 - rh, 0, h);
+    int ox1 = clampi(x1 + rw, 0, w), oy1 = clampi(y1 + rh, 0, h);
+    double in_area = (double)(x1 - x0) * (y1 - y0), ring_area = (double)(ox1 - ox0) * (oy1 - oy0) - in_area;
+    double sin_ = rect_sum(x->sal, w, x0, y0, x1, y1), sout = rect_sum(x->sal, w, ox0, oy0, ox1, oy1) - sin_;
+    double sall = rect_sum(x->sal, w, 0, 0, w, h);
+    f[0] = (float)(sin_ / in_area / x->sal_mean);
+    f[1] = ring_area > 0 ? (float)((sin_ / in_area - sout / ring_area) / x->sal_mean) : 0;
+    f[2] = (float)(sin_ / sall - in_area / ((double)w * h));
+    /* texture contrast: 1 - intersection of the orientation histograms in the box and the ring */
+    double hin[XO_BINS], hout[XO_BINS], tin = 1e-9, tout = 1e-9;
+    for (int k = 0; k < XO_BINS; k++) {
+        hin[k] = rect_sum(x->ori + (size_t)k * cs, w, x0, y0, x1, y1);
+        hout[k] = rect_sum(x->ori + (size_t)k * cs, w, ox0, oy0, ox1, oy1) - hin[k];
+        tin += hin[k];
+        tout += hout[k];
+    }
+    double is = 0;
+    for (int k = 0; k < XO_BINS; k++)
+        is += fmin(hin[k] / tin, hout[k] / tout);
+    f[3] = ring_area > 0 ? (float)(1 - is) : 0;
+    /* global colour distinctness: the box's Lab histogram against the whole photo's */
+    float isect = 0;
+    for (int b = 0; b < 3 * CC_BINS; b++) {
+        const int32_t *ii = cii + (size_t)b * cs;
+#define RS(X0, Y0, X1, Y1) (ii[(size_t)(Y1) * s + (X1)] - ii[(size_t)(Y0) * s + (X1)] - ii[(size_t)(Y1) * s + (X0)] + ii[(size_t)(Y0) * s + (X0)])
+        float in = (float)RS(x0, y0, x1, y1) / (float)in_area;
+        float all = (float)RS(0, 0, w, h) / (float)(w * h);
+#undef RS
+        isect += in < all ? in : all;
+    }
+    f[4] = 1.0f - isect / 3.0f;
+    float cx = 0.5f * (x0 + x1) / w, cy = 0.5f * (y0 + y1) / h;
+    f[5] = fabsf(cx - 0.5f);
+    f[6] = cy;
+    f[7] = fabsf(cy - 0.5f);
+    /* compactness of the region: boundary length over the circumference of a disc of its area */
+    f[8] = c->perim / (2.0f * sqrtf((float)M_PI * (float)c->size));
+    f[9] = c->perim / (2.0f * (float)((x1 - x0) + (y1 - y0)));
+}
+#endif
+
 static int score_candidates(cand *c, int n, const work *wk, int nstrat, FILE *dump)
 {
     int w = wk->w, h = wk->h, s = w + 1;
@@ -831,6 +940,14 @@ static int score_candidates(cand *c, int n, const work *wk, int nstrat, FILE *du
             }
         }
     float f[NFEAT];
+#ifdef ENC_PROPOSALS_TUNING
+    xcues xc = {0};
+    float xf[NXF];
+    if (dump && xcues_init(&xc, wk)) {
+        xcues_free(&xc);
+        dump = NULL;
+    }
+#endif
     for (int i = 0; i < n; i++) {
         features(&c[i], wk, ii, f);
         f[19] = straddling(&c[i], wk, seg_size, count, touched);
@@ -844,9 +961,17 @@ static int score_candidates(cand *c, int n, const work *wk, int nstrat, FILE *du
                     (c[i].y1 + 1) * wk->sy);
             for (int k = 0; k < NFEAT; k++)
                 fprintf(dump, " %g", f[k]);
+#ifdef ENC_PROPOSALS_TUNING
+            xcues_features(&c[i], wk, &xc, cii, xf);
+            for (int k = 0; k < NXF; k++)
+                fprintf(dump, " %g", xf[k]);
+#endif
             fputc('\n', dump);
         }
     }
+#ifdef ENC_PROPOSALS_TUNING
+    xcues_free(&xc);
+#endif
     free(ii);
     free(cii);
     free(seg_size);

@@ -331,12 +331,15 @@ static void test_propose_edge_cases(void **state)
 /* Issue 5 targets: recall of the annotated boxes of area >= 32x32 at IoU 0.5,
  * >= 0.60 with R = 32 and >= 0.75 with R = 64.  NOT MET: the levels asserted
  * here are the ones measured (docs/regions.md: 0.414 and 0.513 over all 159
- * photos) minus a 0.02 margin, so that a regression fails the test; the
- * targets stay printed next to them. */
+ * photos; 0.473 and 0.582 on the val2017 half, which the score was not fitted
+ * on) minus a 0.02 margin, so that a regression fails the test; the targets
+ * stay printed next to them. */
 #define TARGET_R32 0.60
 #define TARGET_R64 0.75
 #define FLOOR_R32 0.39
 #define FLOOR_R64 0.49
+#define FLOOR_VAL_R32 0.45
+#define FLOOR_VAL_R64 0.56
 
 typedef struct recall_acc {
     int total, hit32, hit64;
@@ -431,20 +434,25 @@ static void test_proposal_recall_coco_mini(void **state)
     const char *e = getenv("UMG_RECALL_STRIDE");
     if (e && atoi(e) > 0)
         stride = atoi(e);
-    recall_acc acc = {0};
-    recall_split("train", stride, &acc);
-    recall_split("val", stride, &acc);
-    assert_true(acc.total > 0);
+    recall_acc tr = {0}, val = {0};
+    recall_split("train", stride, &tr);
+    recall_split("val", stride, &val);
+    assert_true(tr.total > 0 && val.total > 0);
+    recall_acc acc = {tr.total + val.total, tr.hit32 + val.hit32, tr.hit64 + val.hit64, tr.images + val.images};
     double r32 = (double)acc.hit32 / acc.total, r64 = (double)acc.hit64 / acc.total;
+    double v32 = (double)val.hit32 / val.total, v64 = (double)val.hit64 / val.total;
     double margin = stride == 1 ? 0.0 : 0.05;
     printf("proposal recall, %d photos (stride %d), %d boxes >= 32x32, IoU 0.5: "
-           "R=32 %.3f (floor %.2f, issue target %.2f), R=64 %.3f (floor %.2f, target %.2f)\n",
+           "R=32 %.3f (floor %.2f, issue target %.2f), R=64 %.3f (floor %.2f, target %.2f); "
+           "val2017 (held out, %d photos) R=32 %.3f (floor %.2f), R=64 %.3f (floor %.2f)\n",
            acc.images, stride, acc.total, r32, FLOOR_R32 - margin, TARGET_R32, r64, FLOOR_R64 - margin,
-           TARGET_R64);
+           TARGET_R64, val.images, v32, FLOOR_VAL_R32 - margin, v64, FLOOR_VAL_R64 - margin);
     if (stride == 1)
         assert_int_equal(acc.images, 158); /* 159 annotated photos; one has no box >= 32x32 */
     assert_true(r32 >= FLOOR_R32 - margin);
     assert_true(r64 >= FLOOR_R64 - margin);
+    assert_true(v32 >= FLOOR_VAL_R32 - margin);
+    assert_true(v64 >= FLOOR_VAL_R64 - margin);
     assert_true(r64 >= r32);
 }
 

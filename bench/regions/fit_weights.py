@@ -18,15 +18,27 @@ Two stages, both on the train2017 photos only (val2017 is held out):
    in the last slots).  One search overfits the 80 photos, so it runs on 8
    bootstrap resamples (FIT_BAGS) and the standardized weights are averaged.
    Deterministic (fixed seeds); about 10 minutes on one core.
-Prints the C array and recall (R = 16/32/64) on train2017, val2017 and all.
+Prints the C array and recall (R = 16/32/64) on train2017, val2017 and all,
+and the same with the box refinement that was evaluated and not adopted
+(fit_boxreg: docs/regions.md, "Third round").
+Environment: FIT_BAGS (default 8); FIT_COLS, the dumped features to use
+(default "0-25", the scored ones; the tuning build dumps 10 more cues under
+evaluation after them, e.g. FIT_COLS=0-25,35); FIT_WEIGHTS="w0, w1, ..." skips
+both stages and evaluates those weights (e.g. the committed ones).
 """
 import json
+import os
 import sys
 
 import numpy as np
 
 NMS, MIN_SIDE, NWIN = 0.6, 12, 3
-BAGS = int(__import__('os').environ.get('FIT_BAGS', '8'))
+BOX_SHIFT = 0.5  # box refinement (evaluated, not in enc_proposals.c): half the predicted edge offsets
+BAGS = int(os.environ.get('FIT_BAGS', '8'))
+# FIT_COLS: which dumped features to use, e.g. "0-25,35" (the tuning build dumps
+# the cues under evaluation after the 26 scored ones); default the scored ones
+COLS = [c for part in os.environ.get('FIT_COLS', '0-25').split(',')
+        for c in (range(int(part.split('-')[0]), int(part.split('-')[-1]) + 1))]
 RS = (16, 32, 64)
 
 
@@ -79,12 +91,15 @@ def windows(W, H):
 class Photo:
     """Everything the selection needs that does not depend on the scores."""
 
-    def __init__(self, name, r, g, size):
+    def __init__(self, name, r, g, size, boxreg=None):
         W, H = size
         box = r[:, :4].copy()
         box[:, 2] = np.minimum(box[:, 2], W)
         box[:, 3] = np.minimum(box[:, 3], H)
-        self.name, self.F, self.gt = name, r[:, 4:], g
+        self.name, self.F, self.gt, self.raw, self.size = name, r[:, 4:][:, COLS], g, r, size
+        self.box0 = box.copy()
+        if boxreg is not None:
+            box = refine(box, self.F[:, :boxreg.shape[1]], boxreg, W, H)
         self.ok = ((box[:, 2] - box[:, 0]) >= MIN_SIDE) & ((box[:, 3] - box[:, 1]) >= MIN_SIDE)
         sup = iou(box, box) > NMS
         self.sup = [np.flatnonzero(row) for row in sup]
@@ -131,6 +146,41 @@ class Photo:
             found = found | self.hit[i]
             m += 1
         return int(found.sum())
+
+
+def refine(box, F, A, W, H):
+    """Box refinement as it would run in C: each edge moves by BOX_SHIFT x its
+    linear prediction (from the score features) x the box's side, then the box
+    is clipped to the photo (float32)."""
+    box, F, A = box.astype(np.float32), F.astype(np.float32), A.astype(np.float32)
+    d = np.float32(BOX_SHIFT) * (F @ A.T)
+    bw, bh = box[:, 2] - box[:, 0], box[:, 3] - box[:, 1]
+    out = box + d * np.stack([bw, bh, bw, bh], 1)
+    out[:, 0] = np.clip(out[:, 0], 0, W)
+    out[:, 1] = np.clip(out[:, 1], 0, H)
+    out[:, 2] = np.clip(out[:, 2], 0, W)
+    out[:, 3] = np.clip(out[:, 3], 0, H)
+    return out.astype(np.float64)
+
+
+def fit_boxreg(photos, thr=0.4, lam=100.0):
+    """Ridge regression of the offsets of the annotated box's edges from the
+    candidate's (x0, y0, x1, y1), in units of the candidate's width / height,
+    on the candidates at IoU >= thr with an annotated box (the nearest)."""
+    X, T = [], []
+    for p in photos:
+        if not len(p.gt):
+            continue
+        b = p.box0
+        I = iou(b, p.gt)
+        m = I.max(1) >= thr
+        G = p.gt[I.argmax(1)]
+        bw, bh = b[:, 2] - b[:, 0], b[:, 3] - b[:, 1]
+        t = np.stack([(G[:, 0] - b[:, 0]) / bw, (G[:, 1] - b[:, 1]) / bh,
+                      (G[:, 2] - b[:, 2]) / bw, (G[:, 3] - b[:, 3]) / bh], 1)
+        X.append(p.F[m]); T.append(t[m])
+    X, T = np.concatenate(X), np.concatenate(T)
+    return np.linalg.solve(X.T @ X + lam * np.eye(X.shape[1]), X.T @ T).T  # [4, nfeat]
 
 
 def recall(photos, w, Rs=RS, X=None):
@@ -213,14 +263,24 @@ def main():
     photos = [Photo(p, r, gt[p], sizes[p]) for p, r in load_dump(dump) if p in gt]
     train = [p for p in photos if p.name.startswith("train2017/")]
     val = [p for p in photos if p.name.startswith("val2017/")]
-    w0 = logistic(train)
-    w = bagged_search(train, w0)
+    if os.environ.get("FIT_WEIGHTS"):  # the committed weights, e.g. to refit only the box regression
+        w0 = w = np.array([float(v) for v in os.environ["FIT_WEIGHTS"].replace("f", "").split(",")])
+    else:
+        w0 = logistic(train)
+        w = bagged_search(train, w0)
     print("static const float WEIGHTS[NFEAT] = {" + ", ".join("%.4ff" % v for v in w) + "};")
     w = np.array(["%.4f" % v for v in w], float)  # what the C code will use
-    for name, ph in (("train2017 (fitted on)", train), ("val2017 (held out)", val), ("all", photos)):
-        for tag, v in (("logistic", w0), ("recall-fitted", w)):
-            r = recall(ph, v)
-            print("%-22s %-14s" % (name, tag) + "  ".join("R=%d %.3f" % (R, r[R]) for R in RS))
+    A = fit_boxreg(train)
+    print("static const float BOX_REG[4][NFEAT] = {\n" + ",\n".join(
+        "    {" + ", ".join("%.5ff" % v for v in row) + "}" for row in A) + "};")
+    A = np.array([["%.5f" % v for v in row] for row in A], float)
+    refined = [Photo(p.name, p.raw, p.gt, p.size, A) for p in photos]
+    for name, pre in (("train2017 (fitted on)", "train2017/"), ("val2017 (held out)", "val2017/"), ("all", "")):
+        ph = [p for p in photos if p.name.startswith(pre)]
+        rf = [p for p in refined if p.name.startswith(pre)]
+        for tag, v, q in (("logistic", w0, ph), ("recall-fitted", w, ph), ("+ box refinement", w, rf)):
+            r = recall(q, v)
+            print("%-22s %-17s" % (name, tag) + "  ".join("R=%d %.3f" % (R, r[R]) for R in RS))
 
 
 if __name__ == "__main__":
