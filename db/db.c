@@ -1852,7 +1852,8 @@ int db_checkpoint_ex(db_t *db, int flags)
     if (db->read_only)
         return umg_err_set(UMG_EPERM, "checkpoint: data directory opened read-only");
     pthread_mutex_lock(&db->ckmutex);
-    int rc = 0;
+    int rc = 0, build_rc = 0;
+    char build_msg[600] = "";
     for (int kind = 0; kind < 2 && !rc; kind++) {
         char want[128], why[200];
         const char *name = kind ? "region" : "image";
@@ -1861,23 +1862,32 @@ int db_checkpoint_ex(db_t *db, int flags)
         int rebuild = needs_build(db, kind, want, sizeof want, why, sizeof why);
         int stale = db->stale[kind];
         pthread_mutex_unlock(&db->wmutex);
-        if (rebuild && (flags & DB_CHECKPOINT_NO_BUILD)) {
+        if (rebuild && ((flags & DB_CHECKPOINT_NO_BUILD) || db->building[kind])) {
             /* LMDB + the log make the build repeatable at any later time */
-            db_logf(db, DB_LOG_INFO, "%s index: %s; building %s is left to a later checkpoint", name, why, want);
+            if (!db->building[kind])
+                db_logf(db, DB_LOG_INFO, "%s index: %s; building %s is left to a later checkpoint", name, why,
+                        want);
             if (stale)
                 continue; /* it may lack vectors its snapshot would claim: keep the older snapshot + log */
-        } else if (rebuild && !db->building[kind]) {
+        } else if (rebuild) {
             db_logf(db, DB_LOG_INFO, "building the %s index (%s, %llu vectors): %s", name, want,
                     (unsigned long long)n, why);
             /* without ckmutex: another checkpoint (a stop's NO_BUILD one) must
              * not wait minutes for this build; building[] keeps it to one */
             db->building[kind] = 1;
             pthread_mutex_unlock(&db->ckmutex);
-            rc = rebuild_online(db, kind);
+            int brc = rebuild_online(db, kind);
             pthread_mutex_lock(&db->ckmutex);
             db->building[kind] = 0;
-            if (rc)
-                break;
+            if (brc) {
+                /* the index in use is still valid: its snapshot is still worth writing */
+                build_rc = brc;
+                snprintf(build_msg, sizeof build_msg, "%s", umg_err_msg());
+                db_logf(db, brc == UMG_ESHUTDOWN ? DB_LOG_INFO : DB_LOG_WARN, "building the %s index: %s", name,
+                        build_msg);
+                if (stale)
+                    continue;
+            }
         }
         /* the index must not change between reading seq and serializing it */
         pthread_mutex_lock(&db->wmutex);
@@ -1909,5 +1919,7 @@ int db_checkpoint_ex(db_t *db, int flags)
         pthread_mutex_unlock(&db->wmutex);
     }
     pthread_mutex_unlock(&db->ckmutex);
+    if (!rc && build_rc)
+        rc = umg_err_set(build_rc, "%s", build_msg);
     return rc;
 }

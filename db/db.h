@@ -210,7 +210,9 @@ int db_checkpoint(db_t *db);
 #define DB_CHECKPOINT_NO_BUILD 1
 /* Checkpoints may run from several threads: one waits for another's
  * snapshot writes, not for its index build (an index already being built is
- * not built twice). */
+ * not built twice).  A failed build (UMG_ESHUTDOWN after db_cancel_builds)
+ * does not stop the snapshots of the indexes in use from being written; its
+ * error is returned. */
 int db_checkpoint_ex(db_t *db, int flags);
 /* 1 when db_checkpoint would build an index: an exact index that reached
  * approx_threshold, an automatic IVF index whose collection grew 4x since it
