@@ -163,7 +163,7 @@ void enc_linear(float *y, const float *x, const float *w, int rows, int in, int 
  * for AVX-512F by a target attribute and chosen at run time, so the binary runs
  * on any x86-64. */
 #define PK_MR 14
-int pk_group_bytes = 1 << 20, pk_prefetch_floats = 512;
+int pk_group_bytes = 1 << 20, pk_prefetch_floats = 2048;
 
 int enc_use_packed = 1;
 int enc_packed_max_rows = 1 << 30;
@@ -226,8 +226,8 @@ static inline __attribute__((always_inline)) PK_TARGET void pk_tile(int mr, cons
     for (int k = 0; k < kc; k++) {
         __m512 b0 = _mm512_loadu_ps(b + (size_t)k * 32), b1 = _mm512_loadu_ps(b + (size_t)k * 32 + 16);
         if (pf) { /* weights still in memory: fetch ahead across page boundaries */
-            _mm_prefetch((const char *)(pf + (size_t)k * 32), _MM_HINT_T0);
-            _mm_prefetch((const char *)(pf + (size_t)k * 32 + 16), _MM_HINT_T0);
+            _mm_prefetch((const char *)(pf + (size_t)k * 32), _MM_HINT_T1);
+            _mm_prefetch((const char *)(pf + (size_t)k * 32 + 16), _MM_HINT_T1);
         }
         const float *ak = a + k;
 #pragma GCC unroll 14
