@@ -188,8 +188,12 @@ int main(int argc, char **argv)
         }
         enc_image_free(&img);
     }
-    if (dump)
+    if (dump) {
+        free(wall);
+        free(cpu);
+        free(ph);
         return 0;
+    }
     qsort(wall, (size_t)np, sizeof *wall, cmp_double);
     qsort(cpu, (size_t)np, sizeof *cpu, cmp_double);
     int p95 = (int)ceil(0.95 * np) - 1;
