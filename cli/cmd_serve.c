@@ -57,6 +57,9 @@ static void usage(FILE *out)
         "  --index-threads N       OpenMP threads FAISS may use in searches and index builds\n"
         "                          (default %d: on a few cores, more only spin against the encoder;\n"
         "                          0 = FAISS's default, OMP_NUM_THREADS or every core)\n"
+        "  --text-batch-wait US    a text query that finds the text tower free waits up to US\n"
+        "                          microseconds for others to share its pass (default 0: none;\n"
+        "                          trades latency under light load for throughput under heavy)\n"
         "  --checkpoint-interval S write index snapshots in the background every S seconds when\n"
         "                          something was written (default %d; 0 = only at stop).  Index\n"
         "                          builds (exact -> approximate, retraining) always run in the\n"
@@ -201,6 +204,9 @@ int cmd_serve(int argc, char **argv)
         } else if (!strcmp(a, "--index-threads")) {
             if (parse_int(a, v, 0, 256, &x)) return 2;
             c.index_threads = (int)x;
+        } else if (!strcmp(a, "--text-batch-wait")) {
+            if (parse_int(a, v, 0, 1000000, &x)) return 2;
+            c.text_batch_wait_us = (int)x;
         } else if (!strcmp(a, "--checkpoint-interval")) {
             if (parse_int(a, v, 0, 86400 * 365, &x)) return 2;
             c.checkpoint_interval_s = (int)x;

@@ -63,6 +63,9 @@ typedef struct server_config {
     int nprobe;                    /* 0 = db default */
     int index_threads;             /* OpenMP threads FAISS may use (searches, builds); 0 = FAISS's
                                       default (OMP_NUM_THREADS, else every core) */
+    int text_batch_wait_us;        /* a worker that finds the text tower free waits up to this long
+                                      for more queries to fill its batch; 0 = none (a lone query
+                                      is encoded at once) */
     int checkpoint_interval_s;     /* background checkpoint when something was written, this often;
                                       0 = none (index builds still run in the background) */
 } server_config;

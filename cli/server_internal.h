@@ -85,7 +85,7 @@ typedef struct srv_run_pool {
 /* Text queries' encodes, combined: whichever worker finds the text tower free
  * encodes every pending query's ids (up to SRV_TEXT_BATCH) in one packed pass,
  * so concurrent queries share one stream of the weights; a lone query is
- * encoded at once (no linger). */
+ * encoded at once unless --text-batch-wait asks to linger for company. */
 #define SRV_TEXT_BATCH 16
 typedef struct srv_text_req srv_text_req;
 typedef struct srv_text_batcher {
@@ -94,6 +94,7 @@ typedef struct srv_text_batcher {
     enc_run *run;                 /* max_batch = SRV_TEXT_BATCH */
     float *embeds;                /* [SRV_TEXT_BATCH, dim] */
     srv_text_req *head, *tail;    /* waiting, oldest first */
+    int waiting;                  /* requests in head..tail */
     int busy;                     /* a worker is encoding a batch */
     int inited;
     uint64_t batches, texts;      /* counts, for the log and tests */

@@ -1138,12 +1138,24 @@ static int text_encode(srv *s, const int32_t *ids, int n_ids, float *vec)
     if (b->tail) b->tail->next = &me;
     else b->head = &me;
     b->tail = &me;
+    b->waiting++;
+    if (b->busy) pthread_cond_broadcast(&b->cv); /* a lingering worker counts arrivals */
     while (!me.done) {
         if (b->busy) {
             pthread_cond_wait(&b->cv, &b->mu);
             continue;
         }
         b->busy = 1;
+        if (s->cfg.text_batch_wait_us > 0 && b->waiting < SRV_TEXT_BATCH) {
+            /* linger, tower reserved, until the batch is full or the wait is over */
+            struct timespec until;
+            clock_gettime(CLOCK_REALTIME, &until);
+            long ns = until.tv_nsec + (long)s->cfg.text_batch_wait_us * 1000L;
+            until.tv_sec += ns / 1000000000L;
+            until.tv_nsec = ns % 1000000000L;
+            while (b->waiting < SRV_TEXT_BATCH && pthread_cond_timedwait(&b->cv, &b->mu, &until) != ETIMEDOUT) {
+            }
+        }
         srv_text_req *batch[SRV_TEXT_BATCH];
         const int32_t *bids[SRV_TEXT_BATCH];
         int blen[SRV_TEXT_BATCH], n = 0;
@@ -1151,6 +1163,7 @@ static int text_encode(srv *s, const int32_t *ids, int n_ids, float *vec)
             srv_text_req *q = b->head;
             b->head = q->next;
             batch[n] = q, bids[n] = q->ids, blen[n] = q->n_ids, n++;
+            b->waiting--;
         }
         if (!b->head) b->tail = NULL;
         b->batches++;
