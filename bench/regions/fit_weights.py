@@ -262,7 +262,6 @@ def main():
     gt, sizes = load_gt(coco_dir)
     photos = [Photo(p, r, gt[p], sizes[p]) for p, r in load_dump(dump) if p in gt]
     train = [p for p in photos if p.name.startswith("train2017/")]
-    val = [p for p in photos if p.name.startswith("val2017/")]
     if os.environ.get("FIT_WEIGHTS"):  # the committed weights, e.g. to refit only the box regression
         w0 = w = np.array([float(v) for v in os.environ["FIT_WEIGHTS"].replace("f", "").split(",")])
     else:

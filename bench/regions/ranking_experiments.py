@@ -24,7 +24,9 @@ Deterministic (fixed seeds), numpy only; about 15 minutes on one core.
   5. box refinement: ridge regression of the annotated box's edges from the
      features (fit_weights.py fit_boxreg), half the predicted shift applied to
      every candidate before the selection, in both directions (fit on train2017,
-     report val2017, and the reverse).
+     report val2017, and the reverse);
+  6. selective search's own kind of diversity: round robin over the strategies
+     (the committed score ranks within each), blended with the global rank.
 """
 import os
 import sys
@@ -274,6 +276,23 @@ def main():
         print("  fitted on %s: fitted-on half %s -> %s; other half %s -> %s" % (
             fit_on, fmt(fw.recall(a, W0)), fmt(fw.recall(ra, W0)), fmt(fw.recall(b, W0)), fmt(fw.recall(rb, W0))),
             flush=True)
+
+    print("\n6. round robin over strategies (key = a x rank within the strategy + (1 - a) x global rank / 5)")
+    for a in (0.5, 1.0):
+        report("  a = %g" % a, tr, va, lambda p: strategy_round_robin(p, a))
+
+
+def strategy_round_robin(p, a):
+    s = committed(p)
+    # strategies 0-3 have one-hot features 15-18; 4 and 5 (none set) form the fifth group
+    g = np.argmax(np.column_stack([p.F[:, 15:19], 0.5 * np.ones(len(s))]), 1)
+    within = np.zeros(len(s))
+    for k in range(5):
+        m = np.flatnonzero(g == k)
+        within[m[np.argsort(-s[m], kind="stable")]] = np.arange(len(m))
+    glob = np.empty(len(s))
+    glob[np.argsort(-s, kind="stable")] = np.arange(len(s))
+    return -(a * within + (1 - a) * glob / 5)
 
 
 if __name__ == "__main__":
