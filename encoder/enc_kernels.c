@@ -26,6 +26,9 @@
  * weight row is read once, straight from the checkpoint's [out, in] layout, and
  * dotted with every input row while it sits in L1: tiles of 4 weight rows x up
  * to 6 input rows keep 24 vector accumulators, reduced once per tile. */
+/* Without -march flags GCC warns that 64-byte vectors change the calling
+ * convention; these helpers are static and inlined, so no ABI is involved. */
+#pragma GCC diagnostic ignored "-Wpsabi"
 typedef float v16 __attribute__((vector_size(64)));
 typedef float v16u __attribute__((vector_size(64), aligned(4), may_alias));
 
