@@ -314,17 +314,20 @@ static PK_TARGET void pk_gemm(float *y, int ldy, const float *x, int ldx, const 
 #endif
 
 /* ---- helper threads for one stream of products ----------------------------
- * With enc_set_threads(n > 1) a product's output panels are split into n
- * contiguous ranges: the caller computes the first, n - 1 helper threads
- * (created once, by enc_kernels_set_threads, never during a forward pass) the
- * others.  One product at a time uses them; a caller that finds them busy (two
- * runs on two threads) computes its product alone. */
+ * With enc_set_threads(n > 1) the output panels of a product are shared out in
+ * small chunks, claimed one at a time, between the caller and up to n - 1
+ * helper threads (created once, by enc_kernels_set_threads, never during a
+ * forward pass).  The caller never waits for a helper that has not started
+ * (on a busy machine it may not run for a while): it computes every chunk left,
+ * closes the job, and waits only for chunks a helper already holds.  One product
+ * at a time uses the helpers; a caller that finds them busy (two runs on two
+ * threads) computes its product alone. */
 #define PK_MAX_THREADS 64
 
 typedef struct pk_job {
     float *y;
     const float *x, *panels;
-    int ldy, ldx, rows, in, out, accumulate, parts, np;
+    int ldy, ldx, rows, in, out, accumulate, np, chunk;
 } pk_job;
 
 static struct {
@@ -334,18 +337,25 @@ static struct {
     int helpers;           /* running helper threads */
     int wanted;            /* threads a product may use (enc_set_threads) */
     unsigned long generation;
-    int pending;           /* helpers still working on the current job */
+    int open;              /* the current job still takes helpers */
+    int active;            /* helpers inside the current job */
+    int next;              /* next unclaimed panel (atomic) */
     pk_job job;
     unsigned long born[PK_MAX_THREADS]; /* the generation when each helper was created */
 } pk_pool = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, PTHREAD_COND_INITIALIZER,
-             PTHREAD_MUTEX_INITIALIZER, 0, 1, 0, 0, {0}, {0}};
+             PTHREAD_MUTEX_INITIALIZER, 0, 1, 0, 0, 0, 0, {0}, {0}};
 
 #if defined(__x86_64__) && defined(__GNUC__)
-static void pk_run_part(const pk_job *j, int part)
+/* Claim chunks of panels until none is left. */
+static void pk_run_chunks(const pk_job *j)
 {
-    int p0 = (int)((long)j->np * part / j->parts), p1 = (int)((long)j->np * (part + 1) / j->parts);
-    if (p1 > p0)
+    for (;;) {
+        int p0 = __atomic_fetch_add(&pk_pool.next, j->chunk, __ATOMIC_RELAXED);
+        if (p0 >= j->np)
+            return;
+        int p1 = p0 + j->chunk < j->np ? p0 + j->chunk : j->np;
         pk_gemm(j->y, j->ldy, j->x, j->ldx, j->panels, j->rows, j->in, j->out, j->accumulate, p0, p1);
+    }
 }
 
 static void *pk_helper(void *arg)
@@ -357,12 +367,14 @@ static void *pk_helper(void *arg)
         while (pk_pool.generation == seen)
             pthread_cond_wait(&pk_pool.start, &pk_pool.lock);
         seen = pk_pool.generation;
+        if (!pk_pool.open)
+            continue; /* woke too late: the caller has done it all */
+        pk_pool.active++;
         pk_job job = pk_pool.job;
         pthread_mutex_unlock(&pk_pool.lock);
-        if (index < job.parts)
-            pk_run_part(&job, index);
+        pk_run_chunks(&job);
         pthread_mutex_lock(&pk_pool.lock);
-        if (--pk_pool.pending == 0)
+        if (--pk_pool.active == 0 && !pk_pool.open)
             pthread_cond_signal(&pk_pool.done);
     }
     return NULL;
@@ -398,29 +410,27 @@ void enc_linear_packed(float *y, int ldy, const float *x, int ldx, const float *
 #if defined(__x86_64__) && defined(__GNUC__)
     if (panels && enc_use_packed && enc_packed_supported() && rows > 0 && in > 0 && out > 0 &&
         rows <= enc_packed_max_rows) {
-        pk_job job = {y, x, panels, ldy, ldx, rows, in, out, accumulate, 1, (out + ENC_PANEL - 1) / ENC_PANEL};
-        /* Split only products worth a wake-up (~10 us): a few MFLOP and up. */
+        pk_job job = {y, x, panels, ldy, ldx, rows, in, out, accumulate, (out + ENC_PANEL - 1) / ENC_PANEL, 0};
+        /* Share only products worth a wake-up (~10 us): a few MFLOP and up. */
         int parts = __atomic_load_n(&pk_pool.wanted, __ATOMIC_RELAXED);
         if (parts > 1 && (double)rows * in * out >= 1 << 21 && job.np >= 2 &&
             pthread_mutex_trylock(&pk_pool.busy) == 0) {
             pthread_mutex_lock(&pk_pool.lock);
             parts = parts < pk_pool.helpers + 1 ? parts : pk_pool.helpers + 1;
-            parts = parts < job.np ? parts : job.np;
-            job.parts = parts;
-            if (parts > 1) {
-                pk_pool.job = job;
-                pk_pool.pending = pk_pool.helpers;
-                pk_pool.generation++;
-                pthread_cond_broadcast(&pk_pool.start);
-            }
+            /* about 4 chunks per thread: late helpers leave little to wait for */
+            job.chunk = job.np / (4 * parts) > 4 ? job.np / (4 * parts) : 4 < job.np ? 4 : 1;
+            pk_pool.job = job;
+            pk_pool.next = 0;
+            pk_pool.open = parts > 1;
+            pk_pool.generation++;
+            pthread_cond_broadcast(&pk_pool.start);
             pthread_mutex_unlock(&pk_pool.lock);
-            pk_run_part(&job, 0);
-            if (parts > 1) {
-                pthread_mutex_lock(&pk_pool.lock);
-                while (pk_pool.pending > 0)
-                    pthread_cond_wait(&pk_pool.done, &pk_pool.lock);
-                pthread_mutex_unlock(&pk_pool.lock);
-            }
+            pk_run_chunks(&job);
+            pthread_mutex_lock(&pk_pool.lock);
+            pk_pool.open = 0;
+            while (pk_pool.active > 0)
+                pthread_cond_wait(&pk_pool.done, &pk_pool.lock);
+            pthread_mutex_unlock(&pk_pool.lock);
             pthread_mutex_unlock(&pk_pool.busy);
             return;
         }
