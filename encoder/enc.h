@@ -1,11 +1,14 @@
 /* enc.h - the CLIP encoder: a checkpoint in the Hugging Face CLIPModel layout,
- * its vision and text towers, computed on OpenBLAS.
+ * its vision and text towers: matrix products on packed AVX-512 kernels where
+ * the CPU has them (weights packed once at load), OpenBLAS otherwise.
  *
  * Three kinds of object:
  *   enc_config  what config.json says (every field that shapes the network);
  *   enc_model   config + weights (model.safetensors mmapped read-only; tensors in
- *               F16/BF16 converted once at load into one heap arena) + tokenizer +
- *               preprocessing; immutable after open, shared by any number of threads;
+ *               F16/BF16 converted once at load into one heap arena; with AVX-512, a
+ *               packed copy of every linear weight, the originals madvised away) +
+ *               tokenizer + preprocessing; immutable after open, shared by any number
+ *               of threads;
  *   enc_run     per-thread run state: every activation buffer for up to max_batch
  *               images, preallocated, so a forward pass allocates nothing.
  *
@@ -157,9 +160,11 @@ int enc_encode_ids_batch(enc_run *r, const int32_t *const *ids, const int *n_ids
 int enc_encode_text(enc_run *r, const char *text, size_t len, float *embed,
                     int32_t *ids, int *n_ids);
 
-/* Threads OpenBLAS may use inside one forward pass (process-wide setting).  Use
- * 1 when several threads each run their own enc_run (the usual way to use
- * several cores for batches); use the core count for one latency-bound run. */
+/* Threads one forward pass may use (process-wide setting): OpenBLAS's threads
+ * and, on CPUs with AVX-512, the packed kernels' helper threads (started here,
+ * once, never during a forward pass; enc_kernels.c).  Use 1 when several
+ * threads each run their own enc_run (the usual way to use several cores for
+ * batches); use the core count for one latency-bound run. */
 void enc_set_threads(int n);
 
 /* v /= |v| (left unchanged if |v| == 0). */
