@@ -26,6 +26,7 @@
 
 #include <jansson.h>
 
+#include "../common.h"
 #include "enc.h"
 #include "umg_error.h"
 
@@ -41,35 +42,12 @@ typedef struct bench_args {
     double budget_s;
 } bench_args;
 
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
-/* CPU time of the calling thread: with OpenBLAS on one thread, the work of a
- * text query; unlike wall time it barely moves when other processes compete
- * for the cores (it still includes their cache and memory-bandwidth effects). */
-static double thread_cpu_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
-static int cmp_double(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
-
 /* Median, min and max of v[0..n) (sorts v). */
 typedef struct stats { double median, min, max; } stats;
 static stats stats_of(double *v, int n)
 {
-    qsort(v, (size_t)n, sizeof *v, cmp_double);
-    stats s = { n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2, v[0], v[n - 1] };
+    double median = bench_median(v, (size_t)n); /* sorts v first */
+    stats s = { median, v[0], v[n - 1] };
     return s;
 }
 
@@ -102,7 +80,7 @@ static void *worker_main(void *arg)
  * worker, it runs on the calling thread (OpenBLAS then uses its own threads). */
 static double images_repeat(worker *ws, int n_workers)
 {
-    double t0 = now_s();
+    double t0 = bench_now();
     if (n_workers == 1) {
         worker_main(&ws[0]);
     } else {
@@ -114,7 +92,7 @@ static double images_repeat(worker *ws, int n_workers)
         for (int i = 0; i < n_workers; i++)
             pthread_join(ws[i].tid, NULL);
     }
-    double dt = now_s() - t0;
+    double dt = bench_now() - t0;
     int images = 0;
     for (int i = 0; i < n_workers; i++) {
         if (ws[i].rc != 0)
@@ -331,12 +309,12 @@ static void print_stats(const char *name, stats s, const char *unit, int repeats
 int main(int argc, char **argv)
 {
     bench_args a = parse_args(argc, argv);
-    double t0 = now_s();
+    double t0 = bench_now();
     enc_model *m;
     int rc = enc_model_open(a.model_dir, &m);
     if (rc)
         die(a.model_dir, rc);
-    double load_s = now_s() - t0;
+    double load_s = bench_now() - t0;
     const enc_config *cfg = enc_model_config(m);
 
     check_result chk = { 0, 0, 0 };
@@ -382,24 +360,24 @@ int main(int argc, char **argv)
     if (!embed)
         die("malloc", UMG_ENOMEM);
     size_t qlen = strlen(a.query);
-    double tw = now_s();
+    double tw = bench_now();
     for (int w = 0; w < 3; w++)
         if ((rc = enc_encode_text(run, a.query, qlen, embed, ids, &n_ids)))
             die("enc_encode_text", rc);
     /* both calls per repeat: about 2x the warm-up's per-call time */
-    int text_repeats = (int)(a.budget_s / (2 * (now_s() - tw) / 3));
+    int text_repeats = (int)(a.budget_s / (2 * (bench_now() - tw) / 3));
     text_repeats = text_repeats < 5 ? 5 : text_repeats > a.text_repeats ? a.text_repeats : text_repeats;
     double ms[MAX_REPEATS], ms_ids[MAX_REPEATS], cpu_ms[MAX_REPEATS];
     for (int r = 0; r < text_repeats; r++) {
-        double t = now_s(), c = thread_cpu_s();
+        double t = bench_now(), c = bench_thread_cpu();
         rc = enc_encode_text(run, a.query, qlen, embed, ids, &n_ids);
-        ms[r] = (now_s() - t) * 1e3;
-        cpu_ms[r] = (thread_cpu_s() - c) * 1e3;
+        ms[r] = (bench_now() - t) * 1e3;
+        cpu_ms[r] = (bench_thread_cpu() - c) * 1e3;
         if (rc)
             die("enc_encode_text", rc);
-        t = now_s();
+        t = bench_now();
         rc = enc_encode_ids(run, ids, n_ids, embed);
-        ms_ids[r] = (now_s() - t) * 1e3;
+        ms_ids[r] = (bench_now() - t) * 1e3;
         if (rc)
             die("enc_encode_ids", rc);
     }

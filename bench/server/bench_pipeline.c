@@ -28,6 +28,7 @@
 #include <sys/stat.h>
 #include <time.h>
 
+#include "../common.h"
 #include "enc.h"
 #include "enc_image.h"
 #include "enc_regions.h"
@@ -58,18 +59,8 @@ static struct {
     double cpu_decode, cpu_pre, cpu_prop; /* ms, summed over photos */
 } g;
 
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-static double cpu_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
-    return (double)ts.tv_sec * 1e3 + ts.tv_nsec * 1e-6;
-}
+/* CPU milliseconds of the calling thread. */
+static double cpu_ms(void) { return bench_thread_cpu() * 1e3; }
 
 static void die(const char *what, int rc)
 {
@@ -258,7 +249,7 @@ int main(int argc, char **argv)
 
     struct rusage ru0, ru1;
     getrusage(RUSAGE_SELF, &ru0);
-    double t0 = now_s(), cpu_enc = 0, cpu_pool = 0;
+    double t0 = bench_now(), cpu_enc = 0, cpu_pool = 0;
     for (int w = 0; w < workers; w++) pthread_create(&th[w], NULL, stage1_main, NULL);
     int taken = 0, batches = 0, failed = 0, regions = 0;
     uint32_t sink = 0; /* keeps the float16 work from being optimized away */
@@ -304,7 +295,7 @@ int main(int argc, char **argv)
         cpu_enc += c1 - c0;
         batches++;
     }
-    double wall = now_s() - t0;
+    double wall = bench_now() - t0;
     for (int w = 0; w < workers; w++) pthread_join(th[w], NULL);
     getrusage(RUSAGE_SELF, &ru1);
 #define TV_S(tv) ((double)(tv).tv_sec + (tv).tv_usec * 1e-6)
