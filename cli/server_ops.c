@@ -189,7 +189,11 @@ int srv_ops_init(srv *s)
     }
     srv_text_batcher *b = &s->text;
     pthread_mutex_init(&b->mu, NULL);
-    pthread_cond_init(&b->cv, NULL);
+    pthread_condattr_t ca; /* the linger's deadline must not move with the wall clock */
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&b->cv, &ca);
+    pthread_condattr_destroy(&ca);
     b->inited = 1;
     int rc = enc_run_create(s->model, SRV_TEXT_BATCH, &b->run);
     if (rc) return rc;
@@ -1149,7 +1153,7 @@ static int text_encode(srv *s, const int32_t *ids, int n_ids, float *vec)
         if (s->cfg.text_batch_wait_us > 0 && b->waiting < SRV_TEXT_BATCH) {
             /* linger, tower reserved, until the batch is full or the wait is over */
             struct timespec until;
-            clock_gettime(CLOCK_REALTIME, &until);
+            clock_gettime(CLOCK_MONOTONIC, &until);
             long ns = until.tv_nsec + (long)s->cfg.text_batch_wait_us * 1000L;
             until.tv_sec += ns / 1000000000L;
             until.tv_nsec = ns % 1000000000L;
