@@ -1,0 +1,234 @@
+/* bench_open - how long db_open takes when a data directory's index
+ * snapshots are missing (deleted, or lost with a crash before the first
+ * checkpoint), against the normal open from the snapshots measured in the
+ * same run as the peer.
+ *
+ *   bench_open [--n 100000] [--dim 512] [--dir /tmp/umg_bench_open]
+ *              [--runs 3] [--peer-runs 3]
+ *
+ * Makes DIR once, unless it already holds N images: N images with one
+ * clustered random unit vector each (512 clusters, no regions) through
+ * db_put_images, then db_checkpoint, which trains the approximate index and
+ * writes the snapshots (minutes at 100,000 x 512 on a 2-core VM).  Then each
+ * run is a fresh process (--child) that times db_open and closes without a
+ * checkpoint: --peer-runs with the snapshots in place, --runs with
+ * images.faiss and regions.faiss moved aside (put back after each run).
+ * Prints one line per run and the medians; the LMDB pages are in the page
+ * cache after the first run (a restart's situation). */
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <math.h>
+#include <unistd.h>
+
+#include "../common.h"
+#include "db.h"
+#include "umg_error.h"
+
+static uint64_t rng = 0x9e3779b97f4a7c15ull;
+static double urand(void)
+{
+    rng ^= rng << 13, rng ^= rng >> 7, rng ^= rng << 17;
+    return ((rng >> 11) + 0.5) * (1.0 / 9007199254740992.0);
+}
+static float gauss(void)
+{
+    return (float)(sqrt(-2.0 * log(urand())) * cos(6.283185307179586 * urand()));
+}
+
+static void die(const char *what, int rc)
+{
+    fprintf(stderr, "bench_open: %s: %s: %s\n", what, umg_strerror(rc), umg_err_msg());
+    exit(1);
+}
+
+static void log_line(void *ud, int level, const char *msg)
+{
+    (void)ud, (void)level;
+    fprintf(stderr, "  [db] %s\n", msg);
+}
+
+static db_options options(int dim, const uint8_t *fp)
+{
+    db_options o = db_options_default();
+    o.fingerprint = fp;
+    o.model_name = "bench-open-random";
+    o.dim = dim;
+    o.log = log_line;
+    return o;
+}
+
+static const uint8_t FP[32] = { 0x0b, 0xe7 };
+
+/* Fresh process: "seconds image_factory index_images". */
+static int child(const char *dir, int dim)
+{
+    db_options o = options(dim, FP);
+    db_t *db;
+    double t0 = bench_now();
+    int rc = db_open(dir, &o, &db);
+    double t = bench_now() - t0;
+    if (rc)
+        die("open", rc);
+    db_stats st;
+    db_stats_get(db, &st);
+    printf("%.4f %s %llu\n", t, st.image_factory, (unsigned long long)st.index_images);
+    db_close(db);
+    return 0;
+}
+
+static void make_dir(const char *dir, size_t n, int dim)
+{
+    db_options o = options(dim, FP);
+    db_t *db;
+    int rc = db_open(dir, &o, &db);
+    if (rc)
+        die("create", rc);
+    db_stats st;
+    db_stats_get(db, &st);
+    if (st.images == n) {
+        fprintf(stderr, "bench_open: reusing %s (%zu images, %s)\n", dir, n, st.image_factory);
+        db_close(db);
+        return;
+    }
+    if (st.images)
+        fprintf(stderr, "bench_open: %s holds %llu images, not %zu: remove it first\n", dir,
+                (unsigned long long)st.images, n), exit(1);
+    const int nc = 512, batch = 1000;
+    float *centers = malloc(sizeof *centers * (size_t)nc * dim);
+    float *x = malloc(sizeof *x * (size_t)batch * dim);
+    db_image_in *ins = calloc(batch, sizeof *ins);
+    char (*paths)[40] = calloc(batch, 40);
+    if (!centers || !x || !ins || !paths)
+        die("memory", UMG_ENOMEM);
+    for (size_t i = 0; i < (size_t)nc * dim; i++)
+        centers[i] = gauss();
+    double t0 = bench_now();
+    for (size_t im = 0; im < n; im += batch) {
+        int nb = (int)(n - im < (size_t)batch ? n - im : (size_t)batch);
+        for (int b = 0; b < nb; b++) {
+            const float *c = centers + (size_t)(urand() * nc) % nc * dim;
+            float *v = x + (size_t)b * dim;
+            for (int j = 0; j < dim; j++)
+                v[j] = c[j] + 0.6f * gauss(); /* db_put_images normalizes */
+            db_image_in *in = &ins[b];
+            memset(in, 0, sizeof *in);
+            snprintf(paths[b], 40, "/bench-open/%zu.jpg", im + b);
+            in->path = paths[b];
+            size_t id = im + b;
+            memcpy(in->sha256, &id, sizeof id);
+            in->width = 640, in->height = 480;
+            in->vector = v;
+        }
+        if ((rc = db_put_images(db, ins, nb, NULL, NULL)))
+            die("put", rc);
+    }
+    double t_put = bench_now() - t0;
+    t0 = bench_now();
+    if ((rc = db_checkpoint(db)))
+        die("checkpoint", rc);
+    db_stats_get(db, &st);
+    fprintf(stderr, "bench_open: made %s: %zu images in %.1f s, checkpoint (%s) %.1f s\n", dir, n, t_put,
+            st.image_factory, bench_now() - t0);
+    db_close(db);
+    free(centers);
+    free(x);
+    free(ins);
+    free(paths);
+}
+
+/* Runs the child `runs` times; times into t.  Returns the last child's line. */
+static void timed_opens(const char *self, const char *dir, int dim, int runs, int aside, double *t, char *last,
+                        size_t lastlen)
+{
+    char cmd[1200], snap[700], moved[700];
+    static const char *const names[2] = { "images.faiss", "regions.faiss" };
+    for (int r = 0; r < runs; r++) {
+        for (int k = 0; k < 2 && aside; k++) {
+            snprintf(snap, sizeof snap, "%s/%s", dir, names[k]);
+            snprintf(moved, sizeof moved, "%s/%s.aside", dir, names[k]);
+            if (rename(snap, moved)) {
+                perror(snap);
+                exit(1);
+            }
+        }
+        snprintf(cmd, sizeof cmd, "'%s' --child 1 --dir '%s' --dim %d", self, dir, dim);
+        FILE *p = popen(cmd, "r");
+        char line[300] = "";
+        if (!p || !fgets(line, sizeof line, p) || sscanf(line, "%lf", &t[r]) != 1) {
+            fprintf(stderr, "bench_open: child failed\n");
+            exit(1);
+        }
+        pclose(p);
+        line[strcspn(line, "\n")] = '\0';
+        printf("  %s run %d: %s\n", aside ? "snapshots missing" : "with snapshots", r + 1, line);
+        snprintf(last, lastlen, "%s", line);
+        for (int k = 0; k < 2 && aside; k++) {
+            snprintf(snap, sizeof snap, "%s/%s", dir, names[k]);
+            snprintf(moved, sizeof moved, "%s/%s.aside", dir, names[k]);
+            if (rename(moved, snap)) {
+                perror(moved);
+                exit(1);
+            }
+        }
+    }
+}
+
+int main(int argc, char **argv)
+{
+    /* one thread each for OpenBLAS and FAISS's OpenMP (a shared 2-core
+     * machine; the server pins FAISS to one thread too); read at load time,
+     * hence the re-exec */
+    if (!getenv("OPENBLAS_NUM_THREADS") || !getenv("OMP_NUM_THREADS")) {
+        setenv("OPENBLAS_NUM_THREADS", "1", 0);
+        setenv("OMP_NUM_THREADS", "1", 0);
+        execv("/proc/self/exe", argv);
+    }
+    setvbuf(stdout, NULL, _IOLBF, 0);
+    size_t n = 100000;
+    int dim = 512, runs = 3, peer_runs = 3, is_child = 0;
+    const char *dir = "/tmp/umg_bench_open";
+    for (int i = 1; i + 1 < argc; i += 2) {
+        if (!strcmp(argv[i], "--n"))
+            n = strtoull(argv[i + 1], NULL, 10);
+        else if (!strcmp(argv[i], "--dim"))
+            dim = atoi(argv[i + 1]);
+        else if (!strcmp(argv[i], "--dir"))
+            dir = argv[i + 1];
+        else if (!strcmp(argv[i], "--runs"))
+            runs = atoi(argv[i + 1]);
+        else if (!strcmp(argv[i], "--peer-runs"))
+            peer_runs = atoi(argv[i + 1]);
+        else if (!strcmp(argv[i], "--child"))
+            is_child = atoi(argv[i + 1]);
+        else {
+            fprintf(stderr, "unknown option %s\n", argv[i]);
+            return 2;
+        }
+    }
+    if (is_child)
+        return child(dir, dim);
+    if (runs < 1 || peer_runs < 1 || n < 1 || dim < 1)
+        return 2;
+    char self[600];
+    ssize_t sl = readlink("/proc/self/exe", self, sizeof self - 1);
+    if (sl <= 0)
+        return 1;
+    self[sl] = '\0';
+    make_dir(dir, n, dim);
+    printf("bench_open: %s, %zu image vectors x %d\n", dir, n, dim);
+    double *tp = malloc(sizeof *tp * (size_t)peer_runs), *tm = malloc(sizeof *tm * (size_t)runs);
+    char last_peer[300], last_missing[300];
+    timed_opens(self, dir, dim, peer_runs, 0, tp, last_peer, sizeof last_peer);
+    timed_opens(self, dir, dim, runs, 1, tm, last_missing, sizeof last_missing);
+    double mp = bench_median(tp, (size_t)peer_runs), mm = bench_median(tm, (size_t)runs);
+    char fpeer[130] = "?", fmissing[130] = "?";
+    sscanf(last_peer, "%*f %129s", fpeer);
+    sscanf(last_missing, "%*f %129s", fmissing);
+    printf("median db_open: with snapshots %.4f s (%d runs, image index %s); snapshots missing %.4f s (%d runs, "
+           "image index %s); ratio %.1fx\n", mp, peer_runs, fpeer, mm, runs, fmissing, mm / mp);
+    free(tp);
+    free(tm);
+    return 0;
+}
