@@ -608,24 +608,40 @@ void db_cancel_builds(db_t *db)
         __atomic_store_n(&db->cancel_builds, 1, __ATOMIC_RELAXED);
 }
 
-/* Build an index of `kind` from every stored vector visible in txn.  The
- * FAISS training call itself cannot be interrupted; db_cancel_builds stops
- * the build before and after it and between batches of adds. */
-static int build_index(db_t *db, MDB_txn *txn, int kind, idx_index **out)
+static double mono_s(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + t.tv_nsec * 1e-9;
+}
+
+static const char *kind_name(int kind) { return kind ? "region" : "image"; }
+
+/* Create an empty index of factory; a factory FAISS rejects is logged and
+ * replaced by the exact one for good (no_switch: not retried). */
+static int create_or_exact(db_t *db, int kind, const char *factory, idx_index **ix)
+{
+    int rc = idx_create(db->dim, factory, ix);
+    if (rc && strcmp(factory, IDX_FACTORY_EXACT)) {
+        db_logf(db, DB_LOG_WARN, "index type %s unusable (%s); using %s", factory, umg_err_msg(),
+                IDX_FACTORY_EXACT);
+        rc = idx_create(db->dim, IDX_FACTORY_EXACT, ix);
+        db->no_switch[kind] = 1;
+    }
+    return rc;
+}
+
+/* Build an index of `kind` made by factory from every stored vector visible
+ * in txn.  The FAISS training call itself cannot be interrupted;
+ * db_cancel_builds stops the build before and after it and between batches
+ * of adds. */
+static int build_index(db_t *db, MDB_txn *txn, int kind, const char *factory, idx_index **out)
 {
     *out = NULL;
     int dim = db->dim;
     uint64_t n = vec_count(db, txn, kind);
-    char fbuf[128];
-    const char *factory = wanted_factory(db, kind, n, fbuf, sizeof fbuf);
     idx_index *ix = NULL;
-    int rc = idx_create(dim, factory, &ix);
-    if (rc && strcmp(factory, IDX_FACTORY_EXACT)) {
-        db_logf(db, DB_LOG_WARN, "index type %s unusable (%s); using %s", factory, umg_err_msg(),
-                IDX_FACTORY_EXACT);
-        rc = idx_create(dim, IDX_FACTORY_EXACT, &ix);
-        db->no_switch[kind] = 1;
-    }
+    int rc = create_or_exact(db, kind, factory, &ix);
     if (rc)
         return rc;
     idx_set_nprobe(ix, db->nprobe);
@@ -659,6 +675,7 @@ static int build_index(db_t *db, MDB_txn *txn, int kind, idx_index **out)
                 from_f16(v.mv_data, dim, x + (size_t)dim * t++);
         mdb_cursor_close(cur);
         cur = NULL;
+        double t0 = mono_s();
         rc = idx_train(ix, (int64_t)t, x);
         free(x);
         x = NULL;
@@ -666,6 +683,8 @@ static int build_index(db_t *db, MDB_txn *txn, int kind, idx_index **out)
             rc = build_cancel_err();
         if (rc)
             goto out;
+        db_logf(db, DB_LOG_INFO, "%s index %s: trained on %llu vectors in %.1f s; adding %llu", kind_name(kind),
+                idx_factory(ix), (unsigned long long)t, mono_s() - t0, (unsigned long long)n);
     }
     x = malloc(sizeof *x * (size_t)dim * batch);
     ids = malloc(sizeof *ids * batch);
@@ -708,8 +727,9 @@ out:
     return rc;
 }
 
-/* Replay log entries after `from` into ix (txn sees the current state). */
-static int replay_log(db_t *db, MDB_txn *txn, int kind, idx_index *ix, uint64_t from)
+/* Replay log entries after `from` into ix (txn sees the current state);
+ * *entries (may be NULL) gets how many entries of `kind` there were. */
+static int replay_log(db_t *db, MDB_txn *txn, int kind, idx_index *ix, uint64_t from, size_t *entries)
 {
     MDB_cursor *cur;
     int rc = mdb_cursor_open(txn, db->dbi[D_LOG], &cur);
@@ -735,6 +755,8 @@ static int replay_log(db_t *db, MDB_txn *txn, int kind, idx_index *ix, uint64_t 
     mdb_cursor_close(cur);
     if (rc == MDB_NOTFOUND)
         rc = 0;
+    if (entries)
+        *entries = dels.n + adds.n;
     if (!rc && dels.n)
         rc = idx_remove(ix, (int64_t)dels.n, (const int64_t *)dels.v, NULL);
     float *x = NULL;
@@ -804,7 +826,7 @@ static int index_open(db_t *db, int kind)
         why = "configured index type changed";
     } else {
         idx_set_nprobe(ix, db->nprobe);
-        rc = replay_log(db, txn, kind, ix, seq);
+        rc = replay_log(db, txn, kind, ix, seq, NULL);
         if (rc) {
             snprintf(reason, sizeof reason, "log replay failed: %s", umg_err_msg());
             why = reason;
@@ -817,10 +839,35 @@ static int index_open(db_t *db, int kind)
     if (rc == UMG_ENOENT || why) {
         idx_close(ix);
         ix = NULL;
+        /* An approximate index takes minutes to train and fill at 100,000+
+         * vectors, and the open would block for all of it: load the vectors
+         * into an exact index instead (a copy of the stored vectors: about a
+         * second at 100,000 x 512), serve from it at once, and leave the
+         * approximate build to a checkpoint (needs_build: an exact index past
+         * the threshold), which the server runs in the background and swaps in. */
+        char fbuf[128];
+        const char *factory = wanted_factory(db, kind, want, fbuf, sizeof fbuf);
+        int deferred = 0;
+        if (!idx_factory_is_exact(factory)) {
+            idx_index *probe = NULL; /* an unusable factory is reported now, not at the checkpoint */
+            if (!create_or_exact(db, kind, factory, &probe) && !idx_is_exact(probe))
+                deferred = 1;
+            idx_close(probe);
+            factory = IDX_FACTORY_EXACT;
+        }
         if (why)
-            db_logf(db, DB_LOG_WARN, "%s: %s; rebuilding the %s index from %llu stored vectors",
-                    path, why, kind ? "region" : "image", (unsigned long long)want);
-        rc = build_index(db, txn, kind, &ix);
+            db_logf(db, DB_LOG_WARN, "%s: %s; rebuilding the %s index from %llu stored vectors%s", path, why,
+                    kind_name(kind), (unsigned long long)want, deferred ? " into an exact index" : "");
+        double t0 = mono_s();
+        rc = build_index(db, txn, kind, factory, &ix);
+        if (!rc && deferred && db->read_only)
+            db_logf(db, DB_LOG_WARN, "%s index: %llu vectors loaded into an exact index (%s) in %.2f s; searches "
+                    "are exact (slower at this size): a read-only open builds no %s", kind_name(kind),
+                    (unsigned long long)want, IDX_FACTORY_EXACT, mono_s() - t0, fbuf);
+        else if (!rc && deferred)
+            db_logf(db, DB_LOG_WARN, "%s index: %llu vectors loaded into an exact index (%s) in %.2f s; searches "
+                    "are exact (slower at this size) until a checkpoint builds %s", kind_name(kind),
+                    (unsigned long long)want, IDX_FACTORY_EXACT, mono_s() - t0, fbuf);
         seq = 0; /* nothing on disk covers it yet */
     }
     rtxn_end(db, txn);
@@ -1753,27 +1800,39 @@ static int rebuild_online(db_t *db, int kind)
     int rc = rtxn_begin(db, &txn);
     if (rc)
         return rc;
+    double t0 = mono_s();
     uint64_t seq = 0;
     meta_get_u64(db, txn, "seq", &seq);
+    uint64_t n = vec_count(db, txn, kind);
+    char want[128];
+    wanted_factory(db, kind, n, want, sizeof want);
     idx_index *nix = NULL;
-    rc = build_index(db, txn, kind, &nix);
+    rc = build_index(db, txn, kind, want, &nix);
     rtxn_end(db, txn);
     if (rc)
         return rc;
+    size_t caught_up = 0;
     pthread_mutex_lock(&db->wmutex);
     if ((rc = rtxn_begin(db, &txn)) == 0) {
-        rc = replay_log(db, txn, kind, nix, seq);
+        /* the writes committed during the build; the log up to here is kept
+         * while a build runs (see db_checkpoint_ex) */
+        rc = replay_log(db, txn, kind, nix, seq, &caught_up);
         rtxn_end(db, txn);
     }
     if (!rc) {
+        char was[128];
         pthread_rwlock_wrlock(&db->ixlock); /* waits for running searches */
         idx_index *old = db->ix[kind];
+        snprintf(was, sizeof was, "%s", idx_factory(old));
         db->ix[kind] = nix;
         db->ix_gen[kind]++;
         db->stale[kind] = 0;
-        nix = NULL;
         pthread_rwlock_unlock(&db->ixlock);
         idx_close(old);
+        db_logf(db, DB_LOG_INFO, "%s index %s: built from %llu stored vectors in %.1f s, caught up with %zu log "
+                "entries written meanwhile; it replaces the %s index", kind_name(kind), idx_factory(nix),
+                (unsigned long long)n, mono_s() - t0, caught_up, was);
+        nix = NULL;
     }
     pthread_mutex_unlock(&db->wmutex);
     idx_close(nix);
@@ -1889,30 +1948,47 @@ int db_checkpoint_ex(db_t *db, int flags)
                     continue;
             }
         }
-        /* the index must not change between reading seq and serializing it */
+        /* The index must not change between reading seq and serializing it:
+         * both under the writer mutex.  Writing the serialized copy to disk
+         * (seconds for an exact index of 100,000+ vectors) does not need it,
+         * so ingest goes on meanwhile; ckmutex keeps the writes of snapshots
+         * to one at a time and in the order their copies were taken. */
         pthread_mutex_lock(&db->wmutex);
         MDB_txn *txn;
-        uint64_t seq = 0;
+        uint64_t seq = 0, gen = db->ix_gen[kind];
+        idx_snapshot *snap = NULL;
         if (!(rc = rtxn_begin(db, &txn))) {
             meta_get_u64(db, txn, "seq", &seq);
             rtxn_end(db, txn);
             /* the same index, unchanged since its snapshot (a session that only
              * searched, or a stop that leaves a build for later): nothing to write */
-            if (seq != 0 && seq == db->snap_seq[kind] && db->snap_gen[kind] == db->ix_gen[kind]) {
+            if (seq != 0 && seq == db->snap_seq[kind] && db->snap_gen[kind] == gen) {
                 pthread_mutex_unlock(&db->wmutex);
                 continue;
             }
-            char path[DB_MAX_PATH + 32];
-            snap_path(db, kind, path, sizeof path);
-            rc = idx_save(db->ix[kind], path, seq);
-            if (!rc) {
-                __atomic_store_n(&db->snap_seq[kind], seq, __ATOMIC_RELAXED); /* read by db_stats_get */
-                db->snap_gen[kind] = db->ix_gen[kind];
-            }
+            rc = idx_snapshot_take(db->ix[kind], seq, &snap);
         }
         pthread_mutex_unlock(&db->wmutex);
+        if (!rc) {
+            char path[DB_MAX_PATH + 32];
+            snap_path(db, kind, path, sizeof path);
+            rc = idx_snapshot_write(snap, path);
+        }
+        idx_snapshot_free(snap);
+        if (!rc) {
+            /* a build's swap meanwhile bumped ix_gen past gen: that index is
+             * still to be written, which the next checkpoint sees */
+            pthread_mutex_lock(&db->wmutex);
+            __atomic_store_n(&db->snap_seq[kind], seq, __ATOMIC_RELAXED); /* read by db_stats_get */
+            db->snap_gen[kind] = gen;
+            pthread_mutex_unlock(&db->wmutex);
+        }
     }
-    if (!rc) {
+    /* A build running in another checkpoint catches up from the log entries
+     * after its read snapshot, which may be older than these snapshots:
+     * pruning them now would lose those writes from the index it swaps in.
+     * Its own checkpoint prunes when it is done. */
+    if (!rc && !db->building[0] && !db->building[1]) {
         prune_ctx p = { db->snap_seq[0] < db->snap_seq[1] ? db->snap_seq[0] : db->snap_seq[1] };
         pthread_mutex_lock(&db->wmutex);
         rc = write_txn(db, prune_fn, &p, "pruning the log");

@@ -479,40 +479,64 @@ static int fsync_dir_of(const char *path)
     return rc;
 }
 
-int idx_save(idx_index *ix, const char *path, uint64_t seq)
-{
+struct idx_snapshot {
+    unsigned char hdr[SNAP_FIXED + sizeof ((idx_index *)0)->factory];
+    size_t hlen;
     char *payload;
     size_t plen;
+};
+
+int idx_snapshot_take(idx_index *ix, uint64_t seq, idx_snapshot **out)
+{
+    *out = NULL;
+    idx_snapshot *s = calloc(1, sizeof *s);
+    if (!s)
+        return umg_err_set(UMG_ENOMEM, "snapshot");
     int64_t ntotal;
-    int rc = serialize(ix, &payload, &plen, &ntotal);
-    if (rc)
+    int rc = serialize(ix, &s->payload, &s->plen, &ntotal);
+    if (rc) {
+        free(s);
         return rc;
+    }
     size_t flen = strlen(ix->factory);
-    unsigned char hdr[SNAP_FIXED + sizeof ix->factory];
-    unsigned char *p = hdr;
+    unsigned char *p = s->hdr;
     memcpy(p, SNAP_MAGIC, 8), p += 8;
     put_u32(p, SNAP_VERSION), p += 4;
     put_u32(p, (uint32_t)ix->dim), p += 4;
     put_u64(p, seq), p += 8;
     put_u64(p, (uint64_t)ntotal), p += 8;
-    put_u64(p, plen), p += 8;
-    put_u64(p, fnv1a64((unsigned char *)payload, plen)), p += 8;
+    put_u64(p, s->plen), p += 8;
+    p += 8; /* the checksum: idx_snapshot_write computes it, outside the caller's locks */
     put_u32(p, (uint32_t)flen), p += 4;
     memcpy(p, ix->factory, flen), p += flen;
+    s->hlen = (size_t)(p - s->hdr);
+    *out = s;
+    return 0;
+}
 
+void idx_snapshot_free(idx_snapshot *s)
+{
+    if (!s)
+        return;
+    free(s->payload);
+    free(s);
+}
+
+int idx_snapshot_write(idx_snapshot *s, const char *path)
+{
+    put_u64(s->hdr + 40, fnv1a64((unsigned char *)s->payload, s->plen));
     size_t tlen = strlen(path) + 5;
     char *tmp = malloc(tlen);
-    if (!tmp) {
-        free(payload);
+    if (!tmp)
         return umg_err_set(UMG_ENOMEM, "path");
-    }
     snprintf(tmp, tlen, "%s.tmp", path);
+    int rc = 0;
     int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
     if (fd < 0) {
         rc = umg_err_set(umg_err_from_errno(errno), "%s: %s", tmp, strerror(errno));
         goto out;
     }
-    if (write_all(fd, hdr, (size_t)(p - hdr)) || write_all(fd, payload, plen) || fsync(fd)) {
+    if (write_all(fd, s->hdr, s->hlen) || write_all(fd, s->payload, s->plen) || fsync(fd)) {
         rc = umg_err_set(umg_err_from_errno(errno), "%s: write: %s", tmp, strerror(errno));
         close(fd);
         unlink(tmp);
@@ -531,7 +555,17 @@ int idx_save(idx_index *ix, const char *path, uint64_t seq)
     rc = fsync_dir_of(path);
 out:
     free(tmp);
-    free(payload);
+    return rc;
+}
+
+int idx_save(idx_index *ix, const char *path, uint64_t seq)
+{
+    idx_snapshot *s;
+    int rc = idx_snapshot_take(ix, seq, &s);
+    if (rc)
+        return rc;
+    rc = idx_snapshot_write(s, path);
+    idx_snapshot_free(s);
     return rc;
 }
 

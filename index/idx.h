@@ -105,6 +105,19 @@ int idx_search_rerank(idx_index *ix, const float *query, int k, int candidates,
  * writes without the lock.  UMG_ENOSPC / UMG_EPERM / UMG_EIO name the path; a
  * failed save leaves the previous snapshot intact. */
 int idx_save(idx_index *ix, const char *path, uint64_t seq);
+/* idx_save in two steps, so that a caller can hold its own locks only while
+ * the index must not change: idx_snapshot_take serializes the index (held
+ * shared) and the header recording seq into a heap copy that no longer
+ * depends on ix; idx_snapshot_write computes the checksum and writes it
+ * atomically as idx_save does (PATH.tmp, fsync, rename, directory fsync).
+ * Two writes to the same path must not run at once (they share PATH.tmp).
+ * idx_snapshot_free is NULL-safe; the copy is as large as the index's
+ * serialization (its dim x 4 bytes per vector when exact). */
+typedef struct idx_snapshot idx_snapshot;
+int idx_snapshot_take(idx_index *ix, uint64_t seq, idx_snapshot **out);
+int idx_snapshot_write(idx_snapshot *s, const char *path);
+void idx_snapshot_free(idx_snapshot *s);
+
 /* Load a snapshot.  UMG_ENOENT if absent; UMG_EFORMAT (with the reason) for a
  * truncated, garbage or checksum-failing file or a dimension other than
  * dim; UMG_EINDEX if FAISS rejects the payload. */

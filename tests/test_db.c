@@ -9,7 +9,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <fcntl.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "db.h"
@@ -33,14 +35,35 @@ typedef struct fixture {
     char data[300];
     int log_lines;
     char last_log[768];
+    char all_log[8192];   /* every line since the last clear, '\n'-separated (truncated) */
+    /* build gate: when armed, the build that logs "trained on" (an index
+     * build in db_checkpoint, after training, before its adds and its
+     * catch-up from the log) waits there until released */
+    pthread_mutex_t gate_mu;
+    pthread_cond_t gate_cv;
+    int gate_armed, gate_in_build, gate_release;
 } fixture;
 
 static void count_log(void *ud, int level, const char *msg)
 {
     fixture *f = ud;
     (void)level;
+    pthread_mutex_lock(&f->gate_mu);
     f->log_lines++;
     snprintf(f->last_log, sizeof f->last_log, "%s", msg);
+    size_t used = strlen(f->all_log);
+    snprintf(f->all_log + used, sizeof f->all_log - used, "%s\n", msg);
+    if (f->gate_armed && strstr(msg, "trained on")) {
+        f->gate_in_build = 1;
+        pthread_cond_broadcast(&f->gate_cv);
+        struct timespec dl;
+        clock_gettime(CLOCK_REALTIME, &dl);
+        dl.tv_sec += 60; /* never hang the suite on a broken test */
+        while (!f->gate_release)
+            if (pthread_cond_timedwait(&f->gate_cv, &f->gate_mu, &dl))
+                break;
+    }
+    pthread_mutex_unlock(&f->gate_mu);
 }
 
 static int setup(void **state)
@@ -48,6 +71,8 @@ static int setup(void **state)
     fixture *f = calloc(1, sizeof *f);
     if (!tu_mkdtemp(f->dir, sizeof f->dir, "umg_test_db_"))
         return -1;
+    pthread_mutex_init(&f->gate_mu, NULL);
+    pthread_cond_init(&f->gate_cv, NULL);
     snprintf(f->data, sizeof f->data, "%s/data", f->dir);
     *state = f;
     return 0;
@@ -56,6 +81,8 @@ static int teardown(void **state)
 {
     fixture *f = *state;
     tu_rm_rf(f->dir);
+    pthread_mutex_destroy(&f->gate_mu);
+    pthread_cond_destroy(&f->gate_cv);
     free(f);
     return 0;
 }
@@ -666,6 +693,191 @@ static void test_checkpoint_no_build(void **state)
     db_close(db);
 }
 
+static uint64_t top1(db_t *db, const float *q)
+{
+    db_hit h[1];
+    int n = 0;
+    assert_int_equal(db_search(db, DB_KIND_IMAGE, q, NULL, h, 1, &n), 0);
+    assert_int_equal(n, 1);
+    return h[0].id;
+}
+
+typedef struct ck_thread {
+    db_t *db;
+    int rc;
+} ck_thread;
+
+static void *run_checkpoint(void *arg)
+{
+    ck_thread *c = arg;
+    c->rc = db_checkpoint(c->db);
+    return NULL;
+}
+
+/* Issue 4: an open whose snapshot is missing, past the approximate
+ * threshold, used to train the approximate index inside db_open (minutes at
+ * 100,000+ vectors, before the server answers anything).  Now it loads the
+ * stored vectors into an exact index, serves from it, and the checkpoint
+ * builds the approximate index from a read snapshot and swaps it in; writes
+ * and deletes made during the build are caught up from the log, also when
+ * another checkpoint (a stop's NO_BUILD one) wrote snapshots meanwhile (it
+ * must not prune the log the build still needs). */
+static void test_open_without_snapshot_serves_exact(void **state)
+{
+    fixture *f = *state;
+    db_options o = opts_for(f);
+    o.approx_threshold = 600;
+    o.nprobe = 256; /* every list: only PQ + re-rank decide */
+    db_t *db = open_ok(f, &o);
+    const ivf_images *im = put_ivf_images(db, "/snapless/");
+    assert_int_equal(db_checkpoint(db), 0);
+    assert_image_factory(db, "IVF256,PQ4np");
+    db_close(db);
+    char snap[400];
+    snprintf(snap, sizeof snap, "%s/images.faiss", f->data);
+    assert_int_equal(unlink(snap), 0);
+
+    f->all_log[0] = '\0';
+    db = open_ok(f, &o);
+    /* no training in the open: the exact index, holding every stored vector */
+    assert_image_factory(db, "Flat");
+    assert_counts(db, N_IVF, 0);
+    assert_null(strstr(f->all_log, "trained on"));
+    assert_non_null(strstr(f->all_log, "no snapshot; rebuilding the image index from 700 stored vectors"));
+    assert_non_null(strstr(f->all_log, "until a checkpoint builds IVF256,PQ4np"));
+    assert_int_equal(db_build_pending(db), 1);
+    for (int i = 0; i < N_IVF; i += 35)
+        assert_int_equal(top1(db, im->bufs[i].vecs[0]), im->ids[i]);
+
+    /* the build, held after its training (its read snapshot is taken) */
+    pthread_mutex_lock(&f->gate_mu);
+    f->gate_armed = 1;
+    pthread_mutex_unlock(&f->gate_mu);
+    ck_thread ck = { db, -1 };
+    pthread_t t;
+    assert_int_equal(pthread_create(&t, NULL, run_checkpoint, &ck), 0);
+    pthread_mutex_lock(&f->gate_mu);
+    struct timespec dl;
+    clock_gettime(CLOCK_REALTIME, &dl);
+    dl.tv_sec += 60;
+    while (!f->gate_in_build)
+        if (pthread_cond_timedwait(&f->gate_cv, &f->gate_mu, &dl))
+            break;
+    int in_build = f->gate_in_build;
+    pthread_mutex_unlock(&f->gate_mu);
+    if (!in_build) {
+        pthread_join(t, NULL);
+        fail_msg("the checkpoint never trained an index; log:\n%s", f->all_log);
+    }
+
+    /* meanwhile: a write and a delete, served at once by the exact index */
+    img_buf late;
+    make_image(&late, "/snapless/late.jpg", 0);
+    uint64_t late_id = 0;
+    assert_int_equal(db_put_image(db, &late.in, &late_id, NULL), 0);
+    uint64_t gone = im->ids[5];
+    assert_int_equal(db_delete_image(db, gone), 0);
+    assert_image_factory(db, "Flat");
+    assert_int_equal(top1(db, late.vecs[0]), late_id);
+    assert_true(top1(db, im->bufs[5].vecs[0]) != gone);
+    /* a stop's checkpoint while the build runs: snapshots of the exact index, log kept */
+    assert_int_equal(db_checkpoint_ex(db, DB_CHECKPOINT_NO_BUILD), 0);
+
+    pthread_mutex_lock(&f->gate_mu);
+    f->gate_release = 1;
+    f->gate_armed = 0;
+    pthread_cond_broadcast(&f->gate_cv);
+    pthread_mutex_unlock(&f->gate_mu);
+    pthread_join(t, NULL);
+    if (ck.rc)
+        fail_msg("checkpoint: %s: %s", umg_strerror(ck.rc), umg_err_msg());
+
+    /* swapped in, caught up: the write found, the delete gone, counts equal */
+    assert_image_factory(db, "IVF256,PQ4np");
+    assert_int_equal(top1(db, late.vecs[0]), late_id);
+    assert_true(top1(db, im->bufs[5].vecs[0]) != gone);
+    assert_counts(db, N_IVF, 0);
+    assert_int_equal(db_build_pending(db), 0);
+    for (int i = 0; i < N_IVF; i += 35)
+        if (i != 5)
+            assert_int_equal(top1(db, im->bufs[i].vecs[0]), im->ids[i]);
+    assert_non_null(strstr(f->all_log, "caught up with 2 log entries written meanwhile; it replaces the Flat index"));
+    db_close(db);
+
+    /* the checkpoint after the swap wrote the approximate snapshot, with the write */
+    db = reopen_from_snapshots(f, &o);
+    assert_image_factory(db, "IVF256,PQ4np");
+    assert_counts(db, N_IVF, 0);
+    assert_int_equal(top1(db, late.vecs[0]), late_id);
+    db_close(db);
+}
+
+typedef struct put_thread {
+    db_t *db;
+    const db_image_in *in;
+    int rc;
+    int done; /* atomic */
+} put_thread;
+
+static void *run_put(void *arg)
+{
+    put_thread *p = arg;
+    p->rc = db_put_image(p->db, p->in, NULL, NULL);
+    __atomic_store_n(&p->done, 1, __ATOMIC_RELEASE);
+    return NULL;
+}
+
+/* Issue 4: writing a snapshot to disk (seconds for an exact index of
+ * 100,000+ vectors) used to hold the writer mutex, stalling ingest.  Here
+ * the snapshot's temporary file is a FIFO that this test reads only later,
+ * so the write blocks in the middle; a put must complete meanwhile. */
+static void test_snapshot_write_does_not_block_writers(void **state)
+{
+    fixture *f = *state;
+    db_options o = opts_for(f);
+    db_t *db = open_ok(f, &o);
+    put_ivf_images(db, "/fifo/"); /* ~95 KB of exact index: more than a pipe holds */
+    char tmp[400];
+    snprintf(tmp, sizeof tmp, "%s/images.faiss.tmp", f->data);
+    assert_int_equal(mkfifo(tmp, 0600), 0);
+    ck_thread ck = { db, -1 };
+    pthread_t tc, tp;
+    assert_int_equal(pthread_create(&tc, NULL, run_checkpoint, &ck), 0);
+    int fd = open(tmp, O_RDONLY); /* returns once the checkpoint opened it for writing */
+    assert_true(fd >= 0);
+
+    img_buf b;
+    make_image(&b, "/fifo/during.jpg", 0);
+    put_thread pt = { db, &b.in, -1, 0 };
+    assert_int_equal(pthread_create(&tp, NULL, run_put, &pt), 0);
+    int done = 0;
+    for (int i = 0; i < 1000 && !(done = __atomic_load_n(&pt.done, __ATOMIC_ACQUIRE)); i++)
+        usleep(10000); /* up to 10 s */
+
+    char buf[4096];
+    size_t got = 0;
+    for (ssize_t r; (r = read(fd, buf, sizeof buf)) > 0;)
+        got += (size_t)r;
+    close(fd);
+    pthread_join(tc, NULL);
+    pthread_join(tp, NULL);
+    assert_true(done); /* the put finished while the snapshot write was blocked */
+    assert_int_equal(pt.rc, 0);
+    assert_true(got > 65536);
+    /* a FIFO cannot be fsynced: this checkpoint failed, its temporary file is gone */
+    assert_true(ck.rc != 0);
+    assert_int_equal(access(tmp, F_OK), -1);
+
+    assert_int_equal(db_checkpoint(db), 0);
+    db_close(db);
+    db = reopen_from_snapshots(f, &o);
+    assert_counts(db, N_IVF + 1, 0);
+    uint64_t id;
+    assert_int_equal(db_find_path(db, "/fifo/during.jpg", &id), 0);
+    assert_int_equal(top1(db, b.vecs[0]), id);
+    db_close(db);
+}
+
 int main(int argc, char **argv)
 {
     (void)argc;
@@ -682,6 +894,8 @@ int main(int argc, char **argv)
         cmocka_unit_test_setup_teardown(test_auto_approximate, setup, teardown),
         cmocka_unit_test_setup_teardown(test_searches_never_retrain, setup, teardown),
         cmocka_unit_test_setup_teardown(test_checkpoint_no_build, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_open_without_snapshot_serves_exact, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_snapshot_write_does_not_block_writers, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
