@@ -62,6 +62,8 @@ static void usage(FILE *out)
             "  --dump-pixels OUT     write the preprocessed float32 [3,H,W] input (one image only)\n"
             "  --batch N             images per forward pass (default 16)\n"
             "  --threads T           threads (default: the number of CPUs)\n"
+            "  --precision P         fp32 (default: exact) or fp16 (faster, approximate; needs\n"
+            "                        AVX512-FP16; see docs/benchmarks.md)\n"
             "  -h, --help            this text\n");
 }
 
@@ -184,11 +186,12 @@ int cmd_embed(int argc, char **argv)
         {"model", required_argument, NULL, 'm'},   {"image", required_argument, NULL, 'i'},
         {"text", required_argument, NULL, 't'},    {"patches", no_argument, NULL, 'p'},
         {"dump-pixels", required_argument, NULL, 'd'}, {"batch", required_argument, NULL, 'b'},
-        {"threads", required_argument, NULL, 'j'}, {"help", no_argument, NULL, 'h'},
-        {NULL, 0, NULL, 0},
+        {"threads", required_argument, NULL, 'j'}, {"precision", required_argument, NULL, 'P'},
+        {"help", no_argument, NULL, 'h'},          {NULL, 0, NULL, 0},
     };
     long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
     struct embed_opts o = {.batch = 16, .threads = ncpu < 1 ? 1 : ncpu > 64 ? 64 : (int)ncpu};
+    enc_model_options mopt = {.precision = ENC_PRECISION_FP32};
     struct input *inputs = calloc((size_t)argc, sizeof *inputs);
     if (!inputs) {
         fprintf(stderr, "umgdb embed: out of memory\n");
@@ -217,6 +220,13 @@ int cmd_embed(int argc, char **argv)
         case 'j':
             if (parse_int(optarg, 1, 256, &o.threads)) {
                 fprintf(stderr, "umgdb embed: --threads wants an integer in [1, 256], not '%s'\n", optarg);
+                free(inputs);
+                return 2;
+            }
+            break;
+        case 'P':
+            if (enc_precision_parse(optarg, &mopt.precision)) {
+                fprintf(stderr, "umgdb embed: --precision wants fp32 or fp16, not '%s'\n", optarg);
                 free(inputs);
                 return 2;
             }
@@ -254,7 +264,7 @@ int cmd_embed(int argc, char **argv)
     }
 
     enc_model *m = NULL;
-    int rc = enc_model_open(o.model_dir, &m);
+    int rc = enc_model_open_ex(o.model_dir, &mopt, &m);
     if (rc) {
         fprintf(stderr, "umgdb embed: %s\n", umg_err_msg());
         free(inputs);

@@ -68,6 +68,24 @@ typedef struct enc_model enc_model;
 int enc_model_open(const char *dir, enc_model **out);
 void enc_model_close(enc_model *m); /* NULL-safe */
 
+/* Arithmetic of the matrix products.  FP32 (the default) is the exact path,
+ * checked against the reference.  FP16 (opt-in, CPUs with AVX512-FP16) keeps the
+ * weights as half floats and multiplies in half within slices of 128 inputs,
+ * summing the slices in fp32 (enc_kernels.h): about 1.7x the arithmetic rate, half
+ * the packed weights' memory, and embeddings that differ from fp32 by a cosine
+ * of about 1e-5..1e-4 (measured in test_model and docs/benchmarks.md).  Everything
+ * else (layer norms, attention, activations) stays fp32. */
+enum enc_precision { ENC_PRECISION_FP32 = 0, ENC_PRECISION_FP16 = 1 };
+typedef struct enc_model_options {
+    int precision; /* enum enc_precision */
+} enc_model_options;
+/* enc_model_open with options (NULL: the defaults).  FP16 on a CPU without
+ * AVX512-FP16: UMG_EINVAL saying so. */
+int enc_model_open_ex(const char *dir, const enc_model_options *opt, enc_model **out);
+int enc_model_precision(const enc_model *m);           /* enum enc_precision */
+const char *enc_precision_name(int precision);        /* "fp32", "fp16"; static */
+int enc_precision_parse(const char *name, int *precision); /* UMG_EINVAL if unknown */
+
 const enc_config *enc_model_config(const enc_model *m);
 const enc_preproc *enc_model_preproc(const enc_model *m);
 const enc_tokenizer *enc_model_tokenizer(const enc_model *m);

@@ -206,6 +206,44 @@ void enc_pack_weights(float *panels, const float *w, int in, int out)
     }
 }
 
+int enc_packed_h_supported(void)
+{
+#if defined(__x86_64__) && defined(__GNUC__) && __GNUC__ >= 12
+    static int cached = -1;
+    if (cached < 0) {
+        __builtin_cpu_init();
+        cached = __builtin_cpu_supports("avx512fp16") && __builtin_cpu_supports("avx512bw") &&
+                         __builtin_cpu_supports("avx512vl")
+                     ? 1
+                     : 0;
+    }
+    return cached;
+#else
+    return 0;
+#endif
+}
+
+size_t enc_packed_h_halves(int in, int out)
+{
+    return (size_t)((out + ENC_PANEL_H - 1) / ENC_PANEL_H) * ENC_PANEL_H * (size_t)in;
+}
+
+void enc_pack_weights_h(uint16_t *panels, const float *w, int in, int out)
+{
+    int np = (out + ENC_PANEL_H - 1) / ENC_PANEL_H;
+    for (int k0 = 0; k0 < in; k0 += ENC_PACK_KC_H) {
+        int kc = in - k0 < ENC_PACK_KC_H ? in - k0 : ENC_PACK_KC_H;
+        for (int p = 0; p < np; p++) {
+            uint16_t *dst = panels + (size_t)np * ENC_PANEL_H * k0 + (size_t)p * kc * ENC_PANEL_H;
+            for (int k = 0; k < kc; k++)
+                for (int j = 0; j < ENC_PANEL_H; j++) {
+                    int o = p * ENC_PANEL_H + j;
+                    dst[(size_t)k * ENC_PANEL_H + j] = o < out ? enc_f32_to_f16(w[(size_t)o * in + k0 + k]) : 0;
+                }
+        }
+    }
+}
+
 #if defined(__x86_64__) && defined(__GNUC__)
 #include <immintrin.h>
 
@@ -313,6 +351,123 @@ static PK_TARGET void pk_gemm(float *y, int ldy, const float *x, int ldx, const 
 }
 #endif
 
+#if defined(__x86_64__) && defined(__GNUC__) && __GNUC__ >= 12
+/* ---- the fp16 kernel (enc_linear_packed_h) ----------------------------------
+ * pk_tile's design at twice the lanes: up to PK_MR rows x 64 outputs in 28 half
+ * accumulators; per k, the panel's 64 weights in two loads and each row's input
+ * broadcast straight from memory into the FMA.  At the end of the slice the
+ * half sums are widened and added to y in fp32, so no sum runs in half over
+ * more than ENC_PACK_KC_H products. */
+#define PH_TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512fp16,fma")))
+
+static inline __attribute__((always_inline)) PH_TARGET void ph_tile(int mr, const _Float16 *a, const _Float16 *b,
+                                                                   int kc, float *y, int ldy, int load,
+                                                                   uint64_t cols_mask, const _Float16 *pf)
+{
+    __m512h c0[PK_MR], c1[PK_MR];
+#pragma GCC unroll 14
+    for (int m = 0; m < mr; m++) {
+        c0[m] = c1[m] = _mm512_setzero_ph();
+        if (load) {
+            _mm_prefetch((const char *)(y + (size_t)m * ldy), _MM_HINT_T0);
+            _mm_prefetch((const char *)(y + (size_t)m * ldy + 16), _MM_HINT_T0);
+            _mm_prefetch((const char *)(y + (size_t)m * ldy + 32), _MM_HINT_T0);
+            _mm_prefetch((const char *)(y + (size_t)m * ldy + 48), _MM_HINT_T0);
+        }
+    }
+    for (int k = 0; k < kc; k++) {
+        __m512h b0 = _mm512_loadu_ph(b + (size_t)k * 64), b1 = _mm512_loadu_ph(b + (size_t)k * 64 + 32);
+        if (pf)
+            _mm_prefetch((const char *)(pf + (size_t)k * 64), _MM_HINT_T1);
+        const _Float16 *ak = a + k;
+#pragma GCC unroll 14
+        for (int m = 0; m < mr; m++) {
+            /* the input broadcast inside the FMA ({1to32}): GCC 12 would load it
+             * with vpbroadcastw, a shuffle-port uop that competes with the FMAs */
+            __asm__("vfmadd231ph %2%{1to32%}, %1, %0" : "+v"(c0[m]) : "v"(b0), "m"(ak[m * ENC_PACK_KC_H]));
+            __asm__("vfmadd231ph %2%{1to32%}, %1, %0" : "+v"(c1[m]) : "v"(b1), "m"(ak[m * ENC_PACK_KC_H]));
+        }
+    }
+    __mmask16 mk[4] = {(__mmask16)cols_mask, (__mmask16)(cols_mask >> 16), (__mmask16)(cols_mask >> 32),
+                       (__mmask16)(cols_mask >> 48)};
+#pragma GCC unroll 14
+    for (int m = 0; m < mr; m++) {
+        float *ym = y + (size_t)m * ldy;
+        __m512i i0 = _mm512_castph_si512(c0[m]), i1 = _mm512_castph_si512(c1[m]);
+        __m512 f[4] = {_mm512_cvtxph_ps(_mm256_castsi256_ph(_mm512_castsi512_si256(i0))),
+                       _mm512_cvtxph_ps(_mm256_castsi256_ph(_mm512_extracti64x4_epi64(i0, 1))),
+                       _mm512_cvtxph_ps(_mm256_castsi256_ph(_mm512_castsi512_si256(i1))),
+                       _mm512_cvtxph_ps(_mm256_castsi256_ph(_mm512_extracti64x4_epi64(i1, 1)))};
+        for (int q = 0; q < 4; q++) {
+            if (load)
+                f[q] = _mm512_add_ps(f[q], _mm512_maskz_loadu_ps(mk[q], ym + 16 * q));
+            _mm512_mask_storeu_ps(ym + 16 * q, mk[q], f[q]);
+        }
+    }
+}
+
+#define PH_TILE_FN(MR)                                                                                      \
+    static PH_TARGET void ph_tile_##MR(const _Float16 *a, const _Float16 *b, int kc, float *y, int ldy,      \
+                                       int load, uint64_t cols_mask, const _Float16 *pf)                    \
+    {                                                                                                       \
+        if (pf)                                                                                             \
+            ph_tile(MR, a, b, kc, y, ldy, load, cols_mask, pf);                                             \
+        else                                                                                                \
+            ph_tile(MR, a, b, kc, y, ldy, load, cols_mask, NULL);                                           \
+    }
+PH_TILE_FN(1) PH_TILE_FN(2) PH_TILE_FN(3) PH_TILE_FN(4) PH_TILE_FN(5) PH_TILE_FN(6) PH_TILE_FN(7)
+PH_TILE_FN(8) PH_TILE_FN(9) PH_TILE_FN(10) PH_TILE_FN(11) PH_TILE_FN(12) PH_TILE_FN(13) PH_TILE_FN(14)
+typedef void (*ph_tile_fn)(const _Float16 *, const _Float16 *, int, float *, int, int, uint64_t,
+                           const _Float16 *);
+static const ph_tile_fn ph_tiles[PK_MR + 1] = {NULL,       ph_tile_1,  ph_tile_2,  ph_tile_3,  ph_tile_4,
+                                               ph_tile_5,  ph_tile_6,  ph_tile_7,  ph_tile_8,  ph_tile_9,
+                                               ph_tile_10, ph_tile_11, ph_tile_12, ph_tile_13, ph_tile_14};
+
+/* a[mr][ENC_PACK_KC_H] = half(x[mr rows, ldx apart][kc]), round to nearest even. */
+static PH_TARGET void ph_copy_rows(_Float16 *a, const float *x, int ldx, int mr, int kc)
+{
+    for (int m = 0; m < mr; m++) {
+        const float *xm = x + (size_t)m * ldx;
+        _Float16 *am = a + (size_t)m * ENC_PACK_KC_H;
+        for (int k = 0; k < kc; k += 16) {
+            __mmask16 mk = kc - k >= 16 ? 0xffff : (__mmask16)((1u << (kc - k)) - 1);
+            __m256i h = _mm512_cvtps_ph(_mm512_maskz_loadu_ps(mk, xm + k), _MM_FROUND_TO_NEAREST_INT);
+            _mm256_mask_storeu_epi16(am + k, mk, h);
+        }
+    }
+}
+
+/* pk_gemm for the fp16 panels: output panels [p0, p1) of ENC_PANEL_H. */
+static PH_TARGET void ph_gemm(float *y, int ldy, const float *x, int ldx, const _Float16 *panels, int rows, int in,
+                              int out, int accumulate, int p0, int p1)
+{
+    _Float16 abuf[PK_MR * ENC_PACK_KC_H] __attribute__((aligned(64)));
+    int np = (out + ENC_PANEL_H - 1) / ENC_PANEL_H;
+    int group = pk_group_bytes / (ENC_PACK_KC_H * ENC_PANEL_H * (int)sizeof(_Float16));
+    group = group < 1 ? 1 : group;
+    for (int k0 = 0; k0 < in; k0 += ENC_PACK_KC_H) {
+        int kc = in - k0 < ENC_PACK_KC_H ? in - k0 : ENC_PACK_KC_H;
+        int load = accumulate || k0 > 0;
+        const _Float16 *slice = panels + (size_t)np * ENC_PANEL_H * k0;
+        for (int g0 = p0; g0 < p1; g0 += group) {
+            int g1 = p1 - g0 < group ? p1 : g0 + group;
+            for (int t = 0; t < rows; t += PK_MR) {
+                int mr = rows - t < PK_MR ? rows - t : PK_MR;
+                ph_copy_rows(abuf, x + (size_t)t * ldx + k0, ldx, mr, kc);
+                for (int p = g0; p < g1; p++) {
+                    const _Float16 *b = slice + (size_t)p * kc * ENC_PANEL_H;
+                    int cols = out - p * ENC_PANEL_H;
+                    uint64_t mask = cols >= 64 ? ~(uint64_t)0 : ((uint64_t)1 << cols) - 1;
+                    ph_tiles[mr](abuf, b, kc, y + (size_t)t * ldy + (size_t)p * ENC_PANEL_H, ldy, load, mask,
+                                 t == 0 ? b + 2 * pk_prefetch_floats : NULL);
+                }
+            }
+        }
+    }
+}
+#define UMG_HAVE_PH 1
+#endif
+
 /* ---- helper threads for one stream of products ----------------------------
  * With enc_set_threads(n > 1) the output panels of a product are shared out in
  * small chunks, claimed one at a time, between the caller and up to n - 1
@@ -326,8 +481,9 @@ static PK_TARGET void pk_gemm(float *y, int ldy, const float *x, int ldx, const 
 
 typedef struct pk_job {
     float *y;
-    const float *x, *panels;
-    int ldy, ldx, rows, in, out, accumulate, np, chunk;
+    const float *x;
+    const void *panels; /* float (fp32 panels) or _Float16 (half: fp16 panels) */
+    int ldy, ldx, rows, in, out, accumulate, np, chunk, half;
 } pk_job;
 
 static struct {
@@ -354,6 +510,12 @@ static void pk_run_chunks(const pk_job *j)
         if (p0 >= j->np)
             return;
         int p1 = p0 + j->chunk < j->np ? p0 + j->chunk : j->np;
+#ifdef UMG_HAVE_PH
+        if (j->half) {
+            ph_gemm(j->y, j->ldy, j->x, j->ldx, j->panels, j->rows, j->in, j->out, j->accumulate, p0, p1);
+            continue;
+        }
+#endif
         pk_gemm(j->y, j->ldy, j->x, j->ldx, j->panels, j->rows, j->in, j->out, j->accumulate, p0, p1);
     }
 }
@@ -404,39 +566,73 @@ void enc_kernels_set_threads(int n)
     pthread_mutex_unlock(&pk_pool.lock);
 }
 
+#if defined(__x86_64__) && defined(__GNUC__)
+/* Run one product, shared with the helper threads when it is worth a wake-up. */
+static void pk_run(pk_job *job)
+{
+    /* Share only products worth a wake-up (~10 us): a few MFLOP and up. */
+    int parts = __atomic_load_n(&pk_pool.wanted, __ATOMIC_RELAXED);
+    if (parts > 1 && (double)job->rows * job->in * job->out >= 1 << 21 && job->np >= 2 &&
+        pthread_mutex_trylock(&pk_pool.busy) == 0) {
+        pthread_mutex_lock(&pk_pool.lock);
+        parts = parts < pk_pool.helpers + 1 ? parts : pk_pool.helpers + 1;
+        /* about 4 chunks per thread: late helpers leave little to wait for */
+        job->chunk = job->np / (4 * parts) > 4 ? job->np / (4 * parts) : 4 < job->np ? 4 : 1;
+        pk_pool.job = *job;
+        pk_pool.next = 0;
+        pk_pool.open = parts > 1;
+        pk_pool.generation++;
+        pthread_cond_broadcast(&pk_pool.start);
+        pthread_mutex_unlock(&pk_pool.lock);
+        pk_run_chunks(job);
+        pthread_mutex_lock(&pk_pool.lock);
+        pk_pool.open = 0;
+        while (pk_pool.active > 0)
+            pthread_cond_wait(&pk_pool.done, &pk_pool.lock);
+        pthread_mutex_unlock(&pk_pool.lock);
+        pthread_mutex_unlock(&pk_pool.busy);
+        return;
+    }
+    {
+#ifdef UMG_HAVE_PH
+        if (job->half) {
+            ph_gemm(job->y, job->ldy, job->x, job->ldx, job->panels, job->rows, job->in, job->out, job->accumulate,
+                    0, job->np);
+            return;
+        }
+#endif
+        pk_gemm(job->y, job->ldy, job->x, job->ldx, job->panels, job->rows, job->in, job->out, job->accumulate, 0,
+                job->np);
+    }
+}
+#endif
+
 void enc_linear_packed(float *y, int ldy, const float *x, int ldx, const float *w, const float *panels, int rows,
                        int in, int out, int accumulate)
 {
 #if defined(__x86_64__) && defined(__GNUC__)
     if (panels && enc_use_packed && enc_packed_supported() && rows > 0 && in > 0 && out > 0 &&
         rows <= enc_packed_max_rows) {
-        pk_job job = {y, x, panels, ldy, ldx, rows, in, out, accumulate, (out + ENC_PANEL - 1) / ENC_PANEL, 0};
-        /* Share only products worth a wake-up (~10 us): a few MFLOP and up. */
-        int parts = __atomic_load_n(&pk_pool.wanted, __ATOMIC_RELAXED);
-        if (parts > 1 && (double)rows * in * out >= 1 << 21 && job.np >= 2 &&
-            pthread_mutex_trylock(&pk_pool.busy) == 0) {
-            pthread_mutex_lock(&pk_pool.lock);
-            parts = parts < pk_pool.helpers + 1 ? parts : pk_pool.helpers + 1;
-            /* about 4 chunks per thread: late helpers leave little to wait for */
-            job.chunk = job.np / (4 * parts) > 4 ? job.np / (4 * parts) : 4 < job.np ? 4 : 1;
-            pk_pool.job = job;
-            pk_pool.next = 0;
-            pk_pool.open = parts > 1;
-            pk_pool.generation++;
-            pthread_cond_broadcast(&pk_pool.start);
-            pthread_mutex_unlock(&pk_pool.lock);
-            pk_run_chunks(&job);
-            pthread_mutex_lock(&pk_pool.lock);
-            pk_pool.open = 0;
-            while (pk_pool.active > 0)
-                pthread_cond_wait(&pk_pool.done, &pk_pool.lock);
-            pthread_mutex_unlock(&pk_pool.lock);
-            pthread_mutex_unlock(&pk_pool.busy);
-            return;
-        }
-        pk_gemm(y, ldy, x, ldx, panels, rows, in, out, accumulate, 0, job.np);
+        pk_job job = {y, x, panels, ldy, ldx, rows, in, out, accumulate, (out + ENC_PANEL - 1) / ENC_PANEL, 0, 0};
+        pk_run(&job);
         return;
     }
+#endif
+    enc_linear_ld(y, ldy, x, ldx, w, rows, in, out, accumulate);
+}
+
+void enc_linear_packed_h(float *y, int ldy, const float *x, int ldx, const float *w, const uint16_t *panels,
+                         int rows, int in, int out, int accumulate)
+{
+#ifdef UMG_HAVE_PH
+    if (panels && enc_packed_h_supported() && rows > 0 && in > 0 && out > 0) {
+        pk_job job = {y, x, panels, ldy, ldx, rows, in, out, accumulate, (out + ENC_PANEL_H - 1) / ENC_PANEL_H, 0,
+                      1};
+        pk_run(&job);
+        return;
+    }
+#else
+    (void)panels;
 #endif
     enc_linear_ld(y, ldy, x, ldx, w, rows, in, out, accumulate);
 }

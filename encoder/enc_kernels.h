@@ -69,6 +69,35 @@ void enc_kernels_set_threads(int n);
  * another thread computes. */
 extern int enc_use_packed;
 
+/* ---- half-precision packed weights (AVX512-FP16), opt-in --------------------
+ * The fp16 precision mode (enc_model_open_ex, docs/benchmarks.md): the same
+ * output-first design with the weights stored as IEEE half floats, panels of
+ * ENC_PANEL_H outputs (two 32-lane fp16 vectors) sliced by ENC_PACK_KC_H inputs:
+ *   panels[s][p][k][j] = half(w[p * ENC_PANEL_H + j][s * ENC_PACK_KC_H + k])
+ * The activations are rounded to half as they are copied into the row tile, the
+ * products and their sums within one slice run in half (twice the lanes per FMA
+ * of fp32: 2x the arithmetic rate, half the weight bytes), and each slice's partial
+ * sums are added to y in fp32.  So the result is approximate: per product the
+ * relative error is a few 1e-3 (it is measured against fp32 in test_kernels), and
+ * values must stay within the half range (65504), which CLIP's activations do
+ * (OpenAI's CLIP itself runs in fp16 on GPUs).  Not for exactness checks against
+ * the reference: fp32 (the default) is. */
+#define ENC_PANEL_H 64
+#define ENC_PACK_KC_H 128
+
+/* 1 when this CPU runs the fp16 kernel (AVX512-FP16 and AVX512-BW/VL), else 0. */
+int enc_packed_h_supported(void);
+/* Halves of the fp16 packed copy of an [out, in] weight. */
+size_t enc_packed_h_halves(int in, int out);
+/* panels[enc_packed_h_halves(in, out)] = half(w[out, in]) in fp16 panel layout
+ * (IEEE binary16 bits, round to nearest even). */
+void enc_pack_weights_h(uint16_t *panels, const float *w, int in, int out);
+/*   y[rows, out] (+)= x[rows, in] . w[out, in]^T  through the fp16 panels (approximate,
+ * see above), shared with the helper threads like enc_linear_packed.  Without
+ * AVX512-FP16 (or panels NULL) it computes with w in fp32 instead. */
+void enc_linear_packed_h(float *y, int ldy, const float *x, int ldx, const float *w, const uint16_t *panels,
+                         int rows, int in, int out, int accumulate);
+
 /* y[r, :] += b[:] for every row. */
 void enc_add_bias(float *y, const float *b, int rows, int dim);
 /* y[r, :] = (y[r, :] + b[:]) * scale. */

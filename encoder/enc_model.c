@@ -42,10 +42,11 @@ typedef struct enc_layer_weights {
     const float *layer_norm2_weight, *layer_norm2_bias;     /* [H] */
     const float *mlp_fc1_weight, *mlp_fc1_bias;             /* [F, H], [F]  F = intermediate */
     const float *mlp_fc2_weight, *mlp_fc2_bias;             /* [H, F], [H] */
-    /* The six matrices in panel layout (enc_pack_weights; in the model's packed
-     * arena), or NULL when the CPU has no AVX-512F. */
-    const float *self_attn_q_proj_panels, *self_attn_k_proj_panels, *self_attn_v_proj_panels;
-    const float *self_attn_out_proj_panels, *mlp_fc1_panels, *mlp_fc2_panels;
+    /* The six matrices in panel layout (enc_pack_weights: float, or with the fp16
+     * precision enc_pack_weights_h: half; in the model's packed arena), or NULL
+     * when the CPU has no AVX-512F. */
+    const void *self_attn_q_proj_panels, *self_attn_k_proj_panels, *self_attn_v_proj_panels;
+    const void *self_attn_out_proj_panels, *mlp_fc1_panels, *mlp_fc2_panels;
 } enc_layer_weights;
 
 typedef struct enc_vision_weights {
@@ -56,7 +57,7 @@ typedef struct enc_vision_weights {
     enc_layer_weights *encoder_layers;                    /* [layers] */
     const float *post_layernorm_weight, *post_layernorm_bias; /* [H] */
     const float *visual_projection_weight;                /* [D, H] */
-    const float *embeddings_patch_embedding_panels, *visual_projection_panels; /* or NULL */
+    const void *embeddings_patch_embedding_panels, *visual_projection_panels; /* or NULL */
 } enc_vision_weights;
 
 typedef struct enc_text_weights {
@@ -65,7 +66,7 @@ typedef struct enc_text_weights {
     enc_layer_weights *encoder_layers;                    /* [layers] */
     const float *final_layer_norm_weight, *final_layer_norm_bias; /* [H] */
     const float *text_projection_weight;                  /* [D, H] */
-    const float *text_projection_panels;                  /* or NULL */
+    const void *text_projection_panels;                   /* or NULL */
 } enc_text_weights;
 
 struct enc_model {
@@ -74,7 +75,8 @@ struct enc_model {
     enc_st_file *st;
     float *arena;           /* converted tensors */
     size_t arena_floats;
-    float *packed;          /* the *_panels copies (AVX-512F CPUs), else NULL */
+    void *packed;           /* the *_panels copies (AVX-512F CPUs), else NULL */
+    int precision;          /* enum enc_precision: ENC_PRECISION_FP16 packs half panels */
     enc_layer_weights *layers; /* vision layers, then text layers */
     enc_vision_weights vision;
     enc_text_weights text;
@@ -304,7 +306,7 @@ static size_t round16(size_t floats) { return (floats + 15) & ~(size_t)15; }
  * of its packed copy. */
 typedef struct packable {
     const float *w;
-    const float **panels;
+    const void **panels;
     int in, out;
     int text; /* of the text tower (listed last) */
 } packable;
@@ -348,8 +350,13 @@ static size_t list_packable(enc_model *m, packable *list)
  * cache; the unpacked path faults them back in if ever run). */
 static int pack_weights(enc_model *m)
 {
+    int half = m->precision == ENC_PRECISION_FP16;
+    if (half && !enc_packed_h_supported())
+        return umg_err_set(UMG_EINVAL, "precision fp16 needs a CPU with AVX512-FP16 (this one has not); use fp32");
     if (!enc_packed_supported())
         return 0;
+    /* in units of the element: floats, or halves (fp16) */
+    size_t elem = half ? sizeof(uint16_t) : sizeof(float);
     size_t n = list_packable(m, NULL);
     packable *list = malloc(n * sizeof *list);
     if (!list)
@@ -359,7 +366,8 @@ static int pack_weights(enc_model *m)
     for (size_t i = 0; i < n; i++) {
         if (list[i].text && (i == 0 || !list[i - 1].text))
             text_from = total;
-        total += round16(enc_packed_floats(list[i].in, list[i].out));
+        total += round16(half ? enc_packed_h_halves(list[i].in, list[i].out)
+                              : enc_packed_floats(list[i].in, list[i].out));
     }
     /* The text tower's panels (the tail) on transparent huge pages where THP is
      * available: a text query streams ~150 MB of them once, bound by memory
@@ -368,10 +376,10 @@ static int pack_weights(enc_model *m)
      * vision products are compute-bound, and on huge pages they measured slower
      * (28.7 -> 22.8 images/s), likely cache-set conflicts of physically
      * contiguous panels. */
-    size_t huge = (size_t)2 << 20, bytes = (total * sizeof(float) + huge - 1) / huge * huge;
+    size_t huge = (size_t)2 << 20, bytes = (total * elem + huge - 1) / huge * huge;
     m->packed = aligned_alloc(huge, bytes);
     if (m->packed) {
-        uintptr_t lo = ((uintptr_t)(m->packed + text_from) + huge - 1) & ~(uintptr_t)(huge - 1);
+        uintptr_t lo = ((uintptr_t)m->packed + text_from * elem + huge - 1) & ~(uintptr_t)(huge - 1);
         uintptr_t hi = (uintptr_t)m->packed + bytes;
         if (hi > lo)
             madvise((void *)lo, hi - lo, MADV_HUGEPAGE);
@@ -386,10 +394,13 @@ static int pack_weights(enc_model *m)
     uintptr_t arena_lo = (uintptr_t)m->arena, arena_hi = arena_lo + m->arena_floats * sizeof(float);
     for (size_t i = 0; i < n; i++) {
         packable *p = &list[i];
-        float *dst = m->packed + off;
-        enc_pack_weights(dst, p->w, p->in, p->out);
+        void *dst = (char *)m->packed + off * elem;
+        if (half)
+            enc_pack_weights_h(dst, p->w, p->in, p->out);
+        else
+            enc_pack_weights(dst, p->w, p->in, p->out);
         *p->panels = dst;
-        off += round16(enc_packed_floats(p->in, p->out));
+        off += round16(half ? enc_packed_h_halves(p->in, p->out) : enc_packed_floats(p->in, p->out));
         uintptr_t src = (uintptr_t)p->w, bytes = (uintptr_t)p->in * (uintptr_t)p->out * sizeof(float);
         if (src + bytes <= arena_lo || src >= arena_hi) { /* in the mapping */
             uintptr_t lo = (src + page - 1) & ~(page - 1), hi = (src + bytes) & ~(page - 1);
@@ -452,15 +463,20 @@ static void blas_pick_kernels(void)
 
 static pthread_once_t blas_once = PTHREAD_ONCE_INIT;
 
-int enc_model_open(const char *dir, enc_model **out)
+int enc_model_open(const char *dir, enc_model **out) { return enc_model_open_ex(dir, NULL, out); }
+
+int enc_model_open_ex(const char *dir, const enc_model_options *opt, enc_model **out)
 {
     *out = NULL;
     if (!dir || !*dir)
         return umg_err_set(UMG_EINVAL, "no model directory given");
+    if (opt && opt->precision != ENC_PRECISION_FP32 && opt->precision != ENC_PRECISION_FP16)
+        return umg_err_set(UMG_EINVAL, "unknown precision %d", opt->precision);
     pthread_once(&blas_once, blas_pick_kernels);
     enc_model *m = calloc(1, sizeof *m);
     if (!m)
         return umg_err_set(UMG_ENOMEM, "out of memory");
+    m->precision = opt ? opt->precision : ENC_PRECISION_FP32;
     char path[4096], path2[4096];
     char *config = NULL;
     size_t config_len = 0;
@@ -537,6 +553,20 @@ int enc_model_dim(const enc_model *m) { return m->cfg.projection_dim; }
 int enc_model_grid(const enc_model *m) { return m->cfg.image_size / m->cfg.patch_size; }
 void enc_model_fingerprint(const enc_model *m, uint8_t out[32]) { memcpy(out, m->fingerprint, 32); }
 const char *enc_model_name(const enc_model *m) { return m->name; }
+int enc_model_precision(const enc_model *m) { return m->precision; }
+
+const char *enc_precision_name(int precision) { return precision == ENC_PRECISION_FP16 ? "fp16" : "fp32"; }
+
+int enc_precision_parse(const char *name, int *precision)
+{
+    if (name && !strcmp(name, "fp32"))
+        *precision = ENC_PRECISION_FP32;
+    else if (name && !strcmp(name, "fp16"))
+        *precision = ENC_PRECISION_FP16;
+    else
+        return umg_err_set(UMG_EINVAL, "unknown precision '%s' (fp32 or fp16)", name ? name : "");
+    return 0;
+}
 
 void enc_set_threads(int n)
 {
@@ -686,10 +716,19 @@ void enc_run_close(enc_run *r)
 /* ---- forward passes --------------------------------------------------- */
 
 /* y[rows, out] (+)= x[rows, in] . w^T, through the packed copy when there is one. */
-static void lin(float *y, const float *x, const float *w, const float *panels, int rows, int in, int out,
-                int accumulate)
+static void lin_ld(const enc_model *m, float *y, int ldy, const float *x, int ldx, const float *w,
+                   const void *panels, int rows, int in, int out, int accumulate)
 {
-    enc_linear_packed(y, out, x, in, w, panels, rows, in, out, accumulate);
+    if (m->precision == ENC_PRECISION_FP16)
+        enc_linear_packed_h(y, ldy, x, ldx, w, panels, rows, in, out, accumulate);
+    else
+        enc_linear_packed(y, ldy, x, ldx, w, panels, rows, in, out, accumulate);
+}
+
+static void lin(const enc_model *m, float *y, const float *x, const float *w, const void *panels, int rows, int in,
+                int out, int accumulate)
+{
+    lin_ld(m, y, out, x, in, w, panels, rows, in, out, accumulate);
 }
 
 /* One pre-norm block over n_seq sequences of T tokens in r->h [n_seq*T, H]:
@@ -717,11 +756,11 @@ static void block_packed(enc_run *r, const enc_layer_weights *L, const enc_tower
     float scale = 1.0f / sqrtf((float)(H / tc->heads));
     enc_layer_norm(r->x, H, r->h, H, L->layer_norm1_weight, L->layer_norm1_bias, tc->ln_eps, M, H);
     /* q[M, H] = (x . Wq^T + bq) * scale; k, v likewise unscaled */
-    lin(r->q, r->x, L->self_attn_q_proj_weight, L->self_attn_q_proj_panels, M, H, H, 0);
+    lin(r->m, r->q, r->x, L->self_attn_q_proj_weight, L->self_attn_q_proj_panels, M, H, H, 0);
     enc_add_bias_scale(r->q, L->self_attn_q_proj_bias, scale, M, H);
-    lin(r->k, r->x, L->self_attn_k_proj_weight, L->self_attn_k_proj_panels, M, H, H, 0);
+    lin(r->m, r->k, r->x, L->self_attn_k_proj_weight, L->self_attn_k_proj_panels, M, H, H, 0);
     enc_add_bias(r->k, L->self_attn_k_proj_bias, M, H);
-    lin(r->v, r->x, L->self_attn_v_proj_weight, L->self_attn_v_proj_panels, M, H, H, 0);
+    lin(r->m, r->v, r->x, L->self_attn_v_proj_weight, L->self_attn_v_proj_panels, M, H, H, 0);
     enc_add_bias(r->v, L->self_attn_v_proj_bias, M, H);
     /* x[M, H] = attention per sequence (x is free again) */
     size_t o = 0;
@@ -732,13 +771,13 @@ static void block_packed(enc_run *r, const enc_layer_weights *L, const enc_tower
     }
     /* h[M, H] += x . Wo^T + bo */
     enc_add_bias(r->h, L->self_attn_out_proj_bias, M, H);
-    lin(r->h, r->x, L->self_attn_out_proj_weight, L->self_attn_out_proj_panels, M, H, H, 1);
+    lin(r->m, r->h, r->x, L->self_attn_out_proj_weight, L->self_attn_out_proj_panels, M, H, H, 1);
     enc_layer_norm(r->x, H, r->h, H, L->layer_norm2_weight, L->layer_norm2_bias, tc->ln_eps, M, H);
     /* mlp[M, F] = act(x . W1^T + b1);  h[M, H] += mlp . W2^T + b2 */
-    lin(r->mlp, r->x, L->mlp_fc1_weight, L->mlp_fc1_panels, M, H, F, 0);
+    lin(r->m, r->mlp, r->x, L->mlp_fc1_weight, L->mlp_fc1_panels, M, H, F, 0);
     enc_add_bias_act(r->mlp, L->mlp_fc1_bias, tc->act, M, F);
     enc_add_bias(r->h, L->mlp_fc2_bias, M, H);
-    lin(r->h, r->mlp, L->mlp_fc2_weight, L->mlp_fc2_panels, M, F, H, 1);
+    lin(r->m, r->h, r->mlp, L->mlp_fc2_weight, L->mlp_fc2_panels, M, F, H, 1);
 }
 
 /* Standard attention for the n [CLS] rows alone: one query per image and head.
@@ -764,17 +803,17 @@ static void cls_attention(enc_run *r, float *attn, const float *q, int ldq, floa
  * entry (the residual stream) and the block's output on return.
  *   hc += out_proj(attn);  hc += fc2(act(fc1(LN2(hc))))
  * xc [n, H], hidden [n, F]: scratch (hidden may be attn: read before written). */
-static void cls_tail(float *hc, float *xc, const float *attn, float *hidden, const enc_layer_weights *L,
-                     const enc_tower_config *tc, int n)
+static void cls_tail(const enc_run *r, float *hc, float *xc, const float *attn, float *hidden,
+                     const enc_layer_weights *L, const enc_tower_config *tc, int n)
 {
     int H = tc->hidden, F = tc->intermediate;
     enc_add_bias(hc, L->self_attn_out_proj_bias, n, H);
-    lin(hc, attn, L->self_attn_out_proj_weight, L->self_attn_out_proj_panels, n, H, H, 1);
+    lin(r->m, hc, attn, L->self_attn_out_proj_weight, L->self_attn_out_proj_panels, n, H, H, 1);
     enc_layer_norm(xc, H, hc, H, L->layer_norm2_weight, L->layer_norm2_bias, tc->ln_eps, n, H);
-    lin(hidden, xc, L->mlp_fc1_weight, L->mlp_fc1_panels, n, H, F, 0);
+    lin(r->m, hidden, xc, L->mlp_fc1_weight, L->mlp_fc1_panels, n, H, F, 0);
     enc_add_bias_act(hidden, L->mlp_fc1_bias, tc->act, n, F);
     enc_add_bias(hc, L->mlp_fc2_bias, n, H);
-    lin(hc, hidden, L->mlp_fc2_weight, L->mlp_fc2_panels, n, F, H, 1);
+    lin(r->m, hc, hidden, L->mlp_fc2_weight, L->mlp_fc2_panels, n, F, H, 1);
 }
 
 static void gather_cls(float *hc, const float *h, int n, int T, int H)
@@ -798,18 +837,18 @@ static void block_cls_only(enc_run *r, const enc_layer_weights *L, const enc_tow
     float scale = 1.0f / sqrtf((float)(H / tc->heads));
     enc_layer_norm(r->x, H, r->h, H, L->layer_norm1_weight, L->layer_norm1_bias, tc->ln_eps, M, H);
     /* k, v [M, H] for all tokens; q [n, H] for the [CLS] rows of x */
-    lin(r->k, r->x, L->self_attn_k_proj_weight, L->self_attn_k_proj_panels, M, H, H, 0);
+    lin(r->m, r->k, r->x, L->self_attn_k_proj_weight, L->self_attn_k_proj_panels, M, H, H, 0);
     enc_add_bias(r->k, L->self_attn_k_proj_bias, M, H);
-    lin(r->v, r->x, L->self_attn_v_proj_weight, L->self_attn_v_proj_panels, M, H, H, 0);
+    lin(r->m, r->v, r->x, L->self_attn_v_proj_weight, L->self_attn_v_proj_panels, M, H, H, 0);
     enc_add_bias(r->v, L->self_attn_v_proj_bias, M, H);
-    enc_linear_packed(r->q, H, r->x, T * H, L->self_attn_q_proj_weight, L->self_attn_q_proj_panels, n, H, H,
+    lin_ld(r->m, r->q, H, r->x, T * H, L->self_attn_q_proj_weight, L->self_attn_q_proj_panels, n, H, H,
                       0);
     enc_add_bias_scale(r->q, L->self_attn_q_proj_bias, scale, n, H);
     float *attn = r->mlp; /* [n, H] */
     cls_attention(r, attn, r->q, H, 1.0f, n, T, H, tc->heads);
     /* hc, xc [n, H] in r->k, r->v (free now) */
     gather_cls(r->k, r->h, n, T, H);
-    cls_tail(r->k, r->v, attn, r->mlp, L, tc, n);
+    cls_tail(r, r->k, r->v, attn, r->mlp, L, tc, n);
     scatter_cls(r->h, r->k, n, T, H);
 }
 
@@ -827,11 +866,11 @@ static void block_dense_variant(enc_run *r, const enc_layer_weights *L, const en
     float scale = 1.0f / sqrtf((float)(H / tc->heads));
     enc_layer_norm(r->x, H, r->h, H, L->layer_norm1_weight, L->layer_norm1_bias, tc->ln_eps, M, H);
     /* q, k, v [M, H], all unscaled */
-    lin(r->q, r->x, L->self_attn_q_proj_weight, L->self_attn_q_proj_panels, M, H, H, 0);
+    lin(r->m, r->q, r->x, L->self_attn_q_proj_weight, L->self_attn_q_proj_panels, M, H, H, 0);
     enc_add_bias(r->q, L->self_attn_q_proj_bias, M, H);
-    lin(r->k, r->x, L->self_attn_k_proj_weight, L->self_attn_k_proj_panels, M, H, H, 0);
+    lin(r->m, r->k, r->x, L->self_attn_k_proj_weight, L->self_attn_k_proj_panels, M, H, H, 0);
     enc_add_bias(r->k, L->self_attn_k_proj_bias, M, H);
-    lin(r->v, r->x, L->self_attn_v_proj_weight, L->self_attn_v_proj_panels, M, H, H, 0);
+    lin(r->m, r->v, r->x, L->self_attn_v_proj_weight, L->self_attn_v_proj_panels, M, H, H, 0);
     enc_add_bias(r->v, L->self_attn_v_proj_bias, M, H);
     float *attn_cls = r->mlp, *hidden_cls = r->mlp + (size_t)n * H; /* [n, H], [n, F] */
     cls_attention(r, attn_cls, r->q, T * H, scale, n, T, H, tc->heads);
@@ -844,18 +883,18 @@ static void block_dense_variant(enc_run *r, const enc_layer_weights *L, const en
     /* [CLS] through the standard block: hc, xc in r->q, r->k (free now) */
     float *hc = r->q;
     gather_cls(hc, r->h, n, T, H);
-    cls_tail(hc, r->k, attn_cls, hidden_cls, L, tc, n);
+    cls_tail(r, hc, r->k, attn_cls, hidden_cls, L, tc, n);
     if (mode == ENC_DENSE_CLEARCLIP) {
-        lin(r->h, r->x, L->self_attn_out_proj_weight, L->self_attn_out_proj_panels, M, H, H, 0);
+        lin(r->m, r->h, r->x, L->self_attn_out_proj_weight, L->self_attn_out_proj_panels, M, H, H, 0);
         enc_add_bias(r->h, L->self_attn_out_proj_bias, M, H);
     } else {
         enc_add_bias(r->h, L->self_attn_out_proj_bias, M, H);
-        lin(r->h, r->x, L->self_attn_out_proj_weight, L->self_attn_out_proj_panels, M, H, H, 1);
+        lin(r->m, r->h, r->x, L->self_attn_out_proj_weight, L->self_attn_out_proj_panels, M, H, H, 1);
         enc_layer_norm(r->x, H, r->h, H, L->layer_norm2_weight, L->layer_norm2_bias, tc->ln_eps, M, H);
-        lin(r->mlp, r->x, L->mlp_fc1_weight, L->mlp_fc1_panels, M, H, F, 0);
+        lin(r->m, r->mlp, r->x, L->mlp_fc1_weight, L->mlp_fc1_panels, M, H, F, 0);
         enc_add_bias_act(r->mlp, L->mlp_fc1_bias, tc->act, M, F);
         enc_add_bias(r->h, L->mlp_fc2_bias, M, H);
-        lin(r->h, r->mlp, L->mlp_fc2_weight, L->mlp_fc2_panels, M, F, H, 1);
+        lin(r->m, r->h, r->mlp, L->mlp_fc2_weight, L->mlp_fc2_panels, M, F, H, 1);
     }
     scatter_cls(r->h, hc, n, T, H);
 }
@@ -884,7 +923,7 @@ int enc_encode_pixels(enc_run *r, const float *pixels, int n, float *embeds, flo
                                (size_t)P * sizeof(float));
             }
     /* q[NP, H] = cols . patch_weight[H, K]^T (the conv has no bias) */
-    lin(r->q, cols, W->embeddings_patch_embedding_weight, W->embeddings_patch_embedding_panels, NP, K, H,
+    lin(r->m, r->q, cols, W->embeddings_patch_embedding_weight, W->embeddings_patch_embedding_panels, NP, K, H,
         0);
     /* h[i, 0] = class + pos[0];  h[i, 1 + p] = q[i*G*G + p] + pos[1 + p] */
     const float *pos = r->pos;
@@ -911,17 +950,17 @@ int enc_encode_pixels(enc_run *r, const float *pixels, int n, float *embeds, flo
         enc_layer_norm(r->x, H, r->h, H, W->post_layernorm_weight, W->post_layernorm_bias, c->vision.ln_eps,
                        M, H);
         /* embeds[n, D] = x[CLS rows, T*H apart] . proj[D, H]^T */
-        enc_linear_packed(embeds, D, r->x, T * H, W->visual_projection_weight, W->visual_projection_panels, n,
+        lin_ld(r->m, embeds, D, r->x, T * H, W->visual_projection_weight, W->visual_projection_panels, n,
                           H, D, 0);
         /* patches[i][G*G, D] = x[i, 1..T) . proj^T */
         for (int i = 0; i < n; i++)
-            enc_linear_packed(patches + (size_t)i * (T - 1) * D, D, r->x + ((size_t)i * T + 1) * H, H,
+            lin_ld(r->m, patches + (size_t)i * (T - 1) * D, D, r->x + ((size_t)i * T + 1) * H, H,
                               W->visual_projection_weight, W->visual_projection_panels, T - 1, H, D, 0);
     } else {
         /* x[n, H] = post_layernorm(h[CLS rows]) */
         enc_layer_norm(r->x, H, r->h, T * H, W->post_layernorm_weight, W->post_layernorm_bias,
                        c->vision.ln_eps, n, H);
-        lin(embeds, r->x, W->visual_projection_weight, W->visual_projection_panels, n, H, D, 0);
+        lin(r->m, embeds, r->x, W->visual_projection_weight, W->visual_projection_panels, n, H, D, 0);
     }
     return 0;
 }
@@ -984,7 +1023,7 @@ int enc_encode_ids_batch(enc_run *r, const int32_t *const *ids, const int *n_ids
         enc_layer_norm(r->x + (size_t)s * H, H, r->h + (end - 1) * H, H, W->final_layer_norm_weight,
                        W->final_layer_norm_bias, c->text.ln_eps, 1, H);
     }
-    lin(embeds, r->x, W->text_projection_weight, W->text_projection_panels, n, H, D, 0);
+    lin(r->m, embeds, r->x, W->text_projection_weight, W->text_projection_panels, n, H, D, 0);
     return 0;
 }
 

@@ -223,6 +223,140 @@ static void test_packed_fallback(void **state)
     free(b);
 }
 
+/* ---- the fp16 kernel (enc_linear_packed_h) ----------------------------------
+ * Approximate by design, so checked two ways: every element within a loose
+ * bound of the exact product (catches garbage, masks, strides), and the whole
+ * output's relative rms error between 1e-5 (it really computed in half: fp32
+ * would be ~1e-7) and 4e-3 (measured ~1.7e-3 with slices of 128; a dropped
+ * slice, a lost accumulator or a wrong row is 10% and more). */
+static uint16_t *packed_copy_h(const float *w, int in, int out)
+{
+    uint16_t *p = aligned_alloc(64, ((enc_packed_h_halves(in, out) * sizeof(uint16_t) + 63) / 64) * 64);
+    assert_non_null(p);
+    enc_pack_weights_h(p, w, in, out);
+    return p;
+}
+
+static void check_packed_h(int rows, int in, int out, int ldx, int ldy, int accumulate, uint32_t seed)
+{
+    float *x = random_floats((size_t)rows * ldx, seed);
+    float *w = random_floats((size_t)out * in, seed + 1);
+    float *y = random_floats((size_t)rows * ldy, seed + 2);
+    float *y0 = malloc((size_t)rows * ldy * sizeof *y0);
+    assert_non_null(y0);
+    memcpy(y0, y, (size_t)rows * ldy * sizeof *y0);
+    uint16_t *p = packed_copy_h(w, in, out);
+    enc_linear_packed_h(y, ldy, x, ldx, w, p, rows, in, out, accumulate);
+    double err2 = 0, ref2 = 0;
+    for (int r = 0; r < rows; r++) {
+        for (int o = 0; o < out; o++) {
+            double want = accumulate ? y0[(size_t)r * ldy + o] : 0.0, mag = fabs(want);
+            for (int k = 0; k < in; k++) {
+                double t = (double)x[(size_t)r * ldx + k] * w[(size_t)o * in + k];
+                want += t;
+                mag += fabs(t);
+            }
+            double got = y[(size_t)r * ldy + o];
+            if (!(fabs(got - want) <= 0.02 * (1 + mag)))
+                fail_msg("fp16 %dx%d->%d (ldx %d, ldy %d, acc %d) [%d,%d] = %.9g, want %.9g", rows, in, out, ldx,
+                         ldy, accumulate, r, o, got, want);
+            err2 += (got - want) * (got - want);
+            ref2 += want * want;
+        }
+        for (int o = out; o < ldy; o++)
+            if (y[(size_t)r * ldy + o] != y0[(size_t)r * ldy + o])
+                fail_msg("fp16 %dx%d->%d wrote beyond its outputs at [%d,%d]", rows, in, out, r, o);
+    }
+    double rel = sqrt(err2 / ref2);
+    /* a handful of products can round exactly in half: the lower bound only for real sizes */
+    if (!(rel <= 4e-3) || (rows * out >= 64 && in >= 16 && !(rel >= 1e-5)))
+        fail_msg("fp16 %dx%d->%d (acc %d): relative rms error %.3g (wanted in [1e-5, 4e-3])", rows, in, out,
+                 accumulate, rel);
+    free(x);
+    free(w);
+    free(y);
+    free(y0);
+    free(p);
+}
+
+static void test_pack_layout_h(void **state)
+{
+    (void)state;
+    int in = 300, out = 70; /* 3 slices (128, 128, 44), 2 panels (64, 6) */
+    float *w = random_floats((size_t)out * in, 5);
+    uint16_t *p = packed_copy_h(w, in, out);
+    int np = (out + ENC_PANEL_H - 1) / ENC_PANEL_H;
+    for (int k0 = 0; k0 < in; k0 += ENC_PACK_KC_H) {
+        int kc = in - k0 < ENC_PACK_KC_H ? in - k0 : ENC_PACK_KC_H;
+        for (int pp = 0; pp < np; pp++)
+            for (int k = 0; k < kc; k++)
+                for (int j = 0; j < ENC_PANEL_H; j++) {
+                    int o = pp * ENC_PANEL_H + j;
+                    uint16_t want = o < out ? enc_f32_to_f16(w[(size_t)o * in + k0 + k]) : 0;
+                    uint16_t got = p[(size_t)np * ENC_PANEL_H * k0 + (size_t)pp * kc * ENC_PANEL_H +
+                                     (size_t)k * ENC_PANEL_H + j];
+                    if (got != want)
+                        fail_msg("fp16 panel slice %d panel %d k %d j %d: 0x%04x, want 0x%04x", k0, pp, k, j, got,
+                                 want);
+                }
+    }
+    free(w);
+    free(p);
+}
+
+static void test_half_rows(void **state)
+{
+    (void)state;
+    if (!enc_packed_h_supported())
+        skip();
+    /* outputs: a last panel of 1, 5, 33, 47, 1, 50, 31 columns (all four 16-lane quarters) */
+    const int shapes[][2] = {{3, 1}, {17, 5}, {37, 33}, {100, 111}, {300, 65}, {40, 50}, {129, 31}};
+    for (int rows = 1; rows <= 30; rows++)
+        for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++)
+            for (int acc = 0; acc < 2; acc++) {
+                int in = shapes[s][0], out = shapes[s][1];
+                uint32_t seed = (uint32_t)(rows * 100 + s * 2 + acc);
+                check_packed_h(rows, in, out, in, out, acc, seed);
+                check_packed_h(rows, in, out, in + 3, out + 5, acc, seed + 7);
+            }
+}
+
+static void test_half_blocking_threads(void **state)
+{
+    (void)state;
+    if (!enc_packed_h_supported())
+        skip();
+    check_packed_h(3, 777, 1100, 777, 1100, 0, 1);
+    check_packed_h(45, 513, 1061, 520, 1070, 1, 2);
+    check_packed_h(29, 2048, 77, 2050, 77, 1, 5);
+    for (int n = 2; n <= 3; n++) {
+        enc_kernels_set_threads(n);
+        check_packed_h(30, 300, 401, 300, 401, 0, 21);
+        check_packed_h(50, 768, 97, 770, 99, 1, 22);
+        check_packed_h(9, 2000, 65, 2000, 65, 1, 23); /* 2 panels, 3 threads */
+        check_packed_h(100, 129, 1000, 129, 1000, 0, 24);
+    }
+    enc_kernels_set_threads(1);
+}
+
+/* Without AVX512-FP16 or without panels: the fp32 product of w. */
+static void test_half_fallback(void **state)
+{
+    (void)state;
+    int rows = 7, in = 45, out = 19;
+    float *x = random_floats((size_t)rows * in, 11), *w = random_floats((size_t)out * in, 12);
+    float *a = calloc((size_t)rows * out, sizeof *a), *b = calloc((size_t)rows * out, sizeof *b);
+    assert_non_null(a);
+    assert_non_null(b);
+    enc_linear_ld(a, out, x, in, w, rows, in, out, 0);
+    enc_linear_packed_h(b, out, x, in, w, NULL, rows, in, out, 0);
+    assert_memory_equal(a, b, (size_t)rows * out * sizeof *a);
+    free(x);
+    free(w);
+    free(a);
+    free(b);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -232,6 +366,10 @@ int main(void)
         cmocka_unit_test(test_packed_threads),
         cmocka_unit_test(test_packed_concurrent),
         cmocka_unit_test(test_packed_fallback),
+        cmocka_unit_test(test_pack_layout_h),
+        cmocka_unit_test(test_half_rows),
+        cmocka_unit_test(test_half_blocking_threads),
+        cmocka_unit_test(test_half_fallback),
     };
     return cmocka_run_group_tests(tests, setup_packed, NULL);
 }

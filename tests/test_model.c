@@ -1670,6 +1670,89 @@ static void test_resize_grid_bicubic(void **state)
     assert_float_equal(out[2 * G2 + 2], 4.0f, 1e-5);
 }
 
+/* cosine of a and b (n doubles / floats) */
+static double cosine_fd(const float *a, const double *b, int n)
+{
+    double d = 0, na = 0, nb = 0;
+    for (int i = 0; i < n; i++) {
+        d += a[i] * b[i];
+        na += (double)a[i] * a[i];
+        nb += b[i] * b[i];
+    }
+    return d / sqrt(na * nb);
+}
+
+/* The opt-in fp16 precision (enc.h): against the reference within a looser
+ * cosine (measured on clip-tiny: >= 0.99999 over images, patches and texts), and
+ * really computed in half (it differs from the fp32 path).  On a CPU without
+ * AVX512-FP16, opening in fp16 is a clear error. */
+static void test_fp16_precision(void **state)
+{
+    (void)state;
+    int p = -1;
+    assert_int_equal(enc_precision_parse("fp16", &p), 0);
+    assert_int_equal(p, ENC_PRECISION_FP16);
+    assert_int_equal(enc_precision_parse("fp32", &p), 0);
+    assert_int_equal(p, ENC_PRECISION_FP32);
+    assert_int_equal(enc_precision_parse("bf16", &p), UMG_EINVAL);
+    assert_string_equal(enc_precision_name(ENC_PRECISION_FP16), "fp16");
+    enc_model_options o = {.precision = 7};
+    enc_model *m = NULL;
+    assert_int_equal(enc_model_open_ex(TINY, &o, &m), UMG_EINVAL);
+    assert_null(m);
+    o.precision = ENC_PRECISION_FP16;
+    int rc = enc_model_open_ex(TINY, &o, &m);
+    if (!enc_packed_h_supported()) {
+        assert_int_equal(rc, UMG_EINVAL);
+        assert_non_null(strstr(umg_err_msg(), "AVX512-FP16"));
+        skip();
+    }
+    assert_int_equal(rc, 0);
+    assert_int_equal(enc_model_precision(m), ENC_PRECISION_FP16);
+    enc_model *m32 = open_tiny();
+    assert_int_equal(enc_model_precision(m32), ENC_PRECISION_FP32);
+    enc_run *r, *r32;
+    assert_int_equal(enc_run_create(m, 1, &r), 0);
+    assert_int_equal(enc_run_create(m32, 1, &r32), 0);
+    int D = enc_model_dim(m), G = enc_model_grid(m);
+    float emb[32], emb32[32], *patches = malloc(sizeof(float) * G * G * D);
+    assert_non_null(patches);
+    double ref[49 * 32], worst = 1, differs = 0;
+    for (int i = 0; i < ref_count("images"); i++) {
+        json_t *it = ref_item("images", i);
+        float *px = load_pixels(json_string_value(json_object_get(it, "pixels")), PIX);
+        assert_int_equal(enc_encode_pixels(r, px, 1, emb, patches), 0);
+        assert_int_equal(enc_encode_pixels(r32, px, 1, emb32, NULL), 0);
+        assert_int_equal(flatten(json_object_get(it, "embedding"), ref, 32), D);
+        worst = fmin(worst, cosine_fd(emb, ref, D));
+        for (int k = 0; k < D; k++)
+            differs = fmax(differs, fabs(emb[k] - emb32[k]));
+        assert_int_equal(flatten(json_object_get(it, "patch_tokens_projected"), ref, 49 * 32), G * G * D);
+        for (int q = 0; q < G * G; q++)
+            worst = fmin(worst, cosine_fd(patches + q * D, ref + q * D, D));
+        free(px);
+    }
+    int32_t ids[80];
+    for (int t = 0; t < ref_count("texts"); t++) {
+        json_t *it = ref_item("texts", t);
+        int n = ref_ids(it, ids);
+        assert_int_equal(enc_encode_ids(r, ids, n, emb), 0);
+        assert_int_equal(flatten(json_object_get(it, "embedding"), ref, 32), D);
+        worst = fmin(worst, cosine_fd(emb, ref, D));
+    }
+    print_message("fp16: worst cosine against the reference %.7f; largest image difference from fp32 %.3g\n", worst,
+                  differs);
+    if (!(worst >= 0.9999))
+        fail_msg("fp16: cosine %.7f against the reference (>= 0.9999 wanted)", worst);
+    if (!(differs > 1e-6))
+        fail_msg("fp16 embeddings equal the fp32 ones (%.3g): the half kernel did not run", differs);
+    free(patches);
+    enc_run_close(r);
+    enc_run_close(r32);
+    enc_model_close(m);
+    enc_model_close(m32);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1695,6 +1778,7 @@ int main(void)
         cmocka_unit_test(test_dense_global_unchanged),
         cmocka_unit_test(test_dense_options),
         cmocka_unit_test(test_resize_grid_bicubic),
+        cmocka_unit_test(test_fp16_precision),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
     json_decref(reference());
