@@ -958,7 +958,11 @@ int server_run(const server_config *cfg)
      * would compete with the encoder's BLAS threads for the cores */
     if (idx_set_threads(cfg->index_threads))
         srv_log(s, SRV_LOG_WARN, "--index-threads: %s", umg_err_msg());
-    if ((rc = enc_model_open(cfg->model_dir, &s->model))) goto out;
+    enc_model_options mopt = {.precision = cfg->precision};
+    if ((rc = enc_model_open_ex(cfg->model_dir, &mopt, &s->model))) goto out;
+    if (cfg->precision != ENC_PRECISION_FP32)
+        srv_log(s, SRV_LOG_INFO, "encoder precision %s (approximate; fp32 is the exact path)",
+                enc_precision_name(cfg->precision));
     uint8_t fp[32];
     enc_model_fingerprint(s->model, fp);
     db_options o = db_options_default();

@@ -66,6 +66,7 @@ typedef struct server_config {
     int text_batch_wait_us;        /* a worker that finds the text tower free waits up to this long
                                       for more queries to fill its batch; 0 = none (a lone query
                                       is encoded at once) */
+    int precision;                 /* enum enc_precision of the encoder's products (fp32 default) */
     int checkpoint_interval_s;     /* background checkpoint when something was written, this often;
                                       0 = none (index builds still run in the background) */
 } server_config;

@@ -40,6 +40,7 @@ typedef struct bench_args {
     int repeats;
     int text_repeats;
     double budget_s;
+    int precision; /* enum enc_precision */
 } bench_args;
 
 /* Median, min and max of v[0..n) (sorts v). */
@@ -252,7 +253,8 @@ static check_result check_against_export(const enc_model *m, const char *dir)
 static void usage(void)
 {
     fprintf(stderr, "usage: bench_encoder MODEL_DIR [--threads N] [--repeats N] [--text-repeats N]\n"
-                    "                     [--budget SECONDS] [--query TEXT] [--check ONNX_DIR]\n");
+                    "                     [--budget SECONDS] [--query TEXT] [--check ONNX_DIR]\n"
+                    "                     [--precision fp32|fp16]\n");
     exit(2);
 }
 
@@ -268,7 +270,7 @@ static int int_arg(const char *s, int lo, int hi)
 
 static bench_args parse_args(int argc, char **argv)
 {
-    bench_args a = { NULL, NULL, "a photo of a dog in the snow", 2, 7, 30, 15.0 };
+    bench_args a = { NULL, NULL, "a photo of a dog in the snow", 2, 7, 30, 15.0, ENC_PRECISION_FP32 };
     for (int i = 1; i < argc; i++) {
         const char *k = argv[i];
         if (k[0] != '-') {
@@ -292,6 +294,10 @@ static bench_args parse_args(int argc, char **argv)
             a.query = v;
         else if (!strcmp(k, "--check"))
             a.check_dir = v;
+        else if (!strcmp(k, "--precision")) {
+            if (enc_precision_parse(v, &a.precision))
+                usage();
+        }
         else
             usage();
     }
@@ -311,7 +317,8 @@ int main(int argc, char **argv)
     bench_args a = parse_args(argc, argv);
     double t0 = bench_now();
     enc_model *m;
-    int rc = enc_model_open(a.model_dir, &m);
+    enc_model_options mopt = {.precision = a.precision};
+    int rc = enc_model_open_ex(a.model_dir, &mopt, &m);
     if (rc)
         die(a.model_dir, rc);
     double load_s = bench_now() - t0;
@@ -401,6 +408,7 @@ int main(int argc, char **argv)
     printf("  \"vision\": {\"hidden\": %d, \"layers\": %d, \"image_size\": %d, \"patch_size\": %d},\n",
            cfg->vision.hidden, cfg->vision.layers, cfg->image_size, cfg->patch_size);
     printf("  \"text_tower\": {\"hidden\": %d, \"layers\": %d},\n", cfg->text.hidden, cfg->text.layers);
+    printf("  \"precision\": \"%s\",\n", enc_precision_name(a.precision));
     printf("  \"load_s\": %.3f,\n  \"threads\": %d,\n  \"repeats\": %d,\n  \"loadavg_1m\": %.2f,\n", load_s,
            a.threads, a.repeats, loadavg);
     if (chk.done)
