@@ -182,10 +182,10 @@ int main(int argc, char **argv)
 {
     if (argc < 3) {
         fprintf(stderr, "usage: bench_pipeline MODEL_DIR PHOTO... [--threads 2] [--workers 2] [--batch 16] "
-                        "[--regions 32]\n");
+                        "[--regions 32] [--precision fp32|fp16]\n");
         return 2;
     }
-    int threads = 2, workers = 2, batch = 16;
+    int threads = 2, workers = 2, batch = 16, precision = ENC_PRECISION_FP32;
     g.regions = 32;
     const char *model_dir = argv[1];
     for (int i = 2; i < argc; i++) {
@@ -193,6 +193,14 @@ int main(int argc, char **argv)
             if (i + 1 >= argc) {
                 fprintf(stderr, "bench_pipeline: %s needs a value\n", argv[i]);
                 return 2;
+            }
+            if (!strcmp(argv[i], "--precision")) {
+                if (enc_precision_parse(argv[i + 1], &precision)) {
+                    fprintf(stderr, "bench_pipeline: --precision wants fp32 or fp16\n");
+                    return 2;
+                }
+                i++;
+                continue;
             }
             int v = atoi(argv[i + 1]);
             if (!strcmp(argv[i], "--threads")) threads = v;
@@ -218,7 +226,8 @@ int main(int argc, char **argv)
     }
     enc_set_threads(threads);
     enc_model *m;
-    int rc = enc_model_open(model_dir, &m);
+    enc_model_options mopt = {.precision = precision};
+    int rc = enc_model_open_ex(model_dir, &mopt, &m);
     if (rc) die("model", rc);
     const enc_config *mc = enc_model_config(m);
     int D = enc_model_dim(m), G = enc_model_grid(m);
