@@ -14,12 +14,23 @@
  * checkpoint: --peer-runs with the snapshots in place, --runs with
  * images.faiss and regions.faiss moved aside (put back after each run).
  * Prints one line per run and the medians; the LMDB pages are in the page
- * cache after the first run (a restart's situation). */
+ * cache after the first run (a restart's situation).
+ *
+ *   bench_open --stall 1 [--n 100000] [--dim 512] [--dir ...] [--runs 3]
+ *
+ * How long an ingest waits for a checkpoint writing the snapshot of a large
+ * exact index: DIR.stall is made with N images and approx_threshold above N
+ * (so the index stays exact: no training); then, --runs times, a thread puts
+ * one image per transaction in a loop while the main thread runs
+ * db_checkpoint after 1 s; reports the checkpoint's time, the median put
+ * before it, and the longest put that overlapped it.  DIR.stall is removed
+ * first. */
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
-#include <string.h>
 #include <math.h>
+#include <pthread.h>
+#include <string.h>
 #include <unistd.h>
 
 #include "../common.h"
@@ -78,6 +89,8 @@ static int child(const char *dir, int dim)
     return 0;
 }
 
+static void fill(db_t *db, size_t n, int dim);
+
 static void make_dir(const char *dir, size_t n, int dim)
 {
     db_options o = options(dim, FP);
@@ -95,6 +108,22 @@ static void make_dir(const char *dir, size_t n, int dim)
     if (st.images)
         fprintf(stderr, "bench_open: %s holds %llu images, not %zu: remove it first\n", dir,
                 (unsigned long long)st.images, n), exit(1);
+    double t0 = bench_now();
+    fill(db, n, dim);
+    double t_put = bench_now() - t0;
+    t0 = bench_now();
+    if ((rc = db_checkpoint(db)))
+        die("checkpoint", rc);
+    db_stats_get(db, &st);
+    fprintf(stderr, "bench_open: made %s: %zu images in %.1f s, checkpoint (%s) %.1f s\n", dir, n, t_put,
+            st.image_factory, bench_now() - t0);
+    db_close(db);
+}
+
+/* n images with one clustered random vector each, 1000 per transaction. */
+static void fill(db_t *db, size_t n, int dim)
+{
+    int rc;
     const int nc = 512, batch = 1000;
     float *centers = malloc(sizeof *centers * (size_t)nc * dim);
     float *x = malloc(sizeof *x * (size_t)batch * dim);
@@ -104,7 +133,6 @@ static void make_dir(const char *dir, size_t n, int dim)
         die("memory", UMG_ENOMEM);
     for (size_t i = 0; i < (size_t)nc * dim; i++)
         centers[i] = gauss();
-    double t0 = bench_now();
     for (size_t im = 0; im < n; im += batch) {
         int nb = (int)(n - im < (size_t)batch ? n - im : (size_t)batch);
         for (int b = 0; b < nb; b++) {
@@ -124,18 +152,103 @@ static void make_dir(const char *dir, size_t n, int dim)
         if ((rc = db_put_images(db, ins, nb, NULL, NULL)))
             die("put", rc);
     }
-    double t_put = bench_now() - t0;
-    t0 = bench_now();
-    if ((rc = db_checkpoint(db)))
-        die("checkpoint", rc);
-    db_stats_get(db, &st);
-    fprintf(stderr, "bench_open: made %s: %zu images in %.1f s, checkpoint (%s) %.1f s\n", dir, n, t_put,
-            st.image_factory, bench_now() - t0);
-    db_close(db);
     free(centers);
     free(x);
     free(ins);
     free(paths);
+}
+
+/* --stall: puts in a loop, each timed with its start. */
+typedef struct putter {
+    db_t *db;
+    int dim;
+    volatile int stop;
+    size_t n, cap, next;
+    double *start, *lat;
+} putter;
+
+static void *put_loop(void *arg)
+{
+    putter *p = arg;
+    float *v = malloc(sizeof *v * (size_t)p->dim);
+    while (!p->stop && p->n < p->cap) {
+        for (int j = 0; j < p->dim; j++)
+            v[j] = gauss();
+        char path[64];
+        snprintf(path, sizeof path, "/bench-open/stall/%zu.jpg", p->next++);
+        db_image_in in = { .path = path, .width = 640, .height = 480, .vector = v };
+        memcpy(in.sha256, &p->next, sizeof p->next);
+        in.sha256[31] = 0x5a;
+        double t0 = bench_now();
+        int rc = db_put_image(p->db, &in, NULL, NULL);
+        if (rc)
+            die("put during checkpoint", rc);
+        p->start[p->n] = t0;
+        p->lat[p->n++] = bench_now() - t0;
+    }
+    free(v);
+    return NULL;
+}
+
+static int stall(const char *dir, size_t n, int dim, int runs)
+{
+    char sdir[700], cmd[800];
+    snprintf(sdir, sizeof sdir, "%s.stall", dir);
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", sdir);
+    if (system(cmd))
+        return 1;
+    db_options o = options(dim, FP);
+    o.approx_threshold = n + 1000000; /* exact: the snapshot is the vectors themselves */
+    db_t *db;
+    int rc = db_open(sdir, &o, &db);
+    if (rc)
+        die("open", rc);
+    fill(db, n, dim);
+    printf("bench_open --stall: %s, %zu image vectors x %d in an exact index; puts of one image while "
+           "db_checkpoint writes its snapshot\n", sdir, n, dim);
+    double *ck = malloc(sizeof *ck * (size_t)runs), *worst = malloc(sizeof *worst * (size_t)runs);
+    double *before = malloc(sizeof *before * (size_t)runs);
+    putter p = { .db = db, .dim = dim, .cap = 1000000 };
+    p.start = malloc(sizeof *p.start * p.cap);
+    p.lat = malloc(sizeof *p.lat * p.cap);
+    for (int r = 0; r < runs; r++) {
+        p.n = 0;
+        p.stop = 0;
+        pthread_t t;
+        pthread_create(&t, NULL, put_loop, &p);
+        usleep(1000000);
+        double c0 = bench_now();
+        if ((rc = db_checkpoint(db)))
+            die("checkpoint", rc);
+        double c1 = bench_now();
+        usleep(300000);
+        p.stop = 1;
+        pthread_join(t, NULL);
+        ck[r] = c1 - c0;
+        size_t nb = 0;
+        worst[r] = 0;
+        double *pre = malloc(sizeof *pre * (p.n ? p.n : 1));
+        for (size_t i = 0; i < p.n; i++) {
+            if (p.start[i] + p.lat[i] < c0)
+                pre[nb++] = p.lat[i];
+            else if (p.start[i] < c1 && p.lat[i] > worst[r])
+                worst[r] = p.lat[i];
+        }
+        before[r] = nb ? bench_median(pre, nb) : -1;
+        free(pre);
+        printf("  run %d: checkpoint %.3f s; puts before it: median %.1f ms (%zu puts); longest put overlapping "
+               "it: %.1f ms\n", r + 1, ck[r], before[r] * 1e3, nb, worst[r] * 1e3);
+    }
+    printf("median over %d runs: checkpoint %.3f s; put before it %.1f ms; longest put during it %.1f ms\n", runs,
+           bench_median(ck, (size_t)runs), bench_median(before, (size_t)runs) * 1e3,
+           bench_median(worst, (size_t)runs) * 1e3);
+    db_close(db);
+    free(p.start);
+    free(p.lat);
+    free(ck);
+    free(worst);
+    free(before);
+    return 0;
 }
 
 /* Runs the child `runs` times; times into t.  Returns the last child's line. */
@@ -187,7 +300,7 @@ int main(int argc, char **argv)
     }
     setvbuf(stdout, NULL, _IOLBF, 0);
     size_t n = 100000;
-    int dim = 512, runs = 3, peer_runs = 3, is_child = 0;
+    int dim = 512, runs = 3, peer_runs = 3, is_child = 0, stall_mode = 0;
     const char *dir = "/tmp/umg_bench_open";
     for (int i = 1; i + 1 < argc; i += 2) {
         if (!strcmp(argv[i], "--n"))
@@ -202,6 +315,8 @@ int main(int argc, char **argv)
             peer_runs = atoi(argv[i + 1]);
         else if (!strcmp(argv[i], "--child"))
             is_child = atoi(argv[i + 1]);
+        else if (!strcmp(argv[i], "--stall"))
+            stall_mode = atoi(argv[i + 1]);
         else {
             fprintf(stderr, "unknown option %s\n", argv[i]);
             return 2;
@@ -211,6 +326,8 @@ int main(int argc, char **argv)
         return child(dir, dim);
     if (runs < 1 || peer_runs < 1 || n < 1 || dim < 1)
         return 2;
+    if (stall_mode)
+        return stall(dir, n, dim, runs);
     char self[600];
     ssize_t sl = readlink("/proc/self/exe", self, sizeof self - 1);
     if (sl <= 0)
