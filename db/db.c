@@ -1849,7 +1849,8 @@ static long ivf_nlist(const char *factory)
 /* Whether a checkpoint should build `kind` anew (caller holds wmutex); the
  * wanted factory into want, the reason into why.  Exactly three cases:
  *   - an update of the in-memory index failed (stale);
- *   - the index is exact and the collection reached approx_threshold;
+ *   - the index is exact and the collection reached approx_threshold (also
+ *     an index db_open rebuilt exact because its snapshot was unusable);
  *   - an automatic IVF index whose collection grew so much that the
  *     automatic nlist is at least twice the trained one (4x the vectors).
  * In particular a factory string that merely differs from today's automatic

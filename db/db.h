@@ -76,7 +76,12 @@ db_options db_options_default(void);
 
 /* Open (creating if absent and not read_only) a data directory.  A directory
  * made with another fingerprint or dimension fails with UMG_EMODEL naming
- * the model that built it.  Brings both indexes up to date with LMDB. */
+ * the model that built it.  Brings both indexes up to date with LMDB.  An
+ * index whose snapshot is missing or unusable is rebuilt from the stored
+ * vectors; past approx_threshold it is rebuilt exact (a copy of the vectors,
+ * no training: about a second at 100,000 x 512, and dim x 4 bytes of memory
+ * per vector), and db_build_pending reports the approximate build, which
+ * the next db_checkpoint does and swaps in. */
 int db_open(const char *dir, const db_options *opt, db_t **out);
 /* Close; NULL-safe.  Does not checkpoint (call db_checkpoint first to make
  * the next open fast). */
@@ -195,10 +200,12 @@ typedef struct db_stats {
 int db_stats_get(db_t *db, db_stats *out);
 
 /* Snapshot both indexes (atomic files recording the sequence they cover; an
- * index unchanged since its snapshot is not rewritten), build an index anew
- * when db_build_pending says so (trained from the stored vectors, from a
- * read snapshot: writers and searches go on meanwhile), and drop log entries
- * both snapshots cover. */
+ * index unchanged since its snapshot is not rewritten; writers wait only
+ * while an index is copied in memory, not while the file is written), build
+ * an index anew when db_build_pending says so (trained from the stored
+ * vectors, from a read snapshot: writers and searches go on meanwhile, and
+ * what they wrote is caught up from the log before the swap), and drop log
+ * entries both snapshots cover (none while a build runs: it needs them). */
 int db_checkpoint(db_t *db);
 
 /* db_checkpoint_ex flags.  NO_BUILD: write the snapshots of the indexes as
@@ -215,8 +222,9 @@ int db_checkpoint(db_t *db);
  * error is returned. */
 int db_checkpoint_ex(db_t *db, int flags);
 /* 1 when db_checkpoint would build an index: an exact index that reached
- * approx_threshold, an automatic IVF index whose collection grew 4x since it
- * was trained, or a failed in-memory update.  Never because of searches. */
+ * approx_threshold (also one db_open rebuilt exact for want of a usable
+ * snapshot), an automatic IVF index whose collection grew 4x since it was
+ * trained, or a failed in-memory update.  Never because of searches. */
 int db_build_pending(db_t *db);
 /* Make index builds running in db_checkpoint (now or later, any thread)
  * give up at their next step with UMG_ESHUTDOWN; the indexes in use stay as
