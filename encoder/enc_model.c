@@ -965,6 +965,52 @@ int enc_encode_pixels(enc_run *r, const float *pixels, int n, float *embeds, flo
     return 0;
 }
 
+/* The last text block when only each sequence's end row is wanted (the pooled
+ * token; under the causal mask it attends to its whole sequence): K and V for
+ * every token, but Q, attention, out_proj and the MLP for the n end rows alone
+ * (~10/12 of the block saved).  Sequences of lens[s] rows one after another in
+ * r->h; on return r->x [n, H] holds the block's output at the end rows. */
+static void block_text_end_only(enc_run *r, const enc_layer_weights *L, const enc_tower_config *tc, int n,
+                                const int *lens)
+{
+    int H = tc->hidden, M = 0, d = H / tc->heads;
+    for (int s = 0; s < n; s++)
+        M += lens[s];
+    float scale = 1.0f / sqrtf((float)d);
+    enc_layer_norm(r->x, H, r->h, H, L->layer_norm1_weight, L->layer_norm1_bias, tc->ln_eps, M, H);
+    /* k, v [M, H] for all tokens */
+    lin(r->m, r->k, r->x, L->self_attn_k_proj_weight, L->self_attn_k_proj_panels, M, H, H, 0);
+    enc_add_bias(r->k, L->self_attn_k_proj_bias, M, H);
+    lin(r->m, r->v, r->x, L->self_attn_v_proj_weight, L->self_attn_v_proj_panels, M, H, H, 0);
+    enc_add_bias(r->v, L->self_attn_v_proj_bias, M, H);
+    /* xe [n, H] (in r->mlp) = the end rows of x;  q [n, H] = scaled (xe . Wq^T + bq) */
+    float *xe = r->mlp;
+    for (int s = 0, end = 0; s < n; s++) {
+        end += lens[s];
+        memcpy(xe + (size_t)s * H, r->x + (size_t)(end - 1) * H, (size_t)H * sizeof(float));
+    }
+    lin(r->m, r->q, xe, L->self_attn_q_proj_weight, L->self_attn_q_proj_panels, n, H, H, 0);
+    enc_add_bias_scale(r->q, L->self_attn_q_proj_bias, scale, n, H);
+    /* attn [n, H] (over xe, no longer needed): each end query against its sequence */
+    float *attn = r->mlp;
+    for (int s = 0, start = 0; s < n; start += lens[s], s++)
+        for (int h = 0; h < tc->heads; h++) {
+            const float *qh = r->q + (size_t)s * H + h * d;
+            const float *kh = r->k + (size_t)start * H + h * d, *vh = r->v + (size_t)start * H + h * d;
+            /* scores[len] = k_h[len, d] . q_h;  attn_h[d] = scores . v_h[len, d] */
+            cblas_sgemv(CblasRowMajor, CblasNoTrans, lens[s], d, 1.0f, kh, H, qh, 1, 0.0f, r->scores, 1);
+            enc_softmax(r->scores, lens[s]);
+            cblas_sgemv(CblasRowMajor, CblasTrans, lens[s], d, 1.0f, vh, H, r->scores, 1, 0.0f,
+                        attn + (size_t)s * H + h * d, 1);
+        }
+    /* hc [n, H] (in r->x) = the end rows of the residual stream; the rest of the block on them */
+    for (int s = 0, end = 0; s < n; s++) {
+        end += lens[s];
+        memcpy(r->x + (size_t)s * H, r->h + (size_t)(end - 1) * H, (size_t)H * sizeof(float));
+    }
+    cls_tail(r, r->x, r->k, attn, r->mlp, L, tc, n);
+}
+
 int enc_encode_ids(enc_run *r, const int32_t *ids, int n_ids, float *embed)
 {
     if (!r || !ids || !embed)
@@ -1014,15 +1060,20 @@ int enc_encode_ids_batch(enc_run *r, const int32_t *const *ids, const int *n_ids
             for (int d = 0; d < H; d++)
                 ht[d] = tok[d] + pos[d];
         }
-    for (int l = 0; l < c->text.layers; l++)
+    for (int l = 0; l + 1 < c->text.layers; l++)
         block_packed(r, &W->encoder_layers[l], &c->text, n, 0, lens, 1);
-    /* x[s] = final_layer_norm(h at sequence s's end row);  embeds[n, D] = text_projection . x */
-    size_t end = 0;
-    for (int s = 0; s < n; s++) {
-        end += (size_t)lens[s];
-        enc_layer_norm(r->x + (size_t)s * H, H, r->h + (end - 1) * H, H, W->final_layer_norm_weight,
-                       W->final_layer_norm_bias, c->text.ln_eps, 1, H);
+    if (c->text.layers > 0) {
+        /* x[n, H] = the last block's output at the end rows */
+        block_text_end_only(r, &W->encoder_layers[c->text.layers - 1], &c->text, n, lens);
+    } else {
+        size_t end = 0;
+        for (int s = 0; s < n; s++) {
+            end += (size_t)lens[s];
+            memcpy(r->x + (size_t)s * H, r->h + (end - 1) * H, (size_t)H * sizeof(float));
+        }
     }
+    /* x = final_layer_norm(x);  embeds[n, D] = text_projection . x */
+    enc_layer_norm(r->x, H, r->x, H, W->final_layer_norm_weight, W->final_layer_norm_bias, c->text.ln_eps, n, H);
     lin(r->m, embeds, r->x, W->text_projection_weight, W->text_projection_panels, n, H, D, 0);
     return 0;
 }
