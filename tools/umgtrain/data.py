@@ -204,3 +204,24 @@ def proposal_like_boxes(rng, obj_boxes, w, h, n_random=4):
     x1 = np.clip(b[:, 0] + b[:, 2], x0 + 2, w)
     y1 = np.clip(b[:, 1] + b[:, 3], y0 + 2, h)
     return np.stack([x0, y0, x1 - x0, y1 - y0], 1)
+
+
+def load_proposals(path, items):
+    """The server's proposal boxes of the photos in items, from a dump_proposals.py file
+    ({file name: record with "regions": [{"box": [x, y, w, h]}, ...]}): {name: [R, 4]
+    float64}.  enc_propose depends on the pixels only, so a dump made with any model of
+    the photos `generate` wrote for the same seed holds the boxes the server ranks."""
+    import json
+    with open(path) as f:
+        dump = json.load(f)
+    out = {}
+    for it in items:
+        rec = dump.get(it["name"])
+        if rec is None:
+            raise SystemExit("%s: no proposals of %s (a dump of another seed or count?)" % (path, it["name"]))
+        if (rec.get("width"), rec.get("height")) not in ((it["width"], it["height"]), (None, None)):
+            raise SystemExit("%s: %s is %sx%s there, %dx%d here" % (path, it["name"], rec.get("width"),
+                                                                   rec.get("height"), it["width"], it["height"]))
+        b = np.array([r["box"] for r in rec.get("regions", [])], dtype=np.float64).reshape(-1, 4)
+        out[it["name"]] = b[(b[:, 2] > 0) & (b[:, 3] > 0)]
+    return out

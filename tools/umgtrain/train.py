@@ -52,10 +52,14 @@ def make_config(a):
     }
 
 
-def hard_negative_caption(objs, rng):
+def hard_negative_caption(objs, rng, drop=0.0):
     """The caption of a slightly different world: one attribute changed, or two
-    objects' colours swapped (attribute binding)."""
+    objects' colours swapped (attribute binding), or (probability drop, photos of
+    2+ objects) one object left out: the photo shows more than that caption says."""
     objs = [dict(o) for o in objs]
+    if drop > 0 and len(objs) >= 2 and rng.random() < drop:
+        del objs[rng.randrange(len(objs))]
+        return world.caption(objs)
     if len(objs) >= 2 and rng.random() < 0.35:
         i, j = rng.sample(range(len(objs)), 2)
         if objs[i]["colour"] != objs[j]["colour"]:
@@ -155,6 +159,16 @@ def main():
     ap.add_argument("--w-pixel", type=float, default=1.0, help="weight of the pixel-level loss")
     ap.add_argument("--jitter", type=int, default=1,
                     help="1: region losses also on proposal-like boxes (data.proposal_like_boxes)")
+    ap.add_argument("--proposals",
+                    help="the server's own proposal boxes of the training photos (dump_proposals.py on "
+                         "`generate --seed SEED --count COUNT`): the region losses also use them")
+    ap.add_argument("--proposals-per-photo", type=int, default=0,
+                    help="with --proposals: a random subset of this many of a photo's proposals per "
+                         "step (0: all of them)")
+    ap.add_argument("--hard-negatives", type=int, default=1,
+                    help="hard-negative captions per photo in the image-level loss (hard_negative_caption)")
+    ap.add_argument("--drop-negatives", type=float, default=0.0,
+                    help="probability that a hard-negative caption of a photo of 2+ objects leaves one out")
     ap.add_argument("--log-every", type=int, default=50)
     ap.add_argument("--init", help="checkpoint directory to continue training from")
     ap.add_argument("--cache", help="pickle of the rendered photos, reused when it exists")
@@ -181,6 +195,7 @@ def main():
 
     items = data.prepare_cached(a.cache, a.seed, a.count, a.image_size, a.patch_size, procs=a.procs)
     print("prepared %d photos in %.0f s" % (len(items), time.time() - t0), flush=True)
+    real_props = data.load_proposals(a.proposals, items) if a.proposals else None
     # the vectorized pooling weights must be pooling.py's (the C server's) definition
     chk = [items[0]["objects"][0]["box"], [0, 0, items[0]["width"], items[0]["height"]], [3.5, 7.25, 40.0, 21.5]]
     ref = np.array(pooling.weight_matrix(chk, items[0]["geom"], a.patch_size, grid))
@@ -230,6 +245,11 @@ def main():
             boxes = ob
             if a.jitter:
                 boxes = data.proposal_like_boxes(box_rng, ob, b["width"], b["height"])
+            if real_props is not None:  # the boxes the server will rank for this photo
+                rp = real_props[b["name"]]
+                if 0 < a.proposals_per_photo < len(rp):
+                    rp = rp[np.sort(box_rng.choice(len(rp), a.proposals_per_photo, replace=False))]
+                boxes = np.concatenate([boxes, rp])
             wm = data.weight_matrix_np(boxes, b["geom"], a.patch_size, grid)
             if b["has_bg"]:  # the precomputed background box (its weights row is the last one)
                 wm = np.concatenate([wm, b["weights"][-1:]])
@@ -253,7 +273,8 @@ def main():
             px = data.to_pixels_fast(batch)
             img_emb, patches = model.encode_image(px)
             caps = [b["caption"] for b in batch]
-            negs = [hard_negative_caption(b["objects"], rng) for b in batch]
+            negs = [hard_negative_caption(b["objects"], rng, a.drop_negatives)
+                    for _ in range(a.hard_negatives) for b in batch]
             # two calls: the short phrases are not padded to the captions' length
             cap_emb = model.encode_ids([toks.encode(c) for c in caps + negs])
             voc_emb = model.encode_ids(vocab_ids)
