@@ -26,6 +26,7 @@
 #include <unistd.h>
 
 #include "enc_image.h"
+#include "test_util.h"
 #include "umg_error.h"
 
 /* The client library is part of the umgdb binary (cli/); compiled in here
@@ -1567,6 +1568,82 @@ static void test_background_index_build(void **state)
     rm_rf(s.dir);
 }
 
+/* --precision fp16: the server encodes with the half-precision products (where
+ * the CPU has AVX512-FP16) and answers like the fp32 server to within a score
+ * of 2e-3 on every image, while not identically (the half path really ran);
+ * an unknown precision is refused at start-up with exit code 2. */
+static void test_precision_fp16(void **state)
+{
+    (void)state;
+    char dir[256];
+    snprintf(dir, sizeof dir, "/tmp/umg-prec-XXXXXX");
+    assert_non_null(mkdtemp(dir));
+    char data[300];
+    snprintf(data, sizeof data, "%s/data", dir);
+    const char *bad[] = {"serve", "--data", data, "--model", TINY, "--precision", "bf16", NULL};
+    tu_result r = tu_run(bad);
+    TU_EXPECT_EXIT(r, 2);
+    assert_non_null(strstr(r.err, "--precision"));
+    tu_result_free(&r);
+    rm_rf(dir);
+    __builtin_cpu_init();
+    if (!__builtin_cpu_supports("avx512fp16") || !__builtin_cpu_supports("avx512bw") ||
+        !__builtin_cpu_supports("avx512vl")) {
+        server s;
+        make_tmp(&s);
+        snprintf(data, sizeof data, "%s/data", s.dir);
+        const char *args[] = {"serve", "--data", data, "--model", TINY, "--precision", "fp16", NULL};
+        r = tu_run(args);
+        if (r.status == 0) fail_msg("fp16 on a CPU without AVX512-FP16 started");
+        assert_non_null(strstr(r.err, "AVX512-FP16"));
+        tu_result_free(&r);
+        rm_rf(s.dir);
+        skip();
+    }
+    const char *files[] = {"astronaut.png", "camera.png", "chelsea.png", "coffee.png", "motorcycle_left.png",
+                           "rocket.jpg"};
+    const char *texts[] = {"a photo of a cat", "an astronaut in space", "a cup of coffee on a table"};
+    enum { NI = 6, NT = 3 };
+    double score[2][NT][NI];
+    server sv[2];
+    for (int p = 0; p < 2; p++) {
+        make_tmp(&sv[p]);
+        const char *extra[] = {"--precision", p ? "fp16" : "fp32", NULL};
+        start(&sv[p], extra);
+        umg_client *c = conn(&sv[p]);
+        for (int i = 0; i < NI; i++) {
+            char path[256];
+            snprintf(path, sizeof path, "%s/%s", TINY "/images", files[i]);
+            ingest_bytes(c, path, files[i], NULL, NULL, NULL);
+        }
+        for (int t = 0; t < NT; t++) {
+            for (int i = 0; i < NI; i++) score[p][t][i] = NAN;
+            proto_response *q = query(c, texts[t], "image", NI, NULL, NULL, -100);
+            const msgpack_object *h = hits_of(q);
+            assert_int_equal(h->via.array.size, NI);
+            for (uint32_t j = 0; j < h->via.array.size; j++) {
+                const msgpack_object *path = proto_map_get(&h->via.array.ptr[j], "path");
+                assert_non_null(path);
+                for (int i = 0; i < NI; i++)
+                    if (str_eq(path, files[i])) score[p][t][i] = obj_f(&h->via.array.ptr[j], "score");
+            }
+            proto_response_free(q);
+        }
+        umg_client_close(c);
+        assert_int_equal(stop(&sv[p]), 0);
+    }
+    double maxd = 0;
+    for (int t = 0; t < NT; t++)
+        for (int i = 0; i < NI; i++) {
+            if (isnan(score[0][t][i]) || isnan(score[1][t][i])) fail_msg("%s missing from '%s'", files[i], texts[t]);
+            maxd = fmax(maxd, fabs(score[0][t][i] - score[1][t][i]));
+        }
+    print_message("fp16 vs fp32 server: largest score difference %.3g\n", maxd);
+    if (!(maxd <= 2e-3)) fail_msg("fp16 scores differ from fp32 by %.3g (<= 2e-3 wanted)", maxd);
+    if (!(maxd > 0)) fail_msg("fp16 scores identical to fp32: the half path did not run");
+    for (int p = 0; p < 2; p++) rm_rf(sv[p].dir);
+}
+
 int main(void)
 {
     signal(SIGPIPE, SIG_IGN);
@@ -1581,6 +1658,7 @@ int main(void)
         cmocka_unit_test_teardown(test_auth, teardown),
         cmocka_unit_test_teardown(test_tcp_limits, teardown),
         cmocka_unit_test_teardown(test_backpressure, teardown),
+        cmocka_unit_test_teardown(test_precision_fp16, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
