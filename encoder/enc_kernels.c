@@ -228,18 +228,41 @@ size_t enc_packed_h_halves(int in, int out)
     return (size_t)((out + ENC_PANEL_H - 1) / ENC_PANEL_H) * ENC_PANEL_H * (size_t)in;
 }
 
+#if defined(__x86_64__) && defined(__GNUC__) && __GNUC__ >= 12
+#include <immintrin.h>
+/* One k row of a panel: dst[64] = half(w[o0 + j][k]), j < cols (the rest 0). */
+__attribute__((target("avx512f"))) static void pack_row_h(uint16_t *dst, const float *w, size_t ldw, int cols)
+{
+    float row[ENC_PANEL_H] __attribute__((aligned(64)));
+    for (int j = 0; j < ENC_PANEL_H; j++)
+        row[j] = j < cols ? w[(size_t)j * ldw] : 0.0f;
+    for (int q = 0; q < ENC_PANEL_H; q += 16)
+        _mm256_storeu_si256((__m256i *)(dst + q), _mm512_cvtps_ph(_mm512_load_ps(row + q), _MM_FROUND_TO_NEAREST_INT));
+}
+#endif
+
 void enc_pack_weights_h(uint16_t *panels, const float *w, int in, int out)
 {
     int np = (out + ENC_PANEL_H - 1) / ENC_PANEL_H;
+#if defined(__x86_64__) && defined(__GNUC__) && __GNUC__ >= 12
+    int fast = enc_packed_supported(); /* AVX-512F converts 16 at a time (same rounding) */
+#endif
     for (int k0 = 0; k0 < in; k0 += ENC_PACK_KC_H) {
         int kc = in - k0 < ENC_PACK_KC_H ? in - k0 : ENC_PACK_KC_H;
         for (int p = 0; p < np; p++) {
             uint16_t *dst = panels + (size_t)np * ENC_PANEL_H * k0 + (size_t)p * kc * ENC_PANEL_H;
-            for (int k = 0; k < kc; k++)
-                for (int j = 0; j < ENC_PANEL_H; j++) {
-                    int o = p * ENC_PANEL_H + j;
-                    dst[(size_t)k * ENC_PANEL_H + j] = o < out ? enc_f32_to_f16(w[(size_t)o * in + k0 + k]) : 0;
+            int cols = out - p * ENC_PANEL_H < ENC_PANEL_H ? out - p * ENC_PANEL_H : ENC_PANEL_H;
+            for (int k = 0; k < kc; k++) {
+                const float *src = w + (size_t)p * ENC_PANEL_H * in + k0 + k;
+#if defined(__x86_64__) && defined(__GNUC__) && __GNUC__ >= 12
+                if (fast) {
+                    pack_row_h(dst + (size_t)k * ENC_PANEL_H, src, (size_t)in, cols);
+                    continue;
                 }
+#endif
+                for (int j = 0; j < ENC_PANEL_H; j++)
+                    dst[(size_t)k * ENC_PANEL_H + j] = j < cols ? enc_f32_to_f16(src[(size_t)j * in]) : 0;
+            }
         }
     }
 }
