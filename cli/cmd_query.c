@@ -16,6 +16,7 @@
 typedef struct query_opts {
     cli_common c;
     const char *granularity;
+    bool refine;              /* "refine": "pixel" */
     long k;
     const char *html;
     const char *path_prefix;
@@ -34,6 +35,9 @@ static void usage(FILE *out)
             "options:\n"
             "  --regions           search regions: each hit is a box inside a photo\n"
             "  --heatmap           pixel granularity: where in each photo the text matches\n"
+            "  --refine            regions, each photo's boxes re-ranked by how well they fit\n"
+            "                      where in the photo the text matches (its heatmap); implies\n"
+            "                      --regions (docs/regions.md, \"Pixel-level refinement\")\n"
             "  -k N                how many hits (1..%d, default %d)\n"
             "  --path-prefix P     only photos whose stored path starts with P\n"
             "  --tag T             only photos tagged T (repeatable, or T1,T2: all must match)\n"
@@ -83,6 +87,7 @@ static int parse(int argc, char **argv, query_opts *o)
         CLI_COMMON_LONGOPTS,
         {"regions", no_argument, NULL, 'r'},
         {"heatmap", no_argument, NULL, 'H'},
+        {"refine", no_argument, NULL, 'R'},
         {"html", required_argument, NULL, 'o'},
         {"path-prefix", required_argument, NULL, 'P'},
         {"tag", required_argument, NULL, 'T'},
@@ -107,6 +112,7 @@ static int parse(int argc, char **argv, query_opts *o)
         switch (opt) {
         case 'r': regions = true; break;
         case 'H': heatmap = true; break;
+        case 'R': o->refine = regions = true; break;
         case 'k':
             if (cli_parse_long(optarg, 1, PROTO_MAX_K, &o->k)) {
                 fprintf(stderr, "umgdb query: -k wants an integer in [1, %d], not '%s'\n", PROTO_MAX_K, optarg);
@@ -142,7 +148,8 @@ static int parse(int argc, char **argv, query_opts *o)
         }
     }
     if (regions && heatmap) {
-        fprintf(stderr, "umgdb query: --regions and --heatmap are two granularities; pick one\n");
+        fprintf(stderr, "umgdb query: %s and --heatmap are two granularities; pick one\n",
+                o->refine ? "--refine (region boxes)" : "--regions");
         return CLI_EXIT_USAGE;
     }
     o->granularity = regions ? "region" : heatmap ? "pixel" : "image";
@@ -170,13 +177,15 @@ static int pack_request(umg_client *cl, const query_opts *o, uint64_t *id)
 {
     size_t nfilters = (o->path_prefix != NULL) + (o->n_tags > 0) + o->has_min_score;
     proto_writer w;
-    int rc = umg_client_begin(cl, &w, "query", 3 + (nfilters > 0), id);
+    int rc = umg_client_begin(cl, &w, "query", 3 + (nfilters > 0) + o->refine, id);
     if (rc)
         return rc;
     msgpack_packer *pk = &w.pk;
     int bad = proto_pack_cstr(pk, "text") || proto_pack_cstr(pk, o->text) ||
               proto_pack_cstr(pk, "granularity") || proto_pack_cstr(pk, o->granularity) ||
               proto_pack_cstr(pk, "k") || msgpack_pack_uint32(pk, (uint32_t)o->k);
+    if (!bad && o->refine)
+        bad = proto_pack_cstr(pk, "refine") || proto_pack_cstr(pk, "pixel");
     if (!bad && nfilters) {
         bad = proto_pack_cstr(pk, "filters") || msgpack_pack_map(pk, nfilters);
         if (!bad && o->path_prefix)

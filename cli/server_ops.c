@@ -21,6 +21,10 @@
 #define PATCH_TOKENS_EXTRA "patch_tokens"
 #define REGION_NMS_IOU 0.5f        /* region hits of one image overlapping more than this: keep the best */
 #define MAX_FETCH 10000            /* most candidates one query takes from an index */
+/* "refine": "pixel" (docs/regions.md, "Pixel-level refinement"; chosen on the
+ * synthetic world's held-out seed 2000 with bench/regions/refine_experiments.py) */
+#define REFINE_HEAT_FRAC 0.5       /* heat mask: 0 at the photo's min + this share of its heat range, 1 at its max */
+#define REFINE_WEIGHT 0.5          /* soft IoU's weight, in units of the photo's region-cosine range */
 
 /* ---- small helpers -------------------------------------------------------- */
 
@@ -932,6 +936,9 @@ typedef struct hit {
     char *path;
     float *heat;              /* grid*grid cosines, pixel granularity */
     float extent[4];
+    uint32_t img_w, img_h;
+    float refined;            /* score + pixel agreement ("refine": "pixel") */
+    int has_refined;
 } hit;
 
 typedef struct filters {
@@ -1024,6 +1031,162 @@ static void heatmap(srv *s, hit *h, const float *q, const db_image *img)
     h->extent[3] = (float)g.input_h / g.scale_y;
 }
 
+static double overlap1(double a0, double a1, double b0, double b1)
+{
+    double lo = a0 > b0 ? a0 : b0, hi = a1 < b1 ? a1 : b1;
+    return hi > lo ? hi - lo : 0;
+}
+
+/* Cell coverage [G*G] of box: the share of each grid cell under it, the
+ * weights enc_region_pool gives the cells before dividing by their sum. */
+static void box_cover(const srv *s, const enc_preproc_geom *g, const float box[4], float *cov)
+{
+    float r[4];
+    enc_box_to_grid(g, s->patch_size, box, r);
+    for (int i = 0; i < s->grid; i++) {
+        double wy = overlap1(r[1], r[3], i, i + 1);
+        for (int j = 0; j < s->grid; j++) cov[i * s->grid + j] = (float)(wy * overlap1(r[0], r[2], j, j + 1));
+    }
+}
+
+typedef struct refined_box {
+    uint64_t id;
+    float box[4];
+    float score, refined;
+} refined_box;
+
+static int by_refined(const void *a, const void *b)
+{
+    const refined_box *x = a, *y = b;
+    if (x->refined != y->refined) return x->refined < y->refined ? 1 : -1;
+    return x->id < y->id ? -1 : x->id > y->id;
+}
+
+/* Re-rank one photo's stored boxes with the text's heatmap over its patch
+ * tokens: refined = cosine + REFINE_WEIGHT * (the photo's cosine range) *
+ * soft IoU(box cover, heat mask).  Fills out[] (by refined score, boxes
+ * overlapping a better one at IoU > REGION_NMS_IOU dropped, and those under
+ * min_score) and *n.  *n = -1: the photo has no patch tokens; left as it is. */
+static int refine_photo(srv *s, const float *q, const hit *h, const filters *f, refined_box **out, int *n)
+{
+    *out = NULL;
+    *n = -1;
+    int rc, nr = 0;
+    float *tok = load_patch_tokens(s, h->image_id, &rc);
+    if (!tok) return rc == UMG_ENOENT ? 0 : rc;
+    db_region *regs = NULL;
+    size_t GG = (size_t)s->grid * s->grid, D = (size_t)s->dim;
+    float *heat = malloc(GG * 3 * sizeof(float)), *photo = heat + GG, *cov = heat + 2 * GG;
+    float *vec = malloc(D * sizeof(float));
+    refined_box *rb = NULL;
+    rc = heat && vec ? 0 : umg_err_set(UMG_ENOMEM, "out of memory");
+    if (!rc) rc = db_list_regions(s->db, h->image_id, &regs, &nr);
+    if (!rc && nr > 0 && !(rb = malloc((size_t)nr * sizeof *rb))) rc = umg_err_set(UMG_ENOMEM, "out of memory");
+    if (rc || nr <= 0) goto done;
+
+    enc_preproc_geom g;
+    enc_preproc_geometry(&s->pad, (int)h->img_w, (int)h->img_h, &g);
+    const float whole[4] = {0, 0, (float)h->img_w, (float)h->img_h};
+    box_cover(s, &g, whole, photo);
+    double hmax = -INFINITY, hmin = INFINITY;
+    for (size_t c = 0; c < GG; c++) {
+        double dot = 0;
+        for (size_t d = 0; d < D; d++) dot += (double)tok[c * D + d] * q[d];
+        heat[c] = (float)dot;
+        if (photo[c] > 0) { /* padding cells hold no photo: they neither set nor carry the mask */
+            if (dot > hmax) hmax = dot;
+            if (dot < hmin) hmin = dot;
+        }
+    }
+    /* heat mask: a ramp from the threshold up to the photo's hottest cell */
+    double t = hmin + REFINE_HEAT_FRAC * (hmax - hmin), span = hmax - t, mass = 0;
+    for (size_t c = 0; c < GG; c++) {
+        double m = span > 0 ? (heat[c] - t) / span : 1;
+        heat[c] = (float)(photo[c] * (m < 0 ? 0 : m > 1 ? 1 : m));
+        mass += heat[c];
+    }
+    double cmax = -INFINITY, cmin = INFINITY;
+    for (int i = 0; i < nr; i++) {
+        if ((rc = db_get_vector(s->db, DB_KIND_REGION, regs[i].id, vec))) goto done;
+        double dot = 0, inter = 0, area = 0;
+        for (size_t d = 0; d < D; d++) dot += (double)vec[d] * q[d];
+        box_cover(s, &g, regs[i].box, cov);
+        for (size_t c = 0; c < GG; c++) inter += (double)cov[c] * heat[c], area += cov[c];
+        double uni = area + mass - inter;
+        rb[i].id = regs[i].id;
+        memcpy(rb[i].box, regs[i].box, sizeof rb[i].box);
+        rb[i].score = (float)dot;
+        rb[i].refined = uni > 0 ? (float)(inter / uni) : 0; /* the soft IoU, for now */
+        if (dot > cmax) cmax = dot;
+        if (dot < cmin) cmin = dot;
+    }
+    for (int i = 0; i < nr; i++) rb[i].refined = (float)(rb[i].score + REFINE_WEIGHT * (cmax - cmin) * rb[i].refined);
+    qsort(rb, (size_t)nr, sizeof *rb, by_refined);
+    int kept = 0;
+    for (int i = 0; i < nr; i++) {
+        if (f->has_min && rb[i].score < f->min_score) continue;
+        int overlap = 0;
+        for (int j = 0; j < kept && !overlap; j++) overlap = box_iou(rb[j].box, rb[i].box) > REGION_NMS_IOU;
+        if (!overlap) rb[kept++] = rb[i];
+    }
+    *out = rb;
+    *n = kept;
+    rb = NULL;
+done:
+    free(rb);
+    free(regs);
+    free(vec);
+    free(heat);
+    free(tok);
+    return rc;
+}
+
+/* "refine": "pixel": every photo keeps the places the region search gave it
+ * in hits; the boxes in those places become its best boxes by refined score
+ * (out of all its stored boxes, not only those the index returned).  A photo
+ * with fewer such boxes than places gives up the rest.  *nh may shrink. */
+static int refine_hits(srv *s, const float *q, hit *hits, int *nh, const filters *f)
+{
+    int rc = 0;
+    for (int i = 0; !rc && i < *nh; i++) {
+        if (hits[i].has_refined) continue; /* a place of a photo already done */
+        refined_box *rb;
+        int n;
+        rc = refine_photo(s, q, &hits[i], f, &rb, &n);
+        if (rc || n < 0) {
+            for (int j = i; j < *nh; j++)
+                if (hits[j].image_id == hits[i].image_id) hits[j].has_refined = -1; /* unrefined */
+            continue;
+        }
+        int used = 0;
+        for (int j = i; j < *nh; j++) {
+            if (hits[j].image_id != hits[i].image_id) continue;
+            if (used < n) {
+                hits[j].region_id = rb[used].id;
+                memcpy(hits[j].box, rb[used].box, sizeof hits[j].box);
+                hits[j].score = rb[used].score;
+                hits[j].refined = rb[used].refined;
+                hits[j].has_refined = 1;
+                used++;
+            } else {
+                hits[j].has_refined = 2; /* place given up */
+            }
+        }
+        free(rb);
+    }
+    int w = 0;
+    for (int i = 0; i < *nh; i++) {
+        if (hits[i].has_refined == 2) {
+            free(hits[i].path);
+            continue;
+        }
+        if (hits[i].has_refined < 0) hits[i].has_refined = 0;
+        hits[w++] = hits[i];
+    }
+    *nh = w;
+    return rc;
+}
+
 /* Search with q (dim floats, any norm), filter, group, answer job. */
 static int search_answer(srv_job *job, const float *q_in, uint64_t exclude)
 {
@@ -1033,6 +1196,7 @@ static int search_answer(srv_job *job, const float *q_in, uint64_t exclude)
     proto_obj_uint(proto_req_arg(req, "k"), &k);
     const msgpack_object *g = proto_req_arg(req, "granularity");
     int gran = proto_obj_str_eq(g, "region") ? 1 : proto_obj_str_eq(g, "pixel") ? 2 : 0;
+    int refine = gran == 1 && proto_obj_str_eq(proto_req_arg(req, "refine"), "pixel");
     filters f;
     read_filters(req, &f);
     float *q = malloc((size_t)s->dim * sizeof(float));
@@ -1071,11 +1235,14 @@ static int search_answer(srv_job *job, const float *q_in, uint64_t exclude)
         if (db_get_image(s->db, h.image_id, &img)) continue;
         if (passes(&f, &img)) {
             h.path = strdup(img.path);
+            h.img_w = img.width;
+            h.img_h = img.height;
             if (gran == 2) heatmap(s, &h, q, &img);
             hits[nh++] = h;
         }
         db_image_free(&img);
     }
+    if (!rc && refine) rc = refine_hits(s, q, hits, &nh, &f);
     if (!rc) {
         proto_writer w;
         if (proto_response_begin(&w, &job->resp, job->id)) {
@@ -1087,7 +1254,7 @@ static int search_answer(srv_job *job, const float *q_in, uint64_t exclude)
             msgpack_pack_array(pk, (size_t)nh);
             for (int i = 0; i < nh; i++) {
                 hit *h = &hits[i];
-                msgpack_pack_map(pk, 3 + (h->has_box ? 2 : 0) + (h->heat ? 1 : 0));
+                msgpack_pack_map(pk, 3 + (h->has_box ? 2 : 0) + (h->heat ? 1 : 0) + (h->has_refined ? 1 : 0));
                 pack_key(pk, "image_id"), msgpack_pack_uint64(pk, h->image_id);
                 pack_key(pk, "path"), proto_pack_cstr(pk, h->path ? h->path : "");
                 pack_key(pk, "score"), msgpack_pack_float(pk, h->score);
@@ -1095,6 +1262,7 @@ static int search_answer(srv_job *job, const float *q_in, uint64_t exclude)
                     pack_key(pk, "box"), pack_box(pk, h->box);
                     pack_key(pk, "region_id"), msgpack_pack_uint64(pk, h->region_id);
                 }
+                if (h->has_refined) pack_key(pk, "refined"), msgpack_pack_float(pk, h->refined);
                 if (h->heat) {
                     size_t GG = (size_t)s->grid * s->grid;
                     pack_key(pk, "heatmap");
@@ -1409,7 +1577,16 @@ static void delete_work(uv_work_t *w)
         int rc = uv_queue_work(job->s->loop, &job->work, fn, srv_after_work);                     \
         return rc ? umg_err_set(UMG_EINTERNAL, "uv_queue_work: %s", uv_strerror(rc)) : 0;          \
     }
-QUEUE_HANDLER(h_query, query_work)
+QUEUE_HANDLER(h_query_queue, query_work)
+
+/* The one cross-argument rule of query, checked before the text tower runs. */
+static int h_query(void *ctx, proto_request *req)
+{
+    const msgpack_object *r = proto_req_arg(req, "refine");
+    if (r && !proto_obj_str_eq(r, "none") && !proto_obj_str_eq(proto_req_arg(req, "granularity"), "region"))
+        return umg_err_set(UMG_EINVAL, "query: 'refine' \"pixel\" re-ranks region boxes: it needs 'granularity' \"region\"");
+    return h_query_queue(ctx, req);
+}
 QUEUE_HANDLER(h_query_image, query_image_work)
 QUEUE_HANDLER(h_get, get_work)
 QUEUE_HANDLER(h_delete, delete_work)

@@ -16,6 +16,7 @@
 #define TAGS_MAX 64
 
 static const char *const granularities[] = {"image", "region", "pixel", NULL};
+static const char *const refinements[] = {"none", "pixel", NULL};
 
 static const proto_arg_spec filter_fields[] = {
     {.key = "path_prefix", .type = PROTO_T_STR, .max_len = STR_MAX_PATH},
@@ -49,6 +50,7 @@ static const proto_arg_spec query_args[] = {
     {.key = "text", .type = PROTO_T_STR, .flags = PROTO_ARG_REQUIRED | PROTO_ARG_NONEMPTY,
      .max_len = STR_MAX_TEXT},
     ARG_GRANULARITY, ARG_K, ARG_FILTERS,
+    {.key = "refine", .type = PROTO_T_STR, .choices = refinements},
 };
 static const proto_arg_spec query_image_args[] = {
     ARG_IMAGE_ID(1),

@@ -117,6 +117,8 @@ def main():
                     help="global: all re-scored boxes of the M photos compete on cosine + lam term; "
                          "image: photos keep their places in the answer, the boxes within each are re-ranked; "
                          "norm: global, the term minus its maximum within the photo")
+    ap.add_argument("--scale", choices=("none", "spread", "std"), default="none",
+                    help="multiply the term by the photo's cosine range (max - min over its boxes) or std")
     a = ap.parse_args()
     torch.set_num_threads(1)
 
@@ -191,6 +193,10 @@ def main():
                 term = np.array([h[c >= 0.5].max() if (c >= 0.5).any() else h[c.argmax()] for c in cov]) - param
             else:
                 term = soft_iou(cov, m)
+            if a.scale == "spread":  # lam in units of the photo's own cosine range: scale-free
+                term = term * (s[idx].max() - s[idx].min())
+            elif a.scale == "std":
+                term = term * s[idx].std()
             if a.order == "norm":  # the photo's best-agreeing box loses nothing
                 term = term - term.max()
             sc = s[idx] + lam * term
