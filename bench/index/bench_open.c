@@ -26,7 +26,16 @@
  * one image per transaction in a loop while the main thread runs
  * db_checkpoint after 1 s; reports the checkpoint's time, the median put
  * before it, and the longest put that overlapped it.  DIR.stall is removed
- * first. */
+ * first.
+ *
+ *   bench_open --background 1 [--n 100000] [--dim 512] [--dir ...] [--threshold 50000]
+ *
+ * The whole path once, on DIR.bg (a copy of DIR without its snapshots):
+ * db_open, then db_checkpoint on a thread as the server's background
+ * checkpoint runs it, while the main thread puts one image and searches for
+ * it every 200 ms; reports the open, the build, put and search latency
+ * during it, and whether every image written during the build is the top
+ * hit for its own vector after the swap. */
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -62,9 +71,13 @@ static void log_line(void *ud, int level, const char *msg)
     fprintf(stderr, "  [db] %s\n", msg);
 }
 
+static uint64_t threshold_opt; /* --threshold: db_options.approx_threshold (0 = default) */
+
 static db_options options(int dim, const uint8_t *fp)
 {
     db_options o = db_options_default();
+    if (threshold_opt)
+        o.approx_threshold = threshold_opt;
     o.fingerprint = fp;
     o.model_name = "bench-open-random";
     o.dim = dim;
@@ -269,6 +282,113 @@ static int stall(const char *dir, size_t n, int dim, int runs)
     return 0;
 }
 
+/* --background: the whole path at scale on a copy of DIR without its
+ * snapshots: the open, then db_checkpoint on a thread (the server's
+ * background checkpoint) while this thread puts one image and searches for
+ * it every 200 ms; after the swap every one of them must be found. */
+typedef struct ck_arg {
+    db_t *db;
+    int rc;
+    volatile int done;
+    double end;
+} ck_arg;
+
+static void *ck_main(void *arg)
+{
+    ck_arg *c = arg;
+    c->rc = db_checkpoint(c->db);
+    c->end = bench_now();
+    c->done = 1;
+    return NULL;
+}
+
+static uint64_t top1(db_t *db, const float *q, double *ms)
+{
+    db_hit h[10];
+    int nh = 0;
+    double s = bench_now();
+    int rc = db_search(db, DB_KIND_IMAGE, q, NULL, h, 10, &nh);
+    if (ms)
+        *ms = (bench_now() - s) * 1e3;
+    if (rc)
+        die("search", rc);
+    return nh ? h[0].id : 0;
+}
+
+static int background(const char *dir, size_t n, int dim)
+{
+    char bdir[700], cmd[4096];
+    snprintf(bdir, sizeof bdir, "%s.bg", dir);
+    snprintf(cmd, sizeof cmd, "rm -rf '%s' && cp -a '%s' '%s' && rm -f '%s/images.faiss' '%s/regions.faiss'", bdir,
+             dir, bdir, bdir, bdir);
+    if (system(cmd))
+        return 1;
+    db_options o = options(dim, FP);
+    db_t *db;
+    double t0 = bench_now();
+    int rc = db_open(bdir, &o, &db);
+    double t_open = bench_now() - t0;
+    if (rc)
+        die("open", rc);
+    db_stats st;
+    db_stats_get(db, &st);
+    printf("bench_open --background: %s (%llu image vectors x %d, snapshots deleted): db_open %.3f s, image "
+           "index %s, build pending %d\n", bdir, (unsigned long long)st.index_images, dim, t_open,
+           st.image_factory, db_build_pending(db));
+    enum { MAXP = 20000 };
+    float *vecs = malloc(sizeof *vecs * (size_t)MAXP * dim);
+    uint64_t *ids = malloc(sizeof *ids * MAXP);
+    double *put_ms = malloc(sizeof *put_ms * MAXP), *search_ms = malloc(sizeof *search_ms * MAXP);
+    size_t np = 0, wrong = 0;
+    ck_arg ck = { db, -1, 0, 0 };
+    pthread_t t;
+    double b0 = bench_now();
+    pthread_create(&t, NULL, ck_main, &ck);
+    while (!ck.done && np < MAXP) {
+        float *v = vecs + np * (size_t)dim;
+        for (int j = 0; j < dim; j++)
+            v[j] = gauss();
+        char path[64];
+        snprintf(path, sizeof path, "/bench-open/bg/%zu.jpg", np);
+        db_image_in in = { .path = path, .width = 640, .height = 480, .vector = v };
+        memcpy(in.sha256, &np, sizeof np);
+        in.sha256[31] = 0xb6;
+        double s = bench_now();
+        if ((rc = db_put_image(db, &in, &ids[np], NULL)))
+            die("put during the build", rc);
+        put_ms[np] = (bench_now() - s) * 1e3;
+        wrong += top1(db, v, &search_ms[np]) != ids[np];
+        np++;
+        usleep(200000);
+    }
+    pthread_join(t, NULL);
+    if (ck.rc)
+        die("background checkpoint", ck.rc);
+    double t_build = ck.end - b0;
+    db_stats_get(db, &st);
+    size_t missing = 0;
+    double *after_ms = malloc(sizeof *after_ms * (np ? np : 1));
+    for (size_t i = 0; i < np; i++)
+        missing += top1(db, vecs + i * (size_t)dim, &after_ms[i]) != ids[i];
+    printf("  checkpoint with the build: %.1f s; during it %zu puts (median %.1f ms), each searched at once: median "
+           "%.1f ms, %zu not top-1\n", t_build, np, np ? bench_median(put_ms, np) : 0,
+           np ? bench_median(search_ms, np) : 0, wrong);
+    printf("  after the swap: image index %s, %llu vectors in FAISS, %llu in LMDB; the %zu written during the "
+           "build: %zu not top-1; search median %.2f ms\n", st.image_factory,
+           (unsigned long long)st.index_images, (unsigned long long)st.images, np, missing,
+           np ? bench_median(after_ms, np) : 0);
+    db_close(db);
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", bdir);
+    if (system(cmd))
+        fprintf(stderr, "bench_open: could not remove %s\n", bdir);
+    free(vecs);
+    free(ids);
+    free(put_ms);
+    free(search_ms);
+    free(after_ms);
+    return 0;
+}
+
 /* Runs the child `runs` times; times into t.  Returns the last child's line. */
 static void timed_opens(const char *self, const char *dir, int dim, int runs, int aside, double *t, char *last,
                         size_t lastlen)
@@ -318,7 +438,7 @@ int main(int argc, char **argv)
     }
     setvbuf(stdout, NULL, _IOLBF, 0);
     size_t n = 100000;
-    int dim = 512, runs = 3, peer_runs = 3, is_child = 0, stall_mode = 0;
+    int dim = 512, runs = 3, peer_runs = 3, is_child = 0, stall_mode = 0, bg_mode = 0;
     const char *dir = "/tmp/umg_bench_open";
     for (int i = 1; i + 1 < argc; i += 2) {
         if (!strcmp(argv[i], "--n"))
@@ -335,6 +455,10 @@ int main(int argc, char **argv)
             is_child = atoi(argv[i + 1]);
         else if (!strcmp(argv[i], "--stall"))
             stall_mode = atoi(argv[i + 1]);
+        else if (!strcmp(argv[i], "--threshold"))
+            threshold_opt = strtoull(argv[i + 1], NULL, 10);
+        else if (!strcmp(argv[i], "--background"))
+            bg_mode = atoi(argv[i + 1]);
         else {
             fprintf(stderr, "unknown option %s\n", argv[i]);
             return 2;
@@ -346,6 +470,10 @@ int main(int argc, char **argv)
         return 2;
     if (stall_mode)
         return stall(dir, n, dim, runs);
+    if (bg_mode) {
+        make_dir(dir, n, dim);
+        return background(dir, n, dim);
+    }
     char self[600];
     ssize_t sl = readlink("/proc/self/exe", self, sizeof self - 1);
     if (sl <= 0)
