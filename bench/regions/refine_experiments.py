@@ -23,8 +23,13 @@ Masks tried (h = heat of a cell, hmax / hmin over the photo's cells):
     frac:F   m = clip((h - t) / (hmax - t), 0, 1), t = hmin + F (hmax - hmin)
     abs:T    m = [h >= T]
     soft:TAU m = exp((h - hmax) / TAU)                  softmax-like, peak 1
+    mean:C   the box's area-weighted mean heat minus C (not a soft IoU)
+    peak:C   the hottest cell at least half under the box, minus C
+--order image keeps the photos' places and re-ranks boxes within each (what the server
+does); global / norm let the M photos' boxes compete on the refined score.  --scale spread
+multiplies the term by the photo's cosine range (the server's rule: frac:0.5, lam 0.5).
 Scored with tools/umgtrain/meaning.py (top box IoU >= 0.5 with the phrase's object;
-binding failures over the hit list)."""
+binding failures over the hit list); also prints where the baseline's misses are."""
 
 import argparse
 import json
@@ -233,7 +238,6 @@ def main():
         return f["region_top_iou50"], f["binding_failure_rate"], f["region_queries"], f["binding_queries"]
 
     # failure anatomy of the baseline: wrong photo or wrong box in a right photo; upper bound
-    by_name = {it["name"]: it for it in items}
     wrong_img = wrong_box = reach = 0
     anatomy = {}
     for qi, q in enumerate(queries):
@@ -264,7 +268,6 @@ def main():
         reach += any(meaning.iou(b, o["box"]) >= 0.5
                      for ii, it2 in enumerate(items) for o in it2["objects"] if o["phrase"] == q["text"]
                      for b in boxes_of[first[ii]:first[ii + 1]])
-    del by_name
     b0 = evaluate(None, 0, 0)
     print("seed %d: %d photos, %d phrase queries, %d binding queries" % (a.seed, len(items), b0[2], b0[3]))
     print("baseline: top box right %.3f, binding failures %.3f" % (b0[0], b0[1]))
