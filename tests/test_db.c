@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <fcntl.h>
+#include <poll.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -843,8 +844,17 @@ static void test_snapshot_write_does_not_block_writers(void **state)
     ck_thread ck = { db, -1 };
     pthread_t tc, tp;
     assert_int_equal(pthread_create(&tc, NULL, run_checkpoint, &ck), 0);
-    int fd = open(tmp, O_RDONLY); /* returns once the checkpoint opened it for writing */
+    /* non-blocking open, then wait for the first bytes: the checkpoint is
+     * then inside the file write (and cannot finish it: nobody reads yet) */
+    int fd = open(tmp, O_RDONLY | O_NONBLOCK);
     assert_true(fd >= 0);
+    struct pollfd pfd = { .fd = fd, .events = POLLIN };
+    if (poll(&pfd, 1, 30000) != 1) {
+        close(fd);
+        pthread_join(tc, NULL);
+        fail_msg("the checkpoint never wrote to %s (rc %d: %s)", tmp, ck.rc, umg_err_msg());
+    }
+    fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK);
 
     img_buf b;
     make_image(&b, "/fifo/during.jpg", 0);
