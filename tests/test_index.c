@@ -262,6 +262,54 @@ static void test_hnsw_wrapped(void **state)
     free(x);
 }
 
+/* idx_snapshot_take's copy is the index as it was (db_checkpoint writes it
+ * after releasing its writer mutex): changing, even closing, the index
+ * before idx_snapshot_write changes nothing on disk.  5,000 x 16 floats also
+ * grow the serialization buffer through several reallocs. */
+static void test_snapshot_copy_is_independent(void **state)
+{
+    (void)state;
+    enum { D = 16, N = 5000, LATE = 100 };
+    float *x = clustered(N + LATE, D, 20, 0.5f);
+    int64_t lab[N + LATE];
+    for (int i = 0; i < N + LATE; i++)
+        lab[i] = 10 + i;
+    idx_index *ix;
+    assert_int_equal(idx_create(D, NULL, &ix), 0);
+    assert_int_equal(idx_add(ix, N, x, lab), 0);
+    idx_snapshot *snap = NULL;
+    assert_int_equal(idx_snapshot_take(ix, 77, &snap), 0);
+    /* after the copy: one removed, LATE added, then the index is gone */
+    assert_int_equal(idx_remove(ix, 1, &lab[42], NULL), 0);
+    assert_int_equal(idx_add(ix, LATE, x + (size_t)N * D, lab + N), 0);
+    idx_close(ix);
+
+    char dir[256], path[300];
+    assert_non_null(tu_mkdtemp(dir, sizeof dir, "umg_test_index_"));
+    snprintf(path, sizeof path, "%s/copy.faiss", dir);
+    assert_int_equal(idx_snapshot_write(snap, path), 0);
+    idx_snapshot_free(snap);
+    idx_snapshot_free(NULL);
+    char tmp[320];
+    snprintf(tmp, sizeof tmp, "%s.tmp", path);
+    assert_int_equal(access(tmp, F_OK), -1); /* renamed over path */
+
+    uint64_t seq = 0;
+    assert_int_equal(idx_load(path, D, &ix, &seq), 0);
+    assert_int_equal(seq, 77);
+    assert_int_equal(idx_count(ix), N);
+    int64_t ids[1];
+    float sc[1];
+    int n;
+    assert_int_equal(idx_search(ix, x + 42 * D, 1, ids, sc, &n), 0);
+    assert_int_equal(ids[0], lab[42]); /* removed only after the copy */
+    assert_int_equal(idx_search(ix, x + (size_t)(N + 5) * D, 1, ids, sc, &n), 0);
+    assert_true(ids[0] != lab[N + 5]); /* added only after the copy */
+    idx_close(ix);
+    free(x);
+    tu_rm_rf(dir);
+}
+
 int main(int argc, char **argv)
 {
     (void)argc;
@@ -272,6 +320,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_bad_factory),
         cmocka_unit_test(test_ivfpq_rerank_and_snapshot),
         cmocka_unit_test(test_hnsw_wrapped),
+        cmocka_unit_test(test_snapshot_copy_is_independent),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
