@@ -1048,7 +1048,8 @@ int server_run(const server_config *cfg)
     }
     s->ck_started = 1;
     if (db_build_pending(s->db)) {
-        srv_log(s, SRV_LOG_WARN, "an index build is due (left by an earlier stop or a failed update): "
+        srv_log(s, SRV_LOG_WARN, "an index build is due (left by an earlier stop or a failed update, or no usable snapshot "
+                                 "at open: searches use an exact index until it is done): "
                                  "running it in the background");
         srv_checkpoint_kick(s);
     }
