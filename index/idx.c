@@ -99,7 +99,10 @@ const char *idx_auto_factory(int dim, uint64_t n, uint64_t approx_threshold,
 {
     if (len == 0)
         return buf;
-    if (n < approx_threshold || dim < 1) {
+    /* below 256 vectors FAISS cannot train the smallest IVF (256 lists) nor PQ's
+     * 256 centroids per sub-quantizer: such a build would fail whatever the
+     * threshold asks for, and exact search over so few is fast anyway */
+    if (n < approx_threshold || n < IDX_AUTO_MIN_APPROX || dim < 1) {
         snprintf(buf, len, "%s", IDX_FACTORY_EXACT);
         return buf;
     }

@@ -40,13 +40,17 @@ typedef struct idx_index idx_index;
 #define IDX_FACTORY_EXACT "Flat"
 
 /* The automatic factory for a collection of n vectors of dimension dim, into
- * buf (always NUL-terminated): IDX_FACTORY_EXACT below approx_threshold,
+ * buf (always NUL-terminated): IDX_FACTORY_EXACT below approx_threshold (and
+ * below IDX_AUTO_MIN_APPROX),
  * else "IVF<nlist>,PQ<m>np" with nlist ~ 2 sqrt(n) (a power of two in
  * [256, 16384]) and m = dim/8 bytes per code ("np": no polysemous
  * training, which costs minutes); an 8-bit scalar quantizer when dim is not
  * a multiple of 8.  Returns buf. */
 const char *idx_auto_factory(int dim, uint64_t n, uint64_t approx_threshold,
                              char *buf, size_t len);
+/* The automatic choice stays exact below this many vectors, whatever the
+ * threshold (FAISS trains neither 256 IVF lists nor PQ's 256 centroids on fewer). */
+#define IDX_AUTO_MIN_APPROX 256
 
 /* OpenMP threads FAISS may use in searches, adds, removes and training, from
  * now on, in every thread that calls idx_* (n <= 0: FAISS's default, i.e.

@@ -48,6 +48,9 @@ static void test_auto_factory(void **state)
     assert_string_equal(idx_auto_factory(512, 1000, 50000, b, sizeof b), "Flat");
     assert_string_equal(idx_auto_factory(512, 1000000, 50000, b, sizeof b), "IVF1024,PQ64np");
     assert_string_equal(idx_auto_factory(512, 60000, 50000, b, sizeof b), "IVF256,PQ64np");
+    /* a small threshold never asks FAISS to train on fewer than 256 vectors (a build that would fail) */
+    assert_string_equal(idx_auto_factory(512, 208, 200, b, sizeof b), "Flat");
+    assert_string_equal(idx_auto_factory(512, 256, 200, b, sizeof b), "IVF256,PQ64np");
     assert_string_equal(idx_auto_factory(33, 1000000, 50000, b, sizeof b), "IVF1024,SQ8");
     assert_string_equal(idx_auto_factory(512, 100000000ull, 50000, b, sizeof b), "IVF16384,PQ64np");
 }
