@@ -444,6 +444,26 @@ static void *checkpoint_main(void *arg)
         s->ck_busy = 1;
         pthread_mutex_unlock(&s->ck_mu);
         int build = db_build_pending(s->db);
+        if (build && s->test_hold_build_ms > 0) {
+            /* test hook (UMG_TEST_HOLD_BUILD_MS): hold a due build this long, so that
+             * integration tests can observe the state before it deterministically */
+            struct timespec dl;
+            clock_gettime(CLOCK_MONOTONIC, &dl);
+            dl.tv_sec += s->test_hold_build_ms / 1000;
+            dl.tv_nsec += (long)(s->test_hold_build_ms % 1000) * 1000000L;
+            if (dl.tv_nsec >= 1000000000L) dl.tv_sec++, dl.tv_nsec -= 1000000000L;
+            pthread_mutex_lock(&s->ck_mu);
+            while (!s->ck_stop)
+                if (pthread_cond_timedwait(&s->ck_cv, &s->ck_mu, &dl)) break;
+            int stopping = s->ck_stop;
+            pthread_mutex_unlock(&s->ck_mu);
+            s->test_hold_build_ms = 0; /* once */
+            if (stopping) {
+                pthread_mutex_lock(&s->ck_mu);
+                s->ck_busy = 0;
+                break;
+            }
+        }
         int written = !db_stats_get(s->db, &st) && st.seq != last_seq;
         int rc = 0;
         uint64_t t = srv_now_ns();
@@ -1042,6 +1062,12 @@ int server_run(const server_config *cfg)
             rc = umg_err_set(UMG_EINTERNAL, "cannot start the stage-1 threads");
             goto out;
         }
+    const char *hold = getenv("UMG_TEST_HOLD_BUILD_MS");
+    if (hold && atoi(hold) > 0) {
+        s->test_hold_build_ms = atoi(hold);
+        srv_log(s, SRV_LOG_WARN, "UMG_TEST_HOLD_BUILD_MS: the first due index build waits %d ms (a test hook)",
+                s->test_hold_build_ms);
+    }
     if (pthread_create(&s->ck_thread, NULL, checkpoint_main, s)) {
         rc = umg_err_set(UMG_EINTERNAL, "cannot start the checkpoint thread");
         goto out;

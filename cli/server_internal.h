@@ -158,6 +158,8 @@ struct srv {
     int ck_stop, ck_kick, ck_busy;
     int ck_hold;                  /* a checkpoint failed: ignore kicks until the next interval */
     uint64_t ck_done, ck_builds;  /* background checkpoints finished; of them, with an index build */
+    int test_hold_build_ms;       /* env UMG_TEST_HOLD_BUILD_MS: the first due build waits this long
+                                     (tests only; read by the checkpoint thread) */
 
     char *hello_result;           /* msgpack of the hello/ping result map, packed once */
     size_t hello_len;
