@@ -2,6 +2,7 @@
 """Checks of meaning through the real server (issue 6), on the synthetic world.
 
     tests/meaning/check_meaning.py UMGDB_BIN [--count 200] [--seed 1000] [--region-mode dense|crop]
+                                   [--model DIR]
 
 Generates held-out photos (a seed the model never saw in training), starts
 `umgdb serve` with tests/fixtures/synth-umg on a temporary data directory and a
@@ -48,8 +49,10 @@ def main():
     ap.add_argument("--seed", type=int, default=1000)
     ap.add_argument("--region-mode", default="dense")
     ap.add_argument("--k", type=int, default=50)
+    ap.add_argument("--model", default=os.path.join(ROOT, "tests", "fixtures", "synth-umg"),
+                    help="checkpoint to check (default: the committed synth-umg, whose figures FLOORS holds)")
     a = ap.parse_args()
-    model = os.path.join(ROOT, "tests", "fixtures", "synth-umg")
+    model = a.model
     tmp = tempfile.mkdtemp(prefix="umg-meaning-")
     server = None
     try:
