@@ -12,6 +12,7 @@
 #include <math.h>
 #include <pthread.h>
 #include <string.h>
+#include <time.h>
 
 /* -O2 in GCC 12 only vectorizes loops whose vector code needs no scalar epilogue;
  * these loops do, and they run over every activation. */
@@ -543,12 +544,58 @@ static void pk_run_chunks(const pk_job *j)
     }
 }
 
+/* Spin-wait up to pk_spin_ns for *v to differ from old (1) or not (0).  A
+ * forward pass issues its products back to back, tens of microseconds apart;
+ * a futex wake-up in this VM costs about as much, so helpers (and the caller
+ * waiting for them) poll briefly before they sleep. */
+int pk_spin_ns = 50000;
+
+static uint64_t pk_now_ns(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (uint64_t)t.tv_sec * 1000000000u + (uint64_t)t.tv_nsec;
+}
+
+static int pk_spin_ul(const unsigned long *v, unsigned long old)
+{
+    if (pk_spin_ns <= 0)
+        return 0;
+    uint64_t end = pk_now_ns() + (uint64_t)pk_spin_ns;
+    for (int i = 0;; i++) {
+        if (__atomic_load_n(v, __ATOMIC_ACQUIRE) != old)
+            return 1;
+        _mm_pause();
+        if ((i & 63) == 63 && pk_now_ns() > end)
+            return 0;
+    }
+}
+
+static int pk_spin_zero(const int *v)
+{
+    if (pk_spin_ns <= 0)
+        return 0;
+    uint64_t end = pk_now_ns() + (uint64_t)pk_spin_ns;
+    for (int i = 0;; i++) {
+        if (__atomic_load_n(v, __ATOMIC_ACQUIRE) == 0)
+            return 1;
+        _mm_pause();
+        if ((i & 63) == 63 && pk_now_ns() > end)
+            return 0;
+    }
+}
+
 static void *pk_helper(void *arg)
 {
     int index = (int)(intptr_t)arg; /* 1 .. helpers */
     pthread_mutex_lock(&pk_pool.lock);
     unsigned long seen = pk_pool.born[index]; /* a job published before this thread ran is still its own */
     for (;;) {
+        if (pk_pool.generation == seen) {
+            pthread_mutex_unlock(&pk_pool.lock);
+            pk_spin_ul(&pk_pool.generation, seen);
+            pthread_mutex_lock(&pk_pool.lock);
+        }
         while (pk_pool.generation == seen)
             pthread_cond_wait(&pk_pool.start, &pk_pool.lock);
         seen = pk_pool.generation;
@@ -559,7 +606,8 @@ static void *pk_helper(void *arg)
         pthread_mutex_unlock(&pk_pool.lock);
         pk_run_chunks(&job);
         pthread_mutex_lock(&pk_pool.lock);
-        if (--pk_pool.active == 0 && !pk_pool.open)
+        /* atomic: the caller may poll it without the lock (pk_spin_zero) */
+        if (__atomic_sub_fetch(&pk_pool.active, 1, __ATOMIC_RELEASE) == 0 && !pk_pool.open)
             pthread_cond_signal(&pk_pool.done);
     }
     return NULL;
@@ -604,12 +652,17 @@ static void pk_run(pk_job *job)
         pk_pool.job = *job;
         pk_pool.next = 0;
         pk_pool.open = parts > 1;
-        pk_pool.generation++;
+        __atomic_add_fetch(&pk_pool.generation, 1, __ATOMIC_RELEASE); /* helpers may poll it (pk_spin_ul) */
         pthread_cond_broadcast(&pk_pool.start);
         pthread_mutex_unlock(&pk_pool.lock);
         pk_run_chunks(job);
         pthread_mutex_lock(&pk_pool.lock);
         pk_pool.open = 0;
+        if (pk_pool.active > 0) {
+            pthread_mutex_unlock(&pk_pool.lock);
+            pk_spin_zero(&pk_pool.active);
+            pthread_mutex_lock(&pk_pool.lock);
+        }
         while (pk_pool.active > 0)
             pthread_cond_wait(&pk_pool.done, &pk_pool.lock);
         pthread_mutex_unlock(&pk_pool.lock);
