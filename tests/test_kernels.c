@@ -45,6 +45,14 @@ static float *packed_copy(const float *w, int in, int out)
     return p;
 }
 
+static uint16_t *packed_copy_h(const float *w, int in, int out)
+{
+    uint16_t *p = aligned_alloc(64, ((enc_packed_h_halves(in, out) * sizeof(uint16_t) + 63) / 64) * 64);
+    assert_non_null(p);
+    enc_pack_weights_h(p, w, in, out);
+    return p;
+}
+
 /* The packing, element by element, against the layout enc_kernels.h states. */
 static void test_pack_layout(void **state)
 {
@@ -74,9 +82,14 @@ static void test_pack_layout(void **state)
     }
 }
 
-/* y[rows, out] (ldy) (+)= x[rows, in] (ldx) . w^T through enc_linear_packed,
- * against doubles; entries of y beyond out must stay untouched. */
-static void check_packed(int rows, int in, int out, int ldx, int ldy, int accumulate, uint32_t seed)
+/* y[rows, out] (ldy) (+)= x[rows, in] (ldx) . w^T through enc_linear_packed
+ * (half: enc_linear_packed_h), against doubles; entries of y beyond out must stay
+ * untouched.  fp32: every entry within 1e-5 of the exact sum's magnitude.  fp16
+ * (approximate by design, enc_kernels.h): every entry within a loose 2% (catches
+ * garbage, masks, strides), and the relative rms error of the whole output in
+ * [1e-5, 4e-3] (measured ~1.7e-3 with slices of 128: below 1e-5 it did not compute
+ * in half; a dropped slice, lost accumulator or wrong row is 10% and more). */
+static void check_product(int rows, int in, int out, int ldx, int ldy, int accumulate, uint32_t seed, int half)
 {
     float *x = random_floats((size_t)rows * ldx, seed);
     float *w = random_floats((size_t)out * in, seed + 1);
@@ -84,8 +97,17 @@ static void check_packed(int rows, int in, int out, int ldx, int ldy, int accumu
     float *y0 = malloc((size_t)rows * ldy * sizeof *y0);
     assert_non_null(y0);
     memcpy(y0, y, (size_t)rows * ldy * sizeof *y0);
-    float *p = packed_copy(w, in, out);
-    enc_linear_packed(y, ldy, x, ldx, w, p, rows, in, out, accumulate);
+    float *p = NULL;
+    uint16_t *ph = NULL;
+    if (half) {
+        ph = packed_copy_h(w, in, out);
+        enc_linear_packed_h(y, ldy, x, ldx, w, ph, rows, in, out, accumulate);
+    } else {
+        p = packed_copy(w, in, out);
+        enc_linear_packed(y, ldy, x, ldx, w, p, rows, in, out, accumulate);
+    }
+    const char *what = half ? "fp16" : "packed";
+    double tol = half ? 0.02 : 1e-5, err2 = 0, ref2 = 0;
     for (int r = 0; r < rows; r++) {
         for (int o = 0; o < out; o++) {
             double want = accumulate ? y0[(size_t)r * ldy + o] : 0.0, mag = fabs(want);
@@ -95,19 +117,37 @@ static void check_packed(int rows, int in, int out, int ldx, int ldy, int accumu
                 mag += fabs(t);
             }
             double got = y[(size_t)r * ldy + o];
-            if (!(fabs(got - want) <= 1e-5 * (1 + mag)))
-                fail_msg("packed %dx%d->%d (ldx %d, ldy %d, acc %d) [%d,%d] = %.9g, want %.9g", rows, in, out, ldx,
+            if (!(fabs(got - want) <= tol * (1 + mag)))
+                fail_msg("%s %dx%d->%d (ldx %d, ldy %d, acc %d) [%d,%d] = %.9g, want %.9g", what, rows, in, out, ldx,
                          ldy, accumulate, r, o, got, want);
+            err2 += (got - want) * (got - want);
+            ref2 += want * want;
         }
         for (int o = out; o < ldy; o++)
             if (y[(size_t)r * ldy + o] != y0[(size_t)r * ldy + o])
-                fail_msg("packed %dx%d->%d wrote beyond its outputs at [%d,%d]", rows, in, out, r, o);
+                fail_msg("%s %dx%d->%d wrote beyond its outputs at [%d,%d]", what, rows, in, out, r, o);
     }
+    double rel = sqrt(err2 / ref2);
+    /* a handful of products can round exactly in half: the lower bound only for real sizes */
+    if (half && (!(rel <= 4e-3) || (rows * out >= 64 && in >= 16 && !(rel >= 1e-5))))
+        fail_msg("fp16 %dx%d->%d (acc %d): relative rms error %.3g (wanted in [1e-5, 4e-3])", rows, in, out,
+                 accumulate, rel);
     free(x);
     free(w);
     free(y);
     free(y0);
     free(p);
+    free(ph);
+}
+
+static void check_packed(int rows, int in, int out, int ldx, int ldy, int accumulate, uint32_t seed)
+{
+    check_product(rows, in, out, ldx, ldy, accumulate, seed, 0);
+}
+
+static void check_packed_h(int rows, int in, int out, int ldx, int ldy, int accumulate, uint32_t seed)
+{
+    check_product(rows, in, out, ldx, ldy, accumulate, seed, 1);
 }
 
 static int setup_packed(void **state)
@@ -196,7 +236,8 @@ static void test_packed_concurrent(void **state)
     enc_kernels_set_threads(1);
 }
 
-/* Without panels, or with the packed path off, enc_linear_packed is enc_linear_ld. */
+/* Without panels, or with the packed path off, enc_linear_packed is enc_linear_ld;
+ * so is enc_linear_packed_h without panels (or without AVX512-FP16). */
 static void test_packed_fallback(void **state)
 {
     (void)state;
@@ -207,6 +248,9 @@ static void test_packed_fallback(void **state)
     assert_non_null(b);
     enc_linear_ld(a, out, x, in, w, rows, in, out, 0);
     enc_linear_packed(b, out, x, in, w, NULL, rows, in, out, 0);
+    assert_memory_equal(a, b, (size_t)rows * out * sizeof *a);
+    memset(b, 0, (size_t)rows * out * sizeof *b);
+    enc_linear_packed_h(b, out, x, in, w, NULL, rows, in, out, 0);
     assert_memory_equal(a, b, (size_t)rows * out * sizeof *a);
     if (enc_packed_supported()) {
         float *p = packed_copy(w, in, out);
@@ -223,62 +267,7 @@ static void test_packed_fallback(void **state)
     free(b);
 }
 
-/* ---- the fp16 kernel (enc_linear_packed_h) ----------------------------------
- * Approximate by design, so checked two ways: every element within a loose
- * bound of the exact product (catches garbage, masks, strides), and the whole
- * output's relative rms error between 1e-5 (it really computed in half: fp32
- * would be ~1e-7) and 4e-3 (measured ~1.7e-3 with slices of 128; a dropped
- * slice, a lost accumulator or a wrong row is 10% and more). */
-static uint16_t *packed_copy_h(const float *w, int in, int out)
-{
-    uint16_t *p = aligned_alloc(64, ((enc_packed_h_halves(in, out) * sizeof(uint16_t) + 63) / 64) * 64);
-    assert_non_null(p);
-    enc_pack_weights_h(p, w, in, out);
-    return p;
-}
-
-static void check_packed_h(int rows, int in, int out, int ldx, int ldy, int accumulate, uint32_t seed)
-{
-    float *x = random_floats((size_t)rows * ldx, seed);
-    float *w = random_floats((size_t)out * in, seed + 1);
-    float *y = random_floats((size_t)rows * ldy, seed + 2);
-    float *y0 = malloc((size_t)rows * ldy * sizeof *y0);
-    assert_non_null(y0);
-    memcpy(y0, y, (size_t)rows * ldy * sizeof *y0);
-    uint16_t *p = packed_copy_h(w, in, out);
-    enc_linear_packed_h(y, ldy, x, ldx, w, p, rows, in, out, accumulate);
-    double err2 = 0, ref2 = 0;
-    for (int r = 0; r < rows; r++) {
-        for (int o = 0; o < out; o++) {
-            double want = accumulate ? y0[(size_t)r * ldy + o] : 0.0, mag = fabs(want);
-            for (int k = 0; k < in; k++) {
-                double t = (double)x[(size_t)r * ldx + k] * w[(size_t)o * in + k];
-                want += t;
-                mag += fabs(t);
-            }
-            double got = y[(size_t)r * ldy + o];
-            if (!(fabs(got - want) <= 0.02 * (1 + mag)))
-                fail_msg("fp16 %dx%d->%d (ldx %d, ldy %d, acc %d) [%d,%d] = %.9g, want %.9g", rows, in, out, ldx,
-                         ldy, accumulate, r, o, got, want);
-            err2 += (got - want) * (got - want);
-            ref2 += want * want;
-        }
-        for (int o = out; o < ldy; o++)
-            if (y[(size_t)r * ldy + o] != y0[(size_t)r * ldy + o])
-                fail_msg("fp16 %dx%d->%d wrote beyond its outputs at [%d,%d]", rows, in, out, r, o);
-    }
-    double rel = sqrt(err2 / ref2);
-    /* a handful of products can round exactly in half: the lower bound only for real sizes */
-    if (!(rel <= 4e-3) || (rows * out >= 64 && in >= 16 && !(rel >= 1e-5)))
-        fail_msg("fp16 %dx%d->%d (acc %d): relative rms error %.3g (wanted in [1e-5, 4e-3])", rows, in, out,
-                 accumulate, rel);
-    free(x);
-    free(w);
-    free(y);
-    free(y0);
-    free(p);
-}
-
+/* ---- the fp16 kernel (enc_linear_packed_h; check_product says how it is judged) ---- */
 static void test_pack_layout_h(void **state)
 {
     (void)state;
@@ -339,24 +328,6 @@ static void test_half_blocking_threads(void **state)
     enc_kernels_set_threads(1);
 }
 
-/* Without AVX512-FP16 or without panels: the fp32 product of w. */
-static void test_half_fallback(void **state)
-{
-    (void)state;
-    int rows = 7, in = 45, out = 19;
-    float *x = random_floats((size_t)rows * in, 11), *w = random_floats((size_t)out * in, 12);
-    float *a = calloc((size_t)rows * out, sizeof *a), *b = calloc((size_t)rows * out, sizeof *b);
-    assert_non_null(a);
-    assert_non_null(b);
-    enc_linear_ld(a, out, x, in, w, rows, in, out, 0);
-    enc_linear_packed_h(b, out, x, in, w, NULL, rows, in, out, 0);
-    assert_memory_equal(a, b, (size_t)rows * out * sizeof *a);
-    free(x);
-    free(w);
-    free(a);
-    free(b);
-}
-
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -369,7 +340,6 @@ int main(void)
         cmocka_unit_test(test_pack_layout_h),
         cmocka_unit_test(test_half_rows),
         cmocka_unit_test(test_half_blocking_threads),
-        cmocka_unit_test(test_half_fallback),
     };
     return cmocka_run_group_tests(tests, setup_packed, NULL);
 }
