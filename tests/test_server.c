@@ -1857,6 +1857,11 @@ static void test_precision_fp16(void **state)
         const char *extra[] = {"--precision", p ? "fp16" : "fp32", NULL};
         start(&sv[p], extra);
         umg_client *c = conn(&sv[p]);
+        proto_response *hr = NULL;
+        assert_int_equal(umg_client_call0(c, "ping", T_MS, &hr), 0);
+        if (!str_eq(umg_result_get(hr, "precision"), p ? "fp16" : "fp32"))
+            fail_msg("ping does not report precision %s", p ? "fp16" : "fp32");
+        proto_response_free(hr);
         for (int i = 0; i < NI; i++) {
             char path[256];
             snprintf(path, sizeof path, "%s/%s", TINY "/images", files[i]);
