@@ -13,6 +13,9 @@
 #include <pthread.h>
 #include <string.h>
 #include <time.h>
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+#endif
 
 /* -O2 in GCC 12 only vectorizes loops whose vector code needs no scalar epilogue;
  * these loops do, and they run over every activation. */
@@ -230,7 +233,6 @@ size_t enc_packed_h_halves(int in, int out)
 }
 
 #if defined(__x86_64__) && defined(__GNUC__) && __GNUC__ >= 12
-#include <immintrin.h>
 /* One k row of a panel: dst[64] = half(w[o0 + j][k]), j < cols (the rest 0). */
 __attribute__((target("avx512f"))) static void pack_row_h(uint16_t *dst, const float *w, size_t ldw, int cols)
 {
@@ -269,8 +271,6 @@ void enc_pack_weights_h(uint16_t *panels, const float *w, int in, int out)
 }
 
 #if defined(__x86_64__) && defined(__GNUC__)
-#include <immintrin.h>
-
 #define PK_TARGET __attribute__((target("avx512f,fma")))
 
 /* y[mr, 32 masked] (+)= a[mr][kc] (rows ENC_PACK_KC apart) . b[kc][32].  load: add
@@ -518,7 +518,7 @@ static struct {
     int wanted;            /* threads a product may use (enc_set_threads) */
     unsigned long generation;
     int open;              /* the current job still takes helpers */
-    int active;            /* helpers inside the current job */
+    unsigned long active;  /* helpers inside the current job (polled without the lock: pk_poll) */
     int next;              /* next unclaimed panel (atomic) */
     pk_job job;
     unsigned long born[PK_MAX_THREADS]; /* the generation when each helper was created */
@@ -526,6 +526,18 @@ static struct {
              PTHREAD_MUTEX_INITIALIZER, 0, 1, 0, 0, 0, 0, {0}, {0}};
 
 #if defined(__x86_64__) && defined(__GNUC__)
+/* Output panels [p0, p1) of the job, through the kernel of its panels' type. */
+static void pk_gemm_range(const pk_job *j, int p0, int p1)
+{
+#ifdef UMG_HAVE_PH
+    if (j->half) {
+        ph_gemm(j->y, j->ldy, j->x, j->ldx, j->panels, j->rows, j->in, j->out, j->accumulate, p0, p1);
+        return;
+    }
+#endif
+    pk_gemm(j->y, j->ldy, j->x, j->ldx, j->panels, j->rows, j->in, j->out, j->accumulate, p0, p1);
+}
+
 /* Claim chunks of panels until none is left. */
 static void pk_run_chunks(const pk_job *j)
 {
@@ -533,22 +545,16 @@ static void pk_run_chunks(const pk_job *j)
         int p0 = __atomic_fetch_add(&pk_pool.next, j->chunk, __ATOMIC_RELAXED);
         if (p0 >= j->np)
             return;
-        int p1 = p0 + j->chunk < j->np ? p0 + j->chunk : j->np;
-#ifdef UMG_HAVE_PH
-        if (j->half) {
-            ph_gemm(j->y, j->ldy, j->x, j->ldx, j->panels, j->rows, j->in, j->out, j->accumulate, p0, p1);
-            continue;
-        }
-#endif
-        pk_gemm(j->y, j->ldy, j->x, j->ldx, j->panels, j->rows, j->in, j->out, j->accumulate, p0, p1);
+        pk_gemm_range(j, p0, p0 + j->chunk < j->np ? p0 + j->chunk : j->np);
     }
 }
 
-/* Spin-wait up to pk_spin_ns for *v to differ from old (1) or not (0).  A
- * forward pass issues its products back to back, tens of microseconds apart;
- * a futex wake-up in this VM costs about as much, so helpers (and the caller
- * waiting for them) poll briefly before they sleep. */
-int pk_spin_ns = 50000;
+/* Poll up to PK_SPIN_NS until (*v == x) == want_equal.  A forward pass issues
+ * its products back to back, tens of microseconds apart; a futex wake-up in
+ * this VM costs about as much, so helpers (for the next job) and the caller
+ * (for helpers still in its job) poll briefly before they sleep on the
+ * condition variable, which stays the correctness path. */
+#define PK_SPIN_NS 50000
 
 static uint64_t pk_now_ns(void)
 {
@@ -557,31 +563,13 @@ static uint64_t pk_now_ns(void)
     return (uint64_t)t.tv_sec * 1000000000u + (uint64_t)t.tv_nsec;
 }
 
-static int pk_spin_ul(const unsigned long *v, unsigned long old)
+static void pk_poll(const unsigned long *v, unsigned long x, int want_equal)
 {
-    if (pk_spin_ns <= 0)
-        return 0;
-    uint64_t end = pk_now_ns() + (uint64_t)pk_spin_ns;
-    for (int i = 0;; i++) {
-        if (__atomic_load_n(v, __ATOMIC_ACQUIRE) != old)
-            return 1;
+    uint64_t end = pk_now_ns() + PK_SPIN_NS;
+    for (int i = 0; (__atomic_load_n(v, __ATOMIC_ACQUIRE) == x) != want_equal; i++) {
         _mm_pause();
         if ((i & 63) == 63 && pk_now_ns() > end)
-            return 0;
-    }
-}
-
-static int pk_spin_zero(const int *v)
-{
-    if (pk_spin_ns <= 0)
-        return 0;
-    uint64_t end = pk_now_ns() + (uint64_t)pk_spin_ns;
-    for (int i = 0;; i++) {
-        if (__atomic_load_n(v, __ATOMIC_ACQUIRE) == 0)
-            return 1;
-        _mm_pause();
-        if ((i & 63) == 63 && pk_now_ns() > end)
-            return 0;
+            return;
     }
 }
 
@@ -593,7 +581,7 @@ static void *pk_helper(void *arg)
     for (;;) {
         if (pk_pool.generation == seen) {
             pthread_mutex_unlock(&pk_pool.lock);
-            pk_spin_ul(&pk_pool.generation, seen);
+            pk_poll(&pk_pool.generation, seen, 0);
             pthread_mutex_lock(&pk_pool.lock);
         }
         while (pk_pool.generation == seen)
@@ -601,12 +589,11 @@ static void *pk_helper(void *arg)
         seen = pk_pool.generation;
         if (!pk_pool.open)
             continue; /* woke too late: the caller has done it all */
-        pk_pool.active++;
+        __atomic_add_fetch(&pk_pool.active, 1, __ATOMIC_RELAXED);
         pk_job job = pk_pool.job;
         pthread_mutex_unlock(&pk_pool.lock);
         pk_run_chunks(&job);
         pthread_mutex_lock(&pk_pool.lock);
-        /* atomic: the caller may poll it without the lock (pk_spin_zero) */
         if (__atomic_sub_fetch(&pk_pool.active, 1, __ATOMIC_RELEASE) == 0 && !pk_pool.open)
             pthread_cond_signal(&pk_pool.done);
     }
@@ -652,7 +639,7 @@ static void pk_run(pk_job *job)
         pk_pool.job = *job;
         pk_pool.next = 0;
         pk_pool.open = parts > 1;
-        __atomic_add_fetch(&pk_pool.generation, 1, __ATOMIC_RELEASE); /* helpers may poll it (pk_spin_ul) */
+        __atomic_add_fetch(&pk_pool.generation, 1, __ATOMIC_RELEASE); /* helpers may poll it (pk_poll) */
         pthread_cond_broadcast(&pk_pool.start);
         pthread_mutex_unlock(&pk_pool.lock);
         pk_run_chunks(job);
@@ -660,7 +647,7 @@ static void pk_run(pk_job *job)
         pk_pool.open = 0;
         if (pk_pool.active > 0) {
             pthread_mutex_unlock(&pk_pool.lock);
-            pk_spin_zero(&pk_pool.active);
+            pk_poll(&pk_pool.active, 0, 1);
             pthread_mutex_lock(&pk_pool.lock);
         }
         while (pk_pool.active > 0)
@@ -669,17 +656,7 @@ static void pk_run(pk_job *job)
         pthread_mutex_unlock(&pk_pool.busy);
         return;
     }
-    {
-#ifdef UMG_HAVE_PH
-        if (job->half) {
-            ph_gemm(job->y, job->ldy, job->x, job->ldx, job->panels, job->rows, job->in, job->out, job->accumulate,
-                    0, job->np);
-            return;
-        }
-#endif
-        pk_gemm(job->y, job->ldy, job->x, job->ldx, job->panels, job->rows, job->in, job->out, job->accumulate, 0,
-                job->np);
-    }
+    pk_gemm_range(job, 0, job->np);
 }
 #endif
 
