@@ -348,6 +348,13 @@ static size_t list_packable(enc_model *m, packable *list)
  * one 64-byte aligned block.  Pages of the mapping that only the original F32
  * layout used are dropped from this process afterwards (they stay in the page
  * cache; the unpacked path faults them back in if ever run). */
+/* Elements (floats, or halves for fp16) of one matrix's packed copy, rounded up
+ * to keep every copy 64-byte aligned. */
+static size_t packed_elems(int half, int in, int out)
+{
+    return round16(half ? enc_packed_h_halves(in, out) : enc_packed_floats(in, out));
+}
+
 static int pack_weights(enc_model *m)
 {
     int half = m->precision == ENC_PRECISION_FP16;
@@ -366,8 +373,7 @@ static int pack_weights(enc_model *m)
     for (size_t i = 0; i < n; i++) {
         if (list[i].text && (i == 0 || !list[i - 1].text))
             text_from = total;
-        total += round16(half ? enc_packed_h_halves(list[i].in, list[i].out)
-                              : enc_packed_floats(list[i].in, list[i].out));
+        total += packed_elems(half, list[i].in, list[i].out);
     }
     /* The text tower's panels (the tail) on transparent huge pages where THP is
      * available: a text query streams ~150 MB of them once, bound by memory
@@ -400,7 +406,7 @@ static int pack_weights(enc_model *m)
         else
             enc_pack_weights(dst, p->w, p->in, p->out);
         *p->panels = dst;
-        off += round16(half ? enc_packed_h_halves(p->in, p->out) : enc_packed_floats(p->in, p->out));
+        off += packed_elems(half, p->in, p->out);
         uintptr_t src = (uintptr_t)p->w, bytes = (uintptr_t)p->in * (uintptr_t)p->out * sizeof(float);
         if (src + bytes <= arena_lo || src >= arena_hi) { /* in the mapping */
             uintptr_t lo = (src + page - 1) & ~(page - 1), hi = (src + bytes) & ~(page - 1);
