@@ -1010,19 +1010,25 @@ static float *load_patch_tokens(srv *s, uint64_t image_id, int *rc)
     return out;
 }
 
+/* heat[G*G] = tok[G*G, D] . q: the text's cosine with every patch token (pixel
+ * granularity, and the mask of "refine": "pixel"). */
+static void heat_of(const srv *s, const float *tok, const float *q, float *heat)
+{
+    size_t GG = (size_t)s->grid * s->grid, D = (size_t)s->dim;
+    for (size_t c = 0; c < GG; c++) {
+        double dot = 0;
+        for (size_t d = 0; d < D; d++) dot += (double)tok[c * D + d] * q[d];
+        heat[c] = (float)dot;
+    }
+}
+
 static void heatmap(srv *s, hit *h, const float *q, const db_image *img)
 {
     int rc;
     float *tok = load_patch_tokens(s, h->image_id, &rc);
     if (!tok) return; /* no tokens stored (--no-patches): the hit goes without */
-    size_t GG = (size_t)s->grid * s->grid, D = (size_t)s->dim;
-    h->heat = malloc(GG * sizeof(float));
-    if (h->heat)
-        for (size_t c = 0; c < GG; c++) {
-            double dot = 0;
-            for (size_t d = 0; d < D; d++) dot += (double)tok[c * D + d] * q[d];
-            h->heat[c] = (float)dot;
-        }
+    h->heat = malloc((size_t)s->grid * s->grid * sizeof(float));
+    if (h->heat) heat_of(s, tok, q, h->heat);
     free(tok);
     enc_preproc_geom g;
     enc_preproc_geometry(&s->pad, (int)img->width, (int)img->height, &g);
@@ -1091,15 +1097,12 @@ static int refine_photo(srv *s, const float *q, const hit *h, const filters *f, 
     const float whole[4] = {0, 0, (float)h->img_w, (float)h->img_h};
     box_cover(s, &g, whole, photo);
     double hmax = -INFINITY, hmin = INFINITY;
-    for (size_t c = 0; c < GG; c++) {
-        double dot = 0;
-        for (size_t d = 0; d < D; d++) dot += (double)tok[c * D + d] * q[d];
-        heat[c] = (float)dot;
+    heat_of(s, tok, q, heat);
+    for (size_t c = 0; c < GG; c++)
         if (photo[c] > 0) { /* padding cells hold no photo: they neither set nor carry the mask */
-            if (dot > hmax) hmax = dot;
-            if (dot < hmin) hmin = dot;
+            if (heat[c] > hmax) hmax = heat[c];
+            if (heat[c] < hmin) hmin = heat[c];
         }
-    }
     /* heat mask: a ramp from the threshold up to the photo's hottest cell */
     double t = hmin + REFINE_HEAT_FRAC * (hmax - hmin), span = hmax - t, mass = 0;
     for (size_t c = 0; c < GG; c++) {
