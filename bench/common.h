@@ -1,10 +1,26 @@
-/* bench/common.h - clocks and order statistics shared by the benchmarks
+/* bench/common.h - clocks, order statistics and random numbers shared by the benchmarks
  * (header only: include it as "../common.h" from bench/<name>/). */
 #ifndef UMG_BENCH_COMMON_H
 #define UMG_BENCH_COMMON_H
 
+#include <math.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <time.h>
+
+/* Uniform in (0, 1) from the xorshift64 state *rng (deterministic per seed). */
+static inline double bench_urand(uint64_t *rng)
+{
+    *rng ^= *rng << 13, *rng ^= *rng >> 7, *rng ^= *rng << 17;
+    return ((*rng >> 11) + 0.5) * (1.0 / 9007199254740992.0);
+}
+
+/* Standard normal (Box-Muller) from the same state. */
+static inline float bench_gauss(uint64_t *rng)
+{
+    double u = bench_urand(rng);
+    return (float)(sqrt(-2.0 * log(u)) * cos(6.283185307179586 * bench_urand(rng)));
+}
 
 /* Wall-clock seconds (monotonic). */
 static inline double bench_now(void)

@@ -25,15 +25,8 @@
 #include "umg_error.h"
 
 static uint64_t rng = 0x2545f4914f6cdd1dull;
-static double urand(void)
-{
-    rng ^= rng << 13, rng ^= rng >> 7, rng ^= rng << 17;
-    return ((rng >> 11) + 0.5) * (1.0 / 9007199254740992.0);
-}
-static float gauss(void)
-{
-    return (float)(sqrt(-2.0 * log(urand())) * cos(6.283185307179586 * urand()));
-}
+static double urand(void) { return bench_urand(&rng); }
+static float gauss(void) { return bench_gauss(&rng); }
 
 /* n vectors around nc centers: center + noise (sigma per component relative
  * to the center's), normalized.  sigma 0.6 gives cosine ~0.86 to the center
