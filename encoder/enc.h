@@ -121,6 +121,14 @@ int enc_run_create_ex(const enc_model *m, int max_batch, int input_size, enc_run
 int enc_run_input_size(const enc_run *r); /* S: the input size the run was created for */
 int enc_run_grid(const enc_run *r);       /* S / patch_size: patches per side of its grid */
 
+/* Cap the threads this run's products use at n (>= 1; 0, the default: the
+ * process setting of enc_set_threads).  For several runs encoding at once on
+ * their own threads (e.g. a server's text queries on every core): with 1 each
+ * computes alone and none of them wakes the shared helper threads.  It caps the
+ * packed kernels' helpers only; the OpenBLAS fallback (CPUs without AVX-512)
+ * keeps the process setting.  UMG_EINVAL if n < 0. */
+int enc_run_set_threads(enc_run *r, int n);
+
 /* The model's preprocessing for an input of input_size x input_size pixels:
  * crop_w = crop_h = input_size, resize_shortest scaled by input_size / image_size
  * (CLIP: = input_size); mean, std and fit as the model's. */

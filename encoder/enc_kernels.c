@@ -624,12 +624,24 @@ void enc_kernels_set_threads(int n)
     pthread_mutex_unlock(&pk_pool.lock);
 }
 
+/* The calling thread's cap on its products' threads (0: none). */
+static __thread int pk_thread_cap;
+
+int enc_kernels_cap_threads(int n)
+{
+    int prev = pk_thread_cap;
+    pk_thread_cap = n > 0 ? n : 0;
+    return prev;
+}
+
 #if defined(__x86_64__) && defined(__GNUC__)
 /* Run one product, shared with the helper threads when it is worth a wake-up. */
 static void pk_run(pk_job *job)
 {
     /* Share only products worth a wake-up (~10 us): a few MFLOP and up. */
     int parts = __atomic_load_n(&pk_pool.wanted, __ATOMIC_RELAXED);
+    if (pk_thread_cap > 0 && pk_thread_cap < parts)
+        parts = pk_thread_cap;
     if (parts > 1 && (double)job->rows * job->in * job->out >= 1 << 21 && job->np >= 2 &&
         pthread_mutex_trylock(&pk_pool.busy) == 0) {
         pthread_mutex_lock(&pk_pool.lock);

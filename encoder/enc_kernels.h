@@ -63,6 +63,9 @@ extern int enc_packed_max_rows;
  * process (never started during a forward pass).  Products of two runs on two
  * threads do not share them: the second computes alone. */
 void enc_kernels_set_threads(int n);
+/* Cap, for the calling thread's products only, the threads they use at n (0: no
+ * cap); returns the previous cap, to be restored (enc_run_set_threads). */
+int enc_kernels_cap_threads(int n);
 
 /* 1 (default): enc_linear_packed uses the panels it is given; 0: it ignores them.
  * For tests and benchmarks that compare the paths; not to be changed while

@@ -90,6 +90,7 @@ struct enc_run {
     int max_batch;
     int input_size, grid, tokens; /* S, G = S / patch, T = G*G + 1 */
     int dense_mode;           /* enum enc_dense_mode */
+    int threads;              /* enc_run_set_threads: products' thread cap, 0 = the process setting */
     const float *pos;         /* [T, hidden] vision positions: the checkpoint's, or pos_own */
     float *pos_own;           /* interpolated for input_size != image_size, else NULL */
     float *h, *x, *q, *k, *v; /* [rows, hidden] */
@@ -678,6 +679,14 @@ int enc_run_input_size(const enc_run *r) { return r->input_size; }
 int enc_run_grid(const enc_run *r) { return r->grid; }
 int enc_run_dense_mode(const enc_run *r) { return r->dense_mode; }
 
+int enc_run_set_threads(enc_run *r, int n)
+{
+    if (!r || n < 0)
+        return umg_err_set(UMG_EINVAL, "enc_run_set_threads: %d threads", n);
+    r->threads = n;
+    return 0;
+}
+
 int enc_run_set_dense_mode(enc_run *r, int mode)
 {
     if (!r || mode < ENC_DENSE_PLAIN || mode > ENC_DENSE_SCLIP)
@@ -905,7 +914,7 @@ static void block_dense_variant(enc_run *r, const enc_layer_weights *L, const en
     scatter_cls(r->h, hc, n, T, H);
 }
 
-int enc_encode_pixels(enc_run *r, const float *pixels, int n, float *embeds, float *patches)
+static int encode_pixels(enc_run *r, const float *pixels, int n, float *embeds, float *patches)
 {
     if (!r || !pixels || !embeds || n < 1 || n > r->max_batch)
         return umg_err_set(UMG_EINVAL, "enc_encode_pixels: %d images for a run state of at most %d", n,
@@ -1017,6 +1026,25 @@ static void block_text_end_only(enc_run *r, const enc_layer_weights *L, const en
     cls_tail(r, r->x, r->k, attn, r->mlp, L, tc, n);
 }
 
+/* The public entry points run the pass under the run's thread cap (if any). */
+static int encode_ids_batch(enc_run *r, const int32_t *const *ids, const int *n_ids, int n, float *embeds);
+
+int enc_encode_pixels(enc_run *r, const float *pixels, int n, float *embeds, float *patches)
+{
+    int prev = enc_kernels_cap_threads(r ? r->threads : 0);
+    int rc = encode_pixels(r, pixels, n, embeds, patches);
+    enc_kernels_cap_threads(prev);
+    return rc;
+}
+
+int enc_encode_ids_batch(enc_run *r, const int32_t *const *ids, const int *n_ids, int n, float *embeds)
+{
+    int prev = enc_kernels_cap_threads(r ? r->threads : 0);
+    int rc = encode_ids_batch(r, ids, n_ids, n, embeds);
+    enc_kernels_cap_threads(prev);
+    return rc;
+}
+
 int enc_encode_ids(enc_run *r, const int32_t *ids, int n_ids, float *embed)
 {
     if (!r || !ids || !embed)
@@ -1024,7 +1052,7 @@ int enc_encode_ids(enc_run *r, const int32_t *ids, int n_ids, float *embed)
     return enc_encode_ids_batch(r, &ids, &n_ids, 1, embed);
 }
 
-int enc_encode_ids_batch(enc_run *r, const int32_t *const *ids, const int *n_ids, int n, float *embeds)
+static int encode_ids_batch(enc_run *r, const int32_t *const *ids, const int *n_ids, int n, float *embeds)
 {
     if (!r || !ids || !n_ids || !embeds)
         return umg_err_set(UMG_EINVAL, "enc_encode_ids: NULL argument");

@@ -669,6 +669,40 @@ static void test_threads_share_model(void **state)
     enc_model_close(m);
 }
 
+/* enc_run_set_threads: a capped run gives the uncapped run's bits (the shared
+ * products split outputs, never sums), and the cap holds only during its own
+ * passes: the calling thread's cap is back to none afterwards. */
+static void test_run_thread_cap(void **state)
+{
+    (void)state;
+    enc_model *m = open_tiny();
+    int D = enc_model_dim(m), n;
+    float *pixels = malloc(sizeof(float) * MAX_IMAGES * PIX);
+    load_all_pixels(pixels, &n);
+    enc_set_threads(2);
+    enc_run *free_run, *capped;
+    assert_int_equal(enc_run_create(m, n, &free_run), 0);
+    assert_int_equal(enc_run_create(m, n, &capped), 0);
+    assert_int_equal(enc_run_set_threads(capped, -1), UMG_EINVAL);
+    assert_int_equal(enc_run_set_threads(capped, 1), 0);
+    float *a = malloc(sizeof(float) * n * D), *b = malloc(sizeof(float) * n * D);
+    assert_int_equal(enc_encode_pixels(free_run, pixels, n, a, NULL), 0);
+    assert_int_equal(enc_encode_pixels(capped, pixels, n, b, NULL), 0);
+    assert_memory_equal(a, b, sizeof(float) * n * D);
+    assert_int_equal(enc_kernels_cap_threads(0), 0); /* restored after the capped pass */
+    assert_int_equal(enc_encode_text(free_run, "a photo of a cat", 16, a, NULL, NULL), 0);
+    assert_int_equal(enc_encode_text(capped, "a photo of a cat", 16, b, NULL, NULL), 0);
+    assert_memory_equal(a, b, sizeof(float) * D);
+    assert_int_equal(enc_kernels_cap_threads(0), 0);
+    enc_set_threads(1);
+    free(a);
+    free(b);
+    enc_run_close(free_run);
+    enc_run_close(capped);
+    free(pixels);
+    enc_model_close(m);
+}
+
 /* ---- checkpoints written by the tests ----------------------------------- */
 
 struct tmpdir {
@@ -1769,6 +1803,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_text_tokenized, tiny_one_setup, tiny_one_teardown),
         cmocka_unit_test_setup_teardown(test_images_decoded, tiny_one_setup, tiny_one_teardown),
         cmocka_unit_test(test_threads_share_model),
+        cmocka_unit_test(test_run_thread_cap),
         cmocka_unit_test(test_half_precision_checkpoints),
         cmocka_unit_test(test_hostile_headers),
         cmocka_unit_test(test_hostile_files),
