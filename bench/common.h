@@ -7,6 +7,21 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <time.h>
+#include <unistd.h>
+
+/* One thread each for OpenBLAS and FAISS's OpenMP unless the caller set them:
+ * their spinning threads fight each other and other processes on a shared
+ * 2-core machine (10x slower PQ training, most of it in barriers of tiny
+ * parallel regions), and the server pins FAISS to one thread too.  Both read
+ * the variables at load time, hence the re-exec (argv as main got it). */
+static inline void bench_one_blas_thread(char **argv)
+{
+    if (!getenv("OPENBLAS_NUM_THREADS") || !getenv("OMP_NUM_THREADS")) {
+        setenv("OPENBLAS_NUM_THREADS", "1", 0);
+        setenv("OMP_NUM_THREADS", "1", 0);
+        execv("/proc/self/exe", argv);
+    }
+}
 
 /* Uniform in (0, 1) from the xorshift64 state *rng (deterministic per seed). */
 static inline double bench_urand(uint64_t *rng)

@@ -149,16 +149,7 @@ static int reopen_child(const char *dir, int dim)
 
 int main(int argc, char **argv)
 {
-    /* OpenBLAS's and FAISS's OpenMP threads spin against each other and
-     * against other processes on a shared 2-core machine (10x slower, most
-     * of it in barriers of tiny parallel regions during PQ training): one
-     * thread each unless the caller sets them.  Read at load time, hence the
-     * re-exec. */
-    if (!getenv("OPENBLAS_NUM_THREADS") || !getenv("OMP_NUM_THREADS")) {
-        setenv("OPENBLAS_NUM_THREADS", "1", 0);
-        setenv("OMP_NUM_THREADS", "1", 0);
-        execv("/proc/self/exe", argv);
-    }
+    bench_one_blas_thread(argv);
     setvbuf(stdout, NULL, _IOLBF, 0);
     size_t n = 1000000;
     int dim = 512, per_image = 10, nq = 1000, nprobe = 32, cand = 10, reopen_only = 0, reuse = 0;

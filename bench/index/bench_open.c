@@ -421,14 +421,7 @@ static void timed_opens(const char *self, const char *dir, int dim, int runs, in
 
 int main(int argc, char **argv)
 {
-    /* one thread each for OpenBLAS and FAISS's OpenMP (a shared 2-core
-     * machine; the server pins FAISS to one thread too); read at load time,
-     * hence the re-exec */
-    if (!getenv("OPENBLAS_NUM_THREADS") || !getenv("OMP_NUM_THREADS")) {
-        setenv("OPENBLAS_NUM_THREADS", "1", 0);
-        setenv("OMP_NUM_THREADS", "1", 0);
-        execv("/proc/self/exe", argv);
-    }
+    bench_one_blas_thread(argv);
     setvbuf(stdout, NULL, _IOLBF, 0);
     size_t n = 100000;
     int dim = 512, runs = 3, peer_runs = 3, is_child = 0, stall_mode = 0, bg_mode = 0;
