@@ -42,8 +42,13 @@ static void usage(FILE *out)
         "  --batch B               images per encoder batch and database transaction (default %d)\n"
         "  --threads T             BLAS threads, query encoder states and ingest decode/proposal\n"
         "                          workers (default: online CPUs);\n"
-        "                          the libuv threadpool gets max(4, T+2) + 16 (room for text queries\n"
-        "                          waiting for the batched text tower) unless UV_THREADPOOL_SIZE is set\n"
+        "                          the libuv threadpool gets max(4, T+2) + 16 per text lane (at most 8\n"
+        "                          lanes counted: room for text queries waiting for a lane) unless\n"
+        "                          UV_THREADPOOL_SIZE is set\n"
+        "  --text-lanes N          text-query batches encoded at once (default: T).  Each lane encodes\n"
+        "                          every waiting text query (up to 16) in one pass on its own thread(s)\n"
+        "                          (T / N each); 1 = one pass at a time, its products shared over all T\n"
+        "                          threads (lowest latency for a lone query, least throughput)\n"
         "  --max-frame BYTES       largest request accepted (default %u; suffixes K, M)\n"
         "  --idle-timeout S        close connections idle for S seconds (default %d; 0 = never)\n"
         "  --max-connections N     refuse connections beyond N (default %d)\n"
@@ -211,6 +216,9 @@ int cmd_serve(int argc, char **argv)
         } else if (!strcmp(a, "--text-batch-wait")) {
             if (parse_int(a, v, 0, 1000000, &x)) return 2;
             c.text_batch_wait_us = (int)x;
+        } else if (!strcmp(a, "--text-lanes")) {
+            if (parse_int(a, v, 1, SRV_MAX_TEXT_LANES, &x)) return 2;
+            c.text_lanes = (int)x;
         } else if (!strcmp(a, "--precision")) {
             if (enc_precision_parse(v, &c.precision)) {
                 fprintf(stderr, "umgdb serve: --precision wants fp32 or fp16, not '%s'\n", v);

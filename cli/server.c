@@ -968,9 +968,11 @@ int server_run(const server_config *cfg)
     /* 2. model and data */
     if (!getenv("UV_THREADPOOL_SIZE")) {
         char v[16];
-        /* + SRV_TEXT_BATCH: text queries wait on the pool for the batched text
-         * tower (asleep); that many waiting make a full batch */
-        snprintf(v, sizeof v, "%d", (cfg->threads + 2 > 4 ? cfg->threads + 2 : 4) + SRV_TEXT_BATCH);
+        /* + SRV_TEXT_BATCH per text lane: text queries wait on the pool for a
+         * lane (asleep); that many waiting make a full batch on every lane */
+        int lanes = cfg->text_lanes > 0 ? cfg->text_lanes : cfg->threads;
+        int pool = (cfg->threads + 2 > 4 ? cfg->threads + 2 : 4) + SRV_TEXT_BATCH * (lanes < 8 ? lanes : 8);
+        snprintf(v, sizeof v, "%d", pool);
         setenv("UV_THREADPOOL_SIZE", v, 1);
     }
     enc_set_threads(s->cfg.threads);
@@ -1088,10 +1090,10 @@ int server_run(const server_config *cfg)
                          cfg->socket_path ? cfg->socket_path : "");
         (void)n;
         srv_log(s, SRV_LOG_INFO,
-                "umgdb %s serving %s (model %s, dim %d, %llu images, %llu regions, region mode %s, auth %s, "
-                "path ingest %s)",
+                "umgdb %s serving %s (model %s, dim %d, %llu images, %llu regions, region mode %s, text lanes %d, "
+                "auth %s, path ingest %s)",
                 UMG_VERSION, where, enc_model_name(s->model), s->dim, (unsigned long long)st.images,
-                (unsigned long long)st.regions, srv_region_mode_name(s->region_mode),
+                (unsigned long long)st.regions, srv_region_mode_name(s->region_mode), s->text.n_lanes,
                 s->cfg.token || s->cfg.require_auth ? "required" : "off",
                 s->n_roots ? "on" : "off");
     }

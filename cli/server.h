@@ -18,6 +18,7 @@
 #define SRV_DEFAULT_INDEX_THREADS 1        /* OpenMP threads for FAISS */
 #define SRV_STOP_BUILD_WAIT_S 3            /* a stop waits this long for an index build to give up */
 #define SRV_BATCH_LINGER_MS 30             /* encoder: longest wait for a fuller batch */
+#define SRV_MAX_TEXT_LANES 64             /* --text-lanes at most */
 #define SRV_MAX_INFLIGHT 64              /* requests per connection before reading pauses */
 #define SRV_MAX_UNSENT (8u << 20)         /* unsent response bytes per connection before reading pauses */
 #define SRV_MAX_INFLIGHT_BYTES (256u << 20) /* request frame bytes held per connection */
@@ -66,6 +67,9 @@ typedef struct server_config {
     int text_batch_wait_us;        /* a worker that finds the text tower free waits up to this long
                                       for more queries to fill its batch; 0 = none (a lone query
                                       is encoded at once) */
+    int text_lanes;                /* text-tower passes encoded at once, each on its own thread;
+                                      0 = threads (default); 1 = one pass at a time, its products
+                                      shared over every thread */
     int precision;                 /* enum enc_precision of the encoder's products (fp32 default) */
     int checkpoint_interval_s;     /* background checkpoint when something was written, this often;
                                       0 = none (index builds still run in the background) */

@@ -82,22 +82,32 @@ typedef struct srv_run_pool {
     int n;
 } srv_run_pool;
 
-/* Text queries' encodes, combined: whichever worker finds the text tower free
- * encodes every pending query's ids (up to SRV_TEXT_BATCH) in one packed pass,
- * so concurrent queries share one stream of the weights; a lone query is
- * encoded at once unless --text-batch-wait asks to linger for company. */
+/* Text queries' encodes, combined, on "lanes": up to n_lanes batches are
+ * encoded at once, each on its own run state.  A worker whose query waits
+ * takes a free lane and every waiting query (up to SRV_TEXT_BATCH, shared out
+ * when other lanes are free too) into one packed pass, so concurrent queries
+ * share one stream of the weights; a lone query is encoded at once unless
+ * --text-batch-wait asks to linger for company.  With several lanes each
+ * run's products stay on its own thread (enc_run_set_threads), so the lanes
+ * use the cores side by side instead of one pass using them all. */
 #define SRV_TEXT_BATCH 16
 typedef struct srv_text_req srv_text_req;
-typedef struct srv_text_batcher {
-    pthread_mutex_t mu;
-    pthread_cond_t cv;
+typedef struct srv_text_lane {
     enc_run *run;                 /* max_batch = SRV_TEXT_BATCH */
     float *embeds;                /* [SRV_TEXT_BATCH, dim] */
+    int busy;                     /* a worker is encoding a batch on it (or lingering) */
+    uint64_t batches, texts;      /* counts, for stats and tests */
+} srv_text_lane;
+typedef struct srv_text_batcher {
+    pthread_mutex_t mu;
+    pthread_cond_t linger_cv;     /* lingering workers count arrivals on it */
+    srv_text_lane *lanes;
+    int n_lanes, free_lanes;
+    int lingering;                /* workers in the --text-batch-wait linger */
     srv_text_req *head, *tail;    /* waiting, oldest first */
     int waiting;                  /* requests in head..tail */
-    int busy;                     /* a worker is encoding a batch */
     int inited;
-    uint64_t batches, texts;      /* counts, for the log and tests */
+    uint64_t batches, texts;      /* counts over all lanes, for the log and tests */
 } srv_text_batcher;
 
 struct srv {

@@ -197,13 +197,24 @@ int srv_ops_init(srv *s)
     pthread_condattr_t ca; /* the linger's deadline must not move with the wall clock */
     pthread_condattr_init(&ca);
     pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-    pthread_cond_init(&b->cv, &ca);
+    pthread_cond_init(&b->linger_cv, &ca);
     pthread_condattr_destroy(&ca);
     b->inited = 1;
-    int rc = enc_run_create(s->model, SRV_TEXT_BATCH, &b->run);
-    if (rc) return rc;
-    b->embeds = malloc((size_t)SRV_TEXT_BATCH * s->dim * sizeof(float));
-    if (!b->embeds) return umg_err_set(UMG_ENOMEM, "out of memory");
+    int lanes = s->cfg.text_lanes > 0 ? s->cfg.text_lanes : s->cfg.threads;
+    if (lanes > SRV_MAX_TEXT_LANES) lanes = SRV_MAX_TEXT_LANES;
+    if (!(b->lanes = calloc((size_t)lanes, sizeof *b->lanes))) return umg_err_set(UMG_ENOMEM, "out of memory");
+    /* one lane keeps today's single pass over every thread; several share the threads out */
+    int per_lane = lanes > 1 ? (s->cfg.threads / lanes > 0 ? s->cfg.threads / lanes : 1) : 0;
+    for (int i = 0; i < lanes; i++) {
+        srv_text_lane *l = &b->lanes[i];
+        int rc = enc_run_create(s->model, SRV_TEXT_BATCH, &l->run);
+        if (rc) return rc;
+        b->n_lanes = i + 1;
+        if (per_lane && (rc = enc_run_set_threads(l->run, per_lane))) return rc;
+        if (!(l->embeds = malloc((size_t)SRV_TEXT_BATCH * s->dim * sizeof(float))))
+            return umg_err_set(UMG_ENOMEM, "out of memory");
+    }
+    b->free_lanes = b->n_lanes;
     return 0;
 }
 
@@ -223,10 +234,13 @@ void srv_ops_fini(srv *s)
     free(p->busy);
     srv_text_batcher *b = &s->text;
     if (b->inited) {
-        enc_run_close(b->run);
-        free(b->embeds);
+        for (int i = 0; i < b->n_lanes; i++) {
+            enc_run_close(b->lanes[i].run);
+            free(b->lanes[i].embeds);
+        }
+        free(b->lanes);
         pthread_mutex_destroy(&b->mu);
-        pthread_cond_destroy(&b->cv);
+        pthread_cond_destroy(&b->linger_cv);
         memset(b, 0, sizeof *b);
     }
     free(s->hello_result);
@@ -344,13 +358,23 @@ static int h_stats(void *ctx, proto_request *req)
     msgpack_pack_map(pk, 2);
     pack_key(pk, "images"), msgpack_pack_uint64(pk, ingested);
     pack_key(pk, "batches"), msgpack_pack_uint64(pk, batches);
-    pthread_mutex_lock(&s->text.mu);
-    uint64_t text_batches = s->text.batches, texts = s->text.texts;
-    pthread_mutex_unlock(&s->text.mu);
+    srv_text_batcher *tb = &s->text;
+    uint64_t lane_counts[SRV_MAX_TEXT_LANES][2];
+    pthread_mutex_lock(&tb->mu);
+    uint64_t text_batches = tb->batches, texts = tb->texts;
+    for (int i = 0; i < tb->n_lanes; i++) lane_counts[i][0] = tb->lanes[i].texts, lane_counts[i][1] = tb->lanes[i].batches;
+    pthread_mutex_unlock(&tb->mu);
     pack_key(pk, "text_queries"); /* text-tower passes, and the texts they encoded */
-    msgpack_pack_map(pk, 2);
+    msgpack_pack_map(pk, 3);
     pack_key(pk, "texts"), msgpack_pack_uint64(pk, texts);
     pack_key(pk, "batches"), msgpack_pack_uint64(pk, text_batches);
+    pack_key(pk, "lanes"); /* the same per lane */
+    msgpack_pack_array(pk, (size_t)tb->n_lanes);
+    for (int i = 0; i < tb->n_lanes; i++) {
+        msgpack_pack_map(pk, 2);
+        pack_key(pk, "texts"), msgpack_pack_uint64(pk, lane_counts[i][0]);
+        pack_key(pk, "batches"), msgpack_pack_uint64(pk, lane_counts[i][1]);
+    }
     pthread_mutex_lock(&s->ck_mu);
     uint64_t ck_done = s->ck_done, ck_builds = s->ck_builds;
     int ck_busy = s->ck_busy;
@@ -1292,74 +1316,112 @@ static int search_answer(srv_job *job, const float *q_in, uint64_t exclude)
     return rc;
 }
 
-/* One text query waiting for the text tower (lives on its worker's stack). */
+/* One text query waiting for a text lane (lives on its worker's stack). */
 struct srv_text_req {
     const int32_t *ids;
     int n_ids;
     float *vec;
+    pthread_cond_t cv;            /* its worker sleeps on it: woken alone, not with every waiter */
     int done, rc;
     char msg[256];
     srv_text_req *next;
 };
 
+/* Wake the owners of the first few waiting requests, as many as there are
+ * free lanes, so that each free lane finds a worker to take it.  Under b->mu. */
+static void lanes_kick(srv_text_batcher *b)
+{
+    srv_text_req *q = b->head;
+    for (int i = 0; i < b->free_lanes && q; i++, q = q->next) pthread_cond_signal(&q->cv);
+}
+
 /* Encode ids into vec [dim], batched with whatever other text queries are
- * waiting: the worker that finds the tower free takes the oldest
- * SRV_TEXT_BATCH requests (its own among them or not), encodes them in one
- * enc_encode_ids_batch, hands each its vector, and goes again until its own
- * is done; the others sleep meanwhile. */
+ * waiting: a worker that finds a lane free takes it and the oldest waiting
+ * requests (its own among them or not; SRV_TEXT_BATCH at most, and its share
+ * when other lanes are free too, so that a burst spreads over the lanes),
+ * encodes them in one enc_encode_ids_batch, hands each its vector, and goes
+ * again until its own is done.  Workers without a lane sleep, each on its
+ * request's own condition variable, until their request is done or a lane
+ * is there for them. */
 static int text_encode(srv *s, const int32_t *ids, int n_ids, float *vec)
 {
     srv_text_batcher *b = &s->text;
     srv_text_req me = {.ids = ids, .n_ids = n_ids, .vec = vec};
+    pthread_cond_init(&me.cv, NULL);
     pthread_mutex_lock(&b->mu);
     if (b->tail) b->tail->next = &me;
     else b->head = &me;
     b->tail = &me;
     b->waiting++;
-    if (b->busy) pthread_cond_broadcast(&b->cv); /* a lingering worker counts arrivals */
+    if (b->lingering) pthread_cond_broadcast(&b->linger_cv); /* they count arrivals */
     while (!me.done) {
-        if (b->busy) {
-            pthread_cond_wait(&b->cv, &b->mu);
+        if (!b->free_lanes || !b->head) {
+            pthread_cond_wait(&me.cv, &b->mu);
             continue;
         }
-        b->busy = 1;
+        srv_text_lane *lane = NULL;
+        for (int i = 0; i < b->n_lanes && !lane; i++)
+            if (!b->lanes[i].busy) lane = &b->lanes[i];
+        lane->busy = 1;
+        b->free_lanes--;
+        int take = SRV_TEXT_BATCH;
         if (s->cfg.text_batch_wait_us > 0 && b->waiting < SRV_TEXT_BATCH) {
-            /* linger, tower reserved, until the batch is full or the wait is over */
+            /* linger, lane reserved, until the batch is full or the wait is over */
             struct timespec until;
             clock_gettime(CLOCK_MONOTONIC, &until);
             long ns = until.tv_nsec + (long)s->cfg.text_batch_wait_us * 1000L;
             until.tv_sec += ns / 1000000000L;
             until.tv_nsec = ns % 1000000000L;
-            while (b->waiting < SRV_TEXT_BATCH && pthread_cond_timedwait(&b->cv, &b->mu, &until) != ETIMEDOUT) {
+            b->lingering++;
+            while (b->waiting < SRV_TEXT_BATCH &&
+                   pthread_cond_timedwait(&b->linger_cv, &b->mu, &until) != ETIMEDOUT) {
             }
+            b->lingering--;
+        } else if (b->free_lanes > 0) {
+            /* this lane's share of the waiting requests; the rest wake for the other free lanes */
+            int share = (b->waiting + b->free_lanes) / (b->free_lanes + 1);
+            if (share < take) take = share;
         }
         srv_text_req *batch[SRV_TEXT_BATCH];
         const int32_t *bids[SRV_TEXT_BATCH];
         int blen[SRV_TEXT_BATCH], n = 0;
-        while (b->head && n < SRV_TEXT_BATCH) {
+        while (b->head && n < take) {
             srv_text_req *q = b->head;
             b->head = q->next;
             batch[n] = q, bids[n] = q->ids, blen[n] = q->n_ids, n++;
             b->waiting--;
         }
         if (!b->head) b->tail = NULL;
+        if (n == 0) { /* other lanes took them all while this one lingered */
+            lane->busy = 0;
+            b->free_lanes++;
+            continue;
+        }
+        lanes_kick(b);
         b->batches++;
         b->texts += (uint64_t)n;
+        lane->batches++;
+        lane->texts += (uint64_t)n;
         pthread_mutex_unlock(&b->mu);
         /* the owners sleep until done is set under the lock: their requests stay valid */
         umg_err_clear();
-        int rc = enc_encode_ids_batch(b->run, bids, blen, n, b->embeds);
+        int rc = enc_encode_ids_batch(lane->run, bids, blen, n, lane->embeds);
         for (int i = 0; i < n; i++) {
             batch[i]->rc = rc;
             if (rc) snprintf(batch[i]->msg, sizeof batch[i]->msg, "%s", umg_err_msg());
-            else memcpy(batch[i]->vec, b->embeds + (size_t)i * s->dim, (size_t)s->dim * sizeof(float));
+            else memcpy(batch[i]->vec, lane->embeds + (size_t)i * s->dim, (size_t)s->dim * sizeof(float));
         }
         pthread_mutex_lock(&b->mu);
-        for (int i = 0; i < n; i++) batch[i]->done = 1;
-        b->busy = 0;
-        pthread_cond_broadcast(&b->cv);
+        for (int i = 0; i < n; i++) {
+            batch[i]->done = 1;
+            if (batch[i] != &me) pthread_cond_signal(&batch[i]->cv);
+        }
+        lane->busy = 0;
+        b->free_lanes++;
+        if (me.done) lanes_kick(b); /* someone else takes the lane this worker leaves */
     }
     pthread_mutex_unlock(&b->mu);
+    pthread_cond_destroy(&me.cv);
     return me.rc ? umg_err_set(me.rc, "%s", me.msg) : 0;
 }
 
