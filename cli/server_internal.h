@@ -87,9 +87,11 @@ typedef struct srv_run_pool {
  * takes a free lane and every waiting query (up to SRV_TEXT_BATCH, shared out
  * when other lanes are free too) into one packed pass, so concurrent queries
  * share one stream of the weights; a lone query is encoded at once unless
- * --text-batch-wait asks to linger for company.  With several lanes each
- * run's products stay on its own thread (enc_run_set_threads), so the lanes
- * use the cores side by side instead of one pass using them all. */
+ * --text-batch-wait asks to linger for company.  With several lanes a pass
+ * that starts while another lane is busy keeps its products on its own
+ * thread(s) (enc_run_set_threads: threads / lanes), so that the lanes use the
+ * cores side by side; a pass that starts alone uses every thread, as one
+ * lane does. */
 #define SRV_TEXT_BATCH 16
 typedef struct srv_text_req srv_text_req;
 typedef struct srv_text_lane {
@@ -108,6 +110,9 @@ typedef struct srv_text_batcher {
     int waiting;                  /* requests in head..tail */
     int inited;
     uint64_t batches, texts;      /* counts over all lanes, for the log and tests */
+    int per_lane_threads;         /* a lane's thread cap while another lane is busy (0 = none) */
+    int test_pass_ms;             /* env UMG_TEST_TEXT_PASS_MS: every pass lasts at least this long
+                                     (tests only: passes overlap deterministically) */
 } srv_text_batcher;
 
 struct srv {

@@ -210,11 +210,17 @@ int srv_ops_init(srv *s)
         int rc = enc_run_create(s->model, SRV_TEXT_BATCH, &l->run);
         if (rc) return rc;
         b->n_lanes = i + 1;
-        if (per_lane && (rc = enc_run_set_threads(l->run, per_lane))) return rc;
         if (!(l->embeds = malloc((size_t)SRV_TEXT_BATCH * s->dim * sizeof(float))))
             return umg_err_set(UMG_ENOMEM, "out of memory");
     }
     b->free_lanes = b->n_lanes;
+    b->per_lane_threads = per_lane;
+    const char *hold = getenv("UMG_TEST_TEXT_PASS_MS");
+    if (hold && atoi(hold) > 0) {
+        b->test_pass_ms = atoi(hold);
+        srv_log(s, SRV_LOG_WARN, "UMG_TEST_TEXT_PASS_MS: every text pass lasts at least %d ms (a test hook)",
+                b->test_pass_ms);
+    }
     return 0;
 }
 
@@ -1362,6 +1368,10 @@ static int text_encode(srv *s, const int32_t *ids, int n_ids, float *vec)
         srv_text_lane *lane = NULL;
         for (int i = 0; i < b->n_lanes && !lane; i++)
             if (!b->lanes[i].busy) lane = &b->lanes[i];
+        /* alone: every thread (a lone query as fast as with one lane); beside another pass: its share.
+         * A pass that started alone keeps its helpers if another starts meanwhile; that one
+         * then computes on its own thread (the encoder never waits for busy helpers). */
+        if (b->per_lane_threads) enc_run_set_threads(lane->run, b->free_lanes == b->n_lanes ? 0 : b->per_lane_threads);
         lane->busy = 1;
         b->free_lanes--;
         int take = SRV_TEXT_BATCH;
@@ -1406,6 +1416,11 @@ static int text_encode(srv *s, const int32_t *ids, int n_ids, float *vec)
         /* the owners sleep until done is set under the lock: their requests stay valid */
         umg_err_clear();
         int rc = enc_encode_ids_batch(lane->run, bids, blen, n, lane->embeds);
+        if (b->test_pass_ms) {
+            struct timespec hold = {b->test_pass_ms / 1000, (long)(b->test_pass_ms % 1000) * 1000000L};
+            while (nanosleep(&hold, &hold) && errno == EINTR) {
+            }
+        }
         for (int i = 0; i < n; i++) {
             batch[i]->rc = rc;
             if (rc) snprintf(batch[i]->msg, sizeof batch[i]->msg, "%s", umg_err_msg());

@@ -940,6 +940,111 @@ static void test_batched_text_queries(void **state)
     rm_rf(s.dir);
 }
 
+/* Text lanes: with --text-lanes 2 two text-tower passes run at once (the test
+ * hook UMG_TEST_TEXT_PASS_MS makes each pass last 200 ms, so a pipelined burst
+ * finds the first lane busy and takes the second); stats text_queries.lanes
+ * counts each lane's texts.  The answers equal those of the same burst through
+ * one lane (same hits, same scores up to the float rounding of other batch
+ * compositions, as in test_batched_text_queries). */
+enum { LANE_N = 12 };
+static const char *const lane_texts[LANE_N] = {
+    "a cat", "a photo of a cat sleeping on a red sofa", "a rocket", "an astronaut in a white space suit",
+    "coffee", "two dogs playing in the snow", "x", "rocket launch", "moon", "a kitten",
+    "the night sky full of stars", "tabby cat"};
+
+/* The burst's answers (LANE_N responses) and the lanes' text counts after it. */
+static void lane_burst(umg_client *c, proto_response **out, uint64_t *lane_texts_out, int *n_lanes,
+                       uint64_t *texts_out)
+{
+    uint64_t ids[LANE_N];
+    for (int i = 0; i < LANE_N; i++) {
+        proto_writer w;
+        ids[i] = begin(c, &w, "query", 3);
+        kv_str(&w, "text", lane_texts[i]);
+        kv_str(&w, "granularity", i % 3 == 1 ? "region" : "image");
+        kv_uint(&w, "k", 5);
+        end(c, &w);
+    }
+    assert_int_equal(umg_client_flush(c, T_MS), 0);
+    for (int i = 0; i < LANE_N; i++) out[i] = wait_ok(c, ids[i]);
+    proto_response *r = NULL;
+    assert_int_equal(umg_client_call0(c, "stats", T_MS, &r), 0);
+    const msgpack_object *tq = umg_result_get(r, "text_queries");
+    assert_non_null(tq);
+    *texts_out = obj_u(tq, "texts");
+    const msgpack_object *lanes = proto_map_get(tq, "lanes");
+    assert_non_null(lanes);
+    assert_int_equal(lanes->type, MSGPACK_OBJECT_ARRAY);
+    *n_lanes = (int)lanes->via.array.size;
+    uint64_t sum = 0;
+    for (int i = 0; i < *n_lanes && i < 4; i++) {
+        lane_texts_out[i] = obj_u(&lanes->via.array.ptr[i], "texts");
+        sum += lane_texts_out[i];
+    }
+    assert_int_equal(sum, *texts_out);
+    proto_response_free(r);
+}
+
+static void test_text_lanes(void **state)
+{
+    server s;
+    make_tmp(&s);
+    assert_int_equal(setenv("UMG_TEST_TEXT_PASS_MS", "200", 1), 0);
+    const char *two[] = {"--threads", "2", "--text-lanes", "2", NULL};
+    start(&s, two);
+    unsetenv("UMG_TEST_TEXT_PASS_MS");
+    umg_client *c = conn(&s);
+    ingest_bytes(c, IMG("chelsea.png"), "chelsea.png", NULL, NULL, NULL);
+    ingest_bytes(c, IMG("rocket.jpg"), "rocket.jpg", NULL, NULL, NULL);
+    ingest_bytes(c, IMG("astronaut.png"), "astronaut.png", NULL, NULL, NULL);
+    proto_response *by2[LANE_N], *by1[LANE_N];
+    uint64_t lt[4] = {0}, texts;
+    int n_lanes;
+    lane_burst(c, by2, lt, &n_lanes, &texts);
+    assert_int_equal(n_lanes, 2);
+    assert_int_equal(texts, LANE_N);
+    if (lt[0] == 0 || lt[1] == 0)
+        fail_msg("--text-lanes 2: a burst of %d texts used one lane only (%llu + %llu texts)", LANE_N,
+                 (unsigned long long)lt[0], (unsigned long long)lt[1]);
+    umg_client_close(c);
+    assert_int_equal(stop(&s), 0);
+
+    const char *one[] = {"--threads", "2", "--text-lanes", "1", NULL};
+    start(&s, one);
+    c = conn(&s);
+    lane_burst(c, by1, lt, &n_lanes, &texts);
+    assert_int_equal(n_lanes, 1);
+    assert_int_equal(lt[0], LANE_N);
+    double worst = 0;
+    for (int i = 0; i < LANE_N; i++) {
+        const msgpack_object *ha = hits_of(by1[i]), *hb = hits_of(by2[i]);
+        assert_true(ha->via.array.size > 0);
+        assert_int_equal(hb->via.array.size, ha->via.array.size);
+        for (uint32_t j = 0; j < ha->via.array.size; j++) {
+            const msgpack_object *a = &ha->via.array.ptr[j], *x = &hb->via.array.ptr[j];
+            assert_int_equal(obj_u(x, "image_id"), obj_u(a, "image_id"));
+            if (proto_map_get(a, "region_id")) assert_int_equal(obj_u(x, "region_id"), obj_u(a, "region_id"));
+            double d = fabs(obj_f(x, "score") - obj_f(a, "score"));
+            if (d > worst) worst = d;
+            if (d > 1e-5)
+                fail_msg("\"%s\" hit %u: score %.9g through 2 lanes, %.9g through 1", lane_texts[i], j,
+                         obj_f(x, "score"), obj_f(a, "score"));
+        }
+    }
+    printf("text lanes: largest score difference between 2 lanes and 1: %.3g\n", worst);
+    for (int i = 0; i < LANE_N; i++) proto_response_free(by1[i]), proto_response_free(by2[i]);
+    umg_client_close(c);
+    assert_int_equal(stop(&s), 0);
+
+    /* the flag's range */
+    char cmd[600];
+    snprintf(cmd, sizeof cmd, "'%s' serve --data '%s/x' --model '%s' --text-lanes 0 >/dev/null 2>&1", bin(), s.dir, TINY);
+    int st = system(cmd);
+    assert_true(WIFEXITED(st));
+    assert_int_equal(WEXITSTATUS(st), 2);
+    rm_rf(s.dir);
+}
+
 /* A frame with raw body bytes. */
 static void send_frame(umg_client *c, const void *body, size_t len)
 {
@@ -1903,6 +2008,7 @@ int main(void)
         cmocka_unit_test_teardown(test_path_rules, teardown),
         cmocka_unit_test_teardown(test_pipelining_two_clients, teardown),
         cmocka_unit_test_teardown(test_batched_text_queries, teardown),
+        cmocka_unit_test_teardown(test_text_lanes, teardown),
         cmocka_unit_test_teardown(test_bad_input, teardown),
         cmocka_unit_test_teardown(test_restart_and_sigterm, teardown),
         cmocka_unit_test_teardown(test_background_index_build, teardown),
