@@ -120,6 +120,19 @@ def to_pixels_fast(items):
     return x
 
 
+def attach_bf16_pixels(items, chunk=256):
+    """Store every item's network input once, as the bfloat16 tensor [3, S, S] the
+    autocast (--bf16 1) convolution would otherwise cast to_pixels_fast's float32 to
+    each step: the same values (round to nearest even from the same float32), without
+    the per-step normalization, permutation and cast of the whole batch."""
+    import torch
+    for i in range(0, len(items), chunk):
+        part = items[i:i + chunk]
+        px = to_pixels_fast(part).to(torch.bfloat16)
+        for it, x in zip(part, px):
+            it["px_bf16"] = x.clone()
+
+
 def to_pixels(items):
     """Float32 [B, 3, S, S] network input; the padding stays exactly 0."""
     import torch
