@@ -170,7 +170,10 @@ void enc_linear(float *y, const float *x, const float *w, int rows, int in, int 
  * for AVX-512F by a target attribute and chosen at run time, so the binary runs
  * on any x86-64. */
 #define PK_MR 14
-int pk_group_bytes = 1 << 20, pk_prefetch_floats = 2048;
+/* Up to this many rows (an image's 50 tokens) a k slice of all of them is
+ * copied once into the kernel's row buffer (56 KB on the stack). */
+#define PK_MC (4 * PK_MR)
+int pk_group_bytes = 1 << 18, pk_prefetch_floats = 2048;
 
 int enc_use_packed = 1;
 int enc_packed_max_rows = 1 << 30;
@@ -277,7 +280,7 @@ void enc_pack_weights_h(uint16_t *panels, const float *w, int in, int out)
  * to what y holds (accumulate, or a later k slice). */
 static inline __attribute__((always_inline)) PK_TARGET void pk_tile(int mr, const float *a, const float *b, int kc,
                                                                    float *y, int ldy, int load, __mmask16 m0,
-                                                                   __mmask16 m1, const float *pf)
+                                                                   __mmask16 m1, const float *pf, int pf_shift)
 {
     __m512 c0[PK_MR], c1[PK_MR];
 #pragma GCC unroll 14
@@ -290,9 +293,13 @@ static inline __attribute__((always_inline)) PK_TARGET void pk_tile(int mr, cons
     }
     for (int k = 0; k < kc; k++) {
         __m512 b0 = _mm512_loadu_ps(b + (size_t)k * 32), b1 = _mm512_loadu_ps(b + (size_t)k * 32 + 16);
-        if (pf) { /* weights still in memory: fetch ahead across page boundaries */
-            _mm_prefetch((const char *)(pf + (size_t)k * 32), _MM_HINT_T1);
-            _mm_prefetch((const char *)(pf + (size_t)k * 32 + 16), _MM_HINT_T1);
+        if (pf) { /* weights still in memory: fetch ahead (pk_gemm says where and how fast) */
+            if (pf_shift < 0) { /* two lines per k: the rate at which one tile reads its own panel */
+                _mm_prefetch((const char *)(pf + (size_t)k * 32), _MM_HINT_T1);
+                _mm_prefetch((const char *)(pf + (size_t)k * 32 + 16), _MM_HINT_T1);
+            } else if (!(k & ((1 << pf_shift) - 1))) { /* one line every 2^pf_shift k */
+                _mm_prefetch((const char *)(pf + (size_t)(k >> pf_shift) * 16), _MM_HINT_T1);
+            }
         }
         const float *ak = a + k;
 #pragma GCC unroll 14
@@ -316,17 +323,17 @@ static inline __attribute__((always_inline)) PK_TARGET void pk_tile(int mr, cons
 
 #define PK_TILE_FN(MR)                                                                                    \
     static PK_TARGET void pk_tile_##MR(const float *a, const float *b, int kc, float *y, int ldy, int load, \
-                                       __mmask16 m0, __mmask16 m1, const float *pf)                       \
+                                       __mmask16 m0, __mmask16 m1, const float *pf, int pf_shift)         \
     {                                                                                                     \
         if (pf)                                                                                           \
-            pk_tile(MR, a, b, kc, y, ldy, load, m0, m1, pf);                                              \
+            pk_tile(MR, a, b, kc, y, ldy, load, m0, m1, pf, pf_shift);                                    \
         else                                                                                              \
-            pk_tile(MR, a, b, kc, y, ldy, load, m0, m1, NULL);                                            \
+            pk_tile(MR, a, b, kc, y, ldy, load, m0, m1, NULL, 0);                                         \
     }
 PK_TILE_FN(1) PK_TILE_FN(2) PK_TILE_FN(3) PK_TILE_FN(4) PK_TILE_FN(5) PK_TILE_FN(6) PK_TILE_FN(7)
 PK_TILE_FN(8) PK_TILE_FN(9) PK_TILE_FN(10) PK_TILE_FN(11) PK_TILE_FN(12) PK_TILE_FN(13) PK_TILE_FN(14)
 typedef void (*pk_tile_fn)(const float *, const float *, int, float *, int, int, __mmask16, __mmask16,
-                           const float *);
+                           const float *, int);
 static const pk_tile_fn pk_tiles[PK_MR + 1] = {NULL,       pk_tile_1,  pk_tile_2,  pk_tile_3,  pk_tile_4,
                                                pk_tile_5,  pk_tile_6,  pk_tile_7,  pk_tile_8,  pk_tile_9,
                                                pk_tile_10, pk_tile_11, pk_tile_12, pk_tile_13, pk_tile_14};
@@ -340,34 +347,91 @@ static void pk_copy_rows(float *a, const float *x, int ldx, int mr, int kc)
 }
 
 /* Output panels [p0, p1) of y[rows, out] (+)= x . w^T from the panels.  Loop
- * order: k slices of ENC_PACK_KC (the packing's); groups of panels whose slices
- * (kc x 32 each, adjacent in memory) fit in L2; row tiles of PK_MR, packed once
- * per group (the tile, kc x PK_MR, stays in L1 while the group's weight slices
- * pass).  The first row tile of a group reads the weights from memory, in one
- * sequential stream: it prefetches ahead; the others find them in L2. */
+ * order: k slices of ENC_PACK_KC (the packing's); groups of panels (slices of
+ * kc x 32 each, adjacent in memory) that stay in L2; row tiles of PK_MR (the
+ * tile's rows, kc x PK_MR, stay in L1 while the group's weight slices pass;
+ * copied side by side once per slice for up to PK_MC rows, else once per group
+ * and tile).  The first row tile of a group is the first to read its weights,
+ * the others find them in L2.
+ *
+ * Prefetch: with one row tile (a text query, a few rows) each tile fetches its
+ * own panel's stream pk_prefetch_floats ahead, at the rate it reads it.  With
+ * several (an image: 50 rows, 4 tiles) that would make the memory traffic
+ * bursty: the first tile asks for the weights faster than one core streams
+ * them (~27 GB/s at 14 rows) while the other tiles ask for nothing.  So there
+ * every tile call of a group also fetches a share of the NEXT group (the rest
+ * of this slice, or the next slice's first group), spread over its k steps:
+ * the weights stream at an even rate during the whole group and the next
+ * group's first tile finds them in L2.  Only the first group of a call has no
+ * one before it: its first tile fetches its own stream as above. */
 static PK_TARGET void pk_gemm(float *y, int ldy, const float *x, int ldx, const float *panels, int rows, int in,
-                              int out, int accumulate, int p0, int p1)
+                              int out, int accumulate, int p0, int p1, const float *after, size_t after_floats)
 {
-    float abuf[PK_MR * ENC_PACK_KC] __attribute__((aligned(64)));
+    float abuf[PK_MC * ENC_PACK_KC] __attribute__((aligned(64)));
     int np = (out + ENC_PANEL - 1) / ENC_PANEL;
     int group = pk_group_bytes / (ENC_PACK_KC * ENC_PANEL * (int)sizeof(float));
     group = group < 1 ? 1 : group;
+    int tiles = (rows + PK_MR - 1) / PK_MR;
+    int all_rows = rows <= PK_MC; /* every row of a slice copied once, not once per group */
     for (int k0 = 0; k0 < in; k0 += ENC_PACK_KC) {
         int kc = in - k0 < ENC_PACK_KC ? in - k0 : ENC_PACK_KC;
         int load = accumulate || k0 > 0;
         const float *slice = panels + (size_t)np * ENC_PANEL * k0;
+        if (all_rows)
+            pk_copy_rows(abuf, x + k0, ldx, rows, kc);
         for (int g0 = p0; g0 < p1; g0 += group) {
             int g1 = p1 - g0 < group ? p1 : g0 + group;
-            for (int t = 0; t < rows; t += PK_MR) {
+            int first = k0 == 0 && g0 == p0;
+            /* next: the floats the group after this one reads (none after the last) */
+            const float *next = NULL;
+            size_t next_floats = 0;
+            if (g1 < p1) {
+                next = slice + (size_t)g1 * kc * ENC_PANEL;
+                next_floats = (size_t)((p1 - g1 < group ? p1 - g1 : group)) * kc * ENC_PANEL;
+            } else if (k0 + ENC_PACK_KC < in) {
+                int nkc = in - k0 - ENC_PACK_KC < ENC_PACK_KC ? in - k0 - ENC_PACK_KC : ENC_PACK_KC;
+                next = panels + (size_t)np * ENC_PANEL * (k0 + ENC_PACK_KC) + (size_t)p0 * nkc * ENC_PANEL;
+                next_floats = (size_t)((p1 - p0 < group ? p1 - p0 : group)) * nkc * ENC_PANEL;
+            } else if (after && p1 == np) { /* the end of the product: the next one's first group */
+                size_t group_floats = (size_t)group * ENC_PACK_KC * ENC_PANEL;
+                next = after;
+                next_floats = after_floats < group_floats ? after_floats : group_floats;
+            }
+            /* the calls that share the next group's fetch (the first tile of the first
+             * group fetches its own weights), each `share` floats (whole lines) at one
+             * line every 2^shift k (shift -1: two lines per k) */
+            int sharing = (tiles - (first ? 1 : 0)) * (g1 - g0);
+            size_t share = 0;
+            int shift = -1;
+            if (tiles > 1 && next && sharing > 0) {
+                share = (next_floats + (size_t)sharing - 1) / (size_t)sharing;
+                share = (share + 15) & ~(size_t)15;
+                size_t lines = share / 16;
+                if (lines <= (size_t)kc)
+                    for (shift = 0; (size_t)(kc >> (shift + 1)) >= lines && (kc >> (shift + 1)) > 0; shift++)
+                        ;
+            }
+            for (int t = 0, call = 0; t < rows; t += PK_MR) {
                 int mr = rows - t < PK_MR ? rows - t : PK_MR;
-                pk_copy_rows(abuf, x + (size_t)t * ldx + k0, ldx, mr, kc);
+                const float *a = abuf + (all_rows ? (size_t)t * ENC_PACK_KC : 0);
+                if (!all_rows)
+                    pk_copy_rows(abuf, x + (size_t)t * ldx + k0, ldx, mr, kc);
                 for (int p = g0; p < g1; p++) {
                     const float *b = slice + (size_t)p * kc * ENC_PANEL;
                     int cols = out - p * ENC_PANEL;
                     __mmask16 m0 = cols >= 16 ? 0xffff : (__mmask16)((1u << cols) - 1);
                     __mmask16 m1 = cols >= 32 ? 0xffff : cols <= 16 ? 0 : (__mmask16)((1u << (cols - 16)) - 1);
-                    pk_tiles[mr](abuf, b, kc, y + (size_t)t * ldy + (size_t)p * ENC_PANEL, ldy, load, m0, m1,
-                                 t == 0 ? b + pk_prefetch_floats : NULL);
+                    const float *pf = NULL;
+                    int pf_shift = -1;
+                    if (tiles == 1 || (first && t == 0)) {
+                        pf = b + pk_prefetch_floats;
+                    } else if (share && (size_t)call * share < next_floats) {
+                        pf = next + (size_t)call * share;
+                        pf_shift = shift;
+                        call++;
+                    }
+                    pk_tiles[mr](a, b, kc, y + (size_t)t * ldy + (size_t)p * ENC_PANEL, ldy, load, m0, m1, pf,
+                                 pf_shift);
                 }
             }
         }
@@ -508,6 +572,8 @@ typedef struct pk_job {
     const float *x;
     const void *panels; /* float (fp32 panels) or _Float16 (half: fp16 panels) */
     int ldy, ldx, rows, in, out, accumulate, np, chunk, half;
+    const void *after; /* the weights the next product reads first (enc_packed_prefetch_after), or NULL */
+    size_t after_bytes;
 } pk_job;
 
 static struct {
@@ -535,7 +601,8 @@ static void pk_gemm_range(const pk_job *j, int p0, int p1)
         return;
     }
 #endif
-    pk_gemm(j->y, j->ldy, j->x, j->ldx, j->panels, j->rows, j->in, j->out, j->accumulate, p0, p1);
+    pk_gemm(j->y, j->ldy, j->x, j->ldx, j->panels, j->rows, j->in, j->out, j->accumulate, p0, p1, j->after,
+            j->after_bytes / sizeof(float));
 }
 
 /* Claim chunks of panels until none is left. */
@@ -672,16 +739,32 @@ static void pk_run(pk_job *job)
 }
 #endif
 
+/* The calling thread's enc_packed_prefetch_after, for its next product. */
+static __thread const void *pk_after;
+static __thread size_t pk_after_bytes;
+
+void enc_packed_prefetch_after(const void *weights, size_t bytes)
+{
+    pk_after = weights;
+    pk_after_bytes = weights ? bytes : 0;
+}
+
 void enc_linear_packed(float *y, int ldy, const float *x, int ldx, const float *w, const float *panels, int rows,
                        int in, int out, int accumulate)
 {
+    const void *after = pk_after;
+    size_t after_bytes = pk_after_bytes;
+    pk_after = NULL, pk_after_bytes = 0; /* for this product only */
 #if defined(__x86_64__) && defined(__GNUC__)
     if (panels && enc_use_packed && enc_packed_supported() && rows > 0 && in > 0 && out > 0 &&
         rows <= enc_packed_max_rows) {
-        pk_job job = {y, x, panels, ldy, ldx, rows, in, out, accumulate, (out + ENC_PANEL - 1) / ENC_PANEL, 0, 0};
+        pk_job job = {y, x, panels, ldy, ldx, rows, in, out, accumulate, (out + ENC_PANEL - 1) / ENC_PANEL, 0, 0,
+                      after, after_bytes};
         pk_run(&job);
         return;
     }
+#else
+    (void)after, (void)after_bytes;
 #endif
     enc_linear_ld(y, ldy, x, ldx, w, rows, in, out, accumulate);
 }
@@ -689,10 +772,11 @@ void enc_linear_packed(float *y, int ldy, const float *x, int ldx, const float *
 void enc_linear_packed_h(float *y, int ldy, const float *x, int ldx, const float *w, const uint16_t *panels,
                          int rows, int in, int out, int accumulate)
 {
+    pk_after = NULL, pk_after_bytes = 0; /* the fp16 kernel does not use it */
 #ifdef UMG_HAVE_PH
     if (panels && enc_packed_h_supported() && rows > 0 && in > 0 && out > 0) {
         pk_job job = {y, x, panels, ldy, ldx, rows, in, out, accumulate, (out + ENC_PANEL_H - 1) / ENC_PANEL_H, 0,
-                      1};
+                      1, NULL, 0};
         pk_run(&job);
         return;
     }

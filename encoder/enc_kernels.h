@@ -54,6 +54,14 @@ void enc_pack_weights(float *panels, const float *w, int in, int out);
 void enc_linear_packed(float *y, int ldy, const float *x, int ldx, const float *w, const float *panels, int rows,
                        int in, int out, int accumulate);
 
+/* The calling thread's next enc_linear_packed fetches, as it ends, the first
+ * bytes of `weights` (a packed copy: the product after it) into L2, so that the
+ * weight stream from memory does not stall between two products.  A hint for
+ * that one product only (cleared by it); NULL clears it.  Nothing is read
+ * through the pointer (prefetches only), so a wrong guess costs bandwidth, not
+ * correctness. */
+void enc_packed_prefetch_after(const void *weights, size_t bytes);
+
 /* Products with more rows than this go to enc_linear_ld even when packed
  * (default: no limit). */
 extern int enc_packed_max_rows;

@@ -76,6 +76,7 @@ struct enc_model {
     float *arena;           /* converted tensors */
     size_t arena_floats;
     void *packed;           /* the *_panels copies (AVX-512F CPUs), else NULL */
+    size_t packed_bytes;    /* of them, in use (the allocation is rounded up to 2 MB) */
     int precision;          /* enum enc_precision: ENC_PRECISION_FP16 packs half panels */
     enc_layer_weights *layers; /* vision layers, then text layers */
     enc_vision_weights vision;
@@ -396,6 +397,7 @@ static int pack_weights(enc_model *m)
         return umg_err_set(UMG_ENOMEM, "out of memory for the %zu MB packed copy of the weights",
                            total * sizeof(float) >> 20);
     }
+    m->packed_bytes = total * elem;
     size_t off = 0;
     uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
     uintptr_t arena_lo = (uintptr_t)m->arena, arena_hi = arena_lo + m->arena_floats * sizeof(float);
@@ -730,14 +732,27 @@ void enc_run_close(enc_run *r)
 
 /* ---- forward passes --------------------------------------------------- */
 
-/* y[rows, out] (+)= x[rows, in] . w^T, through the packed copy when there is one. */
+/* y[rows, out] (+)= x[rows, in] . w^T, through the packed copy when there is one.
+ * The packed copies lie in the arena in the order of list_packable, which is
+ * the order a transformer block multiplies with them (q, k, v, out, fc1, fc2,
+ * then the next layer's q): so the copy after this one is, nearly always, the
+ * next product's, and this product fetches its start while it ends
+ * (enc_packed_prefetch_after; where the guess is wrong - the first and last
+ * product of a tower, the [CLS]-only last block - it costs one group of
+ * prefetches, not correctness). */
 static void lin_ld(const enc_model *m, float *y, int ldy, const float *x, int ldx, const float *w,
                    const void *panels, int rows, int in, int out, int accumulate)
 {
-    if (m->precision == ENC_PRECISION_FP16)
+    if (m->precision == ENC_PRECISION_FP16) {
         enc_linear_packed_h(y, ldy, x, ldx, w, panels, rows, in, out, accumulate);
-    else
-        enc_linear_packed(y, ldy, x, ldx, w, panels, rows, in, out, accumulate);
+        return;
+    }
+    if (panels) {
+        size_t at = (size_t)((const char *)panels - (const char *)m->packed) + packed_elems(0, in, out) * sizeof(float);
+        if (at < m->packed_bytes)
+            enc_packed_prefetch_after((const char *)m->packed + at, m->packed_bytes - at);
+    }
+    enc_linear_packed(y, ldy, x, ldx, w, panels, rows, in, out, accumulate);
 }
 
 static void lin(const enc_model *m, float *y, const float *x, const float *w, const void *panels, int rows, int in,

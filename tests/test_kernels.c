@@ -181,8 +181,9 @@ static void test_packed_rows(void **state)
             }
 }
 
-/* Inputs across several k slices, outputs across panel groups (1 MB of
- * weight slices: 32 panels of 32), wide leading dimensions, many row tiles. */
+/* Inputs across several k slices, outputs across panel groups (256 KB of
+ * weight slices: 8 panels of 32), wide leading dimensions, many row tiles (up
+ * to 56 rows a slice of all rows is copied once, beyond that per group). */
 static void test_packed_blocking(void **state)
 {
     (void)state;
@@ -193,6 +194,35 @@ static void test_packed_blocking(void **state)
     check_packed(61, 256, 64, 300, 64, 0, 3);
     check_packed(64, 1000, 31, 1000, 40, 1, 4);
     check_packed(29, 2048, 77, 2050, 77, 1, 5);
+}
+
+/* enc_packed_prefetch_after only fetches ahead: with a hint (another matrix's
+ * panels, a buffer shorter than a group) every product is still exact, on
+ * shapes where the hint is used (several row tiles, the last group of the
+ * product) and where it is not (one row tile). */
+static void test_packed_prefetch_after(void **state)
+{
+    (void)state;
+    if (!enc_packed_supported())
+        skip();
+    int in = 300, out = 200;
+    float *w = random_floats((size_t)in * out, 41);
+    float *next = packed_copy(w, in, out);
+    float tiny[16] = {0};
+    enc_packed_prefetch_after(next, enc_packed_floats(in, out) * sizeof(float));
+    check_packed(50, 777, 300, 777, 300, 0, 42);
+    enc_packed_prefetch_after(tiny, sizeof tiny);
+    check_packed(45, 513, 1061, 520, 1070, 1, 43);
+    enc_packed_prefetch_after(next, 64);
+    check_packed(3, 300, 70, 300, 70, 1, 44);
+    check_packed(50, 256, 64, 256, 64, 0, 45); /* the hint was used up: this one runs without */
+    enc_kernels_set_threads(2);
+    enc_packed_prefetch_after(next, enc_packed_floats(in, out) * sizeof(float));
+    check_packed(50, 768, 500, 768, 500, 1, 46); /* shared: the last chunk's thread uses it */
+    enc_kernels_set_threads(1);
+    enc_packed_prefetch_after(NULL, 0);
+    free(w);
+    free(next);
 }
 
 /* Products split over helper threads (enc_kernels_set_threads): panel ranges
@@ -334,6 +364,7 @@ int main(void)
         cmocka_unit_test(test_pack_layout),
         cmocka_unit_test(test_packed_rows),
         cmocka_unit_test(test_packed_blocking),
+        cmocka_unit_test(test_packed_prefetch_after),
         cmocka_unit_test(test_packed_threads),
         cmocka_unit_test(test_packed_concurrent),
         cmocka_unit_test(test_packed_fallback),
