@@ -1387,9 +1387,12 @@ static int text_encode(srv *s, const int32_t *ids, int n_ids, float *vec)
                    pthread_cond_timedwait(&b->linger_cv, &b->mu, &until) != ETIMEDOUT) {
             }
             b->lingering--;
-        } else if (b->free_lanes > 0) {
-            /* this lane's share of the waiting requests; the rest wake for the other free lanes */
-            int share = (b->waiting + b->free_lanes) / (b->free_lanes + 1);
+        } else if (b->n_lanes > 1) {
+            /* this lane's share of the waiting requests, as if every lane took as many: a free lane
+             * wakes for the rest, a busy one takes them when it is done.  Balanced batches end
+             * sooner than one big batch on one thread beside a small one on the other (a pass
+             * costs about its texts' tokens on its lane's thread) */
+            int share = (b->waiting + b->n_lanes - 1) / b->n_lanes;
             if (share < take) take = share;
         }
         srv_text_req *batch[SRV_TEXT_BATCH];
