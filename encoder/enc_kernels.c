@@ -713,8 +713,10 @@ static void pk_run(pk_job *job)
         pthread_mutex_trylock(&pk_pool.busy) == 0) {
         pthread_mutex_lock(&pk_pool.lock);
         parts = parts < pk_pool.helpers + 1 ? parts : pk_pool.helpers + 1;
-        /* about 4 chunks per thread: late helpers leave little to wait for */
-        job->chunk = job->np / (4 * parts) > 4 ? job->np / (4 * parts) : 4 < job->np ? 4 : 1;
+        /* about 4 chunks per thread: late helpers leave little to wait for.  No
+         * minimum size: with 4-panel chunks the 12 fp16 panels of a 768-wide
+         * product made 3 chunks, 2 for one thread and 1 for the other (1.5x). */
+        job->chunk = (job->np + 4 * parts - 1) / (4 * parts);
         pk_pool.job = *job;
         pk_pool.next = 0;
         pk_pool.open = parts > 1;
