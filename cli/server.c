@@ -970,7 +970,7 @@ int server_run(const server_config *cfg)
         char v[16];
         /* + SRV_TEXT_BATCH per text lane: text queries wait on the pool for a
          * lane (asleep); that many waiting make a full batch on every lane */
-        int lanes = cfg->text_lanes > 0 ? cfg->text_lanes : cfg->threads;
+        int lanes = srv_text_lanes(cfg);
         int pool = (cfg->threads + 2 > 4 ? cfg->threads + 2 : 4) + SRV_TEXT_BATCH * (lanes < 8 ? lanes : 8);
         snprintf(v, sizeof v, "%d", pool);
         setenv("UV_THREADPOOL_SIZE", v, 1);

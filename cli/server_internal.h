@@ -94,6 +94,14 @@ typedef struct srv_run_pool {
  * lane does. */
 #define SRV_TEXT_BATCH 16
 typedef struct srv_text_req srv_text_req;
+/* The text lanes a server with this configuration runs (--text-lanes, default
+ * --threads, at most SRV_MAX_TEXT_LANES). */
+static inline int srv_text_lanes(const server_config *cfg)
+{
+    int lanes = cfg->text_lanes > 0 ? cfg->text_lanes : cfg->threads;
+    return lanes < 1 ? 1 : lanes > SRV_MAX_TEXT_LANES ? SRV_MAX_TEXT_LANES : lanes;
+}
+
 typedef struct srv_text_lane {
     enc_run *run;                 /* max_batch = SRV_TEXT_BATCH */
     float *embeds;                /* [SRV_TEXT_BATCH, dim] */

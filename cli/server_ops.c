@@ -200,8 +200,7 @@ int srv_ops_init(srv *s)
     pthread_cond_init(&b->linger_cv, &ca);
     pthread_condattr_destroy(&ca);
     b->inited = 1;
-    int lanes = s->cfg.text_lanes > 0 ? s->cfg.text_lanes : s->cfg.threads;
-    if (lanes > SRV_MAX_TEXT_LANES) lanes = SRV_MAX_TEXT_LANES;
+    int lanes = srv_text_lanes(&s->cfg);
     if (!(b->lanes = calloc((size_t)lanes, sizeof *b->lanes))) return umg_err_set(UMG_ENOMEM, "out of memory");
     /* one lane keeps today's single pass over every thread; several share the threads out */
     int per_lane = lanes > 1 ? (s->cfg.threads / lanes > 0 ? s->cfg.threads / lanes : 1) : 0;
