@@ -238,3 +238,43 @@ def load_proposals(path, items):
         b = np.array([r["box"] for r in rec.get("regions", [])], dtype=np.float64).reshape(-1, 4)
         out[it["name"]] = b[(b[:, 2] > 0) & (b[:, 3] > 0)]
     return out
+
+
+# ------------------------------------------------------------ augmentation
+
+def hflip_item(it, size, patch):
+    """The item as a photo of the mirrored world: pixels, boxes, cell labels and the
+    caption mirrored (left and right swap in the caption's order and relations).
+    The world's distribution is symmetric under a horizontal mirror (shapes with small
+    random tilts either way, circles/rings/crosses symmetric, shading of either sign),
+    so this is a free second view of every photo.  The whole canvas is mirrored,
+    padding included: the fit's left offset becomes size - off_x - resized_w (at most
+    one pixel from where the server's centring would put it), and box, cell grid and
+    input stay in the exact correspondence pooling.py defines."""
+    g = size // patch
+    w = it["width"]
+    geom = dict(it["geom"])
+    geom["off_x"] = size - geom["off_x"] - geom["resized_w"]
+    objs = []
+    for o in it["objects"]:
+        m = dict(o)
+        x, y, bw, bh = o["box"]
+        m["box"] = [w - x - bw, y, bw, bh]
+        m["cx"] = w - o["cx"]
+        objs.append(m)
+    out = dict(it)
+    out.update(geom=geom, objects=objs, caption=world.caption(objs), flipped=True,
+               pix_cls=np.ascontiguousarray(it["pix_cls"].reshape(g, g)[:, ::-1].reshape(-1)),
+               label=np.ascontiguousarray(it["label"].reshape(g, g)[:, ::-1].reshape(-1)),
+               weights=np.ascontiguousarray(it["weights"].reshape(-1, g, g)[:, :, ::-1].reshape(len(it["weights"]), -1)),
+               canvas=np.ascontiguousarray(it["canvas"][:, ::-1]))
+    if "px_bf16" in it:
+        out["px_bf16"] = it["px_bf16"].flip(-1)
+    return out
+
+
+def hflip_boxes(boxes, width):
+    """[R, 4] [x, y, w, h] boxes of a photo of this width, mirrored."""
+    b = np.array(boxes, dtype=np.float64).reshape(-1, 4)
+    b[:, 0] = width - b[:, 0] - b[:, 2]
+    return b

@@ -207,6 +207,9 @@ def main():
                     help="hard-negative captions per photo in the image-level loss (hard_negative_caption)")
     ap.add_argument("--drop-negatives", type=float, default=0.0,
                     help="probability that a hard-negative caption of a photo of 2+ objects leaves one out")
+    ap.add_argument("--hflip", type=float, default=0.0,
+                    help="probability that a photo is seen mirrored in a step (data.hflip_item: the world is "
+                         "symmetric under a horizontal mirror; the caption's left/right follow)")
     ap.add_argument("--log-every", type=int, default=50)
     ap.add_argument("--init", help="checkpoint directory to continue training from")
     ap.add_argument("--cache", help="pickle of the rendered photos, reused when it exists")
@@ -282,6 +285,9 @@ def main():
             order += perm
         idx, order = order[:a.batch], order[a.batch:]
         batch = [items[i] for i in idx]
+        if a.hflip > 0:
+            flips = box_rng.random(len(batch)) < a.hflip
+            batch = [data.hflip_item(b, a.image_size, a.patch_size) if f else b for b, f in zip(batch, flips)]
         for g in opt.param_groups:
             g["lr"] = lr_at(step)
 
@@ -295,6 +301,8 @@ def main():
                 boxes = data.proposal_like_boxes(box_rng, ob, b["width"], b["height"])
             if real_props is not None:  # the boxes the server will rank for this photo
                 rp = real_props[b["name"]]
+                if b.get("flipped"):
+                    rp = data.hflip_boxes(rp, b["width"])
                 if 0 < a.proposals_per_photo < len(rp):
                     rp = rp[np.sort(box_rng.choice(len(rp), a.proposals_per_photo, replace=False))]
                 boxes = np.concatenate([boxes, rp])
