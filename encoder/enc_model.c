@@ -738,7 +738,7 @@ void enc_run_close(enc_run *r)
  * then the next layer's q): so the copy after this one is, nearly always, the
  * next product's, and this product fetches its start while it ends
  * (enc_packed_prefetch_after; where the guess is wrong - the first and last
- * product of a tower, the [CLS]-only last block - it costs one group of
+ * product of a tower, the one-row last block - it costs one group of
  * prefetches, not correctness). */
 static void lin_ld(const enc_model *m, float *y, int ldy, const float *x, int ldx, const float *w,
                    const void *panels, int rows, int in, int out, int accumulate)
@@ -810,23 +810,29 @@ static void block_packed(enc_run *r, const enc_layer_weights *L, const enc_tower
     lin(r->m, r->h, r->mlp, L->mlp_fc2_weight, L->mlp_fc2_panels, M, F, H, 1);
 }
 
-/* Standard attention for the n [CLS] rows alone: one query per image and head.
- *   attn [n, H];  q: the [CLS] queries, rows ldq apart, times alpha gives the
- *   scaled query;  k, v: r->k, r->v [n * T, H]. */
-static void cls_attention(enc_run *r, float *attn, const float *q, int ldq, float alpha, int n, int T, int H,
-                          int heads)
+/* Standard attention for one query per sequence (the [CLS] row of an image,
+ * the end row of a text) against the whole of its sequence, per head.
+ *   attn [n, H];  q: the n queries, rows ldq apart, times alpha gives the
+ *   scaled query;  k, v: r->k, r->v [rows, H], n sequences one after another
+ *   of lens[s] rows each (lens NULL: T each). */
+static void one_query_attention(enc_run *r, float *attn, const float *q, int ldq, float alpha, int n, int T,
+                                const int *lens, int H, int heads)
 {
     int d = H / heads;
-    for (int i = 0; i < n; i++)
+    size_t start = 0;
+    for (int s = 0; s < n; s++) {
+        int len = lens ? lens[s] : T;
         for (int h = 0; h < heads; h++) {
-            const float *qh = q + (size_t)i * ldq + h * d;
-            const float *kh = r->k + (size_t)i * T * H + h * d, *vh = r->v + (size_t)i * T * H + h * d;
-            /* scores[T] = alpha k_h[T, d] . q_h;  attn_h[d] = scores . v_h[T, d] */
-            cblas_sgemv(CblasRowMajor, CblasNoTrans, T, d, alpha, kh, H, qh, 1, 0.0f, r->scores, 1);
-            enc_softmax(r->scores, T);
-            cblas_sgemv(CblasRowMajor, CblasTrans, T, d, 1.0f, vh, H, r->scores, 1, 0.0f,
-                        attn + (size_t)i * H + h * d, 1);
+            const float *qh = q + (size_t)s * ldq + h * d;
+            const float *kh = r->k + start * H + h * d, *vh = r->v + start * H + h * d;
+            /* scores[len] = alpha k_h[len, d] . q_h;  attn_h[d] = scores . v_h[len, d] */
+            cblas_sgemv(CblasRowMajor, CblasNoTrans, len, d, alpha, kh, H, qh, 1, 0.0f, r->scores, 1);
+            enc_softmax(r->scores, len);
+            cblas_sgemv(CblasRowMajor, CblasTrans, len, d, 1.0f, vh, H, r->scores, 1, 0.0f,
+                        attn + (size_t)s * H + h * d, 1);
         }
+        start += (size_t)len;
+    }
 }
 
 /* The rest of the standard block on the [CLS] rows: hc [n, H] holds them on
@@ -846,10 +852,17 @@ static void cls_tail(const enc_run *r, float *hc, float *xc, const float *attn, 
     lin(r->m, hc, hidden, L->mlp_fc2_weight, L->mlp_fc2_panels, n, F, H, 1);
 }
 
-static void gather_cls(float *hc, const float *h, int n, int T, int H)
+/* dst [n, H] = one row of each of the n sequences in src (one after another,
+ * lens[s] rows each, lens NULL: T each): its first row, or its last if last. */
+static void gather_rows(float *dst, const float *src, int n, int T, const int *lens, int last, int H)
 {
-    for (int i = 0; i < n; i++)
-        memcpy(hc + (size_t)i * H, h + (size_t)i * T * H, (size_t)H * sizeof(float));
+    size_t start = 0;
+    for (int s = 0; s < n; s++) {
+        int len = lens ? lens[s] : T;
+        size_t row = start + (last ? (size_t)len - 1 : 0);
+        memcpy(dst + (size_t)s * H, src + row * H, (size_t)H * sizeof(float));
+        start += (size_t)len;
+    }
 }
 
 static void scatter_cls(float *h, const float *hc, int n, int T, int H)
@@ -858,28 +871,38 @@ static void scatter_cls(float *h, const float *hc, int n, int T, int H)
         memcpy(h + (size_t)i * T * H, hc + (size_t)i * H, (size_t)H * sizeof(float));
 }
 
-/* The last vision block when only the [CLS] outputs are wanted: K and V for every
- * token, but Q, attention, out_proj and the MLP for the n [CLS] rows alone
- * (rows T*H apart in r->h): 7% of a ViT-B/32 forward saved. */
-static void block_cls_only(enc_run *r, const enc_layer_weights *L, const enc_tower_config *tc, int n, int T)
+/* The last block when only one row of each sequence is wanted - the first of an
+ * image (its [CLS] row: 7% of a ViT-B/32 forward saved) or the last of a text
+ * (the pooled end token: ~10/12 of the block saved; under the causal mask it
+ * attends to its whole sequence, so the mask changes nothing): K and V for every
+ * row, but Q, attention, out_proj and the MLP for the n picked rows alone.
+ * n sequences one after another in r->h, lens[s] rows each (lens NULL: T each);
+ * on return r->x [n, H] holds the block's output at the picked rows. */
+static void block_one_row(enc_run *r, const enc_layer_weights *L, const enc_tower_config *tc, int n, int T,
+                          const int *lens, int last)
 {
-    int H = tc->hidden, M = n * T;
+    int H = tc->hidden, M = 0;
+    for (int s = 0; s < n; s++)
+        M += lens ? lens[s] : T;
     float scale = 1.0f / sqrtf((float)(H / tc->heads));
     enc_layer_norm(r->x, H, r->h, H, L->layer_norm1_weight, L->layer_norm1_bias, tc->ln_eps, M, H);
-    /* k, v [M, H] for all tokens; q [n, H] for the [CLS] rows of x */
+    /* k, v [M, H] for all rows */
     lin(r->m, r->k, r->x, L->self_attn_k_proj_weight, L->self_attn_k_proj_panels, M, H, H, 0);
     enc_add_bias(r->k, L->self_attn_k_proj_bias, M, H);
     lin(r->m, r->v, r->x, L->self_attn_v_proj_weight, L->self_attn_v_proj_panels, M, H, H, 0);
     enc_add_bias(r->v, L->self_attn_v_proj_bias, M, H);
-    lin_ld(r->m, r->q, H, r->x, T * H, L->self_attn_q_proj_weight, L->self_attn_q_proj_panels, n, H, H,
-                      0);
+    /* xp [n, H] (in r->mlp) = the picked rows of x;  q [n, H] = scaled (xp . Wq^T + bq) */
+    float *xp = r->mlp;
+    gather_rows(xp, r->x, n, T, lens, last, H);
+    lin(r->m, r->q, xp, L->self_attn_q_proj_weight, L->self_attn_q_proj_panels, n, H, H, 0);
     enc_add_bias_scale(r->q, L->self_attn_q_proj_bias, scale, n, H);
-    float *attn = r->mlp; /* [n, H] */
-    cls_attention(r, attn, r->q, H, 1.0f, n, T, H, tc->heads);
-    /* hc, xc [n, H] in r->k, r->v (free now) */
-    gather_cls(r->k, r->h, n, T, H);
-    cls_tail(r, r->k, r->v, attn, r->mlp, L, tc, n);
-    scatter_cls(r->h, r->k, n, T, H);
+    /* attn [n, H] (over xp, no longer needed): each query against its own sequence */
+    float *attn = r->mlp;
+    one_query_attention(r, attn, r->q, H, 1.0f, n, T, lens, H, tc->heads);
+    /* hc [n, H] (in r->x, free now) = the picked rows of the residual stream; the
+     * rest of the block on them, xc [n, H] in r->k */
+    gather_rows(r->x, r->h, n, T, lens, last, H);
+    cls_tail(r, r->x, r->k, attn, r->mlp, L, tc, n);
 }
 
 /* The last vision block with a dense variant (docs/regions.md, "Dense feature
@@ -903,7 +926,7 @@ static void block_dense_variant(enc_run *r, const enc_layer_weights *L, const en
     lin(r->m, r->v, r->x, L->self_attn_v_proj_weight, L->self_attn_v_proj_panels, M, H, H, 0);
     enc_add_bias(r->v, L->self_attn_v_proj_bias, M, H);
     float *attn_cls = r->mlp, *hidden_cls = r->mlp + (size_t)n * H; /* [n, H], [n, F] */
-    cls_attention(r, attn_cls, r->q, T * H, scale, n, T, H, tc->heads);
+    one_query_attention(r, attn_cls, r->q, T * H, scale, n, T, NULL, H, tc->heads);
     /* x [M, H] = the variant's attention for every token ([CLS] row unused) */
     for (int s = 0; s < n; s++) {
         size_t o = (size_t)s * T * H;
@@ -912,7 +935,7 @@ static void block_dense_variant(enc_run *r, const enc_layer_weights *L, const en
     }
     /* [CLS] through the standard block: hc, xc in r->q, r->k (free now) */
     float *hc = r->q;
-    gather_cls(hc, r->h, n, T, H);
+    gather_rows(hc, r->h, n, T, NULL, 0, H);
     cls_tail(r, hc, r->k, attn_cls, hidden_cls, L, tc, n);
     if (mode == ENC_DENSE_CLEARCLIP) {
         lin(r->m, r->h, r->x, L->self_attn_out_proj_weight, L->self_attn_out_proj_panels, M, H, H, 0);
@@ -968,7 +991,7 @@ static int encode_pixels(enc_run *r, const float *pixels, int n, float *embeds, 
     enc_layer_norm(r->h, H, r->h, H, W->pre_layrnorm_weight, W->pre_layrnorm_bias, c->vision.ln_eps, M, H);
     for (int l = 0; l < c->vision.layers; l++) {
         if (l == c->vision.layers - 1 && !patches)
-            block_cls_only(r, &W->encoder_layers[l], &c->vision, n, T);
+            block_one_row(r, &W->encoder_layers[l], &c->vision, n, T, NULL, 0); /* x[n, H]: [CLS] rows */
         else if (l == c->vision.layers - 1 && r->dense_mode != ENC_DENSE_PLAIN)
             block_dense_variant(r, &W->encoder_layers[l], &c->vision, n, T, r->dense_mode);
         else
@@ -987,58 +1010,13 @@ static int encode_pixels(enc_run *r, const float *pixels, int n, float *embeds, 
             lin_ld(r->m, patches + (size_t)i * (T - 1) * D, D, r->x + ((size_t)i * T + 1) * H, H,
                               W->visual_projection_weight, W->visual_projection_panels, T - 1, H, D, 0);
     } else {
-        /* x[n, H] = post_layernorm(h[CLS rows]) */
-        enc_layer_norm(r->x, H, r->h, T * H, W->post_layernorm_weight, W->post_layernorm_bias,
-                       c->vision.ln_eps, n, H);
+        /* x[n, H] = post_layernorm(x), the last block's output at the [CLS] rows
+         * (enc_config asks for at least one layer) */
+        enc_layer_norm(r->x, H, r->x, H, W->post_layernorm_weight, W->post_layernorm_bias, c->vision.ln_eps,
+                       n, H);
         lin(r->m, embeds, r->x, W->visual_projection_weight, W->visual_projection_panels, n, H, D, 0);
     }
     return 0;
-}
-
-/* The last text block when only each sequence's end row is wanted (the pooled
- * token; under the causal mask it attends to its whole sequence): K and V for
- * every token, but Q, attention, out_proj and the MLP for the n end rows alone
- * (~10/12 of the block saved).  Sequences of lens[s] rows one after another in
- * r->h; on return r->x [n, H] holds the block's output at the end rows. */
-static void block_text_end_only(enc_run *r, const enc_layer_weights *L, const enc_tower_config *tc, int n,
-                                const int *lens)
-{
-    int H = tc->hidden, M = 0, d = H / tc->heads;
-    for (int s = 0; s < n; s++)
-        M += lens[s];
-    float scale = 1.0f / sqrtf((float)d);
-    enc_layer_norm(r->x, H, r->h, H, L->layer_norm1_weight, L->layer_norm1_bias, tc->ln_eps, M, H);
-    /* k, v [M, H] for all tokens */
-    lin(r->m, r->k, r->x, L->self_attn_k_proj_weight, L->self_attn_k_proj_panels, M, H, H, 0);
-    enc_add_bias(r->k, L->self_attn_k_proj_bias, M, H);
-    lin(r->m, r->v, r->x, L->self_attn_v_proj_weight, L->self_attn_v_proj_panels, M, H, H, 0);
-    enc_add_bias(r->v, L->self_attn_v_proj_bias, M, H);
-    /* xe [n, H] (in r->mlp) = the end rows of x;  q [n, H] = scaled (xe . Wq^T + bq) */
-    float *xe = r->mlp;
-    for (int s = 0, end = 0; s < n; s++) {
-        end += lens[s];
-        memcpy(xe + (size_t)s * H, r->x + (size_t)(end - 1) * H, (size_t)H * sizeof(float));
-    }
-    lin(r->m, r->q, xe, L->self_attn_q_proj_weight, L->self_attn_q_proj_panels, n, H, H, 0);
-    enc_add_bias_scale(r->q, L->self_attn_q_proj_bias, scale, n, H);
-    /* attn [n, H] (over xe, no longer needed): each end query against its sequence */
-    float *attn = r->mlp;
-    for (int s = 0, start = 0; s < n; start += lens[s], s++)
-        for (int h = 0; h < tc->heads; h++) {
-            const float *qh = r->q + (size_t)s * H + h * d;
-            const float *kh = r->k + (size_t)start * H + h * d, *vh = r->v + (size_t)start * H + h * d;
-            /* scores[len] = k_h[len, d] . q_h;  attn_h[d] = scores . v_h[len, d] */
-            cblas_sgemv(CblasRowMajor, CblasNoTrans, lens[s], d, 1.0f, kh, H, qh, 1, 0.0f, r->scores, 1);
-            enc_softmax(r->scores, lens[s]);
-            cblas_sgemv(CblasRowMajor, CblasTrans, lens[s], d, 1.0f, vh, H, r->scores, 1, 0.0f,
-                        attn + (size_t)s * H + h * d, 1);
-        }
-    /* hc [n, H] (in r->x) = the end rows of the residual stream; the rest of the block on them */
-    for (int s = 0, end = 0; s < n; s++) {
-        end += lens[s];
-        memcpy(r->x + (size_t)s * H, r->h + (size_t)(end - 1) * H, (size_t)H * sizeof(float));
-    }
-    cls_tail(r, r->x, r->k, attn, r->mlp, L, tc, n);
 }
 
 /* The public entry points run the pass under the run's thread cap (if any). */
@@ -1113,13 +1091,9 @@ static int encode_ids_batch(enc_run *r, const int32_t *const *ids, const int *n_
         block_packed(r, &W->encoder_layers[l], &c->text, n, 0, lens, 1);
     if (c->text.layers > 0) {
         /* x[n, H] = the last block's output at the end rows */
-        block_text_end_only(r, &W->encoder_layers[c->text.layers - 1], &c->text, n, lens);
+        block_one_row(r, &W->encoder_layers[c->text.layers - 1], &c->text, n, 0, lens, 1);
     } else {
-        size_t end = 0;
-        for (int s = 0; s < n; s++) {
-            end += (size_t)lens[s];
-            memcpy(r->x + (size_t)s * H, r->h + (end - 1) * H, (size_t)H * sizeof(float));
-        }
+        gather_rows(r->x, r->h, n, 0, lens, 1, H);
     }
     /* x = final_layer_norm(x);  embeds[n, D] = text_projection . x */
     enc_layer_norm(r->x, H, r->x, H, W->final_layer_norm_weight, W->final_layer_norm_bias, c->text.ln_eps, n, H);
