@@ -37,21 +37,13 @@
 
 #include "db.h"
 #include "enc.h"
+#include "server_harness.h"
+#include "test_util.h"
 #include "umg_error.h"
-
-/* The client library is part of the umgdb binary (cli/); compiled in here. */
-#include "../cli/client.c"
 
 #define TINY UMG_FIXTURES_DIR "/clip-tiny"
 #define IMG(n) TINY "/images/" n
-#define T_MS 30000
 #define MAX_REG 64
-
-static const char *bin(void)
-{
-    const char *b = getenv("UMG_BIN");
-    return b && *b ? b : UMG_BINARY_DIR "/umgdb";
-}
 
 static enc_model *model;
 
@@ -69,22 +61,6 @@ static int teardown_all(void **state)
 }
 
 /* ---- files ------------------------------------------------------------------------ */
-
-static uint8_t *slurp(const char *path, size_t *len)
-{
-    FILE *f = fopen(path, "rb");
-    if (!f) fail_msg("cannot open %s", path);
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    uint8_t *b = malloc((size_t)n + 1);
-    assert_non_null(b);
-    assert_int_equal(fread(b, 1, (size_t)n, f), (size_t)n);
-    fclose(f);
-    b[n] = 0;
-    *len = (size_t)n;
-    return b;
-}
 
 static void write_png(const char *path, const enc_image *img)
 {
@@ -138,153 +114,6 @@ static void write_rotated_jpeg(const char *path, const enc_image *img)
     free(raw);
 }
 
-/* ---- the server process ------------------------------------------------------------- */
-
-typedef struct server {
-    pid_t pid;
-    char dir[256];  /* temp root: data/, log, sock, files */
-    char data[300];
-    char addr[320];
-    char log[300];
-} server;
-
-static pid_t live_pid;
-
-static int teardown(void **state)
-{
-    if (live_pid) {
-        kill(live_pid, SIGKILL);
-        waitpid(live_pid, NULL, 0);
-        live_pid = 0;
-    }
-    return 0;
-}
-
-static void make_tmp(server *s)
-{
-    memset(s, 0, sizeof *s);
-    snprintf(s->dir, sizeof s->dir, "/tmp/umg-regsrv-XXXXXX");
-    assert_non_null(mkdtemp(s->dir));
-    snprintf(s->data, sizeof s->data, "%s/data", s->dir);
-    snprintf(s->log, sizeof s->log, "%s/log", s->dir);
-    snprintf(s->addr, sizeof s->addr, "unix:%s/sock", s->dir);
-}
-
-/* Start `umgdb serve` on s->data with clip-tiny plus extra (NULL-terminated).
- * Returns 0 once it accepts connections, or its exit status if it exits
- * during start-up (the log says why). */
-static int start(server *s, const char *const *extra)
-{
-    char sock[300];
-    snprintf(sock, sizeof sock, "%s/sock", s->dir);
-    const char *argv[40];
-    int n = 0;
-    argv[n++] = bin();
-    argv[n++] = "serve";
-    argv[n++] = "--data";
-    argv[n++] = s->data;
-    argv[n++] = "--model";
-    argv[n++] = TINY;
-    argv[n++] = "--threads";
-    argv[n++] = "1";
-    argv[n++] = "--socket";
-    argv[n++] = sock;
-    for (int i = 0; extra && extra[i]; i++) argv[n++] = extra[i];
-    argv[n] = NULL;
-    pid_t pid = fork();
-    assert_true(pid >= 0);
-    if (pid == 0) {
-        int fd = open(s->log, O_WRONLY | O_CREAT | O_APPEND, 0644);
-        if (fd >= 0) dup2(fd, 2), dup2(fd, 1);
-        execv(argv[0], (char *const *)argv);
-        _exit(127);
-    }
-    s->pid = live_pid = pid;
-    for (int tries = 0; tries < 600; tries++) { /* 30 s */
-        int st;
-        if (waitpid(pid, &st, WNOHANG) == pid) {
-            s->pid = live_pid = 0;
-            return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
-        }
-        umg_client *c;
-        if (umg_client_connect(s->addr, NULL, &c) == 0) {
-            umg_client_close(c);
-            return 0;
-        }
-        usleep(50000);
-    }
-    fail_msg("server did not start listening");
-    return -1;
-}
-
-static void start_ok(server *s, const char *const *extra)
-{
-    int st = start(s, extra);
-    if (st) {
-        char cmd[400];
-        snprintf(cmd, sizeof cmd, "cat '%s' >&2", s->log);
-        if (system(cmd)) {}
-        fail_msg("server exited during start-up with status %d", st);
-    }
-}
-
-static void stop(server *s)
-{
-    kill(s->pid, SIGTERM);
-    int st = 0;
-    assert_int_equal(waitpid(s->pid, &st, 0), s->pid);
-    s->pid = live_pid = 0;
-    assert_true(WIFEXITED(st) && WEXITSTATUS(st) == 0);
-}
-
-static void rm_rf(const char *dir)
-{
-    char cmd[600];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
-    assert_int_equal(system(cmd), 0);
-}
-
-static umg_client *conn(const server *s)
-{
-    umg_client *c = NULL;
-    if (umg_client_connect(s->addr, NULL, &c)) fail_msg("connect %s: %s", s->addr, umg_err_msg());
-    return c;
-}
-
-static proto_response *wait_ok(umg_client *c, uint64_t id)
-{
-    proto_response *r = NULL;
-    int rc = umg_client_wait(c, id, T_MS, &r);
-    if (rc) fail_msg("waiting for %llu: %s: %s", (unsigned long long)id, umg_error_name(rc), umg_err_msg());
-    if (!r->ok) fail_msg("request %llu failed: %s: %s", (unsigned long long)id, r->code_name, r->message);
-    return r;
-}
-
-/* Ingest a file's bytes under name (pipelined: returns the request id). */
-static uint64_t send_ingest(umg_client *c, const char *file, const char *name)
-{
-    size_t n;
-    uint8_t *b = slurp(file, &n);
-    proto_writer w;
-    uint64_t id;
-    assert_int_equal(umg_client_begin(c, &w, "ingest", 2, &id), 0);
-    proto_pack_cstr(&w.pk, "data");
-    msgpack_pack_bin(&w.pk, n);
-    msgpack_pack_bin_body(&w.pk, b, n);
-    proto_pack_cstr(&w.pk, "name");
-    proto_pack_cstr(&w.pk, name);
-    assert_int_equal(umg_client_end(c, &w), 0);
-    free(b);
-    return id;
-}
-
-static uint64_t res_u(const proto_response *r, const char *key)
-{
-    uint64_t v = 0;
-    if (!umg_result_uint(r, key, &v)) fail_msg("result has no unsigned '%s'", key);
-    return v;
-}
-
 typedef struct stored {
     uint64_t image_id;
     int width, height;
@@ -297,16 +126,14 @@ typedef struct stored {
 static void get_stored(umg_client *c, uint64_t image_id, stored *out)
 {
     proto_writer w;
-    uint64_t id;
-    assert_int_equal(umg_client_begin(c, &w, "get", 1, &id), 0);
-    proto_pack_cstr(&w.pk, "image_id");
-    msgpack_pack_uint64(&w.pk, image_id);
-    assert_int_equal(umg_client_end(c, &w), 0);
-    proto_response *r = wait_ok(c, id);
+    uint64_t id = ts_begin(c, &w, "get", 1);
+    ts_kv_uint(&w, "image_id", image_id);
+    ts_end(c, &w);
+    proto_response *r = ts_wait_ok(c, id);
     memset(out, 0, sizeof *out);
     out->image_id = image_id;
-    out->width = (int)res_u(r, "width");
-    out->height = (int)res_u(r, "height");
+    out->width = (int)ts_res_u(r, "width");
+    out->height = (int)ts_res_u(r, "height");
     const msgpack_object *regs = umg_result_get(r, "regions");
     assert_non_null(regs);
     assert_true(regs->via.array.size <= MAX_REG);
@@ -320,18 +147,18 @@ static void get_stored(umg_client *c, uint64_t image_id, stored *out)
 }
 
 /* Ingest files (names "/t/<i>"), wait, read back what was stored. */
-static void ingest_all(const server *s, const char *const *files, int n, stored *out)
+static void ingest_all(const ts_server *s, const char *const *files, int n, stored *out)
 {
-    umg_client *c = conn(s);
+    umg_client *c = ts_conn(s);
     uint64_t ids[16];
     for (int i = 0; i < n; i++) {
         char name[32];
         snprintf(name, sizeof name, "/t/%d", i);
-        ids[i] = send_ingest(c, files[i], name);
+        ids[i] = ts_send_ingest(c, files[i], name, NULL);
     }
     for (int i = 0; i < n; i++) {
-        proto_response *r = wait_ok(c, ids[i]);
-        uint64_t image_id = res_u(r, "image_id");
+        proto_response *r = ts_wait_ok(c, ids[i]);
+        uint64_t image_id = ts_res_u(r, "image_id");
         proto_response_free(r);
         get_stored(c, image_id, &out[i]);
     }
@@ -396,7 +223,7 @@ static void run_embed(const char *const *images, int n, int patches, float *emb,
     assert_true(fo >= 0);
     const char *argv[64];
     int a = 0;
-    argv[a++] = bin();
+    argv[a++] = tu_bin();
     argv[a++] = "embed";
     argv[a++] = "--model";
     argv[a++] = TINY;
@@ -417,7 +244,7 @@ static void run_embed(const char *const *images, int n, int patches, float *emb,
     close(fo);
     assert_true(WIFEXITED(st) && WEXITSTATUS(st) == 0);
     size_t len;
-    char *text = (char *)slurp(outp, &len);
+    char *text = tu_read_file(outp, &len);
     unlink(outp);
     int D = enc_model_dim(model), GG = enc_model_grid(model) * enc_model_grid(model);
     char *line = text;
@@ -491,8 +318,8 @@ static void pool_reference(const float *tokens, int G, int D, int P, const enc_p
  * the very region; a box on a stored image is refused. */
 static void test_crop_vectors(void **state)
 {
-    server s;
-    make_tmp(&s);
+    ts_server s;
+    ts_make_tmp(&s, "umg-regsrv-");
     char rot[300];
     snprintf(rot, sizeof rot, "%s/rocket_exif6.jpg", s.dir);
     enc_image rocket = {0};
@@ -503,16 +330,16 @@ static void test_crop_vectors(void **state)
     const char *files[] = {IMG("astronaut.png"), IMG("chelsea.png"), rot};
     const int nf = 3;
     const char *extra[] = {"--region-mode", "crop", "--regions", "6", "--batch", "4", NULL};
-    start_ok(&s, extra);
+    ts_start_ok(&s, extra);
     stored st[3];
     ingest_all(&s, files, nf, st);
 
     /* query_image with the box of a stored region, on the photo's bytes: that
      * region comes first with cosine ~1 (float16 storage) */
-    umg_client *c = conn(&s);
+    umg_client *c = ts_conn(&s);
     {
         size_t n;
-        uint8_t *b = slurp(files[1], &n);
+        uint8_t *b = (uint8_t *)tu_read_file(files[1], &n);
         proto_writer w;
         uint64_t id;
         assert_int_equal(umg_client_begin(c, &w, "query_image", 4, &id), 0);
@@ -528,7 +355,7 @@ static void test_crop_vectors(void **state)
         msgpack_pack_uint32(&w.pk, 1);
         assert_int_equal(umg_client_end(c, &w), 0);
         free(b);
-        proto_response *r = wait_ok(c, id);
+        proto_response *r = ts_wait_ok(c, id);
         const msgpack_object *h = umg_result_get(r, "hits");
         assert_true(h && h->via.array.size == 1);
         uint64_t rid = 0;
@@ -546,13 +373,13 @@ static void test_crop_vectors(void **state)
         msgpack_pack_array(&w.pk, 4);
         for (int k = 0; k < 4; k++) msgpack_pack_int(&w.pk, 10 + 20 * k);
         assert_int_equal(umg_client_end(c, &w), 0);
-        assert_int_equal(umg_client_wait(c, id, T_MS, &r), 0);
+        assert_int_equal(umg_client_wait(c, id, TS_T_MS, &r), 0);
         assert_false(r->ok);
         assert_int_equal(r->code, UMG_EUNSUPPORTED);
         proto_response_free(r);
     }
     umg_client_close(c);
-    stop(&s);
+    assert_int_equal(ts_stop(&s), 0);
 
     db_t *db = open_stored(s.data);
     int D = enc_model_dim(model);
@@ -604,7 +431,7 @@ static void test_crop_vectors(void **state)
     free(emb);
     free(got);
     free(want);
-    rm_rf(s.dir);
+    assert_int_equal(tu_rm_rf(s.dir), 0);
 }
 
 /* dense: on a square photo (where the server's ENC_FIT_PAD and embed's CLIP
@@ -612,14 +439,14 @@ static void test_crop_vectors(void **state)
  * normalized patch tokens `umgdb embed --patches` prints. */
 static void test_dense_vectors(void **state)
 {
-    server s;
-    make_tmp(&s);
+    ts_server s;
+    ts_make_tmp(&s, "umg-regsrv-");
     const char *files[] = {IMG("astronaut.png"), IMG("camera.png")};
     const char *extra[] = {"--regions", "12", NULL}; /* no --region-mode: dense, the default */
-    start_ok(&s, extra);
+    ts_start_ok(&s, extra);
     stored st[2];
     ingest_all(&s, files, 2, st);
-    stop(&s);
+    assert_int_equal(ts_stop(&s), 0);
 
     int D = enc_model_dim(model), G = enc_model_grid(model), P = enc_model_config(model)->patch_size;
     float *emb = malloc((size_t)2 * D * sizeof(float)), *pat = malloc((size_t)2 * G * G * D * sizeof(float));
@@ -652,7 +479,7 @@ static void test_dense_vectors(void **state)
     free(pat);
     free(got);
     free(want);
-    rm_rf(s.dir);
+    assert_int_equal(tu_rm_rf(s.dir), 0);
 }
 
 /* Both modes: a JPEG with EXIF Orientation 6 and a PNG of its decoded
@@ -663,8 +490,8 @@ static void test_dense_vectors(void **state)
 static void test_exif_boxes(void **state)
 {
     for (int mode = 0; mode < 2; mode++) {
-        server s;
-        make_tmp(&s);
+        ts_server s;
+        ts_make_tmp(&s, "umg-regsrv-");
         char rot[300], png[300];
         snprintf(rot, sizeof rot, "%s/chelsea_exif6.jpg", s.dir);
         snprintf(png, sizeof png, "%s/chelsea_oriented.png", s.dir);
@@ -684,10 +511,10 @@ static void test_exif_boxes(void **state)
 
         const char *files[] = {rot, png};
         const char *extra[] = {"--region-mode", mode ? "crop" : "dense", "--regions", "8", NULL};
-        start_ok(&s, extra);
+        ts_start_ok(&s, extra);
         stored st[2];
         ingest_all(&s, files, 2, st);
-        stop(&s);
+        assert_int_equal(ts_stop(&s), 0);
         assert_int_equal(st[0].width, 451);
         assert_int_equal(st[0].height, 300);
         assert_int_equal(st[1].width, 451);
@@ -705,25 +532,25 @@ static void test_exif_boxes(void **state)
             assert_true(cosine(a, b, D) >= 0.99999);
         }
         db_close(db);
-        rm_rf(s.dir);
+        assert_int_equal(tu_rm_rf(s.dir), 0);
     }
 }
 
-static int log_has(const server *s, const char *needle)
+static int log_has(const ts_server *s, const char *needle)
 {
     size_t n;
-    char *t = (char *)slurp(s->log, &n);
+    char *t = tu_read_file(s->log, &n);
     int found = strstr(t, needle) != NULL;
     free(t);
     return found;
 }
 
 /* The hello result's region_mode. */
-static int hello_mode_is(const server *s, const char *mode)
+static int hello_mode_is(const ts_server *s, const char *mode)
 {
-    umg_client *c = conn(s);
+    umg_client *c = ts_conn(s);
     proto_response *r = NULL;
-    assert_int_equal(umg_client_call0(c, "ping", T_MS, &r), 0);
+    assert_int_equal(umg_client_call0(c, "ping", TS_T_MS, &r), 0);
     assert_true(r->ok);
     int eq = proto_obj_str_eq(umg_result_get(r, "region_mode"), mode);
     proto_response_free(r);
@@ -736,48 +563,48 @@ static int hello_mode_is(const server *s, const char *mode)
  * directory filled before modes were recorded is dense. */
 static void test_mode_recorded(void **state)
 {
-    server s;
-    make_tmp(&s);
+    ts_server s;
+    ts_make_tmp(&s, "umg-regsrv-");
     const char *crop[] = {"--region-mode", "crop", "--regions", "4", NULL};
     const char *dense[] = {"--region-mode", "dense", "--regions", "4", NULL};
     const char *none[] = {"--regions", "4", NULL};
-    start_ok(&s, crop);
+    ts_start_ok(&s, crop);
     assert_true(hello_mode_is(&s, "crop"));
-    stop(&s);
+    assert_int_equal(ts_stop(&s), 0);
     char marker[400];
     snprintf(marker, sizeof marker, "%s/region_mode", s.data);
     size_t n;
-    char *t = (char *)slurp(marker, &n);
+    char *t = tu_read_file(marker, &n);
     assert_string_equal(t, "crop\n");
     free(t);
-    start_ok(&s, none); /* no flag: the recorded mode */
+    ts_start_ok(&s, none); /* no flag: the recorded mode */
     assert_true(hello_mode_is(&s, "crop"));
-    stop(&s);
-    assert_int_equal(start(&s, dense), 1);
+    assert_int_equal(ts_stop(&s), 0);
+    assert_int_equal(ts_start(&s, dense), 1);
     assert_true(log_has(&s, "holds crop region vectors"));
     assert_true(log_has(&s, "--region-mode dense"));
-    start_ok(&s, crop);
-    stop(&s);
-    rm_rf(s.dir);
+    ts_start_ok(&s, crop);
+    assert_int_equal(ts_stop(&s), 0);
+    assert_int_equal(tu_rm_rf(s.dir), 0);
 
     /* new directory without the flag: dense, recorded; crop refused later */
-    make_tmp(&s);
-    start_ok(&s, none);
+    ts_make_tmp(&s, "umg-regsrv-");
+    ts_start_ok(&s, none);
     assert_true(hello_mode_is(&s, "dense"));
     const char *one[] = {IMG("coffee.png")};
     stored st;
     ingest_all(&s, one, 1, &st);
-    stop(&s);
-    assert_int_equal(start(&s, crop), 1);
+    assert_int_equal(ts_stop(&s), 0);
+    assert_int_equal(ts_start(&s, crop), 1);
     assert_true(log_has(&s, "holds dense region vectors"));
     /* a directory with images and no record (made before region modes): dense */
     snprintf(marker, sizeof marker, "%s/region_mode", s.data);
     assert_int_equal(unlink(marker), 0);
-    assert_int_equal(start(&s, crop), 1);
-    start_ok(&s, none);
+    assert_int_equal(ts_start(&s, crop), 1);
+    ts_start_ok(&s, none);
     assert_true(hello_mode_is(&s, "dense"));
-    stop(&s);
-    rm_rf(s.dir);
+    assert_int_equal(ts_stop(&s), 0);
+    assert_int_equal(tu_rm_rf(s.dir), 0);
 }
 
 /* ---- "refine": "pixel" (docs/regions.md, "Pixel-level refinement") ------------------------ */
@@ -807,7 +634,7 @@ static uint64_t send_query(umg_client *c, const char *text, int k, const char *g
 
 static int read_hits(umg_client *c, uint64_t id, qhit *out)
 {
-    proto_response *r = wait_ok(c, id);
+    proto_response *r = ts_wait_ok(c, id);
     const msgpack_object *h = umg_result_get(r, "hits");
     assert_true(h && h->type == MSGPACK_OBJECT_ARRAY && h->via.array.size <= MAX_QHITS);
     int n = (int)h->via.array.size;
@@ -829,7 +656,7 @@ static int read_hits(umg_client *c, uint64_t id, qhit *out)
 static void expect_error(umg_client *c, uint64_t id, const char *code_name)
 {
     proto_response *r = NULL;
-    assert_int_equal(umg_client_wait(c, id, T_MS, &r), 0);
+    assert_int_equal(umg_client_wait(c, id, TS_T_MS, &r), 0);
     assert_false(r->ok);
     assert_string_equal(r->code_name, code_name);
     proto_response_free(r);
@@ -943,16 +770,16 @@ static int refine_reference(db_t *db, const stored *st, const float *q, ref_box 
  * Bad uses are invalid_argument. */
 static void test_refine_pixel(void **state)
 {
-    server s;
-    make_tmp(&s);
+    ts_server s;
+    ts_make_tmp(&s, "umg-regsrv-");
     const char *files[] = {IMG("astronaut.png"), IMG("chelsea.png"), IMG("coffee.png"), IMG("camera.png")};
     enum { NF = 4, NT = 6, K = 24 };
     const char *texts[NT] = {"a cat", "an astronaut", "a cup of coffee", "a man with a camera", "a flag", "grass"};
     const char *extra[] = {"--regions", "12", NULL};
-    start_ok(&s, extra);
+    ts_start_ok(&s, extra);
     stored st[NF];
     ingest_all(&s, files, NF, st);
-    umg_client *c = conn(&s);
+    umg_client *c = ts_conn(&s);
     qhit plain[NT][MAX_QHITS], ref[NT][MAX_QHITS], none[MAX_QHITS];
     int np[NT], nr[NT];
     for (int t = 0; t < NT; t++) {
@@ -972,7 +799,7 @@ static void test_refine_pixel(void **state)
 
     /* the CLI flag sends it */
     char cmd[700];
-    snprintf(cmd, sizeof cmd, "'%s' query --server '%s' --json --refine -k 2 a cat", bin(), s.addr);
+    snprintf(cmd, sizeof cmd, "'%s' query --server '%s' --json --refine -k 2 a cat", tu_bin(), s.addr);
     FILE *pf = popen(cmd, "r");
     assert_non_null(pf);
     char out[8192];
@@ -981,7 +808,7 @@ static void test_refine_pixel(void **state)
     assert_int_equal(pclose(pf), 0);
     assert_non_null(strstr(out, "\"refined\""));
     assert_non_null(strstr(out, "\"box\""));
-    stop(&s);
+    assert_int_equal(ts_stop(&s), 0);
 
     db_t *db = open_stored(s.data);
     enc_run *run;
@@ -1034,17 +861,17 @@ static void test_refine_pixel(void **state)
     enc_run_close(run);
     free(q);
     db_close(db);
-    rm_rf(s.dir);
+    assert_int_equal(tu_rm_rf(s.dir), 0);
 }
 
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test_teardown(test_crop_vectors, teardown),
-        cmocka_unit_test_teardown(test_dense_vectors, teardown),
-        cmocka_unit_test_teardown(test_exif_boxes, teardown),
-        cmocka_unit_test_teardown(test_mode_recorded, teardown),
-        cmocka_unit_test_teardown(test_refine_pixel, teardown),
+        cmocka_unit_test_teardown(test_crop_vectors, ts_teardown),
+        cmocka_unit_test_teardown(test_dense_vectors, ts_teardown),
+        cmocka_unit_test_teardown(test_exif_boxes, ts_teardown),
+        cmocka_unit_test_teardown(test_mode_recorded, ts_teardown),
+        cmocka_unit_test_teardown(test_refine_pixel, ts_teardown),
     };
     return cmocka_run_group_tests(tests, setup, teardown_all);
 }

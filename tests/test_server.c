@@ -28,268 +28,21 @@
 #include <png.h>
 
 #include "enc_image.h"
+#include "server_harness.h"
 #include "test_util.h"
 #include "umg_error.h"
 
-/* The client library is part of the umgdb binary (cli/); compiled in here
- * so the test needs no library target of its own. */
-#include "../cli/client.c"
-
 #define TINY UMG_FIXTURES_DIR "/clip-tiny"
 #define IMG(n) TINY "/images/" n
-#define T_MS 30000   /* generous per-call timeout: ASan builds are slow */
-
-static const char *bin(void)
-{
-    const char *b = getenv("UMG_BIN");
-    return b && *b ? b : UMG_BINARY_DIR "/umgdb";
-}
 
 /* ---- files ------------------------------------------------------------------ */
-
-static uint8_t *slurp(const char *path, size_t *len)
-{
-    FILE *f = fopen(path, "rb");
-    assert_non_null(f);
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    uint8_t *b = malloc((size_t)n + 1);
-    assert_non_null(b);
-    assert_int_equal(fread(b, 1, (size_t)n, f), (size_t)n);
-    fclose(f);
-    *len = (size_t)n;
-    return b;
-}
 
 static void copy_file(const char *from, const char *to)
 {
     size_t n;
-    uint8_t *b = slurp(from, &n);
-    FILE *f = fopen(to, "wb");
-    assert_non_null(f);
-    assert_int_equal(fwrite(b, 1, n, f), n);
-    fclose(f);
+    char *b = tu_read_file(from, &n);
+    tu_write_file(to, b, n);
     free(b);
-}
-
-static void rm_rf(const char *dir)
-{
-    char cmd[600];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
-    assert_int_equal(system(cmd), 0);
-}
-
-/* ---- the server process ------------------------------------------------------ */
-
-typedef struct server {
-    pid_t pid;
-    char dir[256];        /* temp root: data/, root/, outside/, log, sock */
-    char addr[320];       /* "unix:..." or "127.0.0.1:port" */
-    char log[300];
-} server;
-
-/* Servers started and not yet stopped, so that a failed test (cmocka jumps
- * out of it) does not leave its server running: see teardown(). */
-static struct {
-    pid_t pid;
-    char dir[256];
-} live[8];
-
-static void live_add(const server *s)
-{
-    for (int i = 0; i < 8; i++)
-        if (!live[i].pid) {
-            live[i].pid = s->pid;
-            snprintf(live[i].dir, sizeof live[i].dir, "%s", s->dir);
-            return;
-        }
-}
-
-static void live_remove(pid_t pid)
-{
-    for (int i = 0; i < 8; i++)
-        if (live[i].pid == pid) live[i].pid = 0;
-}
-
-static int teardown(void **state)
-{
-    for (int i = 0; i < 8; i++)
-        if (live[i].pid) {
-            kill(live[i].pid, SIGKILL);
-            waitpid(live[i].pid, NULL, 0);
-            fprintf(stderr, "test_server: killed the server left by a failed test; its log: %s/log\n", live[i].dir);
-            live[i].pid = 0;
-        }
-    return 0;
-}
-
-static void make_tmp(server *s)
-{
-    memset(s, 0, sizeof *s);
-    snprintf(s->dir, sizeof s->dir, "/tmp/umg-srv-XXXXXX");
-    assert_non_null(mkdtemp(s->dir));
-    snprintf(s->log, sizeof s->log, "%s/log", s->dir);
-}
-
-/* Start umgdb serve with --data DIR/data --model clip-tiny plus extra
- * (NULL-terminated); listens on DIR/sock unless extra has --listen.  Waits
- * until it accepts connections. */
-static void start(server *s, const char *const *extra)
-{
-    char data[300], sock[300];
-    snprintf(data, sizeof data, "%s/data", s->dir);
-    snprintf(sock, sizeof sock, "%s/sock", s->dir);
-    const char *argv[64];
-    int n = 0, tcp = 0;
-    argv[n++] = bin();
-    argv[n++] = "serve";
-    argv[n++] = "--data";
-    argv[n++] = data;
-    argv[n++] = "--model";
-    argv[n++] = TINY;
-    argv[n++] = "--threads";
-    argv[n++] = "1";
-    for (int i = 0; extra && extra[i]; i++) {
-        if (!strcmp(extra[i], "--listen")) {
-            tcp = 1;
-            snprintf(s->addr, sizeof s->addr, "%s", extra[i + 1]);
-        }
-        argv[n++] = extra[i];
-    }
-    if (!tcp) {
-        argv[n++] = "--socket";
-        argv[n++] = sock;
-        snprintf(s->addr, sizeof s->addr, "unix:%s", sock);
-    }
-    argv[n] = NULL;
-    pid_t pid = fork();
-    assert_true(pid >= 0);
-    if (pid == 0) {
-        int fd = open(s->log, O_WRONLY | O_CREAT | O_APPEND, 0644);
-        if (fd >= 0) {
-            dup2(fd, 2);
-            dup2(fd, 1);
-        }
-        execv(argv[0], (char *const *)argv);
-        _exit(127);
-    }
-    s->pid = pid;
-    live_add(s);
-    for (int tries = 0; tries < 600; tries++) { /* 30 s */
-        umg_client *c;
-        if (umg_client_connect(s->addr, NULL, &c) == 0) {
-            umg_client_close(c);
-            return;
-        }
-        int st;
-        if (waitpid(pid, &st, WNOHANG) == pid) {
-            live_remove(pid);
-            s->pid = 0;
-            char cmd[400];
-            snprintf(cmd, sizeof cmd, "cat '%s' >&2", s->log);
-            if (system(cmd)) {}
-            fail_msg("server exited during start-up");
-        }
-        usleep(50000);
-    }
-    fail_msg("server did not start listening");
-}
-
-/* SIGTERM, then the exit status. */
-static int stop(server *s)
-{
-    if (!s->pid) return -1;
-    kill(s->pid, SIGTERM);
-    int st = 0;
-    for (int i = 0; i < 600; i++) { /* 60 s */
-        if (waitpid(s->pid, &st, WNOHANG) == s->pid) {
-            live_remove(s->pid);
-            s->pid = 0;
-            return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
-        }
-        usleep(100000);
-    }
-    kill(s->pid, SIGKILL);
-    waitpid(s->pid, &st, 0);
-    live_remove(s->pid);
-    s->pid = 0;
-    fail_msg("server did not stop within 60 s of SIGTERM");
-    return -1;
-}
-
-static umg_client *conn(const server *s)
-{
-    umg_client *c = NULL;
-    int rc = umg_client_connect(s->addr, NULL, &c);
-    if (rc) fail_msg("connect %s: %s", s->addr, umg_err_msg());
-    return c;
-}
-
-/* ---- requests ------------------------------------------------------------------ */
-
-static uint64_t begin(umg_client *c, proto_writer *w, const char *op, size_t nargs)
-{
-    uint64_t id = 0;
-    assert_int_equal(umg_client_begin(c, w, op, nargs, &id), 0);
-    return id;
-}
-static void kv_str(proto_writer *w, const char *k, const char *v)
-{
-    proto_pack_cstr(&w->pk, k);
-    proto_pack_cstr(&w->pk, v);
-}
-static void kv_uint(proto_writer *w, const char *k, uint64_t v)
-{
-    proto_pack_cstr(&w->pk, k);
-    msgpack_pack_uint64(&w->pk, v);
-}
-static void kv_bin(proto_writer *w, const char *k, const void *d, size_t n)
-{
-    proto_pack_cstr(&w->pk, k);
-    msgpack_pack_bin(&w->pk, n);
-    msgpack_pack_bin_body(&w->pk, d, n);
-}
-static void end(umg_client *c, proto_writer *w) { assert_int_equal(umg_client_end(c, w), 0); }
-
-static proto_response *wait_resp(umg_client *c, uint64_t id)
-{
-    proto_response *r = NULL;
-    int rc = umg_client_wait(c, id, T_MS, &r);
-    if (rc) fail_msg("waiting for response %llu: %s: %s", (unsigned long long)id, umg_error_name(rc), umg_err_msg());
-    assert_int_equal(r->id, id);
-    return r;
-}
-
-static proto_response *wait_ok(umg_client *c, uint64_t id)
-{
-    proto_response *r = wait_resp(c, id);
-    if (!r->ok) fail_msg("request %llu failed: %s: %s", (unsigned long long)id, r->code_name, r->message);
-    return r;
-}
-
-/* The error code of the response to id (which must be an error). */
-static int wait_err(umg_client *c, uint64_t id)
-{
-    proto_response *r = wait_resp(c, id);
-    if (r->ok) fail_msg("request %llu succeeded, an error was expected", (unsigned long long)id);
-    int code = r->code;
-    proto_response_free(r);
-    return code;
-}
-
-static uint64_t res_u(const proto_response *r, const char *key)
-{
-    uint64_t v = 0;
-    if (!umg_result_uint(r, key, &v)) fail_msg("result has no unsigned '%s'", key);
-    return v;
-}
-
-static int res_bool(const proto_response *r, const char *key)
-{
-    bool v = false;
-    if (!proto_obj_bool(umg_result_get(r, key), &v)) fail_msg("result has no bool '%s'", key);
-    return v;
 }
 
 static int str_eq(const msgpack_object *o, const char *s) { return proto_obj_str_eq(o, s); }
@@ -297,16 +50,16 @@ static int str_eq(const msgpack_object *o, const char *s) { return proto_obj_str
 static void ping_ok(umg_client *c)
 {
     proto_response *r = NULL;
-    assert_int_equal(umg_client_call0(c, "ping", T_MS, &r), 0);
+    assert_int_equal(umg_client_call0(c, "ping", TS_T_MS, &r), 0);
     assert_true(r->ok);
-    assert_int_equal(res_u(r, "protocol"), PROTO_VERSION);
+    assert_int_equal(ts_res_u(r, "protocol"), PROTO_VERSION);
     proto_response_free(r);
 }
 
 /* A fresh connection still gets served. */
-static void others_served(const server *s)
+static void others_served(const ts_server *s)
 {
-    umg_client *c = conn(s);
+    umg_client *c = ts_conn(s);
     ping_ok(c);
     umg_client_close(c);
 }
@@ -315,23 +68,10 @@ static void others_served(const server *s)
 static uint64_t ingest_bytes(umg_client *c, const char *file, const char *name, const char *tag, int *dup,
                              uint64_t *regions)
 {
-    size_t n;
-    uint8_t *b = slurp(file, &n);
-    proto_writer w;
-    uint64_t id = begin(c, &w, "ingest", tag ? 3 : 2);
-    kv_bin(&w, "data", b, n);
-    kv_str(&w, "name", name);
-    if (tag) {
-        proto_pack_cstr(&w.pk, "tags");
-        msgpack_pack_array(&w.pk, 1);
-        proto_pack_cstr(&w.pk, tag);
-    }
-    end(c, &w);
-    free(b);
-    proto_response *r = wait_ok(c, id);
-    uint64_t image_id = res_u(r, "image_id");
-    if (dup) *dup = res_bool(r, "duplicate");
-    if (regions) *regions = res_u(r, "regions");
+    proto_response *r = ts_wait_ok(c, ts_send_ingest(c, file, name, tag));
+    uint64_t image_id = ts_res_u(r, "image_id");
+    if (dup) *dup = ts_res_bool(r, "duplicate");
+    if (regions) *regions = ts_res_u(r, "regions");
     proto_response_free(r);
     return image_id;
 }
@@ -340,12 +80,12 @@ static uint64_t ingest_bytes(umg_client *c, const char *file, const char *name, 
 static int ingest_path(umg_client *c, const char *path, uint64_t *image_id)
 {
     proto_writer w;
-    uint64_t id = begin(c, &w, "ingest", 1);
-    kv_str(&w, "path", path);
-    end(c, &w);
-    proto_response *r = wait_resp(c, id);
+    uint64_t id = ts_begin(c, &w, "ingest", 1);
+    ts_kv_str(&w, "path", path);
+    ts_end(c, &w);
+    proto_response *r = ts_wait_resp(c, id);
     int rc = r->ok ? 0 : r->code;
-    if (r->ok && image_id) *image_id = res_u(r, "image_id");
+    if (r->ok && image_id) *image_id = ts_res_u(r, "image_id");
     proto_response_free(r);
     return rc;
 }
@@ -354,10 +94,10 @@ static int ingest_path(umg_client *c, const char *path, uint64_t *image_id)
 static proto_response *get_image(umg_client *c, uint64_t image_id)
 {
     proto_writer w;
-    uint64_t id = begin(c, &w, "get", 1);
-    kv_uint(&w, "image_id", image_id);
-    end(c, &w);
-    proto_response *r = wait_resp(c, id);
+    uint64_t id = ts_begin(c, &w, "get", 1);
+    ts_kv_uint(&w, "image_id", image_id);
+    ts_end(c, &w);
+    proto_response *r = ts_wait_resp(c, id);
     if (!r->ok) {
         assert_int_equal(r->code, UMG_ENOENT);
         proto_response_free(r);
@@ -372,14 +112,14 @@ static proto_response *query(umg_client *c, const char *text, const char *gran, 
 {
     proto_writer w;
     int nf = (path_prefix != NULL) + (tag != NULL) + (min_score > -10);
-    uint64_t id = begin(c, &w, "query", 3 + (nf > 0));
-    kv_str(&w, "text", text);
-    kv_str(&w, "granularity", gran);
-    kv_uint(&w, "k", k);
+    uint64_t id = ts_begin(c, &w, "query", 3 + (nf > 0));
+    ts_kv_str(&w, "text", text);
+    ts_kv_str(&w, "granularity", gran);
+    ts_kv_uint(&w, "k", k);
     if (nf) {
         proto_pack_cstr(&w.pk, "filters");
         msgpack_pack_map(&w.pk, (size_t)nf);
-        if (path_prefix) kv_str(&w, "path_prefix", path_prefix);
+        if (path_prefix) ts_kv_str(&w, "path_prefix", path_prefix);
         if (tag) {
             proto_pack_cstr(&w.pk, "tags");
             msgpack_pack_array(&w.pk, 1);
@@ -390,8 +130,8 @@ static proto_response *query(umg_client *c, const char *text, const char *gran, 
             msgpack_pack_double(&w.pk, min_score);
         }
     }
-    end(c, &w);
-    return wait_ok(c, id);
+    ts_end(c, &w);
+    return ts_wait_ok(c, id);
 }
 
 static const msgpack_object *hits_of(const proto_response *r)
@@ -423,8 +163,8 @@ static double obj_f(const msgpack_object *m, const char *key)
  * bytes, box), stats, delete (id, path). */
 static void test_every_op(void **state)
 {
-    server s;
-    make_tmp(&s);
+    ts_server s;
+    ts_make_tmp(&s, "umg-srv-");
     char root[300], p_chelsea[400], p_rocket[400];
     snprintf(root, sizeof root, "%s/root", s.dir);
     mkdir(root, 0755);
@@ -433,16 +173,16 @@ static void test_every_op(void **state)
     copy_file(IMG("chelsea.png"), p_chelsea);
     copy_file(IMG("rocket.jpg"), p_rocket);
     const char *extra[] = {"--allow-root", root, "--regions", "8", NULL};
-    start(&s, extra);
-    umg_client *c = conn(&s);
+    ts_start_ok(&s, extra);
+    umg_client *c = ts_conn(&s);
 
     /* hello: protocol, server version, model, dim */
     proto_response *r = NULL;
-    assert_int_equal(umg_client_hello(c, NULL, "test_server", T_MS, &r), 0);
-    assert_int_equal(res_u(r, "protocol"), PROTO_VERSION);
+    assert_int_equal(umg_client_hello(c, NULL, "test_server", TS_T_MS, &r), 0);
+    assert_int_equal(ts_res_u(r, "protocol"), PROTO_VERSION);
     assert_true(str_eq(umg_result_get(r, "server"), UMG_VERSION));
     assert_true(str_eq(umg_result_get(r, "model"), "clip-tiny"));
-    uint64_t dim = res_u(r, "dim");
+    uint64_t dim = ts_res_u(r, "dim");
     assert_true(dim > 0);
     proto_response_free(r);
     ping_ok(c);
@@ -476,8 +216,8 @@ static void test_every_op(void **state)
     r = get_image(c, id_chelsea);
     assert_non_null(r);
     assert_true(str_eq(umg_result_get(r, "path"), p_chelsea));
-    assert_int_equal(res_u(r, "width"), (uint64_t)dec.width);
-    assert_int_equal(res_u(r, "height"), (uint64_t)dec.height);
+    assert_int_equal(ts_res_u(r, "width"), (uint64_t)dec.width);
+    assert_int_equal(ts_res_u(r, "height"), (uint64_t)dec.height);
     const msgpack_object *regs = umg_result_get(r, "regions");
     assert_non_null(regs);
     assert_true(regs->via.array.size >= 1);
@@ -497,8 +237,8 @@ static void test_every_op(void **state)
         uint64_t id_rot = ingest_bytes(c, rot, "/client/exif_6.jpg", NULL, NULL, NULL);
         r = get_image(c, id_rot);
         assert_non_null(r);
-        assert_int_equal(res_u(r, "width"), (uint64_t)dec.width);
-        assert_int_equal(res_u(r, "height"), (uint64_t)dec.height);
+        assert_int_equal(ts_res_u(r, "width"), (uint64_t)dec.width);
+        assert_int_equal(ts_res_u(r, "height"), (uint64_t)dec.height);
         regs = umg_result_get(r, "regions");
         for (uint32_t i = 0; i < regs->via.array.size; i++) {
             double box[4];
@@ -508,18 +248,18 @@ static void test_every_op(void **state)
         proto_response_free(r);
         enc_image_free(&dec);
         proto_writer w0;
-        uint64_t did = begin(c, &w0, "delete", 1);
-        kv_uint(&w0, "image_id", id_rot);
-        end(c, &w0);
-        proto_response_free(wait_ok(c, did));
+        uint64_t did = ts_begin(c, &w0, "delete", 1);
+        ts_kv_uint(&w0, "image_id", id_rot);
+        ts_end(c, &w0);
+        proto_response_free(ts_wait_ok(c, did));
     }
     /* get by path */
     proto_writer w;
-    uint64_t id = begin(c, &w, "get", 1);
-    kv_str(&w, "path", "/client/astronaut.png");
-    end(c, &w);
-    r = wait_ok(c, id);
-    assert_int_equal(res_u(r, "image_id"), id_astro);
+    uint64_t id = ts_begin(c, &w, "get", 1);
+    ts_kv_str(&w, "path", "/client/astronaut.png");
+    ts_end(c, &w);
+    r = ts_wait_ok(c, id);
+    assert_int_equal(ts_res_u(r, "image_id"), id_astro);
     const msgpack_object *tags = umg_result_get(r, "tags");
     assert_true(tags && tags->via.array.size == 1 && str_eq(&tags->via.array.ptr[0], "space"));
     proto_response_free(r);
@@ -590,11 +330,11 @@ static void test_every_op(void **state)
     proto_response_free(r);
 
     /* query_image by id: the image itself is left out; its exact copy comes first */
-    id = begin(c, &w, "query_image", 2);
-    kv_uint(&w, "image_id", id_astro);
-    kv_uint(&w, "k", 10);
-    end(c, &w);
-    r = wait_ok(c, id);
+    id = ts_begin(c, &w, "query_image", 2);
+    ts_kv_uint(&w, "image_id", id_astro);
+    ts_kv_uint(&w, "k", 10);
+    ts_end(c, &w);
+    r = ts_wait_ok(c, id);
     h = hits_of(r);
     assert_int_equal(h->via.array.size, 3);
     assert_int_equal(obj_u(&h->via.array.ptr[0], "image_id"), id_copy);
@@ -605,13 +345,13 @@ static void test_every_op(void **state)
     /* query_image by bytes: the same photo scores ~1 against its stored vector */
     {
         size_t n;
-        uint8_t *b = slurp(IMG("rocket.jpg"), &n);
-        id = begin(c, &w, "query_image", 2);
-        kv_bin(&w, "data", b, n);
-        kv_uint(&w, "k", 1);
-        end(c, &w);
+        uint8_t *b = (uint8_t *)tu_read_file(IMG("rocket.jpg"), &n);
+        id = ts_begin(c, &w, "query_image", 2);
+        ts_kv_bin(&w, "data", b, n);
+        ts_kv_uint(&w, "k", 1);
+        ts_end(c, &w);
         free(b);
-        r = wait_ok(c, id);
+        r = ts_wait_ok(c, id);
         h = hits_of(r);
         assert_int_equal(h->via.array.size, 1);
         assert_int_equal(obj_u(&h->via.array.ptr[0], "image_id"), id_rocket);
@@ -623,20 +363,20 @@ static void test_every_op(void **state)
      * same region hits, up to float16 rounding */
     {
         size_t n;
-        uint8_t *b = slurp(IMG("rocket.jpg"), &n);
+        uint8_t *b = (uint8_t *)tu_read_file(IMG("rocket.jpg"), &n);
         proto_response *rb[2];
         for (int v = 0; v < 2; v++) {
-            id = begin(c, &w, "query_image", 4);
-            if (v == 0) kv_bin(&w, "data", b, n);
-            else kv_uint(&w, "image_id", id_rocket);
+            id = ts_begin(c, &w, "query_image", 4);
+            if (v == 0) ts_kv_bin(&w, "data", b, n);
+            else ts_kv_uint(&w, "image_id", id_rocket);
             proto_pack_cstr(&w.pk, "box");
             msgpack_pack_array(&w.pk, 4);
             msgpack_pack_int(&w.pk, 30), msgpack_pack_int(&w.pk, 40), msgpack_pack_int(&w.pk, 120),
                 msgpack_pack_int(&w.pk, 200);
-            kv_str(&w, "granularity", "region");
-            kv_uint(&w, "k", 5);
-            end(c, &w);
-            rb[v] = wait_ok(c, id);
+            ts_kv_str(&w, "granularity", "region");
+            ts_kv_uint(&w, "k", 5);
+            ts_end(c, &w);
+            rb[v] = ts_wait_ok(c, id);
         }
         free(b);
         const msgpack_object *h0 = hits_of(rb[0]), *h1 = hits_of(rb[1]);
@@ -655,62 +395,62 @@ static void test_every_op(void **state)
         proto_response_free(rb[1]);
     }
     /* query_image with a box on a stored image, region granularity */
-    id = begin(c, &w, "query_image", 4);
-    kv_uint(&w, "image_id", id_chelsea);
+    id = ts_begin(c, &w, "query_image", 4);
+    ts_kv_uint(&w, "image_id", id_chelsea);
     proto_pack_cstr(&w.pk, "box");
     msgpack_pack_array(&w.pk, 4);
     msgpack_pack_int(&w.pk, 10), msgpack_pack_int(&w.pk, 20), msgpack_pack_int(&w.pk, 200),
         msgpack_pack_double(&w.pk, 150.5);
-    kv_str(&w, "granularity", "region");
-    kv_uint(&w, "k", 3);
-    end(c, &w);
-    r = wait_ok(c, id);
+    ts_kv_str(&w, "granularity", "region");
+    ts_kv_uint(&w, "k", 3);
+    ts_end(c, &w);
+    r = ts_wait_ok(c, id);
     assert_true(hits_of(r)->via.array.size >= 1);
     proto_response_free(r);
     /* a box outside the image */
-    id = begin(c, &w, "query_image", 2);
-    kv_uint(&w, "image_id", id_chelsea);
+    id = ts_begin(c, &w, "query_image", 2);
+    ts_kv_uint(&w, "image_id", id_chelsea);
     proto_pack_cstr(&w.pk, "box");
     msgpack_pack_array(&w.pk, 4);
     msgpack_pack_int(&w.pk, 5000), msgpack_pack_int(&w.pk, 5000), msgpack_pack_int(&w.pk, 10),
         msgpack_pack_int(&w.pk, 10);
-    end(c, &w);
-    assert_int_equal(wait_err(c, id), UMG_EINVAL);
+    ts_end(c, &w);
+    assert_int_equal(ts_wait_err(c, id), UMG_EINVAL);
     /* an unknown image */
-    id = begin(c, &w, "query_image", 1);
-    kv_uint(&w, "image_id", 999999);
-    end(c, &w);
-    assert_int_equal(wait_err(c, id), UMG_ENOENT);
+    id = ts_begin(c, &w, "query_image", 1);
+    ts_kv_uint(&w, "image_id", 999999);
+    ts_end(c, &w);
+    assert_int_equal(ts_wait_err(c, id), UMG_ENOENT);
 
     /* stats */
-    assert_int_equal(umg_client_call0(c, "stats", T_MS, &r), 0);
+    assert_int_equal(umg_client_call0(c, "stats", TS_T_MS, &r), 0);
     assert_true(r->ok);
-    assert_int_equal(res_u(r, "images"), 4);
-    assert_true(res_u(r, "regions") >= 4);
-    assert_true(res_u(r, "memory_bytes") > 0);
+    assert_int_equal(ts_res_u(r, "images"), 4);
+    assert_true(ts_res_u(r, "regions") >= 4);
+    assert_true(ts_res_u(r, "memory_bytes") > 0);
     assert_true(str_eq(umg_result_get(r, "model"), "clip-tiny"));
     assert_non_null(proto_map_get(umg_result_get(r, "index"), "image"));
     proto_response_free(r);
 
     /* delete by id and by path; then they are gone */
-    id = begin(c, &w, "delete", 1);
-    kv_uint(&w, "image_id", id_copy);
-    end(c, &w);
-    r = wait_ok(c, id);
-    assert_true(res_bool(r, "deleted"));
+    id = ts_begin(c, &w, "delete", 1);
+    ts_kv_uint(&w, "image_id", id_copy);
+    ts_end(c, &w);
+    r = ts_wait_ok(c, id);
+    assert_true(ts_res_bool(r, "deleted"));
     proto_response_free(r);
     assert_null(get_image(c, id_copy));
-    id = begin(c, &w, "delete", 1);
-    kv_str(&w, "path", p_rocket);
-    end(c, &w);
-    r = wait_ok(c, id);
-    assert_int_equal(res_u(r, "image_id"), id_rocket);
+    id = ts_begin(c, &w, "delete", 1);
+    ts_kv_str(&w, "path", p_rocket);
+    ts_end(c, &w);
+    r = ts_wait_ok(c, id);
+    assert_int_equal(ts_res_u(r, "image_id"), id_rocket);
     proto_response_free(r);
     assert_null(get_image(c, id_rocket));
-    id = begin(c, &w, "delete", 1);
-    kv_uint(&w, "image_id", id_rocket);
-    end(c, &w);
-    assert_int_equal(wait_err(c, id), UMG_ENOENT);
+    id = ts_begin(c, &w, "delete", 1);
+    ts_kv_uint(&w, "image_id", id_rocket);
+    ts_end(c, &w);
+    assert_int_equal(ts_wait_err(c, id), UMG_ENOENT);
     r = query(c, "a rocket", "image", 10, NULL, NULL, -100);
     h = hits_of(r);
     assert_int_equal(h->via.array.size, 2);
@@ -728,15 +468,15 @@ static void test_every_op(void **state)
     assert_null(get_image(c, id_chelsea));
 
     umg_client_close(c);
-    assert_int_equal(stop(&s), 0);
-    rm_rf(s.dir);
+    assert_int_equal(ts_stop(&s), 0);
+    assert_int_equal(tu_rm_rf(s.dir), 0);
 }
 
 /* Ingest by path: only regular files resolving inside an allowed root. */
 static void test_path_rules(void **state)
 {
-    server s;
-    make_tmp(&s);
+    ts_server s;
+    ts_make_tmp(&s, "umg-srv-");
     char root[300], outside[300], p[600], q[600];
     snprintf(root, sizeof root, "%s/root", s.dir);
     snprintf(outside, sizeof outside, "%s/outside", s.dir);
@@ -758,8 +498,8 @@ static void test_path_rules(void **state)
     assert_int_equal(symlink(inner, good_link), 0); /* a symlink staying inside */
 
     const char *extra[] = {"--allow-root", root, "--regions", "4", NULL};
-    start(&s, extra);
-    umg_client *c = conn(&s);
+    ts_start_ok(&s, extra);
+    umg_client *c = ts_conn(&s);
     uint64_t id;
     assert_int_equal(ingest_path(c, p, &id), UMG_EPERM);              /* outside every root */
     assert_int_equal(ingest_path(c, q, &id), UMG_EPERM);              /* symlink escaping */
@@ -775,13 +515,13 @@ static void test_path_rules(void **state)
     uint64_t id2 = 0;
     assert_int_equal(ingest_path(c, good_link, &id2), 0);
     umg_client_close(c);
-    assert_int_equal(stop(&s), 0);
+    assert_int_equal(ts_stop(&s), 0);
 
     /* without --allow-root, path ingest is off; --no-patches: no heatmaps,
      * no boxes on stored images, regions still work */
     const char *extra2[] = {"--no-patches", "--regions", "4", NULL};
-    start(&s, extra2);
-    c = conn(&s);
+    ts_start_ok(&s, extra2);
+    c = ts_conn(&s);
     assert_int_equal(ingest_path(c, inner, &id), UMG_EPERM);
     uint64_t nreg = 0;
     id = ingest_bytes(c, IMG("rocket.jpg"), "rocket.jpg", NULL, NULL, &nreg);
@@ -792,49 +532,49 @@ static void test_path_rules(void **state)
     assert_null(proto_map_get(&hits_of(r)->via.array.ptr[0], "heatmap"));
     proto_response_free(r);
     proto_writer w;
-    uint64_t rid = begin(c, &w, "query_image", 2);
-    kv_uint(&w, "image_id", id);
+    uint64_t rid = ts_begin(c, &w, "query_image", 2);
+    ts_kv_uint(&w, "image_id", id);
     proto_pack_cstr(&w.pk, "box");
     msgpack_pack_array(&w.pk, 4);
     msgpack_pack_int(&w.pk, 0), msgpack_pack_int(&w.pk, 0), msgpack_pack_int(&w.pk, 50), msgpack_pack_int(&w.pk, 50);
-    end(c, &w);
-    assert_int_equal(wait_err(c, rid), UMG_EUNSUPPORTED);
+    ts_end(c, &w);
+    assert_int_equal(ts_wait_err(c, rid), UMG_EUNSUPPORTED);
     umg_client_close(c);
-    assert_int_equal(stop(&s), 0);
-    rm_rf(s.dir);
+    assert_int_equal(ts_stop(&s), 0);
+    assert_int_equal(tu_rm_rf(s.dir), 0);
 }
 
 /* Pipelining: a slow ingest then a ping on one connection: the ping's answer
  * comes first; two clients at once each get their own answers. */
 static void test_pipelining_two_clients(void **state)
 {
-    server s;
-    make_tmp(&s);
-    start(&s, NULL);
-    umg_client *a = conn(&s), *b = conn(&s);
+    ts_server s;
+    ts_make_tmp(&s, "umg-srv-");
+    ts_start_ok(&s, NULL);
+    umg_client *a = ts_conn(&s), *b = ts_conn(&s);
     size_t n;
-    uint8_t *big = slurp(IMG("astronaut.png"), &n);
+    uint8_t *big = (uint8_t *)tu_read_file(IMG("astronaut.png"), &n);
     proto_writer w;
-    uint64_t id_ing = begin(a, &w, "ingest", 2);
-    kv_bin(&w, "data", big, n);
-    kv_str(&w, "name", "big.png");
-    end(a, &w);
-    uint64_t id_ping = begin(a, &w, "ping", 0);
-    end(a, &w);
+    uint64_t id_ing = ts_begin(a, &w, "ingest", 2);
+    ts_kv_bin(&w, "data", big, n);
+    ts_kv_str(&w, "name", "big.png");
+    ts_end(a, &w);
+    uint64_t id_ping = ts_begin(a, &w, "ping", 0);
+    ts_end(a, &w);
     /* b queues work at the same time */
     uint64_t ids_b[4];
     for (int i = 0; i < 4; i++) {
         char name[32];
         snprintf(name, sizeof name, "b%d.png", i);
-        ids_b[i] = begin(b, &w, "ingest", 2);
-        kv_bin(&w, "data", big, n);
-        kv_str(&w, "name", name);
-        end(b, &w);
+        ids_b[i] = ts_begin(b, &w, "ingest", 2);
+        ts_kv_bin(&w, "data", big, n);
+        ts_kv_str(&w, "name", name);
+        ts_end(b, &w);
     }
-    assert_int_equal(umg_client_flush(b, T_MS), 0);
+    assert_int_equal(umg_client_flush(b, TS_T_MS), 0);
     proto_response *r1 = NULL, *r2 = NULL;
-    assert_int_equal(umg_client_recv(a, T_MS, &r1), 0);
-    assert_int_equal(umg_client_recv(a, T_MS, &r2), 0);
+    assert_int_equal(umg_client_recv(a, TS_T_MS, &r1), 0);
+    assert_int_equal(umg_client_recv(a, TS_T_MS, &r2), 0);
     assert_int_equal(r1->id, id_ping); /* out of order: the ping overtook the ingest */
     assert_int_equal(r2->id, id_ing);
     assert_true(r1->ok && r2->ok);
@@ -843,8 +583,8 @@ static void test_pipelining_two_clients(void **state)
     /* b's answers, taken in reverse order by id */
     uint64_t seen[4];
     for (int i = 3; i >= 0; i--) {
-        proto_response *r = wait_ok(b, ids_b[i]);
-        seen[i] = res_u(r, "image_id");
+        proto_response *r = ts_wait_ok(b, ids_b[i]);
+        seen[i] = ts_res_u(r, "image_id");
         proto_response_free(r);
     }
     for (int i = 0; i < 4; i++)
@@ -856,8 +596,8 @@ static void test_pipelining_two_clients(void **state)
     free(big);
     umg_client_close(a);
     umg_client_close(b);
-    assert_int_equal(stop(&s), 0);
-    rm_rf(s.dir);
+    assert_int_equal(ts_stop(&s), 0);
+    assert_int_equal(tu_rm_rf(s.dir), 0);
 }
 
 /* Text queries sent together are encoded in shared text-tower passes; each
@@ -872,14 +612,14 @@ static void test_batched_text_queries(void **state)
         "x", "a very long caption that goes on and on about a small grey cat that sits on a windowsill "
              "and looks out at the rain falling on the city street below while people walk by with umbrellas",
         "rocket launch", "a launch pad", "moon", "a kitten", "the night sky full of stars", "tabby cat"};
-    server s;
-    make_tmp(&s);
+    ts_server s;
+    ts_make_tmp(&s, "umg-srv-");
     /* clip-tiny encodes a text in well under a millisecond: without a linger the
      * first worker often finishes before the burst's other queries arrive (most
      * so on a loaded machine), so the sharing this test checks would be luck */
     const char *linger[] = {"--text-batch-wait", "200000", NULL};
-    start(&s, linger);
-    umg_client *c = conn(&s);
+    ts_start_ok(&s, linger);
+    umg_client *c = ts_conn(&s);
     ingest_bytes(c, IMG("chelsea.png"), "chelsea.png", NULL, NULL, NULL);
     ingest_bytes(c, IMG("rocket.jpg"), "rocket.jpg", NULL, NULL, NULL);
     ingest_bytes(c, IMG("astronaut.png"), "astronaut.png", NULL, NULL, NULL);
@@ -894,7 +634,7 @@ static void test_batched_text_queries(void **state)
      * (two at most, if a lone text raced ahead of the linger) */
     {
         proto_response *r = NULL;
-        assert_int_equal(umg_client_call0(c, "stats", T_MS, &r), 0);
+        assert_int_equal(umg_client_call0(c, "stats", TS_T_MS, &r), 0);
         const msgpack_object *tq = umg_result_get(r, "text_queries");
         assert_non_null(tq);
         uint64_t texts0 = obj_u(tq, "texts"), batches0 = obj_u(tq, "batches");
@@ -902,15 +642,15 @@ static void test_batched_text_queries(void **state)
         uint64_t ids[N];
         for (int i = 0; i < N; i++) {
             proto_writer w;
-            ids[i] = begin(c, &w, "query", 3);
-            kv_str(&w, "text", texts[i]);
-            kv_str(&w, "granularity", gran[i]);
-            kv_uint(&w, "k", 5);
-            end(c, &w);
+            ids[i] = ts_begin(c, &w, "query", 3);
+            ts_kv_str(&w, "text", texts[i]);
+            ts_kv_str(&w, "granularity", gran[i]);
+            ts_kv_uint(&w, "k", 5);
+            ts_end(c, &w);
         }
-        assert_int_equal(umg_client_flush(c, T_MS), 0);
+        assert_int_equal(umg_client_flush(c, TS_T_MS), 0);
         for (int i = 0; i < N; i++) {
-            proto_response *b = wait_ok(c, ids[i]);
+            proto_response *b = ts_wait_ok(c, ids[i]);
             const msgpack_object *ha = hits_of(alone[i]), *hb = hits_of(b);
             assert_true(ha->via.array.size > 0);
             assert_int_equal(hb->via.array.size, ha->via.array.size);
@@ -925,7 +665,7 @@ static void test_batched_text_queries(void **state)
             }
             proto_response_free(b);
         }
-        assert_int_equal(umg_client_call0(c, "stats", T_MS, &r), 0);
+        assert_int_equal(umg_client_call0(c, "stats", TS_T_MS, &r), 0);
         tq = umg_result_get(r, "text_queries");
         uint64_t texts1 = obj_u(tq, "texts"), batches1 = obj_u(tq, "batches");
         proto_response_free(r);
@@ -936,8 +676,8 @@ static void test_batched_text_queries(void **state)
     }
     for (int i = 0; i < N; i++) proto_response_free(alone[i]);
     umg_client_close(c);
-    assert_int_equal(stop(&s), 0);
-    rm_rf(s.dir);
+    assert_int_equal(ts_stop(&s), 0);
+    assert_int_equal(tu_rm_rf(s.dir), 0);
 }
 
 /* Text lanes: with --text-lanes 2 two text-tower passes run at once (the test
@@ -959,16 +699,16 @@ static void lane_burst(umg_client *c, proto_response **out, uint64_t *lane_texts
     uint64_t ids[LANE_N];
     for (int i = 0; i < LANE_N; i++) {
         proto_writer w;
-        ids[i] = begin(c, &w, "query", 3);
-        kv_str(&w, "text", lane_texts[i]);
-        kv_str(&w, "granularity", i % 3 == 1 ? "region" : "image");
-        kv_uint(&w, "k", 5);
-        end(c, &w);
+        ids[i] = ts_begin(c, &w, "query", 3);
+        ts_kv_str(&w, "text", lane_texts[i]);
+        ts_kv_str(&w, "granularity", i % 3 == 1 ? "region" : "image");
+        ts_kv_uint(&w, "k", 5);
+        ts_end(c, &w);
     }
-    assert_int_equal(umg_client_flush(c, T_MS), 0);
-    for (int i = 0; i < LANE_N; i++) out[i] = wait_ok(c, ids[i]);
+    assert_int_equal(umg_client_flush(c, TS_T_MS), 0);
+    for (int i = 0; i < LANE_N; i++) out[i] = ts_wait_ok(c, ids[i]);
     proto_response *r = NULL;
-    assert_int_equal(umg_client_call0(c, "stats", T_MS, &r), 0);
+    assert_int_equal(umg_client_call0(c, "stats", TS_T_MS, &r), 0);
     const msgpack_object *tq = umg_result_get(r, "text_queries");
     assert_non_null(tq);
     *texts_out = obj_u(tq, "texts");
@@ -987,13 +727,13 @@ static void lane_burst(umg_client *c, proto_response **out, uint64_t *lane_texts
 
 static void test_text_lanes(void **state)
 {
-    server s;
-    make_tmp(&s);
+    ts_server s;
+    ts_make_tmp(&s, "umg-srv-");
     assert_int_equal(setenv("UMG_TEST_TEXT_PASS_MS", "200", 1), 0);
     const char *two[] = {"--threads", "2", "--text-lanes", "2", NULL};
-    start(&s, two);
+    ts_start_ok(&s, two);
     unsetenv("UMG_TEST_TEXT_PASS_MS");
-    umg_client *c = conn(&s);
+    umg_client *c = ts_conn(&s);
     ingest_bytes(c, IMG("chelsea.png"), "chelsea.png", NULL, NULL, NULL);
     ingest_bytes(c, IMG("rocket.jpg"), "rocket.jpg", NULL, NULL, NULL);
     ingest_bytes(c, IMG("astronaut.png"), "astronaut.png", NULL, NULL, NULL);
@@ -1007,11 +747,11 @@ static void test_text_lanes(void **state)
         fail_msg("--text-lanes 2: a burst of %d texts used one lane only (%llu + %llu texts)", LANE_N,
                  (unsigned long long)lt[0], (unsigned long long)lt[1]);
     umg_client_close(c);
-    assert_int_equal(stop(&s), 0);
+    assert_int_equal(ts_stop(&s), 0);
 
     const char *one[] = {"--threads", "2", "--text-lanes", "1", NULL};
-    start(&s, one);
-    c = conn(&s);
+    ts_start_ok(&s, one);
+    c = ts_conn(&s);
     lane_burst(c, by1, lt, &n_lanes, &texts);
     assert_int_equal(n_lanes, 1);
     assert_int_equal(lt[0], LANE_N);
@@ -1034,15 +774,15 @@ static void test_text_lanes(void **state)
     printf("text lanes: largest score difference between 2 lanes and 1: %.3g\n", worst);
     for (int i = 0; i < LANE_N; i++) proto_response_free(by1[i]), proto_response_free(by2[i]);
     umg_client_close(c);
-    assert_int_equal(stop(&s), 0);
+    assert_int_equal(ts_stop(&s), 0);
 
     /* the flag's range */
     char cmd[600];
-    snprintf(cmd, sizeof cmd, "'%s' serve --data '%s/x' --model '%s' --text-lanes 0 >/dev/null 2>&1", bin(), s.dir, TINY);
+    snprintf(cmd, sizeof cmd, "'%s' serve --data '%s/x' --model '%s' --text-lanes 0 >/dev/null 2>&1", tu_bin(), s.dir, TINY);
     int st = system(cmd);
     assert_true(WIFEXITED(st));
     assert_int_equal(WEXITSTATUS(st), 2);
-    rm_rf(s.dir);
+    assert_int_equal(tu_rm_rf(s.dir), 0);
 }
 
 /* A frame with raw body bytes. */
@@ -1069,11 +809,11 @@ static void raw_init(rawmsg *m)
  * the framing is intact; another connection is served after each. */
 static void test_bad_input(void **state)
 {
-    server s;
-    make_tmp(&s);
+    ts_server s;
+    ts_make_tmp(&s, "umg-srv-");
     const char *extra[] = {"--max-frame", "1M", NULL};
-    start(&s, extra);
-    umg_client *c = conn(&s);
+    ts_start_ok(&s, extra);
+    umg_client *c = ts_conn(&s);
     proto_response *r;
     proto_writer w;
     uint64_t id;
@@ -1081,7 +821,7 @@ static void test_bad_input(void **state)
     /* malformed msgpack: the reserved byte */
     const uint8_t bad[] = {0xc1};
     send_frame(c, bad, 1);
-    assert_int_equal(umg_client_recv(c, T_MS, &r), 0);
+    assert_int_equal(umg_client_recv(c, TS_T_MS, &r), 0);
     assert_false(r->ok);
     assert_int_equal(r->code, UMG_EPROTO);
     assert_int_equal(r->id, 0);
@@ -1091,7 +831,7 @@ static void test_bad_input(void **state)
 
     /* a frame of length 0 */
     send_frame(c, NULL, 0);
-    assert_int_equal(umg_client_recv(c, T_MS, &r), 0);
+    assert_int_equal(umg_client_recv(c, TS_T_MS, &r), 0);
     assert_int_equal(r->code, UMG_EPROTO);
     proto_response_free(r);
     ping_ok(c);
@@ -1104,44 +844,44 @@ static void test_bad_input(void **state)
     proto_pack_cstr(&m.pk, "ping");
     send_frame(c, m.sb.data, m.sb.size);
     msgpack_sbuffer_destroy(&m.sb);
-    assert_int_equal(umg_client_recv(c, T_MS, &r), 0);
+    assert_int_equal(umg_client_recv(c, TS_T_MS, &r), 0);
     assert_int_equal(r->code, UMG_EPROTO);
     proto_response_free(r);
     ping_ok(c);
     others_served(&s);
 
     /* missing argument */
-    id = begin(c, &w, "query", 1);
-    kv_uint(&w, "k", 3);
-    end(c, &w);
-    assert_int_equal(wait_err(c, id), UMG_EINVAL);
+    id = ts_begin(c, &w, "query", 1);
+    ts_kv_uint(&w, "k", 3);
+    ts_end(c, &w);
+    assert_int_equal(ts_wait_err(c, id), UMG_EINVAL);
     others_served(&s);
     /* ill-typed argument */
-    id = begin(c, &w, "query", 2);
-    kv_str(&w, "text", "cat");
-    kv_str(&w, "k", "three");
-    end(c, &w);
-    assert_int_equal(wait_err(c, id), UMG_EINVAL);
+    id = ts_begin(c, &w, "query", 2);
+    ts_kv_str(&w, "text", "cat");
+    ts_kv_str(&w, "k", "three");
+    ts_end(c, &w);
+    assert_int_equal(ts_wait_err(c, id), UMG_EINVAL);
     /* out of range */
-    id = begin(c, &w, "query", 2);
-    kv_str(&w, "text", "cat");
-    kv_uint(&w, "k", 0);
-    end(c, &w);
-    assert_int_equal(wait_err(c, id), UMG_EINVAL);
+    id = ts_begin(c, &w, "query", 2);
+    ts_kv_str(&w, "text", "cat");
+    ts_kv_uint(&w, "k", 0);
+    ts_end(c, &w);
+    assert_int_equal(ts_wait_err(c, id), UMG_EINVAL);
     /* both alternatives of ingest */
-    id = begin(c, &w, "ingest", 3);
-    kv_str(&w, "path", "/x.jpg");
-    kv_bin(&w, "data", "abc", 3);
-    kv_str(&w, "name", "x.jpg");
-    end(c, &w);
-    assert_int_equal(wait_err(c, id), UMG_EINVAL);
+    id = ts_begin(c, &w, "ingest", 3);
+    ts_kv_str(&w, "path", "/x.jpg");
+    ts_kv_bin(&w, "data", "abc", 3);
+    ts_kv_str(&w, "name", "x.jpg");
+    ts_end(c, &w);
+    assert_int_equal(ts_wait_err(c, id), UMG_EINVAL);
     others_served(&s);
 
     /* unknown op (built by hand: the builder would send it too) */
-    id = begin(c, &w, "serch", 1);
-    kv_str(&w, "text", "cat");
-    end(c, &w);
-    assert_int_equal(wait_err(c, id), UMG_EUNKNOWNOP);
+    id = ts_begin(c, &w, "serch", 1);
+    ts_kv_str(&w, "text", "cat");
+    ts_end(c, &w);
+    assert_int_equal(ts_wait_err(c, id), UMG_EUNKNOWNOP);
     others_served(&s);
 
     /* invalid UTF-8 in a string argument */
@@ -1154,24 +894,24 @@ static void test_bad_input(void **state)
     msgpack_pack_str_body(&m.pk, "\xff\xfe\x41", 3);
     send_frame(c, m.sb.data, m.sb.size);
     msgpack_sbuffer_destroy(&m.sb);
-    assert_int_equal(wait_err(c, 777), UMG_EUTF8);
+    assert_int_equal(ts_wait_err(c, 777), UMG_EUTF8);
     others_served(&s);
 
     /* unsupported image bytes, and a truncated JPEG */
-    id = begin(c, &w, "ingest", 2);
-    kv_bin(&w, "data", "GIF89a not really", 17);
-    kv_str(&w, "name", "x.gif");
-    end(c, &w);
-    assert_int_equal(wait_err(c, id), UMG_EUNSUPPORTED);
+    id = ts_begin(c, &w, "ingest", 2);
+    ts_kv_bin(&w, "data", "GIF89a not really", 17);
+    ts_kv_str(&w, "name", "x.gif");
+    ts_end(c, &w);
+    assert_int_equal(ts_wait_err(c, id), UMG_EUNSUPPORTED);
     {
         size_t n;
-        uint8_t *jpg = slurp(IMG("rocket.jpg"), &n);
-        id = begin(c, &w, "ingest", 2);
-        kv_bin(&w, "data", jpg, n / 3);
-        kv_str(&w, "name", "cut.jpg");
-        end(c, &w);
+        uint8_t *jpg = (uint8_t *)tu_read_file(IMG("rocket.jpg"), &n);
+        id = ts_begin(c, &w, "ingest", 2);
+        ts_kv_bin(&w, "data", jpg, n / 3);
+        ts_kv_str(&w, "name", "cut.jpg");
+        ts_end(c, &w);
         free(jpg);
-        assert_int_equal(wait_err(c, id), UMG_EFORMAT);
+        assert_int_equal(ts_wait_err(c, id), UMG_EFORMAT);
     }
     ping_ok(c);
     others_served(&s);
@@ -1184,38 +924,38 @@ static void test_bad_input(void **state)
     uint8_t hdr[4];
     proto_frame_put_len(hdr, 2u << 20);
     assert_int_equal(umg_client_send_raw(c, hdr, 4), 0);
-    assert_int_equal(umg_client_recv(c, T_MS, &r), 0);
+    assert_int_equal(umg_client_recv(c, TS_T_MS, &r), 0);
     assert_false(r->ok);
     assert_int_equal(r->code, UMG_ETOOBIG);
     assert_int_equal(r->id, 0);
     proto_response_free(r);
-    assert_int_equal(umg_client_recv(c, T_MS, &r), UMG_ECONN);
+    assert_int_equal(umg_client_recv(c, TS_T_MS, &r), UMG_ECONN);
     assert_true(umg_client_broken(c));
     umg_client_close(c);
     others_served(&s);
 
     /* a peer that disappears mid-frame does not disturb anyone */
-    c = conn(&s);
+    c = ts_conn(&s);
     proto_frame_put_len(hdr, 1000);
     assert_int_equal(umg_client_send_raw(c, hdr, 4), 0);
     assert_int_equal(umg_client_send_raw(c, "abc", 3), 0);
-    assert_int_equal(umg_client_flush(c, T_MS), 0);
+    assert_int_equal(umg_client_flush(c, TS_T_MS), 0);
     umg_client_close(c);
     others_served(&s);
 
-    assert_int_equal(stop(&s), 0);
-    rm_rf(s.dir);
+    assert_int_equal(ts_stop(&s), 0);
+    assert_int_equal(tu_rm_rf(s.dir), 0);
 }
 
 /* Restart with data intact; SIGTERM with ingests in flight: every
  * acknowledged image is there after the restart. */
 static void test_restart_and_sigterm(void **state)
 {
-    server s;
-    make_tmp(&s);
+    ts_server s;
+    ts_make_tmp(&s, "umg-srv-");
     const char *extra[] = {"--regions", "4", "--batch", "4", NULL};
-    start(&s, extra);
-    umg_client *c = conn(&s);
+    ts_start_ok(&s, extra);
+    umg_client *c = ts_conn(&s);
     uint64_t id_rocket = ingest_bytes(c, IMG("rocket.jpg"), "rocket.jpg", "x", NULL, NULL);
     proto_response *before = get_image(c, id_rocket);
     assert_non_null(before);
@@ -1223,10 +963,10 @@ static void test_restart_and_sigterm(void **state)
     assert_true(nreg_before >= 1);
     proto_response_free(before);
     umg_client_close(c);
-    assert_int_equal(stop(&s), 0);
+    assert_int_equal(ts_stop(&s), 0);
 
-    start(&s, extra);
-    c = conn(&s);
+    ts_start_ok(&s, extra);
+    c = ts_conn(&s);
     proto_response *after = get_image(c, id_rocket);
     assert_non_null(after);
     assert_true(str_eq(umg_result_get(after, "path"), "rocket.jpg"));
@@ -1240,42 +980,41 @@ static void test_restart_and_sigterm(void **state)
     /* many ingests pipelined, SIGTERM once the first is acknowledged */
     enum { N = 16 };
     size_t n;
-    uint8_t *png = slurp(IMG("coffee.png"), &n);
+    uint8_t *png = (uint8_t *)tu_read_file(IMG("coffee.png"), &n);
     uint64_t ids[N]; /* request ids; answers are matched by arrival */
     proto_writer w;
     for (int i = 0; i < N; i++) {
         char name[32];
         snprintf(name, sizeof name, "coffee-%02d.png", i);
-        ids[i] = begin(c, &w, "ingest", 2);
-        kv_bin(&w, "data", png, n);
-        kv_str(&w, "name", name);
-        end(c, &w);
+        ids[i] = ts_begin(c, &w, "ingest", 2);
+        ts_kv_bin(&w, "data", png, n);
+        ts_kv_str(&w, "name", name);
+        ts_end(c, &w);
     }
     free(png);
     (void)ids;
-    assert_int_equal(umg_client_flush(c, T_MS), 0);
+    assert_int_equal(umg_client_flush(c, TS_T_MS), 0);
     uint64_t acked[N + 1];
     int n_acked = 0, n_answers = 0;
     r = NULL;
-    assert_int_equal(umg_client_recv(c, T_MS, &r), 0);
+    assert_int_equal(umg_client_recv(c, TS_T_MS, &r), 0);
     n_answers++;
-    if (r->ok) acked[n_acked++] = res_u(r, "image_id");
+    if (r->ok) acked[n_acked++] = ts_res_u(r, "image_id");
     proto_response_free(r);
     kill(s.pid, SIGTERM);
     for (;;) {
-        int rc = umg_client_recv(c, T_MS, &r);
+        int rc = umg_client_recv(c, TS_T_MS, &r);
         if (rc == UMG_ECONN) break;
         assert_int_equal(rc, 0);
         n_answers++;
-        if (r->ok) acked[n_acked++] = res_u(r, "image_id");
+        if (r->ok) acked[n_acked++] = ts_res_u(r, "image_id");
         else assert_int_equal(r->code, UMG_ESHUTDOWN);
         proto_response_free(r);
     }
     umg_client_close(c);
     int st = 0;
     assert_int_equal(waitpid(s.pid, &st, 0), s.pid);
-    live_remove(s.pid);
-    s.pid = 0;
+    ts_forget(&s);
     assert_true(WIFEXITED(st));
     assert_int_equal(WEXITSTATUS(st), 0);
     assert_true(n_acked >= 1);
@@ -1284,7 +1023,7 @@ static void test_restart_and_sigterm(void **state)
     /* and the signal did come while ingests were in flight */
     {
         size_t ln;
-        char *log = (char *)slurp(s.log, &ln);
+        char *log = tu_read_file(s.log, &ln);
         log[ln] = 0;
         const char *p = NULL; /* the last stop: the log spans the restarts */
         for (const char *q = log; (q = strstr(q, "stopping (")); q++) p = q;
@@ -1293,32 +1032,32 @@ static void test_restart_and_sigterm(void **state)
         free(log);
     }
 
-    start(&s, extra);
-    c = conn(&s);
+    ts_start_ok(&s, extra);
+    c = ts_conn(&s);
     for (int i = 0; i < n_acked; i++) {
         proto_response *g = get_image(c, acked[i]);
         if (!g) fail_msg("acknowledged image %llu is missing after the restart", (unsigned long long)acked[i]);
         proto_response_free(g);
     }
-    assert_int_equal(umg_client_call0(c, "stats", T_MS, &r), 0);
-    assert_int_equal(res_u(r, "images"), 1 + (uint64_t)n_acked);
+    assert_int_equal(umg_client_call0(c, "stats", TS_T_MS, &r), 0);
+    assert_int_equal(ts_res_u(r, "images"), 1 + (uint64_t)n_acked);
     proto_response_free(r);
     umg_client_close(c);
-    assert_int_equal(stop(&s), 0);
-    rm_rf(s.dir);
+    assert_int_equal(ts_stop(&s), 0);
+    assert_int_equal(tu_rm_rf(s.dir), 0);
 }
 
 /* Auth: a non-loopback --listen without a token refuses to start; with
  * --require-auth every connection must say hello with the token first. */
 static void test_auth(void **state)
 {
-    server s;
-    make_tmp(&s);
+    ts_server s;
+    ts_make_tmp(&s, "umg-srv-");
     /* refuses to start */
     char cmd[1200];
     snprintf(cmd, sizeof cmd,
              "env -u UMGDB_AUTH_TOKEN '%s' serve --data '%s/data' --model '%s' --listen 0.0.0.0:0 2>'%s/refused'",
-             bin(), s.dir, TINY, s.dir);
+             tu_bin(), s.dir, TINY, s.dir);
     int st = system(cmd);
     assert_true(WIFEXITED(st) && WEXITSTATUS(st) != 0);
     snprintf(cmd, sizeof cmd, "grep -q 'auth token is required' '%s/refused'", s.dir);
@@ -1333,34 +1072,34 @@ static void test_auth(void **state)
     fprintf(f, "%s\n", token);
     fclose(f);
     const char *extra[] = {"--require-auth", "--auth-token-file", tf, NULL};
-    start(&s, extra);
+    ts_start_ok(&s, extra);
 
-    umg_client *c = conn(&s);
+    umg_client *c = ts_conn(&s);
     proto_response *r = NULL;
-    assert_int_equal(umg_client_call0(c, "ping", T_MS, &r), 0);
+    assert_int_equal(umg_client_call0(c, "ping", TS_T_MS, &r), 0);
     assert_false(r->ok);
     assert_int_equal(r->code, UMG_EAUTH);
     proto_response_free(r);
     /* a wrong token: refused and the connection closed */
-    assert_int_equal(umg_client_hello(c, "wrong", NULL, T_MS, NULL), UMG_EAUTH);
-    assert_int_equal(umg_client_call0(c, "ping", T_MS, &r), UMG_ECONN);
+    assert_int_equal(umg_client_hello(c, "wrong", NULL, TS_T_MS, NULL), UMG_EAUTH);
+    assert_int_equal(umg_client_call0(c, "ping", TS_T_MS, &r), UMG_ECONN);
     umg_client_close(c);
     /* no token at all */
-    c = conn(&s);
-    assert_int_equal(umg_client_hello(c, NULL, NULL, T_MS, NULL), UMG_EAUTH);
+    c = ts_conn(&s);
+    assert_int_equal(umg_client_hello(c, NULL, NULL, TS_T_MS, NULL), UMG_EAUTH);
     umg_client_close(c);
     /* the right one */
-    c = conn(&s);
-    assert_int_equal(umg_client_hello(c, token, "test", T_MS, &r), 0);
-    assert_true(res_bool(r, "auth_required"));
+    c = ts_conn(&s);
+    assert_int_equal(umg_client_hello(c, token, "test", TS_T_MS, &r), 0);
+    assert_true(ts_res_bool(r, "auth_required"));
     proto_response_free(r);
     ping_ok(c);
     umg_client_close(c);
-    assert_int_equal(stop(&s), 0);
+    assert_int_equal(ts_stop(&s), 0);
     /* the token never reaches the log */
     snprintf(cmd, sizeof cmd, "grep -q '%s' '%s'", token, s.log);
     assert_int_not_equal(system(cmd), 0);
-    rm_rf(s.dir);
+    assert_int_equal(tu_rm_rf(s.dir), 0);
 }
 
 /* Backpressure: a client that sends many requests and reads nothing makes
@@ -1369,10 +1108,10 @@ static void test_auth(void **state)
  * the client reads, every answer arrives. */
 static void test_backpressure(void **state)
 {
-    server s;
-    make_tmp(&s);
-    start(&s, NULL);
-    umg_client *c = conn(&s);
+    ts_server s;
+    ts_make_tmp(&s, "umg-srv-");
+    ts_start_ok(&s, NULL);
+    umg_client *c = ts_conn(&s);
     uint64_t img = ingest_bytes(c, IMG("chelsea.png"), "chelsea.png", NULL, NULL, NULL);
     proto_response *r = get_image(c, img);
     assert_non_null(r);
@@ -1385,7 +1124,7 @@ static void test_backpressure(void **state)
     for (size_t i = 0; i < n_req; i++) {
         proto_writer w;
         assert_int_equal(proto_request_begin(&w, &reqs, i + 1, "get", 1), 0);
-        kv_uint(&w, "image_id", img);
+        ts_kv_uint(&w, "image_id", img);
         assert_int_equal(proto_request_end(&w, 0), 0);
     }
     /* a raw socket that sends without reading */
@@ -1412,7 +1151,7 @@ static void test_backpressure(void **state)
     uint64_t unsent = 0, in_flight = 0, unsent_later = 0;
     for (int i = 0; i < 500 && unsent < (8u << 20) - resp_len; i++) {
         if (i) usleep(20000);
-        assert_int_equal(umg_client_call0(c, "stats", T_MS, &r), 0);
+        assert_int_equal(umg_client_call0(c, "stats", TS_T_MS, &r), 0);
         const msgpack_object *q = umg_result_get(r, "queues");
         paused = (int)obj_u(q, "paused_connections");
         unsent = obj_u(q, "unsent_bytes");
@@ -1426,7 +1165,7 @@ static void test_backpressure(void **state)
     /* and stays there: nothing more is read from it (requests already in
      * flight at the pause may still add their answers) */
     usleep(300000);
-    assert_int_equal(umg_client_call0(c, "stats", T_MS, &r), 0);
+    assert_int_equal(umg_client_call0(c, "stats", TS_T_MS, &r), 0);
     unsent_later = obj_u(umg_result_get(r, "queues"), "unsent_bytes");
     assert_int_equal(obj_u(umg_result_get(r, "queues"), "paused_connections"), 1);
     proto_response_free(r);
@@ -1474,19 +1213,19 @@ static void test_backpressure(void **state)
     close(fd);
     msgpack_sbuffer_destroy(&reqs);
     umg_client_close(c);
-    assert_int_equal(stop(&s), 0);
-    rm_rf(s.dir);
+    assert_int_equal(ts_stop(&s), 0);
+    assert_int_equal(tu_rm_rf(s.dir), 0);
 }
 
 /* A connection that a ping went through on, retrying for up to 5 s while
  * the server refuses with busy (closed connections free their slot only
  * once the server has noticed). */
-static umg_client *conn_served(const server *s)
+static umg_client *conn_served(const ts_server *s)
 {
     for (int i = 0; i < 100; i++) {
-        umg_client *c = conn(s);
+        umg_client *c = ts_conn(s);
         proto_response *r = NULL;
-        int ok = umg_client_call0(c, "ping", T_MS, &r) == 0 && r->ok;
+        int ok = umg_client_call0(c, "ping", TS_T_MS, &r) == 0 && r->ok;
         proto_response_free(r);
         if (ok) return c;
         umg_client_close(c);
@@ -1499,8 +1238,8 @@ static umg_client *conn_served(const server *s)
 /* TCP listener, --max-connections and --idle-timeout. */
 static void test_tcp_limits(void **state)
 {
-    server s;
-    make_tmp(&s);
+    ts_server s;
+    ts_make_tmp(&s, "umg-srv-");
     /* a free port: bind 0, read it, release it */
     int port = 0;
     {
@@ -1517,17 +1256,17 @@ static void test_tcp_limits(void **state)
     /* (warn: no line per request, the ping flood below would make the loop slow under ASan) */
     const char *extra[] = {"--listen", listen, "--max-connections", "2", "--idle-timeout", "1",
                            "--log-level", "warn", NULL};
-    start(&s, extra);
+    ts_start_ok(&s, extra);
     /* (the start-up probe's connection may still count for a moment) */
     umg_client *a = conn_served(&s), *b = conn_served(&s);
     /* a third: refused with busy, then closed */
-    umg_client *c = conn(&s);
+    umg_client *c = ts_conn(&s);
     proto_response *r = NULL;
-    assert_int_equal(umg_client_recv(c, T_MS, &r), 0);
+    assert_int_equal(umg_client_recv(c, TS_T_MS, &r), 0);
     assert_false(r->ok);
     assert_int_equal(r->code, UMG_EBUSY);
     proto_response_free(r);
-    assert_int_equal(umg_client_recv(c, T_MS, &r), UMG_ECONN);
+    assert_int_equal(umg_client_recv(c, TS_T_MS, &r), UMG_ECONN);
     umg_client_close(c);
     /* idle for longer than the timeout: closed by the server */
     usleep(2500 * 1000);
@@ -1567,7 +1306,7 @@ static void test_tcp_limits(void **state)
             usleep(50000);
             umg_client *st = conn_served(&s);
             r = NULL;
-            assert_int_equal(umg_client_call0(st, "stats", T_MS, &r), 0);
+            assert_int_equal(umg_client_call0(st, "stats", TS_T_MS, &r), 0);
             uint64_t nconn = obj_u(umg_result_get(r, "queues"), "connections");
             uint64_t unsent = obj_u(umg_result_get(r, "queues"), "unsent_bytes");
             if (unsent > max_unsent) max_unsent = unsent;
@@ -1581,8 +1320,8 @@ static void test_tcp_limits(void **state)
         close(fd);
         msgpack_sbuffer_destroy(&reqs);
     }
-    assert_int_equal(stop(&s), 0);
-    rm_rf(s.dir);
+    assert_int_equal(ts_stop(&s), 0);
+    assert_int_equal(tu_rm_rf(s.dir), 0);
 }
 
 /* Index builds run on the checkpoint thread, never at stop; a session that
@@ -1596,10 +1335,10 @@ static const msgpack_object *map_get(const msgpack_object *m, const char *key)
     return NULL;
 }
 
-static char *log_since_last(const server *s, const char *marker)
+static char *log_since_last(const ts_server *s, const char *marker)
 {
     size_t ln;
-    char *log = (char *)slurp(s->log, &ln);
+    char *log = tu_read_file(s->log, &ln);
     log[ln] = 0;
     const char *p = log;
     for (const char *q = log; (q = strstr(q, marker)); q++) p = q;
@@ -1610,12 +1349,12 @@ static char *log_since_last(const server *s, const char *marker)
 
 static void test_background_index_build(void **state)
 {
-    server s;
-    make_tmp(&s);
+    ts_server s;
+    ts_make_tmp(&s, "umg-srv-");
     const char *extra[] = {"--regions", "0", "--approx-threshold", "8", "--image-index", "IVF2,Flat",
                            "--checkpoint-interval", "0", NULL};
-    start(&s, extra);
-    umg_client *c = conn(&s);
+    ts_start_ok(&s, extra);
+    umg_client *c = ts_conn(&s);
     enum { N = 10 };
     uint64_t ids[N];
     for (int i = 0; i < N; i++) {
@@ -1627,7 +1366,7 @@ static void test_background_index_build(void **state)
     proto_response *r = NULL;
     const char *type = NULL;
     for (int tries = 0; tries < 300; tries++) { /* 30 s */
-        assert_int_equal(umg_client_call0(c, "stats", T_MS, &r), 0);
+        assert_int_equal(umg_client_call0(c, "stats", TS_T_MS, &r), 0);
         const msgpack_object *t = map_get(map_get(umg_result_get(r, "index"), "image"), "type");
         if (t && str_eq(t, "IVF2,Flat")) type = "IVF2,Flat";
         uint64_t builds = obj_u(umg_result_get(r, "checkpoints"), "index_builds");
@@ -1641,11 +1380,11 @@ static void test_background_index_build(void **state)
     assert_int_equal(hits_of(r)->via.array.size, N);
     proto_response_free(r);
     umg_client_close(c);
-    assert_int_equal(stop(&s), 0);
+    assert_int_equal(ts_stop(&s), 0);
 
     /* a session that only reads: no build, no snapshot written at stop */
-    start(&s, extra);
-    c = conn(&s);
+    ts_start_ok(&s, extra);
+    c = ts_conn(&s);
     for (int i = 0; i < 4; i++) {
         r = query(c, "an astronaut", "image", 3, NULL, NULL, -100);
         assert_int_equal(hits_of(r)->via.array.size, 3);
@@ -1654,14 +1393,14 @@ static void test_background_index_build(void **state)
         assert_non_null(g);
         proto_response_free(g);
     }
-    assert_int_equal(umg_client_call0(c, "stats", T_MS, &r), 0);
+    assert_int_equal(umg_client_call0(c, "stats", TS_T_MS, &r), 0);
     assert_true(str_eq(map_get(map_get(umg_result_get(r, "index"), "image"), "type"), "IVF2,Flat"));
     proto_response_free(r);
     umg_client_close(c);
-    assert_int_equal(stop(&s), 0);
+    assert_int_equal(ts_stop(&s), 0);
     /* over both sessions: the one background build, nothing rebuilt at open or built at stop */
     size_t ln;
-    char *all = (char *)slurp(s.log, &ln);
+    char *all = tu_read_file(s.log, &ln);
     all[ln] = 0;
     int builds = 0;
     for (const char *q = all; (q = strstr(q, "building the image index")); q++) builds++;
@@ -1672,7 +1411,7 @@ static void test_background_index_build(void **state)
     assert_null(strstr(session, "background checkpoint"));
     free(session);
     free(all);
-    rm_rf(s.dir);
+    assert_int_equal(tu_rm_rf(s.dir), 0);
 }
 
 /* ---- an open without the image index snapshot (issue 4) ------------------------------ */
@@ -1715,14 +1454,14 @@ static image_index_state image_index(umg_client *c)
     image_index_state st;
     memset(&st, 0, sizeof st);
     proto_response *r = NULL;
-    assert_int_equal(umg_client_call0(c, "stats", T_MS, &r), 0);
+    assert_int_equal(umg_client_call0(c, "stats", TS_T_MS, &r), 0);
     assert_true(r->ok);
     const msgpack_object *ix = map_get(map_get(umg_result_get(r, "index"), "image"), "type");
     assert_non_null(ix);
     assert_int_equal(ix->type, MSGPACK_OBJECT_STR);
     snprintf(st.type, sizeof st.type, "%.*s", (int)ix->via.str.size, ix->via.str.ptr);
     st.vectors = obj_u(map_get(umg_result_get(r, "index"), "image"), "vectors");
-    st.images = res_u(r, "images");
+    st.images = ts_res_u(r, "images");
     const msgpack_object *ck = umg_result_get(r, "checkpoints");
     st.builds = obj_u(ck, "index_builds");
     bool running = false;
@@ -1751,14 +1490,14 @@ static image_index_state wait_image_index(umg_client *c, const char *factory, ui
 static uint64_t query_image_top(umg_client *c, const char *file, double *score)
 {
     size_t n;
-    uint8_t *b = slurp(file, &n);
+    uint8_t *b = (uint8_t *)tu_read_file(file, &n);
     proto_writer w;
-    uint64_t id = begin(c, &w, "query_image", 2);
-    kv_bin(&w, "data", b, n);
-    kv_uint(&w, "k", 1);
-    end(c, &w);
+    uint64_t id = ts_begin(c, &w, "query_image", 2);
+    ts_kv_bin(&w, "data", b, n);
+    ts_kv_uint(&w, "k", 1);
+    ts_end(c, &w);
     free(b);
-    proto_response *r = wait_ok(c, id);
+    proto_response *r = ts_wait_ok(c, id);
     const msgpack_object *h = hits_of(r);
     assert_int_equal(h->via.array.size, 1);
     uint64_t top = obj_u(&h->via.array.ptr[0], "image_id");
@@ -1792,8 +1531,8 @@ static void test_open_without_snapshot(void **state)
 {
     (void)state;
     enum { N = 300, CHUNK = 32 };
-    server s;
-    make_tmp(&s);
+    ts_server s;
+    ts_make_tmp(&s, "umg-srv-");
     /* the build starts at the first encoder batch past the threshold, and trains on what is stored then */
     const char *extra[] = {"--regions", "0", "--approx-threshold", "256", "--image-index", OPEN_FACTORY,
                            "--checkpoint-interval", "0", "--batch", "16", NULL};
@@ -1801,8 +1540,8 @@ static void test_open_without_snapshot(void **state)
     snprintf(photo, sizeof photo, "%s/photo.png", s.dir);
     snprintf(late_photo, sizeof late_photo, "%s/late.png", s.dir);
     snprintf(snap, sizeof snap, "%s/data/images.faiss", s.dir);
-    start(&s, extra);
-    umg_client *c = conn(&s);
+    ts_start_ok(&s, extra);
+    umg_client *c = ts_conn(&s);
     /* N distinct photos, CHUNK requests in flight */
     uint64_t ids[N];
     for (int i = 0; i < N; i += CHUNK) {
@@ -1813,18 +1552,18 @@ static void test_open_without_snapshot(void **state)
             snprintf(name, sizeof name, "synthetic-%03d.png", i + j);
             write_synthetic_png(photo, (uint64_t)(i + j));
             size_t n;
-            uint8_t *b = slurp(photo, &n);
+            uint8_t *b = (uint8_t *)tu_read_file(photo, &n);
             proto_writer w;
-            req[j] = begin(c, &w, "ingest", 2);
-            kv_bin(&w, "data", b, n);
-            kv_str(&w, "name", name);
-            end(c, &w);
+            req[j] = ts_begin(c, &w, "ingest", 2);
+            ts_kv_bin(&w, "data", b, n);
+            ts_kv_str(&w, "name", name);
+            ts_end(c, &w);
             free(b);
         }
         for (int j = 0; j < m; j++) {
-            proto_response *r = wait_ok(c, req[j]);
-            ids[i + j] = res_u(r, "image_id");
-            if (res_bool(r, "duplicate")) fail_msg("synthetic photo %d is a duplicate", i + j);
+            proto_response *r = ts_wait_ok(c, req[j]);
+            ids[i + j] = ts_res_u(r, "image_id");
+            if (ts_res_bool(r, "duplicate")) fail_msg("synthetic photo %d is a duplicate", i + j);
             proto_response_free(r);
         }
     }
@@ -1833,7 +1572,7 @@ static void test_open_without_snapshot(void **state)
     assert_int_equal(st.images, N);
     assert_int_equal(st.vectors, N);
     umg_client_close(c);
-    assert_int_equal(stop(&s), 0);
+    assert_int_equal(ts_stop(&s), 0);
 
     assert_int_equal(unlink(snap), 0);
     FILE *lf = fopen(s.log, "a");
@@ -1843,9 +1582,9 @@ static void test_open_without_snapshot(void **state)
 
     double t0 = mono_now();
     assert_int_equal(setenv("UMG_TEST_HOLD_BUILD_MS", HOLD_MS, 1), 0);
-    start(&s, extra);
+    ts_start_ok(&s, extra);
     unsetenv("UMG_TEST_HOLD_BUILD_MS");
-    c = conn(&s);
+    c = ts_conn(&s);
     /* An open that trained before serving (the old behaviour) fails here: its
      * first stats shows OPEN_FACTORY with no background build done or running
      * (and none would follow: wait_image_index below would time out). */
@@ -1897,7 +1636,7 @@ static void test_open_without_snapshot(void **state)
         assert_int_equal(query_image_top(c, photo, &score), ids[probe[i]]);
     }
     umg_client_close(c);
-    assert_int_equal(stop(&s), 0);
+    assert_int_equal(ts_stop(&s), 0);
     print_message("open without snapshot: first stats %.3f s, exact queries done %.3f s, ingest + stats %.3f s, "
                   "approximate index in place %.3f s after the start\n", t_stats, t_query, t_exact, t_built);
 
@@ -1916,7 +1655,7 @@ static void test_open_without_snapshot(void **state)
         fail_msg("want: exact index at open, serving, then the background build replacing it; "
                  "log:\n%s", run);
     free(run);
-    rm_rf(s.dir);
+    assert_int_equal(tu_rm_rf(s.dir), 0);
 }
 
 /* --precision fp16: the server encodes with the half-precision products (where
@@ -1936,19 +1675,19 @@ static void test_precision_fp16(void **state)
     TU_EXPECT_EXIT(r, 2);
     assert_non_null(strstr(r.err, "--precision"));
     tu_result_free(&r);
-    rm_rf(dir);
+    assert_int_equal(tu_rm_rf(dir), 0);
     __builtin_cpu_init();
     if (!__builtin_cpu_supports("avx512fp16") || !__builtin_cpu_supports("avx512bw") ||
         !__builtin_cpu_supports("avx512vl")) {
-        server s;
-        make_tmp(&s);
+        ts_server s;
+        ts_make_tmp(&s, "umg-srv-");
         snprintf(data, sizeof data, "%s/data", s.dir);
         const char *args[] = {"serve", "--data", data, "--model", TINY, "--precision", "fp16", NULL};
         r = tu_run(args);
         if (r.status == 0) fail_msg("fp16 on a CPU without AVX512-FP16 started");
         assert_non_null(strstr(r.err, "AVX512-FP16"));
         tu_result_free(&r);
-        rm_rf(s.dir);
+        assert_int_equal(tu_rm_rf(s.dir), 0);
         skip();
     }
     const char *files[] = {"astronaut.png", "camera.png", "chelsea.png", "coffee.png", "motorcycle_left.png",
@@ -1956,14 +1695,14 @@ static void test_precision_fp16(void **state)
     const char *texts[] = {"a photo of a cat", "an astronaut in space", "a cup of coffee on a table"};
     enum { NI = 6, NT = 3 };
     double score[2][NT][NI];
-    server sv[2];
+    ts_server sv[2];
     for (int p = 0; p < 2; p++) {
-        make_tmp(&sv[p]);
+        ts_make_tmp(&sv[p], "umg-srv-");
         const char *extra[] = {"--precision", p ? "fp16" : "fp32", NULL};
-        start(&sv[p], extra);
-        umg_client *c = conn(&sv[p]);
+        ts_start_ok(&sv[p], extra);
+        umg_client *c = ts_conn(&sv[p]);
         proto_response *hr = NULL;
-        assert_int_equal(umg_client_call0(c, "ping", T_MS, &hr), 0);
+        assert_int_equal(umg_client_call0(c, "ping", TS_T_MS, &hr), 0);
         if (!str_eq(umg_result_get(hr, "precision"), p ? "fp16" : "fp32"))
             fail_msg("ping does not report precision %s", p ? "fp16" : "fp32");
         proto_response_free(hr);
@@ -1986,7 +1725,7 @@ static void test_precision_fp16(void **state)
             proto_response_free(q);
         }
         umg_client_close(c);
-        assert_int_equal(stop(&sv[p]), 0);
+        assert_int_equal(ts_stop(&sv[p]), 0);
     }
     double maxd = 0;
     for (int t = 0; t < NT; t++)
@@ -1997,26 +1736,26 @@ static void test_precision_fp16(void **state)
     print_message("fp16 vs fp32 server: largest score difference %.3g\n", maxd);
     if (!(maxd <= 2e-3)) fail_msg("fp16 scores differ from fp32 by %.3g (<= 2e-3 wanted)", maxd);
     if (!(maxd > 0)) fail_msg("fp16 scores identical to fp32: the half path did not run");
-    for (int p = 0; p < 2; p++) rm_rf(sv[p].dir);
+    for (int p = 0; p < 2; p++) assert_int_equal(tu_rm_rf(sv[p].dir), 0);
 }
 
 int main(void)
 {
     signal(SIGPIPE, SIG_IGN);
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test_teardown(test_every_op, teardown),
-        cmocka_unit_test_teardown(test_path_rules, teardown),
-        cmocka_unit_test_teardown(test_pipelining_two_clients, teardown),
-        cmocka_unit_test_teardown(test_batched_text_queries, teardown),
-        cmocka_unit_test_teardown(test_text_lanes, teardown),
-        cmocka_unit_test_teardown(test_bad_input, teardown),
-        cmocka_unit_test_teardown(test_restart_and_sigterm, teardown),
-        cmocka_unit_test_teardown(test_background_index_build, teardown),
-        cmocka_unit_test_teardown(test_open_without_snapshot, teardown),
-        cmocka_unit_test_teardown(test_auth, teardown),
-        cmocka_unit_test_teardown(test_tcp_limits, teardown),
-        cmocka_unit_test_teardown(test_backpressure, teardown),
-        cmocka_unit_test_teardown(test_precision_fp16, teardown),
+        cmocka_unit_test_teardown(test_every_op, ts_teardown),
+        cmocka_unit_test_teardown(test_path_rules, ts_teardown),
+        cmocka_unit_test_teardown(test_pipelining_two_clients, ts_teardown),
+        cmocka_unit_test_teardown(test_batched_text_queries, ts_teardown),
+        cmocka_unit_test_teardown(test_text_lanes, ts_teardown),
+        cmocka_unit_test_teardown(test_bad_input, ts_teardown),
+        cmocka_unit_test_teardown(test_restart_and_sigterm, ts_teardown),
+        cmocka_unit_test_teardown(test_background_index_build, ts_teardown),
+        cmocka_unit_test_teardown(test_open_without_snapshot, ts_teardown),
+        cmocka_unit_test_teardown(test_auth, ts_teardown),
+        cmocka_unit_test_teardown(test_tcp_limits, ts_teardown),
+        cmocka_unit_test_teardown(test_backpressure, ts_teardown),
+        cmocka_unit_test_teardown(test_precision_fp16, ts_teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
