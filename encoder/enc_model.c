@@ -835,11 +835,11 @@ static void one_query_attention(enc_run *r, float *attn, const float *q, int ldq
     }
 }
 
-/* The rest of the standard block on the [CLS] rows: hc [n, H] holds them on
+/* The rest of the standard block on n picked rows ([CLS] or end rows): hc [n, H] holds them on
  * entry (the residual stream) and the block's output on return.
  *   hc += out_proj(attn);  hc += fc2(act(fc1(LN2(hc))))
  * xc [n, H], hidden [n, F]: scratch (hidden may be attn: read before written). */
-static void cls_tail(const enc_run *r, float *hc, float *xc, const float *attn, float *hidden,
+static void row_tail(const enc_run *r, float *hc, float *xc, const float *attn, float *hidden,
                      const enc_layer_weights *L, const enc_tower_config *tc, int n)
 {
     int H = tc->hidden, F = tc->intermediate;
@@ -902,7 +902,7 @@ static void block_one_row(enc_run *r, const enc_layer_weights *L, const enc_towe
     /* hc [n, H] (in r->x, free now) = the picked rows of the residual stream; the
      * rest of the block on them, xc [n, H] in r->k */
     gather_rows(r->x, r->h, n, T, lens, last, H);
-    cls_tail(r, r->x, r->k, attn, r->mlp, L, tc, n);
+    row_tail(r, r->x, r->k, attn, r->mlp, L, tc, n);
 }
 
 /* The last vision block with a dense variant (docs/regions.md, "Dense feature
@@ -936,7 +936,7 @@ static void block_dense_variant(enc_run *r, const enc_layer_weights *L, const en
     /* [CLS] through the standard block: hc, xc in r->q, r->k (free now) */
     float *hc = r->q;
     gather_rows(hc, r->h, n, T, NULL, 0, H);
-    cls_tail(r, hc, r->k, attn_cls, hidden_cls, L, tc, n);
+    row_tail(r, hc, r->k, attn_cls, hidden_cls, L, tc, n);
     if (mode == ENC_DENSE_CLEARCLIP) {
         lin(r->m, r->h, r->x, L->self_attn_out_proj_weight, L->self_attn_out_proj_panels, M, H, H, 0);
         enc_add_bias(r->h, L->self_attn_out_proj_bias, M, H);
