@@ -188,7 +188,8 @@ def main():
     ap.add_argument("--text-layers", type=int, default=3)
     ap.add_argument("--proj", type=int, default=64)
     ap.add_argument("--threads", type=int, default=1,
-                    help="torch threads; 1 is faster than 2 on a shared, oversubscribed machine")
+                    help="torch threads: 2 on an idle 2-core machine took 0.33 s a step against 0.42 with 1 "
+                         "(docs/synth.md); on a shared, oversubscribed machine 1 can be faster")
     ap.add_argument("--bf16", type=int, default=1,
                     help="1: matrix products in bfloat16 (autocast; fp32 master weights), about 3x "
                          "faster on CPUs with AVX512-BF16; 0: all fp32")
