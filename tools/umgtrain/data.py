@@ -50,6 +50,29 @@ def _background_box(rng, objs, w, h):
     return None
 
 
+def cell_labels(masks, geom, size, patch):
+    """Per grid cell (row-major, [G*G]): the index of the object covering at least 30% of
+    it (the most covered one), -1 background (objects cover < 10%), -2 ignored (between)."""
+    g = size // patch
+    cover = np.stack([_cell_coverage(m, geom, size, patch) for m in masks])  # [n, g, g]
+    label = np.full((g, g), -2, dtype=np.int64)
+    label[cover.sum(0) < 0.1] = -1
+    best = cover.argmax(0)
+    label[cover.max(0) >= 0.3] = best[cover.max(0) >= 0.3]
+    return label.reshape(-1)
+
+
+def cell_classes(label, phrases):
+    """cell_labels as the pixel loss's classes: the index of the object's phrase in
+    full_phrases(), len(full_phrases()) for background, -100 ignored."""
+    full = {p: i for i, p in enumerate(full_phrases())}
+    pix_cls = np.full(label.shape, -100, dtype=np.int64)
+    pix_cls[label == -1] = len(full)
+    for k, p in enumerate(phrases):
+        pix_cls[label == k] = full[p]
+    return pix_cls
+
+
 def prepare_one(args):
     seed, index, size, patch = args
     name, data, (w, h), objs, cap = world.make(seed, index, png_as_image=True)
@@ -58,24 +81,13 @@ def prepare_one(args):
     canvas = np.zeros((size, size, 3), dtype=np.uint8)
     canvas[geom["off_y"]:geom["off_y"] + geom["resized_h"], geom["off_x"]:geom["off_x"] + geom["resized_w"]] = u8
     g = size // patch
-    cover = np.stack([_cell_coverage(o["mask"], geom, size, patch) for o in objs])  # [n, g, g]
-    label = np.full((g, g), -2, dtype=np.int64)  # -2 ignore, -1 background, k object k
-    total = cover.sum(0)
-    label[total < 0.1] = -1
-    best = cover.argmax(0)
-    label[cover.max(0) >= 0.3] = best[cover.max(0) >= 0.3]
+    label = cell_labels([o["mask"] for o in objs], geom, size, patch)
     rng = np.random.default_rng([seed, index, 2])
     bg = _background_box(rng, objs, w, h)
     boxes = [o["box"] for o in objs] + ([bg] if bg else [])
     weights = np.array(pooling.weight_matrix(boxes, geom, patch, g), dtype=np.float32)
     light = [{k: o[k] for k in ("shape", "colour", "size", "phrase", "box", "cx", "cy")} for o in objs]
-    # the pixel-level class of every cell: index into full_phrases() + [background], -100 ignored
-    full = {p: i for i, p in enumerate(full_phrases())}
-    label = label.reshape(-1)
-    pix_cls = np.full(label.shape, -100, dtype=np.int64)
-    pix_cls[label == -1] = len(full)
-    for k, o in enumerate(objs):
-        pix_cls[label == k] = full[o["phrase"]]
+    pix_cls = cell_classes(label, [o["phrase"] for o in objs])
     return {"name": name, "width": w, "height": h, "caption": cap, "objects": light, "geom": geom,
             "canvas": canvas, "label": label, "pix_cls": pix_cls, "weights": weights, "has_bg": bg is not None}
 

@@ -56,16 +56,22 @@ def check_photo(seed, index):
     assert np.abs(fl["weights"][:n] - want_w).max() < 1e-5
 
     # cell labels: from the mirrored masks with the mirrored geometry, as prepare_one labels them
-    cover = np.stack([data._cell_coverage(m["mask"][:, ::-1], fl["geom"], SIZE, PATCH) for m in objs])
-    full = {p: i for i, p in enumerate(data.full_phrases())}
-    want = np.full((G, G), -100, dtype=np.int64)
-    want[cover.sum(0) < 0.1] = len(full)
-    best = cover.argmax(0)
-    for k, m in enumerate(objs):
-        want[(cover.max(0) >= 0.3) & (best == k)] = full[m["phrase"]]
-    agree = (want.reshape(-1) == fl["pix_cls"]).mean()
+    want = data.cell_classes(data.cell_labels([m["mask"][:, ::-1] for m in objs], fl["geom"], SIZE, PATCH),
+                             [m["phrase"] for m in objs])
+    agree = (want == fl["pix_cls"]).mean()
     # the mask's bilinear resize is not exactly mirror-symmetric at cell thresholds
     assert agree >= 0.97, "cell labels agree on %.2f only" % agree
+
+    # the network input the training uses (train.py --bf16 1), where torch is installed
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        torch = None
+    if torch is not None:
+        data.attach_bf16_pixels([it])
+        fl = data.hflip_item(it, SIZE, PATCH)
+        assert torch.equal(fl["px_bf16"], data.to_pixels_fast([fl])[0].to(torch.bfloat16)), \
+            "mirrored bf16 input differs from the mirrored canvas's"
 
     # caption: the mirrored world's reading order
     mobjs = [dict(m, cx=w - m["cx"]) for m in objs]
