@@ -32,12 +32,15 @@ import meaning  # noqa: E402
 TARGETS = {"recall@1": (">=", 0.8), "recall@5": (">=", 0.95), "region_top_iou50": (">=", 0.8),
            "binding_failure_rate": ("report", None)}
 # Measured through the server with the committed synth-umg (seed 1000, 200 photos; docs/synth.md):
-# recall@1 0.805, recall@5 1.000 in both modes; region_top_iou50 0.632 dense (0.695 with --refine) /
-# 0.021 crop; binding failures 0.250 / 0.917 (reported only).  Floors = measured minus ~0.05; the crop
-# mode's region figures are not asserted (near zero: a floor would assert nothing).
-FLOORS = {"dense": {"recall@1": 0.75, "recall@5": 0.95, "region_top_iou50": 0.58,
-                    "region_top_iou50 --refine": 0.64},
-          "crop": {"recall@1": 0.75, "recall@5": 0.95}}
+# recall@1 0.850, recall@5 0.995 in both modes; region_top_iou50 0.811 dense (0.863 with --refine) /
+# 0.021 crop; binding failures 0.021 / 0.542 (reported only).  Floors: the targets where the
+# figure clears them by several queries (recall@1, recall@5, dense --refine), else measured minus
+# ~0.05 (plain dense: 0.811 is one query above 0.8, and a one-query flip from last-bit differences
+# on another CPU must not turn CI red; the printed line still says whether the target is met).
+# The crop mode's region figures are not asserted (near zero: a floor would assert nothing).
+FLOORS = {"dense": {"recall@1": 0.80, "recall@5": 0.95, "region_top_iou50": 0.76,
+                    "region_top_iou50 --refine": 0.80},
+          "crop": {"recall@1": 0.80, "recall@5": 0.95}}
 
 
 def run(cmd, **kw):

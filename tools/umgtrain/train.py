@@ -76,6 +76,19 @@ def hard_negative_caption(objs, rng, drop=0.0):
     return world.caption(objs)
 
 
+def sincos_2d(d, grid):
+    """[grid*grid, d] fixed 2-D sine-cosine position codes (row-major cells): half the
+    channels code the row, half the column, each as sin/cos at d/4 frequencies."""
+    q = d // 4
+    omega = 1.0 / 10000 ** (torch.arange(q, dtype=torch.float32) / q)
+    pos = torch.arange(grid, dtype=torch.float32)
+    ang = pos[:, None] * omega[None]  # [grid, q]
+    code = torch.cat([ang.sin(), ang.cos()], 1)  # [grid, 2q]
+    rows = code[:, None, :].expand(grid, grid, 2 * q)
+    cols = code[None, :, :].expand(grid, grid, 2 * q)
+    return torch.cat([rows, cols], 2).reshape(grid * grid, 4 * q)
+
+
 def soft_targets(texts_rows, texts_cols):
     t = torch.tensor([[1.0 if a == b else 0.0 for b in texts_cols] for a in texts_rows])
     return t / t.sum(1, keepdim=True).clamp(min=1.0)
@@ -196,6 +209,13 @@ def main():
     ap.add_argument("--w-image", type=float, default=1.0, help="weight of the image-level losses")
     ap.add_argument("--w-region", type=float, default=2.0, help="weight of the region-level losses")
     ap.add_argument("--w-pixel", type=float, default=1.0, help="weight of the pixel-level loss")
+    ap.add_argument("--w-pixel-short", type=float, default=0.0,
+                    help="weight of a second pixel-level loss: object cells among the 48 colour+shape phrases")
+    ap.add_argument("--w-shape", type=float, default=0.0,
+                    help="weight of a shape loss: object boxes and object cells among the 6 shape words")
+    ap.add_argument("--pos-init", choices=["random", "sincos"], default="random",
+                    help="initial patch position embeddings: random (std 0.02) or 2-D sine-cosine (MAE)")
+    ap.add_argument("--pos-scale", type=float, default=0.5, help="amplitude of --pos-init sincos")
     ap.add_argument("--jitter", type=int, default=1,
                     help="1: region losses also on proposal-like boxes (data.proposal_like_boxes)")
     ap.add_argument("--proposals",
@@ -237,6 +257,11 @@ def main():
             sys.exit("--init %s: its config differs from the requested one" % a.init)
         model.load_state_dict(init.state_dict())
     grid = a.image_size // a.patch_size
+    if a.pos_init == "sincos" and not a.init:
+        with torch.no_grad():
+            pe = model.vision_model.embeddings.position_embedding.weight
+            pe[0].zero_()
+            pe[1:] = a.pos_scale * sincos_2d(a.vision_width, grid)
     toks = CompactTokens(model, tok, world_words())
 
     items = data.prepare_cached(a.cache, a.seed, a.count, a.image_size, a.patch_size, procs=a.procs)
@@ -251,12 +276,16 @@ def main():
 
     full = data.full_phrases()
     short = data.short_phrases()
-    vocab = full + short + [data.BACKGROUND]
+    shapes = list(world.SHAPES)
+    vocab = full + short + [data.BACKGROUND] + (shapes if a.w_shape > 0 else [])
     vocab_ids = [toks.encode(t) for t in vocab]
     full_index = {p: i for i, p in enumerate(full)}
     short_index = {p: i for i, p in enumerate(short)}
     n_full, n_short = len(full), len(short)
     bg_class = n_full  # in the pixel/region class list [full..., background]
+    # full phrase index -> its colour+shape phrase / its shape (-100: background, ignored)
+    full_to_short = torch.tensor([short_index[p.split(" ", 1)[1]] for p in full] + [-100])
+    full_to_shape = torch.tensor([shapes.index(p.split(" ")[2]) for p in full] + [-100])
     pix_weight = torch.ones(n_full + 1)
     pix_weight[bg_class] = 0.25  # objects are a minority of patches: weight them up
 
@@ -367,7 +396,8 @@ def main():
         # region level: pooled box vectors (pooling.py weights) vs phrases
         patches_n = F.normalize(patches, dim=-1)
         R = F.normalize(torch.cat([w @ pn for w, pn in zip(wmats, patches_n)]), dim=-1)
-        cls_full = torch.cat([voc_emb[:n_full], voc_emb[-1:]])  # full phrases + background
+        bg_row = n_full + n_short
+        cls_full = torch.cat([voc_emb[:n_full], voc_emb[bg_row:bg_row + 1]])  # full phrases + background
         cls_short = voc_emb[n_full:n_full + n_short]
         best_iou, best_full = iou_full.max(1)
         pos = best_iou >= 0.7  # a box of an object: its phrase
@@ -395,6 +425,20 @@ def main():
         loss_pix = F.cross_entropy(pix_logits, labels, weight=pix_weight, ignore_index=-100)
 
         loss = a.w_image * loss_img + a.w_region * loss_reg + a.w_pixel * loss_pix
+        if a.w_pixel_short > 0 or a.w_shape > 0:
+            obj_cells = labels.clamp(min=0)
+            cell_short = torch.where((labels >= 0) & (labels < n_full), full_to_short[obj_cells],
+                                     torch.full_like(labels, -100))
+            pn_flat = patches_n.reshape(-1, patches_n.shape[-1])
+        if a.w_pixel_short > 0:
+            loss = loss + a.w_pixel_short * F.cross_entropy(scale * pn_flat @ cls_short.t(), cell_short,
+                                                            ignore_index=-100)
+        if a.w_shape > 0:
+            cls_shape = voc_emb[bg_row + 1:]
+            cell_shape = torch.where(cell_short >= 0, full_to_shape[obj_cells], torch.full_like(labels, -100))
+            box_shape = full_to_shape[best_full[pos]]
+            loss = loss + a.w_shape * (F.cross_entropy(scale * pn_flat @ cls_shape.t(), cell_shape, ignore_index=-100)
+                                       + F.cross_entropy(scale * R[pos] @ cls_shape.t(), box_shape))
         prof.mark("losses (forward)")
         opt.zero_grad()
         loss.backward()
