@@ -13,7 +13,10 @@ Reports:
     photo (no proposals: those are the server's), scored by meaning.py: top-box
     IoU >= 0.5 rate and the attribute-binding failure rate;
   - pixel accuracy: patch tokens whose nearest phrase (full phrases + "background")
-    is the label of the cell;
+    is the label of the cell; object-cell accuracy: the same over the cells labelled
+    with an object only (the background cells, the majority, are easy);
+  - where the own-phrase misses are: the share of small / large objects whose region
+    vector's nearest full phrase names another shape;
   - with --proposals (a dump_proposals.py file of the same photos): text-to-region and
     binding over the server's proposal boxes, pooled here as `dense` mode pools them.
 """
@@ -96,12 +99,17 @@ def evaluate(model_dir, seed, count, procs=2, proposals=None):
     # region index: annotated boxes (+ one background box per photo), dense pooling
     reg_vecs, reg_meta = [], []
     own_full = own_short = n_obj = 0
+    n_size = {"small": 0, "large": 0}
+    shape_err = {"small": 0, "large": 0}
     for it, pn in zip(items, patches_n):
         r = F.normalize(torch.from_numpy(it["weights"]) @ pn, dim=-1)
         boxes = [o["box"] for o in it["objects"]]
         for k, o in enumerate(it["objects"]):
             n_obj += 1
-            own_full += full[int((r[k] @ full_e[:-1].t()).argmax())] == o["phrase"]
+            best = full[int((r[k] @ full_e[:-1].t()).argmax())]
+            own_full += best == o["phrase"]
+            n_size[o["size"]] += 1
+            shape_err[o["size"]] += best.split(" ")[2] != o["shape"]
             own_short += short[int((r[k] @ short_e.t()).argmax())] == "%s %s" % (o["colour"], o["shape"])
         if it["has_bg"]:
             boxes = boxes + [None]
@@ -125,7 +133,7 @@ def evaluate(model_dir, seed, count, procs=2, proposals=None):
     figures, failures = meaning.score(ann, results)
 
     # pixel accuracy over labelled cells
-    correct = total = 0
+    correct = total = obj_correct = obj_total = 0
     for it, pn in zip(items, patches_n):
         pred = (pn @ full_e.t()).argmax(1).numpy()
         lab = it["label"]
@@ -135,10 +143,16 @@ def evaluate(model_dir, seed, count, procs=2, proposals=None):
             want = len(full) if lab[cell] == -1 else full.index(it["objects"][lab[cell]]["phrase"])
             total += 1
             correct += pred[cell] == want
+            if lab[cell] >= 0:
+                obj_total += 1
+                obj_correct += pred[cell] == want
     figures.update({"photos": len(items), "objects": n_obj,
                     "region_own_phrase_top1_full": own_full / n_obj,
                     "region_own_phrase_top1_colour_shape": own_short / n_obj,
-                    "pixel_accuracy": correct / total})
+                    "region_own_phrase_shape_wrong_small": shape_err["small"] / max(1, n_size["small"]),
+                    "region_own_phrase_shape_wrong_large": shape_err["large"] / max(1, n_size["large"]),
+                    "pixel_accuracy": correct / total,
+                    "object_cell_accuracy": obj_correct / max(1, obj_total)})
     if proposals:
         with open(proposals) as f:
             props = json.load(f)
