@@ -27,7 +27,7 @@ import data  # noqa: E402
 import meaning  # noqa: E402
 from model import load_checkpoint  # noqa: E402
 from tokenizer import Tokenizer  # noqa: E402
-from validate import encode_texts  # noqa: E402
+from validate import encode_photos, encode_texts  # noqa: E402
 
 
 def main():
@@ -51,14 +51,8 @@ def main():
         with open(pf) as f:
             props = json.load(f)
         items = data.prepare(seed, a.count, size, patch, procs=2)
+        img, patches = encode_photos(model, items)
         with torch.no_grad():
-            embs, pats = [], []
-            for i in range(0, len(items), 32):
-                e, p = model.encode_image(data.to_pixels(items[i:i + 32]))
-                embs.append(e)
-                pats.append(p)
-            img = F.normalize(torch.cat(embs), dim=-1)
-            patches = F.normalize(torch.cat(pats), dim=-1)
             vecs, meta, photo_of = [], [], []
             for ii, (it, pn) in enumerate(zip(items, patches)):
                 boxes = [r["box"] for r in props[it["name"]]["regions"]]

@@ -45,6 +45,17 @@ def encode_texts(model, tok, texts, bs=256):
     return F.normalize(torch.cat(out), dim=-1)
 
 
+def encode_photos(model, items, bs=32):
+    """(image embeddings [N, P], patch tokens [N, G*G, P]) of prepared photos, L2-normalized."""
+    embs, pats = [], []
+    with torch.no_grad():
+        for i in range(0, len(items), bs):
+            e, p = model.encode_image(data.to_pixels(items[i:i + bs]))
+            embs.append(e)
+            pats.append(p)
+    return F.normalize(torch.cat(embs), dim=-1), F.normalize(torch.cat(pats), dim=-1)
+
+
 def proposal_figures(model, tok, items, patches_n, ann, props, patch, grid):
     """Text-to-region and binding over the server's own proposal boxes (a dump_proposals.py
     file), pooled in Python: what `umgdb serve --region-mode dense` computes."""
@@ -75,13 +86,7 @@ def evaluate(model_dir, seed, count, procs=2, proposals=None):
     tok = Tokenizer(os.path.join(model_dir, "vocab.json"), os.path.join(model_dir, "merges.txt"))
     items = data.prepare(seed, count, size, patch, procs=procs)
     with torch.no_grad():
-        embs, pats = [], []
-        for i in range(0, len(items), 32):
-            e, p = model.encode_image(data.to_pixels(items[i:i + 32]))
-            embs.append(e)
-            pats.append(p)
-        img = F.normalize(torch.cat(embs), dim=-1)
-        patches_n = F.normalize(torch.cat(pats), dim=-1)
+        img, patches_n = encode_photos(model, items)
         caps = [it["caption"] for it in items]
         cap = encode_texts(model, tok, caps)
         full, short = data.full_phrases(), data.short_phrases()
