@@ -286,6 +286,8 @@ def main():
     # full phrase index -> its colour+shape phrase / its shape (-100: background, ignored)
     full_to_short = torch.tensor([short_index[p.split(" ", 1)[1]] for p in full] + [-100])
     full_to_shape = torch.tensor([shapes.index(p.split(" ")[2]) for p in full] + [-100])
+    for i, p in enumerate(full):  # "size colour shape": the maps must name that colour and shape
+        assert short[full_to_short[i]] == " ".join(p.split(" ")[1:]) and shapes[full_to_shape[i]] in p.split(" ")
     pix_weight = torch.ones(n_full + 1)
     pix_weight[bg_class] = 0.25  # objects are a minority of patches: weight them up
 
