@@ -18,8 +18,13 @@ from preprocess import MEAN, STD, fit_pad_uint8  # noqa: E402
 BACKGROUND = "background"
 
 
+def full_phrase_parts():
+    """(size, colour, shape) of every full phrase, in full_phrases() order."""
+    return [(s, c, sh) for s in world.SIZES for c in world.COLOUR_NAMES for sh in world.SHAPES]
+
+
 def full_phrases():
-    return ["%s %s %s" % (s, c, sh) for s in world.SIZES for c in world.COLOUR_NAMES for sh in world.SHAPES]
+    return ["%s %s %s" % p for p in full_phrase_parts()]
 
 
 def short_phrases():

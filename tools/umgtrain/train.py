@@ -284,10 +284,9 @@ def main():
     n_full, n_short = len(full), len(short)
     bg_class = n_full  # in the pixel/region class list [full..., background]
     # full phrase index -> its colour+shape phrase / its shape (-100: background, ignored)
-    full_to_short = torch.tensor([short_index[p.split(" ", 1)[1]] for p in full] + [-100])
-    full_to_shape = torch.tensor([shapes.index(p.split(" ")[2]) for p in full] + [-100])
-    for i, p in enumerate(full):  # "size colour shape": the maps must name that colour and shape
-        assert short[full_to_short[i]] == " ".join(p.split(" ")[1:]) and shapes[full_to_shape[i]] in p.split(" ")
+    parts = data.full_phrase_parts()
+    full_to_short = torch.tensor([short_index["%s %s" % (c, sh)] for _, c, sh in parts] + [-100])
+    full_to_shape = torch.tensor([shapes.index(sh) for _, _, sh in parts] + [-100])
     pix_weight = torch.ones(n_full + 1)
     pix_weight[bg_class] = 0.25  # objects are a minority of patches: weight them up
 

@@ -89,7 +89,7 @@ def evaluate(model_dir, seed, count, procs=2, proposals=None):
         img, patches_n = encode_photos(model, items)
         caps = [it["caption"] for it in items]
         cap = encode_texts(model, tok, caps)
-        full, short = data.full_phrases(), data.short_phrases()
+        full, short, parts = data.full_phrases(), data.short_phrases(), data.full_phrase_parts()
         full_e = encode_texts(model, tok, full + [data.BACKGROUND])
         short_e = encode_texts(model, tok, short)
 
@@ -111,10 +111,10 @@ def evaluate(model_dir, seed, count, procs=2, proposals=None):
         boxes = [o["box"] for o in it["objects"]]
         for k, o in enumerate(it["objects"]):
             n_obj += 1
-            best = full[int((r[k] @ full_e[:-1].t()).argmax())]
-            own_full += best == o["phrase"]
+            best = int((r[k] @ full_e[:-1].t()).argmax())
+            own_full += full[best] == o["phrase"]
             n_size[o["size"]] += 1
-            shape_err[o["size"]] += best.split(" ")[2] != o["shape"]
+            shape_err[o["size"]] += parts[best][2] != o["shape"]
             own_short += short[int((r[k] @ short_e.t()).argmax())] == "%s %s" % (o["colour"], o["shape"])
         if it["has_bg"]:
             boxes = boxes + [None]
