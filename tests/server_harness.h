@@ -1,8 +1,7 @@
 /* server_harness.h - `umgdb serve` (tu_bin()) as a child process with
  * tests/fixtures/clip-tiny, for the tests that talk to a real server over real
  * sockets (test_server, test_regions_server).  Library umg_test_server: this
- * file, server_harness.c and the client (cli/client.c, compiled in here, so
- * the tests include client.h, not client.c).
+ * file and server_harness.c, linked with the client library (client/).
  *
  * Like test_util, the helpers that can fail a test do it with cmocka's
  * fail_msg/assert_*, so they are called from inside a test.
@@ -23,7 +22,7 @@
 #include <stdint.h>
 #include <sys/types.h>
 
-#include "../cli/client.h"
+#include "client.h"
 
 /* Per-call timeout of the waits: generous, ASan builds are slow. */
 #define TS_T_MS 30000
