@@ -227,6 +227,12 @@ int cmd_serve(int argc, char **argv)
         } else if (!strcmp(a, "--checkpoint-interval")) {
             if (parse_int(a, v, 0, 86400 * 365, &x)) return 2;
             c.checkpoint_interval_s = (int)x;
+        } else if (!strcmp(a, "--test-text-pass-ms")) { /* test hooks: not in --help */
+            if (parse_int(a, v, 0, 60000, &x)) return 2;
+            c.test_text_pass_ms = (int)x;
+        } else if (!strcmp(a, "--test-hold-build-ms")) {
+            if (parse_int(a, v, 0, 600000, &x)) return 2;
+            c.test_hold_build_ms = (int)x;
         } else {
             fprintf(stderr, "umgdb serve: unknown option '%s'\n", a);
             usage(stderr);

@@ -238,7 +238,7 @@ static void job_finish(srv_job *job)
     c->inflight_bytes -= job->frame_bytes;
     s->jobs_inflight--;
     proto_request_free(job->req);
-    srv_ingest_free(job->ing);
+    eng_ingest_free(job->ing);
     msgpack_sbuffer_destroy(&job->resp);
     free(job);
     conn_maybe_resume(c);
@@ -394,7 +394,7 @@ static void *encoder_main(void *arg)
             }
             continue;
         }
-        srv_encode_batch(s, s->enc_run, batch, n, s->enc_scratch);
+        srv_encode_batch(s, batch, n);
         for (int i = 0; i < n; i++) srv_job_done_async(s, batch[i]);
         /* the collection may have reached the approximate threshold: build in the background */
         if (db_build_pending(s->db)) srv_checkpoint_kick(s);
@@ -445,7 +445,7 @@ static void *checkpoint_main(void *arg)
         pthread_mutex_unlock(&s->ck_mu);
         int build = db_build_pending(s->db);
         if (build && s->test_hold_build_ms > 0) {
-            /* test hook (UMG_TEST_HOLD_BUILD_MS): hold a due build this long, so that
+            /* test hook (--test-hold-build-ms): hold a due build this long, so that
              * integration tests can observe the state before it deterministically */
             struct timespec dl;
             clock_gettime(CLOCK_MONOTONIC, &dl);
@@ -968,10 +968,10 @@ int server_run(const server_config *cfg)
     /* 2. model and data */
     if (!getenv("UV_THREADPOOL_SIZE")) {
         char v[16];
-        /* + SRV_TEXT_BATCH per text lane: text queries wait on the pool for a
+        /* + ENG_TEXT_BATCH per text lane: text queries wait on the pool for a
          * lane (asleep); that many waiting make a full batch on every lane */
         int lanes = srv_text_lanes(cfg);
-        int pool = (cfg->threads + 2 > 4 ? cfg->threads + 2 : 4) + SRV_TEXT_BATCH * (lanes < 8 ? lanes : 8);
+        int pool = (cfg->threads + 2 > 4 ? cfg->threads + 2 : 4) + ENG_TEXT_BATCH * (lanes < 8 ? lanes : 8);
         snprintf(v, sizeof v, "%d", pool);
         setenv("UV_THREADPOOL_SIZE", v, 1);
     }
@@ -1000,12 +1000,6 @@ int server_run(const server_config *cfg)
     if ((rc = db_open(cfg->data_dir, &o, &s->db))) goto out;
     if ((rc = resolve_region_mode(s))) goto out;
     if ((rc = srv_ops_init(s))) goto out;
-    if ((rc = enc_run_create(s->model, s->cfg.batch, &s->enc_run))) goto out;
-    s->enc_scratch = malloc(srv_encode_scratch_size(s));
-    if (!s->enc_scratch) {
-        rc = umg_err_set(UMG_ENOMEM, "out of memory for the encoder's batch buffers");
-        goto out;
-    }
     srv_register_handlers();
 
     /* 3. loop and listeners */
@@ -1064,10 +1058,9 @@ int server_run(const server_config *cfg)
             rc = umg_err_set(UMG_EINTERNAL, "cannot start the stage-1 threads");
             goto out;
         }
-    const char *hold = getenv("UMG_TEST_HOLD_BUILD_MS");
-    if (hold && atoi(hold) > 0) {
-        s->test_hold_build_ms = atoi(hold);
-        srv_log(s, SRV_LOG_WARN, "UMG_TEST_HOLD_BUILD_MS: the first due index build waits %d ms (a test hook)",
+    if (cfg->test_hold_build_ms > 0) {
+        s->test_hold_build_ms = cfg->test_hold_build_ms;
+        srv_log(s, SRV_LOG_WARN, "--test-hold-build-ms: the first due index build waits %d ms (a test hook)",
                 s->test_hold_build_ms);
     }
     if (pthread_create(&s->ck_thread, NULL, checkpoint_main, s)) {
@@ -1093,7 +1086,7 @@ int server_run(const server_config *cfg)
                 "umgdb %s serving %s (model %s, dim %d, %llu images, %llu regions, region mode %s, text lanes %d, "
                 "auth %s, path ingest %s)",
                 UMG_VERSION, where, enc_model_name(s->model), s->dim, (unsigned long long)st.images,
-                (unsigned long long)st.regions, srv_region_mode_name(s->region_mode), s->text.n_lanes,
+                (unsigned long long)st.regions, srv_region_mode_name(s->region_mode), srv_text_lanes(&s->cfg),
                 s->cfg.token || s->cfg.require_auth ? "required" : "off",
                 s->n_roots ? "on" : "off");
     }
@@ -1170,8 +1163,6 @@ out:
         db_close(s->db);
     }
     srv_ops_fini(s);
-    enc_run_close(s->enc_run);
-    free(s->enc_scratch);
     enc_model_close(s->model);
     for (int i = 0; i < s->n_roots; i++) free(s->roots[i]);
     pthread_mutex_destroy(&s->q_mu);

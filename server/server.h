@@ -73,6 +73,10 @@ typedef struct server_config {
     int precision;                 /* enum enc_precision of the encoder's products (fp32 default) */
     int checkpoint_interval_s;     /* background checkpoint when something was written, this often;
                                       0 = none (index builds still run in the background) */
+    /* test hooks (set only by serve's --test-* flags, which tests use): */
+    int test_text_pass_ms;         /* every text pass lasts at least this long, so that passes
+                                      overlap deterministically; 0 = off */
+    int test_hold_build_ms;        /* the first due index build waits this long; 0 = off */
 } server_config;
 
 void server_config_default(server_config *c);

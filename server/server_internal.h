@@ -1,5 +1,9 @@
 /* server_internal.h - structures shared by server.c (loop, sockets, jobs,
- * encoder thread) and server_ops.c (what each operation does). */
+ * encoder thread) and server_ops.c (the operations' handlers, translating
+ * requests to the engine and its results to responses).  Calls go one way:
+ * server.c calls srv_ops_* and the handlers through the protocol's table;
+ * server_ops.c calls back only the job and queue functions listed under
+ * "server.c" below. */
 #ifndef UMG_SERVER_INTERNAL_H
 #define UMG_SERVER_INTERNAL_H
 
@@ -11,8 +15,10 @@
 
 #include "db.h"
 #include "enc.h"
-#include "enc_regions.h"
+#include "engine.h"
+#include "ingest.h"
 #include "proto.h"
+#include "search.h"
 #include "server.h"
 
 typedef struct srv srv;
@@ -49,8 +55,6 @@ struct srv_conn {
     char rbuf[65536];
 };
 
-typedef struct srv_ingest srv_ingest;
-
 /* One request being served. */
 struct srv_job {
     srv *s;
@@ -67,33 +71,10 @@ struct srv_job {
     int handed_off;               /* ingest: passed to the encoder thread by the worker */
     int after_work_done;          /* loop thread: the threadpool part is over */
     int encoder_done;             /* loop thread: the encoder's answer arrived */
-    srv_ingest *ing;
+    eng_ingest *ing;              /* ingest: the engine's photo, from the threadpool part on */
     srv_job *next;                /* encoder queue / done list link */
 };
 
-/* Run states for query encodes (text, query_image), shared by threadpool
- * workers. */
-typedef struct srv_run_pool {
-    pthread_mutex_t mu;
-    pthread_cond_t cv;
-    enc_run **runs;
-    float **patches;              /* a G*G*D buffer per run */
-    int *busy;
-    int n;
-} srv_run_pool;
-
-/* Text queries' encodes, combined, on "lanes": up to n_lanes batches are
- * encoded at once, each on its own run state.  A worker whose query waits
- * takes a free lane and every waiting query (up to SRV_TEXT_BATCH, shared out
- * when other lanes are free too) into one packed pass, so concurrent queries
- * share one stream of the weights; a lone query is encoded at once unless
- * --text-batch-wait asks to linger for company.  With several lanes a pass
- * that starts while another lane is busy keeps its products on its own
- * thread(s) (enc_run_set_threads: threads / lanes), so that the lanes use the
- * cores side by side; a pass that starts alone uses every thread, as one
- * lane does. */
-#define SRV_TEXT_BATCH 16
-typedef struct srv_text_req srv_text_req;
 /* The text lanes a server with this configuration runs (--text-lanes, default
  * --threads, at most SRV_MAX_TEXT_LANES). */
 static inline int srv_text_lanes(const server_config *cfg)
@@ -101,27 +82,6 @@ static inline int srv_text_lanes(const server_config *cfg)
     int lanes = cfg->text_lanes > 0 ? cfg->text_lanes : cfg->threads;
     return lanes < 1 ? 1 : lanes > SRV_MAX_TEXT_LANES ? SRV_MAX_TEXT_LANES : lanes;
 }
-
-typedef struct srv_text_lane {
-    enc_run *run;                 /* max_batch = SRV_TEXT_BATCH */
-    float *embeds;                /* [SRV_TEXT_BATCH, dim] */
-    int busy;                     /* a worker is encoding a batch on it (or lingering) */
-    uint64_t batches, texts;      /* counts, for stats and tests */
-} srv_text_lane;
-typedef struct srv_text_batcher {
-    pthread_mutex_t mu;
-    pthread_cond_t linger_cv;     /* lingering workers count arrivals on it */
-    srv_text_lane *lanes;
-    int n_lanes, free_lanes;
-    int lingering;                /* workers in the --text-batch-wait linger */
-    srv_text_req *head, *tail;    /* waiting, oldest first */
-    int waiting;                  /* requests in head..tail */
-    int inited;
-    uint64_t batches, texts;      /* counts over all lanes, for the log and tests */
-    int per_lane_threads;         /* a lane's thread cap while another lane is busy (0 = none) */
-    int test_pass_ms;             /* env UMG_TEST_TEXT_PASS_MS: every pass lasts at least this long
-                                     (tests only: passes overlap deterministically) */
-} srv_text_batcher;
 
 struct srv {
     server_config cfg;
@@ -143,19 +103,14 @@ struct srv {
     int jobs_inflight;
 
     enc_model *model;
-    enc_preproc pad;              /* the model's preprocessing with ENC_FIT_PAD */
     int region_mode;              /* enum srv_region_mode, resolved: DENSE or CROP */
-    float norm_lut[3][256];       /* 8-bit value -> normalized input, as enc_preprocess computes it */
-    int dim, grid, image_size, patch_size;
+    int dim;
     db_t *db;
-    srv_run_pool runs;
-    srv_text_batcher text;
+    eng *eng;                     /* what the operations do (engine/), over model and db */
 
     /* encoder thread */
     pthread_t enc_thread;
     int enc_started;
-    enc_run *enc_run;             /* the encoder thread's, max_batch = cfg.batch */
-    void *enc_scratch;            /* srv_encode_scratch_size bytes */
     proto_limits limits;
     pthread_mutex_t q_mu;
     pthread_cond_t q_cv;
@@ -170,7 +125,6 @@ struct srv {
     srv_job *s1_head, *s1_tail;
     int s1_stop;
     pthread_cond_t s1_cv;
-    uint64_t ingested, ingest_batches;
 
     /* checkpoint thread: periodic checkpoints after writes, and index builds
      * (exact -> approximate, retraining on growth) off the shutdown path */
@@ -181,7 +135,7 @@ struct srv {
     int ck_stop, ck_kick, ck_busy;
     int ck_hold;                  /* a checkpoint failed: ignore kicks until the next interval */
     uint64_t ck_done, ck_builds;  /* background checkpoints finished; of them, with an index build */
-    int test_hold_build_ms;       /* env UMG_TEST_HOLD_BUILD_MS: the first due build waits this long
+    int test_hold_build_ms;       /* cfg.test_hold_build_ms: the first due build waits this long
                                      (tests only; read by the checkpoint thread) */
 
     char *hello_result;           /* msgpack of the hello/ping result map, packed once */
@@ -207,7 +161,7 @@ void srv_job_done_async(srv *s, srv_job *job);
 void srv_after_work(uv_work_t *w, int status);
 
 /* server_ops.c */
-int srv_ops_init(srv *s);        /* model-dependent state: hello result, run pool */
+int srv_ops_init(srv *s);        /* the engine over s->model and s->db, the hello result */
 void srv_ops_fini(srv *s);
 void srv_register_handlers(void);
 /* Answer job with an error (on any thread). */
@@ -216,8 +170,6 @@ void srv_job_error(srv_job *job, int code, const char *msg);
  * answer the error). */
 void srv_stage1_run(srv_job *job);
 /* Encoder thread: encode a batch of ingest jobs, store them, fill each resp. */
-void srv_encode_batch(srv *s, enc_run *run, srv_job **jobs, int n, void *scratch);
-size_t srv_encode_scratch_size(const srv *s);
-void srv_ingest_free(srv_ingest *ing);
+void srv_encode_batch(srv *s, srv_job **jobs, int n);
 
 #endif

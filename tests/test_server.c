@@ -681,7 +681,7 @@ static void test_batched_text_queries(void **state)
 }
 
 /* Text lanes: with --text-lanes 2 two text-tower passes run at once (the test
- * hook UMG_TEST_TEXT_PASS_MS makes each pass last 200 ms, so a pipelined burst
+ * hook --test-text-pass-ms makes each pass last 200 ms, so a pipelined burst
  * finds the first lane busy and takes the second); stats text_queries.lanes
  * counts each lane's texts.  The answers equal those of the same burst through
  * one lane (same hits, same scores up to the float rounding of other batch
@@ -729,10 +729,8 @@ static void test_text_lanes(void **state)
 {
     ts_server s;
     ts_make_tmp(&s, "umg-srv-");
-    assert_int_equal(setenv("UMG_TEST_TEXT_PASS_MS", "200", 1), 0);
-    const char *two[] = {"--threads", "2", "--text-lanes", "2", NULL};
+    const char *two[] = {"--threads", "2", "--text-lanes", "2", "--test-text-pass-ms", "200", NULL};
     ts_start_ok(&s, two);
-    unsetenv("UMG_TEST_TEXT_PASS_MS");
     umg_client *c = ts_conn(&s);
     ingest_bytes(c, IMG("chelsea.png"), "chelsea.png", NULL, NULL, NULL);
     ingest_bytes(c, IMG("rocket.jpg"), "rocket.jpg", NULL, NULL, NULL);
@@ -1521,7 +1519,7 @@ static double mono_now(void)
  * it in, catching up the ingest made meanwhile from the log.
  *
  * The second start holds its due build for HOLD_MS (the server's test hook
- * UMG_TEST_HOLD_BUILD_MS), so the exact phase is observed deterministically:
+ * --test-hold-build-ms), so the exact phase is observed deterministically:
  * its requests are done ~0.05 s after the first stats in Release, ~0.6 s
  * under ASan.  Should it still take longer than the hold (an overloaded
  * machine), the test says so rather than failing obscurely. */
@@ -1581,9 +1579,9 @@ static void test_open_without_snapshot(void **state)
     fclose(lf);
 
     double t0 = mono_now();
-    assert_int_equal(setenv("UMG_TEST_HOLD_BUILD_MS", HOLD_MS, 1), 0);
-    ts_start_ok(&s, extra);
-    unsetenv("UMG_TEST_HOLD_BUILD_MS");
+    const char *held[] = {"--regions", "0", "--approx-threshold", "256", "--image-index", OPEN_FACTORY,
+                          "--checkpoint-interval", "0", "--batch", "16", "--test-hold-build-ms", HOLD_MS, NULL};
+    ts_start_ok(&s, held);
     c = ts_conn(&s);
     /* An open that trained before serving (the old behaviour) fails here: its
      * first stats shows OPEN_FACTORY with no background build done or running

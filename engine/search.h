@@ -1,0 +1,92 @@
+/* search.h - queries: a text, an image or a box in an image in; ranked hits
+ * with boxes, scores and heatmaps out (engine.h, docs/protocol.md "query").
+ *
+ * A query vector comes from eng_text_vector or eng_image_vector; eng_search
+ * then searches the image or region index with it, over-fetching so that
+ * filters and the per-photo suppression of overlapping boxes still leave k
+ * hits, and optionally re-ranks region hits by the text's heatmap ("refine").
+ * All thread-safe. */
+#ifndef UMG_ENGINE_SEARCH_H
+#define UMG_ENGINE_SEARCH_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "engine.h"
+#include "ingest.h"
+
+enum eng_granularity {
+    ENG_GRAN_IMAGE = 0,   /* best photos */
+    ENG_GRAN_REGION = 1,  /* best boxes, at most one of overlapping boxes per photo */
+    ENG_GRAN_PIXEL = 2    /* best photos, each with the query's heatmap over its patch grid */
+};
+
+#define ENG_REGION_NMS_IOU 0.5f  /* region hits of one photo overlapping more than this: the best kept */
+#define ENG_MAX_FETCH 10000      /* most candidates one query takes from an index */
+
+typedef struct eng_filters {
+    eng_str path_prefix;     /* ptr NULL: any path (an empty prefix still counts as a filter
+                                for the over-fetch) */
+    const eng_str *tags;     /* every one of n_tags must be among the photo's tags */
+    int n_tags;
+    int has_min_score;
+    double min_score;        /* hits scoring below it are dropped */
+} eng_filters;
+
+typedef struct eng_search_req {
+    const float *query;      /* dim floats, any norm (normalized here) */
+    int k;                   /* hits wanted, >= 1 */
+    int granularity;         /* enum eng_granularity */
+    int refine;              /* region granularity only: re-rank each photo's boxes by
+                                the query's heatmap (docs/regions.md, "Pixel-level refinement") */
+    uint64_t exclude_image;  /* this photo never appears (a query by a stored image); 0 = none */
+    eng_filters filters;
+} eng_search_req;
+
+typedef struct eng_hit {
+    uint64_t image_id;
+    char *path;              /* the photo's stored path */
+    uint32_t width, height;  /* the photo's size in pixels (after EXIF orientation) */
+    float score;             /* cosine similarity */
+    int has_box;             /* region granularity */
+    uint64_t region_id;
+    float box[4];            /* x, y, w, h in the photo's pixels */
+    int has_refined;
+    float refined;           /* refine: score + the heatmap's agreement, the rank key */
+    float *heat;             /* pixel granularity: grid*grid cosines, row-major; NULL when
+                                the photo has no patch tokens */
+    float extent[4];         /* where the whole grid lies in the photo's pixels [x, y, w, h]
+                                (beyond the photo where the input was padded) */
+} eng_hit;
+
+typedef struct eng_hits {
+    eng_hit *hits;           /* n of them, best first; owned (eng_hits_free) */
+    int n;
+    int grid;                /* cells per side of every heat */
+} eng_hits;
+
+/* Search.  *out is filled (and must be freed) on success only. */
+int eng_search(eng *e, const eng_search_req *req, eng_hits *out);
+void eng_hits_free(eng_hits *h); /* NULL-safe; leaves it empty */
+
+/* The text's vector (dim floats): tokenized here, encoded batched with other
+ * text queries on the text lanes (text_lanes.h). */
+int eng_text_vector(eng *e, const char *text, size_t len, float *vec);
+
+typedef struct eng_image_query {
+    int by_id;               /* 1: the stored image image_id; 0: the photo in data */
+    uint64_t image_id;
+    const uint8_t *data;     /* encoded photo (by_id == 0) */
+    size_t len;
+    int has_box;
+    float box[4];            /* a box in that photo's pixels: the query is that region */
+} eng_image_query;
+
+/* The query vector of an image or of a box in it (dim floats); *exclude gets
+ * the image id a search by it should leave out (the stored image itself
+ * when queried whole), else 0.  UMG_ENOENT (no such image), UMG_EINVAL (box
+ * outside the photo), UMG_EUNSUPPORTED (a box on a stored image in crop mode
+ * or without patch tokens), or the decoder's errors. */
+int eng_image_vector(eng *e, const eng_image_query *q, float *vec, uint64_t *exclude);
+
+#endif
