@@ -491,3 +491,33 @@ def test_broken_answers_are_connection_errors(reply, what):
         c.stats()
     assert what in e.value.message and c.closed
     fake.close()
+
+
+def test_pipeline_larger_than_the_socket_buffers(client, collection):
+    """Tens of megabytes of requests queued at once, with tens of megabytes of
+    answers: the server stops reading a connection whose answers are not taken
+    (docs/server.md, backpressure), so a client that sent everything before
+    reading would wait for ever once the kernel's buffers are full. This one
+    reads while it sends (umgdb/_wire.py)."""
+    conn = client._conn
+    text = ("a red circle and a blue square " * 140)[:4096]
+    # Large requests with small answers (24 KB of filters that no photo passes) ...
+    heavy = {"text": text, "k": 1000, "filters": {"path_prefix": "/" + "p" * 4095,
+                                                  "tags": ["%02d" % i + "t" * 254 for i in range(64)]}}
+    # ... between small requests with large answers (every region, ~34 KB).
+    wide = {"text": text, "granularity": "region", "k": 1000}
+    n = 800
+    t = time.monotonic()
+    ids = []
+    for _ in range(n):
+        ids.append(conn.queue("query", heavy))
+        ids.append(conn.queue("query", wide))
+    answers = [conn.wait(rid, 120) for rid in ids]
+    assert all(a["ok"] for a in answers)
+    assert all(a["result"]["hits"] == [] for a in answers[0::2])
+    assert len({len(a["result"]["hits"]) for a in answers[1::2]}) == 1
+    sent = n * (len(msgpack.packb(heavy)) + len(msgpack.packb(wide)))
+    got = sum(len(msgpack.packb(a)) for a in answers)
+    assert sent > 16 << 20 and got > 16 << 20, "too small to fill the buffers"
+    print("pipeline: %d requests, %.1f MB sent, %.1f MB of answers, %.1f s" % (2 * n, sent / 1e6, got / 1e6,
+                                                                             time.monotonic() - t))

@@ -25,6 +25,9 @@ DEFAULT_ADDRESS = "127.0.0.1:7431"
 DEFAULT_MAX_FRAME = 64 << 20
 _READ_CHUNK = 256 << 10
 _LEN = struct.Struct(">I")
+# No SIGPIPE when the server has closed (Linux; Python ignores SIGPIPE anyway
+# unless an embedding program restored it).
+_SEND_FLAGS = getattr(socket, "MSG_NOSIGNAL", 0)
 
 
 def parse_address(addr):
@@ -82,7 +85,8 @@ class Connection:
         self.addr = addr
         self.max_frame = max_frame
         self._sock = _connect(addr, connect_timeout)
-        self._out = bytearray()
+        self._out = bytearray()     # requests queued; bytes before _out_pos are sent
+        self._out_pos = 0
         self._in = bytearray()
         self._next_id = 1
         self._answers = {}          # id -> answer map, received and not yet taken
@@ -115,6 +119,9 @@ class Connection:
 
     def _break(self, why):
         if self._broken is None:
+            if self._last_orphan is not None:
+                # The server closes after some errors (too_large, busy): name it.
+                why += " after the error %s: %s" % (self._last_orphan.get("code"), self._last_orphan.get("message"))
             self._broken = UmgdbConnectionError("connection to %s: %s" % (self.addr, why))
         if self._sock is not None:
             self._sock.close()
@@ -139,6 +146,11 @@ class Connection:
             raise TooLargeError("%s: the request is %d bytes, over the frame limit of %d bytes (max_frame)"
                                 % (op, len(body), self.max_frame), code="too_large")
         self._next_id += 1
+        if self._out_pos and self._out_pos >= len(self._out) // 2:
+            # Drop the sent head now and then (amortised), so that a pipeline that
+            # never drains the buffer completely does not keep every sent request.
+            del self._out[:self._out_pos]
+            self._out_pos = 0
         self._out += _LEN.pack(len(body))
         self._out += body
         self._waiting.add(rid)
@@ -219,36 +231,45 @@ class Connection:
 
     def _send_some(self):
         try:
-            n = self._sock.send(self._out)
+            # From an offset, not by deleting the sent head each time: a 64 MiB
+            # request would otherwise be moved in memory once per send.
+            with memoryview(self._out) as view:
+                n = self._sock.send(view[self._out_pos:], _SEND_FLAGS)
         except (BlockingIOError, InterruptedError):
             return
         except OSError as e:
             # The server may have closed after an error frame (too_large, busy):
             # keep what it said, so that the caller gets that error.
-            self._recv_some()
-            self._break("sending failed: %s" % (e.strerror or e))
+            while self._recv_some():
+                pass
+            if e.errno in (errno.ECONNRESET, errno.EPIPE):
+                self._break("the server closed the connection (%s)" % e.strerror)
+            else:
+                self._break("sending failed: %s" % (e.strerror or e))
             return
-        del self._out[:n]
+        self._out_pos += n
+        if self._out_pos == len(self._out):
+            self._out.clear()
+            self._out_pos = 0
 
     def _recv_some(self):
+        """Read once; True if bytes came (and the connection is still up)."""
         try:
             data = self._sock.recv(_READ_CHUNK)
         except (BlockingIOError, InterruptedError):
-            return
+            return False
         except OSError as e:
             if e.errno in (errno.ECONNRESET, errno.EPIPE):
                 data = b""
             else:
                 self._break("receiving failed: %s" % (e.strerror or e))
-                return
+                return False
         if not data:
-            last = ""
-            if self._last_orphan is not None:
-                last = " after the error %s: %s" % (self._last_orphan.get("code"), self._last_orphan.get("message"))
-            self._break("the server closed the connection%s" % last)
-            return
+            self._break("the server closed the connection")
+            return False
         self._in += data
         self._parse_frames()
+        return self._sock is not None
 
     def _parse_frames(self):
         buf = self._in
