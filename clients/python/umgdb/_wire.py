@@ -8,7 +8,6 @@ taken (backpressure, docs/server.md) can never deadlock a pipelining client.
 """
 
 import errno
-import os
 import select
 import socket
 import struct
