@@ -521,3 +521,14 @@ def test_pipeline_larger_than_the_socket_buffers(client, collection):
     assert sent > 16 << 20 and got > 16 << 20, "too small to fill the buffers"
     print("pipeline: %d requests, %.1f MB sent, %.1f MB of answers, %.1f s" % (2 * n, sent / 1e6, got / 1e6,
                                                                              time.monotonic() - t))
+
+
+def test_results_keep_what_a_newer_server_adds():
+    h = umgdb.Hit.from_wire({"image_id": 3, "path": "a.jpg", "score": 0.5, "box": [1, 2, 3, 4], "region_id": 9,
+                             "colour": "red"})
+    assert (h.image_id, h.path, h.score, h.box, h.region_id) == (3, "a.jpg", 0.5, umgdb.Box(1.0, 2.0, 3.0, 4.0), 9)
+    assert h.heatmap is None and h.refined is None and h.extra == {"colour": "red"}
+    r = umgdb.IngestResult.from_wire({"image_id": 1, "regions": 2, "duplicate": False}, path="x.jpg")
+    assert r.replaced is False and r.path == "x.jpg" and r.extra == {}
+    with pytest.raises(ValueError):
+        umgdb.Hit.from_wire([1, 2])

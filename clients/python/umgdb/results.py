@@ -5,7 +5,7 @@ adds are kept in ``extra`` (the protocol says clients ignore unknown keys: here
 they are ignored but not lost).
 """
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, Dict, List, NamedTuple, Optional
 
 
@@ -25,15 +25,30 @@ class Box(NamedTuple):
         return cls(float(x), float(y), float(w), float(h))
 
 
-def _split(d, known):
-    """(the known fields of a result map, the rest)."""
-    if not isinstance(d, dict):
-        raise ValueError("expected a map in the server's answer, got %r" % type(d).__name__)
-    return {k: d.get(k) for k in known}, {k: v for k, v in d.items() if k not in known}
+class _Wire:
+    """from_wire for the dataclasses below: each field from the answer map's key
+    of the same name (None when absent), through _CONVERT[name] if there is one;
+    the keys no field names go to ``extra``. ``local`` gives fields that do not
+    come from the server."""
+
+    _CONVERT = {}
+
+    @classmethod
+    def from_wire(cls, d, **local):
+        if d is None:
+            return None
+        if not isinstance(d, dict):
+            raise ValueError("expected a map in the server's answer, got %r" % type(d).__name__)
+        known = [f.name for f in fields(cls) if f.name != "extra" and f.name not in local]
+        k = {name: d.get(name) for name in known}
+        for name, convert in cls._CONVERT.items():
+            k[name] = convert(k[name])
+        extra = {key: v for key, v in d.items() if key not in k}
+        return cls(**k, **local, extra=extra)
 
 
 @dataclass
-class ServerInfo:
+class ServerInfo(_Wire):
     """The answer to ``hello`` / ``ping``."""
 
     protocol: int
@@ -46,16 +61,9 @@ class ServerInfo:
     auth_required: bool
     extra: Dict[str, Any] = field(default_factory=dict)
 
-    _KNOWN = ("protocol", "server", "model", "dim", "grid", "region_mode", "precision", "auth_required")
-
-    @classmethod
-    def from_wire(cls, d):
-        k, extra = _split(d, cls._KNOWN)
-        return cls(extra=extra, **k)
-
 
 @dataclass
-class Heatmap:
+class Heatmap(_Wire):
     """Where in a photo the text matches: ``grid`` x ``grid`` cosines, row-major,
     the whole grid lying over ``extent`` in original pixels (beyond the photo on
     the padded sides)."""
@@ -63,6 +71,9 @@ class Heatmap:
     grid: int
     values: List[float]
     extent: Box
+    extra: Dict[str, Any] = field(default_factory=dict)
+
+    _CONVERT = {"values": lambda v: list(v or []), "extent": Box.from_wire}
 
     def rows(self):
         """The values as ``grid`` rows of ``grid`` values."""
@@ -74,15 +85,9 @@ class Heatmap:
         cw, ch = self.extent.w / self.grid, self.extent.h / self.grid
         return Box(self.extent.x + col * cw, self.extent.y + row * ch, cw, ch)
 
-    @classmethod
-    def from_wire(cls, d):
-        if d is None:
-            return None
-        return cls(grid=d["grid"], values=list(d["values"]), extent=Box.from_wire(d["extent"]))
-
 
 @dataclass
-class Hit:
+class Hit(_Wire):
     """One answer of ``query`` / ``query_image``, best first.
 
     ``box`` and ``region_id``: granularity ``"region"``; ``refined``: region
@@ -97,23 +102,17 @@ class Hit:
     heatmap: Optional[Heatmap] = None
     extra: Dict[str, Any] = field(default_factory=dict)
 
-    _KNOWN = ("image_id", "path", "score", "box", "region_id", "refined", "heatmap")
+    _CONVERT = {"box": Box.from_wire, "heatmap": Heatmap.from_wire}
+
 
     @property
     def name(self):
         """The stored path: the ``name`` given with the bytes at ingest, or the path."""
         return self.path
 
-    @classmethod
-    def from_wire(cls, d):
-        k, extra = _split(d, cls._KNOWN)
-        k["box"] = Box.from_wire(k["box"])
-        k["heatmap"] = Heatmap.from_wire(k["heatmap"])
-        return cls(extra=extra, **k)
-
 
 @dataclass
-class Region:
+class Region(_Wire):
     """A stored region of an image (``get``)."""
 
     region_id: int
@@ -122,17 +121,11 @@ class Region:
     score: Optional[float] = None
     extra: Dict[str, Any] = field(default_factory=dict)
 
-    _KNOWN = ("region_id", "box", "method", "score")
-
-    @classmethod
-    def from_wire(cls, d):
-        k, extra = _split(d, cls._KNOWN)
-        k["box"] = Box.from_wire(k["box"])
-        return cls(extra=extra, **k)
+    _CONVERT = {"box": Box.from_wire}
 
 
 @dataclass
-class Image:
+class Image(_Wire):
     """A stored image record with its regions (``get``)."""
 
     image_id: int
@@ -147,22 +140,16 @@ class Image:
     regions: List[Region]
     extra: Dict[str, Any] = field(default_factory=dict)
 
-    _KNOWN = ("image_id", "path", "width", "height", "bytes", "sha256", "mtime", "ingest_time", "tags", "regions")
+    _CONVERT = {"tags": lambda v: list(v or []), "regions": lambda v: [Region.from_wire(r) for r in v or []]}
+
 
     @property
     def name(self):
         return self.path
 
-    @classmethod
-    def from_wire(cls, d):
-        k, extra = _split(d, cls._KNOWN)
-        k["tags"] = list(k["tags"] or [])
-        k["regions"] = [Region.from_wire(r) for r in (k["regions"] or [])]
-        return cls(extra=extra, **k)
-
 
 @dataclass
-class IngestResult:
+class IngestResult(_Wire):
     """The answer to ``ingest``. ``duplicate``: this content was already stored
     at this path, nothing was done; ``replaced``: another content at this path was
     replaced (its old image id is gone)."""
@@ -171,34 +158,21 @@ class IngestResult:
     regions: int
     duplicate: bool
     replaced: bool = False
-    path: Optional[str] = None   # the stored path this client sent (name, or the path)
+    path: Optional[str] = None   # the stored path this client sent (name, or the path): local
     extra: Dict[str, Any] = field(default_factory=dict)
 
-    _KNOWN = ("image_id", "regions", "duplicate", "replaced")
-
-    @classmethod
-    def from_wire(cls, d, path=None):
-        k, extra = _split(d, cls._KNOWN)
-        k["replaced"] = bool(k["replaced"])
-        return cls(path=path, extra=extra, **k)
+    _CONVERT = {"replaced": bool}   # the server sends it only when true
 
 
 @dataclass
-class DeleteResult:
+class DeleteResult(_Wire):
     image_id: int
     deleted: bool
     extra: Dict[str, Any] = field(default_factory=dict)
 
-    _KNOWN = ("image_id", "deleted")
-
-    @classmethod
-    def from_wire(cls, d):
-        k, extra = _split(d, cls._KNOWN)
-        return cls(extra=extra, **k)
-
 
 @dataclass
-class Stats:
+class Stats(_Wire):
     """The answer to ``stats``; the nested maps (``index``, ``queues``, ``ingest``,
     ``text_queries``, ``checkpoints``) as the server sends them
     (docs/protocol.md, "stats")."""
@@ -219,14 +193,6 @@ class Stats:
     text_queries: Dict[str, Any]
     checkpoints: Dict[str, Any]
     extra: Dict[str, Any] = field(default_factory=dict)
-
-    _KNOWN = ("images", "regions", "index", "memory_bytes", "db_map_bytes", "db_used_bytes", "uptime_s",
-              "model", "dim", "region_mode", "precision", "queues", "ingest", "text_queries", "checkpoints")
-
-    @classmethod
-    def from_wire(cls, d):
-        k, extra = _split(d, cls._KNOWN)
-        return cls(extra=extra, **k)
 
 
 @dataclass
