@@ -35,12 +35,20 @@ def test_unix_socket(server):
         assert c.ping().model == "synth-umg"
 
 
+def test_select_where_there_is_no_poll(server, photos):
+    with umgdb.Client(server.addr) as c:
+        c._conn._poller = None                           # as on a platform without poll (Windows)
+        name = sorted(photos[2])[8]
+        r = c.ingest(photo_bytes(photos, name), name="select/" + name)
+        assert c.get(r.image_id).path == "select/" + name
+
+
 def test_addresses():
-    assert parse_address("127.0.0.1:7431") == (socket.AF_INET, ("127.0.0.1", 7431))
-    assert parse_address("7431") == (socket.AF_INET, ("127.0.0.1", 7431))
-    assert parse_address("[::1]:80") == (socket.AF_INET, ("::1", 80))
-    assert parse_address("localhost:9") == (socket.AF_INET, ("localhost", 9))
-    assert parse_address("unix:/run/u.sock") == (socket.AF_UNIX, "/run/u.sock")
+    assert parse_address("127.0.0.1:7431") == ("tcp", ("127.0.0.1", 7431))
+    assert parse_address("7431") == ("tcp", ("127.0.0.1", 7431))
+    assert parse_address("[::1]:80") == ("tcp", ("::1", 80))
+    assert parse_address("localhost:9") == ("tcp", ("localhost", 9))
+    assert parse_address("unix:/run/u.sock") == ("unix", "/run/u.sock")
     for bad in ("", "unix:", "host", "host:0", "host:70000", "[::1]80", ":80"):
         with pytest.raises(ValueError):
             parse_address(bad)

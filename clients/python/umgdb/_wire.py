@@ -2,7 +2,7 @@
 
 Framing (docs/protocol.md): a 4-byte big-endian length N, then N bytes holding
 one msgpack object. The socket is non-blocking and every wait goes through
-``select`` with a deadline, so no call can hang past its timeout. While sending
+``poll`` with a deadline, so no call can hang past its timeout. While sending
 it also reads: a server that stops reading a connection until its answers are
 taken (backpressure, docs/server.md) can never deadlock a pipelining client.
 """
@@ -27,18 +27,19 @@ _LEN = struct.Struct(">I")
 # No SIGPIPE when the server has closed (Linux; Python ignores SIGPIPE anyway
 # unless an embedding program restored it).
 _SEND_FLAGS = getattr(socket, "MSG_NOSIGNAL", 0)
+_POLL_IN = getattr(select, "POLLIN", 0) | getattr(select, "POLLPRI", 0)
 
 
 def parse_address(addr):
     """``"HOST:PORT"``, ``"[v6]:PORT"``, ``"PORT"`` or ``"unix:PATH"`` ->
-    (family, sockaddr), as the C client and the CLI accept them."""
+    ("unix", path) or ("tcp", (host, port)), as the C client and the CLI accept them."""
     if not isinstance(addr, str) or not addr:
         raise ValueError("address must be a non-empty string like '127.0.0.1:7431' or 'unix:/path'")
     if addr.startswith("unix:"):
         path = addr[5:]
         if not path:
             raise ValueError("address %r: no socket path after 'unix:'" % addr)
-        return socket.AF_UNIX, path
+        return "unix", path
     if addr.isdigit():
         host, port = "127.0.0.1", addr
     elif addr.startswith("["):
@@ -52,13 +53,13 @@ def parse_address(addr):
             raise ValueError("address %r: expected HOST:PORT, PORT or unix:PATH" % addr)
     if not port.isdigit() or not 0 < int(port) < 65536:
         raise ValueError("address %r: port must be 1..65535" % addr)
-    return socket.AF_INET, (host, int(port))
+    return "tcp", (host, int(port))
 
 
 def _connect(addr, timeout):
-    family, where = parse_address(addr)
+    kind, where = parse_address(addr)
     try:
-        if family == socket.AF_UNIX:
+        if kind == "unix":
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             try:
                 sock.settimeout(timeout)
@@ -84,6 +85,10 @@ class Connection:
         self.addr = addr
         self.max_frame = max_frame
         self._sock = _connect(addr, connect_timeout)
+        self._poller = None
+        if hasattr(select, "poll"):
+            self._poller = select.poll()
+            self._poller.register(self._sock, _POLL_IN)
         self._out = bytearray()     # requests queued; bytes before _out_pos are sent
         self._out_pos = 0
         self._in = bytearray()
@@ -218,15 +223,24 @@ class Connection:
                 wait = deadline - time.monotonic()
                 if wait <= 0:
                     raise UmgdbTimeout("no answer from %s within the timeout" % self.addr)
-            wlist = [self._sock] if self._out else []
-            try:
-                r, w, _ = select.select([self._sock], wlist, [], wait)
-            except InterruptedError:
-                continue
-            if w:
+            readable, writable = self._poll(bool(self._out), wait)
+            if writable:
                 self._send_some()
-            if r and self._sock is not None:
+            if readable and self._sock is not None:
                 self._recv_some()
+
+    def _poll(self, want_write, wait):
+        """(readable, writable) within wait seconds (None = no limit). poll, not
+        select: select fails on descriptors above 1023 in programs with many files."""
+        if self._poller is None:
+            want = [self._sock] if want_write else []
+            r, w, _ = select.select([self._sock], want, [], wait)
+            return bool(r), bool(w)
+        self._poller.modify(self._sock, _POLL_IN | (select.POLLOUT if want_write else 0))
+        events = self._poller.poll(None if wait is None else max(0, int(wait * 1000) + 1))
+        mask = events[0][1] if events else 0
+        # Errors and hang-ups count as readable: the recv that follows says which.
+        return bool(mask & (_POLL_IN | select.POLLERR | select.POLLHUP)), bool(mask & select.POLLOUT)
 
     def _send_some(self):
         try:

@@ -132,7 +132,9 @@ class Client:
         self.timeout = timeout
         self._conn = _wire.Connection(addr, connect_timeout, max_frame)
         try:
-            hello = {"client": client_name}
+            hello = {}
+            if client_name is not None:
+                hello["client"] = client_name
             if token is not None:
                 hello["token"] = token
             self.server_info = ServerInfo.from_wire(self._call("hello", hello))
