@@ -417,6 +417,16 @@ def test_server_frame_limit_closes_the_connection(auth_server, photos, tmp_path)
         assert report.ingested == 2
         [big] = report.failed
         assert big.path.endswith("huge.png") and isinstance(big.error, umgdb.TooLargeError)
+    # Not told: the server refuses the frame and closes, which ends the run; the
+    # exception carries what was done before (the two photos sort first).
+    os.rename(os.path.join(folder, "huge.png"), os.path.join(folder, "zz-huge.png"))
+    with umgdb.Client(auth_server.addr, token=TOKEN) as c:
+        with pytest.raises(umgdb.TooLargeError) as e:
+            c.ingest_folder(folder, window=1)
+        assert e.value.request_id == 0
+        assert [f.status for f in e.value.report.files] == ["unchanged", "unchanged"]
+        with pytest.raises(umgdb.UmgdbConnectionError):
+            c.ping()
     assert auth_server.alive()
 
 
