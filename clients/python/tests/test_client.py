@@ -363,6 +363,23 @@ def test_ingest_folder_by_server_path(client, photos):
         assert img.image_id == fr.result.image_id and img.tags == ["pathwise"]
 
 
+def test_ingest_folder_relative_path_and_odd_names(client, photos, monkeypatch):
+    root, folder, made = photos
+    top = os.path.join(root, "folder-odd")
+    make_photos(top, 40, 2)
+    odd = os.path.join(os.fsencode(top), b"caf\xe9.jpg")          # Latin-1 name: not UTF-8
+    shutil.copyfile(os.path.join(folder, sorted(made)[0]), odd)
+    monkeypatch.chdir(root)
+    report = client.ingest_folder("folder-odd", server_path=True, window=3)
+    assert report.ingested == 2
+    for fr in report.files[1:]:                                   # the two photos: stored absolute
+        assert fr.result.path == os.path.join(top, os.path.basename(fr.path))
+        assert client.get(fr.result.path).image_id == fr.result.image_id
+    [bad] = report.failed                                         # the protocol's strings are UTF-8
+    assert bad.path == os.path.join("folder-odd", os.fsdecode(b"caf\xe9.jpg"))
+    assert isinstance(bad.error, UnicodeEncodeError)
+
+
 def test_ingest_folder_arguments(client, tmp_path):
     with pytest.raises(ValueError):
         client.ingest_folder(str(tmp_path), window=0)

@@ -257,7 +257,7 @@ class Client:
         names starting with '.' are skipped (listed in ``report.skipped``). A photo
         that fails (unreadable, not really an image, refused) is reported as
         ``"failed"`` with its error and does not stop the run; a broken connection
-        does (UmgdbConnectionError, after ``progress`` saw what was done).
+        or a timeout does: the exception's ``report`` holds what was done.
         ``progress(done, total, file_result)`` is called after each photo.
         window: 1..64; keep it at least twice the server's ``--batch`` (16) so the
         encoder's batches fill (docs/server.md)."""
@@ -267,9 +267,9 @@ class Client:
         if not os.path.isdir(folder):
             raise NotADirectoryError("ingest_folder: %r is not a directory" % (folder,))
         photos, skipped = _walk_photos(folder, recursive)
-        # Stored paths: resolved (as `umgdb ingest` names them) for bytes; as walked
+        # Stored paths: resolved (as `umgdb ingest` names them) for bytes; absolute
         # for server_path (the server resolves them itself against --allow-root).
-        stored = [p if server_path else os.path.realpath(p) for p in photos]
+        stored = [os.path.abspath(p) if server_path else os.path.realpath(p) for p in photos]
         results = [None] * len(photos)
         pending = {}   # request id -> index into photos
         done = 0
