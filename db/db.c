@@ -15,6 +15,7 @@
 #include "db.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <lmdb.h>
 #include <math.h>
 #include <openssl/sha.h>
@@ -23,12 +24,15 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
+#include <sys/random.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
 #include <time.h>
 #include <unistd.h>
 
 #include "idx.h"
+#include "proto_check.h"
 #include "umg_error.h"
 
 typedef _Float16 f16;
@@ -44,6 +48,17 @@ static const unsigned dbi_flags[D_COUNT] = {
     0, 0, 0, MDB_DUPSORT | MDB_DUPFIXED, 0, MDB_DUPSORT | MDB_DUPFIXED, 0, 0, 0, 0
 };
 static const char *const snap_names[2] = { "images.faiss", "regions.faiss" };
+#define LOCK_FILE "umgdb.lock"
+#define LMDB_DATA_FILE "data.mdb"
+
+/* A snapshot read before LMDB is opened (db_open): its stamp decides whether
+ * LMDB lost writes it covers (refused) before the open writes anything. */
+typedef struct snap_pre {
+    idx_index *ix;
+    idx_stamp stamp;
+    int rc;                    /* of idx_load */
+    char msg[600];             /* its message when rc != 0 */
+} snap_pre;
 
 struct db_t {
     MDB_env *env;
@@ -51,6 +66,11 @@ struct db_t {
     int dim;
     int read_only;
     char *dir;
+    int lock_fd;               /* DIR/umgdb.lock, flock'd exclusively for the handle's life; -1 none */
+    int accept_data_loss;      /* db_options.accept_data_loss */
+    uint8_t collection[IDX_COLLECTION_BYTES]; /* meta "collection"; zeros: none (read-only, unmigrated) */
+    int collection_migrated;   /* this open recorded the id of a directory made before ids existed */
+    snap_pre pre[2];           /* only during db_open */
     char *factory_opt[2];      /* configured factories; NULL = automatic */
     uint64_t approx_threshold;
     int nprobe;
@@ -126,6 +146,32 @@ static int translate(int rc, const char *what)
     if (rc == 0 || !is_foreign(rc))
         return rc;
     return mdb_fail(rc, what);
+}
+
+static const char *kind_name(int kind) { return kind ? "region" : "image"; }
+
+/* A record LMDB returned that cannot be what db.c wrote (flipped bytes, a
+ * foreign tool): UMG_EINTERNAL and a log line, never its bytes to a caller. */
+static int damaged(db_t *db, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static int damaged(db_t *db, const char *fmt, ...)
+{
+    char what[400];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(what, sizeof what, fmt, ap);
+    va_end(ap);
+    db_logf(db, DB_LOG_WARN, "%s/%s: damaged record: %s", db->dir, LMDB_DATA_FILE, what);
+    return umg_err_set(UMG_EINTERNAL, "damaged record in the database: %s", what);
+}
+
+/* The 8-byte big-endian id an index value (paths, hashes, img_regions) holds. */
+static int id_value(db_t *db, const MDB_val *v, const char *what, uint64_t *id)
+{
+    *id = 0;
+    if (v->mv_size != 8)
+        return damaged(db, "%s: id value of %zu bytes", what, v->mv_size);
+    *id = rd_be64(v->mv_data);
+    return 0;
 }
 
 static int normalize_copy(const float *v, int dim, float *out)
@@ -394,40 +440,65 @@ void db_image_free(db_image *img)
     memset(img, 0, sizeof *img);
 }
 
-static int decode_image_rec(uint64_t id, const MDB_val *v, db_image *out)
+static int text_ok(const char *p, size_t n) { return proto_utf8_valid(p, n) && !memchr(p, 0, n); }
+
+/* Decode an image record, checking everything db_put_images guarantees
+ * (lengths within the record and the limits, UTF-8 text, no bytes left
+ * over): a damaged record is UMG_EINTERNAL (damaged()), never garbage out. */
+static int decode_image_rec(db_t *db, uint64_t id, const MDB_val *v, db_image *out)
 {
     memset(out, 0, sizeof *out);
     rbuf b = { v->mv_data, v->mv_size, 0, 0 };
     out->id = id;
-    if (rb_u32(&b) != IMG_REC_VERSION)
-        return umg_err_set(UMG_EFORMAT, "image %llu: unknown record version", (unsigned long long)id);
+    const char *bad = NULL;
+    uint32_t version = rb_u32(&b);
     rb_get(&b, out->sha256, 32);
     out->width = rb_u32(&b);
     out->height = rb_u32(&b);
     out->bytes = rb_u64(&b);
     out->mtime = (int64_t)rb_u64(&b);
     out->ingest_time = (int64_t)rb_u64(&b);
-    out->n_regions = (int)rb_u32(&b);
+    uint32_t nr = rb_u32(&b);
+    out->n_regions = (int)nr;
     out->path = rb_str(&b);
     uint32_t nt = rb_u32(&b);
-    if (!b.bad && nt > DB_MAX_TAGS)
-        b.bad = 1;
-    if (!b.bad && nt) {
+    if (b.bad == 2)
+        goto oom;
+    if (version != IMG_REC_VERSION)
+        bad = "unknown record version";
+    else if (b.bad)
+        bad = "shorter than its lengths say";
+    else if (nr > DB_MAX_REGIONS)
+        bad = "region count out of range";
+    else if (!*out->path || strlen(out->path) >= DB_MAX_PATH || !text_ok(out->path, strlen(out->path)))
+        bad = "path empty, too long or not UTF-8";
+    else if (nt > DB_MAX_TAGS)
+        bad = "tag count out of range";
+    if (!bad && nt) {
         out->tags = calloc(nt, sizeof *out->tags);
         if (!out->tags)
-            b.bad = 2;
-        for (uint32_t i = 0; i < nt && !b.bad; i++) {
+            goto oom;
+        for (uint32_t i = 0; i < nt && !bad; i++) {
             out->tags[i] = rb_str(&b);
             out->n_tags = (int)i + 1;
+            if (b.bad == 2)
+                goto oom;
+            if (b.bad)
+                bad = "shorter than its lengths say";
+            else if (strlen(out->tags[i]) > DB_MAX_TAG || !text_ok(out->tags[i], strlen(out->tags[i])))
+                bad = "tag too long or not UTF-8";
         }
     }
-    if (b.bad) {
-        int oom = b.bad == 2;
+    if (!bad && b.off != b.n)
+        bad = "bytes after its last field";
+    if (bad) {
         db_image_free(out);
-        return oom ? umg_err_set(UMG_ENOMEM, "image record")
-                   : umg_err_set(UMG_EFORMAT, "image %llu: corrupt record", (unsigned long long)id);
+        return damaged(db, "image %llu: %s", (unsigned long long)id, bad);
     }
     return 0;
+oom:
+    db_image_free(out);
+    return umg_err_set(UMG_ENOMEM, "image record");
 }
 
 /* region record: u64 image_id, f32 box[4], f32 score, u8 has_score, u8 mlen, method */
@@ -444,12 +515,12 @@ static size_t encode_region_rec(uint64_t image_id, const db_region_in *r, unsign
     return (size_t)(p - buf);
 }
 
-static int decode_region_rec(uint64_t id, const MDB_val *v, db_region *out)
+static int decode_region_rec(db_t *db, uint64_t id, const MDB_val *v, db_region *out)
 {
     memset(out, 0, sizeof *out);
     const unsigned char *p = v->mv_data;
-    if (v->mv_size < 30 || v->mv_size != 30u + p[29] || p[29] > DB_MAX_METHOD)
-        return umg_err_set(UMG_EFORMAT, "region %llu: corrupt record", (unsigned long long)id);
+    if (v->mv_size < 30 || p[29] > DB_MAX_METHOD || v->mv_size != 30u + p[29])
+        return damaged(db, "region %llu: %zu bytes, not a region record", (unsigned long long)id, v->mv_size);
     out->id = id;
     memcpy(&out->image_id, p, 8);
     memcpy(out->box, p + 8, 16);
@@ -457,6 +528,17 @@ static int decode_region_rec(uint64_t id, const MDB_val *v, db_region *out)
     out->has_score = p[28];
     memcpy(out->method, p + 30, p[29]);
     out->method[p[29]] = '\0';
+    int finite = !out->has_score || isfinite(out->score); /* db_put_images checks both */
+    for (int i = 0; i < 4; i++)
+        finite &= isfinite(out->box[i]) != 0;
+    const char *bad = !out->image_id ? "no image id"
+                      : p[28] > 1 ? "score flag out of range"
+                      : !finite ? "box or score not finite"
+                      : !text_ok(out->method, p[29]) ? "method not UTF-8" : NULL;
+    if (bad) {
+        memset(out, 0, sizeof *out);
+        return damaged(db, "region %llu: %s", (unsigned long long)id, bad);
+    }
     return 0;
 }
 
@@ -493,7 +575,7 @@ static int delete_in_txn(db_t *db, MDB_txn *txn, counters *c, uint64_t id, idlis
     if (rc)
         return rc;
     db_image img;
-    rc = decode_image_rec(id, &v, &img);
+    rc = decode_image_rec(db, id, &v, &img);
     if (rc)
         return rc;
     unsigned char ph[32];
@@ -520,7 +602,8 @@ static int delete_in_txn(db_t *db, MDB_txn *txn, counters *c, uint64_t id, idlis
     MDB_val ck = { 8, key }, cv;
     rc = mdb_cursor_get(cur, &ck, &cv, MDB_SET_KEY);
     while (rc == 0) {
-        if ((rc = idlist_push(regs, rd_be64(cv.mv_data))))
+        uint64_t rid;
+        if ((rc = id_value(db, &cv, "img_regions", &rid)) || (rc = idlist_push(regs, rid)))
             break;
         rc = mdb_cursor_get(cur, &ck, &cv, MDB_NEXT_DUP);
     }
@@ -615,7 +698,6 @@ static double mono_s(void)
     return (double)t.tv_sec + t.tv_nsec * 1e-9;
 }
 
-static const char *kind_name(int kind) { return kind ? "region" : "image"; }
 
 /* Create an empty index of factory; a factory FAISS rejects is logged and
  * replaced by the exact one for good (no_switch: not retried). */
@@ -671,7 +753,7 @@ static int build_index(db_t *db, MDB_txn *txn, int kind, const char *factory, id
         uint64_t i = 0, t = 0;
         for (int r = mdb_cursor_get(cur, &k, &v, MDB_FIRST); r == 0 && t < ntrain;
              r = mdb_cursor_get(cur, &k, &v, MDB_NEXT), i++)
-            if (i % step == 0)
+            if (i % step == 0 && v.mv_size == (size_t)dim * 2) /* the adds below report a bad one */
                 from_f16(v.mv_data, dim, x + (size_t)dim * t++);
         mdb_cursor_close(cur);
         cur = NULL;
@@ -698,7 +780,7 @@ static int build_index(db_t *db, MDB_txn *txn, int kind, const char *factory, id
     size_t nb = 0;
     for (int r = mdb_cursor_get(cur, &k, &v, MDB_FIRST); r == 0; r = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
         if (v.mv_size != (size_t)dim * 2 || k.mv_size != 8) {
-            rc = umg_err_set(UMG_EFORMAT, "stored vector of %zu bytes", v.mv_size);
+            rc = damaged(db, "%s vector of %zu bytes under a key of %zu", kind_name(kind), v.mv_size, k.mv_size);
             goto out;
         }
         ids[nb] = (int64_t)rd_be64(k.mv_data);
@@ -741,8 +823,8 @@ static int replay_log(db_t *db, MDB_txn *txn, int kind, idx_index *ix, uint64_t 
     MDB_val k = { 8, key }, v;
     for (rc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE); rc == 0; rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
         const unsigned char *e = v.mv_data;
-        if (v.mv_size != 10) {
-            rc = umg_err_set(UMG_EFORMAT, "log entry of %zu bytes", v.mv_size);
+        if (v.mv_size != 10 || k.mv_size != 8) {
+            rc = damaged(db, "log entry of %zu bytes", v.mv_size);
             break;
         }
         if (e[1] != kind)
@@ -778,6 +860,11 @@ static int replay_log(db_t *db, MDB_txn *txn, int kind, idx_index *ix, uint64_t 
                 rc = r;
                 break;
             }
+            if (vv.mv_size != (size_t)db->dim * 2) {
+                rc = damaged(db, "%s %llu: vector of %zu bytes", kind_name(kind), (unsigned long long)adds.v[i],
+                             vv.mv_size);
+                break;
+            }
             from_f16(vv.mv_data, db->dim, x + (size_t)db->dim * m);
             ids[m++] = (int64_t)adds.v[i];
         }
@@ -796,7 +883,61 @@ static void snap_path(db_t *db, int kind, char *buf, size_t len)
     snprintf(buf, len, "%s/%s", db->dir, snap_names[kind]);
 }
 
-/* At open: snapshot + replay, or rebuild. */
+/* The newest (largest) id with a stored vector of kind; 0 when none. */
+static int newest_vec_id(db_t *db, MDB_txn *txn, int kind, uint64_t *id)
+{
+    *id = 0;
+    MDB_cursor *cur;
+    int rc = mdb_cursor_open(txn, db->dbi[kind ? D_RVEC : D_IVEC], &cur);
+    if (rc)
+        return rc;
+    MDB_val k, v;
+    rc = mdb_cursor_get(cur, &k, &v, MDB_LAST);
+    mdb_cursor_close(cur);
+    if (rc == MDB_NOTFOUND)
+        return 0;
+    if (!rc && k.mv_size != 8)
+        return damaged(db, "%s vector under a key of %zu bytes", kind_name(kind), k.mv_size);
+    if (!rc)
+        *id = rd_be64(k.mv_data);
+    return rc;
+}
+
+static int all_zero(const uint8_t *p, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (p[i])
+            return 0;
+    return 1;
+}
+
+/* Whether ix agrees with LMDB (txn): the same number of vectors and the same
+ * newest id.  The count alone misses a delete and an add that cancel out
+ * (two servers on one directory did that); the newest id catches the add.
+ * An index that cannot list its ids is compared by count.  0 = agrees, else
+ * 1 with the difference in why. */
+static int index_disagrees(db_t *db, MDB_txn *txn, int kind, idx_index *ix, char *why, size_t len)
+{
+    uint64_t want = vec_count(db, txn, kind), newest = 0;
+    int64_t have = idx_count(ix), max_id = -1;
+    if ((uint64_t)have != want) {
+        snprintf(why, len, "%s index holds %lld vectors, LMDB %llu", kind_name(kind), (long long)have,
+                 (unsigned long long)want);
+        return 1;
+    }
+    if (newest_vec_id(db, txn, kind, &newest) || idx_max_id(ix, &max_id))
+        return 0;
+    if ((max_id < 0 ? 0 : (uint64_t)max_id) != newest) {
+        snprintf(why, len, "%s index's newest id is %lld, LMDB's %llu", kind_name(kind), (long long)max_id,
+                 (unsigned long long)newest);
+        return 1;
+    }
+    return 0;
+}
+
+/* At open: the snapshot db_open read (pre[kind]) + the log after it, or a
+ * rebuild from LMDB when it is missing, unusable, another collection's, or
+ * disagrees with LMDB (index_disagrees). */
 static int index_open(db_t *db, int kind)
 {
     char path[DB_MAX_PATH + 32];
@@ -805,21 +946,30 @@ static int index_open(db_t *db, int kind)
     int rc = rtxn_begin(db, &txn);
     if (rc)
         return rc;
-    uint64_t seq = 0, lmdb_seq = 0, pruned = 0;
+    uint64_t lmdb_seq = 0, pruned = 0;
     meta_get_u64(db, txn, "seq", &lmdb_seq);
     meta_get_u64(db, txn, "pruned", &pruned);
     uint64_t want = vec_count(db, txn, kind);
-    idx_index *ix = NULL;
+    snap_pre *pre = &db->pre[kind];
+    idx_index *ix = pre->ix;
+    pre->ix = NULL;
+    uint64_t seq = pre->stamp.seq;
+    const uint8_t *owner = pre->stamp.collection;
+    int have_id = !all_zero(db->collection, sizeof db->collection);
     const char *why = NULL;
     char reason[600];
-    rc = idx_load(path, db->dim, &ix, &seq);
+    rc = pre->rc;
     if (rc == UMG_ENOENT) {
         why = want ? "no snapshot" : NULL;
     } else if (rc) {
-        snprintf(reason, sizeof reason, "snapshot unusable: %s", umg_err_msg());
+        snprintf(reason, sizeof reason, "snapshot unusable: %s", pre->msg);
         why = reason;
+    } else if (have_id && !all_zero(owner, IDX_COLLECTION_BYTES) && memcmp(owner, db->collection, IDX_COLLECTION_BYTES)) {
+        why = "snapshot belongs to another data directory (its collection id differs)";
+    } else if (have_id && all_zero(owner, IDX_COLLECTION_BYTES) && !db->collection_migrated) {
+        why = "snapshot records no collection id";
     } else if (seq > lmdb_seq) {
-        why = "snapshot is newer than the database";
+        why = "snapshot is newer than the database (accepted: accept_data_loss)"; /* else check_model refused */
     } else if (seq < pruned) {
         why = "snapshot is older than the log kept to catch it up";
     } else if (db->factory_opt[kind] && !idx_is_exact(ix) && strcmp(db->factory_opt[kind], idx_factory(ix))) {
@@ -830,10 +980,8 @@ static int index_open(db_t *db, int kind)
         if (rc) {
             snprintf(reason, sizeof reason, "log replay failed: %s", umg_err_msg());
             why = reason;
-        } else if ((uint64_t)idx_count(ix) != want) {
-            snprintf(reason, sizeof reason, "snapshot+log hold %lld vectors, LMDB %llu",
-                     (long long)idx_count(ix), (unsigned long long)want);
-            why = reason;
+        } else if (index_disagrees(db, txn, kind, ix, reason, sizeof reason)) {
+            why = reason; /* snapshot + log disagree with LMDB */
         }
     }
     if (rc == UMG_ENOENT || why) {
@@ -876,7 +1024,9 @@ static int index_open(db_t *db, int kind)
     db->ix[kind] = ix;
     db->snap_seq[kind] = seq;
     db->ix_gen[kind] = 1;
-    db->snap_gen[kind] = seq ? 1 : 0; /* loaded from the snapshot */
+    /* loaded from the snapshot; a snapshot without the collection id just
+     * recorded (migration) is rewritten by the next checkpoint */
+    db->snap_gen[kind] = seq && !db->collection_migrated ? 1 : 0;
     return 0;
 }
 
@@ -899,7 +1049,78 @@ static void hex8(const uint8_t *fp, char *out)
         sprintf(out + 2 * i, "%02x", fp[i]);
 }
 
-/* Check (or, for a new directory, record) the model identity. */
+/* Snapshots that cover more of the log than LMDB holds mean that LMDB lost
+ * committed writes (data.mdb emptied, deleted, or replaced by an older copy):
+ * serving it would answer from a smaller collection and the next checkpoint
+ * would overwrite the snapshots, the last trace of what was lost.  Refused
+ * unless accept_data_loss.  A snapshot of another collection (its id
+ * differs) says nothing about this one: index_open rebuilds it.  collection
+ * NULL: none recorded; fresh: a database this open is creating. */
+static int refuse_newer_snapshots(db_t *db, uint64_t lmdb_seq, const uint8_t *collection, int fresh)
+{
+    for (int kind = 0; kind < 2; kind++) {
+        const snap_pre *pre = &db->pre[kind];
+        if (!pre->ix || pre->stamp.seq <= lmdb_seq)
+            continue;
+        if (collection && !all_zero(pre->stamp.collection, IDX_COLLECTION_BYTES) &&
+            memcmp(pre->stamp.collection, collection, IDX_COLLECTION_BYTES))
+            continue;
+        if (db->accept_data_loss) {
+            db_logf(db, DB_LOG_WARN, "%s/%s: the %s snapshot covers %llu changes, %s %llu; serving what the "
+                    "database holds (accept_data_loss)", db->dir, snap_names[kind], kind_name(kind),
+                    (unsigned long long)pre->stamp.seq, LMDB_DATA_FILE, (unsigned long long)lmdb_seq);
+            continue;
+        }
+        return umg_err_set(UMG_EDB,
+                           "%s: the %s index snapshot %s covers %llu changes but the database %s holds %s%llu: "
+                           "%s was emptied, deleted or replaced by an older copy, and serving it would lose "
+                           "the difference (and overwrite the snapshots). Restore %s from a backup, or accept "
+                           "the loss explicitly (umgdb serve --accept-data-loss) to serve what it holds",
+                           db->dir, kind_name(kind), snap_names[kind], (unsigned long long)pre->stamp.seq,
+                           LMDB_DATA_FILE, fresh ? "nothing (a new, empty database): seq " : "only ",
+                           (unsigned long long)lmdb_seq, LMDB_DATA_FILE, LMDB_DATA_FILE);
+    }
+    return 0;
+}
+
+static int new_collection_id(uint8_t id[IDX_COLLECTION_BYTES])
+{
+    do {
+        if (getrandom(id, IDX_COLLECTION_BYTES, 0) != IDX_COLLECTION_BYTES)
+            return umg_err_set(umg_err_from_errno(errno), "collection id: getrandom: %s", strerror(errno));
+    } while (all_zero(id, IDX_COLLECTION_BYTES)); /* zeros mean "none" */
+    return 0;
+}
+
+/* The collection id (meta "collection"): read, or recorded now for a
+ * directory made before ids existed (collection_migrated; not in a
+ * read-only open, which leaves it zero). */
+static int load_collection_id(db_t *db, MDB_txn *txn)
+{
+    MDB_val k = { 10, "collection" }, v;
+    db->collection_migrated = 0;
+    int rc = mdb_get(txn, db->dbi[D_META], &k, &v);
+    if (rc == 0) {
+        if (v.mv_size != IDX_COLLECTION_BYTES)
+            return damaged(db, "meta collection of %zu bytes", v.mv_size);
+        memcpy(db->collection, v.mv_data, IDX_COLLECTION_BYTES);
+        return 0;
+    }
+    if (rc != MDB_NOTFOUND)
+        return rc;
+    memset(db->collection, 0, sizeof db->collection);
+    if (db->read_only)
+        return 0;
+    if ((rc = new_collection_id(db->collection)) ||
+        (rc = meta_put(db, txn, "collection", db->collection, IDX_COLLECTION_BYTES)))
+        return rc;
+    db->collection_migrated = 1;
+    return 0;
+}
+
+/* Check (or, for a new directory, record) the model identity and the
+ * collection id; refuse snapshots newer than the database.  Runs in the
+ * open's first transaction: a refusal writes nothing. */
 static int check_model(db_t *db, MDB_txn *txn, void *arg)
 {
     const db_options *o = arg;
@@ -908,11 +1129,16 @@ static int check_model(db_t *db, MDB_txn *txn, void *arg)
     if (rc == MDB_NOTFOUND) {
         if (db->read_only)
             return umg_err_set(UMG_ENOENT, "%s: not an umgdb data directory", db->dir);
-        uint32_t schema = DB_SCHEMA_VERSION, dim = (uint32_t)o->dim;
-        if ((rc = meta_put(db, txn, "fingerprint", o->fingerprint, 32)) ||
-            (rc = meta_put(db, txn, "model", o->model_name, strlen(o->model_name))) ||
-            (rc = meta_put(db, txn, "dim", &dim, 4)) || (rc = meta_put(db, txn, "schema", &schema, 4)))
+        if ((rc = refuse_newer_snapshots(db, 0, NULL, 1)))
             return rc;
+        uint32_t schema = DB_SCHEMA_VERSION, dim = (uint32_t)o->dim;
+        if ((rc = new_collection_id(db->collection)) ||
+            (rc = meta_put(db, txn, "fingerprint", o->fingerprint, 32)) ||
+            (rc = meta_put(db, txn, "model", o->model_name, strlen(o->model_name))) ||
+            (rc = meta_put(db, txn, "dim", &dim, 4)) || (rc = meta_put(db, txn, "schema", &schema, 4)) ||
+            (rc = meta_put(db, txn, "collection", db->collection, IDX_COLLECTION_BYTES)))
+            return rc;
+        db->collection_migrated = 0;
         return 0;
     }
     if (rc)
@@ -942,7 +1168,11 @@ static int check_model(db_t *db, MDB_txn *txn, void *arg)
                            "Use the model that built it or another data directory",
                            db->dir, name, dim, a, o->model_name, o->dim, b);
     }
-    return 0;
+    uint64_t seq = 0;
+    if ((rc = meta_get_u64(db, txn, "seq", &seq)) || (rc = load_collection_id(db, txn)))
+        return rc;
+    return refuse_newer_snapshots(db, seq, all_zero(db->collection, IDX_COLLECTION_BYTES) ? NULL : db->collection,
+                                  0);
 }
 
 static int open_dbis(db_t *db, MDB_txn *txn, void *arg)
@@ -957,6 +1187,106 @@ static int open_dbis(db_t *db, MDB_txn *txn, void *arg)
     return check_model(db, txn, arg);
 }
 
+/* The exclusive lock on the data directory: flock on DIR/umgdb.lock, held
+ * through lock_fd until db_close.  flock (not fcntl) locks belong to the open
+ * file description, so a second db_open in the same process conflicts too,
+ * and LMDB's own fcntl locks (which a second open in one process would
+ * silently drop) are never put at risk.  The holder's pid is written into the
+ * file for the refusal message; the file is never removed (removing it would
+ * let a third opener lock a new inode while the first still runs). */
+static int lock_dir(db_t *db)
+{
+    char path[DB_MAX_PATH + 32];
+    snprintf(path, sizeof path, "%s/%s", db->dir, LOCK_FILE);
+    int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK, 0600);
+    if (fd < 0)
+        return umg_err_set(umg_err_from_errno(errno), "%s: %s", path, strerror(errno));
+    if (flock(fd, LOCK_EX | LOCK_NB)) {
+        int e = errno;
+        char pid[24] = "";
+        ssize_t n = e == EWOULDBLOCK ? pread(fd, pid, sizeof pid - 1, 0) : -1;
+        close(fd);
+        if (e != EWOULDBLOCK)
+            return umg_err_set(umg_err_from_errno(e), "%s: flock: %s", path, strerror(e));
+        pid[n > 0 ? n : 0] = '\0';
+        pid[strspn(pid, "0123456789")] = '\0';
+        return umg_err_set(UMG_EBUSY, "%s is in use by another umgdb process (pid %s holds %s); stop it or use "
+                           "another data directory", db->dir, *pid ? pid : "unknown", path);
+    }
+    char line[24];
+    int n = snprintf(line, sizeof line, "%ld\n", (long)getpid());
+    if (ftruncate(fd, 0) || pwrite(fd, line, (size_t)n, 0) != n)
+        db_logf(db, DB_LOG_WARN, "%s: cannot record the pid: %s", path, strerror(errno)); /* only the message */
+    db->lock_fd = fd;
+    return 0;
+}
+
+/* LMDB maps data.mdb and reads the pages its meta page names: a file
+ * shorter than that (truncated by a crash of the file system, a bad copy, a
+ * `truncate`) makes the first access past its end a SIGBUS inside liblmdb.
+ * So before mdb_env_open, read both meta pages with pread and check the file
+ * holds every page up to the newest meta's last page.  The layout is LMDB
+ * 0.9's on-disk format on a 64-bit build (mdb.c: a 16-byte page header, then
+ * MDB_meta: u32 magic 0xBEEFC0DE, u32 version, void *address, size_t
+ * mapsize, two 48-byte MDB_db whose first u32 of the first is the page size,
+ * u64 last page, u64 txnid; native byte order).  A file that does not carry
+ * the magic is left to LMDB, which reports MDB_INVALID cleanly; an absent
+ * or empty file is a new database to LMDB.  Not a regular file: refused. */
+#define LMDB_META_OFF 16
+#define LMDB_META_LEN 136
+static int check_lmdb_file(const char *dir)
+{
+    char path[DB_MAX_PATH + 32];
+    snprintf(path, sizeof path, "%s/%s", dir, LMDB_DATA_FILE);
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+    if (fd < 0)
+        return errno == ENOENT ? 0 : umg_err_set(umg_err_from_errno(errno), "%s: %s", path, strerror(errno));
+    struct stat st;
+    int rc = 0;
+    unsigned char m[2][LMDB_META_OFF + LMDB_META_LEN];
+    uint32_t psize = 0;
+    if (fstat(fd, &st)) {
+        rc = umg_err_set(umg_err_from_errno(errno), "%s: %s", path, strerror(errno));
+    } else if (!S_ISREG(st.st_mode)) {
+        rc = umg_err_set(UMG_EFORMAT, "%s: not a regular file", path);
+    } else if (st.st_size == 0) {
+        /* a new database to LMDB */
+    } else if (pread(fd, m[0], sizeof m[0], 0) != (ssize_t)sizeof m[0]) {
+        rc = umg_err_set(UMG_EFORMAT, "%s: truncated to %lld bytes (shorter than LMDB's meta page); restore it "
+                         "from a backup", path, (long long)st.st_size);
+    } else {
+        uint32_t magic;
+        memcpy(&magic, m[0] + LMDB_META_OFF, 4);
+        memcpy(&psize, m[0] + LMDB_META_OFF + 24, 4);
+        if (magic != 0xBEEFC0DEu)
+            goto out; /* not LMDB 0.9's format: LMDB decides */
+        if (psize < 512 || psize > 65536 || (psize & (psize - 1)))
+            rc = umg_err_set(UMG_EFORMAT, "%s: LMDB meta page records a page size of %u", path, psize);
+        else if (pread(fd, m[1], sizeof m[1], psize) != (ssize_t)sizeof m[1])
+            rc = umg_err_set(UMG_EFORMAT, "%s: truncated to %lld bytes (shorter than LMDB's two meta pages); "
+                             "restore it from a backup", path, (long long)st.st_size);
+    }
+    if (!rc && psize) {
+        /* LMDB uses the meta page with the larger transaction id */
+        uint64_t txn[2], last[2];
+        uint32_t magic1;
+        for (int i = 0; i < 2; i++) {
+            memcpy(&last[i], m[i] + LMDB_META_OFF + 120, 8);
+            memcpy(&txn[i], m[i] + LMDB_META_OFF + 128, 8);
+        }
+        memcpy(&magic1, m[1] + LMDB_META_OFF, 4);
+        int pick = magic1 == 0xBEEFC0DEu && txn[1] > txn[0];
+        uint64_t need = (last[pick] + 1) * (uint64_t)psize;
+        if (last[pick] > ((uint64_t)1 << 40) || (uint64_t)st.st_size < need)
+            rc = umg_err_set(UMG_EFORMAT, "%s: truncated: %lld bytes, but its LMDB meta page records %llu pages of "
+                             "%u bytes (%llu bytes); restore it from a backup", path, (long long)st.st_size,
+                             (unsigned long long)last[pick] + 1, psize, (unsigned long long)need);
+    }
+out:
+    close(fd);
+    return rc;
+}
+
 int db_open(const char *dir, const db_options *opt, db_t **out)
 {
     *out = NULL;
@@ -968,8 +1298,10 @@ int db_open(const char *dir, const db_options *opt, db_t **out)
     if (!db)
         return umg_err_set(UMG_ENOMEM, "db handle");
     int rc = 0;
+    db->lock_fd = -1;
     db->dim = opt->dim;
     db->read_only = opt->read_only;
+    db->accept_data_loss = opt->accept_data_loss;
     db->approx_threshold = opt->approx_threshold ? opt->approx_threshold : 50000;
     db->nprobe = opt->nprobe > 0 ? opt->nprobe : 32;
     db->rerank_candidates = opt->rerank_candidates > 0 ? opt->rerank_candidates : 10;
@@ -998,7 +1330,7 @@ int db_open(const char *dir, const db_options *opt, db_t **out)
         goto fail;
     }
 
-    if (!db->read_only && mkdir(dir, 0755) && errno != EEXIST) {
+    if (!db->read_only && mkdir(dir, 0700) && errno != EEXIST) {
         rc = umg_err_set(umg_err_from_errno(errno), "%s: cannot create data directory: %s", dir, strerror(errno));
         goto fail;
     }
@@ -1012,6 +1344,21 @@ int db_open(const char *dir, const db_options *opt, db_t **out)
                          dir, strerror(errno));
         goto fail;
     }
+    /* read-only opens take no lock: they write nothing, and LMDB keeps their
+     * reads consistent next to a writer */
+    if (!db->read_only && (rc = lock_dir(db)))
+        goto fail;
+    if ((rc = check_lmdb_file(dir)))
+        goto fail;
+    /* the snapshots first: whether they cover more than LMDB holds is
+     * decided before the open writes anything (check_model) */
+    for (int k = 0; k < 2; k++) {
+        char path[DB_MAX_PATH + 32];
+        snap_path(db, k, path, sizeof path);
+        db->pre[k].rc = idx_load(path, db->dim, &db->pre[k].ix, &db->pre[k].stamp);
+        if (db->pre[k].rc)
+            snprintf(db->pre[k].msg, sizeof db->pre[k].msg, "%s", umg_err_msg());
+    }
     if ((rc = mdb_env_create(&db->env))) {
         db->env = NULL;
         rc = mdb_fail(rc, "mdb_env_create");
@@ -1020,7 +1367,7 @@ int db_open(const char *dir, const db_options *opt, db_t **out)
     mdb_env_set_maxdbs(db->env, D_COUNT + 2);
     mdb_env_set_maxreaders(db->env, 512);
     mdb_env_set_mapsize(db->env, opt->initial_map_size ? opt->initial_map_size : (size_t)64 << 20);
-    rc = mdb_env_open(db->env, dir, MDB_NOTLS | (db->read_only ? MDB_RDONLY : 0), 0644);
+    rc = mdb_env_open(db->env, dir, MDB_NOTLS | (db->read_only ? MDB_RDONLY : 0), 0600);
     if (rc) {
         char what[DB_MAX_PATH + 32];
         snprintf(what, sizeof what, "%s: opening LMDB", dir);
@@ -1047,6 +1394,9 @@ int db_open(const char *dir, const db_options *opt, db_t **out)
     }
     if (rc)
         goto fail;
+    if (db->collection_migrated)
+        db_logf(db, DB_LOG_INFO, "%s: recorded a collection id (the directory predates them); the next "
+                "checkpoint writes it into the snapshots", dir);
     for (int k = 0; k < 2 && !rc; k++)
         rc = index_open(db, k);
     if (rc)
@@ -1064,10 +1414,13 @@ void db_close(db_t *db)
         return;
     for (int k = 0; k < 2; k++) {
         idx_close(db->ix[k]);
+        idx_close(db->pre[k].ix);
         free(db->factory_opt[k]);
     }
     if (db->env)
         mdb_env_close(db->env);
+    if (db->lock_fd >= 0)
+        close(db->lock_fd); /* last: the directory is free once LMDB is closed */
     if (db->envlock_ok)
         pthread_rwlock_destroy(&db->envlock);
     if (db->ixlock_ok)
@@ -1083,8 +1436,11 @@ void db_close(db_t *db)
 int db_probe(const char *dir, char **model_name, uint8_t fingerprint[32], int *dim)
 {
     *model_name = NULL;
+    int rc = check_lmdb_file(dir);
+    if (rc)
+        return rc;
     MDB_env *env;
-    int rc = mdb_env_create(&env);
+    rc = mdb_env_create(&env);
     if (rc)
         return mdb_fail(rc, "mdb_env_create");
     mdb_env_set_maxdbs(env, D_COUNT + 2);
@@ -1147,7 +1503,9 @@ static int put_one(db_t *db, MDB_txn *txn, counters *c, put_ctx *p, const db_ima
     MDB_val pk = { 32, ph }, pv;
     int rc = mdb_get(txn, db->dbi[D_PATHS], &pk, &pv);
     if (rc == 0) {
-        uint64_t old = rd_be64(pv.mv_data);
+        uint64_t old;
+        if ((rc = id_value(db, &pv, "paths", &old)))
+            return rc;
         if (!in->replace)
             return umg_err_set(UMG_EEXIST, "%s is already stored as image %llu", in->path,
                                (unsigned long long)old);
@@ -1233,13 +1591,17 @@ static int check_input(const db_t *db, const db_image_in *in)
         return umg_err_set(UMG_ETOOBIG, "image path longer than %d bytes", DB_MAX_PATH - 1);
     if (!in->vector)
         return umg_err_set(UMG_EINVAL, "%s: image vector is required", in->path);
-    if (in->n_regions < 0 || in->n_regions > 100000 || (in->n_regions && !in->regions))
+    if (!text_ok(in->path, strlen(in->path)))
+        return umg_err_set(UMG_EUTF8, "image path is not UTF-8");
+    if (in->n_regions < 0 || in->n_regions > DB_MAX_REGIONS || (in->n_regions && !in->regions))
         return umg_err_set(UMG_EINVAL, "%s: bad region count %d", in->path, in->n_regions);
     if (in->n_tags < 0 || in->n_tags > DB_MAX_TAGS || (in->n_tags && !in->tags))
         return umg_err_set(UMG_EINVAL, "%s: bad tag count %d", in->path, in->n_tags);
     for (int i = 0; i < in->n_tags; i++)
-        if (!in->tags[i] || strlen(in->tags[i]) > 4096)
+        if (!in->tags[i] || strlen(in->tags[i]) > DB_MAX_TAG)
             return umg_err_set(UMG_EINVAL, "%s: tag %d missing or too long", in->path, i);
+        else if (!text_ok(in->tags[i], strlen(in->tags[i])))
+            return umg_err_set(UMG_EUTF8, "%s: tag %d is not UTF-8", in->path, i);
     for (int i = 0; i < in->n_regions; i++) {
         const db_region_in *r = &in->regions[i];
         if (!r->vector)
@@ -1247,6 +1609,10 @@ static int check_input(const db_t *db, const db_image_in *in)
         if (r->method && strlen(r->method) > DB_MAX_METHOD)
             return umg_err_set(UMG_EINVAL, "%s: region %d method longer than %d bytes", in->path, i,
                                DB_MAX_METHOD);
+        if (r->method && !text_ok(r->method, strlen(r->method)))
+            return umg_err_set(UMG_EUTF8, "%s: region %d method is not UTF-8", in->path, i);
+        if (r->has_score && !isfinite(r->score))
+            return umg_err_set(UMG_EINVAL, "%s: region %d score is not finite", in->path, i);
         for (int j = 0; j < 4; j++)
             if (!isfinite(r->box[j]))
                 return umg_err_set(UMG_EINVAL, "%s: region %d box is not finite", in->path, i);
@@ -1399,7 +1765,7 @@ static int get_record(db_t *db, int kind, uint64_t id, void *out)
     if (rc == MDB_NOTFOUND)
         rc = umg_err_set(UMG_ENOENT, "%s %llu not found", region ? "region" : "image", (unsigned long long)id);
     else if (!rc)
-        rc = region ? decode_region_rec(id, &v, out) : decode_image_rec(id, &v, out);
+        rc = region ? decode_region_rec(db, id, &v, out) : decode_image_rec(db, id, &v, out);
     rtxn_end(db, txn);
     return translate(rc, region ? "reading a region" : "reading an image");
 }
@@ -1426,7 +1792,7 @@ int db_find_path(db_t *db, const char *path, uint64_t *id)
     if (rc == MDB_NOTFOUND)
         rc = umg_err_set(UMG_ENOENT, "%s not found", path);
     else if (!rc)
-        *id = rd_be64(v.mv_data);
+        rc = id_value(db, &v, "paths", id);
     rtxn_end(db, txn);
     return translate(rc, "path lookup");
 }
@@ -1443,8 +1809,11 @@ int db_find_hash(db_t *db, const uint8_t sha256[32], uint64_t *ids, int max, int
         MDB_val k = { 32, (void *)sha256 }, v;
         int cnt = 0;
         for (rc = mdb_cursor_get(cur, &k, &v, MDB_SET_KEY); rc == 0; rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT_DUP)) {
+            uint64_t id;
+            if ((rc = id_value(db, &v, "hashes", &id)))
+                break;
             if (cnt < max)
-                ids[cnt] = rd_be64(v.mv_data);
+                ids[cnt] = id;
             cnt++;
         }
         mdb_cursor_close(cur);
@@ -1522,11 +1891,13 @@ int db_list_regions(db_t *db, uint64_t image_id, db_region **out, int *n)
             rc = umg_err_set(UMG_ENOMEM, "region list");
     }
     while (rc == 0 && (size_t)cnt < total) {
-        uint64_t rid = rd_be64(v.mv_data);
+        uint64_t rid;
         MDB_val rv;
-        rc = get_by_id(db, txn, D_REGIONS, rid, &rv);
+        rc = id_value(db, &v, "img_regions", &rid);
         if (!rc)
-            rc = decode_region_rec(rid, &rv, &list[cnt++]);
+            rc = get_by_id(db, txn, D_REGIONS, rid, &rv);
+        if (!rc)
+            rc = decode_region_rec(db, rid, &rv, &list[cnt++]);
         if (!rc && (size_t)cnt < total)
             rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT_DUP);
     }
@@ -1558,7 +1929,7 @@ int db_get_vector(db_t *db, int kind, uint64_t id, float *out)
     if (rc == MDB_NOTFOUND)
         rc = umg_err_set(UMG_ENOENT, "%s %llu has no vector", kind ? "region" : "image", (unsigned long long)id);
     else if (!rc && v.mv_size != (size_t)db->dim * 2)
-        rc = umg_err_set(UMG_EFORMAT, "stored vector of %zu bytes", v.mv_size);
+        rc = damaged(db, "%s %llu: vector of %zu bytes", kind_name(kind), (unsigned long long)id, v.mv_size);
     else if (!rc)
         from_f16(v.mv_data, db->dim, out);
     rtxn_end(db, txn);
@@ -1653,7 +2024,7 @@ static int fetch_vector(void *ud, int64_t id, float *out)
     if (rc)
         return mdb_fail(rc, "reading a vector");
     if (v.mv_size != (size_t)f->db->dim * 2)
-        return umg_err_set(UMG_EFORMAT, "stored vector of %zu bytes", v.mv_size);
+        return damaged(f->db, "%s %lld: vector of %zu bytes", kind_name(f->kind), (long long)id, v.mv_size);
     from_f16(v.mv_data, f->db->dim, out);
     return 0;
 }
@@ -1725,6 +2096,21 @@ out:
 
 /* ---- stats / checkpoint ---- */
 
+/* The consistency fields of db_stats (txn: a read transaction). */
+static void stats_consistency(db_t *db, MDB_txn *txn, db_stats *out)
+{
+    out->consistent = 1;
+    out->mismatch[0] = '\0';
+    for (int kind = 0; kind < 2; kind++) {
+        out->vectors[kind] = vec_count(db, txn, kind);
+        newest_vec_id(db, txn, kind, &out->newest_id[kind]);
+        if (idx_max_id(db->ix[kind], &out->index_newest_id[kind]))
+            out->index_newest_id[kind] = -1;
+        if (out->consistent && index_disagrees(db, txn, kind, db->ix[kind], out->mismatch, sizeof out->mismatch))
+            out->consistent = 0;
+    }
+}
+
 int db_stats_get(db_t *db, db_stats *out)
 {
     memset(out, 0, sizeof *out);
@@ -1743,11 +2129,13 @@ int db_stats_get(db_t *db, db_stats *out)
     mdb_env_stat(db->env, &st);
     out->map_size = info.me_mapsize;
     out->map_used = (uint64_t)(info.me_last_pgno + 1) * st.ms_psize;
-    rtxn_end(db, txn);
     /* the index handles are swapped under ixlock (exclusive); not the writer
-     * mutex, which a checkpoint holds while it writes a snapshot (seconds at
-     * millions of vectors): the server answers stats on its event loop */
+     * mutex, which a checkpoint holds while it copies a snapshot (a fraction
+     * of a second at 100,000s of vectors): the server answers stats on its
+     * event loop */
     pthread_rwlock_rdlock(&db->ixlock);
+    stats_consistency(db, txn, out);
+    rtxn_end(db, txn);
     out->index_images = (uint64_t)idx_count(db->ix[0]);
     out->index_regions = (uint64_t)idx_count(db->ix[1]);
     out->snapshot_seq[0] = __atomic_load_n(&db->snap_seq[0], __ATOMIC_RELAXED);
@@ -1755,6 +2143,18 @@ int db_stats_get(db_t *db, db_stats *out)
     snprintf(out->image_factory, sizeof out->image_factory, "%s", idx_factory(db->ix[0]));
     snprintf(out->region_factory, sizeof out->region_factory, "%s", idx_factory(db->ix[1]));
     pthread_rwlock_unlock(&db->ixlock);
+    if (!out->consistent) {
+        /* a write between its commit and its index update looks like a
+         * mismatch: look again with writers held off */
+        pthread_mutex_lock(&db->wmutex);
+        pthread_rwlock_rdlock(&db->ixlock);
+        if (!rtxn_begin(db, &txn)) {
+            stats_consistency(db, txn, out);
+            rtxn_end(db, txn);
+        }
+        pthread_rwlock_unlock(&db->ixlock);
+        pthread_mutex_unlock(&db->wmutex);
+    }
     return 0;
 }
 
@@ -1967,7 +2367,9 @@ int db_checkpoint_ex(db_t *db, int flags)
                 pthread_mutex_unlock(&db->wmutex);
                 continue;
             }
-            rc = idx_snapshot_take(db->ix[kind], seq, &snap);
+            idx_stamp stamp = { .seq = seq };
+            memcpy(stamp.collection, db->collection, IDX_COLLECTION_BYTES);
+            rc = idx_snapshot_take(db->ix[kind], &stamp, &snap);
         }
         pthread_mutex_unlock(&db->wmutex);
         if (!rc) {

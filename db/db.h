@@ -49,6 +49,8 @@ typedef void (*db_log_fn)(void *ud, int level, const char *msg);
 #define DB_SCHEMA_VERSION 1
 #define DB_MAX_PATH 4096
 #define DB_MAX_TAGS 256
+#define DB_MAX_TAG 4096          /* bytes of one tag */
+#define DB_MAX_REGIONS 100000    /* regions of one image */
 #define DB_MAX_METHOD 31
 #define DB_MAX_EXTRA_NAME 64
 
@@ -56,7 +58,11 @@ typedef struct db_options {
     const uint8_t *fingerprint;  /* 32 bytes: the model's identity (required) */
     const char *model_name;      /* display name stored with it (required) */
     int dim;                     /* embedding dimension (required) */
-    int read_only;               /* open without writing (no create) */
+    int read_only;               /* open without writing (no create, no lock) */
+    /* Open even when the index snapshots cover changes the database lacks
+     * (data.mdb emptied, deleted or an older copy): serve what LMDB holds and
+     * rebuild the snapshots from it.  Without it such an open is refused. */
+    int accept_data_loss;
     /* FAISS factory strings used from approx_threshold vectors on (below it
      * the index is exact); NULL = automatic by size (idx_auto_factory).  The
      * switch happens at db_checkpoint. */
@@ -196,6 +202,16 @@ typedef struct db_stats {
     uint64_t snapshot_seq[2];              /* covered by the last snapshots */
     uint64_t map_size, map_used;           /* LMDB bytes */
     char image_factory[128], region_factory[128];
+    /* Whether each index agrees with LMDB: as many vectors as LMDB stores and
+     * the same newest id (the largest id: ids only grow).  A difference seen
+     * while a write is between its commit and its index update is checked
+     * again under the writer mutex, so consistent == 0 is a real mismatch
+     * (e.g. a failed index update, rebuilt at the next checkpoint). */
+    uint64_t vectors[2];                   /* stored in LMDB: images, regions */
+    uint64_t newest_id[2];                 /* in LMDB; 0 = none */
+    int64_t index_newest_id[2];            /* in FAISS; -1 = none or not listable */
+    int consistent;
+    char mismatch[256];                    /* what differs, "" when consistent */
 } db_stats;
 int db_stats_get(db_t *db, db_stats *out);
 
