@@ -780,8 +780,12 @@ static int build_index(db_t *db, MDB_txn *txn, int kind, const char *factory, id
     size_t nb = 0;
     for (int r = mdb_cursor_get(cur, &k, &v, MDB_FIRST); r == 0; r = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
         if (v.mv_size != (size_t)dim * 2 || k.mv_size != 8) {
-            rc = damaged(db, "%s vector of %zu bytes under a key of %zu", kind_name(kind), v.mv_size, k.mv_size);
-            goto out;
+            /* one damaged vector must not keep the rest of the collection
+             * from being served: left out (logged; db_stats reports the
+             * index one short of LMDB) */
+            damaged(db, "%s vector of %zu bytes under a key of %zu bytes: left out of the index", kind_name(kind),
+                    v.mv_size, k.mv_size);
+            continue;
         }
         ids[nb] = (int64_t)rd_be64(k.mv_data);
         from_f16(v.mv_data, dim, x + (size_t)dim * nb);
