@@ -995,6 +995,7 @@ int server_run(const server_config *cfg)
     o.region_factory = cfg->region_factory;
     if (cfg->approx_threshold) o.approx_threshold = cfg->approx_threshold;
     if (cfg->nprobe) o.nprobe = cfg->nprobe;
+    o.accept_data_loss = cfg->accept_data_loss;
     o.log = db_log_cb;
     o.log_ud = s;
     if ((rc = db_open(cfg->data_dir, &o, &s->db))) goto out;

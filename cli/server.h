@@ -61,6 +61,8 @@ typedef struct server_config {
     /* db_options passthrough */
     const char *image_factory, *region_factory;
     uint64_t approx_threshold;     /* 0 = db default */
+    int accept_data_loss;          /* db_options.accept_data_loss: open although the snapshots
+                                      cover changes the database lacks */
     int nprobe;                    /* 0 = db default */
     int index_threads;             /* OpenMP threads FAISS may use (searches, builds); 0 = FAISS's
                                       default (OMP_NUM_THREADS, else every core) */
