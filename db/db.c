@@ -2010,6 +2010,74 @@ int db_get_extra(db_t *db, uint64_t image_id, const char *name, void **data, siz
     return translate(rc, name);
 }
 
+/* ---- settings (meta "setting." + name) ---- */
+
+typedef struct setting_ctx {
+    char key[8 + DB_MAX_SETTING_NAME + 1];
+    const char *value;
+} setting_ctx;
+
+static int setting_key(const char *name, setting_ctx *s)
+{
+    if (!name || !*name || strlen(name) > DB_MAX_SETTING_NAME)
+        return umg_err_set(UMG_EINVAL, "setting name of 1..%d bytes required", DB_MAX_SETTING_NAME);
+    snprintf(s->key, sizeof s->key, "setting.%s", name);
+    return 0;
+}
+
+static int setting_fn(db_t *db, MDB_txn *txn, void *arg)
+{
+    setting_ctx *s = arg;
+    if (s->value)
+        return meta_put(db, txn, s->key, s->value, strlen(s->value));
+    MDB_val k = { strlen(s->key), s->key };
+    int rc = mdb_del(txn, db->dbi[D_META], &k, NULL);
+    return rc == MDB_NOTFOUND ? 0 : rc;
+}
+
+int db_setting_put(db_t *db, const char *name, const char *value)
+{
+    setting_ctx s = { .value = value };
+    int rc = setting_key(name, &s);
+    if (rc)
+        return rc;
+    if (value && strlen(value) > DB_MAX_SETTING)
+        return umg_err_set(UMG_ETOOBIG, "setting %s: longer than %d bytes", name, DB_MAX_SETTING);
+    if (value && !text_ok(value, strlen(value)))
+        return umg_err_set(UMG_EUTF8, "setting %s: not UTF-8", name);
+    pthread_mutex_lock(&db->wmutex);
+    rc = write_txn(db, setting_fn, &s, s.key);
+    pthread_mutex_unlock(&db->wmutex);
+    return rc;
+}
+
+int db_setting_get(db_t *db, const char *name, char *buf, size_t len)
+{
+    setting_ctx s = { 0 };
+    int rc = setting_key(name, &s);
+    if (rc)
+        return rc;
+    if (len)
+        buf[0] = '\0';
+    MDB_txn *txn;
+    if ((rc = rtxn_begin(db, &txn)))
+        return rc;
+    MDB_val k = { strlen(s.key), s.key }, v;
+    rc = mdb_get(txn, db->dbi[D_META], &k, &v);
+    if (rc == MDB_NOTFOUND)
+        rc = UMG_ENOENT; /* no message: absence is an answer */
+    else if (!rc && (v.mv_size > DB_MAX_SETTING || !text_ok(v.mv_data, v.mv_size)))
+        rc = damaged(db, "setting %s: %zu bytes, not a setting", name, v.mv_size);
+    else if (!rc && v.mv_size >= len)
+        rc = umg_err_set(UMG_ETOOBIG, "setting %s: %zu bytes do not fit", name, v.mv_size);
+    else if (!rc) {
+        memcpy(buf, v.mv_data, v.mv_size);
+        buf[v.mv_size] = '\0';
+    }
+    rtxn_end(db, txn);
+    return translate(rc, s.key);
+}
+
 /* ---- search ---- */
 
 typedef struct fetch_ctx {

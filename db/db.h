@@ -248,6 +248,17 @@ int db_build_pending(db_t *db);
  * stops when that call returns.  For shutdown; not undone. */
 void db_cancel_builds(db_t *db);
 
+/* Named settings of the data directory, kept in LMDB meta beside the model
+ * fingerprint (e.g. the server's region mode: a property of the stored
+ * vectors, so it lives and moves with them).  Names 1..DB_MAX_SETTING_NAME
+ * bytes, values UTF-8 text up to DB_MAX_SETTING bytes.  db_setting_get:
+ * UMG_ENOENT when absent, UMG_ETOOBIG when buf (len bytes, NUL included) is
+ * too small.  db_setting_put: one transaction; value NULL removes it. */
+#define DB_MAX_SETTING_NAME 64
+#define DB_MAX_SETTING 255
+int db_setting_get(db_t *db, const char *name, char *buf, size_t len);
+int db_setting_put(db_t *db, const char *name, const char *value);
+
 /* The model a data directory was built with, without opening it for use:
  * name (heap, free()), fingerprint, dimension.  UMG_ENOENT if not a data dir. */
 int db_probe(const char *dir, char **model_name, uint8_t fingerprint[32], int *dim);
