@@ -15,8 +15,16 @@
  * the log entries are there together or not at all.  FAISS is updated after
  * the commit and is always derived from LMDB: db_open loads the snapshots
  * written by db_checkpoint and replays the log entries newer than them; a
- * missing, stale or corrupt snapshot is rebuilt from the stored vectors (one
- * log line, not an error).  LMDB's map grows by itself when full.
+ * missing, stale, corrupt or foreign (another collection's) snapshot, or one
+ * that disagrees with LMDB after the replay (count, newest id), is rebuilt
+ * from the stored vectors (one log line, not an error).  A snapshot newer
+ * than LMDB means LMDB lost acknowledged writes: the open is refused unless
+ * accept_data_loss.  LMDB's map grows by itself when full.
+ *
+ * One writer per directory: a read-write db_open takes an exclusive lock
+ * (DIR/umgdb.lock, held until db_close) and refuses a second opener, in this
+ * process or another, with UMG_EBUSY naming the holder's pid.  The directory
+ * is created 0700 and its files 0600.
  *
  * Vectors.  All vectors are dim floats; db_put_image and db_search
  * L2-normalize copies (scores are cosine similarities).  Ids are 64-bit,
@@ -31,7 +39,10 @@
  * Errors: 0 or negative UMG_E* codes (protocol/umg_error.h) with a message in
  * umg_err_msg(): UMG_EMODEL (directory built by another model; the message
  * names it), UMG_ENOENT, UMG_EPERM (read-only directory), UMG_ENOSPC (disk
- * full: nothing was written), UMG_EDB (other LMDB failures), UMG_EINDEX. */
+ * full: nothing was written), UMG_EBUSY (another handle holds the directory),
+ * UMG_EFORMAT (data.mdb truncated or not a regular file), UMG_EINTERNAL (a
+ * damaged record: logged, never returned as data), UMG_EDB (other LMDB
+ * failures; the refusal of lost writes), UMG_EINDEX. */
 #ifndef DB_H
 #define DB_H
 
@@ -82,7 +93,10 @@ db_options db_options_default(void);
 
 /* Open (creating if absent and not read_only) a data directory.  A directory
  * made with another fingerprint or dimension fails with UMG_EMODEL naming
- * the model that built it.  Brings both indexes up to date with LMDB.  An
+ * the model that built it; one held by another read-write handle with
+ * UMG_EBUSY; a truncated data.mdb with UMG_EFORMAT naming it; snapshots
+ * newer than the database with UMG_EDB (above).  A directory made before
+ * collection ids gets one (one log line).  Brings both indexes up to date with LMDB.  An
  * index whose snapshot is missing or unusable is rebuilt from the stored
  * vectors; past approx_threshold it is rebuilt exact (a copy of the vectors,
  * no training: about a second at 100,000 x 512, and dim x 4 bytes of memory
