@@ -950,6 +950,17 @@ static void copy_file(const char *from, const char *to)
     free(b);
 }
 
+/* A new directory holding n images of nr regions at <dir><i>.jpg (ids may be
+ * NULL), checkpointed and closed. */
+static void fill_checkpointed(fixture *f, const db_options *o, img_buf *bufs, db_image_in *ins, int n,
+                              const char *dir, int nr, uint64_t *ids)
+{
+    db_t *db = open_ok(f, o);
+    put_images(db, bufs, ins, n, dir, nr, ids, NULL);
+    assert_int_equal(db_checkpoint(db), 0);
+    db_close(db);
+}
+
 /* A second opener of a data directory is refused, naming the holder's pid:
  * another handle of this process, and another process (a forked child
  * holding it); once the holder closes, the directory opens again. */
@@ -1111,11 +1122,8 @@ static void test_foreign_snapshots_rebuilt(void **state)
     put_images(db, bufs, ins, 8, "/b/", 1, NULL, NULL);
     assert_int_equal(db_checkpoint(db), 0);
     db_close(db);
-    db = open_ok(f, &o);
     uint64_t ids[8];
-    put_images(db, bufs, ins, 8, "/a/", 1, ids, NULL);
-    assert_int_equal(db_checkpoint(db), 0);
-    db_close(db);
+    fill_checkpointed(f, &o, bufs, ins, 8, "/a/", 1, ids);
     for (int k = 0; k < 2; k++) {
         char from[500], to[500];
         snprintf(from, sizeof from, "%s/%s", other, k ? "regions.faiss" : "images.faiss");
@@ -1153,13 +1161,11 @@ static void test_collection_id_migration(void **state)
 {
     fixture *f = *state;
     db_options o = opts_for(f);
-    db_t *db = open_ok(f, &o);
     img_buf bufs[6];
     db_image_in ins[6];
     uint64_t ids[6];
-    put_images(db, bufs, ins, 6, "/mig/", 2, ids, NULL);
-    assert_int_equal(db_checkpoint(db), 0);
-    db_close(db);
+    fill_checkpointed(f, &o, bufs, ins, 6, "/mig/", 2, ids);
+    db_t *db;
     raw_db r;
     raw_begin(&r, f->data);
     MDB_val k = { 10, "collection" };
@@ -1423,13 +1429,11 @@ static void test_open_checks_newest_id(void **state)
 {
     fixture *f = *state;
     db_options o = opts_for(f);
-    db_t *db = open_ok(f, &o);
     img_buf bufs[10];
     db_image_in ins[10];
     uint64_t ids[10];
-    put_images(db, bufs, ins, 10, "/new/", 0, ids, NULL);
-    assert_int_equal(db_checkpoint(db), 0);
-    db_close(db);
+    fill_checkpointed(f, &o, bufs, ins, 10, "/new/", 0, ids);
+    db_t *db;
     raw_db r;
     raw_begin(&r, f->data);
     unsigned char k[8], knew[8];
