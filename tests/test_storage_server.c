@@ -6,8 +6,10 @@
  *   - stats says whether the indexes agree with LMDB (index_consistent);
  *   - a deleted data.mdb under snapshots that cover more is refused at start,
  *     and --accept-data-loss serves what is left;
- *   - the region mode lives in LMDB meta: a directory with the old side file
- *     (DIR/region_mode) is migrated, and the mode is kept without it. */
+ *   - a damaged image record (a path byte that is not UTF-8, written through
+ *     LMDB itself) answers `internal` to get, is left out of query answers,
+ *     is logged, and the server keeps serving.
+ * (The region mode's move into LMDB meta is tested in test_regions_server.) */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -18,6 +20,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+
+#include <lmdb.h>
 
 #include "server_harness.h"
 #include "test_util.h"
@@ -121,11 +125,77 @@ static void test_lost_database_refused(void **state)
     tu_rm_rf(s.dir);
 }
 
+static void test_damaged_record_not_served(void **state)
+{
+    (void)state;
+    ts_server s;
+    ts_make_tmp(&s, "umg_test_storage_");
+    ts_start_ok(&s, NULL);
+    umg_client *c = ts_conn(&s);
+    proto_response *r = ts_wait_ok(c, ts_send_ingest(c, IMG, "one.png", NULL));
+    uint64_t id = ts_res_u(r, "image_id");
+    proto_response_free(r);
+    umg_client_close(c);
+    assert_int_equal(ts_stop(&s), 0);
+
+    /* the path's second byte (the record's path starts at byte 76) becomes 0xff */
+    MDB_env *env;
+    MDB_txn *txn;
+    MDB_dbi dbi;
+    assert_int_equal(mdb_env_create(&env), 0);
+    mdb_env_set_maxdbs(env, 16);
+    assert_int_equal(mdb_env_open(env, s.data, 0, 0600), 0);
+    assert_int_equal(mdb_txn_begin(env, NULL, 0, &txn), 0);
+    assert_int_equal(mdb_dbi_open(txn, "images", 0, &dbi), 0);
+    unsigned char key[8];
+    for (int i = 0; i < 8; i++) /* ids are big-endian keys */
+        key[i] = (unsigned char)(id >> (56 - 8 * i));
+    MDB_val k = { 8, key }, v;
+    assert_int_equal(mdb_get(txn, dbi, &k, &v), 0);
+    unsigned char *rec = malloc(v.mv_size);
+    memcpy(rec, v.mv_data, v.mv_size);
+    assert_true(v.mv_size > 78);
+    rec[77] = 0xff;
+    MDB_val nv = { v.mv_size, rec };
+    assert_int_equal(mdb_put(txn, dbi, &k, &nv, 0), 0);
+    assert_int_equal(mdb_txn_commit(txn), 0);
+    mdb_env_close(env);
+    free(rec);
+
+    ts_start_ok(&s, NULL);
+    c = ts_conn(&s);
+    proto_writer w;
+    uint64_t rid = ts_begin(c, &w, "get", 1);
+    ts_kv_uint(&w, "image_id", id);
+    ts_end(c, &w);
+    assert_int_equal(ts_wait_err(c, rid), UMG_EINTERNAL);
+    rid = ts_begin(c, &w, "query", 2);
+    ts_kv_str(&w, "text", "a cat");
+    ts_kv_uint(&w, "k", 5);
+    ts_end(c, &w);
+    r = ts_wait_ok(c, rid);
+    const msgpack_object *hits = umg_result_get(r, "hits");
+    assert_true(hits && hits->type == MSGPACK_OBJECT_ARRAY);
+    assert_int_equal(hits->via.array.size, 0); /* its only image is damaged: left out */
+    proto_response_free(r);
+    r = stats(c); /* still serving */
+    assert_int_equal(ts_res_u(r, "images"), 1);
+    proto_response_free(r);
+    umg_client_close(c);
+    assert_int_equal(ts_stop(&s), 0);
+    char *log = tu_read_file(s.log, NULL);
+    if (!strstr(log, "damaged record") || !strstr(log, "not UTF-8"))
+        fail_msg("the damaged record is not logged:\n%s", log);
+    free(log);
+    tu_rm_rf(s.dir);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_teardown(test_second_server_refused, ts_teardown),
         cmocka_unit_test_teardown(test_lost_database_refused, ts_teardown),
+        cmocka_unit_test_teardown(test_damaged_record_not_served, ts_teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
