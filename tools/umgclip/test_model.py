@@ -6,9 +6,12 @@
   CLIP's image, patch and text embeddings: cosine >= 0.99999, max|d|/|ref| <= 1e-4);
 - encode_ids (ragged lists, pooled at each list's last position: the training's
   path) gives what encode_text (end-token pooling) gives;
-- the dense variants change the patch tokens only, never the image embedding;
+- the dense variants (and larger inputs, positions resized) reproduce
+  tests/fixtures/dense-variants/golden.json (max|d| <= 1e-5 of the vector's
+  largest value: regenerated on another CPU the golden differs by ~1e-6) and
+  never change the image embedding;
 - save_weights + load_clip round trip (F32 exactly, F16 rounded), and load_clip
-  refuses a checkpoint that lacks a tensor.
+  refuses a checkpoint that lacks a tensor or has one CLIPModel does not.
 """
 import json
 import os
@@ -20,7 +23,10 @@ from tools.testing import require
 torch = require("torch", "python3-torch")
 import numpy as np  # noqa: E402
 
+from PIL import Image  # noqa: E402
+
 from tools.umgclip import config  # noqa: E402
+from tools.umgclip import preprocess  # noqa: E402
 from tools.umgclip import safetensors  # noqa: E402
 from tools.umgclip.model import CLIP, check_reference, load_clip, save_weights  # noqa: E402
 
@@ -40,14 +46,24 @@ def check_pooling(model):
 
 
 def check_dense(model):
-    size = model.config["vision_config"]["image_size"]
-    pixels = torch.from_numpy(np.random.default_rng(3).standard_normal((1, 3, size, size)).astype(np.float32))
+    """The golden cases of tools/dense_variants_golden.py, recomputed."""
+    with open(os.path.join(ROOT, "tests", "fixtures", "dense-variants", "golden.json")) as f:
+        cases = json.load(f)["cases"]
+    worst = 0.0
     with torch.no_grad():
-        emb, patches = model.encode_image(pixels)
-        for mode in ("clearclip", "sclip"):
-            e, p = model.encode_image(pixels, dense=mode)
-            assert torch.equal(e, emb), mode + " changed the image embedding"
-            assert float((p - patches).abs().max()) > 1e-3, mode + " left the patch tokens as they were"
+        for c in cases:
+            with Image.open(os.path.join(TINY, "images", c["image"])) as im:
+                pixels = torch.from_numpy(preprocess.fit_pad(im, c["input_size"])[0][None])
+            emb, patches = model.encode_image(pixels, dense=c["mode"])
+            plain, _ = model.encode_image(pixels)
+            assert torch.equal(emb, plain), c["mode"] + " changed the image embedding"
+            pairs = [(emb[0], c["embedding"])] + [(patches[0, i], want)
+                                                   for i, want in zip(c["patch_index"], c["patches"])]
+            for got, want in pairs:
+                want = np.array(want)
+                worst = max(worst, float(np.abs(got.numpy() - want).max() / np.abs(want).max()))
+    assert worst <= 1e-5, "dense variants: max|d| %.2e of the largest value" % worst
+    print("dense variants: %d golden cases, max|d| %.1e of the largest value" % (len(cases), worst))
 
 
 def check_save_load(tmp):
@@ -73,12 +89,16 @@ def check_save_load(tmp):
     d = os.path.join(tmp, "F32")
     tensors = safetensors.read(os.path.join(d, "model.safetensors"))
     del tensors["text_projection.weight"]
-    safetensors.write(os.path.join(d, "model.safetensors"), {k: ("F32", v) for k, v in tensors.items()})
-    try:
-        load_clip(d)
-        raise AssertionError("load_clip accepted a checkpoint without text_projection.weight")
-    except ValueError:
-        pass
+    for label, extra in (("without text_projection.weight", {}),
+                         ("with an extra tensor", {"text_projection.weight": state["text_projection.weight"],
+                                                   "text_projection.bias": torch.zeros(16)})):
+        tensors.update({k: v.numpy() for k, v in extra.items()})
+        safetensors.write(os.path.join(d, "model.safetensors"), {k: ("F32", v) for k, v in tensors.items()})
+        try:
+            load_clip(d)
+            raise AssertionError("load_clip accepted a checkpoint " + label)
+        except ValueError:
+            pass
 
 
 def main():
