@@ -1,8 +1,9 @@
 /* test_cli.c - the client subcommands (ingest, query, stats, get, delete) run
  * as real processes (env UMG_BIN) against the real server (`umgdb serve`,
- * started here on a temporary data directory with tests/fixtures/clip-tiny,
- * on a Unix socket).  The tests run in order and build on each other: the
- * first ingests the photos the later ones search, get and delete. */
+ * started with tests/server_harness.h on a temporary data directory with
+ * tests/fixtures/clip-tiny, on a Unix socket).  The tests run in order and
+ * build on each other: the first ingests the photos the later ones search,
+ * get and delete. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -18,13 +19,13 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/socket.h>
 #include <sys/stat.h>
-#include <sys/un.h>
+#include <sys/time.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
+#include "server_harness.h"
 #include "test_util.h"
 
 #define TINY UMG_FIXTURES_DIR "/clip-tiny"
@@ -33,10 +34,11 @@ static const char *const photo_names[] = {"astronaut.png", "camera.png", "chelse
                                           "coffee.png", "motorcycle_left.png", "rocket.jpg"};
 #define N_PHOTOS 6
 
-/* Everything lives under root (a fresh mkdtemp directory, resolved). */
-static char root[256], sock[320], data[320], photos[320], bad[320], outside[320], token_file[320];
+/* Everything lives under root: the main server's directory (resolved). */
+static ts_server srv;
+static char root[256], photos[320], bad[320], outside[320], token_file[320];
 static char photo_path[N_PHOTOS][400];   /* absolute path of each photo as ingested */
-static pid_t server = -1;
+static const char *server_addr = srv.addr;
 
 /* ---- processes ------------------------------------------------------------ */
 
@@ -84,74 +86,19 @@ static void expect_run(const char *const *env, const char *const *args, int code
 
 /* ---- the server -------------------------------------------------------------- */
 
-static char server_addr[400];
-
-static bool can_connect(const char *path)
+/* A second server (auth, small frames) in its own directory, started with
+ * extra arguments; stopped with stop_other. */
+static void start_other(ts_server *s, const char *prefix, const char *const *extra)
 {
-    int fd = socket(AF_UNIX, SOCK_STREAM, 0);
-    if (fd < 0)
-        return false;
-    struct sockaddr_un a = {.sun_family = AF_UNIX};
-    snprintf(a.sun_path, sizeof a.sun_path, "%s", path);
-    bool ok = connect(fd, (struct sockaddr *)&a, sizeof a) == 0;
-    close(fd);
-    return ok;
-}
-
-/* Start `umgdb serve` on the Unix socket sockpath, data directory dir, with
- * extra args (NULL-terminated, may be NULL); wait until it accepts. */
-static pid_t start_server(const char *dir, const char *sockpath, const char *const *extra)
-{
-    const char *argv[32] = {tu_bin(), "serve", "--data", dir, "--model", TINY, "--socket", sockpath,
-                            "--threads", "1", "--log-level", "warn"};
-    int n = 12;
-    for (const char *const *e = extra; e && *e; e++)
-        argv[n++] = *e;
-    argv[n] = NULL;
-    char logp[400];
-    snprintf(logp, sizeof logp, "%s/server-%d.log", root, (int)time(NULL) ^ rand());
-    pid_t pid = fork();
-    assert_true(pid >= 0);
-    if (pid == 0) {
-        unsetenv("UMGDB_AUTH_TOKEN");
-        int log = open(logp, O_WRONLY | O_CREAT | O_APPEND, 0600);
-        if (log >= 0) {
-            dup2(log, 1);
-            dup2(log, 2);
-        }
-        execv(argv[0], (char *const *)argv);
-        _exit(127);
-    }
-    for (int i = 0; i < 600; i++) {   /* up to 30 s (sanitizer builds start slowly) */
-        if (can_connect(sockpath))
-            return pid;
-        int st;
-        if (waitpid(pid, &st, WNOHANG) == pid) {
-            char cmd[500];
-            snprintf(cmd, sizeof cmd, "cat %s >&2", logp);
-            if (system(cmd)) {
-            }
-            fail_msg("umgdb serve exited (status %d) before accepting connections", st);
-        }
-        struct timespec ts = {0, 50 * 1000 * 1000};
-        nanosleep(&ts, NULL);
-    }
-    kill(pid, SIGKILL);
-    waitpid(pid, NULL, 0);
-    fail_msg("umgdb serve did not accept connections on %s within 30 s", sockpath);
-    return -1;
+    ts_make_tmp(s, prefix);
+    ts_start_ok(s, extra);
 }
 
 /* SIGTERM, and the server must exit 0 (it persists and stops cleanly). */
-static void stop_server(pid_t pid)
+static void stop_other(ts_server *s)
 {
-    if (pid <= 0)
-        return;
-    kill(pid, SIGTERM);
-    int st;
-    assert_int_equal(waitpid(pid, &st, 0), pid);
-    assert_true(WIFEXITED(st));
-    assert_int_equal(WEXITSTATUS(st), 0);
+    assert_int_equal(ts_stop(s), 0);
+    tu_rm_rf(s->dir);
 }
 
 /* ---- fixtures ----------------------------------------------------------------- */
@@ -180,19 +127,15 @@ static void mkdir_p(const char *path)
 static int group_setup(void **state)
 {
     (void)state;
-    char tmpl[64];
-    assert_non_null(tu_mkdtemp(tmpl, sizeof tmpl, "umg-cli-"));
-    char *real = realpath(tmpl, NULL);
+    ts_make_tmp(&srv, "umg-cli-");
+    char *real = realpath(srv.dir, NULL);
     assert_non_null(real);
     snprintf(root, sizeof root, "%s", real);
     free(real);
-    snprintf(sock, sizeof sock, "%s/umgdb.sock", root);
-    snprintf(data, sizeof data, "%s/data", root);
     snprintf(photos, sizeof photos, "%s/photos", root);
     snprintf(bad, sizeof bad, "%s/bad", root);
     snprintf(outside, sizeof outside, "%s/outside", root);
     snprintf(token_file, sizeof token_file, "%s/token", root);
-    snprintf(server_addr, sizeof server_addr, "unix:%s", sock);
     char p[512];
     mkdir_p(photos);
     snprintf(p, sizeof p, "%s/space", photos);
@@ -221,18 +164,16 @@ static int group_setup(void **state)
     copy_file(p, q);
     write_text(token_file, "s3cret-token\n");
 
-    const char *extra[] = {"--allow-root", photos, NULL};
-    server = start_server(data, sock, extra);
+    const char *extra[] = {"--allow-root", photos, "--log-level", "warn", NULL};
+    ts_start_ok(&srv, extra);
     return 0;
 }
 
 static int group_teardown(void **state)
 {
-    (void)state;
-    if (server > 0) {
-        kill(server, SIGTERM);
-        waitpid(server, NULL, 0);
-    }
+    if (srv.pid)
+        ts_stop(&srv);
+    ts_teardown(state);   /* any other server a failed test left */
     tu_rm_rf(root);
     return 0;
 }
@@ -266,7 +207,8 @@ static json_t *query_json(const char *const *extra_args, const char *text)
 static void test_ingest(void **state)
 {
     (void)state;
-    /* First run: six photos, the text file skipped, the hidden directory not walked. */
+    /* First run: six photos, the text file skipped (named, with why), the
+     * hidden directory not walked; the regions are those of the six. */
     const char *a1[] = {"ingest", "--server", server_addr, "--json", "--tags", "fixture,first", photos, NULL};
     json_t *j = run_json(a1);
     assert_int_equal(json_integer_value(json_object_get(j, "photos")), N_PHOTOS);
@@ -275,32 +217,111 @@ static void test_ingest(void **state)
     assert_int_equal(json_integer_value(json_object_get(j, "failed")), 0);
     assert_int_equal(json_integer_value(json_object_get(j, "skipped")), 1);
     assert_int_equal(json_array_size(json_object_get(j, "failures")), 0);
+    json_t *skipped = json_object_get(j, "skipped_files");
+    assert_int_equal(json_array_size(skipped), 1);
+    char notes[400];
+    snprintf(notes, sizeof notes, "%s/notes.txt", photos);
+    assert_string_equal(json_string_value(json_object_get(json_array_get(skipped, 0), "path")), notes);
+    assert_non_null(strstr(json_string_value(json_object_get(json_array_get(skipped, 0), "reason")),
+                           "not an image"));
+    json_int_t regions = json_integer_value(json_object_get(j, "regions"));
+    assert_true(regions >= N_PHOTOS);
+    json_decref(j);
+    size_t stored_regions = 0;
+    for (int i = 0; i < N_PHOTOS; i++) {
+        const char *g[] = {"get", "--server", server_addr, "--json", "--path", photo_path[i], NULL};
+        json_t *gj = run_json(g);
+        stored_regions += json_array_size(json_object_get(gj, "regions"));
+        json_decref(gj);
+    }
+    assert_int_equal(stored_regions, (size_t)regions);
+
+    /* Second run: nothing changed, so everything is unchanged and no region is new. */
+    const char *a1b[] = {"ingest", "--server", server_addr, "--json", photos, NULL};
+    j = run_json(a1b);
+    assert_int_equal(json_integer_value(json_object_get(j, "unchanged")), N_PHOTOS);
+    assert_int_equal(json_integer_value(json_object_get(j, "regions")), 0);
     json_decref(j);
 
-    /* Second run, plain summary (stderr is not a terminal: no progress bar):
-     * nothing changed, so everything is reported unchanged. */
+    /* Plain summary (stderr is not a terminal: no progress bar); the skipped
+     * file is named with why. */
     const char *a2[] = {"ingest", "--server", server_addr, "-j", "3", photos, NULL};
     tu_result r = run(a2);
     TU_EXPECT_EXIT(r, 0);
-    assert_non_null(strstr(r.out, "6 photos: 0 ingested"));
+    assert_non_null(strstr(r.out, "6 photos: 0 ingested (0 new regions)"));
     assert_non_null(strstr(r.out, "6 unchanged, 0 failed"));
-    assert_non_null(strstr(r.out, "1 other file skipped"));
+    assert_non_null(strstr(r.out, "1 skipped (not a photo)"));
+    char want[600];
+    snprintf(want, sizeof want, "skipped (not a photo):\n  %s: not an image (JPEG or PNG)\n", notes);
+    assert_non_null(strstr(r.err, want));
+    assert_null(strstr(r.err, "failed"));
     assert_null(strchr(r.err, '\r'));   /* no progress bar drawn */
     tu_result_free(&r);
 
     /* A broken photo and a missing path fail, are listed with a reason, and
-     * do not stop the others; exit 1 with the count. */
+     * do not stop the others; exit 1 with the count.  A file that is not a
+     * photo, named explicitly, is skipped (named, with why), not failed. */
     char missing[400];
     snprintf(missing, sizeof missing, "%s/no-such-dir", root);
-    const char *a3[] = {"ingest", "--server", server_addr, photos, bad, missing, NULL};
+    const char *a3[] = {"ingest", "--server", server_addr, photos, bad, missing, notes, NULL};
     r = run(a3);
     TU_EXPECT_EXIT(r, 1);
     assert_non_null(strstr(r.out, "7 photos: 0 ingested"));
-    assert_non_null(strstr(r.out, "6 unchanged, 1 failed"));
-    assert_non_null(strstr(r.err, "broken.jpg: "));
-    assert_non_null(strstr(r.err, "no-such-dir: No such file or directory"));
+    assert_non_null(strstr(r.out, "6 unchanged, 2 failed"));
+    assert_non_null(strstr(r.out, "; 1 skipped (not a photo)"));   /* the text file, listed once */
+    const char *fl = strstr(r.err, "failed (unreadable or corrupt):\n");
+    assert_non_null(fl);
+    assert_non_null(strstr(fl, "broken.jpg: "));
+    assert_non_null(strstr(fl, "no-such-dir: No such file or directory"));
+    assert_null(strstr(fl, "notes.txt"));
     assert_non_null(strstr(r.err, "2 of 8 files failed"));
     tu_result_free(&r);
+    const char *a4[] = {"ingest", "--server", server_addr, "--json", notes, missing, NULL};
+    r = run(a4);
+    TU_EXPECT_EXIT(r, 1);
+    j = tu_json_parse(r.out);
+    assert_int_equal(json_integer_value(json_object_get(j, "skipped")), 1);
+    assert_int_equal(json_integer_value(json_object_get(j, "failed")), 1);
+    json_t *fails = json_object_get(j, "failures");
+    assert_int_equal(json_array_size(fails), 1);
+    assert_string_equal(json_string_value(json_object_get(json_array_get(fails, 0), "path")), missing);
+    json_decref(j);
+    tu_result_free(&r);
+}
+
+/* A folder with many files that are not photos: the human summary names the
+ * first 20 and says how many more; --json lists every one. */
+static void test_ingest_long_lists(void **state)
+{
+    (void)state;
+    char dir[400], p[480];
+    snprintf(dir, sizeof dir, "%s/notes", root);
+    mkdir_p(dir);
+    for (int i = 0; i < 25; i++) {
+        snprintf(p, sizeof p, "%s/note-%02d.txt", dir, i);
+        write_text(p, "text\n");
+    }
+    const char *a[] = {"ingest", "--server", server_addr, dir, NULL};
+    tu_result r = run(a);
+    TU_EXPECT_EXIT(r, 0);   /* nothing failed */
+    assert_non_null(strstr(r.out, "0 photos: 0 ingested"));
+    assert_non_null(strstr(r.out, "25 skipped (not a photo)"));
+    for (int i = 0; i < 25; i++) {
+        snprintf(p, sizeof p, "%s/note-%02d.txt: not an image", dir, i);
+        if (i < 20)
+            assert_non_null(strstr(r.err, p));
+        else
+            assert_null(strstr(r.err, p));
+    }
+    assert_non_null(strstr(r.err, "  ... and 5 more (--json lists them all)\n"));
+    tu_result_free(&r);
+    const char *aj[] = {"ingest", "--server", server_addr, "--json", dir, NULL};
+    json_t *j = run_json(aj);
+    json_t *sk = json_object_get(j, "skipped_files");
+    assert_int_equal(json_array_size(sk), 25);
+    snprintf(p, sizeof p, "%s/note-24.txt", dir);
+    assert_string_equal(json_string_value(json_object_get(json_array_get(sk, 24), "path")), p);
+    json_decref(j);
 }
 
 /* On a terminal (stderr a pty), ingest draws a progress bar redrawn in place:
@@ -357,8 +378,12 @@ static void test_ingest_progress_bar(void **state)
     assert_non_null(strstr(tty, "\r[########################] 6/6 100%"));
     assert_non_null(strstr(tty, " img/s  ETA "));
     assert_non_null(strstr(tty, "0/6   0%"));
-    /* the bar is erased at the end: the last thing on the terminal is a blank line and \r */
-    assert_true(n >= 2 && tty[n - 1] == '\r' && tty[n - 2] == ' ');
+    /* the bar is erased at the end (a blank line and \r), then the skipped
+     * file is named: the bar is not drawn again after it */
+    const char *after = strstr(tty, "\rskipped (not a photo):");
+    assert_non_null(after);
+    assert_true(after[-1] == ' ');
+    assert_null(strstr(after, "\r["));
     assert_non_null(strstr(out, "6 photos: 0 ingested"));
     free(out);
     free(tty);
@@ -788,12 +813,10 @@ static void test_server_down(void **state)
 static void test_auth(void **state)
 {
     (void)state;
-    char d2[400], s2[400], addr[420];
-    snprintf(d2, sizeof d2, "%s/data-auth", root);
-    snprintf(s2, sizeof s2, "%s/auth.sock", root);
-    snprintf(addr, sizeof addr, "unix:%s", s2);
-    const char *extra[] = {"--auth-token-file", token_file, "--require-auth", NULL};
-    pid_t pid = start_server(d2, s2, extra);
+    ts_server other;
+    const char *extra[] = {"--auth-token-file", token_file, "--require-auth", "--log-level", "warn", NULL};
+    start_other(&other, "umg-cli-auth-", extra);
+    const char *addr = other.addr;
 
     const char *a[] = {"stats", "--server", addr, NULL};
     tu_result r = run(a);
@@ -823,7 +846,7 @@ static void test_auth(void **state)
     /* A token file that does not exist is an error, not "no token". */
     const char *an[] = {"stats", "--server", addr, "--token-file", "/nonexistent/token", NULL};
     expect_run(NULL, an, 3, NULL, "/nonexistent/token");
-    stop_server(pid);
+    stop_other(&other);
 }
 
 /* The server drops the connection in the middle of a run (here: a photo
@@ -832,28 +855,27 @@ static void test_auth(void **state)
 static void test_connection_lost(void **state)
 {
     (void)state;
-    char d3[400], s3[400], addr[420];
-    snprintf(d3, sizeof d3, "%s/data-small-frames", root);
-    snprintf(s3, sizeof s3, "%s/small.sock", root);
-    snprintf(addr, sizeof addr, "unix:%s", s3);
-    const char *extra[] = {"--max-frame", "64K", NULL};
-    pid_t pid = start_server(d3, s3, extra);
+    ts_server other;
+    const char *extra[] = {"--max-frame", "64K", "--log-level", "warn", NULL};
+    start_other(&other, "umg-cli-frames-", extra);
+    const char *addr = other.addr;
     const char *a[] = {"ingest", "--server", addr, "--jobs", "1", photo_path[1], NULL};   /* 139 KB */
     tu_result r = run(a);
     TU_EXPECT_EXIT(r, 3);
     assert_non_null(strstr(r.err, "umgdb ingest: lost the connection to the server at"));
-    assert_non_null(strstr(r.out, "1 not sent"));
+    /* sent, and the server closed before answering: it cannot tell whether it was stored */
+    assert_non_null(strstr(r.out, "1 sent without an answer"));
     tu_result_free(&r);
-    stop_server(pid);
+    stop_other(&other);
 }
 
 /* The data survive a restart of the server (SIGTERM, exit 0, start again). */
 static void test_restart(void **state)
 {
     (void)state;
-    stop_server(server);
-    const char *extra[] = {"--allow-root", photos, NULL};
-    server = start_server(data, sock, extra);
+    assert_int_equal(ts_stop(&srv), 0);
+    const char *extra[] = {"--allow-root", photos, "--log-level", "warn", NULL};
+    ts_start_ok(&srv, extra);
     const char *a[] = {"ingest", "--server", server_addr, "--json", photos, NULL};
     json_t *j = run_json(a);
     assert_int_equal(json_integer_value(json_object_get(j, "unchanged")), N_PHOTOS);
@@ -862,9 +884,12 @@ static void test_restart(void **state)
 
 int main(void)
 {
-    srand((unsigned)time(NULL) ^ (unsigned)getpid());
+    /* The servers (children) and the client runs must not see the caller's. */
+    unsetenv("UMGDB_AUTH_TOKEN");
+    unsetenv("UMGDB_SERVER");
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_ingest),
+        cmocka_unit_test(test_ingest_long_lists),
         cmocka_unit_test(test_ingest_progress_bar),
         cmocka_unit_test(test_ingest_by_path),
         cmocka_unit_test(test_query_json_and_table),
