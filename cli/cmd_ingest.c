@@ -6,9 +6,12 @@
  * second run over the same tree sends the same names and the server answers
  * duplicate: true for files whose content did not change ("unchanged").
  *
- * Ctrl-C (SIGINT) stops sending, waits up to INTERRUPT_WAIT_S for the answers
- * in flight, prints the summary and exits 130; a second Ctrl-C exits at once. */
+ * Ctrl-C (SIGINT) stops sending, waits for the answers in flight (while they
+ * keep coming, INTERRUPT_WAIT_S after the last, INTERRUPT_MAX_WAIT_S in all),
+ * prints the summary and exits 130; a second Ctrl-C exits at once.  Leaving
+ * answers unread would make the server write to a closed connection. */
 #include <getopt.h>
+#include <math.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -26,8 +29,9 @@
 #define FRAME_OVERHEAD (64u << 10)
 /* How many skipped and failed files the human summary names (--json: all). */
 #define LIST_SHOWN 20
-/* After Ctrl-C: how long to wait for the answers in flight. */
+/* After Ctrl-C: how long to wait for the next answer in flight, and in all. */
 #define INTERRUPT_WAIT_S 3.0
+#define INTERRUPT_MAX_WAIT_S 10.0
 /* How often the receive loop looks at the Ctrl-C flag. */
 #define RECV_SLICE_MS 200
 /* Exit code after Ctrl-C (128 + SIGINT, as shells report it). */
@@ -445,12 +449,18 @@ int cmd_ingest(int argc, char **argv)
     sigemptyset(&sa.sa_mask);
     sigaction(SIGINT, &sa, &old_sa);
     int fatal = 0;
-    double last_answer = cli_now(), stop_at = 0;
+    double last_answer = cli_now(), interrupted_at = 0, stop_at = 0;
     while (!fatal && (r.next < w.n_files || r.in_flight || n_retry)) {
         if (interrupt_count && !r.interrupted) {
             r.interrupted = true;
-            stop_at = cli_now() + INTERRUPT_WAIT_S;
+            interrupted_at = cli_now();
+            stop_at = interrupted_at + INTERRUPT_WAIT_S;
             n_retry = 0;   /* files to send again (as bytes) are not sent */
+            if (r.in_flight) {
+                cli_progress_clear(&r.progress);
+                fprintf(stderr, "umgdb ingest: stopping; waiting for the %d answer%s in flight (Ctrl-C again to "
+                                "quit now)\n", r.in_flight, r.in_flight == 1 ? "" : "s");
+            }
         }
         if (r.interrupted && (!r.in_flight || cli_now() >= stop_at))
             break;
@@ -484,6 +494,8 @@ int cmd_ingest(int argc, char **argv)
         slot done = r.slots[s];
         r.slots[s].id = 0;
         r.in_flight--;
+        if (r.interrupted)   /* answers still coming: wait a little longer */
+            stop_at = fmin(cli_now() + INTERRUPT_WAIT_S, interrupted_at + INTERRUPT_MAX_WAIT_S);
         if (handle(&r, &done, resp))
             retry[n_retry++] = done.file;
         proto_response_free(resp);

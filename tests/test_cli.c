@@ -188,6 +188,7 @@ static int photo_index(const char *path)
     return -1;
 }
 
+/* umgdb query --json with extra_args, then text (NULL: none, e.g. with --like). */
 static json_t *query_json(const char *const *extra_args, const char *text)
 {
     const char *args[32] = {"query", "--server", server_addr, "--json"};
@@ -544,6 +545,7 @@ static void test_query_filters(void **state)
     tu_result r = run(a);
     TU_EXPECT_EXIT(r, 0);
     assert_string_equal(r.out, "no hits\n");
+    assert_null(strstr(r.err, "may have been cut"));   /* a score cut is exact */
     tu_result_free(&r);
 }
 
@@ -673,13 +675,23 @@ static void test_query_heatmap(void **state)
     json_t *hits = json_object_get(j, "hits");
     assert_int_equal(json_array_size(hits), 2);
     size_t cells = 0;
+    double lo[2], hi[2];   /* each heatmap's range: the ends of its colour scale */
     for (size_t i = 0; i < 2; i++) {
         json_t *hm = json_object_get(json_array_get(hits, i), "heatmap");
         assert_non_null(hm);
         json_int_t g = json_integer_value(json_object_get(hm, "grid"));
         assert_true(g > 0);
-        assert_int_equal(json_array_size(json_object_get(hm, "values")), (size_t)(g * g));
+        json_t *vals = json_object_get(hm, "values");
+        assert_int_equal(json_array_size(vals), (size_t)(g * g));
         cells += (size_t)(g * g);
+        lo[i] = INFINITY;
+        hi[i] = -INFINITY;
+        for (size_t c = 0; c < json_array_size(vals); c++) {
+            double v = json_number_value(json_array_get(vals, c));
+            lo[i] = fmin(lo[i], v);
+            hi[i] = fmax(hi[i], v);
+        }
+        assert_true(hi[i] > lo[i]);
     }
     json_decref(j);
     FILE *f = fopen(page, "r");
@@ -694,10 +706,177 @@ static void test_query_heatmap(void **state)
         rects++;
     assert_int_equal(groups, 2);
     assert_int_equal(rects, cells);
+    /* A colour scale: explained once, then under each photo its ramp (the
+     * cells' own colours, lowest to highest) with that heatmap's range. */
+    assert_non_null(strstr(html, "<p class=\"scale\">Heatmaps: each cell is coloured by the cosine"));
+    const char *card = html;
+    for (int i = 0; i < 2; i++) {
+        card = strstr(card, "<g class=\"heat\">");
+        assert_non_null(card);
+        const char *legend = strstr(card, "<div class=\"legend\">");
+        assert_non_null(legend);
+        const char *next = strstr(card + 1, "<g class=\"heat\">");
+        assert_true(!next || legend < next);   /* this card's */
+        char want[256];
+        snprintf(want, sizeof want, "<div class=\"legend\"><span class=\"lo\">%.4f</span>", lo[i]);
+        if (strncmp(legend, want, strlen(want)))
+            fail_msg("hit %d: legend %.200s, want it to start %s", i + 1, legend, want);
+        const char *end = strstr(legend, "</div>");
+        snprintf(want, sizeof want, "<span class=\"hi\">%.4f</span>", hi[i]);
+        assert_true(strstr(legend, want) && strstr(legend, want) < end);
+        const char *ramp = strstr(legend, "linear-gradient(to right,rgba(0,0,255,0.05),");
+        assert_true(ramp && ramp < end);
+        assert_true(strstr(ramp, ",rgba(255,0,0,0.60))") < end);
+        card++;
+    }
     free(html);
 
     const char *t[] = {"query", "--server", server_addr, "--heatmap", "-k", "2", "a cat", NULL};
     expect_run(NULL, t, 0, "heatmap peak (x,y)", NULL);
+}
+
+/* --refine: the boxes are ranked by their refined score; the table and the
+ * page show it first, the cosine beside it. */
+static void test_query_refine(void **state)
+{
+    (void)state;
+    char page[480];
+    snprintf(page, sizeof page, "%s/refined.html", root);
+    const char *a[] = {"query", "--server", server_addr, "--refine", "-k", "5", "--json", "--html", page,
+                       "--path-prefix", photos, "a cat", NULL};
+    json_t *j = run_json(a);
+    json_t *hits = json_object_get(j, "hits");
+    size_t n = json_array_size(hits);
+    assert_true(n >= 2);
+    const char *t[] = {"query", "--server", server_addr, "--refine", "-k", "5", "--path-prefix", photos, "a cat",
+                       NULL};
+    tu_result r = run(t);
+    TU_EXPECT_EXIT(r, 0);
+    assert_true(!strncmp(r.out, "rank  refined  cosine  image_id  path", 37));
+    size_t len;
+    char *html = tu_read_file(page, &len);
+    const char *line = strchr(r.out, '\n') + 1, *card = html;
+    for (size_t i = 0; i < n; i++) {
+        json_t *h = json_array_get(hits, i);
+        assert_non_null(json_object_get(h, "refined"));   /* clip-tiny's server stores patch tokens */
+        double refined = json_number_value(json_object_get(h, "refined"));
+        double cosine = json_number_value(json_object_get(h, "score"));
+        char want[128];
+        snprintf(want, sizeof want, "%zu   %.4f  %.4f  ", i + 1, refined, cosine);
+        if (strncmp(line + strspn(line, " "), want, strlen(want)))
+            fail_msg("row %zu: %.*s\nwant it to start: %s", i + 1, (int)strcspn(line, "\n"), line, want);
+        line = strchr(line, '\n') + 1;
+        snprintf(want, sizeof want, "<span class=\"rank\">#%zu</span> <span class=\"score\">refined %.4f</span> "
+                                    "(cosine %.4f) ", i + 1, refined, cosine);
+        card = strstr(card, want);
+        if (!card)
+            fail_msg("the page has no card %zu: %s", i + 1, want);
+    }
+    free(html);
+    tu_result_free(&r);
+    json_decref(j);
+}
+
+/* Path and size of a photo as stored, and its first region's id and box. */
+static uint64_t image_id_of(const char *path)
+{
+    uint64_t id;
+    long w, h;
+    size_t nreg;
+    get_image(path, &id, &w, &h, &nreg);
+    return id;
+}
+
+/* query --like / --like-id (the protocol's query_image), --like-box. */
+static void test_query_like(void **state)
+{
+    (void)state;
+    /* A photo's nearest neighbours are itself and its byte-identical copy. */
+    const char *l1[] = {"--like", photo_path[5], "-k", "3", NULL};
+    json_t *j = query_json(l1, NULL);
+    json_t *hits = json_object_get(j, "hits");
+    assert_int_equal(json_array_size(hits), 3);
+    char copy[400];
+    snprintf(copy, sizeof copy, "%s/rocket-copy.jpg", outside);
+    bool self = false, dup = false;
+    for (size_t i = 0; i < 2; i++) {
+        json_t *h = json_array_get(hits, i);
+        const char *path = json_string_value(json_object_get(h, "path"));
+        self |= !strcmp(path, photo_path[5]);
+        dup |= !strcmp(path, copy);
+        assert_true(json_number_value(json_object_get(h, "score")) > 0.999);
+    }
+    assert_true(self && dup);
+    assert_true(json_number_value(json_object_get(json_array_get(hits, 2), "score")) < 0.9999);
+    json_decref(j);
+    const char *l2[] = {"--like", photo_path[2], "-k", "1", "--path-prefix", photos, NULL};
+    j = query_json(l2, NULL);
+    hits = json_object_get(j, "hits");
+    assert_int_equal(json_array_size(hits), 1);
+    assert_string_equal(json_string_value(json_object_get(json_array_get(hits, 0), "path")), photo_path[2]);
+    json_decref(j);
+
+    /* By a stored image's id: that image is left out, its copy comes first. */
+    char ids[32];
+    snprintf(ids, sizeof ids, "%llu", (unsigned long long)image_id_of(photo_path[5]));
+    const char *l3[] = {"--like-id", ids, "-k", "1", NULL};
+    j = query_json(l3, NULL);
+    hits = json_object_get(j, "hits");
+    assert_int_equal(json_array_size(hits), 1);
+    assert_string_equal(json_string_value(json_object_get(json_array_get(hits, 0), "path")), copy);
+    assert_true(json_number_value(json_object_get(json_array_get(hits, 0), "score")) > 0.999);
+    json_decref(j);
+
+    /* A region of a photo, by its bytes and by its id: the stored region
+     * with that box comes first. */
+    const char *g[] = {"get", "--server", server_addr, "--json", "--path", photo_path[2], NULL};
+    json_t *img = run_json(g);
+    json_t *reg = json_array_get(json_object_get(img, "regions"), 1);
+    assert_non_null(reg);
+    json_int_t region_id = json_integer_value(json_object_get(reg, "region_id"));
+    json_t *box = json_object_get(reg, "box");
+    char boxs[160];
+    snprintf(boxs, sizeof boxs, "%.9g,%.9g,%.9g,%.9g", json_number_value(json_array_get(box, 0)),
+             json_number_value(json_array_get(box, 1)), json_number_value(json_array_get(box, 2)),
+             json_number_value(json_array_get(box, 3)));
+    snprintf(ids, sizeof ids, "%lld", (long long)json_integer_value(json_object_get(img, "image_id")));
+    const char *l4[] = {"--like", photo_path[2], "--like-box", boxs, "--regions", "-k", "1", NULL};
+    const char *l5[] = {"--like-id", ids, "--like-box", boxs, "--regions", "-k", "1", NULL};
+    const char *const *cases[] = {l4, l5};
+    for (int c = 0; c < 2; c++) {
+        j = query_json(cases[c], NULL);
+        json_t *h = json_array_get(json_object_get(j, "hits"), 0);
+        assert_non_null(h);
+        assert_string_equal(json_string_value(json_object_get(h, "path")), photo_path[2]);
+        if (json_integer_value(json_object_get(h, "region_id")) != region_id)
+            fail_msg("case %d: region %lld first, want %lld (box %s)", c,
+                     (long long)json_integer_value(json_object_get(h, "region_id")), (long long)region_id, boxs);
+        json_decref(j);
+    }
+    json_decref(img);
+
+    /* The table says what was searched for; usage errors are exit 2. */
+    const char *t[] = {"query", "--server", server_addr, "--like", photo_path[5], "-k", "2", NULL};
+    expect_run(NULL, t, 0, "rocket-copy.jpg", NULL);
+    static const char *const bad_cases[][8] = {
+        {"query", "--like", "/x.jpg", "cats", NULL},
+        {"query", "--like", "/x.jpg", "--like-id", "3", NULL},
+        {"query", "--like-box", "1,2,3,4", "cats", NULL},
+        {"query", "--like-id", "3", "--like-box", "1,2,3", NULL},
+        {"query", "--like-id", "3", "--like-box", "1,2,0,4", NULL},
+        {"query", "--like-id", "0", NULL},
+        {"query", "--like-id", "3", "--refine", NULL},
+    };
+    for (size_t i = 0; i < sizeof bad_cases / sizeof bad_cases[0]; i++) {
+        tu_result r = run(bad_cases[i]);
+        if (r.status != 2 || !strstr(r.err, "umgdb query: "))
+            fail_msg("bad case %zu: exit %d, stderr: %s", i, r.status, r.err);
+        tu_result_free(&r);
+    }
+    char missing[400];
+    snprintf(missing, sizeof missing, "%s/no-such.jpg", root);
+    const char *m[] = {"query", "--server", server_addr, "--like", missing, NULL};
+    expect_run(NULL, m, 2, NULL, "no-such.jpg");
 }
 
 static void test_get_stats_delete(void **state)
@@ -747,6 +926,222 @@ static void test_get_stats_delete(void **state)
     /* Ingest brings it back (a new id). */
     const char *in[] = {"ingest", "--server", server_addr, "--tags", "fixture,first", photo_path[5], NULL};
     expect_run(NULL, in, 0, "1 photo: 1 ingested", NULL);
+}
+
+/* get/delete --path with a relative path find what ingest stored for it
+ * (absolute, resolved), also once the file is gone; a name stored as it was
+ * typed (by another client) is still found. */
+static void test_relative_paths(void **state)
+{
+    (void)state;
+    char cwd[1024], dir[400], p[480];
+    assert_non_null(getcwd(cwd, sizeof cwd));
+    snprintf(dir, sizeof dir, "%s/rel", root);
+    mkdir_p(dir);
+    snprintf(p, sizeof p, "%s/coffee-rel.png", dir);
+    copy_file(photo_path[3], p);
+    snprintf(p, sizeof p, "%s/gone.png", dir);
+    copy_file(photo_path[1], p);
+    assert_int_equal(chdir(dir), 0);
+    const char *in[] = {"ingest", "--server", server_addr, "--json", "coffee-rel.png", "./gone.png", NULL};
+    json_t *j = run_json(in);
+    assert_int_equal(json_integer_value(json_object_get(j, "ingested")), 2);
+    json_decref(j);
+    const char *g1[] = {"get", "--server", server_addr, "--json", "--path", "coffee-rel.png", NULL};
+    j = run_json(g1);
+    snprintf(p, sizeof p, "%s/coffee-rel.png", dir);
+    assert_string_equal(json_string_value(json_object_get(j, "path")), p);
+    json_decref(j);
+    /* "." and ".." (through a directory that does not exist) */
+    const char *g2[] = {"get", "--server", server_addr, "--json", "--path", "./nowhere/../coffee-rel.png", NULL};
+    j = run_json(g2);
+    assert_string_equal(json_string_value(json_object_get(j, "path")), p);
+    json_decref(j);
+    /* The file deleted from disk: still found, and deleted, by its relative name. */
+    assert_int_equal(unlink("gone.png"), 0);
+    const char *g3[] = {"get", "--server", server_addr, "--path", "gone.png", NULL};
+    snprintf(p, sizeof p, "path: %s/gone.png\n", dir);
+    expect_run(NULL, g3, 0, p, NULL);
+    const char *d3[] = {"delete", "--server", server_addr, "--path", "gone.png", NULL};
+    expect_run(NULL, d3, 0, "deleted image", NULL);
+    expect_run(NULL, g3, 1, NULL, "not_found");
+
+    /* A name stored as sent ("as-typed.png", no directory): found as typed. */
+    umg_client *c = ts_conn(&srv);
+    proto_response *r = ts_wait_ok(c, ts_send_ingest(c, photo_path[4], "as-typed.png", NULL));
+    uint64_t id = ts_res_u(r, "image_id");
+    proto_response_free(r);
+    umg_client_close(c);
+    const char *g4[] = {"get", "--server", server_addr, "--json", "--path", "as-typed.png", NULL};
+    j = run_json(g4);
+    assert_int_equal(json_integer_value(json_object_get(j, "image_id")), (json_int_t)id);
+    json_decref(j);
+    const char *d4[] = {"delete", "--server", server_addr, "--path", "as-typed.png", NULL};
+    expect_run(NULL, d4, 0, "deleted image", NULL);
+    assert_int_equal(chdir(cwd), 0);
+}
+
+/* Bytes ingest sends the file's modification time: get shows it, not the
+ * time of the ingest. */
+static void test_ingest_mtime(void **state)
+{
+    (void)state;
+    char dir[400], p[480];
+    snprintf(dir, sizeof dir, "%s/times", root);
+    mkdir_p(dir);
+    snprintf(p, sizeof p, "%s/old.jpg", dir);
+    copy_file(photo_path[5], p);
+    struct timeval tv[2] = {{1500000000, 0}, {1500000000, 0}};
+    assert_int_equal(utimes(p, tv), 0);
+    const char *in[] = {"ingest", "--server", server_addr, p, NULL};
+    expect_run(NULL, in, 0, "1 photo: 1 ingested", NULL);
+    const char *g[] = {"get", "--server", server_addr, "--json", "--path", p, NULL};
+    json_t *j = run_json(g);
+    assert_int_equal(json_integer_value(json_object_get(j, "mtime")), 1500000000);
+    assert_true(json_integer_value(json_object_get(j, "ingest_time")) > 1500000000);
+    json_decref(j);
+    const char *gh[] = {"get", "--server", server_addr, "--path", p, NULL};
+    expect_run(NULL, gh, 0, "mtime: 2017-07-14 02:40:00 UTC (1500000000)\n", NULL);
+}
+
+/* A tag filter cuts the nearest candidates: with -k 1 the one tagged photo
+ * is beyond them (21 identical photos are nearer), so the CLI says the
+ * filter may have cut the results and how to widen them; a larger -k finds it. */
+static void test_query_filter_note(void **state)
+{
+    (void)state;
+    char dir[400], p[480];
+    snprintf(dir, sizeof dir, "%s/similar", root);
+    mkdir_p(dir);
+    for (int i = 0; i < 20; i++) {
+        snprintf(p, sizeof p, "%s/cat-%02d.png", dir, i);
+        copy_file(photo_path[2], p);
+    }
+    const char *in[] = {"ingest", "--server", server_addr, dir, NULL};
+    expect_run(NULL, in, 0, "20 photos: 20 ingested", NULL);
+    snprintf(dir, sizeof dir, "%s/rare", root);
+    mkdir_p(dir);
+    snprintf(p, sizeof p, "%s/camera-rare.png", dir);
+    copy_file(photo_path[1], p);
+    const char *in2[] = {"ingest", "--server", server_addr, "--tags", "rare", p, NULL};
+    expect_run(NULL, in2, 0, "1 photo: 1 ingested", NULL);
+
+    const char *q1[] = {"query", "--server", server_addr, "--like", photo_path[2], "--tag", "rare", "-k", "1", NULL};
+    tu_result r = run(q1);
+    TU_EXPECT_EXIT(r, 0);
+    assert_string_equal(r.out, "no hits\n");
+    assert_non_null(strstr(r.err, "umgdb query: 0 of 1 hits: --path-prefix and --tag filter the server's nearest "
+                                  "candidates only, so matching photos further away may have been cut; a larger "
+                                  "-k searches more of them (e.g. -k 10)\n"));
+    tu_result_free(&r);
+    const char *q2[] = {"query", "--server", server_addr, "--json", "--like", photo_path[2], "--tag", "rare", "-k",
+                        "100", NULL};
+    r = run(q2);
+    TU_EXPECT_EXIT(r, 0);
+    json_t *j = tu_json_parse(r.out);   /* the note is on stderr: stdout stays JSON */
+    json_t *hits = json_object_get(j, "hits");
+    assert_int_equal(json_array_size(hits), 1);
+    assert_string_equal(json_string_value(json_object_get(json_array_get(hits, 0), "path")), p);
+    assert_non_null(strstr(r.err, "1 of 100 hits"));
+    json_decref(j);
+    tu_result_free(&r);
+    /* k hits: no note */
+    const char *q3[] = {"query", "--server", server_addr, "--tag", "first", "-k", "3", "a cat", NULL};
+    r = run(q3);
+    TU_EXPECT_EXIT(r, 0);
+    assert_null(strstr(r.err, "may have been cut"));
+    tu_result_free(&r);
+    /* -k at its maximum: the note says so instead */
+    const char *q4[] = {"query", "--server", server_addr, "--tag", "nobody-uses-this", "-k", "1000", "a cat", NULL};
+    expect_run(NULL, q4, 0, "no hits\n", "-k is at its maximum (1000)");
+}
+
+static json_int_t stats_images(umg_client *c)
+{
+    proto_response *r;
+    assert_int_equal(umg_client_call0(c, "stats", TS_T_MS, &r), 0);
+    assert_true(r->ok);
+    json_int_t n = (json_int_t)ts_res_u(r, "images");
+    proto_response_free(r);
+    return n;
+}
+
+/* Ctrl-C on a running ingest: it stops sending, waits for the answers in
+ * flight, prints the summary and exits 130; every photo it calls ingested is
+ * stored. */
+static void test_ingest_interrupt(void **state)
+{
+    (void)state;
+    enum { COPIES = 40, FILES = COPIES * N_PHOTOS };
+    char dir[400], p[480];
+    snprintf(dir, sizeof dir, "%s/many", root);
+    mkdir_p(dir);
+    for (int k = 0; k < COPIES; k++)
+        for (int i = 0; i < N_PHOTOS; i++) {
+            snprintf(p, sizeof p, "%s/%02d-%s", dir, k, photo_names[i]);
+            copy_file(photo_path[i], p);
+        }
+    umg_client *c = ts_conn(&srv);
+    json_int_t before = stats_images(c);
+
+    char outp[480], errp[480];
+    snprintf(outp, sizeof outp, "%s/interrupt.out", root);
+    snprintf(errp, sizeof errp, "%s/interrupt.err", root);
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        int fo = open(outp, O_WRONLY | O_CREAT | O_TRUNC, 0600), fe = open(errp, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+        dup2(fo, 1);
+        dup2(fe, 2);
+        execl(tu_bin(), tu_bin(), "ingest", "--server", server_addr, "--json", "-j", "8", dir, (char *)NULL);
+        _exit(127);
+    }
+    /* Interrupt once the server has stored some of them. */
+    for (int i = 0; i < 600 && stats_images(c) == before; i++)
+        usleep(50000);
+    assert_true(stats_images(c) > before);
+    assert_int_equal(kill(pid, SIGINT), 0);
+    int st;
+    assert_int_equal(waitpid(pid, &st, 0), pid);
+    char *out = tu_read_file(outp, NULL), *err = tu_read_file(errp, NULL);
+    if (!WIFEXITED(st) || WEXITSTATUS(st) != 130)
+        fail_msg("status %d, want exit 130\nstdout:\n%s\nstderr:\n%s", st, out, err);
+    assert_non_null(strstr(err, "umgdb ingest: interrupted after "));
+    json_t *j = tu_json_parse(out);
+    assert_true(json_is_true(json_object_get(j, "interrupted")));
+    json_int_t ingested = json_integer_value(json_object_get(j, "ingested"));
+    json_int_t unanswered = json_integer_value(json_object_get(j, "unanswered"));
+    json_int_t not_sent = json_integer_value(json_object_get(j, "not_sent"));
+    assert_int_equal(json_integer_value(json_object_get(j, "photos")), FILES);
+    assert_true(ingested >= 1 && not_sent >= 1);   /* stopped in the middle */
+    assert_int_equal(ingested + unanswered + not_sent + json_integer_value(json_object_get(j, "failed")), FILES);
+    json_decref(j);
+
+    /* Every photo called ingested is stored: as many found by path as it
+     * says, plus at most those sent without an answer. */
+    uint64_t ids[FILES];
+    int n = 0;
+    for (int k = 0; k < COPIES; k++)
+        for (int i = 0; i < N_PHOTOS; i++) {
+            snprintf(p, sizeof p, "%s/%02d-%s", dir, k, photo_names[i]);
+            proto_writer w;
+            ids[n] = ts_begin(c, &w, "get", 1);
+            ts_kv_str(&w, "path", p);
+            ts_end(c, &w);
+            n++;
+        }
+    json_int_t found = 0;
+    for (int i = 0; i < n; i++) {
+        proto_response *r = ts_wait_resp(c, ids[i]);
+        found += r->ok;
+        proto_response_free(r);
+    }
+    if (found < ingested || found > ingested + unanswered)
+        fail_msg("%lld stored, the summary says %lld ingested and %lld without an answer", (long long)found,
+                 (long long)ingested, (long long)unanswered);
+    umg_client_close(c);
+    free(out);
+    free(err);
 }
 
 static void test_usage_errors(void **state)
@@ -897,7 +1292,13 @@ int main(void)
         cmocka_unit_test(test_query_filters),
         cmocka_unit_test(test_query_regions_html),
         cmocka_unit_test(test_query_heatmap),
+        cmocka_unit_test(test_query_refine),
+        cmocka_unit_test(test_query_like),
         cmocka_unit_test(test_get_stats_delete),
+        cmocka_unit_test(test_relative_paths),
+        cmocka_unit_test(test_ingest_mtime),
+        cmocka_unit_test(test_query_filter_note),
+        cmocka_unit_test(test_ingest_interrupt),
         cmocka_unit_test(test_usage_errors),
         cmocka_unit_test(test_server_down),
         cmocka_unit_test(test_auth),
