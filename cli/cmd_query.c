@@ -574,6 +574,9 @@ static void print_table(const hit *v, int n, const query_opts *o)
     }
     cli_table_print(t, stdout);
     cli_table_free(t);
+    if (refined)
+        printf("(--refine: the photos keep the region search's order; each photo's boxes are ranked by "
+               "their refined score)\n");
     (void)o;
 }
 

@@ -14,6 +14,7 @@
 #include <fcntl.h>
 #include <jansson.h>
 #include <math.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -325,50 +326,85 @@ static void test_ingest_long_lists(void **state)
     json_decref(j);
 }
 
+/* ---- a terminal ---------------------------------------------------------------- */
+
+/* umgdb with args (after the binary name), its stderr a new pseudo-terminal
+ * (so it draws its progress bar), its stdout a scratch file (*out_fd: read it
+ * with tu_read_fd once the child has exited).  *master reads the terminal. */
+static pid_t spawn_on_tty(const char *const *args, int *master, int *out_fd)
+{
+    *master = posix_openpt(O_RDWR | O_NOCTTY);
+    assert_true(*master >= 0);
+    assert_int_equal(grantpt(*master), 0);
+    assert_int_equal(unlockpt(*master), 0);
+    char *slave_name = ptsname(*master);
+    assert_non_null(slave_name);
+    int slave = open(slave_name, O_RDWR | O_NOCTTY);
+    assert_true(slave >= 0);
+    char outp[] = "/tmp/umg-cli-out-XXXXXX";
+    *out_fd = mkstemp(outp);
+    assert_true(*out_fd >= 0);
+    unlink(outp);
+    const char *argv[32] = {tu_bin()};
+    int n = 1;
+    for (const char *const *a = args; *a; a++) {
+        assert_true(n < 31);
+        argv[n++] = *a;
+    }
+    argv[n] = NULL;
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        close(*master);
+        dup2(*out_fd, 1);
+        dup2(slave, 2);
+        execv(argv[0], (char *const *)argv);
+        _exit(127);
+    }
+    close(slave);
+    return pid;
+}
+
+/* What the terminal showed: read into b (grown as needed, NUL-terminated);
+ * until_closed: until the child closes it (EIO once no writer is left), else
+ * only what is there now (the child blocks once the terminal's buffer fills). */
+typedef struct tty_text {
+    char *p;
+    size_t n, cap;
+} tty_text;
+
+static void tty_read(int master, tty_text *b, bool until_closed)
+{
+    for (;;) {
+        if (b->n + 4096 >= b->cap) {
+            b->cap = b->cap ? b->cap * 2 : 1 << 16;
+            b->p = realloc(b->p, b->cap);
+            assert_non_null(b->p);
+        }
+        b->p[b->n] = 0;
+        struct pollfd pf = {.fd = master, .events = POLLIN};
+        if (!until_closed && poll(&pf, 1, 0) <= 0)
+            return;
+        ssize_t got = read(master, b->p + b->n, b->cap - b->n - 1);
+        if (got <= 0)
+            return;
+        b->n += (size_t)got;
+        b->p[b->n] = 0;
+    }
+}
+
 /* On a terminal (stderr a pty), ingest draws a progress bar redrawn in place:
  * count/total, images/s, ETA, and erases it before the summary. */
 static void test_ingest_progress_bar(void **state)
 {
     (void)state;
-    int master = posix_openpt(O_RDWR | O_NOCTTY);
-    assert_true(master >= 0);
-    assert_int_equal(grantpt(master), 0);
-    assert_int_equal(unlockpt(master), 0);
-    char *slave_name = ptsname(master);
-    assert_non_null(slave_name);
-    int slave = open(slave_name, O_RDWR | O_NOCTTY);
-    assert_true(slave >= 0);
-    char outp[] = "/tmp/umg-cli-out-XXXXXX";
-    int fo = mkstemp(outp);
-    assert_true(fo >= 0);
-    unlink(outp);
-    pid_t pid = fork();
-    assert_true(pid >= 0);
-    if (pid == 0) {
-        close(master);
-        dup2(fo, 1);
-        dup2(slave, 2);
-        unsetenv("UMGDB_SERVER");
-        unsetenv("UMGDB_AUTH_TOKEN");
-        execl(tu_bin(), tu_bin(), "ingest", "--server", server_addr, photos, (char *)NULL);
-        _exit(127);
-    }
-    close(slave);
-    /* Read the terminal until the child closes it (EIO once no writer is left). */
-    size_t cap = 1 << 16, n = 0;
-    char *tty = malloc(cap);
-    assert_non_null(tty);
-    for (;;) {
-        ssize_t got = read(master, tty + n, cap - n - 1);
-        if (got <= 0)
-            break;
-        n += (size_t)got;
-        if (n + 1 >= cap) {
-            tty = realloc(tty, cap *= 2);
-            assert_non_null(tty);
-        }
-    }
-    tty[n] = 0;
+    int master, fo;
+    const char *args[] = {"ingest", "--server", server_addr, photos, NULL};
+    pid_t pid = spawn_on_tty(args, &master, &fo);
+    tty_text tt = {0};
+    tty_read(master, &tt, true);
+    const char *tty = tt.p;
+    size_t n = tt.n;
     int st;
     assert_int_equal(waitpid(pid, &st, 0), pid);
     close(master);
@@ -376,6 +412,7 @@ static void test_ingest_progress_bar(void **state)
     assert_int_equal(WEXITSTATUS(st), 0);
     char *out = tu_read_fd(fo, NULL);
     close(fo);
+    assert_true(n > 0);
     assert_non_null(strstr(tty, "\r[########################] 6/6 100%"));
     assert_non_null(strstr(tty, " img/s  ETA "));
     assert_non_null(strstr(tty, "0/6   0%"));
@@ -387,7 +424,7 @@ static void test_ingest_progress_bar(void **state)
     assert_null(strstr(after, "\r["));
     assert_non_null(strstr(out, "6 photos: 0 ingested"));
     free(out);
-    free(tty);
+    free(tt.p);
 }
 
 static void test_ingest_by_path(void **state)
@@ -1139,9 +1176,46 @@ static void test_ingest_interrupt(void **state)
     if (found < ingested || found > ingested + unanswered)
         fail_msg("%lld stored, the summary says %lld ingested and %lld without an answer", (long long)found,
                  (long long)ingested, (long long)unanswered);
-    umg_client_close(c);
     free(out);
     free(err);
+
+    /* Again on a terminal, interrupted once it stores more: the progress
+     * line stays where it stopped, ended by a newline, and the summary says
+     * it was interrupted. */
+    before = stats_images(c);
+    int master, fo;
+    const char *args[] = {"ingest", "--server", server_addr, "-j", "8", dir, NULL};
+    pid = spawn_on_tty(args, &master, &fo);
+    tty_text tt = {0};
+    for (int i = 0; i < 600 && stats_images(c) == before; i++) {
+        tty_read(master, &tt, false);
+        usleep(50000);
+    }
+    assert_true(stats_images(c) > before);
+    assert_int_equal(kill(pid, SIGINT), 0);
+    tty_read(master, &tt, true);
+    assert_int_equal(waitpid(pid, &st, 0), pid);
+    close(master);
+    out = tu_read_fd(fo, NULL);
+    close(fo);
+    if (!WIFEXITED(st) || WEXITSTATUS(st) != 130)
+        fail_msg("status %d, want exit 130\nstdout:\n%s\nterminal:\n%s", st, out, tt.p);
+    snprintf(p, sizeof p, "interrupted: %d photos: ", FILES);
+    assert_true(!strncmp(out, p, strlen(p)));
+    assert_non_null(strstr(out, " not sent"));
+    const char *last = strstr(tt.p, "umgdb ingest: interrupted after ");
+    assert_non_null(last);
+    /* just before it: the last bar drawn, its line ended (\n, shown as \r\n) */
+    assert_true(last - tt.p >= 2 && last[-2] == '\r' && last[-1] == '\n');
+    const char *bar = NULL;
+    for (const char *q = tt.p; (q = strstr(q, "\r[")) && q < last; q++)
+        bar = q;
+    assert_non_null(bar);
+    assert_true(memchr(bar, '\n', (size_t)(last - 1 - bar)) == NULL);   /* the bar's line, not another */
+    assert_non_null(strstr(bar, " img/s  ETA "));
+    free(tt.p);
+    free(out);
+    umg_client_close(c);
 }
 
 static void test_usage_errors(void **state)
