@@ -445,7 +445,9 @@ int cmd_ingest(int argc, char **argv)
         goto out;
     }
     /* Ctrl-C from here on: stop sending, collect what is in flight, summarise. */
-    struct sigaction sa = {.sa_handler = on_sigint}, old_sa;
+    /* SA_RESTART keeps stdio writes whole; poll() in the client returns
+     * EINTR anyway, and the receive loop looks at the flag every slice. */
+    struct sigaction sa = {.sa_handler = on_sigint, .sa_flags = SA_RESTART}, old_sa;
     sigemptyset(&sa.sa_mask);
     sigaction(SIGINT, &sa, &old_sa);
     int fatal = 0;
