@@ -377,6 +377,8 @@ static int ingest_prepare(srv_job *job)
             return umg_err_set(UMG_EINVAL, "ingest: name contains a NUL byte");
         }
         proto_obj_bin(proto_req_arg(req, "data"), &data, &len);
+        /* the client's file time, validated >= 1; absent: 0, the ingest time is recorded */
+        proto_obj_int(proto_req_arg(req, "mtime"), &mtime);
     }
     const msgpack_object *t = proto_req_arg(req, "tags");
     int n_tags = t ? (int)t->via.array.size : 0;
