@@ -13,6 +13,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "enc_image.h"
 #include "umg_error.h"
 
 /* ---- arguments ----------------------------------------------------------- */
@@ -452,23 +453,23 @@ static bool has_image_ext(const char *path)
     if (!dot)
         return false;
     return !strcasecmp(dot, ".jpg") || !strcasecmp(dot, ".jpeg") || !strcasecmp(dot, ".jpe") ||
-           !strcasecmp(dot, ".png");
+           !strcasecmp(dot, ".png") || !strcasecmp(dot, ".heic") || !strcasecmp(dot, ".heif") ||
+           !strcasecmp(dot, ".avif") || !strcasecmp(dot, ".webp") || !strcasecmp(dot, ".tif") ||
+           !strcasecmp(dot, ".tiff") || !strcasecmp(dot, ".gif");
 }
 
 enum cli_image_kind cli_image_kind(const char *path)
 {
-    static const uint8_t png_sig[8] = {0x89, 'P', 'N', 'G', '\r', '\n', 0x1a, '\n'};
-    uint8_t head[8];
+    uint8_t head[ENC_IMAGE_SNIFF_BYTES];
     size_t got = 0;
     FILE *f = fopen(path, "rb");
     if (f) {
         got = fread(head, 1, sizeof head, f);
         fclose(f);
     }
-    if (got >= 3 && head[0] == 0xff && head[1] == 0xd8 && head[2] == 0xff)
-        return CLI_JPEG;
-    if (got == 8 && !memcmp(head, png_sig, 8))
-        return CLI_PNG;
+    int fmt = enc_image_sniff(head, got, NULL); /* by content (issue 17) */
+    if (fmt != ENC_FMT_UNKNOWN)
+        return fmt == ENC_FMT_JPEG ? CLI_JPEG : fmt == ENC_FMT_PNG ? CLI_PNG : CLI_OTHER_IMAGE;
     if (has_image_ext(path)) {
         const char *dot = strrchr(path, '.');
         return !strcasecmp(dot, ".png") ? CLI_PNG : CLI_JPEG;
@@ -682,7 +683,7 @@ int cli_walk_paths(const char *const *paths, int n, cli_walk *out)
             /* A file named explicitly is a photo unless it says otherwise:
              * classify it like any other, but report rather than skip it. */
             if (cli_image_kind(paths[i]) == CLI_NOT_IMAGE)
-                walk_error(&k, paths[i], "not a JPEG or PNG file");
+                walk_error(&k, paths[i], "not a supported image (JPEG, PNG, HEIC, AVIF, WebP, TIFF, GIF)");
             else
                 add_file(&k, paths[i], &st);
         } else {
