@@ -35,8 +35,8 @@
  *    any compression libtiff reads (LZW, Deflate, JPEG, PackBits, ...), gray,
  *    palette, RGB, RGBA (unassociated alpha dropped unchanged, as PIL), CMYK;
  *    the first page (IFD) only; orientation from the Orientation tag.
- *  - GIF: the first frame through its palette (local or global); pixels outside
- *    the first frame's rectangle take palette index 0... see enc_decode_gif.c.
+ *  - GIF: the first frame through its palette (local or global), on the logical
+ *    screen as Pillow 9.4 fills it (enc_decode_gif.c).
  *  - All functions are reentrant: no global state; error details go to the
  *    calling thread's umg_err_msg(), naming the format ("corrupt HEIC: ...").
  *
