@@ -937,7 +937,7 @@ static void test_sniff(void **state)
 static void test_same_pixels_other_containers(void **state)
 {
     static const char *const same[] = {"fmt_lossless.webp", "fmt_lzw.tif", "fmt_deflate.tif", "fmt_tiled.tif",
-                                       "fmt_multipage.tif"};
+                                       "fmt_multipage.tif", "fmt_planar.tif"};
     for (size_t i = 0; i < sizeof same / sizeof *same; i++)
         expect_same_pixels(same[i], "fmt_src.png");
     /* lossless WebP with alpha: the RGB under the alpha is kept (-exact), dropped alpha */
@@ -960,7 +960,7 @@ static void test_formats_vs_pillow(void **state)
 {
     static const char *const names[] = {
         "fmt_lossy.webp", "fmt_alpha_lossy.webp", "fmt_alpha_lossless.webp", "fmt_anim.webp", "fmt_exif6.webp",
-        "fmt_jpeg.tif", "fmt_ycbcr_jpeg.tif", "fmt_rgba.tif", "fmt_palette.tif", "fmt_rgb16.tif",
+        "fmt_gray.tif", "fmt_bilevel.tif", "fmt_jpeg.tif", "fmt_ycbcr_jpeg.tif", "fmt_rgba.tif", "fmt_palette.tif", "fmt_rgb16.tif",
         "fmt_rgba16.tif", "fmt_cmyk.tif", "fmt_gray16.tif", "fmt_exif6.tif",
         "fmt.gif", "fmt_noninterlaced.gif", "fmt_anim.gif", "fmt_small_frame.gif",
     };

@@ -19,8 +19,10 @@ Files (".rgb": raw 8-bit RGB rows, size in manifest.txt, as make_test_images.py)
                             .rgb = Image.open(f).convert("RGB") (anim: first frame)
   fmt_exif6.webp            stored rotated, EXIF Orientation 6 (exiftool);
                             .rgb = exif_transpose(...).convert("RGB")
-  fmt_lzw.tif, fmt_deflate.tif, fmt_tiled.tif (tiffcp -t), fmt_multipage.tif
+  fmt_lzw.tif, fmt_deflate.tif, fmt_tiled.tif (tiffcp -t), fmt_multipage.tif,
+  fmt_planar.tif (tiffcp -p separate)
                             same pixels as fmt_src.png (multipage: the first page)
+  fmt_gray.tif, fmt_bilevel.tif (1-bit, CCITT G4),
   fmt_jpeg.tif (PIL, RGB), fmt_ycbcr_jpeg.tif (tiffcp -c jpeg: YCbCr 4:2:0),
   fmt_rgba.tif, fmt_palette.tif, fmt_rgb16.tif, fmt_rgba16.tif, fmt_cmyk.tif
                             .rgb = Image.open(f).convert("RGB")
@@ -140,6 +142,9 @@ src.save(out("fmt_lzw.tif"), compression="tiff_lzw")
 src.save(out("fmt_deflate.tif"), compression="tiff_adobe_deflate")
 run("tiffcp", "-t", "-w", "16", "-l", "16", out("fmt_lzw.tif"), out("fmt_tiled.tif"))
 src.save(out("fmt_multipage.tif"), compression="tiff_lzw", save_all=True, append_images=[frame2])
+run("tiffcp", "-p", "separate", out("fmt_lzw.tif"), out("fmt_planar.tif"))  # libtiff's TIFFRGBAImage path
+src.convert("L").save(out("fmt_gray.tif"), compression="tiff_lzw")
+src.convert("1").save(out("fmt_bilevel.tif"), compression="group4")
 src.save(out("fmt_jpeg.tif"), compression="jpeg", quality=90)
 run("tiffcp", "-c", "jpeg:90", "-r", "16", out("fmt_lzw.tif"), out("fmt_ycbcr_jpeg.tif"))
 src_rgba.save(out("fmt_rgba.tif"), compression="tiff_lzw")
@@ -152,7 +157,7 @@ alpha16 = np.asarray(alpha).astype(np.uint16)[:, :, None] * 257
 write_tiff(out("fmt_rgba16.tif"), np.concatenate([a16, alpha16], axis=2), 2, extra=2)
 write_tiff(out("fmt_gray16.tif"), a16[:, :, 1], 1)
 rotated.save(out("fmt_exif6.tif"), compression="tiff_lzw", tiffinfo={274: 6})
-for n in ["fmt_jpeg.tif", "fmt_ycbcr_jpeg.tif", "fmt_rgba.tif", "fmt_palette.tif", "fmt_rgb16.tif",
+for n in ["fmt_gray.tif", "fmt_bilevel.tif", "fmt_jpeg.tif", "fmt_ycbcr_jpeg.tif", "fmt_rgba.tif", "fmt_palette.tif", "fmt_rgb16.tif",
           "fmt_rgba16.tif", "fmt_cmyk.tif"]:
     pil_golden(n)
 assert Image.open(out("fmt_rgb16.tif")).mode == "RGB"
