@@ -35,6 +35,7 @@ Files (".rgb": raw 8-bit RGB rows, size in manifest.txt, as make_test_images.py)
   fmt.heic, fmt.avif, fmt_alpha.heic, fmt_irot.heic (an irot box: rotated by
   libheif), fmt_exif6.heic (EXIF Orientation 6, no irot: not rotated)
                             each beside NAME.heif.png = heif-convert's decode of it
+  fmt_large.jpg             1000x664 JPEG: decoded DCT-scaled by `embed --decode fast` (test_embed_cli)
   meta_*.{jpg,heic,tif,webp}  capture metadata written by exiftool (see META below)
 """
 import io
@@ -279,6 +280,10 @@ for n in ["fmt.heic", "fmt.avif", "fmt_alpha.heic", "fmt_irot.heic", "fmt_exif6.
     heif_golden(n)
 assert Image.open(out("fmt_irot.heic.png")).size == (32, 48), "irot not applied by heif-convert"
 assert Image.open(out("fmt_exif6.heic.png")).size == (32, 48)  # stored 32x48, not rotated
+
+# ---------------------------------------------------------------- fast decode (tests/test_embed_cli.c)
+# 1000x664: with a 224 input the fast decode takes the 1/2 DCT scale (PIL's draft()).
+Image.open(SRC).convert("RGB").resize((1000, 664), Image.BICUBIC).save(out("fmt_large.jpg"), quality=80)
 
 # ---------------------------------------------------------------- capture metadata
 META = {
