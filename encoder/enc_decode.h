@@ -40,6 +40,16 @@ static inline uint8_t enc_muldiv255(unsigned a, unsigned b)
  * leaves everything unknown; never an error. */
 void enc_exif_read(const uint8_t *data, size_t len, int *orientation, enc_image_meta *meta);
 
+/* The capture fields from EXIF values as strings/numbers, validated (enc_exif.c;
+ * for containers whose EXIF is not read through libexif, TIFF's through libtiff):
+ * DateTimeOriginal "YYYY:MM:DD HH:MM:SS" + OffsetTimeOriginal "+HH:MM" (may be
+ * NULL); Make and Model (either may be NULL); GPS degrees/minutes/seconds and
+ * their "N"/"S", "E"/"W" references.  Invalid values leave the fields unknown. */
+void enc_meta_set_taken_at(enc_image_meta *meta, const char *datetime, const char *offset);
+void enc_meta_set_camera(enc_image_meta *meta, const char *make, const char *model);
+void enc_meta_set_gps(enc_image_meta *meta, const double lat_dms[3], const char *lat_ref, const double lon_dms[3],
+                      const char *lon_ref);
+
 /* The per-format decoders (enc_decode_<format>.c). */
 int enc_decode_heif(const uint8_t *data, size_t len, int format, const enc_decode_opts *o, enc_image *out,
                     enc_image_meta *meta);

@@ -94,7 +94,8 @@ int enc_decode_heif(const uint8_t *data, size_t len, int format, const enc_decod
     }
     int stride = 0;
     const uint8_t *plane = heif_image_get_plane_readonly(img, heif_channel_interleaved, &stride);
-    int w = heif_image_get_width(img, heif_channel_interleaved), hh = heif_image_get_height(img, heif_channel_interleaved);
+    int w = heif_image_get_width(img, heif_channel_interleaved);
+    int hh = heif_image_get_height(img, heif_channel_interleaved);
     if (!plane || w <= 0 || hh <= 0 || (uint64_t)w * hh > (uint64_t)W * H + (uint64_t)W + H ||
         heif_image_get_bits_per_pixel_range(img, heif_channel_interleaved) != 8 || stride < 3 * w) {
         rc = umg_err_set(UMG_EFORMAT, "corrupt %s: decoded image %dx%d does not match its header %dx%d", fmt, w, hh,

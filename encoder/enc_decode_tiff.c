@@ -15,6 +15,7 @@
 #include "enc_decode.h"
 #include "umg_error.h"
 
+#include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -284,6 +285,46 @@ static int read_rgba(TIFF *tif, tiff_mem *m, uint32_t W, uint32_t H, uint8_t *rg
     return rc;
 }
 
+/* A GPS coordinate of the current (GPS) directory as 3 doubles: libtiff keeps
+ * these rationals as float or double depending on its version. */
+static int gps_triple(TIFF *tif, uint32_t tag, double out[3])
+{
+    const TIFFField *f = TIFFFieldWithTag(tif, tag);
+    void *v = NULL;
+    if (!f || !TIFFGetField(tif, tag, &v) || !v)
+        return 0;
+    int size = TIFFFieldSetGetSize(f);
+    for (int i = 0; i < 3; i++)
+        out[i] = size == 8 ? ((const double *)v)[i] : size == 4 ? ((const float *)v)[i] : NAN;
+    return size == 4 || size == 8;
+}
+
+/* Capture metadata from IFD0 (Make, Model) and its EXIF and GPS sub-IFDs, read
+ * through libtiff: the IFDs of a TIFF may sit anywhere in the file (libtiff writes
+ * them after the pixels), so handing libexif the file would mean copying all of it. */
+static void read_metadata(TIFF *tif, enc_image_meta *meta)
+{
+    char *make = NULL, *model = NULL;
+    uint64_t exif_off = 0, gps_off = 0;
+    TIFFGetField(tif, TIFFTAG_MAKE, &make);
+    TIFFGetField(tif, TIFFTAG_MODEL, &model);
+    enc_meta_set_camera(meta, make, model);
+    int has_exif = TIFFGetField(tif, TIFFTAG_EXIFIFD, &exif_off), has_gps = TIFFGetField(tif, TIFFTAG_GPSIFD, &gps_off);
+    if (has_exif && exif_off && TIFFReadEXIFDirectory(tif, exif_off)) {
+        char *dto = NULL, *off = NULL;
+        TIFFGetField(tif, EXIFTAG_DATETIMEORIGINAL, &dto);
+        TIFFGetField(tif, EXIFTAG_OFFSETTIMEORIGINAL, &off);
+        enc_meta_set_taken_at(meta, dto, off);
+    }
+    if (has_gps && gps_off && TIFFReadGPSDirectory(tif, gps_off)) {
+        char *lat_ref = NULL, *lon_ref = NULL;
+        double lat[3], lon[3];
+        if (TIFFGetField(tif, GPSTAG_LATITUDEREF, &lat_ref) && TIFFGetField(tif, GPSTAG_LONGITUDEREF, &lon_ref) &&
+            gps_triple(tif, GPSTAG_LATITUDE, lat) && gps_triple(tif, GPSTAG_LONGITUDE, lon))
+            enc_meta_set_gps(meta, lat, lat_ref, lon, lon_ref);
+    }
+}
+
 int enc_decode_tiff(const uint8_t *data, size_t len, const enc_decode_opts *o, enc_image *out, enc_image_meta *meta)
 {
     tiff_mem m = {.data = data, .len = len};
@@ -315,12 +356,6 @@ int enc_decode_tiff(const uint8_t *data, size_t len, const enc_decode_opts *o, e
         rc = umg_err_set(UMG_EFORMAT, "corrupt TIFF: no PhotometricInterpretation tag");
         goto done;
     }
-    /* Capture metadata: IFD0 and its EXIF/GPS sub-IFDs are an EXIF structure. */
-    uint64_t sub;
-    char *str;
-    if (TIFFGetField(tif, TIFFTAG_EXIFIFD, &sub) || TIFFGetField(tif, TIFFTAG_GPSIFD, &sub) ||
-        TIFFGetField(tif, TIFFTAG_MAKE, &str) || TIFFGetField(tif, TIFFTAG_MODEL, &str))
-        enc_exif_read(data, len, NULL, meta);
     rgb = malloc((size_t)W * H * 3);
     if (!rgb) {
         rc = umg_err_set(UMG_ENOMEM, "TIFF: out of memory for %ux%u pixels", W, H);
@@ -342,6 +377,8 @@ int enc_decode_tiff(const uint8_t *data, size_t len, const enc_decode_opts *o, e
     meta->full_height = (int)(orientation >= 5 ? W : H);
     if ((rc = enc_apply_orientation(out, orientation)))
         enc_image_free(out);
+    else
+        read_metadata(tif, meta); /* last: it leaves the image's directory */
 done:
     free(rgb);
     TIFFClose(tif);

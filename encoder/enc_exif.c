@@ -7,6 +7,7 @@
 #include "enc_decode.h"
 
 #include <ctype.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -14,21 +15,15 @@
 
 #include <libexif/exif-data.h>
 
-/* libexif takes an unsigned length; a TIFF file is read whole (its IFDs may sit
- * anywhere, libtiff writes them after the pixels), and files are at most 1 GiB
- * (enc_image_load). */
-#define ENC_EXIF_MAX_BYTES (1u << 30)
+/* EXIF blocks longer than a JPEG segment are legitimate in HEIF/WebP, but nothing
+ * we read lies beyond this (a TIFF's own IFDs are read through libtiff). */
+#define ENC_EXIF_MAX_BYTES (4u << 20)
 
-/* An ASCII entry as a trimmed C string (trailing NULs and spaces removed). */
-static int entry_string(ExifContent *ifd, ExifTag tag, char *buf, size_t cap)
+/* Trim buf in place (spaces and control characters at the ends); 0 when empty or
+ * when control characters remain inside (garbage, not a name or a date). */
+static int clean_string(char *buf)
 {
-    ExifEntry *e = ifd ? exif_content_get_entry(ifd, tag) : NULL;
-    if (!e || !e->data || e->size == 0 || (e->format != EXIF_FORMAT_ASCII && e->format != EXIF_FORMAT_UNDEFINED))
-        return 0;
-    size_t n = e->size < cap - 1 ? e->size : cap - 1;
-    memcpy(buf, e->data, n);
-    buf[n] = 0;
-    n = strlen(buf); /* stop at the first NUL */
+    size_t n = strlen(buf);
     while (n && (buf[n - 1] == ' ' || (unsigned char)buf[n - 1] < 0x20))
         buf[--n] = 0;
     size_t lead = 0;
@@ -37,8 +32,29 @@ static int entry_string(ExifContent *ifd, ExifTag tag, char *buf, size_t cap)
     memmove(buf, buf + lead, n - lead + 1);
     for (char *p = buf; *p; p++)
         if ((unsigned char)*p < 0x20 || (unsigned char)*p == 0x7f)
-            return 0; /* control characters: garbage, not a name or a date */
+            return 0;
     return buf[0] != 0;
+}
+
+/* s (may be NULL) copied into buf and cleaned. */
+static int copy_clean(const char *s, char *buf, size_t cap)
+{
+    if (!s)
+        return 0;
+    snprintf(buf, cap, "%s", s);
+    return clean_string(buf);
+}
+
+/* An ASCII entry as a cleaned C string. */
+static int entry_string(ExifContent *ifd, ExifTag tag, char *buf, size_t cap)
+{
+    ExifEntry *e = ifd ? exif_content_get_entry(ifd, tag) : NULL;
+    if (!e || !e->data || e->size == 0 || (e->format != EXIF_FORMAT_ASCII && e->format != EXIF_FORMAT_UNDEFINED))
+        return 0;
+    size_t n = e->size < cap - 1 ? e->size : cap - 1;
+    memcpy(buf, e->data, n);
+    buf[n] = 0; /* then it stops at the first NUL */
+    return clean_string(buf);
 }
 
 /* n decimal digits at s into *v. */
@@ -82,40 +98,56 @@ static int parse_offset(const char *s, int *minutes)
     return 1;
 }
 
-/* GPSLatitude/GPSLongitude (3 rationals: degrees, minutes, seconds) with their
- * N/S, E/W reference -> signed degrees. */
-static int gps_coord(ExifData *ed, ExifTag tag, ExifTag ref_tag, double limit, double *out)
+/* GPSLatitude/GPSLongitude: 3 rationals (degrees, minutes, seconds) as doubles
+ * (NaN for a zero denominator), and the N/S, E/W reference string. */
+static int gps_entry(ExifData *ed, ExifTag tag, ExifTag ref_tag, double dms[3], char *ref, size_t ref_cap)
 {
     ExifContent *gps = ed->ifd[EXIF_IFD_GPS];
     ExifEntry *e = gps ? exif_content_get_entry(gps, tag) : NULL;
-    char ref[8];
     if (!e || e->format != EXIF_FORMAT_RATIONAL || e->components < 3 || !e->data || e->size < 24 ||
-        !entry_string(gps, ref_tag, ref, sizeof ref))
+        !entry_string(gps, ref_tag, ref, ref_cap))
         return 0;
     ExifByteOrder order = exif_data_get_byte_order(ed);
-    double v = 0, scale = 1;
-    for (int i = 0; i < 3; i++, scale *= 60) {
+    for (int i = 0; i < 3; i++) {
         ExifRational r = exif_get_rational(e->data + 8 * i, order);
-        if (r.denominator == 0)
-            return 0;
-        v += (double)r.numerator / r.denominator / scale;
+        dms[i] = r.denominator ? (double)r.numerator / r.denominator : NAN;
     }
+    return 1;
+}
+
+/* Degrees, minutes, seconds and a reference ("N"/"S", "E"/"W") to signed degrees
+ * within +-limit. */
+static int signed_degrees(const double dms[3], const char *ref, double limit, double *out)
+{
+    double v = dms[0] + dms[1] / 60 + dms[2] / 3600;
     char c = (char)toupper((unsigned char)ref[0]);
     if (c == 'S' || c == 'W')
         v = -v;
     else if (c != 'N' && c != 'E')
         return 0;
     if (!(v >= -limit && v <= limit))
-        return 0;
+        return 0; /* also NaN */
     *out = v;
     return 1;
 }
 
-static void read_camera(ExifData *ed, enc_image_meta *meta)
+void enc_meta_set_gps(enc_image_meta *meta, const double lat_dms[3], const char *lat_ref, const double lon_dms[3],
+                      const char *lon_ref)
+{
+    char la_ref[8], lo_ref[8];
+    double lat, lon;
+    if (copy_clean(lat_ref, la_ref, sizeof la_ref) && copy_clean(lon_ref, lo_ref, sizeof lo_ref) &&
+        signed_degrees(lat_dms, la_ref, 90, &lat) && signed_degrees(lon_dms, lo_ref, 180, &lon)) {
+        meta->gps_known = 1;
+        meta->lat = lat;
+        meta->lon = lon;
+    }
+}
+
+void enc_meta_set_camera(enc_image_meta *meta, const char *make_s, const char *model_s)
 {
     char make[40], model[86]; /* "make model" fits camera[128] */
-    int has_make = entry_string(ed->ifd[EXIF_IFD_0], EXIF_TAG_MAKE, make, sizeof make);
-    int has_model = entry_string(ed->ifd[EXIF_IFD_0], EXIF_TAG_MODEL, model, sizeof model);
+    int has_make = copy_clean(make_s, make, sizeof make), has_model = copy_clean(model_s, model, sizeof model);
     if (has_make && has_model && strncasecmp(model, make, strlen(make)) != 0)
         snprintf(meta->camera, sizeof meta->camera, "%s %s", make, model);
     else if (has_model || has_make)
@@ -123,6 +155,22 @@ static void read_camera(ExifData *ed, enc_image_meta *meta)
     else
         return;
     meta->camera_known = 1;
+}
+
+void enc_meta_set_taken_at(enc_image_meta *meta, const char *datetime, const char *offset)
+{
+    char s[64];
+    if (!copy_clean(datetime, s, sizeof s) || !parse_datetime(s, meta->taken_at))
+        return;
+    meta->taken_at_known = 1;
+    int off;
+    if (copy_clean(offset, s, sizeof s) && parse_offset(s, &off)) {
+        meta->offset_known = 1;
+        meta->offset_minutes = off;
+        size_t n = strlen(meta->taken_at);
+        snprintf(meta->taken_at + n, sizeof meta->taken_at - n, "%c%02d:%02d", off < 0 ? '-' : '+', abs(off) / 60,
+                 abs(off) % 60);
+    }
 }
 
 void enc_exif_read(const uint8_t *data, size_t len, int *orientation, enc_image_meta *meta)
@@ -165,28 +213,18 @@ void enc_exif_read(const uint8_t *data, size_t len, int *orientation, enc_image_
             *orientation = v;
     }
     if (meta) {
-        char s[64];
-        if (entry_string(ed->ifd[EXIF_IFD_EXIF], EXIF_TAG_DATE_TIME_ORIGINAL, s, sizeof s) &&
-            parse_datetime(s, meta->taken_at)) {
-            meta->taken_at_known = 1;
-            int off;
-            if (entry_string(ed->ifd[EXIF_IFD_EXIF], EXIF_TAG_OFFSET_TIME_ORIGINAL, s, sizeof s) &&
-                parse_offset(s, &off)) {
-                meta->offset_known = 1;
-                meta->offset_minutes = off;
-                size_t n = strlen(meta->taken_at);
-                snprintf(meta->taken_at + n, sizeof meta->taken_at - n, "%c%02d:%02d", off < 0 ? '-' : '+',
-                         abs(off) / 60, abs(off) % 60);
-            }
-        }
-        read_camera(ed, meta);
-        double lat, lon;
-        if (gps_coord(ed, EXIF_TAG_GPS_LATITUDE, EXIF_TAG_GPS_LATITUDE_REF, 90, &lat) &&
-            gps_coord(ed, EXIF_TAG_GPS_LONGITUDE, EXIF_TAG_GPS_LONGITUDE_REF, 180, &lon)) {
-            meta->gps_known = 1;
-            meta->lat = lat;
-            meta->lon = lon;
-        }
+        char dto[64], off[64], make[64], model[128];
+        if (entry_string(ed->ifd[EXIF_IFD_EXIF], EXIF_TAG_DATE_TIME_ORIGINAL, dto, sizeof dto))
+            enc_meta_set_taken_at(meta, dto,
+                                  entry_string(ed->ifd[EXIF_IFD_EXIF], EXIF_TAG_OFFSET_TIME_ORIGINAL, off, sizeof off)
+                                      ? off : NULL);
+        enc_meta_set_camera(meta, entry_string(ed->ifd[EXIF_IFD_0], EXIF_TAG_MAKE, make, sizeof make) ? make : NULL,
+                            entry_string(ed->ifd[EXIF_IFD_0], EXIF_TAG_MODEL, model, sizeof model) ? model : NULL);
+        double lat[3], lon[3];
+        char lat_ref[8], lon_ref[8];
+        if (gps_entry(ed, EXIF_TAG_GPS_LATITUDE, EXIF_TAG_GPS_LATITUDE_REF, lat, lat_ref, sizeof lat_ref) &&
+            gps_entry(ed, EXIF_TAG_GPS_LONGITUDE, EXIF_TAG_GPS_LONGITUDE_REF, lon, lon_ref, sizeof lon_ref))
+            enc_meta_set_gps(meta, lat, lat_ref, lon, lon_ref);
     }
     exif_data_unref(ed);
 }
