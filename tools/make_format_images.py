@@ -3,7 +3,7 @@
 decodes (issue 17), made by the tools users' photos come from, with the expected
 pixels from the reference decoders, for tests/test_image.c.
 
-    /usr/bin/python3 tools/make_format_images.py [tests/fixtures/images]
+    /usr/bin/python3 -m tools.make_format_images [tests/fixtures/images]     (from the root)
 
 Needs (generation time only; the outputs are committed, the tests need none of it):
 Debian's python3-pil (9.4) and python3-numpy, libheif-examples (heif-enc,
