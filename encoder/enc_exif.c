@@ -5,6 +5,7 @@
  * nothing read here may make a photo undecodable, so every field is validated on
  * its own and an invalid one is simply unknown. */
 #include "enc_decode.h"
+#include "umg_error.h"
 
 #include <ctype.h>
 #include <math.h>
@@ -227,4 +228,66 @@ void enc_exif_read(const uint8_t *data, size_t len, int *orientation, enc_image_
             enc_meta_set_gps(meta, lat, lat_ref, lon, lon_ref);
     }
     exif_data_unref(ed);
+}
+
+/* ---------------------------------------------------------------- stored form */
+
+size_t enc_image_meta_serialize(const enc_image_meta *m, char *buf, size_t cap)
+{
+    if (!m || !buf || !(m->taken_at_known || m->camera_known || m->gps_known))
+        return 0;
+    size_t n = 0;
+    int w = snprintf(buf, cap, "capture1\n");
+    if (w > 0)
+        n += (size_t)w;
+    if (m->taken_at_known && n < cap && (w = snprintf(buf + n, cap - n, "taken_at=%s\n", m->taken_at)) > 0)
+        n += (size_t)w;
+    if (m->camera_known && n < cap && (w = snprintf(buf + n, cap - n, "camera=%s\n", m->camera)) > 0)
+        n += (size_t)w;
+    if (m->gps_known && n < cap && (w = snprintf(buf + n, cap - n, "gps=%.7f %.7f\n", m->lat, m->lon)) > 0)
+        n += (size_t)w;
+    return n < cap ? n : 0;
+}
+
+int enc_image_meta_parse(const void *data, size_t len, enc_image_meta *m)
+{
+    if (!m || (!data && len))
+        return umg_err_set(UMG_EINVAL, "capture: NULL argument");
+    memset(m, 0, sizeof *m);
+    m->orientation = 1;
+    const char *p = data, *end = p + len;
+    if (len < 9 || memcmp(p, "capture1\n", 9) != 0)
+        return umg_err_set(UMG_EFORMAT, "capture: not a stored capture record");
+    for (p += 9; p < end;) {
+        const char *nl = memchr(p, '\n', (size_t)(end - p));
+        if (!nl)
+            return umg_err_set(UMG_EFORMAT, "capture: unterminated line");
+        size_t n = (size_t)(nl - p);
+        char line[160];
+        if (n < sizeof line) {
+            memcpy(line, p, n);
+            line[n] = 0;
+            double lat, lon;
+            char extra;
+            if (!strncmp(line, "taken_at=", 9) && n - 9 < sizeof m->taken_at && n >= 9 + 19) {
+                memcpy(m->taken_at, line + 9, n - 9 + 1);
+                m->taken_at_known = 1;
+                int h, mi;
+                if (n == 9 + 25 && sscanf(m->taken_at + 19, "%3d:%2d", &h, &mi) == 2) {
+                    m->offset_known = 1;
+                    m->offset_minutes = h * 60 + (m->taken_at[19] == '-' ? -mi : mi);
+                }
+            } else if (!strncmp(line, "camera=", 7) && n > 7 && n - 7 < sizeof m->camera) {
+                memcpy(m->camera, line + 7, n - 7 + 1);
+                m->camera_known = 1;
+            } else if (!strncmp(line, "gps=", 4) && sscanf(line + 4, "%lf %lf%c", &lat, &lon, &extra) == 2 &&
+                       lat >= -90 && lat <= 90 && lon >= -180 && lon <= 180) {
+                m->gps_known = 1;
+                m->lat = lat;
+                m->lon = lon;
+            }
+        }
+        p = nl + 1;
+    }
+    return 0;
 }

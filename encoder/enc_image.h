@@ -177,6 +177,15 @@ typedef struct enc_image_meta {
     double lat, lon;            /* signed decimal degrees (S and W negative) */
 } enc_image_meta;
 
+/* The capture fields as a compact versioned text, for storing beside an image
+ * ("capture1\n" then "taken_at=...\n", "camera=...\n", "gps=LAT LON\n" for the
+ * known ones; fields hold no control characters).  Returns its length (< cap),
+ * 0 when no field is known (nothing worth storing) or cap is too small.
+ * enc_image_meta_parse reads it back into *m (format and sizes 0): UMG_EFORMAT for
+ * anything else (unknown lines are skipped, for later versions' fields). */
+size_t enc_image_meta_serialize(const enc_image_meta *m, char *buf, size_t cap);
+int enc_image_meta_parse(const void *data, size_t len, enc_image_meta *m);
+
 /* How to decode.  Zero-initialised = enc_image_decode's behaviour. */
 typedef struct enc_decode_opts {
     uint64_t max_pixels;         /* 0: ENC_IMAGE_MAX_PIXELS_DEFAULT; checked on the full size */

@@ -1156,6 +1156,37 @@ static void test_capture_metadata(void **state)
             fail_msg("%s: metadata found where there is none", none[i]);
         assert_string_equal(m.taken_at, "");
     }
+    /* the stored form (the server's "capture" extra) reads back the same fields */
+    enc_image_meta mf, back;
+    load_meta("meta_full.jpg", &mf);
+    char buf[256];
+    size_t n = enc_image_meta_serialize(&mf, buf, sizeof buf);
+    assert_true(n > 0 && n < sizeof buf);
+    assert_int_equal(enc_image_meta_parse(buf, n, &back), 0);
+    assert_true(back.taken_at_known && back.offset_known && back.camera_known && back.gps_known);
+    assert_string_equal(back.taken_at, mf.taken_at);
+    assert_int_equal(back.offset_minutes, 120);
+    assert_string_equal(back.camera, mf.camera);
+    assert_true(fabs(back.lat - mf.lat) < 1e-7 && fabs(back.lon - mf.lon) < 1e-7);
+    load_meta("meta_partial.jpg", &mf);
+    n = enc_image_meta_serialize(&mf, buf, sizeof buf);
+    assert_int_equal(enc_image_meta_parse(buf, n, &back), 0);
+    assert_true(back.taken_at_known && !back.offset_known);
+    assert_string_equal(back.camera, "Canon EOS 5D Mark IV");
+    assert_true(back.lon < 0);
+    assert_int_equal(enc_image_meta_serialize(&mf, buf, 20), 0); /* does not fit */
+    load_meta("fmt_src.png", &mf);
+    assert_int_equal(enc_image_meta_serialize(&mf, buf, sizeof buf), 0); /* nothing known */
+    assert_int_equal(enc_image_meta_parse("capture1\ntaken_at=2020", 22, &back), UMG_EFORMAT);
+    assert_int_equal(enc_image_meta_parse("junk", 4, &back), UMG_EFORMAT);
+    const char future[] = "capture1\nfuture=1\ngps=91 0\n"; /* unknown line skipped, bad latitude */
+    assert_int_equal(enc_image_meta_parse(future, sizeof future - 1, &back), 0);
+    assert_false(back.gps_known || back.taken_at_known || back.camera_known);
+    const char tz[] = "capture1\ntaken_at=2001-02-03T04:05:06-00:30\n";
+    assert_int_equal(enc_image_meta_parse(tz, sizeof tz - 1, &back), 0);
+    assert_true(back.offset_known);
+    assert_int_equal(back.offset_minutes, -30);
+
     /* EXIF garbage never makes a photo undecodable: same pixels as without it */
     enc_image a, b;
     load_ok(IMG_DIR "/meta_garbage.jpg", &a);
