@@ -19,6 +19,7 @@
 #include "umg_error.h"
 
 #define PATCH_TOKENS_EXTRA "patch_tokens"
+#define CAPTURE_EXTRA "capture"      /* EXIF capture metadata (enc_image_meta_serialize), issue 17 */
 #define REGION_NMS_IOU 0.5f        /* region hits of one image overlapping more than this: keep the best */
 #define MAX_FETCH 10000            /* most candidates one query takes from an index */
 /* "refine": "pixel" (docs/regions.md, "Pixel-level refinement"; chosen on the
@@ -480,6 +481,8 @@ struct srv_ingest {
     int n_tags;
     const uint8_t *data;      /* the encoded photo: owned, or inside the request (lives with the job) */
     size_t len;
+    char capture[256];        /* CAPTURE_EXTRA's bytes, capture_len of them (0: nothing known) */
+    size_t capture_len;
     /* filled by the encoder */
     uint64_t image_id;
     int n_regions;
@@ -655,7 +658,9 @@ static int ingest_pixels(srv_job *job)
     srv_ingest *ing = job->ing;
     int rc;
     enc_image img = {0};
-    if ((rc = enc_image_decode(ing->data, ing->len, ENC_IMAGE_MAX_PIXELS_DEFAULT, &img))) return rc;
+    enc_image_meta meta;
+    if ((rc = enc_image_decode_ex(ing->data, ing->len, NULL, &img, &meta))) return rc;
+    ing->capture_len = enc_image_meta_serialize(&meta, ing->capture, sizeof ing->capture);
     free(ing->owned); /* the pixels are all we need now */
     ing->owned = NULL;
     ing->data = NULL;
@@ -759,7 +764,7 @@ static scratch_layout layout(const srv *s)
     PLACE(f16, B * GG * D * sizeof(uint16_t));
     PLACE(ins, B * sizeof(db_image_in));
     PLACE(rins, B * R * sizeof(db_region_in));
-    PLACE(extras, B * sizeof(db_extra_in));
+    PLACE(extras, 2 * B * sizeof(db_extra_in)); /* patch tokens, capture metadata */
     PLACE(ids, B * sizeof(uint64_t));
     PLACE(rids, B * R * sizeof(uint64_t));
 #undef PLACE
@@ -874,11 +879,19 @@ void srv_encode_batch(srv *s, enc_run *run, srv_job **jobs, int n, void *scratch
                 float inv = ss > 0 ? (float)(1.0 / sqrt(ss)) : 0.f;
                 for (size_t d = 0; d < D; d++) h[c * D + d] = f32_to_f16(t[d] * inv);
             }
-            extras[i].name = PATCH_TOKENS_EXTRA;
-            extras[i].data = h;
-            extras[i].len = GG * D * sizeof(uint16_t);
-            in->extras = &extras[i];
+            extras[2 * i].name = PATCH_TOKENS_EXTRA;
+            extras[2 * i].data = h;
+            extras[2 * i].len = GG * D * sizeof(uint16_t);
+            in->extras = &extras[2 * i];
             in->n_extras = 1;
+        }
+        if (ing->capture_len) {
+            db_extra_in *e = &extras[2 * i + in->n_extras];
+            e->name = CAPTURE_EXTRA;
+            e->data = ing->capture;
+            e->len = ing->capture_len;
+            in->extras = &extras[2 * i];
+            in->n_extras++;
         }
         ing->n_regions = nr;
     }
@@ -1604,7 +1617,14 @@ static void get_work(uv_work_t *w)
             msgpack_packer *pk = &wr.pk;
             char hex[65];
             for (int i = 0; i < 32; i++) snprintf(hex + 2 * i, 3, "%02x", img.sha256[i]);
-            msgpack_pack_map(pk, 10);
+            /* capture metadata when the photo had any (absent fields: absent keys) */
+            enc_image_meta cap = {0};
+            void *cap_bytes = NULL;
+            size_t cap_len = 0;
+            if (db_get_extra(s->db, id, CAPTURE_EXTRA, &cap_bytes, &cap_len) == 0)
+                enc_image_meta_parse(cap_bytes, cap_len, &cap); /* damaged: nothing known */
+            free(cap_bytes);
+            msgpack_pack_map(pk, 10 + (size_t)cap.taken_at_known + (size_t)cap.camera_known + (size_t)cap.gps_known);
             pack_key(pk, "image_id"), msgpack_pack_uint64(pk, img.id);
             pack_key(pk, "path"), proto_pack_cstr(pk, img.path);
             pack_key(pk, "width"), msgpack_pack_uint32(pk, img.width);
@@ -1616,6 +1636,12 @@ static void get_work(uv_work_t *w)
             pack_key(pk, "tags");
             msgpack_pack_array(pk, (size_t)img.n_tags);
             for (int i = 0; i < img.n_tags; i++) proto_pack_cstr(pk, img.tags[i]);
+            if (cap.taken_at_known) pack_key(pk, "taken_at"), proto_pack_cstr(pk, cap.taken_at);
+            if (cap.camera_known) pack_key(pk, "camera"), proto_pack_cstr(pk, cap.camera);
+            if (cap.gps_known) {
+                pack_key(pk, "gps"), msgpack_pack_array(pk, 2);
+                msgpack_pack_double(pk, cap.lat), msgpack_pack_double(pk, cap.lon);
+            }
             pack_key(pk, "regions");
             msgpack_pack_array(pk, (size_t)nreg);
             for (int i = 0; i < nreg; i++) {
