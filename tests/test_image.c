@@ -850,6 +850,14 @@ static void test_bombs(void **state)
 
 /* ---------------------------------------------------------------- formats (issue 17) */
 
+/* IMG_DIR/name's bytes (malloc'd). */
+static uint8_t *read_image(const char *name, size_t *len)
+{
+    char path[512];
+    snprintf(path, sizeof path, IMG_DIR "/%s", name);
+    return read_all(path, len);
+}
+
 /* NAME decoded exactly equals REF decoded (same pixels in another container). */
 static void expect_same_pixels(const char *name, const char *ref)
 {
@@ -883,10 +891,8 @@ static void test_sniff(void **state)
         {"fmt_rgb16.tif", ENC_FMT_TIFF, "TIFF"},    {"fmt.gif", ENC_FMT_GIF, "GIF"},
     };
     for (size_t i = 0; i < sizeof files / sizeof *files; i++) {
-        char path[512];
-        snprintf(path, sizeof path, IMG_DIR "/%s", files[i].file);
         size_t len;
-        uint8_t *d = read_all(path, &len);
+        uint8_t *d = read_image(files[i].file, &len);
         const char *what = NULL;
         assert_int_equal(enc_image_sniff(d, len < ENC_IMAGE_SNIFF_BYTES ? len : ENC_IMAGE_SNIFF_BYTES, &what),
                          files[i].fmt);
@@ -1023,10 +1029,8 @@ static const char *const format_files[] = {
 static void test_formats_truncated_corrupt(void **state)
 {
     for (size_t f = 0; f < sizeof format_files / sizeof *format_files; f++) {
-        char path[512];
-        snprintf(path, sizeof path, IMG_DIR "/%s", format_files[f]);
         size_t len;
-        uint8_t *d = read_all(path, &len);
+        uint8_t *d = read_image(format_files[f], &len);
         const char *name;
         enc_image_sniff(d, len, &name);
         const size_t cuts[] = {5, 12, 30, 100, len / 3, len / 2, len * 9 / 10, len - 1};
@@ -1083,10 +1087,8 @@ static void test_formats_truncated_corrupt(void **state)
 static void test_formats_pixel_limit(void **state)
 {
     for (size_t f = 0; f < sizeof format_files / sizeof *format_files; f++) {
-        char path[512];
-        snprintf(path, sizeof path, IMG_DIR "/%s", format_files[f]);
         size_t len;
-        uint8_t *d = read_all(path, &len);
+        uint8_t *d = read_image(format_files[f], &len);
         enc_image im;
         enc_image_meta meta;
         assert_int_equal(enc_image_decode_ex(d, len, NULL, &im, &meta), 0);
