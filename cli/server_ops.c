@@ -610,7 +610,8 @@ static int ingest_prepare(srv_job *job)
         if (!(ing->path = strndup(str, sl))) return umg_err_set(UMG_ENOMEM, "out of memory");
         if (strlen(ing->path) != sl) return umg_err_set(UMG_EINVAL, "ingest: name contains a NUL byte");
         proto_obj_bin(proto_req_arg(req, "data"), &data, &len);
-        ing->mtime = 0;
+        ing->mtime = 0;   /* 0: the ingest time is recorded */
+        proto_obj_int(proto_req_arg(req, "mtime"), &ing->mtime);   /* the client's file time, validated >= 1 */
     }
     ing->bytes = len;
     ing->data = data;
