@@ -8,6 +8,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -156,11 +157,15 @@ static void on_write(uv_write_t *req, int status)
     write_req *w = (write_req *)req;
     srv_conn *c = w->c;
     c->unsent -= w->len;
+    c->writes--;
     if (status == 0) c->last_activity_ns = srv_now_ns();
     free(w->data);
     free(w);
-    if (status < 0 && status != UV_ECANCELED) {
-        srv_log(c->s, SRV_LOG_DEBUG, "conn=%llu write failed: %s", (unsigned long long)c->serial, uv_strerror(status));
+    if (status < 0 && status != UV_ECANCELED && !c->closing) {
+        /* EPIPE/ECONNRESET: the peer went away with answers pending (SIGPIPE
+         * is ignored, server_run); what it was answered is stored all the same */
+        srv_log(c->s, SRV_LOG_INFO, "conn=%llu dropped by the peer (%s): %d answers undelivered, %d requests in flight",
+                (unsigned long long)c->serial, uv_strerror(status), c->writes + 1, c->inflight);
         conn_close(c, "write failed");
     }
     conn_maybe_resume(c);
@@ -186,9 +191,11 @@ static void conn_send(srv_conn *c, char *data, size_t len)
     w->len = len;
     uv_buf_t b = uv_buf_init(data, (unsigned)len);
     c->unsent += len;
+    c->writes++;
     int rc = uv_write(&w->req, &c->h.stream, &b, 1, on_write);
     if (rc) {
         c->unsent -= len;
+        c->writes--;
         free(data);
         free(w);
         conn_close(c, "write failed");
@@ -606,6 +613,8 @@ static void on_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf)
             c->eof = 1;
             conn_maybe_finish(c);
         } else {
+            srv_log(c->s, SRV_LOG_INFO, "conn=%llu dropped by the peer (%s): %d requests in flight",
+                    (unsigned long long)c->serial, uv_strerror((int)nread), c->inflight);
             conn_close(c, uv_strerror((int)nread));
         }
         return;
@@ -917,6 +926,14 @@ static void close_walk_cb(uv_handle_t *h, void *arg)
 
 int server_run(const server_config *cfg)
 {
+    /* A write to a peer that has gone (libuv writes with write(2)/writev(2))
+     * raises SIGPIPE, whose default action killed the server (exit 141) when
+     * a client dropped with answers pending.  Ignored once, for the whole
+     * process and every write path (sockets of any protocol, pipes); such
+     * writes fail with EPIPE instead, and on_write closes the connection. */
+    struct sigaction ign = {.sa_handler = SIG_IGN};
+    sigemptyset(&ign.sa_mask);
+    if (sigaction(SIGPIPE, &ign, NULL)) return umg_err_set(UMG_EINTERNAL, "sigaction(SIGPIPE): %s", strerror(errno));
     srv *s = calloc(1, sizeof *s);
     if (!s) return umg_err_set(UMG_ENOMEM, "out of memory");
     s->cfg = *cfg;

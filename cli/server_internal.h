@@ -40,6 +40,7 @@ struct srv_conn {
     int inflight;                 /* jobs not yet answered */
     size_t inflight_bytes;        /* request frame bytes held by those jobs */
     size_t unsent;                /* response bytes handed to uv_write, not yet written */
+    int writes;                   /* uv_write requests not yet called back */
     uint64_t last_activity_ns;    /* last byte read or answer written (idle timeout) */
     proto_framer *framer;
     uint8_t *stash;               /* bytes read but not yet fed: reading paused mid-read */

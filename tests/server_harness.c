@@ -111,6 +111,9 @@ int ts_start(ts_server *s, const char *const *extra)
             dup2(fd, 2);
             dup2(fd, 1);
         }
+        /* as a shell starts it: the test's SIG_IGN of SIGPIPE would survive execv
+         * and hide a server that dies of SIGPIPE (issue 14) */
+        signal(SIGPIPE, SIG_DFL);
         execv(argv[0], (char *const *)argv);
         _exit(127);
     }

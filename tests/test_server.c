@@ -1739,9 +1739,82 @@ static void test_precision_fp16(void **state)
     for (int p = 0; p < 2; p++) assert_int_equal(tu_rm_rf(sv[p].dir), 0);
 }
 
+/* ---- clients that misbehave (issue 14) --------------------------------------------- */
+
+/* Is the server process still running (not exited, not killed)? */
+static int server_alive(const ts_server *s)
+{
+    int st;
+    return s->pid > 0 && waitpid(s->pid, &st, WNOHANG) == 0;
+}
+
+/* A client that drops with answers pending: 10 rounds of ~24 pipelined
+ * ingests on one connection, a few answers read, half a frame sent, the
+ * socket closed.  The server used to die of SIGPIPE (exit 141) writing the
+ * answers to the closed socket; now it logs the drop and goes on, and every
+ * ingest it answered is stored. */
+static void test_client_drop(void **state)
+{
+    ts_server s;
+    ts_make_tmp(&s, "umg-srv-");
+    const char *extra[] = {"--regions", "2", NULL};
+    ts_start_ok(&s, extra);
+    enum { ROUNDS = 10, PER_ROUND = 24 };
+    uint64_t answered[ROUNDS * PER_ROUND];
+    int n_answered = 0;
+    const char *files[] = {IMG("rocket.jpg"), IMG("camera.png"), IMG("chelsea.png")};
+    for (int r = 0; r < ROUNDS; r++) {
+        if (!server_alive(&s)) {
+            char cmd[400];
+            snprintf(cmd, sizeof cmd, "tail -3 '%s' >&2", s.log);
+            if (system(cmd)) {}
+            fail_msg("the server died after client %d dropped with answers pending", r - 1);
+        }
+        umg_client *c = ts_conn(&s);
+        for (int i = 0; i < PER_ROUND; i++) {
+            char name[64];
+            snprintf(name, sizeof name, "drop-%d-%d.jpg", r, i);
+            ts_send_ingest(c, files[i % 3], name, NULL);
+        }
+        assert_int_equal(umg_client_flush(c, TS_T_MS), 0);
+        /* read r answers (none in the first round), then drop */
+        for (int got = 0; got < r; got++) {
+            proto_response *resp = NULL;
+            if (umg_client_recv(c, TS_T_MS, &resp)) break;
+            if (resp->ok) answered[n_answered++] = ts_res_u(resp, "image_id");
+            proto_response_free(resp);
+        }
+        static const uint8_t half[] = {0, 0, 0, 100, 0x82, 0xa2, 'i', 'd'}; /* 8 of 104 bytes */
+        assert_int_equal(umg_client_send_raw(c, half, sizeof half), 0);
+        assert_int_equal(umg_client_flush(c, TS_T_MS), 0);
+        umg_client_close(c);
+        usleep(50000);
+    }
+    print_message("%d of %d ingests answered before the drops\n", n_answered, ROUNDS * PER_ROUND);
+    usleep(200000);
+    if (!server_alive(&s)) fail_msg("the server died after the last client dropped");
+    umg_client *c = ts_conn(&s);
+    ping_ok(c);
+    for (int i = 0; i < n_answered; i++) {
+        proto_response *g = get_image(c, answered[i]);
+        if (!g) fail_msg("answered ingest %d (image %llu) is not stored", i, (unsigned long long)answered[i]);
+        proto_response_free(g);
+    }
+    umg_client_close(c);
+    assert_true(server_alive(&s));
+    assert_int_equal(ts_stop(&s), 0);
+    /* the drops are logged at info level */
+    char cmd[600];
+    snprintf(cmd, sizeof cmd, "grep -q ' info conn=[0-9]* dropped by the peer' '%s'", s.log);
+    assert_int_equal(system(cmd), 0);
+    assert_int_equal(tu_rm_rf(s.dir), 0);
+}
+
 int main(void)
 {
     signal(SIGPIPE, SIG_IGN);
+    /* UMG_TEST_FILTER=test_auth (a glob) runs only the matching tests */
+    if (getenv("UMG_TEST_FILTER")) cmocka_set_test_filter(getenv("UMG_TEST_FILTER"));
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_teardown(test_every_op, ts_teardown),
         cmocka_unit_test_teardown(test_path_rules, ts_teardown),
@@ -1756,6 +1829,7 @@ int main(void)
         cmocka_unit_test_teardown(test_tcp_limits, ts_teardown),
         cmocka_unit_test_teardown(test_backpressure, ts_teardown),
         cmocka_unit_test_teardown(test_precision_fp16, ts_teardown),
+        cmocka_unit_test_teardown(test_client_drop, ts_teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
