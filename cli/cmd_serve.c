@@ -51,7 +51,16 @@ static void usage(FILE *out)
         "                          and on all T alone; 1 = one pass at a time over all T threads\n"
         "  --max-frame BYTES       largest request accepted (default %u; suffixes K, M)\n"
         "  --idle-timeout S        close connections idle for S seconds (default %d; 0 = never)\n"
-        "  --max-connections N     refuse connections beyond N (default %d)\n"
+        "  --hello-timeout S       with auth required, close a connection that has not completed\n"
+        "                          hello S seconds after it was accepted (default %d; 0 = never)\n"
+        "  --frame-timeout S       close a connection whose request frame is not complete S seconds\n"
+        "                          after its first byte (default %d; 0 = never)\n"
+        "  --buffer-memory BYTES   memory for connection buffers over all connections (unsent\n"
+        "                          answers, requests held, partial frames); when reached, connections\n"
+        "                          holding more than 64 KiB stop reading until it drains (default 1G;\n"
+        "                          suffixes K, M, G)\n"
+        "  --max-connections N     refuse connections beyond N (default %d; lowered to what the\n"
+        "                          open-file limit allows, see the start-up log)\n"
         "  --log-level L           debug | info | warn | error (default info: one line per request)\n"
         "  --no-patches            do not store per-image patch tokens (grid*grid*dim float16, 50 KB\n"
         "                          for ViT-B/32); disables pixel heatmaps and query_image boxes on\n"
@@ -78,7 +87,7 @@ static void usage(FILE *out)
         "SIGINT/SIGTERM: stop accepting, finish the requests in flight, write index snapshots\n"
         "(no index build), exit 0.\n",
         UMG_DEFAULT_ADDR, SRV_DEFAULT_REGIONS, SRV_DEFAULT_BATCH, (unsigned)(64u << 20), SRV_DEFAULT_IDLE_S,
-        SRV_DEFAULT_MAX_CONN, SRV_DEFAULT_INDEX_THREADS, SRV_DEFAULT_CHECKPOINT_S);
+        SRV_DEFAULT_HELLO_TIMEOUT_S, SRV_DEFAULT_FRAME_TIMEOUT_S, SRV_DEFAULT_MAX_CONN, SRV_DEFAULT_INDEX_THREADS, SRV_DEFAULT_CHECKPOINT_S);
 }
 
 static int parse_int(const char *flag, const char *v, long lo, long hi, long *out)
@@ -94,19 +103,21 @@ static int parse_int(const char *flag, const char *v, long lo, long hi, long *ou
     return 0;
 }
 
-static int parse_bytes(const char *flag, const char *v, uint32_t *out)
+/* A size with an optional suffix K, M or G, between 1K and max bytes. */
+static int parse_bytes(const char *flag, const char *v, unsigned long long max, unsigned long long *out)
 {
     char *end;
     errno = 0;
     unsigned long long x = strtoull(v, &end, 10);
     unsigned long long mul = 1;
-    if (*end == 'K' || *end == 'k') mul = 1024, end++;
-    else if (*end == 'M' || *end == 'm') mul = 1024 * 1024, end++;
-    if (errno || end == v || *end || x == 0 || x * mul > 0xffffffffull || x * mul < 1024) {
-        fprintf(stderr, "umgdb serve: %s: '%s' is not a size between 1K and 4G\n", flag, v);
+    if (*end == 'K' || *end == 'k') mul = 1ull << 10, end++;
+    else if (*end == 'M' || *end == 'm') mul = 1ull << 20, end++;
+    else if (*end == 'G' || *end == 'g') mul = 1ull << 30, end++;
+    if (errno || end == v || *end || v[0] == '-' || x == 0 || x > max / mul || x * mul < 1024) {
+        fprintf(stderr, "umgdb serve: %s: '%s' is not a size between 1K and %lluM\n", flag, v, max >> 20);
         return -1;
     }
-    *out = (uint32_t)(x * mul);
+    *out = x * mul;
     return 0;
 }
 
@@ -185,10 +196,22 @@ int cmd_serve(int argc, char **argv)
             if (parse_int(a, v, 1, 256, &x)) return 2;
             c.threads = (int)x;
         } else if (!strcmp(a, "--max-frame")) {
-            if (parse_bytes(a, v, &c.max_frame)) return 2;
+            unsigned long long b;
+            if (parse_bytes(a, v, 0xffffffffull, &b)) return 2;
+            c.max_frame = (uint32_t)b;
+        } else if (!strcmp(a, "--buffer-memory")) {
+            unsigned long long b;
+            if (parse_bytes(a, v, 1ull << 40, &b)) return 2;
+            c.buffer_memory = b;
         } else if (!strcmp(a, "--idle-timeout")) {
             if (parse_int(a, v, 0, 86400 * 365, &x)) return 2;
             c.idle_timeout_s = (int)x;
+        } else if (!strcmp(a, "--hello-timeout")) {
+            if (parse_int(a, v, 0, 86400, &x)) return 2;
+            c.hello_timeout_s = (int)x;
+        } else if (!strcmp(a, "--frame-timeout")) {
+            if (parse_int(a, v, 0, 86400, &x)) return 2;
+            c.frame_timeout_s = (int)x;
         } else if (!strcmp(a, "--max-connections")) {
             if (parse_int(a, v, 1, 1000000, &x)) return 2;
             c.max_connections = (int)x;

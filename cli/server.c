@@ -63,6 +63,7 @@ static void db_log_cb(void *ud, int level, const char *msg)
 /* ---- connections ---------------------------------------------------------- */
 
 static void check_shutdown(srv *s);
+static void on_resume_timer(uv_timer_t *t);
 
 static void conn_unref(srv_conn *c)
 {
@@ -78,6 +79,41 @@ static void on_handle_closed(uv_handle_t *h)
     if (--c->handles_open == 0) conn_unref(c);
 }
 
+/* ---- buffer memory: per connection and over all of them ------------------- */
+
+/* What a connection's buffers hold: unsent answers (their buffers' capacity
+ * and the write requests), request frames held by its jobs, bytes stashed
+ * during a pause, and the partial frame's buffer. */
+static size_t conn_held(const srv_conn *c)
+{
+    if (c->closing) return 0;
+    return c->unsent_mem + c->inflight_bytes + c->stash_len + (c->framer ? proto_framer_held(c->framer) : 0);
+}
+
+/* Bring c's share of s->buffered up to date; called wherever one of the
+ * terms of conn_held changes.  Falling back under the budget resumes the
+ * connections it paused, from a timer (not from inside whatever callback
+ * freed the memory: resuming feeds stashed frames). */
+static void conn_account(srv_conn *c)
+{
+    srv *s = c->s;
+    size_t h = conn_held(c);
+    s->buffered = s->buffered - c->held + h;
+    c->held = h;
+    int over = s->cfg.buffer_memory && s->buffered >= s->cfg.buffer_memory;
+    if (over && !s->over_budget) {
+        uint64_t now = srv_now_ns();
+        if (now - s->budget_logged_ns > 10ull * 1000000000ull) { /* at most one line per 10 s */
+            s->budget_logged_ns = now;
+            srv_log(s, SRV_LOG_WARN, "connection buffers reached --buffer-memory (%llu bytes): connections "
+                                     "holding more than %u KiB stop reading until answers drain",
+                    (unsigned long long)s->cfg.buffer_memory, SRV_CONN_MEM_FLOOR >> 10);
+        }
+    }
+    if (!over && s->over_budget && !s->stopping) uv_timer_start(&s->resume_timer, on_resume_timer, 0, 0);
+    s->over_budget = over;
+}
+
 static void conn_close(srv_conn *c, const char *why)
 {
     if (c->closing) return;
@@ -89,6 +125,7 @@ static void conn_close(srv_conn *c, const char *why)
     if (c->next) c->next->prev = c->prev;
     c->prev = c->next = NULL;
     s->n_conns--;
+    conn_account(c); /* closing: its buffers no longer count */
     srv_log(s, SRV_LOG_DEBUG, "conn=%llu closed (%s)", (unsigned long long)c->serial, why);
     uv_read_stop(&c->h.stream);
     uv_timer_stop(&c->idle);
@@ -98,8 +135,15 @@ static void conn_close(srv_conn *c, const char *why)
 
 static int over_caps(const srv_conn *c)
 {
-    return c->inflight >= SRV_MAX_INFLIGHT || c->unsent >= SRV_MAX_UNSENT ||
-           c->inflight_bytes >= SRV_MAX_INFLIGHT_BYTES;
+    if (c->inflight >= SRV_MAX_INFLIGHT || c->unsent_mem >= SRV_MAX_UNSENT ||
+        c->inflight_bytes >= SRV_MAX_INFLIGHT_BYTES)
+        return 1;
+    /* over the budget of all connections: those holding little go on (a new
+     * client is still served), and an authenticated one finishes the frame it
+     * is reading (so that its memory turns into work that drains, instead of
+     * waiting for a resume that only its own progress could bring) */
+    return c->s->over_budget && c->held > SRV_CONN_MEM_FLOOR &&
+           !(c->authed && c->framer && proto_framer_buffered(c->framer));
 }
 
 static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
@@ -128,7 +172,7 @@ static void conn_maybe_resume(srv_conn *c)
         size_t n = c->stash_len;
         c->stash = NULL;
         c->stash_len = 0;
-        conn_feed(c, st, n);
+        conn_feed(c, st, n); /* accounts (the stash is gone) */
         free(st);
         if (c->stash || c->closing || c->close_after_writes || over_caps(c)) return;
     }
@@ -150,17 +194,24 @@ typedef struct write_req {
     srv_conn *c;
     char *data;
     size_t len;
+    size_t cost;                  /* memory held until written: counted in c->unsent_mem */
 } write_req;
+
+/* Memory an answer of capacity cap holds while queued: its buffer, the write
+ * request, and (an estimate) glibc's chunk header of each. */
+#define WRITE_COST(cap) ((cap) + sizeof(write_req) + 2 * 16)
 
 static void on_write(uv_write_t *req, int status)
 {
     write_req *w = (write_req *)req;
     srv_conn *c = w->c;
     c->unsent -= w->len;
+    c->unsent_mem -= w->cost;
     c->writes--;
     if (status == 0) c->last_activity_ns = srv_now_ns();
     free(w->data);
     free(w);
+    conn_account(c);
     if (status < 0 && status != UV_ECANCELED && !c->closing) {
         /* EPIPE/ECONNRESET: the peer went away with answers pending (SIGPIPE
          * is ignored, server_run); what it was answered is stored all the same */
@@ -173,8 +224,8 @@ static void on_write(uv_write_t *req, int status)
     check_shutdown(c->s);
 }
 
-/* Send data[0..len) (malloc'd; ownership taken). */
-static void conn_send(srv_conn *c, char *data, size_t len)
+/* Send data[0..len) (malloc'd, cap bytes allocated; ownership taken). */
+static void conn_send(srv_conn *c, char *data, size_t len, size_t cap)
 {
     if (c->closing || !len) {
         free(data);
@@ -189,26 +240,37 @@ static void conn_send(srv_conn *c, char *data, size_t len)
     w->c = c;
     w->data = data;
     w->len = len;
+    w->cost = WRITE_COST(cap);
     uv_buf_t b = uv_buf_init(data, (unsigned)len);
     c->unsent += len;
+    c->unsent_mem += w->cost;
     c->writes++;
     int rc = uv_write(&w->req, &c->h.stream, &b, 1, on_write);
     if (rc) {
         c->unsent -= len;
+        c->unsent_mem -= w->cost;
         c->writes--;
         free(data);
         free(w);
         conn_close(c, "write failed");
         return;
     }
+    conn_account(c);
     if (over_caps(c)) conn_pause(c);
 }
 
 static void conn_send_sbuffer(srv_conn *c, msgpack_sbuffer *sb)
 {
-    size_t len = sb->size;
+    size_t len = sb->size, cap = sb->alloc;
     char *data = msgpack_sbuffer_release(sb);
-    conn_send(c, data, len);
+    /* msgpack starts every buffer at 8 KiB: a short answer (an error is ~60
+     * bytes) gives the rest back before it waits in the queue (glibc shrinks
+     * in place); the cap counts what is kept */
+    if (data && len && cap - len >= 1024) {
+        char *p = realloc(data, len);
+        if (p) data = p, cap = len;
+    }
+    conn_send(c, data, len, cap);
 }
 
 static void conn_send_error(srv_conn *c, uint64_t id, int code, const char *msg)
@@ -217,6 +279,35 @@ static void conn_send_error(srv_conn *c, uint64_t id, int code, const char *msg)
     msgpack_sbuffer_init(&sb);
     if (proto_response_error(&sb, id, code, msg) == 0) conn_send_sbuffer(c, &sb);
     msgpack_sbuffer_destroy(&sb);
+}
+
+/* An error answer to a request (or a frame) of c.  Before a successful hello
+ * a connection gets at most SRV_PREAUTH_MAX_ERRORS of them, the last one
+ * closing it: otherwise a client without the token could have the server
+ * queue answers for ever (zero-length frames, never reading). */
+static void conn_reject(srv_conn *c, uint64_t id, int code, const char *msg)
+{
+    conn_send_error(c, id, code, msg);
+    if (!c->authed && ++c->preauth_errors >= SRV_PREAUTH_MAX_ERRORS && !c->close_after_writes) {
+        srv_log(c->s, SRV_LOG_INFO, "conn=%llu %d errors before a successful hello: closing",
+                (unsigned long long)c->serial, c->preauth_errors);
+        c->close_after_writes = 1;
+        conn_pause(c);
+    }
+}
+
+/* Close c now, after trying (without waiting) to send it an error frame that
+ * says why: for deadlines, where the peer may not be reading at all. */
+static void conn_close_with(srv_conn *c, int code, const char *msg, const char *why)
+{
+    msgpack_sbuffer sb;
+    msgpack_sbuffer_init(&sb);
+    if (!c->closing && !c->unsent && proto_response_error(&sb, 0, code, msg) == 0) {
+        uv_buf_t b = uv_buf_init(sb.data, (unsigned)sb.size);
+        (void)uv_try_write(&c->h.stream, &b, 1);
+    }
+    msgpack_sbuffer_destroy(&sb);
+    conn_close(c, why);
 }
 
 /* ---- jobs ----------------------------------------------------------------- */
@@ -243,6 +334,7 @@ static void job_finish(srv_job *job)
     conn_send_sbuffer(c, &job->resp); /* dropped if the connection is closed */
     c->inflight--;
     c->inflight_bytes -= job->frame_bytes;
+    conn_account(c);
     s->jobs_inflight--;
     proto_request_free(job->req);
     srv_ingest_free(job->ing);
@@ -513,14 +605,14 @@ static void handle_frame(srv_conn *c, uint8_t *frame, size_t len)
     if (rc) {
         srv_log(s, SRV_LOG_INFO, "conn=%llu op=? id=%llu status=%s error=\"%s\"", (unsigned long long)c->serial,
                 (unsigned long long)err_id, umg_error_name(rc), umg_err_msg());
-        conn_send_error(c, err_id, rc, umg_err_msg());
+        conn_reject(c, err_id, rc, umg_err_msg());
         return;
     }
     int op = req->op->code;
     if (!c->authed && op != PROTO_OP_HELLO) {
         srv_log(s, SRV_LOG_INFO, "conn=%llu op=%s id=%llu status=unauthorized", (unsigned long long)c->serial,
                 op_name(op), (unsigned long long)req->id);
-        conn_send_error(c, req->id, UMG_EAUTH, "authentication required: send hello with the token first");
+        conn_reject(c, req->id, UMG_EAUTH, "authentication required: send hello with the token first");
         proto_request_free(req);
         return;
     }
@@ -547,10 +639,14 @@ static void handle_frame(srv_conn *c, uint8_t *frame, size_t len)
     c->refs++;
     c->inflight++;
     c->inflight_bytes += len;
+    conn_account(c);
     s->jobs_inflight++;
+    int was_authed = c->authed;
     umg_err_clear();
     rc = req->op->handler ? req->op->handler(job, req)
                           : umg_err_set(UMG_EUNSUPPORTED, "op '%s' is not served", req->op->name);
+    /* hello succeeded: from the next frame on, the full frame size */
+    if (!was_authed && c->authed) proto_framer_set_max(c->framer, s->limits.max_frame);
     if (rc < 0) srv_job_error(job, rc, umg_err_msg());
     if (rc != 0) job_finish(job);
 }
@@ -570,12 +666,16 @@ static void conn_feed(srv_conn *c, const uint8_t *p, size_t len)
         p += used;
         len -= used;
         if (rc == PROTO_FRAME_READY) {
+            c->frame_start_ns = 0;
             handle_frame(c, frame, flen);
         } else if (rc == UMG_EPROTO) {
             srv_log(s, SRV_LOG_INFO, "conn=%llu op=? id=0 status=protocol_error error=\"%s\"",
                     (unsigned long long)c->serial, umg_err_msg());
-            conn_send_error(c, 0, rc, umg_err_msg());
+            conn_reject(c, 0, rc, umg_err_msg());
         } else if (rc < 0) {
+            if (rc == UMG_ETOOBIG && !c->authed)
+                umg_err_set(rc, "%s: before a successful hello frames are limited to %u bytes", umg_err_msg(),
+                            SRV_PREAUTH_MAX_FRAME);
             /* the stream cannot be resynchronised: error frame, then close */
             srv_log(s, SRV_LOG_INFO, "conn=%llu op=? id=0 status=%s error=\"%s\" (closing)",
                     (unsigned long long)c->serial, umg_error_name(rc), umg_err_msg());
@@ -585,6 +685,10 @@ static void conn_feed(srv_conn *c, const uint8_t *p, size_t len)
         }
     }
     c->feeding = 0;
+    /* the frame deadline runs from the first byte of a frame */
+    if (!proto_framer_buffered(c->framer)) c->frame_start_ns = 0;
+    else if (!c->frame_start_ns) c->frame_start_ns = srv_now_ns();
+    conn_account(c);
     if (c->closing || c->close_after_writes) {
         conn_maybe_finish(c);
         return;
@@ -597,6 +701,7 @@ static void conn_feed(srv_conn *c, const uint8_t *p, size_t len)
         }
         memcpy(c->stash, p, len);
         c->stash_len = len;
+        conn_account(c);
         conn_pause(c);
     } else if (over_caps(c)) {
         conn_pause(c);
@@ -625,17 +730,64 @@ static void on_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf)
     if (!c->reading && !c->stash) conn_maybe_resume(c);
 }
 
-/* Idle: no byte read and no answer taken by the peer for the timeout, and
- * no work of ours in flight.  A peer that stopped reading its answers is
- * idle too: otherwise it could pin its unsent answers (up to the cap) forever. */
-static void on_idle(uv_timer_t *t)
+/* Deadlines, checked by a repeating timer (every half of the shortest one,
+ * so a connection is closed between 1x and 1.5x its deadline):
+ *  - hello: with auth required, a connection must complete hello within
+ *    --hello-timeout of being accepted, whatever it sends meanwhile;
+ *  - frame: a frame whose first byte was read must be complete within
+ *    --frame-timeout (not counted while the server itself paused reading),
+ *    so a byte every few seconds does not hold a slot for ever;
+ *  - idle: no byte read and no answer taken by the peer for --idle-timeout,
+ *    and no work of ours in flight.  A peer that stopped reading its answers
+ *    is idle too: otherwise it could pin its unsent answers (up to the cap)
+ *    for ever. */
+static void on_deadline(uv_timer_t *t)
 {
     srv_conn *c = t->data;
-    uint64_t idle_ns = (uint64_t)c->s->cfg.idle_timeout_s * 1000000000ull;
-    if (c->inflight || srv_now_ns() - c->last_activity_ns < idle_ns) return; /* the repeat timer comes back */
+    const server_config *cfg = &c->s->cfg;
+    uint64_t now = srv_now_ns(), sec = 1000000000ull;
+    char msg[128];
+    if (!c->authed && cfg->hello_timeout_s > 0 && now - c->accepted_ns >= (uint64_t)cfg->hello_timeout_s * sec) {
+        srv_log(c->s, SRV_LOG_INFO, "conn=%llu no successful hello within %d s: closing",
+                (unsigned long long)c->serial, cfg->hello_timeout_s);
+        snprintf(msg, sizeof msg, "no successful hello within %d s (--hello-timeout)", cfg->hello_timeout_s);
+        conn_close_with(c, UMG_ETIMEOUT, msg, "hello timeout");
+        return;
+    }
+    if (c->frame_start_ns && c->reading && cfg->frame_timeout_s > 0 &&
+        now - c->frame_start_ns >= (uint64_t)cfg->frame_timeout_s * sec) {
+        srv_log(c->s, SRV_LOG_INFO, "conn=%llu frame not complete %d s after its first byte (%zu bytes read): closing",
+                (unsigned long long)c->serial, cfg->frame_timeout_s, proto_framer_buffered(c->framer));
+        snprintf(msg, sizeof msg, "frame not complete within %d s (--frame-timeout)", cfg->frame_timeout_s);
+        conn_close_with(c, UMG_ETIMEOUT, msg, "frame timeout");
+        return;
+    }
+    if (cfg->idle_timeout_s <= 0 || c->inflight || now - c->last_activity_ns < (uint64_t)cfg->idle_timeout_s * sec)
+        return; /* the repeat timer comes back */
     srv_log(c->s, SRV_LOG_INFO, "conn=%llu idle for %d s%s: closing", (unsigned long long)c->serial,
-            c->s->cfg.idle_timeout_s, c->unsent ? " (not reading its answers)" : "");
+            cfg->idle_timeout_s, c->unsent ? " (not reading its answers)" : "");
     conn_close(c, "idle timeout");
+}
+
+/* Back under the buffer budget: every connection it paused reads again. */
+static void on_resume_timer(uv_timer_t *t)
+{
+    srv *s = t->data;
+    for (srv_conn *c = s->conns, *n; c; c = n) {
+        n = c->next;
+        if (s->over_budget) break;
+        conn_maybe_resume(c);
+    }
+}
+
+/* The deadline timer's period: half the shortest deadline that applies
+ * (the hello deadline only while auth is pending); 0 = none applies. */
+static uint64_t deadline_period_ms(const srv *s, int authed)
+{
+    int t[3] = {s->cfg.idle_timeout_s, s->cfg.frame_timeout_s, authed ? 0 : s->cfg.hello_timeout_s}, m = 0;
+    for (int i = 0; i < 3; i++)
+        if (t[i] > 0 && (!m || t[i] < m)) m = t[i];
+    return (uint64_t)m * 500;
 }
 
 static void on_connection(uv_stream_t *server, int status)
@@ -668,8 +820,13 @@ static void on_connection(uv_stream_t *server, int status)
     s->conns = c;
     s->n_conns++;
     c->authed = !(s->cfg.token || s->cfg.require_auth);
+    c->accepted_ns = srv_now_ns();
     rc = uv_accept(server, &c->h.stream);
-    if (!rc) rc = proto_framer_create(s->limits.max_frame, &c->framer) ? UV_ENOMEM : 0;
+    /* before hello succeeds only a small frame (hello's size): an unknown
+     * client cannot make the server buffer megabytes */
+    uint32_t first_max = c->authed || s->limits.max_frame < SRV_PREAUTH_MAX_FRAME ? s->limits.max_frame
+                                                                                     : SRV_PREAUTH_MAX_FRAME;
+    if (!rc) rc = proto_framer_create(first_max, &c->framer) ? UV_ENOMEM : 0;
     if (rc) {
         srv_log(s, SRV_LOG_WARN, "accept failed: %s", uv_strerror(rc));
         conn_close(c, "accept failed");
@@ -677,8 +834,8 @@ static void on_connection(uv_stream_t *server, int status)
     }
     if (server == (uv_stream_t *)&s->tcp) uv_tcp_nodelay(&c->h.tcp, 1);
     srv_log(s, SRV_LOG_DEBUG, "conn=%llu accepted", (unsigned long long)c->serial);
-    if (s->n_conns > s->cfg.max_connections) {
-        srv_log(s, SRV_LOG_WARN, "conn=%llu refused: %d connections open (--max-connections)",
+    if (s->n_conns > s->max_conns) {
+        srv_log(s, SRV_LOG_WARN, "conn=%llu refused: %d connections open (the connection cap)",
                 (unsigned long long)c->serial, s->n_conns - 1);
         conn_send_error(c, 0, UMG_EBUSY, "too many connections");
         c->close_after_writes = 1;
@@ -686,11 +843,8 @@ static void on_connection(uv_stream_t *server, int status)
         return;
     }
     c->last_activity_ns = srv_now_ns();
-    if (s->cfg.idle_timeout_s > 0) {
-        /* checked every half timeout: closed between 1x and 1.5x the timeout */
-        uint64_t ms = (uint64_t)s->cfg.idle_timeout_s * 500;
-        uv_timer_start(&c->idle, on_idle, ms, ms);
-    }
+    uint64_t period = deadline_period_ms(s, c->authed);
+    if (period) uv_timer_start(&c->idle, on_deadline, period, period);
     conn_maybe_resume(c);
 }
 
@@ -758,6 +912,9 @@ void server_config_default(server_config *c)
     c->threads = n > 0 ? (int)n : 1;
     c->max_frame = PROTO_DEFAULT_MAX_FRAME;
     c->idle_timeout_s = SRV_DEFAULT_IDLE_S;
+    c->hello_timeout_s = SRV_DEFAULT_HELLO_TIMEOUT_S;
+    c->frame_timeout_s = SRV_DEFAULT_FRAME_TIMEOUT_S;
+    c->buffer_memory = SRV_DEFAULT_BUFFER_MEMORY;
     c->max_connections = SRV_DEFAULT_MAX_CONN;
     c->log_level = SRV_LOG_INFO;
     c->index_threads = SRV_DEFAULT_INDEX_THREADS;
@@ -955,6 +1112,7 @@ int server_run(const server_config *cfg)
     if (s->cfg.threads < 1) s->cfg.threads = 1;
     if (s->cfg.regions < 0) s->cfg.regions = 0;
     if (s->cfg.max_connections < 1) s->cfg.max_connections = 1;
+    s->max_conns = s->cfg.max_connections;
     s->limits = proto_limits_default();
     if (cfg->max_frame) s->limits.max_frame = cfg->max_frame;
 
@@ -1041,6 +1199,8 @@ int server_run(const server_config *cfg)
     uv_signal_start(&s->sigterm, on_signal, SIGTERM);
     uv_timer_init(&loop, &s->stop_timer);
     s->stop_timer.data = s;
+    uv_timer_init(&loop, &s->resume_timer);
+    s->resume_timer.data = s;
     if (listen_addr) {
         uv_tcp_init(&loop, &s->tcp);
         s->tcp.data = s;

@@ -27,7 +27,7 @@ struct srv_conn {
         uv_tcp_t tcp;
         uv_pipe_t pipe;
     } h;
-    uv_timer_t idle;
+    uv_timer_t idle;              /* deadlines: idle, hello, frame (on_deadline) */
     srv *s;
     uint64_t serial;              /* for logs */
     int refs;                     /* 1 while open + one per job in flight */
@@ -40,7 +40,12 @@ struct srv_conn {
     int inflight;                 /* jobs not yet answered */
     size_t inflight_bytes;        /* request frame bytes held by those jobs */
     size_t unsent;                /* response bytes handed to uv_write, not yet written */
+    size_t unsent_mem;            /* the memory those answers hold (buffers' capacity, requests) */
     int writes;                   /* uv_write requests not yet called back */
+    size_t held;                  /* buffer memory of this connection counted in s->buffered */
+    int preauth_errors;           /* error answers before a successful hello */
+    uint64_t accepted_ns;         /* hello deadline */
+    uint64_t frame_start_ns;      /* first byte of the partial frame read; 0 between frames */
     uint64_t last_activity_ns;    /* last byte read or answer written (idle timeout) */
     proto_framer *framer;
     uint8_t *stash;               /* bytes read but not yet fed: reading paused mid-read */
@@ -140,7 +145,13 @@ struct srv {
     uint64_t t_start_ns;
     uint64_t conn_serial;
     int n_conns;
+    int max_conns;                /* --max-connections, lowered to fit the descriptor limit */
     srv_conn *conns;
+    size_t buffered;              /* sum of every connection's held */
+    int over_budget;              /* buffered >= cfg.buffer_memory: connections holding more than
+                                     SRV_CONN_MEM_FLOOR pause */
+    uv_timer_t resume_timer;      /* back under the budget: resume the paused connections */
+    uint64_t budget_logged_ns;    /* last "budget reached" log line */
     int jobs_inflight;
 
     enc_model *model;

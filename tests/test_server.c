@@ -28,6 +28,7 @@
 #include <png.h>
 
 #include "enc_image.h"
+#include "../cli/server.h"
 #include "server_harness.h"
 #include "test_util.h"
 #include "umg_error.h"
@@ -1103,7 +1104,8 @@ static void test_auth(void **state)
 }
 
 /* Backpressure: a client that sends many requests and reads nothing makes
- * the server stop reading it once its unsent answers reach the cap (8 MiB),
+ * the server stop reading it once the memory of its unsent answers reaches the
+ * cap (8 MiB: the answers' bytes plus a few hundred bytes of bookkeeping each),
  * so the server's memory stays bounded; others are served meanwhile; once
  * the client reads, every answer arrives. */
 static void test_backpressure(void **state)
@@ -1146,11 +1148,16 @@ static void test_backpressure(void **state)
         }
     }
     /* the server pauses that connection once its unsent answers reach the
-     * cap (it may pause earlier for a moment on the in-flight cap) */
+     * cap (it may pause earlier for a moment on the in-flight cap): wait
+     * until the count stands still while paused.  Each queued answer costs
+     * its bytes plus the write request (< 512 bytes; WRITE_COST in server.c),
+     * so the bytes at the pause are at least that share of the 8 MiB. */
     int paused = 0;
-    uint64_t unsent = 0, in_flight = 0, unsent_later = 0;
-    for (int i = 0; i < 500 && unsent < (8u << 20) - resp_len; i++) {
+    uint64_t unsent = 0, in_flight = 0, unsent_later = 0, before = 1;
+    const uint64_t low = (uint64_t)((double)(8u << 20) * (double)resp_len / (double)(resp_len + 512)) - resp_len;
+    for (int i = 0; i < 500 && !(paused == 1 && unsent == before && unsent >= low); i++) {
         if (i) usleep(20000);
+        before = unsent;
         assert_int_equal(umg_client_call0(c, "stats", TS_T_MS, &r), 0);
         const msgpack_object *q = umg_result_get(r, "queues");
         paused = (int)obj_u(q, "paused_connections");
@@ -1158,8 +1165,9 @@ static void test_backpressure(void **state)
         in_flight = obj_u(q, "in_flight");
         proto_response_free(r);
     }
+    print_message("paused at %llu unsent answer bytes (answers of %zu bytes)\n", (unsigned long long)unsent, resp_len);
     assert_int_equal(paused, 1);
-    assert_true(unsent >= (8u << 20) - resp_len);
+    assert_true(unsent >= low);
     assert_true(unsent <= (8u << 20) + 65 * resp_len);
     assert_true(in_flight <= 64);
     /* and stays there: nothing more is read from it (requests already in
@@ -1810,6 +1818,339 @@ static void test_client_drop(void **state)
     assert_int_equal(tu_rm_rf(s.dir), 0);
 }
 
+/* A blocking raw socket connected to s's Unix socket (no client library:
+ * these clients misbehave on purpose). */
+static int raw_unix(const ts_server *s)
+{
+    struct sockaddr_un sun = {.sun_family = AF_UNIX};
+    assert_true(!strncmp(s->addr, "unix:", 5) && strlen(s->addr + 5) < sizeof sun.sun_path);
+    memcpy(sun.sun_path, s->addr + 5, strlen(s->addr + 5) + 1);
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    assert_true(fd >= 0);
+    if (connect(fd, (struct sockaddr *)&sun, sizeof sun)) fail_msg("connect %s: %s", s->addr, strerror(errno));
+    return fd;
+}
+
+/* The server's resident memory (VmRSS), KiB. */
+static long rss_kib(pid_t pid)
+{
+    char path[64], line[256];
+    snprintf(path, sizeof path, "/proc/%d/status", (int)pid);
+    FILE *f = fopen(path, "r");
+    assert_non_null(f);
+    long kib = -1;
+    while (fgets(line, sizeof line, f))
+        if (!strncmp(line, "VmRSS:", 6)) kib = atol(line + 6);
+    fclose(f);
+    assert_true(kib > 0);
+    return kib;
+}
+
+/* Under ASan, freed blocks wait in a quarantine (256 MiB by default) before
+ * reuse, which would show as growth in the memory bounds below: the servers
+ * of those tests get a small one. */
+static void small_asan_quarantine(void)
+{
+#if defined(__SANITIZE_ADDRESS__)
+    const char *old = getenv("ASAN_OPTIONS");
+    char v[1024];
+    snprintf(v, sizeof v, "%s%squarantine_size_mb=4", old ? old : "", old && *old ? ":" : "");
+    setenv("ASAN_OPTIONS", v, 1);
+#endif
+}
+
+/* Send zero-length frames (the bytes 0 0 0 0 over and over) on every fd for
+ * ms milliseconds without ever reading; an fd the server closes is left
+ * alone.  Returns the bytes the server took; taken[i] (may be NULL) those of
+ * fds[i]. */
+static size_t flood_zero_frames(const int *fds, int n, int ms, size_t *taken_by)
+{
+    static uint8_t zeros[65536];
+    int dead[16] = {0};
+    assert_true(n <= 16);
+    size_t taken = 0;
+    for (int i = 0; i < n; i++) fcntl(fds[i], F_SETFL, fcntl(fds[i], F_GETFL) | O_NONBLOCK);
+    struct timespec t0, t;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    do {
+        int progress = 0;
+        for (int i = 0; i < n; i++) {
+            if (dead[i]) continue;
+            ssize_t k = send(fds[i], zeros, sizeof zeros, MSG_NOSIGNAL);
+            if (k > 0) taken += (size_t)k, progress = 1;
+            if (k > 0 && taken_by) taken_by[i] += (size_t)k;
+            else if (k < 0 && errno != EAGAIN && errno != EWOULDBLOCK) dead[i] = 1;
+        }
+        if (!progress) usleep(2000);
+        clock_gettime(CLOCK_MONOTONIC, &t);
+    } while ((t.tv_sec - t0.tv_sec) * 1000 + (t.tv_nsec - t0.tv_nsec) / 1000000 < ms);
+    for (int i = 0; i < n; i++) fcntl(fds[i], F_SETFL, fcntl(fds[i], F_GETFL) & ~O_NONBLOCK);
+    return taken;
+}
+
+/* Read frames from fd until the server closes it (1) or nothing comes for
+ * timeout_ms (0).  *frames counts the frames; *last_code and *last_msg (may be
+ * NULL) get the last error frame's code and message. */
+static int read_until_closed(int fd, int timeout_ms, int *frames, int *last_code, char *last_msg, size_t msg_size)
+{
+    proto_framer *fr;
+    assert_int_equal(proto_framer_create(0, &fr), 0);
+    *frames = 0;
+    uint8_t buf[65536];
+    int closed = 0;
+    for (;;) {
+        struct pollfd p = {.fd = fd, .events = POLLIN};
+        if (poll(&p, 1, timeout_ms) <= 0) break;
+        ssize_t k = recv(fd, buf, sizeof buf, 0);
+        if (k <= 0) {
+            closed = 1;
+            break;
+        }
+        const uint8_t *q = buf;
+        size_t left = (size_t)k;
+        while (left) {
+            size_t used, flen;
+            uint8_t *frame;
+            int rc = proto_framer_feed(fr, q, left, &used, &frame, &flen);
+            assert_true(rc >= 0);
+            q += used;
+            left -= used;
+            if (rc != PROTO_FRAME_READY) continue;
+            (*frames)++;
+            proto_response *r = NULL;
+            assert_int_equal(proto_response_decode(frame, flen, NULL, &r), 0);
+            if (!r->ok && last_code) *last_code = r->code;
+            if (!r->ok && last_msg) snprintf(last_msg, msg_size, "%s", r->message);
+            proto_response_free(r);
+        }
+    }
+    proto_framer_close(fr);
+    return closed;
+}
+
+/* Shut down fd's sending side, then read until the server closes it: 1 if
+ * exactly want frames came. */
+static int read_until_closed_after(int fd, size_t want, int *frames, int *code)
+{
+    shutdown(fd, SHUT_WR);
+    int closed = read_until_closed(fd, TS_T_MS, frames, code, NULL, 0);
+    if (!closed || (size_t)*frames != want)
+        print_message("%d frames of %zu, %s\n", *frames, want, closed ? "closed" : "still open");
+    return closed && (size_t)*frames == want;
+}
+
+static void write_token_file(const char *path, const char *token)
+{
+    FILE *f = fopen(path, "w");
+    assert_non_null(f);
+    fprintf(f, "%s\n", token);
+    fclose(f);
+}
+
+/* Clients without the token (issue 14): zero-length frames sent and never a
+ * byte read took the server from 38 MiB to ~2 GiB in 12 s (each queued error
+ * answer kept msgpack's 8 KiB buffer; the cap counted ~60 bytes).  Now such a
+ * connection gets at most SRV_PREAUTH_MAX_ERRORS (4) answers and is closed,
+ * and a frame larger than 8 KiB before hello is refused at its length
+ * prefix; the server's memory stays put and token holders are served. */
+static void test_preauth_limits(void **state)
+{
+    ts_server s;
+    ts_make_tmp(&s, "umg-srv-");
+    const char *token = "preauth-token-0123456789";
+    char tf[400];
+    snprintf(tf, sizeof tf, "%s/token", s.dir);
+    write_token_file(tf, token);
+    small_asan_quarantine();
+    const char *extra[] = {"--require-auth", "--auth-token-file", tf, "--log-level", "warn", NULL};
+    ts_start_ok(&s, extra);
+    umg_client *c = ts_conn(&s);
+    assert_int_equal(umg_client_hello(c, token, "test", TS_T_MS, NULL), 0);
+    ping_ok(c);
+    long rss0 = rss_kib(s.pid);
+
+    int fds[4];
+    for (int i = 0; i < 4; i++) fds[i] = raw_unix(&s);
+    size_t taken = flood_zero_frames(fds, 4, 3000, NULL);
+    long rss1 = rss_kib(s.pid);
+    print_message("4 floods of zero-length frames: %zu bytes taken, server RSS %ld -> %ld KiB\n", taken, rss0, rss1);
+    /* the token holder is served meanwhile (a frame bigger than the pre-auth limit too) */
+    ingest_bytes(c, IMG("rocket.jpg"), "rocket.jpg", NULL, NULL, NULL);
+    ping_ok(c);
+    for (int i = 0; i < 4; i++) {
+        int frames = 0, code = 0;
+        int closed = read_until_closed(fds[i], 5000, &frames, &code, NULL, 0);
+        if (!closed || frames > SRV_PREAUTH_MAX_ERRORS)
+            fail_msg("flooding connection %d: %d answers, %s (want at most %d, then closed)", i, frames,
+                     closed ? "closed" : "still open", SRV_PREAUTH_MAX_ERRORS);
+        assert_int_equal(code, UMG_EPROTO);
+        close(fds[i]);
+    }
+    if (rss1 - rss0 > 32 * 1024) fail_msg("the server grew by %ld KiB under the floods", rss1 - rss0);
+
+    /* an unfinished large frame before hello: refused at its length prefix */
+    int fd = raw_unix(&s);
+    uint8_t head[4 + 60000];
+    memset(head, 0x90, sizeof head);
+    proto_frame_put_len(head, 1u << 20);
+    send(fd, head, sizeof head, MSG_NOSIGNAL);
+    int frames = 0, code = 0;
+    char msg[300] = "";
+    assert_true(read_until_closed(fd, TS_T_MS, &frames, &code, msg, sizeof msg));
+    assert_int_equal(frames, 1);
+    assert_int_equal(code, UMG_ETOOBIG);
+    if (!strstr(msg, "before a successful hello")) fail_msg("message: %s", msg);
+    close(fd);
+    /* 20 of them at once cost nothing either */
+    int many[20];
+    rss0 = rss_kib(s.pid);
+    for (int i = 0; i < 20; i++) {
+        many[i] = raw_unix(&s);
+        send(many[i], head, sizeof head, MSG_NOSIGNAL);
+    }
+    for (int i = 0; i < 20; i++) {
+        assert_true(read_until_closed(many[i], TS_T_MS, &frames, &code, NULL, 0));
+        close(many[i]);
+    }
+    rss1 = rss_kib(s.pid);
+    if (rss1 - rss0 > 16 * 1024) fail_msg("20 unfinished frames grew the server by %ld KiB", rss1 - rss0);
+    /* hello itself (a token up to 4096 bytes) fits under the limit */
+    umg_client *d = ts_conn(&s);
+    char big[4097];
+    memset(big, 'x', 4096);
+    big[4096] = 0;
+    assert_int_equal(umg_client_hello(d, big, "a-client-name", TS_T_MS, NULL), UMG_EAUTH);
+    umg_client_close(d);
+    ping_ok(c);
+    umg_client_close(c);
+    assert_int_equal(ts_stop(&s), 0);
+    assert_int_equal(tu_rm_rf(s.dir), 0);
+}
+
+/* Without auth: the same flood is answered, and the answers' real memory
+ * counts against the per-connection cap (8 MiB each, not 8 MiB of answer
+ * bytes in 8 KiB buffers); --buffer-memory bounds what all connections hold
+ * together, a client holding little is still served, and nothing is lost. */
+static void test_buffer_memory(void **state)
+{
+    ts_server s;
+    ts_make_tmp(&s, "umg-srv-");
+    small_asan_quarantine();
+    for (int budget = 0; budget < 2; budget++) {
+        const char *extra[] = {"--log-level", "warn", budget ? "--buffer-memory" : NULL, "2M", NULL};
+        ts_start_ok(&s, extra);
+        umg_client *c = ts_conn(&s);
+        ping_ok(c);
+        long rss0 = rss_kib(s.pid);
+        int fds[4];
+        size_t taken[4] = {0};
+        for (int i = 0; i < 4; i++) fds[i] = raw_unix(&s);
+        flood_zero_frames(fds, 4, 3000, taken);
+        long rss1 = rss_kib(s.pid);
+        proto_response *r = NULL;
+        assert_int_equal(umg_client_call0(c, "stats", TS_T_MS, &r), 0); /* holds nothing: served */
+        uint64_t unsent = obj_u(umg_result_get(r, "queues"), "unsent_bytes");
+        uint64_t paused = obj_u(umg_result_get(r, "queues"), "paused_connections");
+        proto_response_free(r);
+        print_message("%s: 4 floods of zero-length frames took %zu+%zu+%zu+%zu bytes; server RSS %ld -> %ld KiB, "
+                      "%llu answer bytes unsent, %llu connections paused\n",
+                      budget ? "--buffer-memory 2M" : "default budget", taken[0], taken[1], taken[2], taken[3], rss0,
+                      rss1, (unsigned long long)unsent, (unsigned long long)paused);
+        assert_int_equal(paused, 4);
+        if (!budget) {
+            /* 4 x 8 MiB of answers' memory, and the rest */
+            if (rss1 - rss0 > 48 * 1024) fail_msg("the server grew by %ld KiB under the floods", rss1 - rss0);
+        } else {
+            /* 2 MiB for all, plus what each connection adds before it holds more
+             * than SRV_CONN_MEM_FLOOR (64 KiB) and pauses */
+            assert_true(unsent <= (2u << 20) + 4 * SRV_CONN_MEM_FLOOR + 4096);
+            /* every zero-length frame taken is answered once its client reads */
+            int frames = 0, code = 0;
+            assert_true(read_until_closed_after(fds[0], taken[0] / 4, &frames, &code));
+            assert_int_equal(code, UMG_EPROTO);
+        }
+        for (int i = 0; i < 4; i++) close(fds[i]);
+        ping_ok(c);
+        umg_client_close(c);
+        assert_int_equal(ts_stop(&s), 0);
+    }
+    assert_int_equal(tu_rm_rf(s.dir), 0);
+}
+
+/* Deadlines (issue 14: 1,024 connections sending a byte every 4 s held every
+ * slot despite --idle-timeout): with auth required a connection must complete
+ * hello within --hello-timeout, and everyone must finish a frame within
+ * --frame-timeout of its first byte; a client between frames is left alone. */
+static void test_deadlines(void **state)
+{
+    ts_server s;
+    ts_make_tmp(&s, "umg-srv-");
+    const char *token = "deadline-token-0123456789";
+    char tf[400];
+    snprintf(tf, sizeof tf, "%s/token", s.dir);
+    write_token_file(tf, token);
+    const char *extra[] = {"--require-auth", "--auth-token-file", tf, "--hello-timeout", "1", "--frame-timeout", "1",
+                           "--max-connections", "4", NULL};
+    ts_start_ok(&s, extra);
+    usleep(200000); /* the start-up probe's connection goes */
+    /* four slow clients take every slot, one byte each 300 ms */
+    int fds[4];
+    for (int i = 0; i < 4; i++) fds[i] = raw_unix(&s);
+    static const uint8_t hello_start[] = {0, 0, 0, 40, 0x83, 0xa2, 'i', 'd', 1, 0xa2, 'o', 'p', 0xa5};
+    int open_fds = 4, closed_at[4] = {0};
+    for (int tick = 0; tick < 20 && open_fds; tick++) { /* 6 s at most */
+        for (int i = 0; i < 4; i++) {
+            if (closed_at[i]) continue;
+            if (tick < (int)sizeof hello_start && send(fds[i], hello_start + tick, 1, MSG_NOSIGNAL) < 0) {}
+            struct pollfd p = {.fd = fds[i], .events = POLLIN};
+            if (poll(&p, 1, 0) > 0) {
+                int frames = 0, code = 0;
+                char msg[200] = "";
+                if (read_until_closed(fds[i], 1000, &frames, &code, msg, sizeof msg)) {
+                    closed_at[i] = tick + 1;
+                    open_fds--;
+                    assert_int_equal(code, UMG_ETIMEOUT);
+                    if (!strstr(msg, "hello")) fail_msg("message: %s", msg);
+                }
+            }
+        }
+        usleep(300000);
+    }
+    for (int i = 0; i < 4; i++) {
+        if (!closed_at[i]) fail_msg("slow client %d still connected after 6 s (hello deadline 1 s)", i);
+        assert_true(closed_at[i] <= 8); /* within 1-1.5 s of the deadline (+ a tick) */
+        close(fds[i]);
+    }
+    /* a token holder gets in now */
+    umg_client *c = ts_conn(&s);
+    assert_int_equal(umg_client_hello(c, token, "test", TS_T_MS, NULL), 0);
+    umg_client *idle = ts_conn(&s);
+    assert_int_equal(umg_client_hello(idle, token, "test", TS_T_MS, NULL), 0);
+    /* an authenticated client that starts a frame and dribbles it: closed at the frame deadline */
+    static const uint8_t ping_start[] = {0, 0, 0, 40, 0x82, 0xa2, 'i', 'd', 7, 0xa2, 'o', 'p', 0xa4, 'p', 'i'};
+    int fd = umg_client_fd(c);
+    int closed = 0;
+    for (int tick = 0; tick < 15 && !closed; tick++) {
+        if (send(fd, ping_start + tick, 1, MSG_NOSIGNAL) < 0) {}
+        usleep(300000);
+        struct pollfd p = {.fd = fd, .events = POLLIN};
+        if (poll(&p, 1, 0) > 0) {
+            int frames = 0, code = 0;
+            char msg[200] = "";
+            closed = read_until_closed(fd, 1000, &frames, &code, msg, sizeof msg);
+            assert_int_equal(code, UMG_ETIMEOUT);
+            if (!strstr(msg, "frame")) fail_msg("message: %s", msg);
+        }
+    }
+    if (!closed) fail_msg("a frame dribbled for 4.5 s was not cut off (frame deadline 1 s)");
+    umg_client_close(c);
+    /* the one that sat between frames all that time is still served */
+    ping_ok(idle);
+    umg_client_close(idle);
+    assert_int_equal(ts_stop(&s), 0);
+    assert_int_equal(tu_rm_rf(s.dir), 0);
+}
+
 int main(void)
 {
     signal(SIGPIPE, SIG_IGN);
@@ -1830,6 +2171,9 @@ int main(void)
         cmocka_unit_test_teardown(test_backpressure, ts_teardown),
         cmocka_unit_test_teardown(test_precision_fp16, ts_teardown),
         cmocka_unit_test_teardown(test_client_drop, ts_teardown),
+        cmocka_unit_test_teardown(test_preauth_limits, ts_teardown),
+        cmocka_unit_test_teardown(test_buffer_memory, ts_teardown),
+        cmocka_unit_test_teardown(test_deadlines, ts_teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
