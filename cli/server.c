@@ -1130,14 +1130,30 @@ int server_run(const server_config *cfg)
         goto out;
     }
     for (int i = 0; i < cfg->n_roots; i++) {
+        /* kept three ways: as given (absolute, normalized) and resolved, for
+         * the lexical check of a path; opened, to open files beneath it */
+        char cwd[PATH_MAX], joined[2 * PATH_MAX + 2], *abs = malloc(sizeof joined);
+        const char *given = cfg->roots[i];
+        if (given[0] != '/' && getcwd(cwd, sizeof cwd)) {
+            snprintf(joined, sizeof joined, "%s/%s", cwd, given);
+            given = joined;
+        }
         char *r = realpath(cfg->roots[i], NULL);
-        struct stat st;
-        if (!r || stat(r, &st) < 0 || !S_ISDIR(st.st_mode)) {
+        int fd = r ? open(r, O_PATH | O_DIRECTORY | O_CLOEXEC) : -1;
+        if (!abs || !r || fd < 0 || srv_path_normalize(given, abs, sizeof joined)) {
+            free(abs);
             free(r);
+            if (fd >= 0) close(fd);
             rc = umg_err_set(UMG_EINVAL, "--allow-root %s: not an existing directory", cfg->roots[i]);
             goto out;
         }
-        s->roots[s->n_roots++] = r;
+        s->roots[s->n_roots] = r;
+        s->roots_abs[s->n_roots] = abs;
+        s->root_fds[s->n_roots++] = fd;
+    }
+    if (getenv("UMG_TEST_NO_OPENAT2") && atoi(getenv("UMG_TEST_NO_OPENAT2")) > 0) {
+        s->no_openat2 = 1;
+        srv_log(s, SRV_LOG_WARN, "UMG_TEST_NO_OPENAT2: path ingest walks with openat instead of openat2 (a test hook)");
     }
 
     /* 2. model and data */
@@ -1350,7 +1366,11 @@ out:
     enc_run_close(s->enc_run);
     free(s->enc_scratch);
     enc_model_close(s->model);
-    for (int i = 0; i < s->n_roots; i++) free(s->roots[i]);
+    for (int i = 0; i < s->n_roots; i++) {
+        free(s->roots[i]);
+        free(s->roots_abs[i]);
+        close(s->root_fds[i]);
+    }
     pthread_mutex_destroy(&s->q_mu);
     pthread_cond_destroy(&s->q_cv);
     pthread_mutex_destroy(&s->ck_mu);

@@ -132,7 +132,10 @@ typedef struct srv_text_batcher {
 struct srv {
     server_config cfg;
     char *roots[SRV_MAX_ROOTS];   /* realpath of each --allow-root */
+    char *roots_abs[SRV_MAX_ROOTS]; /* each --allow-root made absolute and normalized (srv_path_normalize) */
+    int root_fds[SRV_MAX_ROOTS];  /* each root opened (O_PATH) at start: path ingest opens beneath it */
     int n_roots;
+    int no_openat2;               /* env UMG_TEST_NO_OPENAT2 (tests): path ingest walks with openat */
     uv_loop_t *loop;
     uv_tcp_t tcp;
     uv_pipe_t pipe;
@@ -219,6 +222,10 @@ void srv_job_done_async(srv *s, srv_job *job);
 void srv_after_work(uv_work_t *w, int status);
 
 /* server_ops.c */
+/* Normalize the absolute path `path` lexically into out[0..size): "//" and
+ * "." components dropped, ".." removing the previous one (none above "/").
+ * UMG_EINVAL if path is relative, UMG_ETOOBIG if out is too small. */
+int srv_path_normalize(const char *path, char *out, size_t size);
 int srv_ops_init(srv *s);        /* model-dependent state: hello result, run pool */
 void srv_ops_fini(srv *s);
 void srv_register_handlers(void);
