@@ -5,6 +5,7 @@
 #include "server_internal.h"
 
 #include <arpa/inet.h>
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
@@ -12,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -1076,6 +1078,65 @@ static int prepare_socket_path(const char *path)
     return 0;
 }
 
+/* Open-file limit: raise the soft limit to the hard one (the common soft
+ * limit of 1,024 ran out at ~1,010 connections: new clients were reset
+ * without a busy frame, path ingests and checkpoints failed with EMFILE). */
+static void raise_fd_limit(srv *s)
+{
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl)) return;
+    s->fd_limit_was = (uint64_t)rl.rlim_cur;
+    if (rl.rlim_cur < rl.rlim_max) {
+        /* an unlimited hard limit is refused by the kernel above fs.nr_open (1M by default) */
+        rlim_t want = rl.rlim_max == RLIM_INFINITY || rl.rlim_max > (1u << 20) ? (1u << 20) : rl.rlim_max;
+        if (want > rl.rlim_cur) {
+            rl.rlim_cur = want;
+            if (setrlimit(RLIMIT_NOFILE, &rl))
+                srv_log(s, SRV_LOG_WARN, "cannot raise the open-file limit to %llu: %s", (unsigned long long)want,
+                        strerror(errno));
+        }
+    }
+}
+
+/* Descriptors open now (once listening, before serving). */
+static int fds_in_use(void)
+{
+    int n = 0;
+    DIR *d = opendir("/proc/self/fd");
+    if (!d) return -1;
+    for (struct dirent *e; (e = readdir(d));)
+        n += e->d_name[0] != '.';
+    closedir(d);
+    return n - 1; /* the directory's own */
+}
+
+/* The connection cap: --max-connections, lowered so that connections leave
+ * room under the open-file limit for what the server opens while serving:
+ * path ingests (at most two descriptors each on every threadpool worker),
+ * snapshot files of checkpoints and stats (SRV_FD_RESERVE) and connections
+ * being refused with busy (SRV_FD_REFUSING; each needs its descriptor until
+ * the busy frame is out).  Logged. */
+static void derive_conn_cap(srv *s)
+{
+    struct rlimit rl;
+    int in_use = fds_in_use();
+    if (getrlimit(RLIMIT_NOFILE, &rl) || in_use < 0) {
+        srv_log(s, SRV_LOG_WARN, "cannot read the open-file limit: connections capped by --max-connections only");
+        return;
+    }
+    const char *pool_env = getenv("UV_THREADPOOL_SIZE");
+    int pool = pool_env && atoi(pool_env) > 0 ? atoi(pool_env) : 4;
+    long long reserve = in_use + 2LL * pool + SRV_FD_RESERVE + SRV_FD_REFUSING;
+    long long room = rl.rlim_cur == RLIM_INFINITY ? (long long)INT_MAX : (long long)rl.rlim_cur - reserve;
+    if (room < 1) room = 1;
+    if (room < s->max_conns) s->max_conns = (int)room;
+    srv_log(s, room < s->cfg.max_connections ? SRV_LOG_WARN : SRV_LOG_INFO,
+            "open-file limit %llu%s: %d in use, %lld kept for path ingest, snapshots and refusals; "
+            "at most %d connections (--max-connections %d)",
+            (unsigned long long)rl.rlim_cur, s->fd_limit_was != (uint64_t)rl.rlim_cur ? " (raised from the soft limit)" : "",
+            in_use, reserve - in_use, s->max_conns, s->cfg.max_connections);
+}
+
 static void close_walk_cb(uv_handle_t *h, void *arg)
 {
     if (!uv_is_closing(h)) uv_close(h, on_closed_noop);
@@ -1113,6 +1174,7 @@ int server_run(const server_config *cfg)
     if (s->cfg.regions < 0) s->cfg.regions = 0;
     if (s->cfg.max_connections < 1) s->cfg.max_connections = 1;
     s->max_conns = s->cfg.max_connections;
+    raise_fd_limit(s);
     s->limits = proto_limits_default();
     if (cfg->max_frame) s->limits.max_frame = cfg->max_frame;
 
@@ -1274,6 +1336,7 @@ int server_run(const server_config *cfg)
                                  "running it in the background");
         srv_checkpoint_kick(s);
     }
+    derive_conn_cap(s);
     {
         db_stats st;
         db_stats_get(s->db, &st);

@@ -149,6 +149,7 @@ struct srv {
     uint64_t conn_serial;
     int n_conns;
     int max_conns;                /* --max-connections, lowered to fit the descriptor limit */
+    uint64_t fd_limit_was;        /* the soft open-file limit before raise_fd_limit */
     srv_conn *conns;
     size_t buffered;              /* sum of every connection's held */
     int over_budget;              /* buffered >= cfg.buffer_memory: connections holding more than

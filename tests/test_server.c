@@ -2288,6 +2288,56 @@ static void test_deadlines(void **state)
     assert_int_equal(tu_rm_rf(s.dir), 0);
 }
 
+/* The open-file limit (issue 14: under 1,024 descriptors the server ran out
+ * at ~1,010 connections and new clients were reset without a busy frame):
+ * the server raises its soft limit to the hard one, derives its connection
+ * cap from it and logs it; at the cap a new client gets busy, and path
+ * ingest still has descriptors. */
+static void test_fd_limit(void **state)
+{
+    ts_server s;
+    ts_make_tmp(&s, "umg-srv-");
+    char root[300], img[400];
+    snprintf(root, sizeof root, "%s/root", s.dir);
+    assert_int_equal(mkdir(root, 0755), 0);
+    snprintf(img, sizeof img, "%s/rocket.jpg", root);
+    copy_file(IMG("rocket.jpg"), img);
+    s.nofile_soft = 48;
+    s.nofile_hard = 128;
+    const char *extra[] = {"--allow-root", root, "--log-level", "warn", NULL};
+    ts_start_ok(&s, extra);
+    size_t ln;
+    char *log = tu_read_file(s.log, &ln);
+    const char *line = strstr(log, "open-file limit 128 (raised from the soft limit)");
+    if (!line) fail_msg("no open-file limit line in the log:\n%s", log);
+    const char *at = strstr(line, "at most ");
+    assert_non_null(at);
+    int cap = atoi(at + 8);
+    free(log);
+    print_message("open-file limit 128 (soft 48 at exec): connection cap %d\n", cap);
+    assert_true(cap >= 8 && cap < 128);
+    /* fill every slot (the start-up probe's connection may still count for a moment) */
+    umg_client **cs = calloc((size_t)cap, sizeof *cs);
+    for (int i = 0; i < cap; i++) cs[i] = conn_served(&s);
+    /* one more: refused with busy, not reset */
+    umg_client *extra_c = ts_conn(&s);
+    proto_response *r = NULL;
+    assert_int_equal(umg_client_recv(extra_c, TS_T_MS, &r), 0);
+    assert_false(r->ok);
+    assert_int_equal(r->code, UMG_EBUSY);
+    proto_response_free(r);
+    umg_client_close(extra_c);
+    /* a path ingest still gets its descriptors */
+    uint64_t id = 0;
+    assert_int_equal(ingest_path(cs[0], img, &id), 0);
+    for (int i = 0; i < cap; i++) umg_client_close(cs[i]);
+    free(cs);
+    umg_client_close(conn_served(&s));
+    assert_true(server_alive(&s));
+    assert_int_equal(ts_stop(&s), 0);
+    assert_int_equal(tu_rm_rf(s.dir), 0);
+}
+
 int main(void)
 {
     signal(SIGPIPE, SIG_IGN);
@@ -2312,6 +2362,7 @@ int main(void)
         cmocka_unit_test_teardown(test_preauth_limits, ts_teardown),
         cmocka_unit_test_teardown(test_buffer_memory, ts_teardown),
         cmocka_unit_test_teardown(test_deadlines, ts_teardown),
+        cmocka_unit_test_teardown(test_fd_limit, ts_teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
