@@ -121,25 +121,43 @@ static int parse_bytes(const char *flag, const char *v, unsigned long long max, 
     return 0;
 }
 
-/* First line of a file, trailing whitespace removed; heap string. */
+/* The token in text, by the same rules wherever it comes from (the token
+ * file, UMGDB_AUTH_TOKEN): its first line, trailing whitespace removed, at
+ * least SRV_MIN_TOKEN_LEN bytes left (a token of spaces or a short word must
+ * not guard a public address).  Heap string, or NULL after a message naming
+ * `from`. */
+static char *token_from(const char *from, const char *text)
+{
+    size_t n = strcspn(text, "\r\n");
+    while (n && (text[n - 1] == ' ' || text[n - 1] == '\t')) n--;
+    if (n < SRV_MIN_TOKEN_LEN) {
+        fprintf(stderr, "umgdb serve: %s: %s (a token needs at least %d characters besides trailing whitespace)\n",
+                from, n ? "token too short" : "empty token", SRV_MIN_TOKEN_LEN);
+        return NULL;
+    }
+    if (n > 4096) {
+        fprintf(stderr, "umgdb serve: %s: token longer than 4096 bytes\n", from);
+        return NULL;
+    }
+    return strndup(text, n);
+}
+
+/* The token of a token file (token_from's rules); heap string or NULL. */
 static char *read_token_file(const char *path)
 {
+    char from[PATH_MAX + 32];
+    snprintf(from, sizeof from, "--auth-token-file %s", path);
     FILE *f = fopen(path, "r");
     if (!f) {
-        fprintf(stderr, "umgdb serve: --auth-token-file %s: %s\n", path, strerror(errno));
+        fprintf(stderr, "umgdb serve: %s: %s\n", from, strerror(errno));
         return NULL;
     }
-    char buf[4097];
-    char *line = fgets(buf, sizeof buf, f);
+    char buf[4098];
+    if (!fgets(buf, sizeof buf, f)) buf[0] = 0;
     fclose(f);
-    if (!line) buf[0] = 0;
-    size_t n = strlen(buf);
-    while (n && (buf[n - 1] == '\n' || buf[n - 1] == '\r' || buf[n - 1] == ' ' || buf[n - 1] == '\t')) buf[--n] = 0;
-    if (!n) {
-        fprintf(stderr, "umgdb serve: --auth-token-file %s: empty token\n", path);
-        return NULL;
-    }
-    return strdup(buf);
+    char *token = token_from(from, buf);
+    memset(buf, 0, sizeof buf);
+    return token;
 }
 
 int cmd_serve(int argc, char **argv)
@@ -265,7 +283,7 @@ int cmd_serve(int argc, char **argv)
     if (token_file) {
         if (!(token = read_token_file(token_file))) return 2;
     } else if (getenv("UMGDB_AUTH_TOKEN") && *getenv("UMGDB_AUTH_TOKEN")) {
-        token = strdup(getenv("UMGDB_AUTH_TOKEN"));
+        if (!(token = token_from("UMGDB_AUTH_TOKEN", getenv("UMGDB_AUTH_TOKEN")))) return 2;
     }
     c.token = token;
     int rc = server_run(&c);

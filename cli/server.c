@@ -1296,7 +1296,9 @@ int server_run(const server_config *cfg)
         uv_pipe_init(&loop, &s->pipe, 0);
         s->pipe.data = s;
         s->pipe_on = 1;
-        mode_t old = umask(077); /* the socket file: owner only */
+        /* the socket file: owner only, 0600 (connecting needs write
+         * permission on it, not execute) */
+        mode_t old = umask(0177);
         int urc = uv_pipe_bind(&s->pipe, cfg->socket_path);
         umask(old);
         if (!urc) urc = uv_listen((uv_stream_t *)&s->pipe, 511, on_connection);

@@ -29,6 +29,7 @@
 #define SRV_DEFAULT_HELLO_TIMEOUT_S 10    /* --hello-timeout: auth required, hello must succeed by then */
 #define SRV_DEFAULT_FRAME_TIMEOUT_S 120   /* --frame-timeout: a frame started must be complete by then */
 #define SRV_FD_RESERVE 32                 /* descriptors kept for snapshots, checkpoints, stats */
+#define SRV_MIN_TOKEN_LEN 16              /* auth tokens: at least this many bytes */
 #define SRV_FD_REFUSING 16                /* descriptors kept for connections being refused with busy */
 
 enum srv_log_level { SRV_LOG_DEBUG = 0, SRV_LOG_INFO = 1, SRV_LOG_WARN = 2, SRV_LOG_ERROR = 3 };

@@ -1229,8 +1229,8 @@ static int check_input(const db_t *db, const db_image_in *in)
 {
     if (!in->path || !*in->path)
         return umg_err_set(UMG_EINVAL, "image path is required");
-    if (strlen(in->path) >= DB_MAX_PATH)
-        return umg_err_set(UMG_ETOOBIG, "image path longer than %d bytes", DB_MAX_PATH - 1);
+    if (strlen(in->path) > DB_MAX_PATH) /* the protocol's 1..4096 bytes */
+        return umg_err_set(UMG_ETOOBIG, "image path longer than %d bytes", DB_MAX_PATH);
     if (!in->vector)
         return umg_err_set(UMG_EINVAL, "%s: image vector is required", in->path);
     if (in->n_regions < 0 || in->n_regions > 100000 || (in->n_regions && !in->regions))

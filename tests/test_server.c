@@ -2338,6 +2338,75 @@ static void test_fd_limit(void **state)
     assert_int_equal(tu_rm_rf(s.dir), 0);
 }
 
+/* Small ones of issue 14: a name of exactly 4,096 bytes is accepted (4,097
+ * refused), as docs/protocol.md says; tokens follow one rule wherever they
+ * come from (first line, trailing whitespace removed, >= 16 bytes), so a
+ * token of spaces in UMGDB_AUTH_TOKEN no longer guards 0.0.0.0; the Unix
+ * socket is 0600. */
+static void test_small_limits(void **state)
+{
+    ts_server s;
+    ts_make_tmp(&s, "umg-srv-");
+    ts_start_ok(&s, NULL);
+    struct stat st;
+    assert_int_equal(stat(s.addr + 5, &st), 0);
+    assert_true(S_ISSOCK(st.st_mode));
+    if ((st.st_mode & 0777) != 0600) fail_msg("socket mode %o, want 600", (unsigned)(st.st_mode & 0777));
+    umg_client *c = ts_conn(&s);
+    char name[4098];
+    memset(name, 'n', sizeof name - 1);
+    name[0] = '/';
+    name[4096] = 0;
+    uint64_t id = ingest_bytes(c, IMG("rocket.jpg"), name, NULL, NULL, NULL); /* 4,096 bytes */
+    proto_writer w;
+    uint64_t rid = ts_begin(c, &w, "get", 1);
+    ts_kv_str(&w, "path", name);
+    ts_end(c, &w);
+    proto_response *r = ts_wait_ok(c, rid);
+    assert_int_equal(ts_res_u(r, "image_id"), id);
+    proto_response_free(r);
+    name[4096] = 'n';
+    name[4097] = 0;
+    assert_int_equal(ts_wait_err(c, ts_send_ingest(c, IMG("rocket.jpg"), name, NULL)), UMG_EINVAL); /* 4,097 */
+    umg_client_close(c);
+    assert_int_equal(ts_stop(&s), 0);
+
+    /* tokens: refused at start (exit 2), before anything listens */
+    char tf[400];
+    snprintf(tf, sizeof tf, "%s/short-token", s.dir);
+    write_token_file(tf, "fifteen-chars-x");
+    const struct {
+        const char *env, *file, *want;
+    } bad[] = {
+        {"UMGDB_AUTH_TOKEN='                        '", NULL, "empty token"},
+        {"UMGDB_AUTH_TOKEN='short-token   '", NULL, "token too short"},
+        {"UMGDB_AUTH_TOKEN='  \t  \n  x'", NULL, "empty token"}, /* first line only */
+        {"-u UMGDB_AUTH_TOKEN", tf, "token too short"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        char cmd[1600];
+        snprintf(cmd, sizeof cmd,
+                 "env %s timeout 30 '%s' serve --data '%s/data' --model '%s' --listen 0.0.0.0:0 %s%s%s 2>'%s/refused'",
+                 bad[i].env, tu_bin(), s.dir, TINY, bad[i].file ? "--auth-token-file '" : "",
+                 bad[i].file ? bad[i].file : "", bad[i].file ? "'" : "", s.dir);
+        int rc = system(cmd);
+        if (!WIFEXITED(rc) || WEXITSTATUS(rc) != 2) fail_msg("case %zu: exit %d, want 2", i, WEXITSTATUS(rc));
+        snprintf(cmd, sizeof cmd, "grep -q '%s' '%s/refused'", bad[i].want, s.dir);
+        if (system(cmd)) fail_msg("case %zu: no '%s' in the message", i, bad[i].want);
+    }
+    /* 16 bytes and trailing whitespace: accepted, and the trimmed token is the one */
+    setenv("UMGDB_AUTH_TOKEN", "sixteen-chars-xy \t\n", 1);
+    const char *extra[] = {"--require-auth", NULL};
+    ts_start_ok(&s, extra);
+    unsetenv("UMGDB_AUTH_TOKEN");
+    c = ts_conn(&s);
+    assert_int_equal(umg_client_hello(c, "sixteen-chars-xy", NULL, TS_T_MS, NULL), 0);
+    ping_ok(c);
+    umg_client_close(c);
+    assert_int_equal(ts_stop(&s), 0);
+    assert_int_equal(tu_rm_rf(s.dir), 0);
+}
+
 int main(void)
 {
     signal(SIGPIPE, SIG_IGN);
@@ -2363,6 +2432,7 @@ int main(void)
         cmocka_unit_test_teardown(test_buffer_memory, ts_teardown),
         cmocka_unit_test_teardown(test_deadlines, ts_teardown),
         cmocka_unit_test_teardown(test_fd_limit, ts_teardown),
+        cmocka_unit_test_teardown(test_small_limits, ts_teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
