@@ -180,8 +180,8 @@ int cmd_serve(int argc, char **argv)
             continue;
         }
         if (i + 1 >= argc || strncmp(a, "--", 2)) {
-            fprintf(stderr, "umgdb serve: %s '%s'\n", strncmp(a, "--", 2) ? "unexpected argument" : "missing value for", a);
-            usage(stderr);
+            fprintf(stderr, "umgdb serve: %s '%s' (see umgdb serve --help)\n",
+                    strncmp(a, "--", 2) ? "unexpected argument" : "missing value for", a);
             return 2;
         }
         const char *v = argv[++i];
@@ -269,14 +269,12 @@ int cmd_serve(int argc, char **argv)
             if (parse_int(a, v, 0, 86400 * 365, &x)) return 2;
             c.checkpoint_interval_s = (int)x;
         } else {
-            fprintf(stderr, "umgdb serve: unknown option '%s'\n", a);
-            usage(stderr);
+            fprintf(stderr, "umgdb serve: unknown option '%s' (see umgdb serve --help)\n", a);
             return 2;
         }
     }
     if (!c.data_dir || !c.model_dir) {
-        fprintf(stderr, "umgdb serve: --data and --model are required\n");
-        usage(stderr);
+        fprintf(stderr, "umgdb serve: --data DIR and --model DIR are required (see umgdb serve --help)\n");
         return 2;
     }
     char *token = NULL;

@@ -1060,6 +1060,26 @@ static int parse_listen(const char *addr, struct sockaddr_storage *ss, int *loop
     return umg_err_set(UMG_EINVAL, "--listen '%s': host must be an IP address or localhost", addr);
 }
 
+/* A TCP socket bound to ss (SO_REUSEADDR, as libuv binds), not yet
+ * listening: connections are refused until uv_listen.  *fd owned by the
+ * caller. */
+static int bind_tcp(const struct sockaddr_storage *ss, const char *addr, int *fd)
+{
+    *fd = socket(ss->ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (*fd < 0) return umg_err_set(UMG_EIO, "cannot listen on %s: socket: %s", addr, strerror(errno));
+    int one = 1;
+    setsockopt(*fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    socklen_t len = ss->ss_family == AF_INET6 ? sizeof(struct sockaddr_in6) : sizeof(struct sockaddr_in);
+    if (bind(*fd, (const struct sockaddr *)ss, len) == 0) return 0;
+    int e = errno;
+    close(*fd);
+    *fd = -1;
+    if (e == EADDRINUSE)
+        return umg_err_set(UMG_EBUSY, "cannot listen on %s: address already in use (another server there? choose "
+                                      "another address with --listen HOST:PORT)", addr);
+    return umg_err_set(umg_err_from_errno(e), "cannot listen on %s: %s", addr, strerror(e));
+}
+
 /* A stale socket file (nobody listening) may be replaced; a live one not. */
 static int prepare_socket_path(const char *path)
 {
@@ -1155,6 +1175,7 @@ int server_run(const server_config *cfg)
     srv *s = calloc(1, sizeof *s);
     if (!s) return umg_err_set(UMG_ENOMEM, "out of memory");
     s->cfg = *cfg;
+    s->tcp_fd = -1;
     s->t_start_ns = srv_now_ns();
     pthread_mutex_init(&s->q_mu, NULL);
     pthread_condattr_t ca;
@@ -1191,6 +1212,10 @@ int server_run(const server_config *cfg)
         rc = umg_err_set(UMG_EINVAL, "--require-auth needs a token (--auth-token-file FILE or UMGDB_AUTH_TOKEN)");
         goto out;
     }
+    /* bound before anything is loaded or created: a port in use fails at
+     * once and leaves no data directory behind (listening starts later) */
+    if (listen_addr && (rc = bind_tcp(&ss, listen_addr, &s->tcp_fd))) goto out;
+    if (cfg->socket_path && (rc = prepare_socket_path(cfg->socket_path))) goto out;
     for (int i = 0; i < cfg->n_roots; i++) {
         /* kept three ways: as given (absolute, normalized) and resolved, for
          * the lexical check of a path; opened, to open files beneath it */
@@ -1234,7 +1259,14 @@ int server_run(const server_config *cfg)
     if (idx_set_threads(cfg->index_threads))
         srv_log(s, SRV_LOG_WARN, "--index-threads: %s", umg_err_msg());
     enc_model_options mopt = {.precision = cfg->precision};
-    if ((rc = enc_model_open_ex(cfg->model_dir, &mopt, &s->model))) goto out;
+    if ((rc = enc_model_open_ex(cfg->model_dir, &mopt, &s->model))) {
+        if (rc == UMG_ENOENT)
+            umg_err_set(rc, "%s (--model wants a CLIP checkpoint directory: config.json, model.safetensors, "
+                            "vocab.json, merges.txt; fetch one with scripts/download-model, e.g. "
+                            "scripts/download-model openai/clip-vit-base-patch32 models/clip-vit-base-patch32)",
+                        umg_err_msg());
+        goto out;
+    }
     if (cfg->precision != ENC_PRECISION_FP32)
         srv_log(s, SRV_LOG_INFO, "encoder precision %s (approximate; fp32 is the exact path)",
                 enc_precision_name(cfg->precision));
@@ -1283,16 +1315,15 @@ int server_run(const server_config *cfg)
         uv_tcp_init(&loop, &s->tcp);
         s->tcp.data = s;
         s->tcp_on = 1;
-        int urc = uv_tcp_bind(&s->tcp, (struct sockaddr *)&ss, 0);
+        int urc = uv_tcp_open(&s->tcp, s->tcp_fd);
+        if (!urc) s->tcp_fd = -1; /* the handle's now */
         if (!urc) urc = uv_listen((uv_stream_t *)&s->tcp, 511, on_connection);
         if (urc) {
-            rc = umg_err_set(urc == UV_EADDRINUSE ? UMG_EBUSY : UMG_EIO, "cannot listen on %s: %s", listen_addr,
-                             uv_strerror(urc));
+            rc = umg_err_set(UMG_EIO, "cannot listen on %s: %s", listen_addr, uv_strerror(urc));
             goto out;
         }
     }
     if (cfg->socket_path) {
-        if ((rc = prepare_socket_path(cfg->socket_path))) goto out;
         uv_pipe_init(&loop, &s->pipe, 0);
         s->pipe.data = s;
         s->pipe_on = 1;
@@ -1405,6 +1436,7 @@ out:
         if (uv_loop_close(&loop)) srv_log(s, SRV_LOG_WARN, "event loop closed with handles open");
     }
     if (s->pipe_on && cfg->socket_path) unlink(cfg->socket_path);
+    if (s->tcp_fd >= 0) close(s->tcp_fd);
     int saved = rc;
     char msg[600];
     snprintf(msg, sizeof msg, "%s", umg_err_msg());

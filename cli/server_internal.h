@@ -138,6 +138,7 @@ struct srv {
     int no_openat2;               /* env UMG_TEST_NO_OPENAT2 (tests): path ingest walks with openat */
     uv_loop_t *loop;
     uv_tcp_t tcp;
+    int tcp_fd;                   /* bound at start, before the loop exists; -1 once uv_tcp_open took it */
     uv_pipe_t pipe;
     int tcp_on, pipe_on;
     uv_signal_t sigint, sigterm;

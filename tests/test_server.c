@@ -2407,6 +2407,60 @@ static void test_small_limits(void **state)
     assert_int_equal(tu_rm_rf(s.dir), 0);
 }
 
+/* serve's rough edges (issue 14): a missing --data/--model is one line and a
+ * pointer to --help; a wrong --model points at scripts/download-model; a port
+ * in use suggests --listen; neither failure leaves a data directory behind. */
+static void test_serve_start_errors(void **state)
+{
+    ts_server s;
+    ts_make_tmp(&s, "umg-srv-");
+    char data[400];
+    snprintf(data, sizeof data, "%s/new-data", s.dir);
+    struct stat st;
+
+    const char *no_data[] = {"serve", "--model", TINY, NULL};
+    tu_result r = tu_run(no_data);
+    TU_EXPECT_EXIT(r, 2);
+    int lines = 0;
+    for (const char *p = r.err; *p; p++) lines += *p == '\n';
+    if (lines > 2 || !strstr(r.err, "--data") || !strstr(r.err, "--help")) fail_msg("stderr:\n%s", r.err);
+    tu_result_free(&r);
+    const char *unknown[] = {"serve", "--data", data, "--model", TINY, "--bogus", "1", NULL};
+    r = tu_run(unknown);
+    TU_EXPECT_EXIT(r, 2);
+    lines = 0;
+    for (const char *p = r.err; *p; p++) lines += *p == '\n';
+    if (lines > 2 || !strstr(r.err, "--bogus") || !strstr(r.err, "--help")) fail_msg("stderr:\n%s", r.err);
+    tu_result_free(&r);
+
+    char nomodel[400];
+    snprintf(nomodel, sizeof nomodel, "%s/no-model", s.dir);
+    const char *bad_model[] = {"serve", "--data", data, "--model", nomodel, "--socket", "sock", NULL};
+    r = tu_run(bad_model);
+    TU_EXPECT_EXIT(r, 1);
+    if (!strstr(r.err, "scripts/download-model")) fail_msg("stderr:\n%s", r.err);
+    tu_result_free(&r);
+    assert_int_not_equal(stat(data, &st), 0);
+
+    /* a port in use */
+    int lfd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    assert_int_equal(bind(lfd, (struct sockaddr *)&a, sizeof a), 0);
+    assert_int_equal(listen(lfd, 1), 0);
+    socklen_t len = sizeof a;
+    assert_int_equal(getsockname(lfd, (struct sockaddr *)&a, &len), 0);
+    char addr[64];
+    snprintf(addr, sizeof addr, "127.0.0.1:%d", ntohs(a.sin_port));
+    const char *busy[] = {"serve", "--data", data, "--model", TINY, "--listen", addr, NULL};
+    r = tu_run(busy);
+    TU_EXPECT_EXIT(r, 1);
+    if (!strstr(r.err, "in use") || !strstr(r.err, "--listen")) fail_msg("stderr:\n%s", r.err);
+    tu_result_free(&r);
+    close(lfd);
+    if (stat(data, &st) == 0) fail_msg("the failed start created the data directory %s", data);
+    assert_int_equal(tu_rm_rf(s.dir), 0);
+}
+
 int main(void)
 {
     signal(SIGPIPE, SIG_IGN);
@@ -2433,6 +2487,7 @@ int main(void)
         cmocka_unit_test_teardown(test_deadlines, ts_teardown),
         cmocka_unit_test_teardown(test_fd_limit, ts_teardown),
         cmocka_unit_test_teardown(test_small_limits, ts_teardown),
+        cmocka_unit_test_teardown(test_serve_start_errors, ts_teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
