@@ -1728,7 +1728,7 @@ static void test_fp16_precision(void **state)
     assert_int_equal(p, ENC_PRECISION_FP16);
     assert_int_equal(enc_precision_parse("fp32", &p), 0);
     assert_int_equal(p, ENC_PRECISION_FP32);
-    assert_int_equal(enc_precision_parse("bf16", &p), UMG_EINVAL);
+    assert_int_equal(enc_precision_parse("fp8", &p), UMG_EINVAL);
     assert_string_equal(enc_precision_name(ENC_PRECISION_FP16), "fp16");
     enc_model_options o = {.precision = 7};
     enc_model *m = NULL;

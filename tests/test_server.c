@@ -1670,7 +1670,7 @@ static void test_precision_fp16(void **state)
     assert_non_null(mkdtemp(dir));
     char data[300];
     snprintf(data, sizeof data, "%s/data", dir);
-    const char *bad[] = {"serve", "--data", data, "--model", TINY, "--precision", "bf16", NULL};
+    const char *bad[] = {"serve", "--data", data, "--model", TINY, "--precision", "fp8", NULL};
     tu_result r = tu_run(bad);
     TU_EXPECT_EXIT(r, 2);
     assert_non_null(strstr(r.err, "--precision"));
