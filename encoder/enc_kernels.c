@@ -28,6 +28,8 @@
  * user working around a bad kernel); enc_cpu_limit does the same in-process. */
 #if defined(__x86_64__) && defined(__GNUC__)
 #include <cpuid.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 /* XCR0 & mask == mask: the OS saves those register states (0 without OSXSAVE). */
 static int os_saves(uint64_t mask)
 {
@@ -61,6 +63,15 @@ static unsigned cpu_detect(void)
     if ((f & ENC_CPU_AVX512) && __builtin_cpu_supports("avx512fp16"))
         f |= ENC_CPU_AVX512_FP16;
 #endif
+    /* AMX: the tile state must be saved by the OS (XCR0 bits 17, 18) and, on
+     * Linux, requested once per process before the first tile instruction. */
+    if ((f & ENC_CPU_AVX512) && __builtin_cpu_supports("amx-tile") && os_saves(0x60000) &&
+        syscall(SYS_arch_prctl, 0x1023 /* ARCH_REQ_XCOMP_PERM */, 18 /* XFEATURE_XTILEDATA */) == 0) {
+        if (__builtin_cpu_supports("amx-int8"))
+            f |= ENC_CPU_AMX_INT8;
+        if (__builtin_cpu_supports("amx-bf16"))
+            f |= ENC_CPU_AMX_BF16;
+    }
     const char *cap = getenv("UMG_CPU");
     if (cap && !strcmp(cap, "c"))
         f = 0;
@@ -70,6 +81,8 @@ static unsigned cpu_detect(void)
         f &= ENC_CPU_AVX2;
     else if (cap && !strcmp(cap, "avx512-novnni"))
         f &= ENC_CPU_AVX2 | ENC_CPU_AVX512;
+    else if (cap && !strcmp(cap, "avx512-noamx"))
+        f &= ~(unsigned)(ENC_CPU_AMX_INT8 | ENC_CPU_AMX_BF16);
 #endif
     return f;
 }
@@ -96,8 +109,8 @@ unsigned enc_cpu_limit(unsigned mask)
 
 const char *enc_cpu_describe(unsigned f)
 {
-    static const char *const names[] = {"avx2+fma", "avx512", "avx512-vnni", "avx-vnni", "avx512-bf16",
-                                        "avx512-fp16"};
+    static const char *const names[] = {"avx2+fma",    "avx512",      "avx512-vnni", "avx-vnni",
+                                        "avx512-bf16", "avx512-fp16", "amx-int8",    "amx-bf16"};
     static __thread char buf[128];
     size_t n = 0;
     buf[0] = 0;

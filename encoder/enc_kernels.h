@@ -12,8 +12,8 @@
 
 /* ---- run-time dispatch ------------------------------------------------------
  * What this CPU (and its OS: XCR0) runs, detected once from cpuid; the kernels
- * below choose by it on every call.  UMG_CPU=c|avx2|avx2-novnni|avx512-novnni
- * in the environment caps it at detection (tests, qemu checks, working around a
+ * below choose by it on every call.  UMG_CPU=c|avx2|avx2-novnni|avx512-novnni|
+ * avx512-noamx in the environment caps it at detection (tests, qemu checks, working around a
  * bad kernel).  The elementwise loops (layer norm, softmax, GELU, bias) and the
  * few-row fp32 product are compiled three times (x86-64-v4, -v3, baseline) and
  * picked by the dynamic loader from the CPU alone (ifunc), not capped. */
@@ -24,6 +24,8 @@ enum enc_cpu_feature {
     ENC_CPU_AVX_VNNI = 8,      /* vpdpbusd on ymm (VEX: Alder Lake and later) */
     ENC_CPU_AVX512_BF16 = 16,  /* vdpbf16ps */
     ENC_CPU_AVX512_FP16 = 32,  /* vfmadd231ph */
+    ENC_CPU_AMX_INT8 = 64,     /* AMX tiles, tdpbssd; the OS granted the tile state (arch_prctl) */
+    ENC_CPU_AMX_BF16 = 128,    /* AMX tiles, tdpbf16ps; likewise */
 };
 /* The enc_cpu_feature bits this process uses: detected & the limit. */
 unsigned enc_cpu_features(void);

@@ -30,11 +30,17 @@ static int n_panels(int out) { return (out + QP - 1) / QP; }
 
 /* ---- dispatch ------------------------------------------------------------- */
 
-enum q8_isa { Q8_C, Q8_AVX2, Q8_AVX_VNNI, Q8_AVX512_VNNI };
+enum q8_isa { Q8_C, Q8_AVX2, Q8_AVX_VNNI, Q8_AVX512_VNNI, Q8_AMX };
 
-static int q8_isa(void)
+/* AMX takes products whose input is a multiple of AMX_K8 (every CLIP layer);
+ * others go to the best vector kernel. */
+#define AMX_K8 64
+#define AMX_K16 32
+static int q8_isa_for(int in)
 {
     unsigned f = enc_cpu_features();
+    if ((f & ENC_CPU_AMX_INT8) && in % AMX_K8 == 0)
+        return Q8_AMX;
     if (f & ENC_CPU_AVX512_VNNI)
         return Q8_AVX512_VNNI;
     if (f & ENC_CPU_AVX_VNNI)
@@ -44,12 +50,16 @@ static int q8_isa(void)
     return Q8_C;
 }
 
+static int q8_isa(void) { return q8_isa_for(1); }
+
 int enc_q8_fast(void) { return q8_isa() != Q8_C; }
 int enc_bf16_supported(void) { return (enc_cpu_features() & ENC_CPU_AVX512_BF16) != 0; }
 
 const char *enc_q8_kernel_name(void)
 {
     static const char *const names[] = {"c", "avx2", "avx-vnni", "avx512-vnni"};
+    if (enc_cpu_features() & ENC_CPU_AMX_INT8)
+        return "amx-int8 (avx512-vnni where the input is not a multiple of 64)";
     return names[q8_isa()];
 }
 
@@ -119,23 +129,53 @@ void enc_pack_weights_bf16(void *packed, const float *w, int in, int out)
 }
 
 /* ---- the activations ---------------------------------------------------------
- * Scratch: the converted rows, tile by tile: tile t's bytes are
- * [kp / g][QT][g] elements (g = 4 int8 or 2 bf16 per 32-bit group), so the
- * kernel broadcasts row m's group at a fixed offset 4 m from one pointer; then
- * the rows' int8 scales. */
+ * Scratch: the converted rows, then the rows' int8 scales.  Two layouts:
+ *   tiled (the AVX kernels): tile by tile, tile t's bytes [kp / g][QT][g]
+ *     elements (g = 4 int8 or 2 bf16 per 32-bit group), so the kernel broadcasts
+ *     row m's group at a fixed offset 4 m from one pointer;
+ *   row-major (AMX): rows of kp elements, padded with zero rows to a multiple of
+ *     AMX_M rows (a tile load reads whole 16-row blocks). */
+#define AMX_M 32
 size_t enc_q_scratch_bytes(int rows, int in)
 {
-    size_t tiles = (size_t)(rows + QT - 1) / QT;
-    size_t q8 = tiles * QT * (size_t)q8_kp(in), bf = tiles * QT * (size_t)bf_kp(in) * 2;
-    return round_up((q8 > bf ? q8 : bf) + (size_t)rows * sizeof(float), 64) + 64;
+    size_t padded = round_up((size_t)rows, QT) > round_up((size_t)rows, AMX_M) ? round_up((size_t)rows, QT)
+                                                                                : round_up((size_t)rows, AMX_M);
+    size_t q8 = padded * (size_t)q8_kp(in), bf = padded * (size_t)bf_kp(in) * 2;
+    return round_up((q8 > bf ? q8 : bf), 64) + round_up((size_t)rows * sizeof(float), 64) + 64;
 }
 
 static size_t tile_bytes(int kp_bytes) { return (size_t)QT * (size_t)kp_bytes; }
 
+/* The rows' int8 scales, after the values (as enc_q_scratch_bytes counts). */
+static float *q_scales(void *scratch, int rows, int in)
+{
+    return (float *)((char *)scratch + enc_q_scratch_bytes(rows, in) - 64 - round_up((size_t)rows * sizeof(float), 64));
+}
+
+/* Row r's first group in a layout of row_bytes per row; *step: bytes from one
+ * 32-bit group of the row to the next. */
+static uint8_t *q_row(void *base, int rowmajor, int row_bytes, int r, size_t *step)
+{
+    if (rowmajor) {
+        *step = 4;
+        return (uint8_t *)base + (size_t)r * row_bytes;
+    }
+    *step = QT * 4;
+    return (uint8_t *)base + (size_t)(r / QT) * tile_bytes(row_bytes) + (size_t)(r % QT) * 4;
+}
+
+/* Row-major: zero the rows from rows up to the next multiple of AMX_M. */
+static void q_pad_rows(void *base, int rowmajor, int row_bytes, int rows)
+{
+    if (rowmajor)
+        memset((uint8_t *)base + (size_t)rows * row_bytes, 0, (round_up((size_t)rows, AMX_M) - rows) * row_bytes);
+}
+
 /* Per row: the scale and the rounded values, the same on every ISA (max is
  * exact in any order; the product x * inv and round-to-nearest-even too);
  * xor: 0x80 for the u8 form (a + 128). */
-static void q8_quantize_c(uint8_t *tiles, float *scale, const float *x, int ldx, int rows, int in, uint8_t xor)
+static void q8_quantize_c(uint8_t *tiles, float *scale, const float *x, int ldx, int rows, int in, uint8_t xor,
+                          int rowmajor)
 {
     int kp = q8_kp(in);
     for (int r = 0; r < rows; r++) {
@@ -144,11 +184,12 @@ static void q8_quantize_c(uint8_t *tiles, float *scale, const float *x, int ldx,
         for (int k = 0; k < in; k++)
             amax = fabsf(xr[k]) > amax ? fabsf(xr[k]) : amax;
         float inv = amax > 0 ? 127.0f / amax : 0.0f;
-        uint8_t *t = tiles + (size_t)(r / QT) * tile_bytes(kp) + (size_t)(r % QT) * 4;
+        size_t step;
+        uint8_t *t = q_row(tiles, rowmajor, kp, r, &step);
         for (int k = 0; k < kp; k++) {
             float v = k < in ? rintf(xr[k] * inv) : 0.0f;
             int8_t q = (int8_t)(v > 127 ? 127 : v < -127 ? -127 : (int)v);
-            t[(size_t)(k / 4) * QT * 4 + k % 4] = (uint8_t)q ^ xor;
+            t[(size_t)(k / 4) * step + k % 4] = (uint8_t)q ^ xor;
         }
         scale[r] = amax / 127.0f;
     }
@@ -159,7 +200,7 @@ static void q8_quantize_c(uint8_t *tiles, float *scale, const float *x, int ldx,
 /* q8_quantize_c with 16 lanes: the same max, products and rounding (vcvtps2dq
  * rounds to nearest even under the default MXCSR, as rintf does). */
 static Q512 void q8_quantize_512(uint8_t *tiles, float *scale, const float *x, int ldx, int rows, int in,
-                                 uint8_t xor)
+                                 uint8_t xor, int rowmajor)
 {
     int kp = q8_kp(in);
     const __m512 absmask = _mm512_castsi512_ps(_mm512_set1_epi32(0x7fffffff));
@@ -174,7 +215,8 @@ static Q512 void q8_quantize_512(uint8_t *tiles, float *scale, const float *x, i
         float inv = amax > 0 ? 127.0f / amax : 0.0f;
         scale[r] = amax / 127.0f;
         __m512 vinv = _mm512_set1_ps(inv);
-        uint8_t *t = tiles + (size_t)(r / QT) * tile_bytes(kp) + (size_t)(r % QT) * 4;
+        size_t step;
+        uint8_t *t = q_row(tiles, rowmajor, kp, r, &step);
         for (int k = 0; k < kp; k += 16) { /* 16 values = 4 groups of 4 */
             __mmask16 mk = in - k >= 16 ? 0xffff : in - k <= 0 ? 0 : (__mmask16)((1u << (in - k)) - 1);
             __m512i v = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_maskz_loadu_ps(mk, xr + k), vinv));
@@ -183,7 +225,7 @@ static Q512 void q8_quantize_512(uint8_t *tiles, float *scale, const float *x, i
             int groups = (kp - k) / 4 < 4 ? (kp - k) / 4 : 4;
             for (int g = 0; g < groups; g++) {
                 uint32_t word = (uint32_t)_mm_extract_epi32(b, 0);
-                memcpy(t + (size_t)(k / 4 + g) * QT * 4, &word, 4);
+                memcpy(t + (size_t)(k / 4 + g) * step, &word, 4);
                 b = _mm_srli_si128(b, 4);
             }
         }
@@ -191,15 +233,17 @@ static Q512 void q8_quantize_512(uint8_t *tiles, float *scale, const float *x, i
 }
 #endif
 
-static void q8_quantize(uint8_t *tiles, float *scale, const float *x, int ldx, int rows, int in, uint8_t xor)
+static void q8_quantize(uint8_t *tiles, float *scale, const float *x, int ldx, int rows, int in, uint8_t xor,
+                        int rowmajor)
 {
+    q_pad_rows(tiles, rowmajor, q8_kp(in), rows);
 #ifdef Q_X86
     if (enc_cpu_features() & ENC_CPU_AVX512) {
-        q8_quantize_512(tiles, scale, x, ldx, rows, in, xor);
+        q8_quantize_512(tiles, scale, x, ldx, rows, in, xor, rowmajor);
         return;
     }
 #endif
-    q8_quantize_c(tiles, scale, x, ldx, rows, in, xor);
+    q8_quantize_c(tiles, scale, x, ldx, rows, in, xor, rowmajor);
 }
 
 /* ---- int8 micro-kernels ----------------------------------------------------
@@ -407,6 +451,121 @@ Q8Y_TILE(q8_tile_avxvnni, QAVXVNNI, 1)
 Q8Y_TILE(q8_tile_avx2, QAVX2, 0)
 Q_RANGE_FN(q8_range_avxvnni, q8_tile_avxvnni, tile_bytes)
 Q_RANGE_FN(q8_range_avx2, q8_tile_avx2, tile_bytes)
+
+/* ---- AMX (Sapphire Rapids and later) ------------------------------------------
+ * Tiles 0-3 hold a 32-row x 32-output block of sums (2 x 2 tiles of 16 x 16),
+ * 4-5 the block's two 16-row slices of activations (row-major scratch), 6-7
+ * the panel's two 16-output halves: the packed panels' [k / g][32][g] layout is
+ * already AMX's B layout with a row stride of 128 bytes.  One k step is 64 int8
+ * (32 bf16) inputs: 4 tile products.  Each thread configures its tiles when it
+ * takes a range and releases them after.  int8: tdpbssd multiplies s8 x s8 into
+ * exact int32 sums, so the epilogue (the same float operations as the others)
+ * gives the same bits; bf16: tdpbf16ps sums pairs into fp32. */
+#define QAMX __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,amx-tile,amx-int8,amx-bf16")))
+
+typedef struct __attribute__((packed)) amx_config {
+    uint8_t palette, start_row, reserved[14];
+    uint16_t colsb[16];
+    uint8_t rows[16];
+} amx_config;
+
+static QAMX void amx_configure(void)
+{
+    amx_config c;
+    memset(&c, 0, sizeof c);
+    c.palette = 1;
+    for (int t = 0; t < 8; t++)
+        c.rows[t] = 16, c.colsb[t] = 64;
+    _tile_loadconfig(&c);
+}
+
+/* One 32-row x 32-output block into sums[32][32] (int32 or fp32 by the kind):
+ * a: the block's first row (row_bytes apart), b: the panel, k_bytes: bytes of
+ * one k step in a row (64), kp_steps: k steps. */
+#define AMX_BLOCK(NAME, DP)                                                                                \
+    static QAMX void NAME(void *sums, const uint8_t *a, size_t row_bytes, const uint8_t *b, int steps)     \
+    {                                                                                                      \
+        _tile_zero(0);                                                                                     \
+        _tile_zero(1);                                                                                     \
+        _tile_zero(2);                                                                                     \
+        _tile_zero(3);                                                                                     \
+        for (int s = 0; s < steps; s++) {                                                                  \
+            _tile_loadd(4, a + (size_t)s * 64, row_bytes);                                                 \
+            _tile_loadd(5, a + 16 * row_bytes + (size_t)s * 64, row_bytes);                                \
+            _tile_loadd(6, b + (size_t)s * 16 * 128, 128);                                                 \
+            _tile_loadd(7, b + (size_t)s * 16 * 128 + 64, 128);                                            \
+            DP(0, 4, 6);                                                                                   \
+            DP(1, 4, 7);                                                                                   \
+            DP(2, 5, 6);                                                                                   \
+            DP(3, 5, 7);                                                                                   \
+        }                                                                                                  \
+        _tile_stored(0, (char *)sums, QP * 4);                                                             \
+        _tile_stored(1, (char *)sums + 64, QP * 4);                                                        \
+        _tile_stored(2, (char *)sums + 16 * QP * 4, QP * 4);                                               \
+        _tile_stored(3, (char *)sums + 16 * QP * 4 + 64, QP * 4);                                          \
+    }
+AMX_BLOCK(amx_block_q8, _tile_dpbssd)
+AMX_BLOCK(amx_block_bf16, _tile_dpbf16ps)
+
+static inline __attribute__((always_inline)) QAMX __mmask16 cols_mask(int cols, int half)
+{
+    int c = cols - 16 * half;
+    return c >= 16 ? 0xffff : c <= 0 ? 0 : (__mmask16)((1u << c) - 1);
+}
+
+/* Row blocks of AMX_M rows (as many as fit Q_BLOCK_BYTES) x panels x blocks. */
+static QAMX void amx_range(const q_job *j, int p0, int p1, int bf16)
+{
+    int row_bytes = bf16 ? j->kp * 2 : j->kp, steps = row_bytes / 64;
+    int blocks = (j->rows + AMX_M - 1) / AMX_M;
+    int per = (int)(Q_BLOCK_BYTES / ((size_t)AMX_M * row_bytes));
+    per = per < 1 ? 1 : per;
+    q8_parts d = q8_split(j->w, j->in, j->out);
+    int32_t sums[AMX_M * QP] __attribute__((aligned(64)));
+    amx_configure();
+    for (int b0 = 0; b0 < blocks; b0 += per) {
+        int b1 = blocks - b0 < per ? blocks : b0 + per;
+        for (int p = p0; p < p1; p++) {
+            const uint8_t *panel = (const uint8_t *)j->w + (size_t)p * QP * row_bytes;
+            int cols = j->out - p * QP < QP ? j->out - p * QP : QP;
+            __mmask16 m0 = cols_mask(cols, 0), m1 = cols_mask(cols, 1);
+            __m512 s0 = _mm512_setzero_ps(), s1 = s0;
+            if (!bf16)
+                s0 = _mm512_loadu_ps(d.scale + p * QP), s1 = _mm512_loadu_ps(d.scale + p * QP + 16);
+            for (int b = b0; b < b1; b++) {
+                const uint8_t *a = j->a + (size_t)b * AMX_M * row_bytes;
+                if (bf16)
+                    amx_block_bf16(sums, a, (size_t)row_bytes, panel, steps);
+                else
+                    amx_block_q8(sums, a, (size_t)row_bytes, panel, steps);
+                int mr = j->rows - b * AMX_M < AMX_M ? j->rows - b * AMX_M : AMX_M;
+                for (int m = 0; m < mr; m++) {
+                    float *ym = j->y + ((size_t)b * AMX_M + m) * j->ldy + p * QP;
+                    __m512 t0, t1;
+                    if (bf16) {
+                        t0 = _mm512_load_ps((const float *)sums + m * QP);
+                        t1 = _mm512_load_ps((const float *)sums + m * QP + 16);
+                    } else { /* as q8v_tile's epilogue: float(sum) * (s_o * s_r) */
+                        __m512 r = _mm512_set1_ps(j->sa[b * AMX_M + m]);
+                        t0 = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_load_si512(sums + m * QP)), _mm512_mul_ps(s0, r));
+                        t1 = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_load_si512(sums + m * QP + 16)),
+                                           _mm512_mul_ps(s1, r));
+                    }
+                    if (j->accumulate) {
+                        t0 = _mm512_add_ps(_mm512_maskz_loadu_ps(m0, ym), t0);
+                        t1 = _mm512_add_ps(_mm512_maskz_loadu_ps(m1, ym + 16), t1);
+                    }
+                    _mm512_mask_storeu_ps(ym, m0, t0);
+                    _mm512_mask_storeu_ps(ym + 16, m1, t1);
+                }
+            }
+        }
+    }
+    _tile_release();
+}
+
+static void q8_range_amx(const void *ctx, int p0, int p1) { amx_range(ctx, p0, p1, 0); }
+static void bf_range_amx(const void *ctx, int p0, int p1) { amx_range(ctx, p0, p1, 1); }
 #endif
 
 void enc_linear_q8(float *y, int ldy, const float *x, int ldx, const void *packed, int rows, int in, int out,
@@ -414,16 +573,18 @@ void enc_linear_q8(float *y, int ldy, const float *x, int ldx, const void *packe
 {
     if (rows <= 0 || out <= 0)
         return;
-    int isa = q8_isa();
+    int isa = q8_isa_for(in);
     uint8_t *tiles = scratch;
     int kp = q8_kp(in);
-    float *sa = (float *)((char *)scratch + round_up((size_t)(rows + QT - 1) / QT * tile_bytes(kp), 64));
-    /* the VNNI kernels take a + 128 (u8) */
-    q8_quantize(tiles, sa, x, ldx, rows, in, isa == Q8_AVX512_VNNI || isa == Q8_AVX_VNNI ? 0x80 : 0);
+    float *sa = q_scales(scratch, rows, in);
+    /* the VNNI kernels take a + 128 (u8); AMX (s8 x s8) takes rows as they are */
+    q8_quantize(tiles, sa, x, ldx, rows, in, isa == Q8_AVX512_VNNI || isa == Q8_AVX_VNNI ? 0x80 : 0, isa == Q8_AMX);
     q_job job = {y, ldy, rows, in, out, kp, accumulate, tiles, sa, packed};
     void (*range)(const void *, int, int) = q8_range_c;
 #ifdef Q_X86
-    range = isa == Q8_AVX512_VNNI ? q8_range_512 : isa == Q8_AVX_VNNI ? q8_range_avxvnni
+    range = isa == Q8_AMX           ? q8_range_amx
+          : isa == Q8_AVX512_VNNI ? q8_range_512
+          : isa == Q8_AVX_VNNI    ? q8_range_avxvnni
           : isa == Q8_AVX2        ? q8_range_avx2
                                   : q8_range_c;
 #endif
@@ -436,9 +597,12 @@ static void bf_store_rows_c(uint16_t *tiles, const float *x, int ldx, int rows, 
 {
     int kp = bf_kp(in);
     for (int r = 0; r < rows; r++) {
-        uint16_t *t = tiles + (size_t)(r / QT) * QT * kp + (size_t)(r % QT) * 2;
-        for (int k = 0; k < kp; k++)
-            t[(size_t)(k / 2) * QT * 2 + k % 2] = k < in ? enc_f32_to_bf16(x[(size_t)r * ldx + k]) : 0;
+        size_t step;
+        uint8_t *t = q_row(tiles, 0, kp * 2, r, &step);
+        for (int k = 0; k < kp; k++) {
+            uint16_t h = k < in ? enc_f32_to_bf16(x[(size_t)r * ldx + k]) : 0;
+            memcpy(t + (size_t)(k / 2) * step + (k % 2) * 2, &h, 2);
+        }
     }
 }
 
@@ -475,12 +639,14 @@ static void bf_range_c(const void *ctx, int p0, int p1)
 #define QBF __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16")))
 
 /* bf16(x) rows into the tiles, 32 at a time (vcvtne2ps2bf16: round to nearest even). */
-static QBF void bf_store_rows_512(uint16_t *tiles, const float *x, int ldx, int rows, int in)
+static QBF void bf_store_rows_512(uint16_t *tiles, const float *x, int ldx, int rows, int in, int rowmajor)
 {
     int kp = bf_kp(in);
+    q_pad_rows(tiles, rowmajor, kp * 2, rows);
     for (int r = 0; r < rows; r++) {
         const float *xr = x + (size_t)r * ldx;
-        uint32_t *t = (uint32_t *)(tiles + (size_t)(r / QT) * QT * kp + (size_t)(r % QT) * 2);
+        size_t step;
+        uint8_t *t = q_row(tiles, rowmajor, kp * 2, r, &step);
         for (int k = 0; k < kp; k += 32) {
             __mmask16 mlo = in - k >= 16 ? 0xffff : in - k <= 0 ? 0 : (__mmask16)((1u << (in - k)) - 1);
             __mmask16 mhi = in - k >= 32 ? 0xffff : in - k <= 16 ? 0 : (__mmask16)((1u << (in - k - 16)) - 1);
@@ -489,7 +655,7 @@ static QBF void bf_store_rows_512(uint16_t *tiles, const float *x, int ldx, int 
             _mm512_storeu_si512(words, (__m512i)h);
             int groups = (kp - k) / 2 < 16 ? (kp - k) / 2 : 16;
             for (int g = 0; g < groups; g++)
-                t[(size_t)(k / 2 + g) * QT] = words[g];
+                memcpy(t + (size_t)(k / 2 + g) * step, &words[g], 4);
         }
     }
 }
@@ -561,8 +727,9 @@ void enc_linear_bf16(float *y, int ldy, const float *x, int ldx, const void *pac
     q_job job = {y, ldy, rows, in, out, kp, accumulate, scratch, NULL, packed};
 #ifdef Q_X86
     if (enc_bf16_supported()) {
-        bf_store_rows_512(scratch, x, ldx, rows, in);
-        enc_kernels_parallel(n_panels(out), rows, in, out, bf_range_512, &job);
+        int amx = (enc_cpu_features() & ENC_CPU_AMX_BF16) && in % AMX_K16 == 0;
+        bf_store_rows_512(scratch, x, ldx, rows, in, amx);
+        enc_kernels_parallel(n_panels(out), rows, in, out, amx ? bf_range_amx : bf_range_512, &job);
         return;
     }
 #endif
