@@ -78,7 +78,7 @@ struct enc_model {
     void *packed;           /* the *_panels copies (AVX-512F CPUs), else NULL */
     size_t packed_bytes;    /* of them, in use (the allocation is rounded up to 2 MB) */
     int precision;          /* enum enc_precision (resolved: never AUTO): the panels' kind */
-    char kernels[160];      /* enc_model_kernels */
+    char kernels[200];      /* enc_model_kernels */
     enc_layer_weights *layers; /* vision layers, then text layers */
     enc_vision_weights vision;
     enc_text_weights text;
@@ -616,7 +616,10 @@ static void describe_kernels(enc_model *m)
     switch (m->precision) {
     case ENC_PRECISION_FP16: k = "avx512-fp16 packed"; break;
     case ENC_PRECISION_INT8: k = enc_q8_kernel_name(); break;
-    case ENC_PRECISION_BF16: k = "avx512-bf16"; break;
+    case ENC_PRECISION_BF16:
+        k = enc_cpu_features() & ENC_CPU_AMX_BF16 ? "amx-bf16 (avx512-bf16 where the input is not a multiple of 32)"
+                                                   : "avx512-bf16";
+        break;
     default: k = m->packed ? "avx512 packed" : "openblas + few-row kernel"; break;
     }
     snprintf(m->kernels, sizeof m->kernels, "%s %s; cpu %s", enc_precision_name(m->precision), k,
