@@ -207,8 +207,9 @@ int enc_encode_text(enc_run *r, const char *text, size_t len, float *embed,
                     int32_t *ids, int *n_ids);
 
 /* Threads one forward pass may use (process-wide setting): OpenBLAS's threads
- * and, on CPUs with AVX-512, the packed kernels' helper threads (started here,
- * once, never during a forward pass; enc_kernels.c).  Use 1 when several
+ * and, on x86-64, the helper threads of the packed fp32/fp16 (AVX-512) and of
+ * the int8/bf16 products (started here, once, never during a forward pass;
+ * enc_kernels.c).  Use 1 when several
  * threads each run their own enc_run (the usual way to use several cores for
  * batches); use the core count for one latency-bound run. */
 void enc_set_threads(int n);
