@@ -148,11 +148,14 @@ const char *enc_cpu_describe(unsigned f)
 typedef float v16 __attribute__((vector_size(64)));
 typedef float v16u __attribute__((vector_size(64), aligned(4), may_alias));
 
-static inline v16 load16(const float *p) { return *(const v16u *)p; }
+/* always_inline: these pass 64-byte vectors, which the per-ISA clones below
+ * (ENC_CLONES) and a default-target out-of-line copy would pass differently
+ * (zmm registers vs memory): at -O0 that garbled the arguments. */
+static inline __attribute__((always_inline)) v16 load16(const float *p) { return *(const v16u *)p; }
 
 /* The lane sums of a, b, c, d in lanes 0, 4, 8, 12 of the result: pairwise
  * folds across the four vectors share their shuffles (13 operations, not 4 x 8). */
-static inline v16 hsum4(v16 a, v16 b, v16 c, v16 d)
+static inline __attribute__((always_inline)) v16 hsum4(v16 a, v16 b, v16 c, v16 d)
 {
     v16 ab = __builtin_shufflevector(a, b, 0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23) +
              __builtin_shufflevector(a, b, 8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31);

@@ -1846,10 +1846,13 @@ static void test_int8_bf16_auto(void **state)
     assert_null(m);
     o.precision = ENC_PRECISION_AUTO;
     assert_int_equal(enc_model_open_ex(TINY, &o, &m), 0);
-    assert_int_equal(enc_model_precision(m), ENC_PRECISION_INT8); /* AVX2 and no BF16: int8 */
+    assert_int_equal(enc_model_precision(m), ENC_PRECISION_INT8); /* AVX2 and no AMX-BF16: int8 */
     enc_model_close(m);
     enc_cpu_limit(0); /* no vector ISA: auto stays exact */
     assert_int_equal(enc_precision_auto(), ENC_PRECISION_FP32);
+    enc_cpu_limit(ENC_CPU_AVX2 | ENC_CPU_AVX512 | ENC_CPU_AVX512_BF16 | ENC_CPU_AMX_BF16);
+    assert_int_equal(enc_precision_auto(), (enc_cpu_features() & ENC_CPU_AMX_BF16) ? ENC_PRECISION_BF16
+                                                                                    : ENC_PRECISION_INT8);
     enc_cpu_limit(prev);
     assert_int_equal(enc_model_open_ex(TINY, &o, &m), 0);
     assert_int_equal(enc_model_precision(m), enc_precision_auto());
