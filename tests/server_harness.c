@@ -111,7 +111,7 @@ int ts_start(ts_server *s, const char *const *extra)
             dup2(fd, 2);
             dup2(fd, 1);
         }
-        execv(argv[0], (char *const *)argv);
+        tu_execv(argv);
         _exit(127);
     }
     s->pid = pid;

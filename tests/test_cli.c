@@ -119,7 +119,7 @@ static pid_t start_server(const char *dir, const char *sockpath, const char *con
             dup2(log, 1);
             dup2(log, 2);
         }
-        execv(argv[0], (char *const *)argv);
+        tu_execv(argv);
         _exit(127);
     }
     for (int i = 0; i < 600; i++) {   /* up to 30 s (sanitizer builds start slowly) */
@@ -328,7 +328,7 @@ static void test_ingest_progress_bar(void **state)
         dup2(slave, 2);
         unsetenv("UMGDB_SERVER");
         unsetenv("UMGDB_AUTH_TOKEN");
-        execl(tu_bin(), tu_bin(), "ingest", "--server", server_addr, photos, (char *)NULL);
+        tu_execv((const char *const[]){tu_bin(), "ingest", "--server", server_addr, photos, NULL});
         _exit(127);
     }
     close(slave);
