@@ -602,16 +602,20 @@ int enc_precision_parse(const char *name, int *precision)
 /* The guard (docs/benchmarks.md, bench/encoder/accuracy, 2026-12-07): bf16 met
  * all of it (cosine to fp32 >= 0.99998 mean, the meaning checks' figures equal
  * to fp32's); int8 met the cosine targets (>= 0.9995 mean) but its meaning
- * figures sat at the 0.02 limit (recall@1 +0.020, region --refine -0.021).  So
- * bf16 where AMX makes it fast (about the speed of int8 there: 3.4x fp32 at
- * batch 16 against int8's 3.7x); else int8 where vector instructions make it fast
- * (AVX2 and up: 2-4x fp32; bf16 without AMX runs at fp32's arithmetic rate);
- * else fp32 (without AVX2 every other mode runs in plain C). */
+ * figures sat at the 0.02 limit (recall@1 +0.020, region --refine -0.021).
+ * Speed (bench/encoder/precisions): with AMX, bf16 is about as fast as int8
+ * (3.4x fp32 at batch 16 against 3.7x), so bf16 there; else int8 where the CPU
+ * has AVX-512 VNNI (2.2x fp32 at batch 16, 0.35x its text query time).  The
+ * 256-bit int8 kernels are correct but not faster than OpenBLAS's fp32 for
+ * images (this CPU capped to them: AVX2 162, AVX-VNNI 122, fp32 94 ms of CPU per
+ * image at batch 16; text 0.9x / 0.8x of fp32's), and bf16 without AMX runs at
+ * fp32's arithmetic rate: fp32 there. */
 int enc_precision_auto(void)
 {
-    if (enc_cpu_features() & ENC_CPU_AMX_BF16)
+    unsigned f = enc_cpu_features();
+    if (f & ENC_CPU_AMX_BF16)
         return ENC_PRECISION_BF16;
-    if (enc_q8_fast())
+    if (f & (ENC_CPU_AVX512_VNNI | ENC_CPU_AMX_INT8))
         return ENC_PRECISION_INT8;
     return ENC_PRECISION_FP32;
 }

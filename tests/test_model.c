@@ -1838,7 +1838,7 @@ static void test_int8_bf16_auto(void **state)
             fail_msg("%s embeddings equal the fp32 ones (%.3g): its kernel did not run", names[i], differs);
         enc_model_close(m);
     }
-    unsigned prev = enc_cpu_limit(ENC_CPU_AVX2 | ENC_CPU_AVX512);
+    unsigned prev = enc_cpu_limit(ENC_CPU_AVX2 | ENC_CPU_AVX512 | ENC_CPU_AVX512_VNNI);
     enc_model_options o = {.precision = ENC_PRECISION_BF16};
     enc_model *m = NULL;
     assert_int_equal(enc_model_open_ex(TINY, &o, &m), UMG_EINVAL);
@@ -1846,8 +1846,13 @@ static void test_int8_bf16_auto(void **state)
     assert_null(m);
     o.precision = ENC_PRECISION_AUTO;
     assert_int_equal(enc_model_open_ex(TINY, &o, &m), 0);
-    assert_int_equal(enc_model_precision(m), ENC_PRECISION_INT8); /* AVX2 and no AMX-BF16: int8 */
+    /* VNNI and no AMX-BF16: int8 where this CPU has VNNI */
+    assert_int_equal(enc_model_precision(m), (enc_cpu_features() & ENC_CPU_AVX512_VNNI) ? ENC_PRECISION_INT8
+                                                                                        : ENC_PRECISION_FP32);
     enc_model_close(m);
+    /* 256-bit int8 only (AVX2, AVX-VNNI): measured no faster than fp32 for images */
+    enc_cpu_limit(ENC_CPU_AVX2 | ENC_CPU_AVX512 | ENC_CPU_AVX_VNNI);
+    assert_int_equal(enc_precision_auto(), ENC_PRECISION_FP32);
     enc_cpu_limit(0); /* no vector ISA: auto stays exact */
     assert_int_equal(enc_precision_auto(), ENC_PRECISION_FP32);
     enc_cpu_limit(ENC_CPU_AVX2 | ENC_CPU_AVX512 | ENC_CPU_AVX512_BF16 | ENC_CPU_AMX_BF16);
