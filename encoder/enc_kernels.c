@@ -41,6 +41,12 @@ static int os_saves(uint64_t mask)
     return ((((uint64_t)hi << 32) | lo) & mask) == mask;
 }
 #endif
+#if defined(__aarch64__)
+#include <sys/auxv.h>
+#ifndef HWCAP_ASIMDDP
+#define HWCAP_ASIMDDP (1 << 20)
+#endif
+#endif
 
 static unsigned cpu_detect(void)
 {
@@ -83,6 +89,15 @@ static unsigned cpu_detect(void)
         f &= ENC_CPU_AVX2 | ENC_CPU_AVX512;
     else if (cap && !strcmp(cap, "avx512-noamx"))
         f &= ~(unsigned)(ENC_CPU_AMX_INT8 | ENC_CPU_AMX_BF16);
+#elif defined(__aarch64__)
+    f = ENC_CPU_NEON; /* part of ARMv8-A */
+    if (getauxval(AT_HWCAP) & HWCAP_ASIMDDP)
+        f |= ENC_CPU_NEON_DOTPROD;
+    const char *cap = getenv("UMG_CPU");
+    if (cap && !strcmp(cap, "c"))
+        f = 0;
+    else if (cap && !strcmp(cap, "neon"))
+        f = ENC_CPU_NEON;
 #endif
     return f;
 }
@@ -110,14 +125,19 @@ unsigned enc_cpu_limit(unsigned mask)
 const char *enc_cpu_describe(unsigned f)
 {
     static const char *const names[] = {"avx2+fma",    "avx512",      "avx512-vnni", "avx-vnni",
-                                        "avx512-bf16", "avx512-fp16", "amx-int8",    "amx-bf16"};
+                                        "avx512-bf16", "avx512-fp16", "amx-int8",    "amx-bf16",
+                                        "neon",        "neon-dotprod"};
     static __thread char buf[128];
     size_t n = 0;
     buf[0] = 0;
     for (unsigned i = 0; i < sizeof names / sizeof *names; i++)
         if (f & (1u << i))
             n += (size_t)snprintf(buf + n, sizeof buf - n, "%s%s", n ? " " : "", names[i]);
+#if defined(__aarch64__)
+    return n ? buf : "baseline (plain C)";
+#else
     return n ? buf : "baseline (x86-64-v2 / plain C)";
+#endif
 }
 
 /* The elementwise loops and the few-row fp32 product: one copy per ISA level,

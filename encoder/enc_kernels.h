@@ -13,7 +13,7 @@
 /* ---- run-time dispatch ------------------------------------------------------
  * What this CPU (and its OS: XCR0) runs, detected once from cpuid; the kernels
  * below choose by it on every call.  UMG_CPU=c|avx2|avx2-novnni|avx512-novnni|
- * avx512-noamx in the environment caps it at detection (tests, qemu checks, working around a
+ * avx512-noamx (aarch64: c|neon) in the environment caps it at detection (tests, qemu checks, working around a
  * bad kernel).  The elementwise loops (layer norm, softmax, GELU, bias) and the
  * few-row fp32 product are compiled three times (x86-64-v4, -v3, baseline) and
  * picked by the dynamic loader from the CPU alone (ifunc), not capped. */
@@ -26,6 +26,8 @@ enum enc_cpu_feature {
     ENC_CPU_AVX512_FP16 = 32,  /* vfmadd231ph */
     ENC_CPU_AMX_INT8 = 64,     /* AMX tiles, tdpbssd; the OS granted the tile state (arch_prctl) */
     ENC_CPU_AMX_BF16 = 128,    /* AMX tiles, tdpbf16ps; likewise */
+    ENC_CPU_NEON = 256,        /* aarch64 Advanced SIMD (every ARMv8-A CPU) */
+    ENC_CPU_NEON_DOTPROD = 512, /* aarch64 sdot (ARMv8.2 dotprod, HWCAP_ASIMDDP) */
 };
 /* The enc_cpu_feature bits this process uses: detected & the limit. */
 unsigned enc_cpu_features(void);

@@ -18,6 +18,10 @@
 #include <immintrin.h>
 #define Q_X86 1
 #endif
+#if defined(__aarch64__) && defined(__GNUC__)
+#include <arm_neon.h>
+#define Q_ARM 1
+#endif
 
 #define QP ENC_PANEL_Q
 #define QT ENC_TILE_Q
@@ -30,7 +34,7 @@ static int n_panels(int out) { return (out + QP - 1) / QP; }
 
 /* ---- dispatch ------------------------------------------------------------- */
 
-enum q8_isa { Q8_C, Q8_AVX2, Q8_AVX_VNNI, Q8_AVX512_VNNI, Q8_AMX };
+enum q8_isa { Q8_C, Q8_AVX2, Q8_AVX_VNNI, Q8_AVX512_VNNI, Q8_NEON, Q8_NEON_DOT, Q8_AMX };
 
 /* AMX takes products whose input is a multiple of AMX_K8 (every CLIP layer);
  * others go to the best vector kernel. */
@@ -47,6 +51,10 @@ static int q8_isa_for(int in)
         return Q8_AVX_VNNI;
     if (f & ENC_CPU_AVX2)
         return Q8_AVX2;
+    if (f & ENC_CPU_NEON_DOTPROD)
+        return Q8_NEON_DOT;
+    if (f & ENC_CPU_NEON)
+        return Q8_NEON;
     return Q8_C;
 }
 
@@ -57,7 +65,7 @@ int enc_bf16_supported(void) { return (enc_cpu_features() & ENC_CPU_AVX512_BF16)
 
 const char *enc_q8_kernel_name(void)
 {
-    static const char *const names[] = {"c", "avx2", "avx-vnni", "avx512-vnni"};
+    static const char *const names[] = {"c", "avx2", "avx-vnni", "avx512-vnni", "neon", "neon-dotprod"};
     if (enc_cpu_features() & ENC_CPU_AMX_INT8)
         return "amx-int8 (avx512-vnni where the input is not a multiple of 64)";
     return names[q8_isa()];
@@ -568,6 +576,104 @@ static void q8_range_amx(const void *ctx, int p0, int p1) { amx_range(ctx, p0, p
 static void bf_range_amx(const void *ctx, int p0, int p1) { amx_range(ctx, p0, p1, 1); }
 #endif
 
+#ifdef Q_ARM
+/* ---- aarch64: sdot (ARMv8.2 dotprod) and plain NEON ------------------------
+ * Signed rows (no u8 offset).  A panel's k group holds 32 outputs x 4 bytes:
+ * one 16-byte vector is 4 outputs' 4 bytes, which is what sdot's lanes take
+ * with the row's 4 bytes repeated in every lane.  Without dotprod: widening
+ * 8x8 -> 16-bit products (|127 * 127| fits), pairwise added into 32-bit lanes
+ * (two lanes per output), folded per output at the end.  Integer sums are
+ * exact in any order, and the epilogue rounds as q8_store_c does (the file is
+ * built with -ffp-contract=off): every path gives the same bits. */
+#define QDOT __attribute__((target("arch=armv8.2-a+dotprod")))
+
+/* One row's 32 sums (8 x 4 lanes) -> y, as q8_store_c. */
+static inline __attribute__((always_inline)) void q8n_store(float *ym, const int32x4_t c[8], const float *sw,
+                                                            float sr, int accumulate, int cols)
+{
+    float32x4_t r = vdupq_n_f32(sr);
+    for (int q = 0; q < 8 && 4 * q < cols; q++) {
+        float32x4_t t = vmulq_f32(vcvtq_f32_s32(c[q]), vmulq_f32(vld1q_f32(sw + 4 * q), r));
+        if (cols >= 4 * q + 4) {
+            if (accumulate)
+                t = vaddq_f32(vld1q_f32(ym + 4 * q), t);
+            vst1q_f32(ym + 4 * q, t);
+        } else {
+            float tmp[4];
+            vst1q_f32(tmp, t);
+            for (int i = 0; i < cols - 4 * q; i++)
+                ym[4 * q + i] = accumulate ? ym[4 * q + i] + tmp[i] : tmp[i];
+        }
+    }
+}
+
+/* Two rows x 32 outputs per step: 16 accumulators + 8 weight vectors. */
+static QDOT void q8n_tile_dot(const q_job *j, int t, int mr_all, int p)
+{
+    q8_parts d = q8_split(j->w, j->in, j->out);
+    int cols = j->out - p * QP < QP ? j->out - p * QP : QP, kg = j->kp / 4;
+    const int8_t *b = d.q + (size_t)p * QP * j->kp;
+    for (int m0 = 0; m0 < mr_all; m0 += 2) {
+        int two = mr_all - m0 >= 2;
+        const uint8_t *a = j->a + (size_t)t * tile_bytes(j->kp) + (size_t)m0 * 4;
+        int32x4_t c0[8], c1[8];
+        for (int q = 0; q < 8; q++)
+            c0[q] = c1[q] = vdupq_n_s32(0);
+        for (int g = 0; g < kg; g++) {
+            const int8_t *bg = b + (size_t)g * 128;
+            const uint8_t *ag = a + (size_t)g * QT * 4;
+            int32_t w0, w1 = 0;
+            memcpy(&w0, ag, 4);
+            if (two)
+                memcpy(&w1, ag + 4, 4);
+            int8x16_t a0 = vreinterpretq_s8_s32(vdupq_n_s32(w0)), a1 = vreinterpretq_s8_s32(vdupq_n_s32(w1));
+            for (int q = 0; q < 8; q++) {
+                int8x16_t bv = vld1q_s8(bg + 16 * q);
+                c0[q] = vdotq_s32(c0[q], bv, a0);
+                c1[q] = vdotq_s32(c1[q], bv, a1);
+            }
+        }
+        int r = t * QT + m0;
+        q8n_store(j->y + (size_t)r * j->ldy + p * QP, c0, d.scale + p * QP, j->sa[r], j->accumulate, cols);
+        if (two)
+            q8n_store(j->y + (size_t)(r + 1) * j->ldy + p * QP, c1, d.scale + p * QP, j->sa[r + 1], j->accumulate,
+                      cols);
+    }
+}
+
+/* One row x 32 outputs per step: 16 accumulators of output pairs. */
+static void q8n_tile(const q_job *j, int t, int mr_all, int p)
+{
+    q8_parts d = q8_split(j->w, j->in, j->out);
+    int cols = j->out - p * QP < QP ? j->out - p * QP : QP, kg = j->kp / 4;
+    const int8_t *b = d.q + (size_t)p * QP * j->kp;
+    for (int m = 0; m < mr_all; m++) {
+        const uint8_t *a = j->a + (size_t)t * tile_bytes(j->kp) + (size_t)m * 4;
+        int32x4_t lo[8], hi[8], c[8];
+        for (int q = 0; q < 8; q++)
+            lo[q] = hi[q] = vdupq_n_s32(0);
+        for (int g = 0; g < kg; g++) {
+            const int8_t *bg = b + (size_t)g * 128;
+            int32_t w;
+            memcpy(&w, a + (size_t)g * QT * 4, 4);
+            int8x16_t av = vreinterpretq_s8_s32(vdupq_n_s32(w));
+            for (int q = 0; q < 8; q++) {
+                int8x16_t bv = vld1q_s8(bg + 16 * q);
+                /* lo: outputs 4q, 4q+1 (bytes 0-1, 2-3 of each); hi: 4q+2, 4q+3 */
+                lo[q] = vpadalq_s16(lo[q], vmull_s8(vget_low_s8(bv), vget_low_s8(av)));
+                hi[q] = vpadalq_s16(hi[q], vmull_high_s8(bv, av));
+            }
+        }
+        for (int q = 0; q < 8; q++)
+            c[q] = vpaddq_s32(lo[q], hi[q]);
+        int r = t * QT + m;
+        q8n_store(j->y + (size_t)r * j->ldy + p * QP, c, d.scale + p * QP, j->sa[r], j->accumulate, cols);
+    }
+}
+Q_RANGE_FN(q8_range_neon_dot, q8n_tile_dot, tile_bytes)
+Q_RANGE_FN(q8_range_neon, q8n_tile, tile_bytes)
+#endif
+
 void enc_linear_q8(float *y, int ldy, const float *x, int ldx, const void *packed, int rows, int in, int out,
                    int accumulate, void *scratch)
 {
@@ -587,6 +693,9 @@ void enc_linear_q8(float *y, int ldy, const float *x, int ldx, const void *packe
           : isa == Q8_AVX_VNNI    ? q8_range_avxvnni
           : isa == Q8_AVX2        ? q8_range_avx2
                                   : q8_range_c;
+#endif
+#ifdef Q_ARM
+    range = isa == Q8_NEON_DOT ? q8_range_neon_dot : isa == Q8_NEON ? q8_range_neon : q8_range_c;
 #endif
     enc_kernels_parallel(n_panels(out), rows, in, out, range, &job);
 }

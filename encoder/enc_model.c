@@ -463,6 +463,7 @@ extern void gotoblas_dynamic_quit(void) __attribute__((weak));
 
 static void blas_pick_kernels(void)
 {
+#if defined(__x86_64__)
     const char *core = openblas_get_corename();
     if (getenv("OPENBLAS_CORETYPE") || !gotoblas_dynamic_init || !gotoblas_dynamic_quit || !core ||
         strcasecmp(core, "prescott"))
@@ -479,6 +480,7 @@ static void blas_pick_kernels(void)
     setenv("OPENBLAS_CORETYPE", want, 0);
     gotoblas_dynamic_quit();
     gotoblas_dynamic_init();
+#endif /* elsewhere (aarch64) OpenBLAS's own detection stands */
 }
 
 static pthread_once_t blas_once = PTHREAD_ONCE_INIT;

@@ -406,7 +406,8 @@ static void q8_reference(float *y, int ldy, const float *x, int ldx, const float
 /* The ISA levels to compare: everything, then capped down to plain C. */
 static const unsigned q_limits[] = {~0u, ~(unsigned)(ENC_CPU_AMX_INT8 | ENC_CPU_AMX_BF16),
                                     ENC_CPU_AVX2 | ENC_CPU_AVX512 | ENC_CPU_AVX_VNNI,
-                                    ENC_CPU_AVX2 | ENC_CPU_AVX512, ENC_CPU_AVX2 | ENC_CPU_AVX_VNNI, ENC_CPU_AVX2, 0};
+                                    ENC_CPU_AVX2 | ENC_CPU_AVX512, ENC_CPU_AVX2 | ENC_CPU_AVX_VNNI, ENC_CPU_AVX2,
+                                    ENC_CPU_NEON | ENC_CPU_NEON_DOTPROD, ENC_CPU_NEON, 0};
 #define N_LIMITS (sizeof q_limits / sizeof *q_limits)
 
 /* y (+)= x . w^T through enc_linear_q8 with the features capped at limit. */

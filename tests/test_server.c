@@ -832,8 +832,9 @@ static void test_text_lanes(void **state)
     assert_int_equal(ts_stop(&s), 0);
 
     /* the flag's range */
-    char cmd[600];
-    snprintf(cmd, sizeof cmd, "'%s' serve --data '%s/x' --model '%s' --text-lanes 0 >/dev/null 2>&1", tu_bin(), s.dir, TINY);
+    char cmd[900];
+    snprintf(cmd, sizeof cmd, "%s'%s' serve --data '%s/x' --model '%s' --text-lanes 0 >/dev/null 2>&1", tu_emulator_prefix(),
+             tu_bin(), s.dir, TINY);
     int st = system(cmd);
     assert_true(WIFEXITED(st));
     assert_int_equal(WEXITSTATUS(st), 2);
@@ -1157,8 +1158,8 @@ static void test_auth(void **state)
     /* refuses to start */
     char cmd[1200];
     snprintf(cmd, sizeof cmd,
-             "env -u UMGDB_AUTH_TOKEN '%s' serve --data '%s/data' --model '%s' --listen 0.0.0.0:0 2>'%s/refused'",
-             tu_bin(), s.dir, TINY, s.dir);
+             "env -u UMGDB_AUTH_TOKEN %s'%s' serve --data '%s/data' --model '%s' --listen 0.0.0.0:0 2>'%s/refused'",
+             tu_emulator_prefix(), tu_bin(), s.dir, TINY, s.dir);
     int st = system(cmd);
     assert_true(WIFEXITED(st) && WEXITSTATUS(st) != 0);
     snprintf(cmd, sizeof cmd, "grep -q 'auth token is required' '%s/refused'", s.dir);
@@ -1780,9 +1781,13 @@ static void test_precision_fp16(void **state)
     assert_non_null(strstr(r.err, "--precision"));
     tu_result_free(&r);
     assert_int_equal(tu_rm_rf(dir), 0);
+    int has_fp16 = 0; /* AVX512-FP16: x86-64 only (an aarch64 build refuses fp16 too) */
+#if defined(__x86_64__)
     __builtin_cpu_init();
-    if (!__builtin_cpu_supports("avx512fp16") || !__builtin_cpu_supports("avx512bw") ||
-        !__builtin_cpu_supports("avx512vl")) {
+    has_fp16 = __builtin_cpu_supports("avx512fp16") && __builtin_cpu_supports("avx512bw") &&
+               __builtin_cpu_supports("avx512vl");
+#endif
+    if (!has_fp16) {
         ts_server s;
         ts_make_tmp(&s, "umg-srv-");
         snprintf(data, sizeof data, "%s/data", s.dir);
