@@ -64,11 +64,12 @@ static void usage(FILE *out)
             "  --dump-pixels OUT     write the preprocessed float32 [3,H,W] input (one image only)\n"
             "  --batch N             images per forward pass (default 16)\n"
             "  --threads T           threads (default: the number of CPUs)\n"
-            "  --precision P         fp32 (default: exact) or fp16 (faster, approximate; needs\n"
-            "                        AVX512-FP16; see docs/benchmarks.md)\n"
+            "  --precision P         fp32 (default: exact), int8, bf16 (AVX512-BF16), fp16\n"
+            "                        (AVX512-FP16) or auto: faster, approximate; docs/benchmarks.md\n"
             "  --decode MODE         fast (default: a large JPEG is decoded DCT-scaled, as PIL's\n"
             "                        draft(), then resized exactly) or exact (full resolution:\n"
             "                        bit-parity with the reference pipeline)\n"
+            "  --verbose             say on stderr which kernels this CPU runs\n"
             "  -h, --help            this text\n");
 }
 
@@ -192,7 +193,7 @@ int cmd_embed(int argc, char **argv)
         {"dump-pixels", required_argument, NULL, 'd'}, {"batch", required_argument, NULL, 'b'},
         {"threads", required_argument, NULL, 'j'}, {"precision", required_argument, NULL, 'P'},
         {"decode", required_argument, NULL, 'D'},
-        {"help", no_argument, NULL, 'h'},          {NULL, 0, NULL, 0},
+        {"verbose", no_argument, NULL, 'v'},       {"help", no_argument, NULL, 'h'},          {NULL, 0, NULL, 0},
     };
     long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
     struct embed_opts o = {.batch = 16, .threads = ncpu < 1 ? 1 : ncpu > 64 ? 64 : (int)ncpu, .fast_decode = 1};
@@ -202,7 +203,7 @@ int cmd_embed(int argc, char **argv)
         fprintf(stderr, "umgdb embed: out of memory\n");
         return 1;
     }
-    int n_inputs = 0, n_images = 0, opt;
+    int n_inputs = 0, n_images = 0, opt, verbose = 0;
     optind = 1;
     opterr = 0;
     while ((opt = getopt_long(argc, argv, ":h", longopts, NULL)) != -1) {
@@ -214,6 +215,7 @@ int cmd_embed(int argc, char **argv)
             break;
         case 't': inputs[n_inputs++] = (struct input){.kind = IN_TEXT, .arg = optarg}; break;
         case 'p': o.patches = 1; break;
+        case 'v': verbose = 1; break;
         case 'd': o.dump_pixels = optarg; break;
         case 'b':
             if (parse_int(optarg, 1, 4096, &o.batch)) {
@@ -231,7 +233,7 @@ int cmd_embed(int argc, char **argv)
             break;
         case 'P':
             if (enc_precision_parse(optarg, &mopt.precision)) {
-                fprintf(stderr, "umgdb embed: --precision wants fp32 or fp16, not '%s'\n", optarg);
+                fprintf(stderr, "umgdb embed: --precision wants fp32, int8, bf16, fp16 or auto, not '%s'\n", optarg);
                 free(inputs);
                 return 2;
             }
@@ -282,6 +284,8 @@ int cmd_embed(int argc, char **argv)
         free(inputs);
         return 1;
     }
+    if (verbose)
+        fprintf(stderr, "umgdb embed: kernels: %s\n", enc_model_kernels(m));
     const enc_config *c = enc_model_config(m);
     if (n_images && o.batch > n_images)
         o.batch = n_images; /* run states are sized for a batch: no bigger than needed */

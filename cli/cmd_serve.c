@@ -77,9 +77,9 @@ static void usage(FILE *out)
         "  --text-batch-wait US    a text query that finds the text tower free waits up to US\n"
         "                          microseconds for others to share its pass (default 0: none;\n"
         "                          trades latency under light load for throughput under heavy)\n"
-        "  --precision P           encoder arithmetic: fp32 (default, exact) or fp16 (opt-in, CPUs\n"
-        "                          with AVX512-FP16: ~1.7x the products' speed, half the weights'\n"
-        "                          memory, embeddings within cosine ~0.99999 of fp32)\n"
+        "  --precision P           encoder arithmetic: fp32 (default, exact), int8, bf16 (AVX512-BF16),\n"
+        "                          fp16 (AVX512-FP16) or auto (the fastest this CPU runs that meets\n"
+        "                          the accuracy guard); hello/stats say which (docs/benchmarks.md)\n"
         "  --checkpoint-interval S write index snapshots in the background every S seconds when\n"
         "                          something was written (default %d; 0 = only at stop).  Index\n"
         "                          builds (exact -> approximate, retraining) always run in the\n"
@@ -268,7 +268,7 @@ int cmd_serve(int argc, char **argv)
             c.text_lanes = (int)x;
         } else if (!strcmp(a, "--precision")) {
             if (enc_precision_parse(v, &c.precision)) {
-                fprintf(stderr, "umgdb serve: --precision wants fp32 or fp16, not '%s'\n", v);
+                fprintf(stderr, "umgdb serve: --precision wants fp32, int8, bf16, fp16 or auto, not '%s'\n", v);
                 return 2;
             }
         } else if (!strcmp(a, "--checkpoint-interval")) {

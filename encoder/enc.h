@@ -68,23 +68,44 @@ typedef struct enc_model enc_model;
 int enc_model_open(const char *dir, enc_model **out);
 void enc_model_close(enc_model *m); /* NULL-safe */
 
-/* Arithmetic of the matrix products.  FP32 (the default) is the exact path,
- * checked against the reference.  FP16 (opt-in, CPUs with AVX512-FP16) keeps the
- * weights as half floats and multiplies in half within slices of 128 inputs,
- * summing the slices in fp32 (enc_kernels.h): about 1.7x the arithmetic rate, half
- * the packed weights' memory, and embeddings that differ from fp32 by a cosine
- * of about 1e-5..1e-4 (measured in test_model and docs/benchmarks.md).  Everything
- * else (layer norms, attention, activations) stays fp32. */
-enum enc_precision { ENC_PRECISION_FP32 = 0, ENC_PRECISION_FP16 = 1 };
+/* Arithmetic of the matrix products (docs/benchmarks.md has the measured
+ * accuracy and speed of each).  Everything outside the products (layer norms,
+ * attention, softmax, activations, residuals) is fp32 in every mode.
+ *   FP32  (the default) the exact path, checked against the reference.
+ *   FP16  (CPUs with AVX512-FP16) half weights, half products within slices of
+ *         128 inputs, slices summed in fp32 (enc_kernels.h); cosine to fp32
+ *         about 1 - 1e-4.
+ *   INT8  (every CPU; fast with AVX2, AVX-VNNI or AVX-512 VNNI) weights
+ *         quantized once at load per output channel (symmetric), activations
+ *         per row at each product, sums exact in int32 (enc_kernels.h), so the
+ *         same bits on every ISA.
+ *   BF16  (CPUs with AVX512-BF16) bf16 weights and activations, fp32 sums.
+ *   AUTO  (an option only: the model reports what it chose) the fastest of
+ *         these that this CPU runs and that meets the accuracy guard of
+ *         docs/benchmarks.md: bf16 with AMX-BF16, else int8 with AVX-512
+ *         VNNI, else fp32 (enc_precision_auto says why). */
+enum enc_precision {
+    ENC_PRECISION_FP32 = 0,
+    ENC_PRECISION_FP16 = 1,
+    ENC_PRECISION_INT8 = 2,
+    ENC_PRECISION_BF16 = 3,
+    ENC_PRECISION_AUTO = 4,
+};
 typedef struct enc_model_options {
     int precision; /* enum enc_precision */
 } enc_model_options;
-/* enc_model_open with options (NULL: the defaults).  FP16 on a CPU without
- * AVX512-FP16: UMG_EINVAL saying so. */
+/* enc_model_open with options (NULL: the defaults).  FP16 or BF16 on a CPU
+ * without the instructions: UMG_EINVAL saying so. */
 int enc_model_open_ex(const char *dir, const enc_model_options *opt, enc_model **out);
-int enc_model_precision(const enc_model *m);           /* enum enc_precision */
-const char *enc_precision_name(int precision);        /* "fp32", "fp16"; static */
+int enc_model_precision(const enc_model *m);           /* enum enc_precision (never AUTO) */
+const char *enc_precision_name(int precision);        /* "fp32", "fp16", "int8", "bf16", "auto"; static */
 int enc_precision_parse(const char *name, int *precision); /* UMG_EINVAL if unknown */
+/* What AUTO resolves to on this CPU. */
+int enc_precision_auto(void);
+/* The kernels this process runs for the model's products, e.g.
+ * "int8 avx512-vnni; cpu avx2+fma avx512 avx512-vnni ..." (static storage of
+ * the model, valid while it is open). */
+const char *enc_model_kernels(const enc_model *m);
 
 const enc_config *enc_model_config(const enc_model *m);
 const enc_preproc *enc_model_preproc(const enc_model *m);
@@ -187,8 +208,9 @@ int enc_encode_text(enc_run *r, const char *text, size_t len, float *embed,
                     int32_t *ids, int *n_ids);
 
 /* Threads one forward pass may use (process-wide setting): OpenBLAS's threads
- * and, on CPUs with AVX-512, the packed kernels' helper threads (started here,
- * once, never during a forward pass; enc_kernels.c).  Use 1 when several
+ * and, on x86-64, the helper threads of the packed fp32/fp16 (AVX-512) and of
+ * the int8/bf16 products (started here, once, never during a forward pass;
+ * enc_kernels.c).  Use 1 when several
  * threads each run their own enc_run (the usual way to use several cores for
  * batches); use the core count for one latency-bound run. */
 void enc_set_threads(int n);

@@ -12,10 +12,142 @@
 #include <cblas.h>
 #include <math.h>
 #include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <time.h>
 #if defined(__x86_64__) && defined(__GNUC__)
 #include <immintrin.h>
+#endif
+
+/* ---- what this CPU runs (enc_kernels.h: enc_cpu_features) -------------------
+ * The binary is built for x86-64-v2 (UMG_NATIVE OFF); every kernel that needs
+ * more is compiled for its ISA (target attributes, target_clones) and chosen
+ * here, once, from cpuid and from what the OS saves on a context switch (XCR0:
+ * a CPU with AVX-512 under an OS that does not save the zmm state must not use
+ * it).  UMG_CPU=c|avx2|avx512 in the environment caps the choice (tests, and a
+ * user working around a bad kernel); enc_cpu_limit does the same in-process. */
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <cpuid.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+/* XCR0 & mask == mask: the OS saves those register states (0 without OSXSAVE). */
+static int os_saves(uint64_t mask)
+{
+    unsigned a, b, c, d;
+    if (!__get_cpuid(1, &a, &b, &c, &d) || !(c & bit_OSXSAVE))
+        return 0;
+    uint32_t lo, hi;
+    __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+    return ((((uint64_t)hi << 32) | lo) & mask) == mask;
+}
+#endif
+#if defined(__aarch64__)
+#include <sys/auxv.h>
+#ifndef HWCAP_ASIMDDP
+#define HWCAP_ASIMDDP (1 << 20)
+#endif
+#endif
+
+static unsigned cpu_detect(void)
+{
+    unsigned f = 0;
+#if defined(__x86_64__) && defined(__GNUC__)
+    __builtin_cpu_init();
+    int ymm = os_saves(0x6), zmm = os_saves(0xe6); /* SSE+AVX; + opmask, zmm hi256, hi16_zmm */
+    if (ymm && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c"))
+        f |= ENC_CPU_AVX2;
+    if ((f & ENC_CPU_AVX2) && zmm && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+        __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq"))
+        f |= ENC_CPU_AVX512;
+    if ((f & ENC_CPU_AVX2) && __builtin_cpu_supports("avxvnni"))
+        f |= ENC_CPU_AVX_VNNI;
+    if ((f & ENC_CPU_AVX512) && __builtin_cpu_supports("avx512vnni"))
+        f |= ENC_CPU_AVX512_VNNI;
+    if ((f & ENC_CPU_AVX512) && __builtin_cpu_supports("avx512bf16"))
+        f |= ENC_CPU_AVX512_BF16;
+#if __GNUC__ >= 12
+    if ((f & ENC_CPU_AVX512) && __builtin_cpu_supports("avx512fp16"))
+        f |= ENC_CPU_AVX512_FP16;
+#endif
+    /* AMX: the tile state must be saved by the OS (XCR0 bits 17, 18) and, on
+     * Linux, requested once per process before the first tile instruction. */
+    if ((f & ENC_CPU_AVX512) && __builtin_cpu_supports("amx-tile") && os_saves(0x60000) &&
+        syscall(SYS_arch_prctl, 0x1023 /* ARCH_REQ_XCOMP_PERM */, 18 /* XFEATURE_XTILEDATA */) == 0) {
+        if (__builtin_cpu_supports("amx-int8"))
+            f |= ENC_CPU_AMX_INT8;
+        if (__builtin_cpu_supports("amx-bf16"))
+            f |= ENC_CPU_AMX_BF16;
+    }
+    const char *cap = getenv("UMG_CPU");
+    if (cap && !strcmp(cap, "c"))
+        f = 0;
+    else if (cap && !strcmp(cap, "avx2"))
+        f &= ENC_CPU_AVX2 | ENC_CPU_AVX_VNNI;
+    else if (cap && !strcmp(cap, "avx2-novnni"))
+        f &= ENC_CPU_AVX2;
+    else if (cap && !strcmp(cap, "avx512-novnni"))
+        f &= ENC_CPU_AVX2 | ENC_CPU_AVX512;
+    else if (cap && !strcmp(cap, "avx512-noamx"))
+        f &= ~(unsigned)(ENC_CPU_AMX_INT8 | ENC_CPU_AMX_BF16);
+#elif defined(__aarch64__)
+    f = ENC_CPU_NEON; /* part of ARMv8-A */
+    if (getauxval(AT_HWCAP) & HWCAP_ASIMDDP)
+        f |= ENC_CPU_NEON_DOTPROD;
+    const char *cap = getenv("UMG_CPU");
+    if (cap && !strcmp(cap, "c"))
+        f = 0;
+    else if (cap && !strcmp(cap, "neon"))
+        f = ENC_CPU_NEON;
+#endif
+    return f;
+}
+
+static unsigned cpu_limit_mask = ~0u;
+
+unsigned enc_cpu_features(void)
+{
+    static unsigned detected;
+    static int done;
+    if (!__atomic_load_n(&done, __ATOMIC_ACQUIRE)) { /* idempotent: a race computes it twice */
+        detected = cpu_detect();
+        __atomic_store_n(&done, 1, __ATOMIC_RELEASE);
+    }
+    return detected & cpu_limit_mask;
+}
+
+unsigned enc_cpu_limit(unsigned mask)
+{
+    unsigned prev = cpu_limit_mask;
+    cpu_limit_mask = mask;
+    return prev;
+}
+
+const char *enc_cpu_describe(unsigned f)
+{
+    static const char *const names[] = {"avx2+fma",    "avx512",      "avx512-vnni", "avx-vnni",
+                                        "avx512-bf16", "avx512-fp16", "amx-int8",    "amx-bf16",
+                                        "neon",        "neon-dotprod"};
+    static __thread char buf[128];
+    size_t n = 0;
+    buf[0] = 0;
+    for (unsigned i = 0; i < sizeof names / sizeof *names; i++)
+        if (f & (1u << i))
+            n += (size_t)snprintf(buf + n, sizeof buf - n, "%s%s", n ? " " : "", names[i]);
+#if defined(__aarch64__)
+    return n ? buf : "baseline (plain C)";
+#else
+    return n ? buf : "baseline (x86-64-v2 / plain C)";
+#endif
+}
+
+/* The elementwise loops and the few-row fp32 product: one copy per ISA level,
+ * picked by the loader (ifunc) from the same cpuid bits; with -march=native the
+ * compiler's own choice is the only copy. */
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(__AVX512F__)
+#define ENC_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define ENC_CLONES
 #endif
 
 /* -O2 in GCC 12 only vectorizes loops whose vector code needs no scalar epilogue;
@@ -37,11 +169,14 @@
 typedef float v16 __attribute__((vector_size(64)));
 typedef float v16u __attribute__((vector_size(64), aligned(4), may_alias));
 
-static inline v16 load16(const float *p) { return *(const v16u *)p; }
+/* always_inline: these pass 64-byte vectors, which the per-ISA clones below
+ * (ENC_CLONES) and a default-target out-of-line copy would pass differently
+ * (zmm registers vs memory): at -O0 that garbled the arguments. */
+static inline __attribute__((always_inline)) v16 load16(const float *p) { return *(const v16u *)p; }
 
 /* The lane sums of a, b, c, d in lanes 0, 4, 8, 12 of the result: pairwise
  * folds across the four vectors share their shuffles (13 operations, not 4 x 8). */
-static inline v16 hsum4(v16 a, v16 b, v16 c, v16 d)
+static inline __attribute__((always_inline)) v16 hsum4(v16 a, v16 b, v16 c, v16 d)
 {
     v16 ab = __builtin_shufflevector(a, b, 0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23) +
              __builtin_shufflevector(a, b, 8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31);
@@ -99,7 +234,7 @@ static inline __attribute__((always_inline)) void skinny_tile(float *y, int ldy,
 
 /* One instance per row count so that the accumulators live in registers. */
 #define SKINNY_TILE_FN(MR)                                                                               \
-    static void skinny_tile_##MR(float *y, int ldy, const float *x, int ldx, const float *w, int in,     \
+    ENC_CLONES static void skinny_tile_##MR(float *y, int ldy, const float *x, int ldx, const float *w, int in,     \
                                  int accumulate, int prefetch)                                           \
     {                                                                                                    \
         if (prefetch)                                                                                    \
@@ -179,19 +314,7 @@ int pk_group_bytes = 1 << 18, pk_prefetch_floats = 2048;
 int enc_use_packed = 1;
 int enc_packed_max_rows = 1 << 30;
 
-int enc_packed_supported(void)
-{
-#if defined(__x86_64__) && defined(__GNUC__)
-    static int cached = -1;
-    if (cached < 0) {
-        __builtin_cpu_init();
-        cached = __builtin_cpu_supports("avx512f") ? 1 : 0;
-    }
-    return cached;
-#else
-    return 0;
-#endif
-}
+int enc_packed_supported(void) { return (enc_cpu_features() & ENC_CPU_AVX512) != 0; }
 
 size_t enc_packed_floats(int in, int out)
 {
@@ -214,22 +337,7 @@ void enc_pack_weights(float *panels, const float *w, int in, int out)
     }
 }
 
-int enc_packed_h_supported(void)
-{
-#if defined(__x86_64__) && defined(__GNUC__) && __GNUC__ >= 12
-    static int cached = -1;
-    if (cached < 0) {
-        __builtin_cpu_init();
-        cached = __builtin_cpu_supports("avx512fp16") && __builtin_cpu_supports("avx512bw") &&
-                         __builtin_cpu_supports("avx512vl")
-                     ? 1
-                     : 0;
-    }
-    return cached;
-#else
-    return 0;
-#endif
-}
+int enc_packed_h_supported(void) { return (enc_cpu_features() & ENC_CPU_AVX512_FP16) != 0; }
 
 size_t enc_packed_h_halves(int in, int out)
 {
@@ -575,6 +683,8 @@ typedef struct pk_job {
     int ldy, ldx, rows, in, out, accumulate, np, chunk, half;
     const void *after; /* the weights the next product reads first (enc_packed_prefetch_after), or NULL */
     size_t after_bytes;
+    void (*range)(const void *ctx, int p0, int p1); /* enc_kernels_parallel's job, else NULL */
+    const void *ctx;
 } pk_job;
 
 static struct {
@@ -596,6 +706,10 @@ static struct {
 /* Output panels [p0, p1) of the job, through the kernel of its panels' type. */
 static void pk_gemm_range(const pk_job *j, int p0, int p1)
 {
+    if (j->range) {
+        j->range(j->ctx, p0, p1);
+        return;
+    }
 #ifdef UMG_HAVE_PH
     if (j->half) {
         ph_gemm(j->y, j->ldy, j->x, j->ldx, j->panels, j->rows, j->in, j->out, j->accumulate, p0, p1);
@@ -674,19 +788,19 @@ void enc_kernels_set_threads(int n)
     n = n < 1 ? 1 : n > PK_MAX_THREADS ? PK_MAX_THREADS : n;
     pthread_mutex_lock(&pk_pool.lock);
 #if defined(__x86_64__) && defined(__GNUC__)
-    if (enc_packed_supported())
-        while (pk_pool.helpers < n - 1) {
-            pthread_t t;
-            pthread_attr_t attr;
-            pthread_attr_init(&attr);
-            pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-            pk_pool.born[pk_pool.helpers + 1] = pk_pool.generation;
-            int rc = pthread_create(&t, &attr, pk_helper, (void *)(intptr_t)(pk_pool.helpers + 1));
-            pthread_attr_destroy(&attr);
-            if (rc)
-                break; /* fewer helpers: products use what there is */
-            pk_pool.helpers++;
-        }
+    /* every x86-64 CPU: the int8 products share out their panels too */
+    while (pk_pool.helpers < n - 1) {
+        pthread_t t;
+        pthread_attr_t attr;
+        pthread_attr_init(&attr);
+        pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+        pk_pool.born[pk_pool.helpers + 1] = pk_pool.generation;
+        int rc = pthread_create(&t, &attr, pk_helper, (void *)(intptr_t)(pk_pool.helpers + 1));
+        pthread_attr_destroy(&attr);
+        if (rc)
+            break; /* fewer helpers: products use what there is */
+        pk_pool.helpers++;
+    }
 #endif
     pk_pool.wanted = n;
     pthread_mutex_unlock(&pk_pool.lock);
@@ -742,6 +856,19 @@ static void pk_run(pk_job *job)
 }
 #endif
 
+void enc_kernels_parallel(int np, int rows, int in, int out, void (*fn)(const void *ctx, int p0, int p1),
+                          const void *ctx)
+{
+    if (np <= 0 || rows <= 0)
+        return;
+#if defined(__x86_64__) && defined(__GNUC__)
+    pk_job job = {.rows = rows, .in = in, .out = out, .np = np, .range = fn, .ctx = ctx};
+    pk_run(&job);
+#else
+    fn(ctx, 0, np);
+#endif
+}
+
 /* The calling thread's enc_packed_prefetch_after, for its next product. */
 static __thread const void *pk_after;
 static __thread size_t pk_after_bytes;
@@ -762,7 +889,7 @@ void enc_linear_packed(float *y, int ldy, const float *x, int ldx, const float *
     if (panels && enc_use_packed && enc_packed_supported() && rows > 0 && in > 0 && out > 0 &&
         rows <= enc_packed_max_rows) {
         pk_job job = {y, x, panels, ldy, ldx, rows, in, out, accumulate, (out + ENC_PANEL - 1) / ENC_PANEL, 0, 0,
-                      after, after_bytes};
+                      after, after_bytes, NULL, NULL};
         pk_run(&job);
         return;
     }
@@ -779,7 +906,7 @@ void enc_linear_packed_h(float *y, int ldy, const float *x, int ldx, const float
 #ifdef UMG_HAVE_PH
     if (panels && enc_packed_h_supported() && rows > 0 && in > 0 && out > 0) {
         pk_job job = {y, x, panels, ldy, ldx, rows, in, out, accumulate, (out + ENC_PANEL_H - 1) / ENC_PANEL_H, 0,
-                      1, NULL, 0};
+                      1, NULL, 0, NULL, NULL};
         pk_run(&job);
         return;
     }
@@ -789,7 +916,7 @@ void enc_linear_packed_h(float *y, int ldy, const float *x, int ldx, const float
     enc_linear_ld(y, ldy, x, ldx, w, rows, in, out, accumulate);
 }
 
-void enc_add_bias(float *restrict y, const float *restrict b, int rows, int dim)
+ENC_CLONES void enc_add_bias(float *restrict y, const float *restrict b, int rows, int dim)
 {
     for (int r = 0; r < rows; r++) {
         float *restrict yr = y + (size_t)r * dim;
@@ -798,7 +925,7 @@ void enc_add_bias(float *restrict y, const float *restrict b, int rows, int dim)
     }
 }
 
-void enc_add_bias_scale(float *restrict y, const float *restrict b, float scale, int rows, int dim)
+ENC_CLONES void enc_add_bias_scale(float *restrict y, const float *restrict b, float scale, int rows, int dim)
 {
     for (int r = 0; r < rows; r++) {
         float *restrict yr = y + (size_t)r * dim;
@@ -848,19 +975,19 @@ static inline float quick_gelu1(float x) { return x / (1.0f + exp_poly(-1.702f *
 /* gelu(x) = x/2 (1 + erf(x / sqrt 2)): the exact (erf) form, torch's default. */
 static inline float gelu1(float x) { return 0.5f * x * (1.0f + erf_poly(x * 0.70710678118654752f)); }
 
-void enc_quick_gelu(float *restrict y, const float *restrict x, int n)
+ENC_CLONES void enc_quick_gelu(float *restrict y, const float *restrict x, int n)
 {
     for (int i = 0; i < n; i++)
         y[i] = quick_gelu1(x[i]);
 }
 
-void enc_gelu(float *restrict y, const float *restrict x, int n)
+ENC_CLONES void enc_gelu(float *restrict y, const float *restrict x, int n)
 {
     for (int i = 0; i < n; i++)
         y[i] = gelu1(x[i]);
 }
 
-void enc_add_bias_act(float *restrict y, const float *restrict b, int act, int rows, int dim)
+ENC_CLONES void enc_add_bias_act(float *restrict y, const float *restrict b, int act, int rows, int dim)
 {
     for (int r = 0; r < rows; r++) {
         float *restrict yr = y + (size_t)r * dim;
@@ -908,7 +1035,7 @@ static inline float sum_sq_dev(const float *restrict x, float mean, int n)
     return s;
 }
 
-void enc_layer_norm(float *y, int ldy, const float *x, int ldx, const float *w, const float *b, float eps,
+ENC_CLONES void enc_layer_norm(float *y, int ldy, const float *x, int ldx, const float *w, const float *b, float eps,
                     int rows, int dim)
 {
     for (int r = 0; r < rows; r++) {
@@ -924,7 +1051,7 @@ void enc_layer_norm(float *y, int ldy, const float *x, int ldx, const float *w, 
 }
 
 /* In place over s[0, n): softmax. */
-void enc_softmax(float *restrict s, int n)
+ENC_CLONES void enc_softmax(float *restrict s, int n)
 {
     float m = s[0];
     for (int i = 1; i < n; i++)

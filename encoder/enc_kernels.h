@@ -10,6 +10,35 @@
 #include <stddef.h>
 #include <stdint.h>
 
+/* ---- run-time dispatch ------------------------------------------------------
+ * What this CPU (and its OS: XCR0) runs, detected once from cpuid; the kernels
+ * below choose by it on every call.  UMG_CPU=c|avx2|avx2-novnni|avx512-novnni|
+ * avx512-noamx (aarch64: c|neon) in the environment caps it at detection (tests, qemu checks, working around a
+ * bad kernel).  The elementwise loops (layer norm, softmax, GELU, bias) and the
+ * few-row fp32 product are compiled three times (x86-64-v4, -v3, baseline) and
+ * picked by the dynamic loader from the CPU alone (ifunc), not capped. */
+enum enc_cpu_feature {
+    ENC_CPU_AVX2 = 1,          /* AVX2 + FMA + F16C */
+    ENC_CPU_AVX512 = 2,        /* AVX-512 F/BW/VL/DQ, zmm state saved by the OS */
+    ENC_CPU_AVX512_VNNI = 4,   /* vpdpbusd on zmm */
+    ENC_CPU_AVX_VNNI = 8,      /* vpdpbusd on ymm (VEX: Alder Lake and later) */
+    ENC_CPU_AVX512_BF16 = 16,  /* vdpbf16ps */
+    ENC_CPU_AVX512_FP16 = 32,  /* vfmadd231ph */
+    ENC_CPU_AMX_INT8 = 64,     /* AMX tiles, tdpbssd; the OS granted the tile state (arch_prctl) */
+    ENC_CPU_AMX_BF16 = 128,    /* AMX tiles, tdpbf16ps; likewise */
+    ENC_CPU_NEON = 256,        /* aarch64 Advanced SIMD (every ARMv8-A CPU) */
+    ENC_CPU_NEON_DOTPROD = 512, /* aarch64 sdot (ARMv8.2 dotprod, HWCAP_ASIMDDP) */
+};
+/* The enc_cpu_feature bits this process uses: detected & the limit. */
+unsigned enc_cpu_features(void);
+/* Restrict the features to mask (tests compare the paths on one CPU); returns
+ * the previous mask (~0u: none).  Not while another thread computes; weights
+ * packed for a feature stay usable (the kernels fall back per call). */
+unsigned enc_cpu_limit(unsigned mask);
+/* "avx2+fma avx512 avx512-vnni ..." for the bits of f; the calling thread's
+ * buffer, valid until its next call. */
+const char *enc_cpu_describe(unsigned f);
+
 /* y[rows, out] (+)= x[rows, in] . w[out, in]^T.  accumulate: add to y instead of
  * overwriting it (the residual stream). */
 void enc_linear(float *y, const float *x, const float *w, int rows, int in, int out, int accumulate);
@@ -108,6 +137,66 @@ void enc_pack_weights_h(uint16_t *panels, const float *w, int in, int out);
  * AVX512-FP16 (or panels NULL) it computes with w in fp32 instead. */
 void enc_linear_packed_h(float *y, int ldy, const float *x, int ldx, const float *w, const uint16_t *panels,
                          int rows, int in, int out, int accumulate);
+
+/* ---- int8 and bf16 products (enc_kernels_q.c) ------------------------------
+ * Both keep one packed copy of each [out, in] weight, made once at load, in
+ * panels of ENC_PANEL_Q outputs over the whole input (no k slices, so that the
+ * int8 sums stay exact integers to the end):
+ *   int8:  weights quantized per output channel, symmetric: s_o = max_k |w[o][k]|
+ *          / 127, q = rint(w * (127 / max)) in [-127, 127] (all 0 when max is 0);
+ *          bytes[p][k / 4][j][k % 4] = q[p * 32 + j][k] (in padded to a multiple
+ *          of 4 and outputs to a multiple of 32 with zeros), then s_o as floats,
+ *          then sum_k q[o][k] as int32 (the u8 offset's compensation below), both
+ *          [np * 32].
+ *   bf16:  halves[p][k / 2][j][k % 2] = bf16(w[p * 32 + j][k]) (round to nearest
+ *          even; in padded to even).
+ * The activations are converted per product into the caller's scratch, rows of
+ * each tile of ENC_TILE_Q side by side per k group (one broadcast base):
+ *   int8:  per row r, s_r = max_k |x[r][k]| / 127, a = rint(x * (127 / max));
+ *   bf16:  bf16(x), round to nearest even.
+ * int8 product: y[r][o] (+)= (float)(sum_k a[r][k] q[o][k]) * (s_o * s_r), the
+ * sum exact in int32 (|sum| <= 127^2 * in < 2^31 for in < 133000) whatever the
+ * ISA: AVX-512 VNNI and AVX-VNNI multiply u8 x s8 (vpdpbusd), with a + 128 as
+ * the u8 and 128 sum_k q[o][k] subtracted after; AVX2 without VNNI multiplies
+ * |a| by q with a's sign (vpsignb, vpmaddubsw: pairs of at most 2 * 127 * 127 =
+ * 32258, below the int16 saturation), then widens (vpmaddwd); the C path loops.
+ * So every ISA gives bit-identical results (test_kernels checks it against a
+ * plain loop).  bf16 product: vdpbf16ps (AVX512-BF16) sums pairs of bf16
+ * products into fp32 accumulators; approximate (8-bit mantissas). */
+#define ENC_PANEL_Q 32
+#define ENC_TILE_Q 14
+
+/* 1 when the int8 kernels run on a vector ISA (AVX2 or better; the plain-C path
+ * always works, slowly). */
+int enc_q8_fast(void);
+/* 1 when this CPU runs the bf16 kernel (AVX512-BF16). */
+int enc_bf16_supported(void);
+/* Which kernel each precision runs here: a static string ("avx512-vnni", ...). */
+const char *enc_q8_kernel_name(void);
+
+/* Bytes of the packed int8 / bf16 copy of an [out, in] weight (multiples of 64). */
+size_t enc_q8_bytes(int in, int out);
+size_t enc_bf16_bytes(int in, int out);
+void enc_pack_weights_q8(void *packed, const float *w, int in, int out);
+void enc_pack_weights_bf16(void *packed, const float *w, int in, int out);
+/* Scratch bytes for the activations of a product of rows x in (either kind). */
+size_t enc_q_scratch_bytes(int rows, int in);
+
+/* y[rows, out] (+)= x[rows, in] . w[out, in]^T through the packed int8 copy (see
+ * above), shared with the helper threads like enc_linear_packed.  scratch:
+ * enc_q_scratch_bytes(rows, in), 64-byte aligned, owned by the caller. */
+void enc_linear_q8(float *y, int ldy, const float *x, int ldx, const void *packed, int rows, int in, int out,
+                   int accumulate, void *scratch);
+/* The same through the bf16 copy; without AVX512-BF16 it converts nothing and
+ * computes the same bf16 products in plain C (slow; for tests). */
+void enc_linear_bf16(float *y, int ldy, const float *x, int ldx, const void *packed, int rows, int in, int out,
+                     int accumulate, void *scratch);
+
+/* Run fn(ctx, p0, p1) over the panel range [0, np), shared out in chunks with the
+ * helper threads (enc_kernels_set_threads) when rows * in * out multiply-adds are
+ * worth a wake-up, else on the calling thread. */
+void enc_kernels_parallel(int np, int rows, int in, int out, void (*fn)(const void *ctx, int p0, int p1),
+                          const void *ctx);
 
 /* y[r, :] += b[:] for every row. */
 void enc_add_bias(float *y, const float *b, int rows, int dim);

@@ -88,7 +88,7 @@ int srv_ops_init(srv *s)
     msgpack_sbuffer_init(&sb);
     msgpack_packer pk;
     msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
-    msgpack_pack_map(&pk, 8);
+    msgpack_pack_map(&pk, 9);
     pack_key(&pk, "protocol"), msgpack_pack_uint32(&pk, PROTO_VERSION);
     pack_key(&pk, "server"), proto_pack_cstr(&pk, UMG_VERSION);
     pack_key(&pk, "model"), proto_pack_cstr(&pk, enc_model_name(s->model));
@@ -96,6 +96,7 @@ int srv_ops_init(srv *s)
     pack_key(&pk, "grid"), msgpack_pack_int32(&pk, eng_grid(s->eng));
     pack_key(&pk, "region_mode"), proto_pack_cstr(&pk, srv_region_mode_name(s->region_mode));
     pack_key(&pk, "precision"), proto_pack_cstr(&pk, enc_precision_name(enc_model_precision(s->model)));
+    pack_key(&pk, "kernels"), proto_pack_cstr(&pk, enc_model_kernels(s->model));
     pack_key(&pk, "auth_required"), (s->cfg.token || s->cfg.require_auth) ? msgpack_pack_true(&pk) : msgpack_pack_false(&pk);
     s->hello_len = sb.size;
     s->hello_result = msgpack_sbuffer_release(&sb);
@@ -186,7 +187,7 @@ static int h_stats(void *ctx, proto_request *req)
     proto_writer w;
     if (proto_response_begin(&w, &job->resp, job->id)) return UMG_ENOMEM;
     msgpack_packer *pk = &w.pk;
-    msgpack_pack_map(pk, 17);
+    msgpack_pack_map(pk, 18);
     pack_key(pk, "images"), msgpack_pack_uint64(pk, st.images);
     /* whether the indexes agree with LMDB (db_stats): a mismatch is shown, not hidden */
     pack_key(pk, "index_consistent"), st.consistent ? msgpack_pack_true(pk) : msgpack_pack_false(pk);
@@ -210,6 +211,7 @@ static int h_stats(void *ctx, proto_request *req)
     pack_key(pk, "dim"), msgpack_pack_int32(pk, s->dim);
     pack_key(pk, "region_mode"), proto_pack_cstr(pk, srv_region_mode_name(s->region_mode));
     pack_key(pk, "precision"), proto_pack_cstr(pk, enc_precision_name(enc_model_precision(s->model)));
+    pack_key(pk, "kernels"), proto_pack_cstr(pk, enc_model_kernels(s->model));
     uint64_t unsent = 0;
     int paused = 0;
     for (const srv_conn *c = s->conns; c; c = c->next) {

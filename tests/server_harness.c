@@ -119,7 +119,7 @@ int ts_start(ts_server *s, const char *const *extra)
             struct rlimit rl = {.rlim_cur = s->nofile_soft, .rlim_max = s->nofile_hard};
             if (setrlimit(RLIMIT_NOFILE, &rl)) _exit(126);
         }
-        execv(argv[0], (char *const *)argv);
+        tu_execv(argv);
         _exit(127);
     }
     s->pid = pid;

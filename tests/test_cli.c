@@ -359,7 +359,7 @@ static pid_t spawn_on_tty(const char *const *args, int *master, int *out_fd)
         close(*master);
         dup2(*out_fd, 1);
         dup2(slave, 2);
-        execv(argv[0], (char *const *)argv);
+        tu_execv(argv);
         _exit(127);
     }
     close(slave);

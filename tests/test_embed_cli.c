@@ -244,7 +244,7 @@ static void test_errors(void **state)
     expect_failure(two_dump, 2, "--dump-pixels");
     const char *bad_batch[] = {"embed", "--model", TINY, "--text", "x", "--batch", "0", NULL};
     expect_failure(bad_batch, 2, "--batch");
-    const char *bad_precision[] = {"embed", "--model", TINY, "--text", "x", "--precision", "bf16", NULL};
+    const char *bad_precision[] = {"embed", "--model", TINY, "--text", "x", "--precision", "fp8", NULL};
     expect_failure(bad_precision, 2, "--precision");
     const char *bad_opt[] = {"embed", "--model", TINY, "--frobnicate", NULL};
     expect_failure(bad_opt, 2, "--frobnicate");

@@ -248,7 +248,7 @@ static void run_embed(const char *const *images, int n, int patches, float *emb,
     assert_true(pid >= 0);
     if (pid == 0) {
         dup2(fo, 1);
-        execv(argv[0], (char *const *)argv);
+        tu_execv(argv);
         _exit(127);
     }
     int st;

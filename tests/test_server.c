@@ -828,8 +828,9 @@ static void test_text_lanes(void **state)
     assert_int_equal(ts_stop(&s), 0);
 
     /* the flag's range */
-    char cmd[600];
-    snprintf(cmd, sizeof cmd, "'%s' serve --data '%s/x' --model '%s' --text-lanes 0 >/dev/null 2>&1", tu_bin(), s.dir, TINY);
+    char cmd[900];
+    snprintf(cmd, sizeof cmd, "%s'%s' serve --data '%s/x' --model '%s' --text-lanes 0 >/dev/null 2>&1", tu_emulator_prefix(),
+             tu_bin(), s.dir, TINY);
     int st = system(cmd);
     assert_true(WIFEXITED(st));
     assert_int_equal(WEXITSTATUS(st), 2);
@@ -1153,8 +1154,8 @@ static void test_auth(void **state)
     /* refuses to start */
     char cmd[1200];
     snprintf(cmd, sizeof cmd,
-             "env -u UMGDB_AUTH_TOKEN '%s' serve --data '%s/data' --model '%s' --listen 0.0.0.0:0 2>'%s/refused'",
-             tu_bin(), s.dir, TINY, s.dir);
+             "env -u UMGDB_AUTH_TOKEN %s'%s' serve --data '%s/data' --model '%s' --listen 0.0.0.0:0 2>'%s/refused'",
+             tu_emulator_prefix(), tu_bin(), s.dir, TINY, s.dir);
     int st = system(cmd);
     assert_true(WIFEXITED(st) && WEXITSTATUS(st) != 0);
     snprintf(cmd, sizeof cmd, "grep -q 'auth token is required' '%s/refused'", s.dir);
@@ -1770,15 +1771,19 @@ static void test_precision_fp16(void **state)
     assert_non_null(mkdtemp(dir));
     char data[300];
     snprintf(data, sizeof data, "%s/data", dir);
-    const char *bad[] = {"serve", "--data", data, "--model", TINY, "--precision", "bf16", NULL};
+    const char *bad[] = {"serve", "--data", data, "--model", TINY, "--precision", "fp8", NULL};
     tu_result r = tu_run(bad);
     TU_EXPECT_EXIT(r, 2);
     assert_non_null(strstr(r.err, "--precision"));
     tu_result_free(&r);
     assert_int_equal(tu_rm_rf(dir), 0);
+    int has_fp16 = 0; /* AVX512-FP16: x86-64 only (an aarch64 build refuses fp16 too) */
+#if defined(__x86_64__)
     __builtin_cpu_init();
-    if (!__builtin_cpu_supports("avx512fp16") || !__builtin_cpu_supports("avx512bw") ||
-        !__builtin_cpu_supports("avx512vl")) {
+    has_fp16 = __builtin_cpu_supports("avx512fp16") && __builtin_cpu_supports("avx512bw") &&
+               __builtin_cpu_supports("avx512vl");
+#endif
+    if (!has_fp16) {
         ts_server s;
         ts_make_tmp(&s, "umg-srv-");
         snprintf(data, sizeof data, "%s/data", s.dir);
@@ -2515,6 +2520,45 @@ static void test_serve_start_errors(void **state)
     assert_int_equal(tu_rm_rf(s.dir), 0);
 }
 
+/* --precision auto and int8 (issue 18): hello and stats name the precision in
+ * use (auto resolved: never "auto") and the kernels ("int8 avx512-vnni; cpu
+ * ..."), and an int8 server answers a query. */
+static void test_precision_auto(void **state)
+{
+    (void)state;
+    const char *modes[] = {"auto", "int8"};
+    for (int p = 0; p < 2; p++) {
+        ts_server sv;
+        ts_make_tmp(&sv, "umg-srv-");
+        const char *extra[] = {"--precision", modes[p], NULL};
+        ts_start_ok(&sv, extra);
+        umg_client *c = ts_conn(&sv);
+        for (int op = 0; op < 2; op++) {
+            proto_response *hr = NULL;
+            assert_int_equal(umg_client_call0(c, op ? "stats" : "ping", TS_T_MS, &hr), 0);
+            const msgpack_object *prec = umg_result_get(hr, "precision"), *k = umg_result_get(hr, "kernels");
+            assert_true(prec && prec->type == MSGPACK_OBJECT_STR && k && k->type == MSGPACK_OBJECT_STR);
+            char name[16] = {0}, kernels[160] = {0};
+            memcpy(name, prec->via.str.ptr, prec->via.str.size < 15 ? prec->via.str.size : 15);
+            memcpy(kernels, k->via.str.ptr, k->via.str.size < 159 ? k->via.str.size : 159);
+            if (!strcmp(name, "auto") || (p == 1 && strcmp(name, "int8")))
+                fail_msg("--precision %s: %s reports precision '%s'", modes[p], op ? "stats" : "ping", name);
+            if (strncmp(kernels, name, strlen(name)) || !strstr(kernels, "; cpu "))
+                fail_msg("--precision %s: kernels '%s' do not start with '%s'", modes[p], kernels, name);
+            proto_response_free(hr);
+        }
+        char path[256];
+        snprintf(path, sizeof path, "%s/%s", TINY "/images", "chelsea.png");
+        ingest_bytes(c, path, "chelsea.png", NULL, NULL, NULL);
+        proto_response *q = query(c, "a photo of a cat", "image", 1, NULL, NULL, -100);
+        assert_int_equal(hits_of(q)->via.array.size, 1);
+        proto_response_free(q);
+        umg_client_close(c);
+        assert_int_equal(ts_stop(&sv), 0);
+        assert_int_equal(tu_rm_rf(sv.dir), 0);
+    }
+}
+
 int main(void)
 {
     signal(SIGPIPE, SIG_IGN);
@@ -2543,6 +2587,7 @@ int main(void)
         cmocka_unit_test_teardown(test_fd_limit, ts_teardown),
         cmocka_unit_test_teardown(test_small_limits, ts_teardown),
         cmocka_unit_test_teardown(test_serve_start_errors, ts_teardown),
+        cmocka_unit_test_teardown(test_precision_auto, ts_teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

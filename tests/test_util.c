@@ -79,6 +79,30 @@ const char *tu_bin(void)
     return b && *b ? b : UMG_BINARY_DIR "/umgdb";
 }
 
+void tu_execv(const char *const *argv)
+{
+    const char *emu = getenv("UMG_TEST_EMULATOR");
+    if (!emu || !*emu) {
+        execv(argv[0], (char *const *)argv);
+        return;
+    }
+    const char *full[66];
+    int n = 0;
+    full[n++] = emu;
+    for (int i = 0; argv[i] && n < 65; i++)
+        full[n++] = argv[i];
+    full[n] = NULL;
+    execvp(emu, (char *const *)full);
+}
+
+const char *tu_emulator_prefix(void)
+{
+    static char buf[300];
+    const char *emu = getenv("UMG_TEST_EMULATOR");
+    snprintf(buf, sizeof buf, "%s%s", emu && *emu ? emu : "", emu && *emu ? " " : "");
+    return buf;
+}
+
 tu_result tu_run_env(const char *const *env, const char *const *args)
 {
     char outp[] = "/tmp/umg-test-out-XXXXXX", errp[] = "/tmp/umg-test-err-XXXXXX";
@@ -111,7 +135,7 @@ tu_result tu_run_env(const char *const *env, const char *const *args)
         dup2(devnull, 0);
         dup2(fo, 1);
         dup2(fe, 2);
-        execv(argv[0], (char *const *)argv);
+        tu_execv(argv);
         _exit(127);
     }
     int st;

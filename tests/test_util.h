@@ -37,6 +37,15 @@ void tu_write_file(const char *path, const void *data, size_t len);
 /* env UMG_BIN if set, else build/umgdb of this build tree. */
 const char *tu_bin(void);
 
+/* execv(argv[0], argv), but through the emulator named by env
+ * UMG_TEST_EMULATOR when set (a cross build's ctest sets it to qemu-aarch64:
+ * a test running under qemu-user cannot exec a foreign binary by itself).
+ * Returns only on failure, like execv. */
+void tu_execv(const char *const *argv);
+
+/* For a shell command line: "" natively, else the emulator and a space. */
+const char *tu_emulator_prefix(void);
+
 typedef struct tu_result {
     int status;      /* exit code, or -1 if killed by a signal */
     char *out, *err; /* everything written to stdout/stderr, NUL-terminated */

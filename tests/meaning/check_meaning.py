@@ -2,6 +2,7 @@
 
     /usr/bin/python3 -m tests.meaning.check_meaning UMGDB_BIN [--count 200] [--seed 1000]
                                    [--region-mode dense|crop] [--model DIR]
+                                   [--precision fp32|int8|bf16|fp16|auto] [--json-out FILE]
 
 Generates held-out photos (a seed the model never saw in training), starts
 `umgdb serve` with tests/fixtures/synth-umg on a temporary data directory and a
@@ -54,6 +55,8 @@ def main():
     ap.add_argument("--k", type=int, default=50)
     ap.add_argument("--model", default=os.path.join(ROOT, "tests", "fixtures", "synth-umg"),
                     help="checkpoint to check (default: the committed synth-umg, whose figures FLOORS holds)")
+    ap.add_argument("--precision", default="fp32", help="the server's encoder precision (bench/encoder/accuracy)")
+    ap.add_argument("--json-out", help="also write the figures to this file as JSON")
     a = ap.parse_args()
     model = a.model
     tmp = tempfile.mkdtemp(prefix="umg-meaning-")
@@ -64,7 +67,8 @@ def main():
              "--seed", str(a.seed), "--count", str(a.count), photos], cwd=ROOT)
         sock = os.path.join(tmp, "umgdb.sock")
         server = subprocess.Popen([a.umgdb, "serve", "--data", os.path.join(tmp, "data"), "--model", model,
-                                   "--socket", sock, "--region-mode", a.region_mode, "--log-level", "warn"])
+                                   "--socket", sock, "--region-mode", a.region_mode, "--log-level", "warn",
+                                   "--precision", a.precision])
         addr = "unix:" + sock
         for _ in range(300):
             if os.path.exists(sock) and subprocess.run([a.umgdb, "stats", "--server", addr],
@@ -95,6 +99,9 @@ def main():
         figures["binding_failure_rate --refine"] = rfig["binding_failure_rate"]
         print("check_meaning: %d photos (seed %d), region mode %s, %d queries in %.1f s"
               % (a.count, a.seed, a.region_mode, len(results), time.time() - t0))
+        if a.json_out:
+            with open(a.json_out, "w") as f:
+                json.dump(figures, f)
         bad = []
         floors = FLOORS.get(a.region_mode, {})
         for key, val in figures.items():
