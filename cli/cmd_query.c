@@ -18,6 +18,8 @@ typedef struct query_opts {
     const char *granularity;
     bool refine;              /* "refine": "pixel" */
     long k;
+    long page;                /* 1-based; offset (page - 1) x k */
+    long per_photo;           /* 0: the server's default */
     const char *html;
     const char *path_prefix;
     char *tags[MAX_TAGS + 1];
@@ -38,7 +40,11 @@ static void usage(FILE *out)
             "  --refine            regions, each photo's boxes re-ranked by how well they fit\n"
             "                      where in the photo the text matches (its heatmap); implies\n"
             "                      --regions (docs/regions.md, \"Pixel-level refinement\")\n"
-            "  -k N                how many hits (1..%d, default %d)\n"
+            "  -k N                how many hits (1..%d, default %d); the page size with --page\n"
+            "  --page N            the Nth page of k hits (1 first): the hits after the first\n"
+            "                      (N-1) x k, at most %d of them skipped\n"
+            "  --per-photo N       regions: at most N boxes of one photo (default 1: the best\n"
+            "                      box of each photo; a large N: all its boxes)\n"
             "  --path-prefix P     only photos whose stored path starts with P\n"
             "  --tag T             only photos tagged T (repeatable, or T1,T2: all must match)\n"
             "  --min-score S       only hits scoring at least S (cosine similarity)\n"
@@ -51,7 +57,7 @@ static void usage(FILE *out)
             "  -h, --help          this help\n\n"
             "exit: 0 ok (also when nothing matched), 1 the server answered an error,\n"
             "      2 bad arguments, 3 server unreachable or refused\n",
-            PROTO_MAX_K, PROTO_DEFAULT_K);
+            PROTO_MAX_K, PROTO_DEFAULT_K, PROTO_MAX_OFFSET);
 }
 
 static void opts_free(query_opts *o)
@@ -92,11 +98,14 @@ static int parse(int argc, char **argv, query_opts *o)
         {"path-prefix", required_argument, NULL, 'P'},
         {"tag", required_argument, NULL, 'T'},
         {"min-score", required_argument, NULL, 'm'},
+        {"page", required_argument, NULL, 'p'},
+        {"per-photo", required_argument, NULL, 'E'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
     cli_common_init(&o->c);
     o->k = PROTO_DEFAULT_K;
+    o->page = 1;
     optind = 1;
     opterr = 0;
     bool regions = false, heatmap = false;
@@ -127,6 +136,19 @@ static int parse(int argc, char **argv, query_opts *o)
             o->html = optarg;
             break;
         case 'P': o->path_prefix = optarg; break;
+        case 'p':
+            if (cli_parse_long(optarg, 1, PROTO_MAX_OFFSET + 1, &o->page)) {
+                fprintf(stderr, "umgdb query: --page wants an integer from 1, not '%s'\n", optarg);
+                return CLI_EXIT_USAGE;
+            }
+            break;
+        case 'E':
+            if (cli_parse_long(optarg, 1, PROTO_MAX_PER_PHOTO, &o->per_photo)) {
+                fprintf(stderr, "umgdb query: --per-photo wants an integer in [1, %d], not '%s'\n",
+                        PROTO_MAX_PER_PHOTO, optarg);
+                return CLI_EXIT_USAGE;
+            }
+            break;
         case 'T':
             if (add_tags(o, optarg))
                 return CLI_EXIT_USAGE;
@@ -153,6 +175,11 @@ static int parse(int argc, char **argv, query_opts *o)
         return CLI_EXIT_USAGE;
     }
     o->granularity = regions ? "region" : heatmap ? "pixel" : "image";
+    if ((o->page - 1) * o->k > PROTO_MAX_OFFSET) {
+        fprintf(stderr, "umgdb query: --page %ld of %ld hits starts after hit %ld: at most %d can be skipped\n",
+                o->page, o->k, (o->page - 1) * o->k, PROTO_MAX_OFFSET);
+        return CLI_EXIT_USAGE;
+    }
     size_t len = 0;
     for (int i = optind; i < argc; i++)
         len += strlen(argv[i]) + 1;
@@ -177,7 +204,8 @@ static int pack_request(umg_client *cl, const query_opts *o, uint64_t *id)
 {
     size_t nfilters = (o->path_prefix != NULL) + (o->n_tags > 0) + o->has_min_score;
     proto_writer w;
-    int rc = umg_client_begin(cl, &w, "query", 3 + (nfilters > 0) + o->refine, id);
+    long offset = (o->page - 1) * o->k;
+    int rc = umg_client_begin(cl, &w, "query", 3 + (nfilters > 0) + o->refine + (offset > 0) + (o->per_photo > 0), id);
     if (rc)
         return rc;
     msgpack_packer *pk = &w.pk;
@@ -186,6 +214,10 @@ static int pack_request(umg_client *cl, const query_opts *o, uint64_t *id)
               proto_pack_cstr(pk, "k") || msgpack_pack_uint32(pk, (uint32_t)o->k);
     if (!bad && o->refine)
         bad = proto_pack_cstr(pk, "refine") || proto_pack_cstr(pk, "pixel");
+    if (!bad && offset > 0)
+        bad = proto_pack_cstr(pk, "offset") || msgpack_pack_uint32(pk, (uint32_t)offset);
+    if (!bad && o->per_photo > 0)
+        bad = proto_pack_cstr(pk, "per_photo") || msgpack_pack_uint32(pk, (uint32_t)o->per_photo);
     if (!bad && nfilters) {
         bad = proto_pack_cstr(pk, "filters") || msgpack_pack_map(pk, nfilters);
         if (!bad && o->path_prefix)
@@ -391,7 +423,7 @@ static int fetch_sizes(umg_client *cl, const cli_common *c, hit *v, int n)
 static void print_table(const hit *v, int n, const query_opts *o)
 {
     if (!n) {
-        printf("no hits\n");
+        printf(o->page > 1 ? "no hits on this page\n" : "no hits\n");
         return;
     }
     bool boxes = false, heat = false;
@@ -415,8 +447,8 @@ static void print_table(const hit *v, int n, const query_opts *o)
         return;
     for (int i = 0; i < n; i++) {
         const hit *h = &v[i];
-        char rank[16], score[32], id[32], box[96] = "", peak[96] = "";
-        snprintf(rank, sizeof rank, "%d", i + 1);
+        char rank[24], score[32], id[32], box[96] = "", peak[96] = "";
+        snprintf(rank, sizeof rank, "%ld", (o->page - 1) * o->k + i + 1); /* ranks go on across pages */
         snprintf(score, sizeof score, "%.4f", h->score);
         snprintf(id, sizeof id, "%llu", (unsigned long long)h->image_id);
         if (h->has_box)

@@ -183,6 +183,13 @@ int db_get_region(db_t *db, uint64_t id, db_region *out);
 /* Image ids in increasing order, starting after `after` (0 = from the first):
  * up to max into ids, *n how many.  Page with after = the last id returned. */
 int db_list_images(db_t *db, uint64_t after, uint64_t *ids, int max, int *n);
+/* Every image record in id order, in one read transaction (a consistent
+ * view): fn(ud, img) for each (img lives for the call).  A damaged record is
+ * logged and skipped.  fn returning non-zero stops the scan, and that value
+ * is returned (a positive one: the caller's "stop", a negative one: its
+ * error).  For filters no index covers (search over a matching subset). */
+typedef int (*db_image_fn)(void *ud, const db_image *img);
+int db_scan_images(db_t *db, db_image_fn fn, void *ud);
 /* All regions of an image, in id order: *out is malloc'd (free()), *n its length. */
 int db_list_regions(db_t *db, uint64_t image_id, db_region **out, int *n);
 /* The stored (normalized, float16-rounded) vector of an image or region. */
@@ -208,6 +215,17 @@ typedef struct db_search_opts {
  * never returned. */
 int db_search(db_t *db, int kind, const float *query, const db_search_opts *opts,
               db_hit *hits, int k, int *n);
+
+/* Exact search within a subset: the k most similar images (kind
+ * DB_KIND_IMAGE) among image_ids, or regions (DB_KIND_REGION) of those
+ * images, scored from the stored vectors (the float16-rounded ones FAISS
+ * holds, so the scores are the exact index's up to float summation order),
+ * in one read transaction.  Best first; equal scores by increasing id.  Ids
+ * that are gone are skipped.  What FAISS's IDSelector would do; the C API of
+ * FAISS 1.7.3 (Debian 12) has no search with a selector.  hits holds k
+ * entries (k >= 1); *n gets how many were found. */
+int db_search_within(db_t *db, int kind, const float *query, const uint64_t *image_ids, size_t n_ids,
+                     db_hit *hits, int k, int *n);
 
 typedef struct db_stats {
     uint64_t images, regions;              /* in LMDB */

@@ -683,6 +683,40 @@ int db_list_images(db_t *db, uint64_t after, uint64_t *ids, int max, int *n)
     return db_translate(rc, "listing images");
 }
 
+int db_scan_images(db_t *db, db_image_fn fn, void *ud)
+{
+    MDB_txn *txn;
+    int rc = db_rtxn_begin(db, &txn);
+    if (rc)
+        return rc;
+    MDB_cursor *cur;
+    if (!(rc = mdb_cursor_open(txn, db->dbi[D_IMAGES], &cur))) {
+        MDB_val k, v;
+        for (rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST); rc == 0; rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
+            db_image img;
+            int r = k.mv_size == 8 ? decode_image_rec(db, db_rd_be64(k.mv_data), &v, &img)
+                                   : db_damaged(db, "images: key of %zu bytes", k.mv_size);
+            if (r == UMG_EINTERNAL)
+                continue; /* damaged: logged, left out as lookups leave it out */
+            if (r) {
+                rc = r;
+                break;
+            }
+            r = fn(ud, &img);
+            db_image_free(&img);
+            if (r) {
+                rc = r;
+                break;
+            }
+        }
+        mdb_cursor_close(cur);
+        if (rc == MDB_NOTFOUND)
+            rc = 0;
+    }
+    db_rtxn_end(db, txn);
+    return rc > 0 ? rc : db_translate(rc, "scanning images");
+}
+
 int db_list_regions(db_t *db, uint64_t image_id, db_region **out, int *n)
 {
     *out = NULL;

@@ -31,6 +31,8 @@ static const proto_arg_spec filter_fields[] = {
 #define ARG_GRANULARITY {.key = "granularity", .type = PROTO_T_STR, .choices = granularities}
 #define ARG_K {.key = "k", .type = PROTO_T_UINT, .imin = 1, .imax = PROTO_MAX_K}
 #define ARG_FILTERS {.key = "filters", .type = PROTO_T_MAP, .fields = ARGS(filter_fields)}
+#define ARG_OFFSET {.key = "offset", .type = PROTO_T_UINT, .imin = 0, .imax = PROTO_MAX_OFFSET}
+#define ARG_PER_PHOTO {.key = "per_photo", .type = PROTO_T_UINT, .imin = 1, .imax = PROTO_MAX_PER_PHOTO}
 #define ARG_IMAGE_ID(alt_) {.key = "image_id", .type = PROTO_T_UINT, .flags = PROTO_ARG_REQUIRED, .alt = alt_}
 #define ARG_PATH(alt_) {.key = "path", .type = PROTO_T_STR, .flags = PROTO_ARG_REQUIRED | PROTO_ARG_NONEMPTY, \
                         .alt = alt_, .max_len = STR_MAX_PATH}
@@ -51,12 +53,13 @@ static const proto_arg_spec query_args[] = {
      .max_len = STR_MAX_TEXT},
     ARG_GRANULARITY, ARG_K, ARG_FILTERS,
     {.key = "refine", .type = PROTO_T_STR, .choices = refinements},
+    ARG_OFFSET, ARG_PER_PHOTO,
 };
 static const proto_arg_spec query_image_args[] = {
     ARG_IMAGE_ID(1),
     {.key = "data", .type = PROTO_T_BIN, .flags = PROTO_ARG_REQUIRED | PROTO_ARG_NONEMPTY, .alt = 2},
     {.key = "box", .type = PROTO_T_BOX},
-    ARG_GRANULARITY, ARG_K, ARG_FILTERS,
+    ARG_GRANULARITY, ARG_K, ARG_FILTERS, ARG_OFFSET, ARG_PER_PHOTO,
 };
 static const proto_arg_spec by_id_or_path_args[] = {ARG_IMAGE_ID(1), ARG_PATH(2)};
 

@@ -37,6 +37,8 @@
  * protocol layer only validates; docs/protocol.md documents these). */
 #define PROTO_DEFAULT_K 10
 #define PROTO_MAX_K 1000
+#define PROTO_MAX_OFFSET 10000      /* query "offset": hits skipped (pagination) */
+#define PROTO_MAX_PER_PHOTO 100000  /* query "per_photo": region hits of one photo (all of them) */
 #define PROTO_DEFAULT_GRANULARITY "image"
 
 enum proto_op_code {

@@ -496,6 +496,11 @@ static int search_answer(srv_job *job, const float *q, uint64_t exclude)
                          .granularity = gran,
                          .refine = gran == ENG_GRAN_REGION && proto_obj_str_eq(proto_req_arg(req, "refine"), "pixel"),
                          .exclude_image = exclude};
+    uint64_t offset = 0, per_photo = 0;
+    proto_obj_uint(proto_req_arg(req, "offset"), &offset);
+    proto_obj_uint(proto_req_arg(req, "per_photo"), &per_photo);
+    sr.offset = (int)offset;       /* both validated against the table's limits */
+    sr.per_photo = (int)per_photo;
     int rc = read_filters(req, &sr.filters);
     eng_hits hits = {0};
     if (!rc) rc = eng_search(s->eng, &sr, &hits);
