@@ -211,8 +211,8 @@ typedef struct db_search_opts {
 } db_search_opts;
 
 /* The k most similar images or regions to query (dim floats).  hits holds k
- * entries; *n gets how many were found.  opts may be NULL.  Deleted ids are
- * never returned. */
+ * entries; *n gets how many were found, best first, equal scores by
+ * increasing id.  opts may be NULL.  Deleted ids are never returned. */
 int db_search(db_t *db, int kind, const float *query, const db_search_opts *opts,
               db_hit *hits, int k, int *n);
 

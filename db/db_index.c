@@ -405,6 +405,16 @@ static int fetch_vector(void *ud, int64_t id, float *out)
     return 0;
 }
 
+/* Best first; equal scores (copies of one photo) by increasing id, so that
+ * the same hits come in the same order whatever k asked for them (pages). */
+static int by_score_then_id(const void *a, const void *b)
+{
+    const db_hit *x = a, *y = b;
+    if (x->score != y->score)
+        return x->score < y->score ? 1 : -1;
+    return x->id < y->id ? -1 : x->id > y->id;
+}
+
 int db_search(db_t *db, int kind, const float *query, const db_search_opts *opts,
               db_hit *hits, int k, int *n)
 {
@@ -461,6 +471,7 @@ int db_search(db_t *db, int kind, const float *query, const db_search_opts *opts
             hits[i].id = (uint64_t)ids[i];
             hits[i].score = sc[i];
         }
+        qsort(hits, (size_t)nh, sizeof *hits, by_score_then_id);
         *n = nh;
     }
 out:
@@ -500,14 +511,6 @@ static int within_score(within_ctx *w, uint64_t id)
         dot += w->vec[d] * w->q[d];
     w->all[w->n++] = (db_hit){ id, dot };
     return 0;
-}
-
-static int by_score_then_id(const void *a, const void *b)
-{
-    const db_hit *x = a, *y = b;
-    if (x->score != y->score)
-        return x->score < y->score ? 1 : -1;
-    return x->id < y->id ? -1 : x->id > y->id;
 }
 
 int db_search_within(db_t *db, int kind, const float *query, const uint64_t *image_ids, size_t n_ids,

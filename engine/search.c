@@ -325,9 +325,10 @@ static void hits_clear(eng_hit *hits, int *nh)
 
 /* Walk candidates (best first) into hits until need of them: min_score,
  * the excluded photo, the filters and, for region hits, the per-photo rules
- * (at most per_photo boxes of a photo; none a better box suppresses). */
+ * (at most per_photo boxes of a photo; none a better box suppresses).
+ * *last_score: the score of the candidate that made the last hit. */
 static int take(eng *e, const eng_search_req *req, int per_photo, const db_hit *cand, int nc, photo_table *pt,
-                eng_hit *hits, int *nh, int need)
+                eng_hit *hits, int *nh, int need, float *last_score)
 {
     const eng_filters *f = &req->filters;
     int region = req->granularity == ENG_GRAN_REGION;
@@ -368,6 +369,7 @@ static int take(eng *e, const eng_search_req *req, int per_photo, const db_hit *
                 pt->last[slot] = *nh;
             }
             hits[(*nh)++] = h;
+            *last_score = cand[i].score;
         }
         db_image_free(&img);
     }
@@ -394,6 +396,7 @@ int eng_search(eng *e, const eng_search_req *req, eng_hits *out)
     db_hit *cand = NULL;
     matching m = {.f = f, .exclude = req->exclude_image, .regions = kind == DB_KIND_REGION};
     int nc = 0, nh = 0, rc = q && hits ? 0 : umg_err_set(UMG_ENOMEM, "out of memory");
+    float last = 0;
     if (!rc) rc = photos_init(&pt, need);
     if (rc) goto done;
     memcpy(q, req->query, (size_t)e->dim * sizeof(float));
@@ -410,13 +413,16 @@ int eng_search(eng *e, const eng_search_req *req, eng_hits *out)
                 goto done;
             }
             if (m.n) rc = db_search_within(e->db, kind, q, m.ids, m.n, cand, all, &nc);
-            if (!rc) rc = take(e, req, per_photo, cand, nc, &pt, hits, &nh, need);
+            if (!rc) rc = take(e, req, per_photo, cand, nc, &pt, hits, &nh, need, &last);
             goto refine;
         }
         rc = 0; /* many pass: the index, over-fetching */
     }
     /* Over-fetch from the index, doubling until need hits remain after the
-     * filters and the per-photo rules, or the index has no more. */
+     * filters and the per-photo rules, or the index has no more.  Also while
+     * the candidates end level with the last hit: FAISS cuts a run of equal
+     * scores (copies of a photo) anywhere, db_search orders a whole run by id,
+     * so the pages of one query agree only when the run is whole. */
     uint64_t fetch = (uint64_t)need * (gran == ENG_GRAN_REGION ? 4 : 1) * (filters_any(f) ? 8 : 1) +
                      (req->exclude_image ? 1 : 0);
     if (fetch > ENG_MAX_FETCH) fetch = ENG_MAX_FETCH;
@@ -430,8 +436,9 @@ int eng_search(eng *e, const eng_search_req *req, eng_hits *out)
         if ((rc = db_search(e->db, kind, q, NULL, cand, (int)fetch, &nc))) break;
         hits_clear(hits, &nh);
         photos_clear(&pt);
-        if ((rc = take(e, req, per_photo, cand, nc, &pt, hits, &nh, need))) break;
-        if (nh >= need || (uint64_t)nc < fetch || fetch >= ENG_MAX_FETCH) break;
+        if ((rc = take(e, req, per_photo, cand, nc, &pt, hits, &nh, need, &last))) break;
+        if ((uint64_t)nc < fetch || fetch >= ENG_MAX_FETCH) break;
+        if (nh >= need && cand[nc - 1].score < last) break;
         fetch = fetch * 2 > ENG_MAX_FETCH ? ENG_MAX_FETCH : fetch * 2;
     }
 refine:
