@@ -40,6 +40,9 @@
 #define PROTO_MAX_OFFSET 10000      /* query "offset": hits skipped (pagination) */
 #define PROTO_MAX_PER_PHOTO 100000  /* query "per_photo": region hits of one photo (all of them) */
 #define PROTO_DEFAULT_GRANULARITY "image"
+/* ingest's optional "mtime" (with "data"): seconds since the epoch, 1 up to
+ * the end of the year 9999; absent, the server records the ingest time. */
+#define PROTO_MAX_MTIME INT64_C(253402300799)
 
 enum proto_op_code {
     PROTO_OP_HELLO,

@@ -377,6 +377,7 @@ static int ingest_prepare(srv_job *job)
             return umg_err_set(UMG_EINVAL, "ingest: name contains a NUL byte");
         }
         proto_obj_bin(proto_req_arg(req, "data"), &data, &len);
+        proto_obj_int(proto_req_arg(req, "mtime"), &mtime);   /* the client's file time, validated >= 1; 0: the ingest time */
     }
     const msgpack_object *t = proto_req_arg(req, "tags");
     int n_tags = t ? (int)t->via.array.size : 0;
@@ -595,7 +596,14 @@ static void get_work(uv_work_t *w)
             msgpack_packer *pk = &wr.pk;
             char hex[65];
             for (int i = 0; i < 32; i++) snprintf(hex + 2 * i, 3, "%02x", img.sha256[i]);
-            msgpack_pack_map(pk, 10);
+            /* capture metadata when the photo had any (absent fields: absent keys) */
+            enc_image_meta cap = {0};
+            void *cap_bytes = NULL;
+            size_t cap_len = 0;
+            if (db_get_extra(s->db, id, "capture", &cap_bytes, &cap_len) == 0)
+                enc_image_meta_parse(cap_bytes, cap_len, &cap); /* damaged: nothing known */
+            free(cap_bytes);
+            msgpack_pack_map(pk, 10 + (size_t)cap.taken_at_known + (size_t)cap.camera_known + (size_t)cap.gps_known);
             pack_key(pk, "image_id"), msgpack_pack_uint64(pk, img.id);
             pack_key(pk, "path"), proto_pack_cstr(pk, img.path);
             pack_key(pk, "width"), msgpack_pack_uint32(pk, img.width);
@@ -607,6 +615,12 @@ static void get_work(uv_work_t *w)
             pack_key(pk, "tags");
             msgpack_pack_array(pk, (size_t)img.n_tags);
             for (int i = 0; i < img.n_tags; i++) proto_pack_cstr(pk, img.tags[i]);
+            if (cap.taken_at_known) pack_key(pk, "taken_at"), proto_pack_cstr(pk, cap.taken_at);
+            if (cap.camera_known) pack_key(pk, "camera"), proto_pack_cstr(pk, cap.camera);
+            if (cap.gps_known) {
+                pack_key(pk, "gps"), msgpack_pack_array(pk, 2);
+                msgpack_pack_double(pk, cap.lat), msgpack_pack_double(pk, cap.lon);
+            }
             pack_key(pk, "regions");
             msgpack_pack_array(pk, (size_t)nreg);
             for (int i = 0; i < nreg; i++) {

@@ -897,8 +897,8 @@ static void test_bad_input(void **state)
 
     /* unsupported image bytes, and a truncated JPEG */
     id = ts_begin(c, &w, "ingest", 2);
-    ts_kv_bin(&w, "data", "GIF89a not really", 17);
-    ts_kv_str(&w, "name", "x.gif");
+    ts_kv_bin(&w, "data", "%PDF-1.7 not a photo", 20); /* GIF decodes since issue 17 */
+    ts_kv_str(&w, "name", "x.pdf");
     ts_end(c, &w);
     assert_int_equal(ts_wait_err(c, id), UMG_EUNSUPPORTED);
     {
@@ -947,6 +947,52 @@ static void test_bad_input(void **state)
 
 /* Restart with data intact; SIGTERM with ingests in flight: every
  * acknowledged image is there after the restart. */
+/* Capture metadata (issue 17): EXIF's date, camera and position stored at ingest
+ * and returned by get; absent fields are absent keys. */
+static void test_capture_metadata(void **state)
+{
+    ts_server s;
+    ts_make_tmp(&s, "umg-srv-");
+    const char *extra[] = {"--regions", "0", NULL};
+    ts_start_ok(&s, extra);
+    umg_client *c = ts_conn(&s);
+    static const char *const full[] = {"meta_full.jpg", "meta_full.heic", "meta_full.tif", "meta_full.webp"};
+    for (size_t i = 0; i < sizeof full / sizeof *full; i++) {
+        char file[512], name[128];
+        snprintf(file, sizeof file, UMG_FIXTURES_DIR "/images/%s", full[i]);
+        snprintf(name, sizeof name, "/client/%s", full[i]);
+        uint64_t id = ingest_bytes(c, file, name, NULL, NULL, NULL);
+        proto_response *r = get_image(c, id);
+        assert_non_null(r);
+        if (!str_eq(umg_result_get(r, "taken_at"), "2019-07-14T12:00:00+02:00"))
+            fail_msg("%s: taken_at missing or wrong", full[i]);
+        assert_true(str_eq(umg_result_get(r, "camera"), "FUJIFILM X-T3"));
+        const msgpack_object *gps = umg_result_get(r, "gps");
+        assert_true(gps && gps->type == MSGPACK_OBJECT_ARRAY && gps->via.array.size == 2);
+        assert_true(fabs(gps->via.array.ptr[0].via.f64 - -33.8568) < 1e-6);
+        assert_true(fabs(gps->via.array.ptr[1].via.f64 - 151.2153) < 1e-6);
+        proto_response_free(r);
+    }
+    uint64_t id = ingest_bytes(c, UMG_FIXTURES_DIR "/images/meta_partial.jpg", "/client/partial.jpg", NULL, NULL, NULL);
+    proto_response *r = get_image(c, id);
+    assert_true(str_eq(umg_result_get(r, "taken_at"), "2021-01-02T03:04:05")); /* no offset known */
+    assert_true(str_eq(umg_result_get(r, "camera"), "Canon EOS 5D Mark IV"));
+    proto_response_free(r);
+    static const char *const none[] = {"fmt_src.png", "meta_bad.jpg", "meta_garbage.jpg"};
+    for (size_t i = 0; i < sizeof none / sizeof *none; i++) {
+        char file[512], name[128];
+        snprintf(file, sizeof file, UMG_FIXTURES_DIR "/images/%s", none[i]);
+        snprintf(name, sizeof name, "/client/%s", none[i]);
+        r = get_image(c, ingest_bytes(c, file, name, NULL, NULL, NULL));
+        assert_null(umg_result_get(r, "taken_at"));
+        assert_null(umg_result_get(r, "camera"));
+        assert_null(umg_result_get(r, "gps"));
+        assert_non_null(umg_result_get(r, "path"));
+        proto_response_free(r);
+    }
+    umg_client_close(c);
+}
+
 static void test_restart_and_sigterm(void **state)
 {
     ts_server s;
@@ -1747,6 +1793,7 @@ int main(void)
         cmocka_unit_test_teardown(test_batched_text_queries, ts_teardown),
         cmocka_unit_test_teardown(test_text_lanes, ts_teardown),
         cmocka_unit_test_teardown(test_bad_input, ts_teardown),
+        cmocka_unit_test_teardown(test_capture_metadata, ts_teardown),
         cmocka_unit_test_teardown(test_restart_and_sigterm, ts_teardown),
         cmocka_unit_test_teardown(test_background_index_build, ts_teardown),
         cmocka_unit_test_teardown(test_open_without_snapshot, ts_teardown),
