@@ -27,6 +27,10 @@ typedef struct query_opts {
     int n_tags;
     double min_score;
     bool has_min_score;
+    const char *after, *before;   /* taken_after / taken_before, ISO 8601 (checked by the server) */
+    const char *camera;
+    bool has_near;
+    double near[3];               /* lat, lon, km */
     char *text;               /* the words joined by spaces (heap); NULL with --like/--like-id */
     const char *like;         /* --like PATH: query_image with the file's bytes */
     uint64_t like_id;         /* --like-id N: query_image with a stored image (0: none) */
@@ -62,6 +66,15 @@ static void usage(FILE *out)
             "  --tag T             only photos tagged T (repeatable, or T1,T2: all must match)\n"
             "  --min-score S       only hits scoring at least S (cosine similarity)\n"
             "                      (filters give -k hits whenever that many photos pass them)\n"
+            "  --after DATE        only photos taken at or after DATE (ISO 8601: 2019-07-14,\n"
+            "                      2019-07-14T18:30, 2019-07-14T18:30:00+02:00; without an offset\n"
+            "                      the photo's own clock time is compared, with one the instant)\n"
+            "  --before DATE       only photos taken before DATE (same forms)\n"
+            "  --camera TEXT       only photos whose camera (EXIF make and model) contains TEXT,\n"
+            "                      ignoring case\n"
+            "  --near LAT,LON,KM   only photos taken within KM km of LAT,LON (decimal degrees)\n"
+            "                      (photos that do not know their date, camera or place never\n"
+            "                      pass these filters)\n"
             "  --html FILE         also write a results page: each hit's photo with its box\n"
             "                      (and heatmap) drawn over it, scaled with the picture.  Photos\n"
             "                      are linked, not embedded, by their path relative to FILE's\n"
@@ -129,6 +142,10 @@ static int parse(int argc, char **argv, query_opts *o)
         {"tag", required_argument, NULL, 'T'},
         {"min-score", required_argument, NULL, 'm'},
         {"page", required_argument, NULL, 'p'},
+        {"after", required_argument, NULL, 'a'},
+        {"before", required_argument, NULL, 'b'},
+        {"camera", required_argument, NULL, 'c'},
+        {"near", required_argument, NULL, 'n'},
         {"per-photo", required_argument, NULL, 'E'},
         {"like", required_argument, NULL, 'L'},
         {"like-id", required_argument, NULL, 'I'},
@@ -169,6 +186,30 @@ static int parse(int argc, char **argv, query_opts *o)
             o->html = optarg;
             break;
         case 'P': o->path_prefix = optarg; break;
+        case 'a': o->after = optarg; break;
+        case 'b': o->before = optarg; break;
+        case 'c':
+            if (!*optarg) {
+                fprintf(stderr, "umgdb query: --camera wants a name (or part of one)\n");
+                return CLI_EXIT_USAGE;
+            }
+            o->camera = optarg;
+            break;
+        case 'n': {
+            int nv = 0, bad = 0;
+            char *copy = strdup(optarg), *save = NULL;
+            for (char *t = copy ? strtok_r(copy, ",", &save) : NULL; t && !bad; t = strtok_r(NULL, ",", &save))
+                bad = nv == 3 || cli_parse_double(t, &o->near[nv++]);
+            free(copy);
+            if (bad || nv != 3 || fabs(o->near[0]) > 90 || fabs(o->near[1]) > 180 || o->near[2] < 0 ||
+                o->near[2] > 20040) {
+                fprintf(stderr, "umgdb query: --near wants LAT,LON,KM (latitude -90..90, longitude -180..180, "
+                                "0..20040 km), not '%s'\n", optarg);
+                return CLI_EXIT_USAGE;
+            }
+            o->has_near = true;
+            break;
+        }
         case 'p':
             if (cli_parse_long(optarg, 1, PROTO_MAX_OFFSET + 1, &o->page)) {
                 fprintf(stderr, "umgdb query: --page wants an integer from 1, not '%s'\n", optarg);
@@ -291,7 +332,8 @@ static int pack_request(umg_client *cl, const query_opts *o, uint64_t *id)
         }
     }
     bool by_image = o->like || o->like_id;
-    size_t nfilters = (o->path_prefix != NULL) + (o->n_tags > 0) + o->has_min_score;
+    size_t nfilters = (o->path_prefix != NULL) + (o->n_tags > 0) + o->has_min_score + (o->after != NULL) +
+                      (o->before != NULL) + (o->camera != NULL) + o->has_near;
     proto_writer w;
     long offset = (o->page - 1) * o->k;
     int rc = umg_client_begin(cl, &w, by_image ? "query_image" : "query",
@@ -335,6 +377,18 @@ static int pack_request(umg_client *cl, const query_opts *o, uint64_t *id)
         }
         if (!bad && o->has_min_score)
             bad = proto_pack_cstr(pk, "min_score") || msgpack_pack_double(pk, o->min_score);
+        if (!bad && o->after)
+            bad = proto_pack_cstr(pk, "taken_after") || proto_pack_cstr(pk, o->after);
+        if (!bad && o->before)
+            bad = proto_pack_cstr(pk, "taken_before") || proto_pack_cstr(pk, o->before);
+        if (!bad && o->camera)
+            bad = proto_pack_cstr(pk, "camera") || proto_pack_cstr(pk, o->camera);
+        if (!bad && o->has_near) {
+            bad = proto_pack_cstr(pk, "near") || msgpack_pack_map(pk, 3);
+            const char *keys[3] = {"lat", "lon", "km"};
+            for (int i = 0; !bad && i < 3; i++)
+                bad = proto_pack_cstr(pk, keys[i]) || msgpack_pack_double(pk, o->near[i]);
+        }
     }
     /* umg_client_end checks the message and drops it if a pack call failed. */
     rc = umg_client_end(cl, &w);
@@ -355,6 +409,7 @@ typedef struct hit {
     cli_heatmap heat;
     double *heat_values;
     bool has_heat;
+    char taken[40];           /* the capture time, "" unknown */
 } hit;
 
 /* The hits of the answer, decoded by the protocol's one hits decoder
@@ -381,6 +436,7 @@ static int parse_hits(const proto_response *r, hit **out, int *n)
         h->image_id = p->image_id;
         h->score = p->score;
         h->has_refined = p->has_refined;
+        snprintf(h->taken, sizeof h->taken, "%s", p->taken_at ? p->taken_at : "");
         h->refined = p->refined;
         h->width = p->width;
         h->height = p->height;
@@ -422,16 +478,17 @@ static void print_table(const hit *v, int n, const query_opts *o)
         printf(o->page > 1 ? "no hits on this page\n" : "no hits\n");
         return;
     }
-    bool boxes = false, heat = false, refined = false;
+    bool boxes = false, heat = false, refined = false, taken = false;
     for (int i = 0; i < n; i++) {
+        taken |= v[i].taken[0] != 0;
         boxes |= v[i].has_box;
         heat |= v[i].has_heat;
         refined |= v[i].has_refined;
     }
     /* The score the hits are ranked by comes first: with --refine that is
      * the refined score (within each photo), the cosine beside it. */
-    const char *hdr[7] = {"rank", "score"};
-    bool right[7] = {true, true, true, true, false};
+    const char *hdr[8] = {"rank", "score"};
+    bool right[8] = {true, true, true, true, false};
     int nc = 2;
     if (refined) {
         hdr[1] = "refined";
@@ -440,6 +497,10 @@ static void print_table(const hit *v, int n, const query_opts *o)
     hdr[nc++] = "image_id";
     hdr[nc++] = "path";
     right[nc - 1] = false;
+    if (taken) {
+        right[nc] = false;
+        hdr[nc++] = "taken";
+    }
     if (boxes) {
         right[nc] = false;
         hdr[nc++] = "box (x,y wxh)";
@@ -478,12 +539,14 @@ static void print_table(const hit *v, int n, const query_opts *o)
             else
                 snprintf(peak, sizeof peak, "cell %d,%d of %dx%d", c, r, h->heat.cols, h->heat.rows);
         }
-        const char *cells[7] = {rank, score};
+        const char *cells[8] = {rank, score};
         int k = 2;
         if (refined)
             cells[k++] = cosine;
         cells[k++] = id;
         cells[k++] = h->path;
+        if (taken)
+            cells[k++] = h->taken;
         if (boxes)
             cells[k++] = box;
         if (heat)

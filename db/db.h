@@ -115,6 +115,24 @@ typedef struct db_region_in {
     const float *vector;  /* dim floats (required) */
 } db_region_in;
 
+/* When, where and with what a photo was taken (its EXIF), each part known
+ * or not.  Stored in the image record (db.c: version 2 records). */
+#define DB_MAX_CAMERA 127        /* bytes of a camera name */
+#define DB_MAX_OFFSET_MINUTES 1080
+#define DB_MIN_TAKEN (-62135596800LL) /* 0001-01-01T00:00:00 */
+#define DB_MAX_TAKEN 253402300799LL   /* 9999-12-31T23:59:59 */
+typedef struct db_capture {
+    int has_taken;
+    int64_t taken;               /* the clock time where the photo was taken, as seconds from
+                                    1970-01-01T00:00:00 of that clock (no zone applied);
+                                    DB_MIN_TAKEN..DB_MAX_TAKEN */
+    int has_offset;              /* (with has_taken) that clock's offset from UTC is known */
+    int offset_minutes;          /* east of UTC, +-DB_MAX_OFFSET_MINUTES */
+    char camera[DB_MAX_CAMERA + 1]; /* make and model, UTF-8; "" = unknown */
+    int has_gps;
+    double lat, lon;             /* degrees, -90..90 and -180..180 */
+} db_capture;
+
 typedef struct db_extra_in {
     const char *name;     /* e.g. "patch_tokens", <= 64 bytes */
     const void *data;
@@ -135,6 +153,7 @@ typedef struct db_image_in {
     int n_regions;
     const db_extra_in *extras;   /* per-image named blobs, e.g. projected patch tokens */
     int n_extras;
+    const db_capture *capture;   /* NULL: nothing known; checked (UMG_EINVAL when out of range) */
     int replace;                 /* 1: an image already at path is deleted in the
                                     same transaction; 0: UMG_EEXIST */
 } db_image_in;
@@ -162,6 +181,7 @@ typedef struct db_image {
     char **tags;                 /* heap array of heap strings */
     int n_tags;
     int n_regions;
+    db_capture capture;          /* all unknown for records written without it */
 } db_image;
 /* Frees what a db_get_image filled in (not img itself); NULL-safe. */
 void db_image_free(db_image *img);

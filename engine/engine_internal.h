@@ -11,7 +11,6 @@
 #include "text_lanes.h"
 
 #define ENG_PATCH_TOKENS_EXTRA "patch_tokens" /* the db extra holding a photo's float16 patch tokens */
-#define ENG_CAPTURE_EXTRA "capture"           /* EXIF capture metadata (enc_image_meta_serialize), issue 17 */
 
 /* Run states for query images, shared by the threads that search. */
 typedef struct eng_run_pool {

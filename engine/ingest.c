@@ -12,6 +12,7 @@
 
 #include <openssl/evp.h>
 
+#include "capture.h"
 #include "enc_image.h"
 #include "umg_error.h"
 
@@ -34,8 +35,7 @@ struct eng_ingest {
     int n_tags;
     int prepared, done;
     int replace;              /* store_batch: the path holds other bytes */
-    char capture[256];        /* ENG_CAPTURE_EXTRA's bytes, capture_len of them (0: nothing known) */
-    size_t capture_len;
+    db_capture capture;       /* from the photo's EXIF, stored in its record */
     eng_ingest_result res;
 };
 
@@ -216,7 +216,7 @@ static int ingest_pixels(eng *e, eng_ingest *ing)
     double t0 = thread_cpu_ms();
     enc_image_meta meta;
     if ((rc = enc_image_decode_ex(ing->data, ing->len, NULL, &img, &meta))) return rc;
-    ing->capture_len = enc_image_meta_serialize(&meta, ing->capture, sizeof ing->capture);
+    eng_capture_from_meta(&meta, &ing->capture);
     double t1 = thread_cpu_ms(), t2 = t1;
     ing->res.cpu_ms_decode = t1 - t0;
     free(ing->owned); /* the pixels are all we need now */
@@ -297,7 +297,7 @@ static scratch_layout layout(const eng *e)
     PLACE(f16, B * GG * D * sizeof(uint16_t));
     PLACE(ins, B * sizeof(db_image_in));
     PLACE(rins, B * R * sizeof(db_region_in));
-    PLACE(extras, 2 * B * sizeof(db_extra_in)); /* patch tokens, capture metadata */
+    PLACE(extras, B * sizeof(db_extra_in));
     PLACE(ids, B * sizeof(uint64_t));
     PLACE(rids, B * R * sizeof(uint64_t));
 #undef PLACE
@@ -407,20 +407,13 @@ void eng_ingest_store_batch(eng *e, eng_ingest **ings, int n)
         if (!e->cfg.no_patches) {
             uint16_t *h = f16 + (size_t)i * GG * D;
             eng_patch_tokens_encode(e, pt, h);
-            extras[2 * i].name = ENG_PATCH_TOKENS_EXTRA;
-            extras[2 * i].data = h;
-            extras[2 * i].len = GG * D * sizeof(uint16_t);
-            in->extras = &extras[2 * i];
+            extras[i].name = ENG_PATCH_TOKENS_EXTRA;
+            extras[i].data = h;
+            extras[i].len = GG * D * sizeof(uint16_t);
+            in->extras = &extras[i];
             in->n_extras = 1;
         }
-        if (ing->capture_len) {
-            db_extra_in *x = &extras[2 * i + in->n_extras];
-            x->name = ENG_CAPTURE_EXTRA;
-            x->data = ing->capture;
-            x->len = ing->capture_len;
-            in->extras = &extras[2 * i];
-            in->n_extras++;
-        }
+        in->capture = &ing->capture;
     }
 
     /* store: rounds of photos with distinct paths (a path twice in one batch

@@ -18,7 +18,11 @@
 
 /* ---- filters and boxes ---------------------------------------------------- */
 
-static int filters_any(const eng_filters *f) { return f->path_prefix.ptr || f->n_tags > 0; }
+static int filters_any(const eng_filters *f)
+{
+    return f->path_prefix.ptr || f->n_tags > 0 || f->has_taken_after || f->has_taken_before || f->camera.ptr ||
+           f->has_near;
+}
 
 static int passes(const eng_filters *f, const db_image *img)
 {
@@ -31,6 +35,12 @@ static int passes(const eng_filters *f, const db_image *img)
             found = strlen(img->tags[j]) == t->len && !memcmp(img->tags[j], t->ptr, t->len);
         if (!found) return 0;
     }
+    const db_capture *c = &img->capture;
+    if (f->has_taken_after && !eng_taken_passes(c, &f->taken_after, 1)) return 0;
+    if (f->has_taken_before && !eng_taken_passes(c, &f->taken_before, 0)) return 0;
+    if (f->camera.ptr && !eng_camera_matches(c->camera, f->camera.ptr, f->camera.len)) return 0;
+    if (f->has_near && (!c->has_gps || eng_km_between(f->near_lat, f->near_lon, c->lat, c->lon) > f->near_km))
+        return 0;
     return 1;
 }
 
@@ -359,6 +369,7 @@ static int take(eng *e, const eng_search_req *req, int per_photo, const db_hit *
             h.path = strdup(img.path);
             h.width = img.width;
             h.height = img.height;
+            h.capture = img.capture;
             if (!h.path) {
                 db_image_free(&img);
                 return umg_err_set(UMG_ENOMEM, "out of memory");

@@ -15,6 +15,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "capture.h"
 #include "engine.h"
 #include "ingest.h"
 
@@ -48,6 +49,14 @@ typedef struct eng_filters {
     int n_tags;
     int has_min_score;
     double min_score;        /* hits scoring below it are dropped */
+    /* capture metadata (capture.h: how times compare); a photo that does not
+     * know the field never passes its filter */
+    int has_taken_after, has_taken_before;
+    eng_time taken_after;    /* taken at or after */
+    eng_time taken_before;   /* taken before */
+    eng_str camera;          /* ptr NULL: any; else a case-insensitive substring of the camera */
+    int has_near;
+    double near_lat, near_lon, near_km; /* taken within near_km of the point */
 } eng_filters;
 
 typedef struct eng_search_req {
@@ -68,6 +77,7 @@ typedef struct eng_hit {
     uint64_t image_id;
     char *path;              /* the photo's stored path */
     uint32_t width, height;  /* the photo's size in pixels (after EXIF orientation) */
+    db_capture capture;      /* when, where, with what it was taken, as far as known */
     float score;             /* cosine similarity */
     int has_box;             /* region granularity */
     uint64_t region_id;

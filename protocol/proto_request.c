@@ -18,14 +18,24 @@
 static const char *const granularities[] = {"image", "region", "pixel", NULL};
 static const char *const refinements[] = {"none", "pixel", NULL};
 
+#define ARGS(a) a, sizeof a / sizeof a[0]
+static const proto_arg_spec near_fields[] = {
+    {.key = "lat", .type = PROTO_T_FLOAT, .flags = PROTO_ARG_REQUIRED, .fmin = -90, .fmax = 90},
+    {.key = "lon", .type = PROTO_T_FLOAT, .flags = PROTO_ARG_REQUIRED, .fmin = -180, .fmax = 180},
+    {.key = "km", .type = PROTO_T_FLOAT, .flags = PROTO_ARG_REQUIRED, .fmin = 0, .fmax = 20040},
+};
 static const proto_arg_spec filter_fields[] = {
     {.key = "path_prefix", .type = PROTO_T_STR, .max_len = STR_MAX_PATH},
     {.key = "tags", .type = PROTO_T_STR_ARRAY, .flags = PROTO_ARG_NONEMPTY,
      .max_len = TAG_MAX_LEN, .max_items = TAGS_MAX},
     {.key = "min_score", .type = PROTO_T_FLOAT},
+    /* capture metadata (docs/protocol.md): the dates' ISO 8601 form is checked by the server */
+    {.key = "taken_after", .type = PROTO_T_STR, .flags = PROTO_ARG_NONEMPTY, .max_len = 64},
+    {.key = "taken_before", .type = PROTO_T_STR, .flags = PROTO_ARG_NONEMPTY, .max_len = 64},
+    {.key = "camera", .type = PROTO_T_STR, .flags = PROTO_ARG_NONEMPTY, .max_len = 127},
+    {.key = "near", .type = PROTO_T_MAP, .fields = ARGS(near_fields)},
 };
 
-#define ARGS(a) a, sizeof a / sizeof a[0]
 #define ARG_TAGS {.key = "tags", .type = PROTO_T_STR_ARRAY, .flags = PROTO_ARG_NONEMPTY, \
                   .max_len = TAG_MAX_LEN, .max_items = TAGS_MAX}
 #define ARG_GRANULARITY {.key = "granularity", .type = PROTO_T_STR, .choices = granularities}

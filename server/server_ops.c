@@ -449,6 +449,20 @@ void srv_encode_batch(srv *s, srv_job **jobs, int n)
 
 /* ---- searches (threadpool) ------------------------------------------------- */
 
+/* A date filter's ISO 8601 string, when the filters map has key. */
+static int time_filter(const msgpack_object *m, const char *key, int *has, eng_time *t)
+{
+    const char *p;
+    size_t pl;
+    if (!proto_obj_str(proto_map_get(m, key), &p, &pl)) return 0;
+    *has = 1;
+    int rc = eng_time_parse(p, pl, t);
+    if (!rc) return 0;
+    char why[200];
+    snprintf(why, sizeof why, "%s", umg_err_msg());
+    return umg_err_set(rc, "'filters.%s': %s", key, why);
+}
+
 /* The request's filters; tags points into the request (eng_filters.tags,
  * malloc'd: the caller frees it). */
 static int read_filters(const proto_request *req, eng_filters *f)
@@ -469,7 +483,18 @@ static int read_filters(const proto_request *req, eng_filters *f)
         f->n_tags = (int)t->via.array.size;
     }
     if (proto_obj_float(proto_map_get(m, "min_score"), &f->min_score)) f->has_min_score = 1;
-    return 0;
+    /* capture metadata (engine/capture.h; types and ranges checked by the command table) */
+    int rc = time_filter(m, "taken_after", &f->has_taken_after, &f->taken_after);
+    if (!rc) rc = time_filter(m, "taken_before", &f->has_taken_before, &f->taken_before);
+    if (proto_obj_str(proto_map_get(m, "camera"), &p, &pl)) f->camera = (eng_str){p, pl};
+    const msgpack_object *near = proto_map_get(m, "near");
+    if (near) {
+        f->has_near = 1;
+        proto_obj_float(proto_map_get(near, "lat"), &f->near_lat);
+        proto_obj_float(proto_map_get(near, "lon"), &f->near_lon);
+        proto_obj_float(proto_map_get(near, "km"), &f->near_km);
+    }
+    return rc;
 }
 
 /* Search with q (dim floats, any norm), filter, group, answer job. */
@@ -493,6 +518,7 @@ static int search_answer(srv_job *job, const float *q, uint64_t exclude)
     sr.per_photo = (int)per_photo;
     int rc = read_filters(req, &sr.filters);
     eng_hits hits = {0};
+    char (*taken)[32] = NULL;
     if (!rc) rc = eng_search(s->eng, &sr, &hits);
     free((void *)sr.filters.tags);
     if (rc) return rc;
@@ -501,7 +527,10 @@ static int search_answer(srv_job *job, const float *q, uint64_t exclude)
         rc = umg_err_set(UMG_ENOMEM, "out of memory");
     } else {
         proto_hit *ph = calloc(hits.n ? (size_t)hits.n : 1, sizeof *ph);
-        if (!ph) {
+        taken = calloc(hits.n ? (size_t)hits.n : 1, sizeof *taken);
+        if (!ph || !taken) {
+            free(ph);
+            free(taken);
             eng_hits_free(&hits);
             return umg_err_set(UMG_ENOMEM, "out of memory");
         }
@@ -512,9 +541,13 @@ static int search_answer(srv_job *job, const float *q, uint64_t exclude)
                                 .has_refined = h->has_refined, .refined = h->refined, .heat = h->heat};
             memcpy(ph[i].box, h->box, sizeof ph[i].box);
             memcpy(ph[i].extent, h->extent, sizeof ph[i].extent);
+            if (eng_taken_format(&h->capture, taken[i], sizeof taken[i])) ph[i].taken_at = taken[i];
+            if (h->capture.camera[0]) ph[i].camera = h->capture.camera;
+            if ((ph[i].has_gps = h->capture.has_gps)) ph[i].gps[0] = h->capture.lat, ph[i].gps[1] = h->capture.lon;
         }
         proto_hits_pack(&w.pk, ph, hits.n, hits.grid);
         free(ph);
+        free(taken);
         job_response_end(job, &w);
     }
     eng_hits_free(&hits);
@@ -596,14 +629,11 @@ static void get_work(uv_work_t *w)
             msgpack_packer *pk = &wr.pk;
             char hex[65];
             for (int i = 0; i < 32; i++) snprintf(hex + 2 * i, 3, "%02x", img.sha256[i]);
-            /* capture metadata when the photo had any (absent fields: absent keys) */
-            enc_image_meta cap = {0};
-            void *cap_bytes = NULL;
-            size_t cap_len = 0;
-            if (db_get_extra(s->db, id, "capture", &cap_bytes, &cap_len) == 0)
-                enc_image_meta_parse(cap_bytes, cap_len, &cap); /* damaged: nothing known */
-            free(cap_bytes);
-            msgpack_pack_map(pk, 10 + (size_t)cap.taken_at_known + (size_t)cap.camera_known + (size_t)cap.gps_known);
+            /* capture metadata as far as the photo's EXIF told it (absent fields: absent keys) */
+            const db_capture *cap = &img.capture;
+            char taken[32];
+            size_t has_taken = eng_taken_format(cap, taken, sizeof taken) > 0, has_camera = cap->camera[0] != 0;
+            msgpack_pack_map(pk, 10 + has_taken + has_camera + (size_t)(cap->has_gps != 0));
             pack_key(pk, "image_id"), msgpack_pack_uint64(pk, img.id);
             pack_key(pk, "path"), proto_pack_cstr(pk, img.path);
             pack_key(pk, "width"), msgpack_pack_uint32(pk, img.width);
@@ -615,11 +645,11 @@ static void get_work(uv_work_t *w)
             pack_key(pk, "tags");
             msgpack_pack_array(pk, (size_t)img.n_tags);
             for (int i = 0; i < img.n_tags; i++) proto_pack_cstr(pk, img.tags[i]);
-            if (cap.taken_at_known) pack_key(pk, "taken_at"), proto_pack_cstr(pk, cap.taken_at);
-            if (cap.camera_known) pack_key(pk, "camera"), proto_pack_cstr(pk, cap.camera);
-            if (cap.gps_known) {
+            if (has_taken) pack_key(pk, "taken_at"), proto_pack_cstr(pk, taken);
+            if (has_camera) pack_key(pk, "camera"), proto_pack_cstr(pk, cap->camera);
+            if (cap->has_gps) {
                 pack_key(pk, "gps"), msgpack_pack_array(pk, 2);
-                msgpack_pack_double(pk, cap.lat), msgpack_pack_double(pk, cap.lon);
+                msgpack_pack_double(pk, cap->lat), msgpack_pack_double(pk, cap->lon);
             }
             pack_key(pk, "regions");
             msgpack_pack_array(pk, (size_t)nreg);
