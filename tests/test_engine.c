@@ -6,6 +6,7 @@
  * over-fetch, query vectors of stored images and boxes, and the
  * same-path-same-content rule of ingest.  clip-tiny has random weights: these
  * tests check the rules, not meaning (tests/meaning does that). */
+#include <ctype.h>
 #include <math.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -870,6 +871,222 @@ static void test_pages(void **state)
     big_teardown(b);
 }
 
+/* ---- capture metadata ------------------------------------------------------ */
+
+static int64_t clock_of(const char *iso)
+{
+    eng_time t;
+    assert_int_equal(eng_time_parse(iso, strlen(iso), &t), 0);
+    return t.clock;
+}
+
+/* ISO 8601 in: dates, date-times, offsets, and what is refused; out: the
+ * record's clock time and offset as get and hits show them. */
+static void test_capture_times(void **state)
+{
+    (void)state;
+    eng_time t;
+    assert_int_equal(eng_time_parse("1970-01-01", 10, &t), 0);
+    assert_true(t.clock == 0 && !t.has_offset);
+    assert_true(clock_of("1970-01-02T00:00:01") == 86401);
+    assert_true(clock_of("2019-07-14T12:00") == 1563105600);    /* date -u -d 2019-07-14T12:00Z +%s */
+    assert_true(clock_of("2000-02-29 23:59:59.75") == 951868799); /* leap day; fractions ignored */
+    assert_true(clock_of("1969-12-31T23:59:59") == -1);
+    assert_true(clock_of("0001-01-01") == DB_MIN_TAKEN && clock_of("9999-12-31T23:59:59") == DB_MAX_TAKEN);
+    assert_int_equal(eng_time_parse("2019-07-14T12:00:00+02:00", 25, &t), 0);
+    assert_true(t.has_offset && t.offset_minutes == 120 && t.clock == 1563105600);
+    assert_int_equal(eng_time_parse("2019-07-14T12:00-05:30", 22, &t), 0);
+    assert_true(t.has_offset && t.offset_minutes == -330);
+    assert_int_equal(eng_time_parse("2019-07-14T12:00Z", 17, &t), 0);
+    assert_true(t.has_offset && t.offset_minutes == 0);
+    const char *bad[] = {"", "2019", "2019-7-14", "2019-02-29", "1900-02-29", "2019-13-01", "2019-07-14T24:00",
+                         "2019-07-14T12", "2019-07-14T12:00:00+2", "2019-07-14T12:00:00+19:00", "0000-01-01",
+                         "2019-07-14x", "2019-07-14T12:00:00.", "2019-07-14+02:00", "2019-07-14T12:60"};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
+        if (eng_time_parse(bad[i], strlen(bad[i]), &t) != UMG_EINVAL) fail_msg("accepted '%s'", bad[i]);
+    char buf[40];
+    db_capture c = {.has_taken = 1, .taken = 1563105600, .has_offset = 1, .offset_minutes = 120};
+    assert_int_equal(eng_taken_format(&c, buf, sizeof buf), 25);
+    assert_string_equal(buf, "2019-07-14T12:00:00+02:00");
+    c = (db_capture){.has_taken = 1, .taken = -1, .has_offset = 1, .offset_minutes = -570};
+    eng_taken_format(&c, buf, sizeof buf);
+    assert_string_equal(buf, "1969-12-31T23:59:59-09:30");
+    c = (db_capture){.has_taken = 1, .taken = DB_MIN_TAKEN};
+    eng_taken_format(&c, buf, sizeof buf);
+    assert_string_equal(buf, "0001-01-01T00:00:00");
+    c.has_taken = 0;
+    assert_int_equal(eng_taken_format(&c, buf, sizeof buf), 0);
+    assert_string_equal(buf, "");
+    /* every day of 1899..2101 round-trips through text */
+    for (int64_t d = -25567; d < 48000; d += 1) {
+        c = (db_capture){.has_taken = 1, .taken = d * 86400 + 3723};
+        eng_taken_format(&c, buf, sizeof buf);
+        if (clock_of(buf) != c.taken) fail_msg("%s", buf);
+    }
+    /* the decoder's fields: what the database would refuse becomes unknown */
+    enc_image_meta m = {.taken_at_known = 1, .camera_known = 1, .gps_known = 1, .lat = 91, .lon = 0};
+    snprintf(m.taken_at, sizeof m.taken_at, "2019-07-14T12:00:00+02:00");
+    snprintf(m.camera, sizeof m.camera, "Caf\xc3\xa9 \xc3");  /* a name cut inside a character */
+    eng_capture_from_meta(&m, &c);
+    assert_true(c.has_taken && c.has_offset && c.offset_minutes == 120 && c.taken == 1563105600);
+    assert_string_equal(c.camera, "Caf\xc3\xa9 ");
+    assert_false(c.has_gps);
+    assert_float_equal(eng_km_between(48.8566, 2.3522, 51.5074, -0.1278), 343.5, 1.0); /* Paris-London */
+    assert_float_equal(eng_km_between(0, 0, 0, 180), 20015.1, 0.5);                    /* half the equator */
+    assert_true(eng_camera_matches("FUJIFILM X-T3", "fujifilm x", 10));
+    assert_false(eng_camera_matches("FUJIFILM X-T3", "X-T30", 5));
+}
+
+/* The date, camera and place filters on stored records (put through the
+ * database with random vectors): each query returns exactly the photos the
+ * documented rule passes, computed here independently, in score order; a
+ * photo that does not know a field never passes its filter; records
+ * without capture read back with nothing known. */
+static void test_capture_filters(void **state)
+{
+    (void)state;
+    fixture *f = calloc(1, sizeof *f);
+    assert_non_null(f);
+    assert_non_null(tu_mkdtemp(f->dir, sizeof f->dir, "umg-engine-cap-"));
+    open_engine(f, ENG_REGION_MODE_DENSE, 0);
+    enum { N = 12 };
+    /* clock time, offset (minutes, or NONE), camera, position (or none) */
+    enum { NONE = 9999 };
+    struct { const char *when; int off; const char *camera; double lat, lon; } ph[N] = {
+        {"2019-07-14T12:00:00", 120, "FUJIFILM X-T3", -33.8568, 151.2153},   /* Sydney */
+        {"2019-07-14T23:30:00", NONE, "Canon EOS 5D Mark IV", 48.8584, 2.2945}, /* Paris, no offset */
+        {"2019-07-15T00:00:00", -300, "Apple iPhone 12", 40.7128, -74.0060},  /* New York */
+        {"2019-07-13T23:59:59", 0, "", 51.5007, -0.1246},                    /* London, no camera */
+        {NULL, 0, "FUJIFILM X100V", 48.8606, 2.3376},                       /* no date */
+        {"2020-01-01T00:00:00", NONE, "fujifilm x-t3", NAN, NAN},            /* no place */
+        {"1999-12-31T23:59:59", 60, "", NAN, NAN},
+        {"2019-07-14T00:00:00", 840, "Samsung SM-G991B", -36.8485, 174.7633}, /* Auckland, +14:00 */
+        {NULL, 0, "", NAN, NAN},                                             /* nothing known */
+        {"2019-07-14T09:59:59", 120, "FUJIFILM X-T3", -33.87, 151.21},
+        {"2019-07-14T10:00:00", NONE, "", 48.80, 2.35},
+        {"2019-07-14T10:00:00", 0, "Nikon", 0, 0},
+    };
+    int D = f->dim;
+    uint64_t st = 7, ids[N];
+    float vec[N][32];
+    db_capture cap[N];
+    for (int i = 0; i < N; i++) {
+        for (int d = 0; d < D; d++) vec[i][d] = tu_frand(&st);
+        memset(&cap[i], 0, sizeof cap[i]);
+        if (ph[i].when) {
+            cap[i].has_taken = 1;
+            cap[i].taken = clock_of(ph[i].when);
+            cap[i].has_offset = ph[i].off != NONE;
+            cap[i].offset_minutes = ph[i].off != NONE ? ph[i].off : 0;
+        }
+        snprintf(cap[i].camera, sizeof cap[i].camera, "%s", ph[i].camera);
+        if (!isnan(ph[i].lat)) cap[i].has_gps = 1, cap[i].lat = ph[i].lat, cap[i].lon = ph[i].lon;
+        char path[32];
+        snprintf(path, sizeof path, "/cap/%02d.jpg", i);
+        db_image_in in = {.path = path, .width = 10, .height = 10, .mtime = 1, .vector = vec[i], .capture = &cap[i]};
+        in.sha256[0] = (uint8_t)i;
+        assert_int_equal(db_put_image(f->db, &in, &ids[i], NULL), 0);
+    }
+    /* stored and read back as given; nothing known: nothing read */
+    for (int i = 0; i < N; i++) {
+        db_image img;
+        assert_int_equal(db_get_image(f->db, ids[i], &img), 0);
+        assert_memory_equal(&img.capture, &cap[i], sizeof cap[i]);
+        db_image_free(&img);
+    }
+    /* out of range: refused, nothing stored */
+    db_capture badc = {.has_gps = 1, .lat = 100};
+    db_image_in bad = {.path = "/cap/bad.jpg", .width = 1, .height = 1, .vector = vec[0], .capture = &badc};
+    uint64_t bid;
+    assert_int_equal(db_put_image(f->db, &bad, &bid, NULL), UMG_EINVAL);
+
+    float q[32];
+    for (int d = 0; d < D; d++) q[d] = tu_frand(&st);
+    eng_hits all;
+    assert_int_equal(search(f, q, N, ENG_GRAN_IMAGE, 0, NULL, &all), 0);
+    assert_int_equal(all.n, N);
+    struct { const char *after, *before, *camera; double lat, lon, km; } cases[] = {
+        {"2019-07-14", "2019-07-15", NULL, 0, 0, 0},              /* clock times of 14 July */
+        {"2019-07-14T10:00:00Z", NULL, NULL, 0, 0, 0},             /* instants from 10:00 UTC */
+        {NULL, "2019-07-14T10:00:00+02:00", NULL, 0, 0, 0},        /* = 08:00 UTC, exclusive */
+        {"2019-07-14T10:00", "2019-07-14T10:00:01", NULL, 0, 0, 0}, /* exactly 10:00 clock, inclusive */
+        {NULL, NULL, "fujifilm", 0, 0, 0},
+        {NULL, NULL, "X-T3", 0, 0, 0},
+        {NULL, NULL, "nikon", 0, 0, 0},
+        {NULL, NULL, NULL, 48.8566, 2.3522, 10},                   /* Paris, 10 km */
+        {NULL, NULL, NULL, -33.8688, 151.2093, 2},                 /* Sydney, 2 km */
+        {"2019-01-01", NULL, "fuji", -33.8688, 151.2093, 50},      /* all three */
+        {"2030-01-01", NULL, NULL, 0, 0, 0},                       /* none */
+    };
+    for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+        eng_filters flt = {0};
+        if (cases[c].after) flt.has_taken_after = !eng_time_parse(cases[c].after, strlen(cases[c].after), &flt.taken_after);
+        if (cases[c].before) flt.has_taken_before = !eng_time_parse(cases[c].before, strlen(cases[c].before), &flt.taken_before);
+        if (cases[c].camera) flt.camera = (eng_str){cases[c].camera, strlen(cases[c].camera)};
+        if (cases[c].km > 0) flt.has_near = 1, flt.near_lat = cases[c].lat, flt.near_lon = cases[c].lon, flt.near_km = cases[c].km;
+        /* the oracle, from the table above */
+        int want[N], nw = 0;
+        for (int h = 0; h < all.n; h++) {
+            int i = 0;
+            while (ids[i] != all.hits[h].image_id) i++;
+            int pass = 1;
+            for (int b = 0; b < 2; b++) {
+                const char *bound = b ? cases[c].before : cases[c].after;
+                if (!bound) continue;
+                if (!ph[i].when) { pass = 0; continue; }
+                eng_time t;
+                eng_time_parse(bound, strlen(bound), &t);
+                int64_t photo = clock_of(ph[i].when), lim = t.clock;
+                if (t.has_offset) lim -= t.offset_minutes * 60, photo -= ph[i].off != NONE ? ph[i].off * 60 : 0;
+                pass &= b ? photo < lim : photo >= lim;
+            }
+            if (cases[c].camera) {
+                char lc[64], ln[64];
+                size_t k;
+                for (k = 0; ph[i].camera[k]; k++) lc[k] = (char)tolower((unsigned char)ph[i].camera[k]);
+                lc[k] = 0;
+                for (k = 0; cases[c].camera[k]; k++) ln[k] = (char)tolower((unsigned char)cases[c].camera[k]);
+                ln[k] = 0;
+                pass &= strstr(lc, ln) != NULL;
+            }
+            if (cases[c].km > 0) {
+                /* the spherical law of cosines, an independent formula */
+                double r = M_PI / 180, a1 = cases[c].lat * r, a2 = ph[i].lat * r, dl = (cases[c].lon - ph[i].lon) * r;
+                double km = 6371.0088 * acos(fmin(1, sin(a1) * sin(a2) + cos(a1) * cos(a2) * cos(dl)));
+                pass &= !isnan(ph[i].lat) && km <= cases[c].km;
+            }
+            if (pass) want[nw++] = i;
+        }
+        eng_hits h;
+        assert_int_equal(search(f, q, N, ENG_GRAN_IMAGE, 0, &flt, &h), 0);
+        if (h.n != nw) fail_msg("case %zu: %d hits, want %d", c, h.n, nw);
+        for (int i = 0; i < nw; i++) {
+            assert_int_equal(h.hits[i].image_id, ids[want[i]]);
+            assert_memory_equal(&h.hits[i].capture, &cap[want[i]], sizeof cap[0]); /* hits carry it */
+        }
+        eng_hits_free(&h);
+    }
+    /* the table's answers worked out by hand: 14 July's clock times 0 1 7 9 10 11; from 10:00 UTC
+     * 0 (12:00+02:00) 1 2 5 10 (no offset: read as UTC) 11; before 08:00 UTC 3 6 7 9; clock 10:00
+     * 10 11; fujifilm 0 4 5 9; X-T3 0 5 9; nikon 11; Paris 1 4 10; Sydney 0 9; all three 0 9 */
+    int expect[] = {6, 6, 4, 2, 4, 3, 1, 3, 2, 2, 0};
+    for (size_t c = 0; c < sizeof expect / sizeof expect[0]; c++) {
+        eng_filters flt = {0};
+        if (cases[c].after) flt.has_taken_after = !eng_time_parse(cases[c].after, strlen(cases[c].after), &flt.taken_after);
+        if (cases[c].before) flt.has_taken_before = !eng_time_parse(cases[c].before, strlen(cases[c].before), &flt.taken_before);
+        if (cases[c].camera) flt.camera = (eng_str){cases[c].camera, strlen(cases[c].camera)};
+        if (cases[c].km > 0) flt.has_near = 1, flt.near_lat = cases[c].lat, flt.near_lon = cases[c].lon, flt.near_km = cases[c].km;
+        eng_hits h;
+        assert_int_equal(search(f, q, N, ENG_GRAN_IMAGE, 0, &flt, &h), 0);
+        if (h.n != expect[c]) fail_msg("case %zu: %d hits, worked out %d", c, h.n, expect[c]);
+        eng_hits_free(&h);
+    }
+    eng_hits_free(&all);
+    close_engine(f);
+    tu_rm_rf(f->dir);
+    free(f);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -886,6 +1103,8 @@ int main(void)
         cmocka_unit_test(test_crop_mode),
         cmocka_unit_test(test_selective_filters),
         cmocka_unit_test(test_pages),
+        cmocka_unit_test(test_capture_times),
+        cmocka_unit_test(test_capture_filters),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
