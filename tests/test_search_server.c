@@ -5,7 +5,9 @@
  *   - pages (`--page N`, -k the page size) concatenated are one big query;
  *   - region hits on the synthetic world (tools/synthworld, the demo's
  *     collection and model): one box per photo by default, none of a photo
- *     suppressing another with --per-photo, the others reachable by get.
+ *     suppressing another with --per-photo, the others reachable by get;
+ *   - capture metadata: --after/--before/--camera/--near on photos with EXIF,
+ *     and taken_at/camera/gps in the hits.
  * The rules themselves are checked against oracles in test_engine.c. */
 #include <math.h>
 #include <setjmp.h>
@@ -20,6 +22,7 @@
 
 #include "server_harness.h"
 #include "test_util.h"
+#include "umg_error.h"
 
 #define IMG(name) UMG_FIXTURES_DIR "/clip-tiny/images/" name
 
@@ -245,12 +248,134 @@ static void test_region_boxes(void **state)
     tu_rm_rf(s.dir);
 }
 
+/* The paths of a query's hits, sorted, joined by spaces (order by score is
+ * not the point here). */
+static void hit_names(json_t *answer, char *out, size_t cap)
+{
+    json_t *h = hits_of(answer);
+    const char *names[16];
+    size_t n = json_array_size(h);
+    assert_true(n <= 16);
+    for (size_t i = 0; i < n; i++) names[i] = strrchr(hit_path(json_array_get(h, i)), '/') + 1;
+    for (size_t i = 1; i < n; i++)
+        for (size_t j = i; j > 0 && strcmp(names[j - 1], names[j]) > 0; j--) {
+            const char *t = names[j];
+            names[j] = names[j - 1], names[j - 1] = t;
+        }
+    out[0] = 0;
+    for (size_t i = 0; i < n; i++) snprintf(out + strlen(out), cap - strlen(out), "%s%s", i ? " " : "", names[i]);
+}
+
+/* Capture metadata end to end: photos whose EXIF h17dec's fixtures hold
+ * (meta_full.*: 2019-07-14T12:00:00+02:00, FUJIFILM X-T3, Sydney, in four
+ * containers; meta_partial.jpg: 2021-01-02T03:04:05 without offset, Canon
+ * EOS 5D Mark IV, New York; fmt_src.png: nothing) ingested by path, then
+ * `umgdb query` with --after/--before/--camera/--near: each answers the
+ * photos the rules pass, the hits carry taken_at, camera and gps as far as
+ * known; bad dates and positions are refused. */
+static void test_capture(void **state)
+{
+    (void)state;
+    ts_server s;
+    ts_make_tmp(&s, "umg-search-");
+    ts_start_ok(&s, NULL);
+    char cmd[2000];
+    snprintf(cmd, sizeof cmd,
+             "cd '%s/images' && '%s' ingest --server '%s' meta_full.jpg meta_full.heic meta_full.tif "
+             "meta_full.webp meta_partial.jpg fmt_src.png >/dev/null",
+             UMG_FIXTURES_DIR, tu_bin(), s.addr);
+    assert_int_equal(system(cmd), 0);
+    struct { const char *args[6]; const char *want; } cases[] = {
+        {{NULL}, "fmt_src.png meta_full.heic meta_full.jpg meta_full.tif meta_full.webp meta_partial.jpg"},
+        {{"--after", "2020-01-01"}, "meta_partial.jpg"},
+        {{"--before", "2020-01-01"}, "meta_full.heic meta_full.jpg meta_full.tif meta_full.webp"},
+        /* 12:00 at +02:00 is 10:00 UTC: an instant bound of 10:30Z is after it, the clock time 10:30 before */
+        {{"--before", "2019-07-14T10:30Z"}, "meta_full.heic meta_full.jpg meta_full.tif meta_full.webp"},
+        {{"--before", "2019-07-14T10:30"}, ""},
+        {{"--after", "2019-07-14T12:00", "--before", "2019-07-14T12:00:01"},
+         "meta_full.heic meta_full.jpg meta_full.tif meta_full.webp"},
+        {{"--after", "2021-01-02T03:04:05+01:00"}, "meta_partial.jpg"}, /* no offset: its clock read as UTC */
+        {{"--after", "2021-01-02T03:04:06"}, ""},
+        {{"--camera", "canon eos"}, "meta_partial.jpg"},
+        {{"--camera", "x-t3", "--after", "2019-01-01"}, "meta_full.heic meta_full.jpg meta_full.tif meta_full.webp"},
+        {{"--near", "-33.8688,151.2093,5"}, "meta_full.heic meta_full.jpg meta_full.tif meta_full.webp"},
+        {{"--near", "-33.8688,151.2093,1"}, ""}, /* the fixtures' point is ~1.4 km from there */
+        {{"--near", "40.7128,-74.0060,10"}, "meta_partial.jpg"}, /* New York: ~4 km */
+        {{"--near", "48.8566,2.3522,10000"}, "meta_partial.jpg"}, /* Paris: New York 5,800 km, Sydney 17,000 */
+        {{"--near", "48.8566,2.3522,20000"},
+         "meta_full.heic meta_full.jpg meta_full.tif meta_full.webp meta_partial.jpg"},
+    };
+    for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+        const char *argv[16] = {"query", "-k", "10"};
+        int n = 3;
+        for (int i = 0; cases[c].args[i]; i++) argv[n++] = cases[c].args[i];
+        argv[n++] = "a", argv[n++] = "photo", argv[n] = NULL;
+        json_t *j = run_json(&s, argv);
+        char got[512];
+        hit_names(j, got, sizeof got);
+        if (strcmp(got, cases[c].want)) fail_msg("case %zu: got '%s', want '%s'", c, got, cases[c].want);
+        json_t *h = hits_of(j);
+        for (size_t i = 0; i < json_array_size(h); i++) {
+            json_t *x = json_array_get(h, i);
+            const char *name = strrchr(hit_path(x), '/') + 1;
+            const char *taken = json_string_value(json_object_get(x, "taken_at"));
+            const char *camera = json_string_value(json_object_get(x, "camera"));
+            json_t *gps = json_object_get(x, "gps");
+            if (!strncmp(name, "meta_full", 9)) {
+                assert_string_equal(taken, "2019-07-14T12:00:00+02:00");
+                assert_string_equal(camera, "FUJIFILM X-T3");
+                assert_float_equal(json_number_value(json_array_get(gps, 0)), -33.8568, 1e-6);
+                assert_float_equal(json_number_value(json_array_get(gps, 1)), 151.2153, 1e-6);
+            } else if (!strcmp(name, "meta_partial.jpg")) {
+                assert_string_equal(taken, "2021-01-02T03:04:05");
+                assert_string_equal(camera, "Canon EOS 5D Mark IV");
+                assert_float_equal(json_number_value(json_array_get(gps, 0)), 40.6892, 1e-6);
+                assert_float_equal(json_number_value(json_array_get(gps, 1)), -74.0445, 1e-6);
+            } else {
+                assert_null(taken);
+                assert_null(camera);
+                assert_null(gps);
+            }
+        }
+        json_decref(j);
+    }
+    /* the table shows when each photo was taken */
+    tu_result r = tu_run((const char *[]){"query", "--server", s.addr, "--camera", "canon", "a", "photo", NULL});
+    TU_EXPECT_EXIT(r, 0);
+    assert_non_null(strstr(r.out, "taken"));
+    assert_non_null(strstr(r.out, "2021-01-02T03:04:05"));
+    tu_result_free(&r);
+    /* refused: the server names the filter; the CLI checks what it can */
+    r = tu_run((const char *[]){"query", "--server", s.addr, "--after", "2019-02-29", "a", "photo", NULL});
+    TU_EXPECT_EXIT(r, 1);
+    assert_non_null(strstr(r.err, "invalid_argument"));
+    assert_non_null(strstr(r.err, "filters.taken_after"));
+    tu_result_free(&r);
+    r = tu_run((const char *[]){"query", "--server", s.addr, "--near", "91,0,5", "a", "photo", NULL});
+    TU_EXPECT_EXIT(r, 2);
+    tu_result_free(&r);
+    umg_client *c = ts_conn(&s);
+    proto_writer w;
+    uint64_t id = ts_begin(c, &w, "query", 2);
+    ts_kv_str(&w, "text", "a photo");
+    proto_pack_cstr(&w.pk, "filters"), msgpack_pack_map(&w.pk, 1);
+    proto_pack_cstr(&w.pk, "near"), msgpack_pack_map(&w.pk, 2);
+    proto_pack_cstr(&w.pk, "lat"), msgpack_pack_double(&w.pk, 10);
+    proto_pack_cstr(&w.pk, "lon"), msgpack_pack_double(&w.pk, 10);
+    ts_end(c, &w);
+    assert_int_equal(ts_wait_err(c, id), UMG_EINVAL); /* km missing */
+    umg_client_close(c);
+    assert_int_equal(ts_stop(&s), 0);
+    tu_rm_rf(s.dir);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_teardown(test_rare_tag, ts_teardown),
         cmocka_unit_test_teardown(test_pages, ts_teardown),
         cmocka_unit_test_teardown(test_region_boxes, ts_teardown),
+        cmocka_unit_test_teardown(test_capture, ts_teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
