@@ -9,7 +9,7 @@
  * times: "July 2019" means July where each photo was taken.  A bound with
  * an offset ("...+02:00", "...Z") is an instant: compared in UTC with each
  * photo's instant, a photo without a known offset counted as if its clock
- * were UTC (its true instant is unknown; at most 18 h off).  Photos
+ * were UTC (its true instant is unknown; real offsets are -12..+14 h).  Photos
  * without a capture time never pass a date filter. */
 #ifndef UMG_ENGINE_CAPTURE_H
 #define UMG_ENGINE_CAPTURE_H
