@@ -1018,6 +1018,10 @@ static void test_capture_filters(void **state)
         {"2019-01-01", NULL, "fuji", -33.8688, 151.2093, 50},      /* all three */
         {"2030-01-01", NULL, NULL, 0, 0, 0},                       /* none */
     };
+    /* the table's answers worked out by hand: 14 July's clock times 0 1 7 9 10 11; from 10:00 UTC
+     * 0 (12:00+02:00) 1 2 5 10 (no offset: read as UTC) 11; before 08:00 UTC 3 6 7 9; clock 10:00
+     * 10 11; fujifilm 0 4 5 9; X-T3 0 5 9; nikon 11; Paris 1 4 10; Sydney 0 9; all three 0 9 */
+    int expect[] = {6, 6, 4, 2, 4, 3, 1, 3, 2, 2, 0};
     for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
         eng_filters flt = {0};
         if (cases[c].after) flt.has_taken_after = !eng_time_parse(cases[c].after, strlen(cases[c].after), &flt.taken_after);
@@ -1057,6 +1061,7 @@ static void test_capture_filters(void **state)
             }
             if (pass) want[nw++] = i;
         }
+        if (nw != expect[c]) fail_msg("case %zu: the oracle passes %d, worked out %d", c, nw, expect[c]);
         eng_hits h;
         assert_int_equal(search(f, q, N, ENG_GRAN_IMAGE, 0, &flt, &h), 0);
         if (h.n != nw) fail_msg("case %zu: %d hits, want %d", c, h.n, nw);
@@ -1064,21 +1069,6 @@ static void test_capture_filters(void **state)
             assert_int_equal(h.hits[i].image_id, ids[want[i]]);
             assert_memory_equal(&h.hits[i].capture, &cap[want[i]], sizeof cap[0]); /* hits carry it */
         }
-        eng_hits_free(&h);
-    }
-    /* the table's answers worked out by hand: 14 July's clock times 0 1 7 9 10 11; from 10:00 UTC
-     * 0 (12:00+02:00) 1 2 5 10 (no offset: read as UTC) 11; before 08:00 UTC 3 6 7 9; clock 10:00
-     * 10 11; fujifilm 0 4 5 9; X-T3 0 5 9; nikon 11; Paris 1 4 10; Sydney 0 9; all three 0 9 */
-    int expect[] = {6, 6, 4, 2, 4, 3, 1, 3, 2, 2, 0};
-    for (size_t c = 0; c < sizeof expect / sizeof expect[0]; c++) {
-        eng_filters flt = {0};
-        if (cases[c].after) flt.has_taken_after = !eng_time_parse(cases[c].after, strlen(cases[c].after), &flt.taken_after);
-        if (cases[c].before) flt.has_taken_before = !eng_time_parse(cases[c].before, strlen(cases[c].before), &flt.taken_before);
-        if (cases[c].camera) flt.camera = (eng_str){cases[c].camera, strlen(cases[c].camera)};
-        if (cases[c].km > 0) flt.has_near = 1, flt.near_lat = cases[c].lat, flt.near_lon = cases[c].lon, flt.near_km = cases[c].km;
-        eng_hits h;
-        assert_int_equal(search(f, q, N, ENG_GRAN_IMAGE, 0, &flt, &h), 0);
-        if (h.n != expect[c]) fail_msg("case %zu: %d hits, worked out %d", c, h.n, expect[c]);
         eng_hits_free(&h);
     }
     eng_hits_free(&all);
