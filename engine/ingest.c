@@ -24,6 +24,8 @@ struct eng_ingest {
     const uint8_t *data;      /* the encoded photo until prepared (borrowed, or owned: take_data) */
     size_t len;
     uint8_t *owned;           /* data, when the engine was given it to free */
+    int bytes_private;        /* eng_ingest_req.bytes_private */
+    db_capture capture;       /* from the photo's EXIF, stored in its record */
     int width, height;
     float *pixels;            /* [3, S, S], ENC_FIT_PAD */
     enc_preproc_geom geom;
@@ -35,7 +37,6 @@ struct eng_ingest {
     int n_tags;
     int prepared, done;
     int replace;              /* store_batch: the path holds other bytes */
-    db_capture capture;       /* from the photo's EXIF, stored in its record */
     eng_ingest_result res;
 };
 
@@ -168,6 +169,7 @@ int eng_ingest_begin(eng *e, const eng_ingest_req *req, eng_ingest **out)
         return umg_err_set(UMG_ENOMEM, "out of memory");
     }
     ing->mtime = req->mtime;
+    ing->bytes_private = req->bytes_private;
     ing->bytes = req->len;
     ing->data = req->data;
     ing->len = req->len;
@@ -215,7 +217,14 @@ static int ingest_pixels(eng *e, eng_ingest *ing)
     enc_image img = {0};
     double t0 = thread_cpu_ms();
     enc_image_meta meta;
-    if ((rc = enc_image_decode_ex(ing->data, ing->len, NULL, &img, &meta))) return rc;
+    if ((rc = enc_image_decode_ex(ing->data, ing->len, NULL, &img, &meta))) {
+        /* a file read for the client is one it may not be able to read:
+         * none of its bytes go back (the decoder quotes leading bytes) */
+        if (ing->bytes_private)
+            return umg_err_set(rc, "ingest: %s: %s", ing->path,
+                               rc == UMG_EUNSUPPORTED ? "not a supported image" : "not a decodable image");
+        return rc;
+    }
     eng_capture_from_meta(&meta, &ing->capture);
     double t1 = thread_cpu_ms(), t2 = t1;
     ing->res.cpu_ms_decode = t1 - t0;

@@ -163,7 +163,7 @@ static int group_setup(void **state)
     char q[512];
     snprintf(q, sizeof q, "%s/rocket-copy.jpg", outside);
     copy_file(p, q);
-    write_text(token_file, "s3cret-token\n");
+    write_text(token_file, "s3cret-token-0123456\n"); /* tokens: >= 16 characters */
 
     const char *extra[] = {"--allow-root", photos, "--log-level", "warn", NULL};
     ts_start_ok(&srv, extra);
@@ -1325,7 +1325,7 @@ static void test_auth(void **state)
     const char *af[] = {"ingest", "--server", addr, "--token-file", token_file, photo_path[1], NULL};
     expect_run(NULL, af, 0, NULL, NULL);
 
-    const char *env[] = {"UMGDB_AUTH_TOKEN=s3cret-token", NULL};
+    const char *env[] = {"UMGDB_AUTH_TOKEN=s3cret-token-0123456", NULL};
     const char *ae[] = {"stats", "--server", addr, "--json", NULL};
     r = run_env(env, ae);
     TU_EXPECT_EXIT(r, 0);
