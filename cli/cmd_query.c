@@ -19,12 +19,18 @@ typedef struct query_opts {
     const char *granularity;
     bool refine;              /* "refine": "pixel" */
     long k;
+    long page;                /* 1-based; offset (page - 1) x k */
+    long per_photo;           /* 0: the server's default */
     const char *html;
     const char *path_prefix;
     char *tags[MAX_TAGS + 1];
     int n_tags;
     double min_score;
     bool has_min_score;
+    const char *after, *before;   /* taken_after / taken_before, ISO 8601 (checked by the server) */
+    const char *camera;
+    bool has_near;
+    double near[3];               /* lat, lon, km */
     char *text;               /* the words joined by spaces (heap); NULL with --like/--like-id */
     const char *like;         /* --like PATH: query_image with the file's bytes */
     uint64_t like_id;         /* --like-id N: query_image with a stored image (0: none) */
@@ -51,12 +57,24 @@ static void usage(FILE *out)
             "                      --regions (docs/regions.md, \"Pixel-level refinement\"); the\n"
             "                      table shows the refined score the boxes are ranked by and\n"
             "                      the cosine beside it.  Text queries only\n"
-            "  -k N                how many hits (1..%d, default %d)\n"
+            "  -k N                how many hits (1..%d, default %d); the page size with --page\n"
+            "  --page N            the Nth page of k hits (1 first): the hits after the first\n"
+            "                      (N-1) x k, at most %d of them skipped\n"
+            "  --per-photo N       regions: at most N boxes of one photo (default 1: the best\n"
+            "                      box of each photo; a large N: all its boxes)\n"
             "  --path-prefix P     only photos whose stored path starts with P\n"
             "  --tag T             only photos tagged T (repeatable, or T1,T2: all must match)\n"
             "  --min-score S       only hits scoring at least S (cosine similarity)\n"
-            "                      (--path-prefix and --tag filter the nearest candidates; when\n"
-            "                      fewer than -k hits come back, a larger -k searches more)\n"
+            "                      (filters give -k hits whenever that many photos pass them)\n"
+            "  --after DATE        only photos taken at or after DATE (ISO 8601: 2019-07-14,\n"
+            "                      2019-07-14T18:30, 2019-07-14T18:30:00+02:00; without an offset\n"
+            "                      the photo's own clock time is compared, with one the instant)\n"
+            "  --before DATE       only photos taken before DATE (same forms)\n"
+            "  --camera TEXT       only photos whose camera (EXIF make and model) contains TEXT,\n"
+            "                      ignoring case\n"
+            "  --near LAT,LON,KM   only photos taken within KM km of LAT,LON (decimal degrees)\n"
+            "                      (photos that do not know their date, camera or place never\n"
+            "                      pass these filters)\n"
             "  --html FILE         also write a results page: each hit's photo with its box\n"
             "                      (and heatmap) drawn over it, scaled with the picture.  Photos\n"
             "                      are linked, not embedded, by their path relative to FILE's\n"
@@ -66,7 +84,7 @@ static void usage(FILE *out)
             "  -h, --help          this help\n\n"
             "exit: 0 ok (also when nothing matched), 1 the server answered an error,\n"
             "      2 bad arguments, 3 server unreachable or refused\n",
-            PROTO_MAX_K, PROTO_DEFAULT_K);
+            PROTO_MAX_K, PROTO_DEFAULT_K, PROTO_MAX_OFFSET);
 }
 
 static void opts_free(query_opts *o)
@@ -123,6 +141,12 @@ static int parse(int argc, char **argv, query_opts *o)
         {"path-prefix", required_argument, NULL, 'P'},
         {"tag", required_argument, NULL, 'T'},
         {"min-score", required_argument, NULL, 'm'},
+        {"page", required_argument, NULL, 'p'},
+        {"after", required_argument, NULL, 'a'},
+        {"before", required_argument, NULL, 'b'},
+        {"camera", required_argument, NULL, 'c'},
+        {"near", required_argument, NULL, 'n'},
+        {"per-photo", required_argument, NULL, 'E'},
         {"like", required_argument, NULL, 'L'},
         {"like-id", required_argument, NULL, 'I'},
         {"like-box", required_argument, NULL, 'B'},
@@ -131,6 +155,7 @@ static int parse(int argc, char **argv, query_opts *o)
     };
     cli_common_init(&o->c);
     o->k = PROTO_DEFAULT_K;
+    o->page = 1;
     optind = 1;
     opterr = 0;
     bool regions = false, heatmap = false;
@@ -161,6 +186,43 @@ static int parse(int argc, char **argv, query_opts *o)
             o->html = optarg;
             break;
         case 'P': o->path_prefix = optarg; break;
+        case 'a': o->after = optarg; break;
+        case 'b': o->before = optarg; break;
+        case 'c':
+            if (!*optarg) {
+                fprintf(stderr, "umgdb query: --camera wants a name (or part of one)\n");
+                return CLI_EXIT_USAGE;
+            }
+            o->camera = optarg;
+            break;
+        case 'n': {
+            int nv = 0, bad = 0;
+            char *copy = strdup(optarg), *save = NULL;
+            for (char *t = copy ? strtok_r(copy, ",", &save) : NULL; t && !bad; t = strtok_r(NULL, ",", &save))
+                bad = nv == 3 || cli_parse_double(t, &o->near[nv++]);
+            free(copy);
+            if (bad || nv != 3 || fabs(o->near[0]) > 90 || fabs(o->near[1]) > 180 || o->near[2] < 0 ||
+                o->near[2] > 20040) {
+                fprintf(stderr, "umgdb query: --near wants LAT,LON,KM (latitude -90..90, longitude -180..180, "
+                                "0..20040 km), not '%s'\n", optarg);
+                return CLI_EXIT_USAGE;
+            }
+            o->has_near = true;
+            break;
+        }
+        case 'p':
+            if (cli_parse_long(optarg, 1, PROTO_MAX_OFFSET + 1, &o->page)) {
+                fprintf(stderr, "umgdb query: --page wants an integer from 1, not '%s'\n", optarg);
+                return CLI_EXIT_USAGE;
+            }
+            break;
+        case 'E':
+            if (cli_parse_long(optarg, 1, PROTO_MAX_PER_PHOTO, &o->per_photo)) {
+                fprintf(stderr, "umgdb query: --per-photo wants an integer in [1, %d], not '%s'\n",
+                        PROTO_MAX_PER_PHOTO, optarg);
+                return CLI_EXIT_USAGE;
+            }
+            break;
         case 'T':
             if (add_tags(o, optarg))
                 return CLI_EXIT_USAGE;
@@ -209,6 +271,11 @@ static int parse(int argc, char **argv, query_opts *o)
         return CLI_EXIT_USAGE;
     }
     o->granularity = regions ? "region" : heatmap ? "pixel" : "image";
+    if ((o->page - 1) * o->k > PROTO_MAX_OFFSET) {
+        fprintf(stderr, "umgdb query: --page %ld of %ld hits starts after hit %ld: at most %d can be skipped\n",
+                o->page, o->k, (o->page - 1) * o->k, PROTO_MAX_OFFSET);
+        return CLI_EXIT_USAGE;
+    }
     if (o->like && o->like_id) {
         fprintf(stderr, "umgdb query: --like and --like-id are two images; pick one\n");
         return CLI_EXIT_USAGE;
@@ -265,10 +332,13 @@ static int pack_request(umg_client *cl, const query_opts *o, uint64_t *id)
         }
     }
     bool by_image = o->like || o->like_id;
-    size_t nfilters = (o->path_prefix != NULL) + (o->n_tags > 0) + o->has_min_score;
+    size_t nfilters = (o->path_prefix != NULL) + (o->n_tags > 0) + o->has_min_score + (o->after != NULL) +
+                      (o->before != NULL) + (o->camera != NULL) + o->has_near;
     proto_writer w;
+    long offset = (o->page - 1) * o->k;
     int rc = umg_client_begin(cl, &w, by_image ? "query_image" : "query",
-                              3 + (nfilters > 0) + o->refine + o->has_like_box, id);
+                              3 + (nfilters > 0) + o->refine + o->has_like_box + (offset > 0) + (o->per_photo > 0),
+                              id);
     if (rc) {
         free(image);
         return rc;
@@ -292,6 +362,10 @@ static int pack_request(umg_client *cl, const query_opts *o, uint64_t *id)
           proto_pack_cstr(pk, "k") || msgpack_pack_uint32(pk, (uint32_t)o->k);
     if (!bad && o->refine)
         bad = proto_pack_cstr(pk, "refine") || proto_pack_cstr(pk, "pixel");
+    if (!bad && offset > 0)
+        bad = proto_pack_cstr(pk, "offset") || msgpack_pack_uint32(pk, (uint32_t)offset);
+    if (!bad && o->per_photo > 0)
+        bad = proto_pack_cstr(pk, "per_photo") || msgpack_pack_uint32(pk, (uint32_t)o->per_photo);
     if (!bad && nfilters) {
         bad = proto_pack_cstr(pk, "filters") || msgpack_pack_map(pk, nfilters);
         if (!bad && o->path_prefix)
@@ -303,6 +377,18 @@ static int pack_request(umg_client *cl, const query_opts *o, uint64_t *id)
         }
         if (!bad && o->has_min_score)
             bad = proto_pack_cstr(pk, "min_score") || msgpack_pack_double(pk, o->min_score);
+        if (!bad && o->after)
+            bad = proto_pack_cstr(pk, "taken_after") || proto_pack_cstr(pk, o->after);
+        if (!bad && o->before)
+            bad = proto_pack_cstr(pk, "taken_before") || proto_pack_cstr(pk, o->before);
+        if (!bad && o->camera)
+            bad = proto_pack_cstr(pk, "camera") || proto_pack_cstr(pk, o->camera);
+        if (!bad && o->has_near) {
+            bad = proto_pack_cstr(pk, "near") || msgpack_pack_map(pk, 3);
+            const char *keys[3] = {"lat", "lon", "km"};
+            for (int i = 0; !bad && i < 3; i++)
+                bad = proto_pack_cstr(pk, keys[i]) || msgpack_pack_double(pk, o->near[i]);
+        }
     }
     /* umg_client_end checks the message and drops it if a pack call failed. */
     rc = umg_client_end(cl, &w);
@@ -323,6 +409,7 @@ typedef struct hit {
     cli_heatmap heat;
     double *heat_values;
     bool has_heat;
+    char taken[40];           /* the capture time, "" unknown */
 } hit;
 
 /* The hits of the answer, decoded by the protocol's one hits decoder
@@ -349,6 +436,7 @@ static int parse_hits(const proto_response *r, hit **out, int *n)
         h->image_id = p->image_id;
         h->score = p->score;
         h->has_refined = p->has_refined;
+        snprintf(h->taken, sizeof h->taken, "%s", p->taken_at ? p->taken_at : "");
         h->refined = p->refined;
         h->width = p->width;
         h->height = p->height;
@@ -387,19 +475,20 @@ static void hits_free(hit *v, int n)
 static void print_table(const hit *v, int n, const query_opts *o)
 {
     if (!n) {
-        printf("no hits\n");
+        printf(o->page > 1 ? "no hits on this page\n" : "no hits\n");
         return;
     }
-    bool boxes = false, heat = false, refined = false;
+    bool boxes = false, heat = false, refined = false, taken = false;
     for (int i = 0; i < n; i++) {
+        taken |= v[i].taken[0] != 0;
         boxes |= v[i].has_box;
         heat |= v[i].has_heat;
         refined |= v[i].has_refined;
     }
     /* The score the hits are ranked by comes first: with --refine that is
      * the refined score (within each photo), the cosine beside it. */
-    const char *hdr[7] = {"rank", "score"};
-    bool right[7] = {true, true, true, true, false};
+    const char *hdr[8] = {"rank", "score"};
+    bool right[8] = {true, true, true, true, false};
     int nc = 2;
     if (refined) {
         hdr[1] = "refined";
@@ -408,6 +497,10 @@ static void print_table(const hit *v, int n, const query_opts *o)
     hdr[nc++] = "image_id";
     hdr[nc++] = "path";
     right[nc - 1] = false;
+    if (taken) {
+        right[nc] = false;
+        hdr[nc++] = "taken";
+    }
     if (boxes) {
         right[nc] = false;
         hdr[nc++] = "box (x,y wxh)";
@@ -421,8 +514,8 @@ static void print_table(const hit *v, int n, const query_opts *o)
         return;
     for (int i = 0; i < n; i++) {
         const hit *h = &v[i];
-        char rank[16], score[32], cosine[32], id[32], box[96] = "", peak[96] = "";
-        snprintf(rank, sizeof rank, "%d", i + 1);
+        char rank[24], score[32], cosine[32], id[32], box[96] = "", peak[96] = "";
+        snprintf(rank, sizeof rank, "%ld", (o->page - 1) * o->k + i + 1); /* ranks go on across pages */
         /* a photo without stored patch tokens keeps its boxes and gets no refined score */
         if (refined && h->has_refined)
             snprintf(score, sizeof score, "%.4f", h->refined);
@@ -446,12 +539,14 @@ static void print_table(const hit *v, int n, const query_opts *o)
             else
                 snprintf(peak, sizeof peak, "cell %d,%d of %dx%d", c, r, h->heat.cols, h->heat.rows);
         }
-        const char *cells[7] = {rank, score};
+        const char *cells[8] = {rank, score};
         int k = 2;
         if (refined)
             cells[k++] = cosine;
         cells[k++] = id;
         cells[k++] = h->path;
+        if (taken)
+            cells[k++] = h->taken;
         if (boxes)
             cells[k++] = box;
         if (heat)
@@ -465,25 +560,6 @@ static void print_table(const hit *v, int n, const query_opts *o)
         printf("(--refine: the photos keep the region search's order; each photo's boxes are ranked by "
                "their refined score)\n");
     (void)o;
-}
-
-/* The server applies path and tag filters to a fixed number of nearest
- * candidates (docs/server.md, "Queries"), so a selective filter can leave
- * fewer than k hits while more matching photos exist further away: say so,
- * and how to widen the search.  (A --min-score cut alone is exact: the
- * candidates come best first.)  To be dropped once search is filter-aware. */
-static void note_filter_cut(const query_opts *o, int n)
-{
-    if ((!o->path_prefix && !o->n_tags) || n >= o->k)
-        return;
-    fprintf(stderr, "umgdb query: %d of %ld hits: --path-prefix and --tag filter the server's nearest "
-                    "candidates only, so matching photos further away may have been cut; ", n, o->k);
-    if (o->k < PROTO_MAX_K)
-        fprintf(stderr, "a larger -k searches more of them (e.g. -k %ld)\n",
-                o->k * 10 < PROTO_MAX_K ? o->k * 10 : (long)PROTO_MAX_K);
-    else
-        fprintf(stderr, "-k is at its maximum (%d): a narrower query or a less selective filter may help\n",
-                PROTO_MAX_K);
 }
 
 static int write_html(const query_opts *o, const hit *v, int n)
@@ -577,7 +653,6 @@ int cmd_query(int argc, char **argv)
         ex = CLI_EXIT_OK;
         if (o.html)
             fprintf(stderr, "umgdb query: wrote %s\n", o.html);
-        note_filter_cut(&o, n);
     }
     hits_free(v, n);
 done:

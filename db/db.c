@@ -28,10 +28,18 @@
  *                "setting.<name>" UTF-8 (db_setting_*: the server's
  *                "region_mode")
  *   images       id -> image record (db_records.c, encode_image_rec):
- *                  u32 version (1), u8 sha256[32], u32 width, u32 height,
+ *                  u32 version (1 or 2), u8 sha256[32], u32 width, u32 height,
  *                  u64 bytes, i64 mtime, i64 ingest_time, u32 n_regions,
  *                  u32 path_len, path (UTF-8, no NUL), u32 n_tags,
- *                  n_tags x (u32 len, UTF-8 bytes); nothing after
+ *                  n_tags x (u32 len, UTF-8 bytes); version 1: nothing after.
+ *                  Version 2 (written only when some capture field is known,
+ *                  so records without one stay version 1) goes on with the
+ *                  capture (db_capture): u8 flags (1 taken, 2 offset, 4
+ *                  camera, 8 gps; not 0; offset only with taken), then only
+ *                  the flagged fields in this order: i64 taken (clock seconds
+ *                  from 1970-01-01T00:00:00, no zone), i16 offset minutes east
+ *                  of UTC, u8 camera_len (1..127) + camera (UTF-8), f64 lat,
+ *                  f64 lon; nothing after.  Both versions are read.
  *   paths        SHA-256(path) -> id      (paths can exceed LMDB's 511-byte keys)
  *   hashes       SHA-256(content) -> id   (MDB_DUPSORT|DUPFIXED: one file at two paths)
  *   regions      id -> region record (encode_region_rec), 30..61 bytes:

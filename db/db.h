@@ -115,6 +115,24 @@ typedef struct db_region_in {
     const float *vector;  /* dim floats (required) */
 } db_region_in;
 
+/* When, where and with what a photo was taken (its EXIF), each part known
+ * or not.  Stored in the image record (db.c: version 2 records). */
+#define DB_MAX_CAMERA 127        /* bytes of a camera name */
+#define DB_MAX_OFFSET_MINUTES 1080
+#define DB_MIN_TAKEN (-62135596800LL) /* 0001-01-01T00:00:00 */
+#define DB_MAX_TAKEN 253402300799LL   /* 9999-12-31T23:59:59 */
+typedef struct db_capture {
+    int has_taken;
+    int64_t taken;               /* the clock time where the photo was taken, as seconds from
+                                    1970-01-01T00:00:00 of that clock (no zone applied);
+                                    DB_MIN_TAKEN..DB_MAX_TAKEN */
+    int has_offset;              /* (with has_taken) that clock's offset from UTC is known */
+    int offset_minutes;          /* east of UTC, +-DB_MAX_OFFSET_MINUTES */
+    char camera[DB_MAX_CAMERA + 1]; /* make and model, UTF-8; "" = unknown */
+    int has_gps;
+    double lat, lon;             /* degrees, -90..90 and -180..180 */
+} db_capture;
+
 typedef struct db_extra_in {
     const char *name;     /* e.g. "patch_tokens", <= 64 bytes */
     const void *data;
@@ -135,6 +153,7 @@ typedef struct db_image_in {
     int n_regions;
     const db_extra_in *extras;   /* per-image named blobs, e.g. projected patch tokens */
     int n_extras;
+    const db_capture *capture;   /* NULL: nothing known; checked (UMG_EINVAL when out of range) */
     int replace;                 /* 1: an image already at path is deleted in the
                                     same transaction; 0: UMG_EEXIST */
 } db_image_in;
@@ -162,6 +181,7 @@ typedef struct db_image {
     char **tags;                 /* heap array of heap strings */
     int n_tags;
     int n_regions;
+    db_capture capture;          /* all unknown for records written without it */
 } db_image;
 /* Frees what a db_get_image filled in (not img itself); NULL-safe. */
 void db_image_free(db_image *img);
@@ -183,6 +203,13 @@ int db_get_region(db_t *db, uint64_t id, db_region *out);
 /* Image ids in increasing order, starting after `after` (0 = from the first):
  * up to max into ids, *n how many.  Page with after = the last id returned. */
 int db_list_images(db_t *db, uint64_t after, uint64_t *ids, int max, int *n);
+/* Every image record in id order, in one read transaction (a consistent
+ * view): fn(ud, img) for each (img lives for the call).  A damaged record is
+ * logged and skipped.  fn returning non-zero stops the scan, and that value
+ * is returned (a positive one: the caller's "stop", a negative one: its
+ * error).  For filters no index covers (search over a matching subset). */
+typedef int (*db_image_fn)(void *ud, const db_image *img);
+int db_scan_images(db_t *db, db_image_fn fn, void *ud);
 /* All regions of an image, in id order: *out is malloc'd (free()), *n its length. */
 int db_list_regions(db_t *db, uint64_t image_id, db_region **out, int *n);
 /* The stored (normalized, float16-rounded) vector of an image or region. */
@@ -204,10 +231,21 @@ typedef struct db_search_opts {
 } db_search_opts;
 
 /* The k most similar images or regions to query (dim floats).  hits holds k
- * entries; *n gets how many were found.  opts may be NULL.  Deleted ids are
- * never returned. */
+ * entries; *n gets how many were found, best first, equal scores by
+ * increasing id.  opts may be NULL.  Deleted ids are never returned. */
 int db_search(db_t *db, int kind, const float *query, const db_search_opts *opts,
               db_hit *hits, int k, int *n);
+
+/* Exact search within a subset: the k most similar images (kind
+ * DB_KIND_IMAGE) among image_ids, or regions (DB_KIND_REGION) of those
+ * images, scored from the stored vectors (the float16-rounded ones FAISS
+ * holds, so the scores are the exact index's up to float summation order),
+ * in one read transaction.  Best first; equal scores by increasing id.  Ids
+ * that are gone are skipped.  What FAISS's IDSelector would do; the C API of
+ * FAISS 1.7.3 (Debian 12) has no search with a selector.  hits holds k
+ * entries (k >= 1); *n gets how many were found. */
+int db_search_within(db_t *db, int kind, const float *query, const uint64_t *image_ids, size_t n_ids,
+                     db_hit *hits, int k, int *n);
 
 typedef struct db_stats {
     uint64_t images, regions;              /* in LMDB */

@@ -405,6 +405,16 @@ static int fetch_vector(void *ud, int64_t id, float *out)
     return 0;
 }
 
+/* Best first; equal scores (copies of one photo) by increasing id, so that
+ * the same hits come in the same order whatever k asked for them (pages). */
+static int by_score_then_id(const void *a, const void *b)
+{
+    const db_hit *x = a, *y = b;
+    if (x->score != y->score)
+        return x->score < y->score ? 1 : -1;
+    return x->id < y->id ? -1 : x->id > y->id;
+}
+
 int db_search(db_t *db, int kind, const float *query, const db_search_opts *opts,
               db_hit *hits, int k, int *n)
 {
@@ -461,11 +471,97 @@ int db_search(db_t *db, int kind, const float *query, const db_search_opts *opts
             hits[i].id = (uint64_t)ids[i];
             hits[i].score = sc[i];
         }
+        qsort(hits, (size_t)nh, sizeof *hits, by_score_then_id);
         *n = nh;
     }
 out:
     free(q);
     free(ids);
     free(sc);
+    return rc;
+}
+
+/* ---- search within a subset ---- */
+
+typedef struct within_ctx {
+    fetch_ctx f;
+    const float *q;
+    float *vec;
+    db_hit *all;
+    size_t n, cap;
+} within_ctx;
+
+static int within_score(within_ctx *w, uint64_t id)
+{
+    int rc = fetch_vector(&w->f, (int64_t)id, w->vec);
+    if (rc == UMG_ENOENT)
+        return 0; /* deleted meanwhile */
+    if (rc)
+        return rc;
+    if (w->n == w->cap) {
+        size_t cap = w->cap ? 2 * w->cap : 256;
+        db_hit *p = realloc(w->all, cap * sizeof *p);
+        if (!p)
+            return umg_err_set(UMG_ENOMEM, "search within: %zu hits", cap);
+        w->all = p, w->cap = cap;
+    }
+    /* float accumulation as FAISS's inner product does */
+    float dot = 0;
+    for (int d = 0; d < w->f.db->dim; d++)
+        dot += w->vec[d] * w->q[d];
+    w->all[w->n++] = (db_hit){ id, dot };
+    return 0;
+}
+
+int db_search_within(db_t *db, int kind, const float *query, const uint64_t *image_ids, size_t n_ids,
+                     db_hit *hits, int k, int *n)
+{
+    *n = 0;
+    if (kind != DB_KIND_IMAGE && kind != DB_KIND_REGION)
+        return umg_err_set(UMG_EINVAL, "search kind %d", kind);
+    if (k < 1)
+        return umg_err_set(UMG_EINVAL, "search k = %d out of range", k);
+    within_ctx w = { { db, NULL, kind }, NULL, NULL, NULL, 0, 0 };
+    float *q = malloc(sizeof *q * (size_t)db->dim);
+    w.vec = malloc(sizeof *w.vec * (size_t)db->dim);
+    int rc = q && w.vec ? db_normalize_copy(query, db->dim, q) : umg_err_set(UMG_ENOMEM, "search buffers");
+    w.q = q;
+    if (!rc && !(rc = db_rtxn_begin(db, &w.f.txn))) {
+        MDB_cursor *cur = NULL;
+        if (kind == DB_KIND_REGION)
+            rc = mdb_cursor_open(w.f.txn, db->dbi[D_IMG_REGIONS], &cur);
+        for (size_t i = 0; !rc && i < n_ids; i++) {
+            if (kind == DB_KIND_IMAGE) {
+                rc = within_score(&w, image_ids[i]);
+                continue;
+            }
+            unsigned char key[8];
+            db_be64(key, image_ids[i]);
+            MDB_val kv = { 8, key }, v;
+            int r;
+            for (r = mdb_cursor_get(cur, &kv, &v, MDB_SET_KEY); r == 0 && !rc;
+                 r = mdb_cursor_get(cur, &kv, &v, MDB_NEXT_DUP)) {
+                uint64_t rid;
+                if (!(rc = db_id_value(db, &v, "img_regions", &rid)))
+                    rc = within_score(&w, rid);
+            }
+            if (!rc && r != MDB_NOTFOUND)
+                rc = db_mdb_fail(r, "search within: regions of an image");
+        }
+        if (cur)
+            mdb_cursor_close(cur);
+        db_rtxn_end(db, w.f.txn);
+        rc = db_translate(rc, "search within");
+    }
+    if (!rc) {
+        qsort(w.all, w.n, sizeof *w.all, by_score_then_id);
+        size_t m = w.n < (size_t)k ? w.n : (size_t)k;
+        if (m)
+            memcpy(hits, w.all, m * sizeof *hits);
+        *n = (int)m;
+    }
+    free(w.all);
+    free(w.vec);
+    free(q);
     return rc;
 }

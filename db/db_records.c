@@ -16,6 +16,8 @@
 /* image record: u32 version, sha[32], u32 w, u32 h, u64 bytes, i64 mtime,
  * i64 ingest, u32 n_regions, u32 path_len, path, u32 n_tags, (u32 len, bytes)* */
 #define IMG_REC_VERSION 1u
+#define IMG_REC_VERSION_CAPTURE 2u  /* version 1 + the capture fields (db.c) */
+enum { CAP_TAKEN = 1, CAP_OFFSET = 2, CAP_CAMERA = 4, CAP_GPS = 8 };
 
 typedef struct wbuf {
     unsigned char *p;
@@ -45,9 +47,20 @@ static void wb_put(wbuf *b, const void *src, size_t n)
 static void wb_u32(wbuf *b, uint32_t v) { wb_put(b, &v, 4); }
 static void wb_u64(wbuf *b, uint64_t v) { wb_put(b, &v, 8); }
 
+static unsigned capture_flags(const db_capture *c)
+{
+    if (!c)
+        return 0;
+    return (c->has_taken ? CAP_TAKEN : 0) | (c->has_taken && c->has_offset ? CAP_OFFSET : 0) |
+           (c->camera[0] ? CAP_CAMERA : 0) | (c->has_gps ? CAP_GPS : 0);
+}
+
 static int encode_image_rec(const db_image_in *in, int64_t ingest, wbuf *b)
 {
-    wb_u32(b, IMG_REC_VERSION);
+    /* version 1 unless something of the capture is known: a collection
+     * without EXIF stays readable by builds from before version 2 */
+    unsigned cf = capture_flags(in->capture);
+    wb_u32(b, cf ? IMG_REC_VERSION_CAPTURE : IMG_REC_VERSION);
     wb_put(b, in->sha256, 32);
     wb_u32(b, in->width);
     wb_u32(b, in->height);
@@ -63,6 +76,26 @@ static int encode_image_rec(const db_image_in *in, int64_t ingest, wbuf *b)
         size_t tl = strlen(in->tags[i]);
         wb_u32(b, (uint32_t)tl);
         wb_put(b, in->tags[i], tl);
+    }
+    if (cf) {
+        const db_capture *c = in->capture;
+        unsigned char flags = (unsigned char)cf;
+        wb_put(b, &flags, 1);
+        if (cf & CAP_TAKEN)
+            wb_u64(b, (uint64_t)c->taken);
+        if (cf & CAP_OFFSET) {
+            int16_t off = (int16_t)c->offset_minutes;
+            wb_put(b, &off, 2);
+        }
+        if (cf & CAP_CAMERA) {
+            unsigned char cl = (unsigned char)strlen(c->camera);
+            wb_put(b, &cl, 1);
+            wb_put(b, c->camera, cl);
+        }
+        if (cf & CAP_GPS) {
+            wb_put(b, &c->lat, 8);
+            wb_put(b, &c->lon, 8);
+        }
     }
     return b->oom ? umg_err_set(UMG_ENOMEM, "image record") : 0;
 }
@@ -115,6 +148,59 @@ void db_image_free(db_image *img)
     memset(img, 0, sizeof *img);
 }
 
+/* What check_capture accepts; NULL when c is valid, else what is wrong. */
+static const char *capture_problem(const db_capture *c)
+{
+    if (c->has_taken && (c->taken < DB_MIN_TAKEN || c->taken > DB_MAX_TAKEN))
+        return "capture time out of range";
+    if (c->has_taken && c->has_offset &&
+        (c->offset_minutes < -DB_MAX_OFFSET_MINUTES || c->offset_minutes > DB_MAX_OFFSET_MINUTES))
+        return "capture time offset out of range";
+    size_t cl = strnlen(c->camera, sizeof c->camera);
+    if (cl > DB_MAX_CAMERA || !db_text_ok(c->camera, cl))
+        return "camera name too long or not UTF-8";
+    if (c->has_gps && !(c->lat >= -90 && c->lat <= 90 && c->lon >= -180 && c->lon <= 180))
+        return "GPS position out of range";
+    return NULL;
+}
+
+/* The capture fields of a version 2 record (after the tags). */
+static const char *decode_capture(rbuf *b, db_capture *c)
+{
+    unsigned char flags = 0, cl = 0;
+    rb_get(b, &flags, 1);
+    if (!flags || (flags & ~(CAP_TAKEN | CAP_OFFSET | CAP_CAMERA | CAP_GPS)) ||
+        ((flags & CAP_OFFSET) && !(flags & CAP_TAKEN)))
+        return "capture flags invalid";
+    if (flags & CAP_TAKEN) {
+        c->has_taken = 1;
+        c->taken = (int64_t)rb_u64(b);
+    }
+    if (flags & CAP_OFFSET) {
+        int16_t off = 0;
+        rb_get(b, &off, 2);
+        c->has_offset = 1;
+        c->offset_minutes = off;
+    }
+    if (flags & CAP_CAMERA) {
+        rb_get(b, &cl, 1);
+        if (!cl || cl > DB_MAX_CAMERA)
+            return "camera name length out of range";
+        rb_get(b, c->camera, cl);
+        c->camera[cl] = 0;
+        if (strlen(c->camera) != cl)
+            return "camera name holds a NUL";
+    }
+    if (flags & CAP_GPS) {
+        c->has_gps = 1;
+        rb_get(b, &c->lat, 8);
+        rb_get(b, &c->lon, 8);
+    }
+    if (b->bad)
+        return "shorter than its lengths say";
+    return capture_problem(c);
+}
+
 /* Decode an image record, checking everything db_put_images guarantees
  * (lengths within the record and the limits, UTF-8 text, no bytes left
  * over): a damaged record is UMG_EINTERNAL (db_damaged()), never garbage out. */
@@ -137,7 +223,7 @@ static int decode_image_rec(db_t *db, uint64_t id, const MDB_val *v, db_image *o
     uint32_t nt = rb_u32(&b);
     if (b.bad == 2)
         goto oom;
-    if (version != IMG_REC_VERSION)
+    if (version != IMG_REC_VERSION && version != IMG_REC_VERSION_CAPTURE)
         bad = "unknown record version";
     else if (b.bad)
         bad = "shorter than its lengths say";
@@ -162,6 +248,8 @@ static int decode_image_rec(db_t *db, uint64_t id, const MDB_val *v, db_image *o
                 bad = "tag too long or not UTF-8";
         }
     }
+    if (!bad && version == IMG_REC_VERSION_CAPTURE)
+        bad = decode_capture(&b, &out->capture);
     if (!bad && b.off != b.n)
         bad = "bytes after its last field";
     if (bad) {
@@ -443,6 +531,9 @@ static int check_input(const db_t *db, const db_image_in *in)
             if (!isfinite(r->box[j]))
                 return umg_err_set(UMG_EINVAL, "%s: region %d box is not finite", in->path, i);
     }
+    const char *cap = in->capture ? capture_problem(in->capture) : NULL;
+    if (cap)
+        return umg_err_set(UMG_EINVAL, "%s: %s", in->path, cap);
     if (in->n_extras < 0 || (in->n_extras && !in->extras))
         return umg_err_set(UMG_EINVAL, "%s: bad extra count", in->path);
     for (int i = 0; i < in->n_extras; i++) {
@@ -681,6 +772,40 @@ int db_list_images(db_t *db, uint64_t after, uint64_t *ids, int max, int *n)
     db_rtxn_end(db, txn);
     *n = cnt;
     return db_translate(rc, "listing images");
+}
+
+int db_scan_images(db_t *db, db_image_fn fn, void *ud)
+{
+    MDB_txn *txn;
+    int rc = db_rtxn_begin(db, &txn);
+    if (rc)
+        return rc;
+    MDB_cursor *cur;
+    if (!(rc = mdb_cursor_open(txn, db->dbi[D_IMAGES], &cur))) {
+        MDB_val k, v;
+        for (rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST); rc == 0; rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
+            db_image img;
+            int r = k.mv_size == 8 ? decode_image_rec(db, db_rd_be64(k.mv_data), &v, &img)
+                                   : db_damaged(db, "images: key of %zu bytes", k.mv_size);
+            if (r == UMG_EINTERNAL)
+                continue; /* damaged: logged, left out as lookups leave it out */
+            if (r) {
+                rc = r;
+                break;
+            }
+            r = fn(ud, &img);
+            db_image_free(&img);
+            if (r) {
+                rc = r;
+                break;
+            }
+        }
+        mdb_cursor_close(cur);
+        if (rc == MDB_NOTFOUND)
+            rc = 0;
+    }
+    db_rtxn_end(db, txn);
+    return rc > 0 ? rc : db_translate(rc, "scanning images");
 }
 
 int db_list_regions(db_t *db, uint64_t image_id, db_region **out, int *n)

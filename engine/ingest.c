@@ -12,6 +12,7 @@
 
 #include <openssl/evp.h>
 
+#include "capture.h"
 #include "enc_image.h"
 #include "umg_error.h"
 
@@ -24,8 +25,7 @@ struct eng_ingest {
     size_t len;
     uint8_t *owned;           /* data, when the engine was given it to free */
     int bytes_private;        /* eng_ingest_req.bytes_private */
-    char capture[256];        /* ENG_CAPTURE_EXTRA's bytes, capture_len of them (0: nothing known) */
-    size_t capture_len;
+    db_capture capture;       /* from the photo's EXIF, stored in its record */
     int width, height;
     float *pixels;            /* [3, S, S], ENC_FIT_PAD */
     enc_preproc_geom geom;
@@ -225,7 +225,7 @@ static int ingest_pixels(eng *e, eng_ingest *ing)
                                rc == UMG_EUNSUPPORTED ? "not a supported image" : "not a decodable image");
         return rc;
     }
-    ing->capture_len = enc_image_meta_serialize(&meta, ing->capture, sizeof ing->capture);
+    eng_capture_from_meta(&meta, &ing->capture);
     double t1 = thread_cpu_ms(), t2 = t1;
     ing->res.cpu_ms_decode = t1 - t0;
     free(ing->owned); /* the pixels are all we need now */
@@ -306,7 +306,7 @@ static scratch_layout layout(const eng *e)
     PLACE(f16, B * GG * D * sizeof(uint16_t));
     PLACE(ins, B * sizeof(db_image_in));
     PLACE(rins, B * R * sizeof(db_region_in));
-    PLACE(extras, 2 * B * sizeof(db_extra_in)); /* patch tokens, capture metadata */
+    PLACE(extras, B * sizeof(db_extra_in));
     PLACE(ids, B * sizeof(uint64_t));
     PLACE(rids, B * R * sizeof(uint64_t));
 #undef PLACE
@@ -416,20 +416,13 @@ void eng_ingest_store_batch(eng *e, eng_ingest **ings, int n)
         if (!e->cfg.no_patches) {
             uint16_t *h = f16 + (size_t)i * GG * D;
             eng_patch_tokens_encode(e, pt, h);
-            extras[2 * i].name = ENG_PATCH_TOKENS_EXTRA;
-            extras[2 * i].data = h;
-            extras[2 * i].len = GG * D * sizeof(uint16_t);
-            in->extras = &extras[2 * i];
+            extras[i].name = ENG_PATCH_TOKENS_EXTRA;
+            extras[i].data = h;
+            extras[i].len = GG * D * sizeof(uint16_t);
+            in->extras = &extras[i];
             in->n_extras = 1;
         }
-        if (ing->capture_len) {
-            db_extra_in *x = &extras[2 * i + in->n_extras];
-            x->name = ENG_CAPTURE_EXTRA;
-            x->data = ing->capture;
-            x->len = ing->capture_len;
-            in->extras = &extras[2 * i];
-            in->n_extras++;
-        }
+        in->capture = &ing->capture;
     }
 
     /* store: rounds of photos with distinct paths (a path twice in one batch

@@ -30,9 +30,6 @@ typedef struct eng_str {
     size_t len;
 } eng_str;
 
-#define ENG_CAPTURE_EXTRA "capture" /* the db extra holding a photo's EXIF capture metadata
-                                       (enc_image_meta_serialize), absent when nothing is known */
-
 typedef struct eng_ingest_req {
     const char *path;       /* the name stored (the key of "same path"); NUL-terminated */
     const uint8_t *data;    /* the encoded photo (JPEG or PNG) */

@@ -18,7 +18,11 @@
 
 /* ---- filters and boxes ---------------------------------------------------- */
 
-static int filters_any(const eng_filters *f) { return f->path_prefix.ptr || f->n_tags > 0; }
+static int filters_any(const eng_filters *f)
+{
+    return f->path_prefix.ptr || f->n_tags > 0 || f->has_taken_after || f->has_taken_before || f->camera.ptr ||
+           f->has_near;
+}
 
 static int passes(const eng_filters *f, const db_image *img)
 {
@@ -31,13 +35,27 @@ static int passes(const eng_filters *f, const db_image *img)
             found = strlen(img->tags[j]) == t->len && !memcmp(img->tags[j], t->ptr, t->len);
         if (!found) return 0;
     }
+    const db_capture *c = &img->capture;
+    if (f->has_taken_after && !eng_taken_passes(c, &f->taken_after, 1)) return 0;
+    if (f->has_taken_before && !eng_taken_passes(c, &f->taken_before, 0)) return 0;
+    if (f->camera.ptr && !eng_camera_matches(c->camera, f->camera.ptr, f->camera.len)) return 0;
+    if (f->has_near && (!c->has_gps || eng_km_between(f->near_lat, f->near_lon, c->lat, c->lon) > f->near_km))
+        return 0;
     return 1;
 }
 
-static float box_iou(const float a[4], const float b[4])
+/* Whether box b of a photo goes when box a of the same photo, scoring at
+ * least as well, is kept: they overlap (IoU) or one mostly contains the
+ * other (search.h). */
+static int box_suppressed(const float a[4], const float b[4])
 {
     enc_box x = {a[0], a[1], a[2], a[3], 0, 0}, y = {b[0], b[1], b[2], b[3], 0, 0};
-    return enc_box_iou(&x, &y);
+    if (enc_box_iou(&x, &y) > ENG_REGION_NMS_IOU) return 1;
+    double ix = fmin(a[0] + a[2], b[0] + b[2]) - fmax(a[0], b[0]);
+    double iy = fmin(a[1] + a[3], b[1] + b[3]) - fmax(a[1], b[1]);
+    if (ix <= 0 || iy <= 0) return 0;
+    double smaller = fmin((double)a[2] * a[3], (double)b[2] * b[3]);
+    return smaller > 0 && ix * iy / smaller > ENG_REGION_CONTAIN;
 }
 
 /* ---- heatmaps ------------------------------------------------------------- */
@@ -54,7 +72,7 @@ static void heat_of(const eng *e, const float *tok, const float *q, float *heat)
     }
 }
 
-static void heatmap(eng *e, eng_hit *h, const float *q, const db_image *img)
+static void heatmap(eng *e, eng_hit *h, const float *q)
 {
     int rc;
     float *tok = eng_patch_tokens_load(e, h->image_id, &rc);
@@ -63,7 +81,7 @@ static void heatmap(eng *e, eng_hit *h, const float *q, const db_image *img)
     if (h->heat) heat_of(e, tok, q, h->heat);
     free(tok);
     enc_preproc_geom g;
-    enc_preproc_geometry(&e->pad, (int)img->width, (int)img->height, &g);
+    enc_preproc_geometry(&e->pad, (int)h->width, (int)h->height, &g);
     /* where the whole grid lies in original pixels (beyond the photo where padded) */
     h->extent[0] = -(float)g.off_x / g.scale_x;
     h->extent[1] = -(float)g.off_y / g.scale_y;
@@ -107,8 +125,8 @@ static int by_refined(const void *a, const void *b)
 /* Re-rank one photo's stored boxes with the query's heatmap over its patch
  * tokens: refined = cosine + REFINE_WEIGHT * (the photo's cosine range) *
  * soft IoU(box cover, heat mask).  Fills out[] (by refined score, boxes
- * overlapping a better one at IoU > ENG_REGION_NMS_IOU dropped, and those
- * under min_score) and *n.  *n = -1: the photo has no patch tokens; left as it is. */
+ * a better one suppresses dropped (box_suppressed), and those under
+ * min_score) and *n.  *n = -1: the photo has no patch tokens; left as it is. */
 static int refine_photo(eng *e, const float *q, const eng_hit *h, const eng_filters *f, refined_box **out, int *n)
 {
     *out = NULL;
@@ -165,7 +183,7 @@ static int refine_photo(eng *e, const float *q, const eng_hit *h, const eng_filt
     for (int i = 0; i < nr; i++) {
         if (f->has_min_score && rb[i].score < f->min_score) continue;
         int overlap = 0;
-        for (int j = 0; j < kept && !overlap; j++) overlap = box_iou(rb[j].box, rb[i].box) > ENG_REGION_NMS_IOU;
+        for (int j = 0; j < kept && !overlap; j++) overlap = box_suppressed(rb[j].box, rb[i].box);
         if (!overlap) rb[kept++] = rb[i];
     }
     *out = rb;
@@ -239,64 +257,219 @@ void eng_hits_free(eng_hits *h)
     memset(h, 0, sizeof *h);
 }
 
-int eng_search(eng *e, const eng_search_req *req, eng_hits *out)
-{
-    memset(out, 0, sizeof *out);
-    int gran = req->granularity;
-    if (req->k < 1 || gran < ENG_GRAN_IMAGE || gran > ENG_GRAN_PIXEL)
-        return umg_err_set(UMG_EINVAL, "search: k %d, granularity %d", req->k, gran);
-    if (req->refine && gran != ENG_GRAN_REGION)
-        return umg_err_set(UMG_EINVAL, "search: refine re-ranks region boxes: it needs the region granularity");
-    uint64_t k = (uint64_t)req->k, exclude = req->exclude_image;
-    const eng_filters *f = &req->filters;
-    float *q = malloc((size_t)e->dim * sizeof(float));
-    if (!q) return umg_err_set(UMG_ENOMEM, "out of memory");
-    memcpy(q, req->query, (size_t)e->dim * sizeof(float));
-    enc_l2_normalize(q, e->dim);
+/* The photos that pass a filter, for a search within them: their ids and
+ * how many vectors they hold; the scan stops once there are more than
+ * ENG_SCAN_MAX (the index is then the faster way). */
+typedef struct matching {
+    const eng_filters *f;
+    uint64_t exclude;
+    int regions;             /* count region vectors, not photos */
+    uint64_t *ids;
+    size_t n, cap;
+    uint64_t vectors;
+} matching;
 
-    int kind = gran == ENG_GRAN_REGION ? DB_KIND_REGION : DB_KIND_IMAGE;
-    /* over-fetch: filters and per-image suppression drop candidates */
-    uint64_t fetch = k * (gran == ENG_GRAN_REGION ? 4 : 1) * (filters_any(f) ? 8 : 1) + (exclude ? 1 : 0);
-    if (fetch > ENG_MAX_FETCH) fetch = ENG_MAX_FETCH;
-    db_hit *cand = malloc(fetch * sizeof *cand);
-    eng_hit *hits = calloc(k, sizeof *hits);
-    int nc = 0, nh = 0, rc = 0;
-    if (!cand || !hits) rc = umg_err_set(UMG_ENOMEM, "out of memory");
-    if (!rc) rc = db_search(e->db, kind, q, NULL, cand, (int)fetch, &nc);
-    for (int i = 0; !rc && i < nc && (uint64_t)nh < k; i++) {
+static int match_photo(void *ud, const db_image *img)
+{
+    matching *m = ud;
+    if (img->id == m->exclude || !passes(m->f, img)) return 0;
+    m->vectors += m->regions ? (uint64_t)img->n_regions : 1;
+    if (m->vectors > ENG_SCAN_MAX) return 1; /* too many: stop */
+    if (m->n == m->cap) {
+        size_t cap = m->cap ? 2 * m->cap : 64;
+        uint64_t *p = realloc(m->ids, cap * sizeof *p);
+        if (!p) return umg_err_set(UMG_ENOMEM, "out of memory");
+        m->ids = p, m->cap = cap;
+    }
+    m->ids[m->n++] = img->id;
+    return 0;
+}
+
+/* Each photo's hits so far, for the per-photo rules of region hits: an
+ * open-addressing table image id -> its latest hit, hits chained by
+ * prev_same (so a candidate is compared with its own photo's boxes only). */
+typedef struct photo_table {
+    uint64_t *key;
+    int *last;               /* hit index of the photo's latest hit */
+    int *prev_same;          /* per hit: the same photo's previous hit, -1 none */
+    size_t mask;
+} photo_table;
+
+static int photos_init(photo_table *t, int need)
+{
+    size_t cap = 64;
+    while (cap < 2 * (size_t)need) cap *= 2;
+    t->key = calloc(cap, sizeof *t->key);
+    t->last = malloc(cap * sizeof *t->last);
+    t->prev_same = malloc((size_t)need * sizeof *t->prev_same);
+    t->mask = cap - 1;
+    return t->key && t->last && t->prev_same ? 0 : umg_err_set(UMG_ENOMEM, "out of memory");
+}
+
+static void photos_free(photo_table *t)
+{
+    free(t->key);
+    free(t->last);
+    free(t->prev_same);
+}
+
+static void photos_clear(photo_table *t) { memset(t->key, 0, (t->mask + 1) * sizeof *t->key); }
+
+/* The slot of image id (ids are >= 1; key 0 marks an empty slot). */
+static size_t photos_slot(const photo_table *t, uint64_t id)
+{
+    size_t i = (size_t)(id * 0x9E3779B97F4A7C15ull >> 20) & t->mask;
+    while (t->key[i] && t->key[i] != id) i = (i + 1) & t->mask;
+    return i;
+}
+
+static void hits_clear(eng_hit *hits, int *nh)
+{
+    for (int i = 0; i < *nh; i++) {
+        free(hits[i].path);
+        free(hits[i].heat);
+    }
+    memset(hits, 0, (size_t)*nh * sizeof *hits);
+    *nh = 0;
+}
+
+/* Walk candidates (best first) into hits until need of them: min_score,
+ * the excluded photo, the filters and, for region hits, the per-photo rules
+ * (at most per_photo boxes of a photo; none a better box suppresses).
+ * *last_score: the score of the candidate that made the last hit. */
+static int take(eng *e, const eng_search_req *req, int per_photo, const db_hit *cand, int nc, photo_table *pt,
+                eng_hit *hits, int *nh, int need, float *last_score)
+{
+    const eng_filters *f = &req->filters;
+    int region = req->granularity == ENG_GRAN_REGION;
+    for (int i = 0; i < nc && *nh < need; i++) {
         if (f->has_min_score && cand[i].score < f->min_score) break; /* sorted by score */
         eng_hit h = {.score = cand[i].score};
-        if (gran == ENG_GRAN_REGION) {
+        size_t slot = 0;
+        if (region) {
             db_region r;
             if (db_get_region(e->db, cand[i].id, &r)) continue; /* deleted meanwhile */
             h.region_id = r.id;
             h.image_id = r.image_id;
             memcpy(h.box, r.box, sizeof h.box);
             h.has_box = 1;
-            int overlap = 0;
-            for (int j = 0; j < nh && !overlap; j++)
-                overlap = hits[j].image_id == h.image_id && box_iou(hits[j].box, h.box) > ENG_REGION_NMS_IOU;
-            if (overlap) continue;
+            slot = photos_slot(pt, h.image_id);
+            int n_same = 0, drop = 0;
+            if (pt->key[slot])
+                for (int j = pt->last[slot]; j >= 0 && !drop; j = pt->prev_same[j], n_same++)
+                    drop = box_suppressed(hits[j].box, h.box);
+            if (drop || n_same >= per_photo) continue;
         } else {
             h.image_id = cand[i].id;
         }
-        if (h.image_id == exclude) continue;
+        if (h.image_id == req->exclude_image) continue;
         db_image img;
         if (db_get_image(e->db, h.image_id, &img)) continue;
         if (passes(f, &img)) {
             h.path = strdup(img.path);
             h.width = img.width;
             h.height = img.height;
-            if (gran == ENG_GRAN_PIXEL) heatmap(e, &h, q, &img);
-            hits[nh++] = h;
+            h.capture = img.capture;
+            if (!h.path) {
+                db_image_free(&img);
+                return umg_err_set(UMG_ENOMEM, "out of memory");
+            }
+            if (region) {
+                pt->prev_same[*nh] = pt->key[slot] ? pt->last[slot] : -1;
+                pt->key[slot] = h.image_id;
+                pt->last[slot] = *nh;
+            }
+            hits[(*nh)++] = h;
+            *last_score = cand[i].score;
         }
         db_image_free(&img);
     }
+    return 0;
+}
+
+int eng_search(eng *e, const eng_search_req *req, eng_hits *out)
+{
+    memset(out, 0, sizeof *out);
+    int gran = req->granularity;
+    if (req->k < 1 || req->k > ENG_MAX_FETCH || gran < ENG_GRAN_IMAGE || gran > ENG_GRAN_PIXEL)
+        return umg_err_set(UMG_EINVAL, "search: k %d, granularity %d", req->k, gran);
+    if (req->offset < 0 || req->offset > ENG_MAX_OFFSET || req->per_photo < 0)
+        return umg_err_set(UMG_EINVAL, "search: offset %d (0..%d), per_photo %d", req->offset, ENG_MAX_OFFSET,
+                           req->per_photo);
+    if (req->refine && gran != ENG_GRAN_REGION)
+        return umg_err_set(UMG_EINVAL, "search: refine re-ranks region boxes: it needs the region granularity");
+    int need = req->offset + req->k, per_photo = req->per_photo ? req->per_photo : ENG_PER_PHOTO_DEFAULT;
+    const eng_filters *f = &req->filters;
+    int kind = gran == ENG_GRAN_REGION ? DB_KIND_REGION : DB_KIND_IMAGE;
+    float *q = malloc((size_t)e->dim * sizeof(float));
+    eng_hit *hits = calloc((size_t)need, sizeof *hits);
+    photo_table pt = {0};
+    db_hit *cand = NULL;
+    matching m = {.f = f, .exclude = req->exclude_image, .regions = kind == DB_KIND_REGION};
+    int nc = 0, nh = 0, rc = q && hits ? 0 : umg_err_set(UMG_ENOMEM, "out of memory");
+    float last = 0;
+    if (!rc) rc = photos_init(&pt, need);
+    if (rc) goto done;
+    memcpy(q, req->query, (size_t)e->dim * sizeof(float));
+    enc_l2_normalize(q, e->dim);
+
+    /* A filter that few photos pass: score them all, exactly. */
+    if (filters_any(f)) {
+        rc = db_scan_images(e->db, match_photo, &m);
+        if (rc < 0) goto done;
+        if (rc == 0) {
+            int all = m.vectors ? (int)m.vectors : 1;
+            if (!(cand = malloc((size_t)all * sizeof *cand))) {
+                rc = umg_err_set(UMG_ENOMEM, "out of memory");
+                goto done;
+            }
+            if (m.n) rc = db_search_within(e->db, kind, q, m.ids, m.n, cand, all, &nc);
+            if (!rc) rc = take(e, req, per_photo, cand, nc, &pt, hits, &nh, need, &last);
+            goto refine;
+        }
+        rc = 0; /* many pass: the index, over-fetching */
+    }
+    /* Over-fetch from the index, doubling until need hits remain after the
+     * filters and the per-photo rules, or the index has no more.  Also while
+     * the candidates end level with the last hit: FAISS cuts a run of equal
+     * scores (copies of a photo) anywhere, db_search orders a whole run by id,
+     * so the pages of one query agree only when the run is whole. */
+    uint64_t fetch = (uint64_t)need * (gran == ENG_GRAN_REGION ? 4 : 1) * (filters_any(f) ? 8 : 1) +
+                     (req->exclude_image ? 1 : 0);
+    if (fetch > ENG_MAX_FETCH) fetch = ENG_MAX_FETCH;
+    for (;;) {
+        db_hit *more = realloc(cand, fetch * sizeof *cand);
+        if (!more) {
+            rc = umg_err_set(UMG_ENOMEM, "out of memory");
+            break;
+        }
+        cand = more;
+        if ((rc = db_search(e->db, kind, q, NULL, cand, (int)fetch, &nc))) break;
+        hits_clear(hits, &nh);
+        photos_clear(&pt);
+        if ((rc = take(e, req, per_photo, cand, nc, &pt, hits, &nh, need, &last))) break;
+        if ((uint64_t)nc < fetch || fetch >= ENG_MAX_FETCH) break;
+        if (nh >= need && cand[nc - 1].score < last) break;
+        fetch = fetch * 2 > ENG_MAX_FETCH ? ENG_MAX_FETCH : fetch * 2;
+    }
+refine:
     if (!rc && req->refine) rc = refine_hits(e, q, hits, &nh, f);
+    if (!rc) {
+        /* the page: hits[offset..] */
+        int skip = req->offset < nh ? req->offset : nh;
+        for (int i = 0; i < skip; i++) free(hits[i].path);
+        memmove(hits, hits + skip, (size_t)(nh - skip) * sizeof *hits);
+        nh -= skip;
+        if (gran == ENG_GRAN_PIXEL)
+            for (int i = 0; i < nh; i++) heatmap(e, &hits[i], q);
+    }
+done:
     out->hits = hits;
     out->n = nh;
     out->grid = e->grid;
     if (rc) eng_hits_free(out);
+    photos_free(&pt);
+    free(m.ids);
     free(cand);
     free(q);
     return rc;

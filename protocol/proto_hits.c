@@ -25,7 +25,8 @@ void proto_hits_pack(msgpack_packer *pk, const proto_hit *hits, int n, int grid)
     msgpack_pack_array(pk, (size_t)n);
     for (int i = 0; i < n; i++) {
         const proto_hit *h = &hits[i];
-        msgpack_pack_map(pk, 5 + (h->has_box ? 2 : 0) + (h->heat ? 1 : 0) + (h->has_refined ? 1 : 0));
+        msgpack_pack_map(pk, 5 + (h->has_box ? 2 : 0) + (h->heat ? 1 : 0) + (h->has_refined ? 1 : 0) +
+                                 (h->taken_at != NULL) + (h->camera != NULL) + (h->has_gps != 0));
         proto_pack_cstr(pk, "image_id"), msgpack_pack_uint64(pk, h->image_id);
         proto_pack_cstr(pk, "path"), proto_pack_cstr(pk, h->path ? h->path : "");
         proto_pack_cstr(pk, "score"), msgpack_pack_float(pk, h->score);
@@ -46,6 +47,12 @@ void proto_hits_pack(msgpack_packer *pk, const proto_hit *hits, int n, int grid)
         }
         proto_pack_cstr(pk, "width"), msgpack_pack_uint32(pk, h->width);
         proto_pack_cstr(pk, "height"), msgpack_pack_uint32(pk, h->height);
+        if (h->taken_at) proto_pack_cstr(pk, "taken_at"), proto_pack_cstr(pk, h->taken_at);
+        if (h->camera) proto_pack_cstr(pk, "camera"), proto_pack_cstr(pk, h->camera);
+        if (h->has_gps) {
+            proto_pack_cstr(pk, "gps"), msgpack_pack_array(pk, 2);
+            msgpack_pack_double(pk, h->gps[0]), msgpack_pack_double(pk, h->gps[1]);
+        }
     }
 }
 
@@ -56,6 +63,22 @@ void proto_hits_free(proto_hits *h)
     free(h->strings);
     free(h->heat);
     memset(h, 0, sizeof *h);
+}
+
+static const char *const hit_strings[] = {"path", "taken_at", "camera"};
+
+/* The hit's string key (NULL when absent, or "" for a missing path) copied to
+ * *sp, which moves past it. */
+static const char *copy_str(const msgpack_object *o, const char *key, char **sp)
+{
+    const char *p = "";
+    size_t pl = 0;
+    if (!proto_obj_str(proto_map_get(o, key), &p, &pl) && strcmp(key, "path")) return NULL;
+    memcpy(*sp, p, pl);
+    (*sp)[pl] = 0;
+    const char *s = *sp;
+    *sp += pl + 1;
+    return s;
 }
 
 static int box_of(const msgpack_object *o, float b[4])
@@ -79,10 +102,12 @@ int proto_hits_decode(const msgpack_object *result, proto_hits *out)
     for (uint32_t i = 0; i < n; i++) {
         const msgpack_object *o = &hits->via.array.ptr[i];
         if (o->type != MSGPACK_OBJECT_MAP) return umg_err_set(UMG_EPROTO, "hit %u is not a map", i);
-        const char *p;
-        size_t pl = 0;
-        proto_obj_str(proto_map_get(o, "path"), &p, &pl);
-        str_bytes += pl + 1;
+        for (size_t k = 0; k < sizeof hit_strings / sizeof *hit_strings; k++) {
+            const char *p;
+            size_t pl = 0;
+            proto_obj_str(proto_map_get(o, hit_strings[k]), &p, &pl);
+            str_bytes += pl + 1;
+        }
         const msgpack_object *hm = proto_map_get(o, "heatmap");
         if (hm) {
             uint64_t g;
@@ -107,13 +132,13 @@ int proto_hits_decode(const msgpack_object *result, proto_hits *out)
     for (uint32_t i = 0; i < n; i++) {
         const msgpack_object *o = &hits->via.array.ptr[i];
         proto_hit *h = &out->hits[i];
-        const char *p = "";
-        size_t pl = 0;
-        proto_obj_str(proto_map_get(o, "path"), &p, &pl);
-        memcpy(sp, p, pl);
-        sp[pl] = 0;
-        h->path = sp;
-        sp += pl + 1;
+        h->path = copy_str(o, "path", &sp);
+        h->taken_at = copy_str(o, "taken_at", &sp);
+        h->camera = copy_str(o, "camera", &sp);
+        const msgpack_object *gps = proto_map_get(o, "gps");
+        h->has_gps = gps && gps->type == MSGPACK_OBJECT_ARRAY && gps->via.array.size == 2 &&
+                     proto_obj_float(&gps->via.array.ptr[0], &h->gps[0]) &&
+                     proto_obj_float(&gps->via.array.ptr[1], &h->gps[1]);
         double d;
         uint64_t u;
         proto_obj_uint(proto_map_get(o, "image_id"), &h->image_id);

@@ -5,8 +5,10 @@
  *              "width": uint, "height": uint,          the photo's size in pixels
  *              "box": [x, y, w, h], "region_id": uint,  region granularity
  *              "refined": float,                        refine "pixel"
- *              "heatmap": {"grid": G, "extent": [x, y, w, h], "values": [G*G floats]}}]}
+ *              "heatmap": {"grid": G, "extent": [x, y, w, h], "values": [G*G floats]},
  *                                                       pixel granularity
+ *              "taken_at": str, "camera": str, "gps": [lat, lon]}]}
+ *                                                       capture metadata, each when known
  * Boxes are packed with whole pixels as integers (proto_pack_box). */
 #ifndef PROTO_HITS_H
 #define PROTO_HITS_H
@@ -28,6 +30,11 @@ typedef struct proto_hit {
     float refined;
     const float *heat;      /* grid*grid values, row-major, or NULL */
     float extent[4];        /* where the grid lies in the photo's pixels */
+    const char *taken_at;   /* ISO 8601 ("2019-07-14T12:00:00", "+02:00" when the offset is
+                               known), NUL-terminated; NULL: unknown */
+    const char *camera;     /* NULL: unknown */
+    int has_gps;
+    double gps[2];          /* lat, lon */
 } proto_hit;
 
 /* Pack box [x, y, w, h]: whole numbers as integers (easier to read and compare). */
@@ -41,7 +48,7 @@ typedef struct proto_hits {
     proto_hit *hits;
     int n;
     int grid;               /* of the heatmaps, 0 if none */
-    char *strings;          /* the paths */
+    char *strings;          /* the paths, capture times and cameras */
     float *heat;            /* the heatmaps' values */
 } proto_hits;
 

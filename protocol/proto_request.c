@@ -23,20 +23,36 @@ static const char *const refinements[] = {"none", "pixel", NULL};
 #define AT(T, f) .offset = offsetof(T, f)
 #define HAS(T, f) .has = offsetof(T, f) + 1
 
+#define ARGS(a) a, sizeof a / sizeof a[0]
+static const proto_arg_spec near_fields[] = {
+    {.key = "lat", .type = PROTO_T_FLOAT, .flags = PROTO_ARG_REQUIRED, .fmin = -90, .fmax = 90, AT(proto_near, lat)},
+    {.key = "lon", .type = PROTO_T_FLOAT, .flags = PROTO_ARG_REQUIRED, .fmin = -180, .fmax = 180, AT(proto_near, lon)},
+    {.key = "km", .type = PROTO_T_FLOAT, .flags = PROTO_ARG_REQUIRED, .fmin = 0, .fmax = 20040, AT(proto_near, km)},
+};
 static const proto_arg_spec filter_fields[] = {
     {.key = "path_prefix", .type = PROTO_T_STR, .max_len = STR_MAX_PATH, AT(proto_filters, path_prefix)},
     {.key = "tags", .type = PROTO_T_STR_ARRAY, .flags = PROTO_ARG_NONEMPTY,
      .max_len = TAG_MAX_LEN, .max_items = TAGS_MAX, AT(proto_filters, tags)},
     {.key = "min_score", .type = PROTO_T_FLOAT, AT(proto_filters, min_score), HAS(proto_filters, has_min_score)},
+    /* capture metadata (docs/protocol.md): the dates' ISO 8601 form is checked by the server */
+    {.key = "taken_after", .type = PROTO_T_STR, .flags = PROTO_ARG_NONEMPTY, .max_len = 64,
+     AT(proto_filters, taken_after)},
+    {.key = "taken_before", .type = PROTO_T_STR, .flags = PROTO_ARG_NONEMPTY, .max_len = 64,
+     AT(proto_filters, taken_before)},
+    {.key = "camera", .type = PROTO_T_STR, .flags = PROTO_ARG_NONEMPTY, .max_len = 127, AT(proto_filters, camera)},
+    {.key = "near", .type = PROTO_T_MAP, .fields = ARGS(near_fields), AT(proto_filters, near),
+     HAS(proto_filters, has_near)},
 };
 
-#define ARGS(a) a, sizeof a / sizeof a[0]
 #define ARG_TAGS(T) {.key = "tags", .type = PROTO_T_STR_ARRAY, .flags = PROTO_ARG_NONEMPTY, \
                      .max_len = TAG_MAX_LEN, .max_items = TAGS_MAX, AT(T, tags)}
 #define ARG_GRANULARITY(T) {.key = "granularity", .type = PROTO_T_STR, .choices = granularities, AT(T, granularity)}
 #define ARG_K(T) {.key = "k", .type = PROTO_T_UINT, .imin = 1, .imax = PROTO_MAX_K, AT(T, k), .udefault = PROTO_DEFAULT_K}
 #define ARG_FILTERS(T) {.key = "filters", .type = PROTO_T_MAP, .fields = ARGS(filter_fields), AT(T, filters), \
                         HAS(T, has_filters)}
+#define ARG_OFFSET(T) {.key = "offset", .type = PROTO_T_UINT, .imin = 0, .imax = PROTO_MAX_OFFSET, AT(T, offset)}
+#define ARG_PER_PHOTO(T) {.key = "per_photo", .type = PROTO_T_UINT, .imin = 1, .imax = PROTO_MAX_PER_PHOTO, \
+                          AT(T, per_photo)}
 #define ARG_IMAGE_ID(T, alt_) {.key = "image_id", .type = PROTO_T_UINT, .flags = PROTO_ARG_REQUIRED, .alt = alt_, \
                                AT(T, image_id), HAS(T, has_image_id)}
 #define ARG_PATH(T, alt_) {.key = "path", .type = PROTO_T_STR, .flags = PROTO_ARG_REQUIRED | PROTO_ARG_NONEMPTY, \
@@ -62,6 +78,7 @@ static const proto_arg_spec query_args[] = {
      .max_len = STR_MAX_TEXT, AT(proto_query_args, text)},
     ARG_GRANULARITY(proto_query_args), ARG_K(proto_query_args), ARG_FILTERS(proto_query_args),
     {.key = "refine", .type = PROTO_T_STR, .choices = refinements, AT(proto_query_args, refine)},
+    ARG_OFFSET(proto_query_args), ARG_PER_PHOTO(proto_query_args),
 };
 static const proto_arg_spec query_image_args[] = {
     ARG_IMAGE_ID(proto_query_image_args, 1),
@@ -69,6 +86,7 @@ static const proto_arg_spec query_image_args[] = {
      AT(proto_query_image_args, data)},
     {.key = "box", .type = PROTO_T_BOX, AT(proto_query_image_args, box), HAS(proto_query_image_args, has_box)},
     ARG_GRANULARITY(proto_query_image_args), ARG_K(proto_query_image_args), ARG_FILTERS(proto_query_image_args),
+    ARG_OFFSET(proto_query_image_args), ARG_PER_PHOTO(proto_query_image_args),
 };
 static const proto_arg_spec by_id_or_path_args[] = {ARG_IMAGE_ID(proto_image_ref_args, 1),
                                                     ARG_PATH(proto_image_ref_args, 2)};

@@ -37,6 +37,8 @@
  * protocol layer only validates; docs/protocol.md documents these). */
 #define PROTO_DEFAULT_K 10
 #define PROTO_MAX_K 1000
+#define PROTO_MAX_OFFSET 10000      /* query "offset": hits skipped (pagination) */
+#define PROTO_MAX_PER_PHOTO 100000  /* query "per_photo": region hits of one photo (all of them) */
 #define PROTO_DEFAULT_GRANULARITY "image"
 /* ingest's optional "mtime" (with "data"): seconds since the epoch, 1 up to
  * the end of the year 9999; absent, the server records the ingest time. */
@@ -106,11 +108,16 @@ typedef struct proto_strs { const proto_str *v; uint32_t n; } proto_strs;
 enum proto_granularity { PROTO_GRAN_IMAGE = 0, PROTO_GRAN_REGION = 1, PROTO_GRAN_PIXEL = 2 }; /* choice index */
 enum proto_refine { PROTO_REFINE_NONE = 0, PROTO_REFINE_PIXEL = 1 };
 
+typedef struct proto_near { double lat, lon, km; } proto_near;
 typedef struct proto_filters {
     proto_str path_prefix;
     proto_strs tags;
     bool has_min_score;
     double min_score;
+    proto_str taken_after, taken_before; /* ISO 8601 text (parsed by the server) */
+    proto_str camera;
+    bool has_near;
+    proto_near near;
 } proto_filters;
 
 typedef struct proto_hello_args { proto_str token, client; } proto_hello_args;
@@ -129,6 +136,8 @@ typedef struct proto_query_args {
     bool has_filters;
     proto_filters filters;
     int refine;                   /* enum proto_refine */
+    uint64_t offset;              /* 0 when absent */
+    uint64_t per_photo;           /* 0 when absent: the engine's default */
 } proto_query_args;
 typedef struct proto_query_image_args {
     bool has_image_id;            /* alternative 1 */
@@ -140,6 +149,7 @@ typedef struct proto_query_image_args {
     uint64_t k;
     bool has_filters;
     proto_filters filters;
+    uint64_t offset, per_photo;   /* as in proto_query_args */
 } proto_query_image_args;
 typedef struct proto_image_ref_args { /* get, delete */
     bool has_image_id;

@@ -563,10 +563,23 @@ void srv_encode_batch(srv *s, srv_job **jobs, int n)
 
 /* ---- searches (threadpool) ------------------------------------------------- */
 
+/* A date filter's ISO 8601 string, when given. */
+static int time_filter(const proto_str *v, const char *key, int *has, eng_time *t)
+{
+    if (!v->ptr) return 0;
+    *has = 1;
+    int rc = eng_time_parse(v->ptr, v->len, t);
+    if (!rc) return 0;
+    char why[200];
+    snprintf(why, sizeof why, "%s", umg_err_msg());
+    return umg_err_set(rc, "'filters.%s': %s", key, why);
+}
+
 /* Search with q (dim floats, any norm) as the query or query_image request
- * asks (granularity, k, refine, filters), answer job with the hits. */
+ * asks (granularity, k, refine, offset, per_photo, filters), answer job with
+ * the hits. */
 static int search_answer(srv_job *job, const float *q, uint64_t exclude, int granularity, uint64_t k, int refine,
-                         const proto_filters *pf)
+                         uint64_t offset, uint64_t per_photo, const proto_filters *pf)
 {
     srv *s = job->s;
     /* the protocol's choice indexes are the engine's granularities */
@@ -578,14 +591,22 @@ static int search_answer(srv_job *job, const float *q, uint64_t exclude, int gra
                          .granularity = granularity,
                          .refine = granularity == ENG_GRAN_REGION && refine == PROTO_REFINE_PIXEL,
                          .exclude_image = exclude};
+    sr.offset = (int)offset;       /* both validated against the table's limits */
+    sr.per_photo = (int)per_photo;
     eng_filters *f = &sr.filters;
     if (pf->path_prefix.ptr) f->path_prefix = (eng_str){pf->path_prefix.ptr, pf->path_prefix.len};
     f->has_min_score = pf->has_min_score;
     f->min_score = pf->min_score;
-    eng_str *tags;
-    int rc = strs_to_eng(&pf->tags, &tags, &f->n_tags) ? umg_err_set(UMG_ENOMEM, "out of memory") : 0;
+    /* capture metadata (engine/capture.h; types and ranges checked by the command table) */
+    int rc = time_filter(&pf->taken_after, "taken_after", &f->has_taken_after, &f->taken_after);
+    if (!rc) rc = time_filter(&pf->taken_before, "taken_before", &f->has_taken_before, &f->taken_before);
+    if (pf->camera.ptr) f->camera = (eng_str){pf->camera.ptr, pf->camera.len};
+    if ((f->has_near = pf->has_near)) f->near_lat = pf->near.lat, f->near_lon = pf->near.lon, f->near_km = pf->near.km;
+    eng_str *tags = NULL;
+    if (!rc && strs_to_eng(&pf->tags, &tags, &f->n_tags)) rc = umg_err_set(UMG_ENOMEM, "out of memory");
     f->tags = tags;
     eng_hits hits = {0};
+    char (*taken)[32] = NULL;
     if (!rc) rc = eng_search(s->eng, &sr, &hits);
     free(tags);
     if (rc) return rc;
@@ -594,7 +615,10 @@ static int search_answer(srv_job *job, const float *q, uint64_t exclude, int gra
         rc = umg_err_set(UMG_ENOMEM, "out of memory");
     } else {
         proto_hit *ph = calloc(hits.n ? (size_t)hits.n : 1, sizeof *ph);
-        if (!ph) {
+        taken = calloc(hits.n ? (size_t)hits.n : 1, sizeof *taken);
+        if (!ph || !taken) {
+            free(ph);
+            free(taken);
             eng_hits_free(&hits);
             return umg_err_set(UMG_ENOMEM, "out of memory");
         }
@@ -605,9 +629,13 @@ static int search_answer(srv_job *job, const float *q, uint64_t exclude, int gra
                                 .has_refined = h->has_refined, .refined = h->refined, .heat = h->heat};
             memcpy(ph[i].box, h->box, sizeof ph[i].box);
             memcpy(ph[i].extent, h->extent, sizeof ph[i].extent);
+            if (eng_taken_format(&h->capture, taken[i], sizeof taken[i])) ph[i].taken_at = taken[i];
+            if (h->capture.camera[0]) ph[i].camera = h->capture.camera;
+            if ((ph[i].has_gps = h->capture.has_gps)) ph[i].gps[0] = h->capture.lat, ph[i].gps[1] = h->capture.lon;
         }
         proto_hits_pack(&w.pk, ph, hits.n, hits.grid);
         free(ph);
+        free(taken);
         job_response_end(job, &w);
     }
     eng_hits_free(&hits);
@@ -622,7 +650,7 @@ static void query_work(uv_work_t *w)
     const proto_query_args *a = &job->req->a.query;
     float *vec = malloc((size_t)s->dim * sizeof(float));
     int rc = vec ? eng_text_vector(s->eng, a->text.ptr, a->text.len, vec) : umg_err_set(UMG_ENOMEM, "out of memory");
-    if (!rc) rc = search_answer(job, vec, 0, a->granularity, a->k, a->refine, &a->filters);
+    if (!rc) rc = search_answer(job, vec, 0, a->granularity, a->k, a->refine, a->offset, a->per_photo, &a->filters);
     if (rc) srv_job_error(job, rc, umg_err_msg());
     free(vec);
 }
@@ -638,7 +666,8 @@ static void query_image_work(uv_work_t *w)
     float *vec = malloc((size_t)job->s->dim * sizeof(float));
     uint64_t exclude = 0;
     int rc = vec ? eng_image_vector(job->s->eng, &q, vec, &exclude) : umg_err_set(UMG_ENOMEM, "out of memory");
-    if (!rc) rc = search_answer(job, vec, exclude, a->granularity, a->k, PROTO_REFINE_NONE, &a->filters);
+    if (!rc) rc = search_answer(job, vec, exclude, a->granularity, a->k, PROTO_REFINE_NONE, a->offset, a->per_photo,
+                                   &a->filters);
     if (rc) srv_job_error(job, rc, umg_err_msg());
     free(vec);
 }
@@ -685,14 +714,11 @@ static void get_work(uv_work_t *w)
             msgpack_packer *pk = &wr.pk;
             char hex[65];
             for (int i = 0; i < 32; i++) snprintf(hex + 2 * i, 3, "%02x", img.sha256[i]);
-            /* capture metadata when the photo had any (absent fields: absent keys) */
-            enc_image_meta cap = {0};
-            void *cap_bytes = NULL;
-            size_t cap_len = 0;
-            if (db_get_extra(s->db, id, ENG_CAPTURE_EXTRA, &cap_bytes, &cap_len) == 0)
-                enc_image_meta_parse(cap_bytes, cap_len, &cap); /* damaged: nothing known */
-            free(cap_bytes);
-            msgpack_pack_map(pk, 10 + (size_t)cap.taken_at_known + (size_t)cap.camera_known + (size_t)cap.gps_known);
+            /* capture metadata as far as the photo's EXIF told it (absent fields: absent keys) */
+            const db_capture *cap = &img.capture;
+            char taken[32];
+            size_t has_taken = eng_taken_format(cap, taken, sizeof taken) > 0, has_camera = cap->camera[0] != 0;
+            msgpack_pack_map(pk, 10 + has_taken + has_camera + (size_t)(cap->has_gps != 0));
             pack_key(pk, "image_id"), msgpack_pack_uint64(pk, img.id);
             pack_key(pk, "path"), proto_pack_cstr(pk, img.path);
             pack_key(pk, "width"), msgpack_pack_uint32(pk, img.width);
@@ -704,11 +730,11 @@ static void get_work(uv_work_t *w)
             pack_key(pk, "tags");
             msgpack_pack_array(pk, (size_t)img.n_tags);
             for (int i = 0; i < img.n_tags; i++) proto_pack_cstr(pk, img.tags[i]);
-            if (cap.taken_at_known) pack_key(pk, "taken_at"), proto_pack_cstr(pk, cap.taken_at);
-            if (cap.camera_known) pack_key(pk, "camera"), proto_pack_cstr(pk, cap.camera);
-            if (cap.gps_known) {
+            if (has_taken) pack_key(pk, "taken_at"), proto_pack_cstr(pk, taken);
+            if (has_camera) pack_key(pk, "camera"), proto_pack_cstr(pk, cap->camera);
+            if (cap->has_gps) {
                 pack_key(pk, "gps"), msgpack_pack_array(pk, 2);
-                msgpack_pack_double(pk, cap.lat), msgpack_pack_double(pk, cap.lon);
+                msgpack_pack_double(pk, cap->lat), msgpack_pack_double(pk, cap->lon);
             }
             pack_key(pk, "regions");
             msgpack_pack_array(pk, (size_t)nreg);

@@ -1251,6 +1251,141 @@ static void test_file_modes(void **state)
     }
 }
 
+static int count_image(void *ud, const db_image *img)
+{
+    (void)img;
+    ++*(int *)ud;
+    return 0;
+}
+
+static int stop_at_second(void *ud, const db_image *img)
+{
+    (void)img;
+    return ++*(int *)ud == 2 ? 7 : 0;
+}
+
+/* Capture metadata in the image record (issue 17): without it a record is
+ * version 1, byte for byte the old layout; with it version 2, read back as
+ * written; a damaged capture (unknown flag, offset without time, empty
+ * camera, position out of range, cut short) is UMG_EINTERNAL, and
+ * db_scan_images leaves such a record out and goes on; out-of-range input is
+ * refused.  db_search_within scores a subset exactly as the exact index does. */
+static void test_capture_records(void **state)
+{
+    fixture *f = *state;
+    db_options o = opts_for(f);
+    db_t *db = open_ok(f, &o);
+    img_buf bufs[7];
+    uint64_t ids[7], rids[7][2];
+    db_capture full = {.has_taken = 1, .taken = 1563105600, .has_offset = 1, .offset_minutes = 120,
+                       .has_gps = 1, .lat = -33.8568, .lon = 151.2153};
+    snprintf(full.camera, sizeof full.camera, "FUJIFILM X-T3");
+    for (int i = 0; i < 7; i++) {
+        char p[32];
+        snprintf(p, sizeof p, "/cap/%d.jpg", i);
+        make_image(&bufs[i], p, 2);
+        if (i) bufs[i].in.capture = &full;
+        assert_int_equal(db_put_image(db, &bufs[i].in, &ids[i], rids[i]), 0);
+    }
+    db_image img;
+    assert_int_equal(db_get_image(db, ids[0], &img), 0);
+    assert_false(img.capture.has_taken || img.capture.has_gps || img.capture.camera[0]);
+    db_image_free(&img);
+    assert_int_equal(db_get_image(db, ids[1], &img), 0);
+    assert_memory_equal(&img.capture, &full, sizeof full);
+    db_image_free(&img);
+    db_capture bad = full;
+    bad.offset_minutes = 2000;
+    img_buf b;
+    make_image(&b, "/cap/bad.jpg", 0);
+    b.in.capture = &bad;
+    uint64_t bid;
+    assert_int_equal(db_put_image(db, &b.in, &bid, NULL), UMG_EINVAL);
+    bad = full, bad.taken = DB_MAX_TAKEN + 1;
+    assert_int_equal(db_put_image(db, &b.in, &bid, NULL), UMG_EINVAL);
+
+    /* search within: images 1, 3 and a gone id; regions of 2 and 4 */
+    float q[DIM];
+    rand_vec(q, DIM);
+    db_hit all[7], sub[4];
+    int na, ns;
+    assert_int_equal(db_search(db, DB_KIND_IMAGE, q, NULL, all, 7, &na), 0);
+    uint64_t want[2] = {ids[1], ids[3]}, pick[3] = {ids[3], 999999, ids[1]};
+    assert_int_equal(db_search_within(db, DB_KIND_IMAGE, q, pick, 3, sub, 4, &ns), 0);
+    assert_int_equal(ns, 2);
+    for (int i = 0, w = 0; i < na; i++)
+        if (all[i].id == want[0] || all[i].id == want[1]) {
+            assert_int_equal(sub[w].id, all[i].id);
+            assert_float_equal(sub[w].score, all[i].score, 1e-5);
+            w++;
+        }
+    uint64_t two[2] = {ids[2], ids[4]};
+    assert_int_equal(db_search_within(db, DB_KIND_REGION, q, two, 2, sub, 4, &ns), 0);
+    assert_int_equal(ns, 4);
+    for (int i = 0; i < ns; i++) {
+        assert_true(sub[i].id == rids[2][0] || sub[i].id == rids[2][1] || sub[i].id == rids[4][0] ||
+                    sub[i].id == rids[4][1]);
+        if (i) assert_true(sub[i - 1].score >= sub[i].score);
+        float v[DIM];
+        assert_int_equal(db_get_vector(db, DB_KIND_REGION, sub[i].id, v), 0);
+        double dot = 0, qq = 0;
+        for (int d = 0; d < DIM; d++) dot += (double)v[d] * q[d], qq += (double)q[d] * q[d];
+        assert_float_equal(sub[i].score, dot / sqrt(qq), 1e-5);
+    }
+    assert_int_equal(db_search_within(db, DB_KIND_REGION, q, two, 2, sub, 1, &ns), 0);
+    assert_int_equal(ns, 1); /* k cuts */
+    db_close(db);
+
+    unsigned char k[7][8];
+    raw_db r;
+    raw_begin(&r, f->data);
+    size_t len0, len;
+    for (int i = 0; i < 7; i++) be64_key(k[i], ids[i]);
+    unsigned char *rec = raw_get(&r, "images", k[0], 8, &len0);
+    uint32_t version;
+    memcpy(&version, rec, 4);
+    assert_int_equal(version, 1);
+    /* v1: 76 fixed bytes, the path, the tag count; nothing after */
+    assert_int_equal(len0, 76 + strlen("/cap/0.jpg") + 4);
+    free(rec);
+    rec = raw_get(&r, "images", k[1], 8, &len);
+    memcpy(&version, rec, 4);
+    assert_int_equal(version, 2);
+    size_t cap_at = len0; /* same path length: the capture starts where version 1 ended */
+    /* flags 1|2|4|8, i64, i16, u8 13 + "FUJIFILM X-T3", f64, f64 */
+    assert_int_equal(len, cap_at + 1 + 8 + 2 + 1 + 13 + 16);
+    assert_int_equal(rec[cap_at], 15);
+    unsigned char *orig = malloc(len);
+    memcpy(orig, rec, len);
+    struct { size_t at; unsigned char byte; int cut; } dmg[5] = {
+        {0, 0x1f, 0},             /* an unknown flag */
+        {0, 0x02, 0},             /* an offset without a time (the rest then misreads too) */
+        {11, 0, 0},               /* camera length 0 */
+        {12 + 13 + 7, 0x7f, 0},   /* latitude's top byte: 2^1000-ish, out of range */
+        {0, 0, 1},                /* cut short by one byte */
+    };
+    for (int d = 0; d < 5; d++) {
+        memcpy(rec, orig, len);
+        if (!dmg[d].cut) rec[cap_at + dmg[d].at] = dmg[d].byte;
+        raw_put(&r, "images", k[2 + d], 8, rec, len - (size_t)dmg[d].cut);
+    }
+    free(orig);
+    free(rec);
+    raw_end(&r);
+    db = open_ok(f, &o);
+    for (int d = 0; d < 5; d++) {
+        if (db_get_image(db, ids[2 + d], &img) != UMG_EINTERNAL) fail_msg("damage %d read as valid", d);
+        assert_null(img.path);
+    }
+    int n = 0;
+    assert_int_equal(db_scan_images(db, count_image, &n), 0);
+    assert_int_equal(n, 2); /* images 0 and 1 */
+    n = 0;
+    assert_int_equal(db_scan_images(db, stop_at_second, &n), 7); /* the callback's value, and it stopped */
+    assert_int_equal(n, 2);
+    db_close(db);
+}
+
 /* Damaged records (through LMDB itself, as flipped bits on disk would read)
  * are UMG_EINTERNAL with a log line, never invalid UTF-8 or out-of-range
  * bytes handed up: a path that is not UTF-8, a tag count past the record,
@@ -1482,6 +1617,7 @@ int main(int argc, char **argv)
         cmocka_unit_test_setup_teardown(test_fifo_snapshot, setup, teardown),
         cmocka_unit_test_setup_teardown(test_file_modes, setup, teardown),
         cmocka_unit_test_setup_teardown(test_damaged_records, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_capture_records, setup, teardown),
         cmocka_unit_test_setup_teardown(test_stats_report_mismatch, setup, teardown),
         cmocka_unit_test_setup_teardown(test_open_checks_newest_id, setup, teardown),
     };

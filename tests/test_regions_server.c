@@ -656,14 +656,18 @@ typedef struct qhit {
     int has_refined;
 } qhit;
 
+/* A query; region queries ask for every box a photo may show (per_photo:
+ * refine's places within a photo). */
 static uint64_t send_query(umg_client *c, const char *text, int k, const char *gran, const char *refine)
 {
     proto_writer w;
     uint64_t id;
-    assert_int_equal(umg_client_begin(c, &w, "query", 3 + (refine != NULL), &id), 0);
+    int all = !strcmp(gran, "region");
+    assert_int_equal(umg_client_begin(c, &w, "query", 3 + (refine != NULL) + all, &id), 0);
     proto_pack_cstr(&w.pk, "text"), proto_pack_cstr(&w.pk, text);
     proto_pack_cstr(&w.pk, "granularity"), proto_pack_cstr(&w.pk, gran);
     proto_pack_cstr(&w.pk, "k"), msgpack_pack_uint32(&w.pk, (uint32_t)k);
+    if (all) proto_pack_cstr(&w.pk, "per_photo"), msgpack_pack_uint32(&w.pk, 100000);
     if (refine) proto_pack_cstr(&w.pk, "refine"), proto_pack_cstr(&w.pk, refine);
     assert_int_equal(umg_client_end(c, &w), 0);
     return id;
@@ -706,11 +710,13 @@ static float half_to_float(uint16_t h)
     return (float)((h & 0x8000) ? -v : v);
 }
 
-static double box_iou_d(const double a[4], const double b[4])
+/* Whether a better box a of a photo suppresses b (engine/search.h): IoU
+ * above 0.5, or one contains the other (intersection / smaller area > 0.8). */
+static int box_suppressed_d(const double a[4], const double b[4])
 {
     double iw = overlap(a[0], a[0] + a[2], b[0], b[0] + b[2]), ih = overlap(a[1], a[1] + a[3], b[1], b[1] + b[3]);
     double inter = iw * ih, uni = a[2] * a[3] + b[2] * b[3] - inter;
-    return uni > 0 ? inter / uni : 0;
+    return (uni > 0 && inter / uni > 0.5) || inter / fmin(a[2] * a[3], b[2] * b[3]) > 0.8;
 }
 
 /* Share of each grid cell under box [x,y,w,h] (original pixels) on the fit-pad grid. */
@@ -789,7 +795,7 @@ static int refine_reference(db_t *db, const stored *st, const float *q, ref_box 
     int kept = 0;
     for (int i = 0; i < st->n; i++) {
         int dup = 0;
-        for (int j = 0; j < kept && !dup; j++) dup = box_iou_d(out[j].box, all[i].box) > 0.5;
+        for (int j = 0; j < kept && !dup; j++) dup = box_suppressed_d(out[j].box, all[i].box);
         if (!dup) out[kept++] = all[i];
     }
     free(heat);

@@ -543,8 +543,8 @@ def test_pipeline_larger_than_the_socket_buffers(client, collection):
     # Large requests with small answers (24 KB of filters that no photo passes) ...
     heavy = {"text": text, "k": 1000, "filters": {"path_prefix": "/" + "p" * 4095,
                                                   "tags": ["%02d" % i + "t" * 254 for i in range(64)]}}
-    # ... between small requests with large answers (every region, ~34 KB).
-    wide = {"text": text, "granularity": "region", "k": 1000}
+    # ... between small requests with large answers (every box of every photo, ~34 KB).
+    wide = {"text": text, "granularity": "region", "k": 1000, "per_photo": 1000}
     n = 800
     t = time.monotonic()
     ids = []
