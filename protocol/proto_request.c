@@ -44,6 +44,8 @@ static const proto_arg_spec ingest_args[] = {
     {.key = "data", .type = PROTO_T_BIN, .flags = PROTO_ARG_REQUIRED | PROTO_ARG_NONEMPTY, .alt = 2},
     {.key = "name", .type = PROTO_T_STR, .flags = PROTO_ARG_REQUIRED | PROTO_ARG_NONEMPTY, .alt = 2,
      .max_len = STR_MAX_PATH},
+    /* optional, with data only (alternative 2): the file's own modification time */
+    {.key = "mtime", .type = PROTO_T_INT, .alt = 2, .imin = 1, .imax = PROTO_MAX_MTIME},
     ARG_TAGS,
 };
 static const proto_arg_spec query_args[] = {

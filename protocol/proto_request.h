@@ -38,6 +38,9 @@
 #define PROTO_DEFAULT_K 10
 #define PROTO_MAX_K 1000
 #define PROTO_DEFAULT_GRANULARITY "image"
+/* ingest's optional "mtime" (with "data"): seconds since the epoch, 1 up to
+ * the end of the year 9999; absent, the server records the ingest time. */
+#define PROTO_MAX_MTIME INT64_C(253402300799)
 
 enum proto_op_code {
     PROTO_OP_HELLO,

@@ -183,8 +183,11 @@ static int h_stats(void *ctx, proto_request *req)
     proto_writer w;
     if (proto_response_begin(&w, &job->resp, job->id)) return UMG_ENOMEM;
     msgpack_packer *pk = &w.pk;
-    msgpack_pack_map(pk, 15);
+    msgpack_pack_map(pk, 17);
     pack_key(pk, "images"), msgpack_pack_uint64(pk, st.images);
+    /* whether the indexes agree with LMDB (db_stats): a mismatch is shown, not hidden */
+    pack_key(pk, "index_consistent"), st.consistent ? msgpack_pack_true(pk) : msgpack_pack_false(pk);
+    pack_key(pk, "index_mismatch"), proto_pack_cstr(pk, st.mismatch);
     pack_key(pk, "regions"), msgpack_pack_uint64(pk, st.regions);
     pack_key(pk, "index");
     msgpack_pack_map(pk, 2);
@@ -374,6 +377,8 @@ static int ingest_prepare(srv_job *job)
             return umg_err_set(UMG_EINVAL, "ingest: name contains a NUL byte");
         }
         proto_obj_bin(proto_req_arg(req, "data"), &data, &len);
+        /* the client's file time (validated >= 1); 0 when absent: the ingest time is recorded */
+        proto_obj_int(proto_req_arg(req, "mtime"), &mtime);
     }
     const msgpack_object *t = proto_req_arg(req, "tags");
     int n_tags = t ? (int)t->via.array.size : 0;
