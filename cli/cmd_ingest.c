@@ -21,6 +21,7 @@
 #include "cli_util.h"
 #include "client.h"
 #include "commands.h"
+#include "ingest_sync.h"
 #include "umg_error.h"
 
 #define MAX_TAGS 64
@@ -40,6 +41,8 @@
 typedef struct ingest_opts {
     cli_common c;
     bool by_path;
+    bool sync;            /* --sync (also --watch): folders followed, gone files removed, moves re-pathed */
+    bool watch;           /* --watch */
     long jobs;
     char *tags[MAX_TAGS + 1];
     int n_tags;
@@ -71,6 +74,12 @@ typedef struct run {
     bool path_works;      /* a path ingest has succeeded */
     bool path_off;        /* the server refused path ingest before any success: send bytes */
     cli_progress progress;
+    /* --sync: the files walked, what the folder pass did, and which of the
+     * files sent were changed ones (the others are new) */
+    size_t walked;
+    const unsigned char *changed_file;
+    cli_sync_result sync;
+    size_t added, changed;
 } run;
 
 static void usage(FILE *out)
@@ -89,6 +98,12 @@ static void usage(FILE *out)
             "  --jobs N, -j N      requests in flight (1..%d, default 32: twice the\n"
             "                      server's default encoder batch, so batches fill)\n"
             "  --tags A,B          tag every photo (repeatable; at most %d tags)\n"
+            "  --sync              each PATH is a folder to mirror: besides sending new and\n"
+            "                      changed photos, remove from the server the photos stored\n"
+            "                      under it whose files are gone, and re-path moved or renamed\n"
+            "                      ones (same content) instead of sending them again\n"
+            "  --watch             --sync, then keep following the folders and apply changes\n"
+            "                      as they happen (after 1 s of quiet) until Ctrl-C\n"
             "  --json              print the summary (with every skipped and failed file and\n"
             "                      why) as JSON on stdout\n" CLI_COMMON_HELP
             "                      (ingest waits 300 s by default: a busy server queues photos)\n"
@@ -115,6 +130,8 @@ static int parse(int argc, char **argv, ingest_opts *o)
     static const struct option longopts[] = {
         CLI_COMMON_LONGOPTS,
         {"by-path", no_argument, NULL, 'p'},
+        {"sync", no_argument, NULL, 'S'},
+        {"watch", no_argument, NULL, 'W'},
         {"jobs", required_argument, NULL, 'j'},
         {"tags", required_argument, NULL, 't'},
         {"tag", required_argument, NULL, 't'},
@@ -135,6 +152,8 @@ static int parse(int argc, char **argv, ingest_opts *o)
             continue;
         switch (opt) {
         case 'p': o->by_path = true; break;
+        case 'S': o->sync = true; break;
+        case 'W': o->sync = o->watch = true; break;
         case 'j':
             if (cli_parse_long(optarg, 1, MAX_JOBS, &o->jobs)) {
                 fprintf(stderr, "umgdb ingest: --jobs wants an integer in [1, %d], not '%s'\n", MAX_JOBS, optarg);
@@ -262,6 +281,8 @@ static int handle(run *r, const slot *s, const proto_response *resp)
             r->regions += regions;   /* an unchanged photo's regions were stored before */
         r->st[f].outcome = dup ? UNCHANGED : INGESTED;
         dup ? r->unchanged++ : r->ingested++;
+        if (!dup && r->changed_file)
+            r->changed_file[f] == CLI_SYNC_SEND_CHANGED ? r->changed++ : r->added++;
         r->done++;
         if (s->by_path)
             r->path_works = true;
@@ -349,8 +370,33 @@ static int print_summary(const run *r, double secs, bool json)
                               r->interrupted, "seconds", secs, "photos_per_s", rate, "failures",
                               entries_json(fails, n_fails), "skipped_files",
                               entries_json(w->skipped, w->n_skipped));
+        if (j && r->o->sync) {
+            const cli_sync_result *y = &r->sync;
+            json_object_set_new(j, "photos", json_integer((json_int_t)r->walked));
+            json_object_set_new(j, "unchanged", json_integer((json_int_t)(r->unchanged + y->unchanged)));
+            json_object_set_new(j, "sync",
+                                json_pack("{s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:o}", "added",
+                                          (json_int_t)r->added, "changed", (json_int_t)r->changed, "moved",
+                                          (json_int_t)y->moved, "removed", (json_int_t)y->removed, "unchanged",
+                                          (json_int_t)(r->unchanged + y->unchanged), "hashed",
+                                          (json_int_t)y->hashed, "list_requests", (json_int_t)y->pages,
+                                          "photos_sent", (json_int_t)(w->n_files - not_sent),
+                                          "failures", entries_json(y->failures, y->n_failures)));
+        }
         rc = cli_print_json(j);
         json_decref(j);
+    } else if (r->o->sync) {
+        const cli_sync_result *y = &r->sync;
+        if (r->interrupted)
+            printf("interrupted: ");
+        printf("sync: %zu photo%s: %zu added, %zu changed, %zu moved, %zu removed, %zu unchanged, %zu failed",
+               r->walked, r->walked == 1 ? "" : "s", r->added, r->changed, y->moved, y->removed,
+               r->unchanged + y->unchanged, n_fails + y->n_failures);
+        if (not_sent)
+            printf(", %zu not sent", not_sent);
+        if (unanswered)
+            printf(", %zu sent without an answer (stored or not: run again)", unanswered);
+        printf("; %zu skipped (not a photo); %.1f s\n", w->n_skipped, secs);
     } else {
         if (r->interrupted)
             printf("interrupted: ");
@@ -366,8 +412,40 @@ static int print_summary(const run *r, double secs, bool json)
     /* Each skipped and failed file with why, on stderr in walk order. */
     print_entries("skipped (not a photo)", w->skipped, w->n_skipped);
     print_entries("failed (unreadable or corrupt)", fails, n_fails);
+    print_entries("not removed or moved", r->sync.failures, r->sync.n_failures);
     free(fails);
     return rc;
+}
+
+/* --sync: the folder pass (moves and removals made, the files to send
+ * chosen); w then holds only the files to send, *send (aligned with it) says
+ * which were changed.  0, or the exit code. */
+static int sync_folders(run *r, umg_client *cl, const char *const *roots, int n, cli_walk *w, unsigned char **send)
+{
+    r->walked = w->n_files;
+    if (!(*send = malloc(w->n_files ? w->n_files : 1))) {
+        fprintf(stderr, "umgdb ingest: out of memory\n");
+        return CLI_EXIT_FAILED;
+    }
+    int rc = cli_sync_apply(cl, r->o->c.timeout_ms, roots, n, w, *send, &r->sync);
+    if (rc == UMG_ECONN || rc == UMG_ETIMEOUT)
+        return cli_report_call("ingest", &r->o->c, rc);
+    if (rc) {
+        fprintf(stderr, "umgdb ingest: --sync: %s\n", umg_err_msg());
+        return CLI_EXIT_FAILED;
+    }
+    size_t k = 0;
+    for (size_t f = 0; f < w->n_files; f++) {
+        if ((*send)[f] == CLI_SYNC_KEEP) {
+            free(w->files[f].path);
+            continue;
+        }
+        (*send)[k] = (*send)[f];
+        w->files[k++] = w->files[f];
+    }
+    w->n_files = k;
+    r->changed_file = *send;
+    return 0;
 }
 
 static volatile sig_atomic_t interrupt_count;
@@ -413,6 +491,15 @@ int cmd_ingest(int argc, char **argv)
         opts_free(&o);
         return ex;
     }
+    for (int i = optind; o.sync && i < argc; i++) {
+        char *prefix;
+        if (cli_sync_prefix(argv[i], &prefix)) {
+            fprintf(stderr, "umgdb ingest: %s\n", umg_err_msg());
+            opts_free(&o);
+            return CLI_EXIT_USAGE;
+        }
+        free(prefix);
+    }
     cli_walk w;
     int rc = cli_walk_paths((const char *const *)argv + optind, argc - optind, &w);
     if (rc) {
@@ -422,6 +509,7 @@ int cmd_ingest(int argc, char **argv)
         return CLI_EXIT_FAILED;
     }
     umg_client *cl = NULL;
+    unsigned char *send = NULL;
     run r = {.o = &o, .w = &w, .n_slots = (int)o.jobs};
     r.st = calloc(w.n_files ? w.n_files : 1, sizeof *r.st);
     r.slots = calloc((size_t)r.n_slots, sizeof *r.slots);
@@ -431,6 +519,8 @@ int cmd_ingest(int argc, char **argv)
         goto out;
     }
     if ((ex = cli_connect("ingest", &o.c, &cl, NULL)))
+        goto out;
+    if (o.sync && (ex = sync_folders(&r, cl, (const char *const *)argv + optind, argc - optind, &w, &send)))
         goto out;
 
     double start = cli_now();
@@ -519,7 +609,7 @@ int cmd_ingest(int argc, char **argv)
     }
     if (print_summary(&r, secs, o.c.json))
         fprintf(stderr, "umgdb ingest: %s\n", umg_err_msg());
-    size_t failed = r.failed + w.n_errors;
+    size_t failed = r.failed + w.n_errors + r.sync.n_failures;
     if (fatal) {
         ex = CLI_EXIT_SERVER;
     } else if (r.interrupted) {
@@ -540,6 +630,8 @@ out:
             free(r.st[f].reason);
     free(r.st);
     free(r.slots);
+    free(send);
+    cli_sync_result_free(&r.sync);
     cli_walk_free(&w);
     opts_free(&o);
     return ex;

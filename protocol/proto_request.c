@@ -61,6 +61,18 @@ static const proto_arg_spec query_image_args[] = {
     ARG_GRANULARITY, ARG_K, ARG_FILTERS,
 };
 static const proto_arg_spec by_id_or_path_args[] = {ARG_IMAGE_ID(1), ARG_PATH(2)};
+/* folders that change (umgdb ingest --sync): a page of the images under a
+ * path prefix, and re-pathing one (docs/protocol.md, "list", "move") */
+static const proto_arg_spec list_args[] = {
+    {.key = "path_prefix", .type = PROTO_T_STR, .flags = PROTO_ARG_REQUIRED | PROTO_ARG_NONEMPTY,
+     .max_len = STR_MAX_PATH},
+    {.key = "after", .type = PROTO_T_UINT},
+    {.key = "limit", .type = PROTO_T_UINT, .imin = 1, .imax = PROTO_MAX_LIST},
+};
+static const proto_arg_spec move_args[] = {
+    ARG_IMAGE_ID(0), ARG_PATH(0),
+    {.key = "mtime", .type = PROTO_T_INT, .imin = 1, .imax = PROTO_MAX_MTIME},
+};
 
 static proto_op op_table[PROTO_OP_COUNT] = {
     [PROTO_OP_HELLO] = {"hello", PROTO_OP_HELLO, ARGS(hello_args), 0, NULL},
@@ -71,6 +83,8 @@ static proto_op op_table[PROTO_OP_COUNT] = {
     [PROTO_OP_GET] = {"get", PROTO_OP_GET, ARGS(by_id_or_path_args), 2, NULL},
     [PROTO_OP_DELETE] = {"delete", PROTO_OP_DELETE, ARGS(by_id_or_path_args), 2, NULL},
     [PROTO_OP_STATS] = {"stats", PROTO_OP_STATS, NULL, 0, 0, NULL},
+    [PROTO_OP_LIST] = {"list", PROTO_OP_LIST, ARGS(list_args), 0, NULL},
+    [PROTO_OP_MOVE] = {"move", PROTO_OP_MOVE, ARGS(move_args), 0, NULL},
 };
 
 const proto_op *proto_ops(void) { return op_table; }

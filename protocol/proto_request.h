@@ -41,6 +41,8 @@
 /* ingest's optional "mtime" (with "data"): seconds since the epoch, 1 up to
  * the end of the year 9999; absent, the server records the ingest time. */
 #define PROTO_MAX_MTIME INT64_C(253402300799)
+/* list: most images per page ("limit"; default PROTO_MAX_LIST) */
+#define PROTO_MAX_LIST 1000
 
 enum proto_op_code {
     PROTO_OP_HELLO,
@@ -51,6 +53,8 @@ enum proto_op_code {
     PROTO_OP_GET,
     PROTO_OP_DELETE,
     PROTO_OP_STATS,
+    PROTO_OP_LIST,      /* folders that change: stored images under a path prefix */
+    PROTO_OP_MOVE,      /* folders that change: re-path a stored image */
     PROTO_OP_COUNT
 };
 

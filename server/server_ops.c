@@ -18,6 +18,7 @@
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
 
+#include "sync.h"
 #include "umg_error.h"
 
 _Static_assert((int)SRV_REGION_MODE_DENSE == (int)ENG_REGION_MODE_DENSE && (int)SRV_REGION_MODE_CROP == (int)ENG_REGION_MODE_CROP,
@@ -645,6 +646,79 @@ static void delete_work(uv_work_t *w)
     if (rc) srv_job_error(job, rc, umg_err_msg());
 }
 
+/* ---- folders that change: list, move (engine/sync.h) ---- */
+
+static void list_work(uv_work_t *w)
+{
+    srv_job *job = w->data;
+    umg_err_clear();
+    const char *p;
+    size_t pl;
+    proto_obj_str(proto_req_arg(job->req, "path_prefix"), &p, &pl);
+    uint64_t after = 0, limit = PROTO_MAX_LIST, next = 0;
+    proto_obj_uint(proto_req_arg(job->req, "after"), &after);
+    proto_obj_uint(proto_req_arg(job->req, "limit"), &limit);
+    char *prefix = strndup(p, pl);
+    db_image *imgs = calloc((size_t)limit, sizeof *imgs);
+    int n = 0, rc = 0;
+    if (!prefix || !imgs) rc = umg_err_set(UMG_ENOMEM, "out of memory");
+    else if (strlen(prefix) != pl) rc = umg_err_set(UMG_EINVAL, "list: path_prefix contains a NUL byte");
+    if (!rc) rc = eng_list_prefix(job->s->eng, prefix, after, (int)limit, imgs, &n, &next);
+    proto_writer wr;
+    if (!rc && proto_response_begin(&wr, &job->resp, job->id)) rc = umg_err_set(UMG_ENOMEM, "out of memory");
+    if (!rc) {
+        msgpack_packer *pk = &wr.pk;
+        msgpack_pack_map(pk, 2);
+        pack_key(pk, "images");
+        msgpack_pack_array(pk, (size_t)n);
+        for (int i = 0; i < n; i++) {
+            char hex[65];
+            for (int b = 0; b < 32; b++) snprintf(hex + 2 * b, 3, "%02x", imgs[i].sha256[b]);
+            msgpack_pack_map(pk, 5);
+            pack_key(pk, "image_id"), msgpack_pack_uint64(pk, imgs[i].id);
+            pack_key(pk, "path"), proto_pack_cstr(pk, imgs[i].path);
+            pack_key(pk, "sha256"), pack_strn(pk, hex, 64);
+            pack_key(pk, "bytes"), msgpack_pack_uint64(pk, imgs[i].bytes);
+            pack_key(pk, "mtime"), msgpack_pack_int64(pk, imgs[i].mtime);
+        }
+        pack_key(pk, "next"), msgpack_pack_uint64(pk, next);
+        job_response_end(job, &wr);
+    }
+    for (int i = 0; i < n; i++) db_image_free(&imgs[i]);
+    free(imgs);
+    free(prefix);
+    if (rc) srv_job_error(job, rc, umg_err_msg());
+}
+
+static void move_work(uv_work_t *w)
+{
+    srv_job *job = w->data;
+    umg_err_clear();
+    uint64_t id = 0, replaced = 0;
+    int64_t mtime = 0;
+    const char *p;
+    size_t pl;
+    proto_obj_uint(proto_req_arg(job->req, "image_id"), &id);
+    proto_obj_str(proto_req_arg(job->req, "path"), &p, &pl);
+    proto_obj_int(proto_req_arg(job->req, "mtime"), &mtime);
+    char *path = strndup(p, pl);
+    int rc = 0;
+    if (!path) rc = umg_err_set(UMG_ENOMEM, "out of memory");
+    else if (strlen(path) != pl) rc = umg_err_set(UMG_EINVAL, "move: path contains a NUL byte");
+    if (!rc) rc = eng_move(job->s->eng, id, path, mtime, &replaced);
+    proto_writer wr;
+    if (!rc && proto_response_begin(&wr, &job->resp, job->id)) rc = umg_err_set(UMG_ENOMEM, "out of memory");
+    if (!rc) {
+        msgpack_pack_map(&wr.pk, 2 + (replaced != 0));
+        pack_key(&wr.pk, "image_id"), msgpack_pack_uint64(&wr.pk, id);
+        pack_key(&wr.pk, "path"), proto_pack_cstr(&wr.pk, path);
+        if (replaced) pack_key(&wr.pk, "replaced"), msgpack_pack_uint64(&wr.pk, replaced);
+        job_response_end(job, &wr);
+    }
+    free(path);
+    if (rc) srv_job_error(job, rc, umg_err_msg());
+}
+
 #define QUEUE_HANDLER(name, fn)                                                                    \
     static int name(void *ctx, proto_request *req)                                                 \
     {                                                                                              \
@@ -665,6 +739,8 @@ static int h_query(void *ctx, proto_request *req)
 QUEUE_HANDLER(h_query_image, query_image_work)
 QUEUE_HANDLER(h_get, get_work)
 QUEUE_HANDLER(h_delete, delete_work)
+QUEUE_HANDLER(h_list, list_work)
+QUEUE_HANDLER(h_move, move_work)
 
 void srv_register_handlers(void)
 {
@@ -676,4 +752,6 @@ void srv_register_handlers(void)
     proto_op_set_handler(PROTO_OP_GET, h_get);
     proto_op_set_handler(PROTO_OP_DELETE, h_delete);
     proto_op_set_handler(PROTO_OP_STATS, h_stats);
+    proto_op_set_handler(PROTO_OP_LIST, h_list);
+    proto_op_set_handler(PROTO_OP_MOVE, h_move);
 }
