@@ -22,6 +22,7 @@
 #include "client.h"
 #include "commands.h"
 #include "ingest_sync.h"
+#include "ingest_watch.h"
 #include "umg_error.h"
 
 #define MAX_TAGS 64
@@ -35,6 +36,15 @@
 #define INTERRUPT_MAX_WAIT_S 10.0
 /* How often the receive loop looks at the Ctrl-C flag. */
 #define RECV_SLICE_MS 200
+/* --watch: a pass runs after WATCH_QUIET_S without folder events (a file
+ * still being written keeps sending them), at the latest WATCH_MAX_DELAY_S
+ * after the first; the server is pinged every WATCH_PING_S while idle;
+ * reconnecting waits WATCH_BACKOFF_MIN_S, doubling up to WATCH_BACKOFF_MAX_S. */
+#define WATCH_QUIET_S 1.0
+#define WATCH_MAX_DELAY_S 10.0
+#define WATCH_PING_S 2.0
+#define WATCH_BACKOFF_MIN_S 0.5
+#define WATCH_BACKOFF_MAX_S 8.0
 /* Exit code after Ctrl-C (128 + SIGINT, as shells report it). */
 #define EXIT_INTERRUPTED 130
 
@@ -49,6 +59,11 @@ typedef struct ingest_opts {
 } ingest_opts;
 
 enum outcome { PENDING = 0, INGESTED, UNCHANGED, FAILED };
+
+/* What passes did (--watch adds them up). */
+typedef struct ingest_totals {
+    size_t passes, added, changed, moved, removed, failed;
+} ingest_totals;
 
 typedef struct file_state {
     enum outcome outcome;
@@ -483,34 +498,24 @@ static int next_answer(umg_client *cl, int timeout_ms, double *last_answer, bool
     }
 }
 
-int cmd_ingest(int argc, char **argv)
+/* One run over paths[0..n): walk, (--sync: the folder pass), send, summary.
+ * Connects when *clp is NULL (the connection stays in *clp for the caller
+ * to close).  Returns the exit code; *tot (may be NULL) gets what it did. */
+static int ingest_pass(const ingest_opts *op, umg_client **clp, const char *const *paths, int n_paths,
+                       ingest_totals *tot)
 {
-    ingest_opts o = {0};
-    int ex = parse(argc, argv, &o);
-    if (ex >= 0) {
-        opts_free(&o);
-        return ex;
-    }
-    for (int i = optind; o.sync && i < argc; i++) {
-        char *prefix;
-        if (cli_sync_prefix(argv[i], &prefix)) {
-            fprintf(stderr, "umgdb ingest: %s\n", umg_err_msg());
-            opts_free(&o);
-            return CLI_EXIT_USAGE;
-        }
-        free(prefix);
-    }
+    const ingest_opts o = *op;   /* borrowed: nothing of it is freed here */
+    int ex;
     cli_walk w;
-    int rc = cli_walk_paths((const char *const *)argv + optind, argc - optind, &w);
+    int rc = cli_walk_paths(paths, n_paths, &w);
     if (rc) {
         fprintf(stderr, "umgdb ingest: %s\n", umg_err_msg());
         cli_walk_free(&w);
-        opts_free(&o);
         return CLI_EXIT_FAILED;
     }
-    umg_client *cl = NULL;
+    umg_client *cl = *clp;
     unsigned char *send = NULL;
-    run r = {.o = &o, .w = &w, .n_slots = (int)o.jobs};
+    run r = {.o = op, .w = &w, .n_slots = (int)o.jobs};
     r.st = calloc(w.n_files ? w.n_files : 1, sizeof *r.st);
     r.slots = calloc((size_t)r.n_slots, sizeof *r.slots);
     if (!r.st || !r.slots) {
@@ -518,9 +523,10 @@ int cmd_ingest(int argc, char **argv)
         ex = CLI_EXIT_FAILED;
         goto out;
     }
-    if ((ex = cli_connect("ingest", &o.c, &cl, NULL)))
+    if (!cl && (ex = cli_connect("ingest", &o.c, clp, NULL)))
         goto out;
-    if (o.sync && (ex = sync_folders(&r, cl, (const char *const *)argv + optind, argc - optind, &w, &send)))
+    cl = *clp;
+    if (o.sync && (ex = sync_folders(&r, cl, paths, n_paths, &w, &send)))
         goto out;
 
     double start = cli_now();
@@ -534,12 +540,6 @@ int cmd_ingest(int argc, char **argv)
         ex = CLI_EXIT_FAILED;
         goto out;
     }
-    /* Ctrl-C from here on: stop sending, collect what is in flight, summarise. */
-    /* SA_RESTART keeps stdio writes whole; poll() in the client returns
-     * EINTR anyway, and the receive loop looks at the flag every slice. */
-    struct sigaction sa = {.sa_handler = on_sigint, .sa_flags = SA_RESTART}, old_sa;
-    sigemptyset(&sa.sa_mask);
-    sigaction(SIGINT, &sa, &old_sa);
     int fatal = 0;
     double last_answer = cli_now(), interrupted_at = 0, stop_at = 0;
     while (!fatal && (r.next < w.n_files || r.in_flight || n_retry)) {
@@ -622,9 +622,15 @@ int cmd_ingest(int argc, char **argv)
     } else {
         ex = CLI_EXIT_OK;
     }
-    sigaction(SIGINT, &old_sa, NULL);
+    if (tot) {
+        tot->added += o.sync ? r.added : r.ingested;
+        tot->changed += r.changed;
+        tot->moved += r.sync.moved;
+        tot->removed += r.sync.removed;
+        tot->failed += failed;
+        tot->passes++;
+    }
 out:
-    umg_client_close(cl);
     if (r.st)
         for (size_t f = 0; f < w.n_files; f++)
             free(r.st[f].reason);
@@ -633,6 +639,120 @@ out:
     free(send);
     cli_sync_result_free(&r.sync);
     cli_walk_free(&w);
+    return ex;
+}
+
+/* --watch: a --sync pass at start, then one after each burst of changes in
+ * the folders, until Ctrl-C (totals printed, exit 130).  A lost server is
+ * reconnected with backoff and the folders synced again in full. */
+static int ingest_watch(const ingest_opts *o, umg_client **clp, const char *const *paths, int n)
+{
+    cli_watcher *wt;
+    if (cli_watcher_open(paths, n, &wt)) {
+        fprintf(stderr, "umgdb ingest: --watch: %s\n", umg_err_msg());
+        return CLI_EXIT_FAILED;
+    }
+    fprintf(stderr, "umgdb ingest: watching %d folder%s (Ctrl-C to stop)\n", n, n == 1 ? "" : "s");
+    ingest_totals tot = {0};
+    bool dirty = true, lost = false;
+    double now = cli_now(), last_event = now - WATCH_QUIET_S, first_dirty = now, retry_at = 0, last_ping = now;
+    double backoff = WATCH_BACKOFF_MIN_S;
+    while (!interrupt_count) {
+        now = cli_now();
+        if (dirty && now >= retry_at && (now - last_event >= WATCH_QUIET_S || now - first_dirty >= WATCH_MAX_DELAY_S)) {
+            cli_watcher_rescan(wt);
+            dirty = false;
+            int ex = ingest_pass(o, clp, paths, n, &tot);
+            fflush(stdout);
+            if (ex == EXIT_INTERRUPTED)
+                break;
+            if (ex == CLI_EXIT_SERVER) {
+                /* unreachable or lost: again from the start once it answers */
+                umg_client_close(*clp);
+                *clp = NULL;
+                dirty = lost = true;
+                first_dirty = last_event = cli_now() - WATCH_QUIET_S;
+                retry_at = cli_now() + backoff;
+                fprintf(stderr, "umgdb ingest: --watch: trying the server again in %.1f s\n", backoff);
+                backoff = fmin(backoff * 2, WATCH_BACKOFF_MAX_S);
+                continue;
+            }
+            if (lost)
+                fprintf(stderr, "umgdb ingest: --watch: the server is back; folders synced again\n");
+            lost = false;
+            backoff = WATCH_BACKOFF_MIN_S;
+            last_ping = cli_now();
+        }
+        if (!dirty && now - last_ping >= WATCH_PING_S) {
+            /* idle: is the server still there (a restart is followed by a full pass)? */
+            proto_response *r = NULL;
+            int rc = *clp ? umg_client_call0(*clp, "ping", 5000, &r) : UMG_ECONN;
+            proto_response_free(r);
+            last_ping = cli_now();
+            if (rc) {
+                fprintf(stderr, "umgdb ingest: --watch: lost the server (%s)\n", umg_err_msg());
+                umg_client_close(*clp);
+                *clp = NULL;
+                dirty = lost = true;
+                first_dirty = last_event = cli_now() - WATCH_QUIET_S;
+                continue;
+            }
+        }
+        int got = cli_watcher_wait(wt, dirty ? 100 : 500);
+        if (got > 0) {
+            if (!dirty)
+                first_dirty = cli_now();
+            dirty = true;
+            last_event = cli_now();
+        }
+    }
+    cli_watcher_close(wt);
+    if (o->c.json) {
+        json_t *j = json_pack("{s:s, s:I, s:I, s:I, s:I, s:I, s:I}", "watch", "interrupted", "passes", (json_int_t)tot.passes,
+                              "added", (json_int_t)tot.added, "changed", (json_int_t)tot.changed, "moved",
+                              (json_int_t)tot.moved, "removed", (json_int_t)tot.removed, "failed",
+                              (json_int_t)tot.failed);
+        cli_print_json(j);
+        json_decref(j);
+    } else {
+        printf("watch: %zu pass%s: %zu added, %zu changed, %zu moved, %zu removed, %zu failed\n", tot.passes,
+               tot.passes == 1 ? "" : "es", tot.added, tot.changed, tot.moved, tot.removed, tot.failed);
+    }
+    fflush(stdout);
+    fprintf(stderr, "umgdb ingest: --watch interrupted\n");
+    return EXIT_INTERRUPTED;
+}
+
+int cmd_ingest(int argc, char **argv)
+{
+    ingest_opts o = {0};
+    int ex = parse(argc, argv, &o);
+    if (ex >= 0) {
+        opts_free(&o);
+        return ex;
+    }
+    for (int i = optind; o.sync && i < argc; i++) {
+        char *prefix;
+        if (cli_sync_prefix(argv[i], &prefix)) {
+            fprintf(stderr, "umgdb ingest: %s\n", umg_err_msg());
+            opts_free(&o);
+            return CLI_EXIT_USAGE;
+        }
+        free(prefix);
+    }
+    /* Ctrl-C from here on: stop sending, collect what is in flight, summarise. */
+    /* SA_RESTART keeps stdio writes whole; poll() in the client returns
+     * EINTR anyway, and the receive loop looks at the flag every slice. */
+    struct sigaction sa = {.sa_handler = on_sigint, .sa_flags = SA_RESTART}, old_sa;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGINT, &sa, &old_sa);
+    umg_client *cl = NULL;
+    if (o.watch)
+        ex = ingest_watch(&o, &cl, (const char *const *)argv + optind, argc - optind);
+    else
+        ex = ingest_pass(&o, &cl, (const char *const *)argv + optind, argc - optind, NULL);
+    sigaction(SIGINT, &old_sa, NULL);
+    umg_client_close(cl);
     opts_free(&o);
     return ex;
 }
