@@ -12,6 +12,10 @@
 #include <cmocka.h>
 
 #include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <time.h>
 #include <jansson.h>
 #include <limits.h>
 #include <stdbool.h>
@@ -327,11 +331,128 @@ static void test_list_move_ops(void **state)
     umg_client_close(c);
 }
 
+/* ---- --watch ---- */
+
+static double now_s(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + t.tv_nsec * 1e-9;
+}
+
+/* Poll until id_at(name) satisfies the wanted state (want_id: that id; 0:
+ * gone; UINT64_MAX: any image other than not_id), within deadline_s. */
+static uint64_t wait_for(const char *name, uint64_t want_id, uint64_t not_id, double deadline_s, const char *what)
+{
+    double end = now_s() + deadline_s;
+    uint64_t id;
+    for (;;) {
+        id = id_at(name);
+        bool ok = want_id == UINT64_MAX ? (id > 0 && id != not_id) : id == want_id;
+        if (ok)
+            return id;
+        if (now_s() > end)
+            fail_msg("%s: %s is image %llu after %.0f s", what, name, (unsigned long long)id, deadline_s);
+        usleep(100000);
+    }
+}
+
+#define ANY UINT64_MAX
+
+/* While `ingest --watch` runs: add, modify, rename, delete files and a
+ * subfolder, the server killed and restarted meanwhile; the server converges
+ * each time; Ctrl-C ends it with the totals and exit 130. */
+static void test_watch(void **state)
+{
+    (void)state;
+    snprintf(dir, sizeof dir, "%s/watched", root);
+    assert_int_equal(mkdir(dir, 0755), 0);
+    char from[PATH_MAX];
+    snprintf(from, sizeof from, "%s%s", TINY_IMG, "astronaut.png");
+    copy_to(from, "a.png");
+    snprintf(from, sizeof from, "%s%s", TINY_IMG, "camera.png");
+    copy_to(from, "b.png");
+
+    char outp[PATH_MAX + 32], errp[PATH_MAX + 32];
+    snprintf(outp, sizeof outp, "%s/watch.out", root);
+    snprintf(errp, sizeof errp, "%s/watch.err", root);
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        int fo = open(outp, O_WRONLY | O_CREAT | O_TRUNC, 0600), fe = open(errp, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+        dup2(fo, 1);
+        dup2(fe, 2);
+        unsetenv("UMGDB_SERVER");
+        unsetenv("UMGDB_AUTH_TOKEN");
+        execl(tu_bin(), tu_bin(), "ingest", "--watch", "--server", srv.addr, dir, (char *)NULL);
+        _exit(127);
+    }
+    /* the first pass */
+    uint64_t a = wait_for("a.png", ANY, 0, 30, "initial pass");
+    uint64_t b = wait_for("b.png", ANY, 0, 30, "initial pass");
+    /* add */
+    snprintf(from, sizeof from, "%s%s", TINY_IMG, "chelsea.png");
+    copy_to(from, "c.png");
+    uint64_t c = wait_for("c.png", ANY, 0, 30, "added");
+    /* modify */
+    copy_to(OTHER_IMG, "a.png");
+    a = wait_for("a.png", ANY, a, 30, "modified");
+    /* rename */
+    rename_in("b.png", "b2.png");
+    wait_for("b2.png", b, 0, 30, "renamed");
+    wait_for("b.png", 0, 0, 30, "renamed");
+    /* a new subfolder with a photo, then the subfolder deleted */
+    char sub[PATH_MAX + 64];
+    pathf(sub, "sub");
+    assert_int_equal(mkdir(sub, 0755), 0);
+    snprintf(from, sizeof from, "%s%s", TINY_IMG, "coffee.png");
+    copy_to(from, "sub/x.png");
+    uint64_t x = wait_for("sub/x.png", ANY, 0, 30, "added in a new subfolder");
+    /* a file moved out of the subfolder before it goes */
+    rename_in("sub/x.png", "x.png");
+    wait_for("x.png", x, 0, 30, "moved out of the subfolder");
+    snprintf(from, sizeof from, "%s%s", TINY_IMG, "rocket.jpg");
+    copy_to(from, "sub/y.jpg");
+    wait_for("sub/y.jpg", ANY, 0, 30, "added in the subfolder");
+    remove_in("sub/y.jpg");
+    assert_int_equal(rmdir(sub), 0);
+    wait_for("sub/y.jpg", 0, 0, 30, "subfolder deleted");
+    /* delete */
+    remove_in("c.png");
+    wait_for("c.png", 0, 0, 30, "deleted");
+    (void)c;
+
+    /* the server goes away; a photo arrives meanwhile; the server comes back */
+    assert_int_equal(ts_stop(&srv), 0);
+    snprintf(from, sizeof from, "%s%s", TINY_IMG, "motorcycle_left.png");
+    copy_to(from, "while-down.png");
+    usleep(1500000);
+    ts_start_ok(&srv, NULL);
+    wait_for("while-down.png", ANY, 0, 45, "added while the server was down");
+    /* and it still follows changes after reconnecting */
+    remove_in("x.png");
+    wait_for("x.png", 0, 0, 30, "deleted after the restart");
+
+    assert_int_equal(kill(pid, SIGINT), 0);
+    int st;
+    assert_int_equal(waitpid(pid, &st, 0), pid);
+    char *out = tu_read_file(outp, NULL), *err = tu_read_file(errp, NULL);
+    if (!WIFEXITED(st) || WEXITSTATUS(st) != 130)
+        fail_msg("status %d, want exit 130\nstdout:\n%s\nstderr:\n%s", st, out, err);
+    const char *totals = strstr(out, "watch: ");
+    if (!totals || !strstr(totals, " added, ") || !strstr(err, "the server is back"))
+        fail_msg("no totals, or no word of the server's return\nstderr:\n%s\nstdout (end):\n%s", err,
+                 strlen(out) > 300 ? out + strlen(out) - 300 : out);
+    free(out);
+    free(err);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_sync_steps),
         cmocka_unit_test(test_list_move_ops),
+        cmocka_unit_test(test_watch),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
