@@ -74,32 +74,27 @@ static const proto_arg_spec move_args[] = {
     {.key = "mtime", .type = PROTO_T_INT, .imin = 1, .imax = PROTO_MAX_MTIME},
 };
 
-static proto_op op_table[PROTO_OP_COUNT] = {
-    [PROTO_OP_HELLO] = {"hello", PROTO_OP_HELLO, ARGS(hello_args), 0, NULL},
-    [PROTO_OP_PING] = {"ping", PROTO_OP_PING, NULL, 0, 0, NULL},
-    [PROTO_OP_INGEST] = {"ingest", PROTO_OP_INGEST, ARGS(ingest_args), 2, NULL},
-    [PROTO_OP_QUERY] = {"query", PROTO_OP_QUERY, ARGS(query_args), 0, NULL},
-    [PROTO_OP_QUERY_IMAGE] = {"query_image", PROTO_OP_QUERY_IMAGE, ARGS(query_image_args), 2, NULL},
-    [PROTO_OP_GET] = {"get", PROTO_OP_GET, ARGS(by_id_or_path_args), 2, NULL},
-    [PROTO_OP_DELETE] = {"delete", PROTO_OP_DELETE, ARGS(by_id_or_path_args), 2, NULL},
-    [PROTO_OP_STATS] = {"stats", PROTO_OP_STATS, NULL, 0, 0, NULL},
-    [PROTO_OP_LIST] = {"list", PROTO_OP_LIST, ARGS(list_args), 0, NULL},
-    [PROTO_OP_MOVE] = {"move", PROTO_OP_MOVE, ARGS(move_args), 0, NULL},
+const proto_op proto_op_table[PROTO_OP_COUNT] = {
+    [PROTO_OP_HELLO] = {"hello", PROTO_OP_HELLO, ARGS(hello_args), 0},
+    [PROTO_OP_PING] = {"ping", PROTO_OP_PING, NULL, 0, 0},
+    [PROTO_OP_INGEST] = {"ingest", PROTO_OP_INGEST, ARGS(ingest_args), 2},
+    [PROTO_OP_QUERY] = {"query", PROTO_OP_QUERY, ARGS(query_args), 0},
+    [PROTO_OP_QUERY_IMAGE] = {"query_image", PROTO_OP_QUERY_IMAGE, ARGS(query_image_args), 2},
+    [PROTO_OP_GET] = {"get", PROTO_OP_GET, ARGS(by_id_or_path_args), 2},
+    [PROTO_OP_DELETE] = {"delete", PROTO_OP_DELETE, ARGS(by_id_or_path_args), 2},
+    [PROTO_OP_STATS] = {"stats", PROTO_OP_STATS, NULL, 0, 0},
+    [PROTO_OP_LIST] = {"list", PROTO_OP_LIST, ARGS(list_args), 0},
+    [PROTO_OP_MOVE] = {"move", PROTO_OP_MOVE, ARGS(move_args), 0},
 };
 
-const proto_op *proto_ops(void) { return op_table; }
+const proto_op *proto_ops(void) { return proto_op_table; }
 
 const proto_op *proto_op_find(const char *name, size_t len)
 {
     for (size_t i = 0; i < PROTO_OP_COUNT; i++)
-        if (strlen(op_table[i].name) == len && memcmp(op_table[i].name, name, len) == 0)
-            return &op_table[i];
+        if (strlen(proto_op_table[i].name) == len && memcmp(proto_op_table[i].name, name, len) == 0)
+            return &proto_op_table[i];
     return NULL;
-}
-
-void proto_op_set_handler(enum proto_op_code code, proto_handler_fn fn)
-{
-    if ((unsigned)code < PROTO_OP_COUNT) op_table[code].handler = fn;
 }
 
 /* ---- object getters ----------------------------------------------------- */
