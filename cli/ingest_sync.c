@@ -158,7 +158,8 @@ int cli_sync_apply(umg_client *cl, int timeout_ms, const char *const *roots, int
             break;
         }
         listed = q;
-        memcpy(listed + n_listed, part, n_part * sizeof *part);
+        if (n_part)
+            memcpy(listed + n_listed, part, n_part * sizeof *part);
         n_listed += n_part;
         free(part);
     }
