@@ -378,7 +378,7 @@ static int ingest_prepare(srv_job *job)
             return umg_err_set(UMG_EINVAL, "ingest: name contains a NUL byte");
         }
         proto_obj_bin(proto_req_arg(req, "data"), &data, &len);
-        /* the client's file time (validated >= 1); 0 when absent: the ingest time is recorded */
+        /* the client's file time, validated >= 1; absent: 0, the ingest time is recorded */
         proto_obj_int(proto_req_arg(req, "mtime"), &mtime);
     }
     const msgpack_object *t = proto_req_arg(req, "tags");
