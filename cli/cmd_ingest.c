@@ -118,7 +118,8 @@ static void usage(FILE *out)
             "                      under it whose files are gone, and re-path moved or renamed\n"
             "                      ones (same content) instead of sending them again\n"
             "  --watch             --sync, then keep following the folders and apply changes\n"
-            "                      as they happen (after 1 s of quiet) until Ctrl-C\n"
+            "                      as they happen (after 1 s of quiet) until Ctrl-C (totals,\n"
+            "                      exit 130); a lost server is retried and the folders resynced\n"
             "  --json              print the summary (with every skipped and failed file and\n"
             "                      why) as JSON on stdout\n" CLI_COMMON_HELP
             "                      (ingest waits 300 s by default: a busy server queues photos)\n"

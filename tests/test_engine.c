@@ -554,6 +554,20 @@ static void test_list_and_move(void **state)
     for (int i = 0; i < 3; i++) assert_int_equal(seen[i], f->ids[2 + i]);
     assert_int_equal(eng_list_prefix(f->e, "/nowhere/", 0, 8, page, &n, &next), 0);
     assert_int_equal(n, 0);
+    /* the scan bound: one record looked at per call, so the first pages (the
+     * /a/ photos) hold nothing yet say where to go on */
+    after = 0, total = 0, pages = 0;
+    int empty_pages = 0;
+    do {
+        assert_int_equal(db_list_path_prefix(f->db, "/b/", after, 8, 1, page, &n, &next), 0);
+        assert_true(n <= 1);
+        if (!n && next) empty_pages++;
+        for (int i = 0; i < n; i++) seen[total++] = page[i].id, db_image_free(&page[i]);
+        after = next;
+        pages++;
+    } while (next && pages < 20);
+    assert_int_equal(total, 3);
+    assert_int_equal(empty_pages, 2);   /* /a/astronaut.png, /a/rocket.jpg */
 
     /* re-path chelsea: same id, vectors and regions; the old path is free */
     uint64_t cat = f->ids[2], replaced = 99;
