@@ -21,6 +21,8 @@
 #include "cli_util.h"
 #include "client.h"
 #include "commands.h"
+#include "ingest_sync.h"
+#include "ingest_watch.h"
 #include "umg_error.h"
 
 #define MAX_TAGS 64
@@ -34,18 +36,34 @@
 #define INTERRUPT_MAX_WAIT_S 10.0
 /* How often the receive loop looks at the Ctrl-C flag. */
 #define RECV_SLICE_MS 200
+/* --watch: a pass runs after WATCH_QUIET_S without folder events (a file
+ * still being written keeps sending them), at the latest WATCH_MAX_DELAY_S
+ * after the first; the server is pinged every WATCH_PING_S while idle;
+ * reconnecting waits WATCH_BACKOFF_MIN_S, doubling up to WATCH_BACKOFF_MAX_S. */
+#define WATCH_QUIET_S 1.0
+#define WATCH_MAX_DELAY_S 10.0
+#define WATCH_PING_S 2.0
+#define WATCH_BACKOFF_MIN_S 0.5
+#define WATCH_BACKOFF_MAX_S 8.0
 /* Exit code after Ctrl-C (128 + SIGINT, as shells report it). */
 #define EXIT_INTERRUPTED 130
 
 typedef struct ingest_opts {
     cli_common c;
     bool by_path;
+    bool sync;            /* --sync (also --watch): folders followed, gone files removed, moves re-pathed */
+    bool watch;           /* --watch */
     long jobs;
     char *tags[MAX_TAGS + 1];
     int n_tags;
 } ingest_opts;
 
 enum outcome { PENDING = 0, INGESTED, UNCHANGED, FAILED };
+
+/* What passes did (--watch adds them up). */
+typedef struct ingest_totals {
+    size_t passes, added, changed, moved, removed, failed;
+} ingest_totals;
 
 typedef struct file_state {
     enum outcome outcome;
@@ -71,6 +89,12 @@ typedef struct run {
     bool path_works;      /* a path ingest has succeeded */
     bool path_off;        /* the server refused path ingest before any success: send bytes */
     cli_progress progress;
+    /* --sync: the files walked, what the folder pass did, and which of the
+     * files sent were changed ones (the others are new) */
+    size_t walked;
+    const unsigned char *changed_file;
+    cli_sync_result sync;
+    size_t added, changed;
 } run;
 
 static void usage(FILE *out)
@@ -90,6 +114,13 @@ static void usage(FILE *out)
             "  --jobs N, -j N      requests in flight (1..%d, default 32: twice the\n"
             "                      server's default encoder batch, so batches fill)\n"
             "  --tags A,B          tag every photo (repeatable; at most %d tags)\n"
+            "  --sync              each PATH is a folder to mirror: besides sending new and\n"
+            "                      changed photos, remove from the server the photos stored\n"
+            "                      under it whose files are gone, and re-path moved or renamed\n"
+            "                      ones (same content) instead of sending them again\n"
+            "  --watch             --sync, then keep following the folders and apply changes\n"
+            "                      as they happen (after 1 s of quiet) until Ctrl-C (totals,\n"
+            "                      exit 130); a lost server is retried and the folders resynced\n"
             "  --json              print the summary (with every skipped and failed file and\n"
             "                      why) as JSON on stdout\n" CLI_COMMON_HELP
             "                      (ingest waits 300 s by default: a busy server queues photos)\n"
@@ -116,6 +147,8 @@ static int parse(int argc, char **argv, ingest_opts *o)
     static const struct option longopts[] = {
         CLI_COMMON_LONGOPTS,
         {"by-path", no_argument, NULL, 'p'},
+        {"sync", no_argument, NULL, 'S'},
+        {"watch", no_argument, NULL, 'W'},
         {"jobs", required_argument, NULL, 'j'},
         {"tags", required_argument, NULL, 't'},
         {"tag", required_argument, NULL, 't'},
@@ -136,6 +169,8 @@ static int parse(int argc, char **argv, ingest_opts *o)
             continue;
         switch (opt) {
         case 'p': o->by_path = true; break;
+        case 'S': o->sync = true; break;
+        case 'W': o->sync = o->watch = true; break;
         case 'j':
             if (cli_parse_long(optarg, 1, MAX_JOBS, &o->jobs)) {
                 fprintf(stderr, "umgdb ingest: --jobs wants an integer in [1, %d], not '%s'\n", MAX_JOBS, optarg);
@@ -263,6 +298,8 @@ static int handle(run *r, const slot *s, const proto_response *resp)
             r->regions += regions;   /* an unchanged photo's regions were stored before */
         r->st[f].outcome = dup ? UNCHANGED : INGESTED;
         dup ? r->unchanged++ : r->ingested++;
+        if (!dup && r->changed_file)
+            r->changed_file[f] == CLI_SYNC_SEND_CHANGED ? r->changed++ : r->added++;
         r->done++;
         if (s->by_path)
             r->path_works = true;
@@ -350,8 +387,33 @@ static int print_summary(const run *r, double secs, bool json)
                               r->interrupted, "seconds", secs, "photos_per_s", rate, "failures",
                               entries_json(fails, n_fails), "skipped_files",
                               entries_json(w->skipped, w->n_skipped));
+        if (j && r->o->sync) {
+            const cli_sync_result *y = &r->sync;
+            json_object_set_new(j, "photos", json_integer((json_int_t)r->walked));
+            json_object_set_new(j, "unchanged", json_integer((json_int_t)(r->unchanged + y->unchanged)));
+            json_object_set_new(j, "sync",
+                                json_pack("{s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:o}", "added",
+                                          (json_int_t)r->added, "changed", (json_int_t)r->changed, "moved",
+                                          (json_int_t)y->moved, "removed", (json_int_t)y->removed, "unchanged",
+                                          (json_int_t)(r->unchanged + y->unchanged), "hashed",
+                                          (json_int_t)y->hashed, "list_requests", (json_int_t)y->pages,
+                                          "photos_sent", (json_int_t)(w->n_files - not_sent),
+                                          "failures", entries_json(y->failures, y->n_failures)));
+        }
         rc = cli_print_json(j);
         json_decref(j);
+    } else if (r->o->sync) {
+        const cli_sync_result *y = &r->sync;
+        if (r->interrupted)
+            printf("interrupted: ");
+        printf("sync: %zu photo%s: %zu added, %zu changed, %zu moved, %zu removed, %zu unchanged, %zu failed",
+               r->walked, r->walked == 1 ? "" : "s", r->added, r->changed, y->moved, y->removed,
+               r->unchanged + y->unchanged, n_fails + y->n_failures);
+        if (not_sent)
+            printf(", %zu not sent", not_sent);
+        if (unanswered)
+            printf(", %zu sent without an answer (stored or not: run again)", unanswered);
+        printf("; %zu skipped (not a photo); %.1f s\n", w->n_skipped, secs);
     } else {
         if (r->interrupted)
             printf("interrupted: ");
@@ -367,8 +429,40 @@ static int print_summary(const run *r, double secs, bool json)
     /* Each skipped and failed file with why, on stderr in walk order. */
     print_entries("skipped (not a photo)", w->skipped, w->n_skipped);
     print_entries("failed (unreadable or corrupt)", fails, n_fails);
+    print_entries("not removed or moved", r->sync.failures, r->sync.n_failures);
     free(fails);
     return rc;
+}
+
+/* --sync: the folder pass (moves and removals made, the files to send
+ * chosen); w then holds only the files to send, *send (aligned with it) says
+ * which were changed.  0, or the exit code. */
+static int sync_folders(run *r, umg_client *cl, const char *const *roots, int n, cli_walk *w, unsigned char **send)
+{
+    r->walked = w->n_files;
+    if (!(*send = malloc(w->n_files ? w->n_files : 1))) {
+        fprintf(stderr, "umgdb ingest: out of memory\n");
+        return CLI_EXIT_FAILED;
+    }
+    int rc = cli_sync_apply(cl, r->o->c.timeout_ms, roots, n, w, *send, &r->sync);
+    if (rc == UMG_ECONN || rc == UMG_ETIMEOUT)
+        return cli_report_call("ingest", &r->o->c, rc);
+    if (rc) {
+        fprintf(stderr, "umgdb ingest: --sync: %s\n", umg_err_msg());
+        return CLI_EXIT_FAILED;
+    }
+    size_t k = 0;
+    for (size_t f = 0; f < w->n_files; f++) {
+        if ((*send)[f] == CLI_SYNC_KEEP) {
+            free(w->files[f].path);
+            continue;
+        }
+        (*send)[k] = (*send)[f];
+        w->files[k++] = w->files[f];
+    }
+    w->n_files = k;
+    r->changed_file = *send;
+    return 0;
 }
 
 static volatile sig_atomic_t interrupt_count;
@@ -406,24 +500,24 @@ static int next_answer(umg_client *cl, int timeout_ms, double *last_answer, bool
     }
 }
 
-int cmd_ingest(int argc, char **argv)
+/* One run over paths[0..n): walk, (--sync: the folder pass), send, summary.
+ * Connects when *clp is NULL (the connection stays in *clp for the caller
+ * to close).  Returns the exit code; *tot (may be NULL) gets what it did. */
+static int ingest_pass(const ingest_opts *op, umg_client **clp, const char *const *paths, int n_paths,
+                       ingest_totals *tot)
 {
-    ingest_opts o = {0};
-    int ex = parse(argc, argv, &o);
-    if (ex >= 0) {
-        opts_free(&o);
-        return ex;
-    }
+    const ingest_opts o = *op;   /* borrowed: nothing of it is freed here */
+    int ex;
     cli_walk w;
-    int rc = cli_walk_paths((const char *const *)argv + optind, argc - optind, &w);
+    int rc = cli_walk_paths(paths, n_paths, &w);
     if (rc) {
         fprintf(stderr, "umgdb ingest: %s\n", umg_err_msg());
         cli_walk_free(&w);
-        opts_free(&o);
         return CLI_EXIT_FAILED;
     }
-    umg_client *cl = NULL;
-    run r = {.o = &o, .w = &w, .n_slots = (int)o.jobs};
+    umg_client *cl = *clp;
+    unsigned char *send = NULL;
+    run r = {.o = op, .w = &w, .n_slots = (int)o.jobs};
     r.st = calloc(w.n_files ? w.n_files : 1, sizeof *r.st);
     r.slots = calloc((size_t)r.n_slots, sizeof *r.slots);
     if (!r.st || !r.slots) {
@@ -431,7 +525,10 @@ int cmd_ingest(int argc, char **argv)
         ex = CLI_EXIT_FAILED;
         goto out;
     }
-    if ((ex = cli_connect("ingest", &o.c, &cl, NULL)))
+    if (!cl && (ex = cli_connect("ingest", &o.c, clp, NULL)))
+        goto out;
+    cl = *clp;
+    if (o.sync && (ex = sync_folders(&r, cl, paths, n_paths, &w, &send)))
         goto out;
 
     double start = cli_now();
@@ -445,12 +542,6 @@ int cmd_ingest(int argc, char **argv)
         ex = CLI_EXIT_FAILED;
         goto out;
     }
-    /* Ctrl-C from here on: stop sending, collect what is in flight, summarise. */
-    /* SA_RESTART keeps stdio writes whole; poll() in the client returns
-     * EINTR anyway, and the receive loop looks at the flag every slice. */
-    struct sigaction sa = {.sa_handler = on_sigint, .sa_flags = SA_RESTART}, old_sa;
-    sigemptyset(&sa.sa_mask);
-    sigaction(SIGINT, &sa, &old_sa);
     int fatal = 0;
     double last_answer = cli_now(), interrupted_at = 0, stop_at = 0;
     while (!fatal && (r.next < w.n_files || r.in_flight || n_retry)) {
@@ -520,7 +611,7 @@ int cmd_ingest(int argc, char **argv)
     }
     if (print_summary(&r, secs, o.c.json))
         fprintf(stderr, "umgdb ingest: %s\n", umg_err_msg());
-    size_t failed = r.failed + w.n_errors;
+    size_t failed = r.failed + w.n_errors + r.sync.n_failures;
     if (fatal) {
         ex = CLI_EXIT_SERVER;
     } else if (r.interrupted) {
@@ -533,15 +624,137 @@ int cmd_ingest(int argc, char **argv)
     } else {
         ex = CLI_EXIT_OK;
     }
-    sigaction(SIGINT, &old_sa, NULL);
+    if (tot) {
+        tot->added += o.sync ? r.added : r.ingested;
+        tot->changed += r.changed;
+        tot->moved += r.sync.moved;
+        tot->removed += r.sync.removed;
+        tot->failed += failed;
+        tot->passes++;
+    }
 out:
-    umg_client_close(cl);
     if (r.st)
         for (size_t f = 0; f < w.n_files; f++)
             free(r.st[f].reason);
     free(r.st);
     free(r.slots);
+    free(send);
+    cli_sync_result_free(&r.sync);
     cli_walk_free(&w);
+    return ex;
+}
+
+/* --watch: a --sync pass at start, then one after each burst of changes in
+ * the folders, until Ctrl-C (totals printed, exit 130).  A lost server is
+ * reconnected with backoff and the folders synced again in full. */
+static int ingest_watch(const ingest_opts *o, umg_client **clp, const char *const *paths, int n)
+{
+    cli_watcher *wt;
+    if (cli_watcher_open(paths, n, &wt)) {
+        fprintf(stderr, "umgdb ingest: --watch: %s\n", umg_err_msg());
+        return CLI_EXIT_FAILED;
+    }
+    fprintf(stderr, "umgdb ingest: watching %d folder%s (Ctrl-C to stop)\n", n, n == 1 ? "" : "s");
+    ingest_totals tot = {0};
+    bool dirty = true, lost = false;
+    double now = cli_now(), last_event = now - WATCH_QUIET_S, first_dirty = now, retry_at = 0, last_ping = now;
+    double backoff = WATCH_BACKOFF_MIN_S;
+    while (!interrupt_count) {
+        now = cli_now();
+        if (dirty && now >= retry_at && (now - last_event >= WATCH_QUIET_S || now - first_dirty >= WATCH_MAX_DELAY_S)) {
+            cli_watcher_rescan(wt);
+            dirty = false;
+            int ex = ingest_pass(o, clp, paths, n, &tot);
+            fflush(stdout);
+            if (ex == EXIT_INTERRUPTED)
+                break;
+            if (ex == CLI_EXIT_SERVER) {
+                /* unreachable or lost: again from the start once it answers */
+                umg_client_close(*clp);
+                *clp = NULL;
+                dirty = lost = true;
+                first_dirty = last_event = cli_now() - WATCH_QUIET_S;
+                retry_at = cli_now() + backoff;
+                fprintf(stderr, "umgdb ingest: --watch: trying the server again in %.1f s\n", backoff);
+                backoff = fmin(backoff * 2, WATCH_BACKOFF_MAX_S);
+                continue;
+            }
+            if (lost)
+                fprintf(stderr, "umgdb ingest: --watch: the server is back; folders synced again\n");
+            lost = false;
+            backoff = WATCH_BACKOFF_MIN_S;
+            last_ping = cli_now();
+        }
+        if (!dirty && now - last_ping >= WATCH_PING_S) {
+            /* idle: is the server still there (a restart is followed by a full pass)? */
+            proto_response *r = NULL;
+            int rc = *clp ? umg_client_call0(*clp, "ping", 5000, &r) : UMG_ECONN;
+            proto_response_free(r);
+            last_ping = cli_now();
+            if (rc) {
+                fprintf(stderr, "umgdb ingest: --watch: lost the server (%s)\n", umg_err_msg());
+                umg_client_close(*clp);
+                *clp = NULL;
+                dirty = lost = true;
+                first_dirty = last_event = cli_now() - WATCH_QUIET_S;
+                continue;
+            }
+        }
+        int got = cli_watcher_wait(wt, dirty ? 100 : 500);
+        if (got > 0) {
+            if (!dirty)
+                first_dirty = cli_now();
+            dirty = true;
+            last_event = cli_now();
+        }
+    }
+    cli_watcher_close(wt);
+    if (o->c.json) {
+        json_t *j = json_pack("{s:s, s:I, s:I, s:I, s:I, s:I, s:I}", "watch", "interrupted", "passes", (json_int_t)tot.passes,
+                              "added", (json_int_t)tot.added, "changed", (json_int_t)tot.changed, "moved",
+                              (json_int_t)tot.moved, "removed", (json_int_t)tot.removed, "failed",
+                              (json_int_t)tot.failed);
+        cli_print_json(j);
+        json_decref(j);
+    } else {
+        printf("watch: %zu pass%s: %zu added, %zu changed, %zu moved, %zu removed, %zu failed\n", tot.passes,
+               tot.passes == 1 ? "" : "es", tot.added, tot.changed, tot.moved, tot.removed, tot.failed);
+    }
+    fflush(stdout);
+    fprintf(stderr, "umgdb ingest: --watch interrupted\n");
+    return EXIT_INTERRUPTED;
+}
+
+int cmd_ingest(int argc, char **argv)
+{
+    ingest_opts o = {0};
+    int ex = parse(argc, argv, &o);
+    if (ex >= 0) {
+        opts_free(&o);
+        return ex;
+    }
+    for (int i = optind; o.sync && i < argc; i++) {
+        char *prefix;
+        if (cli_sync_prefix(argv[i], &prefix)) {
+            fprintf(stderr, "umgdb ingest: %s\n", umg_err_msg());
+            opts_free(&o);
+            return CLI_EXIT_USAGE;
+        }
+        free(prefix);
+    }
+    /* Ctrl-C from here on: stop sending, collect what is in flight, summarise. */
+    /* SA_RESTART keeps stdio writes whole; poll() in the client returns
+     * EINTR anyway, and the receive loop looks at the flag every slice. */
+    struct sigaction sa = {.sa_handler = on_sigint, .sa_flags = SA_RESTART}, old_sa;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGINT, &sa, &old_sa);
+    umg_client *cl = NULL;
+    if (o.watch)
+        ex = ingest_watch(&o, &cl, (const char *const *)argv + optind, argc - optind);
+    else
+        ex = ingest_pass(&o, &cl, (const char *const *)argv + optind, argc - optind, NULL);
+    sigaction(SIGINT, &old_sa, NULL);
+    umg_client_close(cl);
     opts_free(&o);
     return ex;
 }

@@ -440,6 +440,8 @@ static int parse_hits(const proto_response *r, hit **out, int *n)
         h->refined = p->refined;
         h->width = p->width;
         h->height = p->height;
+        h->has_refined = p->has_refined;
+        h->refined = p->refined;
         h->has_box = p->has_box;
         for (int c = 0; c < 4; c++)
             h->box[c] = p->box[c];

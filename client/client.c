@@ -413,3 +413,114 @@ int umg_result_uint(const proto_response *r, const char *key, uint64_t *v)
 {
     return proto_obj_uint(umg_result_get(r, key), v);
 }
+
+/* ---- folders that change: list, move ---- */
+
+/* An error response as this library's error (code and message). */
+static int response_error(const proto_response *r)
+{
+    return umg_err_set(r->code < 0 ? r->code : UMG_EINTERNAL, "%s", r->message ? r->message : "");
+}
+
+static int hex_digit(char c)
+{
+    return c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
+}
+
+void umg_listed_free(umg_listed *v, size_t n)
+{
+    if (!v) return;
+    for (size_t i = 0; i < n; i++) free(v[i].path);
+    free(v);
+}
+
+/* Append the entries of one list page to *v. */
+static int list_take(const proto_response *r, umg_listed **v, size_t *n, size_t *cap, uint64_t *next)
+{
+    const msgpack_object *imgs = umg_result_get(r, "images");
+    if (!imgs || imgs->type != MSGPACK_OBJECT_ARRAY || !umg_result_uint(r, "next", next))
+        return umg_err_set(UMG_EPROTO, "list: the answer has no 'images' array or 'next'");
+    for (uint32_t i = 0; i < imgs->via.array.size; i++) {
+        const msgpack_object *o = &imgs->via.array.ptr[i];
+        umg_listed e = {0};
+        const char *p, *h;
+        size_t pl, hl;
+        int64_t mt = 0;
+        if (!proto_obj_uint(proto_map_get(o, "image_id"), &e.image_id) ||
+            !proto_obj_str(proto_map_get(o, "path"), &p, &pl) || !proto_obj_str(proto_map_get(o, "sha256"), &h, &hl) ||
+            hl != 64 || !proto_obj_uint(proto_map_get(o, "bytes"), &e.bytes) ||
+            !proto_obj_int(proto_map_get(o, "mtime"), &mt))
+            return umg_err_set(UMG_EPROTO, "list: an entry lacks image_id, path, sha256, bytes or mtime");
+        e.mtime = mt;
+        for (int b = 0; b < 32; b++) {
+            int hi = hex_digit(h[2 * b]), lo = hex_digit(h[2 * b + 1]);
+            if (hi < 0 || lo < 0) return umg_err_set(UMG_EPROTO, "list: sha256 is not 64 hex digits");
+            e.sha256[b] = (uint8_t)(hi << 4 | lo);
+        }
+        if (*n == *cap) {
+            size_t nc = *cap ? *cap * 2 : 256;
+            umg_listed *q = realloc(*v, nc * sizeof *q);
+            if (!q) return umg_err_set(UMG_ENOMEM, "out of memory");
+            *v = q;
+            *cap = nc;
+        }
+        if (!(e.path = strndup(p, pl))) return umg_err_set(UMG_ENOMEM, "out of memory");
+        (*v)[(*n)++] = e;
+    }
+    return 0;
+}
+
+int umg_client_list_all(umg_client *c, const char *prefix, int timeout_ms, umg_listed **out, size_t *n,
+                        size_t *pages)
+{
+    *out = NULL;
+    *n = 0;
+    if (pages) *pages = 0;
+    size_t cap = 0;
+    uint64_t after = 0;
+    int rc = 0;
+    do {
+        proto_writer w;
+        uint64_t id;
+        if ((rc = umg_client_begin(c, &w, "list", after ? 2 : 1, &id))) break;
+        int bad = proto_pack_cstr(&w.pk, "path_prefix") || proto_pack_cstr(&w.pk, prefix);
+        if (!bad && after) bad = proto_pack_cstr(&w.pk, "after") || msgpack_pack_uint64(&w.pk, after);
+        if ((rc = umg_client_end(c, &w))) break;
+        if (bad) {
+            rc = umg_err_set(UMG_ENOMEM, "out of memory");
+            break;
+        }
+        proto_response *r;
+        if ((rc = umg_client_wait(c, id, timeout_ms, &r))) break;
+        if (pages) (*pages)++;
+        rc = r->ok ? list_take(r, out, n, &cap, &after) : response_error(r);
+        proto_response_free(r);
+    } while (!rc && after);
+    if (rc) {
+        umg_listed_free(*out, *n);
+        *out = NULL;
+        *n = 0;
+    }
+    return rc;
+}
+
+int umg_client_move(umg_client *c, uint64_t image_id, const char *path, int64_t mtime, int timeout_ms,
+                    uint64_t *replaced)
+{
+    if (replaced) *replaced = 0;
+    proto_writer w;
+    uint64_t id;
+    int rc = umg_client_begin(c, &w, "move", 2 + (mtime != 0), &id);
+    if (rc) return rc;
+    int bad = proto_pack_cstr(&w.pk, "image_id") || msgpack_pack_uint64(&w.pk, image_id) ||
+              proto_pack_cstr(&w.pk, "path") || proto_pack_cstr(&w.pk, path);
+    if (!bad && mtime) bad = proto_pack_cstr(&w.pk, "mtime") || msgpack_pack_int64(&w.pk, mtime);
+    if ((rc = umg_client_end(c, &w))) return rc;
+    if (bad) return umg_err_set(UMG_ENOMEM, "out of memory");
+    proto_response *r;
+    if ((rc = umg_client_wait(c, id, timeout_ms, &r))) return rc;
+    if (!r->ok) rc = response_error(r);
+    else if (replaced) umg_result_uint(r, "replaced", replaced);
+    proto_response_free(r);
+    return rc;
+}

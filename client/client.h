@@ -98,6 +98,27 @@ int umg_client_call0(umg_client *c, const char *op, int timeout_ms, proto_respon
 int umg_client_hello(umg_client *c, const char *token, const char *client_name, int timeout_ms,
                      proto_response **out);
 
+/* Folders that change (docs/protocol.md, "list" and "move").  These two
+ * return the server's error code (with its message in umg_err_msg()) when it
+ * answers ok == false, besides the client errors above. */
+typedef struct umg_listed {
+    uint64_t image_id;
+    char *path;
+    uint8_t sha256[32];
+    uint64_t bytes;
+    int64_t mtime;
+} umg_listed;
+/* Every image stored under path prefix, page after page ("list").  *out
+ * malloc'd (umg_listed_free), *n entries; *pages (may be NULL) the requests
+ * it took. */
+int umg_client_list_all(umg_client *c, const char *prefix, int timeout_ms, umg_listed **out, size_t *n,
+                        size_t *pages);
+void umg_listed_free(umg_listed *v, size_t n); /* NULL-safe */
+/* Re-path stored image_id to path ("move"); mtime 0 keeps its mtime;
+ * *replaced (may be NULL) the id of the image that was at path, or 0. */
+int umg_client_move(umg_client *c, uint64_t image_id, const char *path, int64_t mtime, int timeout_ms,
+                    uint64_t *replaced);
+
 /* The socket, e.g. to poll() several clients; do not read or write it. */
 int umg_client_fd(const umg_client *c);
 /* True once the connection is broken (closed by the peer, reset, ...). */

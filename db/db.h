@@ -212,6 +212,20 @@ typedef int (*db_image_fn)(void *ud, const db_image *img);
 int db_scan_images(db_t *db, db_image_fn fn, void *ud);
 /* All regions of an image, in id order: *out is malloc'd (free()), *n its length. */
 int db_list_regions(db_t *db, uint64_t image_id, db_region **out, int *n);
+/* Folders that change (umgdb ingest --sync).  db_list_path_prefix: the
+ * images whose stored path starts with prefix (byte-wise), in id order,
+ * after id `after` (0 = from the first): up to max records into out (each
+ * db_image_free'd by the caller), looking at most at max_scan records, so a
+ * page costs bounded time however few images match.  *next = the last id
+ * looked at when records are left (pass it as `after`), 0 at the end.
+ * Damaged records are skipped (and logged).
+ * db_move_image: re-path image_id to path in one transaction (its vectors,
+ * regions, extras, hash and id stay); mtime != 0 also sets its mtime.  An
+ * image that held path is deleted in the same transaction (its id in
+ * *replaced, else 0).  UMG_ENOENT when image_id does not exist. */
+int db_list_path_prefix(db_t *db, const char *prefix, uint64_t after, int max, int max_scan, db_image *out,
+                        int *n, uint64_t *next);
+int db_move_image(db_t *db, uint64_t image_id, const char *path, int64_t mtime, uint64_t *replaced);
 /* The stored (normalized, float16-rounded) vector of an image or region. */
 int db_get_vector(db_t *db, int kind, uint64_t id, float *out);
 

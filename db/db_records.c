@@ -956,3 +956,155 @@ int db_get_extra(db_t *db, uint64_t image_id, const char *name, void **data, siz
     db_rtxn_end(db, txn);
     return db_translate(rc, name);
 }
+
+/* ---- folders that change: listing by path prefix, re-pathing ---- */
+
+int db_list_path_prefix(db_t *db, const char *prefix, uint64_t after, int max, int max_scan, db_image *out,
+                        int *n, uint64_t *next)
+{
+    *n = 0;
+    *next = 0;
+    if (!prefix || max < 1 || max_scan < 1 || !out)
+        return umg_err_set(UMG_EINVAL, "db_list_path_prefix: bad arguments");
+    size_t pl = strlen(prefix);
+    MDB_txn *txn;
+    int rc = db_rtxn_begin(db, &txn);
+    if (rc)
+        return rc;
+    MDB_cursor *cur;
+    int cnt = 0, scanned = 0;
+    uint64_t last = 0;
+    if (!(rc = mdb_cursor_open(txn, db->dbi[D_IMAGES], &cur))) {
+        unsigned char key[8];
+        db_be64(key, after + 1);
+        MDB_val k = { 8, key }, v;
+        for (rc = after == UINT64_MAX ? MDB_NOTFOUND : mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE);
+             rc == 0 && cnt < max && scanned < max_scan; rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
+            uint64_t id = db_rd_be64(k.mv_data);
+            last = id;
+            scanned++;
+            db_image img;
+            int r = decode_image_rec(db, id, &v, &img);
+            if (r == UMG_ENOMEM) {
+                rc = r;
+                break;
+            }
+            if (r)   /* a damaged record (logged by db_damaged): not listed, the walk goes on */
+                continue;
+            if (strncmp(img.path, prefix, pl)) {
+                db_image_free(&img);
+                continue;
+            }
+            out[cnt++] = img;
+        }
+        int more = rc == 0;   /* stopped by a limit with records left */
+        mdb_cursor_close(cur);
+        if (rc == MDB_NOTFOUND)
+            rc = 0;
+        if (!rc && more)
+            *next = last;
+    }
+    db_rtxn_end(db, txn);
+    if (rc) {
+        for (int i = 0; i < cnt; i++)
+            db_image_free(&out[i]);
+        cnt = 0;
+        *next = 0;
+    }
+    *n = cnt;
+    return db_translate(rc, "listing images by path");
+}
+
+typedef struct move_ctx {
+    uint64_t id;
+    const char *path;
+    int64_t mtime;
+    uint64_t replaced;   /* the image that was at path, deleted */
+    idlist regs;         /* its regions */
+} move_ctx;
+
+/* Every field of the record is carried over; only path (and mtime) change. */
+static int move_fn(db_t *db, MDB_txn *txn, void *arg)
+{
+    move_ctx *m = arg;
+    m->replaced = 0;
+    m->regs.n = 0;
+    MDB_val v;
+    int rc = db_get_by_id(db, txn, D_IMAGES, m->id, &v);
+    if (rc == MDB_NOTFOUND)
+        return umg_err_set(UMG_ENOENT, "image %llu not found", (unsigned long long)m->id);
+    if (rc)
+        return rc;
+    db_image img;
+    if ((rc = decode_image_rec(db, m->id, &v, &img)))
+        return rc;
+    unsigned char oldk[32], newk[32], idk[8];
+    SHA256((const unsigned char *)img.path, strlen(img.path), oldk);
+    SHA256((const unsigned char *)m->path, strlen(m->path), newk);
+    db_be64(idk, m->id);
+    counters c;
+    rc = db_counters_load(db, txn, &c);
+    int same_path = !strcmp(img.path, m->path);
+    if (!rc && !same_path) {
+        MDB_val pk = { 32, newk }, pv;
+        rc = mdb_get(txn, db->dbi[D_PATHS], &pk, &pv);
+        uint64_t holder = 0;
+        if (!rc && !(rc = db_id_value(db, &pv, "paths", &holder)) && holder != m->id) {
+            rc = db_delete_in_txn(db, txn, &c, holder, &m->regs);
+            m->replaced = holder;
+        }
+        if (rc == MDB_NOTFOUND)
+            rc = 0;
+        MDB_val ok = { 32, oldk };
+        if (!rc) {
+            rc = mdb_del(txn, db->dbi[D_PATHS], &ok, NULL);
+            if (rc == MDB_NOTFOUND)
+                rc = 0;
+        }
+        MDB_val idv = { 8, idk };
+        if (!rc)
+            rc = mdb_put(txn, db->dbi[D_PATHS], &pk, &idv, 0);
+    }
+    if (!rc) {
+        db_image_in in = {.path = m->path, .width = img.width, .height = img.height, .bytes = img.bytes,
+                          .mtime = m->mtime ? m->mtime : img.mtime, .tags = (const char *const *)img.tags,
+                          .n_tags = img.n_tags, .n_regions = img.n_regions};
+        memcpy(in.sha256, img.sha256, 32);
+        wbuf b = {0};
+        rc = encode_image_rec(&in, img.ingest_time, &b);
+        MDB_val k = { 8, idk }, nv = { b.n, b.p };
+        if (!rc)
+            rc = mdb_put(txn, db->dbi[D_IMAGES], &k, &nv, 0);
+        free(b.p);
+    }
+    db_image_free(&img);
+    if (!rc)
+        rc = db_counters_store(db, txn, &c);
+    return rc;
+}
+
+int db_move_image(db_t *db, uint64_t image_id, const char *path, int64_t mtime, uint64_t *replaced)
+{
+    if (replaced)
+        *replaced = 0;
+    if (!path || !*path)
+        return umg_err_set(UMG_EINVAL, "image path is required");
+    if (strlen(path) >= DB_MAX_PATH)
+        return umg_err_set(UMG_ETOOBIG, "image path longer than %d bytes", DB_MAX_PATH - 1);
+    if (!db_text_ok(path, strlen(path)))
+        return umg_err_set(UMG_EUTF8, "image path is not UTF-8");
+    move_ctx m = { .id = image_id, .path = path, .mtime = mtime };
+    char what[64];
+    snprintf(what, sizeof what, "moving image %llu", (unsigned long long)image_id);
+    pthread_mutex_lock(&db->wmutex);
+    int rc = db_write_txn(db, move_fn, &m, what);
+    if (!rc && m.replaced) {
+        db_index_apply(db, DB_KIND_IMAGE, &m.replaced, 1, NULL, NULL, 0);
+        db_index_apply(db, DB_KIND_REGION, m.regs.v, m.regs.n, NULL, NULL, 0);
+    }
+    pthread_mutex_unlock(&db->wmutex);
+    free(m.regs.v);
+    if (!rc && replaced)
+        *replaced = m.replaced;
+    return rc;
+}

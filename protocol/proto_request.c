@@ -90,6 +90,20 @@ static const proto_arg_spec query_image_args[] = {
 };
 static const proto_arg_spec by_id_or_path_args[] = {ARG_IMAGE_ID(proto_image_ref_args, 1),
                                                     ARG_PATH(proto_image_ref_args, 2)};
+/* folders that change (umgdb ingest --sync): a page of the images under a
+ * path prefix, and re-pathing one (docs/protocol.md, "list", "move") */
+static const proto_arg_spec list_args[] = {
+    {.key = "path_prefix", .type = PROTO_T_STR, .flags = PROTO_ARG_REQUIRED | PROTO_ARG_NONEMPTY,
+     .max_len = STR_MAX_PATH, AT(proto_list_args, path_prefix)},
+    {.key = "after", .type = PROTO_T_UINT, AT(proto_list_args, after)},
+    {.key = "limit", .type = PROTO_T_UINT, .imin = 1, .imax = PROTO_MAX_LIST, AT(proto_list_args, limit),
+     .udefault = PROTO_MAX_LIST},
+};
+static const proto_arg_spec move_args[] = {
+    ARG_IMAGE_ID(proto_move_args, 0), ARG_PATH(proto_move_args, 0),
+    {.key = "mtime", .type = PROTO_T_INT, .imin = 1, .imax = PROTO_MAX_MTIME, AT(proto_move_args, mtime),
+     HAS(proto_move_args, has_mtime)},
+};
 
 const proto_op proto_op_table[PROTO_OP_COUNT] = {
     [PROTO_OP_HELLO] = {"hello", PROTO_OP_HELLO, ARGS(hello_args), 0},
@@ -100,6 +114,8 @@ const proto_op proto_op_table[PROTO_OP_COUNT] = {
     [PROTO_OP_GET] = {"get", PROTO_OP_GET, ARGS(by_id_or_path_args), 2},
     [PROTO_OP_DELETE] = {"delete", PROTO_OP_DELETE, ARGS(by_id_or_path_args), 2},
     [PROTO_OP_STATS] = {"stats", PROTO_OP_STATS, NULL, 0, 0},
+    [PROTO_OP_LIST] = {"list", PROTO_OP_LIST, ARGS(list_args), 0},
+    [PROTO_OP_MOVE] = {"move", PROTO_OP_MOVE, ARGS(move_args), 0},
 };
 
 const proto_op *proto_ops(void) { return proto_op_table; }

@@ -43,6 +43,8 @@
 /* ingest's optional "mtime" (with "data"): seconds since the epoch, 1 up to
  * the end of the year 9999; absent, the server records the ingest time. */
 #define PROTO_MAX_MTIME INT64_C(253402300799)
+/* list: most images per page ("limit"; default PROTO_MAX_LIST) */
+#define PROTO_MAX_LIST 1000
 
 enum proto_op_code {
     PROTO_OP_HELLO,
@@ -53,6 +55,8 @@ enum proto_op_code {
     PROTO_OP_GET,
     PROTO_OP_DELETE,
     PROTO_OP_STATS,
+    PROTO_OP_LIST,      /* folders that change: stored images under a path prefix */
+    PROTO_OP_MOVE,      /* folders that change: re-path a stored image */
     PROTO_OP_COUNT
 };
 
@@ -156,6 +160,18 @@ typedef struct proto_image_ref_args { /* get, delete */
     uint64_t image_id;
     proto_str path;
 } proto_image_ref_args;
+typedef struct proto_list_args {   /* folders that change */
+    proto_str path_prefix;
+    uint64_t after;               /* 0 when absent */
+    uint64_t limit;               /* PROTO_MAX_LIST when absent */
+} proto_list_args;
+typedef struct proto_move_args {
+    bool has_image_id;
+    uint64_t image_id;
+    proto_str path;
+    bool has_mtime;
+    int64_t mtime;
+} proto_move_args;
 
 typedef union proto_args {
     proto_hello_args hello;
@@ -163,6 +179,8 @@ typedef union proto_args {
     proto_query_args query;
     proto_query_image_args query_image;
     proto_image_ref_args get, del;
+    proto_list_args list;
+    proto_move_args move;
 } proto_args;
 
 typedef struct proto_op {

@@ -21,6 +21,7 @@
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
 
+#include "sync.h"
 #include "umg_error.h"
 
 _Static_assert((int)SRV_REGION_MODE_DENSE == (int)ENG_REGION_MODE_DENSE && (int)SRV_REGION_MODE_CROP == (int)ENG_REGION_MODE_CROP,
@@ -777,6 +778,73 @@ static void delete_work(uv_work_t *w)
     if (rc) srv_job_error(job, rc, umg_err_msg());
 }
 
+/* ---- folders that change: list, move (engine/sync.h) ---- */
+
+static void list_work(uv_work_t *w)
+{
+    srv_job *job = w->data;
+    umg_err_clear();
+    const proto_list_args *a = &job->req->a.list;
+    size_t pl = a->path_prefix.len;
+    uint64_t after = a->after, limit = a->limit, next = 0;
+    char *prefix = strndup(a->path_prefix.ptr, pl);
+    db_image *imgs = calloc((size_t)limit, sizeof *imgs);
+    int n = 0, rc = 0;
+    if (!prefix || !imgs) rc = umg_err_set(UMG_ENOMEM, "out of memory");
+    else if (strlen(prefix) != pl) rc = umg_err_set(UMG_EINVAL, "list: path_prefix contains a NUL byte");
+    if (!rc) rc = eng_list_prefix(job->s->eng, prefix, after, (int)limit, imgs, &n, &next);
+    proto_writer wr;
+    if (!rc && proto_response_begin(&wr, &job->resp, job->id)) rc = umg_err_set(UMG_ENOMEM, "out of memory");
+    if (!rc) {
+        msgpack_packer *pk = &wr.pk;
+        msgpack_pack_map(pk, 2);
+        pack_key(pk, "images");
+        msgpack_pack_array(pk, (size_t)n);
+        for (int i = 0; i < n; i++) {
+            char hex[65];
+            for (int b = 0; b < 32; b++) snprintf(hex + 2 * b, 3, "%02x", imgs[i].sha256[b]);
+            msgpack_pack_map(pk, 5);
+            pack_key(pk, "image_id"), msgpack_pack_uint64(pk, imgs[i].id);
+            pack_key(pk, "path"), proto_pack_cstr(pk, imgs[i].path);
+            pack_key(pk, "sha256"), pack_strn(pk, hex, 64);
+            pack_key(pk, "bytes"), msgpack_pack_uint64(pk, imgs[i].bytes);
+            pack_key(pk, "mtime"), msgpack_pack_int64(pk, imgs[i].mtime);
+        }
+        pack_key(pk, "next"), msgpack_pack_uint64(pk, next);
+        job_response_end(job, &wr);
+    }
+    for (int i = 0; i < n; i++) db_image_free(&imgs[i]);
+    free(imgs);
+    free(prefix);
+    if (rc) srv_job_error(job, rc, umg_err_msg());
+}
+
+static void move_work(uv_work_t *w)
+{
+    srv_job *job = w->data;
+    umg_err_clear();
+    const proto_move_args *a = &job->req->a.move;
+    uint64_t id = a->image_id, replaced = 0;
+    int64_t mtime = a->has_mtime ? a->mtime : 0;
+    size_t pl = a->path.len;
+    char *path = strndup(a->path.ptr, pl);
+    int rc = 0;
+    if (!path) rc = umg_err_set(UMG_ENOMEM, "out of memory");
+    else if (strlen(path) != pl) rc = umg_err_set(UMG_EINVAL, "move: path contains a NUL byte");
+    if (!rc) rc = eng_move(job->s->eng, id, path, mtime, &replaced);
+    proto_writer wr;
+    if (!rc && proto_response_begin(&wr, &job->resp, job->id)) rc = umg_err_set(UMG_ENOMEM, "out of memory");
+    if (!rc) {
+        msgpack_pack_map(&wr.pk, 2 + (replaced != 0));
+        pack_key(&wr.pk, "image_id"), msgpack_pack_uint64(&wr.pk, id);
+        pack_key(&wr.pk, "path"), proto_pack_cstr(&wr.pk, path);
+        if (replaced) pack_key(&wr.pk, "replaced"), msgpack_pack_uint64(&wr.pk, replaced);
+        job_response_end(job, &wr);
+    }
+    free(path);
+    if (rc) srv_job_error(job, rc, umg_err_msg());
+}
+
 #define QUEUE_HANDLER(name, fn)                                                                    \
     static int name(void *ctx, proto_request *req)                                                 \
     {                                                                                              \
@@ -796,6 +864,8 @@ static int h_query(void *ctx, proto_request *req)
 QUEUE_HANDLER(h_query_image, query_image_work)
 QUEUE_HANDLER(h_get, get_work)
 QUEUE_HANDLER(h_delete, delete_work)
+QUEUE_HANDLER(h_list, list_work)
+QUEUE_HANDLER(h_move, move_work)
 
 /* The command table: each op of the protocol's table (name, argument spec)
  * bound to its handler, as constant data indexed by enum proto_op_code. */
@@ -813,6 +883,8 @@ static const srv_command commands[PROTO_OP_COUNT] = {
     [PROTO_OP_GET] = {&proto_op_table[PROTO_OP_GET], h_get},
     [PROTO_OP_DELETE] = {&proto_op_table[PROTO_OP_DELETE], h_delete},
     [PROTO_OP_STATS] = {&proto_op_table[PROTO_OP_STATS], h_stats},
+    [PROTO_OP_LIST] = {&proto_op_table[PROTO_OP_LIST], h_list},
+    [PROTO_OP_MOVE] = {&proto_op_table[PROTO_OP_MOVE], h_move},
 };
 
 int srv_dispatch(srv_job *job, proto_request *req)

@@ -21,6 +21,7 @@
 #include "engine.h"
 #include "ingest.h"
 #include "search.h"
+#include "sync.h"
 #include "test_util.h"
 #include "umg_error.h"
 #include "umg_half.h"
@@ -565,6 +566,242 @@ static void test_same_path_rule(void **state)
     assert_true(strlen(r.msg) > 0);
 }
 
+/* ---- folders that change (engine/sync.h) ---- */
+
+/* Listing by path prefix, paged; re-pathing keeps the id, vectors and
+ * regions; re-pathing onto an occupied path replaces that image (gone from
+ * LMDB and the index). */
+static void test_list_and_move(void **state)
+{
+    fixture *f = *state;
+    db_image page[8];
+    int n;
+    uint64_t next;
+    assert_int_equal(eng_list_prefix(f->e, "/b/", 0, 8, page, &n, &next), 0);
+    assert_int_equal(n, 3);
+    assert_int_equal(next, 0);
+    for (int i = 0; i < n; i++) {
+        assert_int_equal(page[i].id, f->ids[2 + i]);   /* id order */
+        assert_string_equal(page[i].path, photos[2 + i].path);
+        db_image_free(&page[i]);
+    }
+    /* one at a time: every page holds at most one, the pages together all three */
+    uint64_t after = 0, seen[4];
+    int total = 0, pages = 0;
+    do {
+        assert_int_equal(eng_list_prefix(f->e, "/b/", after, 1, page, &n, &next), 0);
+        assert_true(n <= 1);
+        for (int i = 0; i < n; i++) seen[total++] = page[i].id, db_image_free(&page[i]);
+        after = next;
+        pages++;
+    } while (next && pages < 20);
+    assert_int_equal(total, 3);
+    for (int i = 0; i < 3; i++) assert_int_equal(seen[i], f->ids[2 + i]);
+    assert_int_equal(eng_list_prefix(f->e, "/nowhere/", 0, 8, page, &n, &next), 0);
+    assert_int_equal(n, 0);
+    /* the scan bound: one record looked at per call, so the first pages (the
+     * /a/ photos) hold nothing yet say where to go on */
+    after = 0, total = 0, pages = 0;
+    int empty_pages = 0;
+    do {
+        assert_int_equal(db_list_path_prefix(f->db, "/b/", after, 8, 1, page, &n, &next), 0);
+        assert_true(n <= 1);
+        if (!n && next) empty_pages++;
+        for (int i = 0; i < n; i++) seen[total++] = page[i].id, db_image_free(&page[i]);
+        after = next;
+        pages++;
+    } while (next && pages < 20);
+    assert_int_equal(total, 3);
+    assert_int_equal(empty_pages, 2);   /* /a/astronaut.png, /a/rocket.jpg */
+
+    /* re-path chelsea: same id, vectors and regions; the old path is free */
+    uint64_t cat = f->ids[2], replaced = 99;
+    db_image before, after_img;
+    assert_int_equal(db_get_image(f->db, cat, &before), 0);
+    float *v0 = malloc((size_t)f->dim * sizeof *v0), *v1 = malloc((size_t)f->dim * sizeof *v1);
+    assert_int_equal(db_get_vector(f->db, DB_KIND_IMAGE, cat, v0), 0);
+    assert_int_equal(eng_move(f->e, cat, "/b/sub/cat.png", 77, &replaced), 0);
+    assert_int_equal(replaced, 0);
+    assert_int_equal(db_get_image(f->db, cat, &after_img), 0);
+    assert_string_equal(after_img.path, "/b/sub/cat.png");
+    assert_int_equal(after_img.mtime, 77);
+    assert_memory_equal(after_img.sha256, before.sha256, 32);
+    assert_int_equal(after_img.n_regions, before.n_regions);
+    assert_int_equal(after_img.n_tags, 1);
+    assert_string_equal(after_img.tags[0], "cat");
+    assert_int_equal(after_img.ingest_time, before.ingest_time);
+    db_image_free(&before);
+    db_image_free(&after_img);
+    assert_int_equal(db_get_vector(f->db, DB_KIND_IMAGE, cat, v1), 0);
+    assert_memory_equal(v0, v1, (size_t)f->dim * sizeof *v0);
+    uint64_t id;
+    assert_int_equal(db_find_path(f->db, "/b/chelsea.png", &id), UMG_ENOENT);
+    assert_int_equal(db_find_path(f->db, "/b/sub/cat.png", &id), 0);
+    assert_int_equal(id, cat);
+    /* mtime 0 keeps it */
+    assert_int_equal(eng_move(f->e, cat, "/b/sub/cat2.png", 0, NULL), 0);
+    assert_int_equal(db_get_image(f->db, cat, &after_img), 0);
+    assert_int_equal(after_img.mtime, 77);
+    db_image_free(&after_img);
+
+    /* onto camera's path: camera is replaced, gone from LMDB and from searches */
+    uint64_t camera = f->ids[4], coffee = f->ids[3];
+    assert_int_equal(db_get_vector(f->db, DB_KIND_IMAGE, camera, v0), 0);
+    assert_int_equal(eng_move(f->e, coffee, "/b/camera.png", 0, &replaced), 0);
+    assert_int_equal(replaced, camera);
+    assert_int_equal(db_get_image(f->db, camera, &after_img), UMG_ENOENT);
+    assert_int_equal(db_find_path(f->db, "/b/camera.png", &id), 0);
+    assert_int_equal(id, coffee);
+    db_hit hits[N_PHOTOS];
+    assert_int_equal(db_search(f->db, DB_KIND_IMAGE, v0, NULL, hits, N_PHOTOS, &n), 0);
+    assert_int_equal(n, N_PHOTOS - 1);
+    for (int i = 0; i < n; i++) assert_true(hits[i].id != camera);
+    assert_int_equal(eng_list_prefix(f->e, "/b/", 0, 8, page, &n, &next), 0);
+    assert_int_equal(n, 2);
+    for (int i = 0; i < n; i++) db_image_free(&page[i]);
+    /* moving onto its own path changes nothing; an unknown id is not found */
+    assert_int_equal(eng_move(f->e, coffee, "/b/camera.png", 0, &replaced), 0);
+    assert_int_equal(replaced, 0);
+    assert_int_equal(eng_move(f->e, 123456, "/b/x.png", 0, NULL), UMG_ENOENT);
+    assert_true(eng_move(f->e, coffee, "", 0, NULL) < 0);
+    free(v0);
+    free(v1);
+}
+
+/* The plan's rules over made-up listings: a file's content is the first
+ * byte of its hash (a table), "exists" is a set of paths. */
+typedef struct fake_fs {
+    const char *const *paths;   /* content code per path */
+    const int *content;
+    int n;
+    const char *const *present; /* extra paths that exist without being listed */
+    int n_present;
+    int hashes;
+} fake_fs;
+
+static int fake_hash(void *ud, const char *path, uint8_t out[32])
+{
+    fake_fs *fs = ud;
+    fs->hashes++;
+    memset(out, 0, 32);
+    for (int i = 0; i < fs->n; i++)
+        if (!strcmp(fs->paths[i], path)) {
+            out[0] = (uint8_t)fs->content[i];
+            return fs->content[i] ? 0 : UMG_EIO;   /* content 0: unreadable */
+        }
+    fail_msg("hash of unlisted %s", path);
+    return UMG_EIO;
+}
+
+static int fake_exists(void *ud, const char *path)
+{
+    fake_fs *fs = ud;
+    for (int i = 0; i < fs->n_present; i++)
+        if (!strcmp(fs->present[i], path)) return 1;
+    return 0;
+}
+
+static const eng_sync_step *step_of_file(const eng_sync_plan *p, long file)
+{
+    for (size_t i = 0; i < p->n; i++)
+        if (p->steps[i].file == file) return &p->steps[i];
+    fail_msg("no step for file %ld", file);
+    return NULL;
+}
+
+static void test_sync_plan(void **state)
+{
+    (void)state;
+    /* on disk now */
+    static const char *const dpaths[] = {
+        "/p/same.jpg",     /* 0 stored, same size+mtime: unchanged, not read */
+        "/p/touched.jpg",  /* 1 stored, mtime differs, same content: unchanged */
+        "/p/edited.jpg",   /* 2 stored, other content: changed */
+        "/p/new.jpg",      /* 3 not stored, new content: added */
+        "/p/sub/moved.jpg",/* 4 content of gone /p/old.jpg: moved */
+        "/p/copy.jpg",     /* 5 content of same.jpg (still there): added, a duplicate */
+        "/p/over.jpg",     /* 6 stored (other content); now the content of gone /p/renamed.jpg: moved over it */
+        "/p/twin1.jpg",    /* 7, 8: content 9, two gone images have it: two moves */
+        "/p/twin2.jpg",
+        "/p/twin3.jpg",    /* 9: content 9 a third time, nothing gone left: added */
+        "/p/unread.jpg",   /* 10 not stored, cannot be read: added (sent; fails where it is sent) */
+    };
+    static const int content[] = {1, 2, 30, 4, 5, 1, 6, 9, 9, 9, 0};
+    enum { ND = sizeof dpaths / sizeof dpaths[0] };
+    eng_sync_file files[ND];
+    for (int i = 0; i < ND; i++) files[i] = (eng_sync_file){dpaths[i], 100, 1000};
+    files[1].mtime = 2000;
+    files[2].size = 200;
+    files[6].size = 300;
+    /* stored */
+    static const struct { const char *path; int content; } st[] = {
+        {"/p/same.jpg", 1}, {"/p/touched.jpg", 2}, {"/p/edited.jpg", 3},
+        {"/p/old.jpg", 5},          /* 3 gone: moved to sub/moved.jpg */
+        {"/p/over.jpg", 7},         /* 4 */
+        {"/p/renamed.jpg", 6},      /* 5 gone: moved onto over.jpg */
+        {"/p/deleted.jpg", 8},      /* 6 gone: removed */
+        {"/p/notaphoto.jpg", 8},    /* 7 not listed but exists: kept */
+        {"/p/t1.jpg", 9}, {"/p/t2.jpg", 9},   /* 8, 9 gone twins */
+    };
+    enum { NS = sizeof st / sizeof st[0] };
+    eng_sync_stored stored[NS];
+    for (int i = 0; i < NS; i++) {
+        stored[i] = (eng_sync_stored){.id = 100 + (uint64_t)i, .path = st[i].path, .size = 100, .mtime = 1000};
+        stored[i].sha256[0] = (uint8_t)st[i].content;
+    }
+    static const char *const present[] = {"/p/notaphoto.jpg"};
+    fake_fs fs = {dpaths, content, ND, present, 1, 0};
+    eng_sync_io io = {fake_hash, fake_exists, &fs};
+    eng_sync_plan p;
+    assert_int_equal(eng_sync_plan_make(files, ND, stored, NS, &io, &p), 0);
+    assert_int_equal(step_of_file(&p, 0)->action, ENG_SYNC_UNCHANGED);
+    assert_int_equal(step_of_file(&p, 1)->action, ENG_SYNC_UNCHANGED);
+    assert_int_equal(step_of_file(&p, 2)->action, ENG_SYNC_CHANGE);
+    assert_int_equal(step_of_file(&p, 2)->stored, 2);
+    assert_int_equal(step_of_file(&p, 3)->action, ENG_SYNC_ADD);
+    assert_int_equal(step_of_file(&p, 4)->action, ENG_SYNC_MOVE);
+    assert_int_equal(step_of_file(&p, 4)->stored, 3);
+    assert_int_equal(step_of_file(&p, 5)->action, ENG_SYNC_ADD);
+    assert_int_equal(step_of_file(&p, 6)->action, ENG_SYNC_MOVE);
+    assert_int_equal(step_of_file(&p, 6)->stored, 5);
+    assert_int_equal(step_of_file(&p, 7)->action, ENG_SYNC_MOVE);
+    assert_int_equal(step_of_file(&p, 8)->action, ENG_SYNC_MOVE);
+    assert_true(step_of_file(&p, 7)->stored != step_of_file(&p, 8)->stored);
+    assert_true(step_of_file(&p, 7)->stored >= 8 && step_of_file(&p, 8)->stored >= 8);
+    assert_int_equal(step_of_file(&p, 9)->action, ENG_SYNC_ADD);
+    assert_int_equal(step_of_file(&p, 10)->action, ENG_SYNC_ADD);
+    /* the one removal: deleted.jpg; not notaphoto.jpg (exists), not the moved ones */
+    int removes = 0;
+    for (size_t i = 0; i < p.n; i++)
+        if (p.steps[i].action == ENG_SYNC_REMOVE) {
+            removes++;
+            assert_int_equal(p.steps[i].stored, 6);
+            assert_int_equal(p.steps[i].file, -1);
+        }
+    assert_int_equal(removes, 1);
+    assert_int_equal(p.unchanged, 2);
+    assert_int_equal(p.changed, 1);
+    assert_int_equal(p.added, 4);
+    assert_int_equal(p.moved, 4);
+    assert_int_equal(p.removed, 1);
+    /* same.jpg was never read: every file but it was hashed */
+    assert_int_equal(fs.hashes, ND - 1);
+    assert_int_equal(p.hashed, ND - 1);
+    eng_sync_plan_free(&p);
+
+    /* nothing changed: nothing hashed, nothing to do */
+    fs.hashes = 0;
+    assert_int_equal(eng_sync_plan_make(files, 1, stored, 1, &io, &p), 0);
+    assert_int_equal(p.n, 1);
+    assert_int_equal(p.unchanged, 1);
+    assert_int_equal(fs.hashes, 0);
+    eng_sync_plan_free(&p);
+    /* an empty folder: everything stored is removed */
+    assert_int_equal(eng_sync_plan_make(NULL, 0, stored, 3, &io, &p), 0);
+    assert_int_equal(p.removed, 3);
+    eng_sync_plan_free(&p);
+}
+
 /* Without patch tokens: no heatmaps, refine leaves boxes as they are, and a
  * box on a stored image is refused. */
 static void test_no_patches(void **state)
@@ -1089,6 +1326,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_image_vectors, setup_dense, teardown),
         cmocka_unit_test_setup_teardown(test_text_vector, setup_dense, teardown),
         cmocka_unit_test_setup_teardown(test_same_path_rule, setup_dense, teardown),
+        cmocka_unit_test_setup_teardown(test_list_and_move, setup_dense, teardown),
+        cmocka_unit_test(test_sync_plan),
         cmocka_unit_test(test_no_patches),
         cmocka_unit_test(test_crop_mode),
         cmocka_unit_test(test_selective_filters),

@@ -76,6 +76,8 @@ valid = {
     "get_path": {"id": 10, "op": "get", "path": "/photos/2023/rocket.jpg"},
     "delete": {"id": 11, "op": "delete", "image_id": 17},
     "stats": {"id": 12, "op": "stats"},
+    "list": {"id": 13, "op": "list", "path_prefix": "/photos/", "after": 17, "limit": 100},
+    "move": {"id": 14, "op": "move", "image_id": 17, "path": "/photos/2024/rocket.jpg", "mtime": 1700000000},
 }
 responses = {
     "resp_hits": {"id": 5, "ok": True, "result": {"hits": [
@@ -92,6 +94,8 @@ invalid = {
     "k_out_of_range": pack({"id": 23, "op": "query", "text": "x", "k": 100000}),
     "both_alternatives": pack({"id": 24, "op": "ingest", "path": "/a", "data": b"x", "name": "a"}),
     "mtime_with_path": pack({"id": 30, "op": "ingest", "path": "/a", "mtime": 1700000000}),
+    "list_limit_zero": pack({"id": 31, "op": "list", "path_prefix": "/a/", "limit": 0}),
+    "move_without_path": pack({"id": 32, "op": "move", "image_id": 1}),
     "box_zero": pack({"id": 25, "op": "query_image", "image_id": 1, "box": [0, 0, 0, 5]}),
     "deep": pack({"id": 26, "op": "query", "text": Raw(b"\x91" * 20 + b"\xc0")}),
     "huge_array": pack({"id": 27, "op": "query", "text": Raw(b"\xdd\xff\xff\xff\xff\xc0")}),
