@@ -217,115 +217,52 @@ typedef struct hit {
     bool has_heat;
 } hit;
 
-static bool number(const msgpack_object *o, double *v)
-{
-    return proto_obj_float(o, v);
-}
-
-/* The heatmap of a pixel-granularity hit, in whichever of these shapes the
- * server sends:  [[row0...], [row1...], ...]  or a map with "values" (flat,
- * row-major, or rows of arrays) and the grid as "grid": [rows, cols] or
- * "rows"/"cols" (or "size"; a single number is a square grid), optionally
- * "extent" (or "box"): where the whole grid lies in original-image pixels; it
- * may reach beyond the photo where the server padded it to a square (the page
- * clips it).  Anything else: no heatmap. */
-static void parse_heatmap(const msgpack_object *o, hit *h)
-{
-    if (!o)
-        return;
-    const msgpack_object *values = o, *box = NULL;
-    uint64_t rows = 0, cols = 0;
-    if (o->type == MSGPACK_OBJECT_MAP) {
-        values = proto_map_get(o, "values");
-        if (!values)
-            values = proto_map_get(o, "data");
-        box = proto_map_get(o, "extent");
-        if (!box)
-            box = proto_map_get(o, "box");
-        const msgpack_object *grid = proto_map_get(o, "grid");
-        if (!grid)
-            grid = proto_map_get(o, "size");
-        if (grid && grid->type == MSGPACK_OBJECT_ARRAY && grid->via.array.size == 2) {
-            proto_obj_uint(&grid->via.array.ptr[0], &rows);
-            proto_obj_uint(&grid->via.array.ptr[1], &cols);
-        } else if (grid) {
-            proto_obj_uint(grid, &rows);
-            cols = rows;
-        }
-        proto_obj_uint(proto_map_get(o, "rows"), &rows);
-        proto_obj_uint(proto_map_get(o, "cols"), &cols);
-    }
-    if (!values || values->type != MSGPACK_OBJECT_ARRAY || !values->via.array.size)
-        return;
-    bool nested = values->via.array.ptr[0].type == MSGPACK_OBJECT_ARRAY;
-    if (nested) {
-        rows = values->via.array.size;
-        cols = values->via.array.ptr[0].via.array.size;
-    } else if (!rows || !cols || rows * cols != values->via.array.size) {
-        return;
-    }
-    if (rows > 4096 || cols > 4096 || !rows || !cols)
-        return;
-    double *v = malloc(rows * cols * sizeof *v);
-    if (!v)
-        return;
-    for (uint64_t r = 0; r < rows; r++) {
-        for (uint64_t c = 0; c < cols; c++) {
-            const msgpack_object *cell;
-            if (nested) {
-                const msgpack_object *row = &values->via.array.ptr[r];
-                if (row->type != MSGPACK_OBJECT_ARRAY || row->via.array.size != cols) {
-                    free(v);
-                    return;
-                }
-                cell = &row->via.array.ptr[c];
-            } else {
-                cell = &values->via.array.ptr[r * cols + c];
-            }
-            if (!number(cell, &v[r * cols + c]))
-                v[r * cols + c] = NAN;
-        }
-    }
-    h->heat_values = v;
-    h->heat = (cli_heatmap){.rows = (int)rows, .cols = (int)cols, .values = v};
-    h->heat.has_box = box && proto_obj_box(box, h->heat.box);
-    h->has_heat = true;
-}
-
+/* The hits of the answer, decoded by the protocol's one hits decoder
+ * (proto_hits.h), as this command prints and draws them. */
 static int parse_hits(const proto_response *r, hit **out, int *n)
 {
     *out = NULL;
     *n = 0;
-    const msgpack_object *hits = umg_result_get(r, "hits");
-    if (!hits || hits->type != MSGPACK_OBJECT_ARRAY)
-        return umg_err_set(UMG_EPROTO, "the server's answer has no 'hits' array");
-    hit *v = calloc(hits->via.array.size ? hits->via.array.size : 1, sizeof *v);
-    if (!v)
+    proto_hits ph;
+    int rc = proto_hits_decode(r->result, &ph);
+    if (rc)
+        return rc;
+    hit *v = calloc(ph.n ? (size_t)ph.n : 1, sizeof *v);
+    if (!v) {
+        proto_hits_free(&ph);
         return umg_err_set(UMG_ENOMEM, "out of memory");
-    for (uint32_t i = 0; i < hits->via.array.size; i++) {
-        const msgpack_object *o = &hits->via.array.ptr[i];
-        hit *h = &v[i];
-        proto_obj_uint(proto_map_get(o, "image_id"), &h->image_id);
-        h->path = cli_obj_strdup(proto_map_get(o, "path"));
-        if (!h->path)
-            h->path = strdup("");
-        number(proto_map_get(o, "score"), &h->score);
-        h->has_box = proto_obj_box(proto_map_get(o, "box"), h->box);
-        uint64_t wv = 0, hv = 0;
-        if (proto_obj_uint(proto_map_get(o, "width"), &wv) && proto_obj_uint(proto_map_get(o, "height"), &hv) &&
-            wv <= UINT32_MAX && hv <= UINT32_MAX) {
-            h->width = (uint32_t)wv;
-            h->height = (uint32_t)hv;
-        }
-        parse_heatmap(proto_map_get(o, "heatmap"), h);
-        (*n)++;
-        if (!h->path) {
-            *out = v;
-            return umg_err_set(UMG_ENOMEM, "out of memory");
-        }
     }
     *out = v;
-    return 0;
+    size_t cells = (size_t)ph.grid * ph.grid;
+    for (int i = 0; i < ph.n; i++) {
+        const proto_hit *p = &ph.hits[i];
+        hit *h = &v[i];
+        (*n)++;
+        h->image_id = p->image_id;
+        h->score = p->score;
+        h->width = p->width;
+        h->height = p->height;
+        h->has_box = p->has_box;
+        for (int c = 0; c < 4; c++)
+            h->box[c] = p->box[c];
+        if (!(h->path = strdup(p->path)))
+            rc = umg_err_set(UMG_ENOMEM, "out of memory");
+        if (!rc && p->heat) {
+            if (!(h->heat_values = malloc(cells * sizeof *h->heat_values))) {
+                rc = umg_err_set(UMG_ENOMEM, "out of memory");
+                break;
+            }
+            for (size_t c = 0; c < cells; c++)
+                h->heat_values[c] = p->heat[c];
+            h->heat = (cli_heatmap){.rows = ph.grid, .cols = ph.grid, .values = h->heat_values, .has_box = true,
+                                    .box = {p->extent[0], p->extent[1], p->extent[2], p->extent[3]}};
+            h->has_heat = true;
+        }
+        if (rc)
+            break;
+    }
+    proto_hits_free(&ph);
+    return rc;
 }
 
 static void hits_free(hit *v, int n)
@@ -335,57 +272,6 @@ static void hits_free(hit *v, int n)
         free(v[i].heat_values);
     }
     free(v);
-}
-
-/* The results page needs each photo's size (boxes are in its pixels): ask
- * the server with one pipelined `get` per distinct image.  Failures leave the
- * size unknown (the page then measures the picture itself). */
-static int fetch_sizes(umg_client *cl, const cli_common *c, hit *v, int n)
-{
-    uint64_t *ids = calloc(n ? (size_t)n : 1, sizeof *ids);
-    if (!ids)
-        return umg_err_set(UMG_ENOMEM, "out of memory");
-    for (int i = 0; i < n; i++) {
-        if (v[i].width && v[i].height)
-            continue;
-        int first = 1;
-        for (int j = 0; j < i; j++)
-            if (v[j].image_id == v[i].image_id)
-                first = 0;
-        if (!first)
-            continue;
-        proto_writer w;
-        int rc = umg_client_begin(cl, &w, "get", 1, &ids[i]);
-        if (!rc && (proto_pack_cstr(&w.pk, "image_id") || msgpack_pack_uint64(&w.pk, v[i].image_id)))
-            rc = UMG_ENOMEM;
-        if (!rc)
-            rc = umg_client_end(cl, &w);
-        if (rc) {
-            free(ids);
-            return rc;
-        }
-    }
-    int rc = 0;
-    for (int i = 0; i < n && !rc; i++) {
-        if (!ids[i])
-            continue;
-        proto_response *r;
-        if ((rc = umg_client_wait(cl, ids[i], c->timeout_ms, &r)))
-            break;
-        uint64_t wv = 0, hv = 0;
-        if (r->ok && umg_result_uint(r, "width", &wv) && umg_result_uint(r, "height", &hv) && wv <= UINT32_MAX &&
-            hv <= UINT32_MAX) {
-            for (int j = i; j < n; j++) {
-                if (v[j].image_id == v[i].image_id) {
-                    v[j].width = (uint32_t)wv;
-                    v[j].height = (uint32_t)hv;
-                }
-            }
-        }
-        proto_response_free(r);
-    }
-    free(ids);
-    return rc;
 }
 
 static void print_table(const hit *v, int n, const query_opts *o)
@@ -511,11 +397,6 @@ int cmd_query(int argc, char **argv)
         goto done;
     }
     if (o.html) {
-        if ((rc = fetch_sizes(cl, &o.c, v, n))) {
-            ex = cli_report_call("query", &o.c, rc);
-            hits_free(v, n);
-            goto done;
-        }
         if ((rc = write_html(&o, v, n))) {
             fprintf(stderr, "umgdb query: %s\n", umg_err_msg());
             hits_free(v, n);

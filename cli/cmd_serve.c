@@ -11,6 +11,7 @@
 #include "query_cache.h"
 #include "server.h"
 #include "umg_error.h"
+#include "umg_util.h"
 
 static void usage(FILE *out)
 {
@@ -86,14 +87,10 @@ static void usage(FILE *out)
 
 static int parse_int(const char *flag, const char *v, long lo, long hi, long *out)
 {
-    char *end;
-    errno = 0;
-    long x = strtol(v, &end, 10);
-    if (errno || end == v || *end || x < lo || x > hi) {
+    if (umg_parse_long(v, lo, hi, out)) {
         fprintf(stderr, "umgdb serve: %s: '%s' is not an integer in %ld..%ld\n", flag, v, lo, hi);
         return -1;
     }
-    *out = x;
     return 0;
 }
 

@@ -28,17 +28,6 @@ _Static_assert((int)SRV_REGION_MODE_DENSE == (int)ENG_REGION_MODE_DENSE && (int)
 
 static int pack_key(msgpack_packer *pk, const char *k) { return proto_pack_cstr(pk, k); }
 
-static void pack_box(msgpack_packer *pk, const float b[4])
-{
-    msgpack_pack_array(pk, 4);
-    for (int i = 0; i < 4; i++) {
-        float v = b[i];
-        /* whole pixels stay integers on the wire: easier to read and compare */
-        if (v == floorf(v) && fabsf(v) < 1e9f) msgpack_pack_int64(pk, (int64_t)v);
-        else msgpack_pack_float(pk, v);
-    }
-}
-
 static void pack_strn(msgpack_packer *pk, const char *s, size_t n)
 {
     msgpack_pack_str(pk, n);
@@ -509,32 +498,21 @@ static int search_answer(srv_job *job, const float *q, uint64_t exclude)
     if (proto_response_begin(&w, &job->resp, job->id)) {
         rc = umg_err_set(UMG_ENOMEM, "out of memory");
     } else {
-        msgpack_packer *pk = &w.pk;
-        msgpack_pack_map(pk, 1);
-        pack_key(pk, "hits");
-        msgpack_pack_array(pk, (size_t)hits.n);
+        proto_hit *ph = calloc(hits.n ? (size_t)hits.n : 1, sizeof *ph);
+        if (!ph) {
+            eng_hits_free(&hits);
+            return umg_err_set(UMG_ENOMEM, "out of memory");
+        }
         for (int i = 0; i < hits.n; i++) {
             const eng_hit *h = &hits.hits[i];
-            msgpack_pack_map(pk, 3 + (h->has_box ? 2 : 0) + (h->heat ? 1 : 0) + (h->has_refined ? 1 : 0));
-            pack_key(pk, "image_id"), msgpack_pack_uint64(pk, h->image_id);
-            pack_key(pk, "path"), proto_pack_cstr(pk, h->path ? h->path : "");
-            pack_key(pk, "score"), msgpack_pack_float(pk, h->score);
-            if (h->has_box) {
-                pack_key(pk, "box"), pack_box(pk, h->box);
-                pack_key(pk, "region_id"), msgpack_pack_uint64(pk, h->region_id);
-            }
-            if (h->has_refined) pack_key(pk, "refined"), msgpack_pack_float(pk, h->refined);
-            if (h->heat) {
-                size_t GG = (size_t)hits.grid * hits.grid;
-                pack_key(pk, "heatmap");
-                msgpack_pack_map(pk, 3);
-                pack_key(pk, "grid"), msgpack_pack_int32(pk, hits.grid);
-                pack_key(pk, "extent"), pack_box(pk, h->extent);
-                pack_key(pk, "values");
-                msgpack_pack_array(pk, GG);
-                for (size_t c = 0; c < GG; c++) msgpack_pack_float(pk, h->heat[c]);
-            }
+            ph[i] = (proto_hit){.image_id = h->image_id, .path = h->path, .score = h->score, .width = h->width,
+                                .height = h->height, .has_box = h->has_box, .region_id = h->region_id,
+                                .has_refined = h->has_refined, .refined = h->refined, .heat = h->heat};
+            memcpy(ph[i].box, h->box, sizeof ph[i].box);
+            memcpy(ph[i].extent, h->extent, sizeof ph[i].extent);
         }
+        proto_hits_pack(&w.pk, ph, hits.n, hits.grid);
+        free(ph);
         job_response_end(job, &w);
     }
     eng_hits_free(&hits);
@@ -633,7 +611,7 @@ static void get_work(uv_work_t *w)
             for (int i = 0; i < nreg; i++) {
                 msgpack_pack_map(pk, 3 + regs[i].has_score);
                 pack_key(pk, "region_id"), msgpack_pack_uint64(pk, regs[i].id);
-                pack_key(pk, "box"), pack_box(pk, regs[i].box);
+                pack_key(pk, "box"), proto_pack_box(pk, regs[i].box);
                 pack_key(pk, "method"), proto_pack_cstr(pk, regs[i].method);
                 if (regs[i].has_score) pack_key(pk, "score"), msgpack_pack_float(pk, regs[i].score);
             }

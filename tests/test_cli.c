@@ -588,6 +588,9 @@ static void test_query_regions_html(void **state)
         size_t nreg;
         get_image(path, &id, &w, &hh, &nreg);
         assert_true(w > 0 && hh > 0 && nreg > 0);
+        /* the hit carries its photo's size: the page needs no `get` per photo */
+        assert_int_equal(json_integer_value(json_object_get(h, "width")), w);
+        assert_int_equal(json_integer_value(json_object_get(h, "height")), hh);
         /* every box lies inside its image */
         double b[4];
         for (int k = 0; k < 4; k++)

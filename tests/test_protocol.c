@@ -1013,6 +1013,80 @@ static void test_fuzz_corpus_replay(void **state)
     replay_dir(UMG_SOURCE_DIR "/tests/fuzz/regressions");
 }
 
+/* The hits encoding: what the server packs the client decodes, field for
+ * field (width and height included); boxes of whole pixels go as integers;
+ * a heatmap of another shape is refused, not guessed at. */
+static void test_hits_roundtrip(void **state)
+{
+    (void)state;
+    float heat[4] = {0.25f, -0.5f, 1.0f, 0.125f};
+    proto_hit in[3] = {
+        {.image_id = 7, .path = "/a/x.jpg", .score = 0.75f, .width = 640, .height = 480},
+        {.image_id = 9, .path = "/b/y.png", .score = 0.5f, .width = 10, .height = 20, .has_box = 1,
+         .box = {1, 2, 3.5f, 4}, .region_id = 11, .has_refined = 1, .refined = 0.625f},
+        {.image_id = 12, .path = NULL, .score = -0.25f, .width = 3, .height = 5, .heat = heat,
+         .extent = {-1, 0, 5, 5}},
+    };
+    msgpack_sbuffer sb;
+    msgpack_sbuffer_init(&sb);
+    msgpack_packer pk;
+    msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+    proto_hits_pack(&pk, in, 3, 2);
+    msgpack_zone zone;
+    msgpack_zone_init(&zone, 2048);
+    msgpack_object obj;
+    assert_int_equal(proto_unpack((const uint8_t *)sb.data, sb.size, NULL, &zone, &obj), 0);
+    const msgpack_object *box = proto_map_get(&proto_map_get(&obj, "hits")->via.array.ptr[1], "box");
+    assert_int_equal(box->via.array.ptr[0].type, MSGPACK_OBJECT_POSITIVE_INTEGER);
+    assert_true(box->via.array.ptr[2].type == MSGPACK_OBJECT_FLOAT32 || box->via.array.ptr[2].type == MSGPACK_OBJECT_FLOAT64);
+    proto_hits out;
+    assert_int_equal(proto_hits_decode(&obj, &out), 0);
+    assert_int_equal(out.n, 3);
+    assert_int_equal(out.grid, 2);
+    for (int i = 0; i < 3; i++) {
+        const proto_hit *a = &in[i], *b = &out.hits[i];
+        assert_int_equal(b->image_id, a->image_id);
+        assert_string_equal(b->path, a->path ? a->path : "");
+        assert_true(b->score == a->score);
+        assert_int_equal(b->width, a->width);
+        assert_int_equal(b->height, a->height);
+        assert_int_equal(b->has_box, a->has_box);
+        assert_int_equal(b->has_refined, a->has_refined);
+        if (a->has_box) {
+            assert_memory_equal(b->box, a->box, sizeof a->box);
+            assert_int_equal(b->region_id, a->region_id);
+        }
+        if (a->has_refined) assert_true(b->refined == a->refined);
+        assert_int_equal(b->heat != NULL, a->heat != NULL);
+        if (a->heat) {
+            assert_memory_equal(b->heat, a->heat, sizeof heat);
+            assert_memory_equal(b->extent, a->extent, sizeof a->extent);
+        }
+    }
+    proto_hits_free(&out);
+    msgpack_zone_destroy(&zone);
+    msgpack_sbuffer_destroy(&sb);
+
+    /* a heatmap as nested rows (a shape the server never sends) is an error */
+    msgpack_sbuffer_init(&sb);
+    msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+    msgpack_pack_map(&pk, 1);
+    proto_pack_cstr(&pk, "hits");
+    msgpack_pack_array(&pk, 1);
+    msgpack_pack_map(&pk, 1);
+    proto_pack_cstr(&pk, "heatmap");
+    msgpack_pack_array(&pk, 2);
+    for (int r = 0; r < 2; r++) {
+        msgpack_pack_array(&pk, 2);
+        msgpack_pack_float(&pk, 1), msgpack_pack_float(&pk, 2);
+    }
+    msgpack_zone_init(&zone, 2048);
+    assert_int_equal(proto_unpack((const uint8_t *)sb.data, sb.size, NULL, &zone, &obj), 0);
+    assert_int_equal(proto_hits_decode(&obj, &out), UMG_EPROTO);
+    msgpack_zone_destroy(&zone);
+    msgpack_sbuffer_destroy(&sb);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1035,6 +1109,7 @@ int main(void)
         cmocka_unit_test(test_response_end_replaces_bad_results),
         cmocka_unit_test(test_response_decode_rejects_non_responses),
         cmocka_unit_test(test_fuzz_corpus_replay),
+        cmocka_unit_test(test_hits_roundtrip),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

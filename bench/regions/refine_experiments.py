@@ -6,7 +6,7 @@
     bench/regions/refine_experiments.py --model tests/fixtures/synth-umg --seed S \
         --proposals /tmp/props-S.json [--rules all|NAME...]
 
-Emulates the server's region query (cli/server_ops.c search_answer: the 4k best region
+Emulates the server's region query (engine/search.c eng_search: the 4k best region
 vectors, per-image suppression of boxes overlapping a better one at IoU > 0.5, k = 50
 hits) over the server's own proposal boxes, pooled in Python as `dense` mode pools them,
 and then re-ranks the boxes of the first M photos of that answer with a heatmap term:
