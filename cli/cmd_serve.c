@@ -77,6 +77,10 @@ static void usage(FILE *out)
         "                          something was written (default %d; 0 = only at stop).  Index\n"
         "                          builds (exact -> approximate, retraining) always run in the\n"
         "                          background, never at stop\n"
+        "  --accept-data-loss      open the data directory although its index snapshots cover\n"
+        "                          changes its database (data.mdb) lacks (emptied, deleted, an older\n"
+        "                          copy): serve what the database holds and rebuild the snapshots\n"
+        "                          from it.  Without it such a start is refused (docs/storage.md)\n"
         "  -h, --help              this text\n"
         "\n"
         "SIGINT/SIGTERM: stop accepting, finish the requests in flight, write index snapshots\n"
@@ -144,6 +148,10 @@ int cmd_serve(int argc, char **argv)
         }
         if (!strcmp(a, "--no-patches")) {
             c.no_patches = 1;
+            continue;
+        }
+        if (!strcmp(a, "--accept-data-loss")) {
+            c.accept_data_loss = 1;
             continue;
         }
         if (!strcmp(a, "--require-auth")) {

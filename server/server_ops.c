@@ -184,8 +184,11 @@ static int h_stats(void *ctx, proto_request *req)
     proto_writer w;
     if (proto_response_begin(&w, &job->resp, job->id)) return UMG_ENOMEM;
     msgpack_packer *pk = &w.pk;
-    msgpack_pack_map(pk, 16);
+    msgpack_pack_map(pk, 18);
     pack_key(pk, "images"), msgpack_pack_uint64(pk, st.images);
+    /* whether the indexes agree with LMDB (db_stats): a mismatch is shown, not hidden */
+    pack_key(pk, "index_consistent"), st.consistent ? msgpack_pack_true(pk) : msgpack_pack_false(pk);
+    pack_key(pk, "index_mismatch"), proto_pack_cstr(pk, st.mismatch);
     pack_key(pk, "regions"), msgpack_pack_uint64(pk, st.regions);
     pack_key(pk, "index");
     msgpack_pack_map(pk, 2);
