@@ -1,4 +1,4 @@
-/* umgdb serve - flags -> server_config -> server_run (cli/server.c). */
+/* umgdb serve - flags -> server_config -> server_run (server/server.c). */
 #include <errno.h>
 #include <limits.h>
 #include <stdio.h>

@@ -542,8 +542,7 @@ static void handle_frame(srv_conn *c, uint8_t *frame, size_t len)
     c->inflight_bytes += len;
     s->jobs_inflight++;
     umg_err_clear();
-    rc = req->op->handler ? req->op->handler(job, req)
-                          : umg_err_set(UMG_EUNSUPPORTED, "op '%s' is not served", req->op->name);
+    rc = srv_dispatch(job, req);
     if (rc < 0) srv_job_error(job, rc, umg_err_msg());
     if (rc != 0) job_finish(job);
 }
@@ -984,7 +983,6 @@ int server_run(const server_config *cfg)
     if ((rc = db_open(cfg->data_dir, &o, &s->db))) goto out;
     if ((rc = resolve_region_mode(s))) goto out;
     if ((rc = srv_ops_init(s))) goto out;
-    srv_register_handlers();
 
     /* 3. loop and listeners */
     if ((rc = uv_loop_init(&loop))) {

@@ -384,6 +384,8 @@ static int ingest_prepare(srv_job *job)
             return umg_err_set(UMG_EINVAL, "ingest: name contains a NUL byte");
         }
         proto_obj_bin(proto_req_arg(req, "data"), &data, &len);
+        /* the client's file time, validated >= 1; absent: 0, the ingest time is recorded */
+        proto_obj_int(proto_req_arg(req, "mtime"), &mtime);
     }
     const msgpack_object *t = proto_req_arg(req, "tags");
     int n_tags = t ? (int)t->via.array.size : 0;
@@ -671,14 +673,28 @@ QUEUE_HANDLER(h_query_image, query_image_work)
 QUEUE_HANDLER(h_get, get_work)
 QUEUE_HANDLER(h_delete, delete_work)
 
-void srv_register_handlers(void)
+/* The command table: each op of the protocol's table (name, argument spec)
+ * bound to its handler, as constant data indexed by enum proto_op_code. */
+typedef struct srv_command {
+    const proto_op *op;
+    int (*handler)(void *job, proto_request *req);
+} srv_command;
+
+static const srv_command commands[PROTO_OP_COUNT] = {
+    [PROTO_OP_HELLO] = {&proto_op_table[PROTO_OP_HELLO], h_hello},
+    [PROTO_OP_PING] = {&proto_op_table[PROTO_OP_PING], h_ping},
+    [PROTO_OP_INGEST] = {&proto_op_table[PROTO_OP_INGEST], h_ingest},
+    [PROTO_OP_QUERY] = {&proto_op_table[PROTO_OP_QUERY], h_query},
+    [PROTO_OP_QUERY_IMAGE] = {&proto_op_table[PROTO_OP_QUERY_IMAGE], h_query_image},
+    [PROTO_OP_GET] = {&proto_op_table[PROTO_OP_GET], h_get},
+    [PROTO_OP_DELETE] = {&proto_op_table[PROTO_OP_DELETE], h_delete},
+    [PROTO_OP_STATS] = {&proto_op_table[PROTO_OP_STATS], h_stats},
+};
+
+int srv_dispatch(srv_job *job, proto_request *req)
 {
-    proto_op_set_handler(PROTO_OP_HELLO, h_hello);
-    proto_op_set_handler(PROTO_OP_PING, h_ping);
-    proto_op_set_handler(PROTO_OP_INGEST, h_ingest);
-    proto_op_set_handler(PROTO_OP_QUERY, h_query);
-    proto_op_set_handler(PROTO_OP_QUERY_IMAGE, h_query_image);
-    proto_op_set_handler(PROTO_OP_GET, h_get);
-    proto_op_set_handler(PROTO_OP_DELETE, h_delete);
-    proto_op_set_handler(PROTO_OP_STATS, h_stats);
+    const srv_command *c = &commands[req->op->code];
+    if (c->op != req->op || !c->handler) /* a table entry missing: a bug, answered as one */
+        return umg_err_set(UMG_EINTERNAL, "op '%s' has no handler", req->op->name);
+    return c->handler(job, req);
 }
