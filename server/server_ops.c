@@ -353,6 +353,19 @@ static int read_allowed(srv *s, const char *path, uint8_t **data, size_t *len, i
 }
 
 
+/* Strings of a request as the engine's (malloc'd array, NULL when empty;
+ * the strings stay in the request). */
+static int strs_to_eng(const proto_strs *in, eng_str **out, int *n)
+{
+    *out = NULL;
+    *n = 0;
+    if (!in->n) return 0;
+    if (!(*out = calloc(in->n, sizeof **out))) return UMG_ENOMEM;
+    for (uint32_t i = 0; i < in->n; i++) (*out)[i] = (eng_str){in->v[i].ptr, in->v[i].len};
+    *n = (int)in->n;
+    return 0;
+}
+
 /* The request's photo (read here for a path ingest) and tags, handed to
  * eng_ingest_begin. */
 static int ingest_prepare(srv_job *job)
@@ -377,25 +390,24 @@ static int ingest_prepare(srv_job *job)
         }
         data = owned;
     } else {
-        proto_obj_str(proto_req_arg(req, "name"), &str, &sl);
-        if (!(path = strndup(str, sl))) return umg_err_set(UMG_ENOMEM, "out of memory");
-        if (strlen(path) != sl) {
+        const proto_ingest_args *a = &req->a.ingest;
+        if (!(path = strndup(a->name.ptr, a->name.len))) return umg_err_set(UMG_ENOMEM, "out of memory");
+        if (strlen(path) != a->name.len) {
             free(path);
             return umg_err_set(UMG_EINVAL, "ingest: name contains a NUL byte");
         }
-        proto_obj_bin(proto_req_arg(req, "data"), &data, &len);
+        data = a->data.ptr;
+        len = a->data.len;
         /* the client's file time, validated >= 1; absent: 0, the ingest time is recorded */
-        proto_obj_int(proto_req_arg(req, "mtime"), &mtime);
+        mtime = a->has_mtime ? a->mtime : 0;
     }
-    const msgpack_object *t = proto_req_arg(req, "tags");
-    int n_tags = t ? (int)t->via.array.size : 0;
-    eng_str *tags = n_tags ? calloc((size_t)n_tags, sizeof *tags) : NULL;
-    if (n_tags && !tags) {
+    eng_str *tags = NULL;
+    int n_tags = 0;
+    if (strs_to_eng(&req->a.ingest.tags, &tags, &n_tags)) {
         free(path);
         free(owned);
         return umg_err_set(UMG_ENOMEM, "out of memory");
     }
-    for (int i = 0; i < n_tags; i++) tags[i] = (eng_str){t->via.array.ptr[i].via.str.ptr, t->via.array.ptr[i].via.str.size};
     eng_ingest_req r = {.path = path, .data = data, .len = len, .take_data = owned != NULL, .mtime = mtime,
                         .tags = tags, .n_tags = n_tags};
     rc = eng_ingest_begin(s->eng, &r, &job->ing);
@@ -457,47 +469,31 @@ void srv_encode_batch(srv *s, srv_job **jobs, int n)
 
 /* ---- searches (threadpool) ------------------------------------------------- */
 
-/* The request's filters; tags points into the request (eng_filters.tags,
- * malloc'd: the caller frees it). */
-static int read_filters(const proto_request *req, eng_filters *f)
-{
-    memset(f, 0, sizeof *f);
-    const msgpack_object *m = proto_req_arg(req, "filters");
-    if (!m) return 0;
-    const char *p;
-    size_t pl;
-    if (proto_obj_str(proto_map_get(m, "path_prefix"), &p, &pl)) f->path_prefix = (eng_str){p, pl};
-    const msgpack_object *t = proto_map_get(m, "tags");
-    if (t && t->via.array.size) {
-        eng_str *tags = calloc(t->via.array.size, sizeof *tags);
-        if (!tags) return umg_err_set(UMG_ENOMEM, "out of memory");
-        for (uint32_t i = 0; i < t->via.array.size; i++)
-            tags[i] = (eng_str){t->via.array.ptr[i].via.str.ptr, t->via.array.ptr[i].via.str.size};
-        f->tags = tags;
-        f->n_tags = (int)t->via.array.size;
-    }
-    if (proto_obj_float(proto_map_get(m, "min_score"), &f->min_score)) f->has_min_score = 1;
-    return 0;
-}
-
-/* Search with q (dim floats, any norm), filter, group, answer job. */
-static int search_answer(srv_job *job, const float *q, uint64_t exclude)
+/* Search with q (dim floats, any norm) as the query or query_image request
+ * asks (granularity, k, refine, filters), answer job with the hits. */
+static int search_answer(srv_job *job, const float *q, uint64_t exclude, int granularity, uint64_t k, int refine,
+                         const proto_filters *pf)
 {
     srv *s = job->s;
-    proto_request *req = job->req;
-    uint64_t k = PROTO_DEFAULT_K;
-    proto_obj_uint(proto_req_arg(req, "k"), &k);
-    const msgpack_object *g = proto_req_arg(req, "granularity");
-    int gran = proto_obj_str_eq(g, "region") ? ENG_GRAN_REGION : proto_obj_str_eq(g, "pixel") ? ENG_GRAN_PIXEL : ENG_GRAN_IMAGE;
+    /* the protocol's choice indexes are the engine's granularities */
+    _Static_assert((int)PROTO_GRAN_REGION == (int)ENG_GRAN_REGION && (int)PROTO_GRAN_PIXEL == (int)ENG_GRAN_PIXEL &&
+                       (int)PROTO_GRAN_IMAGE == (int)ENG_GRAN_IMAGE,
+                   "granularities");
     eng_search_req sr = {.query = q,
                          .k = (int)k,
-                         .granularity = gran,
-                         .refine = gran == ENG_GRAN_REGION && proto_obj_str_eq(proto_req_arg(req, "refine"), "pixel"),
+                         .granularity = granularity,
+                         .refine = granularity == ENG_GRAN_REGION && refine == PROTO_REFINE_PIXEL,
                          .exclude_image = exclude};
-    int rc = read_filters(req, &sr.filters);
+    eng_filters *f = &sr.filters;
+    if (pf->path_prefix.ptr) f->path_prefix = (eng_str){pf->path_prefix.ptr, pf->path_prefix.len};
+    f->has_min_score = pf->has_min_score;
+    f->min_score = pf->min_score;
+    eng_str *tags;
+    int rc = strs_to_eng(&pf->tags, &tags, &f->n_tags) ? umg_err_set(UMG_ENOMEM, "out of memory") : 0;
+    f->tags = tags;
     eng_hits hits = {0};
     if (!rc) rc = eng_search(s->eng, &sr, &hits);
-    free((void *)sr.filters.tags);
+    free(tags);
     if (rc) return rc;
     proto_writer w;
     if (proto_response_begin(&w, &job->resp, job->id)) {
@@ -529,12 +525,10 @@ static void query_work(uv_work_t *w)
     srv_job *job = w->data;
     srv *s = job->s;
     umg_err_clear();
-    const char *text;
-    size_t len;
-    proto_obj_str(proto_req_arg(job->req, "text"), &text, &len);
+    const proto_query_args *a = &job->req->a.query;
     float *vec = malloc((size_t)s->dim * sizeof(float));
-    int rc = vec ? eng_text_vector(s->eng, text, len, vec) : umg_err_set(UMG_ENOMEM, "out of memory");
-    if (!rc) rc = search_answer(job, vec, 0);
+    int rc = vec ? eng_text_vector(s->eng, a->text.ptr, a->text.len, vec) : umg_err_set(UMG_ENOMEM, "out of memory");
+    if (!rc) rc = search_answer(job, vec, 0, a->granularity, a->k, a->refine, &a->filters);
     if (rc) srv_job_error(job, rc, umg_err_msg());
     free(vec);
 }
@@ -542,18 +536,15 @@ static void query_work(uv_work_t *w)
 static void query_image_work(uv_work_t *w)
 {
     srv_job *job = w->data;
-    proto_request *req = job->req;
+    const proto_query_image_args *a = &job->req->a.query_image;
     umg_err_clear();
-    eng_image_query q = {0};
-    double bd[4];
-    if ((q.has_box = proto_obj_box(proto_req_arg(req, "box"), bd)))
-        for (int i = 0; i < 4; i++) q.box[i] = (float)bd[i];
-    q.by_id = proto_obj_uint(proto_req_arg(req, "image_id"), &q.image_id);
-    if (!q.by_id) proto_obj_bin(proto_req_arg(req, "data"), &q.data, &q.len);
+    eng_image_query q = {.by_id = a->has_image_id, .image_id = a->image_id, .data = a->data.ptr, .len = a->data.len,
+                         .has_box = a->has_box};
+    for (int i = 0; i < 4; i++) q.box[i] = (float)a->box[i];
     float *vec = malloc((size_t)job->s->dim * sizeof(float));
     uint64_t exclude = 0;
     int rc = vec ? eng_image_vector(job->s->eng, &q, vec, &exclude) : umg_err_set(UMG_ENOMEM, "out of memory");
-    if (!rc) rc = search_answer(job, vec, exclude);
+    if (!rc) rc = search_answer(job, vec, exclude, a->granularity, a->k, PROTO_REFINE_NONE, &a->filters);
     if (rc) srv_job_error(job, rc, umg_err_msg());
     free(vec);
 }
@@ -563,11 +554,12 @@ static void query_image_work(uv_work_t *w)
 
 static int resolve_image(srv_job *job, uint64_t *id)
 {
-    const char *p;
-    size_t pl;
-    if (proto_obj_uint(proto_req_arg(job->req, "image_id"), id)) return 0;
-    proto_obj_str(proto_req_arg(job->req, "path"), &p, &pl);
-    char *path = strndup(p, pl);
+    const proto_image_ref_args *a = job->op == PROTO_OP_GET ? &job->req->a.get : &job->req->a.del;
+    if (a->has_image_id) {
+        *id = a->image_id;
+        return 0;
+    }
+    char *path = strndup(a->path.ptr, a->path.len);
     if (!path) return umg_err_set(UMG_ENOMEM, "out of memory");
     int rc = db_find_path(job->s->db, path, id);
     if (rc == UMG_ENOENT) rc = umg_err_set(UMG_ENOENT, "no image at path '%s'", path);
@@ -664,8 +656,7 @@ QUEUE_HANDLER(h_query_queue, query_work)
 /* The one cross-argument rule of query, checked before the text tower runs. */
 static int h_query(void *ctx, proto_request *req)
 {
-    const msgpack_object *r = proto_req_arg(req, "refine");
-    if (r && !proto_obj_str_eq(r, "none") && !proto_obj_str_eq(proto_req_arg(req, "granularity"), "region"))
+    if (req->a.query.refine != PROTO_REFINE_NONE && req->a.query.granularity != PROTO_GRAN_REGION)
         return umg_err_set(UMG_EINVAL, "query: 'refine' \"pixel\" re-ranks region boxes: it needs 'granularity' \"region\"");
     return h_query_queue(ctx, req);
 }
