@@ -11,7 +11,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <limits.h>
+#include <linux/openat2.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -282,60 +285,155 @@ static void answer_ingest_result(srv_job *job)
 }
 
 
-/* Is the resolved path p inside one of the allowed roots? */
-static int inside_roots(const srv *s, const char *p)
+/* ---- ingest by path ------------------------------------------------------ */
+
+int srv_path_normalize(const char *path, char *out, size_t size)
 {
-    for (int i = 0; i < s->n_roots; i++) {
-        size_t n = strlen(s->roots[i]);
-        if (!strncmp(p, s->roots[i], n) && (p[n] == '/' || p[n] == 0 || (n == 1 && s->roots[i][0] == '/')))
-            return 1;
+    if (path[0] != '/') return umg_err_set(UMG_EINVAL, "path must be absolute");
+    size_t n = 0;
+    const char *p = path;
+    while (*p) {
+        while (*p == '/') p++;
+        const char *e = p;
+        while (*e && *e != '/') e++;
+        size_t len = (size_t)(e - p);
+        if (len == 0 || (len == 1 && p[0] == '.')) {
+            /* nothing: an empty or "." component */
+        } else if (len == 2 && p[0] == '.' && p[1] == '.') {
+            while (n > 0 && out[n - 1] != '/') n--; /* drop the last component ("/.." stays "/") */
+            if (n > 0) n--;
+        } else {
+            if (n + 1 + len + 1 > size) return umg_err_set(UMG_ETOOBIG, "path too long");
+            out[n++] = '/';
+            memcpy(out + n, p, len);
+            n += len;
+        }
+        p = e;
     }
+    if (n == 0) out[n++] = '/';
+    out[n] = 0;
     return 0;
 }
 
-static int has_dotdot(const char *p)
+/* The part of the normalized path p below root (itself normalized), or NULL
+ * if p is not root or below it. */
+static const char *below(const char *root, const char *p)
 {
-    for (const char *q = p; (q = strstr(q, "..")); q += 2)
-        if ((q == p || q[-1] == '/') && (q[2] == '/' || q[2] == 0)) return 1;
-    return 0;
+    size_t n = strlen(root);
+    if (n == 1) return p + 1; /* root "/" */
+    if (strncmp(p, root, n) || (p[n] != '/' && p[n] != 0)) return NULL;
+    return p[n] == '/' ? p + n + 1 : p + n;
 }
 
-/* Read an allowed file: absolute, no "..", resolving inside a root, a regular
- * file opened without following a last-moment symlink. */
-static int read_allowed(srv *s, const char *path, uint8_t **data, size_t *len, int64_t *mtime)
+/* openat2(2) with RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS: the kernel resolves
+ * rel under dirfd, refusing ".." out of it and every symlink, in one step, so
+ * that nothing renamed or swapped meanwhile can lead it elsewhere.  -1 with
+ * errno ENOSYS where the kernel (< 5.6) or a seccomp filter lacks it. */
+static int openat2_beneath(int dirfd, const char *rel, int flags)
+{
+#ifdef SYS_openat2
+    struct open_how how = {.flags = (uint64_t)flags,
+                           .resolve = RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS};
+    return (int)syscall(SYS_openat2, dirfd, rel, &how, sizeof how);
+#else
+    errno = ENOSYS;
+    return -1;
+#endif
+}
+
+/* Without openat2: one component at a time, each directory opened with
+ * O_NOFOLLOW | O_DIRECTORY relative to the previous one, so a symlink at any
+ * level fails instead of being followed (ENOTDIR for a directory component,
+ * as for a file there; ELOOP for the last one).  rel is normalized: no ".",
+ * "..", or empty components. */
+static int openat_walk(int rootfd, const char *rel, int flags)
+{
+    int dirfd = rootfd;
+    const char *p = rel;
+    for (;;) {
+        const char *slash = strchr(p, '/');
+        if (!slash) break;
+        char comp[NAME_MAX + 1];
+        size_t len = (size_t)(slash - p);
+        if (len > NAME_MAX) {
+            if (dirfd != rootfd) close(dirfd);
+            errno = ENAMETOOLONG;
+            return -1;
+        }
+        memcpy(comp, p, len);
+        comp[len] = 0;
+        int next = openat(dirfd, comp, O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+        int e = errno;
+        if (dirfd != rootfd) close(dirfd);
+        if (next < 0) {
+            errno = e;
+            return -1;
+        }
+        dirfd = next;
+        p = slash + 1;
+    }
+    int fd = openat(dirfd, p, flags | O_NOFOLLOW);
+    int e = errno;
+    if (dirfd != rootfd) close(dirfd);
+    errno = e;
+    return fd;
+}
+
+/* Read an allowed file.  The path is normalized lexically (".", "..", "//")
+ * and must then lie inside a root as given or as resolved at start: anything
+ * else is forbidden before the filesystem is touched, so the answer says
+ * nothing about what exists outside.  The file is then opened beneath the
+ * root's descriptor without following any symlink (openat2, or a walk of
+ * openat calls), so swapping a directory for a symlink during the ingest
+ * cannot lead out of the root.  *norm gets the normalized path (malloc'd). */
+static int read_allowed(srv *s, const char *path, char **norm_out, uint8_t **data, size_t *len, int64_t *mtime)
 {
     if (!s->n_roots)
         return umg_err_set(UMG_EPERM, "ingest by path is off on this server (start it with --allow-root DIR); send the bytes instead");
     if (path[0] != '/') return umg_err_set(UMG_EINVAL, "ingest: path must be absolute");
-    if (has_dotdot(path)) return umg_err_set(UMG_EPERM, "ingest: '..' is not allowed in paths");
-    char *real = realpath(path, NULL);
-    if (!real) {
-        int e = errno;
-        return umg_err_set(umg_err_from_errno(e), "ingest: %s: %s", path, strerror(e));
+    size_t cap = strlen(path) + 2;
+    char *norm = malloc(cap);
+    if (!norm) return umg_err_set(UMG_ENOMEM, "out of memory");
+    int rc = srv_path_normalize(path, norm, cap);
+    const char *rel = NULL;
+    int root = -1;
+    for (int i = 0; !rc && i < s->n_roots && !rel; i++) {
+        if ((rel = below(s->roots_abs[i], norm)) || (rel = below(s->roots[i], norm))) root = i;
     }
-    if (!inside_roots(s, real)) {
-        free(real);
-        return umg_err_set(UMG_EPERM, "ingest: %s is outside the allowed roots", path);
+    if (!rc && !rel) rc = umg_err_set(UMG_EPERM, "ingest: %s is outside the allowed roots", path);
+    if (!rc && !*rel) rc = umg_err_set(UMG_EPERM, "ingest: %s is not a regular file", path);
+    if (rc) {
+        free(norm);
+        return rc;
     }
-    int fd = open(real, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
-    free(real);
+    const int flags = O_RDONLY | O_NONBLOCK | O_CLOEXEC | O_NOCTTY;
+    int fd = s->no_openat2 ? -1 : openat2_beneath(s->root_fds[root], rel, flags);
+    if (fd < 0 && (s->no_openat2 || errno == ENOSYS)) fd = openat_walk(s->root_fds[root], rel, flags);
     if (fd < 0) {
         int e = errno;
-        return umg_err_set(e == ELOOP ? UMG_EPERM : umg_err_from_errno(e), "ingest: %s: %s", path, strerror(e));
+        free(norm);
+        /* ENOTDIR: a file, or a symlink (the walk cannot tell), where a directory should be */
+        if (e == ELOOP || e == EXDEV || e == ENOTDIR)
+            return umg_err_set(UMG_EPERM, "ingest: %s: a symlink or a non-directory in the path (symlinks are not "
+                                          "followed under --allow-root)", path);
+        return umg_err_set(umg_err_from_errno(e), "ingest: %s: %s", path, strerror(e));
     }
     struct stat st;
     if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode)) {
         close(fd);
+        free(norm);
         return umg_err_set(UMG_EPERM, "ingest: %s is not a regular file", path);
     }
     if ((uint64_t)st.st_size > s->limits.max_frame) {
         close(fd);
+        free(norm);
         return umg_err_set(UMG_ETOOBIG, "ingest: %s is %lld bytes, over the %u-byte limit", path,
                            (long long)st.st_size, s->limits.max_frame);
     }
     uint8_t *buf = malloc(st.st_size ? (size_t)st.st_size : 1);
     if (!buf) {
         close(fd);
+        free(norm);
         return umg_err_set(UMG_ENOMEM, "out of memory");
     }
     size_t got = 0;
@@ -346,12 +444,12 @@ static int read_allowed(srv *s, const char *path, uint8_t **data, size_t *len, i
         got += (size_t)r;
     }
     close(fd);
+    *norm_out = norm;
     *data = buf;
     *len = got;
     *mtime = (int64_t)st.st_mtime;
     return 0;
 }
-
 
 /* Strings of a request as the engine's (malloc'd array, NULL when empty;
  * the strings stay in the request). */
@@ -379,16 +477,17 @@ static int ingest_prepare(srv_job *job)
     size_t len = 0;
     int64_t mtime = 0;
     char *path;
-    int rc;
+    int rc, bytes_private = 0;
     if (proto_obj_str(proto_req_arg(req, "path"), &str, &sl)) {
         if (!(path = strndup(str, sl))) return umg_err_set(UMG_ENOMEM, "out of memory");
+        char *norm = NULL;
         if (strlen(path) != sl) rc = umg_err_set(UMG_EINVAL, "ingest: path contains a NUL byte");
-        else rc = read_allowed(s, path, &owned, &len, &mtime);
-        if (rc) {
-            free(path);
-            return rc;
-        }
+        else rc = read_allowed(s, path, &norm, &owned, &len, &mtime);
+        free(path);
+        if (rc) return rc;
+        path = norm; /* stored as normalized: "a/./b" and "a/b" are one photo */
         data = owned;
+        bytes_private = 1;
     } else {
         const proto_ingest_args *a = &req->a.ingest;
         if (!(path = strndup(a->name.ptr, a->name.len))) return umg_err_set(UMG_ENOMEM, "out of memory");
@@ -409,7 +508,7 @@ static int ingest_prepare(srv_job *job)
         return umg_err_set(UMG_ENOMEM, "out of memory");
     }
     eng_ingest_req r = {.path = path, .data = data, .len = len, .take_data = owned != NULL, .mtime = mtime,
-                        .tags = tags, .n_tags = n_tags};
+                        .tags = tags, .n_tags = n_tags, .bytes_private = bytes_private};
     rc = eng_ingest_begin(s->eng, &r, &job->ing);
     free(tags);
     free(path);
@@ -591,7 +690,14 @@ static void get_work(uv_work_t *w)
             msgpack_packer *pk = &wr.pk;
             char hex[65];
             for (int i = 0; i < 32; i++) snprintf(hex + 2 * i, 3, "%02x", img.sha256[i]);
-            msgpack_pack_map(pk, 10);
+            /* capture metadata when the photo had any (absent fields: absent keys) */
+            enc_image_meta cap = {0};
+            void *cap_bytes = NULL;
+            size_t cap_len = 0;
+            if (db_get_extra(s->db, id, ENG_CAPTURE_EXTRA, &cap_bytes, &cap_len) == 0)
+                enc_image_meta_parse(cap_bytes, cap_len, &cap); /* damaged: nothing known */
+            free(cap_bytes);
+            msgpack_pack_map(pk, 10 + (size_t)cap.taken_at_known + (size_t)cap.camera_known + (size_t)cap.gps_known);
             pack_key(pk, "image_id"), msgpack_pack_uint64(pk, img.id);
             pack_key(pk, "path"), proto_pack_cstr(pk, img.path);
             pack_key(pk, "width"), msgpack_pack_uint32(pk, img.width);
@@ -603,6 +709,12 @@ static void get_work(uv_work_t *w)
             pack_key(pk, "tags");
             msgpack_pack_array(pk, (size_t)img.n_tags);
             for (int i = 0; i < img.n_tags; i++) proto_pack_cstr(pk, img.tags[i]);
+            if (cap.taken_at_known) pack_key(pk, "taken_at"), proto_pack_cstr(pk, cap.taken_at);
+            if (cap.camera_known) pack_key(pk, "camera"), proto_pack_cstr(pk, cap.camera);
+            if (cap.gps_known) {
+                pack_key(pk, "gps"), msgpack_pack_array(pk, 2);
+                msgpack_pack_double(pk, cap.lat), msgpack_pack_double(pk, cap.lon);
+            }
             pack_key(pk, "regions");
             msgpack_pack_array(pk, (size_t)nreg);
             for (int i = 0; i < nreg; i++) {

@@ -214,6 +214,35 @@ static void test_framing_several_frames_in_one_chunk(void **state)
     free(all.p);
 }
 
+/* proto_framer_set_max: a small limit refuses a bigger frame; raised, the
+ * same length passes; proto_framer_held follows the partial frame's buffer. */
+static void test_framing_set_max(void **state)
+{
+    proto_framer *f;
+    uint8_t chunk[4 + 5000];
+    memset(chunk, 'x', sizeof chunk);
+    proto_frame_put_len(chunk, 5000);
+    size_t used, fl;
+    uint8_t *fr;
+    assert_int_equal(proto_framer_create(0, &f), 0);
+    proto_framer_set_max(f, 4096);
+    assert_int_equal(proto_framer_feed(f, chunk, sizeof chunk, &used, &fr, &fl), UMG_ETOOBIG);
+    assert_int_equal(proto_framer_held(f), 0);
+    proto_framer_close(f);
+
+    assert_int_equal(proto_framer_create(4096, &f), 0);
+    proto_framer_set_max(f, 8192);
+    assert_int_equal(proto_framer_feed(f, chunk, 4 + 100, &used, &fr, &fl), PROTO_FRAME_NEED_MORE);
+    assert_true(proto_framer_held(f) >= 100 && proto_framer_held(f) <= 5000);
+    /* lowering the limit does not refuse the length already accepted */
+    proto_framer_set_max(f, 1024);
+    assert_int_equal(proto_framer_feed(f, chunk + 104, sizeof chunk - 104, &used, &fr, &fl), PROTO_FRAME_READY);
+    assert_int_equal(fl, 5000);
+    free(fr);
+    assert_int_equal(proto_framer_held(f), 0);
+    proto_framer_close(f);
+}
+
 static void test_framing_oversize_refused_before_buffering(void **state)
 {
     proto_framer *f;
@@ -1214,6 +1243,7 @@ int main(void)
         cmocka_unit_test(test_framing_split_at_every_byte),
         cmocka_unit_test(test_framing_several_frames_in_one_chunk),
         cmocka_unit_test(test_framing_oversize_refused_before_buffering),
+        cmocka_unit_test(test_framing_set_max),
         cmocka_unit_test(test_framing_zero_length),
         cmocka_unit_test(test_frame_encoder),
         cmocka_unit_test(test_check_accepts_every_type),
