@@ -8,6 +8,7 @@
 #include "client.h"
 #include "commands.h"
 #include "enc.h"
+#include "query_cache.h"
 #include "server.h"
 #include "umg_error.h"
 #include "umg_util.h"
@@ -77,6 +78,8 @@ static void usage(FILE *out)
         "  --text-batch-wait US    a text query that finds the text tower free waits up to US\n"
         "                          microseconds for others to share its pass (default 0: none;\n"
         "                          trades latency under light load for throughput under heavy)\n"
+        "  --query-cache N         keep the embeddings of the N most recently asked query texts\n"
+        "                          (default %d, ~2 KiB each; 0 = off)\n"
         "  --precision P           encoder arithmetic: fp32 (default, exact), int8, bf16 (AVX512-BF16),\n"
         "                          fp16 (AVX512-FP16) or auto (the fastest this CPU runs that meets\n"
         "                          the accuracy guard); hello/stats say which (docs/benchmarks.md)\n"
@@ -93,7 +96,8 @@ static void usage(FILE *out)
         "SIGINT/SIGTERM: stop accepting, finish the requests in flight, write index snapshots\n"
         "(no index build), exit 0.\n",
         UMG_DEFAULT_ADDR, SRV_DEFAULT_REGIONS, SRV_DEFAULT_BATCH, (unsigned)(64u << 20), SRV_DEFAULT_IDLE_S,
-        SRV_DEFAULT_HELLO_TIMEOUT_S, SRV_DEFAULT_FRAME_TIMEOUT_S, SRV_DEFAULT_MAX_CONN, SRV_DEFAULT_INDEX_THREADS, SRV_DEFAULT_CHECKPOINT_S);
+        SRV_DEFAULT_HELLO_TIMEOUT_S, SRV_DEFAULT_FRAME_TIMEOUT_S, SRV_DEFAULT_MAX_CONN, SRV_DEFAULT_INDEX_THREADS,
+        SRV_DEFAULT_QUERY_CACHE, SRV_DEFAULT_CHECKPOINT_S);
 }
 
 static int parse_int(const char *flag, const char *v, long lo, long hi, long *out)
@@ -266,6 +270,9 @@ int cmd_serve(int argc, char **argv)
         } else if (!strcmp(a, "--text-lanes")) {
             if (parse_int(a, v, 1, SRV_MAX_TEXT_LANES, &x)) return 2;
             c.text_lanes = (int)x;
+        } else if (!strcmp(a, "--query-cache")) {
+            if (parse_int(a, v, 0, ENG_QCACHE_MAX, &x)) return 2;
+            c.query_cache = (int)x;
         } else if (!strcmp(a, "--precision")) {
             if (enc_precision_parse(v, &c.precision)) {
                 fprintf(stderr, "umgdb serve: --precision wants fp32, int8, bf16, fp16 or auto, not '%s'\n", v);

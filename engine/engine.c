@@ -42,7 +42,7 @@ int eng_create(enc_model *model, db_t *db, const eng_config *cfg, eng **out)
 {
     *out = NULL;
     if (!model || !db || !cfg || cfg->batch < 1 || cfg->threads < 1 || cfg->regions < 0 || cfg->text_lanes < 1 ||
-        cfg->text_lanes > ENG_MAX_TEXT_LANES ||
+        cfg->text_lanes > ENG_MAX_TEXT_LANES || cfg->query_cache < 0 || cfg->query_cache > ENG_QCACHE_MAX ||
         (cfg->region_mode != ENG_REGION_MODE_DENSE && cfg->region_mode != ENG_REGION_MODE_CROP))
         return umg_err_set(UMG_EINVAL, "engine: bad configuration");
     eng *e = calloc(1, sizeof *e);
@@ -84,6 +84,7 @@ int eng_create(enc_model *model, db_t *db, const eng_config *cfg, eng **out)
                            .batch_wait_us = cfg->text_batch_wait_us,
                            .test_pass_ms = cfg->test_text_pass_ms};
     if (!rc) rc = eng_lanes_create(model, &lc, &e->lanes);
+    if (!rc) rc = eng_qcache_create(cfg->query_cache, e->dim, &e->qcache);
     if (!rc) rc = enc_run_create(model, cfg->batch, &e->ingest_run);
     if (!rc && !(e->ingest_scratch = malloc(eng_ingest_scratch_size(e))))
         rc = umg_err_set(UMG_ENOMEM, "out of memory for the encoder's batch buffers");
@@ -111,6 +112,7 @@ void eng_close(eng *e)
     free(p->patches);
     free(p->busy);
     eng_lanes_close(e->lanes);
+    eng_qcache_close(e->qcache);
     enc_run_close(e->ingest_run);
     free(e->ingest_scratch);
     pthread_mutex_destroy(&e->stats_mu);
@@ -127,6 +129,7 @@ void eng_stats_get(eng *e, eng_stats *out)
     uint64_t lanes[2 * ENG_MAX_TEXT_LANES];
     out->n_lanes = eng_lanes_counts(e->lanes, &out->texts, &out->text_batches, lanes, ENG_MAX_TEXT_LANES);
     for (int i = 0; i < out->n_lanes; i++) out->lanes[i].texts = lanes[2 * i], out->lanes[i].batches = lanes[2 * i + 1];
+    eng_qcache_counts_get(e->qcache, &out->query_cache);
 }
 
 void eng_patch_tokens_encode(const eng *e, const float *pt, uint16_t *h)

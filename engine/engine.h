@@ -22,6 +22,7 @@
 
 #include "db.h"
 #include "enc.h"
+#include "query_cache.h"
 #include "text_lanes.h"
 
 /* How region vectors are made (docs/regions.md); a data directory keeps one. */
@@ -40,6 +41,7 @@ typedef struct eng_config {
     int text_lanes;         /* text passes encoded at once (>= 1; text_lanes.h) */
     int text_batch_wait_us; /* text_lanes.h: a lone text query waits this long for company */
     int test_text_pass_ms;  /* tests only: every text pass lasts at least this long (0 = off) */
+    int query_cache;        /* text queries' embeddings kept (query_cache.h; 0 = no cache) */
 } eng_config;
 
 typedef struct eng eng;
@@ -63,6 +65,7 @@ typedef struct eng_stats {
     uint64_t texts, text_batches;        /* text queries encoded, and the passes */
     int n_lanes;
     struct { uint64_t texts, batches; } lanes[ENG_MAX_TEXT_LANES]; /* per text lane, n_lanes of them */
+    eng_qcache_counts query_cache;       /* text queries answered from the cache (hits) or not */
 } eng_stats;
 void eng_stats_get(eng *e, eng_stats *out);
 

@@ -8,6 +8,7 @@
 
 #include "engine.h"
 #include "enc_regions.h"
+#include "query_cache.h"
 #include "text_lanes.h"
 
 #define ENG_PATCH_TOKENS_EXTRA "patch_tokens" /* the db extra holding a photo's float16 patch tokens */
@@ -32,6 +33,7 @@ struct eng {
     int dim, grid, image_size, patch_size;
     eng_run_pool runs;
     eng_lanes *lanes;
+    eng_qcache *qcache;           /* NULL: off */
     /* eng_ingest_store_batch's own (one thread at a time) */
     enc_run *ingest_run;          /* max_batch = cfg.batch */
     void *ingest_scratch;

@@ -484,7 +484,9 @@ int eng_text_vector(eng *e, const char *text, size_t len, float *vec)
     int max_positions = enc_model_config(e->model)->max_positions, n_ids = 0;
     int max_ids = max_positions < ENC_CONTEXT_LENGTH ? max_positions : ENC_CONTEXT_LENGTH;
     int rc = enc_tokenize(enc_model_tokenizer(e->model), text ? text : "", len, ids, max_ids, &n_ids);
-    if (!rc) rc = eng_lanes_encode(e->lanes, ids, n_ids, vec);
+    if (rc || eng_qcache_get(e->qcache, ids, n_ids, vec)) return rc;
+    rc = eng_lanes_encode(e->lanes, ids, n_ids, vec);
+    if (!rc) eng_qcache_put(e->qcache, ids, n_ids, vec);
     return rc;
 }
 

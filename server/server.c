@@ -920,6 +920,7 @@ void server_config_default(server_config *c)
     c->log_level = SRV_LOG_INFO;
     c->index_threads = SRV_DEFAULT_INDEX_THREADS;
     c->checkpoint_interval_s = SRV_DEFAULT_CHECKPOINT_S;
+    c->query_cache = SRV_DEFAULT_QUERY_CACHE;
 }
 
 const char *srv_region_mode_name(int mode)

@@ -16,6 +16,7 @@
 #define SRV_DEFAULT_MAX_CONN 1024
 #define SRV_DEFAULT_CHECKPOINT_S 300      /* background checkpoint after writes, at most this often */
 #define SRV_DEFAULT_INDEX_THREADS 1        /* OpenMP threads for FAISS */
+#define SRV_DEFAULT_QUERY_CACHE 1024       /* text queries' embeddings kept (2 KiB each at dim 512) */
 #define SRV_STOP_BUILD_WAIT_S 3            /* a stop waits this long for an index build to give up */
 #define SRV_BATCH_LINGER_MS 30             /* encoder: longest wait for a fuller batch */
 #define SRV_MAX_TEXT_LANES 64             /* --text-lanes at most */
@@ -90,6 +91,8 @@ typedef struct server_config {
                                       0 = threads (default); 1 = one pass at a time, its products
                                       shared over every thread */
     int precision;                 /* enum enc_precision of the encoder's products (fp32 default) */
+    int query_cache;               /* recent text queries' embeddings kept (engine/query_cache.h);
+                                      0 = no cache; default SRV_DEFAULT_QUERY_CACHE */
     int checkpoint_interval_s;     /* background checkpoint when something was written, this often;
                                       0 = none (index builds still run in the background) */
     /* test hooks (set only by serve's --test-* flags, which tests use): */

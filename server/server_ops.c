@@ -78,7 +78,8 @@ int srv_ops_init(srv *s)
                      .no_patches = s->cfg.no_patches,
                      .text_lanes = srv_text_lanes(&s->cfg),
                      .text_batch_wait_us = s->cfg.text_batch_wait_us,
-                     .test_text_pass_ms = s->cfg.test_text_pass_ms};
+                     .test_text_pass_ms = s->cfg.test_text_pass_ms,
+                     .query_cache = s->cfg.query_cache};
     int rc = eng_create(s->model, s->db, &ec, &s->eng);
     if (rc) return rc;
     if (ec.test_text_pass_ms > 0)
@@ -241,6 +242,12 @@ static int h_stats(void *ctx, proto_request *req)
         pack_key(pk, "texts"), msgpack_pack_uint64(pk, es.lanes[i].texts);
         pack_key(pk, "batches"), msgpack_pack_uint64(pk, es.lanes[i].batches);
     }
+    pack_key(pk, "query_cache"); /* text queries answered without the tower (hits) or not */
+    msgpack_pack_map(pk, 4);
+    pack_key(pk, "hits"), msgpack_pack_uint64(pk, es.query_cache.hits);
+    pack_key(pk, "misses"), msgpack_pack_uint64(pk, es.query_cache.misses);
+    pack_key(pk, "entries"), msgpack_pack_int32(pk, es.query_cache.entries);
+    pack_key(pk, "capacity"), msgpack_pack_int32(pk, es.query_cache.capacity);
     pthread_mutex_lock(&s->ck_mu);
     uint64_t ck_done = s->ck_done, ck_builds = s->ck_builds;
     int ck_busy = s->ck_busy;

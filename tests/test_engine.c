@@ -513,6 +513,45 @@ static void test_text_vector(void **state)
     assert_int_equal(st.ingested, N_PHOTOS);
 }
 
+/* The query cache through eng_text_vector: texts that tokenize alike ("A  Dog",
+ * "a dog") share an entry; a hit skips the text tower (its count stays) and
+ * hands back the very vector the tower made; another text misses. */
+static void test_query_cache(void **state)
+{
+    fixture *f = *state;
+    eng_close(f->e);
+    eng_config c = {.region_mode = ENG_REGION_MODE_DENSE, .regions = REGIONS, .batch = 4, .threads = 1,
+                    .text_lanes = 1, .query_cache = 2};
+    assert_int_equal(eng_create(f->model, f->db, &c, &f->e), 0);
+    float first[512], again[512], other[512];
+    assert_int_equal(eng_text_vector(f->e, "A  Dog", 6, first), 0);
+    memset(again, 0, sizeof again);
+    assert_int_equal(eng_text_vector(f->e, "a dog", 5, again), 0);
+    assert_memory_equal(first, again, (size_t)f->dim * sizeof(float));
+    assert_int_equal(eng_text_vector(f->e, "a cat", 5, other), 0);
+    assert_memory_not_equal(first, other, (size_t)f->dim * sizeof(float));
+    eng_stats st;
+    eng_stats_get(f->e, &st);
+    assert_int_equal(st.texts, 2);          /* the tower ran for "A  Dog" and "a cat" only */
+    assert_int_equal(st.query_cache.hits, 1);
+    assert_int_equal(st.query_cache.misses, 2);
+    assert_int_equal(st.query_cache.entries, 2);
+    assert_int_equal(st.query_cache.capacity, 2);
+    /* off (0, the engine's default): every text through the tower */
+    eng_close(f->e);
+    c.query_cache = 0;
+    assert_int_equal(eng_create(f->model, f->db, &c, &f->e), 0);
+    assert_int_equal(eng_text_vector(f->e, "a dog", 5, again), 0);
+    assert_int_equal(eng_text_vector(f->e, "a dog", 5, again), 0);
+    eng_stats_get(f->e, &st);
+    assert_int_equal(st.texts, 2);
+    assert_int_equal(st.query_cache.hits + st.query_cache.misses, 0);
+    c.query_cache = -1;
+    eng *bad = NULL;
+    assert_int_equal(eng_create(f->model, f->db, &c, &bad), UMG_EINVAL);
+    assert_null(bad);
+}
+
 /* The same path with the same bytes is a duplicate (nothing stored); with
  * other bytes it replaces the photo. */
 static void test_same_path_rule(void **state)
@@ -1325,6 +1364,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_overfetch, setup_dense, teardown),
         cmocka_unit_test_setup_teardown(test_image_vectors, setup_dense, teardown),
         cmocka_unit_test_setup_teardown(test_text_vector, setup_dense, teardown),
+        cmocka_unit_test_setup_teardown(test_query_cache, setup_dense, teardown),
         cmocka_unit_test_setup_teardown(test_same_path_rule, setup_dense, teardown),
         cmocka_unit_test_setup_teardown(test_list_and_move, setup_dense, teardown),
         cmocka_unit_test(test_sync_plan),

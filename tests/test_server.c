@@ -670,7 +670,7 @@ static void test_batched_text_queries(void **state)
     /* clip-tiny encodes a text in well under a millisecond: without a linger the
      * first worker often finishes before the burst's other queries arrive (most
      * so on a loaded machine), so the sharing this test checks would be luck */
-    const char *linger[] = {"--text-batch-wait", "200000", NULL};
+    const char *linger[] = {"--text-batch-wait", "200000", "--query-cache", "0", NULL}; /* the burst repeats texts */
     ts_start_ok(&s, linger);
     umg_client *c = ts_conn(&s);
     ingest_bytes(c, IMG("chelsea.png"), "chelsea.png", NULL, NULL, NULL);
@@ -731,6 +731,54 @@ static void test_batched_text_queries(void **state)
     umg_client_close(c);
     assert_int_equal(ts_stop(&s), 0);
     assert_int_equal(tu_rm_rf(s.dir), 0);
+}
+
+/* The query cache (on by default): a text asked again, even spelled
+ * differently ("A  Dog", "a dog": the same tokens), is answered without the
+ * text tower, with the same hits and scores; stats.query_cache counts it.
+ * --query-cache 0: every text through the tower, nothing counted. */
+static void query_cache_run(int cache_on)
+{
+    ts_server s;
+    ts_make_tmp(&s, "umg-srv-");
+    const char *off[] = {"--query-cache", "0", NULL};
+    ts_start_ok(&s, cache_on ? NULL : off);
+    umg_client *c = ts_conn(&s);
+    ingest_bytes(c, IMG("chelsea.png"), "chelsea.png", NULL, NULL, NULL);
+    ingest_bytes(c, IMG("rocket.jpg"), "rocket.jpg", NULL, NULL, NULL);
+    proto_response *a = query(c, "A  Dog", "image", 5, NULL, NULL, -100);
+    proto_response *b = query(c, "a dog", "image", 5, NULL, NULL, -100);
+    proto_response *x = query(c, "a rocket", "image", 5, NULL, NULL, -100);
+    const msgpack_object *ha = hits_of(a), *hb = hits_of(b);
+    assert_int_equal(hb->via.array.size, ha->via.array.size);
+    for (uint32_t j = 0; j < ha->via.array.size; j++) {
+        assert_int_equal(obj_u(&hb->via.array.ptr[j], "image_id"), obj_u(&ha->via.array.ptr[j], "image_id"));
+        assert_true(obj_f(&hb->via.array.ptr[j], "score") == obj_f(&ha->via.array.ptr[j], "score"));
+    }
+    proto_response *r = NULL;
+    assert_int_equal(umg_client_call0(c, "stats", TS_T_MS, &r), 0);
+    const msgpack_object *qc = umg_result_get(r, "query_cache"), *tq = umg_result_get(r, "text_queries");
+    assert_non_null(qc);
+    assert_non_null(tq);
+    assert_int_equal(obj_u(qc, "hits"), cache_on ? 1 : 0);
+    assert_int_equal(obj_u(qc, "misses"), cache_on ? 2 : 0);
+    assert_int_equal(obj_u(qc, "entries"), cache_on ? 2 : 0);
+    assert_int_equal(obj_u(qc, "capacity"), cache_on ? 1024 : 0);
+    assert_int_equal(obj_u(tq, "texts"), cache_on ? 2 : 3);
+    proto_response_free(r);
+    proto_response_free(a);
+    proto_response_free(b);
+    proto_response_free(x);
+    umg_client_close(c);
+    assert_int_equal(ts_stop(&s), 0);
+    assert_int_equal(tu_rm_rf(s.dir), 0);
+}
+
+static void test_query_cache(void **state)
+{
+    (void)state;
+    query_cache_run(1);
+    query_cache_run(0);
 }
 
 /* Text lanes: with --text-lanes 2 two text-tower passes run at once (the test
@@ -2570,6 +2618,7 @@ int main(void)
         cmocka_unit_test_teardown(test_pipelining_two_clients, ts_teardown),
         cmocka_unit_test_teardown(test_batched_text_queries, ts_teardown),
         cmocka_unit_test_teardown(test_text_lanes, ts_teardown),
+        cmocka_unit_test_teardown(test_query_cache, ts_teardown),
         cmocka_unit_test_teardown(test_bad_input, ts_teardown),
         cmocka_unit_test_teardown(test_capture_metadata, ts_teardown),
         cmocka_unit_test_teardown(test_restart_and_sigterm, ts_teardown),
