@@ -18,6 +18,7 @@
 #include <unistd.h>
 
 #include "client.h"
+#include "http.h"
 #include "umg_error.h"
 
 /* ---- logging -------------------------------------------------------------- */
@@ -67,6 +68,7 @@ static void conn_unref(srv_conn *c)
 {
     if (--c->refs > 0) return;
     proto_framer_close(c->framer);
+    srv_http_free(c->http);
     free(c->stash);
     free(c);
 }
@@ -97,6 +99,7 @@ static void conn_close(srv_conn *c, const char *why)
 
 static int over_caps(const srv_conn *c)
 {
+    if (c->http && c->inflight) return 1; /* HTTP: one request at a time, answers in order */
     return c->inflight >= SRV_MAX_INFLIGHT || c->unsent >= SRV_MAX_UNSENT ||
            c->inflight_bytes >= SRV_MAX_INFLIGHT_BYTES;
 }
@@ -197,6 +200,10 @@ static void conn_send(srv_conn *c, char *data, size_t len)
     if (over_caps(c)) conn_pause(c);
 }
 
+void srv_conn_send(srv_conn *c, char *data, size_t len) { conn_send(c, data, len); }
+void srv_conn_close(srv_conn *c, const char *why) { conn_close(c, why); }
+void srv_conn_pause(srv_conn *c) { conn_pause(c); }
+
 static void conn_send_sbuffer(srv_conn *c, msgpack_sbuffer *sb)
 {
     size_t len = sb->size;
@@ -206,6 +213,10 @@ static void conn_send_sbuffer(srv_conn *c, msgpack_sbuffer *sb)
 
 static void conn_send_error(srv_conn *c, uint64_t id, int code, const char *msg)
 {
+    if (c->http) {
+        srv_http_send_error(c, code, msg);
+        return;
+    }
     msgpack_sbuffer sb;
     msgpack_sbuffer_init(&sb);
     if (proto_response_error(&sb, id, code, msg) == 0) conn_send_sbuffer(c, &sb);
@@ -219,7 +230,7 @@ static const char *op_name(int op)
     return (unsigned)op < PROTO_OP_COUNT ? proto_ops()[op].name : "?";
 }
 
-static void job_finish(srv_job *job)
+void srv_job_finish(srv_job *job)
 {
     srv *s = job->s;
     srv_conn *c = job->conn;
@@ -233,7 +244,8 @@ static void job_finish(srv_job *job)
                 op_name(job->op), (unsigned long long)job->id, ms);
     if (!job->resp.size) /* a bug: every path must answer */
         proto_response_error(&job->resp, job->id, UMG_EINTERNAL, "no response was built");
-    conn_send_sbuffer(c, &job->resp); /* dropped if the connection is closed */
+    if (c->http) srv_http_answer(c, job);
+    else conn_send_sbuffer(c, &job->resp); /* dropped if the connection is closed */
     c->inflight--;
     c->inflight_bytes -= job->frame_bytes;
     s->jobs_inflight--;
@@ -253,11 +265,11 @@ void srv_after_work(uv_work_t *w, int status)
     if (job->handed_off) {
         /* the encoder thread answers; whichever of the two ends last finishes */
         job->after_work_done = 1;
-        if (job->encoder_done) job_finish(job);
+        if (job->encoder_done) srv_job_finish(job);
         return;
     }
     if (status == UV_ECANCELED && !job->resp.size) srv_job_error(job, UMG_ESHUTDOWN, "cancelled");
-    job_finish(job);
+    srv_job_finish(job);
 }
 
 void srv_job_done_async(srv *s, srv_job *job)
@@ -286,7 +298,7 @@ static void on_done_async(uv_async_t *a)
     while (rev) {
         srv_job *n = rev->next;
         rev->encoder_done = 1;
-        if (!rev->handed_off || rev->after_work_done) job_finish(rev);
+        if (!rev->handed_off || rev->after_work_done) srv_job_finish(rev);
         rev = n;
     }
 }
@@ -496,7 +508,27 @@ static void *checkpoint_main(void *arg)
 
 /* ---- requests ------------------------------------------------------------- */
 
-static void handle_frame(srv_conn *c, uint8_t *frame, size_t len)
+srv_job *srv_job_new(srv_conn *c, proto_request *req, int op, size_t frame_bytes)
+{
+    srv_job *job = calloc(1, sizeof *job);
+    if (!job) return NULL;
+    job->s = c->s;
+    job->conn = c;
+    job->req = req;
+    job->id = req ? req->id : 0;
+    job->op = op;
+    job->frame_bytes = frame_bytes;
+    job->t0_ns = srv_now_ns();
+    job->work.data = job;
+    msgpack_sbuffer_init(&job->resp);
+    c->refs++;
+    c->inflight++;
+    c->inflight_bytes += frame_bytes;
+    c->s->jobs_inflight++;
+    return job;
+}
+
+void srv_handle_frame(srv_conn *c, uint8_t *frame, size_t len)
 {
     srv *s = c->s;
     uint64_t t0 = srv_now_ns();
@@ -522,30 +554,18 @@ static void handle_frame(srv_conn *c, uint8_t *frame, size_t len)
         proto_request_free(req);
         return;
     }
-    srv_job *job = calloc(1, sizeof *job);
+    srv_job *job = srv_job_new(c, req, op, len);
     if (!job) {
         conn_send_error(c, req->id, UMG_ENOMEM, "out of memory");
         proto_request_free(req);
         return;
     }
-    job->s = s;
-    job->conn = c;
-    job->req = req;
-    job->id = req->id;
-    job->op = op;
-    job->frame_bytes = len;
     job->t0_ns = t0;
-    job->work.data = job;
-    msgpack_sbuffer_init(&job->resp);
-    c->refs++;
-    c->inflight++;
-    c->inflight_bytes += len;
-    s->jobs_inflight++;
     umg_err_clear();
     rc = req->op->handler ? req->op->handler(job, req)
                           : umg_err_set(UMG_EUNSUPPORTED, "op '%s' is not served", req->op->name);
     if (rc < 0) srv_job_error(job, rc, umg_err_msg());
-    if (rc != 0) job_finish(job);
+    if (rc != 0) srv_job_finish(job);
 }
 
 /* Feed received bytes to the framer and handle every complete frame, as
@@ -556,6 +576,12 @@ static void conn_feed(srv_conn *c, const uint8_t *p, size_t len)
     srv *s = c->s;
     c->feeding = 1;
     while (len && !c->closing && !c->close_after_writes && !over_caps(c)) {
+        if (c->http) {
+            size_t used = srv_http_feed(c, p, len);
+            p += used;
+            len -= used;
+            continue;
+        }
         size_t used;
         uint8_t *frame;
         size_t flen;
@@ -563,7 +589,7 @@ static void conn_feed(srv_conn *c, const uint8_t *p, size_t len)
         p += used;
         len -= used;
         if (rc == PROTO_FRAME_READY) {
-            handle_frame(c, frame, flen);
+            srv_handle_frame(c, frame, flen);
         } else if (rc == UMG_EPROTO) {
             srv_log(s, SRV_LOG_INFO, "conn=%llu op=? id=0 status=protocol_error error=\"%s\"",
                     (unsigned long long)c->serial, umg_err_msg());
@@ -642,7 +668,7 @@ static void on_connection(uv_stream_t *server, int status)
         return;
     }
     c->s = s;
-    int rc = server == (uv_stream_t *)&s->tcp ? uv_tcp_init(s->loop, &c->h.tcp) : uv_pipe_init(s->loop, &c->h.pipe, 0);
+    int rc = server != (uv_stream_t *)&s->pipe ? uv_tcp_init(s->loop, &c->h.tcp) : uv_pipe_init(s->loop, &c->h.pipe, 0);
     if (rc) {
         free(c);
         srv_log(s, SRV_LOG_ERROR, "connection init failed: %s", uv_strerror(rc));
@@ -666,7 +692,12 @@ static void on_connection(uv_stream_t *server, int status)
         conn_close(c, "accept failed");
         return;
     }
-    if (server == (uv_stream_t *)&s->tcp) uv_tcp_nodelay(&c->h.tcp, 1);
+    if (!rc && server == (uv_stream_t *)&s->http_tcp) rc = srv_http_attach(c) ? UV_ENOMEM : 0;
+    if (rc) {
+        conn_close(c, "out of memory");
+        return;
+    }
+    if (server != (uv_stream_t *)&s->pipe) uv_tcp_nodelay(&c->h.tcp, 1);
     srv_log(s, SRV_LOG_DEBUG, "conn=%llu accepted", (unsigned long long)c->serial);
     if (s->n_conns > s->cfg.max_connections) {
         srv_log(s, SRV_LOG_WARN, "conn=%llu refused: %d connections open (--max-connections)",
@@ -677,7 +708,7 @@ static void on_connection(uv_stream_t *server, int status)
         return;
     }
     c->last_activity_ns = srv_now_ns();
-    if (s->cfg.idle_timeout_s > 0) {
+    if (s->cfg.idle_timeout_s > 0 && !c->http) { /* HTTP connections: their own deadlines (http.c) */
         /* checked every half timeout: closed between 1x and 1.5x the timeout */
         uint64_t ms = (uint64_t)s->cfg.idle_timeout_s * 500;
         uv_timer_start(&c->idle, on_idle, ms, ms);
@@ -730,6 +761,7 @@ static void on_signal(uv_signal_t *sig, int signum)
     srv_log(s, SRV_LOG_INFO, "signal %d: stopping (%d requests in flight)", signum, s->jobs_inflight);
     if (s->tcp_on) uv_close((uv_handle_t *)&s->tcp, on_closed_noop);
     if (s->pipe_on) uv_close((uv_handle_t *)&s->pipe, on_closed_noop);
+    if (s->http_on) uv_close((uv_handle_t *)&s->http_tcp, on_closed_noop);
     for (srv_conn *c = s->conns, *n; c; c = n) {
         n = c->next;
         conn_pause(c);
@@ -753,6 +785,9 @@ void server_config_default(server_config *c)
     c->log_level = SRV_LOG_INFO;
     c->index_threads = SRV_DEFAULT_INDEX_THREADS;
     c->checkpoint_interval_s = SRV_DEFAULT_CHECKPOINT_S;
+    c->http_header_timeout_s = HTTP_DEFAULT_HEADER_TIMEOUT_S;
+    c->http_body_timeout_s = HTTP_DEFAULT_BODY_TIMEOUT_S;
+    c->http_keepalive_s = HTTP_DEFAULT_KEEPALIVE_S;
 }
 
 const char *srv_region_mode_name(int mode)
@@ -950,6 +985,14 @@ int server_run(const server_config *cfg)
                                     "(--auth-token-file FILE or UMGDB_AUTH_TOKEN)", listen_addr);
         goto out;
     }
+    struct sockaddr_storage http_ss;
+    int http_loopback = 1;
+    if (cfg->http_listen && (rc = parse_listen(cfg->http_listen, &http_ss, &http_loopback))) goto out;
+    if (!http_loopback && !cfg->token) {
+        rc = umg_err_set(UMG_EPERM, "--http %s is not a loopback address: an auth token is required "
+                                    "(--auth-token-file FILE or UMGDB_AUTH_TOKEN)", cfg->http_listen);
+        goto out;
+    }
     if (cfg->require_auth && !cfg->token) {
         rc = umg_err_set(UMG_EINVAL, "--require-auth needs a token (--auth-token-file FILE or UMGDB_AUTH_TOKEN)");
         goto out;
@@ -1030,6 +1073,18 @@ int server_run(const server_config *cfg)
             goto out;
         }
     }
+    if (cfg->http_listen) {
+        uv_tcp_init(&loop, &s->http_tcp);
+        s->http_tcp.data = s;
+        s->http_on = 1;
+        int urc = uv_tcp_bind(&s->http_tcp, (struct sockaddr *)&http_ss, 0);
+        if (!urc) urc = uv_listen((uv_stream_t *)&s->http_tcp, 511, on_connection);
+        if (urc) {
+            rc = umg_err_set(urc == UV_EADDRINUSE ? UMG_EBUSY : UMG_EIO, "cannot listen on %s (--http): %s",
+                             cfg->http_listen, uv_strerror(urc));
+            goto out;
+        }
+    }
     if (cfg->socket_path) {
         if ((rc = prepare_socket_path(cfg->socket_path))) goto out;
         uv_pipe_init(&loop, &s->pipe, 0);
@@ -1078,9 +1133,10 @@ int server_run(const server_config *cfg)
         db_stats st;
         db_stats_get(s->db, &st);
         char where[600];
-        int n = snprintf(where, sizeof where, "%s%s%s%s", listen_addr ? listen_addr : "",
+        int n = snprintf(where, sizeof where, "%s%s%s%s%s%s", listen_addr ? listen_addr : "",
                          listen_addr && cfg->socket_path ? " and " : "", cfg->socket_path ? "unix:" : "",
-                         cfg->socket_path ? cfg->socket_path : "");
+                         cfg->socket_path ? cfg->socket_path : "", cfg->http_listen ? " and HTTP on " : "",
+                         cfg->http_listen ? cfg->http_listen : "");
         (void)n;
         srv_log(s, SRV_LOG_INFO,
                 "umgdb %s serving %s (model %s, dim %d, %llu images, %llu regions, region mode %s, text lanes %d, "
