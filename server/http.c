@@ -62,7 +62,15 @@ struct srv_http {
     int reject_code;
     char reject_msg[200];
     uint64_t next_id;          /* ids of the frames made from this connection's requests */
+    /* lingering close: after a last answer the write side is shut down and
+     * what the peer still sends is read and dropped, until it closes or
+     * HTTP_LINGER_S pass; closing with unread bytes would send a reset that
+     * can destroy the answer before the peer reads it */
+    uint64_t linger_ns;        /* 0 = not lingering */
+    uv_shutdown_t shutdown;
 };
+
+#define HTTP_LINGER_S 2
 
 static srv_http *of(http_parser *p) { return ((srv_conn *)p->data)->http; }
 
@@ -100,9 +108,10 @@ static void send_answer(srv_conn *c, int status, const char *ctype, const void *
     memcpy(buf, head, (size_t)n);
     if (len) memcpy(buf + n, body, len);
     srv_conn_send(c, buf, (size_t)n + len);
-    if (close) {
-        c->close_after_writes = 1;
-        srv_conn_pause(c);
+    if (close && !c->closing && !c->http->linger_ns) {
+        /* FIN once the answer is written; go on reading (and dropping) */
+        c->http->linger_ns = srv_now_ns();
+        if (uv_shutdown(&c->http->shutdown, &c->h.stream, NULL)) srv_conn_close(c, "shutdown failed");
     }
 }
 
@@ -526,6 +535,7 @@ static void queue_file_job(srv_conn *c, uint64_t image_id)
 size_t srv_http_feed(srv_conn *c, const uint8_t *p, size_t len)
 {
     srv_http *h = c->http;
+    if (h->linger_ns) return len; /* after the last answer: dropped */
     if (!h->req_start_ns) h->req_start_ns = srv_now_ns();
     size_t n = http_parser_execute(&h->p, &settings, (const char *)p, len);
     if (h->complete) {
@@ -565,7 +575,12 @@ static void on_timer(uv_timer_t *t)
     srv_http *h = c->http;
     const server_config *cfg = &c->s->cfg;
     uint64_t now = srv_now_ns(), sec = 1000000000ull;
-    if (c->closing || c->close_after_writes || c->inflight) return;
+    if (c->closing) return;
+    if (h->linger_ns) {
+        if (now - h->linger_ns >= HTTP_LINGER_S * sec) srv_conn_close(c, "http linger over");
+        return;
+    }
+    if (c->close_after_writes || c->inflight) return;
     if (h->req_start_ns && c->reading) {
         int headers = !h->headers_done_ns;
         int limit = headers ? cfg->http_header_timeout_s : cfg->http_body_timeout_s;
@@ -574,8 +589,7 @@ static void on_timer(uv_timer_t *t)
             char msg[120];
             snprintf(msg, sizeof msg, "request %s not complete within %d s", headers ? "headers" : "body", limit);
             srv_log(c->s, SRV_LOG_INFO, "conn=%llu http status=408 error=\"%s\" (closing)", (unsigned long long)c->serial, msg);
-            send_json_error(c, 408, UMG_ETIMEOUT, msg, 1);
-            if (!c->closing) srv_conn_close(c, "http deadline"); /* the peer may not read: do not wait */
+            send_json_error(c, 408, UMG_ETIMEOUT, msg, 1); /* lingers HTTP_LINGER_S at most */
             return;
         }
     }
@@ -592,10 +606,11 @@ int srv_http_attach(srv_conn *c)
     h->p.data = c;
     c->http = h;
     const server_config *cfg = &c->s->cfg;
-    int t[4] = {cfg->http_header_timeout_s, cfg->http_body_timeout_s, cfg->http_keepalive_s, cfg->idle_timeout_s}, m = 0;
-    for (int i = 0; i < 4; i++)
+    int t[5] = {cfg->http_header_timeout_s, cfg->http_body_timeout_s, cfg->http_keepalive_s, cfg->idle_timeout_s,
+                HTTP_LINGER_S}, m = 0;
+    for (int i = 0; i < 5; i++)
         if (t[i] > 0 && (!m || t[i] < m)) m = t[i];
-    if (m) uv_timer_start(&c->idle, on_timer, (uint64_t)m * 250, (uint64_t)m * 250);
+    uv_timer_start(&c->idle, on_timer, (uint64_t)m * 250, (uint64_t)m * 250);
     return 0;
 }
 
