@@ -1,8 +1,9 @@
 /* umg_error.h - the one table of umgdb error codes.
  *
  * Every module returns int: 0 on success, a negative UMG_E* code on failure.
- * Each code has a stable wire name (sent as "code" in protocol error frames,
- * which is why the table lives in protocol/) and a human description.
+ * Each code has a stable wire name (sent as "code" in protocol error frames)
+ * and a human description.  It lives in base/, below every other library,
+ * because every module returns these codes, not only the protocol.
  *
  * Details ("tensor text_model.final_layer_norm.weight missing") go into a
  * thread-local message set with umg_err_set() at the point of failure; callers

@@ -14,34 +14,13 @@
 #include <unistd.h>
 
 #include "umg_error.h"
+#include "umg_util.h"
 
 /* ---- arguments ----------------------------------------------------------- */
 
-int cli_parse_long(const char *s, long min, long max, long *out)
-{
-    if (!s || !*s || isspace((unsigned char)*s))
-        return UMG_EINVAL;
-    char *end;
-    errno = 0;
-    long v = strtol(s, &end, 10);
-    if (errno || *end || v < min || v > max)
-        return UMG_EINVAL;
-    *out = v;
-    return 0;
-}
+int cli_parse_long(const char *s, long min, long max, long *out) { return umg_parse_long(s, min, max, out); }
 
-int cli_parse_u64(const char *s, uint64_t *out)
-{
-    if (!s || !isdigit((unsigned char)*s))
-        return UMG_EINVAL;
-    char *end;
-    errno = 0;
-    unsigned long long v = strtoull(s, &end, 10);
-    if (errno || *end)
-        return UMG_EINVAL;
-    *out = v;
-    return 0;
-}
+int cli_parse_u64(const char *s, uint64_t *out) { return umg_parse_u64(s, out); }
 
 int cli_parse_double(const char *s, double *out)
 {
@@ -387,62 +366,7 @@ const char *cli_box_str(char *buf, size_t len, const double box[4])
 
 int cli_read_file(const char *path, size_t max, uint8_t **data, size_t *len)
 {
-    *data = NULL;
-    *len = 0;
-    FILE *f = fopen(path, "rb");
-    if (!f) {
-        int e = errno;
-        return umg_err_set(umg_err_from_errno(e), "%s: %s", path, strerror(e));
-    }
-    struct stat st;
-    if (fstat(fileno(f), &st) || !S_ISREG(st.st_mode)) {
-        fclose(f);
-        return umg_err_set(UMG_EIO, "%s: not a regular file", path);
-    }
-    if ((uint64_t)st.st_size > max) {
-        fclose(f);
-        return umg_err_set(UMG_ETOOBIG, "%s: %lld bytes, over the limit of %zu", path,
-                           (long long)st.st_size, max);
-    }
-    size_t cap = (size_t)st.st_size + 1, n = 0;
-    uint8_t *b = malloc(cap);
-    if (!b) {
-        fclose(f);
-        return umg_err_set(UMG_ENOMEM, "%s: out of memory", path);
-    }
-    for (;;) {
-        size_t got = fread(b + n, 1, cap - n, f);
-        n += got;
-        if (n < cap) {
-            if (ferror(f)) {
-                int e = errno;
-                free(b);
-                fclose(f);
-                return umg_err_set(UMG_EIO, "%s: %s", path, strerror(e));
-            }
-            break;
-        }
-        /* The file grew while we read it. */
-        if (cap > max) {
-            free(b);
-            fclose(f);
-            return umg_err_set(UMG_ETOOBIG, "%s: over the limit of %zu bytes", path, max);
-        }
-        size_t ncap = cap * 2 > max + 1 ? max + 1 : cap * 2;
-        uint8_t *nb = realloc(b, ncap);
-        if (!nb) {
-            free(b);
-            fclose(f);
-            return umg_err_set(UMG_ENOMEM, "%s: out of memory", path);
-        }
-        b = nb;
-        cap = ncap;
-    }
-    fclose(f);
-    b[n < cap ? n : cap - 1] = 0;   /* convenient for text files */
-    *data = b;
-    *len = n;
-    return 0;
+    return umg_read_file(path, max, data, len);
 }
 
 static bool has_image_ext(const char *path)
@@ -474,6 +398,91 @@ enum cli_image_kind cli_image_kind(const char *path)
         return !strcasecmp(dot, ".png") ? CLI_PNG : CLI_JPEG;
     }
     return CLI_NOT_IMAGE;
+}
+
+/* Append component c (length n) to the absolute path in buf (len bytes
+ * used, room for it checked by the caller): "." is nothing, ".." drops the
+ * last component (not above "/"). */
+static size_t append_component(char *buf, size_t len, const char *c, size_t n)
+{
+    if (n == 0 || (n == 1 && c[0] == '.'))
+        return len;
+    if (n == 2 && c[0] == '.' && c[1] == '.') {
+        while (len > 1 && buf[len - 1] != '/')
+            len--;
+        if (len > 1)
+            len--;   /* the slash before the dropped component */
+        buf[len] = 0;
+        return len;
+    }
+    if (len > 1)
+        buf[len++] = '/';
+    memcpy(buf + len, c, n);
+    len += n;
+    buf[len] = 0;
+    return len;
+}
+
+int cli_abs_path(const char *path, char **out)
+{
+    *out = realpath(path, NULL);
+    if (*out)
+        return 0;
+    if (errno == ENOMEM)
+        return umg_err_set(UMG_ENOMEM, "out of memory");
+    /* It does not exist (or cannot be resolved): absolute against the working
+     * directory, then the longest leading directory that resolves. */
+    char *abs;
+    if (path[0] == '/') {
+        abs = strdup(path);
+    } else {
+        char *cwd = getcwd(NULL, 0);
+        if (!cwd)
+            return umg_err_set(errno == ENOMEM ? UMG_ENOMEM : UMG_EIO, "cannot read the working directory: %s",
+                               strerror(errno));
+        size_t len = strlen(cwd) + 1 + strlen(path) + 1;
+        if ((abs = malloc(len)))
+            snprintf(abs, len, "%s/%s", cwd, path);
+        free(cwd);
+    }
+    if (!abs)
+        return umg_err_set(UMG_ENOMEM, "out of memory");
+    size_t alen = strlen(abs);
+    char *base = NULL;
+    size_t cut = alen;   /* abs[0..cut) resolves to base; the rest is appended */
+    while (cut > 0) {
+        while (cut > 0 && abs[cut - 1] != '/')
+            cut--;
+        if (cut == 0)
+            break;
+        char saved = abs[cut - 1];
+        abs[cut - 1] = 0;
+        base = realpath(cut == 1 ? "/" : abs, NULL);
+        abs[cut - 1] = saved;
+        if (base)
+            break;
+        cut--;
+    }
+    size_t blen = base ? strlen(base) : 1;
+    char *res = malloc(blen + 1 + (alen - cut) + 1);
+    if (!res) {
+        free(base);
+        free(abs);
+        return umg_err_set(UMG_ENOMEM, "out of memory");
+    }
+    memcpy(res, base ? base : "/", blen + 1);
+    free(base);
+    size_t len = blen;
+    for (const char *c = abs + cut; *c;) {
+        size_t n = strcspn(c, "/");
+        len = append_component(res, len, c, n);
+        c += n;
+        while (*c == '/')
+            c++;
+    }
+    free(abs);
+    *out = res;
+    return 0;
 }
 
 /* ---- the directory walk ------------------------------------------------- */
@@ -532,9 +541,9 @@ static int id_set_add(id_set *s, dev_t dev, ino_t ino)
 
 typedef struct walker {
     cli_walk *w;
-    size_t cap_files, cap_errors;
+    size_t cap_files, cap_errors, cap_skipped;
     id_set dirs;            /* directories visited (symlink loops, a tree reached twice) */
-    id_set files;           /* photos listed (a file under two names: links, repeated arguments) */
+    id_set files;           /* files listed (a file under two names: links, repeated arguments) */
     int oom;
 } walker;
 
@@ -553,10 +562,9 @@ static int grow(void **p, size_t *cap, size_t need, size_t elem)
     return 0;
 }
 
-static void walk_error(walker *k, const char *path, const char *reason)
+static void add_entry(walker *k, cli_walk_error **v, size_t *n, size_t *cap, const char *path, const char *reason)
 {
-    cli_walk *w = k->w;
-    if (grow((void **)&w->errors, &k->cap_errors, w->n_errors + 1, sizeof *w->errors)) {
+    if (grow((void **)v, cap, *n + 1, sizeof **v)) {
         k->oom = 1;
         return;
     }
@@ -567,34 +575,45 @@ static void walk_error(walker *k, const char *path, const char *reason)
         k->oom = 1;
         return;
     }
-    w->errors[w->n_errors++] = (cli_walk_error){p, r};
+    (*v)[(*n)++] = (cli_walk_error){p, r};
+}
+
+static void walk_error(walker *k, const char *path, const char *reason)
+{
+    add_entry(k, &k->w->errors, &k->w->n_errors, &k->cap_errors, path, reason);
+}
+
+static void walk_skip(walker *k, const char *path, const char *reason)
+{
+    add_entry(k, &k->w->skipped, &k->w->n_skipped, &k->cap_skipped, path, reason);
 }
 
 /* st: the file's own stat (symlinks followed). */
 static void add_file(walker *k, const char *path, const struct stat *st)
 {
     cli_walk *w = k->w;
+    /* A file reachable under two names (hard link, symlink, named and inside
+     * a named directory) is sent, or listed as skipped, once. */
+    int added = id_set_add(&k->files, st->st_dev, st->st_ino);
+    if (added <= 0) {
+        k->oom |= added < 0;
+        return;
+    }
     if (!S_ISREG(st->st_mode)) {
-        walk_error(k, path, "not a regular file");
+        walk_skip(k, path, "not a regular file");
         return;
     }
     if (cli_image_kind(path) == CLI_NOT_IMAGE) {
-        w->n_skipped++;
+        walk_skip(k, path, "not an image (" CLI_IMAGE_FORMATS ")");
         return;
     }
     if (grow((void **)&w->files, &k->cap_files, w->n_files + 1, sizeof *w->files)) {
         k->oom = 1;
         return;
     }
-    /* A photo reachable under two names (hard link, symlink) is sent once. */
-    int added = id_set_add(&k->files, st->st_dev, st->st_ino);
-    if (added <= 0) {
-        k->oom |= added < 0;
-        return;
-    }
-    char *abs = realpath(path, NULL);
-    if (!abs) {
-        walk_error(k, path, strerror(errno));
+    char *abs;
+    if (cli_abs_path(path, &abs)) {
+        walk_error(k, path, umg_err_msg());
         return;
     }
     w->files[w->n_files++] = (cli_walk_file){abs, (uint64_t)st->st_size, (int64_t)st->st_mtime};
@@ -657,10 +676,9 @@ static void walk_dir(walker *k, const char *dir, const struct stat *dst, int dep
             walk_error(k, path, errno == ENOENT ? "broken symbolic link" : strerror(errno));
         } else if (S_ISDIR(st.st_mode)) {
             walk_dir(k, path, &st, depth + 1);
-        } else if (S_ISREG(st.st_mode)) {
-            add_file(k, path, &st);
+        } else {
+            add_file(k, path, &st);   /* sockets, fifos, devices: listed as skipped */
         }
-        /* sockets, fifos, devices inside a tree: not photos, ignored */
         free(path);
     }
     for (size_t i = 0; i < n; i++)
@@ -678,15 +696,8 @@ int cli_walk_paths(const char *const *paths, int n, cli_walk *out)
             walk_error(&k, paths[i], strerror(errno));
         } else if (S_ISDIR(st.st_mode)) {
             walk_dir(&k, paths[i], &st, 0);
-        } else if (S_ISREG(st.st_mode)) {
-            /* A file named explicitly is a photo unless it says otherwise:
-             * classify it like any other, but report rather than skip it. */
-            if (cli_image_kind(paths[i]) == CLI_NOT_IMAGE)
-                walk_error(&k, paths[i], "not a JPEG or PNG file");
-            else
-                add_file(&k, paths[i], &st);
         } else {
-            walk_error(&k, paths[i], "not a regular file or directory");
+            add_file(&k, paths[i], &st);   /* a file named explicitly: a photo, or listed as skipped */
         }
     }
     free(k.dirs.slots);
@@ -706,8 +717,13 @@ void cli_walk_free(cli_walk *w)
         free(w->errors[i].path);
         free(w->errors[i].reason);
     }
+    for (size_t i = 0; i < w->n_skipped; i++) {
+        free(w->skipped[i].path);
+        free(w->skipped[i].reason);
+    }
     free(w->files);
     free(w->errors);
+    free(w->skipped);
     memset(w, 0, sizeof *w);
 }
 
@@ -773,6 +789,15 @@ void cli_progress_clear(cli_progress *p)
     if (!p->enabled || !p->width)
         return;
     fprintf(p->out, "\r%*s\r", p->width, "");
+    fflush(p->out);
+    p->width = 0;
+}
+
+void cli_progress_keep(cli_progress *p)
+{
+    if (!p->enabled || !p->width)
+        return;
+    fputc('\n', p->out);
     fflush(p->out);
     p->width = 0;
 }
@@ -980,7 +1005,10 @@ static const char page_css[] =
     ".pic svg{position:absolute;left:0;top:0;width:100%;height:100%}"
     ".box{fill:none;stroke:#ff1744;stroke-width:3;vector-effect:non-scaling-stroke}"
     ".meta{font-size:.85em;margin-top:.4em;word-break:break-all}"
-    ".rank{font-weight:bold}.score{color:#06c}.missing{color:#b00}";
+    ".rank{font-weight:bold}.score{color:#06c}.missing{color:#b00}"
+    ".legend{display:flex;align-items:center;gap:.4em;font-size:.8em;margin-top:.3em}"
+    ".legend .ramp{flex:1;height:.8em;border:1px solid #ccc}"
+    ".scale{font-size:.85em;color:#444;margin:0 0 1em}";
 
 /* When the server did not say how big an image is, size the overlay from the
  * decoded picture: the SVG's viewBox must be the image's own pixel size. */
@@ -1005,26 +1033,51 @@ static void heat_colour(double t, int *r, int *g, int *b, double *a)
     *a = 0.05 + 0.55 * t;   /* low values nearly clear, so the photo stays visible */
 }
 
-static void write_heatmap(FILE *out, const cli_heatmap *h, uint32_t w, uint32_t hgt)
+/* The lowest and highest finite value of a heatmap: the ends of its colour
+ * scale.  false when it has none (nothing is drawn then). */
+static bool heat_range(const cli_heatmap *h, double *lo, double *hi)
 {
     if (h->rows < 1 || h->cols < 1 || !h->values)
+        return false;
+    *lo = INFINITY;
+    *hi = -INFINITY;
+    size_t n = (size_t)h->rows * (size_t)h->cols;
+    for (size_t i = 0; i < n; i++) {
+        if (isfinite(h->values[i])) {
+            if (h->values[i] < *lo)
+                *lo = h->values[i];
+            if (h->values[i] > *hi)
+                *hi = h->values[i];
+        }
+    }
+    return *hi >= *lo;
+}
+
+/* The colour scale of one heatmap: a bar with heat_colour's ramp (the very
+ * colours of the cells, over white) from its lowest to its highest cell
+ * cosine, both printed at its ends. */
+static void write_heat_legend(FILE *out, double lo, double hi)
+{
+    fputs("<div class=\"legend\"><span class=\"lo\">", out);
+    fprintf(out, "%.4f</span><span class=\"ramp\" style=\"background:linear-gradient(to right", lo);
+    for (int i = 0; i <= 4; i++) {
+        int R, G, B;
+        double a;
+        heat_colour(i / 4.0, &R, &G, &B, &a);
+        fprintf(out, ",rgba(%d,%d,%d,%.2f)", R, G, B, a);
+    }
+    fprintf(out, ")\"></span><span class=\"hi\">%.4f</span> cell cosine</div>", hi);
+}
+
+static void write_heatmap(FILE *out, const cli_heatmap *h, uint32_t w, uint32_t hgt)
+{
+    double lo, hi;
+    if (!heat_range(h, &lo, &hi))
         return;
     double x0 = 0, y0 = 0, bw = w, bh = hgt;
     if (h->has_box) {
         x0 = h->box[0], y0 = h->box[1], bw = h->box[2], bh = h->box[3];
     }
-    double lo = INFINITY, hi = -INFINITY;
-    size_t n = (size_t)h->rows * (size_t)h->cols;
-    for (size_t i = 0; i < n; i++) {
-        if (isfinite(h->values[i])) {
-            if (h->values[i] < lo)
-                lo = h->values[i];
-            if (h->values[i] > hi)
-                hi = h->values[i];
-        }
-    }
-    if (!(hi >= lo))
-        return;
     double cw = bw / h->cols, ch = bh / h->rows;
     fputs("<g class=\"heat\">", out);
     for (int r = 0; r < h->rows; r++) {
@@ -1060,6 +1113,13 @@ int cli_html_write(const char *html_path, const char *title, const char *subtitl
     fputs("</p>\n", out);
     if (n == 0)
         fputs("<p>No results.</p>\n", out);
+    bool any_heat = false;
+    for (int i = 0; i < n; i++)
+        any_heat |= hits[i].heatmap != NULL;
+    if (any_heat)
+        fputs("<p class=\"scale\">Heatmaps: each cell is coloured by the cosine of the text with that part of "
+              "the photo, on each photo's own scale: from its lowest cell (blue, nearly clear) to its highest "
+              "(red); the scale and its range are under each photo.</p>\n", out);
     fputs("<div class=\"grid\">\n", out);
     for (int i = 0; i < n; i++) {
         const cli_html_hit *h = &hits[i];
@@ -1082,15 +1142,21 @@ int cli_html_write(const char *html_path, const char *title, const char *subtitl
                         h->box[0], h->box[1], h->box[2], h->box[3]);
             fputs("</svg>", out);
         }
-        fprintf(out, "</div>\n<div class=\"meta\"><span class=\"rank\">#%d</span> "
-                     "<span class=\"score\">%.4f</span> ",
-                i + 1, h->score);
+        /* The score the hits are ranked by first, the cosine beside a refined one. */
+        fprintf(out, "</div>\n<div class=\"meta\"><span class=\"rank\">#%d</span> ", i + 1);
+        if (h->has_refined)
+            fprintf(out, "<span class=\"score\">refined %.4f</span> (cosine %.4f) ", h->refined, h->score);
+        else
+            fprintf(out, "<span class=\"score\">%.4f</span> ", h->score);
         cli_html_escape(out, h->path);
         if (h->has_box)
             fprintf(out, "<br>box %.0f,%.0f %.0fx%.0f", h->box[0], h->box[1], h->box[2], h->box[3]);
         fprintf(out, "<br>id %llu", (unsigned long long)h->image_id);
         if (h->width && h->height)
             fprintf(out, ", %ux%u", h->width, h->height);
+        double lo, hi;
+        if (h->heatmap && h->width && h->height && heat_range(h->heatmap, &lo, &hi))
+            write_heat_legend(out, lo, hi);
         fputs("</div></div>\n", out);
     }
     fputs("</div>\n", out);

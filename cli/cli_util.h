@@ -117,11 +117,25 @@ const char *cli_box_str(char *buf, size_t len, const double box[4]);
 
 enum cli_image_kind { CLI_NOT_IMAGE = 0, CLI_JPEG = 1, CLI_PNG = 2 };
 
+/* The formats cli_image_kind recognises, for messages ("not an image (JPEG or
+ * PNG)"); change it together with cli_image_kind. */
+#define CLI_IMAGE_FORMATS "JPEG or PNG"
+
 /* What a file is: by its first bytes (JPEG FF D8 FF, PNG signature), else by
  * its extension (.jpg .jpeg .jpe .png, any case) so that a damaged photo is
  * sent and reported as failed rather than silently skipped.  A file that
- * cannot be opened counts by its extension. */
+ * cannot be opened counts by its extension.  The one place the client decides
+ * what is a photo: the walk and its "skipped" list follow it. */
 enum cli_image_kind cli_image_kind(const char *path);
+
+/* The name under which ingest stores path and under which get/delete --path
+ * look it up: absolute, symlinks resolved (realpath).  A path that does not
+ * exist (any more) is made absolute against the working directory with its
+ * longest existing leading directory resolved and "." / ".." components
+ * removed, so `get --path x.jpg` finds what `ingest x.jpg` stored even after
+ * x.jpg was deleted.  *out malloc'd (free()); UMG_ENOMEM, or UMG_EIO when
+ * the working directory cannot be read. */
+int cli_abs_path(const char *path, char **out);
 
 typedef struct cli_walk_file {
     char *path;         /* absolute, symlinks resolved (realpath): the name the
@@ -138,14 +152,16 @@ typedef struct cli_walk_error {
 typedef struct cli_walk {
     cli_walk_file *files;  /* photos, in walk order (names sorted per directory) */
     size_t n_files;
-    size_t n_skipped;      /* regular files that are not JPEG/PNG */
+    cli_walk_error *skipped; /* files that are not photos (not an image, not a regular
+                                file), each with why, in walk order */
+    size_t n_skipped;
     size_t n_hidden;       /* entries starting with '.' met while recursing (not followed) */
     cli_walk_error *errors;/* unreadable directories, missing arguments, ... */
     size_t n_errors;
 } cli_walk;
 
-/* Walk each of paths[0..n): a file is taken as it is (if it is a photo), a
- * directory recursively.  Inside directories, names starting with '.' are
+/* Walk each of paths[0..n): a file is taken as it is (if it is a photo, else
+ * it is listed as skipped), a directory recursively.  Inside directories, names starting with '.' are
  * skipped (thumbnail caches, .git); symlinks are followed, each directory is
  * visited once (device+inode), and a file reached twice is listed once.
  * Problems with single entries are collected in out->errors and do not stop
@@ -176,6 +192,9 @@ void cli_progress_init(cli_progress *p, FILE *out, size_t total, bool enabled);
 void cli_progress_update(cli_progress *p, size_t done, size_t failed, bool force);
 /* Erase the bar (call before printing anything else on that stream). */
 void cli_progress_clear(cli_progress *p);
+/* End the bar's line with a newline instead, leaving it visible (where an
+ * interrupted run stopped). */
+void cli_progress_keep(cli_progress *p);
 
 /* Seconds on the monotonic clock. */
 double cli_now(void);
@@ -212,7 +231,9 @@ typedef struct cli_heatmap {
 typedef struct cli_html_hit {
     uint64_t image_id;
     const char *path;      /* as stored by the server */
-    double score;
+    double score;          /* the cosine */
+    bool has_refined;      /* refined: the score the hits are ranked by (query --refine) */
+    double refined;
     bool has_box;
     double box[4];         /* x, y, w, h in original-image pixels (after EXIF orientation) */
     uint32_t width, height;/* the image's size (0 if unknown: the box is then placed by a

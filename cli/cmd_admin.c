@@ -33,7 +33,9 @@ static void usage_target(FILE *out, const char *cmd)
     bool del = !strcmp(cmd, "delete");
     fprintf(out, "usage: umgdb %s [OPTIONS] (ID | --path PATH)\n\n%s\n\n"
                  "options:\n"
-                 "  --path PATH         the image stored under PATH (as ingest stored it: absolute)\n" CLI_COMMON_HELP
+                 "  --path PATH         the image stored under PATH; a relative PATH is made absolute\n"
+                 "                      and resolved as `umgdb ingest` does when it stores a file\n"
+                 "                      (also when the file is gone), else taken as it is\n" CLI_COMMON_HELP
                  "  --json              print the server's answer as JSON\n"
                  "  -h, --help          this help\n\n"
                  "exit: 0 ok, 1 not found or another error, 2 bad arguments, 3 server unreachable or refused\n",
@@ -113,36 +115,63 @@ static int parse(const char *cmd, int argc, char **argv, cli_common *c, target *
     return -1;
 }
 
-/* Send op (with the target as its one argument, if any) and wait for the
- * answer.  Returns 0 with *out (an ok response), or the exit code, reported. */
-static int call(const char *cmd, const cli_common *c, const char *op, const target *t, proto_response **out)
+/* Send op with the image id or path (or nothing: t NULL), wait for the
+ * answer.  0 and *out (any response), or a client error. */
+static int request(umg_client *cl, const cli_common *c, const char *op, const target *t, const char *path,
+                   proto_response **out)
 {
-    *out = NULL;
-    umg_client *cl;
-    int ex = cli_connect(cmd, c, &cl, NULL);
-    if (ex)
-        return ex;
     proto_writer w;
     uint64_t id;
     int rc = umg_client_begin(cl, &w, op, t ? 1 : 0, &id);
-    if (!rc && t) {
-        if (t->path)
-            rc = proto_pack_cstr(&w.pk, "path") || proto_pack_cstr(&w.pk, t->path) ? UMG_ENOMEM : 0;
-        else
-            rc = proto_pack_cstr(&w.pk, "image_id") || msgpack_pack_uint64(&w.pk, t->id) ? UMG_ENOMEM : 0;
-    }
-    if (!rc)
-        rc = umg_client_end(cl, &w);
-    if (rc) {
-        fprintf(stderr, "umgdb %s: cannot build the request: %s\n", cmd, umg_err_msg());
-        umg_client_close(cl);
+    if (rc)
+        return rc;
+    bool bad = false;
+    if (t && path)
+        bad = proto_pack_cstr(&w.pk, "path") || proto_pack_cstr(&w.pk, path);
+    else if (t)
+        bad = proto_pack_cstr(&w.pk, "image_id") || msgpack_pack_uint64(&w.pk, t->id);
+    /* umg_client_end checks the message and drops it if a pack call failed. */
+    if ((rc = umg_client_end(cl, &w)))
+        return rc;
+    if (bad)
+        return umg_err_set(UMG_ENOMEM, "cannot build the request: out of memory");
+    return umg_client_wait(cl, id, c->timeout_ms, out);
+}
+
+/* Send op (with the target as its one argument, if any) and wait for the
+ * answer.  A --path goes as ingest names files (cli_abs_path); when nothing
+ * is stored under that name and it differs from what was typed, the path as
+ * typed is tried too (a name stored by another client, e.g. "photo.jpg").
+ * Returns 0 with *out (an ok response), or the exit code, reported. */
+static int call(const char *cmd, const cli_common *c, const char *op, const target *t, proto_response **out)
+{
+    *out = NULL;
+    char *resolved = NULL;
+    if (t && t->path && cli_abs_path(t->path, &resolved)) {
+        fprintf(stderr, "umgdb %s: %s\n", cmd, umg_err_msg());
         return CLI_EXIT_FAILED;
     }
+    umg_client *cl;
+    int ex = cli_connect(cmd, c, &cl, NULL);
+    if (ex) {
+        free(resolved);
+        return ex;
+    }
     proto_response *r = NULL;
-    rc = umg_client_wait(cl, id, c->timeout_ms, &r);
+    int rc = request(cl, c, op, t, resolved, &r);
+    if (!rc && !r->ok && r->code == UMG_ENOENT && resolved && strcmp(resolved, t->path)) {
+        proto_response_free(r);
+        r = NULL;
+        rc = request(cl, c, op, t, t->path, &r);
+    }
     umg_client_close(cl);
-    if (rc)
+    free(resolved);
+    if (rc == UMG_ETIMEOUT || rc == UMG_ECONN)
         return cli_report_call(cmd, c, rc);
+    if (rc) {
+        fprintf(stderr, "umgdb %s: %s\n", cmd, umg_err_msg());
+        return CLI_EXIT_FAILED;
+    }
     if (!r->ok) {
         ex = cli_report_error(cmd, r);
         proto_response_free(r);

@@ -8,6 +8,7 @@
 
 #include "enc.h"
 #include "umg_error.h"
+#include "umg_util.h"
 
 #include <getopt.h>
 #include <math.h>
@@ -172,10 +173,8 @@ static void *worker_main(void *arg)
 
 static int parse_int(const char *s, int lo, int hi, int *out)
 {
-    char *end;
-    long v = strtol(s, &end, 10);
-    if (!*s || *end || v < lo || v > hi)
-        return -1;
+    long v;
+    if (umg_parse_long(s, lo, hi, &v)) return -1;
     *out = (int)v;
     return 0;
 }

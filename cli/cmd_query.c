@@ -1,5 +1,6 @@
 /* cmd_query.c - `umgdb query`: text-to-image (or -region, -pixel) search on a
- * running server; a table, JSON, and optionally an HTML page of the hits. */
+ * running server, or image-to-image (--like, the protocol's query_image); a
+ * table, JSON, and optionally an HTML page of the hits. */
 #include <getopt.h>
 #include <math.h>
 #include <stdio.h>
@@ -24,24 +25,38 @@ typedef struct query_opts {
     int n_tags;
     double min_score;
     bool has_min_score;
-    char *text;               /* the words joined by spaces (heap) */
+    char *text;               /* the words joined by spaces (heap); NULL with --like/--like-id */
+    const char *like;         /* --like PATH: query_image with the file's bytes */
+    uint64_t like_id;         /* --like-id N: query_image with a stored image (0: none) */
+    double like_box[4];       /* --like-box x,y,w,h */
+    bool has_like_box;
 } query_opts;
 
 static void usage(FILE *out)
 {
     fprintf(out,
-            "usage: umgdb query [OPTIONS] TEXT...\n\n"
-            "Search a running server's photos by text.  The words of TEXT are joined by spaces.\n\n"
+            "usage: umgdb query [OPTIONS] TEXT...\n"
+            "       umgdb query [OPTIONS] (--like PATH | --like-id ID) [--like-box X,Y,W,H]\n\n"
+            "Search a running server's photos by text (the words of TEXT are joined by spaces),\n"
+            "or by an image: the photos (or regions, heatmaps) most like it.\n\n"
             "options:\n"
+            "  --like PATH         search by this image file (" CLI_IMAGE_FORMATS "; its bytes are sent)\n"
+            "  --like-id ID        search by a stored image (its stored vector; the image itself\n"
+            "                      is left out of the hits unless --like-box is given)\n"
+            "  --like-box X,Y,W,H  only that part of the --like / --like-id image (its pixels)\n"
             "  --regions           search regions: each hit is a box inside a photo\n"
             "  --heatmap           pixel granularity: where in each photo the text matches\n"
             "  --refine            regions, each photo's boxes re-ranked by how well they fit\n"
             "                      where in the photo the text matches (its heatmap); implies\n"
-            "                      --regions (docs/regions.md, \"Pixel-level refinement\")\n"
+            "                      --regions (docs/regions.md, \"Pixel-level refinement\"); the\n"
+            "                      table shows the refined score the boxes are ranked by and\n"
+            "                      the cosine beside it.  Text queries only\n"
             "  -k N                how many hits (1..%d, default %d)\n"
             "  --path-prefix P     only photos whose stored path starts with P\n"
             "  --tag T             only photos tagged T (repeatable, or T1,T2: all must match)\n"
             "  --min-score S       only hits scoring at least S (cosine similarity)\n"
+            "                      (--path-prefix and --tag filter the nearest candidates; when\n"
+            "                      fewer than -k hits come back, a larger -k searches more)\n"
             "  --html FILE         also write a results page: each hit's photo with its box\n"
             "                      (and heatmap) drawn over it, scaled with the picture.  Photos\n"
             "                      are linked, not embedded, by their path relative to FILE's\n"
@@ -80,6 +95,22 @@ static int add_tags(query_opts *o, const char *arg)
     return 0;
 }
 
+/* "x,y,w,h": four finite numbers, x, y >= 0, w, h > 0.  0 or UMG_EINVAL. */
+static int parse_box(const char *arg, double box[4])
+{
+    char **v;
+    int n;
+    if (cli_split_list(arg, &v, &n))
+        return UMG_ENOMEM;
+    int rc = n == 4 ? 0 : UMG_EINVAL;
+    for (int i = 0; !rc && i < 4; i++)
+        rc = cli_parse_double(v[i], &box[i]);
+    cli_strv_free(v);
+    if (!rc && (box[0] < 0 || box[1] < 0 || box[2] <= 0 || box[3] <= 0))
+        rc = UMG_EINVAL;
+    return rc;
+}
+
 /* -1 to go on, else the exit code. */
 static int parse(int argc, char **argv, query_opts *o)
 {
@@ -92,6 +123,9 @@ static int parse(int argc, char **argv, query_opts *o)
         {"path-prefix", required_argument, NULL, 'P'},
         {"tag", required_argument, NULL, 'T'},
         {"min-score", required_argument, NULL, 'm'},
+        {"like", required_argument, NULL, 'L'},
+        {"like-id", required_argument, NULL, 'I'},
+        {"like-box", required_argument, NULL, 'B'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
@@ -138,6 +172,28 @@ static int parse(int argc, char **argv, query_opts *o)
             }
             o->has_min_score = true;
             break;
+        case 'L':
+            if (!*optarg) {
+                fprintf(stderr, "umgdb query: --like wants an image file\n");
+                return CLI_EXIT_USAGE;
+            }
+            o->like = optarg;
+            break;
+        case 'I':
+            if (cli_parse_u64(optarg, &o->like_id) || !o->like_id) {
+                fprintf(stderr, "umgdb query: --like-id wants an image ID (a positive integer), not '%s'\n",
+                        optarg);
+                return CLI_EXIT_USAGE;
+            }
+            break;
+        case 'B':
+            if (parse_box(optarg, o->like_box)) {
+                fprintf(stderr, "umgdb query: --like-box wants X,Y,W,H in the image's pixels (X, Y >= 0, "
+                                "W, H > 0), not '%s'\n", optarg);
+                return CLI_EXIT_USAGE;
+            }
+            o->has_like_box = true;
+            break;
         case 'h': usage(stdout); return CLI_EXIT_OK;
         case ':':
             fprintf(stderr, "umgdb query: %s needs a value\n", argv[optind - 1]);
@@ -153,6 +209,26 @@ static int parse(int argc, char **argv, query_opts *o)
         return CLI_EXIT_USAGE;
     }
     o->granularity = regions ? "region" : heatmap ? "pixel" : "image";
+    if (o->like && o->like_id) {
+        fprintf(stderr, "umgdb query: --like and --like-id are two images; pick one\n");
+        return CLI_EXIT_USAGE;
+    }
+    if (o->has_like_box && !o->like && !o->like_id) {
+        fprintf(stderr, "umgdb query: --like-box is a part of the --like or --like-id image; give one\n");
+        return CLI_EXIT_USAGE;
+    }
+    if (o->like || o->like_id) {
+        if (optind < argc) {
+            fprintf(stderr, "umgdb query: search by text or by an image (--like), not both ('%s')\n",
+                    argv[optind]);
+            return CLI_EXIT_USAGE;
+        }
+        if (o->refine) {
+            fprintf(stderr, "umgdb query: --refine re-ranks boxes by a text's heatmap: text queries only\n");
+            return CLI_EXIT_USAGE;
+        }
+        return -1;
+    }
     size_t len = 0;
     for (int i = optind; i < argc; i++)
         len += strlen(argv[i]) + 1;
@@ -173,17 +249,47 @@ static int parse(int argc, char **argv, query_opts *o)
     return -1;
 }
 
+/* A text query ("query") or, with --like / --like-id, "query_image". */
 static int pack_request(umg_client *cl, const query_opts *o, uint64_t *id)
 {
+    uint8_t *image = NULL;
+    size_t image_len = 0;
+    if (o->like) {
+        /* Room in the frame for the other fields, as ingest leaves. */
+        int rc = cli_read_file(o->like, PROTO_DEFAULT_MAX_FRAME - (64u << 10), &image, &image_len);
+        if (rc)
+            return rc;
+        if (!image_len) {
+            free(image);
+            return umg_err_set(UMG_EINVAL, "%s: empty file", o->like);
+        }
+    }
+    bool by_image = o->like || o->like_id;
     size_t nfilters = (o->path_prefix != NULL) + (o->n_tags > 0) + o->has_min_score;
     proto_writer w;
-    int rc = umg_client_begin(cl, &w, "query", 3 + (nfilters > 0) + o->refine, id);
-    if (rc)
+    int rc = umg_client_begin(cl, &w, by_image ? "query_image" : "query",
+                              3 + (nfilters > 0) + o->refine + o->has_like_box, id);
+    if (rc) {
+        free(image);
         return rc;
+    }
     msgpack_packer *pk = &w.pk;
-    int bad = proto_pack_cstr(pk, "text") || proto_pack_cstr(pk, o->text) ||
-              proto_pack_cstr(pk, "granularity") || proto_pack_cstr(pk, o->granularity) ||
-              proto_pack_cstr(pk, "k") || msgpack_pack_uint32(pk, (uint32_t)o->k);
+    int bad;
+    if (o->like)
+        bad = proto_pack_cstr(pk, "data") || msgpack_pack_bin(pk, image_len) ||
+              msgpack_pack_bin_body(pk, image, image_len);
+    else if (o->like_id)
+        bad = proto_pack_cstr(pk, "image_id") || msgpack_pack_uint64(pk, o->like_id);
+    else
+        bad = proto_pack_cstr(pk, "text") || proto_pack_cstr(pk, o->text);
+    free(image);
+    if (!bad && o->has_like_box) {
+        bad = proto_pack_cstr(pk, "box") || msgpack_pack_array(pk, 4);
+        for (int i = 0; !bad && i < 4; i++)
+            bad = msgpack_pack_double(pk, o->like_box[i]);
+    }
+    bad = bad || proto_pack_cstr(pk, "granularity") || proto_pack_cstr(pk, o->granularity) ||
+          proto_pack_cstr(pk, "k") || msgpack_pack_uint32(pk, (uint32_t)o->k);
     if (!bad && o->refine)
         bad = proto_pack_cstr(pk, "refine") || proto_pack_cstr(pk, "pixel");
     if (!bad && nfilters) {
@@ -208,7 +314,9 @@ static int pack_request(umg_client *cl, const query_opts *o, uint64_t *id)
 typedef struct hit {
     uint64_t image_id;
     char *path;
-    double score;
+    double score;             /* the cosine */
+    bool has_refined;         /* refined: what --refine ranks the boxes by */
+    double refined;
     bool has_box;
     double box[4];
     uint32_t width, height;
@@ -217,115 +325,54 @@ typedef struct hit {
     bool has_heat;
 } hit;
 
-static bool number(const msgpack_object *o, double *v)
-{
-    return proto_obj_float(o, v);
-}
-
-/* The heatmap of a pixel-granularity hit, in whichever of these shapes the
- * server sends:  [[row0...], [row1...], ...]  or a map with "values" (flat,
- * row-major, or rows of arrays) and the grid as "grid": [rows, cols] or
- * "rows"/"cols" (or "size"; a single number is a square grid), optionally
- * "extent" (or "box"): where the whole grid lies in original-image pixels; it
- * may reach beyond the photo where the server padded it to a square (the page
- * clips it).  Anything else: no heatmap. */
-static void parse_heatmap(const msgpack_object *o, hit *h)
-{
-    if (!o)
-        return;
-    const msgpack_object *values = o, *box = NULL;
-    uint64_t rows = 0, cols = 0;
-    if (o->type == MSGPACK_OBJECT_MAP) {
-        values = proto_map_get(o, "values");
-        if (!values)
-            values = proto_map_get(o, "data");
-        box = proto_map_get(o, "extent");
-        if (!box)
-            box = proto_map_get(o, "box");
-        const msgpack_object *grid = proto_map_get(o, "grid");
-        if (!grid)
-            grid = proto_map_get(o, "size");
-        if (grid && grid->type == MSGPACK_OBJECT_ARRAY && grid->via.array.size == 2) {
-            proto_obj_uint(&grid->via.array.ptr[0], &rows);
-            proto_obj_uint(&grid->via.array.ptr[1], &cols);
-        } else if (grid) {
-            proto_obj_uint(grid, &rows);
-            cols = rows;
-        }
-        proto_obj_uint(proto_map_get(o, "rows"), &rows);
-        proto_obj_uint(proto_map_get(o, "cols"), &cols);
-    }
-    if (!values || values->type != MSGPACK_OBJECT_ARRAY || !values->via.array.size)
-        return;
-    bool nested = values->via.array.ptr[0].type == MSGPACK_OBJECT_ARRAY;
-    if (nested) {
-        rows = values->via.array.size;
-        cols = values->via.array.ptr[0].via.array.size;
-    } else if (!rows || !cols || rows * cols != values->via.array.size) {
-        return;
-    }
-    if (rows > 4096 || cols > 4096 || !rows || !cols)
-        return;
-    double *v = malloc(rows * cols * sizeof *v);
-    if (!v)
-        return;
-    for (uint64_t r = 0; r < rows; r++) {
-        for (uint64_t c = 0; c < cols; c++) {
-            const msgpack_object *cell;
-            if (nested) {
-                const msgpack_object *row = &values->via.array.ptr[r];
-                if (row->type != MSGPACK_OBJECT_ARRAY || row->via.array.size != cols) {
-                    free(v);
-                    return;
-                }
-                cell = &row->via.array.ptr[c];
-            } else {
-                cell = &values->via.array.ptr[r * cols + c];
-            }
-            if (!number(cell, &v[r * cols + c]))
-                v[r * cols + c] = NAN;
-        }
-    }
-    h->heat_values = v;
-    h->heat = (cli_heatmap){.rows = (int)rows, .cols = (int)cols, .values = v};
-    h->heat.has_box = box && proto_obj_box(box, h->heat.box);
-    h->has_heat = true;
-}
-
+/* The hits of the answer, decoded by the protocol's one hits decoder
+ * (proto_hits.h), as this command prints and draws them. */
 static int parse_hits(const proto_response *r, hit **out, int *n)
 {
     *out = NULL;
     *n = 0;
-    const msgpack_object *hits = umg_result_get(r, "hits");
-    if (!hits || hits->type != MSGPACK_OBJECT_ARRAY)
-        return umg_err_set(UMG_EPROTO, "the server's answer has no 'hits' array");
-    hit *v = calloc(hits->via.array.size ? hits->via.array.size : 1, sizeof *v);
-    if (!v)
+    proto_hits ph;
+    int rc = proto_hits_decode(r->result, &ph);
+    if (rc)
+        return rc;
+    hit *v = calloc(ph.n ? (size_t)ph.n : 1, sizeof *v);
+    if (!v) {
+        proto_hits_free(&ph);
         return umg_err_set(UMG_ENOMEM, "out of memory");
-    for (uint32_t i = 0; i < hits->via.array.size; i++) {
-        const msgpack_object *o = &hits->via.array.ptr[i];
-        hit *h = &v[i];
-        proto_obj_uint(proto_map_get(o, "image_id"), &h->image_id);
-        h->path = cli_obj_strdup(proto_map_get(o, "path"));
-        if (!h->path)
-            h->path = strdup("");
-        number(proto_map_get(o, "score"), &h->score);
-        h->has_box = proto_obj_box(proto_map_get(o, "box"), h->box);
-        uint64_t wv = 0, hv = 0;
-        if (proto_obj_uint(proto_map_get(o, "width"), &wv) && proto_obj_uint(proto_map_get(o, "height"), &hv) &&
-            wv <= UINT32_MAX && hv <= UINT32_MAX) {
-            h->width = (uint32_t)wv;
-            h->height = (uint32_t)hv;
-        }
-        parse_heatmap(proto_map_get(o, "heatmap"), h);
-        (*n)++;
-        if (!h->path) {
-            *out = v;
-            return umg_err_set(UMG_ENOMEM, "out of memory");
-        }
     }
     *out = v;
-    return 0;
+    size_t cells = (size_t)ph.grid * ph.grid;
+    for (int i = 0; i < ph.n; i++) {
+        const proto_hit *p = &ph.hits[i];
+        hit *h = &v[i];
+        (*n)++;
+        h->image_id = p->image_id;
+        h->score = p->score;
+        h->has_refined = p->has_refined;
+        h->refined = p->refined;
+        h->width = p->width;
+        h->height = p->height;
+        h->has_box = p->has_box;
+        for (int c = 0; c < 4; c++)
+            h->box[c] = p->box[c];
+        if (!(h->path = strdup(p->path)))
+            rc = umg_err_set(UMG_ENOMEM, "out of memory");
+        if (!rc && p->heat) {
+            if (!(h->heat_values = malloc(cells * sizeof *h->heat_values))) {
+                rc = umg_err_set(UMG_ENOMEM, "out of memory");
+                break;
+            }
+            for (size_t c = 0; c < cells; c++)
+                h->heat_values[c] = p->heat[c];
+            h->heat = (cli_heatmap){.rows = ph.grid, .cols = ph.grid, .values = h->heat_values, .has_box = true,
+                                    .box = {p->extent[0], p->extent[1], p->extent[2], p->extent[3]}};
+            h->has_heat = true;
+        }
+        if (rc)
+            break;
+    }
+    proto_hits_free(&ph);
+    return rc;
 }
 
 static void hits_free(hit *v, int n)
@@ -337,71 +384,30 @@ static void hits_free(hit *v, int n)
     free(v);
 }
 
-/* The results page needs each photo's size (boxes are in its pixels): ask
- * the server with one pipelined `get` per distinct image.  Failures leave the
- * size unknown (the page then measures the picture itself). */
-static int fetch_sizes(umg_client *cl, const cli_common *c, hit *v, int n)
-{
-    uint64_t *ids = calloc(n ? (size_t)n : 1, sizeof *ids);
-    if (!ids)
-        return umg_err_set(UMG_ENOMEM, "out of memory");
-    for (int i = 0; i < n; i++) {
-        if (v[i].width && v[i].height)
-            continue;
-        int first = 1;
-        for (int j = 0; j < i; j++)
-            if (v[j].image_id == v[i].image_id)
-                first = 0;
-        if (!first)
-            continue;
-        proto_writer w;
-        int rc = umg_client_begin(cl, &w, "get", 1, &ids[i]);
-        if (!rc && (proto_pack_cstr(&w.pk, "image_id") || msgpack_pack_uint64(&w.pk, v[i].image_id)))
-            rc = UMG_ENOMEM;
-        if (!rc)
-            rc = umg_client_end(cl, &w);
-        if (rc) {
-            free(ids);
-            return rc;
-        }
-    }
-    int rc = 0;
-    for (int i = 0; i < n && !rc; i++) {
-        if (!ids[i])
-            continue;
-        proto_response *r;
-        if ((rc = umg_client_wait(cl, ids[i], c->timeout_ms, &r)))
-            break;
-        uint64_t wv = 0, hv = 0;
-        if (r->ok && umg_result_uint(r, "width", &wv) && umg_result_uint(r, "height", &hv) && wv <= UINT32_MAX &&
-            hv <= UINT32_MAX) {
-            for (int j = i; j < n; j++) {
-                if (v[j].image_id == v[i].image_id) {
-                    v[j].width = (uint32_t)wv;
-                    v[j].height = (uint32_t)hv;
-                }
-            }
-        }
-        proto_response_free(r);
-    }
-    free(ids);
-    return rc;
-}
-
 static void print_table(const hit *v, int n, const query_opts *o)
 {
     if (!n) {
         printf("no hits\n");
         return;
     }
-    bool boxes = false, heat = false;
+    bool boxes = false, heat = false, refined = false;
     for (int i = 0; i < n; i++) {
         boxes |= v[i].has_box;
         heat |= v[i].has_heat;
+        refined |= v[i].has_refined;
     }
-    const char *hdr[6] = {"rank", "score", "image_id", "path"};
-    bool right[6] = {true, true, true, false};
-    int nc = 4;
+    /* The score the hits are ranked by comes first: with --refine that is
+     * the refined score (within each photo), the cosine beside it. */
+    const char *hdr[7] = {"rank", "score"};
+    bool right[7] = {true, true, true, true, false};
+    int nc = 2;
+    if (refined) {
+        hdr[1] = "refined";
+        hdr[nc++] = "cosine";
+    }
+    hdr[nc++] = "image_id";
+    hdr[nc++] = "path";
+    right[nc - 1] = false;
     if (boxes) {
         right[nc] = false;
         hdr[nc++] = "box (x,y wxh)";
@@ -415,9 +421,14 @@ static void print_table(const hit *v, int n, const query_opts *o)
         return;
     for (int i = 0; i < n; i++) {
         const hit *h = &v[i];
-        char rank[16], score[32], id[32], box[96] = "", peak[96] = "";
+        char rank[16], score[32], cosine[32], id[32], box[96] = "", peak[96] = "";
         snprintf(rank, sizeof rank, "%d", i + 1);
-        snprintf(score, sizeof score, "%.4f", h->score);
+        /* a photo without stored patch tokens keeps its boxes and gets no refined score */
+        if (refined && h->has_refined)
+            snprintf(score, sizeof score, "%.4f", h->refined);
+        else
+            snprintf(score, sizeof score, refined ? "-" : "%.4f", h->score);
+        snprintf(cosine, sizeof cosine, "%.4f", h->score);
         snprintf(id, sizeof id, "%llu", (unsigned long long)h->image_id);
         if (h->has_box)
             cli_box_str(box, sizeof box, h->box);
@@ -435,8 +446,12 @@ static void print_table(const hit *v, int n, const query_opts *o)
             else
                 snprintf(peak, sizeof peak, "cell %d,%d of %dx%d", c, r, h->heat.cols, h->heat.rows);
         }
-        const char *cells[6] = {rank, score, id, h->path};
-        int k = 4;
+        const char *cells[7] = {rank, score};
+        int k = 2;
+        if (refined)
+            cells[k++] = cosine;
+        cells[k++] = id;
+        cells[k++] = h->path;
         if (boxes)
             cells[k++] = box;
         if (heat)
@@ -446,7 +461,29 @@ static void print_table(const hit *v, int n, const query_opts *o)
     }
     cli_table_print(t, stdout);
     cli_table_free(t);
+    if (refined)
+        printf("(--refine: the photos keep the region search's order; each photo's boxes are ranked by "
+               "their refined score)\n");
     (void)o;
+}
+
+/* The server applies path and tag filters to a fixed number of nearest
+ * candidates (docs/server.md, "Queries"), so a selective filter can leave
+ * fewer than k hits while more matching photos exist further away: say so,
+ * and how to widen the search.  (A --min-score cut alone is exact: the
+ * candidates come best first.)  To be dropped once search is filter-aware. */
+static void note_filter_cut(const query_opts *o, int n)
+{
+    if ((!o->path_prefix && !o->n_tags) || n >= o->k)
+        return;
+    fprintf(stderr, "umgdb query: %d of %ld hits: --path-prefix and --tag filter the server's nearest "
+                    "candidates only, so matching photos further away may have been cut; ", n, o->k);
+    if (o->k < PROTO_MAX_K)
+        fprintf(stderr, "a larger -k searches more of them (e.g. -k %ld)\n",
+                o->k * 10 < PROTO_MAX_K ? o->k * 10 : (long)PROTO_MAX_K);
+    else
+        fprintf(stderr, "-k is at its maximum (%d): a narrower query or a less selective filter may help\n",
+                PROTO_MAX_K);
 }
 
 static int write_html(const query_opts *o, const hit *v, int n)
@@ -456,12 +493,20 @@ static int write_html(const query_opts *o, const hit *v, int n)
         return umg_err_set(UMG_ENOMEM, "out of memory");
     for (int i = 0; i < n; i++)
         hh[i] = (cli_html_hit){.image_id = v[i].image_id, .path = v[i].path, .score = v[i].score,
-                               .has_box = v[i].has_box, .box = {v[i].box[0], v[i].box[1], v[i].box[2], v[i].box[3]},
+                               .has_refined = v[i].has_refined, .refined = v[i].refined, .has_box = v[i].has_box, .box = {v[i].box[0], v[i].box[1], v[i].box[2], v[i].box[3]},
                                .width = v[i].width, .height = v[i].height,
                                .heatmap = v[i].has_heat ? &v[i].heat : NULL};
     char title[512], sub[1024];
-    snprintf(title, sizeof title, "umgdb: \"%.400s\"", o->text);
+    if (o->like)
+        snprintf(title, sizeof title, "umgdb: like %.400s", o->like);
+    else if (o->like_id)
+        snprintf(title, sizeof title, "umgdb: like image %llu", (unsigned long long)o->like_id);
+    else
+        snprintf(title, sizeof title, "umgdb: \"%.400s\"", o->text);
     int len = snprintf(sub, sizeof sub, "%d %s hit%s (k = %ld)", n, o->granularity, n == 1 ? "" : "s", o->k);
+    if (o->has_like_box && len > 0 && (size_t)len < sizeof sub)
+        len += snprintf(sub + len, sizeof sub - (size_t)len, ", box %.0f,%.0f %.0fx%.0f", o->like_box[0],
+                        o->like_box[1], o->like_box[2], o->like_box[3]);
     if (o->path_prefix && len > 0 && (size_t)len < sizeof sub)
         len += snprintf(sub + len, sizeof sub - (size_t)len, ", path prefix %.200s", o->path_prefix);
     for (int i = 0; i < o->n_tags && len > 0 && (size_t)len < sizeof sub; i++)
@@ -491,7 +536,7 @@ int cmd_query(int argc, char **argv)
     int rc = pack_request(cl, &o, &id);
     if (rc) {
         fprintf(stderr, "umgdb query: %s\n", umg_err_msg());
-        ex = CLI_EXIT_USAGE;   /* the only way to fail here is an argument over a protocol limit */
+        ex = CLI_EXIT_USAGE;   /* an argument over a protocol limit, or a --like file that cannot be read */
         goto done;
     }
     if ((rc = umg_client_wait(cl, id, o.c.timeout_ms, &r))) {
@@ -511,11 +556,6 @@ int cmd_query(int argc, char **argv)
         goto done;
     }
     if (o.html) {
-        if ((rc = fetch_sizes(cl, &o.c, v, n))) {
-            ex = cli_report_call("query", &o.c, rc);
-            hits_free(v, n);
-            goto done;
-        }
         if ((rc = write_html(&o, v, n))) {
             fprintf(stderr, "umgdb query: %s\n", umg_err_msg());
             hits_free(v, n);
@@ -537,6 +577,7 @@ int cmd_query(int argc, char **argv)
         ex = CLI_EXIT_OK;
         if (o.html)
             fprintf(stderr, "umgdb query: wrote %s\n", o.html);
+        note_filter_cut(&o, n);
     }
     hits_free(v, n);
 done:

@@ -1,4 +1,4 @@
-/* umgdb serve - flags -> server_config -> server_run (cli/server.c). */
+/* umgdb serve - flags -> server_config -> server_run (server/server.c). */
 #include <errno.h>
 #include <limits.h>
 #include <stdio.h>
@@ -10,6 +10,7 @@
 #include "enc.h"
 #include "server.h"
 #include "umg_error.h"
+#include "umg_util.h"
 
 static void usage(FILE *out)
 {
@@ -80,6 +81,10 @@ static void usage(FILE *out)
         "                          something was written (default %d; 0 = only at stop).  Index\n"
         "                          builds (exact -> approximate, retraining) always run in the\n"
         "                          background, never at stop\n"
+        "  --accept-data-loss      open the data directory although its index snapshots cover\n"
+        "                          changes its database (data.mdb) lacks (emptied, deleted, an older\n"
+        "                          copy): serve what the database holds and rebuild the snapshots\n"
+        "                          from it.  Without it such a start is refused (docs/storage.md)\n"
         "  -h, --help              this text\n"
         "\n"
         "SIGINT/SIGTERM: stop accepting, finish the requests in flight, write index snapshots\n"
@@ -90,14 +95,10 @@ static void usage(FILE *out)
 
 static int parse_int(const char *flag, const char *v, long lo, long hi, long *out)
 {
-    char *end;
-    errno = 0;
-    long x = strtol(v, &end, 10);
-    if (errno || end == v || *end || x < lo || x > hi) {
+    if (umg_parse_long(v, lo, hi, out)) {
         fprintf(stderr, "umgdb serve: %s: '%s' is not an integer in %ld..%ld\n", flag, v, lo, hi);
         return -1;
     }
-    *out = x;
     return 0;
 }
 
@@ -151,6 +152,10 @@ int cmd_serve(int argc, char **argv)
         }
         if (!strcmp(a, "--no-patches")) {
             c.no_patches = 1;
+            continue;
+        }
+        if (!strcmp(a, "--accept-data-loss")) {
+            c.accept_data_loss = 1;
             continue;
         }
         if (!strcmp(a, "--require-auth")) {

@@ -15,8 +15,16 @@
  * the log entries are there together or not at all.  FAISS is updated after
  * the commit and is always derived from LMDB: db_open loads the snapshots
  * written by db_checkpoint and replays the log entries newer than them; a
- * missing, stale or corrupt snapshot is rebuilt from the stored vectors (one
- * log line, not an error).  LMDB's map grows by itself when full.
+ * missing, stale, corrupt or foreign (another collection's) snapshot, or one
+ * that disagrees with LMDB after the replay (count, newest id), is rebuilt
+ * from the stored vectors (one log line, not an error).  A snapshot newer
+ * than LMDB means LMDB lost acknowledged writes: the open is refused unless
+ * accept_data_loss.  LMDB's map grows by itself when full.
+ *
+ * One writer per directory: a read-write db_open takes an exclusive lock
+ * (DIR/umgdb.lock, held until db_close) and refuses a second opener, in this
+ * process or another, with UMG_EBUSY naming the holder's pid.  The directory
+ * is created 0700 and its files 0600.
  *
  * Vectors.  All vectors are dim floats; db_put_image and db_search
  * L2-normalize copies (scores are cosine similarities).  Ids are 64-bit,
@@ -31,7 +39,10 @@
  * Errors: 0 or negative UMG_E* codes (protocol/umg_error.h) with a message in
  * umg_err_msg(): UMG_EMODEL (directory built by another model; the message
  * names it), UMG_ENOENT, UMG_EPERM (read-only directory), UMG_ENOSPC (disk
- * full: nothing was written), UMG_EDB (other LMDB failures), UMG_EINDEX. */
+ * full: nothing was written), UMG_EBUSY (another handle holds the directory),
+ * UMG_EFORMAT (data.mdb truncated or not a regular file), UMG_EINTERNAL (a
+ * damaged record: logged, never returned as data), UMG_EDB (other LMDB
+ * failures; the refusal of lost writes), UMG_EINDEX. */
 #ifndef DB_H
 #define DB_H
 
@@ -49,6 +60,8 @@ typedef void (*db_log_fn)(void *ud, int level, const char *msg);
 #define DB_SCHEMA_VERSION 1
 #define DB_MAX_PATH 4096
 #define DB_MAX_TAGS 256
+#define DB_MAX_TAG 4096          /* bytes of one tag */
+#define DB_MAX_REGIONS 100000    /* regions of one image */
 #define DB_MAX_METHOD 31
 #define DB_MAX_EXTRA_NAME 64
 
@@ -56,7 +69,11 @@ typedef struct db_options {
     const uint8_t *fingerprint;  /* 32 bytes: the model's identity (required) */
     const char *model_name;      /* display name stored with it (required) */
     int dim;                     /* embedding dimension (required) */
-    int read_only;               /* open without writing (no create) */
+    int read_only;               /* open without writing (no create, no lock) */
+    /* Open even when the index snapshots cover changes the database lacks
+     * (data.mdb emptied, deleted or an older copy): serve what LMDB holds and
+     * rebuild the snapshots from it.  Without it such an open is refused. */
+    int accept_data_loss;
     /* FAISS factory strings used from approx_threshold vectors on (below it
      * the index is exact); NULL = automatic by size (idx_auto_factory).  The
      * switch happens at db_checkpoint. */
@@ -76,7 +93,10 @@ db_options db_options_default(void);
 
 /* Open (creating if absent and not read_only) a data directory.  A directory
  * made with another fingerprint or dimension fails with UMG_EMODEL naming
- * the model that built it.  Brings both indexes up to date with LMDB.  An
+ * the model that built it; one held by another read-write handle with
+ * UMG_EBUSY; a truncated data.mdb with UMG_EFORMAT naming it; snapshots
+ * newer than the database with UMG_EDB (above).  A directory made before
+ * collection ids gets one (one log line).  Brings both indexes up to date with LMDB.  An
  * index whose snapshot is missing or unusable is rebuilt from the stored
  * vectors; past approx_threshold it is rebuilt exact (a copy of the vectors,
  * no training: about a second at 100,000 x 512, and dim x 4 bytes of memory
@@ -196,6 +216,16 @@ typedef struct db_stats {
     uint64_t snapshot_seq[2];              /* covered by the last snapshots */
     uint64_t map_size, map_used;           /* LMDB bytes */
     char image_factory[128], region_factory[128];
+    /* Whether each index agrees with LMDB: as many vectors as LMDB stores and
+     * the same newest id (the largest id: ids only grow).  A difference seen
+     * while a write is between its commit and its index update is checked
+     * again under the writer mutex, so consistent == 0 is a real mismatch
+     * (e.g. a failed index update, rebuilt at the next checkpoint). */
+    uint64_t vectors[2];                   /* stored in LMDB: images, regions */
+    uint64_t newest_id[2];                 /* in LMDB; 0 = none */
+    int64_t index_newest_id[2];            /* in FAISS; -1 = none or not listable */
+    int consistent;
+    char mismatch[256];                    /* what differs, "" when consistent */
 } db_stats;
 int db_stats_get(db_t *db, db_stats *out);
 
@@ -231,6 +261,17 @@ int db_build_pending(db_t *db);
  * they were.  FAISS training itself is not interruptible, so a build in it
  * stops when that call returns.  For shutdown; not undone. */
 void db_cancel_builds(db_t *db);
+
+/* Named settings of the data directory, kept in LMDB meta beside the model
+ * fingerprint (e.g. the server's region mode: a property of the stored
+ * vectors, so it lives and moves with them).  Names 1..DB_MAX_SETTING_NAME
+ * bytes, values UTF-8 text up to DB_MAX_SETTING bytes.  db_setting_get:
+ * UMG_ENOENT when absent, UMG_ETOOBIG when buf (len bytes, NUL included) is
+ * too small.  db_setting_put: one transaction; value NULL removes it. */
+#define DB_MAX_SETTING_NAME 64
+#define DB_MAX_SETTING 255
+int db_setting_get(db_t *db, const char *name, char *buf, size_t len);
+int db_setting_put(db_t *db, const char *name, const char *value);
 
 /* The model a data directory was built with, without opening it for use:
  * name (heap, free()), fingerprint, dimension.  UMG_ENOENT if not a data dir. */

@@ -3,6 +3,7 @@
 #include "enc_safetensors.h"
 
 #include "umg_error.h"
+#include "umg_util.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -306,45 +307,8 @@ const char *enc_st_path(const enc_st_file *f) { return f->path; }
 
 int enc_read_small_file(const char *path, size_t max_bytes, char **bytes, size_t *len)
 {
-    *bytes = NULL;
-    *len = 0;
-    FILE *fp = fopen(path, "rb");
-    if (!fp) {
-        int e = errno;
-        return umg_err_set(umg_err_from_errno(e), "%s: %s", path, strerror(e));
-    }
-    size_t cap = 4096, n = 0;
-    char *buf = malloc(cap);
-    int rc = buf ? 0 : umg_err_set(UMG_ENOMEM, "%s: out of memory", path);
-    while (!rc) {
-        if (n == cap) {
-            if (cap > max_bytes) {
-                rc = umg_err_set(UMG_EFORMAT, "%s: larger than %zu bytes, implausible for this file", path,
-                                 max_bytes);
-                break;
-            }
-            char *nb = realloc(buf, cap * 2);
-            if (!nb) {
-                rc = umg_err_set(UMG_ENOMEM, "%s: out of memory", path);
-                break;
-            }
-            buf = nb;
-            cap *= 2;
-        }
-        size_t got = fread(buf + n, 1, cap - n, fp);
-        n += got;
-        if (got == 0) {
-            if (ferror(fp))
-                rc = umg_err_set(UMG_EIO, "%s: read error", path);
-            break;
-        }
-    }
-    fclose(fp);
-    if (rc) {
-        free(buf);
-        return rc;
-    }
-    *bytes = buf;
-    *len = n;
-    return 0;
+    int rc = umg_read_file(path, max_bytes, (uint8_t **)bytes, len);
+    if (rc == UMG_ETOOBIG)
+        rc = umg_err_set(UMG_EFORMAT, "%s: larger than %zu bytes, implausible for this file", path, max_bytes);
+    return rc;
 }

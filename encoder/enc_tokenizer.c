@@ -22,6 +22,7 @@
 
 #include "enc_html_entities.h"
 #include "umg_error.h"
+#include "umg_util.h"
 
 /* OpenAI and Hugging Face both keep merges[1 : 49152-256-2+1]. */
 #define MERGES_MAX (49152 - 256 - 2)
@@ -116,49 +117,11 @@ static int merge_find(const enc_tokenizer *tok, int32_t left, int32_t right, int
 
 /* ---- loading ------------------------------------------------------------ */
 
-static int read_whole_file(const char *path, char **data, size_t *len)
-{
-    *data = NULL;
-    FILE *f = fopen(path, "rb");
-    if (!f) {
-        int err = errno;
-        return umg_err_set(umg_err_from_errno(err), "%s: %s", path, strerror(err));
-    }
-    char *buf = NULL;
-    size_t n = 0, cap = 0;
-    for (;;) {
-        if (cap - n < 65536) {
-            cap = cap ? cap * 2 : 1 << 20;
-            char *nb = realloc(buf, cap + 1);
-            if (!nb) {
-                free(buf);
-                fclose(f);
-                return umg_err_set(UMG_ENOMEM, "%s: out of memory", path);
-            }
-            buf = nb;
-        }
-        size_t got = fread(buf + n, 1, cap - n, f);
-        n += got;
-        if (got == 0)
-            break;
-    }
-    int failed = ferror(f);
-    fclose(f);
-    if (failed) {
-        free(buf);
-        return umg_err_set(UMG_EIO, "%s: read error", path);
-    }
-    buf[n] = '\0';
-    *data = buf;
-    *len = n;
-    return 0;
-}
-
 static int load_vocab(enc_tokenizer *tok, const char *path)
 {
     char *text;
     size_t len;
-    int rc = read_whole_file(path, &text, &len);
+    int rc = umg_read_file(path, (size_t)1 << 30, (uint8_t **)&text, &len);
     if (rc)
         return rc;
     json_error_t jerr;
@@ -249,7 +212,7 @@ static int load_merges(enc_tokenizer *tok, const char *path)
 {
     char *text;
     size_t len;
-    int rc = read_whole_file(path, &text, &len);
+    int rc = umg_read_file(path, (size_t)1 << 30, (uint8_t **)&text, &len);
     if (rc)
         return rc;
     if (memchr(text, '\0', len)) {

@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include <faiss/c_api/AutoTune_c.h>
+#include <faiss/c_api/IndexIVF_c.h>
 #include <faiss/c_api/Index_c.h>
 #include <faiss/c_api/MetaIndexes_c.h>
 #include <faiss/c_api/error_c.h>
@@ -70,9 +71,12 @@ static void pin_threads(void)
 }
 
 #define SNAP_MAGIC "UMGIDX1\n"
-#define SNAP_VERSION 1u
-/* magic, version, dim, seq, ntotal, payload_len, checksum, factory_len */
-#define SNAP_FIXED (8 + 4 + 4 + 8 + 8 + 8 + 8 + 4)
+/* version 2 added the collection id; version 1 files (no id) still load */
+#define SNAP_VERSION 2u
+/* magic, version, dim, seq, ntotal, payload_len, checksum, factory_len,
+ * collection (version 2), then the factory string and the payload */
+#define SNAP_FIXED_V1 (8 + 4 + 4 + 8 + 8 + 8 + 8 + 4)
+#define SNAP_FIXED (SNAP_FIXED_V1 + IDX_COLLECTION_BYTES)
 
 /* FAISS's last error is overwritten by the next FAISS call: copy it now. */
 static int faiss_fail(const char *what)
@@ -187,6 +191,52 @@ void idx_close(idx_index *ix)
     if (ix->lock_ok)
         pthread_rwlock_destroy(&ix->lock);
     free(ix);
+}
+
+int idx_max_id(idx_index *ix, int64_t *max_id)
+{
+    *max_id = -1;
+    int rc = 0;
+    pthread_rwlock_rdlock(&ix->lock);
+    FaissIndex *fi = ix->fi;
+    FaissIndexIDMap *map = faiss_IndexIDMap2_cast(fi) ? (FaissIndexIDMap *)faiss_IndexIDMap2_cast(fi)
+                                                      : faiss_IndexIDMap_cast(fi);
+    FaissIndexIVF *ivf = map ? NULL : faiss_IndexIVF_cast(fi);
+    if (map) {
+        idx_t *ids;
+        size_t n;
+        faiss_IndexIDMap_id_map(map, &ids, &n);
+        for (size_t i = 0; i < n; i++)
+            if (ids[i] > *max_id)
+                *max_id = ids[i];
+    } else if (ivf) {
+        /* the ids live in the inverted lists: one pass over them (a few ms
+         * per million vectors) */
+        size_t nlist = faiss_IndexIVF_nlist(ivf), cap = 0;
+        idx_t *ids = NULL;
+        for (size_t l = 0; l < nlist && !rc; l++) {
+            size_t n = faiss_IndexIVF_get_list_size(ivf, l);
+            if (n > cap) {
+                idx_t *q = realloc(ids, n * sizeof *q);
+                if (!q) {
+                    rc = umg_err_set(UMG_ENOMEM, "ids of an inverted list");
+                    break;
+                }
+                ids = q;
+                cap = n;
+            }
+            if (n)
+                faiss_IndexIVF_invlists_get_ids(ivf, l, ids);
+            for (size_t i = 0; i < n; i++)
+                if (ids[i] > *max_id)
+                    *max_id = ids[i];
+        }
+        free(ids);
+    } else {
+        rc = umg_err_set(UMG_EUNSUPPORTED, "index %s does not expose its ids", ix->factory);
+    }
+    pthread_rwlock_unlock(&ix->lock);
+    return rc;
 }
 
 int idx_dim(const idx_index *ix) { return ix->dim; }
@@ -523,7 +573,7 @@ struct idx_snapshot {
     size_t plen;
 };
 
-int idx_snapshot_take(idx_index *ix, uint64_t seq, idx_snapshot **out)
+int idx_snapshot_take(idx_index *ix, const idx_stamp *stamp, idx_snapshot **out)
 {
     *out = NULL;
     idx_snapshot *s = calloc(1, sizeof *s);
@@ -540,11 +590,12 @@ int idx_snapshot_take(idx_index *ix, uint64_t seq, idx_snapshot **out)
     memcpy(p, SNAP_MAGIC, 8), p += 8;
     put_u32(p, SNAP_VERSION), p += 4;
     put_u32(p, (uint32_t)ix->dim), p += 4;
-    put_u64(p, seq), p += 8;
+    put_u64(p, stamp->seq), p += 8;
     put_u64(p, (uint64_t)ntotal), p += 8;
     put_u64(p, s->plen), p += 8;
     p += 8; /* the checksum: idx_snapshot_write computes it, outside the caller's locks */
     put_u32(p, (uint32_t)flen), p += 4;
+    memcpy(p, stamp->collection, IDX_COLLECTION_BYTES), p += IDX_COLLECTION_BYTES;
     memcpy(p, ix->factory, flen), p += flen;
     s->hlen = (size_t)(p - s->hdr);
     *out = s;
@@ -568,7 +619,7 @@ int idx_snapshot_write(idx_snapshot *s, const char *path)
         return umg_err_set(UMG_ENOMEM, "path");
     snprintf(tmp, tlen, "%s.tmp", path);
     int rc = 0;
-    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
     if (fd < 0) {
         rc = umg_err_set(umg_err_from_errno(errno), "%s: %s", tmp, strerror(errno));
         goto out;
@@ -595,10 +646,10 @@ out:
     return rc;
 }
 
-int idx_save(idx_index *ix, const char *path, uint64_t seq)
+int idx_save(idx_index *ix, const char *path, const idx_stamp *stamp)
 {
     idx_snapshot *s;
-    int rc = idx_snapshot_take(ix, seq, &s);
+    int rc = idx_snapshot_take(ix, stamp, &s);
     if (rc)
         return rc;
     rc = idx_snapshot_write(s, path);
@@ -606,10 +657,12 @@ int idx_save(idx_index *ix, const char *path, uint64_t seq)
     return rc;
 }
 
-int idx_load(const char *path, int dim, idx_index **out, uint64_t *seq)
+int idx_load(const char *path, int dim, idx_index **out, idx_stamp *stamp)
 {
     *out = NULL;
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    /* O_NONBLOCK: a FIFO (or device) named like a snapshot must not hang the
+     * open; it is refused below as not a regular file */
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
     if (fd < 0)
         return umg_err_set(umg_err_from_errno(errno), "%s: %s", path, strerror(errno));
     struct stat st;
@@ -619,8 +672,12 @@ int idx_load(const char *path, int dim, idx_index **out, uint64_t *seq)
         rc = umg_err_set(umg_err_from_errno(errno), "%s: %s", path, strerror(errno));
         goto out;
     }
+    if (!S_ISREG(st.st_mode)) {
+        rc = umg_err_set(UMG_EFORMAT, "%s: not a regular file", path);
+        goto out;
+    }
     size_t size = (size_t)st.st_size;
-    if (size < SNAP_FIXED) {
+    if (size < SNAP_FIXED_V1) {
         rc = umg_err_set(UMG_EFORMAT, "%s: truncated snapshot (%zu bytes)", path, size);
         goto out;
     }
@@ -650,23 +707,27 @@ int idx_load(const char *path, int dim, idx_index **out, uint64_t *seq)
     uint64_t fseq = get_u64(p + 16), ntotal = get_u64(p + 24), plen = get_u64(p + 32);
     uint64_t sum = get_u64(p + 40);
     uint32_t flen = get_u32(p + 48);
-    if (version != SNAP_VERSION) {
+    if (version != 1 && version != SNAP_VERSION) {
         rc = umg_err_set(UMG_EFORMAT, "%s: snapshot version %u unsupported", path, version);
         goto out;
     }
+    size_t fixed = version == 1 ? SNAP_FIXED_V1 : SNAP_FIXED;
     if ((int)fdim != dim) {
         rc = umg_err_set(UMG_EFORMAT, "%s: snapshot dimension %u, expected %d", path, fdim, dim);
         goto out;
     }
-    if (flen >= sizeof ((idx_index *)0)->factory || SNAP_FIXED + (uint64_t)flen + plen != size) {
+    if (flen >= sizeof ((idx_index *)0)->factory || size < fixed || fixed + (uint64_t)flen + plen != size) {
         rc = umg_err_set(UMG_EFORMAT, "%s: truncated or oversized snapshot (%zu bytes, header says %llu)",
-                         path, size, (unsigned long long)(SNAP_FIXED + (uint64_t)flen + plen));
+                         path, size, (unsigned long long)(fixed + (uint64_t)flen + plen));
         goto out;
     }
+    idx_stamp got_stamp = { .seq = fseq };
+    if (version != 1)
+        memcpy(got_stamp.collection, p + SNAP_FIXED_V1, IDX_COLLECTION_BYTES);
     char factory[128];
-    memcpy(factory, p + SNAP_FIXED, flen);
+    memcpy(factory, p + fixed, flen);
     factory[flen] = '\0';
-    const unsigned char *payload = p + SNAP_FIXED + flen;
+    const unsigned char *payload = p + fixed + flen;
     if (fnv1a64(payload, plen) != sum) {
         rc = umg_err_set(UMG_EFORMAT, "%s: snapshot checksum mismatch", path);
         goto out;
@@ -688,8 +749,8 @@ int idx_load(const char *path, int dim, idx_index **out, uint64_t *seq)
         goto out;
     }
     rc = wrap(fi, dim, factory, out);
-    if (!rc && seq)
-        *seq = fseq;
+    if (!rc && stamp)
+        *stamp = got_stamp;
 out:
     free(buf);
     close(fd);

@@ -4,7 +4,7 @@
  *   idx_index *ix;  idx_create(512, NULL, &ix);          exact: "IDMap2,Flat"
  *   idx_add(ix, n, vectors, ids);
  *   idx_search(ix, query, 10, ids, scores, &n_hits);
- *   idx_save(ix, "images.faiss", seq);                    atomic snapshot
+ *   idx_save(ix, "images.faiss", &stamp);                 atomic snapshot
  *   idx_close(ix);
  *
  * Index kinds.  The factory string is FAISS's (faiss::index_factory).  A
@@ -22,12 +22,15 @@
  * Errors: 0 or a negative UMG_E* code; FAISS exceptions become UMG_EINDEX with
  * FAISS's message copied into umg_err_msg().
  *
- * Snapshot file: a fixed header (magic "UMGIDX1\n", dimension, the caller's
- * sequence number, vector count, payload length, FNV-1a 64 checksum of the
- * payload, factory string) followed by FAISS's own serialization.  Written to
- * PATH.tmp, fsynced, renamed over PATH, directory fsynced.  idx_load verifies
- * header and checksum before FAISS parses a byte, so a truncated or garbage
- * file is UMG_EFORMAT, never a crash. */
+ * Snapshot file (little-endian integers): a fixed header (magic "UMGIDX1\n",
+ * u32 version 2, u32 dimension, u64 the caller's sequence number, u64 vector
+ * count, u64 payload length, u64 FNV-1a 64 checksum of the payload, u32
+ * factory length, the caller's 16-byte collection id (version 2 only), the
+ * factory string) followed by FAISS's own serialization.  Written to PATH.tmp
+ * (mode 0600), fsynced, renamed over PATH, directory fsynced.  idx_load
+ * verifies header and checksum before FAISS parses a byte, so a truncated or
+ * garbage file is UMG_EFORMAT, never a crash; it reads version 1 files
+ * (written before the collection id) with an all-zero id. */
 #ifndef IDX_H
 #define IDX_H
 
@@ -72,6 +75,10 @@ int idx_is_exact(const idx_index *ix);
 int idx_factory_is_exact(const char *factory);
 /* The factory string the index was created with; lives as long as ix. */
 const char *idx_factory(const idx_index *ix);
+/* The largest id the index holds into *max_id (-1 when empty): a pass over
+ * its ids (IDMap and IVF indexes; UMG_EUNSUPPORTED for others).  Lets the
+ * caller check that the newest ids it stored are in the index. */
+int idx_max_id(idx_index *ix, int64_t *max_id);
 /* 1 when the index still needs idx_train before idx_add. */
 int idx_needs_training(idx_index *ix);
 
@@ -104,28 +111,39 @@ int idx_search_rerank(idx_index *ix, const float *query, int k, int candidates,
                       idx_vector_fn get_vector, void *ud,
                       int64_t *ids, float *scores, int *n_hits);
 
-/* Write an atomic snapshot recording `seq` (the caller's log position the
+/* What a snapshot records about its owner: the log position the index covers
+ * and the collection it belongs to (opaque bytes; all zero = none recorded),
+ * so that a snapshot copied from another data directory is recognised. */
+#define IDX_COLLECTION_BYTES 16
+typedef struct idx_stamp {
+    uint64_t seq;
+    uint8_t collection[IDX_COLLECTION_BYTES];
+} idx_stamp;
+
+/* Write an atomic snapshot recording stamp (seq: the caller's log position the
  * index covers).  Holds the index shared while serializing in memory, then
  * writes without the lock.  UMG_ENOSPC / UMG_EPERM / UMG_EIO name the path; a
  * failed save leaves the previous snapshot intact. */
-int idx_save(idx_index *ix, const char *path, uint64_t seq);
+int idx_save(idx_index *ix, const char *path, const idx_stamp *stamp);
 /* idx_save in two steps, so that a caller can hold its own locks only while
  * the index must not change: idx_snapshot_take serializes the index (held
- * shared) and the header recording seq into a heap copy that no longer
+ * shared) and the header recording stamp into a heap copy that no longer
  * depends on ix; idx_snapshot_write computes the checksum and writes it
  * atomically as idx_save does (PATH.tmp, fsync, rename, directory fsync).
  * Two writes to the same path must not run at once (they share PATH.tmp).
  * idx_snapshot_free is NULL-safe; the copy is as large as the index's
  * serialization (its dim x 4 bytes per vector when exact). */
 typedef struct idx_snapshot idx_snapshot;
-int idx_snapshot_take(idx_index *ix, uint64_t seq, idx_snapshot **out);
+int idx_snapshot_take(idx_index *ix, const idx_stamp *stamp, idx_snapshot **out);
 int idx_snapshot_write(idx_snapshot *s, const char *path);
 void idx_snapshot_free(idx_snapshot *s);
 
-/* Load a snapshot.  UMG_ENOENT if absent; UMG_EFORMAT (with the reason) for a
- * truncated, garbage or checksum-failing file or a dimension other than
- * dim; UMG_EINDEX if FAISS rejects the payload. */
-int idx_load(const char *path, int dim, idx_index **out, uint64_t *seq);
+/* Load a snapshot; *stamp (may be NULL) gets what it records.  UMG_ENOENT if
+ * absent; UMG_EFORMAT (with the reason) for a truncated, garbage or
+ * checksum-failing file, a dimension other than dim, or a path that is not a
+ * regular file (opened non-blocking: a FIFO does not hang it); UMG_EINDEX if
+ * FAISS rejects the payload. */
+int idx_load(const char *path, int dim, idx_index **out, idx_stamp *stamp);
 
 /* Bytes of the FAISS serialization (a close proxy for the resident size of
  * compressed indexes); for benchmarks and stats.  < 0 on error. */

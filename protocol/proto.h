@@ -5,6 +5,7 @@
 
 #include "proto_check.h"
 #include "proto_frame.h"
+#include "proto_hits.h"
 #include "proto_request.h"
 #include "proto_response.h"
 

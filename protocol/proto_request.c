@@ -44,6 +44,8 @@ static const proto_arg_spec ingest_args[] = {
     {.key = "data", .type = PROTO_T_BIN, .flags = PROTO_ARG_REQUIRED | PROTO_ARG_NONEMPTY, .alt = 2},
     {.key = "name", .type = PROTO_T_STR, .flags = PROTO_ARG_REQUIRED | PROTO_ARG_NONEMPTY, .alt = 2,
      .max_len = STR_MAX_PATH},
+    /* optional, with data only (alternative 2): the file's own modification time */
+    {.key = "mtime", .type = PROTO_T_INT, .alt = 2, .imin = 1, .imax = PROTO_MAX_MTIME},
     ARG_TAGS,
 };
 static const proto_arg_spec query_args[] = {
@@ -60,30 +62,25 @@ static const proto_arg_spec query_image_args[] = {
 };
 static const proto_arg_spec by_id_or_path_args[] = {ARG_IMAGE_ID(1), ARG_PATH(2)};
 
-static proto_op op_table[PROTO_OP_COUNT] = {
-    [PROTO_OP_HELLO] = {"hello", PROTO_OP_HELLO, ARGS(hello_args), 0, NULL},
-    [PROTO_OP_PING] = {"ping", PROTO_OP_PING, NULL, 0, 0, NULL},
-    [PROTO_OP_INGEST] = {"ingest", PROTO_OP_INGEST, ARGS(ingest_args), 2, NULL},
-    [PROTO_OP_QUERY] = {"query", PROTO_OP_QUERY, ARGS(query_args), 0, NULL},
-    [PROTO_OP_QUERY_IMAGE] = {"query_image", PROTO_OP_QUERY_IMAGE, ARGS(query_image_args), 2, NULL},
-    [PROTO_OP_GET] = {"get", PROTO_OP_GET, ARGS(by_id_or_path_args), 2, NULL},
-    [PROTO_OP_DELETE] = {"delete", PROTO_OP_DELETE, ARGS(by_id_or_path_args), 2, NULL},
-    [PROTO_OP_STATS] = {"stats", PROTO_OP_STATS, NULL, 0, 0, NULL},
+const proto_op proto_op_table[PROTO_OP_COUNT] = {
+    [PROTO_OP_HELLO] = {"hello", PROTO_OP_HELLO, ARGS(hello_args), 0},
+    [PROTO_OP_PING] = {"ping", PROTO_OP_PING, NULL, 0, 0},
+    [PROTO_OP_INGEST] = {"ingest", PROTO_OP_INGEST, ARGS(ingest_args), 2},
+    [PROTO_OP_QUERY] = {"query", PROTO_OP_QUERY, ARGS(query_args), 0},
+    [PROTO_OP_QUERY_IMAGE] = {"query_image", PROTO_OP_QUERY_IMAGE, ARGS(query_image_args), 2},
+    [PROTO_OP_GET] = {"get", PROTO_OP_GET, ARGS(by_id_or_path_args), 2},
+    [PROTO_OP_DELETE] = {"delete", PROTO_OP_DELETE, ARGS(by_id_or_path_args), 2},
+    [PROTO_OP_STATS] = {"stats", PROTO_OP_STATS, NULL, 0, 0},
 };
 
-const proto_op *proto_ops(void) { return op_table; }
+const proto_op *proto_ops(void) { return proto_op_table; }
 
 const proto_op *proto_op_find(const char *name, size_t len)
 {
     for (size_t i = 0; i < PROTO_OP_COUNT; i++)
-        if (strlen(op_table[i].name) == len && memcmp(op_table[i].name, name, len) == 0)
-            return &op_table[i];
+        if (strlen(proto_op_table[i].name) == len && memcmp(proto_op_table[i].name, name, len) == 0)
+            return &proto_op_table[i];
     return NULL;
-}
-
-void proto_op_set_handler(enum proto_op_code code, proto_handler_fn fn)
-{
-    if ((unsigned)code < PROTO_OP_COUNT) op_table[code].handler = fn;
 }
 
 /* ---- object getters ----------------------------------------------------- */

@@ -38,6 +38,9 @@
 #define PROTO_DEFAULT_K 10
 #define PROTO_MAX_K 1000
 #define PROTO_DEFAULT_GRANULARITY "image"
+/* ingest's optional "mtime" (with "data"): seconds since the epoch, 1 up to
+ * the end of the year 9999; absent, the server records the ingest time. */
+#define PROTO_MAX_MTIME INT64_C(253402300799)
 
 enum proto_op_code {
     PROTO_OP_HELLO,
@@ -84,11 +87,6 @@ typedef struct proto_arg_spec {
     size_t nfields;
 } proto_arg_spec;
 
-struct proto_request;
-/* Filled in by the server (proto_op_set_handler), called with the server's
- * own context; the protocol layer never calls it. */
-typedef int (*proto_handler_fn)(void *ctx, struct proto_request *req);
-
 #define PROTO_MAX_ARGS 12
 
 typedef struct proto_op {
@@ -97,17 +95,15 @@ typedef struct proto_op {
     const proto_arg_spec *args;
     size_t nargs;               /* <= PROTO_MAX_ARGS */
     unsigned alts;              /* number of alternatives among args (0 = none) */
-    proto_handler_fn handler;   /* NULL until the server sets it */
 } proto_op;
 
-/* The command table, PROTO_OP_COUNT entries indexed by enum proto_op_code.
- * Static storage; entries change only through proto_op_set_handler. */
-const proto_op *proto_ops(void);
+/* The command table, PROTO_OP_COUNT entries indexed by enum proto_op_code:
+ * constant data (the server binds its handlers to these entries in its own
+ * constant table, server/server_ops.c). */
+extern const proto_op proto_op_table[PROTO_OP_COUNT];
+const proto_op *proto_ops(void); /* proto_op_table */
 /* The op named name[0..len), or NULL. */
 const proto_op *proto_op_find(const char *name, size_t len);
-/* Set the handler of an op.  Not thread-safe: call at start-up, before any
- * request is decoded. */
-void proto_op_set_handler(enum proto_op_code code, proto_handler_fn fn);
 
 /* A decoded request.  Fields are read-only for users; args[i] is the value of
  * op->args[i] or NULL when absent.  Every msgpack_object here (and every

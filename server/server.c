@@ -562,8 +562,7 @@ void srv_handle_frame(srv_conn *c, uint8_t *frame, size_t len)
     }
     job->t0_ns = t0;
     umg_err_clear();
-    rc = req->op->handler ? req->op->handler(job, req)
-                          : umg_err_set(UMG_EUNSUPPORTED, "op '%s' is not served", req->op->name);
+    rc = srv_dispatch(job, req);
     if (rc < 0) srv_job_error(job, rc, umg_err_msg());
     if (rc != 0) srv_job_finish(job);
 }
@@ -807,8 +806,10 @@ int srv_region_mode_parse(const char *name)
     return -1;
 }
 
-/* DIR/region_mode: 0 and *mode; UMG_ENOENT (no message) when absent. */
-static int read_region_mode(const char *dir, int *mode)
+/* The side file DIR/region_mode that recorded the mode before it moved into
+ * LMDB meta (db_setting "region_mode"): read once to migrate it.  0 and
+ * *mode; UMG_ENOENT (no message) when absent. */
+static int read_region_mode_file(const char *dir, int *mode)
 {
     char path[PATH_MAX];
     snprintf(path, sizeof path, "%s/%s", dir, SRV_REGION_MODE_FILE);
@@ -828,67 +829,47 @@ static int read_region_mode(const char *dir, int *mode)
     return 0;
 }
 
-/* Record the mode atomically (temporary file, fsync, rename, fsync of the
- * directory): a crash leaves either no record or a whole one. */
-static int write_region_mode(const char *dir, int mode)
-{
-    char path[PATH_MAX], tmp[PATH_MAX + 8];
-    snprintf(path, sizeof path, "%s/%s", dir, SRV_REGION_MODE_FILE);
-    snprintf(tmp, sizeof tmp, "%s.tmp", path);
-    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-    if (fd < 0) goto fail;
-    char line[16];
-    int n = snprintf(line, sizeof line, "%s\n", srv_region_mode_name(mode));
-    if (write(fd, line, (size_t)n) != n || fsync(fd)) {
-        int e = errno;
-        close(fd);
-        unlink(tmp);
-        errno = e ? e : EIO;
-        goto fail;
-    }
-    close(fd);
-    if (rename(tmp, path)) {
-        int e = errno;
-        unlink(tmp);
-        errno = e;
-        goto fail;
-    }
-    int dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (dfd >= 0) {
-        if (fsync(dfd)) {}
-        close(dfd);
-    }
-    return 0;
-fail:;
-    int e = errno;
-    return umg_err_set(umg_err_from_errno(e), "%s: cannot record the region mode: %s", path, strerror(e));
-}
-
-/* The region mode of the data directory just opened: the recorded one; a
- * directory without a record gets the requested mode (dense by default) if it
- * is empty, and is dense if it holds images (it was filled before region
- * modes existed, when every region vector was pooled).  Asking for another
- * mode than the recorded one is refused: the region index would mix vectors
- * of two kinds. */
+/* The region mode of the data directory just opened: the one recorded in
+ * its LMDB meta (db_setting "region_mode", written in one transaction); a
+ * directory with the older side file DIR/region_mode has it moved into the
+ * meta (and the file removed); a directory without a record gets the
+ * requested mode (dense by default) if it is empty, and is dense if it holds
+ * images (it was filled before region modes existed, when every region
+ * vector was pooled).  Asking for another mode than the recorded one is
+ * refused: the region index would mix vectors of two kinds. */
 static int resolve_region_mode(srv *s)
 {
     const char *dir = s->cfg.data_dir;
     int want = s->cfg.region_mode, have = 0;
-    int rc = read_region_mode(dir, &have);
+    char name[16];
+    int rc = db_setting_get(s->db, "region_mode", name, sizeof name);
+    if (rc == 0 && (have = srv_region_mode_parse(name)) < 0)
+        return umg_err_set(UMG_EFORMAT, "%s: recorded region mode '%s' is not dense or crop", dir, name);
     if (rc && rc != UMG_ENOENT) return rc;
     if (rc == UMG_ENOENT) {
-        db_stats st;
-        if ((rc = db_stats_get(s->db, &st))) return rc;
-        if (st.images > 0) have = SRV_REGION_MODE_DENSE;
-        else have = want == SRV_REGION_MODE_AUTO ? SRV_REGION_MODE_DENSE : want;
-        if ((want == SRV_REGION_MODE_AUTO || want == have) && (rc = write_region_mode(dir, have))) return rc;
+        int record = 1;
+        rc = read_region_mode_file(dir, &have);
+        if (rc && rc != UMG_ENOENT) return rc;
+        if (rc == UMG_ENOENT) {
+            db_stats st;
+            if ((rc = db_stats_get(s->db, &st))) return rc;
+            if (st.images > 0) have = SRV_REGION_MODE_DENSE;
+            else have = want == SRV_REGION_MODE_AUTO ? SRV_REGION_MODE_DENSE : want;
+            record = want == SRV_REGION_MODE_AUTO || want == have;
+        }
+        if (record && (rc = db_setting_put(s->db, "region_mode", srv_region_mode_name(have)))) return rc;
+        char path[PATH_MAX];
+        snprintf(path, sizeof path, "%s/%s", dir, SRV_REGION_MODE_FILE);
+        if (record && !unlink(path))
+            srv_log(s, SRV_LOG_INFO, "region mode %s moved from %s into the database", srv_region_mode_name(have),
+                    path);
     }
     if (want != SRV_REGION_MODE_AUTO && want != have)
         return umg_err_set(UMG_EMODEL,
-                           "data directory %s holds %s region vectors (recorded in %s/%s); it cannot be served "
-                           "with --region-mode %s. Omit --region-mode to serve it as it is, or use a new data "
-                           "directory",
-                           dir, srv_region_mode_name(have), dir, SRV_REGION_MODE_FILE, srv_region_mode_name(want));
+                           "data directory %s holds %s region vectors (recorded in its database); it cannot be "
+                           "served with --region-mode %s. Omit --region-mode to serve it as it is, or use a new "
+                           "data directory",
+                           dir, srv_region_mode_name(have), srv_region_mode_name(want));
     s->region_mode = have;
     return 0;
 }
@@ -1038,12 +1019,12 @@ int server_run(const server_config *cfg)
     o.region_factory = cfg->region_factory;
     if (cfg->approx_threshold) o.approx_threshold = cfg->approx_threshold;
     if (cfg->nprobe) o.nprobe = cfg->nprobe;
+    o.accept_data_loss = cfg->accept_data_loss;
     o.log = db_log_cb;
     o.log_ud = s;
     if ((rc = db_open(cfg->data_dir, &o, &s->db))) goto out;
     if ((rc = resolve_region_mode(s))) goto out;
     if ((rc = srv_ops_init(s))) goto out;
-    srv_register_handlers();
 
     /* 3. loop and listeners */
     if ((rc = uv_loop_init(&loop))) {

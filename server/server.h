@@ -26,13 +26,15 @@
 enum srv_log_level { SRV_LOG_DEBUG = 0, SRV_LOG_INFO = 1, SRV_LOG_WARN = 2, SRV_LOG_ERROR = 3 };
 
 /* How region vectors are made (docs/regions.md); recorded in the data
- * directory (file SRV_REGION_MODE_FILE) when it is created, fixed after. */
+ * directory's LMDB meta (db_setting "region_mode") when it is created, fixed
+ * after.  Older directories kept it in the file SRV_REGION_MODE_FILE, moved
+ * into the meta at their first start. */
 enum srv_region_mode {
     SRV_REGION_MODE_AUTO = 0,  /* config only: the recorded mode; dense for a new directory */
     SRV_REGION_MODE_DENSE = 1, /* pool the image pass's patch tokens over each box */
     SRV_REGION_MODE_CROP = 2   /* encode each box's crop through the full vision tower */
 };
-#define SRV_REGION_MODE_FILE "region_mode"
+#define SRV_REGION_MODE_FILE "region_mode" /* the pre-meta side file, read to migrate */
 
 /* "auto" / "dense" / "crop"; "unknown" for other values. */
 const char *srv_region_mode_name(int mode);
@@ -61,6 +63,8 @@ typedef struct server_config {
     /* db_options passthrough */
     const char *image_factory, *region_factory;
     uint64_t approx_threshold;     /* 0 = db default */
+    int accept_data_loss;          /* db_options.accept_data_loss: open although the snapshots
+                                      cover changes the database lacks */
     int nprobe;                    /* 0 = db default */
     int index_threads;             /* OpenMP threads FAISS may use (searches, builds); 0 = FAISS's
                                       default (OMP_NUM_THREADS, else every core) */

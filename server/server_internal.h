@@ -184,7 +184,9 @@ int srv_token_ok(const srv *s, const char *got, size_t got_len);
 int srv_read_allowed(srv *s, const char *path, uint8_t **data, size_t *len, int64_t *mtime);
 int srv_ops_init(srv *s);        /* the engine over s->model and s->db, the hello result */
 void srv_ops_fini(srv *s);
-void srv_register_handlers(void);
+/* Run the handler the command table binds to req's op (loop thread):
+ * 0 = the job goes on elsewhere, 1 = answered, < 0 = an error to answer. */
+int srv_dispatch(srv_job *job, proto_request *req);
 /* Answer job with an error (on any thread). */
 void srv_job_error(srv_job *job, int code, const char *msg);
 /* Stage-1 worker: decode, preprocess, propose, then srv_encoder_push (or

@@ -28,17 +28,6 @@ _Static_assert((int)SRV_REGION_MODE_DENSE == (int)ENG_REGION_MODE_DENSE && (int)
 
 static int pack_key(msgpack_packer *pk, const char *k) { return proto_pack_cstr(pk, k); }
 
-static void pack_box(msgpack_packer *pk, const float b[4])
-{
-    msgpack_pack_array(pk, 4);
-    for (int i = 0; i < 4; i++) {
-        float v = b[i];
-        /* whole pixels stay integers on the wire: easier to read and compare */
-        if (v == floorf(v) && fabsf(v) < 1e9f) msgpack_pack_int64(pk, (int64_t)v);
-        else msgpack_pack_float(pk, v);
-    }
-}
-
 static void pack_strn(msgpack_packer *pk, const char *s, size_t n)
 {
     msgpack_pack_str(pk, n);
@@ -196,8 +185,11 @@ static int h_stats(void *ctx, proto_request *req)
     proto_writer w;
     if (proto_response_begin(&w, &job->resp, job->id)) return UMG_ENOMEM;
     msgpack_packer *pk = &w.pk;
-    msgpack_pack_map(pk, 15);
+    msgpack_pack_map(pk, 17);
     pack_key(pk, "images"), msgpack_pack_uint64(pk, st.images);
+    /* whether the indexes agree with LMDB (db_stats): a mismatch is shown, not hidden */
+    pack_key(pk, "index_consistent"), st.consistent ? msgpack_pack_true(pk) : msgpack_pack_false(pk);
+    pack_key(pk, "index_mismatch"), proto_pack_cstr(pk, st.mismatch);
     pack_key(pk, "regions"), msgpack_pack_uint64(pk, st.regions);
     pack_key(pk, "index");
     msgpack_pack_map(pk, 2);
@@ -387,6 +379,8 @@ static int ingest_prepare(srv_job *job)
             return umg_err_set(UMG_EINVAL, "ingest: name contains a NUL byte");
         }
         proto_obj_bin(proto_req_arg(req, "data"), &data, &len);
+        /* the client's file time, validated >= 1; absent: 0, the ingest time is recorded */
+        proto_obj_int(proto_req_arg(req, "mtime"), &mtime);
     }
     const msgpack_object *t = proto_req_arg(req, "tags");
     int n_tags = t ? (int)t->via.array.size : 0;
@@ -504,32 +498,21 @@ static int search_answer(srv_job *job, const float *q, uint64_t exclude)
     if (proto_response_begin(&w, &job->resp, job->id)) {
         rc = umg_err_set(UMG_ENOMEM, "out of memory");
     } else {
-        msgpack_packer *pk = &w.pk;
-        msgpack_pack_map(pk, 1);
-        pack_key(pk, "hits");
-        msgpack_pack_array(pk, (size_t)hits.n);
+        proto_hit *ph = calloc(hits.n ? (size_t)hits.n : 1, sizeof *ph);
+        if (!ph) {
+            eng_hits_free(&hits);
+            return umg_err_set(UMG_ENOMEM, "out of memory");
+        }
         for (int i = 0; i < hits.n; i++) {
             const eng_hit *h = &hits.hits[i];
-            msgpack_pack_map(pk, 3 + (h->has_box ? 2 : 0) + (h->heat ? 1 : 0) + (h->has_refined ? 1 : 0));
-            pack_key(pk, "image_id"), msgpack_pack_uint64(pk, h->image_id);
-            pack_key(pk, "path"), proto_pack_cstr(pk, h->path ? h->path : "");
-            pack_key(pk, "score"), msgpack_pack_float(pk, h->score);
-            if (h->has_box) {
-                pack_key(pk, "box"), pack_box(pk, h->box);
-                pack_key(pk, "region_id"), msgpack_pack_uint64(pk, h->region_id);
-            }
-            if (h->has_refined) pack_key(pk, "refined"), msgpack_pack_float(pk, h->refined);
-            if (h->heat) {
-                size_t GG = (size_t)hits.grid * hits.grid;
-                pack_key(pk, "heatmap");
-                msgpack_pack_map(pk, 3);
-                pack_key(pk, "grid"), msgpack_pack_int32(pk, hits.grid);
-                pack_key(pk, "extent"), pack_box(pk, h->extent);
-                pack_key(pk, "values");
-                msgpack_pack_array(pk, GG);
-                for (size_t c = 0; c < GG; c++) msgpack_pack_float(pk, h->heat[c]);
-            }
+            ph[i] = (proto_hit){.image_id = h->image_id, .path = h->path, .score = h->score, .width = h->width,
+                                .height = h->height, .has_box = h->has_box, .region_id = h->region_id,
+                                .has_refined = h->has_refined, .refined = h->refined, .heat = h->heat};
+            memcpy(ph[i].box, h->box, sizeof ph[i].box);
+            memcpy(ph[i].extent, h->extent, sizeof ph[i].extent);
         }
+        proto_hits_pack(&w.pk, ph, hits.n, hits.grid);
+        free(ph);
         job_response_end(job, &w);
     }
     eng_hits_free(&hits);
@@ -628,7 +611,7 @@ static void get_work(uv_work_t *w)
             for (int i = 0; i < nreg; i++) {
                 msgpack_pack_map(pk, 3 + regs[i].has_score);
                 pack_key(pk, "region_id"), msgpack_pack_uint64(pk, regs[i].id);
-                pack_key(pk, "box"), pack_box(pk, regs[i].box);
+                pack_key(pk, "box"), proto_pack_box(pk, regs[i].box);
                 pack_key(pk, "method"), proto_pack_cstr(pk, regs[i].method);
                 if (regs[i].has_score) pack_key(pk, "score"), msgpack_pack_float(pk, regs[i].score);
             }
@@ -685,14 +668,28 @@ QUEUE_HANDLER(h_query_image, query_image_work)
 QUEUE_HANDLER(h_get, get_work)
 QUEUE_HANDLER(h_delete, delete_work)
 
-void srv_register_handlers(void)
+/* The command table: each op of the protocol's table (name, argument spec)
+ * bound to its handler, as constant data indexed by enum proto_op_code. */
+typedef struct srv_command {
+    const proto_op *op;
+    int (*handler)(void *job, proto_request *req);
+} srv_command;
+
+static const srv_command commands[PROTO_OP_COUNT] = {
+    [PROTO_OP_HELLO] = {&proto_op_table[PROTO_OP_HELLO], h_hello},
+    [PROTO_OP_PING] = {&proto_op_table[PROTO_OP_PING], h_ping},
+    [PROTO_OP_INGEST] = {&proto_op_table[PROTO_OP_INGEST], h_ingest},
+    [PROTO_OP_QUERY] = {&proto_op_table[PROTO_OP_QUERY], h_query},
+    [PROTO_OP_QUERY_IMAGE] = {&proto_op_table[PROTO_OP_QUERY_IMAGE], h_query_image},
+    [PROTO_OP_GET] = {&proto_op_table[PROTO_OP_GET], h_get},
+    [PROTO_OP_DELETE] = {&proto_op_table[PROTO_OP_DELETE], h_delete},
+    [PROTO_OP_STATS] = {&proto_op_table[PROTO_OP_STATS], h_stats},
+};
+
+int srv_dispatch(srv_job *job, proto_request *req)
 {
-    proto_op_set_handler(PROTO_OP_HELLO, h_hello);
-    proto_op_set_handler(PROTO_OP_PING, h_ping);
-    proto_op_set_handler(PROTO_OP_INGEST, h_ingest);
-    proto_op_set_handler(PROTO_OP_QUERY, h_query);
-    proto_op_set_handler(PROTO_OP_QUERY_IMAGE, h_query_image);
-    proto_op_set_handler(PROTO_OP_GET, h_get);
-    proto_op_set_handler(PROTO_OP_DELETE, h_delete);
-    proto_op_set_handler(PROTO_OP_STATS, h_stats);
+    const srv_command *c = &commands[req->op->code];
+    if (c->op != req->op || !c->handler) /* a table entry missing: a bug, answered as one */
+        return umg_err_set(UMG_EINTERNAL, "op '%s' has no handler", req->op->name);
+    return c->handler(job, req);
 }

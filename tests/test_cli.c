@@ -1,8 +1,9 @@
 /* test_cli.c - the client subcommands (ingest, query, stats, get, delete) run
  * as real processes (env UMG_BIN) against the real server (`umgdb serve`,
- * started here on a temporary data directory with tests/fixtures/clip-tiny,
- * on a Unix socket).  The tests run in order and build on each other: the
- * first ingests the photos the later ones search, get and delete. */
+ * started with tests/server_harness.h on a temporary data directory with
+ * tests/fixtures/clip-tiny, on a Unix socket).  The tests run in order and
+ * build on each other: the first ingests the photos the later ones search,
+ * get and delete. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -13,18 +14,19 @@
 #include <fcntl.h>
 #include <jansson.h>
 #include <math.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/socket.h>
 #include <sys/stat.h>
-#include <sys/un.h>
+#include <sys/time.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
+#include "server_harness.h"
 #include "test_util.h"
 
 #define TINY UMG_FIXTURES_DIR "/clip-tiny"
@@ -33,10 +35,11 @@ static const char *const photo_names[] = {"astronaut.png", "camera.png", "chelse
                                           "coffee.png", "motorcycle_left.png", "rocket.jpg"};
 #define N_PHOTOS 6
 
-/* Everything lives under root (a fresh mkdtemp directory, resolved). */
-static char root[256], sock[320], data[320], photos[320], bad[320], outside[320], token_file[320];
+/* Everything lives under root: the main server's directory (resolved). */
+static ts_server srv;
+static char root[256], photos[320], bad[320], outside[320], token_file[320];
 static char photo_path[N_PHOTOS][400];   /* absolute path of each photo as ingested */
-static pid_t server = -1;
+static const char *server_addr = srv.addr;
 
 /* ---- processes ------------------------------------------------------------ */
 
@@ -84,74 +87,19 @@ static void expect_run(const char *const *env, const char *const *args, int code
 
 /* ---- the server -------------------------------------------------------------- */
 
-static char server_addr[400];
-
-static bool can_connect(const char *path)
+/* A second server (auth, small frames) in its own directory, started with
+ * extra arguments; stopped with stop_other. */
+static void start_other(ts_server *s, const char *prefix, const char *const *extra)
 {
-    int fd = socket(AF_UNIX, SOCK_STREAM, 0);
-    if (fd < 0)
-        return false;
-    struct sockaddr_un a = {.sun_family = AF_UNIX};
-    snprintf(a.sun_path, sizeof a.sun_path, "%s", path);
-    bool ok = connect(fd, (struct sockaddr *)&a, sizeof a) == 0;
-    close(fd);
-    return ok;
-}
-
-/* Start `umgdb serve` on the Unix socket sockpath, data directory dir, with
- * extra args (NULL-terminated, may be NULL); wait until it accepts. */
-static pid_t start_server(const char *dir, const char *sockpath, const char *const *extra)
-{
-    const char *argv[32] = {tu_bin(), "serve", "--data", dir, "--model", TINY, "--socket", sockpath,
-                            "--threads", "1", "--log-level", "warn"};
-    int n = 12;
-    for (const char *const *e = extra; e && *e; e++)
-        argv[n++] = *e;
-    argv[n] = NULL;
-    char logp[400];
-    snprintf(logp, sizeof logp, "%s/server-%d.log", root, (int)time(NULL) ^ rand());
-    pid_t pid = fork();
-    assert_true(pid >= 0);
-    if (pid == 0) {
-        unsetenv("UMGDB_AUTH_TOKEN");
-        int log = open(logp, O_WRONLY | O_CREAT | O_APPEND, 0600);
-        if (log >= 0) {
-            dup2(log, 1);
-            dup2(log, 2);
-        }
-        execv(argv[0], (char *const *)argv);
-        _exit(127);
-    }
-    for (int i = 0; i < 600; i++) {   /* up to 30 s (sanitizer builds start slowly) */
-        if (can_connect(sockpath))
-            return pid;
-        int st;
-        if (waitpid(pid, &st, WNOHANG) == pid) {
-            char cmd[500];
-            snprintf(cmd, sizeof cmd, "cat %s >&2", logp);
-            if (system(cmd)) {
-            }
-            fail_msg("umgdb serve exited (status %d) before accepting connections", st);
-        }
-        struct timespec ts = {0, 50 * 1000 * 1000};
-        nanosleep(&ts, NULL);
-    }
-    kill(pid, SIGKILL);
-    waitpid(pid, NULL, 0);
-    fail_msg("umgdb serve did not accept connections on %s within 30 s", sockpath);
-    return -1;
+    ts_make_tmp(s, prefix);
+    ts_start_ok(s, extra);
 }
 
 /* SIGTERM, and the server must exit 0 (it persists and stops cleanly). */
-static void stop_server(pid_t pid)
+static void stop_other(ts_server *s)
 {
-    if (pid <= 0)
-        return;
-    kill(pid, SIGTERM);
-    int st;
-    assert_int_equal(waitpid(pid, &st, 0), pid);
-    assert_true(WIFEXITED(st));
-    assert_int_equal(WEXITSTATUS(st), 0);
+    assert_int_equal(ts_stop(s), 0);
+    tu_rm_rf(s->dir);
 }
 
 /* ---- fixtures ----------------------------------------------------------------- */
@@ -180,19 +128,15 @@ static void mkdir_p(const char *path)
 static int group_setup(void **state)
 {
     (void)state;
-    char tmpl[64];
-    assert_non_null(tu_mkdtemp(tmpl, sizeof tmpl, "umg-cli-"));
-    char *real = realpath(tmpl, NULL);
+    ts_make_tmp(&srv, "umg-cli-");
+    char *real = realpath(srv.dir, NULL);
     assert_non_null(real);
     snprintf(root, sizeof root, "%s", real);
     free(real);
-    snprintf(sock, sizeof sock, "%s/umgdb.sock", root);
-    snprintf(data, sizeof data, "%s/data", root);
     snprintf(photos, sizeof photos, "%s/photos", root);
     snprintf(bad, sizeof bad, "%s/bad", root);
     snprintf(outside, sizeof outside, "%s/outside", root);
     snprintf(token_file, sizeof token_file, "%s/token", root);
-    snprintf(server_addr, sizeof server_addr, "unix:%s", sock);
     char p[512];
     mkdir_p(photos);
     snprintf(p, sizeof p, "%s/space", photos);
@@ -221,18 +165,16 @@ static int group_setup(void **state)
     copy_file(p, q);
     write_text(token_file, "s3cret-token\n");
 
-    const char *extra[] = {"--allow-root", photos, NULL};
-    server = start_server(data, sock, extra);
+    const char *extra[] = {"--allow-root", photos, "--log-level", "warn", NULL};
+    ts_start_ok(&srv, extra);
     return 0;
 }
 
 static int group_teardown(void **state)
 {
-    (void)state;
-    if (server > 0) {
-        kill(server, SIGTERM);
-        waitpid(server, NULL, 0);
-    }
+    if (srv.pid)
+        ts_stop(&srv);
+    ts_teardown(state);   /* any other server a failed test left */
     tu_rm_rf(root);
     return 0;
 }
@@ -247,6 +189,7 @@ static int photo_index(const char *path)
     return -1;
 }
 
+/* umgdb query --json with extra_args, then text (NULL: none, e.g. with --like). */
 static json_t *query_json(const char *const *extra_args, const char *text)
 {
     const char *args[32] = {"query", "--server", server_addr, "--json"};
@@ -266,7 +209,8 @@ static json_t *query_json(const char *const *extra_args, const char *text)
 static void test_ingest(void **state)
 {
     (void)state;
-    /* First run: six photos, the text file skipped, the hidden directory not walked. */
+    /* First run: six photos, the text file skipped (named, with why), the
+     * hidden directory not walked; the regions are those of the six. */
     const char *a1[] = {"ingest", "--server", server_addr, "--json", "--tags", "fixture,first", photos, NULL};
     json_t *j = run_json(a1);
     assert_int_equal(json_integer_value(json_object_get(j, "photos")), N_PHOTOS);
@@ -275,32 +219,178 @@ static void test_ingest(void **state)
     assert_int_equal(json_integer_value(json_object_get(j, "failed")), 0);
     assert_int_equal(json_integer_value(json_object_get(j, "skipped")), 1);
     assert_int_equal(json_array_size(json_object_get(j, "failures")), 0);
+    json_t *skipped = json_object_get(j, "skipped_files");
+    assert_int_equal(json_array_size(skipped), 1);
+    char notes[400];
+    snprintf(notes, sizeof notes, "%s/notes.txt", photos);
+    assert_string_equal(json_string_value(json_object_get(json_array_get(skipped, 0), "path")), notes);
+    assert_non_null(strstr(json_string_value(json_object_get(json_array_get(skipped, 0), "reason")),
+                           "not an image"));
+    json_int_t regions = json_integer_value(json_object_get(j, "regions"));
+    assert_true(regions >= N_PHOTOS);
+    json_decref(j);
+    size_t stored_regions = 0;
+    for (int i = 0; i < N_PHOTOS; i++) {
+        const char *g[] = {"get", "--server", server_addr, "--json", "--path", photo_path[i], NULL};
+        json_t *gj = run_json(g);
+        stored_regions += json_array_size(json_object_get(gj, "regions"));
+        json_decref(gj);
+    }
+    assert_int_equal(stored_regions, (size_t)regions);
+
+    /* Second run: nothing changed, so everything is unchanged and no region is new. */
+    const char *a1b[] = {"ingest", "--server", server_addr, "--json", photos, NULL};
+    j = run_json(a1b);
+    assert_int_equal(json_integer_value(json_object_get(j, "unchanged")), N_PHOTOS);
+    assert_int_equal(json_integer_value(json_object_get(j, "regions")), 0);
     json_decref(j);
 
-    /* Second run, plain summary (stderr is not a terminal: no progress bar):
-     * nothing changed, so everything is reported unchanged. */
+    /* Plain summary (stderr is not a terminal: no progress bar); the skipped
+     * file is named with why. */
     const char *a2[] = {"ingest", "--server", server_addr, "-j", "3", photos, NULL};
     tu_result r = run(a2);
     TU_EXPECT_EXIT(r, 0);
-    assert_non_null(strstr(r.out, "6 photos: 0 ingested"));
+    assert_non_null(strstr(r.out, "6 photos: 0 ingested (0 new regions)"));
     assert_non_null(strstr(r.out, "6 unchanged, 0 failed"));
-    assert_non_null(strstr(r.out, "1 other file skipped"));
+    assert_non_null(strstr(r.out, "1 skipped (not a photo)"));
+    char want[600];
+    snprintf(want, sizeof want, "skipped (not a photo):\n  %s: not an image (JPEG or PNG)\n", notes);
+    assert_non_null(strstr(r.err, want));
+    assert_null(strstr(r.err, "failed"));
     assert_null(strchr(r.err, '\r'));   /* no progress bar drawn */
     tu_result_free(&r);
 
     /* A broken photo and a missing path fail, are listed with a reason, and
-     * do not stop the others; exit 1 with the count. */
+     * do not stop the others; exit 1 with the count.  A file that is not a
+     * photo, named explicitly, is skipped (named, with why), not failed. */
     char missing[400];
     snprintf(missing, sizeof missing, "%s/no-such-dir", root);
-    const char *a3[] = {"ingest", "--server", server_addr, photos, bad, missing, NULL};
+    const char *a3[] = {"ingest", "--server", server_addr, photos, bad, missing, notes, NULL};
     r = run(a3);
     TU_EXPECT_EXIT(r, 1);
     assert_non_null(strstr(r.out, "7 photos: 0 ingested"));
-    assert_non_null(strstr(r.out, "6 unchanged, 1 failed"));
-    assert_non_null(strstr(r.err, "broken.jpg: "));
-    assert_non_null(strstr(r.err, "no-such-dir: No such file or directory"));
+    assert_non_null(strstr(r.out, "6 unchanged, 2 failed"));
+    assert_non_null(strstr(r.out, "; 1 skipped (not a photo)"));   /* the text file, listed once */
+    const char *fl = strstr(r.err, "failed (unreadable or corrupt):\n");
+    assert_non_null(fl);
+    assert_non_null(strstr(fl, "broken.jpg: "));
+    assert_non_null(strstr(fl, "no-such-dir: No such file or directory"));
+    assert_null(strstr(fl, "notes.txt"));
     assert_non_null(strstr(r.err, "2 of 8 files failed"));
     tu_result_free(&r);
+    const char *a4[] = {"ingest", "--server", server_addr, "--json", notes, missing, NULL};
+    r = run(a4);
+    TU_EXPECT_EXIT(r, 1);
+    j = tu_json_parse(r.out);
+    assert_int_equal(json_integer_value(json_object_get(j, "skipped")), 1);
+    assert_int_equal(json_integer_value(json_object_get(j, "failed")), 1);
+    json_t *fails = json_object_get(j, "failures");
+    assert_int_equal(json_array_size(fails), 1);
+    assert_string_equal(json_string_value(json_object_get(json_array_get(fails, 0), "path")), missing);
+    json_decref(j);
+    tu_result_free(&r);
+}
+
+/* A folder with many files that are not photos: the human summary names the
+ * first 20 and says how many more; --json lists every one. */
+static void test_ingest_long_lists(void **state)
+{
+    (void)state;
+    char dir[400], p[480];
+    snprintf(dir, sizeof dir, "%s/notes", root);
+    mkdir_p(dir);
+    for (int i = 0; i < 25; i++) {
+        snprintf(p, sizeof p, "%s/note-%02d.txt", dir, i);
+        write_text(p, "text\n");
+    }
+    const char *a[] = {"ingest", "--server", server_addr, dir, NULL};
+    tu_result r = run(a);
+    TU_EXPECT_EXIT(r, 0);   /* nothing failed */
+    assert_non_null(strstr(r.out, "0 photos: 0 ingested"));
+    assert_non_null(strstr(r.out, "25 skipped (not a photo)"));
+    for (int i = 0; i < 25; i++) {
+        snprintf(p, sizeof p, "%s/note-%02d.txt: not an image", dir, i);
+        if (i < 20)
+            assert_non_null(strstr(r.err, p));
+        else
+            assert_null(strstr(r.err, p));
+    }
+    assert_non_null(strstr(r.err, "  ... and 5 more (--json lists them all)\n"));
+    tu_result_free(&r);
+    const char *aj[] = {"ingest", "--server", server_addr, "--json", dir, NULL};
+    json_t *j = run_json(aj);
+    json_t *sk = json_object_get(j, "skipped_files");
+    assert_int_equal(json_array_size(sk), 25);
+    snprintf(p, sizeof p, "%s/note-24.txt", dir);
+    assert_string_equal(json_string_value(json_object_get(json_array_get(sk, 24), "path")), p);
+    json_decref(j);
+}
+
+/* ---- a terminal ---------------------------------------------------------------- */
+
+/* umgdb with args (after the binary name), its stderr a new pseudo-terminal
+ * (so it draws its progress bar), its stdout a scratch file (*out_fd: read it
+ * with tu_read_fd once the child has exited).  *master reads the terminal. */
+static pid_t spawn_on_tty(const char *const *args, int *master, int *out_fd)
+{
+    *master = posix_openpt(O_RDWR | O_NOCTTY);
+    assert_true(*master >= 0);
+    assert_int_equal(grantpt(*master), 0);
+    assert_int_equal(unlockpt(*master), 0);
+    char *slave_name = ptsname(*master);
+    assert_non_null(slave_name);
+    int slave = open(slave_name, O_RDWR | O_NOCTTY);
+    assert_true(slave >= 0);
+    char outp[] = "/tmp/umg-cli-out-XXXXXX";
+    *out_fd = mkstemp(outp);
+    assert_true(*out_fd >= 0);
+    unlink(outp);
+    const char *argv[32] = {tu_bin()};
+    int n = 1;
+    for (const char *const *a = args; *a; a++) {
+        assert_true(n < 31);
+        argv[n++] = *a;
+    }
+    argv[n] = NULL;
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        close(*master);
+        dup2(*out_fd, 1);
+        dup2(slave, 2);
+        execv(argv[0], (char *const *)argv);
+        _exit(127);
+    }
+    close(slave);
+    return pid;
+}
+
+/* What the terminal showed: read into b (grown as needed, NUL-terminated);
+ * until_closed: until the child closes it (EIO once no writer is left), else
+ * only what is there now (the child blocks once the terminal's buffer fills). */
+typedef struct tty_text {
+    char *p;
+    size_t n, cap;
+} tty_text;
+
+static void tty_read(int master, tty_text *b, bool until_closed)
+{
+    for (;;) {
+        if (b->n + 4096 >= b->cap) {
+            b->cap = b->cap ? b->cap * 2 : 1 << 16;
+            b->p = realloc(b->p, b->cap);
+            assert_non_null(b->p);
+        }
+        b->p[b->n] = 0;
+        struct pollfd pf = {.fd = master, .events = POLLIN};
+        if (!until_closed && poll(&pf, 1, 0) <= 0)
+            return;
+        ssize_t got = read(master, b->p + b->n, b->cap - b->n - 1);
+        if (got <= 0)
+            return;
+        b->n += (size_t)got;
+        b->p[b->n] = 0;
+    }
 }
 
 /* On a terminal (stderr a pty), ingest draws a progress bar redrawn in place:
@@ -308,45 +398,13 @@ static void test_ingest(void **state)
 static void test_ingest_progress_bar(void **state)
 {
     (void)state;
-    int master = posix_openpt(O_RDWR | O_NOCTTY);
-    assert_true(master >= 0);
-    assert_int_equal(grantpt(master), 0);
-    assert_int_equal(unlockpt(master), 0);
-    char *slave_name = ptsname(master);
-    assert_non_null(slave_name);
-    int slave = open(slave_name, O_RDWR | O_NOCTTY);
-    assert_true(slave >= 0);
-    char outp[] = "/tmp/umg-cli-out-XXXXXX";
-    int fo = mkstemp(outp);
-    assert_true(fo >= 0);
-    unlink(outp);
-    pid_t pid = fork();
-    assert_true(pid >= 0);
-    if (pid == 0) {
-        close(master);
-        dup2(fo, 1);
-        dup2(slave, 2);
-        unsetenv("UMGDB_SERVER");
-        unsetenv("UMGDB_AUTH_TOKEN");
-        execl(tu_bin(), tu_bin(), "ingest", "--server", server_addr, photos, (char *)NULL);
-        _exit(127);
-    }
-    close(slave);
-    /* Read the terminal until the child closes it (EIO once no writer is left). */
-    size_t cap = 1 << 16, n = 0;
-    char *tty = malloc(cap);
-    assert_non_null(tty);
-    for (;;) {
-        ssize_t got = read(master, tty + n, cap - n - 1);
-        if (got <= 0)
-            break;
-        n += (size_t)got;
-        if (n + 1 >= cap) {
-            tty = realloc(tty, cap *= 2);
-            assert_non_null(tty);
-        }
-    }
-    tty[n] = 0;
+    int master, fo;
+    const char *args[] = {"ingest", "--server", server_addr, photos, NULL};
+    pid_t pid = spawn_on_tty(args, &master, &fo);
+    tty_text tt = {0};
+    tty_read(master, &tt, true);
+    const char *tty = tt.p;
+    size_t n = tt.n;
     int st;
     assert_int_equal(waitpid(pid, &st, 0), pid);
     close(master);
@@ -354,14 +412,19 @@ static void test_ingest_progress_bar(void **state)
     assert_int_equal(WEXITSTATUS(st), 0);
     char *out = tu_read_fd(fo, NULL);
     close(fo);
+    assert_true(n > 0);
     assert_non_null(strstr(tty, "\r[########################] 6/6 100%"));
     assert_non_null(strstr(tty, " img/s  ETA "));
     assert_non_null(strstr(tty, "0/6   0%"));
-    /* the bar is erased at the end: the last thing on the terminal is a blank line and \r */
-    assert_true(n >= 2 && tty[n - 1] == '\r' && tty[n - 2] == ' ');
+    /* the bar is erased at the end (a blank line and \r), then the skipped
+     * file is named: the bar is not drawn again after it */
+    const char *after = strstr(tty, "\rskipped (not a photo):");
+    assert_non_null(after);
+    assert_true(after[-1] == ' ');
+    assert_null(strstr(after, "\r["));
     assert_non_null(strstr(out, "6 photos: 0 ingested"));
     free(out);
-    free(tty);
+    free(tt.p);
 }
 
 static void test_ingest_by_path(void **state)
@@ -519,6 +582,7 @@ static void test_query_filters(void **state)
     tu_result r = run(a);
     TU_EXPECT_EXIT(r, 0);
     assert_string_equal(r.out, "no hits\n");
+    assert_null(strstr(r.err, "may have been cut"));   /* a score cut is exact */
     tu_result_free(&r);
 }
 
@@ -588,6 +652,9 @@ static void test_query_regions_html(void **state)
         size_t nreg;
         get_image(path, &id, &w, &hh, &nreg);
         assert_true(w > 0 && hh > 0 && nreg > 0);
+        /* the hit carries its photo's size: the page needs no `get` per photo */
+        assert_int_equal(json_integer_value(json_object_get(h, "width")), w);
+        assert_int_equal(json_integer_value(json_object_get(h, "height")), hh);
         /* every box lies inside its image */
         double b[4];
         for (int k = 0; k < 4; k++)
@@ -648,13 +715,23 @@ static void test_query_heatmap(void **state)
     json_t *hits = json_object_get(j, "hits");
     assert_int_equal(json_array_size(hits), 2);
     size_t cells = 0;
+    double lo[2], hi[2];   /* each heatmap's range: the ends of its colour scale */
     for (size_t i = 0; i < 2; i++) {
         json_t *hm = json_object_get(json_array_get(hits, i), "heatmap");
         assert_non_null(hm);
         json_int_t g = json_integer_value(json_object_get(hm, "grid"));
         assert_true(g > 0);
-        assert_int_equal(json_array_size(json_object_get(hm, "values")), (size_t)(g * g));
+        json_t *vals = json_object_get(hm, "values");
+        assert_int_equal(json_array_size(vals), (size_t)(g * g));
         cells += (size_t)(g * g);
+        lo[i] = INFINITY;
+        hi[i] = -INFINITY;
+        for (size_t c = 0; c < json_array_size(vals); c++) {
+            double v = json_number_value(json_array_get(vals, c));
+            lo[i] = fmin(lo[i], v);
+            hi[i] = fmax(hi[i], v);
+        }
+        assert_true(hi[i] > lo[i]);
     }
     json_decref(j);
     FILE *f = fopen(page, "r");
@@ -669,10 +746,177 @@ static void test_query_heatmap(void **state)
         rects++;
     assert_int_equal(groups, 2);
     assert_int_equal(rects, cells);
+    /* A colour scale: explained once, then under each photo its ramp (the
+     * cells' own colours, lowest to highest) with that heatmap's range. */
+    assert_non_null(strstr(html, "<p class=\"scale\">Heatmaps: each cell is coloured by the cosine"));
+    const char *card = html;
+    for (int i = 0; i < 2; i++) {
+        card = strstr(card, "<g class=\"heat\">");
+        assert_non_null(card);
+        const char *legend = strstr(card, "<div class=\"legend\">");
+        assert_non_null(legend);
+        const char *next = strstr(card + 1, "<g class=\"heat\">");
+        assert_true(!next || legend < next);   /* this card's */
+        char want[256];
+        snprintf(want, sizeof want, "<div class=\"legend\"><span class=\"lo\">%.4f</span>", lo[i]);
+        if (strncmp(legend, want, strlen(want)))
+            fail_msg("hit %d: legend %.200s, want it to start %s", i + 1, legend, want);
+        const char *end = strstr(legend, "</div>");
+        snprintf(want, sizeof want, "<span class=\"hi\">%.4f</span>", hi[i]);
+        assert_true(strstr(legend, want) && strstr(legend, want) < end);
+        const char *ramp = strstr(legend, "linear-gradient(to right,rgba(0,0,255,0.05),");
+        assert_true(ramp && ramp < end);
+        assert_true(strstr(ramp, ",rgba(255,0,0,0.60))") < end);
+        card++;
+    }
     free(html);
 
     const char *t[] = {"query", "--server", server_addr, "--heatmap", "-k", "2", "a cat", NULL};
     expect_run(NULL, t, 0, "heatmap peak (x,y)", NULL);
+}
+
+/* --refine: the boxes are ranked by their refined score; the table and the
+ * page show it first, the cosine beside it. */
+static void test_query_refine(void **state)
+{
+    (void)state;
+    char page[480];
+    snprintf(page, sizeof page, "%s/refined.html", root);
+    const char *a[] = {"query", "--server", server_addr, "--refine", "-k", "5", "--json", "--html", page,
+                       "--path-prefix", photos, "a cat", NULL};
+    json_t *j = run_json(a);
+    json_t *hits = json_object_get(j, "hits");
+    size_t n = json_array_size(hits);
+    assert_true(n >= 2);
+    const char *t[] = {"query", "--server", server_addr, "--refine", "-k", "5", "--path-prefix", photos, "a cat",
+                       NULL};
+    tu_result r = run(t);
+    TU_EXPECT_EXIT(r, 0);
+    assert_true(!strncmp(r.out, "rank  refined  cosine  image_id  path", 37));
+    size_t len;
+    char *html = tu_read_file(page, &len);
+    const char *line = strchr(r.out, '\n') + 1, *card = html;
+    for (size_t i = 0; i < n; i++) {
+        json_t *h = json_array_get(hits, i);
+        assert_non_null(json_object_get(h, "refined"));   /* clip-tiny's server stores patch tokens */
+        double refined = json_number_value(json_object_get(h, "refined"));
+        double cosine = json_number_value(json_object_get(h, "score"));
+        char want[128];
+        snprintf(want, sizeof want, "%zu   %.4f  %.4f  ", i + 1, refined, cosine);
+        if (strncmp(line + strspn(line, " "), want, strlen(want)))
+            fail_msg("row %zu: %.*s\nwant it to start: %s", i + 1, (int)strcspn(line, "\n"), line, want);
+        line = strchr(line, '\n') + 1;
+        snprintf(want, sizeof want, "<span class=\"rank\">#%zu</span> <span class=\"score\">refined %.4f</span> "
+                                    "(cosine %.4f) ", i + 1, refined, cosine);
+        card = strstr(card, want);
+        if (!card)
+            fail_msg("the page has no card %zu: %s", i + 1, want);
+    }
+    free(html);
+    tu_result_free(&r);
+    json_decref(j);
+}
+
+/* Path and size of a photo as stored, and its first region's id and box. */
+static uint64_t image_id_of(const char *path)
+{
+    uint64_t id;
+    long w, h;
+    size_t nreg;
+    get_image(path, &id, &w, &h, &nreg);
+    return id;
+}
+
+/* query --like / --like-id (the protocol's query_image), --like-box. */
+static void test_query_like(void **state)
+{
+    (void)state;
+    /* A photo's nearest neighbours are itself and its byte-identical copy. */
+    const char *l1[] = {"--like", photo_path[5], "-k", "3", NULL};
+    json_t *j = query_json(l1, NULL);
+    json_t *hits = json_object_get(j, "hits");
+    assert_int_equal(json_array_size(hits), 3);
+    char copy[400];
+    snprintf(copy, sizeof copy, "%s/rocket-copy.jpg", outside);
+    bool self = false, dup = false;
+    for (size_t i = 0; i < 2; i++) {
+        json_t *h = json_array_get(hits, i);
+        const char *path = json_string_value(json_object_get(h, "path"));
+        self |= !strcmp(path, photo_path[5]);
+        dup |= !strcmp(path, copy);
+        assert_true(json_number_value(json_object_get(h, "score")) > 0.999);
+    }
+    assert_true(self && dup);
+    assert_true(json_number_value(json_object_get(json_array_get(hits, 2), "score")) < 0.9999);
+    json_decref(j);
+    const char *l2[] = {"--like", photo_path[2], "-k", "1", "--path-prefix", photos, NULL};
+    j = query_json(l2, NULL);
+    hits = json_object_get(j, "hits");
+    assert_int_equal(json_array_size(hits), 1);
+    assert_string_equal(json_string_value(json_object_get(json_array_get(hits, 0), "path")), photo_path[2]);
+    json_decref(j);
+
+    /* By a stored image's id: that image is left out, its copy comes first. */
+    char ids[32];
+    snprintf(ids, sizeof ids, "%llu", (unsigned long long)image_id_of(photo_path[5]));
+    const char *l3[] = {"--like-id", ids, "-k", "1", NULL};
+    j = query_json(l3, NULL);
+    hits = json_object_get(j, "hits");
+    assert_int_equal(json_array_size(hits), 1);
+    assert_string_equal(json_string_value(json_object_get(json_array_get(hits, 0), "path")), copy);
+    assert_true(json_number_value(json_object_get(json_array_get(hits, 0), "score")) > 0.999);
+    json_decref(j);
+
+    /* A region of a photo, by its bytes and by its id: the stored region
+     * with that box comes first. */
+    const char *g[] = {"get", "--server", server_addr, "--json", "--path", photo_path[2], NULL};
+    json_t *img = run_json(g);
+    json_t *reg = json_array_get(json_object_get(img, "regions"), 1);
+    assert_non_null(reg);
+    json_int_t region_id = json_integer_value(json_object_get(reg, "region_id"));
+    json_t *box = json_object_get(reg, "box");
+    char boxs[160];
+    snprintf(boxs, sizeof boxs, "%.9g,%.9g,%.9g,%.9g", json_number_value(json_array_get(box, 0)),
+             json_number_value(json_array_get(box, 1)), json_number_value(json_array_get(box, 2)),
+             json_number_value(json_array_get(box, 3)));
+    snprintf(ids, sizeof ids, "%lld", (long long)json_integer_value(json_object_get(img, "image_id")));
+    const char *l4[] = {"--like", photo_path[2], "--like-box", boxs, "--regions", "-k", "1", NULL};
+    const char *l5[] = {"--like-id", ids, "--like-box", boxs, "--regions", "-k", "1", NULL};
+    const char *const *cases[] = {l4, l5};
+    for (int c = 0; c < 2; c++) {
+        j = query_json(cases[c], NULL);
+        json_t *h = json_array_get(json_object_get(j, "hits"), 0);
+        assert_non_null(h);
+        assert_string_equal(json_string_value(json_object_get(h, "path")), photo_path[2]);
+        if (json_integer_value(json_object_get(h, "region_id")) != region_id)
+            fail_msg("case %d: region %lld first, want %lld (box %s)", c,
+                     (long long)json_integer_value(json_object_get(h, "region_id")), (long long)region_id, boxs);
+        json_decref(j);
+    }
+    json_decref(img);
+
+    /* The table says what was searched for; usage errors are exit 2. */
+    const char *t[] = {"query", "--server", server_addr, "--like", photo_path[5], "-k", "2", NULL};
+    expect_run(NULL, t, 0, "rocket-copy.jpg", NULL);
+    static const char *const bad_cases[][8] = {
+        {"query", "--like", "/x.jpg", "cats", NULL},
+        {"query", "--like", "/x.jpg", "--like-id", "3", NULL},
+        {"query", "--like-box", "1,2,3,4", "cats", NULL},
+        {"query", "--like-id", "3", "--like-box", "1,2,3", NULL},
+        {"query", "--like-id", "3", "--like-box", "1,2,0,4", NULL},
+        {"query", "--like-id", "0", NULL},
+        {"query", "--like-id", "3", "--refine", NULL},
+    };
+    for (size_t i = 0; i < sizeof bad_cases / sizeof bad_cases[0]; i++) {
+        tu_result r = run(bad_cases[i]);
+        if (r.status != 2 || !strstr(r.err, "umgdb query: "))
+            fail_msg("bad case %zu: exit %d, stderr: %s", i, r.status, r.err);
+        tu_result_free(&r);
+    }
+    char missing[400];
+    snprintf(missing, sizeof missing, "%s/no-such.jpg", root);
+    const char *m[] = {"query", "--server", server_addr, "--like", missing, NULL};
+    expect_run(NULL, m, 2, NULL, "no-such.jpg");
 }
 
 static void test_get_stats_delete(void **state)
@@ -722,6 +966,259 @@ static void test_get_stats_delete(void **state)
     /* Ingest brings it back (a new id). */
     const char *in[] = {"ingest", "--server", server_addr, "--tags", "fixture,first", photo_path[5], NULL};
     expect_run(NULL, in, 0, "1 photo: 1 ingested", NULL);
+}
+
+/* get/delete --path with a relative path find what ingest stored for it
+ * (absolute, resolved), also once the file is gone; a name stored as it was
+ * typed (by another client) is still found. */
+static void test_relative_paths(void **state)
+{
+    (void)state;
+    char cwd[1024], dir[400], p[480];
+    assert_non_null(getcwd(cwd, sizeof cwd));
+    snprintf(dir, sizeof dir, "%s/rel", root);
+    mkdir_p(dir);
+    snprintf(p, sizeof p, "%s/coffee-rel.png", dir);
+    copy_file(photo_path[3], p);
+    snprintf(p, sizeof p, "%s/gone.png", dir);
+    copy_file(photo_path[1], p);
+    assert_int_equal(chdir(dir), 0);
+    const char *in[] = {"ingest", "--server", server_addr, "--json", "coffee-rel.png", "./gone.png", NULL};
+    json_t *j = run_json(in);
+    assert_int_equal(json_integer_value(json_object_get(j, "ingested")), 2);
+    json_decref(j);
+    const char *g1[] = {"get", "--server", server_addr, "--json", "--path", "coffee-rel.png", NULL};
+    j = run_json(g1);
+    snprintf(p, sizeof p, "%s/coffee-rel.png", dir);
+    assert_string_equal(json_string_value(json_object_get(j, "path")), p);
+    json_decref(j);
+    /* "." and ".." (through a directory that does not exist) */
+    const char *g2[] = {"get", "--server", server_addr, "--json", "--path", "./nowhere/../coffee-rel.png", NULL};
+    j = run_json(g2);
+    assert_string_equal(json_string_value(json_object_get(j, "path")), p);
+    json_decref(j);
+    /* The file deleted from disk: still found, and deleted, by its relative name. */
+    assert_int_equal(unlink("gone.png"), 0);
+    const char *g3[] = {"get", "--server", server_addr, "--path", "gone.png", NULL};
+    snprintf(p, sizeof p, "path: %s/gone.png\n", dir);
+    expect_run(NULL, g3, 0, p, NULL);
+    const char *d3[] = {"delete", "--server", server_addr, "--path", "gone.png", NULL};
+    expect_run(NULL, d3, 0, "deleted image", NULL);
+    expect_run(NULL, g3, 1, NULL, "not_found");
+
+    /* A name stored as sent ("as-typed.png", no directory): found as typed. */
+    umg_client *c = ts_conn(&srv);
+    proto_response *r = ts_wait_ok(c, ts_send_ingest(c, photo_path[4], "as-typed.png", NULL));
+    uint64_t id = ts_res_u(r, "image_id");
+    proto_response_free(r);
+    umg_client_close(c);
+    const char *g4[] = {"get", "--server", server_addr, "--json", "--path", "as-typed.png", NULL};
+    j = run_json(g4);
+    assert_int_equal(json_integer_value(json_object_get(j, "image_id")), (json_int_t)id);
+    json_decref(j);
+    const char *d4[] = {"delete", "--server", server_addr, "--path", "as-typed.png", NULL};
+    expect_run(NULL, d4, 0, "deleted image", NULL);
+    assert_int_equal(chdir(cwd), 0);
+}
+
+/* Bytes ingest sends the file's modification time: get shows it, not the
+ * time of the ingest. */
+static void test_ingest_mtime(void **state)
+{
+    (void)state;
+    char dir[400], p[480];
+    snprintf(dir, sizeof dir, "%s/times", root);
+    mkdir_p(dir);
+    snprintf(p, sizeof p, "%s/old.jpg", dir);
+    copy_file(photo_path[5], p);
+    struct timeval tv[2] = {{1500000000, 0}, {1500000000, 0}};
+    assert_int_equal(utimes(p, tv), 0);
+    const char *in[] = {"ingest", "--server", server_addr, p, NULL};
+    expect_run(NULL, in, 0, "1 photo: 1 ingested", NULL);
+    const char *g[] = {"get", "--server", server_addr, "--json", "--path", p, NULL};
+    json_t *j = run_json(g);
+    assert_int_equal(json_integer_value(json_object_get(j, "mtime")), 1500000000);
+    assert_true(json_integer_value(json_object_get(j, "ingest_time")) > 1500000000);
+    json_decref(j);
+    const char *gh[] = {"get", "--server", server_addr, "--path", p, NULL};
+    expect_run(NULL, gh, 0, "mtime: 2017-07-14 02:40:00 UTC (1500000000)\n", NULL);
+}
+
+/* A tag filter cuts the nearest candidates: with -k 1 the one tagged photo
+ * is beyond them (21 identical photos are nearer), so the CLI says the
+ * filter may have cut the results and how to widen them; a larger -k finds it. */
+static void test_query_filter_note(void **state)
+{
+    (void)state;
+    char dir[400], p[480];
+    snprintf(dir, sizeof dir, "%s/similar", root);
+    mkdir_p(dir);
+    for (int i = 0; i < 20; i++) {
+        snprintf(p, sizeof p, "%s/cat-%02d.png", dir, i);
+        copy_file(photo_path[2], p);
+    }
+    const char *in[] = {"ingest", "--server", server_addr, dir, NULL};
+    expect_run(NULL, in, 0, "20 photos: 20 ingested", NULL);
+    snprintf(dir, sizeof dir, "%s/rare", root);
+    mkdir_p(dir);
+    snprintf(p, sizeof p, "%s/camera-rare.png", dir);
+    copy_file(photo_path[1], p);
+    const char *in2[] = {"ingest", "--server", server_addr, "--tags", "rare", p, NULL};
+    expect_run(NULL, in2, 0, "1 photo: 1 ingested", NULL);
+
+    const char *q1[] = {"query", "--server", server_addr, "--like", photo_path[2], "--tag", "rare", "-k", "1", NULL};
+    tu_result r = run(q1);
+    TU_EXPECT_EXIT(r, 0);
+    assert_string_equal(r.out, "no hits\n");
+    assert_non_null(strstr(r.err, "umgdb query: 0 of 1 hits: --path-prefix and --tag filter the server's nearest "
+                                  "candidates only, so matching photos further away may have been cut; a larger "
+                                  "-k searches more of them (e.g. -k 10)\n"));
+    tu_result_free(&r);
+    const char *q2[] = {"query", "--server", server_addr, "--json", "--like", photo_path[2], "--tag", "rare", "-k",
+                        "100", NULL};
+    r = run(q2);
+    TU_EXPECT_EXIT(r, 0);
+    json_t *j = tu_json_parse(r.out);   /* the note is on stderr: stdout stays JSON */
+    json_t *hits = json_object_get(j, "hits");
+    assert_int_equal(json_array_size(hits), 1);
+    assert_string_equal(json_string_value(json_object_get(json_array_get(hits, 0), "path")), p);
+    assert_non_null(strstr(r.err, "1 of 100 hits"));
+    json_decref(j);
+    tu_result_free(&r);
+    /* k hits: no note */
+    const char *q3[] = {"query", "--server", server_addr, "--tag", "first", "-k", "3", "a cat", NULL};
+    r = run(q3);
+    TU_EXPECT_EXIT(r, 0);
+    assert_null(strstr(r.err, "may have been cut"));
+    tu_result_free(&r);
+    /* -k at its maximum: the note says so instead */
+    const char *q4[] = {"query", "--server", server_addr, "--tag", "nobody-uses-this", "-k", "1000", "a cat", NULL};
+    expect_run(NULL, q4, 0, "no hits\n", "-k is at its maximum (1000)");
+}
+
+static json_int_t stats_images(umg_client *c)
+{
+    proto_response *r;
+    assert_int_equal(umg_client_call0(c, "stats", TS_T_MS, &r), 0);
+    assert_true(r->ok);
+    json_int_t n = (json_int_t)ts_res_u(r, "images");
+    proto_response_free(r);
+    return n;
+}
+
+/* Ctrl-C on a running ingest: it stops sending, waits for the answers in
+ * flight, prints the summary and exits 130; every photo it calls ingested is
+ * stored. */
+static void test_ingest_interrupt(void **state)
+{
+    (void)state;
+    enum { COPIES = 40, FILES = COPIES * N_PHOTOS };
+    char dir[400], p[480];
+    snprintf(dir, sizeof dir, "%s/many", root);
+    mkdir_p(dir);
+    for (int k = 0; k < COPIES; k++)
+        for (int i = 0; i < N_PHOTOS; i++) {
+            snprintf(p, sizeof p, "%s/%02d-%s", dir, k, photo_names[i]);
+            copy_file(photo_path[i], p);
+        }
+    umg_client *c = ts_conn(&srv);
+    json_int_t before = stats_images(c);
+
+    char outp[480], errp[480];
+    snprintf(outp, sizeof outp, "%s/interrupt.out", root);
+    snprintf(errp, sizeof errp, "%s/interrupt.err", root);
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        int fo = open(outp, O_WRONLY | O_CREAT | O_TRUNC, 0600), fe = open(errp, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+        dup2(fo, 1);
+        dup2(fe, 2);
+        execl(tu_bin(), tu_bin(), "ingest", "--server", server_addr, "--json", "-j", "8", dir, (char *)NULL);
+        _exit(127);
+    }
+    /* Interrupt once the server has stored some of them. */
+    for (int i = 0; i < 600 && stats_images(c) == before; i++)
+        usleep(50000);
+    assert_true(stats_images(c) > before);
+    assert_int_equal(kill(pid, SIGINT), 0);
+    int st;
+    assert_int_equal(waitpid(pid, &st, 0), pid);
+    char *out = tu_read_file(outp, NULL), *err = tu_read_file(errp, NULL);
+    if (!WIFEXITED(st) || WEXITSTATUS(st) != 130)
+        fail_msg("status %d, want exit 130\nstdout:\n%s\nstderr:\n%s", st, out, err);
+    assert_non_null(strstr(err, "umgdb ingest: interrupted after "));
+    json_t *j = tu_json_parse(out);
+    assert_true(json_is_true(json_object_get(j, "interrupted")));
+    json_int_t ingested = json_integer_value(json_object_get(j, "ingested"));
+    json_int_t unanswered = json_integer_value(json_object_get(j, "unanswered"));
+    json_int_t not_sent = json_integer_value(json_object_get(j, "not_sent"));
+    assert_int_equal(json_integer_value(json_object_get(j, "photos")), FILES);
+    assert_true(ingested >= 1 && not_sent >= 1);   /* stopped in the middle */
+    assert_int_equal(ingested + unanswered + not_sent + json_integer_value(json_object_get(j, "failed")), FILES);
+    json_decref(j);
+
+    /* Every photo called ingested is stored: as many found by path as it
+     * says, plus at most those sent without an answer. */
+    uint64_t ids[FILES];
+    int n = 0;
+    for (int k = 0; k < COPIES; k++)
+        for (int i = 0; i < N_PHOTOS; i++) {
+            snprintf(p, sizeof p, "%s/%02d-%s", dir, k, photo_names[i]);
+            proto_writer w;
+            ids[n] = ts_begin(c, &w, "get", 1);
+            ts_kv_str(&w, "path", p);
+            ts_end(c, &w);
+            n++;
+        }
+    json_int_t found = 0;
+    for (int i = 0; i < n; i++) {
+        proto_response *r = ts_wait_resp(c, ids[i]);
+        found += r->ok;
+        proto_response_free(r);
+    }
+    if (found < ingested || found > ingested + unanswered)
+        fail_msg("%lld stored, the summary says %lld ingested and %lld without an answer", (long long)found,
+                 (long long)ingested, (long long)unanswered);
+    free(out);
+    free(err);
+
+    /* Again on a terminal, interrupted once it stores more: the progress
+     * line stays where it stopped, ended by a newline, and the summary says
+     * it was interrupted. */
+    before = stats_images(c);
+    int master, fo;
+    const char *args[] = {"ingest", "--server", server_addr, "-j", "8", dir, NULL};
+    pid = spawn_on_tty(args, &master, &fo);
+    tty_text tt = {0};
+    for (int i = 0; i < 600 && stats_images(c) == before; i++) {
+        tty_read(master, &tt, false);
+        usleep(50000);
+    }
+    assert_true(stats_images(c) > before);
+    assert_int_equal(kill(pid, SIGINT), 0);
+    tty_read(master, &tt, true);
+    assert_int_equal(waitpid(pid, &st, 0), pid);
+    close(master);
+    out = tu_read_fd(fo, NULL);
+    close(fo);
+    if (!WIFEXITED(st) || WEXITSTATUS(st) != 130)
+        fail_msg("status %d, want exit 130\nstdout:\n%s\nterminal:\n%s", st, out, tt.p);
+    snprintf(p, sizeof p, "interrupted: %d photos: ", FILES);
+    assert_true(!strncmp(out, p, strlen(p)));
+    assert_non_null(strstr(out, " not sent"));
+    const char *last = strstr(tt.p, "umgdb ingest: interrupted after ");
+    assert_non_null(last);
+    /* just before it: the last bar drawn, its line ended (\n, shown as \r\n) */
+    assert_true(last - tt.p >= 2 && last[-2] == '\r' && last[-1] == '\n');
+    const char *bar = NULL;
+    for (const char *q = tt.p; (q = strstr(q, "\r[")) && q < last; q++)
+        bar = q;
+    assert_non_null(bar);
+    assert_true(memchr(bar, '\n', (size_t)(last - 1 - bar)) == NULL);   /* the bar's line, not another */
+    assert_non_null(strstr(bar, " img/s  ETA "));
+    free(tt.p);
+    free(out);
+    umg_client_close(c);
 }
 
 static void test_usage_errors(void **state)
@@ -788,12 +1285,10 @@ static void test_server_down(void **state)
 static void test_auth(void **state)
 {
     (void)state;
-    char d2[400], s2[400], addr[420];
-    snprintf(d2, sizeof d2, "%s/data-auth", root);
-    snprintf(s2, sizeof s2, "%s/auth.sock", root);
-    snprintf(addr, sizeof addr, "unix:%s", s2);
-    const char *extra[] = {"--auth-token-file", token_file, "--require-auth", NULL};
-    pid_t pid = start_server(d2, s2, extra);
+    ts_server other;
+    const char *extra[] = {"--auth-token-file", token_file, "--require-auth", "--log-level", "warn", NULL};
+    start_other(&other, "umg-cli-auth-", extra);
+    const char *addr = other.addr;
 
     const char *a[] = {"stats", "--server", addr, NULL};
     tu_result r = run(a);
@@ -823,7 +1318,7 @@ static void test_auth(void **state)
     /* A token file that does not exist is an error, not "no token". */
     const char *an[] = {"stats", "--server", addr, "--token-file", "/nonexistent/token", NULL};
     expect_run(NULL, an, 3, NULL, "/nonexistent/token");
-    stop_server(pid);
+    stop_other(&other);
 }
 
 /* The server drops the connection in the middle of a run (here: a photo
@@ -832,28 +1327,27 @@ static void test_auth(void **state)
 static void test_connection_lost(void **state)
 {
     (void)state;
-    char d3[400], s3[400], addr[420];
-    snprintf(d3, sizeof d3, "%s/data-small-frames", root);
-    snprintf(s3, sizeof s3, "%s/small.sock", root);
-    snprintf(addr, sizeof addr, "unix:%s", s3);
-    const char *extra[] = {"--max-frame", "64K", NULL};
-    pid_t pid = start_server(d3, s3, extra);
+    ts_server other;
+    const char *extra[] = {"--max-frame", "64K", "--log-level", "warn", NULL};
+    start_other(&other, "umg-cli-frames-", extra);
+    const char *addr = other.addr;
     const char *a[] = {"ingest", "--server", addr, "--jobs", "1", photo_path[1], NULL};   /* 139 KB */
     tu_result r = run(a);
     TU_EXPECT_EXIT(r, 3);
     assert_non_null(strstr(r.err, "umgdb ingest: lost the connection to the server at"));
-    assert_non_null(strstr(r.out, "1 not sent"));
+    /* sent, and the server closed before answering: it cannot tell whether it was stored */
+    assert_non_null(strstr(r.out, "1 sent without an answer"));
     tu_result_free(&r);
-    stop_server(pid);
+    stop_other(&other);
 }
 
 /* The data survive a restart of the server (SIGTERM, exit 0, start again). */
 static void test_restart(void **state)
 {
     (void)state;
-    stop_server(server);
-    const char *extra[] = {"--allow-root", photos, NULL};
-    server = start_server(data, sock, extra);
+    assert_int_equal(ts_stop(&srv), 0);
+    const char *extra[] = {"--allow-root", photos, "--log-level", "warn", NULL};
+    ts_start_ok(&srv, extra);
     const char *a[] = {"ingest", "--server", server_addr, "--json", photos, NULL};
     json_t *j = run_json(a);
     assert_int_equal(json_integer_value(json_object_get(j, "unchanged")), N_PHOTOS);
@@ -862,9 +1356,12 @@ static void test_restart(void **state)
 
 int main(void)
 {
-    srand((unsigned)time(NULL) ^ (unsigned)getpid());
+    /* The servers (children) and the client runs must not see the caller's. */
+    unsetenv("UMGDB_AUTH_TOKEN");
+    unsetenv("UMGDB_SERVER");
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_ingest),
+        cmocka_unit_test(test_ingest_long_lists),
         cmocka_unit_test(test_ingest_progress_bar),
         cmocka_unit_test(test_ingest_by_path),
         cmocka_unit_test(test_query_json_and_table),
@@ -872,7 +1369,13 @@ int main(void)
         cmocka_unit_test(test_query_filters),
         cmocka_unit_test(test_query_regions_html),
         cmocka_unit_test(test_query_heatmap),
+        cmocka_unit_test(test_query_refine),
+        cmocka_unit_test(test_query_like),
         cmocka_unit_test(test_get_stats_delete),
+        cmocka_unit_test(test_relative_paths),
+        cmocka_unit_test(test_ingest_mtime),
+        cmocka_unit_test(test_query_filter_note),
+        cmocka_unit_test(test_ingest_interrupt),
         cmocka_unit_test(test_usage_errors),
         cmocka_unit_test(test_server_down),
         cmocka_unit_test(test_auth),

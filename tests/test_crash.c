@@ -179,6 +179,10 @@ static void verify(const char *dir, ledger *l, int round)
     assert_int_equal(st.index_images, st.images);
     assert_int_equal(st.index_regions, st.regions);
     assert_int_equal(st.regions, st.images * NREG);
+    /* the same newest ids too; and the killed child's directory lock died
+     * with it (flock), or this open would have been refused */
+    if (!st.consistent)
+        fail_msg("round %d: indexes disagree with LMDB: %s", round, st.mismatch);
 
     size_t live = 0;
     for (size_t i = 0; i < l->n; i++) {

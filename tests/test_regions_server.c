@@ -165,7 +165,7 @@ static void ingest_all(const ts_server *s, const char *const *files, int n, stor
     umg_client_close(c);
 }
 
-static db_t *open_stored(const char *data)
+static db_t *open_stored_as(const char *data, int read_only)
 {
     char *name = NULL;
     uint8_t fp[32];
@@ -175,12 +175,24 @@ static db_t *open_stored(const char *data)
     o.fingerprint = fp;
     o.model_name = name;
     o.dim = dim;
-    o.read_only = 1;
+    o.read_only = read_only;
     db_t *db = NULL;
     int rc = db_open(data, &o, &db);
     free(name);
     if (rc) fail_msg("db_open %s: %s", data, umg_err_msg());
     return db;
+}
+
+static db_t *open_stored(const char *data) { return open_stored_as(data, 1); }
+
+/* The region mode recorded in the data directory's LMDB meta ("" if none). */
+static void recorded_mode(const char *data, char *buf, size_t len)
+{
+    db_t *db = open_stored(data);
+    int rc = db_setting_get(db, "region_mode", buf, len);
+    if (rc == UMG_ENOENT) buf[0] = 0;
+    else assert_int_equal(rc, 0);
+    db_close(db);
 }
 
 static double cosine(const float *a, const float *b, int n)
@@ -571,12 +583,9 @@ static void test_mode_recorded(void **state)
     ts_start_ok(&s, crop);
     assert_true(hello_mode_is(&s, "crop"));
     assert_int_equal(ts_stop(&s), 0);
-    char marker[400];
-    snprintf(marker, sizeof marker, "%s/region_mode", s.data);
-    size_t n;
-    char *t = tu_read_file(marker, &n);
-    assert_string_equal(t, "crop\n");
-    free(t);
+    char mode[32];
+    recorded_mode(s.data, mode, sizeof mode);
+    assert_string_equal(mode, "crop");
     ts_start_ok(&s, none); /* no flag: the recorded mode */
     assert_true(hello_mode_is(&s, "crop"));
     assert_int_equal(ts_stop(&s), 0);
@@ -598,11 +607,39 @@ static void test_mode_recorded(void **state)
     assert_int_equal(ts_start(&s, crop), 1);
     assert_true(log_has(&s, "holds dense region vectors"));
     /* a directory with images and no record (made before region modes): dense */
-    snprintf(marker, sizeof marker, "%s/region_mode", s.data);
-    assert_int_equal(unlink(marker), 0);
+    db_t *db = open_stored_as(s.data, 0);
+    assert_int_equal(db_setting_put(db, "region_mode", NULL), 0);
+    db_close(db);
+    recorded_mode(s.data, mode, sizeof mode);
+    assert_string_equal(mode, "");
     assert_int_equal(ts_start(&s, crop), 1);
     ts_start_ok(&s, none);
     assert_true(hello_mode_is(&s, "dense"));
+    assert_int_equal(ts_stop(&s), 0);
+    recorded_mode(s.data, mode, sizeof mode);
+    assert_string_equal(mode, "dense");
+    assert_int_equal(tu_rm_rf(s.dir), 0);
+
+    /* the side file DIR/region_mode of older directories is moved into the
+     * meta at the first start (and removed); the mode is kept */
+    ts_make_tmp(&s, "umg-regsrv-");
+    ts_start_ok(&s, none);
+    ingest_all(&s, one, 1, &st);
+    assert_int_equal(ts_stop(&s), 0);
+    db = open_stored_as(s.data, 0);
+    assert_int_equal(db_setting_put(db, "region_mode", NULL), 0);
+    db_close(db);
+    char marker[400];
+    snprintf(marker, sizeof marker, "%s/region_mode", s.data);
+    tu_write_file(marker, "crop\n", 5);
+    ts_start_ok(&s, none);
+    assert_true(hello_mode_is(&s, "crop"));
+    assert_int_equal(ts_stop(&s), 0);
+    assert_int_equal(access(marker, F_OK), -1);
+    recorded_mode(s.data, mode, sizeof mode);
+    assert_string_equal(mode, "crop");
+    ts_start_ok(&s, none);
+    assert_true(hello_mode_is(&s, "crop"));
     assert_int_equal(ts_stop(&s), 0);
     assert_int_equal(tu_rm_rf(s.dir), 0);
 }

@@ -1,6 +1,6 @@
 /* test_server.c - `umgdb serve` as a real process (env UMG_BIN) on a
  * temporary data directory with tests/fixtures/clip-tiny, talked to over real
- * sockets with cli/client.h.  clip-tiny has random weights: these tests check
+ * sockets with client/client.h.  clip-tiny has random weights: these tests check
  * mechanics (every op, errors, pipelining, restart, shutdown, auth), not
  * meaning. */
 #include <setjmp.h>

@@ -1,10 +1,9 @@
-#!/usr/bin/python3
-"""check_against_torch.py - compare `umgdb embed` with tools/clip_torch.py on a
+"""check_against_torch.py - compare `umgdb embed` with tools/umgclip/model.py on a
 checkpoint the committed fixture does not cover (ViT-B/32, ViT-B/16, ViT-L/14,
 gelu, F16/BF16 weights, config.json without default fields).
 
-    tools/check_against_torch.py MODEL_DIR UMGDB_BIN [--min-cos 0.99999] [--max-diff 1e-4]
-                                 [--images N]
+    /usr/bin/python3 -m tools.check_against_torch MODEL_DIR UMGDB_BIN [--min-cos 0.99999]
+                                 [--max-diff 1e-4] [--images N]
 
 For the six photos of tests/fixtures/clip-tiny/images and the ten texts of its
 reference.json:
@@ -36,9 +35,9 @@ import tempfile
 import numpy as np
 import torch
 
+from tools.umgclip.model import load_clip
+
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, HERE)
-import clip_torch  # noqa: E402
 
 FIXTURE = os.path.join(HERE, "..", "tests", "fixtures", "clip-tiny")
 
@@ -74,7 +73,7 @@ def main():
     args = ap.parse_args()
     torch.set_num_threads(2)
 
-    model = clip_torch.load_clip(args.model_dir)
+    model = load_clip(args.model_dir)
     cfg = model.config
     size = cfg["vision_config"]["image_size"]
     ref = json.load(open(os.path.join(FIXTURE, "reference.json"), encoding="utf-8"))

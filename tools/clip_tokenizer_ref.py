@@ -1,106 +1,24 @@
-#!/usr/bin/python3
-"""clip_tokenizer_ref.py - an independent Python port of OpenAI CLIP's SimpleTokenizer.
-
-Golden values for tests/test_tokenizer.c beyond the clip-tiny fixture.  Follows the
-cleaning of the reference (shared/README.md): html.unescape twice, strip, whitespace
-runs (the `regex` module's \\s, i.e. Unicode White_Space) collapsed to one space,
-strip, str.lower(), split by the CLIP pattern, byte-level BPE.  ftfy.fix_text, which
-OpenAI's code runs first, is not part of the reference and is left out here too.
+"""clip_tokenizer_ref.py - golden token ids for tests/test_tokenizer.c beyond the
+clip-tiny fixture, from tools/umgclip/tokenizer.py (an independent Python port of
+OpenAI CLIP's SimpleTokenizer; its docstring says how it cleans text).
 
 Needs the `regex` module (Debian: python3-regex; scripts/install-deps installs it
 with UMG_WITH_TOOLS=1).
 
-  tools/clip_tokenizer_ref.py --model tests/fixtures/clip-tiny --check
+  /usr/bin/python3 -m tools.clip_tokenizer_ref --model tests/fixtures/clip-tiny --check
       tokenize every text of reference.json and compare with its ids
-  tools/clip_tokenizer_ref.py --model tests/fixtures/clip-tiny --gen-extra tests/fixtures/tokenizer/extra.json
+  /usr/bin/python3 -m tools.clip_tokenizer_ref --model tests/fixtures/clip-tiny \\
+          --gen-extra tests/fixtures/tokenizer/extra.json
       check, then write the extra golden cases
-  tools/clip_tokenizer_ref.py --model DIR "some text" ...
+  /usr/bin/python3 -m tools.clip_tokenizer_ref --model DIR "some text" ...
       print the ids of each text
 """
 import argparse
-import html
 import json
 import os
 import sys
 
-import regex
-
-SOT, EOT = "<|startoftext|>", "<|endoftext|>"
-N_MERGES = 49152 - 256 - 2  # OpenAI and Hugging Face both keep merges[1:N_MERGES+1]
-PATTERN = regex.compile(
-    r"""<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+""",
-    regex.IGNORECASE)
-WHITESPACE = regex.compile(r"\s+")
-
-
-def bytes_to_unicode():
-    """Byte value -> printable character; printable Latin-1 bytes map to themselves."""
-    kept = (list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
-            + list(range(ord("®"), ord("ÿ") + 1)))
-    table = {b: chr(b) for b in kept}
-    extra = 0
-    for b in range(256):
-        if b not in table:
-            table[b] = chr(256 + extra)
-            extra += 1
-    return table
-
-
-class ClipTokenizer:
-    def __init__(self, model_dir):
-        with open(os.path.join(model_dir, "merges.txt"), encoding="utf-8") as f:
-            lines = f.read().split("\n")
-        merges = [tuple(line.split()) for line in lines[1:N_MERGES + 1]]
-        self.byte_map = bytes_to_unicode()
-        # The vocabulary as OpenAI builds it from the merges alone; vocab.json must agree.
-        base = list(self.byte_map.values())
-        vocab = base + [c + "</w>" for c in base] + ["".join(m) for m in merges] + [SOT, EOT]
-        self.encoder = {tok: i for i, tok in enumerate(vocab)}
-        with open(os.path.join(model_dir, "vocab.json"), encoding="utf-8") as f:
-            file_vocab = json.load(f)
-        if file_vocab != self.encoder:
-            raise SystemExit("vocab.json differs from the vocabulary implied by merges.txt")
-        self.ranks = {m: i for i, m in enumerate(merges)}
-
-    def bpe(self, piece):
-        if piece in (SOT, EOT):
-            return [piece]
-        word = list(piece[:-1]) + [piece[-1] + "</w>"]
-        while len(word) > 1:
-            pairs = {(word[i], word[i + 1]) for i in range(len(word) - 1)}
-            best = min(pairs, key=lambda p: self.ranks.get(p, float("inf")))
-            if best not in self.ranks:
-                break
-            merged, i = [], 0
-            while i < len(word):
-                if i + 1 < len(word) and word[i] == best[0] and word[i + 1] == best[1]:
-                    merged.append(best[0] + best[1])
-                    i += 2
-                else:
-                    merged.append(word[i])
-                    i += 1
-            word = merged
-        return word
-
-    @staticmethod
-    def clean(text):
-        text = html.unescape(html.unescape(text)).strip()
-        text = WHITESPACE.sub(" ", text).strip()
-        return text.lower()
-
-    def encode(self, text):
-        ids = []
-        for piece in PATTERN.findall(self.clean(text)):
-            mapped = "".join(self.byte_map[b] for b in piece.encode("utf-8"))
-            ids.extend(self.encoder[t] for t in self.bpe(mapped))
-        return ids
-
-    def tokenize(self, text, context_length=77):
-        ids = [self.encoder[SOT]] + self.encode(text) + [self.encoder[EOT]]
-        if len(ids) > context_length:
-            ids = ids[:context_length]
-            ids[-1] = self.encoder[EOT]
-        return ids
+from tools.umgclip.tokenizer import Tokenizer
 
 
 def check_reference(tok, model_dir):
@@ -202,7 +120,7 @@ def main():
     ap.add_argument("--gen-extra", metavar="OUT.json", help="write the extra golden cases")
     ap.add_argument("text", nargs="*")
     args = ap.parse_args()
-    tok = ClipTokenizer(args.model)
+    tok = Tokenizer(args.model)
     if args.check or args.gen_extra:
         if not check_reference(tok, args.model):
             return 1

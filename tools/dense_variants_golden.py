@@ -1,12 +1,11 @@
-#!/usr/bin/python3
 """dense_variants_golden.py - golden outputs of the dense feature variants for
-tests/test_model.c (test_dense_variants_golden), from tools/clip_torch.py.
+tests/test_model.c (test_dense_variants_golden), from tools/umgclip/model.py.
 
-    /usr/bin/python3 tools/dense_variants_golden.py \\
+    /usr/bin/python3 -m tools.dense_variants_golden \\
         [--model tests/fixtures/clip-tiny] [--out tests/fixtures/dense-variants/golden.json]
 
 Each case: one photo of the fixture's images/ preprocessed as ingest does
-(ENC_FIT_PAD at the case's input size, tools/umgtrain/preprocess.py, which the C
+(ENC_FIT_PAD at the case's input size, tools/umgclip/preprocess.py, which the C
 preprocessing reproduces bit for bit), encoded by the PyTorch reference with the
 case's dense mode ("plain", "clearclip", "sclip") at that input size (positions
 resized bicubically when it is not image_size).  Stored: the image embedding
@@ -25,11 +24,10 @@ import numpy as np
 import torch
 from PIL import Image
 
+from tools.umgclip import preprocess
+from tools.umgclip.model import load_clip
+
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, HERE)
-sys.path.insert(0, os.path.join(HERE, "umgtrain"))
-import clip_torch  # noqa: E402
-import preprocess  # noqa: E402
 
 # (image, input size, mode, patch stride).  Two images per (size, mode) where the
 # C test also checks them batched; 224 is clip-tiny's native size (grid 7),
@@ -59,7 +57,7 @@ def main():
     ap.add_argument("--out", default=os.path.join(root, "tests/fixtures/dense-variants/golden.json"))
     args = ap.parse_args()
     torch.set_num_threads(1)
-    model = clip_torch.load_clip(args.model)
+    model = load_clip(args.model)
     patch = model.config["vision_config"]["patch_size"]
     cases = []
     with torch.no_grad():
@@ -76,6 +74,8 @@ def main():
                 "patches": [f7(patches[0, i].numpy()) for i in index],
             })
     doc = {
+        # (tools/clip_torch.py is tools/umgclip/model.py now; the text stays as the committed
+        # golden has it, so that regenerating it changes numbers only)
         "about": "dense feature variants of clip-tiny: tools/clip_torch.py on ENC_FIT_PAD pixels; "
                  "written by tools/dense_variants_golden.py",
         "fit": "pad",

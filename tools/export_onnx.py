@@ -1,10 +1,9 @@
-#!/usr/bin/python3
 """export_onnx.py - export a HF-layout CLIP checkpoint to ONNX, for the ONNX
 Runtime peer of bench/encoder.
 
-    tools/export_onnx.py MODEL_DIR OUT_DIR [--opset 17]
+    /usr/bin/python3 -m tools.export_onnx MODEL_DIR OUT_DIR [--opset 17]
 
-Writes, from tools/clip_torch.py's model (float32):
+Writes, from tools/umgclip/model.py's model (float32):
   vision.onnx     pixel_values [N,3,S,S] (N dynamic) -> image_embeds [N,D]
   text77.onnx     input_ids [1,77] int64, padded after the end token, as users
                   of ONNX CLIP run it -> text_embeds [1,D]
@@ -26,8 +25,7 @@ import warnings
 import torch
 from torch import nn
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import clip_torch  # noqa: E402
+from tools.umgclip.model import load_clip
 
 
 class VisionEmbeds(nn.Module):
@@ -67,7 +65,7 @@ def main():
     args = ap.parse_args()
     torch.set_num_threads(2)
     os.makedirs(args.out_dir, exist_ok=True)
-    clip = clip_torch.load_clip(args.model_dir)
+    clip = load_clip(args.model_dir)
     cfg = clip.config
     s = cfg["vision_config"]["image_size"]
     ctx = cfg["text_config"]["max_position_embeddings"]

@@ -1,4 +1,3 @@
-#!/usr/bin/python3
 """gen_html_entities.py - writes encoder/enc_html_entities.c from Python's own tables.
 
 The CLIP tokenizer reproduces Python's html.unescape and str.lower exactly, so the
@@ -13,7 +12,7 @@ data comes from the Python that defines them:
     reference) knows but unicodedata does not: code points of newer Unicode versions.
     PCRE2 10.42 and unicodedata share Unicode 14; Debian's regex has Unicode 15.
 
-Usage: tools/gen_html_entities.py > encoder/enc_html_entities.c
+Usage: /usr/bin/python3 -m tools.gen_html_entities > encoder/enc_html_entities.c
 """
 import html
 import html.entities

@@ -1,8 +1,7 @@
-#!/usr/bin/python3
 """make_random_clip.py - write a CLIP checkpoint with random weights in the
 Hugging Face CLIPModel layout, for benchmarks and shape tests.
 
-    tools/make_random_clip.py OUT_DIR --preset vit-b-32 [--dtype f32|f16|bf16]
+    /usr/bin/python3 -m tools.make_random_clip OUT_DIR --preset vit-b-32 [--dtype f32|f16|bf16]
         [--act quick_gelu|gelu] [--seed S] [--omit-defaults] [--position-ids]
 
 Writes config.json (CLIPConfig fields), model.safetensors (every tensor of
@@ -24,10 +23,13 @@ import argparse
 import json
 import os
 import shutil
-import struct
 import sys
 
 import numpy as np
+
+from tools.umgclip import safetensors
+from tools.umgclip.config import IMAGE_MEAN, IMAGE_STD, TOP_DEFAULTS
+from tools.umgclip.config import TEXT_DEFAULTS as _TEXT, VISION_DEFAULTS as _VISION
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 FIXTURE = os.path.join(HERE, "..", "tests", "fixtures", "clip-tiny")
@@ -40,20 +42,10 @@ PRESETS = {
     "tiny": dict(text=(64, 256, 2, 2), vision=(128, 512, 2, 2, 224, 32), proj=32),
 }
 
-# transformers defaults (CLIPTextConfig / CLIPVisionConfig / CLIPConfig).
-TEXT_DEFAULTS = dict(vocab_size=49408, hidden_size=512, intermediate_size=2048,
-                     num_hidden_layers=12, num_attention_heads=8,
-                     max_position_embeddings=77, hidden_act="quick_gelu",
-                     layer_norm_eps=1e-5, pad_token_id=1, bos_token_id=49406,
-                     eos_token_id=49407, projection_dim=512)
-VISION_DEFAULTS = dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
-                       num_attention_heads=12, image_size=224, patch_size=32,
-                       num_channels=3, hidden_act="quick_gelu", layer_norm_eps=1e-5,
-                       projection_dim=512)
-TOP_DEFAULTS = dict(projection_dim=512, logit_scale_init_value=2.6592)
-
-CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
-CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
+# transformers defaults (CLIPTextConfig / CLIPVisionConfig / CLIPConfig); the towers'
+# configs also carry projection_dim (512 by default) in the files transformers writes.
+TEXT_DEFAULTS = dict(_TEXT, projection_dim=512)
+VISION_DEFAULTS = dict(_VISION, projection_dim=512)
 
 
 def make_config(preset, act, omit_defaults):
@@ -133,36 +125,6 @@ def weight_std(name, shape, kind):
     return 0.02
 
 
-def to_bytes(a, dtype):
-    a = np.ascontiguousarray(a, dtype=np.float32)
-    if dtype == "F32":
-        return a.astype("<f4").tobytes()
-    if dtype == "F16":
-        return a.astype("<f2").tobytes()
-    # BF16: round to nearest even on the upper 16 bits.
-    u = a.view(np.uint32).astype(np.uint64)
-    u = (u + 0x7FFF + ((u >> 16) & 1)) >> 16
-    return u.astype("<u2").tobytes()
-
-
-def write_safetensors(path, tensors):
-    """tensors: list of (name, dtype string, shape, bytes).  Header padded with
-    spaces to a multiple of 8 bytes, as the safetensors writer does."""
-    header, offset = {"__metadata__": {"format": "pt"}}, 0
-    for name, dtype, shape, data in tensors:
-        header[name] = {"dtype": dtype, "shape": list(shape), "data_offsets": [offset, offset + len(data)]}
-        offset += len(data)
-    hbytes = json.dumps(header, separators=(",", ":")).encode("utf-8")
-    hbytes += b" " * (-len(hbytes) % 8)
-    tmp = path + ".tmp"
-    with open(tmp, "wb") as f:
-        f.write(struct.pack("<Q", len(hbytes)))
-        f.write(hbytes)
-        for _, _, _, data in tensors:
-            f.write(data)
-    os.replace(tmp, path)
-
-
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("out_dir")
@@ -186,7 +148,7 @@ def main():
            "rescale_factor": 1 / 255, "do_convert_rgb": True,
            "feature_extractor_type": "CLIPFeatureExtractor",
            "image_processor_type": "CLIPImageProcessor",
-           "image_mean": CLIP_MEAN, "image_std": CLIP_STD, "resample": 3,
+           "image_mean": list(IMAGE_MEAN), "image_std": list(IMAGE_STD), "resample": 3,
            "size": {"shortest_edge": size}}
     with open(os.path.join(args.out_dir, "preprocessor_config.json"), "w", encoding="utf-8") as f:
         json.dump(pre, f, indent=2)
@@ -196,23 +158,23 @@ def main():
 
     rng = np.random.default_rng(args.seed)
     st_dtype = args.dtype.upper()
-    tensors = []
+    tensors = {}
     for name, shape, kind in tensor_shapes(args.preset):
         if kind == "scalar":  # logit_scale = log(1/0.07), always F32 as in real checkpoints
-            tensors.append((name, "F32", shape, np.float32(np.log(1 / 0.07)).tobytes()))
+            tensors[name] = ("F32", np.float32(np.log(1 / 0.07)))
             continue
         a = rng.standard_normal(shape, dtype=np.float32) * np.float32(weight_std(name, shape, kind))
         if kind == "ln_w":
             a += np.float32(1.0)
-        tensors.append((name, st_dtype, shape, to_bytes(a, st_dtype)))
+        tensors[name] = (st_dtype, a)
     if args.position_ids:
         grid = size // PRESETS[args.preset]["vision"][5]
         for name, n in (("text_model.embeddings.position_ids", 77),
                         ("vision_model.embeddings.position_ids", grid * grid + 1)):
-            tensors.append((name, "I64", (1, n), np.arange(n, dtype="<i8").tobytes()))
-    tensors.sort(key=lambda t: t[0])  # safetensors writers store tensors sorted by name
-    write_safetensors(os.path.join(args.out_dir, "model.safetensors"), tensors)
-    total = sum(len(t[3]) for t in tensors)
+            tensors[name] = ("I64", np.arange(n, dtype="<i8").reshape(1, n))
+    path = os.path.join(args.out_dir, "model.safetensors")
+    safetensors.write(path, tensors)
+    total = os.path.getsize(path) - safetensors.read_header(path)[1]  # the tensors' bytes
     print(f"{args.out_dir}: {args.preset} {args.dtype} {args.act}, {len(tensors)} tensors, "
           f"{total / 1e6:.1f} MB", file=sys.stderr)
     return 0

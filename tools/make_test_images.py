@@ -1,8 +1,7 @@
-#!/usr/bin/python3
 """Writes tests/fixtures/images/: small test images for tests/test_image.c and the
 expected results computed with Pillow (the reference CLIP's image library).
 
-    /usr/bin/python3 tools/make_test_images.py [tests/fixtures/images]
+    /usr/bin/python3 -m tools.make_test_images [tests/fixtures/images]
 
 Needs Debian's python3-pil (9.4) and python3-numpy.  Output is deterministic.
 
@@ -21,7 +20,7 @@ Files (expected pixels are raw 8-bit RGB, rows top to bottom, "W H" in manifest.
   src.png                   37x23 RGB noise + gradients, source of the resize goldens
   resize_WxH.rgb            src.png resized with Image.resize((W, H), Image.BICUBIC)
   pad_NAME_S.f32            ENC_FIT_PAD input [3,S,S] float32 LE for image NAME (here or in
-                            ../clip-tiny/images), from tools/umgtrain/preprocess.py fit_pad
+                            ../clip-tiny/images), from tools/umgclip/preprocess.py fit_pad
   portrait.png, strip.png, small.png   extra PAD inputs (portrait, 3000:1-ish strip, upscale)
 """
 import io
@@ -33,9 +32,9 @@ import zlib
 import numpy as np
 from PIL import Image, ImageOps
 
+from tools.umgclip.preprocess import fit_pad  # the Python twin of ENC_FIT_PAD
+
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.join(HERE, "umgtrain"))
-from preprocess import fit_pad  # noqa: E402  (the Python twin of ENC_FIT_PAD)
 
 OUT = sys.argv[1] if len(sys.argv) > 1 else os.path.join(HERE, "..", "tests", "fixtures", "images")
 CLIP_IMAGES = os.path.join(HERE, "..", "tests", "fixtures", "clip-tiny", "images")

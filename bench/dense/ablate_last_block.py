@@ -1,10 +1,9 @@
-#!/usr/bin/python3
 """ablate_last_block.py - where a checkpoint's region meaning sits in its last
 vision block: own-phrase top-1 of the annotated boxes of the synthetic world's
 held-out photos (as tools/umgtrain/validate.py computes it) with the patch
-tokens taken from parts of the last block (tools/clip_torch.py).
+tokens taken from parts of the last block (tools/umgclip/model.py).
 
-    /usr/bin/python3 bench/dense/ablate_last_block.py [--model tests/fixtures/synth-umg]
+    /usr/bin/python3 -m bench.dense.ablate_last_block [--model tests/fixtures/synth-umg]
         [--seed 1000] [--count 200]
 
 Rows: the standard block; ClearCLIP (q-q attention alone); q-q attention plus
@@ -14,17 +13,15 @@ variants".
 """
 import argparse
 import os
-import sys
 
 import torch
 import torch.nn.functional as F
 
+from tools.umgclip.model import load_clip
+from tools.umgclip.tokenizer import Tokenizer
+from tools.umgtrain import data
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path.insert(0, os.path.join(ROOT, "tools"))
-sys.path.insert(0, os.path.join(ROOT, "tools", "umgtrain"))
-import clip_torch  # noqa: E402
-import data  # noqa: E402
-from tokenizer import Tokenizer  # noqa: E402
 
 
 def main():
@@ -34,13 +31,13 @@ def main():
     ap.add_argument("--count", type=int, default=200)
     args = ap.parse_args()
     torch.set_num_threads(1)
-    m = clip_torch.load_clip(args.model)
+    m = load_clip(args.model)
     vc = m.config["vision_config"]
-    tok = Tokenizer(os.path.join(args.model, "vocab.json"), os.path.join(args.model, "merges.txt"))
+    tok = Tokenizer(args.model)
     items = data.prepare(args.seed, args.count, vc["image_size"], vc["patch_size"], procs=2)
     full = data.full_phrases()
     with torch.no_grad():
-        te = F.normalize(torch.cat([m.encode_text(torch.tensor([tok.encode(t)])) for t in full]), dim=-1)
+        te = F.normalize(torch.cat([m.encode_text(torch.tensor([tok.tokenize(t)])) for t in full]), dim=-1)
         vm = m.vision_model
         x = vm.pre_layrnorm(vm.embeddings(data.to_pixels(items)))
         for layer in vm.encoder.layers[:-1]:

@@ -1,9 +1,8 @@
-#!/usr/bin/env python3
 """Fit the linear objectness score of encoder/enc_proposals.c (WEIGHTS).
 
     cmake --build build --target bench_regions_tune
     rm -f /tmp/cands.txt && P_DUMP=/tmp/cands.txt build/bench/regions/bench_regions_tune
-    /usr/bin/python3 bench/regions/fit_weights.py /tmp/cands.txt tests/fixtures/coco-mini
+    /usr/bin/python3 -m bench.regions.fit_weights /tmp/cands.txt tests/fixtures/coco-mini
 
 Two stages, both on the train2017 photos only (val2017 is held out):
 1. weighted logistic regression (numpy, Newton steps, L2 1e-3): a candidate is

@@ -1,8 +1,7 @@
-#!/usr/bin/python3
 """Offline check (issue 6): does the image embedding help text-to-region search?
 
-    tools/umgtrain/dump_proposals.py BUILD/umgdb --seed S --count 200 tests/fixtures/synth-umg /tmp/props-S.json
-    bench/regions/image_prior_experiments.py --model tests/fixtures/synth-umg \
+    /usr/bin/python3 -m tools.umgtrain.dump_proposals BUILD/umgdb --seed S --count 200 tests/fixtures/synth-umg /tmp/props-S.json
+    /usr/bin/python3 -m bench.regions.image_prior_experiments --model tests/fixtures/synth-umg \
         --seeds 1000 2000 3000 --proposals /tmp/props-1000.json /tmp/props-2000.json /tmp/props-3000.json
 
 Scores every proposal box of the held-out photos (pooled in Python as `dense` mode pools
@@ -21,13 +20,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from tools.umgclip.model import load_clip
+from tools.umgclip.tokenizer import Tokenizer
+from tools.umgtrain import data, meaning
+from tools.umgtrain.validate import encode_photos, encode_texts
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path.insert(0, os.path.join(ROOT, "tools", "umgtrain"))
-import data  # noqa: E402
-import meaning  # noqa: E402
-from model import load_checkpoint  # noqa: E402
-from tokenizer import Tokenizer  # noqa: E402
-from validate import encode_photos, encode_texts  # noqa: E402
 
 
 def main():
@@ -41,10 +39,10 @@ def main():
     if len(a.seeds) != len(a.proposals):
         sys.exit("one --proposals file per seed")
     torch.set_num_threads(1)
-    model = load_checkpoint(a.model)
+    model = load_clip(a.model)
     cfg = model.config["vision_config"]
     size, patch = cfg["image_size"], cfg["patch_size"]
-    tok = Tokenizer(os.path.join(a.model, "vocab.json"), os.path.join(a.model, "merges.txt"))
+    tok = Tokenizer(a.model)
     region = {lam: [] for lam in a.lams}
     binding = {lam: [] for lam in a.lams}
     for seed, pf in zip(a.seeds, a.proposals):

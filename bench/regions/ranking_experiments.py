@@ -1,9 +1,8 @@
-#!/usr/bin/env python3
 """Ranking experiments on the proposal candidates (docs/regions.md, "Third round").
 
     cmake --build build --target bench_regions_tune
     rm -f /tmp/cands.txt && P_DUMP=/tmp/cands.txt build/bench/regions/bench_regions_tune
-    /usr/bin/python3 bench/regions/ranking_experiments.py /tmp/cands.txt tests/fixtures/coco-mini
+    /usr/bin/python3 -m bench.regions.ranking_experiments /tmp/cands.txt tests/fixtures/coco-mini
 
 Everything is fitted on the 80 train2017 photos and reported on the 79 val2017
 photos (held out) next to train2017; recall of the annotated boxes >= 32x32 at
@@ -35,10 +34,9 @@ import os
 import sys
 
 os.environ.setdefault("FIT_COLS", "0-35")  # the 26 scored features + the 10 cues under evaluation
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import numpy as np  # noqa: E402
+import numpy as np
 
-import fit_weights as fw  # noqa: E402
+from bench.regions import fit_weights as fw
 
 NSCORED = 26
 # The committed score (encoder/enc_proposals.c WEIGHTS).

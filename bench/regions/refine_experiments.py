@@ -1,12 +1,11 @@
-#!/usr/bin/python3
 """Offline evaluation of pixel-level re-ranking of text-to-region answers (issues 5, 6).
 
-    tools/synthworld/generate --seed S --count 200 /tmp/heldout-S
-    tools/umgtrain/dump_proposals.py BUILD/umgdb /tmp/heldout-S tests/fixtures/synth-umg /tmp/props-S.json
-    bench/regions/refine_experiments.py --model tests/fixtures/synth-umg --seed S \
+    /usr/bin/python3 -m tools.synthworld.generate --seed S --count 200 /tmp/heldout-S
+    /usr/bin/python3 -m tools.umgtrain.dump_proposals BUILD/umgdb /tmp/heldout-S tests/fixtures/synth-umg /tmp/props-S.json
+    /usr/bin/python3 -m bench.regions.refine_experiments --model tests/fixtures/synth-umg --seed S \
         --proposals /tmp/props-S.json [--rules all|NAME...]
 
-Emulates the server's region query (cli/server_ops.c search_answer: the 4k best region
+Emulates the server's region query (engine/search.c eng_search: the 4k best region
 vectors, per-image suppression of boxes overlapping a better one at IoU > 0.5, k = 50
 hits) over the server's own proposal boxes, pooled in Python as `dense` mode pools them,
 and then re-ranks the boxes of the first M photos of that answer with a heatmap term:
@@ -33,19 +32,14 @@ binding failures over the hit list); also prints where the baseline's misses are
 
 import argparse
 import json
-import os
-import sys
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.join(HERE, "..", "..", "tools", "umgtrain"))
-import data  # noqa: E402
-import meaning  # noqa: E402
-from model import load_checkpoint  # noqa: E402
-from tokenizer import Tokenizer  # noqa: E402
+from tools.umgclip.model import load_clip
+from tools.umgclip.tokenizer import Tokenizer
+from tools.umgtrain import data, meaning
 
 K = 50
 FETCH = 4 * K
@@ -127,11 +121,11 @@ def main():
     a = ap.parse_args()
     torch.set_num_threads(1)
 
-    model = load_checkpoint(a.model)
+    model = load_clip(a.model)
     cfg = model.config["vision_config"]
     size, patch = cfg["image_size"], cfg["patch_size"]
     grid = size // patch
-    tok = Tokenizer(os.path.join(a.model, "vocab.json"), os.path.join(a.model, "merges.txt"))
+    tok = Tokenizer(a.model)
     items = data.prepare(a.seed, a.count, size, patch, procs=1)
     with open(a.proposals) as f:
         props = json.load(f)
@@ -145,7 +139,7 @@ def main():
     ann = {"images": [{"file": it["name"], "caption": it["caption"], "objects": it["objects"]} for it in items]}
     queries = [q for q in meaning.make_queries(ann) if q["granularity"] == "region"]
     with torch.no_grad():
-        Q = F.normalize(torch.cat([model.encode_ids([tok.encode(q["text"])]) for q in queries]),
+        Q = F.normalize(torch.cat([model.encode_ids([tok.tokenize(q["text"])]) for q in queries]),
                         dim=-1).double().numpy()
 
     # every stored proposal: image index, box, region vector, cell coverage

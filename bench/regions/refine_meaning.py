@@ -1,7 +1,6 @@
-#!/usr/bin/python3
 """Text-to-region through the real server with and without "refine": "pixel".
 
-    bench/regions/refine_meaning.py BUILD/umgdb [--seed 1000] [--count 200] [--model DIR] [--region-mode dense|crop]
+    /usr/bin/python3 -m bench.regions.refine_meaning BUILD/umgdb [--seed 1000] [--count 200] [--model DIR] [--region-mode dense|crop]
 
 tests/meaning/check_meaning.py's method (generate the held-out photos, `umgdb serve` on a
 temporary data directory, `umgdb ingest`, every region query of tools/umgtrain/meaning.py
@@ -19,13 +18,13 @@ import sys
 import tempfile
 import time
 
+from tools.umgtrain import meaning
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path.insert(0, os.path.join(ROOT, "tools", "umgtrain"))
-import meaning  # noqa: E402
 
 
-def run(cmd):
-    return subprocess.run(cmd, check=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+def run(cmd, **kw):
+    return subprocess.run(cmd, check=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
 
 
 def main():
@@ -41,8 +40,8 @@ def main():
     server = None
     try:
         photos = os.path.join(tmp, "photos")
-        run(["/usr/bin/python3", os.path.join(ROOT, "tools", "synthworld", "generate"),
-             "--seed", str(a.seed), "--count", str(a.count), photos])
+        run(["/usr/bin/python3", "-m", "tools.synthworld.generate",
+             "--seed", str(a.seed), "--count", str(a.count), photos], cwd=ROOT)
         sock = os.path.join(tmp, "umgdb.sock")
         server = subprocess.Popen([a.umgdb, "serve", "--data", os.path.join(tmp, "data"), "--model", a.model,
                                    "--socket", sock, "--region-mode", a.region_mode, "--log-level", "warn",

@@ -1,8 +1,7 @@
-#!/usr/bin/python3
 """Checks of meaning through the real server (issue 6), on the synthetic world.
 
-    tests/meaning/check_meaning.py UMGDB_BIN [--count 200] [--seed 1000] [--region-mode dense|crop]
-                                   [--model DIR]
+    /usr/bin/python3 -m tests.meaning.check_meaning UMGDB_BIN [--count 200] [--seed 1000]
+                                   [--region-mode dense|crop] [--model DIR]
 
 Generates held-out photos (a seed the model never saw in training), starts
 `umgdb serve` with tests/fixtures/synth-umg on a temporary data directory and a
@@ -24,9 +23,9 @@ import sys
 import tempfile
 import time
 
+from tools.umgtrain import meaning
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path.insert(0, os.path.join(ROOT, "tools", "umgtrain"))
-import meaning  # noqa: E402
 
 TARGETS = {"recall@1": (">=", 0.8), "recall@5": (">=", 0.95), "region_top_iou50": (">=", 0.8),
            "binding_failure_rate": ("report", None)}
@@ -61,8 +60,8 @@ def main():
     server = None
     try:
         photos = os.path.join(tmp, "photos")
-        run(["/usr/bin/python3", os.path.join(ROOT, "tools", "synthworld", "generate"),
-             "--seed", str(a.seed), "--count", str(a.count), photos])
+        run(["/usr/bin/python3", "-m", "tools.synthworld.generate",
+             "--seed", str(a.seed), "--count", str(a.count), photos], cwd=ROOT)
         sock = os.path.join(tmp, "umgdb.sock")
         server = subprocess.Popen([a.umgdb, "serve", "--data", os.path.join(tmp, "data"), "--model", model,
                                    "--socket", sock, "--region-mode", a.region_mode, "--log-level", "warn"])

@@ -1,7 +1,6 @@
-#!/usr/bin/python3
 """Compare `umgdb embed` (the C encoder) with the PyTorch twin on a trained checkpoint.
 
-    tools/umgtrain/check_c_embed.py --bin build/umgdb --model tests/fixtures/synth-umg
+    /usr/bin/python3 -m tools.umgtrain.check_c_embed --bin build/umgdb --model tests/fixtures/synth-umg
 
 For a few held-out synthetic photos and their captions: the C image embedding and
 patch tokens against PyTorch's on the C encoder's own preprocessed pixels
@@ -22,28 +21,16 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, HERE)
-sys.path.insert(0, os.path.join(HERE, "..", "synthworld"))
-import world  # noqa: E402
-from model import load_checkpoint  # noqa: E402
-from preprocess import MEAN, STD  # noqa: E402
-from tokenizer import Tokenizer  # noqa: E402
+from tools.synthworld import world
+from tools.umgclip.model import load_clip
+from tools.umgclip.preprocess import fit_crop
+from tools.umgclip.tokenizer import Tokenizer
 
 
 def clip_crop(path, size):
-    """CLIP's own preprocessing (ENC_FIT_CROP), what `umgdb embed` applies."""
-    img = Image.open(path).convert("RGB")
-    w, h = img.size
-    if w <= h:
-        nw, nh = size, int(size * h / w)
-    else:
-        nw, nh = int(size * w / h), size
-    img = img.resize((nw, nh), Image.BICUBIC)
-    left, top = int(round((nw - size) / 2.0)), int(round((nh - size) / 2.0))
-    img = img.crop((left, top, left + size, top + size))
-    x = (np.asarray(img, dtype=np.float32) / np.float32(255.0) - MEAN) / STD
-    return torch.from_numpy(x.transpose(2, 0, 1).copy())[None]
+    """CLIP's own preprocessing (ENC_FIT_CROP), what `umgdb embed` applies: [1,3,S,S]."""
+    with Image.open(path) as img:
+        return torch.from_numpy(fit_crop(img, size)[0])[None]
 
 
 def run(cmd):
@@ -62,9 +49,9 @@ def main():
     ap.add_argument("--min-cos", type=float, default=0.999)
     a = ap.parse_args()
     torch.set_num_threads(1)
-    model = load_checkpoint(a.model)
+    model = load_clip(a.model)
     size = model.config["vision_config"]["image_size"]
-    tok = Tokenizer(os.path.join(a.model, "vocab.json"), os.path.join(a.model, "merges.txt"))
+    tok = Tokenizer(a.model)
     worst = {"image(C pixels)": 1.0, "patches(C pixels)": 1.0, "image(PIL pixels)": 1.0,
              "pixels max|diff|": 0.0, "text": 1.0}
     with tempfile.TemporaryDirectory() as tmp:
@@ -96,7 +83,7 @@ def main():
             cmd += ["--text", c]
         outs = run(cmd)
         for c, o in zip(caps, outs):
-            ids = tok.encode(c)
+            ids = tok.tokenize(c)
             if o.get("ids") != ids:
                 sys.exit("token ids differ for %r: C %s, Python %s" % (c, o.get("ids"), ids))
             with torch.no_grad():

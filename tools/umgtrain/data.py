@@ -3,17 +3,14 @@ same path the C ingest takes: encoded JPEG/PNG bytes -> PIL decode -> ENC_FIT_PA
 
 import io
 import os
-import sys
 from multiprocessing import Pool
 
 import numpy as np
 from PIL import Image
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.join(HERE, "..", "synthworld"))
-import world  # noqa: E402
-import pooling  # noqa: E402
-from preprocess import MEAN, STD, fit_pad_uint8  # noqa: E402
+from tools.synthworld import world
+from tools.umgclip.preprocess import MEAN, STD, fit_pad_uint8
+from tools.umgtrain import pooling
 
 BACKGROUND = "background"
 

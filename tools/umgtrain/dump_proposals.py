@@ -1,12 +1,11 @@
-#!/usr/bin/python3
 """The server's region proposals of a generated world: for validate.py --proposals and
 for train.py --proposals (training on the boxes the server really ranks).
 
-    tools/umgtrain/dump_proposals.py UMGDB_BIN PHOTO_DIR MODEL_DIR OUT.json
-    tools/umgtrain/dump_proposals.py UMGDB_BIN --seed S --count N MODEL_DIR OUT.json [--procs P]
+    /usr/bin/python3 -m tools.umgtrain.dump_proposals UMGDB_BIN PHOTO_DIR MODEL_DIR OUT.json
+    /usr/bin/python3 -m tools.umgtrain.dump_proposals UMGDB_BIN --seed S --count N MODEL_DIR OUT.json [--procs P]
 
 Starts `umgdb serve` on a temporary data directory, ingests every photo of PHOTO_DIR
-(or, with --seed/--count, the photos `tools/synthworld/generate --seed S --count N`
+(or, with --seed/--count, the photos `python3 -m tools.synthworld.generate --seed S --count N`
 writes, rendered here by P processes into a temporary directory; no masks or
 annotations), 32 proposals each, as tests/meaning/check_meaning.py does, and writes
 {file name: the `umgdb get --json` record, whose "regions" hold the boxes}.
@@ -23,12 +22,10 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from multiprocessing import Pool
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.join(HERE, "..", "synthworld"))
+from tools.synthworld import world
 
 
 def _write_photo(job):
-    import world
     seed, index, out_dir = job
     name, data, _, _, _ = world.make(seed, index)
     with open(os.path.join(out_dir, name), "wb") as f:

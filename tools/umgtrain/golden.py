@@ -1,30 +1,15 @@
-#!/usr/bin/python3
 """Writes tests/fixtures/pooling/golden.json from pooling.py (the one definition of
 dense region pooling), for the C test of enc_region_pool.
 
-    tools/umgtrain/golden.py tests/fixtures/pooling/golden.json
+    /usr/bin/python3 -m tools.umgtrain.golden tests/fixtures/pooling/golden.json
 """
 import json
-import os
 import sys
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import pooling  # noqa: E402
-from preprocess import pad_geometry, _f32  # noqa: E402
-
-
-def crop_geometry(width, height, size):
-    """ENC_FIT_CROP geometry: shorter side -> size, centre crop (negative offsets)."""
-    if width <= height:
-        rw, rh = size, int(size * height / width)
-    else:
-        rw, rh = int(size * width / height), size
-    return {"resized_w": rw, "resized_h": rh,
-            "off_x": -int(round((rw - size) / 2)), "off_y": -int(round((rh - size) / 2)),
-            "scale_x": _f32(rw / width), "scale_y": _f32(rh / height),
-            "input_w": size, "input_h": size}
+from tools.umgclip.preprocess import crop_geometry, pad_geometry
+from tools.umgtrain import pooling
 
 
 def main():

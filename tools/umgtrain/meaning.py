@@ -1,11 +1,10 @@
-#!/usr/bin/python3
 """Checks of meaning: score a search system's answers on a held-out synthetic world.
 
-    meaning.py queries ANNOTATIONS.json > queries.json
+    /usr/bin/python3 -m tools.umgtrain.meaning queries ANNOTATIONS.json > queries.json
         the queries to run: every photo's caption (granularity "image"), every
         full phrase present ("small red circle") and every colour+shape phrase
         present ("red circle") (granularity "region").
-    meaning.py score ANNOTATIONS.json RESULTS.json [--json]
+    /usr/bin/python3 -m tools.umgtrain.meaning score ANNOTATIONS.json RESULTS.json [--json]
         RESULTS.json: [{"text", "granularity", "hits": [{"path", "score", "box"?}]}]
         (hits as the server's query op returns them, best first; a hit's photo is
         found by the base name of its path).  Prints the figures.

@@ -1,9 +1,8 @@
-#!/usr/bin/python3
 """Why text-to-region queries miss: classify the top box of every full-phrase query over the
 server's proposal boxes (a dump_proposals.py file of the same photos), pooled in Python as
 `umgdb serve --region-mode dense` pools them (validate.py --proposals gives the same hits).
 
-    tools/umgtrain/region_failures.py --model tests/fixtures/synth-umg --seed 1000 --count 200 \\
+    /usr/bin/python3 -m tools.umgtrain.region_failures --model tests/fixtures/synth-umg --seed 1000 --count 200 \\
         --proposals /tmp/heldout-props.json
 
 Kinds: ok (meaning.py's rule); the top box matches (IoU >= 0.5) another object, which differs
@@ -11,20 +10,15 @@ in shape / colour / size; the right photo but a box with IoU < 0.5; a photo with
 object and a box matching no object.  Then the shape confusions (size, wanted, found)."""
 import argparse
 import json
-import os
-import sys
 from collections import Counter
 
 import torch
 import torch.nn.functional as F
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, HERE)
-import data  # noqa: E402
-import meaning  # noqa: E402
-from model import load_checkpoint  # noqa: E402
-from tokenizer import Tokenizer  # noqa: E402
-from validate import encode_texts  # noqa: E402
+from tools.umgclip.model import load_clip
+from tools.umgclip.tokenizer import Tokenizer
+from tools.umgtrain import data, meaning
+from tools.umgtrain.validate import encode_texts
 
 KEYS = ("size", "colour", "shape")
 
@@ -37,10 +31,10 @@ def main():
     ap.add_argument("--proposals", required=True)
     a = ap.parse_args()
     torch.set_num_threads(1)
-    model = load_checkpoint(a.model)
+    model = load_clip(a.model)
     cfg = model.config["vision_config"]
     size, patch = cfg["image_size"], cfg["patch_size"]
-    tok = Tokenizer(os.path.join(a.model, "vocab.json"), os.path.join(a.model, "merges.txt"))
+    tok = Tokenizer(a.model)
     items = data.prepare(a.seed, a.count, size, patch, procs=1)
     with open(a.proposals) as f:
         props = json.load(f)

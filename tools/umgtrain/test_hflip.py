@@ -1,23 +1,17 @@
-#!/usr/bin/python3
 """Self-check of the mirror augmentation (data.hflip_item, train.py --hflip): a mirrored
 item must be the photo of the mirrored world, i.e. what preparing the mirrored photo
 from scratch gives: its boxes pool the mirrored cells, its cell labels are those of
 the mirrored masks, its pixels are the mirrored photo's fit-padded pixels, and its
 caption reads the objects in the mirrored left-to-right order.
 
-    tools/umgtrain/test_hflip.py
+    /usr/bin/python3 -m tools.umgtrain.test_hflip
 """
-import os
-import sys
-
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import ImageOps
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, HERE)
-import data  # noqa: E402
-import world  # noqa: E402
-from preprocess import fit_pad_uint8  # noqa: E402
+from tools.synthworld import world
+from tools.umgclip.preprocess import fit_pad_uint8
+from tools.umgtrain import data
 
 SIZE, PATCH = 160, 16
 G = SIZE // PATCH

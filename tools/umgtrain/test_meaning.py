@@ -1,13 +1,10 @@
-#!/usr/bin/python3
 """Self-check of meaning.py's scoring on hand-made answers with known figures.
 
-    tools/umgtrain/test_meaning.py
+    /usr/bin/python3 -m tools.umgtrain.test_meaning
 """
-import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import meaning  # noqa: E402
+from tools.umgtrain import meaning
 
 ANN = {"images": [
     {"file": "a.jpg", "caption": "a small red square", "objects": [

@@ -1,11 +1,10 @@
-#!/usr/bin/python3
 """Train the small multi-granularity CLIP of tests/fixtures/synth-umg on the synthetic
 world, UMG-CLIP style: image-level (image vs caption, with hard-negative captions),
 region-level (the dense-pooled region vector of each object's box, pooled exactly as
 the server does -- pooling.py -- vs its phrase among all phrases) and pixel-level
 (every patch token vs the phrase of the object covering it, or "background").
 
-    tools/umgtrain/train.py --out tests/fixtures/synth-umg            (see docs/synth.md)
+    /usr/bin/python3 -m tools.umgtrain.train --out tests/fixtures/synth-umg    (see docs/synth.md)
 
 Deterministic for a given --seed, --count, --steps and thread count (2)."""
 
@@ -24,15 +23,13 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 import torch  # noqa: E402
 import torch.nn.functional as F
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, HERE)
-import data  # noqa: E402
-import pooling  # noqa: E402
-import world  # noqa: E402  (tools/synthworld, put on the path by data)
-from model import CLIP, load_checkpoint, save_safetensors  # noqa: E402
-from tokenizer import Tokenizer  # noqa: E402
+from tools.synthworld import world  # noqa: E402
+from tools.umgclip.config import with_defaults  # noqa: E402
+from tools.umgclip.model import CLIP, load_clip, save_weights  # noqa: E402
+from tools.umgclip.tokenizer import Tokenizer  # noqa: E402
+from tools.umgtrain import data, pooling  # noqa: E402
 
-ROOT = os.path.abspath(os.path.join(HERE, "..", ".."))
+ROOT = os.path.abspath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
 BPE_DIR = os.path.join(ROOT, "tests", "fixtures", "clip-tiny")
 
 
@@ -105,7 +102,7 @@ class CompactTokens:
     def __init__(self, model, tok, texts):
         used = {49406, 49407}
         for t in texts:
-            used.update(tok.encode(t))
+            used.update(tok.tokenize(t))
         self.ids = sorted(used)
         self.remap = {t: i for i, t in enumerate(self.ids)}
         emb = model.text_model.embeddings.token_embedding
@@ -118,7 +115,7 @@ class CompactTokens:
     def encode(self, text):
         ids = self.memo.get(text)
         if ids is None:
-            ids = [self.remap[t] for t in self.tok.encode(text)]  # KeyError: a word outside the world
+            ids = [self.remap[t] for t in self.tok.tokenize(text)]  # KeyError: a word outside the world
             self.memo[text] = ids
         return ids
 
@@ -248,12 +245,13 @@ def main():
     box_rng = np.random.default_rng([a.seed, 77])
     t0 = time.time()
 
-    tok = Tokenizer(os.path.join(BPE_DIR, "vocab.json"), os.path.join(BPE_DIR, "merges.txt"))
+    tok = Tokenizer(BPE_DIR)
     cfg = make_config(a)
-    model = CLIP(cfg)
+    model = CLIP(with_defaults(cfg))
     if a.init:  # continue from a checkpoint (its F16 weights), with a fresh schedule
-        init = load_checkpoint(a.init)
-        if init.config["vision_config"] != cfg["vision_config"] or init.config["text_config"] != cfg["text_config"]:
+        init = load_clip(a.init)
+        if init.config["vision_config"] != model.config["vision_config"] or \
+                init.config["text_config"] != model.config["text_config"]:
             sys.exit("--init %s: its config differs from the requested one" % a.init)
         model.load_state_dict(init.state_dict())
     grid = a.image_size // a.patch_size
@@ -464,11 +462,11 @@ def main():
     with open(os.path.join(a.out, "config.json"), "w") as f:
         json.dump(cfg, f, indent=2)
         f.write("\n")
-    save_safetensors(os.path.join(a.out, "model.safetensors"), toks.state_dict(model), dtype="F16")
+    save_weights(os.path.join(a.out, "model.safetensors"), toks.state_dict(model), dtype="F16")
     for n in ("vocab.json", "merges.txt"):
         shutil.copyfile(os.path.join(BPE_DIR, n), os.path.join(a.out, n))
     with open(os.path.join(a.out, "train_log.txt"), "w") as f:
-        f.write("command: tools/umgtrain/train.py " + " ".join(sys.argv[1:]) + "\n")
+        f.write("command: python3 -m tools.umgtrain.train " + " ".join(sys.argv[1:]) + "\n")
         f.write("\n".join(log) + "\n")
         f.write("total %.0f s wall, %.0f s cpu of this process (the photos are rendered by --procs "
                 "worker processes, not counted here)\n" % (time.time() - t0, time.process_time()))

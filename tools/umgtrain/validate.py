@@ -1,8 +1,7 @@
-#!/usr/bin/python3
 """Validate a trained checkpoint in Python on held-out photos of the synthetic world
 (before / besides the server checks).
 
-    tools/umgtrain/validate.py --model tests/fixtures/synth-umg --seed 1000 --count 200
+    /usr/bin/python3 -m tools.umgtrain.validate --model tests/fixtures/synth-umg --seed 1000 --count 200
 
 Reports:
   - text-to-image recall@1/@5 with each photo's caption (meaning.py's definition);
@@ -23,25 +22,19 @@ Reports:
 
 import argparse
 import json
-import os
-import sys
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, HERE)
-import data  # noqa: E402
-import meaning  # noqa: E402
-from model import load_checkpoint  # noqa: E402
-from tokenizer import Tokenizer  # noqa: E402
+from tools.umgclip.model import load_clip
+from tools.umgclip.tokenizer import Tokenizer
+from tools.umgtrain import data, meaning
 
 
 def encode_texts(model, tok, texts, bs=256):
     out = []
     for i in range(0, len(texts), bs):
-        out.append(model.encode_ids([tok.encode(t) for t in texts[i:i + bs]]))
+        out.append(model.encode_ids([tok.tokenize(t) for t in texts[i:i + bs]]))
     return F.normalize(torch.cat(out), dim=-1)
 
 
@@ -80,10 +73,10 @@ def proposal_figures(model, tok, items, patches_n, ann, props, patch, grid):
 
 
 def evaluate(model_dir, seed, count, procs=2, proposals=None):
-    model = load_checkpoint(model_dir)
+    model = load_clip(model_dir)
     cfg = model.config["vision_config"]
     size, patch = cfg["image_size"], cfg["patch_size"]
-    tok = Tokenizer(os.path.join(model_dir, "vocab.json"), os.path.join(model_dir, "merges.txt"))
+    tok = Tokenizer(model_dir)
     items = data.prepare(seed, count, size, patch, procs=procs)
     with torch.no_grad():
         img, patches_n = encode_photos(model, items)

@@ -1,7 +1,6 @@
-#!/usr/bin/python3
 """Generate a synthetic photo world with exact annotations.
 
-    tools/synthworld/generate --seed S --count N OUT_DIR
+    /usr/bin/python3 -m tools.synthworld.generate --seed S --count N OUT_DIR
 
 Writes OUT_DIR/<name>.jpg|png (about 60% JPEG), OUT_DIR/masks/<name>_<k>.png
 (8-bit, 255 = visible pixel of object k) and OUT_DIR/annotations.json:
@@ -12,13 +11,11 @@ The same (seed, index) always gives the same photo and annotations.
 import argparse
 import json
 import os
-import sys
 
 import numpy as np
 from PIL import Image
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import world  # noqa: E402
+from tools.synthworld import world
 
 
 def main():

@@ -1,18 +1,16 @@
-#!/usr/bin/python3
-"""clip_torch.py - a compact PyTorch implementation of Hugging Face's CLIPModel.
+"""The PyTorch CLIP of the Python tools: Hugging Face CLIPModel's state_dict keys
+and arithmetic (pre-LN transformer, quick_gelu or exact gelu, causal text mask,
+end-token pooling), so that its weights load into encoder/ unchanged.  It is the
+independent reference for the C encoder (tools/check_against_torch.py,
+tools/umgtrain/check_c_embed.py, tools/dense_variants_golden.py,
+tools/export_onnx.py) and the model tools/umgtrain trains.
 
-An independent reference for the C encoder on shapes the committed fixture does
-not cover (ViT-B/16, ViT-L/14, gelu, F16/BF16 checkpoints).  It reads a
-checkpoint directory in the HF layout (config.json + model.safetensors) without
-`transformers` or `safetensors`: the safetensors file is parsed here with numpy.
-
-    python3 tools/clip_torch.py tests/fixtures/clip-tiny            # self-check
-    python3 tools/clip_torch.py DIR --reference other/reference.json
-
-As a library (tools/check_against_torch.py, tools/export_onnx.py):
-    model = load_clip(DIR)                  # CLIP nn.Module in eval mode, float32
+    model = load_clip(DIR)            # config.json + model.safetensors, eval mode, float32
     embeds, patches = model.encode_image(pixels)   # [N,3,S,S] -> [N,D], [N,G*G,D]
-    embeds = model.encode_text(ids)                 # [N,L] int64 -> [N,D]
+    embeds = model.encode_text(ids)   # [N,L] int64 (start..end token) -> [N,D]
+    embeds = model.encode_ids([[49406, ..., 49407], ...])   # ragged lists, each pooled
+                                      # at its last position (the ids may be remapped)
+    model = CLIP(config.with_defaults(cfg))   # fresh weights N(0, 0.02): the training's init
 Outputs are raw projections (not L2-normalized), as in reference.json.
 
 Dense feature variants (the reference for encoder/enc_model.c; docs/regions.md,
@@ -23,13 +21,14 @@ embedding with the standard one.  Pixels of another size than image_size (a
 multiple of patch_size) run with the patch position embeddings resized
 bicubically (interpolate_positions).
 
+Self-check against a reference.json in the format of the shared fixture:
+    /usr/bin/python3 -m tools.umgclip.model tests/fixtures/clip-tiny [--reference FILE]
+
 Uses Debian's python3-torch (1.13) and python3-numpy: run with /usr/bin/python3.
 """
 import argparse
 import json
-import math
 import os
-import struct
 import sys
 
 import numpy as np
@@ -37,70 +36,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-# transformers' CLIPTextConfig / CLIPVisionConfig / CLIPConfig defaults (ViT-B/32).
-TEXT_DEFAULTS = dict(vocab_size=49408, hidden_size=512, intermediate_size=2048,
-                     num_hidden_layers=12, num_attention_heads=8,
-                     max_position_embeddings=77, hidden_act="quick_gelu",
-                     layer_norm_eps=1e-5, pad_token_id=1, bos_token_id=49406,
-                     eos_token_id=49407)
-VISION_DEFAULTS = dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
-                       num_attention_heads=12, image_size=224, patch_size=32,
-                       num_channels=3, hidden_act="quick_gelu", layer_norm_eps=1e-5)
-TOP_DEFAULTS = dict(projection_dim=512, logit_scale_init_value=2.6592)
-
-
-def load_config(model_dir):
-    """config.json with every absent field set to the transformers default."""
-    with open(os.path.join(model_dir, "config.json"), encoding="utf-8") as f:
-        raw = json.load(f)
-    cfg = dict(TOP_DEFAULTS)
-    cfg.update({k: v for k, v in raw.items() if k not in ("text_config", "vision_config")})
-    text = dict(TEXT_DEFAULTS)
-    text.update(raw.get("text_config") or {})
-    vision = dict(VISION_DEFAULTS)
-    vision.update(raw.get("vision_config") or {})
-    cfg["text_config"], cfg["vision_config"] = text, vision
-    return cfg
-
-
-def _bf16_to_f32(u16):
-    return (u16.astype(np.uint32) << 16).view(np.float32)
-
-
-def load_safetensors(path):
-    """{name: float32 numpy array}.  Format: u64 LE header length, JSON header
-    {name: {dtype, shape, data_offsets: [begin, end)}} with offsets relative to
-    the byte after the header, then the raw little-endian tensors."""
-    with open(path, "rb") as f:
-        blob = f.read()
-    if len(blob) < 8:
-        raise ValueError(f"{path}: shorter than the 8-byte header length")
-    (hlen,) = struct.unpack("<Q", blob[:8])
-    if 8 + hlen > len(blob):
-        raise ValueError(f"{path}: header length {hlen} beyond the end of the file")
-    header = json.loads(blob[8:8 + hlen].decode("utf-8"))
-    base = 8 + hlen
-    out = {}
-    for name, info in header.items():
-        if name == "__metadata__":
-            continue
-        begin, end = info["data_offsets"]
-        shape = tuple(info["shape"])
-        count = int(np.prod(shape)) if shape else 1
-        raw = blob[base + begin: base + end]
-        dtype = info["dtype"]
-        if dtype == "F32":
-            arr = np.frombuffer(raw, dtype="<f4", count=count)
-        elif dtype == "F16":
-            arr = np.frombuffer(raw, dtype="<f2", count=count).astype(np.float32)
-        elif dtype == "BF16":
-            arr = _bf16_to_f32(np.frombuffer(raw, dtype="<u2", count=count))
-        elif dtype in ("I64", "I32"):
-            continue  # position_ids buffers of older checkpoints: not weights
-        else:
-            raise ValueError(f"{path}: tensor {name} has unsupported dtype {dtype}")
-        out[name] = np.array(arr, dtype=np.float32).reshape(shape)
-    return out
+from tools.umgclip import safetensors
+from tools.umgclip.config import load_config
 
 
 def quick_gelu(x):
@@ -230,7 +167,7 @@ class VisionEmbeddings(nn.Module):
         if c["image_size"] % p:
             raise ValueError(f"image_size {c['image_size']} not divisible by patch_size {p}")
         self.grid, self.patch = c["image_size"] // p, p
-        self.class_embedding = nn.Parameter(torch.zeros(h))
+        self.class_embedding = nn.Parameter(torch.randn(h) * 0.02)
         self.patch_embedding = nn.Conv2d(c["num_channels"], h, kernel_size=p, stride=p, bias=False)
         self.position_embedding = nn.Embedding(self.grid * self.grid + 1, h)
 
@@ -295,12 +232,16 @@ class TextTransformer(nn.Module):
         self.register_buffer("causal_mask",
                              torch.full((n, n), float("-inf")).triu(1), persistent=False)
 
-    def forward(self, ids):
+    def forward(self, ids, pool_at=None):
+        """-> the final hidden state at each row's pooled position [N,H]: pool_at
+        (an [N] index tensor) when given, else the end token's."""
         length = ids.shape[1]
         x = self.embeddings(ids)
         x = self.encoder(x, self.causal_mask[:length, :length])
         x = self.final_layer_norm(x)
-        if self.eos_token_id == 2:
+        if pool_at is not None:
+            pos = pool_at
+        elif self.eos_token_id == 2:
             # Legacy configs (eos_token_id 2): transformers pools at the highest
             # id, which is <|endoftext|> (49407) in the CLIP vocabulary.
             pos = ids.argmax(dim=-1)
@@ -312,15 +253,27 @@ class TextTransformer(nn.Module):
 
 class CLIP(nn.Module):
     def __init__(self, cfg):
+        """cfg: a complete CLIPConfig dict (config.with_defaults).  Weights: N(0, 0.02) for
+        every linear, convolution and embedding, zero biases (the training's
+        initialization; load_clip overwrites them).  The vision tower is built
+        first: the construction order fixes the random stream, and with it what
+        the training computes for a seed."""
         super().__init__()
         self.config = cfg
         t, v = cfg["text_config"], cfg["vision_config"]
         d = cfg["projection_dim"]
-        self.text_model = TextTransformer(t)
         self.vision_model = VisionTransformer(v)
+        self.text_model = TextTransformer(t)
         self.visual_projection = nn.Linear(v["hidden_size"], d, bias=False)
         self.text_projection = nn.Linear(t["hidden_size"], d, bias=False)
         self.logit_scale = nn.Parameter(torch.tensor(cfg["logit_scale_init_value"]))
+        for m in self.modules():
+            if isinstance(m, (nn.Linear, nn.Conv2d)):
+                nn.init.normal_(m.weight, std=0.02)
+                if getattr(m, "bias", None) is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.Embedding):
+                nn.init.normal_(m.weight, std=0.02)
 
     def encode_image(self, pixels, dense="plain"):
         """pixels [N,C,S,S] float32 -> (embeds [N,D], patches [N,G*G,D]).
@@ -333,25 +286,48 @@ class CLIP(nn.Module):
         """ids [N,L] int64 (start token first, end token included) -> [N,D]."""
         return self.text_projection(self.text_model(ids))
 
+    def encode_ids(self, id_lists):
+        """Token id lists of any lengths -> [N,D], each pooled at its last position
+        (its end token), so the ids need not be the vocabulary's (the training
+        remaps them: train.CompactTokens).  Padded with 0 after the end; the
+        causal mask keeps the padding out of the pooled position."""
+        lengths = torch.tensor([len(x) for x in id_lists])
+        ids = torch.zeros(len(id_lists), int(lengths.max()), dtype=torch.long)
+        for i, x in enumerate(id_lists):
+            ids[i, :len(x)] = torch.tensor(x)
+        return self.text_projection(self.text_model(ids, pool_at=lengths - 1))
+
 
 def load_clip(model_dir):
-    cfg = load_config(model_dir)
-    model = CLIP(cfg)
-    tensors = load_safetensors(os.path.join(model_dir, "model.safetensors"))
+    """The checkpoint of model_dir (config.json, model.safetensors in F32/F16/BF16)
+    as a float32 CLIP in eval mode; every weight must be there with its shape."""
+    model = CLIP(load_config(model_dir))
+    tensors = safetensors.read(os.path.join(model_dir, "model.safetensors"))
     state = model.state_dict()
     missing = [k for k in state if k not in tensors]
     if missing:
         raise ValueError(f"{model_dir}: model.safetensors lacks {missing[:5]}")
-    # logit_scale is a scalar; some writers (tools/umgtrain) store it as [1]
+    unexpected = [k for k in tensors if k not in state]
+    if unexpected:
+        raise ValueError(f"{model_dir}: model.safetensors has tensors CLIPModel lacks: {unexpected[:5]}")
+    # logit_scale is a scalar; some writers store it as [1]
     if "logit_scale" in tensors and tensors["logit_scale"].size == 1:
         tensors["logit_scale"] = tensors["logit_scale"].reshape(())
     for name, value in state.items():
         if tuple(tensors[name].shape) != tuple(value.shape):
             raise ValueError(f"{model_dir}: tensor {name} has shape {list(tensors[name].shape)}, "
                              f"expected {list(value.shape)}")
-    model.load_state_dict({k: torch.from_numpy(tensors[k]) for k in state}, strict=True)
+    model.load_state_dict({k: torch.from_numpy(np.array(tensors[k])) for k in state}, strict=True)
     model.eval()
     return model
+
+
+def save_weights(path, state_dict, dtype="F16"):
+    """A state_dict (torch tensors) as a model.safetensors, every tensor in dtype.
+    The scalar logit_scale is stored with shape [1], as tests/fixtures/synth-umg
+    has it (load_clip and the C loader take [] and [1])."""
+    safetensors.write(path, {k: (dtype, np.atleast_1d(v.detach().cpu().numpy()))
+                             for k, v in state_dict.items()})
 
 
 def cosine(a, b):

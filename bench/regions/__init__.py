@@ -1,0 +1,1 @@
+"""Python modules of bench/regions/, run from the repository root: /usr/bin/python3 -m bench.regions.NAME (tools/README.md)."""

@@ -1,0 +1,1 @@
+"""The synthetic photo world with exact annotations (docs/synth.md)."""

@@ -1,0 +1,1 @@
+"""Training and validation of the multi-granularity CLIP on the synthetic world (docs/synth.md)."""
