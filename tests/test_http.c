@@ -264,7 +264,8 @@ static void test_every_op(void **state)
     char *jpg = file_bytes(IMG("rocket.jpg"), &jl);
     char *png = file_bytes(IMG("camera.png"), &pl);
     tu_write_file(inside, jpg, jl);
-    run_http(&h, (const char *const[]){"--allow-root", photos, NULL});
+    /* (text passes last >= 200 ms: a query pipelined before a ping is the slower one) */
+    run_http(&h, (const char *const[]){"--allow-root", photos, "--test-text-pass-ms", "200", NULL});
 
     hconn *c = hc_open(h.port); /* one keep-alive connection for all of it */
     hresp r = hc_post_json(c, "hello", "{\"client\":\"test_http\"}");
@@ -453,6 +454,17 @@ static void test_every_op(void **state)
     hr_free(&r);
     r = hc_read(c);
     assert_int_equal(res_u(ok_result(&r), "image_id"), id_raw);
+    hr_free(&r);
+
+    /* a slow request (a text query) pipelined before a fast one (ping, answered
+     * at once): still answered first */
+    hc_sendf(c, "POST /v1/query HTTP/1.1\r\nContent-Length: 12\r\n\r\n{\"text\":\"a\"}"
+                "POST /v1/ping HTTP/1.1\r\nContent-Length: 0\r\n\r\n");
+    r = hc_read(c);
+    assert_non_null(json_object_get(ok_result(&r), "hits"));
+    hr_free(&r);
+    r = hc_read(c);
+    assert_non_null(json_object_get(ok_result(&r), "protocol"));
     hr_free(&r);
 
     /* stats, delete */
