@@ -926,6 +926,20 @@ static int prepare_socket_path(const char *path)
     return 0;
 }
 
+/* Listen on a TCP address (the msgpack or the HTTP listener): *on once the
+ * handle exists (it must then be closed). */
+static int listen_tcp(srv *s, uv_tcp_t *h, int *on, const struct sockaddr_storage *ss, const char *addr)
+{
+    uv_tcp_init(s->loop, h);
+    h->data = s;
+    *on = 1;
+    int urc = uv_tcp_bind(h, (const struct sockaddr *)ss, 0);
+    if (!urc) urc = uv_listen((uv_stream_t *)h, 511, on_connection);
+    if (urc)
+        return umg_err_set(urc == UV_EADDRINUSE ? UMG_EBUSY : UMG_EIO, "cannot listen on %s: %s", addr, uv_strerror(urc));
+    return 0;
+}
+
 static void close_walk_cb(uv_handle_t *h, void *arg)
 {
     if (!uv_is_closing(h)) uv_close(h, on_closed_noop);
@@ -1042,30 +1056,8 @@ int server_run(const server_config *cfg)
     uv_signal_start(&s->sigterm, on_signal, SIGTERM);
     uv_timer_init(&loop, &s->stop_timer);
     s->stop_timer.data = s;
-    if (listen_addr) {
-        uv_tcp_init(&loop, &s->tcp);
-        s->tcp.data = s;
-        s->tcp_on = 1;
-        int urc = uv_tcp_bind(&s->tcp, (struct sockaddr *)&ss, 0);
-        if (!urc) urc = uv_listen((uv_stream_t *)&s->tcp, 511, on_connection);
-        if (urc) {
-            rc = umg_err_set(urc == UV_EADDRINUSE ? UMG_EBUSY : UMG_EIO, "cannot listen on %s: %s", listen_addr,
-                             uv_strerror(urc));
-            goto out;
-        }
-    }
-    if (cfg->http_listen) {
-        uv_tcp_init(&loop, &s->http_tcp);
-        s->http_tcp.data = s;
-        s->http_on = 1;
-        int urc = uv_tcp_bind(&s->http_tcp, (struct sockaddr *)&http_ss, 0);
-        if (!urc) urc = uv_listen((uv_stream_t *)&s->http_tcp, 511, on_connection);
-        if (urc) {
-            rc = umg_err_set(urc == UV_EADDRINUSE ? UMG_EBUSY : UMG_EIO, "cannot listen on %s (--http): %s",
-                             cfg->http_listen, uv_strerror(urc));
-            goto out;
-        }
-    }
+    if (listen_addr && (rc = listen_tcp(s, &s->tcp, &s->tcp_on, &ss, listen_addr))) goto out;
+    if (cfg->http_listen && (rc = listen_tcp(s, &s->http_tcp, &s->http_on, &http_ss, cfg->http_listen))) goto out;
     if (cfg->socket_path) {
         if ((rc = prepare_socket_path(cfg->socket_path))) goto out;
         uv_pipe_init(&loop, &s->pipe, 0);
