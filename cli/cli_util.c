@@ -13,6 +13,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "enc_image.h"
 #include "umg_error.h"
 #include "umg_util.h"
 
@@ -376,23 +377,23 @@ static bool has_image_ext(const char *path)
     if (!dot)
         return false;
     return !strcasecmp(dot, ".jpg") || !strcasecmp(dot, ".jpeg") || !strcasecmp(dot, ".jpe") ||
-           !strcasecmp(dot, ".png");
+           !strcasecmp(dot, ".png") || !strcasecmp(dot, ".heic") || !strcasecmp(dot, ".heif") ||
+           !strcasecmp(dot, ".avif") || !strcasecmp(dot, ".webp") || !strcasecmp(dot, ".tif") ||
+           !strcasecmp(dot, ".tiff") || !strcasecmp(dot, ".gif");
 }
 
 enum cli_image_kind cli_image_kind(const char *path)
 {
-    static const uint8_t png_sig[8] = {0x89, 'P', 'N', 'G', '\r', '\n', 0x1a, '\n'};
-    uint8_t head[8];
+    uint8_t head[ENC_IMAGE_SNIFF_BYTES];
     size_t got = 0;
     FILE *f = fopen(path, "rb");
     if (f) {
         got = fread(head, 1, sizeof head, f);
         fclose(f);
     }
-    if (got >= 3 && head[0] == 0xff && head[1] == 0xd8 && head[2] == 0xff)
-        return CLI_JPEG;
-    if (got == 8 && !memcmp(head, png_sig, 8))
-        return CLI_PNG;
+    int fmt = enc_image_sniff(head, got, NULL); /* by content (issue 17) */
+    if (fmt != ENC_FMT_UNKNOWN)
+        return fmt == ENC_FMT_JPEG ? CLI_JPEG : fmt == ENC_FMT_PNG ? CLI_PNG : CLI_OTHER_IMAGE;
     if (has_image_ext(path)) {
         const char *dot = strrchr(path, '.');
         return !strcasecmp(dot, ".png") ? CLI_PNG : CLI_JPEG;
@@ -588,6 +589,26 @@ static void walk_skip(walker *k, const char *path, const char *reason)
     add_entry(k, &k->w->skipped, &k->w->n_skipped, &k->cap_skipped, path, reason);
 }
 
+/* Why a file is not sent, into buf: what its leading bytes say it is when they
+ * say ("unsupported format: video/mp4", enc_image_sniff), else the formats wanted. */
+static const char *skip_reason(const char *path, char *buf, size_t cap)
+{
+    uint8_t head[ENC_IMAGE_SNIFF_BYTES];
+    size_t got = 0;
+    FILE *f = fopen(path, "rb");
+    if (f) {
+        got = fread(head, 1, sizeof head, f);
+        fclose(f);
+    }
+    const char *what = NULL;
+    enc_image_sniff(head, got, &what);
+    if (what)
+        snprintf(buf, cap, "unsupported format: %s", what);
+    else
+        snprintf(buf, cap, "not an image (" CLI_IMAGE_FORMATS ")");
+    return buf;
+}
+
 /* st: the file's own stat (symlinks followed). */
 static void add_file(walker *k, const char *path, const struct stat *st)
 {
@@ -604,7 +625,8 @@ static void add_file(walker *k, const char *path, const struct stat *st)
         return;
     }
     if (cli_image_kind(path) == CLI_NOT_IMAGE) {
-        walk_skip(k, path, "not an image (" CLI_IMAGE_FORMATS ")");
+        char why[96];
+        walk_skip(k, path, skip_reason(path, why, sizeof why));
         return;
     }
     if (grow((void **)&w->files, &k->cap_files, w->n_files + 1, sizeof *w->files)) {

@@ -115,14 +115,14 @@ const char *cli_box_str(char *buf, size_t len, const double box[4]);
 
 /* ---- the directory walk ------------------------------------------------- */
 
-enum cli_image_kind { CLI_NOT_IMAGE = 0, CLI_JPEG = 1, CLI_PNG = 2 };
+enum cli_image_kind { CLI_NOT_IMAGE = 0, CLI_JPEG = 1, CLI_PNG = 2, CLI_OTHER_IMAGE = 3 /* HEIC, WebP, ... */ };
 
 /* The formats cli_image_kind recognises, for messages ("not an image (JPEG or
  * PNG)"); change it together with cli_image_kind. */
-#define CLI_IMAGE_FORMATS "JPEG or PNG"
+#define CLI_IMAGE_FORMATS "JPEG, PNG, HEIC, AVIF, WebP, TIFF or GIF"
 
-/* What a file is: by its first bytes (JPEG FF D8 FF, PNG signature), else by
- * its extension (.jpg .jpeg .jpe .png, any case) so that a damaged photo is
+/* What a file is: by its first bytes (enc_image_sniff), else by its extension
+ * (.jpg .jpeg .jpe .png .heic .heif .avif .webp .tif .tiff .gif, any case) so that a damaged photo is
  * sent and reported as failed rather than silently skipped.  A file that
  * cannot be opened counts by its extension.  The one place the client decides
  * what is a photo: the walk and its "skipped" list follow it. */

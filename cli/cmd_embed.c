@@ -29,6 +29,7 @@ struct input {
 struct embed_opts {
     const char *model_dir, *dump_pixels;
     int patches, batch, threads;
+    int fast_decode; /* --decode fast (default) / exact */
 };
 
 struct worker {
@@ -56,7 +57,7 @@ static void usage(FILE *out)
             "\n"
             "options:\n"
             "  --model DIR           checkpoint directory (required)\n"
-            "  --image PATH          a JPEG or PNG file (repeatable)\n"
+            "  --image PATH          a JPEG, PNG, HEIC, AVIF, WebP, TIFF or GIF file (repeatable)\n"
             "  --text STRING         a text (repeatable)\n"
             "  --patches             add \"patches\": the projected patch tokens, row-major over\n"
             "                        the grid, each L2-normalized\n"
@@ -65,6 +66,9 @@ static void usage(FILE *out)
             "  --threads T           threads (default: the number of CPUs)\n"
             "  --precision P         fp32 (default: exact) or fp16 (faster, approximate; needs\n"
             "                        AVX512-FP16; see docs/benchmarks.md)\n"
+            "  --decode MODE         fast (default: a large JPEG is decoded DCT-scaled, as PIL's\n"
+            "                        draft(), then resized exactly) or exact (full resolution:\n"
+            "                        bit-parity with the reference pipeline)\n"
             "  -h, --help            this text\n");
 }
 
@@ -138,7 +142,8 @@ static void *worker_main(void *arg)
         for (int i = 0; i < n && !w->rc; i++) {
             const char *path = w->items[done + i]->arg;
             enc_image img = {0};
-            int rc = enc_image_load(path, ENC_IMAGE_MAX_PIXELS_DEFAULT, &img);
+            enc_decode_opts dopt = {.fast_for = w->o->fast_decode ? enc_model_preproc(w->m) : NULL};
+            int rc = enc_image_load_ex(path, &dopt, &img, NULL);
             if (!rc)
                 rc = enc_preprocess(&img, enc_model_preproc(w->m), w->pixels + i * per);
             enc_image_free(&img);
@@ -186,10 +191,11 @@ int cmd_embed(int argc, char **argv)
         {"text", required_argument, NULL, 't'},    {"patches", no_argument, NULL, 'p'},
         {"dump-pixels", required_argument, NULL, 'd'}, {"batch", required_argument, NULL, 'b'},
         {"threads", required_argument, NULL, 'j'}, {"precision", required_argument, NULL, 'P'},
+        {"decode", required_argument, NULL, 'D'},
         {"help", no_argument, NULL, 'h'},          {NULL, 0, NULL, 0},
     };
     long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
-    struct embed_opts o = {.batch = 16, .threads = ncpu < 1 ? 1 : ncpu > 64 ? 64 : (int)ncpu};
+    struct embed_opts o = {.batch = 16, .threads = ncpu < 1 ? 1 : ncpu > 64 ? 64 : (int)ncpu, .fast_decode = 1};
     enc_model_options mopt = {.precision = ENC_PRECISION_FP32};
     struct input *inputs = calloc((size_t)argc, sizeof *inputs);
     if (!inputs) {
@@ -226,6 +232,13 @@ int cmd_embed(int argc, char **argv)
         case 'P':
             if (enc_precision_parse(optarg, &mopt.precision)) {
                 fprintf(stderr, "umgdb embed: --precision wants fp32 or fp16, not '%s'\n", optarg);
+                free(inputs);
+                return 2;
+            }
+            break;
+        case 'D':
+            if (enc_decode_mode_parse(optarg, &o.fast_decode)) {
+                fprintf(stderr, "umgdb embed: --decode wants exact or fast, not '%s'\n", optarg);
                 free(inputs);
                 return 2;
             }

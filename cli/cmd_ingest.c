@@ -77,8 +77,9 @@ static void usage(FILE *out)
 {
     fprintf(out,
             "usage: umgdb ingest [OPTIONS] PATH...\n\n"
-            "Send the JPEG and PNG photos under each PATH (directories are walked recursively;\n"
-            "names starting with '.' are skipped) to a running server.  Photos are stored under\n"
+            "Send the photos (JPEG, PNG, HEIC, AVIF, WebP, TIFF, GIF; told apart by content) under\n"
+            "each PATH (directories are walked recursively; names starting with '.' are skipped)\n"
+            "to a running server.  Photos are stored under\n"
             "their absolute path; a photo whose path and content did not change since the last\n"
             "run is reported as unchanged.  Failed files are listed at the end and do not stop\n"
             "the run.\n\n"

@@ -33,10 +33,11 @@ static void usage(FILE *out)
         "  --http-keepalive S      close HTTP connections idle S s between requests (default 60)\n"
         "  --socket PATH           also (or only) listen on a Unix socket, created owner-only (0600)\n"
         "  --allow-root DIR        allow ingest by path of files under DIR (repeatable; default: none,\n"
-        "                          so clients must send the bytes).  '..', symlinks out of the roots\n"
-        "                          and non-regular files are refused\n"
+        "                          so clients must send the bytes).  Paths outside the roots, symlinks\n"
+        "                          below them and non-regular files are refused\n"
         "  --auth-token-file FILE  require every connection to send hello with this token first\n"
-        "                          (the file's first line); or set UMGDB_AUTH_TOKEN\n"
+        "                          (the file's first line, at least 16 characters); or set\n"
+        "                          UMGDB_AUTH_TOKEN (same rules)\n"
         "  --require-auth          require the token on loopback listeners too (implied whenever a\n"
         "                          token is configured)\n"
         "  --regions R             region proposals per image (default %d; 0 = image vectors only)\n"
@@ -59,7 +60,16 @@ static void usage(FILE *out)
         "                          and on all T alone; 1 = one pass at a time over all T threads\n"
         "  --max-frame BYTES       largest request accepted (default %u; suffixes K, M)\n"
         "  --idle-timeout S        close connections idle for S seconds (default %d; 0 = never)\n"
-        "  --max-connections N     refuse connections beyond N (default %d)\n"
+        "  --hello-timeout S       with auth required, close a connection that has not completed\n"
+        "                          hello S seconds after it was accepted (default %d; 0 = never)\n"
+        "  --frame-timeout S       close a connection whose request frame is not complete S seconds\n"
+        "                          after its first byte (default %d; 0 = never)\n"
+        "  --buffer-memory BYTES   memory for connection buffers over all connections (unsent\n"
+        "                          answers, requests held, partial frames); when reached, connections\n"
+        "                          holding more than 64 KiB stop reading until it drains (default 1G;\n"
+        "                          suffixes K, M, G)\n"
+        "  --max-connections N     refuse connections beyond N (default %d; lowered to what the\n"
+        "                          open-file limit allows, see the start-up log)\n"
         "  --log-level L           debug | info | warn | error (default info: one line per request)\n"
         "  --no-patches            do not store per-image patch tokens (grid*grid*dim float16, 50 KB\n"
         "                          for ViT-B/32); disables pixel heatmaps and query_image boxes on\n"
@@ -90,7 +100,7 @@ static void usage(FILE *out)
         "SIGINT/SIGTERM: stop accepting, finish the requests in flight, write index snapshots\n"
         "(no index build), exit 0.\n",
         UMG_DEFAULT_ADDR, SRV_DEFAULT_REGIONS, SRV_DEFAULT_BATCH, (unsigned)(64u << 20), SRV_DEFAULT_IDLE_S,
-        SRV_DEFAULT_MAX_CONN, SRV_DEFAULT_INDEX_THREADS, SRV_DEFAULT_CHECKPOINT_S);
+        SRV_DEFAULT_HELLO_TIMEOUT_S, SRV_DEFAULT_FRAME_TIMEOUT_S, SRV_DEFAULT_MAX_CONN, SRV_DEFAULT_INDEX_THREADS, SRV_DEFAULT_CHECKPOINT_S);
 }
 
 static int parse_int(const char *flag, const char *v, long lo, long hi, long *out)
@@ -102,41 +112,61 @@ static int parse_int(const char *flag, const char *v, long lo, long hi, long *ou
     return 0;
 }
 
-static int parse_bytes(const char *flag, const char *v, uint32_t *out)
+/* A size with an optional suffix K, M or G, between 1K and max bytes. */
+static int parse_bytes(const char *flag, const char *v, unsigned long long max, unsigned long long *out)
 {
     char *end;
     errno = 0;
     unsigned long long x = strtoull(v, &end, 10);
     unsigned long long mul = 1;
-    if (*end == 'K' || *end == 'k') mul = 1024, end++;
-    else if (*end == 'M' || *end == 'm') mul = 1024 * 1024, end++;
-    if (errno || end == v || *end || x == 0 || x * mul > 0xffffffffull || x * mul < 1024) {
-        fprintf(stderr, "umgdb serve: %s: '%s' is not a size between 1K and 4G\n", flag, v);
+    if (*end == 'K' || *end == 'k') mul = 1ull << 10, end++;
+    else if (*end == 'M' || *end == 'm') mul = 1ull << 20, end++;
+    else if (*end == 'G' || *end == 'g') mul = 1ull << 30, end++;
+    if (errno || end == v || *end || v[0] == '-' || x == 0 || x > max / mul || x * mul < 1024) {
+        fprintf(stderr, "umgdb serve: %s: '%s' is not a size between 1K and %lluM\n", flag, v, max >> 20);
         return -1;
     }
-    *out = (uint32_t)(x * mul);
+    *out = x * mul;
     return 0;
 }
 
-/* First line of a file, trailing whitespace removed; heap string. */
+/* The token in text, by the same rules wherever it comes from (the token
+ * file, UMGDB_AUTH_TOKEN): its first line, trailing whitespace removed, at
+ * least SRV_MIN_TOKEN_LEN bytes left (a token of spaces or a short word must
+ * not guard a public address).  Heap string, or NULL after a message naming
+ * `from`. */
+static char *token_from(const char *from, const char *text)
+{
+    size_t n = strcspn(text, "\r\n");
+    while (n && (text[n - 1] == ' ' || text[n - 1] == '\t')) n--;
+    if (n < SRV_MIN_TOKEN_LEN) {
+        fprintf(stderr, "umgdb serve: %s: %s (a token needs at least %d characters besides trailing whitespace)\n",
+                from, n ? "token too short" : "empty token", SRV_MIN_TOKEN_LEN);
+        return NULL;
+    }
+    if (n > 4096) {
+        fprintf(stderr, "umgdb serve: %s: token longer than 4096 bytes\n", from);
+        return NULL;
+    }
+    return strndup(text, n);
+}
+
+/* The token of a token file (token_from's rules); heap string or NULL. */
 static char *read_token_file(const char *path)
 {
+    char from[PATH_MAX + 32];
+    snprintf(from, sizeof from, "--auth-token-file %s", path);
     FILE *f = fopen(path, "r");
     if (!f) {
-        fprintf(stderr, "umgdb serve: --auth-token-file %s: %s\n", path, strerror(errno));
+        fprintf(stderr, "umgdb serve: %s: %s\n", from, strerror(errno));
         return NULL;
     }
-    char buf[4097];
-    char *line = fgets(buf, sizeof buf, f);
+    char buf[4098];
+    if (!fgets(buf, sizeof buf, f)) buf[0] = 0;
     fclose(f);
-    if (!line) buf[0] = 0;
-    size_t n = strlen(buf);
-    while (n && (buf[n - 1] == '\n' || buf[n - 1] == '\r' || buf[n - 1] == ' ' || buf[n - 1] == '\t')) buf[--n] = 0;
-    if (!n) {
-        fprintf(stderr, "umgdb serve: --auth-token-file %s: empty token\n", path);
-        return NULL;
-    }
-    return strdup(buf);
+    char *token = token_from(from, buf);
+    memset(buf, 0, sizeof buf);
+    return token;
 }
 
 int cmd_serve(int argc, char **argv)
@@ -163,8 +193,8 @@ int cmd_serve(int argc, char **argv)
             continue;
         }
         if (i + 1 >= argc || strncmp(a, "--", 2)) {
-            fprintf(stderr, "umgdb serve: %s '%s'\n", strncmp(a, "--", 2) ? "unexpected argument" : "missing value for", a);
-            usage(stderr);
+            fprintf(stderr, "umgdb serve: %s '%s' (see umgdb serve --help)\n",
+                    strncmp(a, "--", 2) ? "unexpected argument" : "missing value for", a);
             return 2;
         }
         const char *v = argv[++i];
@@ -203,10 +233,22 @@ int cmd_serve(int argc, char **argv)
             if (parse_int(a, v, 1, 256, &x)) return 2;
             c.threads = (int)x;
         } else if (!strcmp(a, "--max-frame")) {
-            if (parse_bytes(a, v, &c.max_frame)) return 2;
+            unsigned long long b;
+            if (parse_bytes(a, v, 0xffffffffull, &b)) return 2;
+            c.max_frame = (uint32_t)b;
+        } else if (!strcmp(a, "--buffer-memory")) {
+            unsigned long long b;
+            if (parse_bytes(a, v, 1ull << 40, &b)) return 2;
+            c.buffer_memory = b;
         } else if (!strcmp(a, "--idle-timeout")) {
             if (parse_int(a, v, 0, 86400 * 365, &x)) return 2;
             c.idle_timeout_s = (int)x;
+        } else if (!strcmp(a, "--hello-timeout")) {
+            if (parse_int(a, v, 0, 86400, &x)) return 2;
+            c.hello_timeout_s = (int)x;
+        } else if (!strcmp(a, "--frame-timeout")) {
+            if (parse_int(a, v, 0, 86400, &x)) return 2;
+            c.frame_timeout_s = (int)x;
         } else if (!strcmp(a, "--max-connections")) {
             if (parse_int(a, v, 1, 1000000, &x)) return 2;
             c.max_connections = (int)x;
@@ -252,21 +294,19 @@ int cmd_serve(int argc, char **argv)
             if (parse_int(a, v, 0, 600000, &x)) return 2;
             c.test_hold_build_ms = (int)x;
         } else {
-            fprintf(stderr, "umgdb serve: unknown option '%s'\n", a);
-            usage(stderr);
+            fprintf(stderr, "umgdb serve: unknown option '%s' (see umgdb serve --help)\n", a);
             return 2;
         }
     }
     if (!c.data_dir || !c.model_dir) {
-        fprintf(stderr, "umgdb serve: --data and --model are required\n");
-        usage(stderr);
+        fprintf(stderr, "umgdb serve: --data DIR and --model DIR are required (see umgdb serve --help)\n");
         return 2;
     }
     char *token = NULL;
     if (token_file) {
         if (!(token = read_token_file(token_file))) return 2;
     } else if (getenv("UMGDB_AUTH_TOKEN") && *getenv("UMGDB_AUTH_TOKEN")) {
-        token = strdup(getenv("UMGDB_AUTH_TOKEN"));
+        if (!(token = token_from("UMGDB_AUTH_TOKEN", getenv("UMGDB_AUTH_TOKEN")))) return 2;
     }
     c.token = token;
     int rc = server_run(&c);

@@ -143,7 +143,7 @@ static int decode_image_rec(db_t *db, uint64_t id, const MDB_val *v, db_image *o
         bad = "shorter than its lengths say";
     else if (nr > DB_MAX_REGIONS)
         bad = "region count out of range";
-    else if (!*out->path || strlen(out->path) >= DB_MAX_PATH || !db_text_ok(out->path, strlen(out->path)))
+    else if (!*out->path || strlen(out->path) > DB_MAX_PATH || !db_text_ok(out->path, strlen(out->path)))
         bad = "path empty, too long or not UTF-8";
     else if (nt > DB_MAX_TAGS)
         bad = "tag count out of range";
@@ -413,8 +413,8 @@ static int check_input(const db_t *db, const db_image_in *in)
 {
     if (!in->path || !*in->path)
         return umg_err_set(UMG_EINVAL, "image path is required");
-    if (strlen(in->path) >= DB_MAX_PATH)
-        return umg_err_set(UMG_ETOOBIG, "image path longer than %d bytes", DB_MAX_PATH - 1);
+    if (strlen(in->path) > DB_MAX_PATH) /* the protocol's 1..4096 bytes */
+        return umg_err_set(UMG_ETOOBIG, "image path longer than %d bytes", DB_MAX_PATH);
     if (!in->vector)
         return umg_err_set(UMG_EINVAL, "%s: image vector is required", in->path);
     if (!db_text_ok(in->path, strlen(in->path)))

@@ -1,9 +1,10 @@
-/* enc_image.c - JPEG/PNG decoding to 8-bit RGB, EXIF orientation, crop.
+/* enc_image.c - format sniffing and dispatch; JPEG/PNG decoding to 8-bit RGB
+ * (the other formats: enc_decode_<format>.c), EXIF orientation, crop.
  *
  * Both decoders report errors through setjmp/longjmp (the only way libjpeg and
  * libpng can abort); every pointer that is allocated after setjmp and must be
  * freed on the error path is volatile so it survives the longjmp. */
-#include "enc_image.h"
+#include "enc_decode.h"
 #include "umg_error.h"
 
 #include <errno.h>
@@ -18,10 +19,6 @@
 #include <jpeglib.h>
 #include <jerror.h>
 #include <png.h>
-#include <libexif/exif-data.h>
-
-/* Neither format can describe more per side in practice; JPEG cannot at all. */
-#define ENC_IMAGE_MAX_SIDE 65535
 /* Encoded files larger than this are refused before reading them. */
 #define ENC_IMAGE_MAX_FILE_BYTES (1ull << 30)
 /* Progressive JPEGs need about ten scans; thousands of tiny scans only serve to make
@@ -31,7 +28,7 @@
  * may still allocate for one chunk. */
 #define ENC_PNG_MAX_CHUNK_BYTES (16u << 20)
 
-static int check_size(const char *fmt, uint64_t w, uint64_t h, uint64_t max_pixels)
+int enc_check_size(const char *fmt, uint64_t w, uint64_t h, uint64_t max_pixels)
 {
     if (w == 0 || h == 0)
         return umg_err_set(UMG_EFORMAT, "%s: image has zero size (%llux%llu)", fmt,
@@ -46,32 +43,9 @@ static int check_size(const char *fmt, uint64_t w, uint64_t h, uint64_t max_pixe
     return 0;
 }
 
-/* ---------------------------------------------------------------- EXIF */
+/* ---------------------------------------------------------------- orientation */
 
-/* The Orientation tag (1..8) of IFD0 of an APP1 "Exif\0\0" payload; 1 when absent
- * or unreadable (a broken EXIF block must not make the photo undecodable). */
-static int exif_orientation(const uint8_t *data, unsigned len)
-{
-    ExifData *ed = exif_data_new();
-    if (!ed)
-        return 1;
-    /* FOLLOW_SPECIFICATION would "fix" the data by inventing mandatory tags. */
-    exif_data_unset_option(ed, EXIF_DATA_OPTION_FOLLOW_SPECIFICATION);
-    exif_data_load_data(ed, data, len);
-    int orientation = 1;
-    ExifEntry *e = ed->ifd[EXIF_IFD_0] ? exif_content_get_entry(ed->ifd[EXIF_IFD_0], EXIF_TAG_ORIENTATION) : NULL;
-    if (e && e->format == EXIF_FORMAT_SHORT && e->components >= 1 && e->data && e->size >= 2) {
-        int v = exif_get_short(e->data, exif_data_get_byte_order(ed));
-        if (v >= 1 && v <= 8)
-            orientation = v;
-    }
-    exif_data_unref(ed);
-    return orientation;
-}
-
-/* Apply EXIF orientation o (as PIL's ImageOps.exif_transpose) to img, replacing its
- * buffer.  Orientations 5-8 swap width and height. */
-static int apply_orientation(enc_image *img, int o)
+int enc_apply_orientation(enc_image *img, int o)
 {
     if (o <= 1 || o > 8)
         return 0;
@@ -153,16 +127,20 @@ static void jpeg_on_message(j_common_ptr cinfo, int level)
     }
 }
 
-/* PIL's CMYK -> RGB (Adobe JPEGs store inverted CMYK, which PIL reads as "CMYK;I"):
- * with c' = 255 - c, k' = 255 - k:  r = k' - c'*k'/255, i.e. r = c*k/255 rounded. */
-static inline uint8_t muldiv255(unsigned a, unsigned b)
+/* PIL's JpegImageFile.draft(): the largest of 1, 2, 4, 8 that divides neither side
+ * below the target: s <= min(W // tw, H // th), so ceil(W / s) >= tw, ceil(H / s) >= th. */
+static int draft_scale(unsigned W, unsigned H, int tw, int th)
 {
-    unsigned t = a * b + 128;
-    return (uint8_t)(((t >> 8) + t) >> 8);
+    if (tw <= 0 || th <= 0)
+        return 1;
+    unsigned q = W / (unsigned)tw < H / (unsigned)th ? W / (unsigned)tw : H / (unsigned)th;
+    return q >= 8 ? 8 : q >= 4 ? 4 : q >= 2 ? 2 : 1;
 }
 
-static int decode_jpeg(const uint8_t *data, size_t len, uint64_t max_pixels, enc_image *out)
+static int decode_jpeg(const uint8_t *data, size_t len, const enc_decode_opts *o, enc_image *out,
+                       enc_image_meta *meta)
 {
+    const uint64_t max_pixels = o->max_pixels;
     struct jpeg_decompress_struct cinfo;
     struct jpeg_err_ctx err;
     struct jpeg_progress_mgr progress = {.progress_monitor = jpeg_on_progress};
@@ -187,24 +165,40 @@ static int decode_jpeg(const uint8_t *data, size_t len, uint64_t max_pixels, enc
     jpeg_save_markers(&cinfo, JPEG_APP0 + 1, 0xFFFF);
     jpeg_read_header(&cinfo, TRUE);
 
-    rc = check_size("JPEG", cinfo.image_width, cinfo.image_height, max_pixels);
+    rc = enc_check_size("JPEG", cinfo.image_width, cinfo.image_height, max_pixels);
     if (rc)
         goto done;
 
     int orientation = 1;
     for (jpeg_saved_marker_ptr m = cinfo.marker_list; m; m = m->next) {
         if (m->marker == JPEG_APP0 + 1 && m->data_length >= 6 && memcmp(m->data, "Exif\0\0", 6) == 0) {
-            orientation = exif_orientation(m->data, m->data_length);
+            enc_exif_read(m->data, m->data_length, &orientation, meta);
+            meta->orientation = orientation;
             break; /* PIL uses the first Exif block */
         }
+    }
+    const int swap = orientation >= 5;
+    meta->full_width = (int)(swap ? cinfo.image_height : cinfo.image_width);
+    meta->full_height = (int)(swap ? cinfo.image_width : cinfo.image_height);
+    int scale = 1;
+    if (o->fast_for) {
+        enc_preproc_geom g;
+        enc_preproc_geometry(o->fast_for, meta->full_width, meta->full_height, &g);
+        /* the target in stored (unrotated) orientation */
+        scale = draft_scale(cinfo.image_width, cinfo.image_height, swap ? g.resized_h : g.resized_w,
+                            swap ? g.resized_w : g.resized_h);
     }
 
     int cmyk = cinfo.jpeg_color_space == JCS_CMYK || cinfo.jpeg_color_space == JCS_YCCK;
     cinfo.out_color_space = cmyk ? JCS_CMYK : JCS_RGB;
-    /* Defaults are PIL's: islow DCT, fancy upsampling, no scaling. */
+    /* Defaults are PIL's: islow DCT, fancy upsampling, no scaling (the fast path:
+     * DCT scaling by 1/scale, as PIL's draft() asks libjpeg for it). */
+    cinfo.scale_num = 1;
+    cinfo.scale_denom = (unsigned)scale;
     jpeg_start_decompress(&cinfo);
     const unsigned W = cinfo.output_width, H = cinfo.output_height;
-    if (W != cinfo.image_width || H != cinfo.image_height || cinfo.output_components != (cmyk ? 4 : 3)) {
+    if (W != (cinfo.image_width + scale - 1) / scale || H != (cinfo.image_height + scale - 1) / scale ||
+        cinfo.output_components != (cmyk ? 4 : 3)) {
         rc = umg_err_set(UMG_EINTERNAL, "JPEG: unexpected output geometry %ux%ux%d", W, H, cinfo.output_components);
         goto done;
     }
@@ -225,9 +219,9 @@ static int decode_jpeg(const uint8_t *data, size_t len, uint64_t max_pixels, enc
         if (cmyk) {
             for (unsigned x = 0; x < W; x++) {
                 const uint8_t *s = row4 + 4 * x;
-                dst[3 * x + 0] = muldiv255(s[0], s[3]);
-                dst[3 * x + 1] = muldiv255(s[1], s[3]);
-                dst[3 * x + 2] = muldiv255(s[2], s[3]);
+                dst[3 * x + 0] = enc_muldiv255(s[0], s[3]);
+                dst[3 * x + 1] = enc_muldiv255(s[1], s[3]);
+                dst[3 * x + 2] = enc_muldiv255(s[2], s[3]);
             }
         }
     }
@@ -237,7 +231,7 @@ static int decode_jpeg(const uint8_t *data, size_t len, uint64_t max_pixels, enc
     out->height = (int)H;
     out->rgb = rgb;
     rgb = NULL;
-    rc = apply_orientation(out, orientation);
+    rc = enc_apply_orientation(out, orientation);
     if (rc)
         enc_image_free(out);
 done:
@@ -286,11 +280,13 @@ static uint32_t be32(const uint8_t *p)
     return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
 }
 
-static int decode_png(const uint8_t *data, size_t len, uint64_t max_pixels, enc_image *out)
+static int decode_png(const uint8_t *data, size_t len, const enc_decode_opts *o, enc_image *out,
+                      enc_image_meta *meta)
 {
+    const uint64_t max_pixels = o->max_pixels;
     /* Refuse a bomb from the IHDR before libpng allocates anything for it. */
     if (len >= 24 && memcmp(data + 12, "IHDR", 4) == 0) {
-        int rc = check_size("PNG", be32(data + 16), be32(data + 20), max_pixels);
+        int rc = enc_check_size("PNG", be32(data + 16), be32(data + 20), max_pixels);
         if (rc)
             return rc;
     }
@@ -332,7 +328,7 @@ static int decode_png(const uint8_t *data, size_t len, uint64_t max_pixels, enc_
     png_uint_32 W, H;
     int depth, color, interlace;
     png_get_IHDR(png, info, &W, &H, &depth, &color, &interlace, NULL, NULL);
-    rc = check_size("PNG", W, H, max_pixels);
+    rc = enc_check_size("PNG", W, H, max_pixels);
     if (rc)
         goto done;
 
@@ -367,8 +363,8 @@ static int decode_png(const uint8_t *data, size_t len, uint64_t max_pixels, enc_
     png_read_image(png, rows);
     /* No png_read_end: chunks after the image data cannot change the pixels. */
 
-    out->width = (int)W;
-    out->height = (int)H;
+    out->width = meta->full_width = (int)W;
+    out->height = meta->full_height = (int)H;
     out->rgb = rgb;
     rgb = NULL;
 done:
@@ -383,28 +379,218 @@ done:
 
 /* ---------------------------------------------------------------- API */
 
-int enc_image_decode(const void *data, size_t len, uint64_t max_pixels, enc_image *out)
+/* ISO base media files (HEIF, AVIF, MP4, QuickTime, 3GP): "ftyp" at offset 4,
+ * then the major brand, a version, and compatible brands up to the box's end. */
+static int has_brand(const uint8_t *p, size_t len, const char *brand)
+{
+    uint32_t box = be32(p);
+    size_t end = box < len ? box : len;
+    if (memcmp(p + 8, brand, 4) == 0)
+        return 1;
+    for (size_t i = 16; i + 4 <= end; i += 4)
+        if (memcmp(p + i, brand, 4) == 0)
+            return 1;
+    return 0;
+}
+
+static int sniff_isobmff(const uint8_t *p, size_t len, const char **what)
+{
+    static const char *const heic[] = {"heic", "heix", "heim", "heis", "hevc", "hevx", "hevm", "hevs"};
+    static const char *const avif[] = {"avif", "avis"};
+    /* The major brand decides first: an AVIF may list mif1 and a HEIC may list avif
+     * in its compatible brands. */
+    for (size_t i = 0; i < sizeof avif / sizeof *avif; i++)
+        if (!memcmp(p + 8, avif[i], 4))
+            return *what = "AVIF", ENC_FMT_AVIF;
+    for (size_t i = 0; i < sizeof heic / sizeof *heic; i++)
+        if (!memcmp(p + 8, heic[i], 4))
+            return *what = "HEIC", ENC_FMT_HEIC;
+    for (size_t i = 0; i < sizeof avif / sizeof *avif; i++)
+        if (has_brand(p, len, avif[i]))
+            return *what = "AVIF", ENC_FMT_AVIF;
+    for (size_t i = 0; i < sizeof heic / sizeof *heic; i++)
+        if (has_brand(p, len, heic[i]))
+            return *what = "HEIC", ENC_FMT_HEIC;
+    if (has_brand(p, len, "mif1") || has_brand(p, len, "msf1"))
+        return *what = "HEIC", ENC_FMT_HEIC; /* generic HEIF: libheif says which codec */
+    if (!memcmp(p + 8, "qt  ", 4))
+        *what = "video/quicktime";
+    else if (!memcmp(p + 8, "3gp", 3))
+        *what = "video/3gpp";
+    else if (!memcmp(p + 8, "M4A ", 4))
+        *what = "audio/mp4";
+    else if (!memcmp(p + 8, "crx ", 4))
+        *what = "image/x-canon-cr3";
+    else if (!memcmp(p + 8, "jxl ", 4))
+        *what = "image/jxl";
+    else
+        *what = "video/mp4";
+    return ENC_FMT_UNKNOWN;
+}
+
+int enc_image_sniff(const void *data, size_t len, const char **what)
 {
     static const uint8_t png_sig[8] = {0x89, 'P', 'N', 'G', '\r', '\n', 0x1a, '\n'};
+    const char *dummy;
+    if (!what)
+        what = &dummy;
+    *what = NULL;
+    const uint8_t *p = data;
+    if (!p)
+        return ENC_FMT_UNKNOWN;
+#define MAGIC(off, str) (len >= (off) + sizeof(str) - 1 && memcmp(p + (off), str, sizeof(str) - 1) == 0)
+    if (MAGIC(0, "\xff\xd8\xff"))
+        return *what = "JPEG", ENC_FMT_JPEG;
+    if (len >= 8 && memcmp(p, png_sig, 8) == 0)
+        return *what = "PNG", ENC_FMT_PNG;
+    if (MAGIC(0, "GIF87a") || MAGIC(0, "GIF89a"))
+        return *what = "GIF", ENC_FMT_GIF;
+    if (MAGIC(0, "II*\0") || MAGIC(0, "MM\0*"))
+        return *what = "TIFF", ENC_FMT_TIFF;
+    if (MAGIC(0, "RIFF") && MAGIC(8, "WEBP"))
+        return *what = "WebP", ENC_FMT_WEBP;
+    if (MAGIC(4, "ftyp") && len >= 12)
+        return sniff_isobmff(p, len, what);
+    /* Not images we decode: named so that a skipped file says what it is. */
+#define OTHER(off, str, mime) {off, str, sizeof(str) - 1, mime}
+    static const struct {
+        size_t off;
+        const char *magic;
+        size_t n;
+        const char *mime;
+    } other[] = {
+        OTHER(0, "II+\0", "image/tiff (BigTIFF)"), OTHER(0, "MM\0+", "image/tiff (BigTIFF)"),
+        OTHER(0, "BM", "image/bmp"), OTHER(0, "8BPS", "image/vnd.adobe.photoshop"),
+        OTHER(0, "\xff\x0a", "image/jxl"), OTHER(4, "JXL \r\n\x87\n", "image/jxl"),
+        OTHER(0, "\0\0\1\0", "image/x-icon"), OTHER(0, "%PDF-", "application/pdf"),
+        OTHER(0, "PK\3\4", "application/zip"), OTHER(0, "PK\5\6", "application/zip"),
+        OTHER(0, "\x1f\x8b", "application/gzip"), OTHER(0, "7z\xbc\xaf\x27\x1c", "application/x-7z-compressed"),
+        OTHER(0, "Rar!", "application/vnd.rar"), OTHER(0, "\x1a\x45\xdf\xa3", "video/webm"),
+        OTHER(0, "OggS", "audio/ogg"), OTHER(0, "ID3", "audio/mpeg"), OTHER(0, "fLaC", "audio/flac"),
+        OTHER(0, "<svg", "image/svg+xml"), OTHER(0, "<?xml", "application/xml"),
+        OTHER(0, "\x7f" "ELF", "application/x-executable"), OTHER(0, "\0\0\1\xba", "video/mpeg"),
+        OTHER(0, "\0\0\1\xb3", "video/mpeg"), OTHER(0, "FUJIFILMCCD-RAW", "image/x-fuji-raf"),
+        OTHER(0, "\xd0\xcf\x11\xe0", "application/x-ole-storage"),
+    };
+#undef OTHER
+    for (size_t i = 0; i < sizeof other / sizeof *other; i++)
+        if (len >= other[i].off + other[i].n && memcmp(p + other[i].off, other[i].magic, other[i].n) == 0)
+            return *what = other[i].mime, ENC_FMT_UNKNOWN;
+    if (MAGIC(0, "RIFF") && MAGIC(8, "AVI "))
+        return *what = "video/x-msvideo", ENC_FMT_UNKNOWN;
+    if (MAGIC(0, "RIFF") && MAGIC(8, "WAVE"))
+        return *what = "audio/wav", ENC_FMT_UNKNOWN;
+#undef MAGIC
+    return ENC_FMT_UNKNOWN;
+}
+
+const char *enc_image_format_name(int format)
+{
+    switch (format) {
+    case ENC_FMT_JPEG: return "JPEG";
+    case ENC_FMT_PNG: return "PNG";
+    case ENC_FMT_HEIC: return "HEIC";
+    case ENC_FMT_AVIF: return "AVIF";
+    case ENC_FMT_WEBP: return "WebP";
+    case ENC_FMT_TIFF: return "TIFF";
+    case ENC_FMT_GIF: return "GIF";
+    default: return "unknown";
+    }
+}
+
+int enc_decode_mode_parse(const char *name, int *fast)
+{
+    if (name && !strcmp(name, "exact"))
+        *fast = 0;
+    else if (name && !strcmp(name, "fast"))
+        *fast = 1;
+    else
+        return umg_err_set(UMG_EINVAL, "decode mode \"%s\": expected exact or fast", name ? name : "");
+    return 0;
+}
+
+/* A file whose leading bytes are a prefix of a magic we know: cut short. */
+static int truncated_magic(const uint8_t *p, size_t len)
+{
+    static const struct {
+        const char *m;
+        size_t n;
+    } magics[] = {{"\xff\xd8\xff", 3}, {"\x89PNG\r\n\x1a\n", 8}, {"GIF89a", 6}, {"GIF87a", 6},
+                  {"II*\0", 4}, {"MM\0*", 4}, {"RIFF", 4}};
+    for (size_t i = 0; i < sizeof magics / sizeof *magics; i++)
+        if (len < magics[i].n && memcmp(p, magics[i].m, len) == 0)
+            return 1;
+    if (len < 12 && len > 4 && memcmp(p, "RIFF", 4) == 0)
+        return 1; /* WebP's "WEBP" comes at 8 */
+    /* ISO BMFF (HEIF, AVIF): a box size, then "ftyp" and a brand */
+    if (len > 4 && len < 12 && memcmp(p + 4, "ftyp", len - 4 < 4 ? len - 4 : 4) == 0)
+        return 1;
+    return 0;
+}
+
+int enc_image_decode_ex(const void *data, size_t len, const enc_decode_opts *opts, enc_image *out,
+                        enc_image_meta *meta)
+{
+    enc_image_meta local;
+    if (!meta)
+        meta = &local;
+    memset(meta, 0, sizeof *meta);
+    meta->orientation = 1;
     if (!out || (!data && len))
         return umg_err_set(UMG_EINVAL, "image: NULL argument");
     out->width = out->height = 0;
     out->rgb = NULL;
+    enc_decode_opts o = opts ? *opts : (enc_decode_opts){0};
+    if (!o.max_pixels)
+        o.max_pixels = ENC_IMAGE_MAX_PIXELS_DEFAULT;
     const uint8_t *p = data;
     if (len == 0)
         return umg_err_set(UMG_EUNSUPPORTED, "image: empty data (0 bytes)");
-    if (len >= 3 && p[0] == 0xFF && p[1] == 0xD8 && p[2] == 0xFF)
-        return decode_jpeg(p, len, max_pixels, out);
-    if (len >= 8 && memcmp(p, png_sig, 8) == 0)
-        return decode_png(p, len, max_pixels, out);
-    if (len < 8 && (memcmp(p, png_sig, len) == 0 || (p[0] == 0xFF && (len < 2 || p[1] == 0xD8))))
-        return umg_err_set(UMG_EFORMAT, "image: truncated header (%zu bytes)", len);
-    return umg_err_set(UMG_EUNSUPPORTED, "image: not a JPEG or PNG (leading bytes %02x %02x %02x %02x)",
-                       p[0], len > 1 ? p[1] : 0, len > 2 ? p[2] : 0, len > 3 ? p[3] : 0);
+    const char *what;
+    int fmt = enc_image_sniff(p, len, &what);
+    meta->format = fmt;
+    int rc;
+    switch (fmt) {
+    case ENC_FMT_JPEG: rc = decode_jpeg(p, len, &o, out, meta); break;
+    case ENC_FMT_PNG: rc = decode_png(p, len, &o, out, meta); break;
+    case ENC_FMT_HEIC:
+    case ENC_FMT_AVIF: rc = enc_decode_heif(p, len, fmt, &o, out, meta); break;
+    case ENC_FMT_WEBP: rc = enc_decode_webp(p, len, &o, out, meta); break;
+    case ENC_FMT_TIFF: rc = enc_decode_tiff(p, len, &o, out, meta); break;
+    case ENC_FMT_GIF: rc = enc_decode_gif(p, len, &o, out, meta); break;
+    default:
+        if (truncated_magic(p, len))
+            return umg_err_set(UMG_EFORMAT, "image: truncated header (%zu bytes)", len);
+        if (what)
+            return umg_err_set(UMG_EUNSUPPORTED, "unsupported format: %s", what);
+        return umg_err_set(UMG_EUNSUPPORTED, "unsupported format: unknown (leading bytes %02x %02x %02x %02x)", p[0],
+                           len > 1 ? p[1] : 0, len > 2 ? p[2] : 0, len > 3 ? p[3] : 0);
+    }
+    if (rc) {
+        enc_image_free(out);
+        out->width = out->height = 0;
+        enc_image_meta keep = {.format = fmt, .orientation = 1};
+        *meta = keep;
+    }
+    return rc;
+}
+
+int enc_image_decode(const void *data, size_t len, uint64_t max_pixels, enc_image *out)
+{
+    enc_decode_opts o = {.max_pixels = max_pixels ? max_pixels : 1};
+    return enc_image_decode_ex(data, len, &o, out, NULL);
 }
 
 int enc_image_load(const char *path, uint64_t max_pixels, enc_image *out)
 {
+    enc_decode_opts o = {.max_pixels = max_pixels ? max_pixels : 1};
+    return enc_image_load_ex(path, &o, out, NULL);
+}
+
+int enc_image_load_ex(const char *path, const enc_decode_opts *opts, enc_image *out, enc_image_meta *meta)
+{
+    if (meta)
+        memset(meta, 0, sizeof *meta);
     if (!path || !out)
         return umg_err_set(UMG_EINVAL, "image: NULL argument");
     out->width = out->height = 0;
@@ -450,7 +636,7 @@ int enc_image_load(const char *path, uint64_t max_pixels, enc_image *out)
         got += (size_t)n;
     }
     close(fd);
-    int rc = enc_image_decode(buf, got, max_pixels, out);
+    int rc = enc_image_decode_ex(buf, got, opts, out, meta);
     free(buf);
     if (rc) {
         /* Prefix the path, keeping the decoder's detail. */

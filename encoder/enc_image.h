@@ -1,12 +1,14 @@
 /* enc_image.h - image decoding and CLIP preprocessing.
  *
- * Decoding: JPEG (libjpeg-turbo, default settings as PIL uses them: islow DCT,
- * fancy upsampling) with its EXIF orientation applied, PNG (gray, gray+alpha,
- * palette, RGB, RGBA, 16-bit) converted to 8-bit RGB.  Alpha is dropped, as
- * PIL's convert("RGB") does.  Images beyond max_pixels are refused before any
- * pixel buffer is allocated (decompression bombs).
+ * Decoding: the format is decided by the file's leading bytes (enc_image_sniff),
+ * never by its name: JPEG (libjpeg-turbo), PNG (libpng), HEIC/HEIF and AVIF
+ * (libheif), WebP (libwebp), TIFF (libtiff), GIF (giflib), each converted to 8-bit
+ * RGB the way PIL's Image.open(f).convert("RGB") does, with the EXIF orientation
+ * applied first (ImageOps.exif_transpose).  Alpha is dropped, not composited.
+ * Images beyond max_pixels are refused before any pixel buffer is allocated
+ * (decompression bombs).  Animated or multi-page files give their first frame/page.
  *
- * Decoding details (all checked against Pillow 9.4 in tests/test_image.c):
+ * Decoding details (checked against Pillow 9.4 / libheif in tests/test_image.c):
  *  - JPEG pixels are bit-identical to PIL's (same libjpeg-turbo, same settings).
  *    CMYK/YCCK JPEGs are read as Adobe-inverted CMYK and converted as PIL does.
  *    The orientation is the IFD0 Orientation tag (1..8) of the first APP1 "Exif"
@@ -20,8 +22,23 @@
  *    instead, which whitens the photo, so there we deliberately differ.  tRNS and
  *    alpha are dropped without compositing.  Ancillary chunks (ICC profiles, text,
  *    gamma, ...) are skipped unread; no colour management, as in PIL.
+ *  - HEIC/HEIF/AVIF: the primary image as libheif decodes it (heif-convert's
+ *    pixels), with libheif applying the container's irot/imir/clap transforms.
+ *    EXIF Orientation inside a HEIF is NOT applied: HEIF says irot/imir are the
+ *    truth, and phones write both (applying both would rotate twice).  Thumbnails
+ *    are never used.  Higher bit depths come out as libheif's 8-bit conversion.
+ *  - WebP: lossy, lossless, with alpha (dropped); animated: the first frame on its
+ *    canvas (transparent areas black, as PIL's first frame converted to RGB).
+ *    Orientation from the EXIF chunk.
+ *  - TIFF: 8- and 16-bit (high byte, as PIL for RGB/RGBA; 16-bit gray keeps its
+ *    high byte too, where PIL 9.4 clamps: the same deliberate difference as PNG),
+ *    any compression libtiff reads (LZW, Deflate, JPEG, PackBits, ...), gray,
+ *    palette, RGB, RGBA (unassociated alpha dropped unchanged, as PIL), CMYK;
+ *    the first page (IFD) only; orientation from the Orientation tag.
+ *  - GIF: the first frame through its palette (local or global), on the logical
+ *    screen as Pillow 9.4 fills it (enc_decode_gif.c).
  *  - All functions are reentrant: no global state; error details go to the
- *    calling thread's umg_err_msg().
+ *    calling thread's umg_err_msg(), naming the format ("corrupt HEIC: ...").
  *
  * Preprocessing (CLIP's, as in OpenAI's clip.load and HF CLIPImageProcessor):
  * resize the shorter side to `resize_shortest` with PIL's antialiased bicubic
@@ -46,9 +63,11 @@ typedef struct enc_image {
     uint8_t *rgb; /* width * height * 3 bytes */
 } enc_image;
 
-/* Decode an encoded JPEG or PNG held in memory.  The format is detected from the
- * leading bytes.  On success out->rgb is malloc'ed and owned by the caller.
- * Errors: UMG_EUNSUPPORTED (not JPEG/PNG), UMG_EFORMAT (corrupt/truncated),
+/* Decode an encoded image held in memory (any format above, decided by
+ * enc_image_sniff), exactly (full resolution).  On success out->rgb is malloc'ed
+ * and owned by the caller.
+ * Errors: UMG_EUNSUPPORTED ("unsupported format: video/mp4"), UMG_EFORMAT
+ * (corrupt/truncated, the message names the format),
  * UMG_ETOOBIG (width*height > max_pixels, or a dimension > 65535), UMG_ENOMEM. */
 int enc_image_decode(const void *data, size_t len, uint64_t max_pixels, enc_image *out);
 /* Read a file and decode it (same errors, plus UMG_ENOENT / UMG_EIO / UMG_EPERM). */
@@ -120,5 +139,75 @@ void enc_preproc_geometry(const enc_preproc *p, int width, int height, enc_prepr
  * identical to resizing everything first.  The result is bit-identical to the
  * reference (PIL + torchvision, float32). */
 int enc_preprocess(const enc_image *img, const enc_preproc *p, float *out);
+
+/* ---------------------------------------------------------------- formats */
+
+enum enc_image_format {
+    ENC_FMT_UNKNOWN = 0, /* not an image this library decodes */
+    ENC_FMT_JPEG, ENC_FMT_PNG, ENC_FMT_HEIC, ENC_FMT_AVIF, ENC_FMT_WEBP, ENC_FMT_TIFF, ENC_FMT_GIF,
+};
+
+/* Leading bytes enc_image_sniff needs to tell every format it knows apart (fewer
+ * are fine: it decides on what it has). */
+#define ENC_IMAGE_SNIFF_BYTES 64
+
+/* The format of an encoded file from its leading bytes (magic numbers, never the
+ * name).  *what (if what != NULL) gets a static description: the format's name
+ * ("JPEG", "PNG", "HEIC", "AVIF", "WebP", "TIFF", "GIF") when supported; for a
+ * recognised file of another kind its MIME type ("video/mp4", "video/quicktime",
+ * "application/pdf", "application/zip", "image/bmp", ...); NULL if unrecognised. */
+int enc_image_sniff(const void *data, size_t len, const char **what);
+const char *enc_image_format_name(int format); /* "JPEG", ...; "unknown" */
+
+/* Capture metadata from EXIF (JPEG APP1, HEIF Exif item, WebP EXIF chunk, TIFF
+ * IFDs).  Each field has its own known flag; a missing or unreadable field is
+ * unknown, never an error (garbage EXIF leaves everything unknown). */
+typedef struct enc_image_meta {
+    int format;                 /* enum enc_image_format */
+    int full_width, full_height; /* the photo's size, oriented, before any fast-decode shrink */
+    int orientation;            /* EXIF orientation applied, 1..8 (1: none) */
+    int taken_at_known;         /* DateTimeOriginal */
+    char taken_at[32];          /* ISO 8601 "2019-07-14T12:00:00", + "+02:00" when offset_known */
+    int offset_known;           /* OffsetTimeOriginal */
+    int offset_minutes;         /* east of UTC */
+    int camera_known;
+    char camera[128];           /* Make and Model joined ("FUJIFILM X-T3"); the make is
+                                 * not repeated when the model starts with it */
+    int gps_known;
+    double lat, lon;            /* signed decimal degrees (S and W negative) */
+} enc_image_meta;
+
+/* The capture fields as a compact versioned text, for storing beside an image
+ * ("capture1\n" then "taken_at=...\n", "camera=...\n", "gps=LAT LON\n" for the
+ * known ones; fields hold no control characters).  Returns its length (< cap),
+ * 0 when no field is known (nothing worth storing) or cap is too small.
+ * enc_image_meta_parse reads it back into *m (format and sizes 0): UMG_EFORMAT for
+ * anything else (unknown lines are skipped, for later versions' fields). */
+size_t enc_image_meta_serialize(const enc_image_meta *m, char *buf, size_t cap);
+int enc_image_meta_parse(const void *data, size_t len, enc_image_meta *m);
+
+/* How to decode.  Zero-initialised = enc_image_decode's behaviour. */
+typedef struct enc_decode_opts {
+    uint64_t max_pixels;         /* 0: ENC_IMAGE_MAX_PIXELS_DEFAULT; checked on the full size */
+    /* Fast path (NULL: exact, full resolution): the image will be preprocessed
+     * with *fast_for, so a JPEG may be decoded shrunk by its DCT (1/2, 1/4, 1/8) as
+     * PIL's draft() picks it: the largest scale whose result is still at least the
+     * size enc_preproc_geometry resizes to (both sides), then the exact bicubic
+     * resize runs from there.  Not bit-identical to the exact path (embedding
+     * cosine >= 0.999 measured, docs/benchmarks.md); other formats decode in full
+     * (HEIF thumbnails are other pictures, never used). */
+    const enc_preproc *fast_for;
+    int threads;                 /* HEIF tile-decoding threads; 0: libheif's default */
+} enc_decode_opts;
+
+/* enc_image_decode with options; meta (may be NULL) receives the format, size and
+ * capture metadata.  Same errors as enc_image_decode. */
+int enc_image_decode_ex(const void *data, size_t len, const enc_decode_opts *opts, enc_image *out,
+                        enc_image_meta *meta);
+/* enc_image_load with options (same errors). */
+int enc_image_load_ex(const char *path, const enc_decode_opts *opts, enc_image *out, enc_image_meta *meta);
+
+/* The "--decode" names: "exact" -> 0, "fast" -> 1; UMG_EINVAL otherwise. */
+int enc_decode_mode_parse(const char *name, int *fast);
 
 #endif

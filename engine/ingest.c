@@ -23,6 +23,9 @@ struct eng_ingest {
     const uint8_t *data;      /* the encoded photo until prepared (borrowed, or owned: take_data) */
     size_t len;
     uint8_t *owned;           /* data, when the engine was given it to free */
+    int bytes_private;        /* eng_ingest_req.bytes_private */
+    char capture[256];        /* ENG_CAPTURE_EXTRA's bytes, capture_len of them (0: nothing known) */
+    size_t capture_len;
     int width, height;
     float *pixels;            /* [3, S, S], ENC_FIT_PAD */
     enc_preproc_geom geom;
@@ -166,6 +169,7 @@ int eng_ingest_begin(eng *e, const eng_ingest_req *req, eng_ingest **out)
         return umg_err_set(UMG_ENOMEM, "out of memory");
     }
     ing->mtime = req->mtime;
+    ing->bytes_private = req->bytes_private;
     ing->bytes = req->len;
     ing->data = req->data;
     ing->len = req->len;
@@ -212,7 +216,16 @@ static int ingest_pixels(eng *e, eng_ingest *ing)
     int rc;
     enc_image img = {0};
     double t0 = thread_cpu_ms();
-    if ((rc = enc_image_decode(ing->data, ing->len, ENC_IMAGE_MAX_PIXELS_DEFAULT, &img))) return rc;
+    enc_image_meta meta;
+    if ((rc = enc_image_decode_ex(ing->data, ing->len, NULL, &img, &meta))) {
+        /* a file read for the client is one it may not be able to read:
+         * none of its bytes go back (the decoder quotes leading bytes) */
+        if (ing->bytes_private)
+            return umg_err_set(rc, "ingest: %s: %s", ing->path,
+                               rc == UMG_EUNSUPPORTED ? "not a supported image" : "not a decodable image");
+        return rc;
+    }
+    ing->capture_len = enc_image_meta_serialize(&meta, ing->capture, sizeof ing->capture);
     double t1 = thread_cpu_ms(), t2 = t1;
     ing->res.cpu_ms_decode = t1 - t0;
     free(ing->owned); /* the pixels are all we need now */
@@ -293,7 +306,7 @@ static scratch_layout layout(const eng *e)
     PLACE(f16, B * GG * D * sizeof(uint16_t));
     PLACE(ins, B * sizeof(db_image_in));
     PLACE(rins, B * R * sizeof(db_region_in));
-    PLACE(extras, B * sizeof(db_extra_in));
+    PLACE(extras, 2 * B * sizeof(db_extra_in)); /* patch tokens, capture metadata */
     PLACE(ids, B * sizeof(uint64_t));
     PLACE(rids, B * R * sizeof(uint64_t));
 #undef PLACE
@@ -403,11 +416,19 @@ void eng_ingest_store_batch(eng *e, eng_ingest **ings, int n)
         if (!e->cfg.no_patches) {
             uint16_t *h = f16 + (size_t)i * GG * D;
             eng_patch_tokens_encode(e, pt, h);
-            extras[i].name = ENG_PATCH_TOKENS_EXTRA;
-            extras[i].data = h;
-            extras[i].len = GG * D * sizeof(uint16_t);
-            in->extras = &extras[i];
+            extras[2 * i].name = ENG_PATCH_TOKENS_EXTRA;
+            extras[2 * i].data = h;
+            extras[2 * i].len = GG * D * sizeof(uint16_t);
+            in->extras = &extras[2 * i];
             in->n_extras = 1;
+        }
+        if (ing->capture_len) {
+            db_extra_in *x = &extras[2 * i + in->n_extras];
+            x->name = ENG_CAPTURE_EXTRA;
+            x->data = ing->capture;
+            x->len = ing->capture_len;
+            in->extras = &extras[2 * i];
+            in->n_extras++;
         }
     }
 

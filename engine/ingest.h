@@ -30,10 +30,15 @@ typedef struct eng_str {
     size_t len;
 } eng_str;
 
+#define ENG_CAPTURE_EXTRA "capture" /* the db extra holding a photo's EXIF capture metadata
+                                       (enc_image_meta_serialize), absent when nothing is known */
+
 typedef struct eng_ingest_req {
     const char *path;       /* the name stored (the key of "same path"); NUL-terminated */
     const uint8_t *data;    /* the encoded photo (JPEG or PNG) */
     size_t len;
+    int bytes_private;      /* 1: the bytes were read for the client (ingest by path), who may not
+                               be allowed to read them: decode errors quote none of them */
     int take_data;          /* 1: data is malloc'd and the engine's from now on: freed as soon
                                as the photo is decoded (a queued photo holds only its pixels) */
     int64_t mtime;          /* the file's mtime; 0 = the time of storing */

@@ -42,6 +42,13 @@ size_t proto_framer_buffered(const proto_framer *f)
 
 int proto_framer_failed(const proto_framer *f) { return f->failed; }
 
+size_t proto_framer_held(const proto_framer *f) { return f->body_cap; }
+
+void proto_framer_set_max(proto_framer *f, uint32_t max_frame)
+{
+    f->max_frame = max_frame ? max_frame : PROTO_DEFAULT_MAX_FRAME;
+}
+
 static void reset_frame(proto_framer *f)
 {
     f->head_len = 0;

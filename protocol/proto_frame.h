@@ -71,6 +71,16 @@ size_t proto_framer_buffered(const proto_framer *f);
 /* True if the framer has failed for good (oversize length seen). */
 int proto_framer_failed(const proto_framer *f);
 
+/* Memory the framer holds for the current partial frame (its buffer's
+ * capacity, >= the body bytes buffered); 0 between frames. */
+size_t proto_framer_held(const proto_framer *f);
+
+/* Change the largest frame body accepted from the next length prefix on (0 =
+ * PROTO_DEFAULT_MAX_FRAME).  A length already accepted stands.  The server
+ * starts an unauthenticated connection with a small limit and raises it once
+ * hello succeeds. */
+void proto_framer_set_max(proto_framer *f, uint32_t max_frame);
+
 /* Encoder.  proto_frame_begin appends 4 placeholder bytes to sb and returns
  * their offset (or a negative UMG_ENOMEM); pack the message after it, then
  * proto_frame_end(sb, offset, max_frame) writes the body length big-endian at

@@ -2,6 +2,7 @@
 #include "proto_request.h"
 
 #include <math.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -18,49 +19,59 @@
 static const char *const granularities[] = {"image", "region", "pixel", NULL};
 static const char *const refinements[] = {"none", "pixel", NULL};
 
+/* Where each argument lands in the op's typed struct (proto_args). */
+#define AT(T, f) .offset = offsetof(T, f)
+#define HAS(T, f) .has = offsetof(T, f) + 1
+
 static const proto_arg_spec filter_fields[] = {
-    {.key = "path_prefix", .type = PROTO_T_STR, .max_len = STR_MAX_PATH},
+    {.key = "path_prefix", .type = PROTO_T_STR, .max_len = STR_MAX_PATH, AT(proto_filters, path_prefix)},
     {.key = "tags", .type = PROTO_T_STR_ARRAY, .flags = PROTO_ARG_NONEMPTY,
-     .max_len = TAG_MAX_LEN, .max_items = TAGS_MAX},
-    {.key = "min_score", .type = PROTO_T_FLOAT},
+     .max_len = TAG_MAX_LEN, .max_items = TAGS_MAX, AT(proto_filters, tags)},
+    {.key = "min_score", .type = PROTO_T_FLOAT, AT(proto_filters, min_score), HAS(proto_filters, has_min_score)},
 };
 
 #define ARGS(a) a, sizeof a / sizeof a[0]
-#define ARG_TAGS {.key = "tags", .type = PROTO_T_STR_ARRAY, .flags = PROTO_ARG_NONEMPTY, \
-                  .max_len = TAG_MAX_LEN, .max_items = TAGS_MAX}
-#define ARG_GRANULARITY {.key = "granularity", .type = PROTO_T_STR, .choices = granularities}
-#define ARG_K {.key = "k", .type = PROTO_T_UINT, .imin = 1, .imax = PROTO_MAX_K}
-#define ARG_FILTERS {.key = "filters", .type = PROTO_T_MAP, .fields = ARGS(filter_fields)}
-#define ARG_IMAGE_ID(alt_) {.key = "image_id", .type = PROTO_T_UINT, .flags = PROTO_ARG_REQUIRED, .alt = alt_}
-#define ARG_PATH(alt_) {.key = "path", .type = PROTO_T_STR, .flags = PROTO_ARG_REQUIRED | PROTO_ARG_NONEMPTY, \
-                        .alt = alt_, .max_len = STR_MAX_PATH}
+#define ARG_TAGS(T) {.key = "tags", .type = PROTO_T_STR_ARRAY, .flags = PROTO_ARG_NONEMPTY, \
+                     .max_len = TAG_MAX_LEN, .max_items = TAGS_MAX, AT(T, tags)}
+#define ARG_GRANULARITY(T) {.key = "granularity", .type = PROTO_T_STR, .choices = granularities, AT(T, granularity)}
+#define ARG_K(T) {.key = "k", .type = PROTO_T_UINT, .imin = 1, .imax = PROTO_MAX_K, AT(T, k), .udefault = PROTO_DEFAULT_K}
+#define ARG_FILTERS(T) {.key = "filters", .type = PROTO_T_MAP, .fields = ARGS(filter_fields), AT(T, filters), \
+                        HAS(T, has_filters)}
+#define ARG_IMAGE_ID(T, alt_) {.key = "image_id", .type = PROTO_T_UINT, .flags = PROTO_ARG_REQUIRED, .alt = alt_, \
+                               AT(T, image_id), HAS(T, has_image_id)}
+#define ARG_PATH(T, alt_) {.key = "path", .type = PROTO_T_STR, .flags = PROTO_ARG_REQUIRED | PROTO_ARG_NONEMPTY, \
+                           .alt = alt_, .max_len = STR_MAX_PATH, AT(T, path)}
 
 static const proto_arg_spec hello_args[] = {
-    {.key = "token", .type = PROTO_T_STR, .max_len = 4096},
-    {.key = "client", .type = PROTO_T_STR, .max_len = 256},
+    {.key = "token", .type = PROTO_T_STR, .max_len = 4096, AT(proto_hello_args, token)},
+    {.key = "client", .type = PROTO_T_STR, .max_len = 256, AT(proto_hello_args, client)},
 };
 static const proto_arg_spec ingest_args[] = {
-    ARG_PATH(1),
-    {.key = "data", .type = PROTO_T_BIN, .flags = PROTO_ARG_REQUIRED | PROTO_ARG_NONEMPTY, .alt = 2},
+    ARG_PATH(proto_ingest_args, 1),
+    {.key = "data", .type = PROTO_T_BIN, .flags = PROTO_ARG_REQUIRED | PROTO_ARG_NONEMPTY, .alt = 2,
+     AT(proto_ingest_args, data)},
     {.key = "name", .type = PROTO_T_STR, .flags = PROTO_ARG_REQUIRED | PROTO_ARG_NONEMPTY, .alt = 2,
-     .max_len = STR_MAX_PATH},
+     .max_len = STR_MAX_PATH, AT(proto_ingest_args, name)},
     /* optional, with data only (alternative 2): the file's own modification time */
-    {.key = "mtime", .type = PROTO_T_INT, .alt = 2, .imin = 1, .imax = PROTO_MAX_MTIME},
-    ARG_TAGS,
+    {.key = "mtime", .type = PROTO_T_INT, .alt = 2, .imin = 1, .imax = PROTO_MAX_MTIME,
+     AT(proto_ingest_args, mtime), HAS(proto_ingest_args, has_mtime)},
+    ARG_TAGS(proto_ingest_args),
 };
 static const proto_arg_spec query_args[] = {
     {.key = "text", .type = PROTO_T_STR, .flags = PROTO_ARG_REQUIRED | PROTO_ARG_NONEMPTY,
-     .max_len = STR_MAX_TEXT},
-    ARG_GRANULARITY, ARG_K, ARG_FILTERS,
-    {.key = "refine", .type = PROTO_T_STR, .choices = refinements},
+     .max_len = STR_MAX_TEXT, AT(proto_query_args, text)},
+    ARG_GRANULARITY(proto_query_args), ARG_K(proto_query_args), ARG_FILTERS(proto_query_args),
+    {.key = "refine", .type = PROTO_T_STR, .choices = refinements, AT(proto_query_args, refine)},
 };
 static const proto_arg_spec query_image_args[] = {
-    ARG_IMAGE_ID(1),
-    {.key = "data", .type = PROTO_T_BIN, .flags = PROTO_ARG_REQUIRED | PROTO_ARG_NONEMPTY, .alt = 2},
-    {.key = "box", .type = PROTO_T_BOX},
-    ARG_GRANULARITY, ARG_K, ARG_FILTERS,
+    ARG_IMAGE_ID(proto_query_image_args, 1),
+    {.key = "data", .type = PROTO_T_BIN, .flags = PROTO_ARG_REQUIRED | PROTO_ARG_NONEMPTY, .alt = 2,
+     AT(proto_query_image_args, data)},
+    {.key = "box", .type = PROTO_T_BOX, AT(proto_query_image_args, box), HAS(proto_query_image_args, has_box)},
+    ARG_GRANULARITY(proto_query_image_args), ARG_K(proto_query_image_args), ARG_FILTERS(proto_query_image_args),
 };
-static const proto_arg_spec by_id_or_path_args[] = {ARG_IMAGE_ID(1), ARG_PATH(2)};
+static const proto_arg_spec by_id_or_path_args[] = {ARG_IMAGE_ID(proto_image_ref_args, 1),
+                                                    ARG_PATH(proto_image_ref_args, 2)};
 
 const proto_op proto_op_table[PROTO_OP_COUNT] = {
     [PROTO_OP_HELLO] = {"hello", PROTO_OP_HELLO, ARGS(hello_args), 0},
@@ -361,6 +372,88 @@ void proto_request_free(proto_request *req)
     free(req);
 }
 
+/* ---- typed arguments ------------------------------------------------------ */
+
+/* Write the validated value o of spec into base + spec->offset (and its
+ * presence flag); absent (o NULL): the default.  Only after check_fields
+ * accepted the request, so every present value has its spec's type. */
+static int fill_arg(const proto_arg_spec *spec, const msgpack_object *o, char *base, msgpack_zone *zone)
+{
+    char *at = base + spec->offset;
+    if (!o) {
+        if (spec->type == PROTO_T_UINT) memcpy(at, &spec->udefault, sizeof spec->udefault);
+        return 0;
+    }
+    if (spec->has) *(bool *)(base + spec->has - 1) = true;
+    switch (spec->type) {
+    case PROTO_T_STR:
+        if (spec->choices) {
+            int idx = 0;
+            for (int c = 0; spec->choices[c]; c++)
+                if (proto_obj_str_eq(o, spec->choices[c])) idx = c;
+            memcpy(at, &idx, sizeof idx);
+        } else {
+            proto_str v = {o->via.str.ptr, o->via.str.size};
+            memcpy(at, &v, sizeof v);
+        }
+        break;
+    case PROTO_T_BIN: {
+        proto_bin v = {(const uint8_t *)o->via.bin.ptr, o->via.bin.size};
+        memcpy(at, &v, sizeof v);
+        break;
+    }
+    case PROTO_T_UINT: memcpy(at, &o->via.u64, sizeof(uint64_t)); break;
+    case PROTO_T_INT: {
+        int64_t v = 0;
+        proto_obj_int(o, &v);
+        memcpy(at, &v, sizeof v);
+        break;
+    }
+    case PROTO_T_FLOAT: {
+        double v = 0;
+        proto_obj_float(o, &v);
+        memcpy(at, &v, sizeof v);
+        break;
+    }
+    case PROTO_T_BOOL: *(bool *)at = o->via.boolean; break;
+    case PROTO_T_BOX: {
+        double b[4];
+        proto_obj_box(o, b);
+        memcpy(at, b, sizeof b);
+        break;
+    }
+    case PROTO_T_STR_ARRAY: {
+        proto_strs v = {NULL, o->via.array.size};
+        if (v.n) {
+            proto_str *items = msgpack_zone_malloc(zone, v.n * sizeof *items);
+            if (!items) return umg_err_set(UMG_ENOMEM, "out of memory for a request");
+            for (uint32_t i = 0; i < v.n; i++)
+                items[i] = (proto_str){o->via.array.ptr[i].via.str.ptr, o->via.array.ptr[i].via.str.size};
+            v.v = items;
+        }
+        memcpy(at, &v, sizeof v);
+        break;
+    }
+    case PROTO_T_MAP:
+        for (size_t f = 0; f < spec->nfields; f++) {
+            int rc = fill_arg(&spec->fields[f], proto_map_get(o, spec->fields[f].key), at, zone);
+            if (rc) return rc;
+        }
+        break;
+    }
+    return 0;
+}
+
+static int fill_args(proto_request *req)
+{
+    memset(&req->a, 0, sizeof req->a);
+    for (size_t i = 0; i < req->op->nargs; i++) {
+        int rc = fill_arg(&req->op->args[i], req->args[i], (char *)&req->a, &req->zone);
+        if (rc) return rc;
+    }
+    return 0;
+}
+
 int proto_request_decode(uint8_t *frame, size_t len, const proto_limits *lim,
                          proto_request **out, uint64_t *err_id)
 {
@@ -420,6 +513,7 @@ int proto_request_decode(uint8_t *frame, size_t len, const proto_limits *lim,
         goto fail;
     }
     rc = check_fields(req->op->args, req->op->nargs, req->op->alts, kv, nkv, req->args, req->op->name, NULL, 1);
+    if (!rc) rc = fill_args(req);
     if (rc) goto fail;
     *out = req;
     return 0;

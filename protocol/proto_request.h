@@ -73,6 +73,14 @@ enum {
 
 typedef struct proto_arg_spec {
     const char *key;
+    /* where the decoded value goes in the op's typed arguments (proto_args):
+     * STR: proto_str (or, with choices, an int: the index of the choice, 0 =
+     * the first when absent); BIN: proto_bin; UINT: uint64_t; INT: int64_t;
+     * FLOAT: double; BOOL: bool; BOX: double[4]; STR_ARRAY: proto_strs; MAP: a
+     * struct whose members the fields' offsets point into.  has: offset + 1 of
+     * a bool set when the argument is present (0: no such flag). */
+    size_t offset, has;
+    uint64_t udefault;                      /* UINT: the value when absent */
     enum proto_type type;
     unsigned flags;
     /* 0: stands alone.  k > 0: member of alternative k; an op with alts > 0
@@ -88,6 +96,64 @@ typedef struct proto_arg_spec {
 } proto_arg_spec;
 
 #define PROTO_MAX_ARGS 12
+
+/* ---- typed arguments: one struct per op, filled from the table -------- */
+
+typedef struct proto_str { const char *ptr; size_t len; } proto_str;      /* ptr NULL: absent */
+typedef struct proto_bin { const uint8_t *ptr; size_t len; } proto_bin;   /* ptr NULL: absent */
+typedef struct proto_strs { const proto_str *v; uint32_t n; } proto_strs;
+
+enum proto_granularity { PROTO_GRAN_IMAGE = 0, PROTO_GRAN_REGION = 1, PROTO_GRAN_PIXEL = 2 }; /* choice index */
+enum proto_refine { PROTO_REFINE_NONE = 0, PROTO_REFINE_PIXEL = 1 };
+
+typedef struct proto_filters {
+    proto_str path_prefix;
+    proto_strs tags;
+    bool has_min_score;
+    double min_score;
+} proto_filters;
+
+typedef struct proto_hello_args { proto_str token, client; } proto_hello_args;
+typedef struct proto_ingest_args {
+    proto_str path;               /* alternative 1 */
+    proto_bin data;               /* alternative 2, with name and mtime */
+    proto_str name;
+    bool has_mtime;
+    int64_t mtime;
+    proto_strs tags;
+} proto_ingest_args;
+typedef struct proto_query_args {
+    proto_str text;
+    int granularity;              /* enum proto_granularity */
+    uint64_t k;                   /* PROTO_DEFAULT_K when absent */
+    bool has_filters;
+    proto_filters filters;
+    int refine;                   /* enum proto_refine */
+} proto_query_args;
+typedef struct proto_query_image_args {
+    bool has_image_id;            /* alternative 1 */
+    uint64_t image_id;
+    proto_bin data;               /* alternative 2 */
+    bool has_box;
+    double box[4];
+    int granularity;
+    uint64_t k;
+    bool has_filters;
+    proto_filters filters;
+} proto_query_image_args;
+typedef struct proto_image_ref_args { /* get, delete */
+    bool has_image_id;
+    uint64_t image_id;
+    proto_str path;
+} proto_image_ref_args;
+
+typedef union proto_args {
+    proto_hello_args hello;
+    proto_ingest_args ingest;
+    proto_query_args query;
+    proto_query_image_args query_image;
+    proto_image_ref_args get, del;
+} proto_args;
 
 typedef struct proto_op {
     const char *name;
@@ -112,6 +178,8 @@ typedef struct proto_request {
     uint64_t id;
     const proto_op *op;
     const msgpack_object *args[PROTO_MAX_ARGS];
+    proto_args a;       /* the arguments typed, by op: a.query for "query", ... (strings
+                           point into the frame, arrays into the zone) */
     msgpack_object root;
     msgpack_zone zone;
     uint8_t *frame;

@@ -491,7 +491,11 @@ static void file_work(uv_work_t *w)
     else if (img.path[0] != '/')
         rc = umg_err_set(UMG_ENOENT, "image %llu was sent as bytes (named '%s'), not ingested by path: no file to serve",
                          (unsigned long long)job->id, img.path);
-    else rc = srv_read_allowed(s, img.path, &data, &len, &mtime);
+    else {
+        char *norm = NULL;
+        rc = srv_read_allowed(s, img.path, &norm, &data, &len, &mtime);
+        free(norm);
+    }
     if (!rc) {
         uint8_t sum[32];
         unsigned int n = 32;

@@ -5,12 +5,15 @@
 #include "server_internal.h"
 
 #include <arpa/inet.h>
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -63,6 +66,7 @@ static void db_log_cb(void *ud, int level, const char *msg)
 /* ---- connections ---------------------------------------------------------- */
 
 static void check_shutdown(srv *s);
+static void on_resume_timer(uv_timer_t *t);
 
 static void conn_unref(srv_conn *c)
 {
@@ -79,6 +83,41 @@ static void on_handle_closed(uv_handle_t *h)
     if (--c->handles_open == 0) conn_unref(c);
 }
 
+/* ---- buffer memory: per connection and over all of them ------------------- */
+
+/* What a connection's buffers hold: unsent answers (their buffers' capacity
+ * and the write requests), request frames held by its jobs, bytes stashed
+ * during a pause, and the partial frame's buffer. */
+static size_t conn_held(const srv_conn *c)
+{
+    if (c->closing) return 0;
+    return c->unsent_mem + c->inflight_bytes + c->stash_len + (c->framer ? proto_framer_held(c->framer) : 0);
+}
+
+/* Bring c's share of s->buffered up to date; called wherever one of the
+ * terms of conn_held changes.  Falling back under the budget resumes the
+ * connections it paused, from a timer (not from inside whatever callback
+ * freed the memory: resuming feeds stashed frames). */
+static void conn_account(srv_conn *c)
+{
+    srv *s = c->s;
+    size_t h = conn_held(c);
+    s->buffered = s->buffered - c->held + h;
+    c->held = h;
+    int over = s->cfg.buffer_memory && s->buffered >= s->cfg.buffer_memory;
+    if (over && !s->over_budget) {
+        uint64_t now = srv_now_ns();
+        if (now - s->budget_logged_ns > 10ull * 1000000000ull) { /* at most one line per 10 s */
+            s->budget_logged_ns = now;
+            srv_log(s, SRV_LOG_WARN, "connection buffers reached --buffer-memory (%llu bytes): connections "
+                                     "holding more than %u KiB stop reading until answers drain",
+                    (unsigned long long)s->cfg.buffer_memory, SRV_CONN_MEM_FLOOR >> 10);
+        }
+    }
+    if (!over && s->over_budget && !s->stopping) uv_timer_start(&s->resume_timer, on_resume_timer, 0, 0);
+    s->over_budget = over;
+}
+
 static void conn_close(srv_conn *c, const char *why)
 {
     if (c->closing) return;
@@ -90,6 +129,7 @@ static void conn_close(srv_conn *c, const char *why)
     if (c->next) c->next->prev = c->prev;
     c->prev = c->next = NULL;
     s->n_conns--;
+    conn_account(c); /* closing: its buffers no longer count */
     srv_log(s, SRV_LOG_DEBUG, "conn=%llu closed (%s)", (unsigned long long)c->serial, why);
     uv_read_stop(&c->h.stream);
     uv_timer_stop(&c->idle);
@@ -100,8 +140,15 @@ static void conn_close(srv_conn *c, const char *why)
 static int over_caps(const srv_conn *c)
 {
     if (c->http && c->inflight) return 1; /* HTTP: one request at a time, answers in order */
-    return c->inflight >= SRV_MAX_INFLIGHT || c->unsent >= SRV_MAX_UNSENT ||
-           c->inflight_bytes >= SRV_MAX_INFLIGHT_BYTES;
+    if (c->inflight >= SRV_MAX_INFLIGHT || c->unsent_mem >= SRV_MAX_UNSENT ||
+        c->inflight_bytes >= SRV_MAX_INFLIGHT_BYTES)
+        return 1;
+    /* over the budget of all connections: those holding little go on (a new
+     * client is still served), and an authenticated one finishes the frame it
+     * is reading (so that its memory turns into work that drains, instead of
+     * waiting for a resume that only its own progress could bring) */
+    return c->s->over_budget && c->held > SRV_CONN_MEM_FLOOR &&
+           !(c->authed && c->framer && proto_framer_buffered(c->framer));
 }
 
 static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
@@ -130,7 +177,7 @@ static void conn_maybe_resume(srv_conn *c)
         size_t n = c->stash_len;
         c->stash = NULL;
         c->stash_len = 0;
-        conn_feed(c, st, n);
+        conn_feed(c, st, n); /* accounts (the stash is gone) */
         free(st);
         if (c->stash || c->closing || c->close_after_writes || over_caps(c)) return;
     }
@@ -152,18 +199,29 @@ typedef struct write_req {
     srv_conn *c;
     char *data;
     size_t len;
+    size_t cost;                  /* memory held until written: counted in c->unsent_mem */
 } write_req;
+
+/* Memory an answer of capacity cap holds while queued: its buffer, the write
+ * request, and (an estimate) glibc's chunk header of each. */
+#define WRITE_COST(cap) ((cap) + sizeof(write_req) + 2 * 16)
 
 static void on_write(uv_write_t *req, int status)
 {
     write_req *w = (write_req *)req;
     srv_conn *c = w->c;
     c->unsent -= w->len;
+    c->unsent_mem -= w->cost;
+    c->writes--;
     if (status == 0) c->last_activity_ns = srv_now_ns();
     free(w->data);
     free(w);
-    if (status < 0 && status != UV_ECANCELED) {
-        srv_log(c->s, SRV_LOG_DEBUG, "conn=%llu write failed: %s", (unsigned long long)c->serial, uv_strerror(status));
+    conn_account(c);
+    if (status < 0 && status != UV_ECANCELED && !c->closing) {
+        /* EPIPE/ECONNRESET: the peer went away with answers pending (SIGPIPE
+         * is ignored, server_run); what it was answered is stored all the same */
+        srv_log(c->s, SRV_LOG_INFO, "conn=%llu dropped by the peer (%s): %d answers undelivered, %d requests in flight",
+                (unsigned long long)c->serial, uv_strerror(status), c->writes + 1, c->inflight);
         conn_close(c, "write failed");
     }
     conn_maybe_resume(c);
@@ -171,8 +229,8 @@ static void on_write(uv_write_t *req, int status)
     check_shutdown(c->s);
 }
 
-/* Send data[0..len) (malloc'd; ownership taken). */
-static void conn_send(srv_conn *c, char *data, size_t len)
+/* Send data[0..len) (malloc'd, cap bytes allocated; ownership taken). */
+static void conn_send(srv_conn *c, char *data, size_t len, size_t cap)
 {
     if (c->closing || !len) {
         free(data);
@@ -187,28 +245,41 @@ static void conn_send(srv_conn *c, char *data, size_t len)
     w->c = c;
     w->data = data;
     w->len = len;
+    w->cost = WRITE_COST(cap);
     uv_buf_t b = uv_buf_init(data, (unsigned)len);
     c->unsent += len;
+    c->unsent_mem += w->cost;
+    c->writes++;
     int rc = uv_write(&w->req, &c->h.stream, &b, 1, on_write);
     if (rc) {
         c->unsent -= len;
+        c->unsent_mem -= w->cost;
+        c->writes--;
         free(data);
         free(w);
         conn_close(c, "write failed");
         return;
     }
+    conn_account(c);
     if (over_caps(c)) conn_pause(c);
 }
 
-void srv_conn_send(srv_conn *c, char *data, size_t len) { conn_send(c, data, len); }
+void srv_conn_send(srv_conn *c, char *data, size_t len) { conn_send(c, data, len, len); }
 void srv_conn_close(srv_conn *c, const char *why) { conn_close(c, why); }
 void srv_conn_pause(srv_conn *c) { conn_pause(c); }
 
 static void conn_send_sbuffer(srv_conn *c, msgpack_sbuffer *sb)
 {
-    size_t len = sb->size;
+    size_t len = sb->size, cap = sb->alloc;
     char *data = msgpack_sbuffer_release(sb);
-    conn_send(c, data, len);
+    /* msgpack starts every buffer at 8 KiB: a short answer (an error is ~60
+     * bytes) gives the rest back before it waits in the queue (glibc shrinks
+     * in place); the cap counts what is kept */
+    if (data && len && cap - len >= 1024) {
+        char *p = realloc(data, len);
+        if (p) data = p, cap = len;
+    }
+    conn_send(c, data, len, cap);
 }
 
 static void conn_send_error(srv_conn *c, uint64_t id, int code, const char *msg)
@@ -221,6 +292,35 @@ static void conn_send_error(srv_conn *c, uint64_t id, int code, const char *msg)
     msgpack_sbuffer_init(&sb);
     if (proto_response_error(&sb, id, code, msg) == 0) conn_send_sbuffer(c, &sb);
     msgpack_sbuffer_destroy(&sb);
+}
+
+/* An error answer to a request (or a frame) of c.  Before a successful hello
+ * a connection gets at most SRV_PREAUTH_MAX_ERRORS of them, the last one
+ * closing it: otherwise a client without the token could have the server
+ * queue answers for ever (zero-length frames, never reading). */
+static void conn_reject(srv_conn *c, uint64_t id, int code, const char *msg)
+{
+    conn_send_error(c, id, code, msg);
+    if (!c->authed && ++c->preauth_errors >= SRV_PREAUTH_MAX_ERRORS && !c->close_after_writes) {
+        srv_log(c->s, SRV_LOG_INFO, "conn=%llu %d errors before a successful hello: closing",
+                (unsigned long long)c->serial, c->preauth_errors);
+        c->close_after_writes = 1;
+        conn_pause(c);
+    }
+}
+
+/* Close c now, after trying (without waiting) to send it an error frame that
+ * says why: for deadlines, where the peer may not be reading at all. */
+static void conn_close_with(srv_conn *c, int code, const char *msg, const char *why)
+{
+    msgpack_sbuffer sb;
+    msgpack_sbuffer_init(&sb);
+    if (!c->closing && !c->unsent && proto_response_error(&sb, 0, code, msg) == 0) {
+        uv_buf_t b = uv_buf_init(sb.data, (unsigned)sb.size);
+        (void)uv_try_write(&c->h.stream, &b, 1);
+    }
+    msgpack_sbuffer_destroy(&sb);
+    conn_close(c, why);
 }
 
 /* ---- jobs ----------------------------------------------------------------- */
@@ -248,6 +348,7 @@ void srv_job_finish(srv_job *job)
     else conn_send_sbuffer(c, &job->resp); /* dropped if the connection is closed */
     c->inflight--;
     c->inflight_bytes -= job->frame_bytes;
+    conn_account(c);
     s->jobs_inflight--;
     proto_request_free(job->req);
     eng_ingest_free(job->ing);
@@ -524,6 +625,7 @@ srv_job *srv_job_new(srv_conn *c, proto_request *req, int op, size_t frame_bytes
     c->refs++;
     c->inflight++;
     c->inflight_bytes += frame_bytes;
+    conn_account(c);
     c->s->jobs_inflight++;
     return job;
 }
@@ -538,14 +640,14 @@ void srv_handle_frame(srv_conn *c, uint8_t *frame, size_t len)
     if (rc) {
         srv_log(s, SRV_LOG_INFO, "conn=%llu op=? id=%llu status=%s error=\"%s\"", (unsigned long long)c->serial,
                 (unsigned long long)err_id, umg_error_name(rc), umg_err_msg());
-        conn_send_error(c, err_id, rc, umg_err_msg());
+        conn_reject(c, err_id, rc, umg_err_msg());
         return;
     }
     int op = req->op->code;
     if (!c->authed && op != PROTO_OP_HELLO) {
         srv_log(s, SRV_LOG_INFO, "conn=%llu op=%s id=%llu status=unauthorized", (unsigned long long)c->serial,
                 op_name(op), (unsigned long long)req->id);
-        conn_send_error(c, req->id, UMG_EAUTH, "authentication required: send hello with the token first");
+        conn_reject(c, req->id, UMG_EAUTH, "authentication required: send hello with the token first");
         proto_request_free(req);
         return;
     }
@@ -561,8 +663,11 @@ void srv_handle_frame(srv_conn *c, uint8_t *frame, size_t len)
         return;
     }
     job->t0_ns = t0;
+    int was_authed = c->authed;
     umg_err_clear();
     rc = srv_dispatch(job, req);
+    /* hello succeeded: from the next frame on, the full frame size */
+    if (!was_authed && c->authed) proto_framer_set_max(c->framer, s->limits.max_frame);
     if (rc < 0) srv_job_error(job, rc, umg_err_msg());
     if (rc != 0) srv_job_finish(job);
 }
@@ -588,12 +693,16 @@ static void conn_feed(srv_conn *c, const uint8_t *p, size_t len)
         p += used;
         len -= used;
         if (rc == PROTO_FRAME_READY) {
+            c->frame_start_ns = 0;
             srv_handle_frame(c, frame, flen);
         } else if (rc == UMG_EPROTO) {
             srv_log(s, SRV_LOG_INFO, "conn=%llu op=? id=0 status=protocol_error error=\"%s\"",
                     (unsigned long long)c->serial, umg_err_msg());
-            conn_send_error(c, 0, rc, umg_err_msg());
+            conn_reject(c, 0, rc, umg_err_msg());
         } else if (rc < 0) {
+            if (rc == UMG_ETOOBIG && !c->authed)
+                umg_err_set(rc, "%s: before a successful hello frames are limited to %u bytes", umg_err_msg(),
+                            SRV_PREAUTH_MAX_FRAME);
             /* the stream cannot be resynchronised: error frame, then close */
             srv_log(s, SRV_LOG_INFO, "conn=%llu op=? id=0 status=%s error=\"%s\" (closing)",
                     (unsigned long long)c->serial, umg_error_name(rc), umg_err_msg());
@@ -603,6 +712,10 @@ static void conn_feed(srv_conn *c, const uint8_t *p, size_t len)
         }
     }
     c->feeding = 0;
+    /* the frame deadline runs from the first byte of a frame */
+    if (!proto_framer_buffered(c->framer)) c->frame_start_ns = 0;
+    else if (!c->frame_start_ns) c->frame_start_ns = srv_now_ns();
+    conn_account(c);
     if (c->closing || c->close_after_writes) {
         conn_maybe_finish(c);
         return;
@@ -615,6 +728,7 @@ static void conn_feed(srv_conn *c, const uint8_t *p, size_t len)
         }
         memcpy(c->stash, p, len);
         c->stash_len = len;
+        conn_account(c);
         conn_pause(c);
     } else if (over_caps(c)) {
         conn_pause(c);
@@ -631,6 +745,8 @@ static void on_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf)
             c->eof = 1;
             conn_maybe_finish(c);
         } else {
+            srv_log(c->s, SRV_LOG_INFO, "conn=%llu dropped by the peer (%s): %d requests in flight",
+                    (unsigned long long)c->serial, uv_strerror((int)nread), c->inflight);
             conn_close(c, uv_strerror((int)nread));
         }
         return;
@@ -641,17 +757,64 @@ static void on_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf)
     if (!c->reading && !c->stash) conn_maybe_resume(c);
 }
 
-/* Idle: no byte read and no answer taken by the peer for the timeout, and
- * no work of ours in flight.  A peer that stopped reading its answers is
- * idle too: otherwise it could pin its unsent answers (up to the cap) forever. */
-static void on_idle(uv_timer_t *t)
+/* Deadlines, checked by a repeating timer (every half of the shortest one,
+ * so a connection is closed between 1x and 1.5x its deadline):
+ *  - hello: with auth required, a connection must complete hello within
+ *    --hello-timeout of being accepted, whatever it sends meanwhile;
+ *  - frame: a frame whose first byte was read must be complete within
+ *    --frame-timeout (not counted while the server itself paused reading),
+ *    so a byte every few seconds does not hold a slot for ever;
+ *  - idle: no byte read and no answer taken by the peer for --idle-timeout,
+ *    and no work of ours in flight.  A peer that stopped reading its answers
+ *    is idle too: otherwise it could pin its unsent answers (up to the cap)
+ *    for ever. */
+static void on_deadline(uv_timer_t *t)
 {
     srv_conn *c = t->data;
-    uint64_t idle_ns = (uint64_t)c->s->cfg.idle_timeout_s * 1000000000ull;
-    if (c->inflight || srv_now_ns() - c->last_activity_ns < idle_ns) return; /* the repeat timer comes back */
+    const server_config *cfg = &c->s->cfg;
+    uint64_t now = srv_now_ns(), sec = 1000000000ull;
+    char msg[128];
+    if (!c->authed && cfg->hello_timeout_s > 0 && now - c->accepted_ns >= (uint64_t)cfg->hello_timeout_s * sec) {
+        srv_log(c->s, SRV_LOG_INFO, "conn=%llu no successful hello within %d s: closing",
+                (unsigned long long)c->serial, cfg->hello_timeout_s);
+        snprintf(msg, sizeof msg, "no successful hello within %d s (--hello-timeout)", cfg->hello_timeout_s);
+        conn_close_with(c, UMG_ETIMEOUT, msg, "hello timeout");
+        return;
+    }
+    if (c->frame_start_ns && c->reading && cfg->frame_timeout_s > 0 &&
+        now - c->frame_start_ns >= (uint64_t)cfg->frame_timeout_s * sec) {
+        srv_log(c->s, SRV_LOG_INFO, "conn=%llu frame not complete %d s after its first byte (%zu bytes read): closing",
+                (unsigned long long)c->serial, cfg->frame_timeout_s, proto_framer_buffered(c->framer));
+        snprintf(msg, sizeof msg, "frame not complete within %d s (--frame-timeout)", cfg->frame_timeout_s);
+        conn_close_with(c, UMG_ETIMEOUT, msg, "frame timeout");
+        return;
+    }
+    if (cfg->idle_timeout_s <= 0 || c->inflight || now - c->last_activity_ns < (uint64_t)cfg->idle_timeout_s * sec)
+        return; /* the repeat timer comes back */
     srv_log(c->s, SRV_LOG_INFO, "conn=%llu idle for %d s%s: closing", (unsigned long long)c->serial,
-            c->s->cfg.idle_timeout_s, c->unsent ? " (not reading its answers)" : "");
+            cfg->idle_timeout_s, c->unsent ? " (not reading its answers)" : "");
     conn_close(c, "idle timeout");
+}
+
+/* Back under the buffer budget: every connection it paused reads again. */
+static void on_resume_timer(uv_timer_t *t)
+{
+    srv *s = t->data;
+    for (srv_conn *c = s->conns, *n; c; c = n) {
+        n = c->next;
+        if (s->over_budget) break;
+        conn_maybe_resume(c);
+    }
+}
+
+/* The deadline timer's period: half the shortest deadline that applies
+ * (the hello deadline only while auth is pending); 0 = none applies. */
+static uint64_t deadline_period_ms(const srv *s, int authed)
+{
+    int t[3] = {s->cfg.idle_timeout_s, s->cfg.frame_timeout_s, authed ? 0 : s->cfg.hello_timeout_s}, m = 0;
+    for (int i = 0; i < 3; i++)
+        if (t[i] > 0 && (!m || t[i] < m)) m = t[i];
+    return (uint64_t)m * 500;
 }
 
 static void on_connection(uv_stream_t *server, int status)
@@ -684,8 +847,13 @@ static void on_connection(uv_stream_t *server, int status)
     s->conns = c;
     s->n_conns++;
     c->authed = !(s->cfg.token || s->cfg.require_auth);
+    c->accepted_ns = srv_now_ns();
     rc = uv_accept(server, &c->h.stream);
-    if (!rc) rc = proto_framer_create(s->limits.max_frame, &c->framer) ? UV_ENOMEM : 0;
+    /* before hello succeeds only a small frame (hello's size): an unknown
+     * client cannot make the server buffer megabytes */
+    uint32_t first_max = c->authed || s->limits.max_frame < SRV_PREAUTH_MAX_FRAME ? s->limits.max_frame
+                                                                                     : SRV_PREAUTH_MAX_FRAME;
+    if (!rc) rc = proto_framer_create(first_max, &c->framer) ? UV_ENOMEM : 0;
     if (rc) {
         srv_log(s, SRV_LOG_WARN, "accept failed: %s", uv_strerror(rc));
         conn_close(c, "accept failed");
@@ -698,8 +866,8 @@ static void on_connection(uv_stream_t *server, int status)
     }
     if (server != (uv_stream_t *)&s->pipe) uv_tcp_nodelay(&c->h.tcp, 1);
     srv_log(s, SRV_LOG_DEBUG, "conn=%llu accepted", (unsigned long long)c->serial);
-    if (s->n_conns > s->cfg.max_connections) {
-        srv_log(s, SRV_LOG_WARN, "conn=%llu refused: %d connections open (--max-connections)",
+    if (s->n_conns > s->max_conns) {
+        srv_log(s, SRV_LOG_WARN, "conn=%llu refused: %d connections open (the connection cap)",
                 (unsigned long long)c->serial, s->n_conns - 1);
         conn_send_error(c, 0, UMG_EBUSY, "too many connections");
         c->close_after_writes = 1;
@@ -707,10 +875,9 @@ static void on_connection(uv_stream_t *server, int status)
         return;
     }
     c->last_activity_ns = srv_now_ns();
-    if (s->cfg.idle_timeout_s > 0 && !c->http) { /* HTTP connections: their own deadlines (http.c) */
-        /* checked every half timeout: closed between 1x and 1.5x the timeout */
-        uint64_t ms = (uint64_t)s->cfg.idle_timeout_s * 500;
-        uv_timer_start(&c->idle, on_idle, ms, ms);
+    if (!c->http) { /* HTTP connections: their own deadlines, started by srv_http_attach */
+        uint64_t period = deadline_period_ms(s, c->authed);
+        if (period) uv_timer_start(&c->idle, on_deadline, period, period);
     }
     conn_maybe_resume(c);
 }
@@ -780,6 +947,9 @@ void server_config_default(server_config *c)
     c->threads = n > 0 ? (int)n : 1;
     c->max_frame = PROTO_DEFAULT_MAX_FRAME;
     c->idle_timeout_s = SRV_DEFAULT_IDLE_S;
+    c->hello_timeout_s = SRV_DEFAULT_HELLO_TIMEOUT_S;
+    c->frame_timeout_s = SRV_DEFAULT_FRAME_TIMEOUT_S;
+    c->buffer_memory = SRV_DEFAULT_BUFFER_MEMORY;
     c->max_connections = SRV_DEFAULT_MAX_CONN;
     c->log_level = SRV_LOG_INFO;
     c->index_threads = SRV_DEFAULT_INDEX_THREADS;
@@ -908,6 +1078,26 @@ static int parse_listen(const char *addr, struct sockaddr_storage *ss, int *loop
     return umg_err_set(UMG_EINVAL, "--listen '%s': host must be an IP address or localhost", addr);
 }
 
+/* A TCP socket bound to ss (SO_REUSEADDR, as libuv binds), not yet
+ * listening: connections are refused until uv_listen.  *fd owned by the
+ * caller. */
+static int bind_tcp(const struct sockaddr_storage *ss, const char *addr, int *fd)
+{
+    *fd = socket(ss->ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (*fd < 0) return umg_err_set(UMG_EIO, "cannot listen on %s: socket: %s", addr, strerror(errno));
+    int one = 1;
+    setsockopt(*fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    socklen_t len = ss->ss_family == AF_INET6 ? sizeof(struct sockaddr_in6) : sizeof(struct sockaddr_in);
+    if (bind(*fd, (const struct sockaddr *)ss, len) == 0) return 0;
+    int e = errno;
+    close(*fd);
+    *fd = -1;
+    if (e == EADDRINUSE)
+        return umg_err_set(UMG_EBUSY, "cannot listen on %s: address already in use (another server there? choose "
+                                      "another address with --listen HOST:PORT)", addr);
+    return umg_err_set(umg_err_from_errno(e), "cannot listen on %s: %s", addr, strerror(e));
+}
+
 /* A stale socket file (nobody listening) may be replaced; a live one not. */
 static int prepare_socket_path(const char *path)
 {
@@ -926,17 +1116,76 @@ static int prepare_socket_path(const char *path)
     return 0;
 }
 
-/* Listen on a TCP address (the msgpack or the HTTP listener): *on once the
- * handle exists (it must then be closed). */
-static int listen_tcp(srv *s, uv_tcp_t *h, int *on, const struct sockaddr_storage *ss, const char *addr)
+/* Open-file limit: raise the soft limit to the hard one (the common soft
+ * limit of 1,024 ran out at ~1,010 connections: new clients were reset
+ * without a busy frame, path ingests and checkpoints failed with EMFILE). */
+static void raise_fd_limit(srv *s)
+{
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl)) return;
+    s->fd_limit_was = (uint64_t)rl.rlim_cur;
+    if (rl.rlim_cur < rl.rlim_max) {
+        /* an unlimited hard limit is refused by the kernel above fs.nr_open (1M by default) */
+        rlim_t want = rl.rlim_max == RLIM_INFINITY || rl.rlim_max > (1u << 20) ? (1u << 20) : rl.rlim_max;
+        if (want > rl.rlim_cur) {
+            rl.rlim_cur = want;
+            if (setrlimit(RLIMIT_NOFILE, &rl))
+                srv_log(s, SRV_LOG_WARN, "cannot raise the open-file limit to %llu: %s", (unsigned long long)want,
+                        strerror(errno));
+        }
+    }
+}
+
+/* Descriptors open now (once listening, before serving). */
+static int fds_in_use(void)
+{
+    int n = 0;
+    DIR *d = opendir("/proc/self/fd");
+    if (!d) return -1;
+    for (struct dirent *e; (e = readdir(d));)
+        n += e->d_name[0] != '.';
+    closedir(d);
+    return n - 1; /* the directory's own */
+}
+
+/* The connection cap: --max-connections, lowered so that connections leave
+ * room under the open-file limit for what the server opens while serving:
+ * path ingests (at most two descriptors each on every threadpool worker),
+ * snapshot files of checkpoints and stats (SRV_FD_RESERVE) and connections
+ * being refused with busy (SRV_FD_REFUSING; each needs its descriptor until
+ * the busy frame is out).  Logged. */
+static void derive_conn_cap(srv *s)
+{
+    struct rlimit rl;
+    int in_use = fds_in_use();
+    if (getrlimit(RLIMIT_NOFILE, &rl) || in_use < 0) {
+        srv_log(s, SRV_LOG_WARN, "cannot read the open-file limit: connections capped by --max-connections only");
+        return;
+    }
+    const char *pool_env = getenv("UV_THREADPOOL_SIZE");
+    int pool = pool_env && atoi(pool_env) > 0 ? atoi(pool_env) : 4;
+    long long reserve = in_use + 2LL * pool + SRV_FD_RESERVE + SRV_FD_REFUSING;
+    long long room = rl.rlim_cur == RLIM_INFINITY ? (long long)INT_MAX : (long long)rl.rlim_cur - reserve;
+    if (room < 1) room = 1;
+    if (room < s->max_conns) s->max_conns = (int)room;
+    srv_log(s, room < s->cfg.max_connections ? SRV_LOG_WARN : SRV_LOG_INFO,
+            "open-file limit %llu%s: %d in use, %lld kept for path ingest, snapshots and refusals; "
+            "at most %d connections (--max-connections %d)",
+            (unsigned long long)rl.rlim_cur, s->fd_limit_was != (uint64_t)rl.rlim_cur ? " (raised from the soft limit)" : "",
+            in_use, reserve - in_use, s->max_conns, s->cfg.max_connections);
+}
+
+/* Listen on a TCP socket bound at start (bind_tcp; *fd -1 once the handle
+ * has it): the msgpack and the HTTP listeners.  *on once the handle exists. */
+static int listen_bound(srv *s, uv_tcp_t *h, int *on, int *fd, const char *addr)
 {
     uv_tcp_init(s->loop, h);
     h->data = s;
     *on = 1;
-    int urc = uv_tcp_bind(h, (const struct sockaddr *)ss, 0);
+    int urc = uv_tcp_open(h, *fd);
+    if (!urc) *fd = -1; /* the handle's now */
     if (!urc) urc = uv_listen((uv_stream_t *)h, 511, on_connection);
-    if (urc)
-        return umg_err_set(urc == UV_EADDRINUSE ? UMG_EBUSY : UMG_EIO, "cannot listen on %s: %s", addr, uv_strerror(urc));
+    if (urc) return umg_err_set(UMG_EIO, "cannot listen on %s: %s", addr, uv_strerror(urc));
     return 0;
 }
 
@@ -947,9 +1196,18 @@ static void close_walk_cb(uv_handle_t *h, void *arg)
 
 int server_run(const server_config *cfg)
 {
+    /* A write to a peer that has gone (libuv writes with write(2)/writev(2))
+     * raises SIGPIPE, whose default action killed the server (exit 141) when
+     * a client dropped with answers pending.  Ignored once, for the whole
+     * process and every write path (sockets of any protocol, pipes); such
+     * writes fail with EPIPE instead, and on_write closes the connection. */
+    struct sigaction ign = {.sa_handler = SIG_IGN};
+    sigemptyset(&ign.sa_mask);
+    if (sigaction(SIGPIPE, &ign, NULL)) return umg_err_set(UMG_EINTERNAL, "sigaction(SIGPIPE): %s", strerror(errno));
     srv *s = calloc(1, sizeof *s);
     if (!s) return umg_err_set(UMG_ENOMEM, "out of memory");
     s->cfg = *cfg;
+    s->tcp_fd = s->http_fd = -1;
     s->t_start_ns = srv_now_ns();
     pthread_mutex_init(&s->q_mu, NULL);
     pthread_condattr_t ca;
@@ -968,6 +1226,8 @@ int server_run(const server_config *cfg)
     if (s->cfg.threads < 1) s->cfg.threads = 1;
     if (s->cfg.regions < 0) s->cfg.regions = 0;
     if (s->cfg.max_connections < 1) s->cfg.max_connections = 1;
+    s->max_conns = s->cfg.max_connections;
+    raise_fd_limit(s);
     s->limits = proto_limits_default();
     if (cfg->max_frame) s->limits.max_frame = cfg->max_frame;
 
@@ -992,15 +1252,36 @@ int server_run(const server_config *cfg)
         rc = umg_err_set(UMG_EINVAL, "--require-auth needs a token (--auth-token-file FILE or UMGDB_AUTH_TOKEN)");
         goto out;
     }
+    /* bound before anything is loaded or created: a port in use fails at
+     * once and leaves no data directory behind (listening starts later) */
+    if (listen_addr && (rc = bind_tcp(&ss, listen_addr, &s->tcp_fd))) goto out;
+    if (cfg->http_listen && (rc = bind_tcp(&http_ss, cfg->http_listen, &s->http_fd))) goto out;
+    if (cfg->socket_path && (rc = prepare_socket_path(cfg->socket_path))) goto out;
     for (int i = 0; i < cfg->n_roots; i++) {
+        /* kept three ways: as given (absolute, normalized) and resolved, for
+         * the lexical check of a path; opened, to open files beneath it */
+        char cwd[PATH_MAX], joined[2 * PATH_MAX + 2], *abs = malloc(sizeof joined);
+        const char *given = cfg->roots[i];
+        if (given[0] != '/' && getcwd(cwd, sizeof cwd)) {
+            snprintf(joined, sizeof joined, "%s/%s", cwd, given);
+            given = joined;
+        }
         char *r = realpath(cfg->roots[i], NULL);
-        struct stat st;
-        if (!r || stat(r, &st) < 0 || !S_ISDIR(st.st_mode)) {
+        int fd = r ? open(r, O_PATH | O_DIRECTORY | O_CLOEXEC) : -1;
+        if (!abs || !r || fd < 0 || srv_path_normalize(given, abs, sizeof joined)) {
+            free(abs);
             free(r);
+            if (fd >= 0) close(fd);
             rc = umg_err_set(UMG_EINVAL, "--allow-root %s: not an existing directory", cfg->roots[i]);
             goto out;
         }
-        s->roots[s->n_roots++] = r;
+        s->roots[s->n_roots] = r;
+        s->roots_abs[s->n_roots] = abs;
+        s->root_fds[s->n_roots++] = fd;
+    }
+    if (getenv("UMG_TEST_NO_OPENAT2") && atoi(getenv("UMG_TEST_NO_OPENAT2")) > 0) {
+        s->no_openat2 = 1;
+        srv_log(s, SRV_LOG_WARN, "UMG_TEST_NO_OPENAT2: path ingest walks with openat instead of openat2 (a test hook)");
     }
 
     /* 2. model and data */
@@ -1019,7 +1300,14 @@ int server_run(const server_config *cfg)
     if (idx_set_threads(cfg->index_threads))
         srv_log(s, SRV_LOG_WARN, "--index-threads: %s", umg_err_msg());
     enc_model_options mopt = {.precision = cfg->precision};
-    if ((rc = enc_model_open_ex(cfg->model_dir, &mopt, &s->model))) goto out;
+    if ((rc = enc_model_open_ex(cfg->model_dir, &mopt, &s->model))) {
+        if (rc == UMG_ENOENT)
+            umg_err_set(rc, "%s (--model wants a CLIP checkpoint directory: config.json, model.safetensors, "
+                            "vocab.json, merges.txt; fetch one with scripts/download-model, e.g. "
+                            "scripts/download-model openai/clip-vit-base-patch32 models/clip-vit-base-patch32)",
+                        umg_err_msg());
+        goto out;
+    }
     if (cfg->precision != ENC_PRECISION_FP32)
         srv_log(s, SRV_LOG_INFO, "encoder precision %s (approximate; fp32 is the exact path)",
                 enc_precision_name(cfg->precision));
@@ -1056,14 +1344,17 @@ int server_run(const server_config *cfg)
     uv_signal_start(&s->sigterm, on_signal, SIGTERM);
     uv_timer_init(&loop, &s->stop_timer);
     s->stop_timer.data = s;
-    if (listen_addr && (rc = listen_tcp(s, &s->tcp, &s->tcp_on, &ss, listen_addr))) goto out;
-    if (cfg->http_listen && (rc = listen_tcp(s, &s->http_tcp, &s->http_on, &http_ss, cfg->http_listen))) goto out;
+    uv_timer_init(&loop, &s->resume_timer);
+    s->resume_timer.data = s;
+    if (listen_addr && (rc = listen_bound(s, &s->tcp, &s->tcp_on, &s->tcp_fd, listen_addr))) goto out;
+    if (cfg->http_listen && (rc = listen_bound(s, &s->http_tcp, &s->http_on, &s->http_fd, cfg->http_listen))) goto out;
     if (cfg->socket_path) {
-        if ((rc = prepare_socket_path(cfg->socket_path))) goto out;
         uv_pipe_init(&loop, &s->pipe, 0);
         s->pipe.data = s;
         s->pipe_on = 1;
-        mode_t old = umask(077); /* the socket file: owner only */
+        /* the socket file: owner only, 0600 (connecting needs write
+         * permission on it, not execute) */
+        mode_t old = umask(0177);
         int urc = uv_pipe_bind(&s->pipe, cfg->socket_path);
         umask(old);
         if (!urc) urc = uv_listen((uv_stream_t *)&s->pipe, 511, on_connection);
@@ -1102,6 +1393,7 @@ int server_run(const server_config *cfg)
                                  "running it in the background");
         srv_checkpoint_kick(s);
     }
+    derive_conn_cap(s);
     {
         db_stats st;
         db_stats_get(s->db, &st);
@@ -1169,6 +1461,8 @@ out:
         if (uv_loop_close(&loop)) srv_log(s, SRV_LOG_WARN, "event loop closed with handles open");
     }
     if (s->pipe_on && cfg->socket_path) unlink(cfg->socket_path);
+    if (s->tcp_fd >= 0) close(s->tcp_fd);
+    if (s->http_fd >= 0) close(s->http_fd);
     int saved = rc;
     char msg[600];
     snprintf(msg, sizeof msg, "%s", umg_err_msg());
@@ -1193,7 +1487,11 @@ out:
     }
     srv_ops_fini(s);
     enc_model_close(s->model);
-    for (int i = 0; i < s->n_roots; i++) free(s->roots[i]);
+    for (int i = 0; i < s->n_roots; i++) {
+        free(s->roots[i]);
+        free(s->roots_abs[i]);
+        close(s->root_fds[i]);
+    }
     pthread_mutex_destroy(&s->q_mu);
     pthread_cond_destroy(&s->q_cv);
     pthread_mutex_destroy(&s->ck_mu);

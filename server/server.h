@@ -20,8 +20,17 @@
 #define SRV_BATCH_LINGER_MS 30             /* encoder: longest wait for a fuller batch */
 #define SRV_MAX_TEXT_LANES 64             /* --text-lanes at most */
 #define SRV_MAX_INFLIGHT 64              /* requests per connection before reading pauses */
-#define SRV_MAX_UNSENT (8u << 20)         /* unsent response bytes per connection before reading pauses */
+#define SRV_MAX_UNSENT (8u << 20)         /* memory of unsent answers per connection before reading pauses */
 #define SRV_MAX_INFLIGHT_BYTES (256u << 20) /* request frame bytes held per connection */
+#define SRV_DEFAULT_BUFFER_MEMORY (1ull << 30) /* --buffer-memory: connection buffers, all connections */
+#define SRV_CONN_MEM_FLOOR (64u << 10)    /* over the budget, connections holding less go on reading */
+#define SRV_PREAUTH_MAX_FRAME 8192        /* largest frame before hello succeeds (token <= 4096 bytes) */
+#define SRV_PREAUTH_MAX_ERRORS 4          /* error answers before hello succeeds; the last one closes */
+#define SRV_DEFAULT_HELLO_TIMEOUT_S 10    /* --hello-timeout: auth required, hello must succeed by then */
+#define SRV_DEFAULT_FRAME_TIMEOUT_S 120   /* --frame-timeout: a frame started must be complete by then */
+#define SRV_FD_RESERVE 32                 /* descriptors kept for snapshots, checkpoints, stats */
+#define SRV_MIN_TOKEN_LEN 16              /* auth tokens: at least this many bytes */
+#define SRV_FD_REFUSING 16                /* descriptors kept for connections being refused with busy */
 
 enum srv_log_level { SRV_LOG_DEBUG = 0, SRV_LOG_INFO = 1, SRV_LOG_WARN = 2, SRV_LOG_ERROR = 3 };
 
@@ -56,6 +65,12 @@ typedef struct server_config {
     int threads;                   /* BLAS threads / query run states */
     uint32_t max_frame;
     int idle_timeout_s;            /* 0 = none */
+    int hello_timeout_s;           /* auth required: close a connection without a successful hello
+                                      this long after it was accepted; 0 = none */
+    int frame_timeout_s;           /* close a connection that has not finished the frame it started
+                                      this long ago (while the server reads it); 0 = none */
+    uint64_t buffer_memory;        /* budget of connection buffers over all connections (unsent
+                                      answers, requests held, partial frames); reading pauses at it */
     int max_connections;
     int log_level;                 /* enum srv_log_level */
     int no_patches;                /* do not store patch tokens */

@@ -33,7 +33,7 @@ struct srv_conn {
         uv_tcp_t tcp;
         uv_pipe_t pipe;
     } h;
-    uv_timer_t idle;
+    uv_timer_t idle;              /* deadlines: idle, hello, frame (on_deadline) */
     srv *s;
     uint64_t serial;              /* for logs */
     int refs;                     /* 1 while open + one per job in flight */
@@ -46,6 +46,12 @@ struct srv_conn {
     int inflight;                 /* jobs not yet answered */
     size_t inflight_bytes;        /* request frame bytes held by those jobs */
     size_t unsent;                /* response bytes handed to uv_write, not yet written */
+    size_t unsent_mem;            /* the memory those answers hold (buffers' capacity, requests) */
+    int writes;                   /* uv_write requests not yet called back */
+    size_t held;                  /* buffer memory of this connection counted in s->buffered */
+    int preauth_errors;           /* error answers before a successful hello */
+    uint64_t accepted_ns;         /* hello deadline */
+    uint64_t frame_start_ns;      /* first byte of the partial frame read; 0 between frames */
     uint64_t last_activity_ns;    /* last byte read or answer written (idle timeout) */
     proto_framer *framer;
     uint8_t *stash;               /* bytes read but not yet fed: reading paused mid-read */
@@ -88,13 +94,18 @@ static inline int srv_text_lanes(const server_config *cfg)
 struct srv {
     server_config cfg;
     char *roots[SRV_MAX_ROOTS];   /* realpath of each --allow-root */
+    char *roots_abs[SRV_MAX_ROOTS]; /* each --allow-root made absolute and normalized (srv_path_normalize) */
+    int root_fds[SRV_MAX_ROOTS];  /* each root opened (O_PATH) at start: path ingest opens beneath it */
     int n_roots;
+    int no_openat2;               /* env UMG_TEST_NO_OPENAT2 (tests): path ingest walks with openat */
     uv_loop_t *loop;
     uv_tcp_t tcp;
+    int tcp_fd;                   /* bound at start, before the loop exists; -1 once uv_tcp_open took it */
     uv_pipe_t pipe;
     int tcp_on, pipe_on;
     uv_tcp_t http_tcp;            /* --http */
     int http_on;
+    int http_fd;                  /* as tcp_fd, for --http */
     uv_signal_t sigint, sigterm;
     uv_async_t done_async;
     uv_timer_t stop_timer;
@@ -103,7 +114,14 @@ struct srv {
     uint64_t t_start_ns;
     uint64_t conn_serial;
     int n_conns;
+    int max_conns;                /* --max-connections, lowered to fit the descriptor limit */
+    uint64_t fd_limit_was;        /* the soft open-file limit before raise_fd_limit */
     srv_conn *conns;
+    size_t buffered;              /* sum of every connection's held */
+    int over_budget;              /* buffered >= cfg.buffer_memory: connections holding more than
+                                     SRV_CONN_MEM_FLOOR pause */
+    uv_timer_t resume_timer;      /* back under the budget: resume the paused connections */
+    uint64_t budget_logged_ns;    /* last "budget reached" log line */
     int jobs_inflight;
 
     enc_model *model;
@@ -177,11 +195,16 @@ srv_job *srv_job_new(srv_conn *c, proto_request *req, int op, size_t frame_bytes
 void srv_job_finish(srv_job *job);
 
 /* server_ops.c */
+/* Normalize the absolute path `path` lexically into out[0..size): "//" and
+ * "." components dropped, ".." removing the previous one (none above "/").
+ * UMG_EINVAL if path is relative, UMG_ETOOBIG if out is too small. */
+int srv_path_normalize(const char *path, char *out, size_t size);
 /* The configured token equals got[0..got_len) (constant time). */
 int srv_token_ok(const srv *s, const char *got, size_t got_len);
-/* Read a file path ingest may read (absolute, beneath an --allow-root);
- * *data malloc'd.  Any thread. */
-int srv_read_allowed(srv *s, const char *path, uint8_t **data, size_t *len, int64_t *mtime);
+/* Read a file path ingest may read (path ingest's rules: beneath an
+ * --allow-root, opened without following symlinks); *data malloc'd, *norm
+ * the normalized path (malloc'd).  Any thread. */
+int srv_read_allowed(srv *s, const char *path, char **norm, uint8_t **data, size_t *len, int64_t *mtime);
 int srv_ops_init(srv *s);        /* the engine over s->model and s->db, the hello result */
 void srv_ops_fini(srv *s);
 /* Run the handler the command table binds to req's op (loop thread):

@@ -11,7 +11,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <limits.h>
+#include <linux/openat2.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -277,60 +280,155 @@ static void answer_ingest_result(srv_job *job)
 }
 
 
-/* Is the resolved path p inside one of the allowed roots? */
-static int inside_roots(const srv *s, const char *p)
+/* ---- ingest by path ------------------------------------------------------ */
+
+int srv_path_normalize(const char *path, char *out, size_t size)
 {
-    for (int i = 0; i < s->n_roots; i++) {
-        size_t n = strlen(s->roots[i]);
-        if (!strncmp(p, s->roots[i], n) && (p[n] == '/' || p[n] == 0 || (n == 1 && s->roots[i][0] == '/')))
-            return 1;
+    if (path[0] != '/') return umg_err_set(UMG_EINVAL, "path must be absolute");
+    size_t n = 0;
+    const char *p = path;
+    while (*p) {
+        while (*p == '/') p++;
+        const char *e = p;
+        while (*e && *e != '/') e++;
+        size_t len = (size_t)(e - p);
+        if (len == 0 || (len == 1 && p[0] == '.')) {
+            /* nothing: an empty or "." component */
+        } else if (len == 2 && p[0] == '.' && p[1] == '.') {
+            while (n > 0 && out[n - 1] != '/') n--; /* drop the last component ("/.." stays "/") */
+            if (n > 0) n--;
+        } else {
+            if (n + 1 + len + 1 > size) return umg_err_set(UMG_ETOOBIG, "path too long");
+            out[n++] = '/';
+            memcpy(out + n, p, len);
+            n += len;
+        }
+        p = e;
     }
+    if (n == 0) out[n++] = '/';
+    out[n] = 0;
     return 0;
 }
 
-static int has_dotdot(const char *p)
+/* The part of the normalized path p below root (itself normalized), or NULL
+ * if p is not root or below it. */
+static const char *below(const char *root, const char *p)
 {
-    for (const char *q = p; (q = strstr(q, "..")); q += 2)
-        if ((q == p || q[-1] == '/') && (q[2] == '/' || q[2] == 0)) return 1;
-    return 0;
+    size_t n = strlen(root);
+    if (n == 1) return p + 1; /* root "/" */
+    if (strncmp(p, root, n) || (p[n] != '/' && p[n] != 0)) return NULL;
+    return p[n] == '/' ? p + n + 1 : p + n;
 }
 
-/* Read an allowed file: absolute, no "..", resolving inside a root, a regular
- * file opened without following a last-moment symlink. */
-int srv_read_allowed(srv *s, const char *path, uint8_t **data, size_t *len, int64_t *mtime)
+/* openat2(2) with RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS: the kernel resolves
+ * rel under dirfd, refusing ".." out of it and every symlink, in one step, so
+ * that nothing renamed or swapped meanwhile can lead it elsewhere.  -1 with
+ * errno ENOSYS where the kernel (< 5.6) or a seccomp filter lacks it. */
+static int openat2_beneath(int dirfd, const char *rel, int flags)
+{
+#ifdef SYS_openat2
+    struct open_how how = {.flags = (uint64_t)flags,
+                           .resolve = RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS};
+    return (int)syscall(SYS_openat2, dirfd, rel, &how, sizeof how);
+#else
+    errno = ENOSYS;
+    return -1;
+#endif
+}
+
+/* Without openat2: one component at a time, each directory opened with
+ * O_NOFOLLOW | O_DIRECTORY relative to the previous one, so a symlink at any
+ * level fails instead of being followed (ENOTDIR for a directory component,
+ * as for a file there; ELOOP for the last one).  rel is normalized: no ".",
+ * "..", or empty components. */
+static int openat_walk(int rootfd, const char *rel, int flags)
+{
+    int dirfd = rootfd;
+    const char *p = rel;
+    for (;;) {
+        const char *slash = strchr(p, '/');
+        if (!slash) break;
+        char comp[NAME_MAX + 1];
+        size_t len = (size_t)(slash - p);
+        if (len > NAME_MAX) {
+            if (dirfd != rootfd) close(dirfd);
+            errno = ENAMETOOLONG;
+            return -1;
+        }
+        memcpy(comp, p, len);
+        comp[len] = 0;
+        int next = openat(dirfd, comp, O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+        int e = errno;
+        if (dirfd != rootfd) close(dirfd);
+        if (next < 0) {
+            errno = e;
+            return -1;
+        }
+        dirfd = next;
+        p = slash + 1;
+    }
+    int fd = openat(dirfd, p, flags | O_NOFOLLOW);
+    int e = errno;
+    if (dirfd != rootfd) close(dirfd);
+    errno = e;
+    return fd;
+}
+
+/* Read an allowed file.  The path is normalized lexically (".", "..", "//")
+ * and must then lie inside a root as given or as resolved at start: anything
+ * else is forbidden before the filesystem is touched, so the answer says
+ * nothing about what exists outside.  The file is then opened beneath the
+ * root's descriptor without following any symlink (openat2, or a walk of
+ * openat calls), so swapping a directory for a symlink during the ingest
+ * cannot lead out of the root.  *norm gets the normalized path (malloc'd). */
+int srv_read_allowed(srv *s, const char *path, char **norm_out, uint8_t **data, size_t *len, int64_t *mtime)
 {
     if (!s->n_roots)
         return umg_err_set(UMG_EPERM, "ingest by path is off on this server (start it with --allow-root DIR); send the bytes instead");
     if (path[0] != '/') return umg_err_set(UMG_EINVAL, "ingest: path must be absolute");
-    if (has_dotdot(path)) return umg_err_set(UMG_EPERM, "ingest: '..' is not allowed in paths");
-    char *real = realpath(path, NULL);
-    if (!real) {
-        int e = errno;
-        return umg_err_set(umg_err_from_errno(e), "ingest: %s: %s", path, strerror(e));
+    size_t cap = strlen(path) + 2;
+    char *norm = malloc(cap);
+    if (!norm) return umg_err_set(UMG_ENOMEM, "out of memory");
+    int rc = srv_path_normalize(path, norm, cap);
+    const char *rel = NULL;
+    int root = -1;
+    for (int i = 0; !rc && i < s->n_roots && !rel; i++) {
+        if ((rel = below(s->roots_abs[i], norm)) || (rel = below(s->roots[i], norm))) root = i;
     }
-    if (!inside_roots(s, real)) {
-        free(real);
-        return umg_err_set(UMG_EPERM, "ingest: %s is outside the allowed roots", path);
+    if (!rc && !rel) rc = umg_err_set(UMG_EPERM, "ingest: %s is outside the allowed roots", path);
+    if (!rc && !*rel) rc = umg_err_set(UMG_EPERM, "ingest: %s is not a regular file", path);
+    if (rc) {
+        free(norm);
+        return rc;
     }
-    int fd = open(real, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
-    free(real);
+    const int flags = O_RDONLY | O_NONBLOCK | O_CLOEXEC | O_NOCTTY;
+    int fd = s->no_openat2 ? -1 : openat2_beneath(s->root_fds[root], rel, flags);
+    if (fd < 0 && (s->no_openat2 || errno == ENOSYS)) fd = openat_walk(s->root_fds[root], rel, flags);
     if (fd < 0) {
         int e = errno;
-        return umg_err_set(e == ELOOP ? UMG_EPERM : umg_err_from_errno(e), "ingest: %s: %s", path, strerror(e));
+        free(norm);
+        /* ENOTDIR: a file, or a symlink (the walk cannot tell), where a directory should be */
+        if (e == ELOOP || e == EXDEV || e == ENOTDIR)
+            return umg_err_set(UMG_EPERM, "ingest: %s: a symlink or a non-directory in the path (symlinks are not "
+                                          "followed under --allow-root)", path);
+        return umg_err_set(umg_err_from_errno(e), "ingest: %s: %s", path, strerror(e));
     }
     struct stat st;
     if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode)) {
         close(fd);
+        free(norm);
         return umg_err_set(UMG_EPERM, "ingest: %s is not a regular file", path);
     }
     if ((uint64_t)st.st_size > s->limits.max_frame) {
         close(fd);
+        free(norm);
         return umg_err_set(UMG_ETOOBIG, "ingest: %s is %lld bytes, over the %u-byte limit", path,
                            (long long)st.st_size, s->limits.max_frame);
     }
     uint8_t *buf = malloc(st.st_size ? (size_t)st.st_size : 1);
     if (!buf) {
         close(fd);
+        free(norm);
         return umg_err_set(UMG_ENOMEM, "out of memory");
     }
     size_t got = 0;
@@ -341,12 +439,25 @@ int srv_read_allowed(srv *s, const char *path, uint8_t **data, size_t *len, int6
         got += (size_t)r;
     }
     close(fd);
+    *norm_out = norm;
     *data = buf;
     *len = got;
     *mtime = (int64_t)st.st_mtime;
     return 0;
 }
 
+/* Strings of a request as the engine's (malloc'd array, NULL when empty;
+ * the strings stay in the request). */
+static int strs_to_eng(const proto_strs *in, eng_str **out, int *n)
+{
+    *out = NULL;
+    *n = 0;
+    if (!in->n) return 0;
+    if (!(*out = calloc(in->n, sizeof **out))) return UMG_ENOMEM;
+    for (uint32_t i = 0; i < in->n; i++) (*out)[i] = (eng_str){in->v[i].ptr, in->v[i].len};
+    *n = (int)in->n;
+    return 0;
+}
 
 /* The request's photo (read here for a path ingest) and tags, handed to
  * eng_ingest_begin. */
@@ -361,38 +472,38 @@ static int ingest_prepare(srv_job *job)
     size_t len = 0;
     int64_t mtime = 0;
     char *path;
-    int rc;
+    int rc, bytes_private = 0;
     if (proto_obj_str(proto_req_arg(req, "path"), &str, &sl)) {
         if (!(path = strndup(str, sl))) return umg_err_set(UMG_ENOMEM, "out of memory");
+        char *norm = NULL;
         if (strlen(path) != sl) rc = umg_err_set(UMG_EINVAL, "ingest: path contains a NUL byte");
-        else rc = srv_read_allowed(s, path, &owned, &len, &mtime);
-        if (rc) {
-            free(path);
-            return rc;
-        }
+        else rc = srv_read_allowed(s, path, &norm, &owned, &len, &mtime);
+        free(path);
+        if (rc) return rc;
+        path = norm; /* stored as normalized: "a/./b" and "a/b" are one photo */
         data = owned;
+        bytes_private = 1;
     } else {
-        proto_obj_str(proto_req_arg(req, "name"), &str, &sl);
-        if (!(path = strndup(str, sl))) return umg_err_set(UMG_ENOMEM, "out of memory");
-        if (strlen(path) != sl) {
+        const proto_ingest_args *a = &req->a.ingest;
+        if (!(path = strndup(a->name.ptr, a->name.len))) return umg_err_set(UMG_ENOMEM, "out of memory");
+        if (strlen(path) != a->name.len) {
             free(path);
             return umg_err_set(UMG_EINVAL, "ingest: name contains a NUL byte");
         }
-        proto_obj_bin(proto_req_arg(req, "data"), &data, &len);
+        data = a->data.ptr;
+        len = a->data.len;
         /* the client's file time, validated >= 1; absent: 0, the ingest time is recorded */
-        proto_obj_int(proto_req_arg(req, "mtime"), &mtime);
+        mtime = a->has_mtime ? a->mtime : 0;
     }
-    const msgpack_object *t = proto_req_arg(req, "tags");
-    int n_tags = t ? (int)t->via.array.size : 0;
-    eng_str *tags = n_tags ? calloc((size_t)n_tags, sizeof *tags) : NULL;
-    if (n_tags && !tags) {
+    eng_str *tags = NULL;
+    int n_tags = 0;
+    if (strs_to_eng(&req->a.ingest.tags, &tags, &n_tags)) {
         free(path);
         free(owned);
         return umg_err_set(UMG_ENOMEM, "out of memory");
     }
-    for (int i = 0; i < n_tags; i++) tags[i] = (eng_str){t->via.array.ptr[i].via.str.ptr, t->via.array.ptr[i].via.str.size};
     eng_ingest_req r = {.path = path, .data = data, .len = len, .take_data = owned != NULL, .mtime = mtime,
-                        .tags = tags, .n_tags = n_tags};
+                        .tags = tags, .n_tags = n_tags, .bytes_private = bytes_private};
     rc = eng_ingest_begin(s->eng, &r, &job->ing);
     free(tags);
     free(path);
@@ -452,47 +563,31 @@ void srv_encode_batch(srv *s, srv_job **jobs, int n)
 
 /* ---- searches (threadpool) ------------------------------------------------- */
 
-/* The request's filters; tags points into the request (eng_filters.tags,
- * malloc'd: the caller frees it). */
-static int read_filters(const proto_request *req, eng_filters *f)
-{
-    memset(f, 0, sizeof *f);
-    const msgpack_object *m = proto_req_arg(req, "filters");
-    if (!m) return 0;
-    const char *p;
-    size_t pl;
-    if (proto_obj_str(proto_map_get(m, "path_prefix"), &p, &pl)) f->path_prefix = (eng_str){p, pl};
-    const msgpack_object *t = proto_map_get(m, "tags");
-    if (t && t->via.array.size) {
-        eng_str *tags = calloc(t->via.array.size, sizeof *tags);
-        if (!tags) return umg_err_set(UMG_ENOMEM, "out of memory");
-        for (uint32_t i = 0; i < t->via.array.size; i++)
-            tags[i] = (eng_str){t->via.array.ptr[i].via.str.ptr, t->via.array.ptr[i].via.str.size};
-        f->tags = tags;
-        f->n_tags = (int)t->via.array.size;
-    }
-    if (proto_obj_float(proto_map_get(m, "min_score"), &f->min_score)) f->has_min_score = 1;
-    return 0;
-}
-
-/* Search with q (dim floats, any norm), filter, group, answer job. */
-static int search_answer(srv_job *job, const float *q, uint64_t exclude)
+/* Search with q (dim floats, any norm) as the query or query_image request
+ * asks (granularity, k, refine, filters), answer job with the hits. */
+static int search_answer(srv_job *job, const float *q, uint64_t exclude, int granularity, uint64_t k, int refine,
+                         const proto_filters *pf)
 {
     srv *s = job->s;
-    proto_request *req = job->req;
-    uint64_t k = PROTO_DEFAULT_K;
-    proto_obj_uint(proto_req_arg(req, "k"), &k);
-    const msgpack_object *g = proto_req_arg(req, "granularity");
-    int gran = proto_obj_str_eq(g, "region") ? ENG_GRAN_REGION : proto_obj_str_eq(g, "pixel") ? ENG_GRAN_PIXEL : ENG_GRAN_IMAGE;
+    /* the protocol's choice indexes are the engine's granularities */
+    _Static_assert((int)PROTO_GRAN_REGION == (int)ENG_GRAN_REGION && (int)PROTO_GRAN_PIXEL == (int)ENG_GRAN_PIXEL &&
+                       (int)PROTO_GRAN_IMAGE == (int)ENG_GRAN_IMAGE,
+                   "granularities");
     eng_search_req sr = {.query = q,
                          .k = (int)k,
-                         .granularity = gran,
-                         .refine = gran == ENG_GRAN_REGION && proto_obj_str_eq(proto_req_arg(req, "refine"), "pixel"),
+                         .granularity = granularity,
+                         .refine = granularity == ENG_GRAN_REGION && refine == PROTO_REFINE_PIXEL,
                          .exclude_image = exclude};
-    int rc = read_filters(req, &sr.filters);
+    eng_filters *f = &sr.filters;
+    if (pf->path_prefix.ptr) f->path_prefix = (eng_str){pf->path_prefix.ptr, pf->path_prefix.len};
+    f->has_min_score = pf->has_min_score;
+    f->min_score = pf->min_score;
+    eng_str *tags;
+    int rc = strs_to_eng(&pf->tags, &tags, &f->n_tags) ? umg_err_set(UMG_ENOMEM, "out of memory") : 0;
+    f->tags = tags;
     eng_hits hits = {0};
     if (!rc) rc = eng_search(s->eng, &sr, &hits);
-    free((void *)sr.filters.tags);
+    free(tags);
     if (rc) return rc;
     proto_writer w;
     if (proto_response_begin(&w, &job->resp, job->id)) {
@@ -524,12 +619,10 @@ static void query_work(uv_work_t *w)
     srv_job *job = w->data;
     srv *s = job->s;
     umg_err_clear();
-    const char *text;
-    size_t len;
-    proto_obj_str(proto_req_arg(job->req, "text"), &text, &len);
+    const proto_query_args *a = &job->req->a.query;
     float *vec = malloc((size_t)s->dim * sizeof(float));
-    int rc = vec ? eng_text_vector(s->eng, text, len, vec) : umg_err_set(UMG_ENOMEM, "out of memory");
-    if (!rc) rc = search_answer(job, vec, 0);
+    int rc = vec ? eng_text_vector(s->eng, a->text.ptr, a->text.len, vec) : umg_err_set(UMG_ENOMEM, "out of memory");
+    if (!rc) rc = search_answer(job, vec, 0, a->granularity, a->k, a->refine, &a->filters);
     if (rc) srv_job_error(job, rc, umg_err_msg());
     free(vec);
 }
@@ -537,18 +630,15 @@ static void query_work(uv_work_t *w)
 static void query_image_work(uv_work_t *w)
 {
     srv_job *job = w->data;
-    proto_request *req = job->req;
+    const proto_query_image_args *a = &job->req->a.query_image;
     umg_err_clear();
-    eng_image_query q = {0};
-    double bd[4];
-    if ((q.has_box = proto_obj_box(proto_req_arg(req, "box"), bd)))
-        for (int i = 0; i < 4; i++) q.box[i] = (float)bd[i];
-    q.by_id = proto_obj_uint(proto_req_arg(req, "image_id"), &q.image_id);
-    if (!q.by_id) proto_obj_bin(proto_req_arg(req, "data"), &q.data, &q.len);
+    eng_image_query q = {.by_id = a->has_image_id, .image_id = a->image_id, .data = a->data.ptr, .len = a->data.len,
+                         .has_box = a->has_box};
+    for (int i = 0; i < 4; i++) q.box[i] = (float)a->box[i];
     float *vec = malloc((size_t)job->s->dim * sizeof(float));
     uint64_t exclude = 0;
     int rc = vec ? eng_image_vector(job->s->eng, &q, vec, &exclude) : umg_err_set(UMG_ENOMEM, "out of memory");
-    if (!rc) rc = search_answer(job, vec, exclude);
+    if (!rc) rc = search_answer(job, vec, exclude, a->granularity, a->k, PROTO_REFINE_NONE, &a->filters);
     if (rc) srv_job_error(job, rc, umg_err_msg());
     free(vec);
 }
@@ -558,11 +648,12 @@ static void query_image_work(uv_work_t *w)
 
 static int resolve_image(srv_job *job, uint64_t *id)
 {
-    const char *p;
-    size_t pl;
-    if (proto_obj_uint(proto_req_arg(job->req, "image_id"), id)) return 0;
-    proto_obj_str(proto_req_arg(job->req, "path"), &p, &pl);
-    char *path = strndup(p, pl);
+    const proto_image_ref_args *a = job->op == PROTO_OP_GET ? &job->req->a.get : &job->req->a.del;
+    if (a->has_image_id) {
+        *id = a->image_id;
+        return 0;
+    }
+    char *path = strndup(a->path.ptr, a->path.len);
     if (!path) return umg_err_set(UMG_ENOMEM, "out of memory");
     int rc = db_find_path(job->s->db, path, id);
     if (rc == UMG_ENOENT) rc = umg_err_set(UMG_ENOENT, "no image at path '%s'", path);
@@ -594,7 +685,14 @@ static void get_work(uv_work_t *w)
             msgpack_packer *pk = &wr.pk;
             char hex[65];
             for (int i = 0; i < 32; i++) snprintf(hex + 2 * i, 3, "%02x", img.sha256[i]);
-            msgpack_pack_map(pk, 10);
+            /* capture metadata when the photo had any (absent fields: absent keys) */
+            enc_image_meta cap = {0};
+            void *cap_bytes = NULL;
+            size_t cap_len = 0;
+            if (db_get_extra(s->db, id, ENG_CAPTURE_EXTRA, &cap_bytes, &cap_len) == 0)
+                enc_image_meta_parse(cap_bytes, cap_len, &cap); /* damaged: nothing known */
+            free(cap_bytes);
+            msgpack_pack_map(pk, 10 + (size_t)cap.taken_at_known + (size_t)cap.camera_known + (size_t)cap.gps_known);
             pack_key(pk, "image_id"), msgpack_pack_uint64(pk, img.id);
             pack_key(pk, "path"), proto_pack_cstr(pk, img.path);
             pack_key(pk, "width"), msgpack_pack_uint32(pk, img.width);
@@ -606,6 +704,12 @@ static void get_work(uv_work_t *w)
             pack_key(pk, "tags");
             msgpack_pack_array(pk, (size_t)img.n_tags);
             for (int i = 0; i < img.n_tags; i++) proto_pack_cstr(pk, img.tags[i]);
+            if (cap.taken_at_known) pack_key(pk, "taken_at"), proto_pack_cstr(pk, cap.taken_at);
+            if (cap.camera_known) pack_key(pk, "camera"), proto_pack_cstr(pk, cap.camera);
+            if (cap.gps_known) {
+                pack_key(pk, "gps"), msgpack_pack_array(pk, 2);
+                msgpack_pack_double(pk, cap.lat), msgpack_pack_double(pk, cap.lon);
+            }
             pack_key(pk, "regions");
             msgpack_pack_array(pk, (size_t)nreg);
             for (int i = 0; i < nreg; i++) {
@@ -659,8 +763,7 @@ QUEUE_HANDLER(h_query_queue, query_work)
 /* The one cross-argument rule of query, checked before the text tower runs. */
 static int h_query(void *ctx, proto_request *req)
 {
-    const msgpack_object *r = proto_req_arg(req, "refine");
-    if (r && !proto_obj_str_eq(r, "none") && !proto_obj_str_eq(proto_req_arg(req, "granularity"), "region"))
+    if (req->a.query.refine != PROTO_REFINE_NONE && req->a.query.granularity != PROTO_GRAN_REGION)
         return umg_err_set(UMG_EINVAL, "query: 'refine' \"pixel\" re-ranks region boxes: it needs 'granularity' \"region\"");
     return h_query_queue(ctx, req);
 }

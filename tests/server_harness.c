@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -110,6 +111,13 @@ int ts_start(ts_server *s, const char *const *extra)
         if (fd >= 0) {
             dup2(fd, 2);
             dup2(fd, 1);
+        }
+        /* as a shell starts it: the test's SIG_IGN of SIGPIPE would survive execv
+         * and hide a server that dies of SIGPIPE (issue 14) */
+        signal(SIGPIPE, SIG_DFL);
+        if (s->nofile_hard) {
+            struct rlimit rl = {.rlim_cur = s->nofile_soft, .rlim_max = s->nofile_hard};
+            if (setrlimit(RLIMIT_NOFILE, &rl)) _exit(126);
         }
         execv(argv[0], (char *const *)argv);
         _exit(127);

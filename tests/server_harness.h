@@ -33,6 +33,8 @@ typedef struct ts_server {
     char data[300]; /* dir/data: the server's --data */
     char addr[320]; /* "unix:<dir>/sock", or the --listen address while started with one */
     char log[300];  /* dir/log: the server's stdout and stderr, appended over restarts */
+    unsigned long nofile_soft, nofile_hard; /* set before ts_start: the server's RLIMIT_NOFILE
+                                               (0, 0 = the test's own) */
 } ts_server;
 
 /* A fresh temporary directory /tmp/<prefix>XXXXXX for one server; fills s. */

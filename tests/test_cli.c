@@ -163,7 +163,7 @@ static int group_setup(void **state)
     char q[512];
     snprintf(q, sizeof q, "%s/rocket-copy.jpg", outside);
     copy_file(p, q);
-    write_text(token_file, "s3cret-token\n");
+    write_text(token_file, "s3cret-token-0123456\n"); /* tokens: >= 16 characters */
 
     const char *extra[] = {"--allow-root", photos, "--log-level", "warn", NULL};
     ts_start_ok(&srv, extra);
@@ -254,7 +254,8 @@ static void test_ingest(void **state)
     assert_non_null(strstr(r.out, "6 unchanged, 0 failed"));
     assert_non_null(strstr(r.out, "1 skipped (not a photo)"));
     char want[600];
-    snprintf(want, sizeof want, "skipped (not a photo):\n  %s: not an image (JPEG or PNG)\n", notes);
+    snprintf(want, sizeof want, "skipped (not a photo):\n  %s: not an image (JPEG, PNG, HEIC, AVIF, WebP, TIFF or GIF)\n",
+             notes);
     assert_non_null(strstr(r.err, want));
     assert_null(strstr(r.err, "failed"));
     assert_null(strchr(r.err, '\r'));   /* no progress bar drawn */
@@ -1044,6 +1045,37 @@ static void test_ingest_mtime(void **state)
     expect_run(NULL, gh, 0, "mtime: 2017-07-14 02:40:00 UTC (1500000000)\n", NULL);
 }
 
+/* Issue 17: every format the server decodes is sent (HEIC, WebP, TIFF, GIF, by
+ * their bytes whatever their names), and a skipped file says what it is. */
+static void test_ingest_formats(void **state)
+{
+    (void)state;
+    char dir[400], p[480];
+    snprintf(dir, sizeof dir, "%s/formats", root);
+    mkdir_p(dir);
+    static const char *const files[] = {"fmt.heic", "fmt.avif", "fmt_lossy.webp", "fmt_lzw.tif", "fmt.gif"};
+    for (size_t i = 0; i < sizeof files / sizeof *files; i++) {
+        char src[400];
+        snprintf(src, sizeof src, UMG_FIXTURES_DIR "/images/%s", files[i]);
+        snprintf(p, sizeof p, "%s/photo%zu.bin", dir, i); /* names say nothing */
+        copy_file(src, p);
+    }
+    snprintf(p, sizeof p, "%s/clip.mov", dir);
+    FILE *f = fopen(p, "wb");
+    assert_non_null(f);
+    fwrite("\0\0\0\x20" "ftypisom\0\0\2\0isomiso2avc1mp41", 1, 32, f);
+    fclose(f);
+    const char *in[] = {"ingest", "--server", server_addr, "--json", dir, NULL};
+    json_t *j = run_json(in);
+    assert_int_equal(json_integer_value(json_object_get(j, "ingested")), 5);
+    assert_int_equal(json_integer_value(json_object_get(j, "failed")), 0);
+    json_t *skipped = json_object_get(j, "skipped_files");
+    assert_int_equal(json_array_size(skipped), 1);
+    assert_string_equal(json_string_value(json_object_get(json_array_get(skipped, 0), "reason")),
+                        "unsupported format: video/mp4");
+    json_decref(j);
+}
+
 /* A tag filter cuts the nearest candidates: with -k 1 the one tagged photo
  * is beyond them (21 identical photos are nearer), so the CLI says the
  * filter may have cut the results and how to widen them; a larger -k finds it. */
@@ -1306,7 +1338,7 @@ static void test_auth(void **state)
     const char *af[] = {"ingest", "--server", addr, "--token-file", token_file, photo_path[1], NULL};
     expect_run(NULL, af, 0, NULL, NULL);
 
-    const char *env[] = {"UMGDB_AUTH_TOKEN=s3cret-token", NULL};
+    const char *env[] = {"UMGDB_AUTH_TOKEN=s3cret-token-0123456", NULL};
     const char *ae[] = {"stats", "--server", addr, "--json", NULL};
     r = run_env(env, ae);
     TU_EXPECT_EXIT(r, 0);
@@ -1374,6 +1406,7 @@ int main(void)
         cmocka_unit_test(test_get_stats_delete),
         cmocka_unit_test(test_relative_paths),
         cmocka_unit_test(test_ingest_mtime),
+        cmocka_unit_test(test_ingest_formats),
         cmocka_unit_test(test_query_filter_note),
         cmocka_unit_test(test_ingest_interrupt),
         cmocka_unit_test(test_usage_errors),

@@ -13,6 +13,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "enc_image.h"
 #include "test_util.h"
 
 #define TINY UMG_FIXTURES_DIR "/clip-tiny"
@@ -136,6 +137,53 @@ static void test_mixed_order(void **state)
     tu_result_free(&r);
 }
 
+/* `embed --decode fast` (the default) feeds the network the DCT-scaled decode of
+ * a large JPEG, `--decode exact` the full-resolution one (issue 17): each dump
+ * equals what the image library computes for that mode, and they differ. */
+static void test_decode_modes(void **state)
+{
+    const char *img = UMG_FIXTURES_DIR "/images/fmt_large.jpg";
+    enc_preproc p;
+    enc_preproc_default(&p, 224);
+    const size_t n = (size_t)3 * 224 * 224;
+    float *want[2] = {malloc(n * sizeof(float)), malloc(n * sizeof(float))};
+    for (int fast = 0; fast < 2; fast++) {
+        enc_decode_opts o = {.fast_for = fast ? &p : NULL};
+        enc_image im;
+        assert_int_equal(enc_image_load_ex(img, &o, &im, NULL), 0);
+        assert_int_equal(im.width, fast ? 500 : 1000);
+        assert_int_equal(enc_preprocess(&im, &p, want[fast]), 0);
+        enc_image_free(&im);
+    }
+    assert_true(memcmp(want[0], want[1], n * sizeof(float)) != 0);
+    static const char *const modes[] = {"exact", "fast", NULL};
+    for (int k = 0; k < 3; k++) {
+        char out[] = "/tmp/umg-embed-decode-XXXXXX";
+        int fd = mkstemp(out);
+        assert_true(fd >= 0);
+        close(fd);
+        const char *args[] = {"embed", "--model", TINY, "--image", img, "--dump-pixels", out,
+                              modes[k] ? "--decode" : NULL, modes[k], NULL};
+        tu_result r = tu_run(args);
+        if (r.status)
+            fail_msg("--decode %s: exit %d: %s", modes[k] ? modes[k] : "(default)", r.status, r.err);
+        size_t len;
+        float *got = (float *)tu_read_file(out, &len);
+        assert_int_equal(len, n * sizeof(float));
+        assert_memory_equal(got, want[k != 0], len); /* the default is fast */
+        free(got);
+        unlink(out);
+        tu_result_free(&r);
+    }
+    const char *bad[] = {"embed", "--model", TINY, "--image", img, "--decode", "quick", NULL};
+    tu_result r = tu_run(bad);
+    assert_int_equal(r.status, 2);
+    assert_non_null(strstr(r.err, "--decode"));
+    tu_result_free(&r);
+    free(want[0]);
+    free(want[1]);
+}
+
 static void test_dump_pixels(void **state)
 {
     char out[] = "/tmp/umg-embed-pixels-XXXXXX";
@@ -233,6 +281,7 @@ int main(void)
         cmocka_unit_test(test_image_patches),
         cmocka_unit_test(test_mixed_order),
         cmocka_unit_test(test_dump_pixels),
+        cmocka_unit_test(test_decode_modes),
         cmocka_unit_test(test_errors),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);

@@ -1,3 +1,6 @@
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE /* strcasestr */
+#endif
 /* test_image.c - decoding, EXIF orientation, resize, CLIP preprocessing and fit-pad,
  * geometry, preprocessor_config.json, hostile files.
  *
@@ -33,18 +36,22 @@ static void *read_all(const char *path, size_t *len) { return tu_read_file(path,
 /* "name w h [a b]" from the fixture manifest; returns the number of integers read. */
 static int manifest(const char *name, int v[4])
 {
-    FILE *f = fopen(IMG_DIR "/manifest.txt", "r");
-    assert_non_null(f);
-    char line[256], n[128];
+    /* make_test_images.py's, then make_format_images.py's */
+    static const char *const files[] = {IMG_DIR "/manifest.txt", IMG_DIR "/manifest_formats.txt"};
     int found = 0;
-    while (fgets(line, sizeof line, f)) {
-        int k = sscanf(line, "%127s %d %d %d %d", n, &v[0], &v[1], &v[2], &v[3]);
-        if (k >= 3 && strcmp(n, name) == 0) {
-            found = k - 1;
-            break;
+    for (int i = 0; i < 2 && !found; i++) {
+        FILE *f = fopen(files[i], "r");
+        assert_non_null(f);
+        char line[256], n[128];
+        while (fgets(line, sizeof line, f)) {
+            int k = sscanf(line, "%127s %d %d %d %d", n, &v[0], &v[1], &v[2], &v[3]);
+            if (k >= 3 && strcmp(n, name) == 0) {
+                found = k - 1;
+                break;
+            }
         }
+        fclose(f);
     }
-    fclose(f);
     if (!found)
         fail_msg("%s not in manifest.txt", name);
     return found;
@@ -288,6 +295,7 @@ static void expect_decoded_as_pillow(const char *const *names, size_t n, const c
         snprintf(rgb, sizeof rgb, "%s.rgb", names[i]);
         enc_image im;
         load_ok(path, &im);
+        printf("  %s\n", names[i]);
         expect_rgb(&im, rgb);
         enc_image_free(&im);
     }
@@ -663,9 +671,10 @@ static void test_empty_and_garbage(void **state)
     srand(12345);
     for (size_t i = 0; i < sizeof junk; i++)
         junk[i] = (uint8_t)rand();
-    junk[0] = 0x42; /* not a JPEG/PNG magic */
+    junk[0] = 0x42; /* no known magic */
     expect_error(junk, sizeof junk, MAXPX, UMG_EUNSUPPORTED, "random garbage");
-    expect_error("GIF89a\1\0\1\0", 10, MAXPX, UMG_EUNSUPPORTED, "GIF");
+    expect_error("GIF89a\1\0\1\0", 10, MAXPX, UMG_EFORMAT, "GIF cut in its header");
+    assert_non_null(strstr(umg_err_msg(), "GIF"));
     /* Right magic, garbage after it. */
     memcpy(junk, "\xff\xd8\xff", 3);
     expect_error(junk, sizeof junk, MAXPX, UMG_EFORMAT, "JPEG magic + garbage");
@@ -839,6 +848,447 @@ static void test_bombs(void **state)
     free(jpg);
 }
 
+/* ---------------------------------------------------------------- formats (issue 17) */
+
+/* IMG_DIR/name's bytes (malloc'd). */
+static uint8_t *read_image(const char *name, size_t *len)
+{
+    char path[512];
+    snprintf(path, sizeof path, IMG_DIR "/%s", name);
+    return read_all(path, len);
+}
+
+/* NAME decoded exactly equals REF decoded (same pixels in another container). */
+static void expect_same_pixels(const char *name, const char *ref)
+{
+    char p1[512], p2[512];
+    snprintf(p1, sizeof p1, IMG_DIR "/%s", name);
+    snprintf(p2, sizeof p2, IMG_DIR "/%s", ref);
+    enc_image a, b;
+    load_ok(p1, &a);
+    load_ok(p2, &b);
+    if (a.width != b.width || a.height != b.height)
+        fail_msg("%s is %dx%d, %s %dx%d", name, a.width, a.height, ref, b.width, b.height);
+    size_t n = (size_t)a.width * a.height * 3, ndiff = 0;
+    for (size_t i = 0; i < n; i++)
+        ndiff += a.rgb[i] != b.rgb[i];
+    if (ndiff)
+        fail_msg("%s: %zu of %zu bytes differ from %s", name, ndiff, n, ref);
+    enc_image_free(&a);
+    enc_image_free(&b);
+}
+
+static void test_sniff(void **state)
+{
+    static const struct {
+        const char *file;
+        int fmt;
+        const char *name;
+    } files[] = {
+        {"exif_1.jpg", ENC_FMT_JPEG, "JPEG"},       {"fmt_src.png", ENC_FMT_PNG, "PNG"},
+        {"fmt.heic", ENC_FMT_HEIC, "HEIC"},         {"fmt.avif", ENC_FMT_AVIF, "AVIF"},
+        {"fmt_lossy.webp", ENC_FMT_WEBP, "WebP"},   {"fmt_lzw.tif", ENC_FMT_TIFF, "TIFF"},
+        {"fmt_rgb16.tif", ENC_FMT_TIFF, "TIFF"},    {"fmt.gif", ENC_FMT_GIF, "GIF"},
+    };
+    for (size_t i = 0; i < sizeof files / sizeof *files; i++) {
+        size_t len;
+        uint8_t *d = read_image(files[i].file, &len);
+        const char *what = NULL;
+        assert_int_equal(enc_image_sniff(d, len < ENC_IMAGE_SNIFF_BYTES ? len : ENC_IMAGE_SNIFF_BYTES, &what),
+                         files[i].fmt);
+        assert_string_equal(what, files[i].name);
+        assert_string_equal(enc_image_format_name(files[i].fmt), files[i].name);
+        enc_image_meta meta;
+        enc_image im;
+        assert_int_equal(enc_image_decode_ex(d, len, NULL, &im, &meta), 0);
+        assert_int_equal(meta.format, files[i].fmt);
+        enc_image_free(&im);
+        free(d);
+    }
+    /* Not images: named by their magic, refused as unsupported with that name. */
+    static const struct {
+        const char *head;
+        size_t len;
+        const char *mime;
+    } others[] = {
+        {"\0\0\0\x20" "ftypisom\0\0\2\0isomiso2avc1mp41", 32, "video/mp4"},
+        {"\0\0\0\x14" "ftypqt  \0\0\0\0qt  ", 20, "video/quicktime"},
+        {"%PDF-1.7\n%", 10, "application/pdf"},
+        {"PK\3\4\x14\0\0\0", 8, "application/zip"},
+        {"BM\x36\0\0\0\0\0", 8, "image/bmp"},
+        {"\x1a\x45\xdf\xa3\x9f\x42\x86\x81", 8, "video/webm"},
+    };
+    for (size_t i = 0; i < sizeof others / sizeof *others; i++) {
+        const char *what = NULL;
+        assert_int_equal(enc_image_sniff(others[i].head, others[i].len, &what), ENC_FMT_UNKNOWN);
+        assert_non_null(what);
+        assert_string_equal(what, others[i].mime);
+        expect_error(others[i].head, others[i].len, MAXPX, UMG_EUNSUPPORTED, others[i].mime);
+        char want[96];
+        snprintf(want, sizeof want, "unsupported format: %s", others[i].mime);
+        if (!strstr(umg_err_msg(), want))
+            fail_msg("error \"%s\" does not say \"%s\"", umg_err_msg(), want);
+    }
+    /* An AVIF whose major brand is mif1 is still AVIF (compatible brands). */
+    const char *what;
+    assert_int_equal(enc_image_sniff("\0\0\0\x18" "ftypmif1\0\0\0\0mif1avif", 24, &what), ENC_FMT_AVIF);
+    assert_int_equal(enc_image_sniff("\0\0\0\x18" "ftypmif1\0\0\0\0mif1heic", 24, &what), ENC_FMT_HEIC);
+    assert_int_equal(enc_image_sniff("\x42\x43", 2, &what), ENC_FMT_UNKNOWN);
+    assert_null(what);
+}
+
+/* The same pixels in another container decode to the same RGB, hence the same
+ * network input (and so the same vectors: preprocessing and the encoder are
+ * deterministic functions of it). */
+static void test_same_pixels_other_containers(void **state)
+{
+    static const char *const same[] = {"fmt_lossless.webp", "fmt_lzw.tif", "fmt_deflate.tif", "fmt_tiled.tif",
+                                       "fmt_multipage.tif", "fmt_planar.tif"};
+    for (size_t i = 0; i < sizeof same / sizeof *same; i++)
+        expect_same_pixels(same[i], "fmt_src.png");
+    /* lossless WebP with alpha: the RGB under the alpha is kept (-exact), dropped alpha */
+    expect_same_pixels("fmt_alpha_lossless.webp", "fmt_src_rgba.png");
+
+    enc_preproc p;
+    enc_preproc_default(&p, 24);
+    float a[3 * 24 * 24], b[3 * 24 * 24];
+    enc_image x, y;
+    load_ok(IMG_DIR "/fmt_src.png", &x);
+    load_ok(IMG_DIR "/fmt_lossless.webp", &y);
+    assert_int_equal(enc_preprocess(&x, &p, a), 0);
+    assert_int_equal(enc_preprocess(&y, &p, b), 0);
+    assert_memory_equal(a, b, sizeof a);
+    enc_image_free(&x);
+    enc_image_free(&y);
+}
+
+static void test_formats_vs_pillow(void **state)
+{
+    static const char *const names[] = {
+        "fmt_lossy.webp", "fmt_alpha_lossy.webp", "fmt_alpha_lossless.webp", "fmt_anim.webp", "fmt_exif6.webp",
+        "fmt_gray.tif", "fmt_bilevel.tif", "fmt_jpeg.tif", "fmt_ycbcr_jpeg.tif", "fmt_rgba.tif",
+        "fmt_palette.tif", "fmt_rgb16.tif", "fmt_rgba16.tif", "fmt_cmyk.tif", "fmt_gray16.tif", "fmt_exif6.tif",
+        "fmt.gif", "fmt_noninterlaced.gif", "fmt_anim.gif", "fmt_small_frame.gif",
+    };
+    expect_decoded_as_pillow(names, sizeof names / sizeof *names, ""); /* NAME.rgb beside NAME */
+}
+
+/* HEIC/AVIF give exactly libheif's own decode (heif-convert's PNG beside each). */
+static void test_heif_vs_libheif(void **state)
+{
+    static const char *const names[] = {"fmt.heic", "fmt.avif", "fmt_alpha.heic", "fmt_irot.heic",
+                                        "fmt_exif6.heic"};
+    for (size_t i = 0; i < sizeof names / sizeof *names; i++) {
+        char png[160];
+        snprintf(png, sizeof png, "%s.png", names[i]);
+        expect_same_pixels(names[i], png);
+    }
+    enc_image im;
+    enc_image_meta meta;
+    /* irot: libheif rotates (stored 48x32); EXIF Orientation 6 without irot: not
+     * rotated again, as heif-convert. */
+    assert_int_equal(enc_image_load_ex(IMG_DIR "/fmt_irot.heic", NULL, &im, &meta), 0);
+    assert_int_equal(im.width, 32);
+    assert_int_equal(im.height, 48);
+    enc_image_free(&im);
+    assert_int_equal(enc_image_load_ex(IMG_DIR "/fmt_exif6.heic", NULL, &im, &meta), 0);
+    assert_int_equal(im.width, 32);
+    assert_int_equal(im.height, 48);
+    assert_int_equal(meta.orientation, 1);
+    enc_image_free(&im);
+}
+
+/* Orientation in each container: the upright photo (fmt_src.png, 48x32) comes back. */
+static void test_orientation_containers(void **state)
+{
+    static const char *const names[] = {"fmt_exif6.webp", "fmt_exif6.tif"};
+    for (size_t i = 0; i < sizeof names / sizeof *names; i++) {
+        char path[512];
+        snprintf(path, sizeof path, IMG_DIR "/%s", names[i]);
+        enc_image im;
+        enc_image_meta meta;
+        assert_int_equal(enc_image_load_ex(path, NULL, &im, &meta), 0);
+        assert_int_equal(meta.orientation, 6);
+        assert_int_equal(im.width, 48);
+        assert_int_equal(im.height, 32);
+        assert_int_equal(meta.full_width, 48);
+        enc_image_free(&im);
+    }
+    expect_same_pixels("fmt_exif6.tif", "fmt_src.png"); /* lossless: exactly the source */
+    expect_same_pixels("fmt_exif6.webp", "fmt_src.png");
+}
+
+static const char *const format_files[] = {
+    "fmt.heic", "fmt.avif", "fmt_alpha.heic", "fmt_lossy.webp", "fmt_lossless.webp", "fmt_anim.webp",
+    "fmt_exif6.webp", "fmt_lzw.tif", "fmt_jpeg.tif", "fmt_ycbcr_jpeg.tif", "fmt_tiled.tif", "fmt_rgb16.tif",
+    "fmt.gif", "fmt_anim.gif", "fmt_noninterlaced.gif",
+};
+
+/* Every format cut short or damaged: an error naming the format, never a crash or
+ * a leak (ASan), never out->rgb set. */
+static void test_formats_truncated_corrupt(void **state)
+{
+    for (size_t f = 0; f < sizeof format_files / sizeof *format_files; f++) {
+        size_t len;
+        uint8_t *d = read_image(format_files[f], &len);
+        const char *name;
+        enc_image_sniff(d, len, &name);
+        const size_t cuts[] = {5, 12, 30, 100, len / 3, len / 2, len * 9 / 10, len - 1};
+        for (size_t c = 0; c < sizeof cuts / sizeof *cuts; c++) {
+            if (cuts[c] >= len)
+                continue;
+            enc_image im = {.rgb = (uint8_t *)1};
+            int rc = enc_image_decode(d, cuts[c], MAXPX, &im);
+            /* A GIF or TIFF cut after its first frame's data (later frames, a later
+             * page's IFD) still holds the whole first image: then it must be exact. */
+            if (rc == 0 && cuts[c] >= len / 2 && (strstr(name, "GIF") || strstr(name, "TIFF"))) {
+                enc_image whole;
+                assert_int_equal(enc_image_decode(d, len, MAXPX, &whole), 0);
+                assert_int_equal(im.width, whole.width);
+                assert_int_equal(im.height, whole.height);
+                assert_memory_equal(im.rgb, whole.rgb, (size_t)im.width * im.height * 3);
+                enc_image_free(&whole);
+                enc_image_free(&im);
+                continue;
+            }
+            if (rc != UMG_EFORMAT)
+                fail_msg("%s cut at %zu of %zu: rc %d (%s)", format_files[f], cuts[c], len, rc, umg_err_msg());
+            assert_null(im.rgb);
+            if (cuts[c] >= 12 && !strcasestr(umg_err_msg(), name))
+                fail_msg("%s cut at %zu: \"%s\" does not name %s", format_files[f], cuts[c], umg_err_msg(), name);
+        }
+        /* random byte mutations: any outcome but a crash, a leak or an inconsistent result */
+        uint8_t *buf = malloc(len);
+        srand(1700 + (unsigned)f);
+        int refused = 0;
+        for (int it = 0; it < 60; it++) {
+            memcpy(buf, d, len);
+            for (int k = 0, n = 1 + rand() % 6; k < n; k++)
+                buf[16 + rand() % (len - 16)] = (uint8_t)rand();
+            enc_image im;
+            int rc = enc_image_decode(buf, len, MAXPX, &im);
+            if (rc == 0) {
+                assert_non_null(im.rgb);
+                assert_true(im.width > 0 && im.height > 0);
+            } else {
+                if (rc != UMG_EFORMAT && rc != UMG_ETOOBIG && rc != UMG_EUNSUPPORTED)
+                    fail_msg("%s mutated: rc %d (%s)", format_files[f], rc, umg_err_msg());
+                assert_null(im.rgb);
+                refused++;
+            }
+            enc_image_free(&im);
+        }
+        free(buf);
+        free(d);
+    }
+}
+
+/* The pixel limit, per format, from the header: refused before decoding. */
+static void test_formats_pixel_limit(void **state)
+{
+    for (size_t f = 0; f < sizeof format_files / sizeof *format_files; f++) {
+        size_t len;
+        uint8_t *d = read_image(format_files[f], &len);
+        enc_image im;
+        enc_image_meta meta;
+        assert_int_equal(enc_image_decode_ex(d, len, NULL, &im, &meta), 0);
+        uint64_t px = (uint64_t)im.width * im.height;
+        enc_image_free(&im);
+        expect_error(d, len, px - 1, UMG_ETOOBIG, format_files[f]);
+        free(d);
+    }
+    /* Headers claiming huge sizes: a GIF screen and a TIFF of 60000x60000 */
+    size_t len;
+    uint8_t *gif = read_all(IMG_DIR "/fmt.gif", &len);
+    gif[6] = gif[7] = gif[8] = gif[9] = 0xff;
+    expect_error(gif, len, MAXPX, UMG_ETOOBIG, "GIF screen 65535x65535");
+    free(gif);
+    uint8_t *tif = read_all(IMG_DIR "/fmt_rgb16.tif", &len); /* our own writer: SHORT width/height at fixed places */
+    assert_memory_equal(tif, "II*\0\x08\0\0\0", 8);
+    int n = tif[8] | tif[9] << 8;
+    for (int i = 0; i < n; i++) {
+        uint8_t *e = tif + 10 + 12 * i;
+        int tag = e[0] | e[1] << 8;
+        if (tag == 256 || tag == 257)
+            e[8] = 0x60, e[9] = 0xea; /* 60000 */
+    }
+    expect_error(tif, len, MAXPX, UMG_ETOOBIG, "TIFF 60000x60000");
+    free(tif);
+}
+
+static void load_meta(const char *name, enc_image_meta *meta)
+{
+    char path[512];
+    snprintf(path, sizeof path, IMG_DIR "/%s", name);
+    enc_image im;
+    int rc = enc_image_load_ex(path, NULL, &im, meta);
+    if (rc)
+        fail_msg("%s: rc %d %s", name, rc, umg_err_msg());
+    enc_image_free(&im);
+}
+
+static void test_capture_metadata(void **state)
+{
+    static const char *const full[] = {"meta_full.jpg", "meta_full.heic", "meta_full.tif", "meta_full.webp"};
+    for (size_t i = 0; i < sizeof full / sizeof *full; i++) {
+        enc_image_meta m;
+        load_meta(full[i], &m);
+        printf("  %-16s taken_at %s camera \"%s\" gps %.6f,%.6f\n", full[i], m.taken_at, m.camera, m.lat, m.lon);
+        assert_true(m.taken_at_known && m.offset_known && m.camera_known && m.gps_known);
+        assert_string_equal(m.taken_at, "2019-07-14T12:00:00+02:00");
+        assert_int_equal(m.offset_minutes, 120);
+        assert_string_equal(m.camera, "FUJIFILM X-T3");
+        assert_true(fabs(m.lat - -33.8568) < 1e-6 && fabs(m.lon - 151.2153) < 1e-6);
+    }
+    enc_image_meta m;
+    load_meta("meta_partial.jpg", &m); /* no offset; the model repeats the make; west */
+    assert_true(m.taken_at_known && !m.offset_known);
+    assert_string_equal(m.taken_at, "2021-01-02T03:04:05");
+    assert_string_equal(m.camera, "Canon EOS 5D Mark IV");
+    assert_true(m.gps_known && fabs(m.lat - 40.6892) < 1e-6 && fabs(m.lon - -74.0445) < 1e-6);
+    /* "0000:00:00 00:00:00" and a latitude without longitude: unknown; the offset
+     * alone says nothing */
+    load_meta("meta_bad.jpg", &m);
+    assert_false(m.taken_at_known || m.offset_known || m.camera_known || m.gps_known);
+    static const char *const none[] = {"fmt_src.png", "exif_1.jpg", "meta_garbage.jpg", "meta_cut_ifd.jpg",
+                                       "fmt.heic", "fmt_lzw.tif", "fmt_lossy.webp", "fmt.gif"};
+    for (size_t i = 0; i < sizeof none / sizeof *none; i++) {
+        load_meta(none[i], &m);
+        if (m.taken_at_known || m.offset_known || m.camera_known || m.gps_known)
+            fail_msg("%s: metadata found where there is none", none[i]);
+        assert_string_equal(m.taken_at, "");
+    }
+    /* the stored form (the server's "capture" extra) reads back the same fields */
+    enc_image_meta mf, back;
+    load_meta("meta_full.jpg", &mf);
+    char buf[256];
+    size_t n = enc_image_meta_serialize(&mf, buf, sizeof buf);
+    assert_true(n > 0 && n < sizeof buf);
+    assert_int_equal(enc_image_meta_parse(buf, n, &back), 0);
+    assert_true(back.taken_at_known && back.offset_known && back.camera_known && back.gps_known);
+    assert_string_equal(back.taken_at, mf.taken_at);
+    assert_int_equal(back.offset_minutes, 120);
+    assert_string_equal(back.camera, mf.camera);
+    assert_true(fabs(back.lat - mf.lat) < 1e-7 && fabs(back.lon - mf.lon) < 1e-7);
+    load_meta("meta_partial.jpg", &mf);
+    n = enc_image_meta_serialize(&mf, buf, sizeof buf);
+    assert_int_equal(enc_image_meta_parse(buf, n, &back), 0);
+    assert_true(back.taken_at_known && !back.offset_known);
+    assert_string_equal(back.camera, "Canon EOS 5D Mark IV");
+    assert_true(back.lon < 0);
+    assert_int_equal(enc_image_meta_serialize(&mf, buf, 20), 0); /* does not fit */
+    load_meta("fmt_src.png", &mf);
+    assert_int_equal(enc_image_meta_serialize(&mf, buf, sizeof buf), 0); /* nothing known */
+    assert_int_equal(enc_image_meta_parse("capture1\ntaken_at=2020", 22, &back), UMG_EFORMAT);
+    assert_int_equal(enc_image_meta_parse("junk", 4, &back), UMG_EFORMAT);
+    const char future[] = "capture1\nfuture=1\ngps=91 0\n"; /* unknown line skipped, bad latitude */
+    assert_int_equal(enc_image_meta_parse(future, sizeof future - 1, &back), 0);
+    assert_false(back.gps_known || back.taken_at_known || back.camera_known);
+    const char tz[] = "capture1\ntaken_at=2001-02-03T04:05:06-00:30\n";
+    assert_int_equal(enc_image_meta_parse(tz, sizeof tz - 1, &back), 0);
+    assert_true(back.offset_known);
+    assert_int_equal(back.offset_minutes, -30);
+
+    /* EXIF garbage never makes a photo undecodable: same pixels as without it */
+    enc_image a, b;
+    load_ok(IMG_DIR "/meta_garbage.jpg", &a);
+    load_ok(IMG_DIR "/meta_full.jpg", &b);
+    assert_int_equal(a.width, b.width);
+    assert_memory_equal(a.rgb, b.rgb, (size_t)a.width * a.height * 3);
+    enc_image_free(&a);
+    enc_image_free(&b);
+}
+
+/* libjpeg's own DCT-scaled decode of data at 1/scale. */
+static uint8_t *libjpeg_scaled(const uint8_t *data, size_t len, int scale, int *w, int *h)
+{
+    struct jpeg_decompress_struct c;
+    struct jpeg_error_mgr e;
+    c.err = jpeg_std_error(&e);
+    jpeg_create_decompress(&c);
+    jpeg_mem_src(&c, data, (unsigned long)len);
+    jpeg_read_header(&c, TRUE);
+    c.out_color_space = JCS_RGB;
+    c.scale_num = 1;
+    c.scale_denom = (unsigned)scale;
+    jpeg_start_decompress(&c);
+    *w = (int)c.output_width;
+    *h = (int)c.output_height;
+    uint8_t *rgb = malloc((size_t)*w * *h * 3);
+    while (c.output_scanline < c.output_height) {
+        JSAMPROW row = rgb + (size_t)c.output_scanline * *w * 3;
+        jpeg_read_scanlines(&c, &row, 1);
+    }
+    jpeg_finish_decompress(&c);
+    jpeg_destroy_decompress(&c);
+    return rgb;
+}
+
+/* The fast path: JPEG DCT scaling chosen as PIL's draft() (largest of 1/2/4/8 that
+ * keeps both sides >= the resize target), pixels exactly libjpeg's scaled decode. */
+static void test_fast_decode(void **state)
+{
+    size_t len;
+    uint8_t *jpg = read_all(CLIP_DIR "/images/rocket.jpg", &len); /* 640x427 */
+    static const struct {
+        int size, scale;
+    } cases[] = {{224, 1}, {200, 2}, {100, 4}, {53, 8}, {40, 8}, {107, 2}};
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        enc_preproc p;
+        enc_preproc_default(&p, cases[i].size);
+        /* resized to int(size * 640 / 427) x size: the draft keeps >= both */
+        enc_decode_opts o = {.fast_for = &p};
+        enc_image im;
+        enc_image_meta meta;
+        assert_int_equal(enc_image_decode_ex(jpg, len, &o, &im, &meta), 0);
+        int w, h;
+        uint8_t *want = libjpeg_scaled(jpg, len, cases[i].scale, &w, &h);
+        if (im.width != w || im.height != h)
+            fail_msg("target %d: %dx%d, want scale 1/%d = %dx%d", cases[i].size, im.width, im.height,
+                     cases[i].scale, w, h);
+        assert_memory_equal(im.rgb, want, (size_t)w * h * 3);
+        assert_int_equal(meta.full_width, 640);
+        assert_int_equal(meta.full_height, 427);
+        enc_preproc_geom g;
+        enc_preproc_geometry(&p, 640, 427, &g);
+        assert_true(im.width >= g.resized_w && im.height >= g.resized_h);
+        free(want);
+        enc_image_free(&im);
+    }
+    /* exact path: bit-identical to enc_image_decode whatever the options say otherwise */
+    enc_decode_opts exact = {0};
+    enc_image a, b;
+    assert_int_equal(enc_image_decode_ex(jpg, len, &exact, &a, NULL), 0);
+    assert_int_equal(enc_image_decode(jpg, len, MAXPX, &b), 0);
+    assert_int_equal(a.width, 640);
+    assert_memory_equal(a.rgb, b.rgb, (size_t)640 * 427 * 3);
+    enc_image_free(&a);
+    enc_image_free(&b);
+    free(jpg);
+
+    /* Orientation 6 (stored 16x32, shown 32x16): the target is turned with it. */
+    uint8_t *j6 = read_all(IMG_DIR "/exif_6.jpg", &len);
+    enc_preproc p;
+    enc_preproc_default(&p, 4); /* shown 32x16 resizes to 8x4: stored target 4x8, scale 4 */
+    enc_decode_opts o = {.fast_for = &p};
+    enc_image im;
+    enc_image_meta meta;
+    assert_int_equal(enc_image_decode_ex(j6, len, &o, &im, &meta), 0);
+    assert_int_equal(im.width, 8);
+    assert_int_equal(im.height, 4);
+    assert_int_equal(meta.full_width, 32);
+    assert_int_equal(meta.full_height, 16);
+    enc_image_free(&im);
+    free(j6);
+
+    int fast = -1;
+    assert_int_equal(enc_decode_mode_parse("fast", &fast), 0);
+    assert_int_equal(fast, 1);
+    assert_int_equal(enc_decode_mode_parse("exact", &fast), 0);
+    assert_int_equal(fast, 0);
+    assert_int_equal(enc_decode_mode_parse("quick", &fast), UMG_EINVAL);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -860,6 +1310,15 @@ int main(void)
         cmocka_unit_test(test_truncated),
         cmocka_unit_test(test_corrupt),
         cmocka_unit_test(test_bombs),
+        cmocka_unit_test(test_sniff),
+        cmocka_unit_test(test_same_pixels_other_containers),
+        cmocka_unit_test(test_formats_vs_pillow),
+        cmocka_unit_test(test_heif_vs_libheif),
+        cmocka_unit_test(test_orientation_containers),
+        cmocka_unit_test(test_formats_truncated_corrupt),
+        cmocka_unit_test(test_formats_pixel_limit),
+        cmocka_unit_test(test_capture_metadata),
+        cmocka_unit_test(test_fast_decode),
     };
     return cmocka_run_group_tests(tests, setup_tmp, teardown_tmp);
 }

@@ -214,6 +214,35 @@ static void test_framing_several_frames_in_one_chunk(void **state)
     free(all.p);
 }
 
+/* proto_framer_set_max: a small limit refuses a bigger frame; raised, the
+ * same length passes; proto_framer_held follows the partial frame's buffer. */
+static void test_framing_set_max(void **state)
+{
+    proto_framer *f;
+    uint8_t chunk[4 + 5000];
+    memset(chunk, 'x', sizeof chunk);
+    proto_frame_put_len(chunk, 5000);
+    size_t used, fl;
+    uint8_t *fr;
+    assert_int_equal(proto_framer_create(0, &f), 0);
+    proto_framer_set_max(f, 4096);
+    assert_int_equal(proto_framer_feed(f, chunk, sizeof chunk, &used, &fr, &fl), UMG_ETOOBIG);
+    assert_int_equal(proto_framer_held(f), 0);
+    proto_framer_close(f);
+
+    assert_int_equal(proto_framer_create(4096, &f), 0);
+    proto_framer_set_max(f, 8192);
+    assert_int_equal(proto_framer_feed(f, chunk, 4 + 100, &used, &fr, &fl), PROTO_FRAME_NEED_MORE);
+    assert_true(proto_framer_held(f) >= 100 && proto_framer_held(f) <= 5000);
+    /* lowering the limit does not refuse the length already accepted */
+    proto_framer_set_max(f, 1024);
+    assert_int_equal(proto_framer_feed(f, chunk + 104, sizeof chunk - 104, &used, &fr, &fl), PROTO_FRAME_READY);
+    assert_int_equal(fl, 5000);
+    free(fr);
+    assert_int_equal(proto_framer_held(f), 0);
+    proto_framer_close(f);
+}
+
 static void test_framing_oversize_refused_before_buffering(void **state)
 {
     proto_framer *f;
@@ -616,6 +645,113 @@ static void test_request_examples_of_every_op(void **state)
     assert_int_equal(proto_request_begin(&w, &sb, 11, "query", 1), 0);
     assert_int_equal(proto_request_end(&w, 0), UMG_EPROTO);
     assert_int_equal(sb.size, 0);
+    msgpack_sbuffer_destroy(&sb);
+}
+
+/* The typed arguments (proto_args), filled from the table: every argument
+ * of the examples lands in its op's struct field, with defaults and
+ * presence flags for what is absent. */
+static void test_request_typed_args(void **state)
+{
+    (void)state;
+    msgpack_sbuffer sb;
+    msgpack_sbuffer_init(&sb);
+    proto_writer w;
+    proto_request *r;
+
+    assert_int_equal(proto_request_begin(&w, &sb, 5, "query", 5), 0);
+    proto_pack_cstr(&w.pk, "text"); proto_pack_cstr(&w.pk, "a red car");
+    proto_pack_cstr(&w.pk, "granularity"); proto_pack_cstr(&w.pk, "region");
+    proto_pack_cstr(&w.pk, "k"); msgpack_pack_uint64(&w.pk, 20);
+    proto_pack_cstr(&w.pk, "filters"); msgpack_pack_map(&w.pk, 3);
+    proto_pack_cstr(&w.pk, "path_prefix"); proto_pack_cstr(&w.pk, "/photos/2023/");
+    proto_pack_cstr(&w.pk, "tags"); msgpack_pack_array(&w.pk, 2); proto_pack_cstr(&w.pk, "street");
+    proto_pack_cstr(&w.pk, "night");
+    proto_pack_cstr(&w.pk, "min_score"); msgpack_pack_float(&w.pk, 0.25f);
+    proto_pack_cstr(&w.pk, "refine"); proto_pack_cstr(&w.pk, "pixel");
+    assert_int_equal(proto_request_end(&w, 0), 0);
+    r = roundtrip(&sb);
+    const proto_query_args *q = &r->a.query;
+    assert_int_equal(q->text.len, 9);
+    assert_memory_equal(q->text.ptr, "a red car", 9);
+    assert_int_equal(q->granularity, PROTO_GRAN_REGION);
+    assert_int_equal(q->k, 20);
+    assert_true(q->has_filters);
+    assert_int_equal(q->filters.path_prefix.len, 13);
+    assert_memory_equal(q->filters.path_prefix.ptr, "/photos/2023/", 13);
+    assert_int_equal(q->filters.tags.n, 2);
+    assert_memory_equal(q->filters.tags.v[1].ptr, "night", 5);
+    assert_int_equal(q->filters.tags.v[1].len, 5);
+    assert_true(q->filters.has_min_score);
+    assert_true(q->filters.min_score == 0.25);
+    assert_int_equal(q->refine, PROTO_REFINE_PIXEL);
+    proto_request_free(r);
+
+    /* defaults: image granularity, k = PROTO_DEFAULT_K, no filters, no refine */
+    assert_int_equal(proto_request_begin(&w, &sb, 6, "query", 2), 0);
+    proto_pack_cstr(&w.pk, "text"); proto_pack_cstr(&w.pk, "x");
+    proto_pack_cstr(&w.pk, "granularity"); proto_pack_cstr(&w.pk, "pixel");
+    assert_int_equal(proto_request_end(&w, 0), 0);
+    r = roundtrip(&sb);
+    assert_int_equal(r->a.query.granularity, PROTO_GRAN_PIXEL);
+    assert_int_equal(r->a.query.k, PROTO_DEFAULT_K);
+    assert_false(r->a.query.has_filters);
+    assert_null(r->a.query.filters.path_prefix.ptr);
+    assert_int_equal(r->a.query.filters.tags.n, 0);
+    assert_false(r->a.query.filters.has_min_score);
+    assert_int_equal(r->a.query.refine, PROTO_REFINE_NONE);
+    proto_request_free(r);
+
+    assert_int_equal(proto_request_begin(&w, &sb, 7, "query_image", 2), 0);
+    proto_pack_cstr(&w.pk, "image_id"); msgpack_pack_uint64(&w.pk, 17);
+    proto_pack_cstr(&w.pk, "box"); msgpack_pack_array(&w.pk, 4);
+    msgpack_pack_uint64(&w.pk, 10); msgpack_pack_uint64(&w.pk, 20);
+    msgpack_pack_double(&w.pk, 100.5); msgpack_pack_uint64(&w.pk, 80);
+    assert_int_equal(proto_request_end(&w, 0), 0);
+    r = roundtrip(&sb);
+    const proto_query_image_args *qi = &r->a.query_image;
+    assert_true(qi->has_image_id);
+    assert_int_equal(qi->image_id, 17);
+    assert_null(qi->data.ptr);
+    assert_true(qi->has_box);
+    assert_true(qi->box[0] == 10 && qi->box[1] == 20 && qi->box[2] == 100.5 && qi->box[3] == 80);
+    assert_int_equal(qi->granularity, PROTO_GRAN_IMAGE);
+    assert_int_equal(qi->k, PROTO_DEFAULT_K);
+    proto_request_free(r);
+
+    static const uint8_t jpeg[] = {0xff, 0xd8, 0xff, 0xe0};
+    assert_int_equal(proto_request_begin(&w, &sb, 8, "ingest", 4), 0);
+    proto_pack_cstr(&w.pk, "data"); msgpack_pack_bin_with_body(&w.pk, jpeg, sizeof jpeg);
+    proto_pack_cstr(&w.pk, "name"); proto_pack_cstr(&w.pk, "rocket.jpg");
+    proto_pack_cstr(&w.pk, "mtime"); msgpack_pack_int64(&w.pk, 1500000000);
+    proto_pack_cstr(&w.pk, "tags"); msgpack_pack_array(&w.pk, 1); proto_pack_cstr(&w.pk, "space");
+    assert_int_equal(proto_request_end(&w, 0), 0);
+    r = roundtrip(&sb);
+    const proto_ingest_args *in = &r->a.ingest;
+    assert_null(in->path.ptr);
+    assert_int_equal(in->data.len, sizeof jpeg);
+    assert_memory_equal(in->data.ptr, jpeg, sizeof jpeg);
+    assert_memory_equal(in->name.ptr, "rocket.jpg", 10);
+    assert_true(in->has_mtime);
+    assert_int_equal(in->mtime, 1500000000);
+    assert_int_equal(in->tags.n, 1);
+    proto_request_free(r);
+
+    assert_int_equal(proto_request_begin(&w, &sb, 9, "delete", 1), 0);
+    proto_pack_cstr(&w.pk, "path"); proto_pack_cstr(&w.pk, "/p/x.jpg");
+    assert_int_equal(proto_request_end(&w, 0), 0);
+    r = roundtrip(&sb);
+    assert_false(r->a.del.has_image_id);
+    assert_int_equal(r->a.del.path.len, 8);
+    proto_request_free(r);
+
+    assert_int_equal(proto_request_begin(&w, &sb, 10, "hello", 1), 0);
+    proto_pack_cstr(&w.pk, "token"); proto_pack_cstr(&w.pk, "s3cret");
+    assert_int_equal(proto_request_end(&w, 0), 0);
+    r = roundtrip(&sb);
+    assert_memory_equal(r->a.hello.token.ptr, "s3cret", 6);
+    assert_null(r->a.hello.client.ptr);
+    proto_request_free(r);
     msgpack_sbuffer_destroy(&sb);
 }
 
@@ -1107,6 +1243,7 @@ int main(void)
         cmocka_unit_test(test_framing_split_at_every_byte),
         cmocka_unit_test(test_framing_several_frames_in_one_chunk),
         cmocka_unit_test(test_framing_oversize_refused_before_buffering),
+        cmocka_unit_test(test_framing_set_max),
         cmocka_unit_test(test_framing_zero_length),
         cmocka_unit_test(test_frame_encoder),
         cmocka_unit_test(test_check_accepts_every_type),
@@ -1124,6 +1261,7 @@ int main(void)
         cmocka_unit_test(test_response_decode_rejects_non_responses),
         cmocka_unit_test(test_fuzz_corpus_replay),
         cmocka_unit_test(test_hits_roundtrip),
+        cmocka_unit_test(test_request_typed_args),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -115,7 +115,7 @@ int srv_token_ok(const srv *s, const char *got, size_t got_len)
     return s->cfg.token && strlen(s->cfg.token) == got_len && !memcmp(s->cfg.token, got, got_len);
 }
 
-int srv_read_allowed(srv *s, const char *path, uint8_t **data, size_t *len, int64_t *mtime)
+int srv_read_allowed(srv *s, const char *path, char **norm, uint8_t **data, size_t *len, int64_t *mtime)
 {
     return umg_err_set(UMG_EPERM, "not in the fuzzer");
 }

@@ -273,7 +273,7 @@ def test_error_responses_carry_the_code_and_keep_the_connection(client):
         client.query("cat", filters={"colour": "red"})
     assert "filters.colour" in e.value.message
     with pytest.raises(umgdb.ImageError) as e:
-        client.ingest(b"GIF89a not a photo", name="x.gif")
+        client.ingest(b"%PDF-1.7 not a photo", name="x.pdf")  # GIF decodes since issue 17
     assert e.value.code == "unsupported"
     assert isinstance(e.value, umgdb.ServerError) and isinstance(e.value, umgdb.UmgdbError)
     with pytest.raises(umgdb.NotFoundError):
