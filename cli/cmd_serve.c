@@ -290,6 +290,9 @@ int cmd_serve(int argc, char **argv)
         } else if (!strcmp(a, "--test-text-pass-ms")) { /* test hooks: not in --help */
             if (parse_int(a, v, 0, 60000, &x)) return 2;
             c.test_text_pass_ms = (int)x;
+        } else if (!strcmp(a, "--test-no-openat2")) {
+            if (parse_int(a, v, 0, 1, &x)) return 2;
+            c.test_no_openat2 = (int)x;
         } else if (!strcmp(a, "--test-hold-build-ms")) {
             if (parse_int(a, v, 0, 600000, &x)) return 2;
             c.test_hold_build_ms = (int)x;

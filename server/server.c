@@ -1279,9 +1279,9 @@ int server_run(const server_config *cfg)
         s->roots_abs[s->n_roots] = abs;
         s->root_fds[s->n_roots++] = fd;
     }
-    if (getenv("UMG_TEST_NO_OPENAT2") && atoi(getenv("UMG_TEST_NO_OPENAT2")) > 0) {
+    if (cfg->test_no_openat2) {
         s->no_openat2 = 1;
-        srv_log(s, SRV_LOG_WARN, "UMG_TEST_NO_OPENAT2: path ingest walks with openat instead of openat2 (a test hook)");
+        srv_log(s, SRV_LOG_WARN, "--test-no-openat2: path ingest walks with openat instead of openat2 (a test hook)");
     }
 
     /* 2. model and data */

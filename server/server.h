@@ -96,6 +96,7 @@ typedef struct server_config {
     int test_text_pass_ms;         /* every text pass lasts at least this long, so that passes
                                       overlap deterministically; 0 = off */
     int test_hold_build_ms;        /* the first due index build waits this long; 0 = off */
+    int test_no_openat2;           /* path ingest walks with openat as on kernels without openat2 */
     /* HTTP/JSON listener (docs/http.md) */
     const char *http_listen;       /* "HOST:PORT" or NULL (none, the default) */
     int http_header_timeout_s;     /* a request's first byte -> end of its headers; 0 = none */

@@ -97,7 +97,7 @@ struct srv {
     char *roots_abs[SRV_MAX_ROOTS]; /* each --allow-root made absolute and normalized (srv_path_normalize) */
     int root_fds[SRV_MAX_ROOTS];  /* each root opened (O_PATH) at start: path ingest opens beneath it */
     int n_roots;
-    int no_openat2;               /* env UMG_TEST_NO_OPENAT2 (tests): path ingest walks with openat */
+    int no_openat2;               /* cfg.test_no_openat2 (tests): path ingest walks with openat */
     uv_loop_t *loop;
     uv_tcp_t tcp;
     int tcp_fd;                   /* bound at start, before the loop exists; -1 once uv_tcp_open took it */

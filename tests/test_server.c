@@ -535,10 +535,8 @@ static void test_path_rules(void **state)
     snprintf(missing_out, sizeof missing_out, "%s/missing.jpg", outside);
 
     for (int walk = 0; walk < 2; walk++) { /* openat2, then the openat walk (older kernels) */
-        if (walk) setenv("UMG_TEST_NO_OPENAT2", "1", 1);
-        const char *extra[] = {"--allow-root", root, "--regions", "4", NULL};
+        const char *extra[] = {"--allow-root", root, "--regions", "4", "--test-no-openat2", walk ? "1" : "0", NULL};
         ts_start_ok(&s, extra);
-        if (walk) unsetenv("UMG_TEST_NO_OPENAT2");
         umg_client *c = ts_conn(&s);
         uint64_t id;
         assert_int_equal(ingest_path(c, p, &id), UMG_EPERM);              /* outside every root */
@@ -1885,10 +1883,9 @@ static void test_path_swap_race(void **state)
     char target[400];
     snprintf(target, sizeof target, "%s/a.png", d);
     for (int walk = 0; walk < 2; walk++) {
-        if (walk) setenv("UMG_TEST_NO_OPENAT2", "1", 1);
-        const char *extra[] = {"--allow-root", root, "--regions", "0", "--log-level", "warn", NULL};
+        const char *extra[] = {"--allow-root", root, "--regions", "0", "--log-level", "warn",
+                               "--test-no-openat2", walk ? "1" : "0", NULL};
         ts_start_ok(&s, extra);
-        if (walk) unsetenv("UMG_TEST_NO_OPENAT2");
         umg_client *c = ts_conn(&s);
         /* the widths of the two photos, from byte ingests */
         uint64_t in_w, out_w;
