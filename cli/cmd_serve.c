@@ -25,6 +25,13 @@ static void usage(FILE *out)
         "  --listen HOST:PORT      TCP address (default %s when --socket is not given;\n"
         "                          with --socket, TCP only if --listen is given too).  A non-loopback\n"
         "                          address requires an auth token\n"
+        "  --http HOST:PORT        also serve HTTP/JSON there (docs/http.md; off by default).  Same\n"
+        "                          token as --listen (sent as Authorization: Bearer); a non-loopback\n"
+        "                          address requires it\n"
+        "  --http-header-timeout S a request's headers must be complete S s after its first byte\n"
+        "                          (default 10; 0 = none)\n"
+        "  --http-body-timeout S   its body S s after the headers (default 120; 0 = none)\n"
+        "  --http-keepalive S      close HTTP connections idle S s between requests (default 60)\n"
         "  --socket PATH           also (or only) listen on a Unix socket, created owner-only (0600)\n"
         "  --allow-root DIR        allow ingest by path of files under DIR (repeatable; default: none,\n"
         "                          so clients must send the bytes).  Paths outside the roots, symlinks\n"
@@ -200,6 +207,12 @@ int cmd_serve(int argc, char **argv)
         else if (!strcmp(a, "--model")) c.model_dir = v;
         else if (!strcmp(a, "--listen")) c.listen = v;
         else if (!strcmp(a, "--socket")) c.socket_path = v;
+        else if (!strcmp(a, "--http")) c.http_listen = v;
+        else if (!strcmp(a, "--http-header-timeout") || !strcmp(a, "--http-body-timeout") ||
+                 !strcmp(a, "--http-keepalive")) {
+            if (parse_int(a, v, 0, 86400, &x)) return 2;
+            *(a[7] == 'h' ? &c.http_header_timeout_s : a[7] == 'b' ? &c.http_body_timeout_s : &c.http_keepalive_s) = (int)x;
+        }
         else if (!strcmp(a, "--allow-root")) {
             if (c.n_roots == SRV_MAX_ROOTS) {
                 fprintf(stderr, "umgdb serve: at most %d --allow-root\n", SRV_MAX_ROOTS);

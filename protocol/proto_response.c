@@ -39,9 +39,7 @@ int proto_response_end(proto_writer *w, uint32_t max_frame)
     return erc ? erc : rc;
 }
 
-/* Copy src into dst (capacity cap), replacing each invalid UTF-8 sequence by
- * '?' and cutting at a character boundary.  Returns the length written. */
-static size_t sanitize_utf8(char *dst, size_t cap, const char *src, size_t len)
+size_t proto_utf8_sanitize(char *dst, size_t cap, const char *src, size_t len)
 {
     size_t n = 0;
     while (len > 0 && n < cap) {
@@ -71,7 +69,7 @@ int proto_response_error(msgpack_sbuffer *sb, uint64_t id, int code, const char 
     if (code == 0) code = UMG_EINTERNAL;   /* an error frame always carries an error */
     if (!message || !*message) message = umg_strerror(code);
     char msg[MESSAGE_MAX];
-    size_t mlen = sanitize_utf8(msg, sizeof msg, message, strlen(message));
+    size_t mlen = proto_utf8_sanitize(msg, sizeof msg, message, strlen(message));
     const char *name = umg_error_name(code);
 
     msgpack_packer pk;

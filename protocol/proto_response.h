@@ -43,6 +43,11 @@ int proto_response_end(proto_writer *w, uint32_t max_frame);
  * sent with invalid UTF-8 sequences replaced by '?' and cut to 1024 bytes. */
 int proto_response_error(msgpack_sbuffer *sb, uint64_t id, int code, const char *message);
 
+/* Copy src[0..len) into dst (capacity cap), replacing each invalid UTF-8
+ * sequence by '?' and cutting at a character boundary.  Returns the length
+ * written (no NUL added). */
+size_t proto_utf8_sanitize(char *dst, size_t cap, const char *src, size_t len);
+
 /* The UMG_E* code whose wire name is name[0..len), or UMG_EINTERNAL. */
 int proto_error_code(const char *name, size_t len);
 

@@ -21,6 +21,7 @@
 #include <unistd.h>
 
 #include "client.h"
+#include "http.h"
 #include "umg_error.h"
 
 /* ---- logging -------------------------------------------------------------- */
@@ -71,6 +72,7 @@ static void conn_unref(srv_conn *c)
 {
     if (--c->refs > 0) return;
     proto_framer_close(c->framer);
+    srv_http_free(c->http);
     free(c->stash);
     free(c);
 }
@@ -137,6 +139,7 @@ static void conn_close(srv_conn *c, const char *why)
 
 static int over_caps(const srv_conn *c)
 {
+    if (c->http && c->inflight) return 1; /* HTTP: one request at a time, answers in order */
     if (c->inflight >= SRV_MAX_INFLIGHT || c->unsent_mem >= SRV_MAX_UNSENT ||
         c->inflight_bytes >= SRV_MAX_INFLIGHT_BYTES)
         return 1;
@@ -261,6 +264,10 @@ static void conn_send(srv_conn *c, char *data, size_t len, size_t cap)
     if (over_caps(c)) conn_pause(c);
 }
 
+void srv_conn_send(srv_conn *c, char *data, size_t len) { conn_send(c, data, len, len); }
+void srv_conn_close(srv_conn *c, const char *why) { conn_close(c, why); }
+void srv_conn_pause(srv_conn *c) { conn_pause(c); }
+
 static void conn_send_sbuffer(srv_conn *c, msgpack_sbuffer *sb)
 {
     size_t len = sb->size, cap = sb->alloc;
@@ -277,6 +284,10 @@ static void conn_send_sbuffer(srv_conn *c, msgpack_sbuffer *sb)
 
 static void conn_send_error(srv_conn *c, uint64_t id, int code, const char *msg)
 {
+    if (c->http) {
+        srv_http_send_error(c, code, msg);
+        return;
+    }
     msgpack_sbuffer sb;
     msgpack_sbuffer_init(&sb);
     if (proto_response_error(&sb, id, code, msg) == 0) conn_send_sbuffer(c, &sb);
@@ -319,7 +330,7 @@ static const char *op_name(int op)
     return (unsigned)op < PROTO_OP_COUNT ? proto_ops()[op].name : "?";
 }
 
-static void job_finish(srv_job *job)
+void srv_job_finish(srv_job *job)
 {
     srv *s = job->s;
     srv_conn *c = job->conn;
@@ -333,7 +344,8 @@ static void job_finish(srv_job *job)
                 op_name(job->op), (unsigned long long)job->id, ms);
     if (!job->resp.size) /* a bug: every path must answer */
         proto_response_error(&job->resp, job->id, UMG_EINTERNAL, "no response was built");
-    conn_send_sbuffer(c, &job->resp); /* dropped if the connection is closed */
+    if (c->http) srv_http_answer(c, job);
+    else conn_send_sbuffer(c, &job->resp); /* dropped if the connection is closed */
     c->inflight--;
     c->inflight_bytes -= job->frame_bytes;
     conn_account(c);
@@ -354,11 +366,11 @@ void srv_after_work(uv_work_t *w, int status)
     if (job->handed_off) {
         /* the encoder thread answers; whichever of the two ends last finishes */
         job->after_work_done = 1;
-        if (job->encoder_done) job_finish(job);
+        if (job->encoder_done) srv_job_finish(job);
         return;
     }
     if (status == UV_ECANCELED && !job->resp.size) srv_job_error(job, UMG_ESHUTDOWN, "cancelled");
-    job_finish(job);
+    srv_job_finish(job);
 }
 
 void srv_job_done_async(srv *s, srv_job *job)
@@ -387,7 +399,7 @@ static void on_done_async(uv_async_t *a)
     while (rev) {
         srv_job *n = rev->next;
         rev->encoder_done = 1;
-        if (!rev->handed_off || rev->after_work_done) job_finish(rev);
+        if (!rev->handed_off || rev->after_work_done) srv_job_finish(rev);
         rev = n;
     }
 }
@@ -597,7 +609,28 @@ static void *checkpoint_main(void *arg)
 
 /* ---- requests ------------------------------------------------------------- */
 
-static void handle_frame(srv_conn *c, uint8_t *frame, size_t len)
+srv_job *srv_job_new(srv_conn *c, proto_request *req, int op, size_t frame_bytes)
+{
+    srv_job *job = calloc(1, sizeof *job);
+    if (!job) return NULL;
+    job->s = c->s;
+    job->conn = c;
+    job->req = req;
+    job->id = req ? req->id : 0;
+    job->op = op;
+    job->frame_bytes = frame_bytes;
+    job->t0_ns = srv_now_ns();
+    job->work.data = job;
+    msgpack_sbuffer_init(&job->resp);
+    c->refs++;
+    c->inflight++;
+    c->inflight_bytes += frame_bytes;
+    conn_account(c);
+    c->s->jobs_inflight++;
+    return job;
+}
+
+void srv_handle_frame(srv_conn *c, uint8_t *frame, size_t len)
 {
     srv *s = c->s;
     uint64_t t0 = srv_now_ns();
@@ -623,33 +656,20 @@ static void handle_frame(srv_conn *c, uint8_t *frame, size_t len)
         proto_request_free(req);
         return;
     }
-    srv_job *job = calloc(1, sizeof *job);
+    srv_job *job = srv_job_new(c, req, op, len);
     if (!job) {
         conn_send_error(c, req->id, UMG_ENOMEM, "out of memory");
         proto_request_free(req);
         return;
     }
-    job->s = s;
-    job->conn = c;
-    job->req = req;
-    job->id = req->id;
-    job->op = op;
-    job->frame_bytes = len;
     job->t0_ns = t0;
-    job->work.data = job;
-    msgpack_sbuffer_init(&job->resp);
-    c->refs++;
-    c->inflight++;
-    c->inflight_bytes += len;
-    conn_account(c);
-    s->jobs_inflight++;
     int was_authed = c->authed;
     umg_err_clear();
     rc = srv_dispatch(job, req);
     /* hello succeeded: from the next frame on, the full frame size */
     if (!was_authed && c->authed) proto_framer_set_max(c->framer, s->limits.max_frame);
     if (rc < 0) srv_job_error(job, rc, umg_err_msg());
-    if (rc != 0) job_finish(job);
+    if (rc != 0) srv_job_finish(job);
 }
 
 /* Feed received bytes to the framer and handle every complete frame, as
@@ -660,6 +680,12 @@ static void conn_feed(srv_conn *c, const uint8_t *p, size_t len)
     srv *s = c->s;
     c->feeding = 1;
     while (len && !c->closing && !c->close_after_writes && !over_caps(c)) {
+        if (c->http) {
+            size_t used = srv_http_feed(c, p, len);
+            p += used;
+            len -= used;
+            continue;
+        }
         size_t used;
         uint8_t *frame;
         size_t flen;
@@ -668,7 +694,7 @@ static void conn_feed(srv_conn *c, const uint8_t *p, size_t len)
         len -= used;
         if (rc == PROTO_FRAME_READY) {
             c->frame_start_ns = 0;
-            handle_frame(c, frame, flen);
+            srv_handle_frame(c, frame, flen);
         } else if (rc == UMG_EPROTO) {
             srv_log(s, SRV_LOG_INFO, "conn=%llu op=? id=0 status=protocol_error error=\"%s\"",
                     (unsigned long long)c->serial, umg_err_msg());
@@ -804,7 +830,7 @@ static void on_connection(uv_stream_t *server, int status)
         return;
     }
     c->s = s;
-    int rc = server == (uv_stream_t *)&s->tcp ? uv_tcp_init(s->loop, &c->h.tcp) : uv_pipe_init(s->loop, &c->h.pipe, 0);
+    int rc = server != (uv_stream_t *)&s->pipe ? uv_tcp_init(s->loop, &c->h.tcp) : uv_pipe_init(s->loop, &c->h.pipe, 0);
     if (rc) {
         free(c);
         srv_log(s, SRV_LOG_ERROR, "connection init failed: %s", uv_strerror(rc));
@@ -833,7 +859,12 @@ static void on_connection(uv_stream_t *server, int status)
         conn_close(c, "accept failed");
         return;
     }
-    if (server == (uv_stream_t *)&s->tcp) uv_tcp_nodelay(&c->h.tcp, 1);
+    if (!rc && server == (uv_stream_t *)&s->http_tcp) rc = srv_http_attach(c) ? UV_ENOMEM : 0;
+    if (rc) {
+        conn_close(c, "out of memory");
+        return;
+    }
+    if (server != (uv_stream_t *)&s->pipe) uv_tcp_nodelay(&c->h.tcp, 1);
     srv_log(s, SRV_LOG_DEBUG, "conn=%llu accepted", (unsigned long long)c->serial);
     if (s->n_conns > s->max_conns) {
         srv_log(s, SRV_LOG_WARN, "conn=%llu refused: %d connections open (the connection cap)",
@@ -844,8 +875,10 @@ static void on_connection(uv_stream_t *server, int status)
         return;
     }
     c->last_activity_ns = srv_now_ns();
-    uint64_t period = deadline_period_ms(s, c->authed);
-    if (period) uv_timer_start(&c->idle, on_deadline, period, period);
+    if (!c->http) { /* HTTP connections: their own deadlines, started by srv_http_attach */
+        uint64_t period = deadline_period_ms(s, c->authed);
+        if (period) uv_timer_start(&c->idle, on_deadline, period, period);
+    }
     conn_maybe_resume(c);
 }
 
@@ -894,6 +927,7 @@ static void on_signal(uv_signal_t *sig, int signum)
     srv_log(s, SRV_LOG_INFO, "signal %d: stopping (%d requests in flight)", signum, s->jobs_inflight);
     if (s->tcp_on) uv_close((uv_handle_t *)&s->tcp, on_closed_noop);
     if (s->pipe_on) uv_close((uv_handle_t *)&s->pipe, on_closed_noop);
+    if (s->http_on) uv_close((uv_handle_t *)&s->http_tcp, on_closed_noop);
     for (srv_conn *c = s->conns, *n; c; c = n) {
         n = c->next;
         conn_pause(c);
@@ -921,6 +955,9 @@ void server_config_default(server_config *c)
     c->index_threads = SRV_DEFAULT_INDEX_THREADS;
     c->checkpoint_interval_s = SRV_DEFAULT_CHECKPOINT_S;
     c->query_cache = SRV_DEFAULT_QUERY_CACHE;
+    c->http_header_timeout_s = HTTP_DEFAULT_HEADER_TIMEOUT_S;
+    c->http_body_timeout_s = HTTP_DEFAULT_BODY_TIMEOUT_S;
+    c->http_keepalive_s = HTTP_DEFAULT_KEEPALIVE_S;
 }
 
 const char *srv_region_mode_name(int mode)
@@ -1139,6 +1176,20 @@ static void derive_conn_cap(srv *s)
             in_use, reserve - in_use, s->max_conns, s->cfg.max_connections);
 }
 
+/* Listen on a TCP socket bound at start (bind_tcp; *fd -1 once the handle
+ * has it): the msgpack and the HTTP listeners.  *on once the handle exists. */
+static int listen_bound(srv *s, uv_tcp_t *h, int *on, int *fd, const char *addr)
+{
+    uv_tcp_init(s->loop, h);
+    h->data = s;
+    *on = 1;
+    int urc = uv_tcp_open(h, *fd);
+    if (!urc) *fd = -1; /* the handle's now */
+    if (!urc) urc = uv_listen((uv_stream_t *)h, 511, on_connection);
+    if (urc) return umg_err_set(UMG_EIO, "cannot listen on %s: %s", addr, uv_strerror(urc));
+    return 0;
+}
+
 static void close_walk_cb(uv_handle_t *h, void *arg)
 {
     if (!uv_is_closing(h)) uv_close(h, on_closed_noop);
@@ -1157,7 +1208,7 @@ int server_run(const server_config *cfg)
     srv *s = calloc(1, sizeof *s);
     if (!s) return umg_err_set(UMG_ENOMEM, "out of memory");
     s->cfg = *cfg;
-    s->tcp_fd = -1;
+    s->tcp_fd = s->http_fd = -1;
     s->t_start_ns = srv_now_ns();
     pthread_mutex_init(&s->q_mu, NULL);
     pthread_condattr_t ca;
@@ -1190,6 +1241,14 @@ int server_run(const server_config *cfg)
                                     "(--auth-token-file FILE or UMGDB_AUTH_TOKEN)", listen_addr);
         goto out;
     }
+    struct sockaddr_storage http_ss;
+    int http_loopback = 1;
+    if (cfg->http_listen && (rc = parse_listen(cfg->http_listen, &http_ss, &http_loopback))) goto out;
+    if (!http_loopback && !cfg->token) {
+        rc = umg_err_set(UMG_EPERM, "--http %s is not a loopback address: an auth token is required "
+                                    "(--auth-token-file FILE or UMGDB_AUTH_TOKEN)", cfg->http_listen);
+        goto out;
+    }
     if (cfg->require_auth && !cfg->token) {
         rc = umg_err_set(UMG_EINVAL, "--require-auth needs a token (--auth-token-file FILE or UMGDB_AUTH_TOKEN)");
         goto out;
@@ -1197,6 +1256,7 @@ int server_run(const server_config *cfg)
     /* bound before anything is loaded or created: a port in use fails at
      * once and leaves no data directory behind (listening starts later) */
     if (listen_addr && (rc = bind_tcp(&ss, listen_addr, &s->tcp_fd))) goto out;
+    if (cfg->http_listen && (rc = bind_tcp(&http_ss, cfg->http_listen, &s->http_fd))) goto out;
     if (cfg->socket_path && (rc = prepare_socket_path(cfg->socket_path))) goto out;
     for (int i = 0; i < cfg->n_roots; i++) {
         /* kept three ways: as given (absolute, normalized) and resolved, for
@@ -1287,18 +1347,8 @@ int server_run(const server_config *cfg)
     s->stop_timer.data = s;
     uv_timer_init(&loop, &s->resume_timer);
     s->resume_timer.data = s;
-    if (listen_addr) {
-        uv_tcp_init(&loop, &s->tcp);
-        s->tcp.data = s;
-        s->tcp_on = 1;
-        int urc = uv_tcp_open(&s->tcp, s->tcp_fd);
-        if (!urc) s->tcp_fd = -1; /* the handle's now */
-        if (!urc) urc = uv_listen((uv_stream_t *)&s->tcp, 511, on_connection);
-        if (urc) {
-            rc = umg_err_set(UMG_EIO, "cannot listen on %s: %s", listen_addr, uv_strerror(urc));
-            goto out;
-        }
-    }
+    if (listen_addr && (rc = listen_bound(s, &s->tcp, &s->tcp_on, &s->tcp_fd, listen_addr))) goto out;
+    if (cfg->http_listen && (rc = listen_bound(s, &s->http_tcp, &s->http_on, &s->http_fd, cfg->http_listen))) goto out;
     if (cfg->socket_path) {
         uv_pipe_init(&loop, &s->pipe, 0);
         s->pipe.data = s;
@@ -1349,9 +1399,10 @@ int server_run(const server_config *cfg)
         db_stats st;
         db_stats_get(s->db, &st);
         char where[600];
-        int n = snprintf(where, sizeof where, "%s%s%s%s", listen_addr ? listen_addr : "",
+        int n = snprintf(where, sizeof where, "%s%s%s%s%s%s", listen_addr ? listen_addr : "",
                          listen_addr && cfg->socket_path ? " and " : "", cfg->socket_path ? "unix:" : "",
-                         cfg->socket_path ? cfg->socket_path : "");
+                         cfg->socket_path ? cfg->socket_path : "", cfg->http_listen ? " and HTTP on " : "",
+                         cfg->http_listen ? cfg->http_listen : "");
         (void)n;
         srv_log(s, SRV_LOG_INFO,
                 "umgdb %s serving %s (model %s, dim %d, %llu images, %llu regions, region mode %s, text lanes %d, "
@@ -1412,6 +1463,7 @@ out:
     }
     if (s->pipe_on && cfg->socket_path) unlink(cfg->socket_path);
     if (s->tcp_fd >= 0) close(s->tcp_fd);
+    if (s->http_fd >= 0) close(s->http_fd);
     int saved = rc;
     char msg[600];
     snprintf(msg, sizeof msg, "%s", umg_err_msg());

@@ -100,6 +100,11 @@ typedef struct server_config {
                                       overlap deterministically; 0 = off */
     int test_hold_build_ms;        /* the first due index build waits this long; 0 = off */
     int test_no_openat2;           /* path ingest walks with openat as on kernels without openat2 */
+    /* HTTP/JSON listener (docs/http.md) */
+    const char *http_listen;       /* "HOST:PORT" or NULL (none, the default) */
+    int http_header_timeout_s;     /* a request's first byte -> end of its headers; 0 = none */
+    int http_body_timeout_s;       /* end of the headers -> end of the body; 0 = none */
+    int http_keepalive_s;          /* idle between requests; 0 = --idle-timeout only */
 } server_config;
 
 void server_config_default(server_config *c);

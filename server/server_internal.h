@@ -58,6 +58,7 @@ struct srv_conn {
     size_t stash_len;
     int feeding;                  /* conn_feed is on the stack (no re-entry) */
     srv_conn *prev, *next;        /* s->conns list */
+    struct srv_http *http;        /* an HTTP connection (http.h); NULL for msgpack */
     char rbuf[65536];
 };
 
@@ -79,6 +80,7 @@ struct srv_job {
     int encoder_done;             /* loop thread: the encoder's answer arrived */
     eng_ingest *ing;              /* ingest: the engine's photo, from the threadpool part on */
     srv_job *next;                /* encoder queue / done list link */
+    const char *raw_type;         /* HTTP: resp holds raw bytes of this media type, not a frame */
 };
 
 /* The text lanes a server with this configuration runs (--text-lanes, default
@@ -101,6 +103,9 @@ struct srv {
     int tcp_fd;                   /* bound at start, before the loop exists; -1 once uv_tcp_open took it */
     uv_pipe_t pipe;
     int tcp_on, pipe_on;
+    uv_tcp_t http_tcp;            /* --http */
+    int http_on;
+    int http_fd;                  /* as tcp_fd, for --http */
     uv_signal_t sigint, sigterm;
     uv_async_t done_async;
     uv_timer_t stop_timer;
@@ -177,11 +182,29 @@ void srv_job_done_async(srv *s, srv_job *job);
  * (or handed the job off, setting handed_off). */
 void srv_after_work(uv_work_t *w, int status);
 
+/* Loop thread, for the HTTP front end (http.c): the connection and job
+ * primitives the msgpack side uses. */
+void srv_conn_send(srv_conn *c, char *data, size_t len); /* data malloc'd, ownership taken */
+void srv_conn_close(srv_conn *c, const char *why);
+void srv_conn_pause(srv_conn *c);
+/* Decode, validate and dispatch one request frame body (ownership taken). */
+void srv_handle_frame(srv_conn *c, uint8_t *frame, size_t len);
+/* A job of c counted in flight (req may be NULL for HTTP-only work); NULL
+ * on no memory.  srv_job_finish answers and frees it. */
+srv_job *srv_job_new(srv_conn *c, proto_request *req, int op, size_t frame_bytes);
+void srv_job_finish(srv_job *job);
+
 /* server_ops.c */
 /* Normalize the absolute path `path` lexically into out[0..size): "//" and
  * "." components dropped, ".." removing the previous one (none above "/").
  * UMG_EINVAL if path is relative, UMG_ETOOBIG if out is too small. */
 int srv_path_normalize(const char *path, char *out, size_t size);
+/* The configured token equals got[0..got_len) (constant time). */
+int srv_token_ok(const srv *s, const char *got, size_t got_len);
+/* Read a file path ingest may read (path ingest's rules: beneath an
+ * --allow-root, opened without following symlinks); *data malloc'd, *norm
+ * the normalized path (malloc'd).  Any thread. */
+int srv_read_allowed(srv *s, const char *path, char **norm, uint8_t **data, size_t *len, int64_t *mtime);
 int srv_ops_init(srv *s);        /* the engine over s->model and s->db, the hello result */
 void srv_ops_fini(srv *s);
 /* Run the handler the command table binds to req's op (loop thread):

@@ -128,8 +128,10 @@ static void answer_hello(srv_job *job)
 }
 
 /* Token check in constant time (over digests, so lengths leak nothing either). */
-static int token_ok(const char *want, const char *got, size_t got_len)
+int srv_token_ok(const srv *s, const char *got, size_t got_len)
 {
+    const char *want = s->cfg.token;
+    if (!want) return 0;
     uint8_t a[32], b[32];
     sha256(want, strlen(want), a);
     sha256(got, got_len, b);
@@ -144,7 +146,7 @@ static int h_hello(void *ctx, proto_request *req)
     if (s->cfg.token || s->cfg.require_auth) {
         const char *tok;
         size_t tl;
-        if (!proto_obj_str(proto_req_arg(req, "token"), &tok, &tl) || !token_ok(s->cfg.token, tok, tl)) {
+        if (!proto_obj_str(proto_req_arg(req, "token"), &tok, &tl) || !srv_token_ok(s, tok, tl)) {
             /* a wrong token ends the connection: no guessing on one socket */
             c->close_after_writes = 1;
             uv_read_stop(&c->h.stream);
@@ -389,7 +391,7 @@ static int openat_walk(int rootfd, const char *rel, int flags)
  * root's descriptor without following any symlink (openat2, or a walk of
  * openat calls), so swapping a directory for a symlink during the ingest
  * cannot lead out of the root.  *norm gets the normalized path (malloc'd). */
-static int read_allowed(srv *s, const char *path, char **norm_out, uint8_t **data, size_t *len, int64_t *mtime)
+int srv_read_allowed(srv *s, const char *path, char **norm_out, uint8_t **data, size_t *len, int64_t *mtime)
 {
     if (!s->n_roots)
         return umg_err_set(UMG_EPERM, "ingest by path is off on this server (start it with --allow-root DIR); send the bytes instead");
@@ -485,7 +487,7 @@ static int ingest_prepare(srv_job *job)
         if (!(path = strndup(str, sl))) return umg_err_set(UMG_ENOMEM, "out of memory");
         char *norm = NULL;
         if (strlen(path) != sl) rc = umg_err_set(UMG_EINVAL, "ingest: path contains a NUL byte");
-        else rc = read_allowed(s, path, &norm, &owned, &len, &mtime);
+        else rc = srv_read_allowed(s, path, &norm, &owned, &len, &mtime);
         free(path);
         if (rc) return rc;
         path = norm; /* stored as normalized: "a/./b" and "a/b" are one photo */
