@@ -191,7 +191,7 @@ static int h_stats(void *ctx, proto_request *req)
     proto_writer w;
     if (proto_response_begin(&w, &job->resp, job->id)) return UMG_ENOMEM;
     msgpack_packer *pk = &w.pk;
-    msgpack_pack_map(pk, 18);
+    msgpack_pack_map(pk, 19); /* the top-level keys below: keep in step */
     pack_key(pk, "images"), msgpack_pack_uint64(pk, st.images);
     /* whether the indexes agree with LMDB (db_stats): a mismatch is shown, not hidden */
     pack_key(pk, "index_consistent"), st.consistent ? msgpack_pack_true(pk) : msgpack_pack_false(pk);
