@@ -1955,7 +1955,9 @@ static void test_path_swap_race(void **state)
             for (;;) syscall(SYS_renameat2, AT_FDCWD, d, AT_FDCWD, x, 2 /* RENAME_EXCHANGE */);
         }
         int stored = 0, refused = 0;
-        for (int i = 0; i < 150; i++) {
+        /* 150 tries, and more (up to 3000) until the swap has raced one: on a busy
+         * machine the swapper may not run during the first ones */
+        for (int i = 0; i < 150 || (refused == 0 && i < 3000); i++) {
             uint64_t id = 0;
             int rc = ingest_path(c, target, &id);
             if (rc == UMG_EPERM) {
