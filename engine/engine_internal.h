@@ -39,6 +39,12 @@ struct eng {
     void *ingest_scratch;
     pthread_mutex_t stats_mu;
     uint64_t ingested, ingest_batches;
+    /* ingest memory (ingest.c; eng_stats): under mem_mu; mem_cv wakes prepares
+     * waiting for room under cfg.queue_memory */
+    pthread_mutex_t mem_mu;
+    pthread_cond_t mem_cv;
+    int decoding, queued;
+    uint64_t decoded_bytes, decoded_peak, queued_bytes, queued_peak, queue_waits;
 };
 
 int eng_pool_acquire(eng_run_pool *p);
