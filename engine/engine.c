@@ -132,13 +132,7 @@ void eng_stats_get(eng *e, eng_stats *out)
     out->ingest_batches = e->ingest_batches;
     pthread_mutex_unlock(&e->stats_mu);
     pthread_mutex_lock(&e->mem_mu);
-    out->decoding = e->decoding;
-    out->decoded_bytes = e->decoded_bytes;
-    out->decoded_peak = e->decoded_peak;
-    out->queued = e->queued;
-    out->queued_bytes = e->queued_bytes;
-    out->queued_peak = e->queued_peak;
-    out->queue_waits = e->queue_waits;
+    out->ingest_mem = e->mem;
     pthread_mutex_unlock(&e->mem_mu);
     uint64_t lanes[2 * ENG_MAX_TEXT_LANES];
     out->n_lanes = eng_lanes_counts(e->lanes, &out->texts, &out->text_batches, lanes, ENG_MAX_TEXT_LANES);

@@ -72,6 +72,16 @@ int eng_grid(const eng *e);
 int eng_region_mode(const eng *e);
 const enc_model *eng_model(const eng *e);
 
+/* Ingest memory (ingest.h, "Memory"). */
+typedef struct eng_ingest_mem {
+    int decoding;                        /* photos in eng_ingest_prepare's decode-to-crops step */
+    uint64_t decoded_bytes, decoded_peak; /* their decoded RGB buffers, from the decoder's return to
+                                             their release at the end of that step */
+    int queued;                          /* photos admitted to prepare, not yet encoded by store_batch */
+    uint64_t queued_bytes, queued_peak;  /* what they hold (each its fixed bound, reserved before decoding) */
+    uint64_t queue_waits;                /* prepares that waited for room under cfg.queue_memory */
+} eng_ingest_mem;
+
 /* Counters since eng_create (for stats and tests). */
 typedef struct eng_stats {
     uint64_t ingested, ingest_batches;   /* photos stored, and the store transactions */
@@ -79,13 +89,7 @@ typedef struct eng_stats {
     int n_lanes;
     struct { uint64_t texts, batches; } lanes[ENG_MAX_TEXT_LANES]; /* per text lane, n_lanes of them */
     eng_qcache_counts query_cache;       /* text queries answered from the cache (hits) or not */
-    /* Ingest memory (ingest.h, "Memory"): now and the highest since eng_create */
-    int decoding;                        /* photos in eng_ingest_prepare's decode-to-crops step */
-    uint64_t decoded_bytes, decoded_peak; /* their decoded RGB buffers, from the decoder's return to
-                                             their release at the end of that step */
-    int queued;                          /* prepared photos not yet encoded by store_batch */
-    uint64_t queued_bytes, queued_peak;  /* what they hold (reserved before their decode) */
-    uint64_t queue_waits;                /* prepares that waited for room under cfg.queue_memory */
+    eng_ingest_mem ingest_mem;           /* ingest memory: now and the highest since eng_create */
 } eng_stats;
 void eng_stats_get(eng *e, eng_stats *out);
 

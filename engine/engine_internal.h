@@ -43,8 +43,7 @@ struct eng {
      * waiting for room under cfg.queue_memory */
     pthread_mutex_t mem_mu;
     pthread_cond_t mem_cv;
-    int decoding, queued;
-    uint64_t decoded_bytes, decoded_peak, queued_bytes, queued_peak, queue_waits;
+    eng_ingest_mem mem;
 };
 
 int eng_pool_acquire(eng_run_pool *p);

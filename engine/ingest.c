@@ -159,13 +159,13 @@ static void queue_admit(eng *e, eng_ingest *ing)
 {
     uint64_t need = prepared_bytes(e), cap = e->cfg.queue_memory;
     pthread_mutex_lock(&e->mem_mu);
-    if (cap && e->queued_bytes > 0 && e->queued_bytes + need > cap) {
-        e->queue_waits++;
-        while (e->queued_bytes > 0 && e->queued_bytes + need > cap) pthread_cond_wait(&e->mem_cv, &e->mem_mu);
+    if (cap && e->mem.queued_bytes > 0 && e->mem.queued_bytes + need > cap) {
+        e->mem.queue_waits++;
+        while (e->mem.queued_bytes > 0 && e->mem.queued_bytes + need > cap) pthread_cond_wait(&e->mem_cv, &e->mem_mu);
     }
-    e->queued++;
-    e->queued_bytes += need;
-    if (e->queued_bytes > e->queued_peak) e->queued_peak = e->queued_bytes;
+    e->mem.queued++;
+    e->mem.queued_bytes += need;
+    if (e->mem.queued_bytes > e->mem.queued_peak) e->mem.queued_peak = e->mem.queued_bytes;
     pthread_mutex_unlock(&e->mem_mu);
     ing->held_by = e;
     ing->held = need;
@@ -177,8 +177,8 @@ static void queue_release(eng_ingest *ing)
     eng *e = ing->held_by;
     if (!e) return;
     pthread_mutex_lock(&e->mem_mu);
-    e->queued--;
-    e->queued_bytes -= ing->held;
+    e->mem.queued--;
+    e->mem.queued_bytes -= ing->held;
     pthread_cond_broadcast(&e->mem_cv);
     pthread_mutex_unlock(&e->mem_mu);
     ing->held_by = NULL;
@@ -190,9 +190,9 @@ static void queue_release(eng_ingest *ing)
 static void decode_account(eng *e, int count, int64_t bytes)
 {
     pthread_mutex_lock(&e->mem_mu);
-    e->decoding += count;
-    e->decoded_bytes = (uint64_t)((int64_t)e->decoded_bytes + bytes);
-    if (e->decoded_bytes > e->decoded_peak) e->decoded_peak = e->decoded_bytes;
+    e->mem.decoding += count;
+    e->mem.decoded_bytes = (uint64_t)((int64_t)e->mem.decoded_bytes + bytes);
+    if (e->mem.decoded_bytes > e->mem.decoded_peak) e->mem.decoded_peak = e->mem.decoded_bytes;
     pthread_mutex_unlock(&e->mem_mu);
 }
 
