@@ -75,6 +75,8 @@ int srv_ops_init(srv *s)
                      .test_store_batch_ms = s->cfg.test_store_ms};
     int rc = eng_create(s->model, s->db, &ec, &s->eng);
     if (rc) return rc;
+    srv_log(s, SRV_LOG_INFO, "ingest: --decode %s, --ingest-memory %llu bytes for prepared photos, %d decoding at once",
+            ec.decode == ENG_DECODE_FAST ? "fast" : "exact", (unsigned long long)ec.queue_memory, s->cfg.threads);
     if (ec.test_store_batch_ms > 0)
         srv_log(s, SRV_LOG_WARN, "--test-store-ms: every ingest batch waits %d ms first (a test hook)",
                 ec.test_store_batch_ms);
