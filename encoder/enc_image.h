@@ -183,9 +183,10 @@ typedef struct enc_decode_opts {
     uint64_t max_pixels;         /* 0: ENC_IMAGE_MAX_PIXELS_DEFAULT; checked on the full size */
     /* Fast path (NULL: exact, full resolution): the image will be preprocessed
      * with *fast_for, so a JPEG may be decoded shrunk by its DCT (1/2, 1/4, 1/8) as
-     * PIL's draft() picks it: the largest scale whose result is still at least the
-     * size enc_preproc_geometry resizes to (both sides), then the exact bicubic
-     * resize runs from there.  Not bit-identical to the exact path (embedding
+     * PIL's draft() picks it, but with a margin: the largest scale whose result is
+     * still at least 1.5x the size enc_preproc_geometry resizes to (both sides; draft()
+     * asks 1x, which changed region rankings of photos barely above it), then the exact
+     * bicubic resize runs from there.  Not bit-identical to the exact path (embedding
      * cosine >= 0.999 measured, docs/benchmarks.md); other formats decode in full
      * (HEIF thumbnails are other pictures, never used). */
     const enc_preproc *fast_for;

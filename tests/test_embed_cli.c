@@ -142,7 +142,25 @@ static void test_mixed_order(void **state)
  * equals what the image library computes for that mode, and they differ. */
 static void test_decode_modes(void **state)
 {
-    const char *img = UMG_FIXTURES_DIR "/images/fmt_large.jpg";
+    /* fmt_large.jpg (1000x664) doubled by pixel repetition: a 2000x1328 JPEG, which fast
+     * decodes at 1/2 (1000x664 keeps 1.5x the 337x224 input; 1000x664 itself would not shrink) */
+    char img[] = "/tmp/umg-embed-large-XXXXXX";
+    int ifd = mkstemp(img);
+    assert_true(ifd >= 0);
+    close(ifd);
+    {
+        enc_image small;
+        assert_int_equal(enc_image_load_ex(UMG_FIXTURES_DIR "/images/fmt_large.jpg", NULL, &small, NULL), 0);
+        const int W = small.width * 2, H = small.height * 2;
+        uint8_t *big = malloc((size_t)W * H * 3);
+        assert_non_null(big);
+        for (int y = 0; y < H; y++)
+            for (int x = 0; x < W; x++)
+                memcpy(big + ((size_t)y * W + x) * 3, small.rgb + ((size_t)(y / 2) * small.width + x / 2) * 3, 3);
+        tu_write_jpeg(img, big, W, H, 90, 0);
+        free(big);
+        enc_image_free(&small);
+    }
     enc_preproc p;
     enc_preproc_default(&p, 224);
     const size_t n = (size_t)3 * 224 * 224;
@@ -151,7 +169,7 @@ static void test_decode_modes(void **state)
         enc_decode_opts o = {.fast_for = fast ? &p : NULL};
         enc_image im;
         assert_int_equal(enc_image_load_ex(img, &o, &im, NULL), 0);
-        assert_int_equal(im.width, fast ? 500 : 1000);
+        assert_int_equal(im.width, fast ? 1000 : 2000);
         assert_int_equal(enc_preprocess(&im, &p, want[fast]), 0);
         enc_image_free(&im);
     }
@@ -182,6 +200,7 @@ static void test_decode_modes(void **state)
     tu_result_free(&r);
     free(want[0]);
     free(want[1]);
+    unlink(img);
 }
 
 static void test_dump_pixels(void **state)
