@@ -13,6 +13,7 @@
  *   bench_encode_alone --model DIR [--threads 2] [--batch 16] [--reps 1] FILE...
  *
  * Medians over --reps; one JSON object on stdout. */
+#include "../common.h"
 #include "enc.h"
 #include "umg_error.h"
 
@@ -22,25 +23,10 @@
 #include <string.h>
 #include <time.h>
 
-static double now_ms(clockid_t clk)
-{
-    struct timespec ts;
-    clock_gettime(clk, &ts);
-    return ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
-}
-
-static int cmp_double(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return x < y ? -1 : x > y;
-}
-
-static double median(double *v, int n)
-{
-    qsort(v, (size_t)n, sizeof *v, cmp_double);
-    return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
-}
-
+/* Milliseconds: wall (monotonic) or the process's CPU time. */
+static double wall_ms(void) { return bench_now() * 1e3; }
+static double cpu_ms(void) { return bench_process_cpu() * 1e3; }
+static double median(double *v, int n) { return bench_median(v, (size_t)n); }
 struct shared {
     const float *pixels; /* [n, per] */
     size_t per;
@@ -114,7 +100,7 @@ int main(int argc, char **argv)
     /* 1. decode + preprocess, one thread */
     enc_decode_opts dopt = {.fast_for = enc_model_preproc(m)};
     for (int r = 0; r < reps; r++) {
-        double t0 = now_ms(CLOCK_PROCESS_CPUTIME_ID);
+        double t0 = cpu_ms();
         for (int i = 0; i < n; i++) {
             enc_image img = {0};
             if (enc_image_load_ex(argv[first_file + i], &dopt, &img, NULL) ||
@@ -122,7 +108,7 @@ int main(int argc, char **argv)
                 die(argv[first_file + i]);
             enc_image_free(&img);
         }
-        dec[r] = (now_ms(CLOCK_PROCESS_CPUTIME_ID) - t0) / n;
+        dec[r] = (cpu_ms() - t0) / n;
     }
 
     /* 2. the encoder alone */
@@ -142,13 +128,13 @@ int main(int argc, char **argv)
     for (int r = -1; r < reps; r++) { /* r = -1: warm-up, a batch per thread (weights paged in) */
         sh.next = 0;
         sh.n = r < 0 && E * batch < n ? E * batch : n;
-        double t0 = now_ms(CLOCK_MONOTONIC), c0 = now_ms(CLOCK_PROCESS_CPUTIME_ID);
+        double t0 = wall_ms(), c0 = cpu_ms();
         for (int e = 0; e < E; e++)
             if (pthread_create(&th[e], NULL, worker_main, &w[e]))
                 die("thread");
         for (int e = 0; e < E; e++)
             pthread_join(th[e], NULL);
-        double wall = now_ms(CLOCK_MONOTONIC) - t0, c1 = now_ms(CLOCK_PROCESS_CPUTIME_ID) - c0;
+        double wall = wall_ms() - t0, c1 = cpu_ms() - c0;
         for (int e = 0; e < E; e++)
             if (w[e].rc)
                 die("encoding");

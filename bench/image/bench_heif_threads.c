@@ -8,9 +8,11 @@
  * preprocessing), wall time and process CPU.  heif-convert: wall and CPU of the
  * child, minus the same for SMALL.heic (its process start-up), when given.
  * Medians; one JSON object on stdout. */
+#include "../common.h"
 #include "enc_image.h"
 #include "umg_error.h"
 
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -22,25 +24,10 @@
 #define MAX_REPS 50
 #define MAX_T 8
 
-static double now_ms(clockid_t clk)
-{
-    struct timespec ts;
-    clock_gettime(clk, &ts);
-    return ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
-}
-
-static int cmp_double(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return x < y ? -1 : x > y;
-}
-
-static double median(double *v, int n)
-{
-    qsort(v, (size_t)n, sizeof *v, cmp_double);
-    return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
-}
-
+/* Milliseconds: wall (monotonic) or the process's CPU time. */
+static double wall_ms(void) { return bench_now() * 1e3; }
+static double cpu_ms(void) { return bench_process_cpu() * 1e3; }
+static double median(double *v, int n) { return bench_median(v, (size_t)n); }
 /* heif-convert FILE OUT.y4m as a child: its wall and CPU ms. */
 static void run_peer(const char *file, double *wall, double *cpu)
 {
@@ -51,10 +38,10 @@ static void run_peer(const char *file, double *wall, double *cpu)
         exit(1);
     }
     close(fd);
-    double t0 = now_ms(CLOCK_MONOTONIC);
+    double t0 = wall_ms();
     pid_t pid = fork();
     if (pid == 0) {
-        int null = open("/dev/null", 1);
+        int null = open("/dev/null", O_WRONLY);
         dup2(null, 1);
         dup2(null, 2);
         execlp("heif-convert", "heif-convert", file, out, (char *)NULL);
@@ -66,7 +53,7 @@ static void run_peer(const char *file, double *wall, double *cpu)
         fprintf(stderr, "bench_heif_threads: heif-convert %s failed\n", file);
         exit(1);
     }
-    *wall = now_ms(CLOCK_MONOTONIC) - t0;
+    *wall = wall_ms() - t0;
     *cpu = ru.ru_utime.tv_sec * 1e3 + ru.ru_utime.tv_usec / 1e3 + ru.ru_stime.tv_sec * 1e3 + ru.ru_stime.tv_usec / 1e3;
     unlink(out);
 }
@@ -97,13 +84,13 @@ int main(int argc, char **argv)
         for (int t = 0; t < n_t; t++) {
             enc_decode_opts o = {.threads = threads[t]};
             enc_image im;
-            double w0 = now_ms(CLOCK_MONOTONIC), c0 = now_ms(CLOCK_PROCESS_CPUTIME_ID);
+            double w0 = wall_ms(), c0 = cpu_ms();
             if (enc_image_load_ex(file, &o, &im, NULL)) {
                 fprintf(stderr, "bench_heif_threads: %s: %s\n", file, umg_err_msg());
                 return 1;
             }
-            wall[t][r] = now_ms(CLOCK_MONOTONIC) - w0;
-            cpu[t][r] = now_ms(CLOCK_PROCESS_CPUTIME_ID) - c0;
+            wall[t][r] = wall_ms() - w0;
+            cpu[t][r] = cpu_ms() - c0;
             width = im.width;
             height = im.height;
             enc_image_free(&im);
