@@ -54,6 +54,14 @@ static inline double bench_thread_cpu(void)
     return (double)t.tv_sec + t.tv_nsec * 1e-9;
 }
 
+/* CPU seconds of the whole process (every thread). */
+static inline double bench_process_cpu(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &t);
+    return (double)t.tv_sec + t.tv_nsec * 1e-9;
+}
+
 static inline int bench_cmp_double(const void *a, const void *b)
 {
     double x = *(const double *)a, y = *(const double *)b;

@@ -1,12 +1,22 @@
 /* cmd_embed.c - `umgdb embed`: encode images or texts, print JSON lines.
  *
- * One JSON object per --image / --text, in command-line order.  Images are
- * encoded in batches of --batch on --threads worker threads, each with its own
- * run state on the one shared model (OpenBLAS single-threaded inside each);
- * when there are fewer batches than threads the spare threads go to OpenBLAS. */
+ * One JSON object per --image / --text, in command-line order.  Images go
+ * through three stages that run at the same time (issue 17, "decoding runs
+ * beside encoding"):
+ *   1. prepare: read + decode + preprocess, on worker threads (enc_prep), into
+ *      batches of --batch consecutive images, a batch or so ahead of the encoder;
+ *   2. encode: encoder threads, each with its own run state on the one shared
+ *      model, take the prepared batches in order;
+ *   3. print: this (the main) thread prints the results in input order and
+ *      encodes the texts between them.
+ * The batches are the same as a sequential loop's (images [k*B, (k+1)*B)) and
+ * an image's embedding does not depend on the thread that encodes it, so the
+ * output is byte for byte what decoding and encoding one batch after the other
+ * gives (tests/test_embed_cli.c checks it). */
 #include "commands.h"
 
 #include "enc.h"
+#include "enc_prep.h"
 #include "umg_error.h"
 #include "umg_util.h"
 
@@ -23,7 +33,7 @@ enum { IN_IMAGE, IN_TEXT };
 struct input {
     int kind;
     const char *arg;
-    int slot;       /* images: index into the chunk's result arrays */
+    int slot;       /* images: the image's number among the images (batch slot / batch) */
 };
 
 struct embed_opts {
@@ -32,16 +42,32 @@ struct embed_opts {
     int fast_decode; /* --decode fast (default) / exact */
 };
 
-struct worker {
+/* The encoded results of one batch, between an encoder thread and the printer. */
+enum { RES_FREE, RES_BUSY, RES_DONE };
+struct result {
+    int state, batch;       /* RES_*; the batch it holds (BUSY/DONE) */
+    int n;                  /* images with results, from the batch's first on */
+    int failed, rc;         /* image first + n failed (prepare or encode) */
+    char err[640];
+    float *embeds, *patches; /* [batch, D], [batch, G*G, D] or NULL */
+};
+
+struct pipeline {
     const enc_model *m;
     const struct embed_opts *o;
+    const struct input **images; /* every image, in input order */
+    enc_decode_opts dopt;
+    enc_prep *prep;
+    struct result *res;
+    int n_res;
+    pthread_mutex_t mu;
+    pthread_cond_t cv; /* a result changed state, or abort */
+    int abort;
+};
+
+struct encoder {
+    struct pipeline *pl;
     enc_run *run;
-    float *pixels;               /* [batch, 3, S, S] */
-    const struct input **items;  /* this worker's images */
-    int n_items;
-    float *embeds, *patches;     /* results for items[0..n) */
-    int rc, failed_item;         /* items before failed_item have results */
-    char err[640];
 };
 
 static void usage(FILE *out)
@@ -132,47 +158,81 @@ static int dump_pixels(const char *path, const float *px, size_t n)
     return 0;
 }
 
-static void *worker_main(void *arg)
+/* Stage 1, on enc_prep's threads: one image into its batch's tensor. */
+static int prepare_image(void *ctx, int index, float *pixels)
 {
-    struct worker *w = arg;
-    const enc_config *c = enc_model_config(w->m);
-    size_t S = (size_t)c->image_size, per = (size_t)c->channels * S * S;
-    int D = enc_model_dim(w->m), G = enc_model_grid(w->m);
-    for (int done = 0; done < w->n_items && !w->rc;) {
-        int n = w->n_items - done < w->o->batch ? w->n_items - done : w->o->batch;
-        for (int i = 0; i < n && !w->rc; i++) {
-            const char *path = w->items[done + i]->arg;
-            enc_image img = {0};
-            enc_decode_opts dopt = {.fast_for = w->o->fast_decode ? enc_model_preproc(w->m) : NULL};
-            int rc = enc_image_load_ex(path, &dopt, &img, NULL);
-            if (!rc)
-                rc = enc_preprocess(&img, enc_model_preproc(w->m), w->pixels + i * per);
-            enc_image_free(&img);
-            if (!rc && w->o->dump_pixels)
-                rc = dump_pixels(w->o->dump_pixels, w->pixels + i * per, per);
-            if (rc) {
-                w->rc = rc;
-                w->failed_item = done + i;
-                n = i; /* still encode the images before it: they get printed */
-                /* umg_err_msg is per thread: copy it for the main thread; name the
-                 * file unless the message already does */
-                const char *msg = umg_err_msg();
-                snprintf(w->err, sizeof w->err, "%s%s%s", strstr(msg, path) ? "" : path,
-                         strstr(msg, path) ? "" : ": ", msg);
-            }
+    struct pipeline *pl = ctx;
+    enc_image img = {0};
+    int rc = enc_image_load_ex(pl->images[index]->arg, &pl->dopt, &img, NULL);
+    if (!rc)
+        rc = enc_preprocess(&img, enc_model_preproc(pl->m), pixels);
+    enc_image_free(&img);
+    if (!rc && pl->o->dump_pixels) { /* one image only (checked): no race */
+        const enc_config *c = enc_model_config(pl->m);
+        rc = dump_pixels(pl->o->dump_pixels, pixels, (size_t)c->channels * c->image_size * c->image_size);
+    }
+    return rc;
+}
+
+/* Stage 2: take prepared batches in order, encode each into the result slot of
+ * its number (waiting for the printer to free it), hand it to the printer. */
+static void *encoder_main(void *arg)
+{
+    struct encoder *e = arg;
+    struct pipeline *pl = e->pl;
+    enc_prep_batch b;
+    while (enc_prep_next(pl->prep, &b)) {
+        struct result *r = &pl->res[b.index % pl->n_res];
+        pthread_mutex_lock(&pl->mu);
+        while (r->state != RES_FREE && !pl->abort)
+            pthread_cond_wait(&pl->cv, &pl->mu);
+        int stop = pl->abort;
+        if (!stop) {
+            r->state = RES_BUSY;
+            r->batch = b.index;
         }
-        if (n == 0)
+        pthread_mutex_unlock(&pl->mu);
+        if (stop) {
+            enc_prep_release(pl->prep, &b);
             break;
-        int rc = enc_encode_pixels(w->run, w->pixels, n, w->embeds + (size_t)done * D,
-                                   w->patches ? w->patches + (size_t)done * G * G * D : NULL);
-        if (rc) {
-            w->rc = rc;
-            w->failed_item = done;
-            snprintf(w->err, sizeof w->err, "encoding failed: %s", umg_err_msg());
         }
-        done += n;
+        r->n = b.n;
+        r->failed = b.failed;
+        r->rc = b.rc;
+        snprintf(r->err, sizeof r->err, "%s", b.err);
+        int rc = b.n ? enc_encode_pixels(e->run, b.pixels, b.n, r->embeds, pl->o->patches ? r->patches : NULL) : 0;
+        enc_prep_release(pl->prep, &b);
+        if (rc) { /* as before the pipeline: the whole batch is lost, output ends before it */
+            r->n = 0;
+            r->failed = 1;
+            r->rc = rc;
+            snprintf(r->err, sizeof r->err, "encoding failed: %s", umg_err_msg());
+        }
+        pthread_mutex_lock(&pl->mu);
+        r->state = RES_DONE;
+        pthread_cond_broadcast(&pl->cv);
+        pthread_mutex_unlock(&pl->mu);
     }
     return NULL;
+}
+
+/* Stage 3 (the printer) waits for batch k's results. */
+static struct result *wait_result(struct pipeline *pl, int k)
+{
+    struct result *r = &pl->res[k % pl->n_res];
+    pthread_mutex_lock(&pl->mu);
+    while (!(r->state == RES_DONE && r->batch == k))
+        pthread_cond_wait(&pl->cv, &pl->mu);
+    pthread_mutex_unlock(&pl->mu);
+    return r;
+}
+
+static void free_result(struct pipeline *pl, struct result *r)
+{
+    pthread_mutex_lock(&pl->mu);
+    r->state = RES_FREE;
+    pthread_cond_broadcast(&pl->cv);
+    pthread_mutex_unlock(&pl->mu);
 }
 
 /* ---- the command -------------------------------------------------------- */
@@ -290,126 +350,162 @@ int cmd_embed(int argc, char **argv)
     if (n_images && o.batch > n_images)
         o.batch = n_images; /* run states are sized for a batch: no bigger than needed */
     int D = enc_model_dim(m), G = enc_model_grid(m), status = 0;
-    size_t per_image = (size_t)c->channels * c->image_size * c->image_size;
-    int n_workers = (n_images + o.batch - 1) / o.batch;
-    if (n_workers > o.threads)
-        n_workers = o.threads;
-    int chunk_cap = n_workers * o.batch; /* images encoded between two prints */
-    struct worker *workers = calloc(n_workers ? (size_t)n_workers : 1, sizeof *workers);
-    const struct input **items = calloc(chunk_cap ? (size_t)chunk_cap : 1, sizeof *items);
-    float *embeds = malloc(((size_t)chunk_cap + 1) * D * sizeof(float));
-    float *patches = o.patches ? malloc(((size_t)chunk_cap + 1) * G * G * D * sizeof(float)) : NULL;
+    int n_batches = (o.batch ? (n_images + o.batch - 1) / o.batch : 0);
+    /* How the --threads T cores are shared (what measured best on 2 cores,
+     * docs/benchmarks.md "Decoding beside encoding"):
+     *  - E = min(T, batches) encoder threads, each with its own run state and
+     *    T / E threads inside its products (as before the pipeline: with one
+     *    batch all T cores go into its GEMMs; with many, single-threaded runs
+     *    side by side beat one run on T threads, and spin no helper threads);
+     *  - T prepare threads besides them.  Decoding is not given cores of its
+     *    own: its CPU comes from the same T cores, taken from the encoders while
+     *    a batch is being prepared.  A prepare thread that is a batch ahead
+     *    sleeps, so for small JPEGs (decode ~1/10 of the encoder's CPU per photo)
+     *    the encoders keep nearly all of the cores; when decoding is the slower
+     *    side (a 12 MP HEIC costs ~10x the encoder) all T cores decode and the
+     *    encoders wait.  Fewer prepare threads than T would cap that case at
+     *    fewer cores; more would only add photos in memory.
+     *  - E + 1 batches of tensors (each encoder holds the one it encodes, one
+     *    more is being prepared) and E + 1 batches of results (one being
+     *    printed): with E = 1 that is double buffering; memory stays
+     *    (E + 1) * batch * 3 * S * S floats plus the T photos in decode.
+     *  - A HEIC's tiles decode on T / (photos decoded at once) libheif threads:
+     *    all T for a lone photo, none extra when every prepare thread has one. */
+    int n_enc = n_batches < o.threads ? n_batches : o.threads;
+    int n_prep = o.threads < n_images ? o.threads : n_images;
+    struct pipeline pl = {.m = m, .o = &o, .n_res = n_enc + 1};
+    pl.dopt.fast_for = o.fast_decode ? enc_model_preproc(m) : NULL;
+    pl.dopt.threads = n_prep > 0 && o.threads / n_prep > 1 ? o.threads / n_prep : 1;
+    struct encoder *encs = calloc(n_enc ? (size_t)n_enc : 1, sizeof *encs);
+    pthread_t *enc_th = calloc(n_enc ? (size_t)n_enc : 1, sizeof *enc_th);
+    pl.images = calloc(n_images ? (size_t)n_images : 1, sizeof *pl.images);
+    pl.res = calloc((size_t)pl.n_res, sizeof *pl.res);
+    float *text_embed = malloc((size_t)D * sizeof(float));
     enc_run *text_run = NULL;
-    if (!workers || !items || !embeds || (o.patches && !patches)) {
+    int n_started = 0, sync_ok = 0;
+    if (!encs || !enc_th || !pl.images || !pl.res || !text_embed) {
         fprintf(stderr, "umgdb embed: out of memory\n");
         status = 1;
         goto out;
     }
-    for (int w = 0; w < n_workers; w++) {
-        workers[w].m = m;
-        workers[w].o = &o;
-        workers[w].pixels = malloc((size_t)o.batch * per_image * sizeof(float));
-        if (!workers[w].pixels || (rc = enc_run_create(m, o.batch, &workers[w].run))) {
-            fprintf(stderr, "umgdb embed: %s\n", workers[w].pixels ? umg_err_msg() : "out of memory");
+    for (int i = 0, j = 0; i < n_inputs; i++)
+        if (inputs[i].kind == IN_IMAGE) {
+            inputs[i].slot = j;
+            pl.images[j++] = &inputs[i];
+        }
+    for (int k = 0; n_images && k < pl.n_res; k++) {
+        pl.res[k].embeds = malloc((size_t)o.batch * D * sizeof(float));
+        pl.res[k].patches = o.patches ? malloc((size_t)o.batch * G * G * D * sizeof(float)) : NULL;
+        if (!pl.res[k].embeds || (o.patches && !pl.res[k].patches)) {
+            fprintf(stderr, "umgdb embed: out of memory\n");
             status = 1;
             goto out;
         }
     }
-    if (n_images < n_inputs && (rc = enc_run_create(m, 1, &text_run))) {
-        fprintf(stderr, "umgdb embed: %s\n", umg_err_msg());
+    for (int w = 0; w < n_enc; w++) {
+        encs[w].pl = &pl;
+        if ((rc = enc_run_create(m, o.batch, &encs[w].run))) {
+            fprintf(stderr, "umgdb embed: %s\n", umg_err_msg());
+            status = 1;
+            goto out;
+        }
+    }
+    if (n_images < n_inputs) {
+        if ((rc = enc_run_create(m, 1, &text_run)) || (rc = enc_run_set_threads(text_run, 1))) {
+            fprintf(stderr, "umgdb embed: %s\n", umg_err_msg());
+            status = 1;
+            goto out;
+        }
+    }
+    if (pthread_mutex_init(&pl.mu, NULL) == 0 && pthread_cond_init(&pl.cv, NULL) == 0)
+        sync_ok = 1;
+    else {
+        fprintf(stderr, "umgdb embed: cannot create a lock\n");
         status = 1;
         goto out;
     }
+    if (n_images) {
+        enc_set_threads(o.threads / n_enc > 0 ? o.threads / n_enc : 1);
+        enc_prep_config pc = {.n_items = n_images, .batch = o.batch,
+                              .item_floats = (size_t)c->channels * c->image_size * c->image_size,
+                              .n_slots = n_enc + 1, .threads = n_prep, .prepare = prepare_image, .ctx = &pl};
+        if ((rc = enc_prep_start(&pc, &pl.prep))) {
+            fprintf(stderr, "umgdb embed: %s\n", umg_err_msg());
+            status = 1;
+            goto out;
+        }
+        for (int w = 0; w < n_enc; w++)
+            if (pthread_create(&enc_th[n_started], NULL, encoder_main, &encs[w]) == 0)
+                n_started++;
+        if (!n_started) { /* the printer cannot also encode: it frees the results */
+            fprintf(stderr, "umgdb embed: cannot start a thread\n");
+            status = 1;
+            goto out;
+        }
+    }
 
-    for (int start = 0; start < n_inputs && !status;) {
-        /* The chunk [start, end) holds up to chunk_cap images and the texts between them. */
-        int end = start, n_chunk = 0, fail_at = -1;
-        struct worker *failed = NULL;
-        while (end < n_inputs && (inputs[end].kind == IN_TEXT || n_chunk < chunk_cap)) {
-            if (inputs[end].kind == IN_IMAGE) {
-                inputs[end].slot = n_chunk;
-                items[n_chunk++] = &inputs[end];
-            }
-            end++;
-        }
-        if (n_chunk) {
-            int used = (n_chunk + o.batch - 1) / o.batch;
-            if (used > n_workers)
-                used = n_workers;
-            /* Spare threads help inside the GEMMs of the batches we do have. */
-            enc_set_threads(o.threads / used > 0 ? o.threads / used : 1);
-            int per = (n_chunk + used - 1) / used;
-            per = (per + o.batch - 1) / o.batch * o.batch; /* whole batches per worker */
-            pthread_t th[256];
-            int started = 0;
-            for (int w = 0; w < used; w++) {
-                struct worker *wk = &workers[w];
-                int lo = w * per, hi = lo + per < n_chunk ? lo + per : n_chunk;
-                wk->items = items + lo;
-                wk->n_items = hi > lo ? hi - lo : 0;
-                wk->embeds = embeds + (size_t)lo * D;
-                wk->patches = patches ? patches + (size_t)lo * G * G * D : NULL;
-                wk->rc = 0;
-                if (w == used - 1) {
-                    worker_main(wk);
-                } else if (pthread_create(&th[w], NULL, worker_main, wk) == 0) {
-                    started++;
-                } else {
-                    worker_main(wk); /* no thread to be had: do it here */
-                }
-            }
-            for (int w = 0; w < started; w++)
-                pthread_join(th[w], NULL);
-            /* The earliest failure ends the output; everything before it is printed. */
-            for (int w = 0; w < used; w++)
-                if (workers[w].rc) {
-                    int at = (int)(workers[w].items[workers[w].failed_item] - inputs);
-                    if (!failed || at < fail_at) {
-                        failed = &workers[w];
-                        fail_at = at;
-                    }
-                }
-        }
-        /* Print in input order. */
-        enc_set_threads(1);
-        for (int i = start; i < end && !status; i++) {
-            if (failed && i == fail_at) {
-                fprintf(stderr, "umgdb embed: %s\n", failed->err);
+    /* Stage 3: print in input order; texts are encoded here, between the images. */
+    for (int i = 0; i < n_inputs && !status; i++) {
+        struct input *in = &inputs[i];
+        if (in->kind == IN_IMAGE) {
+            int k = in->slot / o.batch, at = in->slot - k * o.batch;
+            struct result *r = wait_result(&pl, k);
+            if (at >= r->n) { /* r->failed: the failure is this image's (or its batch's) */
+                const char *path = in->arg;
+                if (strstr(r->err, path) || !strncmp(r->err, "encoding failed", 15))
+                    fprintf(stderr, "umgdb embed: %s\n", r->err);
+                else
+                    fprintf(stderr, "umgdb embed: %s: %s\n", path, r->err);
                 status = 1;
                 break;
             }
-            struct input *in = &inputs[i];
-            if (in->kind == IN_IMAGE) {
-                print_image(stdout, embeds + (size_t)in->slot * D, D,
-                            patches ? patches + (size_t)in->slot * G * G * D : NULL, G * G);
-            } else {
-                int32_t ids[ENC_CONTEXT_LENGTH];
-                int n_ids = 0;
-                float *e = embeds + (size_t)chunk_cap * D; /* the spare row */
-                if ((rc = enc_encode_text(text_run, in->arg, strlen(in->arg), e, ids, &n_ids))) {
-                    fprintf(stderr, "umgdb embed: text \"%.60s\": %s\n", in->arg, umg_err_msg());
-                    status = 1;
-                    break;
-                }
-                print_text(stdout, e, D, ids, n_ids);
+            print_image(stdout, r->embeds + (size_t)at * D, D,
+                        r->patches ? r->patches + (size_t)at * G * G * D : NULL, G * G);
+            if (at == o.batch - 1 || in->slot == n_images - 1)
+                free_result(&pl, r);
+        } else {
+            int32_t ids[ENC_CONTEXT_LENGTH];
+            int n_ids = 0;
+            if ((rc = enc_encode_text(text_run, in->arg, strlen(in->arg), text_embed, ids, &n_ids))) {
+                fprintf(stderr, "umgdb embed: text \"%.60s\": %s\n", in->arg, umg_err_msg());
+                status = 1;
+                break;
             }
+            print_text(stdout, text_embed, D, ids, n_ids);
         }
-        start = end;
     }
     if (fflush(stdout) != 0 || ferror(stdout)) {
         fprintf(stderr, "umgdb embed: writing the output failed\n");
         status = 1;
     }
 out:
-    for (int w = 0; workers && w < n_workers; w++) {
-        enc_run_close(workers[w].run);
-        free(workers[w].pixels);
+    /* Stop the stages (after an error they may still be running ahead). */
+    if (sync_ok) {
+        pthread_mutex_lock(&pl.mu);
+        pl.abort = 1;
+        pthread_cond_broadcast(&pl.cv);
+        pthread_mutex_unlock(&pl.mu);
+    }
+    enc_prep_cancel(pl.prep);
+    for (int w = 0; w < n_started; w++)
+        pthread_join(enc_th[w], NULL);
+    enc_prep_close(pl.prep);
+    if (sync_ok) {
+        pthread_cond_destroy(&pl.cv);
+        pthread_mutex_destroy(&pl.mu);
+    }
+    for (int w = 0; encs && w < n_enc; w++)
+        enc_run_close(encs[w].run);
+    for (int k = 0; pl.res && k < pl.n_res; k++) {
+        free(pl.res[k].embeds);
+        free(pl.res[k].patches);
     }
     enc_run_close(text_run);
-    free(workers);
-    free(items);
-    free(embeds);
-    free(patches);
+    free(encs);
+    free(enc_th);
+    free(pl.images);
+    free(pl.res);
+    free(text_embed);
     free(inputs);
     enc_model_close(m);
     return status;

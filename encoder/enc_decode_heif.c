@@ -5,18 +5,34 @@
  * the EXIF Orientation a phone also writes is not applied again (HEIF makes
  * irot/imir authoritative; heif-convert ignores EXIF orientation too).  HEIF
  * thumbnails are separate, smaller pictures: never used, even on the fast path.
- * Phones store a photo as a grid of 512x512 tiles, which libheif decodes on
- * opts->threads threads (0: libheif's default). */
+ * Phones store a photo as a grid of 512x512 tiles (a 12 MP photo: 48), which
+ * libheif decodes in parallel: on opts->threads threads, 0 meaning every online
+ * CPU (libheif 1.15's own default is a fixed 4, whatever the machine).  1 decodes
+ * them in the calling thread (libheif's 0), for callers that already decode
+ * several photos at once.  The size checked against max_pixels is the grid's
+ * full size (its ispe), before any tile is decoded. */
 #include "enc_decode.h"
 #include "umg_error.h"
 
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <libheif/heif.h>
 
 /* Phones write a few hundred bytes to a few tens of KB of EXIF. */
 #define ENC_HEIF_MAX_EXIF_BYTES (4u << 20)
+
+/* libheif's setting for `threads` tile threads: its 0 decodes the tiles in the
+ * calling thread, n > 0 on up to n threads of its own while the caller waits. */
+static int heif_tile_threads(int threads)
+{
+    if (threads <= 0) {
+        long n = sysconf(_SC_NPROCESSORS_ONLN);
+        threads = n < 1 ? 1 : n > 64 ? 64 : (int)n;
+    }
+    return threads == 1 ? 0 : threads;
+}
 
 static int heif_fail(const char *fmt, const char *what, struct heif_error e)
 {
@@ -64,8 +80,7 @@ int enc_decode_heif(const uint8_t *data, size_t len, int format, const enc_decod
     int rc = 0;
     if (!ctx)
         return umg_err_set(UMG_ENOMEM, "%s: cannot create decoder", fmt);
-    if (o->threads > 0)
-        heif_context_set_max_decoding_threads(ctx, o->threads);
+    heif_context_set_max_decoding_threads(ctx, heif_tile_threads(o->threads));
     struct heif_error e = heif_context_read_from_memory_without_copy(ctx, data, len, NULL);
     if (e.code != heif_error_Ok) {
         rc = heif_fail(fmt, "unreadable container", e);

@@ -190,7 +190,8 @@ typedef struct enc_decode_opts {
      * cosine >= 0.999 measured, docs/benchmarks.md); other formats decode in full
      * (HEIF thumbnails are other pictures, never used). */
     const enc_preproc *fast_for;
-    int threads;                 /* HEIF tile-decoding threads; 0: libheif's default */
+    int threads;                 /* threads decoding a HEIF's tiles: 0 every online CPU, 1 the
+                                  * calling thread only (enc_decode_heif.c) */
 } enc_decode_opts;
 
 /* enc_image_decode with options; meta (may be NULL) receives the format, size and

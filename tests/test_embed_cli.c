@@ -13,6 +13,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "enc.h"
 #include "enc_image.h"
 #include "test_util.h"
 
@@ -237,6 +238,133 @@ static void test_dump_pixels(void **state)
     tu_result_free(&r);
 }
 
+/* float equality of a printed value ("%.9g" round-trips a float exactly) */
+static void expect_exact(json_t *got, const float *want, int n, const char *what)
+{
+    assert_int_equal(json_array_size(got), n);
+    for (int i = 0; i < n; i++) {
+        float g = (float)json_number_value(json_array_get(got, i));
+        if (memcmp(&g, &want[i], sizeof g))
+            fail_msg("%s [%d]: %.9g, sequential %.9g", what, i, g, want[i]);
+    }
+}
+
+/* Decoding beside encoding (issue 17) changes nothing: `embed` with batches of 3
+ * on 2 and 3 threads (prepare threads, encoder threads and the printer at once,
+ * 25 images: 9 batches through 3 result slots) prints exactly the numbers of the
+ * plain sequential loop computed here (decode, preprocess, encode one photo at a
+ * time), texts in their places. */
+static void test_pipeline_same_as_sequential(void **state)
+{
+    enum { N = 25 };
+    char paths[N][600];
+    const char *args[2 * N + 16];
+    const char *texts[] = {"a dog on the beach", "two cats"};
+    FILE *ls = popen("ls " UMG_FIXTURES_DIR "/coco-mini/train2017/*.jpg | head -24", "r");
+    assert_non_null(ls);
+    int n_img = 0;
+    while (n_img < N - 1 && fgets(paths[n_img], sizeof paths[n_img], ls))
+        paths[n_img][strcspn(paths[n_img], "\n")] = 0, n_img++;
+    pclose(ls);
+    assert_int_equal(n_img, N - 1);
+    snprintf(paths[n_img++], sizeof paths[0], "%s", UMG_FIXTURES_DIR "/images/fmt_grid.heic");
+
+    enc_model *m;
+    enc_run *run;
+    assert_int_equal(enc_model_open(TINY, &m), 0);
+    assert_int_equal(enc_run_create(m, 1, &run), 0);
+    int D = enc_model_dim(m), G = enc_model_grid(m);
+    float *want = malloc((size_t)N * D * sizeof(float)), *want_p = malloc((size_t)N * G * G * D * sizeof(float));
+    float *px = malloc((size_t)3 * 224 * 224 * sizeof(float)), want_t[2][64];
+    assert_true(D <= 64);
+    for (int i = 0; i < N; i++) {
+        enc_decode_opts o = {.fast_for = enc_model_preproc(m)}; /* --decode fast, the default */
+        enc_image im;
+        assert_int_equal(enc_image_load_ex(paths[i], &o, &im, NULL), 0);
+        assert_int_equal(enc_preprocess(&im, enc_model_preproc(m), px), 0);
+        enc_image_free(&im);
+        assert_int_equal(enc_encode_pixels(run, px, 1, want + (size_t)i * D, want_p + (size_t)i * G * G * D), 0);
+        enc_l2_normalize(want + (size_t)i * D, D);
+        for (int p = 0; p < G * G; p++)
+            enc_l2_normalize(want_p + ((size_t)i * G * G + p) * D, D);
+    }
+    for (int t = 0; t < 2; t++) {
+        int n_ids;
+        int32_t ids[ENC_CONTEXT_LENGTH];
+        assert_int_equal(enc_encode_text(run, texts[t], strlen(texts[t]), want_t[t], ids, &n_ids), 0);
+        enc_l2_normalize(want_t[t], D);
+    }
+    enc_run_close(run);
+    enc_model_close(m);
+
+    static const char *const threads[] = {"2", "3"};
+    for (int v = 0; v < 2; v++) {
+        int n = 0;
+        args[n++] = "embed";
+        args[n++] = "--model";
+        args[n++] = TINY;
+        args[n++] = "--batch";
+        args[n++] = "3";
+        args[n++] = "--threads";
+        args[n++] = threads[v];
+        args[n++] = "--patches";
+        for (int i = 0; i < N; i++) {
+            if (i == 4 || i == 20) { /* texts in the middle of batches */
+                args[n++] = "--text";
+                args[n++] = texts[i == 20];
+            }
+            args[n++] = "--image";
+            args[n++] = paths[i];
+        }
+        args[n] = NULL;
+        tu_result r = tu_run(args);
+        if (r.status)
+            fail_msg("exit %d: %s", r.status, r.err);
+        json_t *lines = tu_json_lines(r.out);
+        assert_int_equal(json_array_size(lines), N + 2);
+        for (int l = 0, i = 0; l < N + 2; l++) {
+            json_t *o = json_array_get(lines, l);
+            char what[64];
+            if (l == 4 || l == 21) {
+                snprintf(what, sizeof what, "threads %s, text line %d", threads[v], l);
+                expect_exact(json_object_get(o, "embedding"), want_t[l == 21], D, what);
+                continue;
+            }
+            snprintf(what, sizeof what, "threads %s, image %d", threads[v], i);
+            expect_exact(json_object_get(o, "embedding"), want + (size_t)i * D, D, what);
+            json_t *pt = json_object_get(o, "patches");
+            assert_int_equal(json_array_size(pt), G * G);
+            for (int p = 0; p < G * G; p++)
+                expect_exact(json_array_get(pt, p), want_p + ((size_t)i * G * G + p) * D, D, what);
+            i++;
+        }
+        json_decref(lines);
+        tu_result_free(&r);
+    }
+    free(want);
+    free(want_p);
+    free(px);
+}
+
+/* A photo that fails in a later batch: everything before it is printed (images
+ * of earlier batches and of its own, texts), then the error naming it. */
+static void test_pipeline_failure_midway(void **state)
+{
+    const char *img = TINY "/images/chelsea.png", *bad = TINY "/config.json";
+    const char *args[] = {"embed", "--model", TINY, "--batch", "2", "--threads", "2",
+                          "--image", img, "--image", img, "--image", img, "--text", "x",
+                          "--image", img, "--image", bad, "--image", img, "--image", img, NULL};
+    tu_result r = tu_run(args);
+    assert_int_equal(r.status, 1);
+    json_t *ls = tu_json_lines(r.out);
+    assert_int_equal(json_array_size(ls), 5);
+    assert_non_null(json_object_get(json_array_get(ls, 3), "ids")); /* the text, in its place */
+    if (!strstr(r.err, "config.json") || !strstr(r.err, "unsupported format"))
+        fail_msg("stderr \"%s\"", r.err);
+    json_decref(ls);
+    tu_result_free(&r);
+}
+
 static void expect_failure(const char *const *args, int status, const char *needle)
 {
     tu_result r = tu_run(args);
@@ -302,6 +430,8 @@ int main(void)
         cmocka_unit_test(test_dump_pixels),
         cmocka_unit_test(test_decode_modes),
         cmocka_unit_test(test_errors),
+        cmocka_unit_test(test_pipeline_same_as_sequential),
+        cmocka_unit_test(test_pipeline_failure_midway),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
     json_decref(ref);

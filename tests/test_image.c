@@ -999,6 +999,58 @@ static void test_heif_vs_libheif(void **state)
     enc_image_free(&im);
 }
 
+/* Tile grids, as phones store HEIC (tools/make_heif_grid.py: 64x64 tiles, 4x3,
+ * cropped to 240x180): libheif's own pixels on any number of tile threads, the
+ * irot orientation applied to the whole grid, the pixel limit on the grid's full
+ * size (a tile is only 4096 pixels), and a grid declaring 75.8 Mpx in 1 KB
+ * refused before anything is decoded. */
+static void test_heif_grid(void **state)
+{
+    expect_same_pixels("fmt_grid.heic", "fmt_grid.heic.png");
+    expect_same_pixels("fmt_grid_irot.heic", "fmt_grid_irot.heic.png");
+    size_t len;
+    uint8_t *d = read_image("fmt_grid.heic", &len);
+    enc_image ref;
+    load_ok(IMG_DIR "/fmt_grid.heic.png", &ref);
+    assert_int_equal(ref.width, 240);
+    assert_int_equal(ref.height, 180);
+    for (int threads = 0; threads <= 4; threads++) {
+        enc_decode_opts o = {.threads = threads};
+        enc_image im;
+        enc_image_meta meta;
+        assert_int_equal(enc_image_decode_ex(d, len, &o, &im, &meta), 0);
+        assert_int_equal(meta.full_width, 240);
+        assert_int_equal(meta.full_height, 180);
+        assert_int_equal(im.width, 240);
+        assert_int_equal(im.height, 180);
+        if (memcmp(im.rgb, ref.rgb, (size_t)240 * 180 * 3))
+            fail_msg("grid decoded on %d tile threads differs from heif-convert's", threads);
+        enc_image_free(&im);
+    }
+    /* The rotated grid is the unrotated one turned 90 degrees anticlockwise. */
+    enc_image rot;
+    load_ok(IMG_DIR "/fmt_grid_irot.heic", &rot);
+    assert_int_equal(rot.width, 180);
+    assert_int_equal(rot.height, 240);
+    for (int y = 0; y < 240; y++)
+        for (int x = 0; x < 180; x++)
+            if (memcmp(rot.rgb + ((size_t)y * 180 + x) * 3, ref.rgb + ((size_t)x * 240 + 239 - y) * 3, 3))
+                fail_msg("irot grid pixel (%d, %d) is not the rotated grid's", x, y);
+    enc_image_free(&rot);
+    enc_image_free(&ref);
+    expect_error(d, len, 240 * 180 - 1, UMG_ETOOBIG, "grid 240x180 over a limit of 43199 pixels");
+    enc_image im;
+    assert_int_equal(enc_image_decode(d, len, 240 * 180, &im), 0);
+    enc_image_free(&im);
+    free(d);
+    d = read_image("fmt_grid_bomb.heic", &len);
+    assert_true(len < 4096);
+    expect_error(d, len, MAXPX, UMG_ETOOBIG, "grid of 17x17 tiles of 512x512");
+    if (!strstr(umg_err_msg(), "8704x8704"))
+        fail_msg("grid bomb: \"%s\" does not give the grid's full size", umg_err_msg());
+    free(d);
+}
+
 /* Orientation in each container: the upright photo (fmt_src.png, 48x32) comes back. */
 static void test_orientation_containers(void **state)
 {
@@ -1022,7 +1074,7 @@ static void test_orientation_containers(void **state)
 static const char *const format_files[] = {
     "fmt.heic", "fmt.avif", "fmt_alpha.heic", "fmt_lossy.webp", "fmt_lossless.webp", "fmt_anim.webp",
     "fmt_exif6.webp", "fmt_lzw.tif", "fmt_jpeg.tif", "fmt_ycbcr_jpeg.tif", "fmt_tiled.tif", "fmt_rgb16.tif",
-    "fmt.gif", "fmt_anim.gif", "fmt_noninterlaced.gif",
+    "fmt.gif", "fmt_anim.gif", "fmt_noninterlaced.gif", "fmt_grid.heic",
 };
 
 /* Every format cut short or damaged: an error naming the format, never a crash or
@@ -1323,6 +1375,7 @@ int main(void)
         cmocka_unit_test(test_same_pixels_other_containers),
         cmocka_unit_test(test_formats_vs_pillow),
         cmocka_unit_test(test_heif_vs_libheif),
+        cmocka_unit_test(test_heif_grid),
         cmocka_unit_test(test_orientation_containers),
         cmocka_unit_test(test_formats_truncated_corrupt),
         cmocka_unit_test(test_formats_pixel_limit),

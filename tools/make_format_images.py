@@ -35,6 +35,8 @@ Files (".rgb": raw 8-bit RGB rows, size in manifest.txt, as make_test_images.py)
   fmt.heic, fmt.avif, fmt_alpha.heic, fmt_irot.heic (an irot box: rotated by
   libheif), fmt_exif6.heic (EXIF Orientation 6, no irot: not rotated)
                             each beside NAME.heif.png = heif-convert's decode of it
+  fmt_grid.heic, fmt_grid_irot.heic, fmt_grid_bomb.heic  tile grids as phones write them
+                            (tools/make_heif_grid.py write_fixtures)
   fmt_large.jpg             1000x664 JPEG: doubled by test_embed_cli, then decoded DCT-scaled by `embed --decode fast`
   meta_*.{jpg,heic,tif,webp}  capture metadata written by exiftool (see META below)
 """
@@ -48,6 +50,8 @@ import tempfile
 
 import numpy as np
 from PIL import Image, ImageOps
+
+from tools import make_heif_grid
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 OUT = sys.argv[1] if len(sys.argv) > 1 else os.path.join(HERE, "..", "tests", "fixtures", "images")
@@ -280,6 +284,8 @@ for n in ["fmt.heic", "fmt.avif", "fmt_alpha.heic", "fmt_irot.heic", "fmt_exif6.
     heif_golden(n)
 assert Image.open(out("fmt_irot.heic.png")).size == (32, 48), "irot not applied by heif-convert"
 assert Image.open(out("fmt_exif6.heic.png")).size == (32, 48)  # stored 32x48, not rotated
+# Grids of tiles, as phones write HEIC (tools/make_heif_grid.py: fmt_grid*.heic)
+make_heif_grid.write_fixtures(OUT, SRC)
 
 # ---------------------------------------------------------------- fast decode (tests/test_embed_cli.c)
 # 1000x664: with a 224 input the fast decode takes the 1/2 DCT scale (PIL's draft()).
