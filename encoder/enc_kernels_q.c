@@ -350,6 +350,13 @@ static void q8_range_c(const void *ctx, int p0, int p1)
     }
 }
 
+/* Tiles per row block: as many as fit Q_BLOCK_BYTES, at least one. */
+static int q_tiles_per_block(size_t tile_bytes)
+{
+    size_t n = Q_BLOCK_BYTES / tile_bytes;
+    return n < 1 ? 1 : (int)n;
+}
+
 /* Row blocks x panels x tiles (see the top of the file), with tile(job, parts,
  * tile index, rows in it, panel). */
 #define Q_RANGE_FN(NAME, TILE, TILE_BYTES_OF)                                                            \
@@ -357,8 +364,7 @@ static void q8_range_c(const void *ctx, int p0, int p1)
     {                                                                                                    \
         const q_job *j = ctx;                                                                            \
         int tiles = (j->rows + QT - 1) / QT;                                                             \
-        int per_block = (int)(Q_BLOCK_BYTES / TILE_BYTES_OF(j->kp));                                     \
-        per_block = per_block < 1 ? 1 : per_block;                                                       \
+        int per_block = q_tiles_per_block(TILE_BYTES_OF(j->kp));                                         \
         for (int t0 = 0; t0 < tiles; t0 += per_block) {                                                  \
             int t1 = tiles - t0 < per_block ? tiles : t0 + per_block;                                    \
             for (int p = p0; p < p1; p++)                                                                \
@@ -453,6 +459,11 @@ Q_RANGE_FN(q8_range_512, q8v_call, tile_bytes)
  *     quantization.  (vpmaddubsw on u8 = a + 128 would saturate: 2 x 255 x 127;
  *     int16 activations through vpmaddwd need as many instructions.) */
 #define Q_MRV 7
+/* Bytes ahead (32 k groups of a panel) that the first pass of a row block over
+ * a panel prefetches: the weights of a product with few rows come from memory,
+ * once, and would stall the products (text query, AVX-VNNI: 8.4 -> 5.5 ms for
+ * the text tower's products, bench-like loop, 4096 and 8192 alike). */
+#define Q_PF 4096
 #define QAVXVNNI __attribute__((target("avx2,fma,avxvnni")))
 
 /* One row's 8 sums (k: the u8 offset's compensation, or zero) -> y[0, cols),
@@ -479,7 +490,7 @@ static inline __attribute__((always_inline)) QAVX2 void q8y_store8(float *ym, __
  * panel (b: its first byte, 128 bytes per k group), then the epilogue. */
 static inline __attribute__((always_inline)) QAVXVNNI void
 q8y_vnni_block(int mr, const uint8_t *a, const int8_t *b, int kg, float *y, int ldy, int accumulate, const float *sa,
-               const float *sw, const int32_t *wsum, int cols)
+               const float *sw, const int32_t *wsum, int cols, ptrdiff_t pf)
 {
     __m256i c0[Q_MRV], c1[Q_MRV];
 #pragma GCC unroll 7
@@ -489,6 +500,8 @@ q8y_vnni_block(int mr, const uint8_t *a, const int8_t *b, int kg, float *y, int 
         const int8_t *bg = b + (size_t)g * QP * 4;
         const uint8_t *ag = a + (size_t)g * QT * 4;
         __m256i w0 = _mm256_loadu_si256((const __m256i *)bg);
+        if (pf)
+            _mm_prefetch((const char *)bg + pf, _MM_HINT_T0);
 #pragma GCC unroll 7
         for (int m = 0; m < mr; m++) {
             int32_t word;
@@ -517,7 +530,8 @@ q8y_vnni_block(int mr, const uint8_t *a, const int8_t *b, int kg, float *y, int 
  * in int16, so vpmaddubsw cannot saturate; vpmaddwd by 1 widens them. */
 static inline __attribute__((always_inline)) QAVX2 void q8y_avx2_block(int mr, const uint8_t *a, const int8_t *b,
                                                                       int kg, float *y, int ldy, int accumulate,
-                                                                      const float *sa, const float *sw, int cols)
+                                                                      const float *sa, const float *sw, int cols,
+                                                                      ptrdiff_t pf)
 {
     __m256i c[2][4];
     const __m256i ones = _mm256_set1_epi16(1);
@@ -528,6 +542,10 @@ static inline __attribute__((always_inline)) QAVX2 void q8y_avx2_block(int mr, c
         const __m256i *bg = (const __m256i *)(b + (size_t)g * QP * 4);
         __m256i w[4] = {_mm256_loadu_si256(bg), _mm256_loadu_si256(bg + 1), _mm256_loadu_si256(bg + 2),
                         _mm256_loadu_si256(bg + 3)};
+        if (pf) {
+            _mm_prefetch((const char *)bg + pf, _MM_HINT_T0);
+            _mm_prefetch((const char *)bg + pf + 64, _MM_HINT_T0);
+        }
 #pragma GCC unroll 2
         for (int m = 0; m < mr; m++) {
             int32_t word;
@@ -549,32 +567,33 @@ static inline __attribute__((always_inline)) QAVX2 void q8y_avx2_block(int mr, c
 
 #define Q8Y_VNNI_FN(MR)                                                                                      \
     static QAVXVNNI void q8y_vnni_##MR(const uint8_t *a, const int8_t *b, int kg, float *y, int ldy, int acc,  \
-                                       const float *sa, const float *sw, const int32_t *wsum, int cols)        \
+                                       const float *sa, const float *sw, const int32_t *wsum, int cols,        \
+                                       ptrdiff_t pf)                                                           \
     {                                                                                                        \
-        q8y_vnni_block(MR, a, b, kg, y, ldy, acc, sa, sw, wsum, cols);                                       \
+        q8y_vnni_block(MR, a, b, kg, y, ldy, acc, sa, sw, wsum, cols, pf);                                   \
     }
 Q8Y_VNNI_FN(1) Q8Y_VNNI_FN(2) Q8Y_VNNI_FN(3) Q8Y_VNNI_FN(4) Q8Y_VNNI_FN(5) Q8Y_VNNI_FN(6) Q8Y_VNNI_FN(7)
 typedef void (*q8y_vnni_fn)(const uint8_t *, const int8_t *, int, float *, int, int, const float *, const float *,
-                            const int32_t *, int);
+                            const int32_t *, int, ptrdiff_t);
 static const q8y_vnni_fn q8y_vnni_blocks[Q_MRV + 1] = {NULL,      q8y_vnni_1, q8y_vnni_2, q8y_vnni_3,
                                                        q8y_vnni_4, q8y_vnni_5, q8y_vnni_6, q8y_vnni_7};
 
 static QAVX2 void q8y_avx2_1(const uint8_t *a, const int8_t *b, int kg, float *y, int ldy, int acc, const float *sa,
-                             const float *sw, int cols)
+                             const float *sw, int cols, ptrdiff_t pf)
 {
-    q8y_avx2_block(1, a, b, kg, y, ldy, acc, sa, sw, cols);
+    q8y_avx2_block(1, a, b, kg, y, ldy, acc, sa, sw, cols, pf);
 }
 static QAVX2 void q8y_avx2_2(const uint8_t *a, const int8_t *b, int kg, float *y, int ldy, int acc, const float *sa,
-                             const float *sw, int cols)
+                             const float *sw, int cols, ptrdiff_t pf)
 {
-    q8y_avx2_block(2, a, b, kg, y, ldy, acc, sa, sw, cols);
+    q8y_avx2_block(2, a, b, kg, y, ldy, acc, sa, sw, cols, pf);
 }
 
 /* One tile x one panel: AVX-VNNI per half panel, blocks of Q_MRV rows. */
 static void q8_tile_avxvnni(const q_job *j, int t, int mr_all, int p)
 {
     q8_parts d = q8_split(j->w, j->in, j->out);
-    int cols = j->out - p * QP < QP ? j->out - p * QP : QP;
+    int cols = j->out - p * QP < QP ? j->out - p * QP : QP, first = t % q_tiles_per_block(tile_bytes(j->kp)) == 0;
     for (int h = 0; h < 2 && cols > 16 * h; h++) {
         int o = p * QP + 16 * h;
         const int8_t *b = d.q + (size_t)p * QP * j->kp + 16 * 4 * h;
@@ -582,7 +601,7 @@ static void q8_tile_avxvnni(const q_job *j, int t, int mr_all, int p)
             int mr = mr_all - m0 < Q_MRV ? mr_all - m0 : Q_MRV, r = t * QT + m0;
             q8y_vnni_blocks[mr](j->a + (size_t)t * tile_bytes(j->kp) + (size_t)m0 * 4, b, j->kp / 4,
                                 j->y + (size_t)r * j->ldy + o, j->ldy, j->accumulate, j->sa + r, d.scale + o,
-                                d.sum + o, cols - 16 * h);
+                                d.sum + o, cols - 16 * h, m0 == 0 && first ? Q_PF : 0);
         }
     }
 }
@@ -591,13 +610,14 @@ static void q8_tile_avxvnni(const q_job *j, int t, int mr_all, int p)
 static void q8_tile_avx2(const q_job *j, int t, int mr_all, int p)
 {
     q8_parts d = q8_split(j->w, j->in, j->out);
-    int cols = j->out - p * QP < QP ? j->out - p * QP : QP;
+    int cols = j->out - p * QP < QP ? j->out - p * QP : QP, first = t % q_tiles_per_block(tile_bytes(j->kp)) == 0;
     const int8_t *b = d.q + (size_t)p * QP * j->kp;
     for (int m0 = 0; m0 < mr_all; m0 += 2) {
         int r = t * QT + m0;
         (mr_all - m0 >= 2 ? q8y_avx2_2 : q8y_avx2_1)(j->a + (size_t)t * tile_bytes(j->kp) + (size_t)m0 * 4, b,
                                                      j->kp / 4, j->y + (size_t)r * j->ldy + p * QP, j->ldy,
-                                                     j->accumulate, j->sa + r, d.scale + p * QP, cols);
+                                                     j->accumulate, j->sa + r, d.scale + p * QP, cols,
+                                                     m0 == 0 && first ? Q_PF : 0);
     }
 }
 Q_RANGE_FN(q8_range_avxvnni, q8_tile_avxvnni, tile_bytes)
