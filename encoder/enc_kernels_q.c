@@ -137,18 +137,26 @@ void enc_pack_weights_bf16(void *packed, const float *w, int in, int out)
 }
 
 /* ---- the activations ---------------------------------------------------------
- * Scratch: the converted rows, then the rows' int8 scales.  Two layouts:
+ * Scratch: the converted rows, for the AVX2 kernel their absolute values
+ * after them (q8_abs_offset), then the rows' int8 scales.  Two layouts:
  *   tiled (the AVX kernels): tile by tile, tile t's bytes [kp / g][QT][g]
  *     elements (g = 4 int8 or 2 bf16 per 32-bit group), so the kernel broadcasts
  *     row m's group at a fixed offset 4 m from one pointer;
  *   row-major (AMX): rows of kp elements, padded with zero rows to a multiple of
  *     AMX_M rows (a tile load reads whole 16-row blocks). */
 #define AMX_M 32
+static size_t q_padded_rows(int rows)
+{
+    size_t t = round_up((size_t)rows, QT), m = round_up((size_t)rows, AMX_M);
+    return t > m ? t : m;
+}
+
+/* Where |a| starts (the AVX2 kernel's copy of the int8 values). */
+static size_t q8_abs_offset(int rows, int in) { return round_up(q_padded_rows(rows) * (size_t)q8_kp(in), 64); }
+
 size_t enc_q_scratch_bytes(int rows, int in)
 {
-    size_t padded = round_up((size_t)rows, QT) > round_up((size_t)rows, AMX_M) ? round_up((size_t)rows, QT)
-                                                                                : round_up((size_t)rows, AMX_M);
-    size_t q8 = padded * (size_t)q8_kp(in), bf = padded * (size_t)bf_kp(in) * 2;
+    size_t q8 = 2 * q8_abs_offset(rows, in), bf = q_padded_rows(rows) * (size_t)bf_kp(in) * 2;
     return round_up((q8 > bf ? q8 : bf), 64) + round_up((size_t)rows * sizeof(float), 64) + 64;
 }
 
@@ -319,6 +327,7 @@ typedef struct q_job {
     const uint8_t *a;   /* scratch tiles */
     const float *sa;    /* row scales (int8) */
     const void *w;      /* packed weights */
+    size_t abs_off;     /* AVX2: bytes from a to |a| (q8_abs_offset) */
 } q_job;
 
 /* The common epilogue, one row, 32 outputs (C path and reference of the others). */
@@ -528,10 +537,10 @@ q8y_vnni_block(int mr, const uint8_t *a, const int8_t *b, int kg, float *y, int 
 /* AVX2: rows [0, mr) (mr <= 2) of a tile x a whole panel (b, 128 bytes per k
  * group), |a| times q with a's sign: pairs sum to at most 2 x 127 x 127 = 32258
  * in int16, so vpmaddubsw cannot saturate; vpmaddwd by 1 widens them. */
-static inline __attribute__((always_inline)) QAVX2 void q8y_avx2_block(int mr, const uint8_t *a, const int8_t *b,
-                                                                      int kg, float *y, int ldy, int accumulate,
-                                                                      const float *sa, const float *sw, int cols,
-                                                                      ptrdiff_t pf)
+static inline __attribute__((always_inline)) QAVX2 void q8y_avx2_block(int mr, const uint8_t *a, size_t abs_off,
+                                                                      const int8_t *b, int kg, float *y, int ldy,
+                                                                      int accumulate, const float *sa, const float *sw,
+                                                                      int cols, ptrdiff_t pf)
 {
     __m256i c[2][4];
     const __m256i ones = _mm256_set1_epi16(1);
@@ -548,9 +557,10 @@ static inline __attribute__((always_inline)) QAVX2 void q8y_avx2_block(int mr, c
         }
 #pragma GCC unroll 2
         for (int m = 0; m < mr; m++) {
-            int32_t word;
+            int32_t word, uword;
             memcpy(&word, a + (size_t)g * QT * 4 + 4 * m, 4);
-            __m256i av = _mm256_set1_epi32(word), ua = _mm256_abs_epi8(av);
+            memcpy(&uword, a + abs_off + (size_t)g * QT * 4 + 4 * m, 4);
+            __m256i av = _mm256_set1_epi32(word), ua = _mm256_set1_epi32(uword);
 #pragma GCC unroll 4
             for (int q = 0; q < 4; q++)
                 c[m][q] = _mm256_add_epi32(c[m][q],
@@ -578,15 +588,15 @@ typedef void (*q8y_vnni_fn)(const uint8_t *, const int8_t *, int, float *, int, 
 static const q8y_vnni_fn q8y_vnni_blocks[Q_MRV + 1] = {NULL,      q8y_vnni_1, q8y_vnni_2, q8y_vnni_3,
                                                        q8y_vnni_4, q8y_vnni_5, q8y_vnni_6, q8y_vnni_7};
 
-static QAVX2 void q8y_avx2_1(const uint8_t *a, const int8_t *b, int kg, float *y, int ldy, int acc, const float *sa,
-                             const float *sw, int cols, ptrdiff_t pf)
+static QAVX2 void q8y_avx2_1(const uint8_t *a, size_t abs_off, const int8_t *b, int kg, float *y, int ldy, int acc,
+                             const float *sa, const float *sw, int cols, ptrdiff_t pf)
 {
-    q8y_avx2_block(1, a, b, kg, y, ldy, acc, sa, sw, cols, pf);
+    q8y_avx2_block(1, a, abs_off, b, kg, y, ldy, acc, sa, sw, cols, pf);
 }
-static QAVX2 void q8y_avx2_2(const uint8_t *a, const int8_t *b, int kg, float *y, int ldy, int acc, const float *sa,
-                             const float *sw, int cols, ptrdiff_t pf)
+static QAVX2 void q8y_avx2_2(const uint8_t *a, size_t abs_off, const int8_t *b, int kg, float *y, int ldy, int acc,
+                             const float *sa, const float *sw, int cols, ptrdiff_t pf)
 {
-    q8y_avx2_block(2, a, b, kg, y, ldy, acc, sa, sw, cols, pf);
+    q8y_avx2_block(2, a, abs_off, b, kg, y, ldy, acc, sa, sw, cols, pf);
 }
 
 /* One tile x one panel: AVX-VNNI per half panel, blocks of Q_MRV rows. */
@@ -606,6 +616,14 @@ static void q8_tile_avxvnni(const q_job *j, int t, int mr_all, int p)
     }
 }
 
+/* |a| of the tiles' n bytes at dst (the AVX2 kernel's u8 operand, made once
+ * per product instead of once per row and panel). */
+static QAVX2 void q8_abs_tiles(uint8_t *dst, const uint8_t *src, size_t n)
+{
+    for (size_t i = 0; i < n; i += 32) /* up to n rounded up to 32: within the region (q8_abs_offset) */
+        _mm256_storeu_si256((__m256i *)(dst + i), _mm256_abs_epi8(_mm256_loadu_si256((const __m256i *)(src + i))));
+}
+
 /* One tile x one panel: AVX2, two rows at a time. */
 static void q8_tile_avx2(const q_job *j, int t, int mr_all, int p)
 {
@@ -614,7 +632,7 @@ static void q8_tile_avx2(const q_job *j, int t, int mr_all, int p)
     const int8_t *b = d.q + (size_t)p * QP * j->kp;
     for (int m0 = 0; m0 < mr_all; m0 += 2) {
         int r = t * QT + m0;
-        (mr_all - m0 >= 2 ? q8y_avx2_2 : q8y_avx2_1)(j->a + (size_t)t * tile_bytes(j->kp) + (size_t)m0 * 4, b,
+        (mr_all - m0 >= 2 ? q8y_avx2_2 : q8y_avx2_1)(j->a + (size_t)t * tile_bytes(j->kp) + (size_t)m0 * 4, j->abs_off, b,
                                                      j->kp / 4, j->y + (size_t)r * j->ldy + p * QP, j->ldy,
                                                      j->accumulate, j->sa + r, d.scale + p * QP, cols,
                                                      m0 == 0 && first ? Q_PF : 0);
@@ -848,7 +866,7 @@ void enc_linear_q8(float *y, int ldy, const float *x, int ldx, const void *packe
     float *sa = q_scales(scratch, rows, in);
     /* the VNNI kernels take a + 128 (u8); AMX (s8 x s8) takes rows as they are */
     q8_quantize(tiles, sa, x, ldx, rows, in, isa == Q8_AVX512_VNNI || isa == Q8_AVX_VNNI ? 0x80 : 0, isa == Q8_AMX);
-    q_job job = {y, ldy, rows, in, out, kp, accumulate, tiles, sa, packed};
+    q_job job = {y, ldy, rows, in, out, kp, accumulate, tiles, sa, packed, 0};
     void (*range)(const void *, int, int) = q8_range_c;
 #ifdef Q_X86
     range = isa == Q8_AMX           ? q8_range_amx
@@ -856,6 +874,10 @@ void enc_linear_q8(float *y, int ldy, const float *x, int ldx, const void *packe
           : isa == Q8_AVX_VNNI    ? q8_range_avxvnni
           : isa == Q8_AVX2        ? q8_range_avx2
                                   : q8_range_c;
+    if (isa == Q8_AVX2) {
+        job.abs_off = q8_abs_offset(rows, in);
+        q8_abs_tiles(tiles + job.abs_off, tiles, (size_t)(rows + QT - 1) / QT * tile_bytes(kp));
+    }
 #endif
 #ifdef Q_ARM
     range = isa == Q8_NEON_DOT ? q8_range_neon_dot : isa == Q8_NEON ? q8_range_neon : q8_range_c;
@@ -996,7 +1018,7 @@ void enc_linear_bf16(float *y, int ldy, const float *x, int ldx, const void *pac
     if (rows <= 0 || out <= 0)
         return;
     int kp = bf_kp(in);
-    q_job job = {y, ldy, rows, in, out, kp, accumulate, scratch, NULL, packed};
+    q_job job = {y, ldy, rows, in, out, kp, accumulate, scratch, NULL, packed, 0};
 #ifdef Q_X86
     if (enc_bf16_supported()) {
         int amx = (enc_cpu_features() & ENC_CPU_AMX_BF16) && in % AMX_K16 == 0;
