@@ -206,6 +206,16 @@ static void q8_put(uint8_t *t, size_t step, const float *xr, int k0, int in, int
     }
 }
 
+/* Row r from its max: scale[r], *inv = 127 / max (0 for a zero row), and its
+ * first group (q_row). */
+static uint8_t *q8_row_begin(uint8_t *tiles, int rowmajor, int kp, int r, float amax, float *scale, float *inv,
+                             size_t *step)
+{
+    *inv = amax > 0 ? 127.0f / amax : 0.0f;
+    scale[r] = amax / 127.0f;
+    return q_row(tiles, rowmajor, kp, r, step);
+}
+
 /* Per row: the scale and the rounded values, the same on every ISA (max is
  * exact in any order; the product x * inv and round-to-nearest-even too);
  * xor: 0x80 for the u8 form (a + 128). */
@@ -215,12 +225,10 @@ static void q8_quantize_c(uint8_t *tiles, float *scale, const float *x, int ldx,
     int kp = q8_kp(in);
     for (int r = 0; r < rows; r++) {
         const float *xr = x + (size_t)r * ldx;
-        float amax = q8_amax(xr, 0, in, 0.0f);
-        float inv = amax > 0 ? 127.0f / amax : 0.0f;
+        float inv;
         size_t step;
-        uint8_t *t = q_row(tiles, rowmajor, kp, r, &step);
+        uint8_t *t = q8_row_begin(tiles, rowmajor, kp, r, q8_amax(xr, 0, in, 0.0f), scale, &inv, &step);
         q8_put(t, step, xr, 0, in, kp, inv, xor);
-        scale[r] = amax / 127.0f;
     }
 }
 
@@ -240,12 +248,10 @@ static Q512 void q8_quantize_512(uint8_t *tiles, float *scale, const float *x, i
             __mmask16 mk = in - k >= 16 ? 0xffff : (__mmask16)((1u << (in - k)) - 1);
             mx = _mm512_max_ps(mx, _mm512_and_ps(_mm512_maskz_loadu_ps(mk, xr + k), absmask));
         }
-        float amax = _mm512_reduce_max_ps(mx);
-        float inv = amax > 0 ? 127.0f / amax : 0.0f;
-        scale[r] = amax / 127.0f;
-        __m512 vinv = _mm512_set1_ps(inv);
+        float inv;
         size_t step;
-        uint8_t *t = q_row(tiles, rowmajor, kp, r, &step);
+        uint8_t *t = q8_row_begin(tiles, rowmajor, kp, r, _mm512_reduce_max_ps(mx), scale, &inv, &step);
+        __m512 vinv = _mm512_set1_ps(inv);
         for (int k = 0; k < kp; k += 16) { /* 16 values = 4 groups of 4 */
             __mmask16 mk = in - k >= 16 ? 0xffff : in - k <= 0 ? 0 : (__mmask16)((1u << (in - k)) - 1);
             __m512i v = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_maskz_loadu_ps(mk, xr + k), vinv));
@@ -279,12 +285,10 @@ static QAVX2 void q8_quantize_256(uint8_t *tiles, float *scale, const float *x, 
         __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(mx), _mm256_extractf128_ps(mx, 1));
         m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
         m4 = _mm_max_ss(m4, _mm_shuffle_ps(m4, m4, 1));
-        float amax = q8_amax(xr, k8, in, _mm_cvtss_f32(m4));
-        float inv = amax > 0 ? 127.0f / amax : 0.0f;
-        scale[r] = amax / 127.0f;
-        __m256 vinv = _mm256_set1_ps(inv);
+        float inv;
         size_t step;
-        uint8_t *t = q_row(tiles, rowmajor, kp, r, &step);
+        uint8_t *t = q8_row_begin(tiles, rowmajor, kp, r, q8_amax(xr, k8, in, _mm_cvtss_f32(m4)), scale, &inv, &step);
+        __m256 vinv = _mm256_set1_ps(inv);
         for (int k = 0; k < k8; k += 8) { /* 8 values = 2 groups of 4 */
             __m256i v = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(xr + k), vinv));
             v = _mm256_max_epi32(_mm256_min_epi32(v, hi), lo);
