@@ -83,7 +83,8 @@ void enc_model_close(enc_model *m); /* NULL-safe */
  *   AUTO  (an option only: the model reports what it chose) the fastest of
  *         these that this CPU runs and that meets the accuracy guard of
  *         docs/benchmarks.md: bf16 with AMX-BF16, else int8 with AVX-512
- *         VNNI, else fp32 (enc_precision_auto says why). */
+ *         VNNI or AVX-VNNI, or with AVX2 on a CPU without AVX-512, else fp32
+ *         (enc_precision_auto says why). */
 enum enc_precision {
     ENC_PRECISION_FP32 = 0,
     ENC_PRECISION_FP16 = 1,

@@ -137,18 +137,26 @@ void enc_pack_weights_bf16(void *packed, const float *w, int in, int out)
 }
 
 /* ---- the activations ---------------------------------------------------------
- * Scratch: the converted rows, then the rows' int8 scales.  Two layouts:
+ * Scratch: the converted rows, for the AVX2 kernel their absolute values
+ * after them (q8_abs_offset), then the rows' int8 scales.  Two layouts:
  *   tiled (the AVX kernels): tile by tile, tile t's bytes [kp / g][QT][g]
  *     elements (g = 4 int8 or 2 bf16 per 32-bit group), so the kernel broadcasts
  *     row m's group at a fixed offset 4 m from one pointer;
  *   row-major (AMX): rows of kp elements, padded with zero rows to a multiple of
  *     AMX_M rows (a tile load reads whole 16-row blocks). */
 #define AMX_M 32
+static size_t q_padded_rows(int rows)
+{
+    size_t t = round_up((size_t)rows, QT), m = round_up((size_t)rows, AMX_M);
+    return t > m ? t : m;
+}
+
+/* Where |a| starts (the AVX2 kernel's copy of the int8 values). */
+static size_t q8_abs_offset(int rows, int in) { return round_up(q_padded_rows(rows) * (size_t)q8_kp(in), 64); }
+
 size_t enc_q_scratch_bytes(int rows, int in)
 {
-    size_t padded = round_up((size_t)rows, QT) > round_up((size_t)rows, AMX_M) ? round_up((size_t)rows, QT)
-                                                                                : round_up((size_t)rows, AMX_M);
-    size_t q8 = padded * (size_t)q8_kp(in), bf = padded * (size_t)bf_kp(in) * 2;
+    size_t q8 = 2 * q8_abs_offset(rows, in), bf = q_padded_rows(rows) * (size_t)bf_kp(in) * 2;
     return round_up((q8 > bf ? q8 : bf), 64) + round_up((size_t)rows * sizeof(float), 64) + 64;
 }
 
@@ -179,6 +187,35 @@ static void q_pad_rows(void *base, int rowmajor, int row_bytes, int rows)
         memset((uint8_t *)base + (size_t)rows * row_bytes, 0, (round_up((size_t)rows, AMX_M) - rows) * row_bytes);
 }
 
+/* max(amax, |x[k]|) over k in [k0, in). */
+static float q8_amax(const float *xr, int k0, int in, float amax)
+{
+    for (int k = k0; k < in; k++)
+        amax = fabsf(xr[k]) > amax ? fabsf(xr[k]) : amax;
+    return amax;
+}
+
+/* Values [k0, kp) of one row into its groups (step bytes apart): rint(x * inv)
+ * clamped to [-127, 127], zeros from in on; ^ xor. */
+static void q8_put(uint8_t *t, size_t step, const float *xr, int k0, int in, int kp, float inv, uint8_t xor)
+{
+    for (int k = k0; k < kp; k++) {
+        float v = k < in ? rintf(xr[k] * inv) : 0.0f;
+        int8_t q = (int8_t)(v > 127 ? 127 : v < -127 ? -127 : (int)v);
+        t[(size_t)(k / 4) * step + k % 4] = (uint8_t)q ^ xor;
+    }
+}
+
+/* Row r from its max: scale[r], *inv = 127 / max (0 for a zero row), and its
+ * first group (q_row). */
+static uint8_t *q8_row_begin(uint8_t *tiles, int rowmajor, int kp, int r, float amax, float *scale, float *inv,
+                             size_t *step)
+{
+    *inv = amax > 0 ? 127.0f / amax : 0.0f;
+    scale[r] = amax / 127.0f;
+    return q_row(tiles, rowmajor, kp, r, step);
+}
+
 /* Per row: the scale and the rounded values, the same on every ISA (max is
  * exact in any order; the product x * inv and round-to-nearest-even too);
  * xor: 0x80 for the u8 form (a + 128). */
@@ -188,18 +225,10 @@ static void q8_quantize_c(uint8_t *tiles, float *scale, const float *x, int ldx,
     int kp = q8_kp(in);
     for (int r = 0; r < rows; r++) {
         const float *xr = x + (size_t)r * ldx;
-        float amax = 0;
-        for (int k = 0; k < in; k++)
-            amax = fabsf(xr[k]) > amax ? fabsf(xr[k]) : amax;
-        float inv = amax > 0 ? 127.0f / amax : 0.0f;
+        float inv;
         size_t step;
-        uint8_t *t = q_row(tiles, rowmajor, kp, r, &step);
-        for (int k = 0; k < kp; k++) {
-            float v = k < in ? rintf(xr[k] * inv) : 0.0f;
-            int8_t q = (int8_t)(v > 127 ? 127 : v < -127 ? -127 : (int)v);
-            t[(size_t)(k / 4) * step + k % 4] = (uint8_t)q ^ xor;
-        }
-        scale[r] = amax / 127.0f;
+        uint8_t *t = q8_row_begin(tiles, rowmajor, kp, r, q8_amax(xr, 0, in, 0.0f), scale, &inv, &step);
+        q8_put(t, step, xr, 0, in, kp, inv, xor);
     }
 }
 
@@ -219,12 +248,10 @@ static Q512 void q8_quantize_512(uint8_t *tiles, float *scale, const float *x, i
             __mmask16 mk = in - k >= 16 ? 0xffff : (__mmask16)((1u << (in - k)) - 1);
             mx = _mm512_max_ps(mx, _mm512_and_ps(_mm512_maskz_loadu_ps(mk, xr + k), absmask));
         }
-        float amax = _mm512_reduce_max_ps(mx);
-        float inv = amax > 0 ? 127.0f / amax : 0.0f;
-        scale[r] = amax / 127.0f;
-        __m512 vinv = _mm512_set1_ps(inv);
+        float inv;
         size_t step;
-        uint8_t *t = q_row(tiles, rowmajor, kp, r, &step);
+        uint8_t *t = q8_row_begin(tiles, rowmajor, kp, r, _mm512_reduce_max_ps(mx), scale, &inv, &step);
+        __m512 vinv = _mm512_set1_ps(inv);
         for (int k = 0; k < kp; k += 16) { /* 16 values = 4 groups of 4 */
             __mmask16 mk = in - k >= 16 ? 0xffff : in - k <= 0 ? 0 : (__mmask16)((1u << (in - k)) - 1);
             __m512i v = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_maskz_loadu_ps(mk, xr + k), vinv));
@@ -239,6 +266,42 @@ static Q512 void q8_quantize_512(uint8_t *tiles, float *scale, const float *x, i
         }
     }
 }
+
+#define QAVX2 __attribute__((target("avx2,fma")))
+/* q8_quantize_c with 8 lanes (the AVX2 and AVX-VNNI CPUs): the same max,
+ * products and rounding; the last in % 8 values as q8_quantize_c. */
+static QAVX2 void q8_quantize_256(uint8_t *tiles, float *scale, const float *x, int ldx, int rows, int in,
+                                  uint8_t xor, int rowmajor)
+{
+    int kp = q8_kp(in), k8 = in / 8 * 8;
+    const __m256 absmask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+    const __m256i hi = _mm256_set1_epi32(127), lo = _mm256_set1_epi32(-127);
+    const uint32_t flip = xor * 0x01010101u;
+    for (int r = 0; r < rows; r++) {
+        const float *xr = x + (size_t)r * ldx;
+        __m256 mx = _mm256_setzero_ps();
+        for (int k = 0; k < k8; k += 8)
+            mx = _mm256_max_ps(mx, _mm256_and_ps(_mm256_loadu_ps(xr + k), absmask));
+        __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(mx), _mm256_extractf128_ps(mx, 1));
+        m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+        m4 = _mm_max_ss(m4, _mm_shuffle_ps(m4, m4, 1));
+        float inv;
+        size_t step;
+        uint8_t *t = q8_row_begin(tiles, rowmajor, kp, r, q8_amax(xr, k8, in, _mm_cvtss_f32(m4)), scale, &inv, &step);
+        __m256 vinv = _mm256_set1_ps(inv);
+        for (int k = 0; k < k8; k += 8) { /* 8 values = 2 groups of 4 */
+            __m256i v = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(xr + k), vinv));
+            v = _mm256_max_epi32(_mm256_min_epi32(v, hi), lo);
+            /* in [-127, 127]: the saturating packs keep the values; bytes 0-3 of each half */
+            __m256i b = _mm256_packs_epi16(_mm256_packs_epi32(v, v), _mm256_setzero_si256());
+            uint32_t w0 = (uint32_t)_mm256_cvtsi256_si32(b) ^ flip;
+            uint32_t w1 = (uint32_t)_mm_cvtsi128_si32(_mm256_extracti128_si256(b, 1)) ^ flip;
+            memcpy(t + (size_t)(k / 4) * step, &w0, 4);
+            memcpy(t + (size_t)(k / 4 + 1) * step, &w1, 4);
+        }
+        q8_put(t, step, xr, k8, in, kp, inv, xor);
+    }
+}
 #endif
 
 static void q8_quantize(uint8_t *tiles, float *scale, const float *x, int ldx, int rows, int in, uint8_t xor,
@@ -248,6 +311,10 @@ static void q8_quantize(uint8_t *tiles, float *scale, const float *x, int ldx, i
 #ifdef Q_X86
     if (enc_cpu_features() & ENC_CPU_AVX512) {
         q8_quantize_512(tiles, scale, x, ldx, rows, in, xor, rowmajor);
+        return;
+    }
+    if (enc_cpu_features() & ENC_CPU_AVX2) {
+        q8_quantize_256(tiles, scale, x, ldx, rows, in, xor, rowmajor);
         return;
     }
 #endif
@@ -264,6 +331,7 @@ typedef struct q_job {
     const uint8_t *a;   /* scratch tiles */
     const float *sa;    /* row scales (int8) */
     const void *w;      /* packed weights */
+    size_t abs_off;     /* AVX2: bytes from a to |a| (q8_abs_offset) */
 } q_job;
 
 /* The common epilogue, one row, 32 outputs (C path and reference of the others). */
@@ -295,6 +363,13 @@ static void q8_range_c(const void *ctx, int p0, int p1)
     }
 }
 
+/* Tiles per row block: as many as fit Q_BLOCK_BYTES, at least one. */
+static int q_tiles_per_block(size_t tile_bytes)
+{
+    size_t n = Q_BLOCK_BYTES / tile_bytes;
+    return n < 1 ? 1 : (int)n;
+}
+
 /* Row blocks x panels x tiles (see the top of the file), with tile(job, parts,
  * tile index, rows in it, panel). */
 #define Q_RANGE_FN(NAME, TILE, TILE_BYTES_OF)                                                            \
@@ -302,8 +377,7 @@ static void q8_range_c(const void *ctx, int p0, int p1)
     {                                                                                                    \
         const q_job *j = ctx;                                                                            \
         int tiles = (j->rows + QT - 1) / QT;                                                             \
-        int per_block = (int)(Q_BLOCK_BYTES / TILE_BYTES_OF(j->kp));                                     \
-        per_block = per_block < 1 ? 1 : per_block;                                                       \
+        int per_block = q_tiles_per_block(TILE_BYTES_OF(j->kp));                                         \
         for (int t0 = 0; t0 < tiles; t0 += per_block) {                                                  \
             int t1 = tiles - t0 < per_block ? tiles : t0 + per_block;                                    \
             for (int p = p0; p < p1; p++)                                                                \
@@ -380,83 +454,194 @@ static inline void q8v_call(const q_job *j, int t, int mr, int p)
 Q_RANGE_FN(q8_range_512, q8v_call, tile_bytes)
 
 /* ---- 256-bit: AVX-VNNI (u8 x s8 in one instruction) and AVX2 (sign trick) ----
- * Two rows x 32 outputs (8 ymm accumulators) per step: 16 registers in all. */
-#define Q_MR2 2
-#define QAVX2 __attribute__((target("avx2,fma")))
+ * Micro-kernels that keep their sums in ymm registers for the whole k loop,
+ * instantiated per row count (the compiler then unrolls the rows and gives each
+ * sum a register; the former loop over an array of sums kept them on the stack:
+ * a store and a load around every vpdpbusd).
+ *   AVX-VNNI: Q_MRV = 7 rows x 16 outputs (half a panel): 14 sums, the half's
+ *     first 8-output vector in a register, its second read by each vpdpbusd
+ *     from L1 (a memory operand), the row's broadcast: 16 registers.  Per k
+ *     group 14 vpdpbusd (two per cycle on Golden Cove: 7 cycles) against 15
+ *     loads (three per cycle: 5), so the products bound it, at 64 multiply-adds
+ *     per cycle (fp32 FMA: 16); two blocks fill a 14-row tile.
+ *   AVX2: 2 rows x 32 outputs: 8 sums, 4 weight vectors, the row, |row|, a
+ *     temporary and the ones: per k group and row one vpabsb and 4 x (vpsignb,
+ *     vpmaddubsw, vpmaddwd, vpaddd).  Three of those four run only on the two
+ *     multiply ports (p0, p1), which bounds it at 32 multiply-adds per 1.5
+ *     cycles: 21 per cycle against fp32's 16, at most 1.33x before the
+ *     quantization.  (vpmaddubsw on u8 = a + 128 would saturate: 2 x 255 x 127;
+ *     int16 activations through vpmaddwd need as many instructions.) */
+#define Q_MRV 7
+/* Bytes ahead (32 k groups of a panel) that the first pass of a row block over
+ * a panel prefetches: the weights of a product with few rows come from memory,
+ * once, and would stall the products (text query, AVX-VNNI: 8.4 -> 5.5 ms for
+ * the text tower's products, bench-like loop, 4096 and 8192 alike). */
+#define Q_PF 4096
 #define QAVXVNNI __attribute__((target("avx2,fma,avxvnni")))
 
-/* The epilogue of one row's four 8-lane sums. */
-static inline __attribute__((always_inline)) QAVX2 void q8y_store(float *ym, const __m256i c[4], const __m256i k[4],
-                                                                 const float *sw, float sr, int accumulate, int cols)
+/* One row's 8 sums (k: the u8 offset's compensation, or zero) -> y[0, cols),
+ * cols <= 8: float(sum - k) * (s_o * s_r) (+ y), as q8_store_c. */
+static inline __attribute__((always_inline)) QAVX2 void q8y_store8(float *ym, __m256i c, __m256i k, const float *sw,
+                                                                  float sr, int accumulate, int cols)
 {
-    __m256 r = _mm256_set1_ps(sr);
-    for (int q = 0; q < 4; q++) {
-        __m256 t = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(c[q], k[q])), _mm256_mul_ps(_mm256_loadu_ps(sw + 8 * q), r));
-        if (cols >= 8 * q + 8) {
-            if (accumulate)
-                t = _mm256_add_ps(_mm256_loadu_ps(ym + 8 * q), t);
-            _mm256_storeu_ps(ym + 8 * q, t);
-        } else if (cols > 8 * q) {
-            float tmp[8];
-            _mm256_storeu_ps(tmp, t);
-            for (int i = 0; i < cols - 8 * q; i++)
-                ym[8 * q + i] = accumulate ? ym[8 * q + i] + tmp[i] : tmp[i];
+    if (cols <= 0)
+        return;
+    __m256 t = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(c, k)), _mm256_mul_ps(_mm256_loadu_ps(sw), _mm256_set1_ps(sr)));
+    if (cols >= 8) {
+        if (accumulate)
+            t = _mm256_add_ps(_mm256_loadu_ps(ym), t);
+        _mm256_storeu_ps(ym, t);
+        return;
+    }
+    __m256i mask = _mm256_cmpgt_epi32(_mm256_set1_epi32(cols), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+    if (accumulate)
+        t = _mm256_add_ps(_mm256_maskload_ps(ym, mask), t);
+    _mm256_maskstore_ps(ym, mask, t);
+}
+
+/* AVX-VNNI: rows [0, mr) of a tile (a, QT * 4 bytes per k group) x one half
+ * panel (b: its first byte, 128 bytes per k group), then the epilogue. */
+static inline __attribute__((always_inline)) QAVXVNNI void
+q8y_vnni_block(int mr, const uint8_t *a, const int8_t *b, int kg, float *y, int ldy, int accumulate, const float *sa,
+               const float *sw, const int32_t *wsum, int cols, ptrdiff_t pf)
+{
+    __m256i c0[Q_MRV], c1[Q_MRV];
+#pragma GCC unroll 7
+    for (int m = 0; m < mr; m++)
+        c0[m] = c1[m] = _mm256_setzero_si256();
+    for (int g = 0; g < kg; g++) {
+        const int8_t *bg = b + (size_t)g * QP * 4;
+        const uint8_t *ag = a + (size_t)g * QT * 4;
+        __m256i w0 = _mm256_loadu_si256((const __m256i *)bg);
+        if (pf)
+            _mm_prefetch((const char *)bg + pf, _MM_HINT_T0);
+#pragma GCC unroll 7
+        for (int m = 0; m < mr; m++) {
+            int32_t word;
+            memcpy(&word, ag + 4 * m, 4);
+            __m256i av = _mm256_set1_epi32(word);
+            /* a fresh load per row (the compiler cannot keep it in a register,
+             * which the sums need): it becomes vpdpbusd's memory operand */
+            const int8_t *p1 = bg + 32;
+            __asm__ volatile("" : "+r"(p1));
+            c0[m] = _mm256_dpbusd_avx_epi32(c0[m], av, w0);
+            c1[m] = _mm256_dpbusd_avx_epi32(c1[m], av, _mm256_loadu_si256((const __m256i *)p1));
+        }
+    }
+    /* u8 = a + 128: subtract 128 sum_k q */
+    __m256i k0 = _mm256_slli_epi32(_mm256_loadu_si256((const __m256i *)wsum), 7);
+    __m256i k1 = _mm256_slli_epi32(_mm256_loadu_si256((const __m256i *)(wsum + 8)), 7);
+#pragma GCC unroll 7
+    for (int m = 0; m < mr; m++) {
+        q8y_store8(y + (size_t)m * ldy, c0[m], k0, sw, sa[m], accumulate, cols);
+        q8y_store8(y + (size_t)m * ldy + 8, c1[m], k1, sw + 8, sa[m], accumulate, cols - 8);
+    }
+}
+
+/* AVX2: rows [0, mr) (mr <= 2) of a tile x a whole panel (b, 128 bytes per k
+ * group), |a| times q with a's sign: pairs sum to at most 2 x 127 x 127 = 32258
+ * in int16, so vpmaddubsw cannot saturate; vpmaddwd by 1 widens them. */
+static inline __attribute__((always_inline)) QAVX2 void q8y_avx2_block(int mr, const uint8_t *a, size_t abs_off,
+                                                                      const int8_t *b, int kg, float *y, int ldy,
+                                                                      int accumulate, const float *sa, const float *sw,
+                                                                      int cols, ptrdiff_t pf)
+{
+    __m256i c[2][4];
+    const __m256i ones = _mm256_set1_epi16(1);
+#pragma GCC unroll 2
+    for (int m = 0; m < mr; m++)
+        c[m][0] = c[m][1] = c[m][2] = c[m][3] = _mm256_setzero_si256();
+    for (int g = 0; g < kg; g++) {
+        const __m256i *bg = (const __m256i *)(b + (size_t)g * QP * 4);
+        __m256i w[4] = {_mm256_loadu_si256(bg), _mm256_loadu_si256(bg + 1), _mm256_loadu_si256(bg + 2),
+                        _mm256_loadu_si256(bg + 3)};
+        if (pf) {
+            _mm_prefetch((const char *)bg + pf, _MM_HINT_T0);
+            _mm_prefetch((const char *)bg + pf + 64, _MM_HINT_T0);
+        }
+#pragma GCC unroll 2
+        for (int m = 0; m < mr; m++) {
+            int32_t word, uword;
+            memcpy(&word, a + (size_t)g * QT * 4 + 4 * m, 4);
+            memcpy(&uword, a + abs_off + (size_t)g * QT * 4 + 4 * m, 4);
+            __m256i av = _mm256_set1_epi32(word), ua = _mm256_set1_epi32(uword);
+#pragma GCC unroll 4
+            for (int q = 0; q < 4; q++)
+                c[m][q] = _mm256_add_epi32(c[m][q],
+                                           _mm256_madd_epi16(_mm256_maddubs_epi16(ua, _mm256_sign_epi8(w[q], av)), ones));
+        }
+    }
+#pragma GCC unroll 2
+    for (int m = 0; m < mr; m++)
+#pragma GCC unroll 4
+        for (int q = 0; q < 4; q++)
+            q8y_store8(y + (size_t)m * ldy + 8 * q, c[m][q], _mm256_setzero_si256(), sw + 8 * q, sa[m], accumulate,
+                       cols - 8 * q);
+}
+
+#define Q8Y_VNNI_FN(MR)                                                                                      \
+    static QAVXVNNI void q8y_vnni_##MR(const uint8_t *a, const int8_t *b, int kg, float *y, int ldy, int acc,  \
+                                       const float *sa, const float *sw, const int32_t *wsum, int cols,        \
+                                       ptrdiff_t pf)                                                           \
+    {                                                                                                        \
+        q8y_vnni_block(MR, a, b, kg, y, ldy, acc, sa, sw, wsum, cols, pf);                                   \
+    }
+Q8Y_VNNI_FN(1) Q8Y_VNNI_FN(2) Q8Y_VNNI_FN(3) Q8Y_VNNI_FN(4) Q8Y_VNNI_FN(5) Q8Y_VNNI_FN(6) Q8Y_VNNI_FN(7)
+typedef void (*q8y_vnni_fn)(const uint8_t *, const int8_t *, int, float *, int, int, const float *, const float *,
+                            const int32_t *, int, ptrdiff_t);
+static const q8y_vnni_fn q8y_vnni_blocks[Q_MRV + 1] = {NULL,      q8y_vnni_1, q8y_vnni_2, q8y_vnni_3,
+                                                       q8y_vnni_4, q8y_vnni_5, q8y_vnni_6, q8y_vnni_7};
+
+static QAVX2 void q8y_avx2_1(const uint8_t *a, size_t abs_off, const int8_t *b, int kg, float *y, int ldy, int acc,
+                             const float *sa, const float *sw, int cols, ptrdiff_t pf)
+{
+    q8y_avx2_block(1, a, abs_off, b, kg, y, ldy, acc, sa, sw, cols, pf);
+}
+static QAVX2 void q8y_avx2_2(const uint8_t *a, size_t abs_off, const int8_t *b, int kg, float *y, int ldy, int acc,
+                             const float *sa, const float *sw, int cols, ptrdiff_t pf)
+{
+    q8y_avx2_block(2, a, abs_off, b, kg, y, ldy, acc, sa, sw, cols, pf);
+}
+
+/* One tile x one panel: AVX-VNNI per half panel, blocks of Q_MRV rows. */
+static void q8_tile_avxvnni(const q_job *j, int t, int mr_all, int p)
+{
+    q8_parts d = q8_split(j->w, j->in, j->out);
+    int cols = j->out - p * QP < QP ? j->out - p * QP : QP, first = t % q_tiles_per_block(tile_bytes(j->kp)) == 0;
+    for (int h = 0; h < 2 && cols > 16 * h; h++) {
+        int o = p * QP + 16 * h;
+        const int8_t *b = d.q + (size_t)p * QP * j->kp + 16 * 4 * h;
+        for (int m0 = 0; m0 < mr_all; m0 += Q_MRV) {
+            int mr = mr_all - m0 < Q_MRV ? mr_all - m0 : Q_MRV, r = t * QT + m0;
+            q8y_vnni_blocks[mr](j->a + (size_t)t * tile_bytes(j->kp) + (size_t)m0 * 4, b, j->kp / 4,
+                                j->y + (size_t)r * j->ldy + o, j->ldy, j->accumulate, j->sa + r, d.scale + o,
+                                d.sum + o, cols - 16 * h, m0 == 0 && first ? Q_PF : 0);
         }
     }
 }
 
-/* vnni: the AVX-VNNI form (a as u8, compensated), else AVX2's. */
-#define Q8Y_TILE(NAME, TARGET, VNNI)                                                                       \
-    static TARGET void NAME(const q_job *j, int t, int mr_all, int p)                                     \
-    {                                                                                                     \
-        q8_parts d = q8_split(j->w, j->in, j->out);                                                       \
-        int cols = j->out - p * QP < QP ? j->out - p * QP : QP, kg = j->kp / 4;                           \
-        const int8_t *b = d.q + (size_t)p * QP * j->kp;                                                   \
-        __m256i k[4];                                                                                     \
-        for (int q = 0; q < 4; q++)                                                                       \
-            k[q] = VNNI ? _mm256_slli_epi32(_mm256_loadu_si256((const __m256i *)(d.sum + p * QP + 8 * q)), 7) \
-                        : _mm256_setzero_si256();                                                         \
-        const __m256i ones = _mm256_set1_epi16(1);                                                        \
-        (void)ones;                                                                                       \
-        for (int m0 = 0; m0 < mr_all; m0 += Q_MR2) {                                                      \
-            int mr = mr_all - m0 < Q_MR2 ? mr_all - m0 : Q_MR2;                                           \
-            const uint8_t *a = j->a + (size_t)t * tile_bytes(j->kp) + (size_t)m0 * 4;                     \
-            __m256i c[Q_MR2][4];                                                                          \
-            for (int m = 0; m < Q_MR2; m++)                                                               \
-                for (int q = 0; q < 4; q++)                                                               \
-                    c[m][q] = _mm256_setzero_si256();                                                     \
-            for (int g = 0; g < kg; g++) {                                                                \
-                const __m256i *bg = (const __m256i *)(b + (size_t)g * 128);                               \
-                __m256i w[4] = {_mm256_loadu_si256(bg), _mm256_loadu_si256(bg + 1), _mm256_loadu_si256(bg + 2), \
-                                _mm256_loadu_si256(bg + 3)};                                              \
-                for (int m = 0; m < Q_MR2; m++) {                                                         \
-                    if (m >= mr)                                                                          \
-                        break;                                                                            \
-                    int32_t word;                                                                         \
-                    memcpy(&word, a + (size_t)g * QT * 4 + 4 * m, 4);                                     \
-                    __m256i av = _mm256_set1_epi32(word);                                                 \
-                    Q8Y_STEP_##VNNI(c[m], av, w, ones);                                                   \
-                }                                                                                         \
-            }                                                                                             \
-            for (int m = 0; m < mr; m++)                                                                  \
-                q8y_store(j->y + ((size_t)t * QT + m0 + m) * j->ldy + p * QP, c[m], k, d.scale + p * QP,  \
-                          j->sa[t * QT + m0 + m], j->accumulate, cols);                                   \
-        }                                                                                                 \
+/* |a| of the tiles' n bytes at dst (the AVX2 kernel's u8 operand, made once
+ * per product instead of once per row and panel). */
+static QAVX2 void q8_abs_tiles(uint8_t *dst, const uint8_t *src, size_t n)
+{
+    for (size_t i = 0; i < n; i += 32) /* up to n rounded up to 32: within the region (q8_abs_offset) */
+        _mm256_storeu_si256((__m256i *)(dst + i), _mm256_abs_epi8(_mm256_loadu_si256((const __m256i *)(src + i))));
+}
+
+/* One tile x one panel: AVX2, two rows at a time. */
+static void q8_tile_avx2(const q_job *j, int t, int mr_all, int p)
+{
+    q8_parts d = q8_split(j->w, j->in, j->out);
+    int cols = j->out - p * QP < QP ? j->out - p * QP : QP, first = t % q_tiles_per_block(tile_bytes(j->kp)) == 0;
+    const int8_t *b = d.q + (size_t)p * QP * j->kp;
+    for (int m0 = 0; m0 < mr_all; m0 += 2) {
+        int r = t * QT + m0;
+        (mr_all - m0 >= 2 ? q8y_avx2_2 : q8y_avx2_1)(j->a + (size_t)t * tile_bytes(j->kp) + (size_t)m0 * 4, j->abs_off, b,
+                                                     j->kp / 4, j->y + (size_t)r * j->ldy + p * QP, j->ldy,
+                                                     j->accumulate, j->sa + r, d.scale + p * QP, cols,
+                                                     m0 == 0 && first ? Q_PF : 0);
     }
-#define Q8Y_STEP_1(C, AV, W, ONES)                                                                        \
-    for (int q = 0; q < 4; q++)                                                                           \
-        C[q] = _mm256_dpbusd_avx_epi32(C[q], AV, W[q]);
-/* |a| (u8, <= 127) times q with a's sign (s8): pairs sum to at most 32258 in
- * int16, so vpmaddubsw cannot saturate; vpmaddwd by 1 widens the pairs to int32. */
-#define Q8Y_STEP_0(C, AV, W, ONES)                                                                        \
-    {                                                                                                     \
-        __m256i ua = _mm256_abs_epi8(AV);                                                                 \
-        for (int q = 0; q < 4; q++)                                                                       \
-            C[q] = _mm256_add_epi32(C[q], _mm256_madd_epi16(_mm256_maddubs_epi16(ua, _mm256_sign_epi8(W[q], AV)), \
-                                                            ONES));                                       \
-    }
-Q8Y_TILE(q8_tile_avxvnni, QAVXVNNI, 1)
-Q8Y_TILE(q8_tile_avx2, QAVX2, 0)
+}
 Q_RANGE_FN(q8_range_avxvnni, q8_tile_avxvnni, tile_bytes)
 Q_RANGE_FN(q8_range_avx2, q8_tile_avx2, tile_bytes)
 
@@ -685,7 +870,7 @@ void enc_linear_q8(float *y, int ldy, const float *x, int ldx, const void *packe
     float *sa = q_scales(scratch, rows, in);
     /* the VNNI kernels take a + 128 (u8); AMX (s8 x s8) takes rows as they are */
     q8_quantize(tiles, sa, x, ldx, rows, in, isa == Q8_AVX512_VNNI || isa == Q8_AVX_VNNI ? 0x80 : 0, isa == Q8_AMX);
-    q_job job = {y, ldy, rows, in, out, kp, accumulate, tiles, sa, packed};
+    q_job job = {y, ldy, rows, in, out, kp, accumulate, tiles, sa, packed, 0};
     void (*range)(const void *, int, int) = q8_range_c;
 #ifdef Q_X86
     range = isa == Q8_AMX           ? q8_range_amx
@@ -693,6 +878,10 @@ void enc_linear_q8(float *y, int ldy, const float *x, int ldx, const void *packe
           : isa == Q8_AVX_VNNI    ? q8_range_avxvnni
           : isa == Q8_AVX2        ? q8_range_avx2
                                   : q8_range_c;
+    if (isa == Q8_AVX2) {
+        job.abs_off = q8_abs_offset(rows, in);
+        q8_abs_tiles(tiles + job.abs_off, tiles, (size_t)(rows + QT - 1) / QT * tile_bytes(kp));
+    }
 #endif
 #ifdef Q_ARM
     range = isa == Q8_NEON_DOT ? q8_range_neon_dot : isa == Q8_NEON ? q8_range_neon : q8_range_c;
@@ -833,7 +1022,7 @@ void enc_linear_bf16(float *y, int ldy, const float *x, int ldx, const void *pac
     if (rows <= 0 || out <= 0)
         return;
     int kp = bf_kp(in);
-    q_job job = {y, ldy, rows, in, out, kp, accumulate, scratch, NULL, packed};
+    q_job job = {y, ldy, rows, in, out, kp, accumulate, scratch, NULL, packed, 0};
 #ifdef Q_X86
     if (enc_bf16_supported()) {
         int amx = (enc_cpu_features() & ENC_CPU_AMX_BF16) && in % AMX_K16 == 0;

@@ -603,19 +603,24 @@ int enc_precision_parse(const char *name, int *precision)
  * all of it (cosine to fp32 >= 0.99998 mean, the meaning checks' figures equal
  * to fp32's); int8 met the cosine targets (>= 0.9995 mean) but its meaning
  * figures sat at the 0.02 limit (recall@1 +0.020, region --refine -0.021).
+ * int8 gives the same bits on every ISA, so these hold on every CPU.
  * Speed (bench/encoder/precisions): with AMX, bf16 is about as fast as int8
  * (3.4x fp32 at batch 16 against 3.7x), so bf16 there; else int8 where the CPU
- * has AVX-512 VNNI (2.2x fp32 at batch 16, 0.35x its text query time).  The
- * 256-bit int8 kernels are correct but not faster than OpenBLAS's fp32 for
- * images (this CPU capped to them: AVX2 162, AVX-VNNI 122, fp32 94 ms of CPU per
- * image at batch 16; text 0.9x / 0.8x of fp32's), and bf16 without AMX runs at
- * fp32's arithmetic rate: fp32 there. */
+ * has AVX-512 VNNI (2.2x fp32 at batch 16, 0.35x its text query time) or
+ * AVX-VNNI, and on AVX2 CPUs without AVX-512 (this CPU capped to the 256-bit
+ * kernels against OpenBLAS's Haswell fp32: UMG_BENCH_CPU=avx2
+ * bench/encoder/precisions).  AVX-512 without VNNI (Skylake-SP): the AVX2 int8
+ * kernel is no faster than fp32's AVX-512 panels for images (78 against 73 ms
+ * of CPU per image at batch 16), so fp32; bf16 without AMX runs at fp32's
+ * arithmetic rate: fp32 there too. */
 int enc_precision_auto(void)
 {
     unsigned f = enc_cpu_features();
     if (f & ENC_CPU_AMX_BF16)
         return ENC_PRECISION_BF16;
-    if (f & (ENC_CPU_AVX512_VNNI | ENC_CPU_AMX_INT8))
+    if (f & (ENC_CPU_AVX512_VNNI | ENC_CPU_AMX_INT8 | ENC_CPU_AVX_VNNI))
+        return ENC_PRECISION_INT8;
+    if ((f & ENC_CPU_AVX2) && !(f & ENC_CPU_AVX512))
         return ENC_PRECISION_INT8;
     return ENC_PRECISION_FP32;
 }

@@ -16,7 +16,9 @@ models, and checks for every (model, precision):
     enc_kernels.h, but the fp32 parts around them - layer norms, GELU, OpenBLAS's
     attention - round differently per ISA, and a rounding step in a quantized
     activation can move a value by one step);
-  - auto: fp32 (qemu 7.2 emulates no AVX-512 VNNI, which auto's int8 needs);
+  - auto: what enc_precision_auto picks for the CPU the binary saw: int8 with
+    AVX-VNNI / AVX-512 VNNI / AMX, or with AVX2 and no AVX-512 (Haswell, and
+    qemu 7.2's Skylake-Server, whose AVX-512 it masks), else fp32 (Nehalem);
   - bf16 / fp16 where the CPU lacks them: refused with a clear message (exit 1).
 qemu 7.2's TCG emulates up to AVX2 (no AVX-512); an AVX-512 model is still run
 (its AVX-512 bits are masked, qemu warns) and checked as what qemu gives it.
@@ -143,7 +145,10 @@ def main():
                 failures.append("%s: %s has AVX2 but the binary saw %r" % (what, model, cpu))
             used = kernels.split(" ", 1)[0]
             if prec == "auto":
-                want = "int8" if "avx512-vnni" in cpu else "fp32"  # enc_precision_auto
+                flags = cpu.split()
+                vnni = any(f in flags for f in ("avx-vnni", "avx512-vnni", "amx-int8"))
+                # enc_precision_auto (qemu emulates no AMX, auto's bf16 case)
+                want = "int8" if vnni or ("avx2+fma" in flags and "avx512" not in flags) else "fp32"
                 if used != want:
                     failures.append("%s: auto chose %s, want %s on %r" % (what, used, want, cpu))
             tol = TOL[used]

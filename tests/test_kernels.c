@@ -459,10 +459,13 @@ static void check_q8_exact(int rows, int in, int out, int ldx, int ldy, int accu
 static void test_q8_exact(void **state)
 {
     (void)state;
-    /* rows: partial and whole tiles of 14; in: not a multiple of 4, one, wide;
-     * out: partial panels of 32 and of the 8-lane quarters */
-    const int shapes[][3] = {{1, 1, 1},   {1, 5, 33},   {3, 33, 7},    {14, 64, 32},  {15, 257, 70},
-                             {29, 768, 65}, {30, 100, 41}, {2, 3072, 96}, {45, 130, 18}};
+    /* rows: partial and whole tiles of 14, and every row count of the AVX-VNNI
+     * kernel's 7-row blocks (1-7: 1, 2, 3, 4, 12 = 7 + 5, 20 = 14 + 6, 14, 45 =
+     * 42 + 3); in: not a multiple of 4 or 8, one, wide; out: partial panels of
+     * 32, of their 16-output halves and of the 8-lane quarters */
+    const int shapes[][3] = {{1, 1, 1},    {1, 5, 33},     {3, 33, 7},    {14, 64, 32},  {15, 257, 70},
+                             {29, 768, 65}, {30, 100, 41}, {2, 3072, 96}, {45, 130, 18}, {4, 12, 20},
+                             {12, 520, 47}, {20, 68, 61}};
     for (size_t i = 0; i < sizeof shapes / sizeof *shapes; i++) {
         int rows = shapes[i][0], in = shapes[i][1], out = shapes[i][2];
         float *x = random_floats((size_t)rows * (in + 3), 100 + (uint32_t)i);
