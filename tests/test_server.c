@@ -2457,7 +2457,7 @@ static void test_fd_limit(void **state)
  * photos would pile up behind it.  stats.ingest: the peak bytes held by
  * prepared photos stay under the cap, the cap made prepares wait, the decoded
  * buffers held at once stay under 2 workers x one fast-decoded photo
- * (250x188x3); every acknowledged ingest is stored at its full size. */
+ * (500x375x3: 1/4, the fast decode keeping 1.5x the 224 input); every acknowledged ingest is stored at its full size. */
 static void test_ingest_memory_cap(void **state)
 {
     (void)state;
@@ -2472,7 +2472,7 @@ static void test_ingest_memory_cap(void **state)
     tu_write_jpeg(big, up.rgb, W, H, 90, 0);
     enc_image_free(&src);
     enc_image_free(&up);
-    const uint64_t cap = 1300 << 10, decoded_one = (uint64_t)((W + 7) / 8) * ((H + 7) / 8) * 3;
+    const uint64_t cap = 1300 << 10, decoded_one = (uint64_t)((W + 3) / 4) * ((H + 3) / 4) * 3; /* 1/4: 1/8 keeps under 1.5x the input */
     const char *extra[] = {"--threads", "2", "--batch", "2", "--regions", "4", "--ingest-memory", "1300K",
                            "--test-store-ms", "100", NULL};
     ts_start_ok(&s, extra);
