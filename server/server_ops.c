@@ -560,9 +560,7 @@ static void ingest_work(uv_work_t *w)
      * request frames are counted in --buffer-memory; read here, the files
      * would pile up in the stage-1 queue uncounted while decoding waits for
      * --ingest-memory). */
-    const char *str;
-    size_t sl;
-    if (proto_obj_str(proto_req_arg(job->req, "path"), &str, &sl)) {
+    if (job->req->a.ingest.path.ptr) {
         job->handed_off = 1;
         srv_stage1_push(job->s, job);
         return;
