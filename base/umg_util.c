@@ -95,3 +95,37 @@ int umg_read_file(const char *path, size_t max, uint8_t **data, size_t *len)
     *len = n;
     return 0;
 }
+
+size_t umg_utf8_prefix(const char *str, size_t len)
+{
+    const unsigned char *s = (const unsigned char *)str;
+    size_t i = 0;
+    while (i < len) {
+        unsigned c = s[i];
+        if (c < 0x80) { i++; continue; }
+        unsigned need;
+        unsigned lo = 0x80, hi = 0xbf;   /* allowed range of the second byte */
+        if (c >= 0xc2 && c <= 0xdf) need = 1;
+        else if (c >= 0xe0 && c <= 0xef) {
+            need = 2;
+            if (c == 0xe0) lo = 0xa0;        /* overlong */
+            else if (c == 0xed) hi = 0x9f;   /* surrogates */
+        } else if (c >= 0xf0 && c <= 0xf4) {
+            need = 3;
+            if (c == 0xf0) lo = 0x90;        /* overlong */
+            else if (c == 0xf4) hi = 0x8f;   /* above U+10FFFF */
+        } else
+            return i;
+        if (len - i <= need) return i;
+        if (s[i + 1] < lo || s[i + 1] > hi) return i;
+        for (unsigned k = 2; k <= need; k++)
+            if ((s[i + k] & 0xc0) != 0x80) return i;
+        i += need + 1;
+    }
+    return len;
+}
+
+bool umg_utf8_valid(const char *s, size_t len)
+{
+    return umg_utf8_prefix(s, len) == len;
+}

@@ -22,7 +22,7 @@
 
 /* The server's documented default address, and the environment variables the
  * client reads. */
-#define CLI_DEFAULT_SERVER "127.0.0.1:7431"
+#define CLI_DEFAULT_SERVER UMG_DEFAULT_ADDR
 #define CLI_ENV_SERVER "UMGDB_SERVER"
 #define CLI_ENV_TOKEN "UMGDB_AUTH_TOKEN"
 

@@ -2,7 +2,11 @@
 #include "commands.h"
 
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+
+#include "enc_kernels.h"
+#include "umg_error.h"
 
 struct command {
     const char *name;
@@ -43,6 +47,10 @@ int main(int argc, char **argv)
         printf("umgdb %s\n", UMG_VERSION);
         return 0;
     }
+    /* UMG_CPU caps the encoder's kernels (docs/benchmarks.md: kernels per ISA) */
+    const char *cap = getenv("UMG_CPU");
+    if (cap && *cap && enc_cpu_limit_named(cap))
+        fprintf(stderr, "umgdb: UMG_CPU: %s (ignored)\n", umg_err_msg());
     for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
         if (!strcmp(argv[1], commands[i].name))
             return commands[i].run(argc - 1, argv + 1);

@@ -41,10 +41,6 @@
 
 #include "proto.h"
 
-/* The server's default TCP address (umgdb serve --listen). */
-#define UMG_DEFAULT_PORT 7431
-#define UMG_DEFAULT_ADDR "127.0.0.1:7431"
-
 typedef struct umg_client umg_client;
 
 typedef struct umg_client_opts {

@@ -91,8 +91,9 @@
 #include <unistd.h>
 #include <math.h>
 
-#include "proto_check.h"
 #include "umg_error.h"
+#include "umg_half.h"
+#include "umg_util.h"
 
 static const char *const dbi_names[D_COUNT] = {
     "meta", "images", "paths", "hashes", "regions", "img_regions", "ivec", "rvec", "log", "extra"
@@ -199,7 +200,7 @@ int db_normalize_copy(const float *v, int dim, float *out)
 void db_to_f16(const float *v, int dim, f16 *out)
 {
     for (int i = 0; i < dim; i++)
-        out[i] = (f16)v[i];
+        out[i] = umg_f32_to_f16(v[i]);
 }
 void db_from_f16(const void *src, int dim, float *out)
 {
@@ -207,7 +208,7 @@ void db_from_f16(const void *src, int dim, float *out)
     for (int i = 0; i < dim; i++) {
         f16 x;
         memcpy(&x, h + i, sizeof x);
-        out[i] = (float)x;
+        out[i] = umg_f16_to_f32(x);
     }
 }
 
@@ -335,7 +336,7 @@ int db_log_append(db_t *db, MDB_txn *txn, counters *c, int op, int kind, uint64_
     return mdb_put(txn, db->dbi[D_LOG], &k, &d, MDB_APPEND);
 }
 
-int db_text_ok(const char *p, size_t n) { return proto_utf8_valid(p, n) && !memchr(p, 0, n); }
+int db_text_ok(const char *p, size_t n) { return umg_utf8_valid(p, n) && !memchr(p, 0, n); }
 
 int db_all_zero(const uint8_t *p, size_t n)
 {

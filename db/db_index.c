@@ -309,7 +309,7 @@ int db_index_open(db_t *db, int kind)
     const uint8_t *owner = pre->stamp.collection;
     int have_id = !db_all_zero(db->collection, sizeof db->collection);
     const char *why = NULL;
-    char reason[600];
+    char reason[sizeof pre->msg + 64]; /* room for a prefix before the whole snapshot message */
     rc = pre->rc;
     if (rc == UMG_ENOENT) {
         why = want ? "no snapshot" : NULL;

@@ -23,7 +23,7 @@
 #include "db.h"
 #include "idx.h"
 
-typedef _Float16 f16;
+typedef uint16_t f16; /* IEEE half bits (umg_half.h), native byte order */
 
 /* log entry ops */
 enum { LOG_ADD = 1, LOG_DEL = 2 };

@@ -7,6 +7,7 @@
 #include "enc_kernels.h"
 
 #include "enc.h"
+#include "umg_error.h"
 #include "umg_half.h"
 
 #include <cblas.h>
@@ -25,8 +26,9 @@
  * more is compiled for its ISA (target attributes, target_clones) and chosen
  * here, once, from cpuid and from what the OS saves on a context switch (XCR0:
  * a CPU with AVX-512 under an OS that does not save the zmm state must not use
- * it).  UMG_CPU=c|avx2|avx512 in the environment caps the choice (tests, and a
- * user working around a bad kernel); enc_cpu_limit does the same in-process. */
+ * it).  enc_cpu_limit caps the choice in-process (tests), enc_cpu_limit_named
+ * by a name (the programs' UMG_CPU=c|avx2|avx512...: a user working around a
+ * bad kernel, benchmarks of a smaller CPU). */
 #if defined(__x86_64__) && defined(__GNUC__)
 #include <cpuid.h>
 #include <sys/syscall.h>
@@ -79,26 +81,10 @@ static unsigned cpu_detect(void)
         if (__builtin_cpu_supports("amx-bf16"))
             f |= ENC_CPU_AMX_BF16;
     }
-    const char *cap = getenv("UMG_CPU");
-    if (cap && !strcmp(cap, "c"))
-        f = 0;
-    else if (cap && !strcmp(cap, "avx2"))
-        f &= ENC_CPU_AVX2 | ENC_CPU_AVX_VNNI;
-    else if (cap && !strcmp(cap, "avx2-novnni"))
-        f &= ENC_CPU_AVX2;
-    else if (cap && !strcmp(cap, "avx512-novnni"))
-        f &= ENC_CPU_AVX2 | ENC_CPU_AVX512;
-    else if (cap && !strcmp(cap, "avx512-noamx"))
-        f &= ~(unsigned)(ENC_CPU_AMX_INT8 | ENC_CPU_AMX_BF16);
 #elif defined(__aarch64__)
     f = ENC_CPU_NEON; /* part of ARMv8-A */
     if (getauxval(AT_HWCAP) & HWCAP_ASIMDDP)
         f |= ENC_CPU_NEON_DOTPROD;
-    const char *cap = getenv("UMG_CPU");
-    if (cap && !strcmp(cap, "c"))
-        f = 0;
-    else if (cap && !strcmp(cap, "neon"))
-        f = ENC_CPU_NEON;
 #endif
     return f;
 }
@@ -121,6 +107,27 @@ unsigned enc_cpu_limit(unsigned mask)
     unsigned prev = cpu_limit_mask;
     cpu_limit_mask = mask;
     return prev;
+}
+
+int enc_cpu_limit_named(const char *name)
+{
+    static const struct { const char *name; unsigned mask; } caps[] = {
+        {"c", 0},
+#if defined(__x86_64__)
+        {"avx2", ENC_CPU_AVX2 | ENC_CPU_AVX_VNNI},
+        {"avx2-novnni", ENC_CPU_AVX2},
+        {"avx512-novnni", ENC_CPU_AVX2 | ENC_CPU_AVX512},
+        {"avx512-noamx", ~(unsigned)(ENC_CPU_AMX_INT8 | ENC_CPU_AMX_BF16)},
+#elif defined(__aarch64__)
+        {"neon", ENC_CPU_NEON},
+#endif
+    };
+    for (size_t i = 0; name && i < sizeof caps / sizeof caps[0]; i++)
+        if (!strcmp(name, caps[i].name)) {
+            enc_cpu_limit(caps[i].mask);
+            return 0;
+        }
+    return umg_err_set(UMG_EINVAL, "unknown CPU cap \"%s\"", name ? name : "");
 }
 
 const char *enc_cpu_describe(unsigned f)
@@ -277,10 +284,23 @@ static void skinny_gemm(float *y, int ldy, const float *x, int ldx, const float 
         }
 }
 
+/* The calling thread's enc_kernels_force flags (ENC_KERNELS_AUTO: none). */
+static __thread int kernels_forced;
+
+int enc_kernels_force(int flags)
+{
+    int prev = kernels_forced;
+    kernels_forced = flags;
+    return prev;
+}
+
 void enc_linear_ld(float *y, int ldy, const float *x, int ldx, const float *w, int rows, int in, int out,
                    int accumulate)
 {
-    if (rows <= enc_skinny_max_rows) {
+    int skinny = rows <= SKINNY_MAX_ROWS;
+    if (kernels_forced & ENC_KERNELS_SKINNY) skinny = 1;
+    else if (kernels_forced & ENC_KERNELS_SGEMM) skinny = 0;
+    if (skinny) {
         skinny_gemm(y, ldy, x, ldx, w, rows, in, out, accumulate);
         return;
     }
@@ -288,8 +308,6 @@ void enc_linear_ld(float *y, int ldy, const float *x, int ldx, const float *w, i
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, out, in, 1.0f, x, ldx, w, in,
                 accumulate ? 1.0f : 0.0f, y, ldy);
 }
-
-int enc_skinny_max_rows = SKINNY_MAX_ROWS;
 
 void enc_linear(float *y, const float *x, const float *w, int rows, int in, int out, int accumulate)
 {
@@ -309,10 +327,7 @@ void enc_linear(float *y, const float *x, const float *w, int rows, int in, int 
 /* Up to this many rows (an image's 50 tokens) a k slice of all of them is
  * copied once into the kernel's row buffer (56 KB on the stack). */
 #define PK_MC (4 * PK_MR)
-int pk_group_bytes = 1 << 18, pk_prefetch_floats = 2048;
-
-int enc_use_packed = 1;
-int enc_packed_max_rows = 1 << 30;
+static const int pk_group_bytes = 1 << 18, pk_prefetch_floats = 2048;
 
 int enc_packed_supported(void) { return (enc_cpu_features() & ENC_CPU_AVX512) != 0; }
 
@@ -886,8 +901,8 @@ void enc_linear_packed(float *y, int ldy, const float *x, int ldx, const float *
     size_t after_bytes = pk_after_bytes;
     pk_after = NULL, pk_after_bytes = 0; /* for this product only */
 #if defined(__x86_64__) && defined(__GNUC__)
-    if (panels && enc_use_packed && enc_packed_supported() && rows > 0 && in > 0 && out > 0 &&
-        rows <= enc_packed_max_rows) {
+    if (panels && !(kernels_forced & ENC_KERNELS_NO_PACKED) && enc_packed_supported() && rows > 0 && in > 0 &&
+        out > 0) {
         pk_job job = {y, x, panels, ldy, ldx, rows, in, out, accumulate, (out + ENC_PANEL - 1) / ENC_PANEL, 0, 0,
                       after, after_bytes, NULL, NULL};
         pk_run(&job);

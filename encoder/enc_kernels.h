@@ -12,9 +12,7 @@
 
 /* ---- run-time dispatch ------------------------------------------------------
  * What this CPU (and its OS: XCR0) runs, detected once from cpuid; the kernels
- * below choose by it on every call.  UMG_CPU=c|avx2|avx2-novnni|avx512-novnni|
- * avx512-noamx (aarch64: c|neon) in the environment caps it at detection (tests, qemu checks, working around a
- * bad kernel).  The elementwise loops (layer norm, softmax, GELU, bias) and the
+ * below choose by it on every call; enc_cpu_limit caps it.  The elementwise loops (layer norm, softmax, GELU, bias) and the
  * few-row fp32 product are compiled three times (x86-64-v4, -v3, baseline) and
  * picked by the dynamic loader from the CPU alone (ifunc), not capped. */
 enum enc_cpu_feature {
@@ -35,6 +33,12 @@ unsigned enc_cpu_features(void);
  * the previous mask (~0u: none).  Not while another thread computes; weights
  * packed for a feature stay usable (the kernels fall back per call). */
 unsigned enc_cpu_limit(unsigned mask);
+/* enc_cpu_limit by name: c (no vector ISA), avx2, avx2-novnni, avx512-novnni,
+ * avx512-noamx (aarch64: c, neon).  The programs apply their UMG_CPU
+ * environment value with it (umgdb, bench_encoder: working around a bad
+ * kernel, measuring a smaller CPU); the library never reads the environment.
+ * UMG_EINVAL (nothing changed) for another name. */
+int enc_cpu_limit_named(const char *name);
 /* "avx2+fma avx512 avx512-vnni ..." for the bits of f; the calling thread's
  * buffer, valid until its next call. */
 const char *enc_cpu_describe(unsigned f);
@@ -46,11 +50,9 @@ void enc_linear(float *y, const float *x, const float *w, int rows, int in, int 
 void enc_linear_ld(float *y, int ldy, const float *x, int ldx, const float *w, int rows, int in, int out,
                    int accumulate);
 
-/* Products with at most this many rows skip sgemm (which repacks the weights on
- * every call) for a kernel that streams the weights once.  A variable so that
- * tests and benchmarks can compare both paths; not to be changed while another
- * thread computes. */
-extern int enc_skinny_max_rows;
+/* Products with at most 24 rows skip sgemm (which repacks the weights on every
+ * call) for a kernel that streams the weights once (enc_kernels_force below
+ * compares the paths). */
 
 /* ---- pre-packed weights (AVX-512) ------------------------------------------
  * On CPUs with AVX-512F the model keeps, next to each [out, in] weight it
@@ -76,9 +78,9 @@ size_t enc_packed_floats(int in, int out);
 /* panels[enc_packed_floats(in, out)] = w[out, in] in panel layout. */
 void enc_pack_weights(float *panels, const float *w, int in, int out);
 
-/* enc_linear_ld through the packed kernel when panels is not NULL, enc_use_packed
- * is set and rows <= enc_packed_max_rows, else w through enc_linear_ld.  Same
- * contract:
+/* enc_linear_ld through the packed kernel when panels is not NULL (and the
+ * calling thread has not forced ENC_KERNELS_NO_PACKED), else w through
+ * enc_linear_ld.  Same contract:
  *   y[rows, out] (+)= x[rows, in] . w[out, in]^T. */
 void enc_linear_packed(float *y, int ldy, const float *x, int ldx, const float *w, const float *panels, int rows,
                        int in, int out, int accumulate);
@@ -91,10 +93,6 @@ void enc_linear_packed(float *y, int ldy, const float *x, int ldx, const float *
  * correctness. */
 void enc_packed_prefetch_after(const void *weights, size_t bytes);
 
-/* Products with more rows than this go to enc_linear_ld even when packed
- * (default: no limit). */
-extern int enc_packed_max_rows;
-
 /* Threads one packed product may use (enc_set_threads calls it): the caller
  * plus n - 1 helper threads, started here once and kept for the life of the
  * process (never started during a forward pass).  Products of two runs on two
@@ -104,10 +102,21 @@ void enc_kernels_set_threads(int n);
  * cap); returns the previous cap, to be restored (enc_run_set_threads). */
 int enc_kernels_cap_threads(int n);
 
-/* 1 (default): enc_linear_packed uses the panels it is given; 0: it ignores them.
- * For tests and benchmarks that compare the paths; not to be changed while
- * another thread computes. */
-extern int enc_use_packed;
+/* Force the fp32 kernels the calling thread's products use, for tests and
+ * benchmarks that compare the paths (nothing else sets it; each thread starts
+ * at ENC_KERNELS_AUTO: panels through the packed kernel, other products of up
+ * to 24 rows through the few-rows kernel, larger ones through sgemm).  Flags:
+ *   ENC_KERNELS_NO_PACKED  enc_linear_packed ignores the panels it is given
+ *   ENC_KERNELS_SKINNY     every unpacked product through the few-rows kernel
+ *   ENC_KERNELS_SGEMM      every unpacked product through sgemm
+ * Returns the thread's previous flags, to be restored. */
+enum enc_kernels_flag {
+    ENC_KERNELS_AUTO = 0,
+    ENC_KERNELS_NO_PACKED = 1,
+    ENC_KERNELS_SKINNY = 2,
+    ENC_KERNELS_SGEMM = 4,
+};
+int enc_kernels_force(int flags);
 
 /* ---- half-precision packed weights (AVX512-FP16), opt-in --------------------
  * The fp16 precision mode (enc_model_open_ex, docs/benchmarks.md): the same

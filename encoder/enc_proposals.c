@@ -599,37 +599,41 @@ typedef struct strategy {
 #define SIM_ALL (SIM_COLOR | SIM_TEXTURE | SIM_SIZE | SIM_FILL)
 /* Two colour spaces x three scales.  The first is the finest: its segments are
  * the superpixels of the straddling feature. */
-static strategy STRATEGIES[16] = {
+static const strategy STRATEGIES[] = {
     {0, 30, SIM_ALL}, {1, 30, SIM_ALL}, {0, 60, SIM_ALL},
     {1, 60, SIM_ALL}, {0, 120, SIM_ALL}, {1, 120, SIM_ALL},
 };
-static int N_STRATEGIES = 6;
+#define N_STRATEGIES ((int)(sizeof STRATEGIES / sizeof STRATEGIES[0]))
 
+/* One call's settings: the constants above, or (ENC_PROPOSALS_TUNING, the
+ * tuning bench's build only) what its environment asks for. */
 typedef struct tuning {
     float min_size_frac;  /* FH min segment size, fraction of the work image */
     float kscale;
     int nstrat;
     int scoring;
+    strategy strats[16];  /* the first nstrat are used */
 } tuning;
+_Static_assert(sizeof STRATEGIES <= sizeof ((tuning *)0)->strats, "tuning holds the strategies");
 
 static tuning default_tuning(void)
 {
-    tuning t = {1.0f / 600, 1.0f, N_STRATEGIES, 0};
+    tuning t = {1.0f / 600, 1.0f, N_STRATEGIES, 0, {{0}}};
+    memcpy(t.strats, STRATEGIES, sizeof STRATEGIES);
 #ifdef ENC_PROPOSALS_TUNING
     const char *e;
     if ((e = getenv("P_MINFRAC"))) t.min_size_frac = (float)atof(e);
     if ((e = getenv("P_KSCALE"))) t.kscale = (float)atof(e);
-    if ((e = getenv("P_NSTRAT"))) t.nstrat = atoi(e);
+    if ((e = getenv("P_NSTRAT"))) t.nstrat = atoi(e) < N_STRATEGIES ? atoi(e) : N_STRATEGIES;
     if ((e = getenv("P_SCORING"))) t.scoring = atoi(e);
     if ((e = getenv("P_STRATS"))) {
         int n = 0, off = 0, sp, sm;
         float k;
         while (n < 16 && sscanf(e + off, "%d:%f:%d%n", &sp, &k, &sm, &off) == 3) {
-            STRATEGIES[n].space = sp; STRATEGIES[n].k = k; STRATEGIES[n].sims = sm; n++;
+            t.strats[n].space = sp; t.strats[n].k = k; t.strats[n].sims = sm; n++;
             e += off; off = 0;
             if (*e == ',') e++;
         }
-        N_STRATEGIES = n;
         t.nstrat = n;
     }
 #endif
@@ -1085,8 +1089,8 @@ int enc_propose(const enc_image *img, const enc_propose_opts *opts, enc_box *out
 
     int min_size = (int)(tn.min_size_frac * (float)n + 0.5f);
     if (min_size < 2) min_size = 2;
-    for (int si = 0; si < tn.nstrat && si < N_STRATEGIES; si++) {
-        const strategy *st = &STRATEGIES[si];
+    for (int si = 0; si < tn.nstrat; si++) {
+        const strategy *st = &tn.strats[si];
         const float *colimg = st->space ? wk.lab : wk.rgb;
         int nseg = segment(colimg, wk.w, wk.h, st->k * tn.kscale, min_size, &ss, labels);
         if (si == 0) {
@@ -1114,7 +1118,7 @@ int enc_propose(const enc_image *img, const enc_propose_opts *opts, enc_box *out
 #ifdef ENC_PROPOSALS_TUNING
     if (getenv("P_DUMP")) dump = fopen(getenv("P_DUMP"), "a");
 #endif
-    rc = score_candidates(cands, ncand, &wk, tn.nstrat < N_STRATEGIES ? tn.nstrat : N_STRATEGIES, dump);
+    rc = score_candidates(cands, ncand, &wk, tn.nstrat, dump);
     if (dump) fclose(dump);
     if (rc) {
         rc = umg_err_set(rc, "enc_propose: scoring %d candidates", ncand);

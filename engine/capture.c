@@ -7,8 +7,8 @@
 #include <stdio.h>
 #include <string.h>
 
-#include "proto_check.h"
 #include "umg_error.h"
+#include "umg_util.h"
 
 /* Days from 1970-01-01 to y-m-d of the proleptic Gregorian calendar, and
  * back: the usual era arithmetic (400-year cycles of 146,097 days, years
@@ -136,7 +136,7 @@ void eng_capture_from_meta(const enc_image_meta *m, db_capture *out)
     if (m->camera_known) {
         size_t n = strnlen(m->camera, sizeof m->camera);
         if (n > DB_MAX_CAMERA) n = DB_MAX_CAMERA;
-        n = proto_utf8_prefix(m->camera, n); /* a name cut inside a character, or not UTF-8: its valid start */
+        n = umg_utf8_prefix(m->camera, n); /* a name cut inside a character, or not UTF-8: its valid start */
         n = strnlen(m->camera, n);
         memcpy(out->camera, m->camera, n);
         out->camera[n] = 0;

@@ -160,37 +160,3 @@ int proto_unpack(const uint8_t *buf, size_t len, const proto_limits *lim,
     /* The scan accepted what msgpack-c refused: a disagreement on the format. */
     return umg_err_set(UMG_EPROTO, "msgpack decoder refused the message (%d at byte %zu)", (int)r, off);
 }
-
-size_t proto_utf8_prefix(const char *str, size_t len)
-{
-    const unsigned char *s = (const unsigned char *)str;
-    size_t i = 0;
-    while (i < len) {
-        unsigned c = s[i];
-        if (c < 0x80) { i++; continue; }
-        unsigned need;
-        unsigned lo = 0x80, hi = 0xbf;   /* allowed range of the second byte */
-        if (c >= 0xc2 && c <= 0xdf) need = 1;
-        else if (c >= 0xe0 && c <= 0xef) {
-            need = 2;
-            if (c == 0xe0) lo = 0xa0;        /* overlong */
-            else if (c == 0xed) hi = 0x9f;   /* surrogates */
-        } else if (c >= 0xf0 && c <= 0xf4) {
-            need = 3;
-            if (c == 0xf0) lo = 0x90;        /* overlong */
-            else if (c == 0xf4) hi = 0x8f;   /* above U+10FFFF */
-        } else
-            return i;
-        if (len - i <= need) return i;
-        if (s[i + 1] < lo || s[i + 1] > hi) return i;
-        for (unsigned k = 2; k <= need; k++)
-            if ((s[i + k] & 0xc0) != 0x80) return i;
-        i += need + 1;
-    }
-    return len;
-}
-
-bool proto_utf8_valid(const char *s, size_t len)
-{
-    return proto_utf8_prefix(s, len) == len;
-}

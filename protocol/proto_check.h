@@ -52,11 +52,4 @@ int proto_check_msgpack(const uint8_t *buf, size_t len, const proto_limits *lim)
 int proto_unpack(const uint8_t *buf, size_t len, const proto_limits *lim,
                  msgpack_zone *zone, msgpack_object *obj);
 
-/* True if s[0..len) is well-formed UTF-8 (no overlong forms, no surrogates,
- * nothing above U+10FFFF).  NUL bytes are valid UTF-8 and accepted here. */
-bool proto_utf8_valid(const char *s, size_t len);
-
-/* Byte offset of the first invalid sequence in s[0..len), or len if valid. */
-size_t proto_utf8_prefix(const char *s, size_t len);
-
 #endif

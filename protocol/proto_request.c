@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "umg_error.h"
+#include "umg_util.h"
 
 /* ---- the command table ------------------------------------------------- */
 
@@ -235,7 +236,7 @@ static const char *type_name(enum proto_type t)
 
 static int check_str(const proto_arg_spec *s, const msgpack_object *o, const char *op, const char *key)
 {
-    if (!proto_utf8_valid(o->via.str.ptr, o->via.str.size))
+    if (!umg_utf8_valid(o->via.str.ptr, o->via.str.size))
         return umg_err_set(UMG_EUTF8, "%s: '%s' is not valid UTF-8", op, key);
     if ((s->flags & PROTO_ARG_NONEMPTY) && o->via.str.size == 0)
         return umg_err_set(UMG_EINVAL, "%s: '%s' must not be empty", op, key);
@@ -345,7 +346,7 @@ static int check_fields(const proto_arg_spec *specs, size_t nspecs, unsigned alt
         if (skip_id_op && (proto_obj_str_eq(key, "id") || proto_obj_str_eq(key, "op"))) continue;
         if (key->type != MSGPACK_OBJECT_STR)
             return umg_err_set(UMG_EINVAL, "%s: map keys must be strings", op);
-        if (!proto_utf8_valid(key->via.str.ptr, key->via.str.size))
+        if (!umg_utf8_valid(key->via.str.ptr, key->via.str.size))
             return umg_err_set(UMG_EUTF8, "%s: a key is not valid UTF-8", op);
         size_t i = 0;
         while (i < nspecs && !proto_obj_str_eq(key, specs[i].key)) i++;
@@ -536,7 +537,7 @@ int proto_request_decode(uint8_t *frame, size_t len, const proto_limits *lim,
     }
     if (!op) { rc = umg_err_set(UMG_EINVAL, "missing 'op'"); goto fail; }
     if (op->type != MSGPACK_OBJECT_STR) { rc = umg_err_set(UMG_EINVAL, "'op' must be a string"); goto fail; }
-    if (!proto_utf8_valid(op->via.str.ptr, op->via.str.size)) {
+    if (!umg_utf8_valid(op->via.str.ptr, op->via.str.size)) {
         rc = umg_err_set(UMG_EUTF8, "'op' is not valid UTF-8");
         goto fail;
     }

@@ -6,6 +6,7 @@
 
 #include "proto_request.h"
 #include "umg_error.h"
+#include "umg_util.h"
 
 #define MESSAGE_MAX 1024
 
@@ -43,7 +44,7 @@ size_t proto_utf8_sanitize(char *dst, size_t cap, const char *src, size_t len)
 {
     size_t n = 0;
     while (len > 0 && n < cap) {
-        size_t ok = proto_utf8_prefix(src, len);
+        size_t ok = umg_utf8_prefix(src, len);
         if (ok > cap - n) {
             /* cut at the last character start that fits */
             ok = cap - n;

@@ -12,6 +12,7 @@
 
 #include "proto.h"
 #include "umg_error.h"
+#include "umg_util.h"
 
 /* ---- statuses ------------------------------------------------------------- */
 
@@ -252,7 +253,7 @@ int http_ingest_request(uint64_t id, const char *name, size_t name_len, const ch
 
 static json_t *json_of_str(const char *s, size_t n)
 {
-    if (proto_utf8_prefix(s, n) == n) return json_stringn(s, n);
+    if (umg_utf8_prefix(s, n) == n) return json_stringn(s, n);
     char *tmp = malloc(n ? n : 1);
     if (!tmp) return NULL;
     size_t m = proto_utf8_sanitize(tmp, n, s, n);

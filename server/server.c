@@ -20,7 +20,6 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "client.h"
 #include "http.h"
 #include "umg_error.h"
 

@@ -142,9 +142,8 @@ static int h_hello(void *ctx, proto_request *req)
     srv_conn *c = job->conn;
     srv *s = job->s;
     if (s->cfg.token || s->cfg.require_auth) {
-        const char *tok;
-        size_t tl;
-        if (!proto_obj_str(proto_req_arg(req, "token"), &tok, &tl) || !srv_token_ok(s, tok, tl)) {
+        const proto_str *tok = &req->a.hello.token;
+        if (!tok->ptr || !srv_token_ok(s, tok->ptr, tok->len)) {
             /* a wrong token ends the connection: no guessing on one socket */
             c->close_after_writes = 1;
             uv_read_stop(&c->h.stream);
@@ -483,18 +482,17 @@ static int ingest_prepare(srv_job *job)
 {
     srv *s = job->s;
     proto_request *req = job->req;
-    const char *str;
-    size_t sl;
+    const proto_ingest_args *a = &req->a.ingest;
     const uint8_t *data = NULL;
     uint8_t *owned = NULL;
     size_t len = 0;
     int64_t mtime = 0;
     char *path;
     int rc, bytes_private = 0;
-    if (proto_obj_str(proto_req_arg(req, "path"), &str, &sl)) {
-        if (!(path = strndup(str, sl))) return umg_err_set(UMG_ENOMEM, "out of memory");
+    if (a->path.ptr) {
+        if (!(path = strndup(a->path.ptr, a->path.len))) return umg_err_set(UMG_ENOMEM, "out of memory");
         char *norm = NULL;
-        if (strlen(path) != sl) rc = umg_err_set(UMG_EINVAL, "ingest: path contains a NUL byte");
+        if (strlen(path) != a->path.len) rc = umg_err_set(UMG_EINVAL, "ingest: path contains a NUL byte");
         else rc = srv_read_allowed(s, path, &norm, &owned, &len, &mtime);
         free(path);
         if (rc) return rc;
@@ -502,7 +500,6 @@ static int ingest_prepare(srv_job *job)
         data = owned;
         bytes_private = 1;
     } else {
-        const proto_ingest_args *a = &req->a.ingest;
         if (!(path = strndup(a->name.ptr, a->name.len))) return umg_err_set(UMG_ENOMEM, "out of memory");
         if (strlen(path) != a->name.len) {
             free(path);
@@ -515,7 +512,7 @@ static int ingest_prepare(srv_job *job)
     }
     eng_str *tags = NULL;
     int n_tags = 0;
-    if (strs_to_eng(&req->a.ingest.tags, &tags, &n_tags)) {
+    if (strs_to_eng(&a->tags, &tags, &n_tags)) {
         free(path);
         free(owned);
         return umg_err_set(UMG_ENOMEM, "out of memory");
@@ -563,9 +560,7 @@ static void ingest_work(uv_work_t *w)
      * request frames are counted in --buffer-memory; read here, the files
      * would pile up in the stage-1 queue uncounted while decoding waits for
      * --ingest-memory). */
-    const char *str;
-    size_t sl;
-    if (proto_obj_str(proto_req_arg(job->req, "path"), &str, &sl)) {
+    if (job->req->a.ingest.path.ptr) {
         job->handed_off = 1;
         srv_stage1_push(job->s, job);
         return;

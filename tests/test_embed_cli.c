@@ -412,6 +412,24 @@ static void test_errors(void **state)
     tu_result_free(&r);
 }
 
+/* UMG_CPU caps the kernels umgdb runs (read by the program, applied with
+ * enc_cpu_limit_named); an unknown value is named and ignored. */
+static void test_cpu_cap_env(void **state)
+{
+    const char *args[] = {"embed", "--verbose", "--model", TINY, "--text", "a cat", NULL};
+    const char *plain[] = {"UMG_CPU=c", NULL}, *bogus[] = {"UMG_CPU=bogus", NULL};
+    tu_result r = tu_run_env(plain, args);
+    if (r.status)
+        fail_msg("exit %d: %s", r.status, r.err);
+    if (!strstr(r.err, "kernels: fp32 openblas") || !strstr(r.err, "cpu baseline"))
+        fail_msg("UMG_CPU=c did not cap the kernels: %s", r.err);
+    tu_result_free(&r);
+    r = tu_run_env(bogus, args);
+    if (r.status || !strstr(r.err, "UMG_CPU: unknown CPU cap \"bogus\" (ignored)"))
+        fail_msg("UMG_CPU=bogus: exit %d: %s", r.status, r.err);
+    tu_result_free(&r);
+}
+
 int main(void)
 {
     if (access(tu_bin(), X_OK) != 0) {
@@ -432,6 +450,7 @@ int main(void)
         cmocka_unit_test(test_errors),
         cmocka_unit_test(test_pipeline_same_as_sequential),
         cmocka_unit_test(test_pipeline_failure_midway),
+        cmocka_unit_test(test_cpu_cap_env),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
     json_decref(ref);

@@ -157,8 +157,6 @@ static int setup_packed(void **state)
         fprintf(stderr, "test_kernels: no AVX-512F on this CPU: packed kernel not testable here\n");
         return 0;
     }
-    enc_use_packed = 1;
-    enc_packed_max_rows = INT_MAX;
     openblas_set_num_threads(1); /* else products of more than 14 rows go to sgemm */
     return 0;
 }
@@ -284,10 +282,10 @@ static void test_packed_fallback(void **state)
     assert_memory_equal(a, b, (size_t)rows * out * sizeof *a);
     if (enc_packed_supported()) {
         float *p = packed_copy(w, in, out);
-        enc_use_packed = 0;
+        int was = enc_kernels_force(ENC_KERNELS_NO_PACKED);
         memset(b, 0, (size_t)rows * out * sizeof *b);
         enc_linear_packed(b, out, x, in, w, p, rows, in, out, 0);
-        enc_use_packed = 1;
+        enc_kernels_force(was);
         assert_memory_equal(a, b, (size_t)rows * out * sizeof *a);
         free(p);
     }

@@ -268,7 +268,6 @@ static void test_kernels(void **state)
  * few-rows kernel and through sgemm, against a double-precision loop. */
 static void test_linear_paths(void **state)
 {
-    int saved = enc_skinny_max_rows;
     const int shapes[][3] = {{1, 3, 1}, {5, 37, 7}, {7, 64, 9}, {13, 100, 30}, {30, 33, 17}, {6, 16, 4}};
     for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
         int rows = shapes[s][0], in = shapes[s][1], out = shapes[s][2];
@@ -280,10 +279,11 @@ static void test_linear_paths(void **state)
             w[i] = (float)((i * 53) % 97) / 48.0f - 1.0f;
         for (int path = 0; path < 2; path++)
             for (int accumulate = 0; accumulate < 2; accumulate++) {
-                enc_skinny_max_rows = path ? 0 : 1 << 20;
+                int was = enc_kernels_force(path ? ENC_KERNELS_SGEMM : ENC_KERNELS_SKINNY);
                 for (int i = 0; i < rows * out; i++)
                     y[i] = 0.5f;
                 enc_linear(y, x, w, rows, in, out, accumulate);
+                enc_kernels_force(was);
                 for (int r = 0; r < rows; r++)
                     for (int o = 0; o < out; o++) {
                         double want = accumulate ? 0.5 : 0;
@@ -298,7 +298,6 @@ static void test_linear_paths(void **state)
         free(w);
         free(y);
     }
-    enc_skinny_max_rows = saved;
 }
 
 /* ---- exactness ---------------------------------------------------------- */
@@ -427,7 +426,6 @@ static void test_batched_equals_single(void **state)
  * AVX-512F CPUs) only the packed kernel. */
 static void test_model_kernel_paths(void **state)
 {
-    int saved = enc_skinny_max_rows, saved_packed = enc_packed_max_rows;
     enc_model *m = open_tiny();
     int D = enc_model_dim(m), G = enc_model_grid(m), n;
     float *pixels = malloc(sizeof(float) * MAX_IMAGES * PIX);
@@ -439,9 +437,9 @@ static void test_model_kernel_paths(void **state)
     static const char *const names[] = {"few-rows only", "sgemm only", "packed only"};
     enc_set_threads(1);
     for (int path = 0; path < (enc_packed_supported() ? 3 : 2); path++) {
-        enc_skinny_max_rows = path == 1 ? 0 : 1 << 20;
-        enc_use_packed = path == 2;
-        enc_packed_max_rows = 1 << 20;
+        static const int force[] = {ENC_KERNELS_NO_PACKED | ENC_KERNELS_SKINNY,
+                                    ENC_KERNELS_NO_PACKED | ENC_KERNELS_SGEMM, ENC_KERNELS_SKINNY};
+        int was = enc_kernels_force(force[path]);
         assert_int_equal(enc_encode_pixels(r, pixels, n, emb, patches), 0);
         for (int i = 0; i < n; i++) {
             json_t *it = ref_item("images", i);
@@ -457,10 +455,8 @@ static void test_model_kernel_paths(void **state)
             assert_int_equal(enc_encode_ids(r, ids, k, e), 0);
             check_ref_embedding(e, ref_item("texts", t), D, names[path]);
         }
+        enc_kernels_force(was);
     }
-    enc_skinny_max_rows = saved;
-    enc_use_packed = 1;
-    enc_packed_max_rows = saved_packed;
     free(pixels);
     free(emb);
     free(patches);

@@ -460,36 +460,6 @@ static void test_check_depth(void **state)
     free(ok.p); free(deep.p); free(three.p); free(four.p); free(abyss.p); free(cap.p);
 }
 
-static void test_utf8(void **state)
-{
-    static const struct { const char *s; size_t n; bool ok; } cases[] = {
-        {"", 0, true},
-        {"plain ascii", 11, true},
-        {"caf\xc3\xa9", 5, true},
-        {"\xe2\x82\xac", 3, true},                 /* euro sign */
-        {"\xf0\x9f\x93\xb7", 4, true},             /* camera emoji */
-        {"\xf4\x8f\xbf\xbf", 4, true},             /* U+10FFFF */
-        {"a\0b", 3, true},
-        {"\x80", 1, false},                         /* lone continuation */
-        {"\xc0\x80", 2, false},                     /* overlong NUL */
-        {"\xc1\xbf", 2, false},                     /* overlong */
-        {"\xe0\x80\x80", 3, false},                 /* overlong 3-byte */
-        {"\xf0\x80\x80\x80", 4, false},             /* overlong 4-byte */
-        {"\xed\xa0\x80", 3, false},                 /* surrogate U+D800 */
-        {"\xf4\x90\x80\x80", 4, false},             /* above U+10FFFF */
-        {"\xf5\x80\x80\x80", 4, false},
-        {"\xff", 1, false},
-        {"caf\xc3", 4, false},                      /* truncated */
-        {"\xe2\x82", 2, false},
-        {"\xe2\x28\xa1", 3, false},                 /* bad continuation */
-    };
-    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
-        if (proto_utf8_valid(cases[i].s, cases[i].n) != cases[i].ok)
-            fail_msg("utf8 case %zu", i);
-    }
-    assert_int_equal(proto_utf8_prefix("ab\xc3\xa9\xff", 5), 4);
-}
-
 /* ---- requests ----------------------------------------------------------- */
 
 /* Frame a client-built request, take it through a framer, decode it. */
@@ -1077,7 +1047,7 @@ static void test_response_error_every_code(void **state)
     r = decode_one((uint8_t *)sb.data, sb.size, NULL);
     size_t ml = strlen(r->message);
     assert_true(ml <= 1024 && ml >= 1020);
-    assert_true(proto_utf8_valid(r->message, ml));
+    assert_true(umg_utf8_valid(r->message, ml));
     assert_int_equal(r->message[0], '?');
     proto_response_free(r);
     msgpack_sbuffer_destroy(&sb);
@@ -1267,7 +1237,6 @@ int main(void)
         cmocka_unit_test(test_check_truncated_and_trailing),
         cmocka_unit_test(test_check_huge_declared_lengths),
         cmocka_unit_test(test_check_depth),
-        cmocka_unit_test(test_utf8),
         cmocka_unit_test(test_request_examples_of_every_op),
         cmocka_unit_test(test_request_envelope_errors),
         cmocka_unit_test(test_request_argument_errors),

@@ -28,6 +28,7 @@
 
 #include "../common.h"
 #include "enc.h"
+#include "enc_kernels.h"
 #include "umg_error.h"
 
 #define MAX_REPEATS 1000
@@ -328,6 +329,9 @@ static void print_stats(const char *name, stats s, const char *unit, int repeats
 int main(int argc, char **argv)
 {
     bench_args a = parse_args(argc, argv);
+    const char *cap = getenv("UMG_CPU"); /* as umgdb: caps the kernels (docs/benchmarks.md) */
+    if (cap && *cap && enc_cpu_limit_named(cap))
+        die("UMG_CPU", UMG_EINVAL);
     double t0 = bench_now();
     enc_model *m;
     enc_model_options mopt = {.precision = a.precision};

@@ -14,6 +14,7 @@
 
 #include "proto.h"
 #include "umg_error.h"
+#include "umg_util.h"
 
 /* A small frame limit keeps the fuzzer's memory and time per input low while
  * still exercising the oversize path. */
@@ -57,7 +58,7 @@ static void check_responses(const msgpack_sbuffer *sb, uint64_t id)
         rc = proto_response_decode(fr, fl, NULL, &r);
         CHECK(rc == 0);
         CHECK(r->id == id);
-        if (!r->ok) CHECK(r->code != 0 && proto_utf8_valid(r->message, strlen(r->message)));
+        if (!r->ok) CHECK(r->code != 0 && umg_utf8_valid(r->message, strlen(r->message)));
         proto_response_free(r);
         frames++;
     }
@@ -78,7 +79,7 @@ static void read_args(const proto_request *req)
         uint64_t u;
         double d, box[4];
         switch (req->op->args[i].type) {
-        case PROTO_T_STR: CHECK(proto_obj_str(o, &s, &n) && proto_utf8_valid(s, n)); break;
+        case PROTO_T_STR: CHECK(proto_obj_str(o, &s, &n) && umg_utf8_valid(s, n)); break;
         case PROTO_T_BIN: CHECK(proto_obj_bin(o, &b, &n)); break;
         case PROTO_T_UINT: CHECK(proto_obj_uint(o, &u)); break;
         case PROTO_T_FLOAT: CHECK(proto_obj_float(o, &d)); break;
