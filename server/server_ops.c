@@ -38,16 +38,6 @@ static void pack_strn(msgpack_packer *pk, const char *s, size_t n)
     msgpack_pack_str_body(pk, s, n);
 }
 
-void srv_job_error(srv_job *job, int code, const char *msg)
-{
-    if (code >= 0) code = UMG_EINTERNAL;
-    if (!msg || !*msg) msg = umg_strerror(code);
-    job->status = code;
-    snprintf(job->errmsg, sizeof job->errmsg, "%s", msg);
-    job->resp.size = 0;
-    if (proto_response_error(&job->resp, job->id, code, msg)) job->resp.size = 0;
-}
-
 /* End a success response begun with proto_response_begin; keeps the status
  * in step when the builder had to replace it by an error. */
 static void job_response_end(srv_job *job, proto_writer *w)
@@ -555,7 +545,7 @@ static int h_ingest(void *ctx, proto_request *req)
 {
     srv_job *job = ctx;
     srv_stage1_begin(job->s);
-    int rc = uv_queue_work(job->s->loop, &job->work, ingest_work, srv_after_work);
+    int rc = uv_queue_work(job->s->loop, &job->work, ingest_work, job->s->after_work);
     if (rc) srv_stage1_end(job->s);
     return rc ? umg_err_set(UMG_EINTERNAL, "uv_queue_work: %s", uv_strerror(rc)) : 0;
 }
@@ -858,7 +848,7 @@ static void move_work(uv_work_t *w)
     static int name(void *ctx, proto_request *req)                                                 \
     {                                                                                              \
         srv_job *job = ctx;                                                                        \
-        int rc = uv_queue_work(job->s->loop, &job->work, fn, srv_after_work);                     \
+        int rc = uv_queue_work(job->s->loop, &job->work, fn, job->s->after_work);                  \
         return rc ? umg_err_set(UMG_EINTERNAL, "uv_queue_work: %s", uv_strerror(rc)) : 0;          \
     }
 QUEUE_HANDLER(h_query_queue, query_work)
