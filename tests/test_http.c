@@ -596,6 +596,26 @@ static void test_thumbs(void **state)
     char e6[64], e8[64], er[64];
     get_thumb(c, id6, &t6, e6);
     want_upright(&t6);
+    {   /* the msgpack op 'thumb' (by stored path) answers the same bytes */
+        char tp[64];
+        snprintf(tp, sizeof tp, "/v1/images/%llu/thumb", (unsigned long long)id6);
+        hresp raw = hc_call(c, "GET", tp, NULL, NULL, 0);
+        umg_client *m = ts_conn(&h.s);
+        proto_writer wr;
+        uint64_t rid = ts_begin(m, &wr, "thumb", 1);
+        ts_kv_str(&wr, "path", "six.jpg");
+        ts_end(m, &wr);
+        proto_response *pr = ts_wait_ok(m, rid);
+        const uint8_t *bin;
+        size_t bl;
+        assert_true(proto_obj_bin(proto_map_get(pr->result, "data"), &bin, &bl));
+        assert_int_equal(ts_res_u(pr, "image_id"), id6);
+        assert_int_equal(bl, raw.len);
+        assert_memory_equal(bin, raw.body, bl);
+        proto_response_free(pr);
+        hr_free(&raw);
+        umg_client_close(m);
+    }
     get_thumb(c, id8, &t8, e8);
     want_upright(&t8);
     /* a photo larger than the thumbnail: long side 320, the record's (oriented) aspect */

@@ -25,7 +25,7 @@ import jsonschema
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TINY = os.path.join(ROOT, "tests", "fixtures", "clip-tiny")
-OPS = ["hello", "ping", "ingest", "query", "query_image", "get", "delete", "stats"]  # protocol/proto_request.c
+OPS = ["hello", "ping", "ingest", "query", "query_image", "get", "delete", "stats", "thumb"]  # protocol/proto_request.c
 
 
 def free_port():
@@ -152,9 +152,12 @@ def main():
             assert st == 200 and jpeg[:2] == b"\xff\xd8", (st, jpeg[:16])
         st, _, body = call_bytes("/v1/images/%d/thumb" % id1, thumb, {"If-None-Match": hdrs["ETag"]})
         assert st == 304 and body == b"", st
+        st, a = call("POST", "/v1/thumb", {"path": "bytes.jpg"})     # the msgpack op: the same bytes, base64
+        assert st == 200 and base64.b64decode(a["result"]["data"]) == call_bytes("/v1/images/%d/thumb" % id1, thumb)[2]
         st, a = call("POST", "/v1/delete", {"image_id": id1})
         assert st == 200 and a["result"]["deleted"], a
         assert call("GET", "/v1/images/%d/thumb" % id1, template=thumb)[0] == 404
+        assert call("POST", "/v1/thumb", {"image_id": id1})[0] == 404
         # errors validate as Error with their documented status
         assert call("POST", "/v1/get", {"image_id": id1})[0] == 404
         assert call("POST", "/v1/query", {"text": "x", "k": 0})[0] == 400
