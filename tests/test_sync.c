@@ -86,6 +86,21 @@ static uint64_t id_at(const char *name)
     return id;
 }
 
+/* The answer code of the op thumb for image id: 0 when it has a thumbnail. */
+static int thumb_code(uint64_t id)
+{
+    umg_client *c = ts_conn(&srv);
+    proto_writer w;
+    uint64_t rid = ts_begin(c, &w, "thumb", 1);
+    ts_kv_uint(&w, "image_id", id);
+    ts_end(c, &w);
+    proto_response *r = ts_wait_resp(c, rid);
+    int code = r->ok ? 0 : r->code;
+    proto_response_free(r);
+    umg_client_close(c);
+    return code;
+}
+
 static json_int_t n_images(void)
 {
     umg_client *c = ts_conn(&srv);
@@ -222,12 +237,16 @@ static void test_sync_steps(void **state)
     assert_int_equal(id_at("sub/chelsea.png"), id[2]);
     assert_int_equal(id_at("chelsea.png"), 0);
     assert_int_equal(n_images(), 7);
+    assert_int_equal(thumb_code(id[2]), 0); /* a move keeps the photo's thumbnail */
 
-    /* delete */
+    /* delete: the photo goes with its thumbnail */
+    uint64_t coffee = id_at("coffee.png");
+    assert_int_equal(thumb_code(coffee), 0);
     remove_in("coffee.png");
     c = sync_run(0);
     EXPECT_COUNTS(c, 0, 0, 0, 1, 5);
     assert_int_equal(id_at("coffee.png"), 0);
+    assert_int_equal(thumb_code(coffee), UMG_ENOENT);
     assert_int_equal(n_images(), 6);
     assert_int_equal(id_at(sib_photo), sib_id);   /* photos2/ is another folder */
 
