@@ -18,6 +18,7 @@
 
 #include <cmocka.h>
 
+#include "enc_image.h"
 #include "enc_regions.h"
 #include "engine.h"
 #include "ingest.h"
@@ -868,8 +869,56 @@ static void test_no_patches(void **state)
     uint64_t ex;
     eng_image_query bx = {.by_id = 1, .image_id = f->ids[0], .has_box = 1, .box = {0, 0, 50, 50}};
     assert_int_equal(eng_image_vector(f->e, &bx, v, &ex), UMG_EUNSUPPORTED);
+    /* the thumbnail is stored without patch tokens too (the photo's only extra) */
+    void *t;
+    size_t tl;
+    assert_int_equal(db_get_thumb(f->db, f->ids[0], &t, &tl), 0);
+    free(t);
     *state = f;
     teardown(state);
+}
+
+/* Every photo ingested has its thumbnail: the stored record's (oriented)
+ * size, capped at ENC_THUMB_LONG_SIDE, its CPU time reported; an engine
+ * with no_thumbs stores none. */
+static void test_thumbs_at_ingest(void **state)
+{
+    fixture *f = *state;
+    for (int i = 0; i < N_PHOTOS; i++) {
+        void *t;
+        size_t tl;
+        assert_int_equal(db_get_thumb(f->db, f->ids[i], &t, &tl), 0);
+        enc_image th = {0};
+        assert_int_equal(enc_image_decode(t, tl, ENC_IMAGE_MAX_PIXELS_DEFAULT, &th), 0);
+        db_image img;
+        assert_int_equal(db_get_image(f->db, f->ids[i], &img), 0);
+        int lw = img.width >= img.height;
+        assert_int_equal(lw ? th.width : th.height, img.width > 320 || img.height > 320 ? 320
+                                                     : (int)(lw ? img.width : img.height));
+        assert_true(fabs((double)th.width / th.height - (double)img.width / img.height) < 0.02);
+        db_image_free(&img);
+        enc_image_free(&th);
+        free(t);
+    }
+    eng_ingest_result r;
+    size_t len;
+    uint8_t *b = read_photo(IMG("rocket.jpg"), &len);
+    eng_ingest_req q = {.path = "/t/rocket.jpg", .data = b, .len = len};
+    assert_int_equal(eng_ingest_one(f->e, &q, &r), 0);
+    assert_true(r.cpu_ms_thumb > 0);
+    /* another engine over the same data, without thumbnails */
+    eng_close(f->e);
+    eng_config c = {.region_mode = ENG_REGION_MODE_DENSE, .regions = REGIONS, .batch = 4, .threads = 1,
+                    .text_lanes = 1, .no_thumbs = 1};
+    assert_int_equal(eng_create(f->model, f->db, &c, &f->e), 0);
+    q.path = "/t/rocket-2.jpg";
+    assert_int_equal(eng_ingest_one(f->e, &q, &r), 0);
+    assert_true(r.cpu_ms_thumb == 0);
+    void *t;
+    size_t tl;
+    assert_int_equal(db_get_thumb(f->db, r.image_id, &t, &tl), UMG_ENOENT);
+    assert_non_null(strstr(umg_err_msg(), "has no thumbnail"));
+    free(b);
 }
 
 /* Region mode crop: boxes are whole pixels, each region vector is its crop's
@@ -1504,6 +1553,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_image_hits, setup_dense, teardown),
+        cmocka_unit_test_setup_teardown(test_thumbs_at_ingest, setup_dense, teardown),
         cmocka_unit_test_setup_teardown(test_filters, setup_dense, teardown),
         cmocka_unit_test_setup_teardown(test_region_nms, setup_dense, teardown),
         cmocka_unit_test_setup_teardown(test_heatmap, setup_dense, teardown),

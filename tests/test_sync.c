@@ -63,6 +63,23 @@ static void remove_in(const char *name)
 }
 
 /* The stored image id at dir/name, 0 when none. */
+/* The answer to op with one argument, key = path (when not NULL) or
+ * image_id = id, on a connection of its own (the caller frees it). */
+static proto_response *call_one(const char *op, const char *path, uint64_t id)
+{
+    umg_client *c = ts_conn(&srv);
+    proto_writer w;
+    uint64_t rid = ts_begin(c, &w, op, 1);
+    if (path)
+        ts_kv_str(&w, "path", path);
+    else
+        ts_kv_uint(&w, "image_id", id);
+    ts_end(c, &w);
+    proto_response *r = ts_wait_resp(c, rid);
+    umg_client_close(c);
+    return r;
+}
+
 static uint64_t id_at(const char *name)
 {
     char p[PATH_MAX + 64];
@@ -70,20 +87,23 @@ static uint64_t id_at(const char *name)
         snprintf(p, sizeof p, "%s", name);
     else
         pathf(p, name);
-    umg_client *c = ts_conn(&srv);
-    proto_writer w;
-    uint64_t rid = ts_begin(c, &w, "get", 1);
-    ts_kv_str(&w, "path", p);
-    ts_end(c, &w);
-    proto_response *r = ts_wait_resp(c, rid);
+    proto_response *r = call_one("get", p, 0);
     uint64_t id = 0;
     if (r->ok)
         assert_true(umg_result_uint(r, "image_id", &id));
     else
         assert_int_equal(r->code, UMG_ENOENT);
     proto_response_free(r);
-    umg_client_close(c);
     return id;
+}
+
+/* The answer code of the op thumb for image id: 0 when it has a thumbnail. */
+static int thumb_code(uint64_t id)
+{
+    proto_response *r = call_one("thumb", NULL, id);
+    int code = r->ok ? 0 : r->code;
+    proto_response_free(r);
+    return code;
 }
 
 static json_int_t n_images(void)
@@ -222,12 +242,16 @@ static void test_sync_steps(void **state)
     assert_int_equal(id_at("sub/chelsea.png"), id[2]);
     assert_int_equal(id_at("chelsea.png"), 0);
     assert_int_equal(n_images(), 7);
+    assert_int_equal(thumb_code(id[2]), 0); /* a move keeps the photo's thumbnail */
 
-    /* delete */
+    /* delete: the photo goes with its thumbnail */
+    uint64_t coffee = id_at("coffee.png");
+    assert_int_equal(thumb_code(coffee), 0);
     remove_in("coffee.png");
     c = sync_run(0);
     EXPECT_COUNTS(c, 0, 0, 0, 1, 5);
     assert_int_equal(id_at("coffee.png"), 0);
+    assert_int_equal(thumb_code(coffee), UMG_ENOENT);
     assert_int_equal(n_images(), 6);
     assert_int_equal(id_at(sib_photo), sib_id);   /* photos2/ is another folder */
 
