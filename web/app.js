@@ -268,8 +268,8 @@
     for (let i = 0; i < g * g; i++) {
       const t = (hm.values[i] - range[0]) / (range[1] - range[0]);
       const c = colour(t);
-      // cold cells more transparent: the photo stays visible where nothing matches
-      img.data.set([c[0], c[1], c[2], Math.round(50 + 180 * t)], 4 * i);
+      // colder cells more transparent: the photo stays visible where nothing matches
+      img.data.set([c[0], c[1], c[2], Math.round(25 + 205 * t * t)], 4 * i);
     }
     ctx.putImageData(img, 0, 0);
     place(cv, hm.extent, size); // the grid covers `extent` (beyond the photo on padded sides: clipped)

@@ -47,11 +47,11 @@ async function api(base, token, op, body) {
 }
 
 // Starts the world: `count` photos of `seed` in a fresh temporary directory,
-// the last one renamed XSS_NAME (and tagged XSS_TAG), photo i tagged "even" or
-// "odd", all ingested by path; a server with `token` (or none).
+// with `xss` the last one renamed XSS_NAME (and tagged XSS_TAG), photo i
+// tagged "even" or "odd", all ingested by path; a server with `token` (or none).
 // Returns { base, token, photos, annotations (by stored path), ids (by path),
 // tags (by id), api(op, body), stop() }.
-async function startWorld({ umgdb, seed = 4242, count = 25, token = null, log = () => {} }) {
+async function startWorld({ umgdb, seed = 4242, count = 25, token = null, xss = true, log = () => {} }) {
   const tmp = fs.realpathSync(fs.mkdtempSync(path.join(os.tmpdir(), 'umg_browser_')));
   const photos = path.join(tmp, 'photos');
   const t0 = Date.now();
@@ -59,9 +59,11 @@ async function startWorld({ umgdb, seed = 4242, count = 25, token = null, log = 
     '--count', String(count), photos], { cwd: ROOT, encoding: 'utf8' });
   if (gen.status !== 0) throw new Error('generate.py failed: ' + gen.stderr);
   const ann = JSON.parse(fs.readFileSync(path.join(photos, 'annotations.json'), 'utf8'));
-  const last = ann.images[ann.images.length - 1];
-  fs.renameSync(path.join(photos, last.file), path.join(photos, XSS_NAME));
-  last.file = XSS_NAME;
+  if (xss) {
+    const last = ann.images[ann.images.length - 1];
+    fs.renameSync(path.join(photos, last.file), path.join(photos, XSS_NAME));
+    last.file = XSS_NAME;
+  }
   log(`generated ${count} photos (${Date.now() - t0} ms)`);
 
   const port = await freePort();
