@@ -297,6 +297,16 @@ async function main() {
     assert.equal(await activeIndex(), 2, 'focus back on the card last viewed');
     log(`keyboard: arrows and Tab move, Enter opens the photo with its ${rec1.regions.length} regions placed, Esc closes`);
 
+    // ---- "Similar photos" from the photo view: query_image on that photo
+    await page.click('#results .card');
+    await page.waitForSelector('#viewer[open]');
+    const first = (await readCards(page))[0].id;
+    assert.match(await searched(page, () => page.click('#viewer-similar')), new RegExp(`^Results 1–8 for photos like #${first} `));
+    const wantS = (await world.api('query_image', { image_id: first, granularity: 'image', k: 8 })).hits;
+    assert.deepEqual((await readCards(page)).map((c) => c.id), wantS.map((w) => w.image_id));
+    assert.ok(!wantS.some((w) => w.image_id === first), 'the photo itself is not among its similar ones');
+    log('similar photos: query_image on the photo viewed');
+
     // ---- filters: tags, folder; the hostile name and tag shown as text
     await page.fill('#f-k', '24');
     await page.fill('#f-tags', 'even');
