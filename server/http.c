@@ -72,6 +72,18 @@ struct srv_http {
 
 #define HTTP_LINGER_S 2
 
+/* The page's files (web/): scripts and styles only from the server, no
+ * inline code, images only as blob: URLs the page makes from fetched bytes,
+ * and Trusted Types so that any string written as HTML throws (the page
+ * writes data with textContent only). */
+#define ASSET_HEADERS                                                                                        \
+    "Content-Security-Policy: default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' blob:; " \
+    "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'; "                      \
+    "require-trusted-types-for 'script'; trusted-types 'none'\r\n"                                          \
+    "Referrer-Policy: no-referrer\r\n"
+/* with the other headers at most ~170 bytes: within send_answer's head[] */
+_Static_assert(sizeof ASSET_HEADERS <= 320, "ASSET_HEADERS must fit send_answer's header buffer");
+
 static srv_http *of(http_parser *p) { return ((srv_conn *)p->data)->http; }
 
 static int reject(http_parser *p, int status, int code, const char *fmt, ...) __attribute__((format(printf, 4, 5)));
@@ -94,7 +106,7 @@ static int reject(http_parser *p, int status, int code, const char *fmt, ...)
 static void send_answer(srv_conn *c, int status, const char *ctype, const void *body, size_t len, int close,
                         const char *extra)
 {
-    char head[1024]; /* status line, our headers and extra (ASSET_HEADERS) */
+    char head[512];
     int n = snprintf(head, sizeof head,
                      "HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\n"
                      "X-Content-Type-Options: nosniff\r\nCache-Control: no-store\r\n%s%s\r\n",
@@ -114,16 +126,6 @@ static void send_answer(srv_conn *c, int status, const char *ctype, const void *
         if (uv_shutdown(&c->http->shutdown, &c->h.stream, NULL)) srv_conn_close(c, "shutdown failed");
     }
 }
-
-/* The page's files (web/): scripts and styles only from the server, no
- * inline code, images only as blob: URLs the page makes from fetched bytes,
- * and Trusted Types so that any string written as HTML throws (the page
- * writes data with textContent only). */
-#define ASSET_HEADERS                                                                                        \
-    "Content-Security-Policy: default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' blob:; " \
-    "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'; "                      \
-    "require-trusted-types-for 'script'; trusted-types 'none'\r\n"                                          \
-    "Referrer-Policy: no-referrer\r\n"
 
 static void send_json_error(srv_conn *c, int status, int code, const char *msg, int close)
 {
