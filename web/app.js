@@ -192,7 +192,7 @@
       render();
       if (e.status !== 401) setStatus(e.message, true);
     } finally {
-      document.body.classList.remove('busy');
+      if (c === current) document.body.classList.remove('busy');
     }
   }
 
@@ -208,14 +208,13 @@
       if (current) newSearch(current.text !== undefined ? { text: current.text } : { image_id: current.image_id });
     });
 
-  $('prev').addEventListener('click', () => {
-    current.offset = Math.max(0, current.offset - current.k);
+  // A page is a new search object, so the answer of a page left meanwhile is dropped.
+  function turnPage(offset) {
+    current = Object.assign({}, current, { offset: Math.max(0, offset) });
     run();
-  });
-  $('next').addEventListener('click', () => {
-    current.offset += current.k;
-    run();
-  });
+  }
+  $('prev').addEventListener('click', () => turnPage(current.offset - current.k));
+  $('next').addEventListener('click', () => turnPage(current.offset + current.k));
 
   // ---- drawing --------------------------------------------------------------
 

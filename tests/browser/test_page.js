@@ -231,7 +231,26 @@ async function main() {
     assert.deepEqual(pages.flat(), ranking, 'the pages together are the ranking, no hit twice, none missed');
     assert.match(await searched(page, () => page.click('#prev')), /^Results 17–24 /);
     assert.deepEqual(requests.slice(-5).map((r) => r.offset), [0, 8, 16, 24, 16]);
-    log('paging: 4 pages of 8 are the ranking of 25');
+    // two pages turned quickly, the first answer late: the page shown is the last asked for
+    await searched(page, () => page.press('#q', 'Enter'));
+    let delayed = null;
+    await page.route('**/v1/query', async (route) => {
+      if (JSON.parse(route.request().postData()).offset !== 8) return route.continue();
+      const answer = await route.fetch();
+      delayed = new Promise((r) => setTimeout(r, 1500)).then(() => route.fulfill({ response: answer }));
+    });
+    await page.click('#next');
+    await page.waitForFunction(() => document.getElementById('status').textContent.startsWith('Searching'));
+    await page.click('#next');
+    await page.waitForFunction(() => document.getElementById('status').textContent.startsWith('Results 17–24'));
+    while (!delayed) await new Promise((r) => setTimeout(r, 50));
+    await delayed;
+    await page.waitForTimeout(200); // the late answer has arrived: the page must not change
+    await page.unroute('**/v1/query');
+    assert.match(await page.textContent('#status'), /^Results 17–24 /);
+    assert.equal(await page.textContent('#page-info'), 'Page 3');
+    assert.deepEqual((await readCards(page)).map((c) => c.id), ranking.slice(16, 24));
+    log('paging: 4 pages of 8 are the ranking of 25; a late answer of a page left does not replace the next');
 
     // ---- boxes per photo (region mode): several boxes of one photo, each a card
     await page.fill('#f-perphoto', '3');
