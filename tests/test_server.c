@@ -1068,7 +1068,7 @@ static void test_capture_metadata(void **state)
         assert_non_null(r);
         if (!str_eq(umg_result_get(r, "taken_at"), "2019-07-14T12:00:00+02:00"))
             fail_msg("%s: taken_at missing or wrong", full[i]);
-        assert_true(str_eq(umg_result_get(r, "camera"), "FUJIFILM X-T3"));
+        assert_true(str_eq(umg_result_get(r, "camera"), "Fujifilm X-T3"));
         const msgpack_object *gps = umg_result_get(r, "gps");
         assert_true(gps && gps->type == MSGPACK_OBJECT_ARRAY && gps->via.array.size == 2);
         assert_true(fabs(gps->via.array.ptr[0].via.f64 - -33.8568) < 1e-6);
