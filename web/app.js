@@ -396,6 +396,16 @@
     list[Math.min(list.length - 1, Math.max(0, to))].focus();
   });
 
+  // "/" anywhere but in a field: to the search box
+  document.addEventListener('keydown', (ev) => {
+    if (ev.key !== '/' || ev.ctrlKey || ev.metaKey || ev.altKey || $('viewer').open) return;
+    const t = ev.target;
+    if (t instanceof HTMLInputElement || t instanceof HTMLTextAreaElement) return;
+    ev.preventDefault();
+    $('q').focus();
+    $('q').select();
+  });
+
   // ---- the photo view -----------------------------------------------------------
 
   let viewing = -1; // index into hits
@@ -424,6 +434,7 @@
     // one stage, emptied of the last photo's overlays
     const img = $('viewer-img');
     img.removeAttribute('src');
+    img.alt = baseName(hit.path);
     st.replaceChildren(img);
     st.classList.remove('nopreview');
     // as large as fits: 100% of the dialog's width or 72% of the viewport's height

@@ -314,6 +314,9 @@ async function main() {
     await page.keyboard.press('Escape');
     await page.waitForSelector('#viewer', { state: 'hidden' });
     assert.equal(await activeIndex(), 2, 'focus back on the card last viewed');
+    await page.keyboard.press('/');
+    assert.equal(await page.evaluate(() => document.activeElement.id), 'q', '/ goes to the search box');
+    assert.equal(await page.inputValue('#q'), QUERY, 'the "/" was not typed into it');
     log(`keyboard: arrows and Tab move, Enter opens the photo with its ${rec1.regions.length} regions placed, Esc closes`);
 
     // ---- "Similar photos" from the photo view: query_image on that photo
