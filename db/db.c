@@ -48,7 +48,17 @@
  *   img_regions  image id -> region id    (MDB_DUPSORT|DUPFIXED)
  *   ivec, rvec   id -> f16[dim], L2-normalized before rounding (image / region)
  *   log          seq -> u8 op (LOG_ADD/LOG_DEL), u8 kind (DB_KIND_*), be64 id
- *   extra        be64 image id ++ name -> blob (e.g. "patch_tokens")
+ *   extra        be64 image id ++ name -> blob: "patch_tokens" (float16
+ *                projected patch tokens), "thumb" (DB_THUMB_EXTRA: the photo's
+ *                JPEG thumbnail, encoder/enc_thumb.h, ~10-20 KB: LMDB keeps
+ *                it in overflow pages; db_get_thumb checks its JPEG magic).
+ *                Extras are written in the image's put transaction and
+ *                deleted with the image (db_delete_in_txn), so a thumbnail
+ *                exists exactly when its image does, and every copy or
+ *                backup of data.mdb holds it: why thumbnails live here and
+ *                not as files under the data directory, which would need
+ *                their own write-then-commit ordering, crash cleanup and
+ *                backup step.  A move keeps them (same photo, same id).
  *   Values of paths/hashes/img_regions are be64 ids.  Every decoder checks
  *   sizes, limits and UTF-8 and reports anything else as UMG_EINTERNAL with a
  *   log line (db_damaged): stored bytes never reach a caller unchecked.

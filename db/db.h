@@ -234,6 +234,16 @@ int db_get_vector(db_t *db, int kind, uint64_t id, float *out);
 int db_put_extra(db_t *db, uint64_t image_id, const char *name, const void *data, size_t len);
 int db_get_extra(db_t *db, uint64_t image_id, const char *name, void **data, size_t *len);
 
+/* A photo's thumbnail: a small JPEG (encoder/enc_thumb.h) the engine stores
+ * at ingest as the extra DB_THUMB_EXTRA, in the image's own transaction, so
+ * it is written, replaced and deleted with the image (and is in every copy
+ * of data.mdb).  db_get_thumb: a malloc'd copy in *jpeg (free()).
+ * UMG_ENOENT "no image N", or "image N has no thumbnail" for an image stored
+ * before thumbnails were made (or by a writer that made none); a stored blob
+ * that is not a JPEG is UMG_EINTERNAL (db_damaged). */
+#define DB_THUMB_EXTRA "thumb"
+int db_get_thumb(db_t *db, uint64_t image_id, void **jpeg, size_t *len);
+
 typedef struct db_hit {
     uint64_t id;
     float score;   /* cosine similarity */

@@ -926,35 +926,69 @@ int db_put_extra(db_t *db, uint64_t image_id, const char *name, const void *data
     return rc;
 }
 
+/* A malloc'd copy of image_id's extra `name` (1..DB_MAX_EXTRA_NAME bytes,
+ * checked by the caller) as txn sees it; MDB_NOTFOUND when absent. */
+static int copy_extra(db_t *db, MDB_txn *txn, uint64_t image_id, const char *name, void **data, size_t *len)
+{
+    size_t nl = strlen(name);
+    unsigned char ek[8 + DB_MAX_EXTRA_NAME];
+    db_be64(ek, image_id);
+    memcpy(ek + 8, name, nl);
+    MDB_val k = { 8 + nl, ek }, v;
+    int rc = mdb_get(txn, db->dbi[D_EXTRA], &k, &v);
+    if (rc)
+        return rc;
+    if (!(*data = malloc(v.mv_size ? v.mv_size : 1)))
+        return umg_err_set(UMG_ENOMEM, "extra %s (%zu bytes)", name, v.mv_size);
+    memcpy(*data, v.mv_data, v.mv_size);
+    *len = v.mv_size;
+    return 0;
+}
+
 int db_get_extra(db_t *db, uint64_t image_id, const char *name, void **data, size_t *len)
 {
     *data = NULL;
     *len = 0;
     if (!name || !*name || strlen(name) > DB_MAX_EXTRA_NAME)
         return umg_err_set(UMG_EINVAL, "extra name of 1..%d bytes required", DB_MAX_EXTRA_NAME);
-    size_t nl = strlen(name);
-    unsigned char ek[8 + DB_MAX_EXTRA_NAME];
-    db_be64(ek, image_id);
-    memcpy(ek + 8, name, nl);
     MDB_txn *txn;
     int rc = db_rtxn_begin(db, &txn);
     if (rc)
         return rc;
-    MDB_val k = { 8 + nl, ek }, v;
-    rc = mdb_get(txn, db->dbi[D_EXTRA], &k, &v);
-    if (rc == MDB_NOTFOUND) {
+    rc = copy_extra(db, txn, image_id, name, data, len);
+    if (rc == MDB_NOTFOUND)
         rc = umg_err_set(UMG_ENOENT, "image %llu has no %s", (unsigned long long)image_id, name);
-    } else if (!rc) {
-        *data = malloc(v.mv_size ? v.mv_size : 1);
-        if (!*data)
-            rc = umg_err_set(UMG_ENOMEM, "extra %s (%zu bytes)", name, v.mv_size);
-        else {
-            memcpy(*data, v.mv_data, v.mv_size);
-            *len = v.mv_size;
-        }
-    }
     db_rtxn_end(db, txn);
     return db_translate(rc, name);
+}
+
+int db_get_thumb(db_t *db, uint64_t image_id, void **jpeg, size_t *len)
+{
+    *jpeg = NULL;
+    *len = 0;
+    MDB_txn *txn;
+    int rc = db_rtxn_begin(db, &txn);
+    if (rc)
+        return rc;
+    rc = copy_extra(db, txn, image_id, DB_THUMB_EXTRA, jpeg, len);
+    if (rc == MDB_NOTFOUND) {
+        /* which 404: no such image, or one stored before thumbnails were made */
+        MDB_val v;
+        rc = db_get_by_id(db, txn, D_IMAGES, image_id, &v);
+        if (rc == MDB_NOTFOUND)
+            rc = umg_err_set(UMG_ENOENT, "no image %llu", (unsigned long long)image_id);
+        else if (!rc)
+            rc = umg_err_set(UMG_ENOENT, "image %llu has no thumbnail: it was stored before thumbnails were "
+                             "made at ingest (delete it and ingest it again to get one)",
+                             (unsigned long long)image_id);
+    } else if (!rc && (*len < 4 || memcmp(*jpeg, "\xff\xd8\xff", 3))) {
+        rc = db_damaged(db, "image %llu: thumbnail of %zu bytes is not a JPEG", (unsigned long long)image_id, *len);
+        free(*jpeg);
+        *jpeg = NULL;
+        *len = 0;
+    }
+    db_rtxn_end(db, txn);
+    return db_translate(rc, "reading a thumbnail");
 }
 
 /* ---- folders that change: listing by path prefix, re-pathing ---- */

@@ -38,6 +38,7 @@ typedef struct eng_config {
     int threads;            /* run states for query images; the text lanes' threads (>= 1) */
     int no_patches;         /* do not store patch tokens (no heatmaps, no refine, no boxes
                                on stored images) */
+    int no_thumbs;          /* store no JPEG thumbnail per photo (db_get_thumb; benchmarks) */
     int text_lanes;         /* text passes encoded at once (>= 1; text_lanes.h) */
     int text_batch_wait_us; /* text_lanes.h: a lone text query waits this long for company */
     int test_text_pass_ms;  /* tests only: every text pass lasts at least this long (0 = off) */

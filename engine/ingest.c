@@ -14,6 +14,7 @@
 
 #include "capture.h"
 #include "enc_image.h"
+#include "enc_thumb.h"
 #include "umg_error.h"
 
 struct eng_ingest {
@@ -33,6 +34,8 @@ struct eng_ingest {
     int n_boxes;
     eng_crop *crops;          /* region mode crop: one per box, same order */
     int n_crops;
+    uint8_t *thumb;           /* JPEG thumbnail (enc_thumb.h), stored as DB_THUMB_EXTRA; NULL: none */
+    size_t thumb_len;
     char **tags;
     int n_tags;
     int prepared, done;
@@ -146,6 +149,7 @@ void eng_ingest_free(eng_ingest *ing)
     free(ing->boxes);
     for (int i = 0; i < ing->n_crops; i++) free(ing->crops[i].rgb);
     free(ing->crops);
+    free(ing->thumb);
     if (ing->tags)
         for (int i = 0; i < ing->n_tags; i++) free(ing->tags[i]);
     free(ing->tags);
@@ -270,8 +274,15 @@ static int ingest_pixels(eng *e, eng_ingest *ing)
         }
         ing->n_boxes = kept;
     }
+    double t3 = thread_cpu_ms();
+    ing->res.cpu_ms_propose = t3 - t2;
+    /* the thumbnail from these very pixels: oriented, and never larger than
+     * what was decoded (a DCT-shrunk decode gives fewer) */
+    if (!rc && !e->cfg.no_thumbs) {
+        rc = enc_thumb_make(&img, ENC_THUMB_LONG_SIDE, ENC_THUMB_QUALITY, &ing->thumb, &ing->thumb_len);
+        ing->res.cpu_ms_thumb = thread_cpu_ms() - t3;
+    }
     enc_image_free(&img);
-    ing->res.cpu_ms_propose = thread_cpu_ms() - t2;
     return rc;
 }
 
@@ -286,6 +297,9 @@ int eng_ingest_prepare(eng *e, eng_ingest *ing)
 }
 
 /* ---- a batch (the store_batch thread) ------------------------------------ */
+
+/* the extras a photo stores: patch tokens, thumbnail */
+#define ENG_EXTRAS_PER_PHOTO 2
 
 typedef struct scratch_layout {
     size_t pixels, embeds, patches, regvecs, cropvecs, f16, ins, rins, extras, ids, rids, total;
@@ -306,7 +320,7 @@ static scratch_layout layout(const eng *e)
     PLACE(f16, B * GG * D * sizeof(uint16_t));
     PLACE(ins, B * sizeof(db_image_in));
     PLACE(rins, B * R * sizeof(db_region_in));
-    PLACE(extras, B * sizeof(db_extra_in));
+    PLACE(extras, B * ENG_EXTRAS_PER_PHOTO * sizeof(db_extra_in));
     PLACE(ids, B * sizeof(uint64_t));
     PLACE(rids, B * R * sizeof(uint64_t));
 #undef PLACE
@@ -413,15 +427,14 @@ void eng_ingest_store_batch(eng *e, eng_ingest **ings, int n)
         in->vector = embeds + (size_t)i * D;
         in->regions = &rins[(size_t)i * R];
         in->n_regions = nr;
+        db_extra_in *ex = &extras[(size_t)i * ENG_EXTRAS_PER_PHOTO];
+        in->extras = ex;
         if (!e->cfg.no_patches) {
             uint16_t *h = f16 + (size_t)i * GG * D;
             eng_patch_tokens_encode(e, pt, h);
-            extras[i].name = ENG_PATCH_TOKENS_EXTRA;
-            extras[i].data = h;
-            extras[i].len = GG * D * sizeof(uint16_t);
-            in->extras = &extras[i];
-            in->n_extras = 1;
+            ex[in->n_extras++] = (db_extra_in){ENG_PATCH_TOKENS_EXTRA, h, GG * D * sizeof(uint16_t)};
         }
+        if (ing->thumb) ex[in->n_extras++] = (db_extra_in){DB_THUMB_EXTRA, ing->thumb, ing->thumb_len};
         in->capture = &ing->capture;
     }
 

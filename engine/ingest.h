@@ -6,7 +6,8 @@
  *   eng_ingest_begin        hashes the bytes; the same path with the same
  *                           content is a duplicate, answered at once (done)
  *   eng_ingest_prepare      CPU of one photo: decode, preprocess, propose
- *                           regions, cut their crops (region mode crop); any
+ *                           regions, cut their crops (region mode crop), make
+ *                           its thumbnail from the decoded pixels; any
  *                           thread, several at once
  *   eng_ingest_store_batch  encode up to cfg.batch prepared photos in one pass,
  *                           pool their regions, store them in one transaction
@@ -52,6 +53,7 @@ typedef struct eng_ingest_result {
     int replaced;           /* the path held other bytes: that image was replaced */
     /* CPU milliseconds of eng_ingest_prepare's steps (the calling thread's clock; benchmarks) */
     double cpu_ms_decode, cpu_ms_preprocess, cpu_ms_propose;
+    double cpu_ms_thumb;    /* the thumbnail (resize + JPEG encoding), part of prepare */
 } eng_ingest_result;
 
 typedef struct eng_ingest eng_ingest;
@@ -61,7 +63,9 @@ typedef struct eng_ingest eng_ingest;
  * is a duplicate and its result is final. */
 int eng_ingest_begin(eng *e, const eng_ingest_req *req, eng_ingest **out);
 int eng_ingest_done(const eng_ingest *ing);
-/* Decode, preprocess, propose, crop.  An error is also recorded in the
+/* Decode, preprocess, propose, crop, thumbnail (encoder/enc_thumb.h: made
+ * from the pixels just decoded, oriented; stored with the photo as the extra
+ * DB_THUMB_EXTRA unless cfg.no_thumbs).  An error is also recorded in the
  * result (done); the photo must then not be passed to store_batch. */
 int eng_ingest_prepare(eng *e, eng_ingest *ing);
 /* Encode and store ings[0..n) (n <= cfg.batch, each prepared, none done);

@@ -116,6 +116,7 @@ const proto_op proto_op_table[PROTO_OP_COUNT] = {
     [PROTO_OP_STATS] = {"stats", PROTO_OP_STATS, NULL, 0, 0},
     [PROTO_OP_LIST] = {"list", PROTO_OP_LIST, ARGS(list_args), 0},
     [PROTO_OP_MOVE] = {"move", PROTO_OP_MOVE, ARGS(move_args), 0},
+    [PROTO_OP_THUMB] = {"thumb", PROTO_OP_THUMB, ARGS(by_id_or_path_args), 2},
 };
 
 const proto_op *proto_ops(void) { return proto_op_table; }

@@ -57,6 +57,7 @@ enum proto_op_code {
     PROTO_OP_STATS,
     PROTO_OP_LIST,      /* folders that change: stored images under a path prefix */
     PROTO_OP_MOVE,      /* folders that change: re-path a stored image */
+    PROTO_OP_THUMB,     /* a stored image's JPEG thumbnail */
     PROTO_OP_COUNT
 };
 
@@ -155,7 +156,7 @@ typedef struct proto_query_image_args {
     proto_filters filters;
     uint64_t offset, per_photo;   /* as in proto_query_args */
 } proto_query_image_args;
-typedef struct proto_image_ref_args { /* get, delete */
+typedef struct proto_image_ref_args { /* get, delete, thumb */
     bool has_image_id;
     uint64_t image_id;
     proto_str path;
@@ -178,7 +179,7 @@ typedef union proto_args {
     proto_ingest_args ingest;
     proto_query_args query;
     proto_query_image_args query_image;
-    proto_image_ref_args get, del;
+    proto_image_ref_args get, del, thumb;
     proto_list_args list;
     proto_move_args move;
 } proto_args;

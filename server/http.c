@@ -28,10 +28,11 @@ enum route {
     R_OP,         /* POST /v1/{op} */
     R_IMAGE,      /* GET /v1/images/{id} */
     R_IMAGE_FILE, /* GET /v1/images/{id}/file */
+    R_IMAGE_THUMB, /* GET /v1/images/{id}/thumb */
     R_ASSET,      /* GET of an embedded file (/v1/openapi.json, the page) */
 };
 
-enum hdr { H_OTHER, H_AUTH, H_EXPECT };
+enum hdr { H_OTHER, H_AUTH, H_EXPECT, H_IF_NONE_MATCH };
 
 struct srv_http {
     http_parser p;
@@ -49,6 +50,8 @@ struct srv_http {
     size_t auth_len;
     char expect[32];
     size_t expect_len;
+    char if_none_match[256];   /* a thumbnail's revalidation: ETags the client holds */
+    size_t if_none_match_len;
     uint8_t *body;
     size_t body_len, body_cap, body_max;
     /* the request, once its headers are complete */
@@ -102,15 +105,17 @@ static int reject(http_parser *p, int status, int code, const char *fmt, ...)
 /* ---- sending ------------------------------------------------------------------ */
 
 /* One answer: status line, headers, body (copied).  close: "Connection:
- * close", and the connection closes once it is written. */
-static void send_answer(srv_conn *c, int status, const char *ctype, const void *body, size_t len, int close,
-                        const char *extra)
+ * close", and the connection closes once it is written.  cache: the
+ * Cache-Control value.  A 304 has neither body nor content headers. */
+static void send_answer_cached(srv_conn *c, int status, const char *ctype, const void *body, size_t len, int close,
+                               const char *cache, const char *extra)
 {
-    char head[512];
+    char head[640], content[160] = "";
+    if (status != 304)
+        snprintf(content, sizeof content, "Content-Type: %s\r\nContent-Length: %zu\r\n", ctype, len);
     int n = snprintf(head, sizeof head,
-                     "HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\n"
-                     "X-Content-Type-Options: nosniff\r\nCache-Control: no-store\r\n%s%s\r\n",
-                     status, http_reason(status), ctype, len, extra ? extra : "",
+                     "HTTP/1.1 %d %s\r\n%sX-Content-Type-Options: nosniff\r\nCache-Control: %s\r\n%s%s\r\n",
+                     status, http_reason(status), content, cache, extra ? extra : "",
                      close ? "Connection: close\r\n" : "");
     char *buf = malloc((size_t)n + len);
     if (!buf) {
@@ -125,6 +130,33 @@ static void send_answer(srv_conn *c, int status, const char *ctype, const void *
         c->http->linger_ns = srv_now_ns();
         if (uv_shutdown(&c->http->shutdown, &c->h.stream, NULL)) srv_conn_close(c, "shutdown failed");
     }
+}
+
+static void send_answer(srv_conn *c, int status, const char *ctype, const void *body, size_t len, int close,
+                        const char *extra)
+{
+    send_answer_cached(c, status, ctype, body, len, close, "no-store", extra);
+}
+
+/* A thumbnail: its ETag is a digest of its bytes, so it changes whenever
+ * the bytes do (a path replaced is a new image id anyway; a new data
+ * directory reuses ids from 1).  "no-cache": kept by the client, revalidated
+ * at each use (a 304 without the bytes); not "immutable", because an id can
+ * name another photo in another data directory behind the same address. */
+static void send_thumb(srv_conn *c, srv_http *h, const uint8_t *jpeg, size_t len, int close)
+{
+    uint8_t sum[32];
+    unsigned int sn = 32;
+    EVP_Digest(jpeg, len, sum, &sn, EVP_sha256(), NULL);
+    char etag[40] = "\"";
+    for (int i = 0; i < 16; i++) snprintf(etag + 1 + 2 * i, 3, "%02x", sum[i]);
+    strcat(etag, "\"");
+    char extra[64];
+    snprintf(extra, sizeof extra, "ETag: %s\r\n", etag);
+    /* If-None-Match: "*" or a list of (weak or strong) tags; ours are quoted hex */
+    int match = h->if_none_match_len &&
+                (!strcmp(h->if_none_match, "*") || strstr(h->if_none_match, etag) != NULL);
+    send_answer_cached(c, match ? 304 : 200, "image/jpeg", jpeg, match ? 0 : len, close, "private, no-cache", extra);
 }
 
 static void send_json_error(srv_conn *c, int status, int code, const char *msg, int close)
@@ -147,7 +179,8 @@ void srv_http_answer(srv_conn *c, srv_job *job)
     srv_http *h = c->http;
     int close = !h->keep_alive;
     if (job->raw_type && !job->status) {
-        send_answer(c, 200, job->raw_type, job->resp.data, job->resp.size, close, NULL);
+        if (h->route == R_IMAGE_THUMB) send_thumb(c, h, (const uint8_t *)job->resp.data, job->resp.size, close);
+        else send_answer(c, 200, job->raw_type, job->resp.data, job->resp.size, close, NULL);
         return;
     }
     char *json;
@@ -179,7 +212,8 @@ static int on_message_begin(http_parser *p)
     h->hdr_bytes = 0;
     h->n_headers = 0;
     h->last_was_value = 0;
-    h->field_len = h->url_len = h->auth_len = h->expect_len = 0;
+    h->field_len = h->url_len = h->auth_len = h->expect_len = h->if_none_match_len = 0;
+    h->if_none_match[0] = 0;
     h->body_len = 0;
     h->route = R_NONE;
     h->headers_done_ns = 0;
@@ -233,12 +267,17 @@ static int on_header_value(http_parser *p, const char *at, size_t len)
             h->field[h->field_len] = 0;
             if (!strcasecmp(h->field, "authorization")) h->cur = H_AUTH, h->auth_len = 0;
             else if (!strcasecmp(h->field, "expect")) h->cur = H_EXPECT, h->expect_len = 0;
+            else if (!strcasecmp(h->field, "if-none-match")) h->cur = H_IF_NONE_MATCH, h->if_none_match_len = 0;
         }
     }
     int over = 0;
     switch (h->cur) {
     case H_AUTH: append(h->auth, sizeof h->auth, &h->auth_len, at, len, &over); break;
     case H_EXPECT: append(h->expect, sizeof h->expect, &h->expect_len, at, len, &over); break;
+    case H_IF_NONE_MATCH:
+        append(h->if_none_match, sizeof h->if_none_match, &h->if_none_match_len, at, len, &over);
+        if (over) h->if_none_match_len = 0, h->if_none_match[0] = 0, over = 0; /* too many tags: revalidation off */
+        break;
     default: break;
     }
     if (over) return reject(p, 431, UMG_ETOOBIG, "header %s too long", h->cur == H_AUTH ? "Authorization" : "value");
@@ -266,6 +305,7 @@ static int route_of(srv_http *h, const char *path, size_t n, int method)
             h->image_id = id;
             if (q == end) return R_IMAGE;
             if ((size_t)(end - q) == 5 && !memcmp(q, "/file", 5)) return R_IMAGE_FILE;
+            if ((size_t)(end - q) == 6 && !memcmp(q, "/thumb", 6)) return R_IMAGE_THUMB;
         }
         return R_NONE;
     }
@@ -422,7 +462,9 @@ static int raw_ingest_frame(srv_http *h, char *query, size_t qlen, msgpack_sbuff
     return http_ingest_request(++h->next_id, name, name_len, tags, tag_lens, n_tags, h->body, h->body_len, sb);
 }
 
-static void queue_file_job(srv_conn *c, uint64_t image_id);
+static void queue_file_job(srv_conn *c, uint64_t image_id, uv_work_cb work);
+static void file_work(uv_work_t *w);
+static void thumb_work(uv_work_t *w);
 
 static void dispatch(srv_conn *c)
 {
@@ -440,7 +482,10 @@ static void dispatch(srv_conn *c)
         send_answer(c, 200, h->asset->content_type, h->asset->data, h->asset->len, !h->keep_alive, ASSET_HEADERS);
         break;
     case R_IMAGE_FILE:
-        queue_file_job(c, h->image_id);
+        queue_file_job(c, h->image_id, file_work);
+        break;
+    case R_IMAGE_THUMB:
+        queue_file_job(c, h->image_id, thumb_work);
         break;
     case R_IMAGE: {
         msgpack_packer pk;
@@ -531,7 +576,27 @@ out:
     if (rc) srv_job_error(job, rc, umg_err_msg());
 }
 
-static void queue_file_job(srv_conn *c, uint64_t image_id)
+/* GET /v1/images/{id}/thumb: the JPEG stored at ingest (db_get_thumb);
+ * photos stored before thumbnails existed have none (404, saying so). */
+static void thumb_work(uv_work_t *w)
+{
+    srv_job *job = w->data;
+    umg_err_clear();
+    void *jpeg;
+    size_t len;
+    int rc = db_get_thumb(job->s->db, job->id, &jpeg, &len);
+    if (rc) {
+        srv_job_error(job, rc, umg_err_msg());
+        return;
+    }
+    msgpack_sbuffer_destroy(&job->resp);
+    job->resp.data = jpeg; /* the sbuffer owns the thumbnail's bytes now */
+    job->resp.size = job->resp.alloc = len;
+    job->raw_type = "image/jpeg";
+}
+
+/* A GET of an image's bytes (file_work, thumb_work) on the threadpool. */
+static void queue_file_job(srv_conn *c, uint64_t image_id, uv_work_cb work)
 {
     srv_job *job = srv_job_new(c, NULL, PROTO_OP_GET, 0);
     if (!job) {
@@ -539,7 +604,7 @@ static void queue_file_job(srv_conn *c, uint64_t image_id)
         return;
     }
     job->id = image_id;
-    int rc = uv_queue_work(c->s->loop, &job->work, file_work, srv_after_work);
+    int rc = uv_queue_work(c->s->loop, &job->work, work, srv_after_work);
     if (rc) {
         srv_job_error(job, UMG_EINTERNAL, uv_strerror(rc));
         srv_job_finish(job);

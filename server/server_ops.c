@@ -38,16 +38,6 @@ static void pack_strn(msgpack_packer *pk, const char *s, size_t n)
     msgpack_pack_str_body(pk, s, n);
 }
 
-void srv_job_error(srv_job *job, int code, const char *msg)
-{
-    if (code >= 0) code = UMG_EINTERNAL;
-    if (!msg || !*msg) msg = umg_strerror(code);
-    job->status = code;
-    snprintf(job->errmsg, sizeof job->errmsg, "%s", msg);
-    job->resp.size = 0;
-    if (proto_response_error(&job->resp, job->id, code, msg)) job->resp.size = 0;
-}
-
 /* End a success response begun with proto_response_begin; keeps the status
  * in step when the builder had to replace it by an error. */
 static void job_response_end(srv_job *job, proto_writer *w)
@@ -555,7 +545,7 @@ static int h_ingest(void *ctx, proto_request *req)
 {
     srv_job *job = ctx;
     srv_stage1_begin(job->s);
-    int rc = uv_queue_work(job->s->loop, &job->work, ingest_work, srv_after_work);
+    int rc = uv_queue_work(job->s->loop, &job->work, ingest_work, job->s->after_work);
     if (rc) srv_stage1_end(job->s);
     return rc ? umg_err_set(UMG_EINTERNAL, "uv_queue_work: %s", uv_strerror(rc)) : 0;
 }
@@ -687,7 +677,9 @@ static void query_image_work(uv_work_t *w)
 
 static int resolve_image(srv_job *job, uint64_t *id)
 {
-    const proto_image_ref_args *a = job->op == PROTO_OP_GET ? &job->req->a.get : &job->req->a.del;
+    const proto_image_ref_args *a = job->op == PROTO_OP_DELETE  ? &job->req->a.del
+                                    : job->op == PROTO_OP_THUMB ? &job->req->a.thumb
+                                                                : &job->req->a.get;
     if (a->has_image_id) {
         *id = a->image_id;
         return 0;
@@ -787,6 +779,29 @@ static void delete_work(uv_work_t *w)
     if (rc) srv_job_error(job, rc, umg_err_msg());
 }
 
+/* The JPEG thumbnail stored at ingest (db_get_thumb; GET /v1/images/{id}/thumb
+ * serves the same bytes raw). */
+static void thumb_work(uv_work_t *w)
+{
+    srv_job *job = w->data;
+    umg_err_clear();
+    uint64_t id;
+    void *jpeg = NULL;
+    size_t len = 0;
+    int rc = resolve_image(job, &id);
+    if (!rc) rc = db_get_thumb(job->s->db, id, &jpeg, &len);
+    proto_writer wr;
+    if (!rc && proto_response_begin(&wr, &job->resp, job->id)) rc = umg_err_set(UMG_ENOMEM, "out of memory");
+    if (!rc) {
+        msgpack_pack_map(&wr.pk, 2);
+        pack_key(&wr.pk, "image_id"), msgpack_pack_uint64(&wr.pk, id);
+        pack_key(&wr.pk, "data"), msgpack_pack_bin(&wr.pk, len), msgpack_pack_bin_body(&wr.pk, jpeg, len);
+        job_response_end(job, &wr);
+    }
+    free(jpeg);
+    if (rc) srv_job_error(job, rc, umg_err_msg());
+}
+
 /* ---- folders that change: list, move (engine/sync.h) ---- */
 
 static void list_work(uv_work_t *w)
@@ -858,7 +873,7 @@ static void move_work(uv_work_t *w)
     static int name(void *ctx, proto_request *req)                                                 \
     {                                                                                              \
         srv_job *job = ctx;                                                                        \
-        int rc = uv_queue_work(job->s->loop, &job->work, fn, srv_after_work);                     \
+        int rc = uv_queue_work(job->s->loop, &job->work, fn, job->s->after_work);                  \
         return rc ? umg_err_set(UMG_EINTERNAL, "uv_queue_work: %s", uv_strerror(rc)) : 0;          \
     }
 QUEUE_HANDLER(h_query_queue, query_work)
@@ -875,6 +890,7 @@ QUEUE_HANDLER(h_get, get_work)
 QUEUE_HANDLER(h_delete, delete_work)
 QUEUE_HANDLER(h_list, list_work)
 QUEUE_HANDLER(h_move, move_work)
+QUEUE_HANDLER(h_thumb, thumb_work)
 
 /* The command table: each op of the protocol's table (name, argument spec)
  * bound to its handler, as constant data indexed by enum proto_op_code. */
@@ -894,6 +910,7 @@ static const srv_command commands[PROTO_OP_COUNT] = {
     [PROTO_OP_STATS] = {&proto_op_table[PROTO_OP_STATS], h_stats},
     [PROTO_OP_LIST] = {&proto_op_table[PROTO_OP_LIST], h_list},
     [PROTO_OP_MOVE] = {&proto_op_table[PROTO_OP_MOVE], h_move},
+    [PROTO_OP_THUMB] = {&proto_op_table[PROTO_OP_THUMB], h_thumb},
 };
 
 int srv_dispatch(srv_job *job, proto_request *req)

@@ -1591,6 +1591,67 @@ static void test_open_checks_newest_id(void **state)
     db_close(db);
 }
 
+/* Thumbnails (db_get_thumb): stored with the image in its transaction, gone
+ * with it (delete, replace of its path, another image moved onto its path),
+ * kept by a move; an image without one and a damaged one are told apart. */
+static void test_thumb_record(void **state)
+{
+    fixture *f = *state;
+    db_options o = opts_for(f);
+    db_t *db = open_ok(f, &o);
+    static const uint8_t jpeg[] = {0xff, 0xd8, 0xff, 0xe0, 1, 2, 3, 0xff, 0xd9};
+    db_extra_in ex = {DB_THUMB_EXTRA, jpeg, sizeof jpeg};
+    img_buf a, b, c;
+    make_image(&a, "/p/a.jpg", 1);
+    a.in.extras = &ex, a.in.n_extras = 1;
+    make_image(&b, "/p/b.jpg", 0); /* stored without one: as before thumbnails */
+    uint64_t ida, idb, idc;
+    assert_int_equal(db_put_image(db, &a.in, &ida, NULL), 0);
+    assert_int_equal(db_put_image(db, &b.in, &idb, NULL), 0);
+    void *t;
+    size_t tl;
+    assert_int_equal(db_get_thumb(db, ida, &t, &tl), 0);
+    assert_int_equal(tl, sizeof jpeg);
+    assert_memory_equal(t, jpeg, sizeof jpeg);
+    free(t);
+    assert_int_equal(db_get_thumb(db, idb, &t, &tl), UMG_ENOENT);
+    assert_null(t);
+    assert_non_null(strstr(umg_err_msg(), "has no thumbnail"));
+    assert_int_equal(db_get_thumb(db, 999, &t, &tl), UMG_ENOENT);
+    assert_non_null(strstr(umg_err_msg(), "no image 999"));
+    /* not a JPEG: damaged, never returned */
+    assert_int_equal(db_put_extra(db, idb, DB_THUMB_EXTRA, "GIF89a", 6), 0);
+    assert_int_equal(db_get_thumb(db, idb, &t, &tl), UMG_EINTERNAL);
+    assert_null(t);
+    /* a move keeps it (same photo, same id) */
+    uint64_t replaced;
+    assert_int_equal(db_move_image(db, ida, "/q/a.jpg", 0, &replaced), 0);
+    assert_int_equal(db_get_thumb(db, ida, &t, &tl), 0);
+    free(t);
+    /* replacing the path: the old image and its thumbnail go, the new one has its own */
+    make_image(&c, "/q/a.jpg", 0);
+    c.in.sha256[0] ^= 1;
+    c.in.replace = 1;
+    c.in.extras = &ex, c.in.n_extras = 1;
+    assert_int_equal(db_put_image(db, &c.in, &idc, NULL), 0);
+    assert_int_equal(db_get_thumb(db, ida, &t, &tl), UMG_ENOENT);
+    assert_non_null(strstr(umg_err_msg(), "no image"));
+    assert_int_equal(db_get_thumb(db, idc, &t, &tl), 0);
+    free(t);
+    /* moving another image onto its path deletes it with its thumbnail */
+    assert_int_equal(db_put_extra(db, idb, DB_THUMB_EXTRA, jpeg, sizeof jpeg), 0);
+    assert_int_equal(db_move_image(db, idb, "/q/a.jpg", 0, &replaced), 0);
+    assert_int_equal(replaced, idc);
+    assert_int_equal(db_get_thumb(db, idc, &t, &tl), UMG_ENOENT);
+    /* delete; and nothing is left of it in LMDB after a reopen */
+    assert_int_equal(db_delete_image(db, idb), 0);
+    assert_int_equal(db_get_thumb(db, idb, &t, &tl), UMG_ENOENT);
+    db_close(db);
+    db = open_ok(f, &o);
+    assert_int_equal(db_get_extra(db, idb, DB_THUMB_EXTRA, &t, &tl), UMG_ENOENT);
+    db_close(db);
+}
+
 int main(int argc, char **argv)
 {
     (void)argc;
@@ -1599,6 +1660,7 @@ int main(int argc, char **argv)
         cmocka_unit_test_setup_teardown(test_roundtrip, setup, teardown),
         cmocka_unit_test_setup_teardown(test_bad_input, setup, teardown),
         cmocka_unit_test_setup_teardown(test_duplicate_and_replace, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_thumb_record, setup, teardown),
         cmocka_unit_test_setup_teardown(test_search_and_delete, setup, teardown),
         cmocka_unit_test_setup_teardown(test_other_model, setup, teardown),
         cmocka_unit_test_setup_teardown(test_read_only_open, setup, teardown),

@@ -24,6 +24,7 @@
 
 #include "enc_decode.h" /* enc_meta_set_camera */
 #include "enc_image.h"
+#include "enc_thumb.h"
 #include "test_util.h"
 #include "umg_error.h"
 
@@ -1296,6 +1297,115 @@ static void test_fast_decode(void **state)
     assert_int_equal(enc_decode_mode_parse("quick", &fast), UMG_EINVAL);
 }
 
+/* ---- thumbnails (enc_thumb.h) --------------------------------------------------- */
+
+static double mean_abs_diff(const enc_image *a, const enc_image *b)
+{
+    assert_int_equal(a->width, b->width);
+    assert_int_equal(a->height, b->height);
+    size_t n = (size_t)a->width * a->height * 3;
+    double s = 0;
+    for (size_t i = 0; i < n; i++) s += abs((int)a->rgb[i] - (int)b->rgb[i]);
+    return s / (double)n;
+}
+
+static void test_thumb_size(void **state)
+{
+    (void)state;
+    static const int cases[][5] = {
+        /* w, h, long side -> w, h */
+        {640, 427, 320, 320, 214}, {427, 640, 320, 214, 320}, {4000, 3000, 320, 320, 240},
+        {320, 100, 320, 320, 100}, {32, 16, 320, 32, 16} /* never upscaled */, {300, 224, 320, 300, 224},
+        {10000, 1, 320, 320, 1}, {1, 10000, 320, 1, 320}, {5, 5, 320, 5, 5},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        int tw, th;
+        enc_thumb_size(cases[i][0], cases[i][1], cases[i][2], &tw, &th);
+        if (tw != cases[i][3] || th != cases[i][4])
+            fail_msg("%dx%d at %d: %dx%d, want %dx%d", cases[i][0], cases[i][1], cases[i][2], tw, th, cases[i][3],
+                     cases[i][4]);
+    }
+}
+
+/* Made from oriented pixels, the thumbnail is upright whatever the file's
+ * EXIF orientation: each exif_N.jpg stores the same picture turned another
+ * way; every thumbnail must look like the reference (PIL's exif_transpose),
+ * and not like its mirror image. */
+static void test_thumb_oriented(void **state)
+{
+    (void)state;
+    enc_image ref = {0};
+    ref.width = 32, ref.height = 16;
+    size_t rl;
+    ref.rgb = read_all(IMG_DIR "/exif_1.rgb", &rl);
+    assert_int_equal(rl, 32 * 16 * 3);
+    enc_image mirror = {32, 16, malloc(rl)};
+    for (int y = 0; y < 16; y++)
+        for (int x = 0; x < 32; x++) memcpy(mirror.rgb + (y * 32 + x) * 3, ref.rgb + (y * 32 + 31 - x) * 3, 3);
+    for (int o = 1; o <= 8; o++) {
+        char path[256];
+        snprintf(path, sizeof path, IMG_DIR "/exif_%d.jpg", o);
+        size_t len;
+        uint8_t *jpg = read_all(path, &len);
+        enc_image im = {0}, th = {0};
+        assert_int_equal(enc_image_decode(jpg, len, MAXPX, &im), 0);
+        uint8_t *t;
+        size_t tl;
+        assert_int_equal(enc_thumb_make(&im, ENC_THUMB_LONG_SIDE, ENC_THUMB_QUALITY, &t, &tl), 0);
+        assert_true(tl > 3 && t[0] == 0xff && t[1] == 0xd8);
+        assert_int_equal(enc_image_decode(t, tl, MAXPX, &th), 0);
+        /* 32x16, as small as the photo: not enlarged to 320 */
+        assert_int_equal(th.width, 32);
+        assert_int_equal(th.height, 16);
+        double d = mean_abs_diff(&th, &ref), dm = mean_abs_diff(&th, &mirror);
+        if (!(d < 16 && dm > 40)) fail_msg("exif_%d: thumbnail differs from the upright photo by %.1f, from its mirror by %.1f", o, d, dm);
+        free(t);
+        free(jpg);
+        enc_image_free(&im);
+        enc_image_free(&th);
+    }
+    enc_image_free(&ref);
+    enc_image_free(&mirror);
+}
+
+/* A real photo: long side 320 with the aspect kept, the pixels of the bicubic
+ * resize up to JPEG's loss, none of the original's metadata. */
+static void test_thumb_resized(void **state)
+{
+    (void)state;
+    size_t len;
+    uint8_t *jpg = read_all(CLIP_DIR "/images/rocket.jpg", &len);
+    enc_image im = {0}, th = {0}, rs = {0};
+    assert_int_equal(enc_image_decode(jpg, len, MAXPX, &im), 0);
+    assert_int_equal(im.width, 640);
+    uint8_t *t;
+    size_t tl;
+    assert_int_equal(enc_thumb_make(&im, ENC_THUMB_LONG_SIDE, ENC_THUMB_QUALITY, &t, &tl), 0);
+    assert_int_equal(enc_image_decode(t, tl, MAXPX, &th), 0);
+    assert_int_equal(th.width, 320);
+    assert_int_equal(th.height, 214);
+    assert_int_equal(enc_image_resize(&im, 320, 214, &rs), 0);
+    double d = mean_abs_diff(&th, &rs);
+    if (d > 4) fail_msg("thumbnail differs from the resized photo by %.2f per sample", d);
+    assert_true(tl < 40000);                            /* ~15 KB at quality 80 */
+    assert_null(memmem(t, tl, "Exif", 4));               /* no metadata carried over */
+    /* a lower quality is smaller: the quality reaches the encoder */
+    uint8_t *t2;
+    size_t tl2;
+    assert_int_equal(enc_thumb_make(&im, ENC_THUMB_LONG_SIDE, 30, &t2, &tl2), 0);
+    assert_true(tl2 < tl * 3 / 4);
+    free(t2);
+    /* bad arguments */
+    assert_int_equal(enc_thumb_make(&im, 0, 80, &t2, &tl2), UMG_EINVAL);
+    assert_int_equal(enc_thumb_make(&im, 320, 101, &t2, &tl2), UMG_EINVAL);
+    assert_null(t2);
+    free(t);
+    free(jpg);
+    enc_image_free(&im);
+    enc_image_free(&th);
+    enc_image_free(&rs);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1327,6 +1437,9 @@ int main(void)
         cmocka_unit_test(test_camera_names),
         cmocka_unit_test(test_capture_metadata),
         cmocka_unit_test(test_fast_decode),
+        cmocka_unit_test(test_thumb_size),
+        cmocka_unit_test(test_thumb_oriented),
+        cmocka_unit_test(test_thumb_resized),
     };
     return cmocka_run_group_tests(tests, setup_tmp, teardown_tmp);
 }

@@ -964,7 +964,8 @@ static void test_command_table(void **state)
 {
     const proto_op *ops = proto_ops();
     static const char *const names[] = {"hello", "ping", "ingest", "query", "query_image", "get", "delete", "stats",
-                                        "list", "move"};
+                                        "list", "move", "thumb"};
+    assert_int_equal(sizeof names / sizeof names[0], PROTO_OP_COUNT);
     for (int i = 0; i < PROTO_OP_COUNT; i++) {
         assert_int_equal(ops[i].code, i);
         assert_string_equal(ops[i].name, names[i]);

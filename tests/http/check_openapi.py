@@ -25,7 +25,7 @@ import jsonschema
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TINY = os.path.join(ROOT, "tests", "fixtures", "clip-tiny")
-OPS = ["hello", "ping", "ingest", "query", "query_image", "get", "delete", "stats"]  # protocol/proto_request.c
+OPS = ["hello", "ping", "ingest", "query", "query_image", "get", "delete", "stats", "thumb"]  # protocol/proto_request.c
 
 
 def free_port():
@@ -99,6 +99,25 @@ def main():
             checked.append((method, template or path, status))
             return status, answer
 
+        def call_bytes(path, template, headers=None):
+            """A GET answering bytes: its status, media type and documented
+            headers must be what the document gives for it."""
+            req = urllib.request.Request(base + path, headers=headers or {})
+            try:
+                r = urllib.request.urlopen(req, timeout=60)
+                status, hdrs, body = r.status, r.headers, r.read()
+            except urllib.error.HTTPError as e:
+                status, hdrs, body = e.code, e.headers, e.read()
+            resp = doc["paths"][template]["get"]["responses"].get(str(status))
+            assert resp, "GET %s: status %d not in the document" % (path, status)
+            if status != 304:
+                assert hdrs["Content-Type"] in resp["content"], (path, hdrs["Content-Type"], list(resp["content"]))
+                assert int(hdrs["Content-Length"]) == len(body)
+            for h in resp.get("headers", {}):
+                assert hdrs[h], "GET %s: no %s header, which the document gives" % (path, h)
+            checked.append(("GET", template, status))
+            return status, hdrs, body
+
         st, a = call("POST", "/v1/hello", {"client": "check_openapi"})
         assert st == 200 and a["ok"], a
         call("POST", "/v1/ping", {})
@@ -126,8 +145,19 @@ def main():
         assert st == 200 and a["result"]["path"] == "bytes.jpg", a
         st, a = call("POST", "/v1/stats", {})
         assert st == 200 and a["result"]["images"] == 3, a
+        # thumbnails: one per photo whichever way it came; revalidation; 404 once deleted
+        thumb = "/v1/images/{id}/thumb"
+        for iid in (id1, id2):
+            st, hdrs, jpeg = call_bytes("/v1/images/%d/thumb" % iid, thumb)
+            assert st == 200 and jpeg[:2] == b"\xff\xd8", (st, jpeg[:16])
+        st, _, body = call_bytes("/v1/images/%d/thumb" % id1, thumb, {"If-None-Match": hdrs["ETag"]})
+        assert st == 304 and body == b"", st
+        st, a = call("POST", "/v1/thumb", {"path": "bytes.jpg"})     # the msgpack op: the same bytes, base64
+        assert st == 200 and base64.b64decode(a["result"]["data"]) == call_bytes("/v1/images/%d/thumb" % id1, thumb)[2]
         st, a = call("POST", "/v1/delete", {"image_id": id1})
         assert st == 200 and a["result"]["deleted"], a
+        assert call("GET", "/v1/images/%d/thumb" % id1, template=thumb)[0] == 404
+        assert call("POST", "/v1/thumb", {"image_id": id1})[0] == 404
         # errors validate as Error with their documented status
         assert call("POST", "/v1/get", {"image_id": id1})[0] == 404
         assert call("POST", "/v1/query", {"text": "x", "k": 0})[0] == 400

@@ -1,5 +1,7 @@
 """The Python client against the real server (issue 16, "A Python client")."""
+import datetime
 import hashlib
+import io
 import os
 import shutil
 import socket
@@ -248,15 +250,122 @@ def test_query_image_by_bytes_path_and_id(client, collection, photos):
         client.query_image(True)
 
 
-def test_offset_is_sent_only_when_given(client, collection):
+def test_offset_pages_through_the_ranking(client, collection):
     full = client.query("a green star", k=6)
-    assert len(full) == 6                                # no offset: the server accepts it
-    try:
-        paged = client.query("a green star", k=3, offset=2)
-    except umgdb.RequestError as e:                      # today's server: no paging yet
-        assert e.code == "invalid_argument" and "'offset'" in e.message
-    else:                                                # a server with paging
-        assert [h.image_id for h in paged] == [h.image_id for h in full[2:5]]
+    assert len(full) == 6
+    assert [h.image_id for h in client.query("a green star", k=3, offset=2)] == [h.image_id for h in full[2:5]]
+    assert [h.image_id for h in client.query("a green star", k=2, offset=4)] == [h.image_id for h in full[4:6]]
+    by_id = client.query_image(full[0].image_id, k=4)
+    assert [h.image_id for h in client.query_image(full[0].image_id, k=2, offset=2)] == [h.image_id for h in by_id[2:4]]
+    with pytest.raises(umgdb.RequestError) as e:
+        client.query("a green star", offset=10001)
+    assert "'offset'" in e.value.message
+
+
+def test_per_photo(client, collection, photos):
+    # One photo's boxes: one by default, more when asked for (all its boxes the
+    # overlap rule keeps), every one of that photo.
+    name = sorted(photos[2])[5]
+    only = {"path_prefix": collection[name].path}
+    one = client.query("a red circle", granularity="region", k=20, filters=only)
+    many = client.query("a red circle", granularity="region", k=20, per_photo=100000, filters=only)
+    assert len(one) == 1 and len(many) > 1
+    assert {h.image_id for h in many} == {collection[name].image_id}
+    assert many[0].region_id == one[0].region_id
+    assert len(client.query("a red circle", granularity="region", k=20, per_photo=2, filters=only)) == 2
+
+
+FIXTURE_IMAGES = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__))))), "tests", "fixtures", "images")
+
+
+@pytest.fixture(scope="module")
+def captured(server):
+    """Two photos with EXIF capture metadata (tests/fixtures/images, see tests/test_image.c):
+    meta_full.jpg taken 2019-07-14T12:00:00+02:00 with a Fujifilm X-T3 in Sydney, and
+    meta_partial.jpg taken 2021-01-02T03:04:05 (no offset) with a Canon EOS 5D Mark IV in New York."""
+    with umgdb.Client(server.addr) as c:
+        ids = {}
+        for name in ("meta_full.jpg", "meta_partial.jpg"):
+            with open(os.path.join(FIXTURE_IMAGES, name), "rb") as f:
+                ids[name] = c.ingest(f.read(), name="/captured/" + name, tags=["captured"]).image_id
+    return ids
+
+
+def test_capture_filters_as_named_arguments(client, captured):
+    full, partial = captured["meta_full.jpg"], captured["meta_partial.jpg"]
+
+    def found(**kw):
+        return {h.image_id for h in client.query("a photo", k=10, path_prefix="/captured/", **kw)}
+
+    assert found() == {full, partial}
+    assert found(camera="x-t3") == {full}
+    assert found(camera="CANON") == {partial}
+    assert found(taken_after=datetime.date(2020, 1, 1)) == {partial}
+    assert found(taken_before="2020-01-01") == {full}
+    assert found(taken_after="2019-07-14", taken_before=datetime.date(2019, 7, 15)) == {full}
+    # an aware datetime is an instant: 12:00+02:00 is 10:00 UTC
+    utc = datetime.timezone.utc
+    assert found(taken_after=datetime.datetime(2019, 7, 14, 10, 0, 0, tzinfo=utc)) == {full, partial}
+    assert found(taken_after=datetime.datetime(2019, 7, 14, 10, 0, 1, tzinfo=utc)) == {partial}
+    east = datetime.timezone(datetime.timedelta(hours=5, minutes=30))
+    assert found(taken_before=datetime.datetime(2019, 7, 14, 15, 30, 1, tzinfo=east)) == {full}   # 10:00:01Z
+    # a naive datetime is a clock time, compared with each photo's own clock (12:00 in Sydney)
+    assert found(taken_after=datetime.datetime(2019, 7, 14, 11, 59)) == {full, partial}
+    assert found(taken_after=datetime.datetime(2019, 7, 14, 12, 0, 1)) == {partial}
+    assert found(near=(-33.86, 151.21, 50)) == {full}
+    assert found(near={"lat": 40.7, "lon": -74.0, "km": 10}) == {partial}
+    assert found(tags=["captured"], camera="fujifilm", min_score=-1.0) == {full}
+    # the same through filters=, and both ways at once when the keys differ
+    assert {h.image_id for h in client.query("a photo", filters={"path_prefix": "/captured/", "camera": "canon"})} \
+        == {partial}
+    assert {h.image_id for h in client.query_image(full, k=5, filters={"path_prefix": "/captured/"},
+                                                  camera="canon")} == {partial}
+    hit = client.query("a photo", k=10, path_prefix="/captured/", camera="x-t3")[0]
+    assert hit.camera == "Fujifilm X-T3" and hit.taken_at == "2019-07-14T12:00:00+02:00"
+    assert hit.gps == pytest.approx((-33.8568, 151.2153)) and (hit.width, hit.height) == (48, 32)
+    img = client.get(partial)
+    assert (img.camera, img.taken_at) == ("Canon EOS 5D Mark IV", "2021-01-02T03:04:05")
+    assert img.gps == pytest.approx((40.6892, -74.0445)) and "camera" not in img.extra
+    with pytest.raises(umgdb.RequestError) as e:          # the server's own check of the text
+        client.query("a photo", taken_after="last summer")
+    assert "taken_after" in e.value.message
+
+
+def test_filter_argument_checks(client):
+    with pytest.raises(ValueError):                       # one filter given two ways
+        client.query("x", filters={"camera": "a"}, camera="b")
+    with pytest.raises(ValueError):
+        client.query("x", near=(1, 2))
+    with pytest.raises(ValueError):
+        client.query("x", near={"lat": 1, "lon": 2})
+    with pytest.raises(TypeError):
+        client.query("x", tags="one-string")
+    with pytest.raises(TypeError):
+        client.query("x", taken_after=2019)
+
+
+def test_thumb(client, photos):
+    from PIL import Image as PILImage
+    name = sorted(photos[2])[7]
+    data, (w, h), _ = photos[2][name]
+    r = client.ingest(data, name="thumbs/" + name)
+    jpeg = client.thumb(r.image_id)
+    assert isinstance(jpeg, bytes) and jpeg[:3] == b"\xff\xd8\xff"
+    im = PILImage.open(io.BytesIO(jpeg))
+    assert im.format == "JPEG" and max(im.size) == min(320, max(w, h))
+    assert abs(im.size[0] / im.size[1] - w / h) < 0.02
+    assert client.thumb("thumbs/" + name) == jpeg          # by stored path
+    # an EXIF-rotated photo (stored 16x32, shown 32x16): the thumbnail is upright
+    with open(os.path.join(FIXTURE_IMAGES, "exif_6.jpg"), "rb") as f:
+        rot = client.ingest(f.read(), name="thumbs/exif_6.jpg")
+    assert PILImage.open(io.BytesIO(client.thumb(rot.image_id))).size == (32, 16)
+    client.delete(r.image_id)
+    with pytest.raises(umgdb.NotFoundError) as e:
+        client.thumb(r.image_id)
+    assert e.value.code == "not_found"
+    with pytest.raises(TypeError):
+        client.thumb(1.5)
 
 
 # ---- errors -----------------------------------------------------------------

@@ -1,5 +1,6 @@
 """The umgdb client: one connection to ``umgdb serve`` (docs/python.md)."""
 
+import datetime
 import os
 
 from . import _wire
@@ -72,18 +73,82 @@ def _image_ref(ref, what):
     return {"path": os.fspath(ref)}
 
 
-def _search_args(granularity, k, filters, offset, refine):
+# The query filters of the protocol (docs/protocol.md, "query"), each also a
+# named argument of query() and query_image().
+FILTER_KEYS = ("path_prefix", "tags", "min_score", "taken_after", "taken_before", "camera", "near")
+
+
+def _when(value, key):
+    """taken_after / taken_before as the protocol's ISO 8601 text: a str as given;
+    a date as YYYY-MM-DD (its midnight); a datetime to the second, with its UTC
+    offset when it has one (an instant) and without (a clock time, compared with
+    each photo's own clock: docs/protocol.md, "Capture filters")."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, datetime.datetime):
+        text = value.strftime("%Y-%m-%dT%H:%M:%S")
+        off = value.utcoffset()
+        if off is not None:
+            minutes = int(off.total_seconds()) // 60
+            sign = "-" if minutes < 0 else "+"
+            text += "%s%02d:%02d" % (sign, abs(minutes) // 60, abs(minutes) % 60)
+        return text
+    if isinstance(value, datetime.date):
+        return value.isoformat()
+    raise TypeError("%s wants a str, datetime.date or datetime.datetime, not %s" % (key, type(value).__name__))
+
+
+def _near(value):
+    """near as the protocol's map: a (lat, lon, km) sequence or a dict with those keys."""
+    if isinstance(value, dict):
+        if set(value) != {"lat", "lon", "km"}:
+            raise ValueError("near wants the keys lat, lon and km, got %s" % sorted(value))
+        lat, lon, km = value["lat"], value["lon"], value["km"]
+    else:
+        try:
+            lat, lon, km = value
+        except (TypeError, ValueError):
+            raise ValueError("near wants (lat, lon, km) or {'lat', 'lon', 'km'}, not %r" % (value,)) from None
+    return {"lat": float(lat), "lon": float(lon), "km": float(km)}
+
+
+def _filters(filters, named):
+    """The filters map: the filters dict merged with the named filter arguments
+    (a key given both ways is refused rather than silently picked)."""
+    out = dict(filters) if filters else {}
+    for key, value in named.items():
+        if value is None:
+            continue
+        if key in out:
+            raise ValueError("filter %r given twice (as filters[%r] and as %s=)" % (key, key, key))
+        out[key] = value
+    if out.get("tags") is not None:
+        if isinstance(out["tags"], str):
+            raise TypeError("tags must be a list of strings, not one string")
+        out["tags"] = list(out["tags"])
+    for key in ("taken_after", "taken_before"):
+        if out.get(key) is not None:
+            out[key] = _when(out[key], key)
+    if out.get("near") is not None:
+        out["near"] = _near(out["near"])
+    if out.get("min_score") is not None:
+        out["min_score"] = float(out["min_score"])
+    return out
+
+
+def _search_args(granularity, k, filters, offset, refine, per_photo, named_filters):
     args = {}
     if granularity is not None:
         args["granularity"] = granularity
     if k is not None:
         args["k"] = k
-    if filters:
-        args["filters"] = dict(filters)
-    # Paging: not in the server's protocol yet (it answers invalid_argument
-    # naming 'offset'); sent only when asked for, so every other query works.
+    merged = _filters(filters, named_filters)
+    if merged:
+        args["filters"] = merged
     if offset is not None:
         args["offset"] = offset
+    if per_photo is not None:
+        args["per_photo"] = per_photo
     if refine is not None:
         args["refine"] = refine
     return args
@@ -193,27 +258,40 @@ class Client:
         args, stored = _ingest_args(source, name, tags, server_path, self._conn.max_frame)
         return IngestResult.from_wire(self._call("ingest", args, timeout), path=stored)
 
-    def query(self, text, *, granularity="image", k=10, filters=None, offset=None, refine=None, timeout=None):
+    def query(self, text, *, granularity="image", k=10, filters=None, offset=None, refine=None, per_photo=None,
+              path_prefix=None, tags=None, min_score=None, taken_after=None, taken_before=None, camera=None,
+              near=None, timeout=None):
         """Search by text; returns a list of Hit, best first.
 
         granularity: ``"image"`` (photos), ``"region"`` (boxes inside photos: each
         hit has ``box`` and ``region_id``) or ``"pixel"`` (photos with a
-        ``heatmap``). k: 1..1000. filters: ``{"path_prefix": str, "tags": [str]
-        (a hit carries all), "min_score": float}``. refine: ``"pixel"`` re-ranks a
-        region query's boxes by the text's heatmap. offset: paging, not supported
-        by the server yet (it answers RequestError naming 'offset')."""
+        ``heatmap``). k: 1..1000. offset: 0..10000, the hits after the first
+        ``offset`` (paging: 0, k, 2k, ...). per_photo: region queries, the most
+        boxes one photo gives (server default 1). refine: ``"pixel"`` re-ranks a
+        region query's boxes by the text's heatmap.
+
+        Filters (all given must pass), as named arguments or in ``filters`` (a
+        dict with the same keys): path_prefix (str), tags (list of str, a hit
+        carries all), min_score (float), taken_after (inclusive) / taken_before
+        (exclusive): an ISO 8601 str, a ``datetime.date`` or a
+        ``datetime.datetime`` (aware: an instant; naive: each photo's clock
+        time), camera (a case-insensitive substring of the camera's name), near
+        ``(lat, lon, km)``."""
         args = {"text": text}
-        args.update(_search_args(granularity, k, filters, offset, refine))
+        args.update(_search_args(granularity, k, filters, offset, refine, per_photo, dict(
+            path_prefix=path_prefix, tags=tags, min_score=min_score, taken_after=taken_after,
+            taken_before=taken_before, camera=camera, near=near)))
         return self._hits(self._call("query", args, timeout))
 
     def query_image(self, image, *, box=None, granularity="image", k=10, filters=None, offset=None,
-                    timeout=None):
+                    per_photo=None, path_prefix=None, tags=None, min_score=None, taken_after=None,
+                    taken_before=None, camera=None, near=None, timeout=None):
         """Find similar photos or regions; returns a list of Hit, best first.
 
         image: a stored image id (int; it is left out of its own hits unless a box
         is given), bytes of a JPEG/PNG, or a local file path (read here, sent as
         bytes). box: ``(x, y, w, h)`` in the image's pixels, to search with that
-        part only. Other arguments as ``query``."""
+        part only. Other arguments (paging, per_photo, filters) as ``query``."""
         if isinstance(image, bool):
             raise TypeError("query_image wants an image id, bytes or a path, not a bool")
         if isinstance(image, int):
@@ -226,7 +304,9 @@ class Client:
             raise TypeError("query_image wants an image id, bytes or a path, not %s" % type(image).__name__)
         if box is not None:
             args["box"] = [float(v) for v in box]
-        args.update(_search_args(granularity, k, filters, offset, None))
+        args.update(_search_args(granularity, k, filters, offset, None, per_photo, dict(
+            path_prefix=path_prefix, tags=tags, min_score=min_score, taken_after=taken_after,
+            taken_before=taken_before, camera=camera, near=near)))
         return self._hits(self._call("query_image", args, timeout))
 
     @staticmethod
@@ -240,6 +320,13 @@ class Client:
     def delete(self, image, *, timeout=None):
         """Delete an image (id or stored path) with its regions and vectors."""
         return DeleteResult.from_wire(self._call("delete", _image_ref(image, "delete"), timeout))
+
+    def thumb(self, image, *, timeout=None):
+        """The JPEG thumbnail of an image (id or stored path), as bytes: made by the
+        server at ingest, upright (EXIF orientation applied), longer side 320 px or
+        the photo's own when smaller. NotFoundError when the image is not stored, or
+        was stored before the server made thumbnails."""
+        return bytes(self._call("thumb", _image_ref(image, "thumb"), timeout)["data"])
 
     def stats(self, *, timeout=None):
         """Counts, index types, queues, memory: a Stats."""

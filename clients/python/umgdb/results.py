@@ -6,7 +6,7 @@ they are ignored but not lost).
 """
 
 from dataclasses import dataclass, field, fields
-from typing import Any, Dict, List, NamedTuple, Optional
+from typing import Any, Dict, List, NamedTuple, Optional, Tuple
 
 
 class Box(NamedTuple):
@@ -23,6 +23,11 @@ class Box(NamedTuple):
             return None
         x, y, w, h = v
         return cls(float(x), float(y), float(w), float(h))
+
+
+def _gps(v):
+    """[lat, lon] on the wire -> (lat, lon), or None."""
+    return None if v is None else (float(v[0]), float(v[1]))
 
 
 class _Wire:
@@ -100,9 +105,14 @@ class Hit(_Wire):
     region_id: Optional[int] = None
     refined: Optional[float] = None
     heatmap: Optional[Heatmap] = None
+    width: Optional[int] = None       # the photo's size (after EXIF orientation): the frame of box
+    height: Optional[int] = None
+    taken_at: Optional[str] = None    # capture metadata from EXIF, None when unknown (as Image)
+    camera: Optional[str] = None
+    gps: Optional[Tuple[float, float]] = None
     extra: Dict[str, Any] = field(default_factory=dict)
 
-    _CONVERT = {"box": Box.from_wire, "heatmap": Heatmap.from_wire}
+    _CONVERT = {"box": Box.from_wire, "heatmap": Heatmap.from_wire, "gps": _gps}
 
 
     @property
@@ -138,9 +148,13 @@ class Image(_Wire):
     ingest_time: int
     tags: List[str]
     regions: List[Region]
+    taken_at: Optional[str] = None    # ISO 8601 from EXIF DateTimeOriginal (+ its offset when known)
+    camera: Optional[str] = None      # EXIF make and model
+    gps: Optional[Tuple[float, float]] = None   # (lat, lon) in degrees
     extra: Dict[str, Any] = field(default_factory=dict)
 
-    _CONVERT = {"tags": lambda v: list(v or []), "regions": lambda v: [Region.from_wire(r) for r in v or []]}
+    _CONVERT = {"tags": lambda v: list(v or []), "regions": lambda v: [Region.from_wire(r) for r in v or []],
+                "gps": _gps}
 
 
     @property
