@@ -99,9 +99,12 @@ async function main() {
       const url = m.location().url || '';
       // the token-less hello before the token is typed is answered 401, as it must
       if (!tokenGiven && /status of 401/.test(m.text()) && url.endsWith('/v1/hello')) return;
-      // FIXME(thumbs): until GET /v1/images/{id}/thumb is merged the page falls back to /file
-      if (/status of 404/.test(m.text()) && /\/v1\/images\/\d+\/thumb$/.test(url)) return;
       problems.push(`console error: ${m.text()} (${url})`);
+    });
+    const pictures = []; // [id, "thumb" | "file", status] of every picture fetched
+    page.on('response', (r) => {
+      const m = /\/v1\/images\/(\d+)\/(thumb|file)$/.exec(r.url());
+      if (m) pictures.push([+m[1], m[2], r.status()]);
     });
     const requests = [];
     page.on('request', (r) => {
@@ -155,6 +158,15 @@ async function main() {
     assert.ok(top.objects.some((o) => o.phrase === QUERY), `top photo ${top.file} shows a ${QUERY}`);
     await thumbsLoaded(page);
     cards = await readCards(page);
+    // the grid shows thumbnails (GET /v1/images/{id}/thumb), not the originals
+    assert.deepEqual(pictures.map((p) => p[0]).sort(), cards.map((c) => c.id).sort(), 'one picture per card');
+    assert.ok(pictures.every((p) => p[1] === 'thumb' && p[2] === 200), 'thumbnails: ' + JSON.stringify(pictures));
+    const natural = await page.$$eval('#results .stage img', (is) => is.map((i) => [i.naturalWidth, i.naturalHeight]));
+    for (const [i, [nw, nh]] of natural.entries()) {
+      const w = want[i];
+      assert.ok(Math.max(nw, nh) <= 320 && Math.abs(nw / nh - w.width / w.height) < 0.03,
+        `card ${i}: a thumbnail ${nw}x${nh} of the ${w.width}x${w.height} photo`);
+    }
     for (const [i, c] of cards.entries()) {
       // the photo's rectangle keeps its aspect ratio inside the square frame
       const w = want[i];
@@ -295,6 +307,10 @@ async function main() {
     await page.waitForFunction((n) => document.querySelectorAll('#viewer-stage .region').length === n, rec1.regions.length);
     assert.equal(await page.textContent('#viewer-title'), hit1.path);
     await page.waitForFunction(() => document.getElementById('viewer-img').naturalWidth > 0);
+    // the photo view shows the original (ingested by path under --allow-root): its full size
+    assert.deepEqual(pictures[pictures.length - 1], [hit1.image_id, 'file', 200]);
+    assert.deepEqual(await page.evaluate(() => [document.getElementById('viewer-img').naturalWidth,
+      document.getElementById('viewer-img').naturalHeight]), [rec1.width, rec1.height]);
     const view = await page.evaluate(() => {
       const r = (e) => { const b = e.getBoundingClientRect(); return { x: b.x, y: b.y, w: b.width, h: b.height }; };
       return { img: r(document.getElementById('viewer-img')),
@@ -313,7 +329,9 @@ async function main() {
       (await world.api('query', { text: QUERY, granularity: 'image', k: 8 })).hits[2].path);
     await page.keyboard.press('Escape');
     await page.waitForSelector('#viewer', { state: 'hidden' });
-    assert.equal(await activeIndex(), 2, 'focus back on the card last viewed');
+    // the close event (which moves the focus) comes a task after the dialog is hidden
+    await page.waitForFunction(() => document.activeElement.dataset.index === '2', null, { timeout: 5000 })
+      .catch(async () => assert.fail(`focus on card ${await activeIndex()}, not on the card last viewed (2)`));
     await page.keyboard.press('/');
     assert.equal(await page.evaluate(() => document.activeElement.id), 'q', '/ goes to the search box');
     assert.equal(await page.inputValue('#q'), QUERY, 'the "/" was not typed into it');
