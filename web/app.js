@@ -364,7 +364,7 @@
     pager.hidden = !current || (!hits.length && !current.offset);
     if (current) {
       $('prev').disabled = current.offset === 0;
-      $('next').disabled = hits.length < current.k;
+      $('next').disabled = hits.length < current.k || current.offset + current.k > 10000; // the protocol's offset limit
       const page = Math.floor(current.offset / current.k) + 1;
       $('page-info').textContent = 'Page ' + page;
     }

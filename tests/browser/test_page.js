@@ -40,14 +40,20 @@ function readCards(page) {
   }));
 }
 
-// Runs `action` (which starts a search) and waits for its answer to be shown.
+// The bodies of the searches the page sent, in order (searched() appends).
+const sent = [];
+
+// Runs `action` (which starts a search) and waits for its answer to be shown;
+// the status line.
 async function searched(page, action) {
   await page.evaluate(() => { document.getElementById('status').textContent = ''; });
+  const request = page.waitForRequest((r) => r.method() === 'POST' && /\/v1\/query(_image)?$/.test(r.url()));
   await action();
   await page.waitForFunction(() => {
     const s = document.getElementById('status').textContent;
     return s !== '' && !s.startsWith('Searching') && !document.body.classList.contains('busy');
   });
+  sent.push(JSON.parse((await request).postData()));
   return (await page.textContent('#status')).trim();
 }
 
@@ -93,22 +99,20 @@ async function main() {
     const page = await context.newPage();
     page.setDefaultTimeout(20000);
     let tokenGiven = false;
+    let refusalAsked = false; // the query the server refuses (400) on purpose
     page.on('pageerror', (e) => problems.push('page error: ' + e.message));
     page.on('console', (m) => {
       if (m.type() !== 'error') return;
       const url = m.location().url || '';
       // the token-less hello before the token is typed is answered 401, as it must
       if (!tokenGiven && /status of 401/.test(m.text()) && url.endsWith('/v1/hello')) return;
+      if (refusalAsked && /status of 400/.test(m.text()) && url.endsWith('/v1/query')) return;
       problems.push(`console error: ${m.text()} (${url})`);
     });
     const pictures = []; // [id, "thumb" | "file", status] of every picture fetched
     page.on('response', (r) => {
       const m = /\/v1\/images\/(\d+)\/(thumb|file)$/.exec(r.url());
       if (m) pictures.push([+m[1], m[2], r.status()]);
-    });
-    const requests = [];
-    page.on('request', (r) => {
-      if (r.method() === 'POST' && /\/v1\/query$/.test(r.url())) requests.push(JSON.parse(r.postData()));
     });
 
     // ---- the page and its headers
@@ -242,7 +246,7 @@ async function main() {
     const ranking = (await world.api('query', { text: QUERY, granularity: 'image', k: 25 })).hits.map((w) => w.image_id);
     assert.deepEqual(pages.flat(), ranking, 'the pages together are the ranking, no hit twice, none missed');
     assert.match(await searched(page, () => page.click('#prev')), /^Results 17–24 /);
-    assert.deepEqual(requests.slice(-5).map((r) => r.offset), [0, 8, 16, 24, 16]);
+    assert.deepEqual(sent.slice(-5).map((r) => r.offset), [0, 8, 16, 24, 16]);
     // two pages turned quickly, the first answer late: the page shown is the last asked for
     await searched(page, () => page.press('#q', 'Enter'));
     let delayed = null;
@@ -270,7 +274,7 @@ async function main() {
     const wantPP = (await world.api('query', { text: QUERY, granularity: 'region', k: 8, per_photo: 3 })).hits;
     await thumbsLoaded(page);
     cards = await readCards(page);
-    assert.equal(requests[requests.length - 1].per_photo, 3);
+    assert.equal(sent[sent.length - 1].per_photo, 3);
     assert.deepEqual(cards.map((c) => c.id), wantPP.map((w) => w.image_id));
     assert.ok(new Set(cards.map((c) => c.id)).size < cards.length, 'some photo gives more than one box');
     for (const [i, c] of cards.entries())
@@ -380,11 +384,18 @@ async function main() {
     await page.fill('#f-before', '2021-06-30');
     assert.match(await searched(page, () => page.press('#q', 'Enter')), /^No results for “large blue ring”/);
     assert.equal(await page.$$eval('#results .card', (cs) => cs.length), 0);
-    assert.deepEqual(requests[requests.length - 1].filters,
+    assert.deepEqual(sent[sent.length - 1].filters,
       { camera: 'no-such-camera', taken_after: '2020-01-01', taken_before: '2021-06-30' });
     await page.fill('#f-camera', '');
     await page.fill('#f-after', '');
     await page.fill('#f-before', '');
+    // the server's refusal shown as an error, the page still usable after it
+    await page.fill('#f-tags', 'x'.repeat(300));
+    refusalAsked = true;
+    assert.match(await searched(page, () => page.press('#q', 'Enter')), /^invalid_argument: .*tag/);
+    assert.ok(await page.$eval('#status', (e) => e.classList.contains('error')));
+    refusalAsked = false;
+    await page.fill('#f-tags', '');
     log('filters: tags, folder, camera and dates sent; the hostile name and tag shown as text');
 
     // ---- a phone's width: two columns, nothing wider than the screen
