@@ -99,6 +99,7 @@
       $('auth').hidden = true;
       setStatus('');
       $('q').focus();
+      fromAddress();
     }
   });
 
@@ -148,17 +149,65 @@
     return f;
   }
 
-  // A new search from the form's state: about = {text} or {image_id}.
-  function newSearch(about) {
+  // The filter fields as the address keeps them (the form's words, not the request's).
+  const FIELDS = [['tags', 'f-tags'], ['folder', 'f-folder'], ['after', 'f-after'], ['before', 'f-before'],
+                  ['camera', 'f-camera']];
+
+  // A new search from the form's state: about = {text} or {image_id}; the
+  // address gets it (a new history entry) unless it came from the address.
+  function newSearch(about, offset = 0, fromAddress = false) {
+    const fields = {};
+    for (const [key, id] of FIELDS) fields[key] = $(id).value;
     current = Object.assign({}, about, {
       granularity: mode(),
       filters: filters(),
+      fields,
       k: intField('f-k', 1, 1000, 24),
       per_photo: intField('f-perphoto', 1, 100, 1),
-      offset: 0,
+      offset: Math.max(0, offset),
     });
+    if (!fromAddress) remember();
     return run();
   }
+
+  // ---- the address: the search shown is in the URL's fragment
+  // (#q=...&mode=region&k=24&offset=24...), so it can be bookmarked, shared,
+  // reloaded and gone back to.
+
+  function remember() {
+    const c = current, p = new URLSearchParams();
+    if (c.text !== undefined) p.set('q', c.text);
+    else p.set('like', String(c.image_id));
+    p.set('mode', c.granularity);
+    p.set('k', String(c.k));
+    if (c.offset) p.set('offset', String(c.offset));
+    if (c.granularity === 'region' && c.per_photo !== 1) p.set('per_photo', String(c.per_photo));
+    for (const [key] of FIELDS) if (c.fields[key]) p.set(key, c.fields[key]);
+    history.pushState(null, '', '#' + p.toString());
+  }
+
+  // The search the address names, run (false when it names none).
+  function fromAddress() {
+    const p = new URLSearchParams(location.hash.slice(1));
+    const text = p.get('q'), like = p.get('like');
+    if (text === null && like === null) return false;
+    for (const [key, id] of FIELDS) $(id).value = p.get(key) || '';
+    $('f-k').value = p.get('k') || '24';
+    $('f-perphoto').value = p.get('per_photo') || '1';
+    for (const r of document.querySelectorAll('input[name="mode"]')) r.checked = r.value === (p.get('mode') || 'image');
+    if (text !== null) $('q').value = text;
+    newSearch(text !== null ? { text } : { image_id: parseInt(like, 10) }, parseInt(p.get('offset'), 10) || 0, true);
+    return true;
+  }
+
+  window.addEventListener('popstate', () => {
+    if ($('viewer').open) $('viewer').close();
+    if (fromAddress()) return;
+    current = null; // back before the first search
+    hits = [];
+    render();
+    setStatus('');
+  });
 
   async function run() {
     const c = current;
@@ -211,6 +260,7 @@
   // A page is a new search object, so the answer of a page left meanwhile is dropped.
   function turnPage(offset) {
     current = Object.assign({}, current, { offset: Math.max(0, offset) });
+    remember();
     run();
   }
   $('prev').addEventListener('click', () => turnPage(current.offset - current.k));
@@ -517,6 +567,8 @@
   // ---- start ------------------------------------------------------------------
 
   hello().then((ok) => {
-    if (ok) $('q').focus();
+    if (!ok) return;
+    $('q').focus();
+    fromAddress();
   });
 })();

@@ -268,6 +268,20 @@ async function main() {
     assert.deepEqual((await readCards(page)).map((c) => c.id), ranking.slice(16, 24));
     log('paging: 4 pages of 8 are the ranking of 25; a late answer of a page left does not replace the next');
 
+    // ---- the address: Back goes to the page before; a reload shows the same search
+    assert.match(await searched(page, () => page.goBack()), /^Results 9–16 /);
+    assert.deepEqual((await readCards(page)).map((c) => c.id), ranking.slice(8, 16));
+    const address = new URL(page.url());
+    assert.deepEqual(Object.fromEntries(new URLSearchParams(address.hash.slice(1))),
+      { q: QUERY, mode: 'image', k: '8', offset: '8' });
+    await page.reload();
+    await page.waitForFunction(() => /^Results 9–16 /.test(document.getElementById('status').textContent));
+    assert.deepEqual((await readCards(page)).map((c) => c.id), ranking.slice(8, 16));
+    assert.equal(await page.inputValue('#q'), QUERY);
+    assert.equal(await page.inputValue('#f-k'), '8');
+    await page.click('#filters summary'); // closed again by the reload
+    log('address: Back shows the page before, a reload the same search');
+
     // ---- boxes per photo (region mode): several boxes of one photo, each a card
     await page.fill('#f-perphoto', '3');
     assert.match(await setMode(page, 'region'), /^Results 1–8 /);
