@@ -74,9 +74,14 @@ async function startWorld({ umgdb, seed = 4242, count = 25, token = null, xss = 
     args.push('--auth-token-file', path.join(tmp, 'token'));
   }
   const serverLog = fs.openSync(path.join(tmp, 'server.log'), 'w');
-  const server = spawn(umgdb, args, { stdio: ['ignore', serverLog, serverLog] });
+  // the server dies with this process, even when it is killed (a ctest
+  // timeout): util-linux's setpriv --pdeathsig, where it is
+  const server = fs.existsSync('/usr/bin/setpriv')
+    ? spawn('/usr/bin/setpriv', ['--pdeathsig', 'KILL', '--', umgdb, ...args], { stdio: ['ignore', serverLog, serverLog] })
+    : spawn(umgdb, args, { stdio: ['ignore', serverLog, serverLog] });
   let exited = null;
   server.on('exit', (code, sig) => { exited = sig || code; });
+  process.on('exit', () => { if (exited === null) server.kill('SIGKILL'); });
   const base = 'http://127.0.0.1:' + port;
   const stop = async () => {
     if (exited === null) {
