@@ -10,11 +10,14 @@
  * Size: the longer side becomes min(long_side, the longer side of the pixels
  * given), the shorter one keeps the aspect (rounded, at least 1).  Never
  * upscaled: when the decoder shrank a JPEG by its DCT (enc_decode_opts.fast_for,
- * which keeps the decoded photo at least the network input's size, ~224 px on
- * the side enc_preproc_geometry fits), the thumbnail is made from those pixels
- * and may then be smaller than long_side (down to that size); it is never
- * enlarged beyond the pixels there are.  The resize is enc_image_resize (PIL's
- * antialiased bicubic), a proper low-pass filter for downscaling.
+ * the server's default --decode fast, which keeps the decoded photo at least
+ * the size the preprocessing resizes it to: with ENC_FIT_PAD the longer side
+ * 224 px), the thumbnail is made from those pixels and is then smaller than
+ * long_side whenever they are (a 500x375 photo decodes at 1/2, 250x188, and so
+ * is its thumbnail; a 640x427 one at 1/2, 320x214): never enlarged beyond the
+ * pixels there are.  The resize is enc_image_resize (PIL's antialiased
+ * bicubic), a proper low-pass filter for downscaling, after a box average by
+ * an integer factor for photos over twice the thumbnail's size (enc_thumb.c).
  *
  * Reentrant; errors through umg_err_set: UMG_EINVAL (bad arguments), UMG_ENOMEM. */
 #ifndef ENC_THUMB_H
@@ -28,7 +31,7 @@
 /* What the server stores.  320 px: a results grid shows previews ~150-200 CSS px
  * wide, so 320 is sharp at 2x device pixels, and it is about what a DCT-shrunk
  * decode delivers anyway (224..448 px on the long side), so fast decoding loses
- * little; ~10-20 KB at quality 80 (docs/benchmarks.md, "Thumbnails"). */
+ * little; ~8-17 KB at quality 80 (docs/benchmarks.md, "Thumbnails"). */
 #define ENC_THUMB_LONG_SIDE 320
 #define ENC_THUMB_QUALITY 80
 

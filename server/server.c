@@ -868,6 +868,8 @@ void server_config_default(server_config *c)
     c->hello_timeout_s = SRV_DEFAULT_HELLO_TIMEOUT_S;
     c->frame_timeout_s = SRV_DEFAULT_FRAME_TIMEOUT_S;
     c->buffer_memory = SRV_DEFAULT_BUFFER_MEMORY;
+    c->decode_fast = 1;
+    c->ingest_memory = SRV_DEFAULT_INGEST_MEMORY;
     c->max_connections = SRV_DEFAULT_MAX_CONN;
     c->log_level = SRV_LOG_INFO;
     c->index_threads = SRV_DEFAULT_INDEX_THREADS;

@@ -251,16 +251,23 @@ static void run_http(http_server *h, const char *const *extra)
     ts_start_ok(&h->s, args);
 }
 
+/* make_http with a folder for --allow-root: photos = DIR/photos, inside =
+ * photos/name (a file path ingest may read, not written yet). */
+static void make_http_root(http_server *h, char photos[400], char inside[450], const char *name)
+{
+    make_http(h, "umg-http-");
+    snprintf(photos, 400, "%s/photos", h->s.dir);
+    mkdir(photos, 0755);
+    snprintf(inside, 450, "%s/%s", photos, name);
+}
+
 /* ---- every op --------------------------------------------------------------- */
 
 static void test_every_op(void **state)
 {
     http_server h;
     char photos[400], inside[450];
-    make_http(&h, "umg-http-");
-    snprintf(photos, sizeof photos, "%s/photos", h.s.dir);
-    mkdir(photos, 0755);
-    snprintf(inside, sizeof inside, "%s/a.jpg", photos);
+    make_http_root(&h, photos, inside, "a.jpg");
     size_t jl, pl;
     char *jpg = file_bytes(IMG("rocket.jpg"), &jl);
     char *png = file_bytes(IMG("camera.png"), &pl);
@@ -519,6 +526,14 @@ static void test_every_op(void **state)
 static void raw_case(int port, const void *data, size_t len, int status, const char *code, int closes);
 #define RAW(port, lit, status, code, closes) raw_case(port, lit, sizeof lit - 1, status, code, closes)
 
+/* The image_id of an ok answer (which is freed). */
+static uint64_t answer_id(hresp r)
+{
+    uint64_t id = res_u(ok_result(&r), "image_id");
+    hr_free(&r);
+    return id;
+}
+
 /* GET /v1/images/{id}/thumb: 200 image/jpeg (checked headers) decoded into
  * *out; *etag gets its ETag. */
 static void get_thumb(hconn *c, uint64_t id, enc_image *out, char etag[64])
@@ -566,10 +581,7 @@ static void test_thumbs(void **state)
 {
     http_server h;
     char photos[400], inside[450];
-    make_http(&h, "umg-http-");
-    snprintf(photos, sizeof photos, "%s/photos", h.s.dir);
-    mkdir(photos, 0755);
-    snprintf(inside, sizeof inside, "%s/turned.jpg", photos);
+    make_http_root(&h, photos, inside, "turned.jpg");
     size_t l6, l8, lr;
     char *exif6 = file_bytes(UMG_FIXTURES_DIR "/images/exif_6.jpg", &l6); /* stored 16x32, turned 90 degrees */
     char *exif8 = file_bytes(UMG_FIXTURES_DIR "/images/exif_8.jpg", &l8); /* stored 16x32, turned the other way */
@@ -579,17 +591,12 @@ static void test_thumbs(void **state)
     hconn *c = hc_open(h.port);
 
     /* made at ingest, whichever way the photo came: raw bytes, base64 JSON is the same path, by path */
-    hresp r = hc_call(c, "POST", "/v1/ingest?name=six.jpg", NULL, exif6, l6);
-    uint64_t id6 = res_u(ok_result(&r), "image_id");
-    hr_free(&r);
+    uint64_t id6 = answer_id(hc_call(c, "POST", "/v1/ingest?name=six.jpg", NULL, exif6, l6));
     char body[1024];
     snprintf(body, sizeof body, "{\"path\":\"%s\"}", inside);
-    r = hc_post_json(c, "ingest", body);
-    uint64_t id8 = res_u(ok_result(&r), "image_id");
-    hr_free(&r);
-    r = hc_call(c, "POST", "/v1/ingest?name=rocket.jpg", NULL, rocket, lr);
-    uint64_t idr = res_u(ok_result(&r), "image_id");
-    hr_free(&r);
+    uint64_t id8 = answer_id(hc_post_json(c, "ingest", body));
+    uint64_t idr = answer_id(hc_call(c, "POST", "/v1/ingest?name=rocket.jpg", NULL, rocket, lr));
+    hresp r;
 
     /* upright (EXIF orientation applied) and as small as the photo */
     enc_image t6 = {0}, t8 = {0}, tr = {0};

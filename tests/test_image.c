@@ -1406,6 +1406,57 @@ static void test_thumb_resized(void **state)
     enc_image_free(&rs);
 }
 
+/* A photo over twice the thumbnail's size is box-reduced first (Pillow's
+ * thumbnail() reducing_gap): the result must still match the plain bicubic
+ * resize up to JPEG's loss, edge blocks included (sizes not divisible). */
+static void test_thumb_reduced(void **state)
+{
+    (void)state;
+    static const int sizes[][4] = {{2000, 1500, 320, 240}, {2001, 1333, 320, 213}, {333, 1999, 53, 320}};
+    for (size_t k = 0; k < sizeof sizes / sizeof sizes[0]; k++) {
+        enc_image im = {sizes[k][0], sizes[k][1], malloc((size_t)sizes[k][0] * sizes[k][1] * 3)};
+        for (int y = 0; y < im.height; y++)
+            for (int x = 0; x < im.width; x++) {
+                uint8_t *p = im.rgb + ((size_t)y * im.width + x) * 3;
+                p[0] = (uint8_t)(255.0 * x / im.width);
+                p[1] = (uint8_t)(127.5 + 120 * sin(x * 0.01) * cos(y * 0.013));
+                p[2] = (uint8_t)(255.0 * y / im.height);
+            }
+        /* a bright last row and column: an edge block that averaged pixels it
+         * does not have (or missed them) shows there */
+        for (int x = 0; x < im.width; x++) memset(im.rgb + ((size_t)(im.height - 1) * im.width + x) * 3, 255, 3);
+        for (int y = 0; y < im.height; y++) memset(im.rgb + ((size_t)y * im.width + im.width - 1) * 3, 255, 3);
+        uint8_t *t;
+        size_t tl;
+        enc_image th = {0}, rs = {0};
+        assert_int_equal(enc_thumb_make(&im, ENC_THUMB_LONG_SIDE, ENC_THUMB_QUALITY, &t, &tl), 0);
+        assert_int_equal(enc_image_decode(t, tl, MAXPX, &th), 0);
+        assert_int_equal(th.width, sizes[k][2]);
+        assert_int_equal(th.height, sizes[k][3]);
+        assert_int_equal(enc_image_resize(&im, th.width, th.height, &rs), 0);
+        double d = mean_abs_diff(&th, &rs), edge = 0;
+        for (int x = 0; x < th.width; x++) /* the last row */
+            for (int c = 0; c < 3; c++) {
+                size_t i = ((size_t)(th.height - 1) * th.width + x) * 3 + c;
+                edge += abs((int)th.rgb[i] - (int)rs.rgb[i]);
+            }
+        for (int y = 0; y < th.height; y++) /* the last column */
+            for (int c = 0; c < 3; c++) {
+                size_t i = ((size_t)y * th.width + th.width - 1) * 3 + c;
+                edge += abs((int)th.rgb[i] - (int)rs.rgb[i]);
+            }
+        edge /= 3.0 * (th.width + th.height);
+        printf("  %dx%d: mean difference %.2f, on the last row and column %.2f\n", im.width, im.height, d, edge);
+        if (d > 3 || edge > 8)
+            fail_msg("%dx%d: reduced thumbnail differs from the bicubic resize by %.2f (edges %.2f)", im.width,
+                     im.height, d, edge);
+        free(t);
+        enc_image_free(&im);
+        enc_image_free(&th);
+        enc_image_free(&rs);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1440,6 +1491,7 @@ int main(void)
         cmocka_unit_test(test_thumb_size),
         cmocka_unit_test(test_thumb_oriented),
         cmocka_unit_test(test_thumb_resized),
+        cmocka_unit_test(test_thumb_reduced),
     };
     return cmocka_run_group_tests(tests, setup_tmp, teardown_tmp);
 }

@@ -1,12 +1,17 @@
 /* bench_image - decode + CLIP preprocessing time per photo (median over files x reps),
  * split into decode and preprocess, for the 640x480 JPEGs of coco-mini by default,
  * then the same work in Pillow + numpy (bench/image/pillow_peer.py) as the peer.
+ * Also the JPEG thumbnail ingest makes from the decoded pixels (enc_thumb.h);
+ * --fast decodes as a fast-decoding ingest would (enc_decode_opts.fast_for the
+ * fit-pad preprocessing: JPEGs DCT-shrunk), so the thumbnail is made from those
+ * fewer pixels.
  *
- *   build/bench/image/bench_image [--reps N] [--all-sizes] [--no-peer] [DIR]
+ *   build/bench/image/bench_image [--reps N] [--all-sizes] [--no-peer] [--fast] [DIR]
  *
  * Files are read into memory first: the figures exclude disk I/O.  Single thread;
  * times are thread CPU time (both here and in the peer). */
 #include "enc_image.h"
+#include "enc_thumb.h"
 #include "umg_error.h"
 
 #include <dirent.h>
@@ -49,7 +54,7 @@ static int cmp_blob(const void *a, const void *b)
 int main(int argc, char **argv)
 {
     const char *dir = UMG_SOURCE_DIR "/../shared/data/coco-mini/val2017";
-    int reps = 5, all_sizes = 0, peer = 1;
+    int reps = 5, all_sizes = 0, peer = 1, fast = 0;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--reps") && i + 1 < argc)
             reps = atoi(argv[++i]);
@@ -57,6 +62,8 @@ int main(int argc, char **argv)
             all_sizes = 1;
         else if (!strcmp(argv[i], "--no-peer"))
             peer = 0;
+        else if (!strcmp(argv[i], "--fast"))
+            fast = 1;
         else
             dir = argv[i];
     }
@@ -110,18 +117,23 @@ int main(int argc, char **argv)
         return 1;
     }
 
-    enc_preproc p;
+    enc_preproc p, pad;
     enc_preproc_default(&p, 224);
+    enc_preproc_default(&pad, 224);
+    pad.fit = ENC_FIT_PAD;
+    enc_decode_opts dopt = {.fast_for = fast ? &pad : NULL};
     float *out = malloc(3 * 224 * 224 * sizeof(float));
     size_t runs = (size_t)reps * n;
     double *t_dec = malloc(runs * sizeof(double)), *t_pre = malloc(runs * sizeof(double)),
-           *t_all = malloc(runs * sizeof(double)), *t_pad = malloc(runs * sizeof(double));
+           *t_all = malloc(runs * sizeof(double)), *t_pad = malloc(runs * sizeof(double)),
+           *t_thumb = malloc(runs * sizeof(double));
+    double thumb_bytes = 0;
     size_t k = 0;
     for (int r = 0; r < reps; r++)
         for (size_t i = 0; i < n; i++, k++) {
             enc_image im;
             double t0 = now_ms();
-            if (enc_image_decode(files[i].data, files[i].len, ENC_IMAGE_MAX_PIXELS_DEFAULT, &im) != 0)
+            if (enc_image_decode_ex(files[i].data, files[i].len, &dopt, &im, NULL) != 0)
                 return 1;
             double t1 = now_ms();
             p.fit = ENC_FIT_CROP;
@@ -132,6 +144,13 @@ int main(int argc, char **argv)
             if (enc_preprocess(&im, &p, out) != 0)
                 return 1;
             double t3 = now_ms();
+            uint8_t *jpeg;
+            size_t jl;
+            if (enc_thumb_make(&im, ENC_THUMB_LONG_SIDE, ENC_THUMB_QUALITY, &jpeg, &jl) != 0)
+                return 1;
+            t_thumb[k] = now_ms() - t3;
+            thumb_bytes += (double)jl;
+            free(jpeg);
             enc_image_free(&im);
             t_dec[k] = t1 - t0;
             t_pre[k] = t2 - t1;
@@ -140,9 +159,10 @@ int main(int argc, char **argv)
         }
     double ours = median(t_all, runs);
     printf("%zu JPEGs%s from %s, %d reps, 1 thread, CPU-time medians:\n", n, all_sizes ? "" : " (640x480)", dir, reps);
-    printf("umgdb          decode %.2f ms + preprocess(crop) %.2f ms; decode+preprocess %.2f ms/image"
-           "  (fit-pad preprocess %.2f ms)\n",
-           median(t_dec, runs), median(t_pre, runs), ours, median(t_pad, runs));
+    printf("umgdb          decode%s %.2f ms + preprocess(crop) %.2f ms; decode+preprocess %.2f ms/image"
+           "  (fit-pad preprocess %.2f ms; thumbnail %.2f ms, %.0f bytes)\n",
+           fast ? " (fast)" : "", median(t_dec, runs), median(t_pre, runs), ours, median(t_pad, runs),
+           median(t_thumb, runs), thumb_bytes / (double)runs);
     fflush(stdout);
 
     if (peer) {
@@ -167,5 +187,6 @@ int main(int argc, char **argv)
     free(t_pre);
     free(t_all);
     free(t_pad);
+    free(t_thumb);
     return 0;
 }

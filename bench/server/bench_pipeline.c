@@ -4,14 +4,17 @@
  * msgpack, queues, threadpool hand-offs) from the ingest's own work.
  *
  *   bench_pipeline MODEL_DIR PHOTO... [--threads 2] [--workers 2] [--batch 16] [--regions 32]
- *                  [--precision fp32|fp16]
+ *                  [--precision fp32|fp16] [--decode exact|fast] [--repeat N] [--thumbs 1|0]
  *
  * PHOTO: files or directories (their *.jpg / *.png, not recursive), read into
- * memory first (not timed).  The database is a fresh temporary directory
+ * memory first (not timed); --repeat N ingests each N times under distinct
+ * stored names (so that one large photo makes a run).  --decode is the
+ * engine's decode mode (eng_config.decode; default exact).  The database is a fresh temporary directory
  * (dense region mode), removed at the end.  Then, timed, as the server does it:
  *   stage 1 on --workers threads, per photo: eng_ingest_begin (SHA-256, the
  *     same-path check) and eng_ingest_prepare (decode with EXIF orientation,
- *     preprocess with ENC_FIT_PAD, propose --regions boxes);
+ *     preprocess with ENC_FIT_PAD, propose --regions boxes, and the JPEG
+ *     thumbnail unless --thumbs 0);
  *   one encoder thread with OpenBLAS on --threads threads, per batch of up to
  *     --batch ready photos (it waits for a full batch while photos are still
  *     in stage 1): eng_ingest_store_batch (encode with patch tokens, pool
@@ -19,9 +22,12 @@
  * One batch of zeros is encoded first, untimed (faults the weights in).
  * Prints one JSON object: photos, seconds (wall), photos_per_s, cpu_s (the
  * process's user + system CPU over the timed part), batches, and the CPU
- * milliseconds per photo of each step (thread CPU clocks): decode, preprocess
- * and propose (stage 1: eng_ingest_result's times), store (the encoder
- * thread: encode, pool, float16, LMDB and index). */
+ * milliseconds per photo of each step (thread CPU clocks): decode, preprocess,
+ * propose and thumb (stage 1: eng_ingest_result's times), store (the encoder
+ * thread: encode, pool, float16, LMDB and index); and the disk: data.mdb's
+ * used bytes per photo stored (db_stats map_used over photos; the peer run
+ * with --thumbs 0 gives what thumbnails add) and the thumbnails' own bytes
+ * per photo (db_get_thumb). */
 #include <dirent.h>
 #include <math.h>
 #include <pthread.h>
@@ -60,7 +66,7 @@ static struct {
     pthread_cond_t cv;
     eng *e;
     int regions;
-    double cpu_decode, cpu_pre, cpu_prop; /* ms, summed over photos */
+    double cpu_decode, cpu_pre, cpu_prop, cpu_thumb; /* ms, summed over photos */
 } g;
 
 /* CPU milliseconds of the calling thread. */
@@ -72,16 +78,22 @@ static void die(const char *what, int rc)
     exit(1);
 }
 
+static long repeat = 1;
+
 static void add_file(const char *path)
 {
-    photo *np = realloc(g.p, sizeof *g.p * (size_t)(g.n + 1));
-    if (!np) die("photos", UMG_ENOMEM);
-    g.p = np;
-    memset(&g.p[g.n], 0, sizeof g.p[g.n]);
-    int rc = umg_read_file(path, (size_t)1 << 30, &g.p[g.n].bytes, &g.p[g.n].len);
-    if (rc) die("read", rc);
-    g.p[g.n].path = strdup(path);
-    g.n++;
+    for (long k = 0; k < repeat; k++) {
+        photo *np = realloc(g.p, sizeof *g.p * (size_t)(g.n + 1));
+        if (!np) die("photos", UMG_ENOMEM);
+        g.p = np;
+        memset(&g.p[g.n], 0, sizeof g.p[g.n]);
+        int rc = umg_read_file(path, (size_t)1 << 30, &g.p[g.n].bytes, &g.p[g.n].len);
+        if (rc) die("read", rc);
+        char name[4200];
+        snprintf(name, sizeof name, "%s#%ld", path, k);
+        g.p[g.n].path = strdup(repeat > 1 ? name : path);
+        g.n++;
+    }
 }
 
 static int by_name(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }
@@ -132,7 +144,9 @@ static void *stage1_main(void *arg)
         if (!p->rc) p->rc = eng_ingest_prepare(g.e, p->ing);
         const eng_ingest_result *res = p->ing ? eng_ingest_result_of(p->ing) : NULL;
         pthread_mutex_lock(&g.mu);
-        if (res) g.cpu_decode += res->cpu_ms_decode, g.cpu_pre += res->cpu_ms_preprocess, g.cpu_prop += res->cpu_ms_propose;
+        if (res)
+            g.cpu_decode += res->cpu_ms_decode, g.cpu_pre += res->cpu_ms_preprocess, g.cpu_prop += res->cpu_ms_propose,
+                g.cpu_thumb += res->cpu_ms_thumb;
         g.ready[g.ready_upto++] = i;
         g.stage1_done++;
         pthread_cond_broadcast(&g.cv);
@@ -152,11 +166,11 @@ int main(int argc, char **argv)
 {
     if (argc < 3) {
         fprintf(stderr, "usage: bench_pipeline MODEL_DIR PHOTO... [--threads 2] [--workers 2] [--batch 16] "
-                        "[--regions 32] [--precision fp32|fp16]\n");
+                        "[--regions 32] [--precision fp32|fp16] [--decode exact|fast] [--repeat N] [--thumbs 1|0]\n");
         return 2;
     }
-    long threads = 2, workers = 2, batch = 16, regions_opt = 32;
-    int precision = ENC_PRECISION_FP32;
+    long threads = 2, workers = 2, batch = 16, regions_opt = 32, thumbs = 1;
+    int precision = ENC_PRECISION_FP32, fast = 0;
     const char *model_dir = argv[1];
     for (int i = 2; i < argc; i++) {
         if (!strncmp(argv[i], "--", 2)) {
@@ -171,17 +185,26 @@ int main(int argc, char **argv)
                     fprintf(stderr, "bench_pipeline: --precision wants fp32 or fp16\n");
                     return 2;
                 }
-            } else if (!strcmp(f, "--threads")) parse_opt(f, v, 1, &threads);
+            } else if (!strcmp(f, "--decode")) {
+                if (enc_decode_mode_parse(v, &fast)) {
+                    fprintf(stderr, "bench_pipeline: --decode wants exact or fast\n");
+                    return 2;
+                }
+            } else if (!strcmp(f, "--repeat")) parse_opt(f, v, 1, &repeat);
+            else if (!strcmp(f, "--threads")) parse_opt(f, v, 1, &threads);
             else if (!strcmp(f, "--workers")) parse_opt(f, v, 1, &workers);
             else if (!strcmp(f, "--batch")) parse_opt(f, v, 1, &batch);
             else if (!strcmp(f, "--regions")) parse_opt(f, v, 0, &regions_opt);
+            else if (!strcmp(f, "--thumbs")) parse_opt(f, v, 0, &thumbs);
             else {
                 fprintf(stderr, "bench_pipeline: unknown option %s\n", f);
                 return 2;
             }
-        } else {
-            add_path(argv[i]);
         }
+    }
+    for (int i = 2; i < argc; i++) { /* the photos, once every option (--repeat) is known */
+        if (!strncmp(argv[i], "--", 2)) i++;
+        else add_path(argv[i]);
     }
     if (g.n == 0) {
         fprintf(stderr, "bench_pipeline: no photos\n");
@@ -204,7 +227,8 @@ int main(int argc, char **argv)
     db_t *db;
     if ((rc = db_open(dir, &o, &db))) die("database", rc);
     eng_config ec = {.region_mode = ENG_REGION_MODE_DENSE, .regions = g.regions, .batch = (int)batch,
-                     .threads = (int)threads, .text_lanes = 1};
+                     .threads = (int)threads, .text_lanes = 1, .decode = fast ? ENG_DECODE_FAST : ENG_DECODE_EXACT,
+                     .no_thumbs = !thumbs};
     if ((rc = eng_create(m, db, &ec, &g.e))) die("engine", rc);
     g.ready = calloc((size_t)g.n, sizeof *g.ready);
     pthread_t *th = calloc((size_t)workers, sizeof *th);
@@ -270,11 +294,27 @@ int main(int argc, char **argv)
 #define TV_S(tv) ((double)(tv).tv_sec + (tv).tv_usec * 1e-6)
     double cpu_s = TV_S(ru1.ru_utime) - TV_S(ru0.ru_utime) + TV_S(ru1.ru_stime) - TV_S(ru0.ru_stime);
     int done = g.n - failed;
+    /* the disk: data.mdb's used bytes and the thumbnails' own, per photo stored */
+    db_stats st;
+    if ((rc = db_stats_get(db, &st))) die("stats", rc);
+    double thumb_bytes = 0;
+    uint64_t ids[256], after = 0;
+    int got;
+    while (db_list_images(db, after, ids, 256, &got) == 0 && got > 0) {
+        for (int i = 0; i < got; i++) {
+            void *t;
+            size_t tl;
+            if (db_get_thumb(db, ids[i], &t, &tl) == 0) thumb_bytes += (double)tl, free(t);
+        }
+        after = ids[got - 1];
+    }
     printf("{\"photos\": %d, \"failed\": %d, \"regions\": %d, \"seconds\": %.3f, \"photos_per_s\": %.3f, "
            "\"cpu_s\": %.2f, \"batches\": %d, \"threads\": %ld, \"workers\": %ld, \"batch\": %ld, \"max_regions\": %d, "
-           "\"cpu_ms_per_photo\": {\"decode\": %.2f, \"preprocess\": %.2f, \"propose\": %.2f, \"store\": %.2f}}\n",
-           done, failed, regions, wall, done / wall, cpu_s, batches, threads, workers, batch, g.regions,
-           g.cpu_decode / g.n, g.cpu_pre / g.n, g.cpu_prop / g.n, done ? cpu_store / done : 0);
+           "\"thumbs\": %ld, \"cpu_ms_per_photo\": {\"decode\": %.2f, \"preprocess\": %.2f, \"propose\": %.2f, "
+           "\"thumb\": %.2f, \"store\": %.2f}, \"data_mdb_used_bytes_per_photo\": %.0f, \"thumb_bytes_per_photo\": %.0f}\n",
+           done, failed, regions, wall, done / wall, cpu_s, batches, threads, workers, batch, g.regions, thumbs,
+           g.cpu_decode / g.n, g.cpu_pre / g.n, g.cpu_prop / g.n, g.cpu_thumb / g.n, done ? cpu_store / done : 0,
+           done ? (double)st.map_used / done : 0, done ? thumb_bytes / done : 0);
     for (int i = 0; i < g.n; i++) {
         free(g.p[i].path);
         free(g.p[i].bytes);
