@@ -75,6 +75,18 @@ struct srv_http {
 
 #define HTTP_LINGER_S 2
 
+/* The page's files (web/): scripts and styles only from the server, no
+ * inline code, images only as blob: URLs the page makes from fetched bytes,
+ * and Trusted Types so that any string written as HTML throws (the page
+ * writes data with textContent only). */
+#define ASSET_HEADERS                                                                                        \
+    "Content-Security-Policy: default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' blob:; " \
+    "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'; "                      \
+    "require-trusted-types-for 'script'; trusted-types 'none'\r\n"                                          \
+    "Referrer-Policy: no-referrer\r\n"
+/* with the other headers at most ~170 bytes: within send_answer's head[] */
+_Static_assert(sizeof ASSET_HEADERS <= 320, "ASSET_HEADERS must fit send_answer's header buffer");
+
 static srv_http *of(http_parser *p) { return ((srv_conn *)p->data)->http; }
 
 static int reject(http_parser *p, int status, int code, const char *fmt, ...) __attribute__((format(printf, 4, 5)));
@@ -467,7 +479,7 @@ static void dispatch(srv_conn *c)
     umg_err_clear();
     switch (h->route) {
     case R_ASSET:
-        send_answer(c, 200, h->asset->content_type, h->asset->data, h->asset->len, !h->keep_alive, NULL);
+        send_answer(c, 200, h->asset->content_type, h->asset->data, h->asset->len, !h->keep_alive, ASSET_HEADERS);
         break;
     case R_IMAGE_FILE:
         queue_file_job(c, h->image_id, file_work);
