@@ -8,6 +8,7 @@
 #include "client.h"
 #include "commands.h"
 #include "enc.h"
+#include "enc_image.h"
 #include "query_cache.h"
 #include "server.h"
 #include "umg_error.h"
@@ -69,6 +70,16 @@ static void usage(FILE *out)
         "                          answers, requests held, partial frames); when reached, connections\n"
         "                          holding more than 64 KiB stop reading until it drains (default 1G;\n"
         "                          suffixes K, M, G)\n"
+        "  --decode MODE           fast (default): a large JPEG is decoded shrunk by its DCT (1/2..1/8, as\n"
+        "                          PIL's draft() picks it) before the exact resize: a 48 MP photo costs\n"
+        "                          about its entropy decoding; embeddings within cosine 0.999 of exact.\n"
+        "                          exact: every photo at full resolution, bit-identical to the reference\n"
+        "                          (`umgdb embed --decode exact`).  Either way width, height and region\n"
+        "                          boxes are the full-size photo's.  Region mode crop always decodes exactly\n"
+        "  --ingest-memory BYTES   memory of photos prepared for the encoder (network input, boxes,\n"
+        "                          crops: 0.6 MB each for ViT-B/32, + R crops in crop mode); when\n"
+        "                          reached, decoding waits for the encoder (default 256M; suffixes K,\n"
+        "                          M, G).  Besides it at most T photos decode at once (docs/server.md)\n"
         "  --max-connections N     refuse connections beyond N (default %d; lowered to what the\n"
         "                          open-file limit allows, see the start-up log)\n"
         "  --log-level L           debug | info | warn | error (default info: one line per request)\n"
@@ -244,6 +255,17 @@ int cmd_serve(int argc, char **argv)
             unsigned long long b;
             if (parse_bytes(a, v, 1ull << 40, &b)) return 2;
             c.buffer_memory = b;
+        } else if (!strcmp(a, "--ingest-memory")) {
+            unsigned long long b;
+            if (parse_bytes(a, v, 1ull << 40, &b)) return 2;
+            c.ingest_memory = b;
+        } else if (!strcmp(a, "--decode")) {
+            int fast;
+            if (enc_decode_mode_parse(v, &fast)) {
+                fprintf(stderr, "umgdb serve: --decode wants exact or fast, not '%s'\n", v);
+                return 2;
+            }
+            c.decode_fast = fast;
         } else if (!strcmp(a, "--idle-timeout")) {
             if (parse_int(a, v, 0, 86400 * 365, &x)) return 2;
             c.idle_timeout_s = (int)x;
@@ -297,6 +319,9 @@ int cmd_serve(int argc, char **argv)
         } else if (!strcmp(a, "--test-text-pass-ms")) { /* test hooks: not in --help */
             if (parse_int(a, v, 0, 60000, &x)) return 2;
             c.test_text_pass_ms = (int)x;
+        } else if (!strcmp(a, "--test-store-ms")) {
+            if (parse_int(a, v, 0, 60000, &x)) return 2;
+            c.test_store_ms = (int)x;
         } else if (!strcmp(a, "--test-no-openat2")) {
             if (parse_int(a, v, 0, 1, &x)) return 2;
             c.test_no_openat2 = (int)x;

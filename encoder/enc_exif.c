@@ -145,16 +145,71 @@ void enc_meta_set_gps(enc_image_meta *meta, const double lat_dms[3], const char 
     }
 }
 
+/* How photo tools show the makes cameras write in capitals or with a company
+ * suffix ("FUJIFILM", "NIKON CORPORATION", "OLYMPUS IMAGING CORP."): the brand
+ * people search and read.  A make is matched case-insensitively on its first
+ * word; makes not listed are kept as written. */
+static const struct {
+    const char *first_word; /* the make's first word, any case */
+    const char *display;
+} camera_brands[] = {
+    {"apple", "Apple"},         {"canon", "Canon"},     {"casio", "Casio"},       {"dji", "DJI"},
+    {"fujifilm", "Fujifilm"},   {"fuji", "Fujifilm"},   {"google", "Google"},     {"gopro", "GoPro"},
+    {"hasselblad", "Hasselblad"}, {"htc", "HTC"},       {"huawei", "Huawei"},     {"kodak", "Kodak"},
+    {"eastman", "Kodak"},       {"konica", "Konica Minolta"}, {"minolta", "Minolta"}, {"leica", "Leica"},
+    {"lge", "LG"},              {"lg", "LG"},           {"motorola", "Motorola"}, {"nikon", "Nikon"},
+    {"olympus", "Olympus"},     {"om", "OM System"},    {"oneplus", "OnePlus"},   {"panasonic", "Panasonic"},
+    {"pentax", "Pentax"},       {"ricoh", "Ricoh"},     {"samsung", "Samsung"},   {"sigma", "Sigma"},
+    {"sony", "Sony"},           {"xiaomi", "Xiaomi"},
+};
+
+/* The length of s's first word (up to a space, ',' or '.'). */
+static size_t first_word_len(const char *s)
+{
+    size_t n = 0;
+    while (s[n] && s[n] != ' ' && s[n] != ',' && s[n] != '.')
+        n++;
+    return n;
+}
+
+/* s starts with word (case-insensitive) followed by a space or its end. */
+static int starts_with_word(const char *s, const char *word, size_t len)
+{
+    return len && strncasecmp(s, word, len) == 0 && (s[len] == ' ' || s[len] == 0);
+}
+
 void enc_meta_set_camera(enc_image_meta *meta, const char *make_s, const char *model_s)
 {
     char make[40], model[86]; /* "make model" fits camera[128] */
     int has_make = copy_clean(make_s, make, sizeof make), has_model = copy_clean(model_s, model, sizeof model);
-    if (has_make && has_model && strncasecmp(model, make, strlen(make)) != 0)
-        snprintf(meta->camera, sizeof meta->camera, "%s %s", make, model);
-    else if (has_model || has_make)
-        snprintf(meta->camera, sizeof meta->camera, "%s", has_model ? model : make);
-    else
+    if (!has_make && !has_model)
         return;
+    const char *brand = has_make ? make : NULL;
+    size_t make_word = has_make ? first_word_len(make) : 0;
+    for (size_t i = 0; has_make && i < sizeof camera_brands / sizeof *camera_brands; i++)
+        if (strlen(camera_brands[i].first_word) == make_word &&
+            strncasecmp(make, camera_brands[i].first_word, make_word) == 0) {
+            brand = camera_brands[i].display;
+            break;
+        }
+    const char *m = has_model ? model : NULL;
+    if (m && brand) {
+        /* the model repeats the make ("NIKON D750", "Canon EOS 5D"): drop it once */
+        if (starts_with_word(m, make, strlen(make)))
+            m += strlen(make);
+        else if (starts_with_word(m, make, make_word))
+            m += make_word;
+        else if (starts_with_word(m, brand, strlen(brand)))
+            m += strlen(brand);
+        while (*m == ' ')
+            m++;
+        if (!*m)
+            m = NULL;
+    }
+    if (brand && m)
+        snprintf(meta->camera, sizeof meta->camera, "%s %s", brand, m);
+    else
+        snprintf(meta->camera, sizeof meta->camera, "%s", brand ? brand : m);
     meta->camera_known = 1;
 }
 
@@ -228,66 +283,4 @@ void enc_exif_read(const uint8_t *data, size_t len, int *orientation, enc_image_
             enc_meta_set_gps(meta, lat, lat_ref, lon, lon_ref);
     }
     exif_data_unref(ed);
-}
-
-/* ---------------------------------------------------------------- stored form */
-
-size_t enc_image_meta_serialize(const enc_image_meta *m, char *buf, size_t cap)
-{
-    if (!m || !buf || !(m->taken_at_known || m->camera_known || m->gps_known))
-        return 0;
-    size_t n = 0;
-    int w = snprintf(buf, cap, "capture1\n");
-    if (w > 0)
-        n += (size_t)w;
-    if (m->taken_at_known && n < cap && (w = snprintf(buf + n, cap - n, "taken_at=%s\n", m->taken_at)) > 0)
-        n += (size_t)w;
-    if (m->camera_known && n < cap && (w = snprintf(buf + n, cap - n, "camera=%s\n", m->camera)) > 0)
-        n += (size_t)w;
-    if (m->gps_known && n < cap && (w = snprintf(buf + n, cap - n, "gps=%.7f %.7f\n", m->lat, m->lon)) > 0)
-        n += (size_t)w;
-    return n < cap ? n : 0;
-}
-
-int enc_image_meta_parse(const void *data, size_t len, enc_image_meta *m)
-{
-    if (!m || (!data && len))
-        return umg_err_set(UMG_EINVAL, "capture: NULL argument");
-    memset(m, 0, sizeof *m);
-    m->orientation = 1;
-    const char *p = data, *end = p + len;
-    if (len < 9 || memcmp(p, "capture1\n", 9) != 0)
-        return umg_err_set(UMG_EFORMAT, "capture: not a stored capture record");
-    for (p += 9; p < end;) {
-        const char *nl = memchr(p, '\n', (size_t)(end - p));
-        if (!nl)
-            return umg_err_set(UMG_EFORMAT, "capture: unterminated line");
-        size_t n = (size_t)(nl - p);
-        char line[160];
-        if (n < sizeof line) {
-            memcpy(line, p, n);
-            line[n] = 0;
-            double lat, lon;
-            char extra;
-            if (!strncmp(line, "taken_at=", 9) && n - 9 < sizeof m->taken_at && n >= 9 + 19) {
-                memcpy(m->taken_at, line + 9, n - 9 + 1);
-                m->taken_at_known = 1;
-                int h, mi;
-                if (n == 9 + 25 && sscanf(m->taken_at + 19, "%3d:%2d", &h, &mi) == 2) {
-                    m->offset_known = 1;
-                    m->offset_minutes = h * 60 + (m->taken_at[19] == '-' ? -mi : mi);
-                }
-            } else if (!strncmp(line, "camera=", 7) && n > 7 && n - 7 < sizeof m->camera) {
-                memcpy(m->camera, line + 7, n - 7 + 1);
-                m->camera_known = 1;
-            } else if (!strncmp(line, "gps=", 4) && sscanf(line + 4, "%lf %lf%c", &lat, &lon, &extra) == 2 &&
-                       lat >= -90 && lat <= 90 && lon >= -180 && lon <= 180) {
-                m->gps_known = 1;
-                m->lat = lat;
-                m->lon = lon;
-            }
-        }
-        p = nl + 1;
-    }
-    return 0;
 }

@@ -171,20 +171,12 @@ typedef struct enc_image_meta {
     int offset_known;           /* OffsetTimeOriginal */
     int offset_minutes;         /* east of UTC */
     int camera_known;
-    char camera[128];           /* Make and Model joined ("FUJIFILM X-T3"); the make is
-                                 * not repeated when the model starts with it */
+    char camera[128];           /* brand and Model joined ("Fujifilm X-T3" from "FUJIFILM"
+                                 * + "X-T3"): well-known makes as their brand is written,
+                                 * the make not repeated when the model starts with it */
     int gps_known;
     double lat, lon;            /* signed decimal degrees (S and W negative) */
 } enc_image_meta;
-
-/* The capture fields as a compact versioned text, for storing beside an image
- * ("capture1\n" then "taken_at=...\n", "camera=...\n", "gps=LAT LON\n" for the
- * known ones; fields hold no control characters).  Returns its length (< cap),
- * 0 when no field is known (nothing worth storing) or cap is too small.
- * enc_image_meta_parse reads it back into *m (format and sizes 0): UMG_EFORMAT for
- * anything else (unknown lines are skipped, for later versions' fields). */
-size_t enc_image_meta_serialize(const enc_image_meta *m, char *buf, size_t cap);
-int enc_image_meta_parse(const void *data, size_t len, enc_image_meta *m);
 
 /* How to decode.  Zero-initialised = enc_image_decode's behaviour. */
 typedef struct enc_decode_opts {

@@ -43,7 +43,8 @@ int eng_create(enc_model *model, db_t *db, const eng_config *cfg, eng **out)
     *out = NULL;
     if (!model || !db || !cfg || cfg->batch < 1 || cfg->threads < 1 || cfg->regions < 0 || cfg->text_lanes < 1 ||
         cfg->text_lanes > ENG_MAX_TEXT_LANES || cfg->query_cache < 0 || cfg->query_cache > ENG_QCACHE_MAX ||
-        (cfg->region_mode != ENG_REGION_MODE_DENSE && cfg->region_mode != ENG_REGION_MODE_CROP))
+        (cfg->region_mode != ENG_REGION_MODE_DENSE && cfg->region_mode != ENG_REGION_MODE_CROP) ||
+        (cfg->decode != ENG_DECODE_EXACT && cfg->decode != ENG_DECODE_FAST) || cfg->test_store_batch_ms < 0)
         return umg_err_set(UMG_EINVAL, "engine: bad configuration");
     eng *e = calloc(1, sizeof *e);
     if (!e) return umg_err_set(UMG_ENOMEM, "out of memory");
@@ -51,6 +52,8 @@ int eng_create(enc_model *model, db_t *db, const eng_config *cfg, eng **out)
     e->model = model;
     e->db = db;
     pthread_mutex_init(&e->stats_mu, NULL);
+    pthread_mutex_init(&e->mem_mu, NULL);
+    pthread_cond_init(&e->mem_cv, NULL);
     const enc_config *mc = enc_model_config(model);
     e->dim = enc_model_dim(model);
     e->grid = enc_model_grid(model);
@@ -116,6 +119,8 @@ void eng_close(eng *e)
     enc_run_close(e->ingest_run);
     free(e->ingest_scratch);
     pthread_mutex_destroy(&e->stats_mu);
+    pthread_mutex_destroy(&e->mem_mu);
+    pthread_cond_destroy(&e->mem_cv);
     free(e);
 }
 
@@ -126,6 +131,9 @@ void eng_stats_get(eng *e, eng_stats *out)
     out->ingested = e->ingested;
     out->ingest_batches = e->ingest_batches;
     pthread_mutex_unlock(&e->stats_mu);
+    pthread_mutex_lock(&e->mem_mu);
+    out->ingest_mem = e->mem;
+    pthread_mutex_unlock(&e->mem_mu);
     uint64_t lanes[2 * ENG_MAX_TEXT_LANES];
     out->n_lanes = eng_lanes_counts(e->lanes, &out->texts, &out->text_batches, lanes, ENG_MAX_TEXT_LANES);
     for (int i = 0; i < out->n_lanes; i++) out->lanes[i].texts = lanes[2 * i], out->lanes[i].batches = lanes[2 * i + 1];

@@ -31,6 +31,14 @@ enum eng_region_mode {
     ENG_REGION_MODE_CROP = 2   /* encode each box's crop through the full vision tower */
 };
 
+/* How ingest decodes a photo (eng_config.decode). */
+enum eng_decode {
+    ENG_DECODE_EXACT = 0, /* full resolution: bit-identical to the reference pipeline */
+    ENG_DECODE_FAST = 1   /* a JPEG shrunk by its DCT while decoding (enc_decode_opts.fast_for), then
+                             the exact resize; boxes, width and height still in the full-size photo's
+                             pixels (ingest.h); region mode crop always decodes exactly */
+};
+
 typedef struct eng_config {
     int region_mode;        /* enum eng_region_mode (required) */
     int regions;            /* proposals per photo at ingest (0 = image vectors only) */
@@ -42,6 +50,11 @@ typedef struct eng_config {
     int text_batch_wait_us; /* text_lanes.h: a lone text query waits this long for company */
     int test_text_pass_ms;  /* tests only: every text pass lasts at least this long (0 = off) */
     int query_cache;        /* text queries' embeddings kept (query_cache.h; 0 = no cache) */
+    int decode;             /* enum eng_decode (0: exact) */
+    uint64_t queue_memory;  /* bytes prepared photos may hold until eng_ingest_store_batch encodes
+                               them (their network input, boxes, crops); eng_ingest_prepare waits
+                               for room before decoding (ingest.h).  0 = no limit */
+    int test_store_batch_ms; /* tests only: every eng_ingest_store_batch first sleeps this long (0 = off) */
 } eng_config;
 
 typedef struct eng eng;
@@ -59,6 +72,16 @@ int eng_grid(const eng *e);
 int eng_region_mode(const eng *e);
 const enc_model *eng_model(const eng *e);
 
+/* Ingest memory (ingest.h, "Memory"). */
+typedef struct eng_ingest_mem {
+    int decoding;                        /* photos in eng_ingest_prepare's decode-to-crops step */
+    uint64_t decoded_bytes, decoded_peak; /* their decoded RGB buffers, from the decoder's return to
+                                             their release at the end of that step */
+    int queued;                          /* photos admitted to prepare, not yet encoded by store_batch */
+    uint64_t queued_bytes, queued_peak;  /* what they hold (each its fixed bound, reserved before decoding) */
+    uint64_t queue_waits;                /* prepares that waited for room under cfg.queue_memory */
+} eng_ingest_mem;
+
 /* Counters since eng_create (for stats and tests). */
 typedef struct eng_stats {
     uint64_t ingested, ingest_batches;   /* photos stored, and the store transactions */
@@ -66,6 +89,7 @@ typedef struct eng_stats {
     int n_lanes;
     struct { uint64_t texts, batches; } lanes[ENG_MAX_TEXT_LANES]; /* per text lane, n_lanes of them */
     eng_qcache_counts query_cache;       /* text queries answered from the cache (hits) or not */
+    eng_ingest_mem ingest_mem;           /* ingest memory: now and the highest since eng_create */
 } eng_stats;
 void eng_stats_get(eng *e, eng_stats *out);
 

@@ -39,6 +39,11 @@ struct eng {
     void *ingest_scratch;
     pthread_mutex_t stats_mu;
     uint64_t ingested, ingest_batches;
+    /* ingest memory (ingest.c; eng_stats): under mem_mu; mem_cv wakes prepares
+     * waiting for room under cfg.queue_memory */
+    pthread_mutex_t mem_mu;
+    pthread_cond_t mem_cv;
+    eng_ingest_mem mem;
 };
 
 int eng_pool_acquire(eng_run_pool *p);

@@ -37,6 +37,8 @@ struct eng_ingest {
     int n_tags;
     int prepared, done;
     int replace;              /* store_batch: the path holds other bytes */
+    eng *held_by;             /* the engine whose queued_bytes count `held` (until encoded) */
+    uint64_t held;
     eng_ingest_result res;
 };
 
@@ -137,9 +139,109 @@ void eng_crop_pixels(const eng *e, const eng_crop *c, float *out)
 
 /* ---- one photo ------------------------------------------------------------ */
 
+/* ---- ingest memory (ingest.h, "Memory") ------------------------------------ */
+
+/* What a photo holds from its decode until store_batch has encoded it: its
+ * network input, its boxes and, in region mode crop, at most R crops of S x S
+ * 8-bit pixels.  A fixed upper bound, known before decoding. */
+static uint64_t prepared_bytes(const eng *e)
+{
+    uint64_t S = (uint64_t)e->image_size, R = e->cfg.regions > 0 ? (uint64_t)e->cfg.regions : 0;
+    uint64_t b = 3 * S * S * sizeof(float) + R * sizeof(enc_box);
+    if (e->cfg.region_mode == ENG_REGION_MODE_CROP) b += R * (S * S * 3 + sizeof(eng_crop));
+    return b;
+}
+
+/* Admit a photo to preparation: wait while the photos admitted before it hold
+ * cfg.queue_memory (one photo is always admitted when none holds any, so that
+ * a cap below one photo still makes progress). */
+static void queue_admit(eng *e, eng_ingest *ing)
+{
+    uint64_t need = prepared_bytes(e), cap = e->cfg.queue_memory;
+    pthread_mutex_lock(&e->mem_mu);
+    if (cap && e->mem.queued_bytes > 0 && e->mem.queued_bytes + need > cap) {
+        e->mem.queue_waits++;
+        while (e->mem.queued_bytes > 0 && e->mem.queued_bytes + need > cap) pthread_cond_wait(&e->mem_cv, &e->mem_mu);
+    }
+    e->mem.queued++;
+    e->mem.queued_bytes += need;
+    if (e->mem.queued_bytes > e->mem.queued_peak) e->mem.queued_peak = e->mem.queued_bytes;
+    pthread_mutex_unlock(&e->mem_mu);
+    ing->held_by = e;
+    ing->held = need;
+}
+
+/* The photo's pixels are encoded (or it failed): its room goes to the next. */
+static void queue_release(eng_ingest *ing)
+{
+    eng *e = ing->held_by;
+    if (!e) return;
+    pthread_mutex_lock(&e->mem_mu);
+    e->mem.queued--;
+    e->mem.queued_bytes -= ing->held;
+    pthread_cond_broadcast(&e->mem_cv);
+    pthread_mutex_unlock(&e->mem_mu);
+    ing->held_by = NULL;
+    ing->held = 0;
+}
+
+/* A decode starting (bytes 0, count +1), its buffer returned (bytes > 0,
+ * count 0) or released (bytes < 0, count -1). */
+static void decode_account(eng *e, int count, int64_t bytes)
+{
+    pthread_mutex_lock(&e->mem_mu);
+    e->mem.decoding += count;
+    e->mem.decoded_bytes = (uint64_t)((int64_t)e->mem.decoded_bytes + bytes);
+    if (e->mem.decoded_bytes > e->mem.decoded_peak) e->mem.decoded_peak = e->mem.decoded_bytes;
+    pthread_mutex_unlock(&e->mem_mu);
+}
+
+/* ---- fast decode: the decoded photo is the full-size one, shrunk ----------- */
+
+/* Boxes found on the decoded photo (dw x dh) in the full-size photo's pixels
+ * (fw x fh, both oriented), clipped to it.  The decode scaled both axes by
+ * dw/fw and dh/fh (DCT scaling: ceil(full / 2^k)); the mapping is that ratio
+ * per axis, so a box on the decoded pixels covers the same fraction of the
+ * full photo.  (A JPEG whose side is not a multiple of 2^k has its last
+ * decoded column/row made from fewer than 2^k pixels: there the ratio
+ * places edges up to 2^k - 1 full pixels off, under one decoded pixel.) */
+static void boxes_to_full(enc_box *b, int n, int dw, int dh, int fw, int fh)
+{
+    const double sx = (double)fw / dw, sy = (double)fh / dh;
+    for (int i = 0; i < n; i++) {
+        double x0 = b[i].x * sx, y0 = b[i].y * sy, x1 = (b[i].x + b[i].w) * sx, y1 = (b[i].y + b[i].h) * sy;
+        x0 = x0 < 0 ? 0 : x0 > fw ? fw : x0;
+        y0 = y0 < 0 ? 0 : y0 > fh ? fh : y0;
+        x1 = x1 < x0 ? x0 : x1 > fw ? fw : x1;
+        y1 = y1 < y0 ? y0 : y1 > fh ? fh : y1;
+        b[i].x = (float)x0, b[i].y = (float)y0, b[i].w = (float)(x1 - x0), b[i].h = (float)(y1 - y0);
+    }
+}
+
+/* The network input of img placed as g (the geometry of the full-size photo,
+ * which is what search.c recomputes from the stored width and height): when
+ * img is the full-size photo, enc_preprocess; when it was decoded shrunk, it
+ * is resized straight to g's size (the same PIL bicubic) and padded as
+ * ENC_FIT_PAD pads, so that patch tokens and boxes agree with g exactly. */
+static int input_pixels(const eng *e, const enc_image *img, const enc_preproc_geom *g, int full_w, int full_h,
+                        float *out)
+{
+    if (img->width == full_w && img->height == full_h) return enc_preprocess(img, &e->pad, out);
+    enc_image r = {0};
+    int rc = enc_image_resize(img, g->resized_w, g->resized_h, &r);
+    if (rc) return rc;
+    eng_crop c = {.rgb = r.rgb, .w = r.width, .h = r.height, .off_x = g->off_x, .off_y = g->off_y};
+    eng_crop_pixels(e, &c, out);
+    enc_image_free(&r);
+    return 0;
+}
+
+/* ---- one photo ------------------------------------------------------------ */
+
 void eng_ingest_free(eng_ingest *ing)
 {
     if (!ing) return;
+    queue_release(ing);
     free(ing->path);
     free(ing->owned);
     free(ing->pixels);
@@ -217,7 +319,10 @@ static int ingest_pixels(eng *e, eng_ingest *ing)
     enc_image img = {0};
     double t0 = thread_cpu_ms();
     enc_image_meta meta;
-    if ((rc = enc_image_decode_ex(ing->data, ing->len, NULL, &img, &meta))) {
+    /* region mode crop cuts its crops from the decoded pixels: it needs them all */
+    int fast = e->cfg.decode == ENG_DECODE_FAST && e->cfg.region_mode != ENG_REGION_MODE_CROP;
+    enc_decode_opts dopt = {.fast_for = fast ? &e->pad : NULL};
+    if ((rc = enc_image_decode_ex(ing->data, ing->len, &dopt, &img, &meta))) {
         /* a file read for the client is one it may not be able to read:
          * none of its bytes go back (the decoder quotes leading bytes) */
         if (ing->bytes_private)
@@ -228,16 +333,21 @@ static int ingest_pixels(eng *e, eng_ingest *ing)
     eng_capture_from_meta(&meta, &ing->capture);
     double t1 = thread_cpu_ms(), t2 = t1;
     ing->res.cpu_ms_decode = t1 - t0;
+    int64_t decoded = (int64_t)img.width * img.height * 3;
+    decode_account(e, 0, decoded);
     free(ing->owned); /* the pixels are all we need now */
     ing->owned = NULL;
     ing->data = NULL;
-    ing->width = img.width;
-    ing->height = img.height;
+    /* stored, answered and mapped: the full-size (oriented) photo, however it was decoded */
+    ing->width = meta.full_width > 0 ? meta.full_width : img.width;
+    ing->height = meta.full_height > 0 ? meta.full_height : img.height;
+    ing->res.decoded_width = img.width;
+    ing->res.decoded_height = img.height;
     size_t S = (size_t)e->image_size;
     ing->pixels = malloc(3 * S * S * sizeof(float));
     if (!ing->pixels) rc = umg_err_set(UMG_ENOMEM, "out of memory");
-    if (!rc) rc = enc_preprocess(&img, &e->pad, ing->pixels);
-    if (!rc) enc_preproc_geometry(&e->pad, img.width, img.height, &ing->geom);
+    enc_preproc_geometry(&e->pad, ing->width, ing->height, &ing->geom);
+    if (!rc) rc = input_pixels(e, &img, &ing->geom, ing->width, ing->height, ing->pixels);
     t2 = thread_cpu_ms();
     ing->res.cpu_ms_preprocess = t2 - t1;
     if (!rc && e->cfg.regions > 0) {
@@ -245,8 +355,12 @@ static int ingest_pixels(eng *e, eng_ingest *ing)
         enc_propose_opts po;
         enc_propose_opts_default(&po);
         po.max_boxes = e->cfg.regions;
+        /* min_side counts full-size pixels: as many decoded ones as they shrank to (rounded down:
+         * no box the full-size decode keeps is dropped) */
+        po.min_side = (int)((int64_t)po.min_side * img.width / ing->width);
         if (!ing->boxes) rc = umg_err_set(UMG_ENOMEM, "out of memory");
         else rc = enc_propose(&img, &po, ing->boxes, e->cfg.regions, &ing->n_boxes);
+        if (!rc) boxes_to_full(ing->boxes, ing->n_boxes, img.width, img.height, ing->width, ing->height);
     }
     if (!rc && e->cfg.region_mode == ENG_REGION_MODE_CROP && ing->n_boxes > 0) {
         /* crops are cut here, from the decoded photo; the encoding step only
@@ -271,6 +385,7 @@ static int ingest_pixels(eng *e, eng_ingest *ing)
         ing->n_boxes = kept;
     }
     enc_image_free(&img);
+    decode_account(e, 0, -decoded);
     ing->res.cpu_ms_propose = thread_cpu_ms() - t2;
     return rc;
 }
@@ -279,9 +394,15 @@ int eng_ingest_prepare(eng *e, eng_ingest *ing)
 {
     if (ing->done || ing->prepared) return umg_err_set(UMG_EINVAL, "ingest: photo already prepared");
     umg_err_clear();
+    queue_admit(e, ing);
+    decode_account(e, 1, 0);
     int rc = ingest_pixels(e, ing);
-    if (rc) ingest_fail(ing, rc, umg_err_msg());
-    else ing->prepared = 1;
+    decode_account(e, -1, 0);
+    if (rc) {
+        queue_release(ing);
+        ingest_fail(ing, rc, umg_err_msg());
+    } else
+        ing->prepared = 1;
     return rc;
 }
 
@@ -369,10 +490,19 @@ void eng_ingest_store_batch(eng *e, eng_ingest **ings, int n)
     int crop_mode = e->cfg.region_mode == ENG_REGION_MODE_CROP;
     int want_patches = (!crop_mode && e->cfg.regions > 0) || !e->cfg.no_patches;
 
+    if (e->cfg.test_store_batch_ms > 0) {
+        struct timespec ts = {e->cfg.test_store_batch_ms / 1000, (long)(e->cfg.test_store_batch_ms % 1000) * 1000000L};
+        nanosleep(&ts, NULL);
+    }
     umg_err_clear();
-    for (int i = 0; i < n; i++) memcpy(pixels + i * S3, ings[i]->pixels, S3 * sizeof(float));
+    for (int i = 0; i < n; i++) {
+        memcpy(pixels + i * S3, ings[i]->pixels, S3 * sizeof(float));
+        free(ings[i]->pixels);
+        ings[i]->pixels = NULL;
+    }
     int rc = enc_encode_pixels(run, pixels, n, embeds, want_patches ? patches : NULL);
     if (!rc && crop_mode) rc = encode_crops(e, run, ings, n, pixels, cropvecs, regvecs, R);
+    for (int i = 0; i < n; i++) queue_release(ings[i]); /* pixels and crops are in the batch's buffers now */
     if (rc) {
         char msg[300];
         snprintf(msg, sizeof msg, "encoding failed: %s", umg_err_msg());

@@ -13,6 +13,24 @@
  *                           (rechecking the duplicate rule); ONE thread at a time
  * eng_ingest_one runs all three for one photo (tests, tools).
  *
+ * Decode (eng_config.decode): ENG_DECODE_FAST lets a large JPEG decode shrunk
+ * by its DCT (1/2 .. 1/8, the largest that keeps the ENC_FIT_PAD input's size,
+ * enc_decode_opts.fast_for); the shrunk photo is resized straight to the size
+ * the full-size one resizes to.  Either way the width and height stored are the
+ * full-size (oriented) photo's, and region boxes are stored in its pixels:
+ * proposals run on the decoded pixels and are scaled back (ingest.c,
+ * boxes_to_full), and the patch grid is placed by the full size's geometry
+ * (enc_preproc_geometry), the one search.c recomputes from the stored size.
+ * ENG_DECODE_EXACT decodes at full resolution (bit-identical to the reference).
+ *
+ * Memory: a photo between eng_ingest_prepare's start and store_batch's encode
+ * holds a fixed bound of bytes (its network input, boxes, crops: ingest.c,
+ * prepared_bytes), reserved before its decode; prepare WAITS while the photos
+ * admitted before hold cfg.queue_memory (always admitting one when none holds
+ * any).  While decoding, a photo also holds its decoded RGB buffer (width x
+ * height x 3 of the decoded size): as many of those as threads call prepare at
+ * once.  Both are counted in eng_stats (now and peak).
+ *
  * Ownership: an eng_ingest is the caller's (eng_ingest_free).  It copies
  * path and tags at begin; the photo's bytes (req->data) are borrowed until
  * eng_ingest_prepare returns (or, with take_data, owned by the engine). */
@@ -50,6 +68,8 @@ typedef struct eng_ingest_result {
     int regions;            /* region vectors stored (a duplicate: those it has) */
     int duplicate;          /* the same path held the same bytes: nothing stored */
     int replaced;           /* the path held other bytes: that image was replaced */
+    int decoded_width, decoded_height; /* the decoded pixels (smaller than the stored width and
+                               height when ENG_DECODE_FAST shrank a JPEG); 0 for a duplicate */
     /* CPU milliseconds of eng_ingest_prepare's steps (the calling thread's clock; benchmarks) */
     double cpu_ms_decode, cpu_ms_preprocess, cpu_ms_propose;
 } eng_ingest_result;

@@ -24,40 +24,6 @@
 #include "http.h"
 #include "umg_error.h"
 
-/* ---- logging -------------------------------------------------------------- */
-
-static const char *const level_names[] = {"debug", "info", "warn", "error"};
-
-void srv_log(srv *s, int level, const char *fmt, ...)
-{
-    if (s && level < s->cfg.log_level) return;
-    char line[2048];
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    struct tm tm;
-    gmtime_r(&ts.tv_sec, &tm);
-    int n = (int)strftime(line, sizeof line, "%Y-%m-%dT%H:%M:%S", &tm);
-    n += snprintf(line + n, sizeof line - (size_t)n, ".%03ldZ %s ", ts.tv_nsec / 1000000L,
-                  level_names[level < 0 ? 0 : level > 3 ? 3 : level]);
-    va_list ap;
-    va_start(ap, fmt);
-    int m = vsnprintf(line + n, sizeof line - (size_t)n - 1, fmt, ap);
-    va_end(ap);
-    n = m < 0 ? n : n + m;
-    if (n > (int)sizeof line - 2) n = (int)sizeof line - 2;
-    line[n++] = '\n';
-    /* one write per line so that lines of different threads never interleave */
-    ssize_t w = write(STDERR_FILENO, line, (size_t)n);
-    (void)w;
-}
-
-uint64_t srv_now_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
-}
-
 static void db_log_cb(void *ud, int level, const char *msg)
 {
     srv_log(ud, level == DB_LOG_WARN ? SRV_LOG_WARN : SRV_LOG_INFO, "db: %s", msg);
@@ -373,15 +339,6 @@ void srv_after_work(uv_work_t *w, int status)
     srv_job_finish(job);
 }
 
-void srv_job_done_async(srv *s, srv_job *job)
-{
-    pthread_mutex_lock(&s->q_mu);
-    job->next = s->done_head;
-    s->done_head = job;
-    pthread_mutex_unlock(&s->q_mu);
-    uv_async_send(&s->done_async);
-}
-
 static void on_done_async(uv_async_t *a)
 {
     srv *s = a->data;
@@ -404,30 +361,6 @@ static void on_done_async(uv_async_t *a)
     }
 }
 
-void srv_encoder_push(srv *s, srv_job *job)
-{
-    job->next = NULL;
-    pthread_mutex_lock(&s->q_mu);
-    if (s->q_tail) s->q_tail->next = job;
-    else s->q_head = job;
-    s->q_tail = job;
-    s->q_len++;
-    s->stage1_pending--;
-    pthread_cond_signal(&s->q_cv);
-    pthread_mutex_unlock(&s->q_mu);
-}
-
-void srv_stage1_push(srv *s, srv_job *job)
-{
-    job->next = NULL;
-    pthread_mutex_lock(&s->q_mu);
-    if (s->s1_tail) s->s1_tail->next = job;
-    else s->s1_head = job;
-    s->s1_tail = job;
-    pthread_cond_signal(&s->s1_cv);
-    pthread_mutex_unlock(&s->q_mu);
-}
-
 static void *stage1_main(void *arg)
 {
     srv *s = arg;
@@ -444,21 +377,6 @@ static void *stage1_main(void *arg)
         srv_stage1_run(job);
     }
     return NULL;
-}
-
-void srv_stage1_begin(srv *s)
-{
-    pthread_mutex_lock(&s->q_mu);
-    s->stage1_pending++;
-    pthread_mutex_unlock(&s->q_mu);
-}
-
-void srv_stage1_end(srv *s)
-{
-    pthread_mutex_lock(&s->q_mu);
-    s->stage1_pending--;
-    pthread_cond_signal(&s->q_cv);
-    pthread_mutex_unlock(&s->q_mu);
 }
 
 static void *encoder_main(void *arg)
@@ -950,6 +868,8 @@ void server_config_default(server_config *c)
     c->hello_timeout_s = SRV_DEFAULT_HELLO_TIMEOUT_S;
     c->frame_timeout_s = SRV_DEFAULT_FRAME_TIMEOUT_S;
     c->buffer_memory = SRV_DEFAULT_BUFFER_MEMORY;
+    c->decode_fast = 1;
+    c->ingest_memory = SRV_DEFAULT_INGEST_MEMORY;
     c->max_connections = SRV_DEFAULT_MAX_CONN;
     c->log_level = SRV_LOG_INFO;
     c->index_threads = SRV_DEFAULT_INDEX_THREADS;
@@ -958,23 +878,6 @@ void server_config_default(server_config *c)
     c->http_header_timeout_s = HTTP_DEFAULT_HEADER_TIMEOUT_S;
     c->http_body_timeout_s = HTTP_DEFAULT_BODY_TIMEOUT_S;
     c->http_keepalive_s = HTTP_DEFAULT_KEEPALIVE_S;
-}
-
-const char *srv_region_mode_name(int mode)
-{
-    switch (mode) {
-    case SRV_REGION_MODE_AUTO: return "auto";
-    case SRV_REGION_MODE_DENSE: return "dense";
-    case SRV_REGION_MODE_CROP: return "crop";
-    default: return "unknown";
-    }
-}
-
-int srv_region_mode_parse(const char *name)
-{
-    if (!strcmp(name, "dense")) return SRV_REGION_MODE_DENSE;
-    if (!strcmp(name, "crop")) return SRV_REGION_MODE_CROP;
-    return -1;
 }
 
 /* The side file DIR/region_mode that recorded the mode before it moved into
@@ -1210,6 +1113,7 @@ int server_run(const server_config *cfg)
     s->cfg = *cfg;
     s->tcp_fd = s->http_fd = -1;
     s->t_start_ns = srv_now_ns();
+    s->after_work = srv_after_work;
     pthread_mutex_init(&s->q_mu, NULL);
     pthread_condattr_t ca;
     pthread_condattr_init(&ca);

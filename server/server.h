@@ -24,6 +24,7 @@
 #define SRV_MAX_UNSENT (8u << 20)         /* memory of unsent answers per connection before reading pauses */
 #define SRV_MAX_INFLIGHT_BYTES (256u << 20) /* request frame bytes held per connection */
 #define SRV_DEFAULT_BUFFER_MEMORY (1ull << 30) /* --buffer-memory: connection buffers, all connections */
+#define SRV_DEFAULT_INGEST_MEMORY (256ull << 20) /* --ingest-memory: photos prepared for the encoder */
 #define SRV_CONN_MEM_FLOOR (64u << 10)    /* over the budget, connections holding less go on reading */
 #define SRV_PREAUTH_MAX_FRAME 8192        /* largest frame before hello succeeds (token <= 4096 bytes) */
 #define SRV_PREAUTH_MAX_ERRORS 4          /* error answers before hello succeeds; the last one closes */
@@ -74,6 +75,9 @@ typedef struct server_config {
                                       answers, requests held, partial frames); reading pauses at it */
     int max_connections;
     int log_level;                 /* enum srv_log_level */
+    int decode_fast;               /* --decode fast (1, the default) or exact (0): eng_config.decode */
+    uint64_t ingest_memory;        /* bytes photos prepared for the encoder may hold; decoding waits
+                                      at it (eng_config.queue_memory; docs/server.md) */
     int no_patches;                /* do not store patch tokens */
     int region_mode;               /* enum srv_region_mode; AUTO = as recorded */
     /* db_options passthrough */
@@ -100,6 +104,7 @@ typedef struct server_config {
                                       overlap deterministically; 0 = off */
     int test_hold_build_ms;        /* the first due index build waits this long; 0 = off */
     int test_no_openat2;           /* path ingest walks with openat as on kernels without openat2 */
+    int test_store_ms;             /* every ingest batch sleeps this long before encoding; 0 = off */
     /* HTTP/JSON listener (docs/http.md) */
     const char *http_listen;       /* "HOST:PORT" or NULL (none, the default) */
     int http_header_timeout_s;     /* a request's first byte -> end of its headers; 0 = none */

@@ -1,9 +1,10 @@
 /* server_internal.h - structures shared by server.c (loop, sockets, jobs,
  * encoder thread) and server_ops.c (the operations' handlers, translating
  * requests to the engine and its results to responses).  Calls go one way:
- * server.c calls srv_ops_* and the handlers through the protocol's table;
- * server_ops.c calls back only the job and queue functions listed under
- * "server.c" below. */
+ * server.c -> server_ops.c -> server_common.c.  server.c calls srv_ops_* and
+ * the handlers through the protocol's table; server_ops.c calls only the
+ * log, clock and queue functions of server_common.c, and hands threadpool
+ * work to libuv with s->after_work, the after-callback server.c installs. */
 #ifndef UMG_SERVER_INTERNAL_H
 #define UMG_SERVER_INTERNAL_H
 
@@ -99,6 +100,7 @@ struct srv {
     int n_roots;
     int no_openat2;               /* cfg.test_no_openat2 (tests): path ingest walks with openat */
     uv_loop_t *loop;
+    uv_after_work_cb after_work;  /* server.c's srv_after_work, for jobs queued on the threadpool */
     uv_tcp_t tcp;
     int tcp_fd;                   /* bound at start, before the loop exists; -1 once uv_tcp_open took it */
     uv_pipe_t pipe;
@@ -164,13 +166,11 @@ struct srv {
     size_t hello_len;
 };
 
-/* server.c */
+/* server_common.c (calls neither server.c nor server_ops.c) */
 void srv_log(srv *s, int level, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 uint64_t srv_now_ns(void);
 /* Hand an ingest job (stage 1 done) to the encoder thread; any thread. */
 void srv_encoder_push(srv *s, srv_job *job);
-/* Ask the checkpoint thread for a checkpoint now (an index build is due). */
-void srv_checkpoint_kick(srv *s);
 /* Hand an ingest whose bytes are read and checked to the stage-1 workers. */
 void srv_stage1_push(srv *s, srv_job *job);
 /* Count an ingest entering stage 1 / leaving it without reaching the encoder. */
@@ -178,6 +178,12 @@ void srv_stage1_begin(srv *s);
 void srv_stage1_end(srv *s);
 /* Finish a job from the encoder thread: its resp holds the answer. */
 void srv_job_done_async(srv *s, srv_job *job);
+/* Answer job with an error (on any thread). */
+void srv_job_error(srv_job *job, int code, const char *msg);
+
+/* server.c */
+/* Ask the checkpoint thread for a checkpoint now (an index build is due). */
+void srv_checkpoint_kick(srv *s);
 /* uv_queue_work's after-callback for jobs whose work function built resp
  * (or handed the job off, setting handed_off). */
 void srv_after_work(uv_work_t *w, int status);
@@ -210,8 +216,6 @@ void srv_ops_fini(srv *s);
 /* Run the handler the command table binds to req's op (loop thread):
  * 0 = the job goes on elsewhere, 1 = answered, < 0 = an error to answer. */
 int srv_dispatch(srv_job *job, proto_request *req);
-/* Answer job with an error (on any thread). */
-void srv_job_error(srv_job *job, int code, const char *msg);
 /* Stage-1 worker: decode, preprocess, propose, then srv_encoder_push (or
  * answer the error). */
 void srv_stage1_run(srv_job *job);

@@ -38,16 +38,6 @@ static void pack_strn(msgpack_packer *pk, const char *s, size_t n)
     msgpack_pack_str_body(pk, s, n);
 }
 
-void srv_job_error(srv_job *job, int code, const char *msg)
-{
-    if (code >= 0) code = UMG_EINTERNAL;
-    if (!msg || !*msg) msg = umg_strerror(code);
-    job->status = code;
-    snprintf(job->errmsg, sizeof job->errmsg, "%s", msg);
-    job->resp.size = 0;
-    if (proto_response_error(&job->resp, job->id, code, msg)) job->resp.size = 0;
-}
-
 /* End a success response begun with proto_response_begin; keeps the status
  * in step when the builder had to replace it by an error. */
 static void job_response_end(srv_job *job, proto_writer *w)
@@ -79,9 +69,17 @@ int srv_ops_init(srv *s)
                      .text_lanes = srv_text_lanes(&s->cfg),
                      .text_batch_wait_us = s->cfg.text_batch_wait_us,
                      .test_text_pass_ms = s->cfg.test_text_pass_ms,
-                     .query_cache = s->cfg.query_cache};
+                     .query_cache = s->cfg.query_cache,
+                     .decode = s->cfg.decode_fast ? ENG_DECODE_FAST : ENG_DECODE_EXACT,
+                     .queue_memory = s->cfg.ingest_memory,
+                     .test_store_batch_ms = s->cfg.test_store_ms};
     int rc = eng_create(s->model, s->db, &ec, &s->eng);
     if (rc) return rc;
+    srv_log(s, SRV_LOG_INFO, "ingest: --decode %s, --ingest-memory %llu bytes for prepared photos, %d decoding at once",
+            ec.decode == ENG_DECODE_FAST ? "fast" : "exact", (unsigned long long)ec.queue_memory, s->cfg.threads);
+    if (ec.test_store_batch_ms > 0)
+        srv_log(s, SRV_LOG_WARN, "--test-store-ms: every ingest batch waits %d ms first (a test hook)",
+                ec.test_store_batch_ms);
     if (ec.test_text_pass_ms > 0)
         srv_log(s, SRV_LOG_WARN, "--test-text-pass-ms: every text pass lasts at least %d ms (a test hook)",
                 ec.test_text_pass_ms);
@@ -229,10 +227,20 @@ static int h_stats(void *ctx, proto_request *req)
     pack_key(pk, "connections"), msgpack_pack_int32(pk, s->n_conns);
     pack_key(pk, "paused_connections"), msgpack_pack_int32(pk, paused);   /* backpressure */
     pack_key(pk, "unsent_bytes"), msgpack_pack_uint64(pk, unsent);
-    pack_key(pk, "ingest");
-    msgpack_pack_map(pk, 2);
+    pack_key(pk, "ingest"); /* and its memory (docs/server.md, "Ingest memory") */
+    const eng_ingest_mem *im = &es.ingest_mem;
+    msgpack_pack_map(pk, 11);
     pack_key(pk, "images"), msgpack_pack_uint64(pk, es.ingested);
     pack_key(pk, "batches"), msgpack_pack_uint64(pk, es.ingest_batches);
+    pack_key(pk, "decode"), proto_pack_cstr(pk, s->cfg.decode_fast ? "fast" : "exact");
+    pack_key(pk, "decoding"), msgpack_pack_int32(pk, im->decoding);
+    pack_key(pk, "decoded_bytes"), msgpack_pack_uint64(pk, im->decoded_bytes);
+    pack_key(pk, "decoded_peak_bytes"), msgpack_pack_uint64(pk, im->decoded_peak);
+    pack_key(pk, "queued"), msgpack_pack_int32(pk, im->queued);
+    pack_key(pk, "queued_bytes"), msgpack_pack_uint64(pk, im->queued_bytes);
+    pack_key(pk, "queued_peak_bytes"), msgpack_pack_uint64(pk, im->queued_peak);
+    pack_key(pk, "queue_memory"), msgpack_pack_uint64(pk, s->cfg.ingest_memory);
+    pack_key(pk, "queue_waits"), msgpack_pack_uint64(pk, im->queue_waits);
     pack_key(pk, "text_queries"); /* text-tower passes, and the texts they encoded */
     msgpack_pack_map(pk, 3);
     pack_key(pk, "texts"), msgpack_pack_uint64(pk, es.texts);
@@ -527,6 +535,16 @@ static int ingest_prepare(srv_job *job)
 void srv_stage1_run(srv_job *job)
 {
     umg_err_clear();
+    if (!job->ing) { /* by path: the file is read here (ingest_work) */
+        int rc = ingest_prepare(job);
+        if (rc || eng_ingest_done(job->ing)) {
+            if (rc) srv_job_error(job, rc, umg_err_msg());
+            else answer_ingest_result(job);
+            srv_stage1_end(job->s);
+            srv_job_done_async(job->s, job);
+            return;
+        }
+    }
     if (eng_ingest_prepare(job->s->eng, job->ing)) {
         answer_ingest_result(job);
         srv_stage1_end(job->s);
@@ -540,6 +558,18 @@ static void ingest_work(uv_work_t *w)
 {
     srv_job *job = w->data;
     umg_err_clear();
+    /* A file ingested by path is read by the stage-1 worker that decodes it: so
+     * at most T files are in memory, however many path ingests wait (their
+     * request frames are counted in --buffer-memory; read here, the files
+     * would pile up in the stage-1 queue uncounted while decoding waits for
+     * --ingest-memory). */
+    const char *str;
+    size_t sl;
+    if (proto_obj_str(proto_req_arg(job->req, "path"), &str, &sl)) {
+        job->handed_off = 1;
+        srv_stage1_push(job->s, job);
+        return;
+    }
     int rc = ingest_prepare(job);
     if (rc || eng_ingest_done(job->ing)) {
         if (rc) srv_job_error(job, rc, umg_err_msg());
@@ -555,7 +585,7 @@ static int h_ingest(void *ctx, proto_request *req)
 {
     srv_job *job = ctx;
     srv_stage1_begin(job->s);
-    int rc = uv_queue_work(job->s->loop, &job->work, ingest_work, srv_after_work);
+    int rc = uv_queue_work(job->s->loop, &job->work, ingest_work, job->s->after_work);
     if (rc) srv_stage1_end(job->s);
     return rc ? umg_err_set(UMG_EINTERNAL, "uv_queue_work: %s", uv_strerror(rc)) : 0;
 }
@@ -858,7 +888,7 @@ static void move_work(uv_work_t *w)
     static int name(void *ctx, proto_request *req)                                                 \
     {                                                                                              \
         srv_job *job = ctx;                                                                        \
-        int rc = uv_queue_work(job->s->loop, &job->work, fn, srv_after_work);                     \
+        int rc = uv_queue_work(job->s->loop, &job->work, fn, job->s->after_work);                  \
         return rc ? umg_err_set(UMG_EINTERNAL, "uv_queue_work: %s", uv_strerror(rc)) : 0;          \
     }
 QUEUE_HANDLER(h_query_queue, query_work)

@@ -18,6 +18,7 @@
 
 #include <cmocka.h>
 
+#include "enc_regions.h"
 #include "engine.h"
 #include "ingest.h"
 #include "search.h"
@@ -1353,6 +1354,152 @@ static void test_capture_filters(void **state)
     free(f);
 }
 
+/* ---- decode modes (eng_config.decode) -------------------------------------- */
+
+/* A large photo: chelsea.png upscaled (PIL bicubic) to w x h stored pixels,
+ * written as a JPEG with EXIF orientation `orient` (0: none). */
+static void write_large_jpeg(const char *path, int w, int h, int orient)
+{
+    enc_image src = {0}, big = {0};
+    assert_int_equal(enc_image_load(IMG("chelsea.png"), ENC_IMAGE_MAX_PIXELS_DEFAULT, &src), 0);
+    assert_int_equal(enc_image_resize(&src, w, h, &big), 0);
+    tu_write_jpeg(path, big.rgb, w, h, 90, orient);
+    enc_image_free(&src);
+    enc_image_free(&big);
+}
+
+static double cosine(const float *a, const float *b, int n)
+{
+    double ab = 0, aa = 0, bb = 0;
+    for (int i = 0; i < n; i++) ab += (double)a[i] * b[i], aa += (double)a[i] * a[i], bb += (double)b[i] * b[i];
+    return ab / sqrt(aa * bb);
+}
+
+/* The region vector of box pooled here from the photo's stored (float16,
+ * normalized) patch tokens, with the geometry of the stored full size. */
+static void pool_stored(fixture *f, uint64_t id, int w, int h, const float box[4], float *out)
+{
+    void *blob;
+    size_t len, n = (size_t)f->grid * f->grid * f->dim;
+    assert_int_equal(db_get_extra(f->db, id, "patch_tokens", &blob, &len), 0);
+    assert_int_equal(len, n * 2);
+    float *tok = malloc(n * sizeof *tok);
+    assert_non_null(tok);
+    const uint8_t *b = blob;
+    for (size_t i = 0; i < n; i++) tok[i] = umg_f16_to_f32((uint16_t)(b[2 * i] | (b[2 * i + 1] << 8)));
+    enc_preproc pad = *enc_model_preproc(f->model);
+    pad.fit = ENC_FIT_PAD;
+    enc_preproc_geom g;
+    enc_preproc_geometry(&pad, w, h, &g);
+    assert_int_equal(enc_region_pool(tok, f->grid, f->dim, enc_model_config(f->model)->patch_size, &g, box, out), 0);
+    enc_l2_normalize(out, f->dim);
+    free(tok);
+    free(blob);
+}
+
+/* A large JPEG (2000x1500; and 2003x1499 stored with EXIF orientation 6, so
+ * oriented 1499x2003, sides not multiples of 8) ingested with ENG_DECODE_FAST
+ * and with ENG_DECODE_EXACT: fast decodes it shrunk (1/8), yet stores the
+ * full-size width and height and boxes in full-size pixels (the whole-photo
+ * window spans the full frame: boxes left in decoded pixels would end near
+ * 250); each region vector is the pooling of the stored patch tokens over its
+ * box placed by the full size's geometry; the image vector's cosine to the
+ * exact decode's is >= 0.999, and boxes found by both agree in region vectors. */
+static void test_fast_decode(void **state)
+{
+    (void)state;
+    fixture *f = calloc(1, sizeof *f);
+    assert_non_null(f);
+    assert_non_null(tu_mkdtemp(f->dir, sizeof f->dir, "umg-engine-fast-"));
+    open_engine(f, ENG_REGION_MODE_DENSE, 0);
+    struct { const char *name; int w, h, orient, ow, oh; } big[] = {
+        {"big.jpg", 2000, 1500, 0, 2000, 1500},
+        {"big6.jpg", 2003, 1499, 6, 1499, 2003},
+    };
+    enum { NB = 2 };
+    char files[NB][400];
+    uint64_t ids[2][NB]; /* [exact, fast] */
+    for (int i = 0; i < NB; i++) {
+        snprintf(files[i], sizeof files[i], "%s/%s", f->dir, big[i].name);
+        write_large_jpeg(files[i], big[i].w, big[i].h, big[i].orient);
+    }
+    for (int mode = 0; mode < 2; mode++) {
+        eng_close(f->e);
+        eng_config c = {.region_mode = ENG_REGION_MODE_DENSE, .regions = REGIONS, .batch = 4, .threads = 1,
+                        .text_lanes = 1, .decode = mode ? ENG_DECODE_FAST : ENG_DECODE_EXACT};
+        assert_int_equal(eng_create(f->model, f->db, &c, &f->e), 0);
+        for (int i = 0; i < NB; i++) {
+            char path[64];
+            snprintf(path, sizeof path, "/%s/%s", mode ? "fast" : "exact", big[i].name);
+            eng_ingest_result r;
+            if (ingest_file(f->e, files[i], path, NULL, 0, &r)) fail_msg("%s: %s", path, r.msg);
+            ids[mode][i] = r.image_id;
+            if (mode) { /* shrunk by 8: ceil(side / 8) */
+                assert_int_equal(r.decoded_width, (big[i].ow + 7) / 8);
+                assert_int_equal(r.decoded_height, (big[i].oh + 7) / 8);
+            } else {
+                assert_int_equal(r.decoded_width, big[i].ow);
+                assert_int_equal(r.decoded_height, big[i].oh);
+            }
+        }
+    }
+    for (int i = 0; i < NB; i++) {
+        db_image im[2];
+        db_region *reg[2];
+        int nreg[2];
+        float v[2][512];
+        for (int mode = 0; mode < 2; mode++) {
+            assert_int_equal(db_get_image(f->db, ids[mode][i], &im[mode]), 0);
+            assert_int_equal(im[mode].width, big[i].ow);
+            assert_int_equal(im[mode].height, big[i].oh);
+            assert_int_equal(db_get_vector(f->db, DB_KIND_IMAGE, ids[mode][i], v[mode]), 0);
+            assert_int_equal(db_list_regions(f->db, ids[mode][i], &reg[mode], &nreg[mode]), 0);
+            assert_true(nreg[mode] > 0);
+            int whole = 0;
+            for (int b = 0; b < nreg[mode]; b++) {
+                const float *x = reg[mode][b].box;
+                assert_true(x[0] >= 0 && x[1] >= 0 && x[2] > 0 && x[3] > 0);
+                assert_true(x[0] + x[2] <= big[i].ow + 0.01f && x[1] + x[3] <= big[i].oh + 0.01f);
+                if (x[0] < 1 && x[1] < 1 && x[0] + x[2] > big[i].ow - 1 && x[1] + x[3] > big[i].oh - 1) whole = 1;
+                /* the stored region vector pools the cells under its full-size box */
+                float want[512], got[512];
+                pool_stored(f, ids[mode][i], big[i].ow, big[i].oh, x, want);
+                assert_int_equal(db_get_vector(f->db, DB_KIND_REGION, reg[mode][b].id, got), 0);
+                double cs = cosine(want, got, f->dim);
+                if (cs < 0.999) fail_msg("%s mode %d region %d: cosine %.5f to its box's pooling", big[i].name, mode, b, cs);
+            }
+            if (!whole) fail_msg("%s mode %d: no box spans the full-size frame", big[i].name, mode);
+        }
+        double cs = cosine(v[0], v[1], f->dim);
+        if (cs < 0.999) fail_msg("%s: image vector cosine fast vs exact %.6f", big[i].name, cs);
+        /* boxes both modes found alike (the whole photo, a window at least) pool alike; only boxes of
+         * a quarter of each side or more: a box of one or two patch cells moves with every pixel */
+        int matched = 0;
+        for (int a = 0; a < nreg[0]; a++) {
+            if (reg[0][a].box[2] < big[i].ow / 4.f || reg[0][a].box[3] < big[i].oh / 4.f) continue;
+            for (int b = 0; b < nreg[1]; b++) {
+                int same = 1;
+                for (int k = 0; k < 4; k++) same &= fabsf(reg[0][a].box[k] - reg[1][b].box[k]) < 0.5f;
+                if (!same) continue;
+                float ra[512], rb[512];
+                assert_int_equal(db_get_vector(f->db, DB_KIND_REGION, reg[0][a].id, ra), 0);
+                assert_int_equal(db_get_vector(f->db, DB_KIND_REGION, reg[1][b].id, rb), 0);
+                double rc = cosine(ra, rb, f->dim);
+                if (rc < 0.995) fail_msg("%s box %d: region cosine fast vs exact %.5f", big[i].name, a, rc);
+                matched++;
+            }
+        }
+        assert_true(matched >= 2);
+        for (int mode = 0; mode < 2; mode++) {
+            db_image_free(&im[mode]);
+            free(reg[mode]);
+        }
+    }
+    close_engine(f);
+    tu_rm_rf(f->dir);
+    free(f);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1370,6 +1517,7 @@ int main(void)
         cmocka_unit_test(test_sync_plan),
         cmocka_unit_test(test_no_patches),
         cmocka_unit_test(test_crop_mode),
+        cmocka_unit_test(test_fast_decode),
         cmocka_unit_test(test_selective_filters),
         cmocka_unit_test(test_pages),
         cmocka_unit_test(test_capture_times),

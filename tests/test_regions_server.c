@@ -24,7 +24,6 @@
 
 #include <fcntl.h>
 #include <jansson.h>
-#include <jpeglib.h>
 #include <math.h>
 #include <png.h>
 #include <signal.h>
@@ -85,32 +84,7 @@ static void write_rotated_jpeg(const char *path, const enc_image *img)
     for (int sy = 0; sy < H; sy++)
         for (int sx = 0; sx < W; sx++)
             memcpy(raw + ((size_t)sy * W + sx) * 3, img->rgb + ((size_t)sx * img->width + (img->width - 1 - sy)) * 3, 3);
-    FILE *f = fopen(path, "wb");
-    assert_non_null(f);
-    struct jpeg_compress_struct c;
-    struct jpeg_error_mgr err;
-    c.err = jpeg_std_error(&err);
-    jpeg_create_compress(&c);
-    jpeg_stdio_dest(&c, f);
-    c.image_width = (JDIMENSION)W;
-    c.image_height = (JDIMENSION)H;
-    c.input_components = 3;
-    c.in_color_space = JCS_RGB;
-    jpeg_set_defaults(&c);
-    jpeg_set_quality(&c, 92, TRUE);
-    jpeg_start_compress(&c, TRUE);
-    /* APP1: "Exif\0\0", little-endian TIFF header, IFD0 with one entry:
-     * Orientation (0x0112), SHORT, count 1, value 6 */
-    static const uint8_t exif[] = {'E', 'x', 'i', 'f', 0, 0, 'I', 'I', 42, 0, 8, 0, 0, 0, 1, 0,
-                                   0x12, 0x01, 3, 0, 1, 0, 0, 0, 6, 0, 0, 0, 0, 0, 0, 0};
-    jpeg_write_marker(&c, JPEG_APP0 + 1, exif, sizeof exif);
-    while (c.next_scanline < c.image_height) {
-        JSAMPROW row = raw + (size_t)c.next_scanline * W * 3;
-        jpeg_write_scanlines(&c, &row, 1);
-    }
-    jpeg_finish_compress(&c);
-    jpeg_destroy_compress(&c);
-    fclose(f);
+    tu_write_jpeg(path, raw, W, H, 92, 6);
     free(raw);
 }
 
@@ -226,9 +200,9 @@ static void crop_embedding(const enc_image *img, const double box[4], float *out
     enc_image_free(&c);
 }
 
-/* Run `umgdb embed --model clip-tiny [--patches] --image ...` and parse its
- * JSON lines: embeddings [n][D], patches [n][G*G][D] (if asked). */
-static void run_embed(const char *const *images, int n, int patches, float *emb, float *pat)
+/* Run `umgdb embed --model clip-tiny [--patches] [--decode MODE] --image ...` and parse its
+ * JSON lines: embeddings [n][D], patches [n][G*G][D] (if asked).  decode NULL: embed's default. */
+static void run_embed(const char *const *images, int n, int patches, const char *decode, float *emb, float *pat)
 {
     char outp[] = "/tmp/umg-regsrv-embed-XXXXXX";
     int fo = mkstemp(outp);
@@ -242,6 +216,7 @@ static void run_embed(const char *const *images, int n, int patches, float *emb,
     argv[a++] = "--threads";
     argv[a++] = "1";
     if (patches) argv[a++] = "--patches";
+    if (decode) argv[a++] = "--decode", argv[a++] = decode;
     for (int i = 0; i < n; i++) argv[a++] = "--image", argv[a++] = images[i];
     argv[a] = NULL;
     pid_t pid = fork();
@@ -435,7 +410,7 @@ static void test_crop_vectors(void **state)
     assert_true(n_square >= 1);
     float *emb = malloc((size_t)n_square * D * sizeof(float));
     assert_non_null(emb);
-    run_embed(square_png, n_square, 0, emb, NULL);
+    run_embed(square_png, n_square, 0, NULL, emb, NULL);
     for (int i = 0; i < n_square; i++) {
         double cs = cosine(square_vec[i], emb + (size_t)i * D, D);
         if (cs < 0.99999) fail_msg("square crop %d: cosine %.7f to umgdb embed", i, cs);
@@ -464,7 +439,7 @@ static void test_dense_vectors(void **state)
     float *emb = malloc((size_t)2 * D * sizeof(float)), *pat = malloc((size_t)2 * G * G * D * sizeof(float));
     float *got = malloc((size_t)D * sizeof(float)), *want = malloc((size_t)D * sizeof(float));
     assert_true(emb && pat && got && want);
-    run_embed(files, 2, 1, emb, pat);
+    run_embed(files, 2, 1, NULL, emb, pat);
     db_t *db = open_stored(s.data);
     enc_preproc p = *enc_model_preproc(model);
     p.fit = ENC_FIT_PAD;
@@ -522,7 +497,8 @@ static void test_exif_boxes(void **state)
         enc_image_free(&img);
 
         const char *files[] = {rot, png};
-        const char *extra[] = {"--region-mode", mode ? "crop" : "dense", "--regions", "8", NULL};
+        /* the same pixels from both files: the JPEG decoded exactly (--decode fast would shrink it) */
+        const char *extra[] = {"--region-mode", mode ? "crop" : "dense", "--regions", "8", "--decode", "exact", NULL};
         ts_start_ok(&s, extra);
         stored st[2];
         ingest_all(&s, files, 2, st);
@@ -907,12 +883,86 @@ static void test_refine_pixel(void **state)
     assert_int_equal(tu_rm_rf(s.dir), 0);
 }
 
+/* --decode (issue 17): large JPEGs (1600x1600, square so that the server's
+ * ENC_FIT_PAD input is `umgdb embed`'s; 2003x1499 stored with EXIF
+ * orientation 6) through a server with --decode exact and one with the
+ * default (fast).  Exact: the image vector is `umgdb embed --decode exact`'s
+ * (today's behaviour).  Fast: width and height are the full (oriented) size,
+ * every box lies inside that frame and one spans it (boxes left in the
+ * decoded 1/8 pixels would end near 200), and the image vector's cosine to
+ * the exact decode's is >= 0.999 (and not 1: the fast path was taken). */
+static void test_decode_modes(void **state)
+{
+    (void)state;
+    enum { NF = 2 };
+    ts_server s[2]; /* [exact, fast] */
+    stored st[2][NF];
+    char files[NF][300];
+    const int ow[NF] = {1600, 1499}, oh[NF] = {1600, 2003};
+    for (int m = 0; m < 2; m++) ts_make_tmp(&s[m], "umg-regsrv-dec-");
+    {
+        enc_image src = {0}, up = {0};
+        assert_int_equal(enc_image_load(IMG("chelsea.png"), ENC_IMAGE_MAX_PIXELS_DEFAULT, &src), 0);
+        snprintf(files[0], sizeof files[0], "%s/square.jpg", s[0].dir);
+        assert_int_equal(enc_image_resize(&src, 1600, 1600, &up), 0);
+        tu_write_jpeg(files[0], up.rgb, 1600, 1600, 90, 0);
+        enc_image_free(&up);
+        snprintf(files[1], sizeof files[1], "%s/rotated.jpg", s[0].dir);
+        assert_int_equal(enc_image_resize(&src, 2003, 1499, &up), 0);
+        tu_write_jpeg(files[1], up.rgb, 2003, 1499, 90, 6);
+        enc_image_free(&up);
+        enc_image_free(&src);
+    }
+    const char *exact[] = {"--regions", "8", "--decode", "exact", NULL};
+    const char *fast[] = {"--regions", "8", NULL}; /* the default: fast */
+    const char *fl[NF] = {files[0], files[1]};
+    for (int m = 0; m < 2; m++) {
+        ts_start_ok(&s[m], m ? fast : exact);
+        ingest_all(&s[m], fl, NF, st[m]);
+        assert_int_equal(ts_stop(&s[m]), 0);
+    }
+    int D = enc_model_dim(model);
+    float *v = malloc((size_t)4 * D * sizeof(float));
+    assert_non_null(v);
+    float *emb = v, *got[2] = {v + D, v + 2 * D};
+    run_embed(fl, 1, 0, "exact", emb, NULL);
+    db_t *db[2] = {open_stored(s[0].data), open_stored(s[1].data)};
+    for (int f = 0; f < NF; f++) {
+        for (int m = 0; m < 2; m++) {
+            assert_int_equal(st[m][f].width, ow[f]);
+            assert_int_equal(st[m][f].height, oh[f]);
+            assert_true(st[m][f].n > 0);
+            int spans = 0;
+            for (int i = 0; i < st[m][f].n; i++) {
+                const double *b = st[m][f].box[i];
+                if (!(b[0] >= 0 && b[1] >= 0 && b[2] > 0 && b[3] > 0 && b[0] + b[2] <= ow[f] + 0.01 &&
+                      b[1] + b[3] <= oh[f] + 0.01))
+                    fail_msg("file %d mode %d box %d [%g %g %g %g] outside %dx%d", f, m, i, b[0], b[1], b[2], b[3],
+                             ow[f], oh[f]);
+                spans |= b[0] < 1 && b[1] < 1 && b[0] + b[2] > ow[f] - 1 && b[1] + b[3] > oh[f] - 1;
+            }
+            if (!spans) fail_msg("file %d mode %d: no box spans the %dx%d frame", f, m, ow[f], oh[f]);
+            assert_int_equal(db_get_vector(db[m], DB_KIND_IMAGE, st[m][f].image_id, got[m]), 0);
+        }
+        if (f == 0) {
+            double ce = cosine(got[0], emb, D);
+            if (ce < 0.99999) fail_msg("--decode exact: cosine %.7f to umgdb embed --decode exact", ce);
+        }
+        double cf = cosine(got[0], got[1], D);
+        if (cf < 0.999 || cf > 0.9999999) fail_msg("file %d: image vector cosine fast vs exact %.7f", f, cf);
+    }
+    for (int m = 0; m < 2; m++) db_close(db[m]);
+    free(v);
+    for (int m = 0; m < 2; m++) assert_int_equal(tu_rm_rf(s[m].dir), 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_teardown(test_crop_vectors, ts_teardown),
         cmocka_unit_test_teardown(test_dense_vectors, ts_teardown),
         cmocka_unit_test_teardown(test_exif_boxes, ts_teardown),
+        cmocka_unit_test_teardown(test_decode_modes, ts_teardown),
         cmocka_unit_test_teardown(test_mode_recorded, ts_teardown),
         cmocka_unit_test_teardown(test_refine_pixel, ts_teardown),
     };

@@ -267,7 +267,7 @@ static void hit_names(json_t *answer, char *out, size_t cap)
 }
 
 /* Capture metadata end to end: photos whose EXIF h17dec's fixtures hold
- * (meta_full.*: 2019-07-14T12:00:00+02:00, FUJIFILM X-T3, Sydney, in four
+ * (meta_full.*: 2019-07-14T12:00:00+02:00, EXIF "FUJIFILM" + "X-T3" = "Fujifilm X-T3", Sydney, in four
  * containers; meta_partial.jpg: 2021-01-02T03:04:05 without offset, Canon
  * EOS 5D Mark IV, New York; fmt_src.png: nothing) ingested by path, then
  * `umgdb query` with --after/--before/--camera/--near: each answers the
@@ -323,7 +323,7 @@ static void test_capture(void **state)
             json_t *gps = json_object_get(x, "gps");
             if (!strncmp(name, "meta_full", 9)) {
                 assert_string_equal(taken, "2019-07-14T12:00:00+02:00");
-                assert_string_equal(camera, "FUJIFILM X-T3");
+                assert_string_equal(camera, "Fujifilm X-T3");
                 assert_float_equal(json_number_value(json_array_get(gps, 0)), -33.8568, 1e-6);
                 assert_float_equal(json_number_value(json_array_get(gps, 1)), 151.2153, 1e-6);
             } else if (!strcmp(name, "meta_partial.jpg")) {

@@ -1068,7 +1068,7 @@ static void test_capture_metadata(void **state)
         assert_non_null(r);
         if (!str_eq(umg_result_get(r, "taken_at"), "2019-07-14T12:00:00+02:00"))
             fail_msg("%s: taken_at missing or wrong", full[i]);
-        assert_true(str_eq(umg_result_get(r, "camera"), "FUJIFILM X-T3"));
+        assert_true(str_eq(umg_result_get(r, "camera"), "Fujifilm X-T3"));
         const msgpack_object *gps = umg_result_get(r, "gps");
         assert_true(gps && gps->type == MSGPACK_OBJECT_ARRAY && gps->via.array.size == 2);
         assert_true(fabs(gps->via.array.ptr[0].via.f64 - -33.8568) < 1e-6);
@@ -2447,6 +2447,91 @@ static void test_fd_limit(void **state)
     assert_int_equal(tu_rm_rf(s.dir), 0);
 }
 
+/* Server memory with large photos pipelined by several clients (issue 17):
+ * 4 connections each pipeline 6 ingests of a 2000x1500 JPEG (made here from
+ * chelsea.png; a 48 MP photo would take minutes to make and decode on this
+ * machine: a smaller photo with a lowered cap drives the same mechanism) with
+ * --ingest-memory 1300K, room for two prepared clip-tiny photos (602 KB of
+ * network input each), and an encoder slowed by the test hook
+ * --test-store-ms (100 ms per batch of 2), so that without the cap prepared
+ * photos would pile up behind it.  stats.ingest: the peak bytes held by
+ * prepared photos stay under the cap, the cap made prepares wait, the decoded
+ * buffers held at once stay under 2 workers x one fast-decoded photo
+ * (250x188x3); every acknowledged ingest is stored at its full size. */
+static void test_ingest_memory_cap(void **state)
+{
+    (void)state;
+    enum { CONNS = 4, EACH = 6, W = 2000, H = 1500 };
+    ts_server s;
+    ts_make_tmp(&s, "umg-srv-mem-");
+    char big[300];
+    snprintf(big, sizeof big, "%s/big.jpg", s.dir);
+    enc_image src = {0}, up = {0};
+    assert_int_equal(enc_image_load(IMG("chelsea.png"), ENC_IMAGE_MAX_PIXELS_DEFAULT, &src), 0);
+    assert_int_equal(enc_image_resize(&src, W, H, &up), 0);
+    tu_write_jpeg(big, up.rgb, W, H, 90, 0);
+    enc_image_free(&src);
+    enc_image_free(&up);
+    const uint64_t cap = 1300 << 10, decoded_one = (uint64_t)((W + 7) / 8) * ((H + 7) / 8) * 3;
+    const char *extra[] = {"--threads", "2", "--batch", "2", "--regions", "4", "--ingest-memory", "1300K",
+                           "--test-store-ms", "100", NULL};
+    ts_start_ok(&s, extra);
+    umg_client *c[CONNS];
+    uint64_t ids[CONNS][EACH];
+    for (int k = 0; k < CONNS; k++) {
+        c[k] = ts_conn(&s);
+        for (int i = 0; i < EACH; i++) {
+            char name[64];
+            snprintf(name, sizeof name, "/big/%d/%d.jpg", k, i);
+            ids[k][i] = ts_send_ingest(c[k], big, name, NULL);
+        }
+        assert_int_equal(umg_client_flush(c[k], TS_T_MS), 0);
+    }
+    uint64_t image_ids[CONNS * EACH];
+    int n = 0;
+    for (int k = 0; k < CONNS; k++)
+        for (int i = 0; i < EACH; i++) {
+            proto_response *r = ts_wait_ok(c[k], ids[k][i]);
+            assert_false(ts_res_bool(r, "duplicate"));
+            image_ids[n++] = ts_res_u(r, "image_id");
+            proto_response_free(r);
+        }
+    proto_response *r = NULL;
+    assert_int_equal(umg_client_call0(c[0], "stats", TS_T_MS, &r), 0);
+    assert_int_equal(ts_res_u(r, "images"), CONNS * EACH);
+    const msgpack_object *ing = umg_result_get(r, "ingest");
+    assert_non_null(ing);
+    const msgpack_object *dm = proto_map_get(ing, "decode");
+    assert_true(dm && dm->type == MSGPACK_OBJECT_STR && dm->via.str.size == 4 && !memcmp(dm->via.str.ptr, "fast", 4));
+    assert_int_equal(obj_u(ing, "queue_memory"), cap);
+    uint64_t qpeak = obj_u(ing, "queued_peak_bytes"), dpeak = obj_u(ing, "decoded_peak_bytes");
+    if (qpeak > cap) fail_msg("prepared photos held %llu bytes at once, over the cap %llu", (unsigned long long)qpeak,
+                              (unsigned long long)cap);
+    assert_true(qpeak > 0);
+    if (dpeak > 2 * decoded_one) fail_msg("decoded buffers peaked at %llu bytes, over 2 x %llu",
+                                          (unsigned long long)dpeak, (unsigned long long)decoded_one);
+    assert_true(dpeak >= decoded_one);
+    assert_true(obj_u(ing, "queue_waits") > 0); /* the cap was reached: prepares waited */
+    assert_int_equal(obj_u(ing, "queued"), 0);
+    assert_int_equal(obj_u(ing, "queued_bytes"), 0);
+    assert_int_equal(obj_u(ing, "decoding"), 0);
+    proto_response_free(r);
+    /* every acknowledged photo is stored, at its full size */
+    for (int i = 0; i < n; i++) {
+        proto_writer w;
+        uint64_t id = ts_begin(c[0], &w, "get", 1);
+        ts_kv_uint(&w, "image_id", image_ids[i]);
+        ts_end(c[0], &w);
+        proto_response *g = ts_wait_ok(c[0], id);
+        assert_int_equal(ts_res_u(g, "width"), W);
+        assert_int_equal(ts_res_u(g, "height"), H);
+        proto_response_free(g);
+    }
+    for (int k = 0; k < CONNS; k++) umg_client_close(c[k]);
+    assert_int_equal(ts_stop(&s), 0);
+    assert_int_equal(tu_rm_rf(s.dir), 0);
+}
+
 /* Small ones of issue 14: a name of exactly 4,096 bytes is accepted (4,097
  * refused), as docs/protocol.md says; tokens follow one rule wherever they
  * come from (first line, trailing whitespace removed, >= 16 bytes), so a
@@ -2637,6 +2722,7 @@ int main(void)
         cmocka_unit_test_teardown(test_deadlines, ts_teardown),
         cmocka_unit_test_teardown(test_fd_limit, ts_teardown),
         cmocka_unit_test_teardown(test_small_limits, ts_teardown),
+        cmocka_unit_test_teardown(test_ingest_memory_cap, ts_teardown),
         cmocka_unit_test_teardown(test_serve_start_errors, ts_teardown),
         cmocka_unit_test_teardown(test_precision_auto, ts_teardown),
     };

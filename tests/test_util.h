@@ -32,6 +32,12 @@ char *tu_read_fd(int fd, size_t *len);
 /* Writes len bytes to path (created or truncated); fails the test on error. */
 void tu_write_file(const char *path, const void *data, size_t len);
 
+/* Write w x h interleaved RGB (rows top to bottom) as a baseline JPEG of the
+ * given quality; orientation 2..8 adds an EXIF APP1 with that Orientation
+ * (the pixels are written as given: they are the stored, unrotated ones),
+ * 0 or 1 none.  Fails the test on error. */
+void tu_write_jpeg(const char *path, const uint8_t *rgb, int w, int h, int quality, int orientation);
+
 /* ---- the umgdb binary ---- */
 
 /* env UMG_BIN if set, else build/umgdb of this build tree. */

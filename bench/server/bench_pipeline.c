@@ -4,10 +4,12 @@
  * msgpack, queues, threadpool hand-offs) from the ingest's own work.
  *
  *   bench_pipeline MODEL_DIR PHOTO... [--threads 2] [--workers 2] [--batch 16] [--regions 32]
- *                  [--precision fp32|fp16]
+ *                  [--precision fp32|fp16] [--decode exact|fast] [--repeat N]
  *
  * PHOTO: files or directories (their *.jpg / *.png, not recursive), read into
- * memory first (not timed).  The database is a fresh temporary directory
+ * memory first (not timed); --repeat N ingests each N times under distinct
+ * stored names (so that one large photo makes a run).  --decode is the
+ * engine's decode mode (eng_config.decode; default exact).  The database is a fresh temporary directory
  * (dense region mode), removed at the end.  Then, timed, as the server does it:
  *   stage 1 on --workers threads, per photo: eng_ingest_begin (SHA-256, the
  *     same-path check) and eng_ingest_prepare (decode with EXIF orientation,
@@ -72,16 +74,22 @@ static void die(const char *what, int rc)
     exit(1);
 }
 
+static long repeat = 1;
+
 static void add_file(const char *path)
 {
-    photo *np = realloc(g.p, sizeof *g.p * (size_t)(g.n + 1));
-    if (!np) die("photos", UMG_ENOMEM);
-    g.p = np;
-    memset(&g.p[g.n], 0, sizeof g.p[g.n]);
-    int rc = umg_read_file(path, (size_t)1 << 30, &g.p[g.n].bytes, &g.p[g.n].len);
-    if (rc) die("read", rc);
-    g.p[g.n].path = strdup(path);
-    g.n++;
+    for (long k = 0; k < repeat; k++) {
+        photo *np = realloc(g.p, sizeof *g.p * (size_t)(g.n + 1));
+        if (!np) die("photos", UMG_ENOMEM);
+        g.p = np;
+        memset(&g.p[g.n], 0, sizeof g.p[g.n]);
+        int rc = umg_read_file(path, (size_t)1 << 30, &g.p[g.n].bytes, &g.p[g.n].len);
+        if (rc) die("read", rc);
+        char name[4200];
+        snprintf(name, sizeof name, "%s#%ld", path, k);
+        g.p[g.n].path = strdup(repeat > 1 ? name : path);
+        g.n++;
+    }
 }
 
 static int by_name(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }
@@ -152,11 +160,11 @@ int main(int argc, char **argv)
 {
     if (argc < 3) {
         fprintf(stderr, "usage: bench_pipeline MODEL_DIR PHOTO... [--threads 2] [--workers 2] [--batch 16] "
-                        "[--regions 32] [--precision fp32|fp16]\n");
+                        "[--regions 32] [--precision fp32|fp16] [--decode exact|fast] [--repeat N]\n");
         return 2;
     }
     long threads = 2, workers = 2, batch = 16, regions_opt = 32;
-    int precision = ENC_PRECISION_FP32;
+    int precision = ENC_PRECISION_FP32, fast = 0;
     const char *model_dir = argv[1];
     for (int i = 2; i < argc; i++) {
         if (!strncmp(argv[i], "--", 2)) {
@@ -171,7 +179,13 @@ int main(int argc, char **argv)
                     fprintf(stderr, "bench_pipeline: --precision wants fp32 or fp16\n");
                     return 2;
                 }
-            } else if (!strcmp(f, "--threads")) parse_opt(f, v, 1, &threads);
+            } else if (!strcmp(f, "--decode")) {
+                if (enc_decode_mode_parse(v, &fast)) {
+                    fprintf(stderr, "bench_pipeline: --decode wants exact or fast\n");
+                    return 2;
+                }
+            } else if (!strcmp(f, "--repeat")) parse_opt(f, v, 1, &repeat);
+            else if (!strcmp(f, "--threads")) parse_opt(f, v, 1, &threads);
             else if (!strcmp(f, "--workers")) parse_opt(f, v, 1, &workers);
             else if (!strcmp(f, "--batch")) parse_opt(f, v, 1, &batch);
             else if (!strcmp(f, "--regions")) parse_opt(f, v, 0, &regions_opt);
@@ -179,9 +193,11 @@ int main(int argc, char **argv)
                 fprintf(stderr, "bench_pipeline: unknown option %s\n", f);
                 return 2;
             }
-        } else {
-            add_path(argv[i]);
         }
+    }
+    for (int i = 2; i < argc; i++) { /* the photos, once every option (--repeat) is known */
+        if (!strncmp(argv[i], "--", 2)) i++;
+        else add_path(argv[i]);
     }
     if (g.n == 0) {
         fprintf(stderr, "bench_pipeline: no photos\n");
@@ -204,7 +220,7 @@ int main(int argc, char **argv)
     db_t *db;
     if ((rc = db_open(dir, &o, &db))) die("database", rc);
     eng_config ec = {.region_mode = ENG_REGION_MODE_DENSE, .regions = g.regions, .batch = (int)batch,
-                     .threads = (int)threads, .text_lanes = 1};
+                     .threads = (int)threads, .text_lanes = 1, .decode = fast ? ENG_DECODE_FAST : ENG_DECODE_EXACT};
     if ((rc = eng_create(m, db, &ec, &g.e))) die("engine", rc);
     g.ready = calloc((size_t)g.n, sizeof *g.ready);
     pthread_t *th = calloc((size_t)workers, sizeof *th);
