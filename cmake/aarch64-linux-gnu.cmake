@@ -3,8 +3,6 @@
 # arm64 FAISS C API).  ctest runs the tests under qemu-aarch64:
 #   cmake -S . -B build-aarch64 -DCMAKE_TOOLCHAIN_FILE=cmake/aarch64-linux-gnu.cmake -DCMAKE_BUILD_TYPE=Release
 #   cmake --build build-aarch64 -j2 && (cd build-aarch64 && ctest)
-# UMG_QEMU_CPU (cache, default "max") is the CPU qemu emulates for the tests:
-# "max" has dotprod and bf16, "cortex-a53" is plain ARMv8.0 NEON.
 set(CMAKE_SYSTEM_NAME Linux)
 set(CMAKE_SYSTEM_PROCESSOR aarch64)
 set(CMAKE_C_COMPILER aarch64-linux-gnu-gcc)
@@ -23,6 +21,13 @@ set(ENV{PKG_CONFIG_PATH} "")
 # scripts/cross-aarch64 builds the arm64 FAISS C API here (the host's is in /usr/local/lib).
 set(FAISS_C_LIBRARY /usr/local/lib/aarch64-linux-gnu/libfaiss_c.so CACHE FILEPATH "arm64 FAISS C API")
 
-set(UMG_QEMU_CPU max CACHE STRING "CPU model qemu-aarch64 emulates for ctest")
+# libhttp-parser-dev cannot sit beside amd64's (not Multi-Arch: same); its header is
+# architecture-independent, arm64 has the runtime library (scripts/cross-aarch64).
+set(HTTP_PARSER_LIBRARY /usr/lib/aarch64-linux-gnu/libhttp_parser.so.2.9 CACHE FILEPATH "arm64 http_parser")
+
 # qemu finds the arm64 loader and libraries at their multiarch places (libc6:arm64).
-set(CMAKE_CROSSCOMPILING_EMULATOR qemu-aarch64;-cpu;${UMG_QEMU_CPU})
+# The CPU it emulates comes from the environment, QEMU_CPU (qemu-user's own variable;
+# unset: "max", which has dotprod), so one build runs the suite on several CPUs:
+#   QEMU_CPU=cortex-a72 ctest     ARMv8.0 NEON, no dotprod (Raspberry Pi 4)
+# The tests pass it on to the umgdb they start (tests/CMakeLists.txt).
+set(CMAKE_CROSSCOMPILING_EMULATOR qemu-aarch64)

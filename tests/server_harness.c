@@ -124,7 +124,7 @@ int ts_start(ts_server *s, const char *const *extra)
     }
     s->pid = pid;
     live_add(s);
-    for (int tries = 0; tries < 600; tries++) { /* 30 s */
+    for (int tries = 0; tries < 600 * tu_time_scale(); tries++) { /* 30 s */
         int st;
         if (waitpid(pid, &st, WNOHANG) == pid) {
             ts_forget(s);
@@ -137,7 +137,7 @@ int ts_start(ts_server *s, const char *const *extra)
         }
         usleep(50000);
     }
-    fail_msg("server did not start listening (log: %s)", s->log);
+    fail_msg("server did not start listening within %d s (log: %s)", 30 * tu_time_scale(), s->log);
     return -1;
 }
 
@@ -159,7 +159,7 @@ int ts_stop(ts_server *s)
         return -1;
     kill(s->pid, SIGTERM);
     int st = 0;
-    for (int i = 0; i < 600; i++) { /* 60 s */
+    for (int i = 0; i < 600 * tu_time_scale(); i++) { /* 60 s */
         if (waitpid(s->pid, &st, WNOHANG) == s->pid) {
             ts_forget(s);
             return exit_status(st);
@@ -169,7 +169,7 @@ int ts_stop(ts_server *s)
     kill(s->pid, SIGKILL);
     waitpid(s->pid, &st, 0);
     ts_forget(s);
-    fail_msg("server did not stop within 60 s of SIGTERM");
+    fail_msg("server did not stop within %d s of SIGTERM", 60 * tu_time_scale());
     return -1;
 }
 

@@ -23,9 +23,11 @@
 #include <sys/types.h>
 
 #include "client.h"
+#include "test_util.h"
 
-/* Per-call timeout of the waits: generous, ASan builds are slow. */
-#define TS_T_MS 30000
+/* Per-call timeout of the waits: generous, ASan builds are slow; scaled for
+ * emulated runs (tu_time_scale). */
+#define TS_T_MS (30000 * tu_time_scale())
 
 typedef struct ts_server {
     pid_t pid;      /* the running server, 0 when none */

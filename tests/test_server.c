@@ -1514,7 +1514,7 @@ static void test_background_index_build(void **state)
     /* the ingest that reached the threshold kicked the checkpoint thread */
     proto_response *r = NULL;
     const char *type = NULL;
-    for (int tries = 0; tries < 300; tries++) { /* 30 s */
+    for (int tries = 0; tries < 300 * tu_time_scale(); tries++) { /* 30 s (emulated: longer) */
         assert_int_equal(umg_client_call0(c, "stats", TS_T_MS, &r), 0);
         const msgpack_object *t = map_get(map_get(umg_result_get(r, "index"), "image"), "type");
         if (t && str_eq(t, "IVF2,Flat")) type = "IVF2,Flat";
@@ -1621,17 +1621,17 @@ static image_index_state image_index(umg_client *c)
 }
 
 /* Polls stats until the image index is factory after `builds` background
- * index builds and no checkpoint is running; fails after 60 s. */
+ * index builds and no checkpoint is running; fails after 60 s (x tu_time_scale). */
 static image_index_state wait_image_index(umg_client *c, const char *factory, uint64_t builds)
 {
     image_index_state st;
-    for (int tries = 0; tries < 600; tries++) {
+    for (int tries = 0; tries < 600 * tu_time_scale(); tries++) {
         st = image_index(c);
         if (!strcmp(st.type, factory) && st.builds == builds && !st.running) return st;
         usleep(100000);
     }
-    fail_msg("after 60 s the image index is %s (%llu background builds, running %d), want %s after %llu builds",
-             st.type, (unsigned long long)st.builds, st.running, factory, (unsigned long long)builds);
+    fail_msg("after %d s the image index is %s (%llu background builds, running %d), want %s after %llu builds",
+             60 * tu_time_scale(), st.type, (unsigned long long)st.builds, st.running, factory, (unsigned long long)builds);
     return st;
 }
 

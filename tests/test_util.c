@@ -81,6 +81,13 @@ const char *tu_bin(void)
     return b && *b ? b : UMG_BINARY_DIR "/umgdb";
 }
 
+int tu_time_scale(void)
+{
+    const char *s = getenv("UMG_TEST_TIME_SCALE");
+    int k = s ? atoi(s) : 1;
+    return k > 0 ? k : 1;
+}
+
 void tu_execv(const char *const *argv)
 {
     const char *emu = getenv("UMG_TEST_EMULATOR");

@@ -43,6 +43,11 @@ void tu_write_jpeg(const char *path, const uint8_t *rgb, int w, int h, int quali
 /* env UMG_BIN if set, else build/umgdb of this build tree. */
 const char *tu_bin(void);
 
+/* How many times longer the tests' own waits are (client timeouts, a server's
+ * start and stop): env UMG_TEST_TIME_SCALE, a positive integer, else 1.  Cross
+ * builds set it for their emulated runs (tests/CMakeLists.txt). */
+int tu_time_scale(void);
+
 /* execv(argv[0], argv), but through the emulator named by env
  * UMG_TEST_EMULATOR when set (a cross build's ctest sets it to qemu-aarch64:
  * a test running under qemu-user cannot exec a foreign binary by itself).

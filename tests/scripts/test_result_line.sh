@@ -8,9 +8,11 @@ set -euo pipefail
 src=${1:?usage: test_result_line.sh SOURCE_DIR}
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
-mkdir -p "$tmp/tree/scripts" "$tmp/tree/tests/fuzz" "$tmp/tree/build" "$tmp/tree/build-asan" "$tmp/bin"
+mkdir -p "$tmp/tree/scripts" "$tmp/tree/tests/fuzz" "$tmp/tree/build" "$tmp/tree/build-asan" "$tmp/tree/build-aarch64" "$tmp/bin"
 cp "$src/scripts/test" "$tmp/tree/scripts/test"
 printf '#!/bin/sh\nexit 0\n' > "$tmp/tree/scripts/install-deps"
+# shellcheck disable=SC2016  # expanded by the stub, not here
+printf '#!/bin/sh\nexit "${FAKE_CROSS_RC:-0}"\n' > "$tmp/tree/scripts/cross-aarch64"
 # shellcheck disable=SC2016  # expanded by the stub, not here
 printf '#!/bin/sh\necho "fuzz stats: cov 123"\nexit "${FAKE_FUZZ_RC:-0}"\n' > "$tmp/tree/tests/fuzz/run"
 # cmake: fails when FAKE_BUILD_FAIL names its build dir ("--build DIR").
@@ -19,10 +21,15 @@ cat > "$tmp/bin/cmake" <<'SH'
 if [ "$1" = "--build" ] && [ "$2" = "${FAKE_BUILD_FAIL:-none}" ]; then echo "build error" >&2; exit 2; fi
 exit 0
 SH
-# ctest: in build/ FAKE_RELEASE, in build-asan/ FAKE_ASAN: "pass N", "fail N NAME...", "crash".
+# ctest: in build/ FAKE_RELEASE, in build-asan/ FAKE_ASAN, in build-aarch64/ FAKE_ARM (once
+# per emulated CPU): "pass N", "fail N NAME...", "crash".
 cat > "$tmp/bin/ctest" <<'SH'
 #!/bin/bash
-case "$PWD" in */build-asan) spec=${FAKE_ASAN:-pass 3} ;; *) spec=${FAKE_RELEASE:-pass 4} ;; esac
+case "$PWD" in
+  */build-asan) spec=${FAKE_ASAN:-pass 3} ;;
+  */build-aarch64) spec=${FAKE_ARM:-pass 2}; [ -n "${QEMU_CPU:-}" ] || spec=crash ;;
+  *) spec=${FAKE_RELEASE:-pass 4} ;;
+esac
 # the sanitizer run must get its options and leave out the no_asan tests
 if [ "${PWD##*/}" = build-asan ]; then
   case "$ASAN_OPTIONS $*" in *detect_leaks=1*"-LE no_asan"*) ;; *) spec=crash ;; esac
@@ -66,4 +73,9 @@ expect 2 "0 passed, 1 failed: Release build (exit 2)" FAKE_BUILD_FAIL=build
 expect 2 "4 passed, 1 failed: ASan build (exit 2)" FAKE_BUILD_FAIL=build-asan
 expect 0 "5 passed, 0 failed" UMG_TEST_SANITIZE=0
 expect 0 "7 passed, 0 failed" UMG_TEST_FUZZ=0
+# aarch64 (off by default): the suite once per emulated CPU, after everything else
+expect 0 "12 passed, 0 failed" UMG_TEST_ARM=1
+expect 1 "10 passed, 2 failed: aarch64-max test_model, aarch64-cortex-a72 test_model" UMG_TEST_ARM=1 \
+  FAKE_ARM="fail 2 test_model"
+expect 3 "8 passed, 1 failed: aarch64 cross build (exit 3)" UMG_TEST_ARM=1 FAKE_CROSS_RC=3
 [ "$fails" -eq 0 ] || { echo "$fails case(s) failed"; exit 1; }
