@@ -10,7 +10,11 @@
  * CPU (libheif 1.15's own default is a fixed 4, whatever the machine).  1 decodes
  * them in the calling thread (libheif's 0), for callers that already decode
  * several photos at once.  The size checked against max_pixels is the grid's
- * full size (its ispe), before any tile is decoded. */
+ * full size (its ispe), before any tile is decoded.  libheif 1.15 converts each
+ * whole (padded) tile to RGB 4:4:4 before pasting the part inside the grid, then
+ * the canvas to what is asked: where the crop falls does not change a pixel, and
+ * heif-convert's PNG (asking what we ask) is ours, last tile column included
+ * (docs/benchmarks.md, "Grid HEIC against heif-convert"). */
 #include "enc_decode.h"
 #include "umg_error.h"
 

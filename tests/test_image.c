@@ -1004,11 +1004,19 @@ static void test_heif_vs_libheif(void **state)
  * cropped to 240x180): libheif's own pixels on any number of tile threads, the
  * irot orientation applied to the whole grid, the pixel limit on the grid's full
  * size (a tile is only 4096 pixels), and a grid declaring 75.8 Mpx in 1 KB
- * refused before anything is decoded. */
+ * refused before anything is decoded.  fmt_grid_odd.heic (241x181): odd crops of
+ * the last tile column (49 px) and row (53 px) of 4:2:0 tiles, also libheif's
+ * pixels (libheif 1.15 converts each whole tile to RGB before cropping). */
 static void test_heif_grid(void **state)
 {
     expect_same_pixels("fmt_grid.heic", "fmt_grid.heic.png");
     expect_same_pixels("fmt_grid_irot.heic", "fmt_grid_irot.heic.png");
+    expect_same_pixels("fmt_grid_odd.heic", "fmt_grid_odd.heic.png");
+    enc_image odd;
+    load_ok(IMG_DIR "/fmt_grid_odd.heic", &odd);
+    assert_int_equal(odd.width, 241);
+    assert_int_equal(odd.height, 181);
+    enc_image_free(&odd);
     size_t len;
     uint8_t *d = read_image("fmt_grid.heic", &len);
     enc_image ref;

@@ -220,21 +220,28 @@ def make_grid(img, out, tile=512, quality=80, irot=0, refs=None):
         f.write(ftyp + meta + mdat)
 
 
+def write_grid_fixture(img, path, irot=0):
+    """path: img as a grid of 64x64 tiles; path + '.png': heif-convert's decode of it."""
+    make_grid(img, path, tile=64, quality=60, irot=irot)
+    subprocess.run(["heif-convert", "--quiet", path, path + ".png"], check=True,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    Image.open(path + ".png").save(path + ".png", optimize=True)  # without heif-convert's metadata
+
+
 def write_fixtures(out_dir, src_png):
     """tests/fixtures/images/fmt_grid*.heic (tools/make_format_images.py calls it):
       fmt_grid.heic       240x180 photo (src scaled) as a 4x3 grid of 64x64 tiles, the
                           last column and row cropped (4*64 = 256 > 240, 3*64 = 192 > 180)
       fmt_grid_irot.heic  the same with irot 1 (90 degrees anticlockwise): 180x240
+      fmt_grid_odd.heic   241x181 as a 4x3 grid of 64x64 tiles: odd crops of 4:2:0 tiles
+                          (the last column 49 wide, the last row 53 high)
       each beside NAME.png = heif-convert's decode of it
       fmt_grid_bomb.heic  a 17x17 grid of one flat 512x512 tile: 8704x8704 declared (75.8 Mpx)
                           in about a kilobyte"""
-    img = Image.open(src_png).convert("RGB").resize((240, 180), Image.BICUBIC)
-    for name, irot in (("fmt_grid.heic", 0), ("fmt_grid_irot.heic", 1)):
-        path = os.path.join(out_dir, name)
-        make_grid(img, path, tile=64, quality=60, irot=irot)
-        subprocess.run(["heif-convert", "--quiet", path, path + ".png"], check=True,
-                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        Image.open(path + ".png").save(path + ".png", optimize=True)  # without heif-convert's metadata
+    src = Image.open(src_png).convert("RGB")
+    for name, size, irot in (("fmt_grid.heic", (240, 180), 0), ("fmt_grid_irot.heic", (240, 180), 1),
+                             ("fmt_grid_odd.heic", (241, 181), 0)):
+        write_grid_fixture(src.resize(size, Image.BICUBIC), os.path.join(out_dir, name), irot)
     assert Image.open(os.path.join(out_dir, "fmt_grid_irot.heic.png")).size == (180, 240)
     make_grid(Image.new("RGB", (512, 512), (90, 120, 200)), os.path.join(out_dir, "fmt_grid_bomb.heic"),
               tile=512, quality=30, refs=17)
