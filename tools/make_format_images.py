@@ -35,7 +35,7 @@ Files (".rgb": raw 8-bit RGB rows, size in manifest.txt, as make_test_images.py)
   fmt.heic, fmt.avif, fmt_alpha.heic, fmt_irot.heic (an irot box: rotated by
   libheif), fmt_exif6.heic (EXIF Orientation 6, no irot: not rotated)
                             each beside NAME.heif.png = heif-convert's decode of it
-  fmt_grid.heic, fmt_grid_irot.heic, fmt_grid_bomb.heic  tile grids as phones write them
+  fmt_grid.heic, fmt_grid_irot.heic, fmt_grid_bomb.heic, fmt_grid_odd.heic  tile grids as phones write them
                             (tools/make_heif_grid.py write_fixtures)
   fmt_large.jpg             1000x664 JPEG: doubled by test_embed_cli, then decoded DCT-scaled by `embed --decode fast`
   meta_*.{jpg,heic,tif,webp}  capture metadata written by exiftool (see META below)
