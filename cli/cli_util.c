@@ -382,15 +382,23 @@ static bool has_image_ext(const char *path)
            !strcasecmp(dot, ".tiff") || !strcasecmp(dot, ".gif");
 }
 
-enum cli_image_kind cli_image_kind(const char *path)
+/* The first ENC_IMAGE_SNIFF_BYTES of path into head (what enc_image_sniff
+ * reads); the count read, 0 when the file cannot be opened. */
+static size_t read_head(const char *path, uint8_t head[ENC_IMAGE_SNIFF_BYTES])
 {
-    uint8_t head[ENC_IMAGE_SNIFF_BYTES];
     size_t got = 0;
     FILE *f = fopen(path, "rb");
     if (f) {
-        got = fread(head, 1, sizeof head, f);
+        got = fread(head, 1, ENC_IMAGE_SNIFF_BYTES, f);
         fclose(f);
     }
+    return got;
+}
+
+enum cli_image_kind cli_image_kind(const char *path)
+{
+    uint8_t head[ENC_IMAGE_SNIFF_BYTES];
+    size_t got = read_head(path, head);
     int fmt = enc_image_sniff(head, got, NULL); /* by content (issue 17) */
     if (fmt != ENC_FMT_UNKNOWN)
         return fmt == ENC_FMT_JPEG ? CLI_JPEG : fmt == ENC_FMT_PNG ? CLI_PNG : CLI_OTHER_IMAGE;
@@ -594,12 +602,7 @@ static void walk_skip(walker *k, const char *path, const char *reason)
 static const char *skip_reason(const char *path, char *buf, size_t cap)
 {
     uint8_t head[ENC_IMAGE_SNIFF_BYTES];
-    size_t got = 0;
-    FILE *f = fopen(path, "rb");
-    if (f) {
-        got = fread(head, 1, sizeof head, f);
-        fclose(f);
-    }
+    size_t got = read_head(path, head);
     const char *what = NULL;
     enc_image_sniff(head, got, &what);
     if (what)
