@@ -177,3 +177,13 @@ float *eng_patch_tokens_load(eng *e, uint64_t image_id, int *rc)
     free(blob);
     return out;
 }
+
+db_options eng_db_options(const enc_model *model, uint8_t fp[32])
+{
+    enc_model_fingerprint(model, fp);
+    db_options o = db_options_default();
+    o.fingerprint = fp;
+    o.model_name = enc_model_name(model);
+    o.dim = enc_model_dim(model);
+    return o;
+}

@@ -60,6 +60,11 @@ typedef struct eng_config {
 
 typedef struct eng eng;
 
+/* db_options_default() bound to model: its fingerprint (written into fp, the
+ * caller's storage, which the options point to), name and dimension, so that
+ * db_open refuses a data directory of another model. */
+db_options eng_db_options(const enc_model *model, uint8_t fp[32]);
+
 /* Create an engine over model and db (borrowed: both must outlive it).
  * *out owned by the caller (eng_close).  UMG_EINVAL for a bad config,
  * UMG_ENOMEM, or the encoder's errors creating its run states. */

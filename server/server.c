@@ -1216,11 +1216,7 @@ int server_run(const server_config *cfg)
         srv_log(s, SRV_LOG_INFO, "encoder precision %s (approximate; fp32 is the exact path)",
                 enc_precision_name(cfg->precision));
     uint8_t fp[32];
-    enc_model_fingerprint(s->model, fp);
-    db_options o = db_options_default();
-    o.fingerprint = fp;
-    o.model_name = enc_model_name(s->model);
-    o.dim = enc_model_dim(s->model);
+    db_options o = eng_db_options(s->model, fp);
     o.image_factory = cfg->image_factory;
     o.region_factory = cfg->region_factory;
     if (cfg->approx_threshold) o.approx_threshold = cfg->approx_threshold;

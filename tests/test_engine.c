@@ -82,11 +82,7 @@ static void open_engine(fixture *f, int region_mode, int no_patches)
 {
     assert_int_equal(enc_model_open(MODEL, &f->model), 0);
     uint8_t fp[32];
-    enc_model_fingerprint(f->model, fp);
-    db_options o = db_options_default();
-    o.fingerprint = fp;
-    o.model_name = enc_model_name(f->model);
-    o.dim = enc_model_dim(f->model);
+    db_options o = eng_db_options(f->model, fp);
     char data[300];
     snprintf(data, sizeof data, "%s/data", f->dir);
     assert_int_equal(db_open(data, &o, &f->db), 0);

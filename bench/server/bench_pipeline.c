@@ -219,11 +219,7 @@ int main(int argc, char **argv)
     char dir[] = "/tmp/umg-bench-pipeline-XXXXXX";
     if (!mkdtemp(dir)) die("temporary directory", UMG_EIO);
     uint8_t fp[32];
-    enc_model_fingerprint(m, fp);
-    db_options o = db_options_default();
-    o.fingerprint = fp;
-    o.model_name = enc_model_name(m);
-    o.dim = enc_model_dim(m);
+    db_options o = eng_db_options(m, fp);
     db_t *db;
     if ((rc = db_open(dir, &o, &db))) die("database", rc);
     eng_config ec = {.region_mode = ENG_REGION_MODE_DENSE, .regions = g.regions, .batch = (int)batch,

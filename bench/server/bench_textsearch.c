@@ -103,11 +103,7 @@ int main(int argc, char **argv)
     int rc = enc_model_open_ex(model_dir, &mopt, &m);
     if (rc) die("model", rc);
     uint8_t fp[32];
-    enc_model_fingerprint(m, fp);
-    db_options o = db_options_default();
-    o.fingerprint = fp;
-    o.model_name = enc_model_name(m);
-    o.dim = enc_model_dim(m);
+    db_options o = eng_db_options(m, fp);
     db_t *db;
     if ((rc = db_open(data, &o, &db))) die(data, rc);
     eng_config ec = {.region_mode = ENG_REGION_MODE_DENSE, .regions = 0, .batch = 1, .threads = (int)threads,
