@@ -9,14 +9,13 @@
  *
  * Size: the longer side becomes min(long_side, the longer side of the pixels
  * given), the shorter one keeps the aspect (rounded, at least 1).  Never
- * upscaled: when the decoder shrank a JPEG by its DCT (enc_decode_opts.fast_for,
- * the server's default --decode fast, which keeps the decoded photo at least
- * the size the preprocessing resizes it to: with ENC_FIT_PAD the longer side
- * 224 px), the thumbnail is made from those pixels and is then smaller than
- * long_side whenever they are (a 500x375 photo decodes at 1/2, 250x188, and so
- * is its thumbnail; a 640x427 one at 1/2, 320x214): never enlarged beyond the
- * pixels there are.  The resize is enc_image_resize (PIL's antialiased
- * bicubic), a proper low-pass filter for downscaling, after a box average by
+ * upscaled.  When the decoder shrank a JPEG by its DCT (enc_decode_opts.fast_for,
+ * the server's default --decode fast) the thumbnail is made from those pixels;
+ * the decode keeps at least 1.5x the size the preprocessing resizes to (with
+ * ENC_FIT_PAD and a 224 input, 336 px on the longer side), so a photo of 320 px
+ * or more still gives a full 320 px thumbnail (a 4000x3000 photo decodes at 1/8,
+ * 500x375; 500x375 and 640x427 ones decode in full).  The resize is
+ * enc_image_resize (PIL's antialiased bicubic), a proper low-pass filter for downscaling, after a box average by
  * an integer factor for photos over twice the thumbnail's size (enc_thumb.c).
  *
  * Reentrant; errors through umg_err_set: UMG_EINVAL (bad arguments), UMG_ENOMEM. */
@@ -30,8 +29,8 @@
 
 /* What the server stores.  320 px: a results grid shows previews ~150-200 CSS px
  * wide, so 320 is sharp at 2x device pixels, and it is about what a DCT-shrunk
- * decode delivers anyway (224..448 px on the long side), so fast decoding loses
- * little; ~8-17 KB at quality 80 (docs/benchmarks.md, "Thumbnails"). */
+ * decode delivers anyway (336 px and more on the long side), so fast decoding
+ * loses nothing; ~8-17 KB at quality 80 (docs/benchmarks.md, "Thumbnails"). */
 #define ENC_THUMB_LONG_SIDE 320
 #define ENC_THUMB_QUALITY 80
 
